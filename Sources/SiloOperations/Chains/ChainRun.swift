@@ -1,0 +1,122 @@
+import Synchronization
+
+/// Executes one chain for one operation: the WsAsyncExecute loop. Steps that finish at once run
+/// back to back on the same worker thread; after a step that finishes later, the chain goes on on
+/// a worker thread again.
+final class ChainRun<Output: Sendable>: ChainProgress {
+    private let driver: OperationDriver<Output>
+    private let chain: OperationChain<Output>
+    private let scheduler: OperationScheduler
+    private let totalWeight: Int
+    /// Prefix sums of the weights: `doneWeight[i]` is the weight of steps before `i`.
+    private let doneWeight: [Int]
+    private let completed = Mutex<[OperationStep]>([])
+
+    init(driver: OperationDriver<Output>, chain: OperationChain<Output>, continueOn scheduler: OperationScheduler) {
+        self.driver = driver
+        self.chain = chain
+        self.scheduler = scheduler
+        var sums = [0]
+        for step in chain.steps { sums.append(sums[sums.count - 1] + step.weight) }
+        self.doneWeight = sums
+        self.totalWeight = max(sums[sums.count - 1], 1)
+    }
+
+    var isCancelled: Bool { driver.isCancelled }
+    var cancellationError: SiloError { driver.cancellationError }
+
+    func run(from start: Int) {
+        var index = start
+        while index < chain.steps.count {
+            let step = chain.steps[index]
+            let context = StepContext(name: step.name, index: index, run: self)
+            do throws(SiloError) {
+                try driver.checkCancellation()
+                if step.isPointOfNoReturn { try driver.enterPointOfNoReturn() }
+                report(percentAt: doneWeight[index], stage: step.name)
+                if try step.body(context) == .pending {
+                    guard let early = context.bodyReturnedPending() else { return }  // resumes in `resume`
+                    try early.get()
+                }
+                context.markDone()
+            } catch {
+                context.markDone()
+                abort(error)
+                return
+            }
+            completed.withLock { $0.append(step) }
+            index += 1
+        }
+        finishChain()
+    }
+
+    func resume(after index: Int, result: Result<Void, SiloError>) {
+        scheduler.continueChain { [self] in
+            switch result {
+            case .success:
+                completed.withLock { $0.append(chain.steps[index]) }
+                run(from: index + 1)
+            case .failure(let error):
+                abort(error)
+            }
+        }
+    }
+
+    func stepProgress(index: Int, fraction: Double, completed: UInt64?, total: UInt64?) {
+        let clamped = min(max(fraction, 0), 1)
+        let weighted = Double(doneWeight[index]) + Double(chain.steps[index].weight) * clamped
+        let percent = Int((weighted / Double(totalWeight) * 100).rounded(.down))
+        driver.operation.reportProgress(
+            percent: percent, completed: completed, total: total, stage: chain.steps[index].name
+        )
+    }
+
+    func onCancel(_ handler: @escaping @Sendable () -> Void) {
+        driver.onCancel(handler)
+    }
+
+    private func report(percentAt weight: Int, stage: String) {
+        let percent = Int((Double(weight) / Double(totalWeight) * 100).rounded(.down))
+        driver.operation.reportProgress(percent: percent, completed: nil, total: nil, stage: stage)
+    }
+
+    private func finishChain() {
+        do throws(SiloError) {
+            driver.succeed(try chain.output())
+        } catch {
+            abort(error)
+        }
+    }
+
+    /// Rolls back the completed steps in reverse, then fails the operation. A cancel that was
+    /// accepted wins over the error the interrupted step reported (O8).
+    private func abort(_ error: SiloError) {
+        var failure = error
+        if driver.isCancelled, error.code != .operationCancelled {
+            failure = driver.cancellationError.adding(.init(message: error.message, source: "step"))
+        }
+        let done = completed.withLock { steps in
+            defer { steps = [] }
+            return steps
+        }
+        for step in done.reversed() {
+            guard let rollback = step.rollback else { continue }
+            do throws(SiloError) {
+                try rollback()
+            } catch {
+                failure = failure.adding(.init(
+                    message: "rollback of step '\(step.name)' failed: \(error.message)", source: "rollback"
+                ))
+            }
+        }
+        driver.fail(failure)
+    }
+}
+
+extension OperationScheduler {
+    /// Continues a chain after a step that finished later. The operation holds its slot, so this
+    /// never waits for admission.
+    func continueChain(_ job: @escaping @Sendable () -> Void) {
+        workerPool.submit(job)
+    }
+}

@@ -1,0 +1,48 @@
+// Named factories keep call sites readable and every message in one voice:
+// what is wrong, with the field and the value, then what to do when there is something to do.
+extension SiloError {
+    /// An argument the caller gave is malformed or out of range.
+    public static func invalidArgument(field: String, value: String, reason: String) -> SiloError {
+        SiloError(.invalidArgument, "invalid \(field) '\(value)': \(reason)", field: field, value: value)
+    }
+
+    /// A required argument is missing or empty.
+    public static func missingArgument(field: String, reason: String) -> SiloError {
+        SiloError(.invalidArgument, "missing \(field): \(reason)", field: field, value: "")
+    }
+
+    /// A request the provider cannot carry out, with the reason.
+    public static func notSupported(field: String, value: String, reason: String) -> SiloError {
+        SiloError(.notSupported, "\(field) '\(value)' is not supported: \(reason)", field: field, value: value)
+    }
+
+    /// No object of that kind has that id or name.
+    public static func notFound(_ kind: String, field: String = "id", value: String) -> SiloError {
+        SiloError(.objectNotFound, "no \(kind) with \(field) '\(value)'", field: field, value: value)
+    }
+
+    /// The kernel refused a system call.
+    public static func system(_ syscall: String, errno: Int32, path: String? = nil, message: String? = nil) -> SiloError {
+        let code: Code = (errno == 1 || errno == 13) ? .accessDenied : (errno == 12 ? .outOfMemory : .systemCallFailed)
+        let target = path.map { " on \($0)" } ?? ""
+        let text = message ?? "\(syscall)\(target) failed with errno \(errno)"
+        return SiloError(code, text, field: path == nil ? nil : "path", value: path, syscall: syscall, errno: errno)
+    }
+
+    static func cancelled(_ operation: OperationID, _ type: OperationType) -> SiloError {
+        SiloError(.operationCancelled, "operation \(operation) (\(type)) was cancelled", field: "operation", value: "\(operation)")
+    }
+
+    static func tooLate(_ operation: OperationID, _ type: OperationType, reason: String) -> SiloError {
+        SiloError(.cancelTooLate, "operation \(operation) (\(type)) cannot be cancelled: \(reason)", field: "operation", value: "\(operation)")
+    }
+
+    static func timedOut(_ operation: OperationID, _ type: OperationType, after timeout: Duration) -> SiloError {
+        SiloError(
+            .operationTimeout,
+            "operation \(operation) (\(type)) did not complete within \(timeout); it is still running",
+            field: "timeout",
+            value: "\(timeout)"
+        )
+    }
+}

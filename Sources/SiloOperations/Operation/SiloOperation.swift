@@ -1,0 +1,352 @@
+import Dispatch
+import Synchronization
+
+/// The "async object": a handle on one long call [VDS IVdsAsync, HCS HCS_OPERATION].
+///
+/// Every long call in Silo returns one, even when the work finished before the call returned.
+/// Query ``status`` without blocking, block in ``wait(timeout:)``, `await` ``value``, ``cancel()``,
+/// or give an ``OperationCallback`` with the call. Completion happens once; afterwards every query
+/// and wait returns the same result, from any number of threads.
+///
+/// Producers create operations through ``OperationScheduler`` and drive them with the
+/// ``OperationDriver`` it hands them.
+public final class SiloOperation<Output: Sendable>: AnySiloOperation {
+    public let id: OperationID
+    public let type: OperationType
+    /// The caller's value given with the call [HcsGetOperationContext].
+    public let context: (any Sendable)?
+    /// Whether `cancel()` may stop this operation before its point of no return.
+    public let isCancellable: Bool
+
+    let callback: OperationCallback<Output>?
+    let channel: EventChannel?
+    let scheduler: OperationScheduler?
+    private let state: Mutex<State>
+
+    enum Phase {
+        case queued
+        case running
+        case succeeded(Output)
+        case failed(SiloError)
+    }
+
+    private enum Waiter {
+        case thread(id: UInt64, DispatchSemaphore)
+        case task(CheckedContinuation<Void, Never>)
+
+        func wake() {
+            switch self {
+            case .thread(_, let semaphore): semaphore.signal()
+            case .task(let continuation): continuation.resume()
+            }
+        }
+    }
+
+    private enum CancelAction {
+        case nothing
+        case withdraw
+        case notify([@Sendable () -> Void])
+    }
+
+    private struct State {
+        var phase: Phase
+        var progress = OperationProgress()
+        var unitsSince: ContinuousClock.Instant?
+        var cancelRequested = false
+        var pastPointOfNoReturn = false
+        /// Set once the call that created the operation has handed it to its caller; callbacks and
+        /// events wait for it (O11: never before the call returns).
+        var published = false
+        var cancelHandlers: [@Sendable () -> Void] = []
+        var waiters: [Waiter] = []
+        var nextWaiterID: UInt64 = 0
+
+        var isCompleted: Bool {
+            switch phase {
+            case .succeeded, .failed: true
+            case .queued, .running: false
+            }
+        }
+
+        var result: Result<Output, SiloError>? {
+            switch phase {
+            case .succeeded(let output): .success(output)
+            case .failed(let error): .failure(error)
+            case .queued, .running: nil
+            }
+        }
+    }
+
+    init(
+        id: OperationID,
+        type: OperationType,
+        context: (any Sendable)?,
+        cancellable: Bool,
+        callback: OperationCallback<Output>?,
+        channel: EventChannel?,
+        scheduler: OperationScheduler?,
+        queued: Bool
+    ) {
+        self.id = id
+        self.type = type
+        self.context = context
+        self.isCancellable = cancellable
+        self.callback = callback
+        self.channel = channel
+        self.scheduler = scheduler
+        self.state = Mutex(State(phase: queued ? .queued : .running))
+    }
+
+    // MARK: Consumer side
+
+    /// Where the operation stands. Never blocks.
+    public var status: OperationStatus {
+        state.withLock { state in
+            switch state.phase {
+            case .queued: .queued
+            case .running: .running(state.progress)
+            case .succeeded: .succeeded
+            case .failed(let error): .failed(error)
+            }
+        }
+    }
+
+    /// The final result, or nil while the operation is pending. Never blocks.
+    public var result: Result<Output, SiloError>? {
+        state.withLock { $0.result }
+    }
+
+    /// Blocks until the operation completes and returns its output or throws its error
+    /// [IVdsAsync::Wait, HcsWaitForOperationResult].
+    ///
+    /// - Parameter timeout: how long to wait; `nil` waits for as long as it takes. When it runs
+    ///   out, throws `operationTimeout` and the operation goes on: a later wait returns its real result.
+    public func wait(timeout: Duration? = nil) throws(SiloError) -> Output {
+        let semaphore: DispatchSemaphore
+        let waiterID: UInt64
+        do {
+            let registered: (DispatchSemaphore, UInt64)? = state.withLock { state in
+                if state.isCompleted { return nil }
+                let semaphore = DispatchSemaphore(value: 0)
+                state.nextWaiterID += 1
+                state.waiters.append(.thread(id: state.nextWaiterID, semaphore))
+                return (semaphore, state.nextWaiterID)
+            }
+            guard let registered else { return try completedResult().get() }
+            (semaphore, waiterID) = registered
+        }
+        if let timeout {
+            let deadline = DispatchTime.now() + .nanoseconds(Int(timeout.nanoseconds))
+            if semaphore.wait(timeout: deadline) == .timedOut {
+                let stillWaiting = state.withLock { state in
+                    guard let index = state.waiters.firstIndex(where: { waiter in
+                        if case .thread(let id, _) = waiter { return id == waiterID }
+                        return false
+                    }) else { return false }
+                    state.waiters.remove(at: index)
+                    return true
+                }
+                // Not in the list any more: completion took it in the same instant; its result is set.
+                if stillWaiting { throw SiloError.timedOut(id, type, after: timeout) }
+            }
+        } else {
+            semaphore.wait()
+        }
+        return try completedResult().get()
+    }
+
+    /// The output, awaited [O10]. Cancelling the awaiting task cancels the operation, as far as
+    /// ``cancel()`` can; the await still ends only when the operation completes.
+    public var value: Output {
+        get async throws(SiloError) {
+            if let result = self.result { return try result.get() }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let completed = state.withLock { state in
+                        if state.isCompleted { return true }
+                        state.waiters.append(.task(continuation))
+                        return false
+                    }
+                    if completed { continuation.resume() }
+                }
+            } onCancel: {
+                try? self.cancel()
+            }
+            return try completedResult().get()
+        }
+    }
+
+    /// Asks the operation to stop and roll back [IVdsAsync::Cancel].
+    ///
+    /// Returns at once; the operation completes with `operationCancelled` once the producer has
+    /// rolled back what it did, and every waiter wakes then. On a completed operation this does
+    /// nothing.
+    /// - Throws: `cancelTooLate` when the operation passed its point of no return or cannot be
+    ///   cancelled; nothing changes then.
+    public func cancel() throws(SiloError) {
+        let action: CancelAction = try state.withLock { (state) throws(SiloError) -> CancelAction in
+            switch state.phase {
+            case .succeeded, .failed:
+                return .nothing
+            case .queued:
+                if state.cancelRequested { return .nothing }
+                state.cancelRequested = true
+                return .withdraw
+            case .running:
+                guard isCancellable else {
+                    throw SiloError.tooLate(id, type, reason: "this kind of operation cannot be cancelled")
+                }
+                guard !state.pastPointOfNoReturn else {
+                    throw SiloError.tooLate(id, type, reason: "it has passed its point of no return")
+                }
+                if state.cancelRequested { return .nothing }
+                state.cancelRequested = true
+                let handlers = state.cancelHandlers
+                state.cancelHandlers = []
+                return .notify(handlers)
+            }
+        }
+        switch action {
+        case .nothing:
+            break
+        case .withdraw:
+            // Still queued: nothing was done, so nothing to roll back.
+            if scheduler?.withdraw(id) ?? false {
+                complete(.failure(.cancelled(id, type)))
+            }
+        case .notify(let handlers):
+            for handler in handlers { handler() }
+        }
+    }
+
+    /// The result document [HcsGetOperationResult]: nil while pending; on failure the
+    /// ResultError JSON; on success the output as JSON when it is `Encodable`, otherwise `{}`.
+    public var resultDocument: String? {
+        guard let result else { return nil }
+        switch result {
+        case .failure(let error):
+            return error.resultDocument
+        case .success(let output):
+            guard let encodable = output as? any Encodable else { return "{}" }
+            return (try? JSONCoding.encodeString(encodable)) ?? "{}"
+        }
+    }
+
+    public func waitForCompletion(timeout: Duration?) throws(SiloError) {
+        _ = try wait(timeout: timeout)
+    }
+
+    private func completedResult() -> Result<Output, SiloError> {
+        guard let result = state.withLock({ $0.result }) else {
+            preconditionFailure("operation \(id) woke a waiter before completing")
+        }
+        return result
+    }
+
+    // MARK: Producer side (through OperationDriver and OperationScheduler)
+
+    var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
+
+    /// Moves a queued operation to running. False if it was cancelled while queued.
+    func admit() -> Bool {
+        state.withLock { state in
+            guard case .queued = state.phase, !state.cancelRequested else { return false }
+            state.phase = .running
+            return true
+        }
+    }
+
+    /// Marks the operation handed to its caller; delivers the completion if it came first.
+    func publish() {
+        let completed = state.withLock { state in
+            state.published = true
+            return state.isCompleted
+        }
+        if completed { notifyCompletion() }
+    }
+
+    func reportProgress(percent: Int?, completed: UInt64?, total: UInt64?, stage: String?) {
+        let now = completed == nil ? nil : ContinuousClock.now
+        state.withLock { state in
+            guard case .running = state.phase else { return }
+            if let stage, stage != state.progress.stage {
+                state.progress.stage = stage
+                state.progress.completedUnits = nil
+                state.progress.totalUnits = nil
+                state.progress.unitsPerSecond = nil
+                state.progress.estimatedTimeRemaining = nil
+                state.unitsSince = nil
+            }
+            if let completed, let total, let now {
+                if state.unitsSince == nil || completed < (state.progress.completedUnits ?? 0) {
+                    state.unitsSince = now
+                }
+                state.progress.completedUnits = completed
+                state.progress.totalUnits = total
+                if let since = state.unitsSince {
+                    let elapsed = Double((now - since).nanoseconds) / 1e9
+                    if elapsed > 0, completed > 0 {
+                        let rate = Double(completed) / elapsed
+                        state.progress.unitsPerSecond = rate
+                        let left = Double(total > completed ? total - completed : 0) / rate
+                        state.progress.estimatedTimeRemaining = .nanoseconds(Int64(min(left * 1e9, 9e18)))
+                    }
+                }
+            }
+            if let percent {
+                // O3/O4: 0...99 while running, never decreasing.
+                state.progress.percent = max(state.progress.percent, min(max(percent, 0), 99))
+            }
+        }
+    }
+
+    func enterPointOfNoReturn() throws(SiloError) {
+        try state.withLock { (state) throws(SiloError) in
+            if state.cancelRequested { throw SiloError.cancelled(id, type) }
+            state.pastPointOfNoReturn = true
+        }
+    }
+
+    func addCancelHandler(_ handler: @escaping @Sendable () -> Void) {
+        let runNow = state.withLock { state in
+            if state.cancelRequested || state.isCompleted { return state.cancelRequested && !state.isCompleted }
+            state.cancelHandlers.append(handler)
+            return false
+        }
+        if runNow { handler() }
+    }
+
+    /// Completes the operation once; later calls return false and change nothing.
+    @discardableResult
+    func complete(_ result: Result<Output, SiloError>) -> Bool {
+        let outcome: (waiters: [Waiter], published: Bool, heldSlot: Bool)? = state.withLock { state in
+            let wasRunning: Bool
+            switch state.phase {
+            case .succeeded, .failed: return nil
+            case .queued: wasRunning = false
+            case .running: wasRunning = true
+            }
+            switch result {
+            case .success(let output): state.phase = .succeeded(output)
+            case .failure(let error): state.phase = .failed(error)
+            }
+            state.cancelHandlers = []
+            let waiters = state.waiters
+            state.waiters = []
+            return (waiters, state.published, wasRunning)
+        }
+        guard let outcome else { return false }
+        for waiter in outcome.waiters { waiter.wake() }
+        if outcome.published { notifyCompletion() }
+        if outcome.heldSlot { scheduler?.release() }
+        return true
+    }
+
+    private func notifyCompletion() {
+        if let callback {
+            CallbackThreads.run(callback.model) { callback.body(self) }
+        } else if let channel, channel.routesOperationCompletions {
+            channel.post(SiloEvent(type: .operationCompleted, operation: self))
+        }
+    }
+}

@@ -1,0 +1,181 @@
+import Synchronization
+
+/// Admits operations: at most `maxRunning` run at once, up to `maxQueued` more wait in FIFO order
+/// (status `queued`, 0%), and a call beyond that is refused at once with `tooManyOperations`
+/// [WWSAPI: limit the outstanding asynchronous operations].
+///
+/// This is the producer's entry point: ``start(_:context:callback:events:cancellable:placement:_:)``
+/// creates the operation and hands the work an ``OperationDriver``; ``run(_:context:callback:events:cancellable:_:)``
+/// wraps a blocking body; ``run(_:chain:context:callback:events:)`` runs an ``OperationChain``.
+public final class OperationScheduler: Sendable {
+    public struct Limits: Sendable, Hashable {
+        /// Operations admitted (running) at once.
+        public var maxRunning: Int
+        /// Operations waiting for a slot; one more is refused with `tooManyOperations`.
+        public var maxQueued: Int
+
+        public init(maxRunning: Int = 64, maxQueued: Int = 4096) {
+            self.maxRunning = maxRunning
+            self.maxQueued = maxQueued
+        }
+    }
+
+    /// Where admitted work starts.
+    public enum Placement: Sendable, Hashable {
+        /// On a Silo worker thread: the work may block (system calls, I/O, waiting on a child).
+        case worker
+        /// On the calling thread, inside the call, when admitted at once: the work must not block;
+        /// it completes at once or starts something that completes later. Work admitted from the
+        /// queue starts on a worker thread.
+        case inline
+    }
+
+    /// The scheduler Silo's storage and compute calls use unless given another.
+    public static let shared = OperationScheduler()
+
+    public let limits: Limits
+    let workerPool: ThreadPool
+    private let state = Mutex(State())
+    private static let lastID = Atomic<UInt64>(0)
+
+    private struct State {
+        var running = 0
+        var queue = FIFO<Queued>()
+    }
+
+    private struct Queued {
+        let id: OperationID
+        let launch: @Sendable () -> Void
+    }
+
+    public init(limits: Limits = Limits()) {
+        precondition(limits.maxRunning > 0 && limits.maxQueued >= 0, "limits must allow one running operation")
+        self.limits = limits
+        self.workerPool = ThreadPool(name: "silo-worker", maxThreads: limits.maxRunning)
+    }
+
+    /// Operations admitted now and operations waiting, for statistics and tests.
+    public var load: (running: Int, queued: Int) {
+        state.withLock { ($0.running, $0.queue.count) }
+    }
+
+    /// Creates an operation and starts `work` when a slot is free.
+    ///
+    /// `work` gets the driver and completes it at once or later, from any thread. Arguments are
+    /// checked before anything is created: a refused call throws, creates no operation and runs no
+    /// callback (E3).
+    /// - Throws: `tooManyOperations` when the queue is full; `operationSystemCallbackAlreadySet`
+    ///   when `events` routes completions to its handler and `callback` is given.
+    public func start<Output: Sendable>(
+        _ type: OperationType,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<Output>? = nil,
+        events: EventChannel? = nil,
+        cancellable: Bool = true,
+        placement: Placement = .worker,
+        _ work: @escaping @Sendable (OperationDriver<Output>) -> Void
+    ) throws(SiloError) -> SiloOperation<Output> {
+        if let events { try events.checkCall(bringsCallback: callback != nil) }
+        let id = OperationID(rawValue: Self.lastID.add(1, ordering: .relaxed).newValue)
+        let operation = SiloOperation<Output>(
+            id: id,
+            type: type,
+            context: context,
+            cancellable: cancellable,
+            callback: callback,
+            channel: events,
+            scheduler: self,
+            queued: true
+        )
+        // Admission and queueing under one lock, so the queue never exceeds its limit and never
+        // holds an operation while a slot is free.
+        let admitted: Bool = try state.withLock { (state) throws(SiloError) -> Bool in
+            if state.running < limits.maxRunning, state.queue.isEmpty {
+                state.running += 1
+                return true
+            }
+            guard state.queue.count < limits.maxQueued else {
+                throw SiloError(
+                    .tooManyOperations,
+                    "too many operations: \(state.running) running and \(state.queue.count) queued "
+                        + "(limits \(limits.maxRunning) and \(limits.maxQueued)); try again later",
+                    field: "maxQueued",
+                    value: "\(limits.maxQueued)"
+                )
+            }
+            state.queue.append(queuedEntry(operation, work))
+            return false
+        }
+        if admitted {
+            _ = operation.admit()
+            launch(operation, placement: placement, work)
+        }
+        operation.publish()
+        return operation
+    }
+
+    /// Runs a blocking body on a worker thread; its return value completes the operation, its
+    /// error fails it.
+    public func run<Output: Sendable>(
+        _ type: OperationType,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<Output>? = nil,
+        events: EventChannel? = nil,
+        cancellable: Bool = true,
+        _ body: @escaping @Sendable (OperationDriver<Output>) throws(SiloError) -> Output
+    ) throws(SiloError) -> SiloOperation<Output> {
+        try start(type, context: context, callback: callback, events: events, cancellable: cancellable) { driver in
+            do throws(SiloError) {
+                driver.succeed(try body(driver))
+            } catch {
+                driver.fail(driver.isCancelled && error.code != .operationCancelled
+                    ? driver.cancellationError.adding(.init(message: error.message, source: "step"))
+                    : error)
+            }
+        }
+    }
+
+    private func launch<Output>(
+        _ operation: SiloOperation<Output>,
+        placement: Placement,
+        _ work: @escaping @Sendable (OperationDriver<Output>) -> Void
+    ) {
+        switch placement {
+        case .inline:
+            work(OperationDriver(operation))
+        case .worker:
+            workerPool.submit { work(OperationDriver(operation)) }
+        }
+    }
+
+    private func queuedEntry<Output>(
+        _ operation: SiloOperation<Output>,
+        _ work: @escaping @Sendable (OperationDriver<Output>) -> Void
+    ) -> Queued {
+        Queued(id: operation.id) { [self] in
+            if operation.admit() {
+                // From the queue, always on a worker: the releasing thread may be anyone's.
+                self.launch(operation, placement: .worker, work)
+            } else {
+                // Cancelled while queued, in the instant it was dequeued: it gives the slot back.
+                operation.complete(.failure(.cancelled(operation.id, operation.type)))
+                self.release()
+            }
+        }
+    }
+
+    /// Removes a queued operation; false if it already left the queue.
+    func withdraw(_ id: OperationID) -> Bool {
+        state.withLock { $0.queue.removeFirst(where: { $0.id == id }) != nil }
+    }
+
+    /// Gives back a running slot; the first queued operation takes it.
+    func release() {
+        let next: Queued? = state.withLock { state in
+            if let next = state.queue.popFirst() { return next }
+            state.running -= 1
+            return nil
+        }
+        next?.launch()
+    }
+}
