@@ -30,7 +30,7 @@ final class ChainRun<Output: Sendable>: ChainProgress {
         while index < chain.steps.count {
             let step = chain.steps[index]
             let context = StepContext(name: step.name, index: index, run: self)
-            do throws(SiloError) {
+            do {
                 try driver.checkCancellation()
                 if step.isPointOfNoReturn { try driver.enterPointOfNoReturn() }
                 report(percentAt: doneWeight[index], stage: step.name)
@@ -41,7 +41,7 @@ final class ChainRun<Output: Sendable>: ChainProgress {
                 context.markDone()
             } catch {
                 context.markDone()
-                abort(error)
+                abort(SiloError(error))
                 return
             }
             completed.withLock { $0.append(step) }
@@ -81,10 +81,10 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     }
 
     private func finishChain() {
-        do throws(SiloError) {
+        do {
             driver.succeed(try chain.output())
         } catch {
-            abort(error)
+            abort(SiloError(error))
         }
     }
 
@@ -101,11 +101,11 @@ final class ChainRun<Output: Sendable>: ChainProgress {
         }
         for step in done.reversed() {
             guard let rollback = step.rollback else { continue }
-            do throws(SiloError) {
+            do {
                 try rollback()
             } catch {
                 failure = failure.adding(.init(
-                    message: "rollback of step '\(step.name)' failed: \(error.message)", source: "rollback"
+                    message: "rollback of step '\(step.name)' failed: \(SiloError(error).message)", source: "rollback"
                 ))
             }
         }

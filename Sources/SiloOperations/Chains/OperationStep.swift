@@ -17,18 +17,18 @@ public struct OperationStep: Sendable {
     public let weight: Int
     /// Entering this step commits the operation: `cancel()` throws `cancelTooLate` from then on.
     public let isPointOfNoReturn: Bool
-    let body: @Sendable (StepContext) throws(SiloError) -> Outcome
-    let rollback: (@Sendable () throws(SiloError) -> Void)?
+    let body: @Sendable (StepContext) throws -> Outcome
+    let rollback: (@Sendable () throws -> Void)?
 
     /// A step that is done when `run` returns. `run` may block; it runs on a Silo worker thread.
     public init(
         _ name: String,
         weight: Int = 1,
         pointOfNoReturn: Bool = false,
-        run: @escaping @Sendable (StepContext) throws(SiloError) -> Void,
-        rollback: (@Sendable () throws(SiloError) -> Void)? = nil
+        run: @escaping @Sendable (StepContext) throws -> Void,
+        rollback: (@Sendable () throws -> Void)? = nil
     ) {
-        self.init(name, weight: weight, pointOfNoReturn: pointOfNoReturn, start: { (context) throws(SiloError) in
+        self.init(name, weight: weight, pointOfNoReturn: pointOfNoReturn, start: { context in
             try run(context)
             return .finished
         }, rollback: rollback)
@@ -40,8 +40,8 @@ public struct OperationStep: Sendable {
         _ name: String,
         weight: Int = 1,
         pointOfNoReturn: Bool = false,
-        start: @escaping @Sendable (StepContext) throws(SiloError) -> Outcome,
-        rollback: (@Sendable () throws(SiloError) -> Void)? = nil
+        start: @escaping @Sendable (StepContext) throws -> Outcome,
+        rollback: (@Sendable () throws -> Void)? = nil
     ) {
         precondition(weight >= 0, "a step's weight is not negative")
         self.name = name
@@ -57,9 +57,9 @@ public struct OperationStep: Sendable {
 /// [WsAsyncExecute]. `output` makes the result once every step is done.
 public struct OperationChain<Output: Sendable>: Sendable {
     public var steps: [OperationStep]
-    public var output: @Sendable () throws(SiloError) -> Output
+    public var output: @Sendable () throws -> Output
 
-    public init(_ steps: [OperationStep], output: @escaping @Sendable () throws(SiloError) -> Output) {
+    public init(_ steps: [OperationStep], output: @escaping @Sendable () throws -> Output) {
         self.steps = steps
         self.output = output
     }

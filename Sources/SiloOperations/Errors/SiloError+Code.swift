@@ -107,7 +107,51 @@ extension SiloError {
         }
 
         /// The case name, such as `operationCancelled`; stable, used in JSON and CLI output.
-        // `String(reflecting:)` gives `Module.SiloError.Code.name`: `description` is ours, so it cannot be used here.
-        public var name: String { String(reflecting: self).split(separator: ".").last.map(String.init) ?? "" }
+        public var name: String {
+            switch self {
+            case .invalidArgument: "invalidArgument"
+            case .accessDenied: "accessDenied"
+            case .outOfMemory: "outOfMemory"
+            case .systemCallFailed: "systemCallFailed"
+            case .unexpected: "unexpected"
+            case .tooManyOperations: "tooManyOperations"
+            case .operationAbandoned: "operationAbandoned"
+            case .notSupported: "notSupported"
+            case .anotherCallInProgress: "anotherCallInProgress"
+            case .objectNotFound: "objectNotFound"
+            case .operationDenied: "operationDenied"
+            case .objectDeleted: "objectDeleted"
+            case .cancelTooLate: "cancelTooLate"
+            case .operationCancelled: "operationCancelled"
+            case .cannotExtend: "cannotExtend"
+            case .notEnoughSpace: "notEnoughSpace"
+            case .notEnoughDrive: "notEnoughDrive"
+            case .deviceInUse: "deviceInUse"
+            case .invalidOperation: "invalidOperation"
+            case .shrinkOverData: "shrinkOverData"
+            case .invalidShrinkSize: "invalidShrinkSize"
+            case .terminatedDuringStart: "terminatedDuringStart"
+            case .invalidState: "invalidState"
+            case .unexpectedExit: "unexpectedExit"
+            case .terminated: "terminated"
+            case .connectFailed: "connectFailed"
+            case .connectionClosed: "connectionClosed"
+            case .unknownMessage: "unknownMessage"
+            case .unsupportedProtocolVersion: "unsupportedProtocolVersion"
+            case .invalidJSON: "invalidJSON"
+            case .systemNotFound: "systemNotFound"
+            case .systemAlreadyExists: "systemAlreadyExists"
+            case .systemAlreadyStopped: "systemAlreadyStopped"
+            case .protocolError: "protocolError"
+            case .operationNotStarted: "operationNotStarted"
+            case .operationPending: "operationPending"
+            case .operationTimeout: "operationTimeout"
+            case .operationSystemCallbackAlreadySet: "operationSystemCallbackAlreadySet"
+            case .processInfoNotAvailable: "processInfoNotAvailable"
+            case .processAlreadyStopped: "processAlreadyStopped"
+            case .systemNotConfiguredForOperation: "systemNotConfiguredForOperation"
+            case .operationAlreadyCancelled: "operationAlreadyCancelled"
+            }
+        }
     }
 }

@@ -64,3 +64,15 @@ extension SiloError {
         return copy
     }
 }
+
+extension SiloError {
+    /// Any error as a `SiloError`: itself when it is one, otherwise `unexpected` with its description.
+    /// Producers' closures throw untyped errors; this is where they become Silo's.
+    public init(_ error: any Error) {
+        if let error = error as? SiloError {
+            self = error
+        } else {
+            self.init(.unexpected, "unexpected error: \(error)", events: [ErrorEvent(message: "\(error)", source: "\(type(of: error))")])
+        }
+    }
+}

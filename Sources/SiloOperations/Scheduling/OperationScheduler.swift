@@ -122,12 +122,13 @@ public final class OperationScheduler: Sendable {
         callback: OperationCallback<Output>? = nil,
         events: EventChannel? = nil,
         cancellable: Bool = true,
-        _ body: @escaping @Sendable (OperationDriver<Output>) throws(SiloError) -> Output
+        _ body: @escaping @Sendable (OperationDriver<Output>) throws -> Output
     ) throws(SiloError) -> SiloOperation<Output> {
         try start(type, context: context, callback: callback, events: events, cancellable: cancellable) { driver in
-            do throws(SiloError) {
+            do {
                 driver.succeed(try body(driver))
             } catch {
+                let error = SiloError(error)
                 driver.fail(driver.isCancelled && error.code != .operationCancelled
                     ? driver.cancellationError.adding(.init(message: error.message, source: "step"))
                     : error)

@@ -1,0 +1,140 @@
+import Dispatch
+import Synchronization
+import Testing
+
+@testable import SiloOperations
+
+@Suite("Chains of steps")
+struct ChainTests {
+    let scheduler = OperationScheduler()
+
+    @Test("O14 a chain reports one combined percent by weight")
+    func combinedPercent() throws {
+        let inStep = Signal()
+        let proceed = Signal()
+        let chain = OperationChain<String>([
+            OperationStep("create", weight: 1, run: { _ in }),
+            OperationStep("zero", weight: 3, run: { step in
+                step.reportProgress(fraction: 0.5)
+                inStep.fire()
+                _ = proceed.wait()
+            }),
+        ], output: { "made" })
+        let operation = try scheduler.run(.createLun, chain: chain)
+        #expect(inStep.wait())
+        guard case .running(let progress) = operation.status else {
+            Issue.record("expected running")
+            return
+        }
+        #expect(progress.percent == 62)  // (1 + 3 * 0.5) / 4
+        #expect(progress.stage == "zero")
+        proceed.fire()
+        #expect(try operation.wait() == "made")
+        #expect(operation.status.percentComplete == 100)
+    }
+
+    @Test("O14 a chain stops at the first failure and rolls back completed steps in reverse")
+    func stopsAndRollsBack() throws {
+        let log = Recorder<String>()
+        let callbacks = Counter()
+        let called = Signal()
+        let failure = SiloError(.notEnoughSpace, "pool is full", field: "size", value: "10G")
+        let chain = OperationChain<Void>([
+            OperationStep("one", run: { _ in log.append("run one") }, rollback: { log.append("undo one") }),
+            OperationStep("two", run: { _ in log.append("run two") }, rollback: { log.append("undo two") }),
+            OperationStep("three", run: { _ in
+                log.append("run three")
+                throw failure
+            }, rollback: { log.append("undo three") }),
+            OperationStep("four", run: { _ in log.append("run four") }),
+        ])
+        let operation = try scheduler.run(.createLun, chain: chain, callback: .short { _ in
+            callbacks.increment()
+            called.fire()
+        })
+        #expect(throws: failure) { try operation.wait() }
+        #expect(log.values == ["run one", "run two", "run three", "undo two", "undo one"])
+        #expect(called.wait())
+        usleepMilliseconds(30)
+        #expect(callbacks.value == 1)
+    }
+
+    @Test("O14 a failing rollback is reported in the error's events")
+    func failingRollbackReported() throws {
+        let chain = OperationChain<Void>([
+            OperationStep("attach", run: { _ in }, rollback: {
+                throw SiloError(.deviceInUse, "loop7 busy")
+            }),
+            OperationStep("register", run: { _ in throw SiloError(.unexpected, "disk full") }),
+        ])
+        let operation = try scheduler.run(.createLun, chain: chain)
+        let error = #expect(throws: SiloError.self) { try operation.wait() }
+        #expect(error?.code == .unexpected)
+        #expect(error?.events.map(\.message) == ["rollback of step 'attach' failed: loop7 busy"])
+    }
+
+    @Test("O14 steps may finish at once or later, from another thread")
+    func stepsFinishLater() throws {
+        let log = Recorder<String>()
+        let chain = OperationChain<Int>([
+            OperationStep("later", weight: 2, start: { step in
+                DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) {
+                    log.append("later done")
+                    step.finish()
+                }
+                return .pending
+            }, rollback: { log.append("undo later") }),
+            OperationStep("at once though pending", start: { step in
+                step.finish()  // finished before returning .pending
+                log.append("early done")
+                return .pending
+            }),
+            OperationStep("fails later", start: { step in
+                DispatchQueue.global().async { step.fail(SiloError(.connectionClosed, "agent went away")) }
+                return .pending
+            }),
+        ], output: { 1 })
+        let operation = try scheduler.run(.start, chain: chain)
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .connectionClosed)
+        #expect(log.values == ["later done", "early done", "undo later"])
+    }
+
+    @Test("O14 cancel during a step that finishes later rolls back once the step reports")
+    func cancelPendingStep() throws {
+        let log = Recorder<String>()
+        let pending = Signal()
+        let chain = OperationChain<Void>([
+            OperationStep("made", run: { _ in log.append("made") }, rollback: { log.append("unmade") }),
+            OperationStep("wait for agent", start: { step in
+                step.onCancel { step.fail(SiloError(.operationCancelled, "stopped waiting")) }
+                pending.fire()
+                return .pending
+            }),
+        ])
+        let operation = try scheduler.run(.start, chain: chain)
+        #expect(pending.wait())
+        try operation.cancel()
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .operationCancelled)
+        #expect(log.values == ["made", "unmade"])
+    }
+
+    @Test("O14 a step marked as the point of no return makes later cancels too late")
+    func pointOfNoReturnStep() throws {
+        let committed = Signal()
+        let release = Signal()
+        let chain = OperationChain<Void>([
+            OperationStep("prepare", run: { _ in }),
+            OperationStep("register", pointOfNoReturn: true, run: { _ in
+                committed.fire()
+                _ = release.wait()
+            }),
+        ])
+        let operation = try scheduler.run(.createLun, chain: chain)
+        #expect(committed.wait())
+        #expect(throws: SiloError.self) { try operation.cancel() }
+        release.fire()
+        try operation.wait()
+    }
+}
