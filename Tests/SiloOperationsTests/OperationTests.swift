@@ -176,7 +176,7 @@ struct OperationTests {
 
     @Test("O8 cancel completes a running operation with operationCancelled, rolls back, wakes every waiter")
     func cancelRunning() throws {
-        let resources = Mutex<Set<String>>([])
+        let resources = SiloMutex<Set<String>>([])
         let inSecondStep = Signal()
         let chain = OperationChain<Void>([
             OperationStep("create file", run: { _ in resources.withLock { _ = $0.insert("file") } },

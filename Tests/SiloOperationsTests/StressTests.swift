@@ -15,7 +15,7 @@ struct StressTests {
         let channel = EventChannel(owner: "stress")
         try channel.setHandler(options: .operationCallbacks) { _ in events.increment() }
         let allCallbacks = DispatchGroup()
-        let operations = Mutex<[SiloOperation<Int>]>([])
+        let operations = SiloMutex<[SiloOperation<Int>]>([])
 
         DispatchQueue.concurrentPerform(iterations: count) { index in
             let withCallback = index % 4 != 0
@@ -51,7 +51,7 @@ struct StressTests {
 
         let all = operations.withLock { $0 }
         #expect(all.count == count)
-        let outcomes = Mutex<(succeeded: Int, cancelled: Int, other: Int)>((0, 0, 0))
+        let outcomes = SiloMutex<(succeeded: Int, cancelled: Int, other: Int)>((0, 0, 0))
         DispatchQueue.concurrentPerform(iterations: all.count) { index in
             let operation = all[index]
             do throws(SiloError) {

@@ -18,7 +18,7 @@ final class Signal: Sendable {
 
 /// Values appended from any thread, read in order.
 final class Recorder<Value: Sendable>: Sendable {
-    private let storage = Mutex<[Value]>([])
+    private let storage = SiloMutex<[Value]>([])
     func append(_ value: Value) { storage.withLock { $0.append(value) } }
     var values: [Value] { storage.withLock { $0 } }
     var count: Int { storage.withLock { $0.count } }

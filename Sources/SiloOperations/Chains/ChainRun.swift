@@ -10,7 +10,7 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     private let totalWeight: Int
     /// Prefix sums of the weights: `doneWeight[i]` is the weight of steps before `i`.
     private let doneWeight: [Int]
-    private let completed = Mutex<[OperationStep]>([])
+    private let completed = SiloMutex<[OperationStep]>([])
 
     init(driver: OperationDriver<Output>, chain: OperationChain<Output>, continueOn scheduler: OperationScheduler) {
         self.driver = driver

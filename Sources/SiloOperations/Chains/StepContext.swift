@@ -6,7 +6,7 @@ public final class StepContext: Sendable {
     public let name: String
     let index: Int
     private let run: any ChainProgress
-    private let state = Mutex(Phase.running)
+    private let state = SiloMutex(Phase.running)
 
     enum Phase {
         case running

@@ -25,7 +25,7 @@ public final class EventChannel: Sendable {
 
     /// What the channel belongs to, for messages (a system id, say).
     public let owner: String
-    private let state = Mutex(State())
+    private let state = SiloMutex(State())
     /// Events a drain delivers before yielding its thread to other channels' events.
     private static let batch = 64
 

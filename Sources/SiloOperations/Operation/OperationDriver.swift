@@ -1,3 +1,5 @@
+import Synchronization
+
 /// The producer's side of one operation: report progress, mark the point of no return, complete.
 ///
 /// The scheduler hands a driver to the work it admits. Complete exactly once with ``succeed(_:)``,
@@ -11,13 +13,16 @@
 /// (``OperationChain``) do all of this for their steps.
 public final class OperationDriver<Output: Sendable>: Sendable {
     public let operation: SiloOperation<Output>
+    /// Set when this driver completed the operation, so `deinit` needs no lock in the common case.
+    private let completed = Atomic<Bool>(false)
 
     init(_ operation: SiloOperation<Output>) {
         self.operation = operation
     }
 
     deinit {
-        operation.complete(.failure(SiloError(
+        guard !completed.load(ordering: .relaxed), operation.isPending else { return }
+        operation.complete(.failed(SiloError(
             .operationAbandoned,
             "operation \(operation.id) (\(operation.type)) was dropped by its producer without completing",
             field: "operation",
@@ -60,18 +65,21 @@ public final class OperationDriver<Output: Sendable>: Sendable {
     /// Completes with the output. Returns false if the operation had completed already.
     @discardableResult
     public func succeed(_ output: Output) -> Bool {
-        operation.complete(.success(output))
+        completed.store(true, ordering: .relaxed)
+        return operation.complete(.succeeded(output))
     }
 
     /// Completes with the error. Returns false if the operation had completed already.
     @discardableResult
     public func fail(_ error: SiloError) -> Bool {
-        operation.complete(.failure(error))
+        completed.store(true, ordering: .relaxed)
+        return operation.complete(.failed(error))
     }
 
     @discardableResult
     public func finish(_ result: Result<Output, SiloError>) -> Bool {
-        operation.complete(result)
+        completed.store(true, ordering: .relaxed)
+        return operation.complete(result)
     }
 
     /// The error to complete with after rolling back a cancelled operation.
@@ -80,5 +88,5 @@ public final class OperationDriver<Output: Sendable>: Sendable {
 
 extension OperationDriver where Output == Void {
     @discardableResult
-    public func succeed() -> Bool { operation.complete(.success(())) }
+    public func succeed() -> Bool { succeed(()) }
 }

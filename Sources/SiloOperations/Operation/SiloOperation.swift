@@ -21,60 +21,12 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     let callback: OperationCallback<Output>?
     let channel: EventChannel?
     let scheduler: OperationScheduler?
-    private let state: Mutex<State>
-
-    enum Phase {
-        case queued
-        case running
-        case succeeded(Output)
-        case failed(SiloError)
-    }
-
-    private enum Waiter {
-        case thread(id: UInt64, DispatchSemaphore)
-        case task(CheckedContinuation<Void, Never>)
-
-        func wake() {
-            switch self {
-            case .thread(_, let semaphore): semaphore.signal()
-            case .task(let continuation): continuation.resume()
-            }
-        }
-    }
+    private let state: SiloMutex<OperationState>
 
     private enum CancelAction {
         case nothing
         case withdraw
         case notify([@Sendable () -> Void])
-    }
-
-    private struct State {
-        var phase: Phase
-        var progress = OperationProgress()
-        var unitsSince: ContinuousClock.Instant?
-        var cancelRequested = false
-        var pastPointOfNoReturn = false
-        /// Set once the call that created the operation has handed it to its caller; callbacks and
-        /// events wait for it (O11: never before the call returns).
-        var published = false
-        var cancelHandlers: [@Sendable () -> Void] = []
-        var waiters: [Waiter] = []
-        var nextWaiterID: UInt64 = 0
-
-        var isCompleted: Bool {
-            switch phase {
-            case .succeeded, .failed: true
-            case .queued, .running: false
-            }
-        }
-
-        var result: Result<Output, SiloError>? {
-            switch phase {
-            case .succeeded(let output): .success(output)
-            case .failed(let error): .failure(error)
-            case .queued, .running: nil
-            }
-        }
     }
 
     init(
@@ -84,8 +36,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         cancellable: Bool,
         callback: OperationCallback<Output>?,
         channel: EventChannel?,
-        scheduler: OperationScheduler?,
-        queued: Bool
+        scheduler: OperationScheduler?
     ) {
         self.id = id
         self.type = type
@@ -94,7 +45,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         self.callback = callback
         self.channel = channel
         self.scheduler = scheduler
-        self.state = Mutex(State(phase: queued ? .queued : .running))
+        self.state = SiloMutex(OperationState(phase: .running))
     }
 
     // MARK: Consumer side
@@ -113,7 +64,18 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
 
     /// The final result, or nil while the operation is pending. Never blocks.
     public var result: Result<Output, SiloError>? {
-        state.withLock { $0.result }
+        state.withLock { $0.result }.map(Self.typed)
+    }
+
+    /// The phase keeps the output type-erased so that the state's layout is not generic: generic
+    /// nested types cost a runtime metadata lookup on every lock.
+    private static func typed(_ result: Result<any Sendable, SiloError>) -> Result<Output, SiloError> {
+        result.map { output in
+            guard let output = output as? Output else {
+                preconditionFailure("operation output of type \(Swift.type(of: output)) is not \(Output.self)")
+            }
+            return output
+        }
     }
 
     /// Blocks until the operation completes and returns its output or throws its error
@@ -122,18 +84,18 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     /// - Parameter timeout: how long to wait; `nil` waits for as long as it takes. When it runs
     ///   out, throws `operationTimeout` and the operation goes on: a later wait returns its real result.
     public func wait(timeout: Duration? = nil) throws(SiloError) -> Output {
+        let registration: WaitRegistration = state.withLock { state in
+            if state.isCompleted { return .completed(state.phase) }
+            let semaphore = DispatchSemaphore(value: 0)
+            state.nextWaiterID += 1
+            state.waiters.append(.thread(id: state.nextWaiterID, semaphore))
+            return .waiting(semaphore, state.nextWaiterID)
+        }
         let semaphore: DispatchSemaphore
         let waiterID: UInt64
-        do {
-            let registered: (DispatchSemaphore, UInt64)? = state.withLock { state in
-                if state.isCompleted { return nil }
-                let semaphore = DispatchSemaphore(value: 0)
-                state.nextWaiterID += 1
-                state.waiters.append(.thread(id: state.nextWaiterID, semaphore))
-                return (semaphore, state.nextWaiterID)
-            }
-            guard let registered else { return try completedResult().get() }
-            (semaphore, waiterID) = registered
+        switch registration {
+        case .completed(let phase): return try output(of: phase)
+        case .waiting(let waitOn, let id): (semaphore, waiterID) = (waitOn, id)
         }
         if let timeout {
             let deadline = DispatchTime.now() + .nanoseconds(Int(timeout.nanoseconds))
@@ -152,7 +114,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         } else {
             semaphore.wait()
         }
-        return try completedResult().get()
+        return try completedOutput()
     }
 
     /// The output, awaited [O10]. Cancelling the awaiting task cancels the operation, as far as
@@ -172,7 +134,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
             } onCancel: {
                 try? self.cancel()
             }
-            return try completedResult().get()
+            return try completedOutput()
         }
     }
 
@@ -212,7 +174,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         case .withdraw:
             // Still queued: nothing was done, so nothing to roll back.
             if scheduler?.withdraw(id) ?? false {
-                complete(.failure(.cancelled(id, type)))
+                complete(.failed(.cancelled(id, type)))
             }
         case .notify(let handlers):
             for handler in handlers { handler() }
@@ -236,16 +198,36 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         _ = try wait(timeout: timeout)
     }
 
-    private func completedResult() -> Result<Output, SiloError> {
-        guard let result = state.withLock({ $0.result }) else {
+    /// The output of a completed operation, without building a generic `Result`: in unspecialised
+    /// code every generic type costs a metadata lookup, and this is the hot path of every wait.
+    private func completedOutput() throws(SiloError) -> Output {
+        try output(of: state.withLock { $0.phase })
+    }
+
+    private func output(of phase: OperationPhase) throws(SiloError) -> Output {
+        switch phase {
+        case .succeeded(let output):
+            guard let output = output as? Output else {
+                preconditionFailure("operation output of type \(Swift.type(of: output)) is not \(Output.self)")
+            }
+            return output
+        case .failed(let error):
+            throw error
+        case .queued, .running:
             preconditionFailure("operation \(id) woke a waiter before completing")
         }
-        return result
     }
 
     // MARK: Producer side (through OperationDriver and OperationScheduler)
 
     var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
+
+    var isPending: Bool { state.withLock { !$0.isCompleted } }
+
+    /// Marks a new operation queued: the scheduler does so before anyone else can see it.
+    func markQueued() {
+        state.withLock { $0.phase = .queued }
+    }
 
     /// Moves a queued operation to running. False if it was cancelled while queued.
     func admit() -> Bool {
@@ -319,17 +301,23 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     /// Completes the operation once; later calls return false and change nothing.
     @discardableResult
     func complete(_ result: Result<Output, SiloError>) -> Bool {
-        let outcome: (waiters: [Waiter], published: Bool, heldSlot: Bool)? = state.withLock { state in
+        switch result {
+        case .success(let output): complete(.succeeded(output))
+        case .failure(let error): complete(.failed(error))
+        }
+    }
+
+    /// Completes the operation once; later calls return false and change nothing.
+    @discardableResult
+    func complete(_ final: OperationPhase) -> Bool {
+        let outcome: (waiters: [OperationWaiter], published: Bool, heldSlot: Bool)? = state.withLock { state in
             let wasRunning: Bool
             switch state.phase {
             case .succeeded, .failed: return nil
             case .queued: wasRunning = false
             case .running: wasRunning = true
             }
-            switch result {
-            case .success(let output): state.phase = .succeeded(output)
-            case .failure(let error): state.phase = .failed(error)
-            }
+            state.phase = final
             state.cancelHandlers = []
             let waiters = state.waiters
             state.waiters = []
@@ -349,4 +337,57 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
             channel.post(SiloEvent(type: .operationCompleted, operation: self))
         }
     }
+}
+
+enum OperationPhase {
+    case queued
+    case running
+    case succeeded(any Sendable)
+    case failed(SiloError)
+}
+
+enum OperationWaiter {
+    case thread(id: UInt64, DispatchSemaphore)
+    case task(CheckedContinuation<Void, Never>)
+
+    func wake() {
+        switch self {
+        case .thread(_, let semaphore): semaphore.signal()
+        case .task(let continuation): continuation.resume()
+        }
+    }
+}
+
+struct OperationState {
+    var phase: OperationPhase
+    var progress = OperationProgress()
+    var unitsSince: ContinuousClock.Instant?
+    var cancelRequested = false
+    var pastPointOfNoReturn = false
+    /// Set once the call that created the operation has handed it to its caller; callbacks and
+    /// events wait for it (O11: never before the call returns).
+    var published = false
+    var cancelHandlers: [@Sendable () -> Void] = []
+    var waiters: [OperationWaiter] = []
+    var nextWaiterID: UInt64 = 0
+
+    var isCompleted: Bool {
+        switch phase {
+        case .succeeded, .failed: true
+        case .queued, .running: false
+        }
+    }
+
+    var result: Result<any Sendable, SiloError>? {
+        switch phase {
+        case .succeeded(let output): .success(output)
+        case .failed(let error): .failure(error)
+        case .queued, .running: nil
+        }
+    }
+}
+
+enum WaitRegistration {
+    case completed(OperationPhase)
+    case waiting(DispatchSemaphore, UInt64)
 }

@@ -35,7 +35,7 @@ public final class OperationScheduler: Sendable {
 
     public let limits: Limits
     let workerPool: ThreadPool
-    private let state = Mutex(State())
+    private let state = SiloMutex(State())
     private static let lastID = Atomic<UInt64>(0)
 
     private struct State {
@@ -84,8 +84,7 @@ public final class OperationScheduler: Sendable {
             cancellable: cancellable,
             callback: callback,
             channel: events,
-            scheduler: self,
-            queued: true
+            scheduler: self
         )
         // Admission and queueing under one lock, so the queue never exceeds its limit and never
         // holds an operation while a slot is free.
@@ -103,13 +102,11 @@ public final class OperationScheduler: Sendable {
                     value: "\(limits.maxQueued)"
                 )
             }
+            operation.markQueued()
             state.queue.append(queuedEntry(operation, work))
             return false
         }
-        if admitted {
-            _ = operation.admit()
-            launch(operation, placement: placement, work)
-        }
+        if admitted { launch(operation, placement: placement, work) }
         operation.publish()
         return operation
     }
@@ -159,7 +156,7 @@ public final class OperationScheduler: Sendable {
                 self.launch(operation, placement: .worker, work)
             } else {
                 // Cancelled while queued, in the instant it was dequeued: it gives the slot back.
-                operation.complete(.failure(.cancelled(operation.id, operation.type)))
+                operation.complete(.failed(.cancelled(operation.id, operation.type)))
                 self.release()
             }
         }

@@ -17,7 +17,7 @@ final class ThreadPool: Sendable {
     let name: String
     let maxThreads: Int
     private let idleTimeout: Duration
-    private let state = Mutex(State())
+    private let state = SiloMutex(State())
     /// Counts queued jobs; each submit signals once and each taken job consumed one signal.
     private let available = DispatchSemaphore(value: 0)
 
