@@ -35,13 +35,13 @@ public final class OperationScheduler: Sendable {
 
     public let limits: Limits
     let workerPool: ThreadPool
-    private let state = SiloMutex(State())
+    /// Admitted operations. Changed with atomics so that the common case, a free slot and an
+    /// empty queue, takes no lock.
+    private let running = Atomic<Int>(0)
+    /// `queue.count`, readable without the lock.
+    private let queuedCount = Atomic<Int>(0)
+    private let queue = SiloMutex(FIFO<Queued>())
     private static let lastID = Atomic<UInt64>(0)
-
-    private struct State {
-        var running = 0
-        var queue = FIFO<Queued>()
-    }
 
     private struct Queued {
         let id: OperationID
@@ -56,7 +56,7 @@ public final class OperationScheduler: Sendable {
 
     /// Operations admitted now and operations waiting, for statistics and tests.
     public var load: (running: Int, queued: Int) {
-        state.withLock { ($0.running, $0.queue.count) }
+        (running.load(ordering: .sequentiallyConsistent), queuedCount.load(ordering: .sequentiallyConsistent))
     }
 
     /// Creates an operation and starts `work` when a slot is free.
@@ -86,27 +86,27 @@ public final class OperationScheduler: Sendable {
             channel: events,
             scheduler: self
         )
-        // Admission and queueing under one lock, so the queue never exceeds its limit and never
-        // holds an operation while a slot is free.
-        let admitted: Bool = try state.withLock { (state) throws(SiloError) -> Bool in
-            if state.running < limits.maxRunning, state.queue.isEmpty {
-                state.running += 1
-                return true
+        // FIFO: a newcomer takes a free slot only when nobody is queued before it.
+        if queuedCount.load(ordering: .sequentiallyConsistent) == 0, acquireSlot() {
+            launch(operation, placement: placement, work)
+        } else {
+            try queue.withLock { (queue) throws(SiloError) in
+                guard queue.count < limits.maxQueued else {
+                    throw SiloError(
+                        .tooManyOperations,
+                        "too many operations: \(running.load(ordering: .relaxed)) running and \(queue.count) queued "
+                            + "(limits \(limits.maxRunning) and \(limits.maxQueued)); try again later",
+                        field: "maxQueued",
+                        value: "\(limits.maxQueued)"
+                    )
+                }
+                operation.markQueued()
+                queue.append(queuedEntry(operation, work))
+                queuedCount.store(queue.count, ordering: .sequentiallyConsistent)
             }
-            guard state.queue.count < limits.maxQueued else {
-                throw SiloError(
-                    .tooManyOperations,
-                    "too many operations: \(state.running) running and \(state.queue.count) queued "
-                        + "(limits \(limits.maxRunning) and \(limits.maxQueued)); try again later",
-                    field: "maxQueued",
-                    value: "\(limits.maxQueued)"
-                )
-            }
-            operation.markQueued()
-            state.queue.append(queuedEntry(operation, work))
-            return false
+            // A slot may have freed between the check above and the append.
+            admitQueued()
         }
-        if admitted { launch(operation, placement: placement, work) }
         operation.publish()
         return operation
     }
@@ -164,16 +164,46 @@ public final class OperationScheduler: Sendable {
 
     /// Removes a queued operation; false if it already left the queue.
     func withdraw(_ id: OperationID) -> Bool {
-        state.withLock { $0.queue.removeFirst(where: { $0.id == id }) != nil }
+        queue.withLock { queue in
+            let removed = queue.removeFirst(where: { $0.id == id }) != nil
+            queuedCount.store(queue.count, ordering: .sequentiallyConsistent)
+            return removed
+        }
     }
 
     /// Gives back a running slot; the first queued operation takes it.
     func release() {
-        let next: Queued? = state.withLock { state in
-            if let next = state.queue.popFirst() { return next }
-            state.running -= 1
-            return nil
+        running.subtract(1, ordering: .sequentiallyConsistent)
+        if queuedCount.load(ordering: .sequentiallyConsistent) > 0 { admitQueued() }
+    }
+
+    private func acquireSlot() -> Bool {
+        var current = running.load(ordering: .relaxed)
+        while current < limits.maxRunning {
+            let (exchanged, original) = running.compareExchange(
+                expected: current, desired: current + 1, ordering: .sequentiallyConsistent
+            )
+            if exchanged { return true }
+            current = original
         }
-        next?.launch()
+        return false
+    }
+
+    /// Launches queued operations, in order, while slots are free. Both sides of the race (a
+    /// release that finds the queue empty, an append that finds no slot) call this after their
+    /// change, so no operation waits while a slot is free.
+    private func admitQueued() {
+        while queuedCount.load(ordering: .sequentiallyConsistent) > 0, acquireSlot() {
+            let next: Queued? = queue.withLock { queue in
+                let next = queue.popFirst()
+                queuedCount.store(queue.count, ordering: .sequentiallyConsistent)
+                return next
+            }
+            guard let next else {
+                running.subtract(1, ordering: .sequentiallyConsistent)
+                continue
+            }
+            next.launch()
+        }
     }
 }

@@ -19,7 +19,7 @@ final class ThreadPool: Sendable {
     private let idleTimeout: Duration
     private let state = SiloMutex(State())
     /// Counts queued jobs; each submit signals once and each taken job consumed one signal.
-    private let available = DispatchSemaphore(value: 0)
+    private let available = SpinningSemaphore(spin: ThreadPool.spin)
 
     init(name: String, maxThreads: Int, idleTimeout: Duration = .seconds(5)) {
         precondition(maxThreads > 0, "a pool needs at least one thread")
@@ -56,6 +56,9 @@ final class ThreadPool: Sendable {
         }
     }
 
+    /// How long an idle thread polls for work before it sleeps in the kernel.
+    static let spin: Duration = .microseconds(100)
+
     private enum Next {
         case run(Job)
         case waitAgain
@@ -65,8 +68,7 @@ final class ThreadPool: Sendable {
     private func workLoop() {
         while true {
             state.withLock { $0.idle += 1 }
-            let deadline = DispatchTime.now() + .nanoseconds(Int(idleTimeout.nanoseconds))
-            let timedOut = available.wait(timeout: deadline) == .timedOut
+            let timedOut = !available.wait(timeout: idleTimeout)
             let next: Next = state.withLock { state in
                 state.idle -= 1
                 if timedOut {
