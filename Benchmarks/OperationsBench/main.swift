@@ -171,7 +171,8 @@ func singleThreaded() {
     }
     report(
         "create → complete → wait, one thread", silo: format(silo) + "/s", baseline: format(bare) + "/s",
-        ratio: ratio(bare, silo), goal: "goal ≤ 3x and ≥ 300k/s: " + (silo >= 300_000 && bare / silo <= 3 ? "met" : "NOT met")
+        ratio: ratio(bare, silo),
+        goal: "goal ≤ 3x: " + (bare / silo <= 3 ? "met" : "NOT met") + "; goal ≥ 300k/s: " + (silo >= 300_000 ? "met" : "NOT met")
     )
 }
 
