@@ -9,13 +9,33 @@ let strict: [SwiftSetting] = [
 let package = Package(
     name: "Silo",
     products: [
-        // The umbrella module `Silo` arrives with the storage issue; until then the product
-        // carries the operation model alone.
-        .library(name: "Silo", targets: ["SiloOperations"]),
+        .library(name: "Silo", targets: ["Silo"]),
+        .executable(name: "silo", targets: ["silo"]),
         .executable(name: "operations-tour", targets: ["OperationsTour"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         .target(name: "SiloOperations", swiftSettings: strict),
+        .target(name: "CSiloLinux"),
+        .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
+        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        .target(
+            name: "SiloStorage",
+            dependencies: [
+                "SiloOperations", "CSiloLinux", "CUdev", "CBlkid",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage"], swiftSettings: strict),
+        .executableTarget(
+            name: "silo",
+            dependencies: ["Silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "OperationsTour",
             dependencies: ["SiloOperations"],
@@ -29,5 +49,10 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
+        .testTarget(
+            name: "SiloStorageTests",
+            dependencies: ["SiloStorage", "CSiloLinux", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
     ]
 )

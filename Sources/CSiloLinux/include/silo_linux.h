@@ -1,0 +1,37 @@
+// The few Linux calls Swift cannot make directly: variadic ioctl, ioctl numbers built by _IO*
+// macros, and fallocate/FICLONE flags. One line each, no logic. See man 4 loop, man 2 ioctl_ficlone.
+#ifndef SILO_LINUX_H
+#define SILO_LINUX_H
+
+#include <stdint.h>
+#include <linux/loop.h>
+
+int silo_loop_ctl_get_free(int control_fd);
+int silo_loop_ctl_remove(int control_fd, int number);
+int silo_loop_configure(int fd, const struct loop_config *config);
+int silo_loop_set_capacity(int fd);
+int silo_loop_clr_fd(int fd);
+int silo_loop_get_status64(int fd, struct loop_info64 *info);
+int silo_loop_set_status64(int fd, const struct loop_info64 *info);
+int silo_loop_set_block_size(int fd, unsigned long size);
+int silo_loop_set_direct_io(int fd, unsigned long on);
+
+int silo_blk_get_size64(int fd, uint64_t *size);
+int silo_blk_ssz_get(int fd, int *size);
+int silo_blk_pbsz_get(int fd, unsigned int *size);
+
+int silo_fallocate(int fd, int mode, int64_t offset, int64_t length);
+int silo_ficlone(int destination_fd, int source_fd);
+
+extern const int silo_O_DIRECT;
+
+extern const int silo_FALLOC_FL_KEEP_SIZE;
+extern const int silo_FALLOC_FL_PUNCH_HOLE;
+extern const int silo_FALLOC_FL_ZERO_RANGE;
+extern const uint32_t silo_LO_FLAGS_READ_ONLY;
+extern const uint32_t silo_LO_FLAGS_AUTOCLEAR;
+extern const uint32_t silo_LO_FLAGS_PARTSCAN;
+extern const uint32_t silo_LO_FLAGS_DIRECT_IO;
+extern const int silo_LO_NAME_SIZE;
+
+#endif

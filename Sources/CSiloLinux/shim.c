@@ -1,0 +1,36 @@
+#define _GNU_SOURCE
+#include "silo_linux.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+
+_Static_assert(sizeof(struct loop_info64) == 232, "loop_info64 layout changed");
+_Static_assert(sizeof(struct loop_config) == 304, "loop_config layout changed");
+
+int silo_loop_ctl_get_free(int control_fd) { return ioctl(control_fd, LOOP_CTL_GET_FREE); }
+int silo_loop_ctl_remove(int control_fd, int number) { return ioctl(control_fd, LOOP_CTL_REMOVE, number); }
+int silo_loop_configure(int fd, const struct loop_config *config) { return ioctl(fd, LOOP_CONFIGURE, config); }
+int silo_loop_set_capacity(int fd) { return ioctl(fd, LOOP_SET_CAPACITY, 0); }
+int silo_loop_clr_fd(int fd) { return ioctl(fd, LOOP_CLR_FD, 0); }
+int silo_loop_get_status64(int fd, struct loop_info64 *info) { return ioctl(fd, LOOP_GET_STATUS64, info); }
+int silo_loop_set_status64(int fd, const struct loop_info64 *info) { return ioctl(fd, LOOP_SET_STATUS64, info); }
+int silo_loop_set_block_size(int fd, unsigned long size) { return ioctl(fd, LOOP_SET_BLOCK_SIZE, size); }
+int silo_loop_set_direct_io(int fd, unsigned long on) { return ioctl(fd, LOOP_SET_DIRECT_IO, on); }
+
+int silo_blk_get_size64(int fd, uint64_t *size) { return ioctl(fd, BLKGETSIZE64, size); }
+int silo_blk_ssz_get(int fd, int *size) { return ioctl(fd, BLKSSZGET, size); }
+int silo_blk_pbsz_get(int fd, unsigned int *size) { return ioctl(fd, BLKPBSZGET, size); }
+
+int silo_fallocate(int fd, int mode, int64_t offset, int64_t length) { return fallocate(fd, mode, offset, length); }
+int silo_ficlone(int destination_fd, int source_fd) { return ioctl(destination_fd, FICLONE, source_fd); }
+
+const int silo_FALLOC_FL_KEEP_SIZE = FALLOC_FL_KEEP_SIZE;
+const int silo_FALLOC_FL_PUNCH_HOLE = FALLOC_FL_PUNCH_HOLE;
+const int silo_FALLOC_FL_ZERO_RANGE = FALLOC_FL_ZERO_RANGE;
+const uint32_t silo_LO_FLAGS_READ_ONLY = LO_FLAGS_READ_ONLY;
+const uint32_t silo_LO_FLAGS_AUTOCLEAR = LO_FLAGS_AUTOCLEAR;
+const uint32_t silo_LO_FLAGS_PARTSCAN = LO_FLAGS_PARTSCAN;
+const uint32_t silo_LO_FLAGS_DIRECT_IO = LO_FLAGS_DIRECT_IO;
+const int silo_LO_NAME_SIZE = LO_NAME_SIZE;
+const int silo_O_DIRECT = O_DIRECT;

@@ -1,0 +1,264 @@
+import CSiloLinux
+import Glibc
+import SiloOperations
+
+/// A loop device bound to a backing file [man 4 loop].
+///
+/// Attaching follows systemd's loop-util: lock `/dev/loop-control`, ask for a free device,
+/// lock the device, bind it with one `LOOP_CONFIGURE`, verify that the size, block size and flags
+/// took, and on a device someone else configured in between, move on to the next. Silo tags every
+/// device it binds with `silo:<lun-id>` in the kernel's `lo_crypt_name`, so that reconciliation can
+/// tell Silo's devices from anyone else's without the registry.
+public struct LoopDevice: Sendable, Hashable, Codable {
+    /// N in `/dev/loopN`.
+    public let number: Int
+
+    public init(number: Int) {
+        self.number = number
+    }
+
+    public var path: String { "/dev/loop\(number)" }
+    public var name: String { "loop\(number)" }
+    var sysfs: String { "/sys/block/loop\(number)" }
+
+    /// Options for ``attach(backing:options:)``.
+    public struct Options: Sendable, Hashable {
+        /// 512 or 4096.
+        public var logicalBlockSize: UInt32 = 512
+        public var readOnly = false
+        /// Open the backing file with `O_DIRECT` (`LO_FLAGS_DIRECT_IO`); falls back to buffered
+        /// I/O when the file system refuses it.
+        public var directIO = true
+        /// Detach when the last opener closes (`LO_FLAGS_AUTOCLEAR`).
+        public var autoclear = false
+        /// Scan the device for partitions (`LO_FLAGS_PARTSCAN`).
+        public var partitionScan = false
+        /// The owner tag, kept in the kernel (`lo_file_name`), at most 63 bytes.
+        public var tag: String = ""
+
+        public init(
+            logicalBlockSize: UInt32 = 512, readOnly: Bool = false, directIO: Bool = true,
+            autoclear: Bool = false, partitionScan: Bool = false, tag: String = ""
+        ) {
+            self.logicalBlockSize = logicalBlockSize
+            self.readOnly = readOnly
+            self.directIO = directIO
+            self.autoclear = autoclear
+            self.partitionScan = partitionScan
+            self.tag = tag
+        }
+    }
+
+    /// What `attach` did: the device, and whether direct I/O took.
+    public struct Attachment: Sendable, Hashable {
+        public let device: LoopDevice
+        public let directIO: Bool
+    }
+
+    /// Binds `backing` to a free loop device.
+    /// - Throws: `SiloError.system` when the kernel refuses; nothing stays bound then.
+    public static func attach(backing: String, options: Options) throws(SiloError) -> Attachment {
+        var flags = options.readOnly ? O_RDONLY : O_RDWR
+        flags |= O_CLOEXEC
+        var backingFD: Int32 = -1
+        var direct = options.directIO
+        if direct {
+            backingFD = open(backing, flags | silo_O_DIRECT)
+            if backingFD < 0, errno == EINVAL { direct = false }  // tmpfs and others refuse O_DIRECT
+        }
+        if backingFD < 0 {
+            backingFD = try syscall("open", path: backing) { open(backing, flags) }
+        }
+        defer { close(backingFD) }
+
+        let control = try syscall("open", path: "/dev/loop-control") { open("/dev/loop-control", O_RDWR | O_CLOEXEC) }
+        defer { close(control) }
+        // Serialise allocation with every other process that follows the same protocol
+        // (systemd, Silo); LOOP_CTL_GET_FREE itself reserves nothing.
+        try syscall("flock", path: "/dev/loop-control") { flock(control, LOCK_EX) }
+        defer { flock(control, LOCK_UN) }
+
+        var attempts = 0
+        while true {
+            attempts += 1
+            let number = Int(try syscall("LOOP_CTL_GET_FREE", path: "/dev/loop-control") {
+                silo_loop_ctl_get_free(control)
+            })
+            let device = LoopDevice(number: number)
+            let deviceFD = try syscall("open", path: device.path) { open(device.path, O_RDWR | O_CLOEXEC) }
+            defer { close(deviceFD) }
+            try syscall("flock", path: device.path) { flock(deviceFD, LOCK_EX) }
+            var config = loop_config()
+            config.fd = UInt32(backingFD)
+            config.block_size = options.logicalBlockSize
+            config.info.lo_flags = options.loopFlags(directIO: direct)
+            // lo_file_name is informational (sysfs's backing_file has the real path), so it carries
+            // the tag; the kernel no longer keeps lo_crypt_name.
+            setName(&config.info.lo_file_name, options.tag)
+            if silo_loop_configure(deviceFD, &config) != 0 {
+                let error = errno
+                // Bound by a process that does not lock (losetup): try the next free device.
+                if error == EBUSY, attempts < 64 { continue }
+                throw SiloError.system("LOOP_CONFIGURE", errno: error, path: device.path,
+                                       message: describe("LOOP_CONFIGURE", path: device.path, errno: error))
+            }
+            do {
+                let directIO = try device.verify(fd: deviceFD, backingFD: backingFD, options: options)
+                return Attachment(device: device, directIO: directIO)
+            } catch {
+                _ = silo_loop_clr_fd(deviceFD)
+                if attempts < 64, error.code == .unexpected { continue }
+                throw error
+            }
+        }
+    }
+
+    /// Confirms the kernel took the configuration; returns whether direct I/O is on.
+    private func verify(fd: Int32, backingFD: Int32, options: Options) throws(SiloError) -> Bool {
+        var info = loop_info64()
+        try syscall("LOOP_GET_STATUS64", path: path) { silo_loop_get_status64(fd, &info) }
+        var backing = stat()
+        try syscall("fstat") { fstat(backingFD, &backing) }
+        guard info.lo_inode == backing.st_ino, info.lo_device == backing.st_dev,
+              cName(info.lo_file_name) == options.tag
+        else {
+            throw SiloError(.unexpected, "\(path) was bound to another file in the meantime", field: "device", value: path)
+        }
+        var blockSize: Int32 = 0
+        try syscall("BLKSSZGET", path: path) { silo_blk_ssz_get(fd, &blockSize) }
+        guard UInt32(blockSize) == options.logicalBlockSize else {
+            throw SiloError(
+                .invalidArgument,
+                "\(path) took logical block size \(blockSize), not \(options.logicalBlockSize)",
+                field: "blockSize", value: "\(options.logicalBlockSize)"
+            )
+        }
+        let readOnly = info.lo_flags & silo_LO_FLAGS_READ_ONLY != 0
+        guard readOnly == options.readOnly else {
+            throw SiloError(.unexpected, "\(path) did not take the read-only flag", field: "readOnly", value: "\(options.readOnly)")
+        }
+        return info.lo_flags & silo_LO_FLAGS_DIRECT_IO != 0
+    }
+
+    /// Unbinds the device. Refuses a device in use instead of letting the kernel detach it lazily
+    /// (on this kernel `LOOP_CLR_FD` on a busy device succeeds and detaches later).
+    /// - Throws: `deviceInUse` when mounted, held open exclusively, or holding other devices.
+    public func detach() throws(SiloError) {
+        if let use = InUse.check(self) {
+            throw SiloError(.deviceInUse, "\(path) is in use (\(use)); unmount or close it first",
+                            field: "device", value: path)
+        }
+        let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
+        flock(fd, LOCK_EX)
+        if silo_loop_clr_fd(fd) != 0 {
+            let error = errno
+            close(fd)
+            if error == ENXIO { return }  // not bound: nothing to do
+            throw SiloError.system("LOOP_CLR_FD", errno: error, path: path,
+                                   message: describe("LOOP_CLR_FD", path: path, errno: error))
+        }
+        // The kernel only marks the device autoclear; it unbinds at the last close. With ours the
+        // only open, that is this close. With another opener it would be a silent lazy detach
+        // (losetup -d exits 0 and the device stays): undo the mark and refuse.
+        close(fd)
+        if waitUntilUnbound() { return }
+        let again = open(path, O_RDWR | O_CLOEXEC)
+        if again >= 0 {
+            var info = loop_info64()
+            if silo_loop_get_status64(again, &info) == 0 {
+                info.lo_flags &= ~silo_LO_FLAGS_AUTOCLEAR
+                _ = silo_loop_set_status64(again, &info)
+            }
+            close(again)
+            if !fileExists("\(sysfs)/loop/backing_file") { return }  // the other opener left meanwhile
+        }
+        throw SiloError(.deviceInUse, "\(path) is held open by another process; close it first",
+                        field: "device", value: path)
+    }
+
+    /// Polls sysfs briefly for the unbind that follows the last close.
+    private func waitUntilUnbound() -> Bool {
+        for attempt in 0..<100 {
+            if !fileExists("\(sysfs)/loop/backing_file") { return true }
+            usleep(attempt < 10 ? 100 : 1000)
+        }
+        return false
+    }
+
+    /// Re-reads the backing file's size (`LOOP_SET_CAPACITY`): how a LUN grows or shrinks online.
+    public func refreshCapacity() throws(SiloError) {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
+    }
+
+    /// The kernel's view, from sysfs. Nil when the device is not bound.
+    public var status: Status? {
+        guard let backing = readSmallFile("\(sysfs)/loop/backing_file") else { return nil }
+        return Status(
+            backingFile: backing,
+            size: (readNumber("\(sysfs)/size") ?? 0) * 512,
+            autoclear: readSmallFile("\(sysfs)/loop/autoclear") == "1",
+            directIO: readSmallFile("\(sysfs)/loop/dio") == "1",
+            readOnly: readSmallFile("\(sysfs)/ro") == "1",
+            logicalBlockSize: UInt32(readNumber("\(sysfs)/queue/logical_block_size") ?? 512)
+        )
+    }
+
+    /// The owner tag set at attach (`lo_file_name`), read with `LOOP_GET_STATUS64`.
+    public var tag: String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = loop_info64()
+        guard silo_loop_get_status64(fd, &info) == 0 else { return nil }
+        return cName(info.lo_file_name)
+    }
+
+    public struct Status: Sendable, Hashable {
+        public let backingFile: String
+        public let size: UInt64
+        public let autoclear: Bool
+        public let directIO: Bool
+        public let readOnly: Bool
+        public let logicalBlockSize: UInt32
+    }
+
+    /// Every loop device the kernel has, bound or not.
+    public static func all() -> [LoopDevice] {
+        directoryEntries("/sys/block").compactMap { name in
+            guard name.hasPrefix("loop"), let number = Int(name.dropFirst(4)) else { return nil }
+            return LoopDevice(number: number)
+        }.sorted { $0.number < $1.number }
+    }
+
+    /// The device's `major:minor`.
+    public var deviceNumber: String? { readSmallFile("\(sysfs)/dev") }
+}
+
+extension LoopDevice.Options {
+    func loopFlags(directIO: Bool) -> UInt32 {
+        var flags: UInt32 = 0
+        if readOnly { flags |= silo_LO_FLAGS_READ_ONLY }
+        if autoclear { flags |= silo_LO_FLAGS_AUTOCLEAR }
+        if partitionScan { flags |= silo_LO_FLAGS_PARTSCAN }
+        if directIO { flags |= silo_LO_FLAGS_DIRECT_IO }
+        return flags
+    }
+}
+
+/// Copies a string into a fixed C char array (64 bytes, NUL-terminated).
+func setName<T>(_ field: inout T, _ value: String) {
+    withUnsafeMutableBytes(of: &field) { buffer in
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        let bytes = Array(value.utf8.prefix(buffer.count - 1))
+        buffer.copyBytes(from: bytes)
+    }
+}
+
+func cName<T>(_ field: T) -> String {
+    withUnsafeBytes(of: field) { buffer in
+        let bytes = buffer.prefix { $0 != 0 }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,76 @@
+import Dispatch
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+@Suite("Loop devices", .tags(.root), .requiresLoopDevices, .serialized)
+struct LoopDeviceTests {
+    @Test("Attach binds with the size, block size, flags and tag asked for; detach unbinds at once")
+    func attachVerifyDetach() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/a.img"
+        try makeSparseFile(file, size: 64 << 20)
+        let attachment = try LoopDevice.attach(
+            backing: file, options: .init(logicalBlockSize: 4096, tag: "silo:test-attach")
+        )
+        let device = attachment.device
+        var detached = false
+        defer { if !detached { try? device.detach() } }
+        let status = try #require(device.status)
+        #expect(status.backingFile == file)
+        #expect(status.size == 64 << 20)
+        #expect(status.logicalBlockSize == 4096)
+        #expect(status.autoclear == false)
+        #expect(device.tag == "silo:test-attach")
+        #expect(status.directIO == attachment.directIO)
+        try device.detach()
+        detached = true
+        #expect(device.status == nil, "detach must not be lazy")
+        #expect(loopDevices(backedUnder: scratch.path).isEmpty)
+    }
+
+    @Test("Detach refuses a device held open by another process instead of detaching lazily")
+    func detachRefusesHeldDevice() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/b.img"
+        try makeSparseFile(file, size: 8 << 20)
+        let device = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-held")).device
+        defer { try? device.detach() }
+        let holder = open(device.path, O_RDONLY | O_CLOEXEC)
+        try #require(holder >= 0)
+        let error = #expect(throws: SiloError.self) { try device.detach() }
+        #expect(error?.code == .deviceInUse)
+        #expect(device.status?.autoclear == false, "the refused detach must not leave autoclear set")
+        close(holder)
+        try device.detach()
+        #expect(device.status == nil)
+    }
+
+    @Test("Parallel attaches from many threads never share a device")
+    func parallelAttach() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let count = 12
+        for index in 0..<count { try makeSparseFile("\(scratch.path)/\(index).img", size: 1 << 20) }
+        let devices = Recorder<Int>()
+        let errors = Recorder<String>()
+        DispatchQueue.concurrentPerform(iterations: count) { index in
+            do {
+                let attachment = try LoopDevice.attach(backing: "\(scratch.path)/\(index).img", options: .init(tag: "silo:p\(index)"))
+                devices.append(attachment.device.number)
+            } catch {
+                errors.append("\(error)")
+            }
+        }
+        defer { for number in devices.values { try? LoopDevice(number: number).detach() } }
+        #expect(errors.values.isEmpty)
+        #expect(Set(devices.values).count == count)
+        for number in devices.values {
+            #expect(LoopDevice(number: number).status?.backingFile.hasPrefix(scratch.path) == true)
+        }
+    }
+}
