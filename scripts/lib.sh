@@ -1,8 +1,10 @@
 # Shared by the scripts: find the Swift toolchain and install missing Debian packages.
 # shellcheck shell=bash
 
-# Debian packages the build and tests need. Later issues add libudev-dev, libblkid-dev, util-linux...
-SILO_APT_PACKAGES=(${SILO_APT_PACKAGES_EXTRA:-})
+# Debian packages the build, the tests and the demo need: the C libraries Silo links
+# (libudev, libblkid, found with pkg-config), and the tools the tests use as independent
+# references or to put file systems on LUNs (losetup, lsblk, blkid, mount, mkfs.ext4).
+SILO_APT_PACKAGES=(pkg-config libudev-dev libblkid-dev util-linux mount e2fsprogs ${SILO_APT_PACKAGES_EXTRA:-})
 
 silo_find_swift() {
     if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then

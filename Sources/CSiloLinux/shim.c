@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/sysmacros.h>
 
 _Static_assert(sizeof(struct loop_info64) == 232, "loop_info64 layout changed");
 _Static_assert(sizeof(struct loop_config) == 304, "loop_config layout changed");
@@ -34,3 +35,5 @@ const uint32_t silo_LO_FLAGS_PARTSCAN = LO_FLAGS_PARTSCAN;
 const uint32_t silo_LO_FLAGS_DIRECT_IO = LO_FLAGS_DIRECT_IO;
 const int silo_LO_NAME_SIZE = LO_NAME_SIZE;
 const int silo_O_DIRECT = O_DIRECT;
+unsigned int silo_major(unsigned long long device) { return major(device); }
+unsigned int silo_minor(unsigned long long device) { return minor(device); }

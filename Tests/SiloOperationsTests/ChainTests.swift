@@ -138,3 +138,45 @@ struct ChainTests {
         try operation.wait()
     }
 }
+
+@Suite("Chain cleanup")
+struct ChainCleanupTests {
+    @Test("O14 cleanup runs once on cancel however early: while queued, or before the first step")
+    func cleanupHoweverEarly() throws {
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1, maxQueued: 4))
+        let release = Signal()
+        let holder = try blockedOperation(on: scheduler, output: 0, release: release)
+        let cleanups = Counter()
+        let ran = Counter()
+        let chain = OperationChain<Void>([OperationStep("one", run: { _ in ran.increment() })], cleanup: {
+            cleanups.increment()
+        })
+        // Queued behind the holder, cancelled before it ever starts.
+        let queued = try scheduler.run(.createLun, chain: chain)
+        #expect(queued.status == .queued)
+        try queued.cancel()
+        #expect((#expect(throws: SiloError.self) { try queued.wait(timeout: .seconds(10)) })?.code == .operationCancelled)
+        #expect(cleanups.value == 1)
+        release.fire()
+        _ = try holder.wait()
+
+        // Running, cancelled inside its first step: no step completed, cleanup still runs.
+        let inStep = Signal()
+        let running = try scheduler.run(.createLun, chain: OperationChain<Void>([
+            OperationStep("wait", run: { step in
+                inStep.fire()
+                while !step.isCancelled { usleepMilliseconds(1) }
+                try step.checkCancellation()
+            }),
+        ], cleanup: { cleanups.increment() }))
+        #expect(inStep.wait())
+        try running.cancel()
+        #expect(throws: SiloError.self) { try running.wait(timeout: .seconds(10)) }
+        #expect(cleanups.value == 2)
+        #expect(ran.value == 0)
+
+        try scheduler.run(.createLun, chain: chain).wait(timeout: .seconds(10))
+        #expect(ran.value == 1)
+        #expect(cleanups.value == 2, "cleanup is for failure and cancel only")
+    }
+}

@@ -82,3 +82,56 @@ final class Recorder<Value: Sendable>: Sendable {
     func append(_ value: Value) { storage.withLock { $0.append(value) } }
     var values: [Value] { storage.withLock { $0 } }
 }
+
+/// A provider on a scratch state directory; `finish()` deletes its LUNs, removes the directory,
+/// and checks that nothing of it is left attached.
+struct TestStorage {
+    let scratch: Scratch
+    let provider: StorageProvider
+
+    init(overcommit: Double = 4) {
+        scratch = Scratch()
+        provider = StorageProvider(configuration: StorageConfiguration(
+            stateDirectory: scratch.path + "/state", overcommitRatio: overcommit
+        ))
+    }
+
+    var path: String { scratch.path }
+
+    func finish(sourceLocation: SourceLocation = #_sourceLocation) {
+        _ = run("/bin/sh", ["-c", "grep ' \(scratch.path)' /proc/self/mounts | cut -d' ' -f2 | xargs -r -n1 umount"])
+        for lun in (try? provider.luns()) ?? [] {
+            _ = try? provider.deleteLun(lun.name, force: true).wait(timeout: .seconds(60))
+        }
+        let left = loopDevices(backedUnder: scratch.path)
+        #expect(left.isEmpty, "loop devices left behind: \(left.map(\.path))", sourceLocation: sourceLocation)
+        for device in left { try? device.detach() }
+        scratch.cleanup()
+    }
+
+    func create(
+        _ name: String, size: UInt64 = 32 << 20, provisioning: Provisioning = .thin, blockSize: UInt32 = 512
+    ) throws -> LunProperties {
+        try provider.createLun(LunSpec(name: name, size: size, provisioning: provisioning, logicalBlockSize: blockSize))
+            .wait(timeout: .seconds(120))
+    }
+}
+
+/// Reads `count` bytes at `offset` of a device or file.
+func readBytes(_ path: String, offset: UInt64, count: Int) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0xff, count: count)
+    let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+    guard got == count else { throw SiloError.system("pread", errno: errno, path: path) }
+    return buffer
+}
+
+func writeBytes(_ path: String, offset: UInt64, _ bytes: [UInt8]) throws {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+    defer { close(fd) }
+    let put = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, bytes.count, off_t(offset)) }
+    guard put == bytes.count, fsync(fd) == 0 else { throw SiloError.system("pwrite", errno: errno, path: path) }
+}

@@ -25,6 +25,9 @@ int silo_ficlone(int destination_fd, int source_fd);
 
 extern const int silo_O_DIRECT;
 
+unsigned int silo_major(unsigned long long device);
+unsigned int silo_minor(unsigned long long device);
+
 extern const int silo_FALLOC_FL_KEEP_SIZE;
 extern const int silo_FALLOC_FL_PUNCH_HOLE;
 extern const int silo_FALLOC_FL_ZERO_RANGE;

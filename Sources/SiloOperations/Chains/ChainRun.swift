@@ -109,6 +109,13 @@ final class ChainRun<Output: Sendable>: ChainProgress {
                 ))
             }
         }
+        if let cleanup = chain.cleanup {
+            do {
+                try cleanup()
+            } catch {
+                failure = failure.adding(.init(message: "cleanup failed: \(SiloError(error).message)", source: "rollback"))
+            }
+        }
         driver.fail(failure)
     }
 }

@@ -58,16 +58,25 @@ public struct OperationStep: Sendable {
 public struct OperationChain<Output: Sendable>: Sendable {
     public var steps: [OperationStep]
     public var output: @Sendable () throws -> Output
+    /// Runs when the chain fails or is cancelled, after the completed steps' rollbacks, however far
+    /// it got (a cancel may come before the first step runs): release what the call took before
+    /// the chain started, such as a reservation.
+    public var cleanup: (@Sendable () throws -> Void)?
 
-    public init(_ steps: [OperationStep], output: @escaping @Sendable () throws -> Output) {
+    public init(
+        _ steps: [OperationStep],
+        output: @escaping @Sendable () throws -> Output,
+        cleanup: (@Sendable () throws -> Void)? = nil
+    ) {
         self.steps = steps
         self.output = output
+        self.cleanup = cleanup
     }
 }
 
 extension OperationChain where Output == Void {
-    public init(_ steps: [OperationStep]) {
-        self.init(steps, output: {})
+    public init(_ steps: [OperationStep], cleanup: (@Sendable () throws -> Void)? = nil) {
+        self.init(steps, output: {}, cleanup: cleanup)
     }
 }
 
@@ -81,8 +90,10 @@ extension OperationScheduler {
         events: EventChannel? = nil
     ) throws(SiloError) -> SiloOperation<Output> {
         let cancellable = !(chain.steps.first?.isPointOfNoReturn ?? false)
-        return try start(type, context: context, callback: callback, events: events, cancellable: cancellable) {
-            driver in
+        return try start(
+            type, context: context, callback: callback, events: events, cancellable: cancellable,
+            placement: .worker, withdrawn: chain.cleanup
+        ) { driver in
             ChainRun(driver: driver, chain: chain, continueOn: self).run(from: 0)
         }
     }

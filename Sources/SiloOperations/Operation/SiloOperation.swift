@@ -179,10 +179,8 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         case .nothing:
             break
         case .withdraw:
-            // Still queued: nothing was done, so nothing to roll back.
-            if scheduler?.withdraw(id) ?? false {
-                complete(.failed(.cancelled(id, type)))
-            }
+            // Still queued: the work never started, so only what the call took before it is released.
+            if scheduler?.withdraw(id) ?? false { completeWithdrawn() }
         case .notify(let handlers):
             for handler in handlers { handler() }
         }
@@ -238,6 +236,27 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
 
     var isPending: Bool { state.withLock { !$0.isCompleted } }
+
+    /// Run when a queued operation is cancelled before its work starts: releases what the call
+    /// took before the work (a chain's cleanup). Set by the scheduler before the operation is seen.
+    private let withdrawnCleanup = SiloMutex<(@Sendable () throws -> Void)?>(nil)
+
+    func setWithdrawnCleanup(_ cleanup: (@Sendable () throws -> Void)?) {
+        withdrawnCleanup.withLock { $0 = cleanup }
+    }
+
+    /// Completes a queued operation cancelled before it started, after its cleanup.
+    func completeWithdrawn() {
+        var failure = SiloError.cancelled(id, type)
+        if let cleanup = withdrawnCleanup.withLock({ $0 }) {
+            do {
+                try cleanup()
+            } catch {
+                failure = failure.adding(.init(message: "cleanup failed: \(SiloError(error).message)", source: "rollback"))
+            }
+        }
+        complete(.failed(failure))
+    }
 
     /// Marks a new operation queued: the scheduler does so before anyone else can see it.
     func markQueued() {

@@ -75,6 +75,20 @@ public final class OperationScheduler: Sendable {
         placement: Placement = .worker,
         _ work: @escaping @Sendable (OperationDriver<Output>) -> Void
     ) throws(SiloError) -> SiloOperation<Output> {
+        try start(type, context: context, callback: callback, events: events, cancellable: cancellable,
+                  placement: placement, withdrawn: nil, work)
+    }
+
+    func start<Output: Sendable>(
+        _ type: OperationType,
+        context: (any Sendable)?,
+        callback: OperationCallback<Output>?,
+        events: EventChannel?,
+        cancellable: Bool,
+        placement: Placement,
+        withdrawn: (@Sendable () throws -> Void)?,
+        _ work: @escaping @Sendable (OperationDriver<Output>) -> Void
+    ) throws(SiloError) -> SiloOperation<Output> {
         if let events { try events.checkCall(bringsCallback: callback != nil) }
         let id = OperationID(rawValue: Self.lastID.add(1, ordering: .relaxed).newValue)
         let operation = SiloOperation<Output>(
@@ -86,6 +100,7 @@ public final class OperationScheduler: Sendable {
             channel: events,
             scheduler: self
         )
+        if let withdrawn { operation.setWithdrawnCleanup(withdrawn) }
         // FIFO: a newcomer takes a free slot only when nobody is queued before it.
         if queuedCount.load(ordering: .sequentiallyConsistent) == 0, acquireSlot() {
             launch(operation, placement: placement, work)
@@ -156,7 +171,7 @@ public final class OperationScheduler: Sendable {
                 self.launch(operation, placement: .worker, work)
             } else {
                 // Cancelled while queued, in the instant it was dequeued: it gives the slot back.
-                operation.complete(.failed(.cancelled(operation.id, operation.type)))
+                operation.completeWithdrawn()
                 self.release()
             }
         }

@@ -53,6 +53,9 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     public struct Attachment: Sendable, Hashable {
         public let device: LoopDevice
         public let directIO: Bool
+        /// For autoclear attachments: an open descriptor of the device. The device detaches when
+        /// it is closed (and with it, when the process dies); the caller owns it.
+        public let holder: Int32?
     }
 
     /// Binds `backing` to a free loop device.
@@ -86,7 +89,9 @@ public struct LoopDevice: Sendable, Hashable, Codable {
             })
             let device = LoopDevice(number: number)
             let deviceFD = try syscall("open", path: device.path) { open(device.path, O_RDWR | O_CLOEXEC) }
-            defer { close(deviceFD) }
+            // An autoclear device detaches at its last close: keep this descriptor for the caller.
+            var keepOpen = false
+            defer { if !keepOpen { close(deviceFD) } }
             try syscall("flock", path: device.path) { flock(deviceFD, LOCK_EX) }
             var config = loop_config()
             config.fd = UInt32(backingFD)
@@ -104,7 +109,9 @@ public struct LoopDevice: Sendable, Hashable, Codable {
             }
             do {
                 let directIO = try device.verify(fd: deviceFD, backingFD: backingFD, options: options)
-                return Attachment(device: device, directIO: directIO)
+                keepOpen = options.autoclear
+                flock(deviceFD, LOCK_UN)
+                return Attachment(device: device, directIO: directIO, holder: options.autoclear ? deviceFD : nil)
             } catch {
                 _ = silo_loop_clr_fd(deviceFD)
                 if attempts < 64, error.code == .unexpected { continue }

@@ -1,0 +1,146 @@
+import CBlkid
+import Glibc
+import SiloOperations
+
+/// What libblkid finds on a block device: file system, partition table, topology.
+/// Opens the device read-only and never writes (S1).
+public struct BlockProbe: Sendable, Hashable, Codable {
+    public var filesystemType: String?
+    public var uuid: String?
+    public var label: String?
+    /// `filesystem`, `raid`, `crypto`, `other` (libblkid's USAGE).
+    public var usage: String?
+    public var partitionTableType: String?
+    public var partitions: [Partition]
+    /// Bytes the file system claims, where Silo can read it from the superblock (ext2/3/4, XFS, btrfs).
+    public var filesystemSize: UInt64?
+
+    public struct Partition: Sendable, Hashable, Codable {
+        public var number: Int
+        /// Bytes from the start of the device.
+        public var start: UInt64
+        public var size: UInt64
+        public var type: String?
+        public var uuid: String?
+        public var name: String?
+        public var end: UInt64 { start + size }
+    }
+
+    /// The highest byte any found structure uses: where a shrink must not cut (S9).
+    /// A file system whose size Silo cannot read is taken to fill the device.
+    public func dataEnd(deviceSize: UInt64) -> UInt64 {
+        var end: UInt64 = 0
+        if filesystemType != nil || usage == "raid" || usage == "crypto" {
+            end = max(end, filesystemSize ?? deviceSize)
+        }
+        for partition in partitions { end = max(end, partition.end) }
+        return end
+    }
+
+    /// Probes the device or image at `path`.
+    public static func probe(path: String) throws(SiloError) -> BlockProbe {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
+        defer { close(fd) }
+        guard let probe = blkid_new_probe() else {
+            throw SiloError(.outOfMemory, "libblkid could not allocate a probe for \(path)")
+        }
+        defer { blkid_free_probe(probe) }
+        guard blkid_probe_set_device(probe, fd, 0, 0) == 0 else {
+            throw SiloError(.systemCallFailed, "libblkid cannot probe \(path)", field: "device", value: path)
+        }
+        blkid_probe_enable_superblocks(probe, 1)
+        blkid_probe_set_superblocks_flags(
+            probe, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE
+        )
+        blkid_probe_enable_partitions(probe, 1)
+        blkid_probe_set_partitions_flags(probe, BLKID_PARTS_ENTRY_DETAILS)
+
+        var result = BlockProbe(partitions: [])
+        // 1 means nothing found; -2 means ambiguous (two signatures): report nothing rather than guess.
+        if blkid_do_safeprobe(probe) == 0 {
+            result.filesystemType = value(probe, "TYPE")
+            result.uuid = value(probe, "UUID")
+            result.label = value(probe, "LABEL")
+            result.usage = value(probe, "USAGE")
+            result.partitionTableType = value(probe, "PTTYPE")
+        }
+        if let list = blkid_probe_get_partitions(probe) {
+            if let table = blkid_partlist_get_table(list), let type = blkid_parttable_get_type(table) {
+                result.partitionTableType = String(cString: type)
+            }
+            let count = blkid_partlist_numof_partitions(list)
+            if count > 0 {
+                for index in 0..<count {
+                    guard let partition = blkid_partlist_get_partition(list, index) else { continue }
+                    result.partitions.append(Partition(
+                        number: Int(blkid_partition_get_partno(partition)),
+                        start: UInt64(max(0, blkid_partition_get_start(partition))) * 512,
+                        size: UInt64(max(0, blkid_partition_get_size(partition))) * 512,
+                        type: blkid_partition_get_type_string(partition).map { String(cString: $0) },
+                        uuid: blkid_partition_get_uuid(partition).map { String(cString: $0) },
+                        name: blkid_partition_get_name(partition).map { String(cString: $0) }
+                    ))
+                }
+            }
+        }
+        if let type = result.filesystemType {
+            result.filesystemSize = SuperblockSize.read(fd: fd, type: type)
+        }
+        return result
+    }
+
+    private static func value(_ probe: blkid_probe, _ name: String) -> String? {
+        var data: UnsafePointer<CChar>?
+        var length = 0
+        guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
+        return String(cString: data)
+    }
+}
+
+/// File system sizes from their superblocks, for the file systems Silo's users shrink.
+enum SuperblockSize {
+    static func read(fd: Int32, type: String) -> UInt64? {
+        switch type {
+        case "ext2", "ext3", "ext4":
+            // struct ext4_super_block at 1024: s_blocks_count_lo @4, s_log_block_size @24,
+            // s_feature_incompat @96 (64BIT = 0x80), s_blocks_count_hi @0x150.
+            guard let sb = bytes(fd, offset: 1024, count: 0x154) else { return nil }
+            let low = UInt64(le32(sb, 4))
+            let blockSize = UInt64(1024) << UInt64(le32(sb, 24))
+            let high = le32(sb, 96) & 0x80 != 0 ? UInt64(le32(sb, 0x150)) : 0
+            return ((high << 32) | low) * blockSize
+        case "xfs":
+            // xfs_sb at 0, big-endian: sb_blocksize @4 (32), sb_dblocks @8 (64).
+            guard let sb = bytes(fd, offset: 0, count: 16) else { return nil }
+            return be64(sb, 8) * UInt64(be32(sb, 4))
+        case "btrfs":
+            // btrfs_super_block at 64 KiB: total_bytes @0x70 (64, little-endian).
+            guard let sb = bytes(fd, offset: 0x10000 + 0x70, count: 8) else { return nil }
+            return le64(sb, 0)
+        default:
+            return nil
+        }
+    }
+
+    private static func bytes(_ fd: Int32, offset: off_t, count: Int) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: count)
+        let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, offset) }
+        return got == count ? buffer : nil
+    }
+
+    private static func le32(_ b: [UInt8], _ i: Int) -> UInt32 {
+        UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24
+    }
+
+    private static func le64(_ b: [UInt8], _ i: Int) -> UInt64 {
+        UInt64(le32(b, i)) | UInt64(le32(b, i + 4)) << 32
+    }
+
+    private static func be32(_ b: [UInt8], _ i: Int) -> UInt32 {
+        UInt32(b[i]) << 24 | UInt32(b[i + 1]) << 16 | UInt32(b[i + 2]) << 8 | UInt32(b[i + 3])
+    }
+
+    private static func be64(_ b: [UInt8], _ i: Int) -> UInt64 {
+        UInt64(be32(b, i)) << 32 | UInt64(be32(b, i + 4))
+    }
+}

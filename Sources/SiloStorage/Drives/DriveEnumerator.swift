@@ -1,0 +1,170 @@
+import CSiloLinux
+import CUdev
+import Glibc
+import SiloOperations
+
+/// Lists the host's block devices with libudev's enumerator (which reads sysfs itself, so it works
+/// without udevd), sysfs attributes, and a libblkid probe of each device opened read-only (S1).
+struct DriveEnumerator {
+    /// Every drive, sorted by kernel name. Silo's own LUN devices are left out: they are LUNs (S2).
+    func drives(luns: [LunRecord] = []) throws(SiloError) -> [Drive] {
+        let names = try diskNames()
+        let mounts = MountTable.read()
+        var drives: [Drive] = []
+        for name in names {
+            if let drive = describe(name, mounts: mounts) { drives.append(drive) }
+        }
+        attachExtents(&drives, luns: luns)
+        return drives
+    }
+
+    /// Kernel names of whole disks, from libudev's enumeration of the block subsystem.
+    private func diskNames() throws(SiloError) -> [String] {
+        guard let udev = udev_new() else { throw SiloError(.outOfMemory, "libudev: udev_new failed") }
+        defer { udev_unref(udev) }
+        guard let enumerate = udev_enumerate_new(udev) else { throw SiloError(.outOfMemory, "libudev: enumerate failed") }
+        defer { udev_enumerate_unref(enumerate) }
+        udev_enumerate_add_match_subsystem(enumerate, "block")
+        udev_enumerate_add_match_property(enumerate, "DEVTYPE", "disk")
+        guard udev_enumerate_scan_devices(enumerate) >= 0 else {
+            throw SiloError(.systemCallFailed, "libudev could not scan /sys for block devices")
+        }
+        var names: [String] = []
+        var entry = udev_enumerate_get_list_entry(enumerate)
+        while let current = entry {
+            if let path = udev_list_entry_get_name(current) {
+                names.append(String(String(cString: path).split(separator: "/").last ?? ""))
+            }
+            entry = udev_list_entry_get_next(current)
+        }
+        return names.sorted()
+    }
+
+    private func describe(_ name: String, mounts: MountTable) -> Drive? {
+        let sysfs = "/sys/block/" + name
+        guard let number = readSmallFile(sysfs + "/dev") else { return nil }
+        let bus = busType(name)
+        var backing: String?
+        if bus == "loop" {
+            // Unbound loop devices are no drives; bound ones with Silo's tag are LUNs (S2).
+            guard let file = readSmallFile(sysfs + "/loop/backing_file") else { return nil }
+            if let number = Int(name.dropFirst(4)), LoopDevice(number: number).tag?.hasPrefix("silo:") == true { return nil }
+            backing = file
+        }
+        if bus == "ram" { return nil }  // lsblk leaves out ram disks too
+        let size = (readNumber(sysfs + "/size") ?? 0) * 512
+        let probe = size > 0 ? try? BlockProbe.probe(path: "/dev/" + name) : nil
+        let model = clean(readSmallFile(sysfs + "/device/model"))
+        let serial = clean(readSmallFile(sysfs + "/serial") ?? readSmallFile(sysfs + "/device/serial"))
+        let wwn = clean(readSmallFile(sysfs + "/wwid") ?? readSmallFile(sysfs + "/device/wwid"))
+        return Drive(
+            id: stableID(name: name, bus: bus, model: model, serial: serial, wwn: wwn),
+            name: name,
+            devicePath: "/dev/" + name,
+            deviceNumber: number,
+            size: size,
+            logicalSectorSize: UInt32(readNumber(sysfs + "/queue/logical_block_size") ?? 512),
+            physicalSectorSize: UInt32(readNumber(sysfs + "/queue/physical_block_size") ?? 512),
+            busType: bus,
+            isRotational: readSmallFile(sysfs + "/queue/rotational") == "1",
+            isRemovable: readSmallFile(sysfs + "/removable") == "1",
+            isReadOnly: readSmallFile(sysfs + "/ro") == "1",
+            model: model,
+            vendor: clean(readSmallFile(sysfs + "/device/vendor")),
+            serial: serial,
+            wwn: wwn,
+            partitionTableType: probe?.partitionTableType,
+            filesystemType: probe?.filesystemType,
+            filesystemUUID: probe?.uuid,
+            filesystemLabel: probe?.label,
+            mountPoints: mounts.points(of: number),
+            holders: directoryEntries(sysfs + "/holders"),
+            partitions: partitions(of: name, mounts: mounts),
+            backingFile: backing,
+            pool: nil,
+            extents: []
+        )
+    }
+
+    private func partitions(of disk: String, mounts: MountTable) -> [DrivePartition] {
+        let sysfs = "/sys/block/" + disk
+        return directoryEntries(sysfs).compactMap { entry -> DrivePartition? in
+            let path = sysfs + "/" + entry
+            guard let number = readNumber(path + "/partition"), let deviceNumber = readSmallFile(path + "/dev") else { return nil }
+            let probe = try? BlockProbe.probe(path: "/dev/" + entry)
+            return DrivePartition(
+                name: entry,
+                devicePath: "/dev/" + entry,
+                deviceNumber: deviceNumber,
+                number: Int(number),
+                start: (readNumber(path + "/start") ?? 0) * 512,
+                size: (readNumber(path + "/size") ?? 0) * 512,
+                filesystemType: probe?.filesystemType,
+                filesystemUUID: probe?.uuid,
+                filesystemLabel: probe?.label,
+                mountPoints: mounts.points(of: deviceNumber)
+            )
+        }.sorted { $0.number < $1.number }
+    }
+
+    private func attachExtents(_ drives: inout [Drive], luns: [LunRecord]) {
+        for record in luns {
+            var info = stat()
+            guard stat(record.backingFile, &info) == 0 else { continue }
+            let number = "\(silo_major(UInt64(info.st_dev))):\(silo_minor(UInt64(info.st_dev)))"
+            guard let index = drives.firstIndex(where: { drive in
+                drive.deviceNumber == number || drive.partitions.contains { $0.deviceNumber == number }
+            }) else { continue }
+            drives[index].extents.append(DriveExtent(
+                lun: record.name, backingFile: record.backingFile, allocatedBytes: UInt64(info.st_blocks) * 512
+            ))
+        }
+    }
+
+    func busType(_ name: String) -> String {
+        for (prefix, bus) in [("loop", "loop"), ("zram", "zram"), ("ram", "ram"), ("md", "md"), ("dm-", "dm"), ("nbd", "nbd"), ("mmcblk", "mmc"), ("nvme", "nvme")] where name.hasPrefix(prefix) {
+            return bus
+        }
+        let path = resolveLink("/sys/block/" + name) ?? ""
+        if path.contains("/virtio") { return "virtio" }
+        if path.contains("/usb") { return "usb" }
+        if path.contains("/ata") { return "ata" }
+        if path.contains("/host") { return "scsi" }
+        return "unknown"
+    }
+
+    private func stableID(name: String, bus: String, model: String?, serial: String?, wwn: String?) -> String {
+        if let wwn, !wwn.isEmpty { return "wwn-" + sanitize(wwn) }
+        if let serial, !serial.isEmpty { return bus + "-" + sanitize((model.map { $0 + "_" } ?? "") + serial) }
+        if ["loop", "zram", "md", "dm", "nbd"].contains(bus) { return bus + "-" + name }
+        // No serial: the device's place on its bus is what stays the same across boots.
+        let place = (resolveLink("/sys/block/" + name) ?? name).split(separator: "/").dropLast(2).last.map(String.init) ?? name
+        return bus + "-path-" + sanitize(place)
+    }
+
+    private func sanitize(_ text: String) -> String {
+        String(text.map { $0.isLetter || $0.isNumber || "._-:".contains($0) ? $0 : "_" })
+    }
+
+    private func clean(_ text: String?) -> String? {
+        guard let text = text?.trimmingSpaces, !text.isEmpty else { return nil }
+        return text
+    }
+}
+
+/// /proc/self/mountinfo, indexed by `major:minor`.
+struct MountTable {
+    private var byDevice: [String: [String]] = [:]
+
+    static func read() -> MountTable {
+        var table = MountTable()
+        for line in (readSmallFile("/proc/self/mountinfo") ?? "").split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
+            guard fields.count > 4 else { continue }
+            table.byDevice[String(fields[2]), default: []].append(InUse.unescapeMountPath(String(fields[4])))
+        }
+        return table
+    }
+
+    func points(of deviceNumber: String) -> [String] { byDevice[deviceNumber] ?? [] }
+}

@@ -1,0 +1,302 @@
+import Glibc
+import SiloOperations
+
+extension StorageProvider {
+    /// Deletes a LUN [IVdsLun::Delete]: detach, unlink its name, remove the backing file and the record.
+    ///
+    /// - Parameter force: reserved for LUNs attached to compute systems (they are detached from
+    ///   them first); a LUN in use on the host is never deleted.
+    /// - Throws: at once, `deviceInUse` when the LUN is mounted, held open, or holds other devices
+    ///   (S10); `objectNotFound` for an unknown name; `anotherCallInProgress` while another call runs.
+    public func deleteLun(
+        _ name: String,
+        force: Bool = false,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<Void>? = nil
+    ) throws(SiloError) -> SiloOperation<Void> {
+        let record = try beginChange(name, operation: "deleteLun")
+        let device = attachedDevice(record)
+        if let device, let use = InUse.check(device) {
+            try? endChange(name)
+            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device.path) (\(use)); release it first",
+                            field: "name", value: name)
+        }
+        return try startChange(name, .deleteLun, context: context, callback: callback, cancellable: false) {
+            [self] _ in
+            if let device { try device.detach() }
+            unlinkName(name)
+            try BackingFile.remove(record.backingFile)
+            try registry.locked { () throws(SiloError) in try registry.remove(name) }
+        }
+    }
+
+    /// Grows a LUN online [IVdsLun::Extend]: the backing file grows (allocated or zeroed to match
+    /// its provisioning), then `LOOP_SET_CAPACITY` tells the device, which stays attached and mounted (S8).
+    /// Give `by` or `to`; the new size is rounded up to the block size.
+    public func extendLun(
+        _ name: String,
+        by growth: UInt64? = nil,
+        to target: UInt64? = nil,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<LunProperties>? = nil
+    ) throws(SiloError) -> SiloOperation<LunProperties> {
+        let current = try record(named: name)
+        let newSize = try extendedSize(current, by: growth, to: target)
+        let growthBytes = newSize - current.size
+        try checkCapacity(for: growthBytes, provisioning: current.provisioning, field: growth == nil ? "to" : "by")
+        let record = try beginChange(name, operation: "extendLun")
+        let chain = OperationChain<LunProperties>([
+            OperationStep("grow backing file", weight: record.provisioning == .zeroed ? 90 : 2, run: { step in
+                try BackingFile.resize(record.backingFile, to: newSize)
+                switch record.provisioning {
+                case .thin: break
+                case .thick: try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
+                case .zeroed:
+                    try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
+                    try BackingFile.zero(record.backingFile, from: record.size, to: newSize,
+                                         progress: { step.reportProgress(completed: $0, of: $1) },
+                                         cancelled: { step.isCancelled })
+                }
+            }, rollback: {
+                try BackingFile.resize(record.backingFile, to: record.size)
+            }),
+            OperationStep("resize device", weight: 1, pointOfNoReturn: true, run: { [self] _ in
+                try refreshDevice(record, expecting: newSize)
+            }),
+            OperationStep("register", weight: 1, run: { [self] _ in
+                try endChange(name) { $0.size = newSize }
+            }),
+        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name) })
+        return try runChange(name, .extendLun, chain: chain, context: context, callback: callback)
+    }
+
+    /// Removes bytes from the end of a LUN [IVdsLun::Shrink]. Data before the new end is kept.
+    ///
+    /// - Parameter force: shrink even over a mounted file system or data that reaches past the new end.
+    /// - Throws: at once, `invalidShrinkSize` when `bytes` is zero or not less than the size;
+    ///   `shrinkOverData` when a file system or partition found by libblkid ends past the new end,
+    ///   or the LUN is mounted, unless `force` (S9).
+    public func shrinkLun(
+        _ name: String,
+        by bytes: UInt64,
+        force: Bool = false,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<LunProperties>? = nil
+    ) throws(SiloError) -> SiloOperation<LunProperties> {
+        let current = try record(named: name)
+        let block = UInt64(current.blockSize)
+        let removed = bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block
+        guard bytes > 0, removed < current.size else {
+            throw SiloError(
+                .invalidShrinkSize,
+                "cannot shrink LUN '\(name)' of \(ByteCount.format(current.size)) by \(ByteCount.format(bytes)): "
+                    + "the amount must be more than zero and less than the size",
+                field: "by", value: "\(bytes)"
+            )
+        }
+        let newSize = current.size - removed
+        let record = try beginChange(name, operation: "shrinkLun")
+        if !force {
+            do throws(SiloError) {
+                try guardData(record, newSize: newSize)
+            } catch {
+                try? endChange(name)
+                throw error
+            }
+        }
+        let chain = OperationChain<LunProperties>([
+            // Cutting the file loses what lies past the cut: there is no undoing it.
+            OperationStep("cut backing file", weight: 2, pointOfNoReturn: true, run: { _ in
+                try BackingFile.resize(record.backingFile, to: newSize)
+            }),
+            OperationStep("resize device", weight: 1, run: { [self] _ in
+                try refreshDevice(record, expecting: newSize)
+            }),
+            OperationStep("register", weight: 1, run: { [self] _ in
+                try endChange(name) { $0.size = newSize }
+            }),
+        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name) })
+        return try runChange(name, .shrinkLun, chain: chain, context: context, callback: callback)
+    }
+
+    /// Replaces the unmasking list [IVdsLun::SetMask]: `*` every compute system, `""` none, or
+    /// `;`-separated system ids (S11). Never accumulates.
+    @discardableResult
+    public func setMask(_ name: String, _ list: String) throws(SiloError) -> LunProperties {
+        let unmasking = try UnmaskingList.parse(list)
+        _ = try beginChange(name, operation: "setMask")
+        try endChange(name) { $0.unmasking = unmasking }
+        return try lun(named: name)
+    }
+
+    /// Takes a LUN offline (detaches its loop device, keeps the data) or back online
+    /// [IVdsLun::SetStatus]. Online also repairs a LUN left detached, as after a reboot.
+    public func setOnline(
+        _ name: String,
+        _ online: Bool,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<LunProperties>? = nil
+    ) throws(SiloError) -> SiloOperation<LunProperties> {
+        let record = try beginChange(name, operation: online ? "online" : "offline")
+        let device = attachedDevice(record)
+        if !online, let device, let use = InUse.check(device) {
+            try? endChange(name)
+            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device.path) (\(use)); release it first",
+                            field: "name", value: name)
+        }
+        if online, !fileExists(record.backingFile) {
+            try? endChange(name)
+            throw SiloError(.objectDeleted, "the backing file of LUN '\(name)' is gone: \(record.backingFile)",
+                            field: "name", value: name)
+        }
+        return try startChange(name, .recoverLun, context: context, callback: callback, cancellable: false) { [self] _ in
+            if online {
+                let number = try device?.number ?? attach(record).number
+                try endChange(name) {
+                    $0.online = true
+                    $0.device = number
+                }
+            } else {
+                if let device { try device.detach() }
+                unlinkName(name)
+                try endChange(name) {
+                    $0.online = false
+                    $0.device = nil
+                }
+            }
+            return try lun(named: name)
+        }
+    }
+
+    // MARK: Helpers
+
+    func attach(_ record: LunRecord) throws(SiloError) -> LoopDevice {
+        let device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
+        do throws(SiloError) {
+            try link(record.name, to: device)
+        } catch {
+            try? device.detach()
+            throw error
+        }
+        return device
+    }
+
+    private func extendedSize(_ record: LunRecord, by growth: UInt64?, to target: UInt64?) throws(SiloError) -> UInt64 {
+        let block = UInt64(record.blockSize)
+        func rounded(_ value: UInt64) -> UInt64 { value.isMultiple(of: block) ? value : (value / block + 1) * block }
+        switch (growth, target) {
+        case (let growth?, nil):
+            guard growth > 0 else { throw SiloError.invalidArgument(field: "by", value: "0", reason: "must be greater than zero") }
+            let (sum, overflow) = record.size.addingReportingOverflow(growth)
+            guard !overflow, sum <= ByteCount.maximum - block else {
+                throw SiloError.invalidArgument(field: "by", value: "\(growth)", reason: "the LUN would exceed 8 EiB")
+            }
+            return rounded(sum)
+        case (nil, let target?):
+            guard target <= ByteCount.maximum - block else {
+                throw SiloError.invalidArgument(field: "to", value: "\(target)", reason: "larger than the 8 EiB a file can hold")
+            }
+            let size = rounded(target)
+            guard size > record.size else {
+                throw SiloError.invalidArgument(
+                    field: "to", value: "\(target)",
+                    reason: "must be larger than the current size \(ByteCount.format(record.size)) (\(record.size) bytes)"
+                )
+            }
+            return size
+        default:
+            throw SiloError.invalidArgument(field: "by", value: "\(growth.map(String.init) ?? "")",
+                                            reason: "give exactly one of 'by' and 'to'")
+        }
+    }
+
+    private func refreshDevice(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
+        guard let device = attachedDevice(record) else { return }
+        try device.refreshCapacity()
+        let now = device.status?.size ?? 0
+        guard now == size else {
+            throw SiloError(.unexpected, "\(device.path) reports \(now) bytes after resizing to \(size)",
+                            field: "device", value: device.path)
+        }
+    }
+
+    /// Refuses a shrink that would cut a mounted LUN or data libblkid finds past the new end.
+    private func guardData(_ record: LunRecord, newSize: UInt64) throws(SiloError) {
+        let device = attachedDevice(record)
+        if let device, let number = device.deviceNumber, let mount = InUse.mountPoints(of: number).first {
+            throw SiloError(.shrinkOverData, "LUN '\(record.name)' is mounted on \(mount); unmount it or pass --force",
+                            field: "name", value: record.name)
+        }
+        let probe = try BlockProbe.probe(path: device?.path ?? record.backingFile)
+        let end = probe.dataEnd(deviceSize: record.size)
+        guard end <= newSize else {
+            let what = probe.filesystemType.map { "a \($0) file system" } ?? "a \(probe.partitionTableType ?? "partition") table"
+            throw SiloError(
+                .shrinkOverData,
+                "LUN '\(record.name)' holds \(what) that ends at \(end) bytes, past the new end at \(newSize); "
+                    + "shrink the data first or pass --force",
+                field: "by", value: "\(record.size - newSize)"
+            )
+        }
+    }
+
+    /// Runs a change as an operation; the owner mark is cleared whatever happens.
+    private func startChange<Output: Sendable>(
+        _ name: String,
+        _ type: OperationType,
+        context: (any Sendable)?,
+        callback: OperationCallback<Output>?,
+        cancellable: Bool,
+        _ body: @escaping @Sendable (OperationDriver<Output>) throws -> Output
+    ) throws(SiloError) -> SiloOperation<Output> {
+        do {
+            return try configuration.scheduler.run(type, context: context, callback: callback, cancellable: cancellable) {
+                [self] driver in
+                do {
+                    return try body(driver)
+                } catch {
+                    try? endChange(name)
+                    throw error
+                }
+            }
+        } catch {
+            try? endChange(name)
+            throw error
+        }
+    }
+
+    private func runChange(
+        _ name: String,
+        _ type: OperationType,
+        chain: OperationChain<LunProperties>,
+        context: (any Sendable)?,
+        callback: OperationCallback<LunProperties>?
+    ) throws(SiloError) -> SiloOperation<LunProperties> {
+        do {
+            return try configuration.scheduler.run(type, chain: chain, context: context, callback: callback)
+        } catch {
+            try? endChange(name)
+            throw error
+        }
+    }
+}
+
+extension StorageProvider {
+    /// The host's drives [IVdsProvider's drives], with the pool and the LUN extents on each.
+    public func drives() throws(SiloError) -> [Drive] {
+        let records = (try? registry.loadAll()) ?? []
+        var drives = try DriveEnumerator().drives(luns: records)
+        if let id = poolDriveID(in: drives), let index = drives.firstIndex(where: { $0.id == id }) {
+            drives[index].pool = pool.directory
+        }
+        return drives
+    }
+
+    /// One drive by id, or by kernel name (`vda`) or device path (`/dev/vda`).
+    public func drive(_ key: String) throws(SiloError) -> Drive {
+        guard let drive = try drives().first(where: { $0.id == key || $0.name == key || $0.devicePath == key }) else {
+            throw SiloError.notFound("drive", field: "drive", value: key)
+        }
+        return drive
+    }
+}

@@ -1,0 +1,128 @@
+import Glibc
+import SiloOperations
+
+extension StorageProvider {
+    /// Creates a LUN [IVdsSubSystem::CreateLun]: a chain of reserve, create the backing file,
+    /// allocate or zero it (with progress), attach a loop device, link `/dev/silo/<name>`, and
+    /// register. Cancel or failure at any step removes the file, the device and the record (S7).
+    ///
+    /// Bad arguments, a taken name or too little space throw at once and change nothing (E3, S5).
+    public func createLun(
+        _ spec: LunSpec,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<LunProperties>? = nil
+    ) throws(SiloError) -> SiloOperation<LunProperties> {
+        try spec.validate()
+        try checkDrives(spec.drives)
+        let size = spec.roundedSize
+        let id = newIdentifier()
+        let file = pool.directory + "/" + id + ".img"
+        let record = LunRecord(
+            id: id, name: spec.name, friendlyName: spec.friendlyName, size: size,
+            blockSize: spec.logicalBlockSize, provisioning: spec.provisioning, readOnly: spec.readOnly,
+            directIO: spec.directIO, unmasking: spec.unmasking, backingFile: file, pool: "default",
+            state: .creating, online: true, device: nil,
+            owner: ProcessIdentity.current(operation: "createLun"), createdAt: nowSeconds()
+        )
+        // The record is the intent: if this process dies from here on, reenumerate finds a
+        // `creating` record whose owner is gone and removes everything it names (S15).
+        try registry.locked { () throws(SiloError) in
+            if try registry.load(spec.name) != nil {
+                throw SiloError(.invalidArgument, "a LUN named '\(spec.name)' already exists", field: "name", value: spec.name)
+            }
+            try checkCapacity(for: size, provisioning: spec.provisioning, field: "size")
+            try registry.save(record)
+        }
+        do {
+            return try configuration.scheduler.run(
+                .createLun, chain: creationChain(record), context: context, callback: callback
+            )
+        } catch {
+            try? registry.locked { () throws(SiloError) in try registry.remove(spec.name) }
+            throw error
+        }
+    }
+
+    private func creationChain(_ record: LunRecord) -> OperationChain<LunProperties> {
+        let file = record.backingFile
+        let size = record.size
+        let attachment = StepValue<LoopDevice.Attachment>()
+        var steps = [
+            OperationStep("create backing file", weight: 1, run: { _ in
+                try BackingFile.create(file, size: size)
+            }, rollback: {
+                try BackingFile.remove(file)
+            }),
+        ]
+        switch record.provisioning {
+        case .thin:
+            break
+        case .thick:
+            steps.append(OperationStep("allocate", weight: 4, run: { _ in
+                try BackingFile.allocate(file, from: 0, to: size)
+            }))
+        case .zeroed:
+            steps.append(OperationStep("zero", weight: 90, run: { step in
+                try BackingFile.allocate(file, from: 0, to: size)
+                try BackingFile.zero(file, from: 0, to: size, progress: { step.reportProgress(completed: $0, of: $1) },
+                                     cancelled: { step.isCancelled })
+            }))
+        }
+        steps += [
+            OperationStep("attach", weight: 2, run: { _ in
+                attachment.set(try LoopDevice.attach(backing: file, options: record.loopOptions))
+            }, rollback: {
+                try attachment.value?.device.detach()
+            }),
+            OperationStep("link", weight: 1, run: { [self] _ in
+                guard let device = attachment.value?.device else { return }
+                try link(record.name, to: device)
+            }, rollback: { [self] in
+                unlinkName(record.name)
+            }),
+            OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
+                try endChange(record.name) { stored in
+                    stored.state = .ready
+                    stored.device = attachment.value?.device.number
+                }
+            }),
+        ]
+        // The record made before the chain is the reservation: removed on any failure or cancel.
+        return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
+            try registry.locked { () throws(SiloError) in try registry.remove(record.name) }
+        })
+    }
+
+    /// Drive ids must exist and hold a pool (S5). Only the default pool exists for now, so a drive
+    /// qualifies when it holds the state directory's file system.
+    func checkDrives(_ drives: [String]) throws(SiloError) {
+        guard !drives.isEmpty else { return }
+        let known = try DriveEnumerator().drives()
+        let poolDrive = poolDriveID(in: known)
+        for id in drives {
+            guard known.contains(where: { $0.id == id }) else {
+                throw SiloError.notFound("drive", field: "drive", value: id)
+            }
+            guard id == poolDrive else {
+                throw SiloError.invalidArgument(
+                    field: "drive", value: id,
+                    reason: "no pool on that drive; the default pool \(pool.directory) is on drive '\(poolDrive ?? "unknown")'"
+                )
+            }
+        }
+    }
+
+    /// The drive holding the default pool.
+    func poolDriveID(in drives: [Drive]) -> String? {
+        guard let number = pool.deviceNumber else { return nil }
+        return drives.first { drive in
+            drive.deviceNumber == number || drive.partitions.contains { $0.deviceNumber == number }
+        }?.id
+    }
+}
+
+extension LunRecord {
+    var loopOptions: LoopDevice.Options {
+        LoopDevice.Options(logicalBlockSize: blockSize, readOnly: readOnly, directIO: directIO, tag: tag)
+    }
+}

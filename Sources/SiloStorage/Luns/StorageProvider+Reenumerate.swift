@@ -1,0 +1,129 @@
+import Glibc
+import SiloOperations
+
+/// What `reenumerate` found and did.
+public struct ReenumerateReport: Sendable, Hashable, Codable {
+    /// LUNs re-attached (after a reboot, or an attach that was lost).
+    public var attached: [String] = []
+    /// Half-made LUNs of processes that died mid-call, removed with everything they made.
+    public var rolledBack: [String] = []
+    /// Changes of processes that died mid-call, finished or undone (name: what was done).
+    public var repaired: [String] = []
+    /// Silo-tagged loop devices of this pool with no LUN, detached.
+    public var orphanDevicesDetached: [String] = []
+    /// Backing files in the pool with no LUN, removed.
+    public var orphanFilesRemoved: [String] = []
+    /// Stable names fixed or removed.
+    public var linksFixed: [String] = []
+    /// What Silo could not repair and will not hide: a missing backing file, a busy orphan device.
+    public var drift: [String] = []
+}
+
+extension StorageProvider {
+    /// Reconciles the registry with the kernel (S13, S15): finishes or undoes what dead processes
+    /// left half-done, re-attaches LUNs whose devices are gone, detaches Silo's orphan devices of
+    /// this pool, removes orphan files, and fixes the stable names. Loop devices that are not
+    /// Silo's, or belong to another state directory's pool, are never touched.
+    public func reenumerate(
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<ReenumerateReport>? = nil
+    ) throws(SiloError) -> SiloOperation<ReenumerateReport> {
+        try registry.prepare()
+        return try configuration.scheduler.run(.reenumerate, context: context, callback: callback, cancellable: false) {
+            [self] _ in
+            try registry.locked { () throws(SiloError) -> ReenumerateReport in try reconcile() }
+        }
+    }
+
+    /// Runs under the registry lock.
+    private func reconcile() throws(SiloError) -> ReenumerateReport {
+        var report = ReenumerateReport()
+        let poolPrefix = pool.directory + "/"
+        // Silo-tagged devices bound to files of this pool, by LUN id.
+        var ours: [String: [LoopDevice]] = [:]
+        for device in LoopDevice.all() {
+            guard let status = device.status, status.backingFile.hasPrefix(poolPrefix),
+                  let tag = device.tag, tag.hasPrefix("silo:") else { continue }
+            ours[String(tag.dropFirst(5)), default: []].append(device)
+        }
+
+        var records = try registry.loadAll()
+        for index in records.indices.reversed() {
+            var record = records[index]
+            if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }  // a live call: leave it
+            if record.state == .creating {
+                // Died while provisioning: undo everything the record names.
+                for device in ours[record.id] ?? [] { try? device.detach() }
+                ours[record.id] = nil
+                unlinkName(record.name)
+                try? BackingFile.remove(record.backingFile)
+                try registry.remove(record.name)
+                records.remove(at: index)
+                report.rolledBack.append(record.name)
+                continue
+            }
+            if let owner = record.owner {
+                // Died mid-change: the file's size tells how far it got.
+                if let size = BackingFile.size(record.backingFile), size != record.size {
+                    record.size = size
+                    if let device = ours[record.id]?.first { try? device.refreshCapacity() }
+                }
+                record.owner = nil
+                report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
+            }
+            let devices = ours[record.id] ?? []
+            ours[record.id] = nil
+            var device = devices.first
+            for extra in devices.dropFirst() { try? extra.detach() }
+            if !fileExists(record.backingFile) {
+                report.drift.append("\(record.name): backing file \(record.backingFile) is missing")
+            } else if record.online, device == nil {
+                do throws(SiloError) {
+                    device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
+                    report.attached.append(record.name)
+                } catch {
+                    report.drift.append("\(record.name): cannot attach: \(error.message)")
+                }
+            }
+            if record.device != device?.number { record.device = device?.number }
+            if let device {
+                let link = configuration.linkDirectory + "/" + record.name
+                if resolveLink(link) != device.path {
+                    try? self.link(record.name, to: device)
+                    report.linksFixed.append(record.name)
+                }
+            }
+            if record != records[index] { try registry.save(record) }
+            records[index] = record
+        }
+
+        // Silo devices of this pool that no record claims (a crash between attach and register
+        // whose record was already gone, or a registry restored from backup).
+        for (id, devices) in ours {
+            for device in devices {
+                do throws(SiloError) {
+                    try device.detach()
+                    report.orphanDevicesDetached.append("\(device.path) (silo:\(id))")
+                } catch {
+                    report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use: \(error.message)")
+                }
+            }
+        }
+        // Backing files no record names.
+        let named = Set(records.map(\.backingFile))
+        for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
+            let path = pool.directory + "/" + entry
+            if !named.contains(path) {
+                try? BackingFile.remove(path)
+                report.orphanFilesRemoved.append(path)
+            }
+        }
+        // Stable names without a LUN.
+        let names = Set(records.map(\.name))
+        for entry in directoryEntries(configuration.linkDirectory) where !names.contains(entry) && !entry.hasPrefix(".") {
+            unlinkName(entry)
+            report.linksFixed.append(entry)
+        }
+        return report
+    }
+}

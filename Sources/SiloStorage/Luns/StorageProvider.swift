@@ -1,0 +1,201 @@
+import Glibc
+import SiloOperations
+import Synchronization
+
+/// Silo's storage provider: a local subsystem whose LUNs are sparse files on loop devices
+/// [IVdsSubSystem, IVdsLun]. Every call is safe from any thread and any number of processes
+/// sharing a state directory.
+public final class StorageProvider: Sendable {
+    public let configuration: StorageConfiguration
+    let registry: LunRegistry
+
+    public init(configuration: StorageConfiguration = StorageConfiguration()) {
+        self.configuration = configuration
+        self.registry = LunRegistry(configuration: configuration)
+    }
+
+    var pool: Pool { Pool(directory: configuration.poolDirectory) }
+
+    // MARK: Queries
+
+    /// Every LUN in the registry, sorted by name.
+    public func luns() throws(SiloError) -> [LunProperties] {
+        try registry.loadAll().map(properties(of:))
+    }
+
+    public func lun(named name: String) throws(SiloError) -> LunProperties {
+        try properties(of: record(named: name))
+    }
+
+    func record(named name: String) throws(SiloError) -> LunRecord {
+        try Names.validate(name, field: "name", what: "a LUN name")
+        guard let record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
+        return record
+    }
+
+    /// The loop device bound to this LUN's backing file and carrying its tag, if any.
+    func attachedDevice(_ record: LunRecord) -> LoopDevice? {
+        if let number = record.device {
+            let device = LoopDevice(number: number)
+            if device.status?.backingFile == record.backingFile, device.tag == record.tag { return device }
+        }
+        return nil
+    }
+
+    func properties(of record: LunRecord) -> LunProperties {
+        let device = attachedDevice(record)
+        let status: LunProperties.Status
+        if record.state == .creating {
+            status = .creating
+        } else if !fileExists(record.backingFile) {
+            status = .missing
+        } else if device != nil {
+            status = .online
+        } else {
+            status = record.online ? .detached : .offline
+        }
+        let link = configuration.linkDirectory + "/" + record.name
+        return LunProperties(
+            id: record.id,
+            name: record.name,
+            friendlyName: record.friendlyName,
+            type: LunType.simple.rawValue,
+            size: record.size,
+            allocatedBytes: BackingFile.allocatedBytes(record.backingFile),
+            logicalBlockSize: record.blockSize,
+            provisioning: record.provisioning,
+            status: status,
+            devicePath: device?.path,
+            link: device != nil && resolveLink(link) == device?.path ? link : nil,
+            backingFile: record.backingFile,
+            pool: record.pool,
+            serialNumber: Self.serial(id: record.id),
+            unmaskingList: record.unmasking.description,
+            readOnly: record.readOnly,
+            directIO: device?.status?.directIO ?? record.directIO,
+            createdAt: record.createdAt
+        )
+    }
+
+    /// A stable 20-character serial from the id, for identification data [VDS_LUN_INFORMATION].
+    static func serial(id: String) -> String {
+        "SILO" + String(id.replacingDashes.uppercased().prefix(16))
+    }
+
+    // MARK: Capacity
+
+    /// The largest LUN `createLun` would accept now [IVdsSubSystem::QueryMaxLunCreateSize].
+    public func maximumLunSize(provisioning: Provisioning = .thin) throws(SiloError) -> UInt64 {
+        try registry.prepare()
+        let capacity = try pool.capacity()
+        switch provisioning {
+        case .thin:
+            let promised = try registry.loadAll().reduce(UInt64(0)) { $0 + $1.size }
+            let limit = UInt64(Double(capacity.total) * configuration.overcommitRatio)
+            return limit > promised ? limit - promised : 0
+        case .thick, .zeroed:
+            return capacity.free
+        }
+    }
+
+    func checkCapacity(for bytes: UInt64, provisioning: Provisioning, field: String) throws(SiloError) {
+        let maximum = try maximumLunSize(provisioning: provisioning)
+        guard bytes <= maximum else {
+            let rule = provisioning == .thin
+                ? "thin LUNs may promise \(configuration.overcommitRatio)x the pool"
+                : "\(provisioning.rawValue) LUNs need the space free now"
+            throw SiloError(
+                .notEnoughSpace,
+                "not enough space in pool \(pool.directory) for \(ByteCount.format(bytes)): at most "
+                    + "\(ByteCount.format(maximum)) is available (\(rule))",
+                field: field, value: "\(bytes)"
+            )
+        }
+    }
+
+    // MARK: Changes: one at a time per LUN, across threads and processes (S12)
+
+    /// Marks the LUN as being changed by this process, under the registry lock.
+    /// - Throws: `anotherCallInProgress` while another call (in any process) changes it.
+    func beginChange(_ name: String, operation: String) throws(SiloError) -> LunRecord {
+        try Names.validate(name, field: "name", what: "a LUN name")
+        return try registry.locked { () throws(SiloError) -> LunRecord in
+            guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
+            if let owner = record.owner, ProcessIdentity.isAlive(owner) {
+                throw SiloError(
+                    .anotherCallInProgress,
+                    "LUN '\(name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",
+                    field: "name", value: name
+                )
+            }
+            guard record.state == .ready else {
+                throw SiloError(
+                    .invalidOperation,
+                    "LUN '\(name)' was left half-created by a process that died; run 'silo storage reenumerate' to repair",
+                    field: "name", value: name
+                )
+            }
+            record.owner = ProcessIdentity.current(operation: operation)
+            try registry.save(record)
+            return record
+        }
+    }
+
+    /// Ends a change: applies `update` and clears the owner.
+    func endChange(_ name: String, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
+        try registry.locked { () throws(SiloError) in
+            guard var record = try registry.load(name) else { return }
+            update(&record)
+            record.owner = nil
+            try registry.save(record)
+        }
+    }
+
+    // MARK: Stable names
+
+    func link(_ name: String, to device: LoopDevice) throws(SiloError) {
+        let directory = configuration.linkDirectory
+        if mkdir(directory, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: directory) }
+        let final = directory + "/" + name
+        let temporary = directory + "/.\(name).\(getpid())"
+        unlink(temporary)
+        try syscall("symlink", path: temporary) { symlink(device.path, temporary) }
+        do throws(SiloError) {
+            try syscall("rename", path: final) { rename(temporary, final) }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    func unlinkName(_ name: String) {
+        unlink(configuration.linkDirectory + "/" + name)
+    }
+}
+
+/// A value one step of a chain produces and later steps or rollbacks read.
+final class StepValue<Value: Sendable>: Sendable {
+    private let storage = Mutex<Value?>(nil)
+    var value: Value? { storage.withLock { $0 } }
+    func set(_ value: Value) { storage.withLock { $0 = value } }
+}
+
+extension String {
+    var replacingDashes: String { String(filter { $0 != "-" }) }
+}
+
+func newIdentifier() -> String {
+    var generator = SystemRandomNumberGenerator()
+    var bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    bytes[6] = (bytes[6] & 0x0f) | 0x40  // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80  // variant
+    let hex = bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    let parts = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)]
+    return parts.joined(separator: "-")
+}
+
+func nowSeconds() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec)
+}

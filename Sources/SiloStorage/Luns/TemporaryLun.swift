@@ -1,0 +1,70 @@
+import Glibc
+import SiloOperations
+
+/// A block device for one scope of an integration test: a sparse file attached to an autoclear
+/// loop device, the file unlinked as soon as it is attached. Nothing outlives the scope, and
+/// nothing outlives the process either: if it is killed, the kernel closes its descriptor, the
+/// device detaches itself, and the unlinked file's space is freed. No registry record is made.
+public struct TemporaryLun: Sendable {
+    /// The block device, such as `/dev/loop5`.
+    public let devicePath: String
+    public let size: UInt64
+    public let logicalBlockSize: UInt32
+    let device: LoopDevice
+    /// The open descriptor that keeps the autoclear device bound.
+    let holder: Int32
+}
+
+/// Runs `body` with a fresh LUN of `size` bytes, gone when `body` returns or throws.
+///
+/// ```swift
+/// try withTemporaryLun(size: 64 << 20) { lun in
+///     try run("mkfs.ext4", lun.devicePath)
+/// }
+/// ```
+public func withTemporaryLun<Result>(
+    size: UInt64,
+    logicalBlockSize: UInt32 = 512,
+    directory: String = "/var/tmp",
+    _ body: (TemporaryLun) throws -> Result
+) throws -> Result {
+    let lun = try TemporaryLun.make(size: size, logicalBlockSize: logicalBlockSize, directory: directory)
+    defer { lun.release() }
+    return try body(lun)
+}
+
+/// The async form of ``withTemporaryLun(size:logicalBlockSize:directory:_:)``.
+public func withTemporaryLun<Result>(
+    size: UInt64,
+    logicalBlockSize: UInt32 = 512,
+    directory: String = "/var/tmp",
+    _ body: (TemporaryLun) async throws -> Result
+) async throws -> Result {
+    let lun = try TemporaryLun.make(size: size, logicalBlockSize: logicalBlockSize, directory: directory)
+    defer { lun.release() }
+    return try await body(lun)
+}
+
+extension TemporaryLun {
+    static func make(size: UInt64, logicalBlockSize: UInt32, directory: String) throws(SiloError) -> TemporaryLun {
+        let spec = LunSpec(name: "temporary", size: size, logicalBlockSize: logicalBlockSize)
+        try spec.validate()
+        let file = directory + "/silo-temporary-" + newIdentifier() + ".img"
+        try BackingFile.create(file, size: spec.roundedSize)
+        defer { unlink(file) }  // the device keeps the file alive; its space goes with the device
+        let options = LoopDevice.Options(logicalBlockSize: logicalBlockSize, autoclear: true, tag: "silo-temporary")
+        let attachment = try LoopDevice.attach(backing: file, options: options)
+        guard let holder = attachment.holder else {
+            preconditionFailure("an autoclear attach returns its open descriptor")
+        }
+        return TemporaryLun(
+            devicePath: attachment.device.path, size: spec.roundedSize, logicalBlockSize: logicalBlockSize,
+            device: attachment.device, holder: holder
+        )
+    }
+
+    /// Closing the last descriptor detaches the autoclear device.
+    func release() {
+        close(holder)
+    }
+}

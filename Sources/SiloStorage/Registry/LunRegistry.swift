@@ -1,0 +1,143 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+
+/// The registry: one JSON record per LUN under `<state>/luns`, each written atomically (temp
+/// file, fsync, rename, fsync of the directory), changes serialised across processes and threads
+/// with `flock` on `<state>/lock`.
+struct LunRegistry: Sendable {
+    let configuration: StorageConfiguration
+
+    var directory: String { configuration.registryDirectory }
+
+    /// Creates the state directory layout; checks it is usable.
+    func prepare() throws(SiloError) {
+        for path in [configuration.stateDirectory, configuration.registryDirectory, configuration.poolDirectory] {
+            try makeDirectory(path)
+        }
+    }
+
+    /// Runs `body` holding the registry lock.
+    func locked<T>(_ body: () throws(SiloError) -> T) throws(SiloError) -> T {
+        try prepare()
+        let path = configuration.lockFile
+        let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        defer { close(fd) }  // closing releases the lock
+        try syscall("flock", path: path) { flock(fd, LOCK_EX) }
+        return try body()
+    }
+
+    func load(_ name: String) throws(SiloError) -> LunRecord? {
+        let path = recordPath(name)
+        guard let data = readFile(path) else { return nil }
+        return try decode(data, path: path)
+    }
+
+    func loadAll() throws(SiloError) -> [LunRecord] {
+        var records: [LunRecord] = []
+        for entry in directoryEntries(directory) where entry.hasSuffix(".json") {
+            let path = directory + "/" + entry
+            guard let data = readFile(path) else { continue }
+            records.append(try decode(data, path: path))
+        }
+        return records.sorted { $0.name < $1.name }
+    }
+
+    func save(_ record: LunRecord) throws(SiloError) {
+        let data: Data
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+            data = try encoder.encode(record)
+        } catch {
+            throw SiloError(.unexpected, "cannot encode the record of LUN '\(record.name)': \(error)")
+        }
+        let final = recordPath(record.name)
+        let temporary = directory + "/.\(record.name).json.\(getpid()).tmp"
+        let fd = try syscall("open", path: temporary) {
+            open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        }
+        do throws(SiloError) {
+            try writeAll(fd, data, path: temporary)
+            try syscall("fsync", path: temporary) { fsync(fd) }
+            close(fd)
+            try syscall("rename", path: final) { rename(temporary, final) }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        try syncDirectory(directory)
+    }
+
+    func remove(_ name: String) throws(SiloError) {
+        let path = recordPath(name)
+        if unlink(path) != 0, errno != ENOENT {
+            throw SiloError.system("unlink", errno: errno, path: path)
+        }
+        try syncDirectory(directory)
+    }
+
+    private func recordPath(_ name: String) -> String { directory + "/" + name + ".json" }
+
+    private func decode(_ data: Data, path: String) throws(SiloError) -> LunRecord {
+        do {
+            return try JSONDecoder().decode(LunRecord.self, from: data)
+        } catch {
+            throw SiloError(.invalidJSON, "registry record \(path) is damaged: \(error)", field: "record", value: path)
+        }
+    }
+}
+
+func makeDirectory(_ path: String) throws(SiloError) {
+    var info = stat()
+    if stat(path, &info) == 0 {
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw SiloError.invalidArgument(field: "state directory", value: path, reason: "it is not a directory")
+        }
+        guard access(path, W_OK | X_OK) == 0 else {
+            throw SiloError(.accessDenied, "state directory '\(path)' is not writable", field: "state directory", value: path)
+        }
+        return
+    }
+    if mkdir(path, 0o700) != 0, errno != EEXIST {
+        let error = errno
+        throw SiloError(
+            error == EACCES || error == EPERM || error == EROFS ? .accessDenied : .systemCallFailed,
+            "cannot create state directory '\(path)': \(String(cString: strerror(error)))",
+            field: "state directory", value: path, syscall: "mkdir", errno: error
+        )
+    }
+}
+
+func syncDirectory(_ path: String) throws(SiloError) {
+    let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    defer { close(fd) }
+    try syscall("fsync", path: path) { fsync(fd) }
+}
+
+func writeAll(_ fd: Int32, _ data: Data, path: String) throws(SiloError) {
+    let bytes = [UInt8](data)
+    var offset = 0
+    while offset < bytes.count {
+        let written = try syscall("write", path: path) {
+            bytes.withUnsafeBytes { buffer in write(fd, buffer.baseAddress.map { $0 + offset }, buffer.count - offset) }
+        }
+        offset += written
+    }
+}
+
+func readFile(_ path: String) -> Data? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var data = Data()
+    var buffer = [UInt8](repeating: 0, count: 16384)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count < 0, errno == EINTR { continue }
+        if count <= 0 { break }
+        data.append(contentsOf: buffer[0..<count])
+    }
+    return data
+}

@@ -1,0 +1,41 @@
+import Glibc
+import SiloOperations
+
+/// Where Silo keeps LUN state and how it provisions.
+public struct StorageConfiguration: Sendable {
+    public static let defaultStateDirectory = "/var/lib/silo"
+
+    /// The registry (`luns/`), the default pool (`pool/`) and the lock file. Survives reboots.
+    public var stateDirectory: String
+    /// Where the stable names `<name> -> /dev/loopN` live: `/dev/silo` for the default state
+    /// directory, `<state>/dev` for any other, so that two state directories never collide.
+    public var linkDirectory: String
+    /// Thin LUNs may promise this many times the pool's capacity.
+    public var overcommitRatio: Double
+    public var scheduler: OperationScheduler
+
+    /// - Parameter stateDirectory: nil means `SILO_STATE_DIR`, or `/var/lib/silo`.
+    public init(
+        stateDirectory: String? = nil,
+        linkDirectory: String? = nil,
+        overcommitRatio: Double = 4,
+        scheduler: OperationScheduler = .shared
+    ) {
+        let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        let state = Self.normalize(stateDirectory ?? environment ?? Self.defaultStateDirectory)
+        self.stateDirectory = state
+        self.linkDirectory = linkDirectory ?? (state == Self.defaultStateDirectory ? "/dev/silo" : state + "/dev")
+        self.overcommitRatio = overcommitRatio
+        self.scheduler = scheduler
+    }
+
+    var registryDirectory: String { stateDirectory + "/luns" }
+    var poolDirectory: String { stateDirectory + "/pool" }
+    var lockFile: String { stateDirectory + "/lock" }
+
+    private static func normalize(_ path: String) -> String {
+        var path = path
+        while path.count > 1, path.hasSuffix("/") { path.removeLast() }
+        return path
+    }
+}

@@ -1,0 +1,324 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+@Suite("LUNs on loop devices", .tags(.root), .requiresLoopDevices, .serialized)
+struct LunTests {
+    @Test("S3 default and simple are made; span, stripe, mirror, parity, RAID are not supported; unknown is invalid")
+    func types() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        #expect(try LunType.parse("default") == .default)
+        #expect(try LunType.parse("simple") == .simple)
+        for name in ["span", "stripe", "mirror", "parity", "raid5", "raid10"] {
+            let error = #expect(throws: SiloError.self) { try LunType.parse(name) }
+            #expect(error?.code == .notSupported, "\(name)")
+            #expect(error?.message.contains(name) == true)
+        }
+        #expect((#expect(throws: SiloError.self) { try LunType.parse("quantum") })?.code == .invalidArgument)
+        let mirror = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "m", size: 1 << 20, type: .mirror))
+        }
+        #expect(mirror?.code == .notSupported)
+        #expect(try storage.provider.luns().isEmpty)
+        let lun = try storage.create("plain")
+        #expect(lun.type == "simple", "queries report the concrete type")
+    }
+
+    @Test("S4 size rounds up to the block size; 0 and oversized are refused")
+    func sizes() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let small = try storage.create("small", size: 1_048_577)
+        #expect(small.size == 1_049_088)
+        let big = try storage.create("big", size: (1 << 20) + 1, blockSize: 4096)
+        #expect(big.size == (1 << 20) + 4096)
+        #expect(big.logicalBlockSize == 4096)
+        #expect(readNumber("/sys/block/\(big.devicePath?.dropFirst(5) ?? "")/queue/logical_block_size") == 4096)
+        for size: UInt64 in [0, UInt64.max, ByteCount.maximum] {
+            let error = #expect(throws: SiloError.self) {
+                _ = try storage.provider.createLun(LunSpec(name: "bad", size: size))
+            }
+            #expect(error?.code == .invalidArgument)
+            #expect(error?.field == "size")
+        }
+        let oddBlock = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "bad", size: 1 << 20, logicalBlockSize: 1024))
+        }
+        #expect(oddBlock?.field == "block size")
+    }
+
+    @Test("S5 unknown drives are not found; more than the pool holds is refused and leaves nothing")
+    func placement() throws {
+        let storage = TestStorage(overcommit: 1)
+        defer { storage.finish() }
+        let unknown = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "d", size: 1 << 20, drives: ["no-such-drive"]))
+        }
+        #expect(unknown?.code == .objectNotFound)
+        #expect(unknown?.value == "no-such-drive")
+        let free = try storage.provider.maximumLunSize(provisioning: .thick)
+        let tooBig = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "huge", size: free + (1 << 30), provisioning: .thick))
+        }
+        #expect(tooBig?.code == .notEnoughSpace)
+        let thin = try storage.provider.maximumLunSize(provisioning: .thin)
+        let overcommitted = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "huge", size: thin + (1 << 30)))
+        }
+        #expect(overcommitted?.code == .notEnoughSpace)
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        // The pool's own drive is accepted.
+        let poolDrive = try #require(storage.provider.drives().first { $0.pool != nil })
+        let placed = try storage.provider.createLun(LunSpec(name: "placed", size: 1 << 20, drives: [poolDrive.id])).wait()
+        #expect(placed.pool == "default")
+    }
+
+    @Test("S6 a created LUN is a loop device of its size, zero at both ends, backed by a file in the pool")
+    func createdLun() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        for provisioning in Provisioning.allCases {
+            let lun = try storage.create("lun-\(provisioning.rawValue)", size: 24 << 20, provisioning: provisioning)
+            let device = try #require(lun.devicePath)
+            #expect(lun.status == .online)
+            #expect(readNumber("/sys/block/\(device.dropFirst(5))/size").map { $0 * 512 } == 24 << 20)
+            #expect(try readBytes(device, offset: 0, count: 1 << 20).allSatisfy { $0 == 0 })
+            #expect(try readBytes(device, offset: (24 << 20) - (1 << 20), count: 1 << 20).allSatisfy { $0 == 0 })
+            #expect(lun.backingFile.hasPrefix(storage.provider.configuration.poolDirectory + "/"))
+            #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") == lun.backingFile)
+            #expect(lun.link.map(resolveLink) == device)
+            if provisioning != .thin { #expect(lun.allocatedBytes >= 24 << 20) }
+        }
+    }
+
+    @Test("S7 cancelling provisioning part-way leaves no file, device or record")
+    func cancelProvisioning() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let operation = try storage.provider.createLun(LunSpec(name: "slow", size: 2 << 30, provisioning: .zeroed))
+        var sawProgress = false
+        for _ in 0..<20_000 {
+            if case .running(let progress) = operation.status, progress.percent >= 3, progress.completedUnits != nil {
+                sawProgress = true
+                break
+            }
+            usleep(1000)
+        }
+        #expect(sawProgress, "zeroing reports bytes as it goes")
+        try operation.cancel()
+        let error = #expect(throws: SiloError.self) { _ = try operation.wait(timeout: .seconds(60)) }
+        #expect(error?.code == .operationCancelled)
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+
+    @Test("S7 a failing step rolls back the steps before it")
+    func failedProvisioning() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        // The stable-name folder is a file, so the "link" step fails after attach.
+        let links = scratch.path + "/links"
+        try makeSparseFile(links, size: 0)
+        let provider = StorageProvider(configuration: StorageConfiguration(
+            stateDirectory: scratch.path + "/state", linkDirectory: links
+        ))
+        let error = #expect(throws: SiloError.self) {
+            _ = try provider.createLun(LunSpec(name: "doomed", size: 4 << 20)).wait(timeout: .seconds(60))
+        }
+        #expect(error?.syscall == "mkdir" || error?.syscall == "symlink")
+        #expect(try provider.luns().isEmpty)
+        #expect(directoryEntries(provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: scratch.path).isEmpty)
+    }
+
+    @Test("S8 extend grows the device online while it stays attached and mounted")
+    func extendOnline() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("grow", size: 64 << 20)
+        let device = try #require(lun.devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        let mountPoint = storage.path + "/mnt"
+        mkdir(mountPoint, 0o755)
+        #expect(run("/bin/mount", [device, mountPoint]).status == 0)
+        defer { _ = run("/bin/umount", [mountPoint]) }
+        let operation = try storage.provider.extendLun("grow", by: 32 << 20)
+        #expect(operation.type == .extendLun)
+        let grown = try operation.wait(timeout: .seconds(60))
+        #expect(grown.size == 96 << 20)
+        #expect(grown.devicePath == device)
+        #expect(readNumber("/sys/block/\(device.dropFirst(5))/size").map { $0 * 512 } == 96 << 20)
+        #expect(InUse.mountPoints(of: LoopDevice(number: Int(device.dropFirst(9))!).deviceNumber ?? "").contains(mountPoint))
+        let toSize = try storage.provider.extendLun("grow", to: 100 << 20).wait()
+        #expect(toSize.size == 100 << 20)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("grow", to: 1 << 20) })?.field == "to")
+    }
+
+    @Test("S9 shrink keeps the data before the new end and refuses to cut data or a mounted file system")
+    func shrink() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("cut", size: 64 << 20)
+        let device = try #require(lun.devicePath)
+        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        try writeBytes(device, offset: 1 << 20, pattern)
+        let shrunk = try storage.provider.shrinkLun("cut", by: 16 << 20).wait(timeout: .seconds(60))
+        #expect(shrunk.size == 48 << 20)
+        #expect(readNumber("/sys/block/\(device.dropFirst(5))/size").map { $0 * 512 } == 48 << 20)
+        #expect(try readBytes(device, offset: 1 << 20, count: 4096) == pattern)
+        for bytes: UInt64 in [0, 48 << 20, 1 << 40] {
+            #expect((#expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("cut", by: bytes) })?.code == .invalidShrinkSize)
+        }
+        // A file system over the whole device: shrinking would cut it.
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        let overData = #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("cut", by: 8 << 20) }
+        #expect(overData?.code == .shrinkOverData)
+        #expect(overData?.message.contains("ext4") == true)
+        let mountPoint = storage.path + "/mnt"
+        mkdir(mountPoint, 0o755)
+        #expect(run("/bin/mount", [device, mountPoint]).status == 0)
+        let mounted = #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("cut", by: 8 << 20) }
+        #expect(mounted?.code == .shrinkOverData)
+        #expect(run("/bin/umount", [mountPoint]).status == 0)
+        let forced = try storage.provider.shrinkLun("cut", by: 8 << 20, force: true).wait()
+        #expect(forced.size == 40 << 20)
+        // A small file system with room after it: the shrink that spares it is allowed.
+        let second = try storage.create("fits", size: 64 << 20)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", try #require(second.devicePath), "16M"]).status == 0)
+        #expect(try storage.provider.shrinkLun("fits", by: 32 << 20).wait().size == 32 << 20)
+    }
+
+    @Test("S10 delete refuses a mounted or exclusively held LUN; afterwards the handle throws objectDeleted")
+    func deleteRules() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("gone", size: 32 << 20)
+        let device = try #require(lun.devicePath)
+        let handle = try storage.provider.open("gone")
+        let holder = open(device, O_RDONLY | O_EXCL | O_CLOEXEC)
+        try #require(holder >= 0)
+        let held = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("gone") }
+        #expect(held?.code == .deviceInUse)
+        close(holder)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        let mountPoint = storage.path + "/mnt"
+        mkdir(mountPoint, 0o755)
+        #expect(run("/bin/mount", [device, mountPoint]).status == 0)
+        let mounted = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("gone") }
+        #expect(mounted?.code == .deviceInUse)
+        #expect(mounted?.message.contains(mountPoint) == true)
+        #expect(run("/bin/umount", [mountPoint]).status == 0)
+        try storage.provider.deleteLun("gone").wait(timeout: .seconds(30))
+        #expect((#expect(throws: SiloError.self) { _ = try handle.properties() })?.code == .objectDeleted)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.lun(named: "gone") })?.code == .objectNotFound)
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(!fileExists(lun.backingFile))
+        #expect(LoopDevice(number: Int(device.dropFirst(9))!).status?.backingFile != lun.backingFile)
+        // A new LUN of the same name is another object: the old handle stays deleted.
+        _ = try storage.create("gone")
+        #expect((#expect(throws: SiloError.self) { _ = try handle.properties() })?.code == .objectDeleted)
+    }
+
+    @Test("S11 unmasking lists: * and empty stand alone, duplicates drop, setMask replaces")
+    func masks() throws {
+        #expect(try UnmaskingList.parse("*") == .everyone)
+        #expect(try UnmaskingList.parse("") == .nobody)
+        #expect(try UnmaskingList.parse("a;b;a") == .systems(["a", "b"]))
+        for bad in ["*;a", "a;*", "a;;b", ";a", "a;", "a b", "a/b"] {
+            #expect((#expect(throws: SiloError.self) { try UnmaskingList.parse(bad) })?.code == .invalidArgument, "\(bad)")
+        }
+        #expect(UnmaskingList.systems(["web"]).contains(system: "web"))
+        #expect(!UnmaskingList.systems(["web"]).contains(system: "db"))
+        #expect(UnmaskingList.everyone.contains(system: "any"))
+        #expect(!UnmaskingList.nobody.contains(system: "any"))
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("masked")
+        #expect(try storage.provider.setMask("masked", "web;db").unmaskingList == "web;db")
+        #expect(try storage.provider.setMask("masked", "api").unmaskingList == "api")
+        #expect(try storage.provider.lun(named: "masked").unmaskingList == "api")
+        #expect(throws: SiloError.self) { try storage.provider.setMask("masked", "*;x") }
+        #expect(try storage.provider.lun(named: "masked").unmaskingList == "api", "a refused mask changes nothing")
+    }
+
+    @Test("S12 a second state-changing call while one runs throws anotherCallInProgress")
+    func oneCallAtATime() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("busy", size: 8 << 20, provisioning: .zeroed)
+        let slow = try storage.provider.extendLun("busy", by: 2 << 30)
+        let error = #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("busy", by: 1 << 20) }
+        #expect(error?.code == .anotherCallInProgress)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("busy") })?.code == .anotherCallInProgress)
+        #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("busy", "*") })?.code == .anotherCallInProgress)
+        try? slow.cancel()
+        _ = try? slow.wait(timeout: .seconds(120))
+        #expect(try storage.provider.lun(named: "busy").size == 8 << 20, "the cancelled extend rolled back")
+        _ = try storage.provider.shrinkLun("busy", by: 1 << 20).wait()
+    }
+
+    @Test("S13 LUNs persist: another provider sees them; reenumerate re-attaches and reports drift")
+    func persistence() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("kept", size: 16 << 20)
+        let other = StorageProvider(configuration: storage.provider.configuration)
+        #expect(try other.lun(named: "kept").id == lun.id)
+        // A "reboot": the device goes away behind Silo's back.
+        try LoopDevice(number: Int(try #require(lun.devicePath).dropFirst(9))!).detach()
+        #expect(try other.lun(named: "kept").status == .detached)
+        // A foreign loop device over a file in the same scratch folder: never touched.
+        let foreignFile = storage.path + "/foreign.img"
+        try makeSparseFile(foreignFile, size: 4 << 20)
+        let foreign = run("/sbin/losetup", ["-f", "--show", foreignFile]).output.trimmingSpaces
+        defer { _ = run("/sbin/losetup", ["-d", foreign]) }
+        let report = try other.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.attached == ["kept"])
+        #expect(try storage.provider.lun(named: "kept").status == .online)
+        #expect(readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == foreignFile)
+        // Drift is reported, not hidden.
+        _ = try storage.create("lost", size: 4 << 20)
+        let lost = try storage.provider.lun(named: "lost")
+        try storage.provider.setOnline("lost", false).wait()
+        unlink(lost.backingFile)
+        let drift = try other.reenumerate().wait()
+        #expect(drift.drift.contains { $0.contains("lost") && $0.contains("missing") })
+        #expect(try storage.provider.lun(named: "lost").status == .missing)
+    }
+
+    @Test("Offline detaches and keeps the data; online attaches again")
+    func offlineOnline() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("flip", size: 8 << 20)
+        try writeBytes(try #require(lun.devicePath), offset: 4096, [1, 2, 3, 4])
+        let offline = try storage.provider.setOnline("flip", false).wait()
+        #expect(offline.status == .offline && offline.devicePath == nil)
+        let online = try storage.provider.setOnline("flip", true).wait()
+        #expect(online.status == .online)
+        #expect(try readBytes(try #require(online.devicePath), offset: 4096, count: 4) == [1, 2, 3, 4])
+    }
+
+    @Test("A temporary LUN is a block device inside its scope and gone after it")
+    func temporaryLun() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let path = try withTemporaryLun(size: 8 << 20, directory: scratch.path) { lun in
+            #expect(readNumber("/sys/block/\(lun.devicePath.dropFirst(5))/size").map { $0 * 512 } == 8 << 20)
+            try writeBytes(lun.devicePath, offset: 0, [9, 9, 9])
+            #expect(directoryEntries(scratch.path).isEmpty, "the backing file is unlinked once attached")
+            return lun.devicePath
+        }
+        var gone = false
+        for _ in 0..<200 where !gone {
+            gone = readSmallFile("/sys/block/\(path.dropFirst(5))/loop/backing_file")?.hasPrefix(scratch.path) != true
+            if !gone { usleep(5000) }
+        }
+        #expect(gone)
+    }
+}
