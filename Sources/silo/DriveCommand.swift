@@ -1,0 +1,54 @@
+import ArgumentParser
+import Silo
+
+struct DriveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drive", abstract: "The host's block devices (read-only).",
+        subcommands: [List.self, Show.self]
+    )
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List drives, with their partitions and file systems.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let drives = try cli { try global.provider.drives() }
+            if json { return try printJSON(drives) }
+            var rows: [[String?]] = []
+            for drive in drives {
+                rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
+                             drive.filesystemLabel, drive.mountPoints.joined(separator: ","), drive.id])
+                for part in drive.partitions {
+                    rows.append(["└─" + part.name, human(part.size), "part", part.filesystemType, part.filesystemLabel,
+                                 part.mountPoints.joined(separator: ","), nil])
+                }
+            }
+            printTable(["NAME", "SIZE", "BUS", "TYPE", "LABEL", "MOUNTPOINTS", "ID"], rows)
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one drive by id, name (vda) or path (/dev/vda).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The drive's id, kernel name or device path.") var id: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let drive = try cli { try global.provider.drive(id) }
+            if json { return try printJSON(drive) }
+            let facts: [(String, String?)] = [
+                ("id", drive.id), ("device", drive.devicePath), ("size", "\(human(drive.size)) (\(drive.size) bytes)"),
+                ("bus", drive.busType), ("model", drive.model), ("vendor", drive.vendor), ("serial", drive.serial),
+                ("wwn", drive.wwn), ("sectors", "\(drive.logicalSectorSize) logical, \(drive.physicalSectorSize) physical"),
+                ("rotational", "\(drive.isRotational)"), ("removable", "\(drive.isRemovable)"),
+                ("read-only", "\(drive.isReadOnly)"), ("partition table", drive.partitionTableType),
+                ("file system", drive.filesystemType), ("uuid", drive.filesystemUUID), ("label", drive.filesystemLabel),
+                ("mount points", drive.mountPoints.joined(separator: ", ")),
+                ("holders", drive.holders.joined(separator: ", ")), ("pool", drive.pool),
+                ("LUN extents", drive.extents.map { "\($0.lun) \(human($0.allocatedBytes))" }.joined(separator: ", ")),
+            ]
+            printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
+        }
+    }
+}

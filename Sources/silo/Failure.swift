@@ -1,0 +1,65 @@
+import ArgumentParser
+import Glibc
+import Silo
+
+/// Turns a SiloError into the CLI's message and exit code: 64 for bad input, 1 for failures.
+struct CLIFailure: Error, CustomStringConvertible {
+    let error: SiloError
+    /// The option or argument the library's field corresponds to.
+    let option: String?
+
+    var description: String {
+        guard let option else { return error.message }
+        return "\(error.message) (\(option))"
+    }
+
+    var exitCode: ExitCode {
+        switch error.code {
+        case .invalidArgument, .invalidShrinkSize: ExitCode(64)
+        case .operationCancelled: ExitCode(130)
+        default: .failure
+        }
+    }
+}
+
+/// The library names fields; the CLI names options.
+let optionNames: [String: String] = [
+    "size": "--size", "name": "NAME", "by": "--by", "to": "--to", "block size": "--block-size",
+    "unmasking list": "--mask", "drive": "--drive", "provisioning": "--provisioning", "type": "--type",
+    "state directory": "--state-dir", "friendly name": "--friendly-name",
+]
+
+/// Runs a library call; a SiloError becomes a message naming the option, and the exit code.
+func cli<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as SiloError {
+        let failure = CLIFailure(error: error, option: error.field.flatMap { optionNames[$0] })
+        printError("Error: \(failure)")
+        throw failure.exitCode
+    }
+}
+
+func printError(_ text: String) {
+    var standardError = StandardError()
+    print(text, to: &standardError)
+}
+
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        writeStandardError(string)
+    }
+}
+
+/// Writes to file descriptor 2 directly: C's `stderr` is shared mutable state to Swift 6.
+func writeStandardError(_ text: String) {
+    var text = text
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(2, bytes.baseAddress.map { $0 + offset }, bytes.count - offset)
+            if written <= 0 { return }
+            offset += written
+        }
+    }
+}

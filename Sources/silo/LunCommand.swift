@@ -1,0 +1,185 @@
+import ArgumentParser
+import Silo
+
+struct LunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lun", abstract: "LUNs: sparse files on loop devices.",
+        subcommands: [Create.self, List.self, Show.self, Extend.self, Shrink.self, Delete.self, Mask.self,
+                      Online.self, Offline.self]
+    )
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a LUN and attach it; prints its properties.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "The LUN's name (letters, digits, . _ -; at most 64).") var name: String
+        @Option(parsing: .unconditional, help: "Size, such as 512M, 10G, 1GiB or 4096 (bytes).") var size: String
+        @Option(help: "thin (sparse), thick (fallocate) or zeroed (written with zeros).") var provisioning = "thin"
+        @Option(help: "default or simple; span, stripe, mirror and parity are not supported.") var type = "default"
+        @Option(help: "A drive whose pool holds the backing file (repeatable).") var drive: [String] = []
+        @Option(parsing: .unconditional, help: "Compute systems that may see it: SYSTEM,... or * (default: none).")
+        var mask = ""
+        @Option(name: .customLong("block-size"), help: "Logical block size: 512 or 4096.") var blockSize = "512"
+        @Flag(name: .customLong("read-only"), help: "Attach read-only.") var readOnly = false
+        @Flag(help: "Buffered I/O instead of direct I/O.") var buffered = false
+        @Option(name: .customLong("friendly-name"), help: "A free-form description.") var friendlyName: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let spec = try cli { () throws(SiloError) -> LunSpec in
+                guard let block = UInt32(blockSize) else {
+                    throw SiloError.invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096")
+                }
+                return LunSpec(
+                    name: name, size: try ByteCount.parse(size), type: try LunType.parse(type),
+                    provisioning: try Provisioning.parse(provisioning), drives: drive,
+                    unmasking: try UnmaskingList.parse(maskList(mask)), logicalBlockSize: block,
+                    directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName
+                )
+            }
+            let operation = try cli { try global.provider.createLun(spec) }
+            let lun = try waitShowingProgress(operation)
+            if json { return try printJSON(lun) }
+            printLuns([lun])
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List LUNs.")
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let luns = try cli { try global.provider.luns() }
+            if json { return try printJSON(luns) }
+            printLuns(luns)
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one LUN's properties.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let lun = try cli { try global.provider.lun(named: name) }
+            if json { return try printJSON(lun) }
+            let facts: [(String, String?)] = [
+                ("name", lun.name), ("id", lun.id), ("friendly name", lun.friendlyName), ("type", lun.type),
+                ("size", "\(human(lun.size)) (\(lun.size) bytes)"), ("allocated", human(lun.allocatedBytes)),
+                ("block size", "\(lun.logicalBlockSize)"), ("provisioning", lun.provisioning.rawValue),
+                ("status", lun.status.rawValue), ("device", lun.devicePath), ("link", lun.link),
+                ("backing file", lun.backingFile), ("serial", lun.serialNumber),
+                ("unmasking list", lun.unmaskingList.isEmpty ? "(none)" : lun.unmaskingList),
+                ("read-only", "\(lun.readOnly)"), ("direct I/O", "\(lun.directIO)"),
+            ]
+            printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
+        }
+    }
+
+    struct Extend: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Grow a LUN online, by or to a size.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+        @Option(parsing: .unconditional, help: "Bytes to add, such as 1G.") var by: String?
+        @Option(parsing: .unconditional, help: "The new size, such as 20G.") var to: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let operation = try cli { () throws(SiloError) -> SiloOperation<LunProperties> in
+                try global.provider.extendLun(
+                    name, by: try by.map { s throws(SiloError) in try ByteCount.parse(s, field: "by") },
+                    to: try to.map { s throws(SiloError) in try ByteCount.parse(s, field: "to") }
+                )
+            }
+            let lun = try waitShowingProgress(operation)
+            if json { return try printJSON(lun) }
+            printLuns([lun])
+        }
+    }
+
+    struct Shrink: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove bytes from the end of a LUN.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+        @Option(parsing: .unconditional, help: "Bytes to remove, such as 1G.") var by: String
+        @Flag(help: "Shrink even over a mounted file system or data past the new end.") var force = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let operation = try cli { () throws(SiloError) -> SiloOperation<LunProperties> in
+                try global.provider.shrinkLun(name, by: try ByteCount.parse(by, field: "by"), force: force)
+            }
+            let lun = try waitShowingProgress(operation)
+            if json { return try printJSON(lun) }
+            printLuns([lun])
+        }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Detach and delete a LUN and its data.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+        @Flag(help: "Also when attached to compute systems. A LUN in use on the host is never deleted.") var force = false
+
+        func run() throws {
+            let operation = try cli { try global.provider.deleteLun(name, force: force) }
+            try waitShowingProgress(operation, quiet: true)
+        }
+    }
+
+    struct Mask: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Replace the list of compute systems that may see a LUN.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+        @Argument(help: "SYSTEM,... or * for every system or '' for none.") var systems: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let lun = try cli { try global.provider.setMask(name, maskList(systems)) }
+            if json { return try printJSON(lun) }
+            printLuns([lun])
+        }
+    }
+
+    struct Online: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Attach a LUN that is offline or was detached.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+
+        func run() throws {
+            let operation = try cli { try global.provider.setOnline(name, true) }
+            printLuns([try waitShowingProgress(operation, quiet: true)])
+        }
+    }
+
+    struct Offline: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Detach a LUN's loop device, keeping its data.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN's name.") var name: String
+
+        func run() throws {
+            let operation = try cli { try global.provider.setOnline(name, false) }
+            printLuns([try waitShowingProgress(operation, quiet: true)])
+        }
+    }
+}
+
+/// The CLI writes masks with commas; the library takes the VDS form with semicolons.
+func maskList(_ text: String) -> String {
+    text.replacingCommas
+}
+
+extension String {
+    var replacingCommas: String { String(map { $0 == "," ? ";" : $0 }) }
+}
+
+func printLuns(_ luns: [LunProperties]) {
+    printTable(
+        ["NAME", "SIZE", "ALLOC", "TYPE", "PROV", "STATUS", "DEVICE", "MASK"],
+        luns.map { lun in
+            [lun.name, human(lun.size), human(lun.allocatedBytes), lun.type, lun.provisioning.rawValue,
+             lun.status.rawValue, lun.devicePath, lun.unmaskingList.isEmpty ? nil : lun.unmaskingList]
+        }
+    )
+}

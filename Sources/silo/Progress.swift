@@ -1,0 +1,48 @@
+import Dispatch
+import Glibc
+import Silo
+
+/// Waits for an operation, showing its progress on standard error: a bar on a terminal, a plain
+/// percent line otherwise. Ctrl-C cancels it; the wait then ends with the rollback done.
+func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, quiet: Bool = false) throws -> Output {
+    let interrupts = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+    signal(SIGINT, SIG_IGN)
+    interrupts.setEventHandler {
+        printError("\rcancelling: rolling back...")
+        try? operation.cancel()
+    }
+    interrupts.resume()
+    defer {
+        interrupts.cancel()
+        signal(SIGINT, SIG_DFL)
+    }
+    let terminal = isatty(2) == 1
+    var lastShown = -1
+    while operation.status.isPending {
+        if !quiet, case .running(let progress) = operation.status, progress.percent != lastShown {
+            if terminal {
+                writeStandardError("\r" + bar(progress) + "\u{1B}[K")
+            } else if progress.percent / 10 != lastShown / 10 || lastShown < 0 {
+                writeStandardError("\(progress.percent)%\(progress.stage.map { " \($0)" } ?? "")\n")
+            }
+            lastShown = progress.percent
+        }
+        _ = try? operation.wait(timeout: .milliseconds(100))
+    }
+    if terminal, lastShown >= 0, !quiet { writeStandardError("\r\u{1B}[K") }
+    return try cli { try operation.wait() }
+}
+
+private func bar(_ progress: OperationProgress) -> String {
+    let width = 30
+    let filled = progress.percent * width / 100
+    var text = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] "
+    text += "\(progress.percent)%"
+    if let done = progress.completedUnits, let total = progress.totalUnits {
+        text += "  \(human(done))/\(human(total))"
+    }
+    if let rate = progress.unitsPerSecond { text += "  \(human(UInt64(rate)))/s" }
+    if let left = progress.estimatedTimeRemaining { text += "  \(left.components.seconds)s left" }
+    if let stage = progress.stage { text += "  \(stage)" }
+    return text
+}
