@@ -30,11 +30,12 @@ let optionNames: [String: String] = [
 ]
 
 /// Runs a library call; a SiloError becomes a message naming the option, and the exit code.
-func cli<T>(_ body: () throws -> T) throws -> T {
+/// `options` maps the library's fields to this command's options where they differ from the usual.
+func cli<T>(options: [String: String] = [:], _ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let error as SiloError {
-        let failure = CLIFailure(error: error, option: error.field.flatMap { optionNames[$0] })
+        let failure = CLIFailure(error: error, option: error.field.flatMap { options[$0] ?? optionNames[$0] })
         printError("Error: \(failure)")
         throw failure.exitCode
     }

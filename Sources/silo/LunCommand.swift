@@ -11,7 +11,7 @@ struct LunCommand: ParsableCommand {
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a LUN and attach it; prints its properties.")
         @OptionGroup var global: GlobalOptions
-        @Option(help: "The LUN's name (letters, digits, . _ -; at most 64).") var name: String
+        @Option(parsing: .unconditional, help: "The LUN's name (letters, digits, . _ -; at most 64).") var name: String
         @Option(parsing: .unconditional, help: "Size, such as 512M, 10G, 1GiB or 4096 (bytes).") var size: String
         @Option(help: "thin (sparse), thick (fallocate) or zeroed (written with zeros).") var provisioning = "thin"
         @Option(help: "default or simple; span, stripe, mirror and parity are not supported.") var type = "default"
@@ -25,7 +25,7 @@ struct LunCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let spec = try cli { () throws(SiloError) -> LunSpec in
+            let spec = try cli(options: ["name": "--name"]) { () throws(SiloError) -> LunSpec in
                 guard let block = UInt32(blockSize) else {
                     throw SiloError.invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096")
                 }
@@ -36,7 +36,7 @@ struct LunCommand: ParsableCommand {
                     directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName
                 )
             }
-            let operation = try cli { try global.provider.createLun(spec) }
+            let operation = try cli(options: ["name": "--name"]) { try global.provider.createLun(spec) }
             let lun = try waitShowingProgress(operation)
             if json { return try printJSON(lun) }
             printLuns([lun])

@@ -1,0 +1,111 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+struct BadInputCase: Decodable, CustomTestStringConvertible, Sendable {
+    let args: [String]
+    let option: String
+    let value: String
+    let exit: Int32
+    var testDescription: String { args.joined(separator: " ") }
+}
+
+let badInputCases: [BadInputCase] = {
+    let path = #filePath.split(separator: "/").dropLast(3).joined(separator: "/") + "/fixtures/storage/bad-input.json"
+    struct Corpus: Decodable { let cases: [BadInputCase] }
+    guard let data = readFile("/" + path), let corpus = try? JSONDecoder().decode(Corpus.self, from: data) else {
+        return []
+    }
+    return corpus.cases
+}()
+
+@Suite("Bad input", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
+struct BadInputTests {
+    @Test("The corpus is there")
+    func corpusLoaded() {
+        #expect(badInputCases.count > 30)
+    }
+
+    @Test("E1 E3 bad CLI input gets a clear error naming the option and value, and changes nothing", arguments: badInputCases)
+    func cliRejects(_ input: BadInputCase) throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let state = scratch.path + "/state"
+        let result = silo(state, input.args)
+        #expect(result.status == input.exit, "exit \(result.status): \(result.error)")
+        #expect(result.error.hasPrefix("Error: "), "\(result.error)")
+        #expect(result.error.contains(input.option), "names the option: \(result.error)")
+        #expect(result.error.contains(input.value), "names the value: \(result.error)")
+        #expect(result.output.isEmpty)
+        #expect(directoryEntries(state + "/luns").isEmpty)
+        #expect(directoryEntries(state + "/pool").isEmpty)
+        #expect(loopDevices(backedUnder: scratch.path).isEmpty)
+    }
+
+    @Test("E3 bad library input throws at once and changes nothing")
+    func libraryRejects() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("existing", size: 1 << 20)
+        let before = try storage.provider.luns()
+        let specs: [LunSpec] = [
+            LunSpec(name: "a/b", size: 1 << 20), LunSpec(name: "..", size: 1 << 20), LunSpec(name: "", size: 1 << 20),
+            LunSpec(name: String(repeating: "n", count: 300), size: 1 << 20), LunSpec(name: "z", size: 0),
+            LunSpec(name: "existing", size: 1 << 20), LunSpec(name: "z", size: 1 << 20, type: .parity),
+            LunSpec(name: "z", size: 1 << 20, drives: ["nowhere"]), LunSpec(name: "z", size: 1 << 20, logicalBlockSize: 2048),
+        ]
+        for spec in specs {
+            let callbackRan = Counter()
+            #expect(throws: SiloError.self, "\(spec.name)") {
+                _ = try storage.provider.createLun(spec, callback: .short { _ in callbackRan.increment() })
+            }
+            #expect(callbackRan.value == 0)
+        }
+        #expect(throws: SiloError.self) { _ = try storage.provider.extendLun("existing") }
+        #expect(throws: SiloError.self) { _ = try storage.provider.extendLun("existing", by: 1, to: 1 << 30) }
+        #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("existing", by: 1 << 20) }
+        #expect(throws: SiloError.self) { try storage.provider.setMask("existing", "a;*") }
+        #expect(try storage.provider.luns() == before)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).count == 1)
+    }
+
+    @Test("E1 a state directory that is a file, read-only, or on a full file system gets a clear error")
+    func badStateDirectories() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/file"
+        try makeSparseFile(file, size: 0)
+        let onFile = silo(file, ["lun", "create", "--name", "x", "--size", "1M"])
+        #expect(onFile.status == 64)
+        #expect(onFile.error.contains("--state-dir") && onFile.error.contains(file) && onFile.error.contains("not a directory"))
+
+        let readOnly = scratch.path + "/ro"
+        mkdir(readOnly, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", readOnly]).status == 0)
+        defer { _ = run("/bin/umount", [readOnly]) }
+        let onReadOnly = silo(readOnly + "/state", ["lun", "create", "--name", "x", "--size", "1M"])
+        #expect(onReadOnly.status == 1)
+        #expect(onReadOnly.error.contains("--state-dir") && onReadOnly.error.contains(readOnly + "/state"))
+
+        let full = scratch.path + "/full"
+        mkdir(full, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", full]).status == 0)
+        defer { _ = run("/bin/umount", [full]) }
+        _ = run("/bin/dd", ["if=/dev/zero", "of=\(full)/filler", "bs=64k", "count=64"])
+        let onFull = silo(full + "/state", ["lun", "create", "--name", "x", "--size", "4M", "--provisioning", "thick"])
+        #expect(onFull.status == 1, "\(onFull.error)")
+        #expect(onFull.error.contains("space") || onFull.error.contains("No space"), "\(onFull.error)")
+        #expect(directoryEntries(full + "/state/luns").isEmpty)
+        #expect(directoryEntries(full + "/state/pool").isEmpty)
+        #expect(loopDevices(backedUnder: scratch.path).isEmpty)
+    }
+}
+
+final class Counter: Sendable {
+    private let value_ = Recorder<Int>()
+    func increment() { value_.append(1) }
+    var value: Int { value_.values.count }
+}

@@ -1,0 +1,104 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+/// The `silo` executable built beside the test bundle (`swift build --build-tests` builds it).
+let siloBinary: String = {
+    let exe = resolveLink("/proc/self/exe") ?? ""
+    let directory = exe.split(separator: "/").dropLast().joined(separator: "/")
+    return "/" + directory + "/silo"
+}()
+
+extension Trait where Self == ConditionTrait {
+    static var requiresSiloBinary: Self {
+        .enabled(if: access(siloBinary, X_OK) == 0, "needs the silo executable built beside the tests (swift build --build-tests)")
+    }
+}
+
+struct Outcome {
+    let status: Int32
+    let output: String
+    let error: String
+}
+
+/// Runs a program with stdout and stderr captured separately, optionally in the background.
+func execute(_ program: String, _ arguments: [String], environment: [String: String] = [:]) -> Outcome {
+    let child = spawn(program, arguments, environment: environment)
+    return child.finish()
+}
+
+final class Child {
+    let pid: pid_t
+    private let outFD: Int32
+    private let errFD: Int32
+
+    init(pid: pid_t, outFD: Int32, errFD: Int32) {
+        self.pid = pid
+        self.outFD = outFD
+        self.errFD = errFD
+    }
+
+    func kill(_ signal: Int32) { _ = Glibc.kill(pid, signal) }
+
+    func finish() -> Outcome {
+        // Drain both pipes (small outputs; read stderr after stdout closes).
+        let output = drain(outFD)
+        let error = drain(errFD)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Outcome(status: code, output: output, error: error)
+    }
+
+    private func drain(_ fd: Int32) -> String {
+        var bytes = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0, errno == EINTR { continue }
+            if count <= 0 { break }
+            bytes.append(contentsOf: buffer[0..<count])
+        }
+        close(fd)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+func spawn(_ program: String, _ arguments: [String], environment: [String: String] = [:]) -> Child {
+    var out: [Int32] = [0, 0]
+    var err: [Int32] = [0, 0]
+    pipe(&out)
+    pipe(&err)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_adddup2(&actions, out[1], 1)
+    posix_spawn_file_actions_adddup2(&actions, err[1], 2)
+    posix_spawn_file_actions_addclose(&actions, out[0])
+    posix_spawn_file_actions_addclose(&actions, err[0])
+    let argv = ([program] + arguments).map { strdup($0) } + [nil]
+    var inherited: [String] = []
+    var index = 0
+    while let entry = environ[index] {
+        let text = String(cString: entry)
+        if !environment.keys.contains(where: { text.hasPrefix($0 + "=") }) { inherited.append(text) }
+        index += 1
+    }
+    let envp = (inherited + environment.map { "\($0.key)=\($0.value)" }).map { strdup($0) } + [nil]
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, program, &actions, nil, argv, envp)
+    posix_spawn_file_actions_destroy(&actions)
+    close(out[1])
+    close(err[1])
+    precondition(result == 0, "cannot start \(program): \(result)")
+    return Child(pid: pid, outFD: out[0], errFD: err[0])
+}
+
+func silo(_ state: String, _ arguments: [String]) -> Outcome {
+    execute(siloBinary, ["--state-dir", state] + arguments)
+}
