@@ -17,8 +17,15 @@ enum BackingFile {
     }
 
     /// Reserves the blocks of `range` (`fallocate`): thick provisioning.
+    ///
+    /// Allocations in one folder take turns (a `flock` on `.allocate` beside the file): two that fit
+    /// the free space only one at a time would otherwise each take part of it and both fail.
     static func allocate(_ path: String, from start: UInt64, to end: UInt64) throws(SiloError) {
         guard end > start else { return }
+        let lockPath = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]) + "/.allocate"
+        let lock = try syscall("open", path: lockPath) { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        defer { close(lock) }
+        try syscall("flock", path: lockPath) { flock(lock, LOCK_EX) }
         let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
         defer { close(fd) }
         do throws(SiloError) {
@@ -103,10 +110,16 @@ struct Pool: Sendable {
         return (UInt64(info.f_blocks) * UInt64(info.f_frsize), UInt64(info.f_bavail) * UInt64(info.f_frsize))
     }
 
-    /// `major:minor` of the device holding the pool.
+    /// `major:minor` of the device holding the pool, or that will hold it: before the pool folder
+    /// exists, its nearest existing parent tells.
     var deviceNumber: String? {
+        var path = directory
         var info = stat()
-        guard stat(directory, &info) == 0 else { return nil }
+        while stat(path, &info) != 0 {
+            guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { path = "/"; break }
+            path = String(path[..<slash])
+        }
+        if stat(path, &info) != 0 { return nil }
         return "\(silo_major(UInt64(info.st_dev))):\(silo_minor(UInt64(info.st_dev)))"
     }
 }

@@ -44,7 +44,7 @@ func readNumber(_ path: String) -> UInt64? {
     readSmallFile(path).flatMap { UInt64($0) }
 }
 
-/// Names in a directory, without `.` and `..`; empty when it cannot be read.
+/// Names in a directory, without hidden ones (`.`, `..`, Silo's `.allocate` and temporary files); empty when it cannot be read.
 func directoryEntries(_ path: String) -> [String] {
     guard let directory = opendir(path) else { return [] }
     defer { closedir(directory) }
@@ -53,7 +53,7 @@ func directoryEntries(_ path: String) -> [String] {
         let name = withUnsafePointer(to: entry.pointee.d_name) {
             $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
         }
-        if name != "." && name != ".." { names.append(name) }
+        if !name.hasPrefix(".") { names.append(name) }  // also hides Silo's own lock and temporary files
     }
     return names.sorted()
 }

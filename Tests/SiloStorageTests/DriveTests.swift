@@ -1,0 +1,127 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+@Suite("Drives", .tags(.root), .requiresLoopDevices, .serialized)
+struct DriveTests {
+    /// A loop device that is not Silo's, with an ext4 file system labelled as asked.
+    private func foreignLoop(_ scratch: Scratch, label: String) throws -> String {
+        let file = scratch.path + "/foreign.img"
+        try makeSparseFile(file, size: 32 << 20)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", "-L", label, file]).status == 0)
+        let device = run("/sbin/losetup", ["-f", "--show", "--read-only", file]).output.trimmingSpaces
+        try #require(device.hasPrefix("/dev/loop"))
+        return device
+    }
+
+    @Test("S1 drives match the kernel's view: /sys/block and lsblk, with sizes and sector sizes")
+    func matchesKernel() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let drives = try storage.provider.drives()
+        // /sys/block minus what is not a drive: unbound loop devices, ram disks, Silo's LUNs.
+        let expected = directoryEntries("/sys/block").filter { name in
+            if name.hasPrefix("ram") { return false }
+            if name.hasPrefix("loop") {
+                guard fileExists("/sys/block/\(name)/loop/backing_file") else { return false }
+                return LoopDevice(number: Int(name.dropFirst(4)) ?? -1).tag?.hasPrefix("silo:") != true
+            }
+            return true
+        }
+        #expect(drives.map(\.name) == expected.sorted())
+        // lsblk, an independent reader of the same sysfs, agrees on sizes and sector sizes.
+        struct Listing: Decodable {
+            struct Device: Decodable {
+                let name: String
+                let size: UInt64
+                let logSec: Int
+                let phySec: Int
+                enum CodingKeys: String, CodingKey {
+                    case name, size
+                    case logSec = "log-sec"
+                    case phySec = "phy-sec"
+                }
+            }
+            let blockdevices: [Device]
+        }
+        let lsblk = run("/bin/lsblk", ["--json", "--bytes", "--nodeps", "-o", "NAME,SIZE,LOG-SEC,PHY-SEC"])
+        let listing = try JSONDecoder().decode(Listing.self, from: Data(lsblk.output.utf8))
+        for drive in drives {
+            guard let device = listing.blockdevices.first(where: { $0.name == drive.name }) else {
+                Issue.record("lsblk does not list \(drive.name)")
+                continue
+            }
+            #expect(drive.size == device.size, "\(drive.name)")
+            #expect(Int(drive.logicalSectorSize) == device.logSec, "\(drive.name)")
+            #expect(Int(drive.physicalSectorSize) == device.phySec, "\(drive.name)")
+            #expect(drive.devicePath == "/dev/" + drive.name)
+            #expect(!drive.id.isEmpty)
+        }
+        // Ids are stable across enumerations.
+        #expect(try storage.provider.drives().map(\.id) == drives.map(\.id))
+        #expect(Set(drives.map(\.id)).count == drives.count)
+        // The pool's drive is marked.
+        #expect(drives.contains { $0.pool == storage.provider.configuration.poolDirectory })
+    }
+
+    @Test("S1 file system type, UUID, label, mount points and partitions come through libblkid without udevd")
+    func probesContents() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let device = try foreignLoop(scratch, label: "silo-probe")
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        let drive = try provider.drive(device)
+        #expect(drive.busType == "loop")
+        #expect(drive.isReadOnly)
+        #expect(drive.filesystemType == "ext4")
+        #expect(drive.filesystemLabel == "silo-probe")
+        let uuid = run("/sbin/blkid", ["-p", "-s", "UUID", "-o", "value", device]).output.trimmingSpaces
+        #expect(drive.filesystemUUID == uuid && !uuid.isEmpty)
+        #expect(drive.backingFile == scratch.path + "/foreign.img")
+        let mountPoint = scratch.path + "/mnt"
+        mkdir(mountPoint, 0o755)
+        #expect(run("/bin/mount", ["-o", "ro", device, mountPoint]).status == 0)
+        defer { _ = run("/bin/umount", [mountPoint]) }
+        #expect(try provider.drive(device).mountPoints == [mountPoint])
+
+        // A partitioned image: the partition table and its partitions.
+        try withTemporaryLun(size: 64 << 20, directory: scratch.path) { lun in
+            let table = "label: gpt\nstart=2048, size=32768, name=first\nstart=34816, size=32768, name=second\n"
+            let sfdisk = spawnWithInput("/usr/sbin/sfdisk", ["--quiet", lun.devicePath], input: table)
+            #expect(sfdisk == 0)
+            let probe = try BlockProbe.probe(path: lun.devicePath)
+            #expect(probe.partitionTableType == "gpt")
+            #expect(probe.partitions.map(\.start) == [2048 * 512, 34816 * 512])
+            #expect(probe.partitions.map(\.size) == [32768 * 512, 32768 * 512])
+            #expect(probe.dataEnd(deviceSize: 64 << 20) == (34816 + 32768) * 512)
+        }
+    }
+
+    @Test("S2 Silo's LUN devices are LUNs, not drives; other loop devices are drives of bus loop, untouched")
+    func lunsAreNotDrives() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("not-a-drive", size: 8 << 20)
+        let device = try foreignLoop(storage.scratch, label: "foreign")
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let drives = try storage.provider.drives()
+        #expect(!drives.contains { $0.devicePath == lun.devicePath })
+        let foreign = try #require(drives.first { $0.devicePath == device })
+        #expect(foreign.busType == "loop")
+        #expect(foreign.id == "loop-" + device.dropFirst(5))
+        #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") == storage.path + "/foreign.img")
+        // The pool's drive lists the LUN's backing file as an extent.
+        let poolDrive = try #require(drives.first { $0.pool != nil })
+        #expect(poolDrive.extents.contains { $0.lun == "not-a-drive" && $0.backingFile == lun.backingFile })
+    }
+}
+
+/// Runs a program with `input` on its standard input; returns its exit status.
+func spawnWithInput(_ program: String, _ arguments: [String], input: String) -> Int32 {
+    let script = "printf '%s' \"$SILO_INPUT\" | \(program) \(arguments.map { "'\($0)'" }.joined(separator: " ")) >/dev/null 2>&1"
+    return execute("/bin/sh", ["-c", script], environment: ["SILO_INPUT": input]).status
+}

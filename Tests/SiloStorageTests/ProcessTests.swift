@@ -1,0 +1,103 @@
+import Dispatch
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+@Suite("Many processes", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
+struct ProcessTests {
+    @Test("S14 eight processes creating and then deleting LUNs at once never share a device or lose a record")
+    func concurrentProcesses() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let perProcess = 3
+        let creators = (0..<8).map { process in
+            spawn("/bin/sh", ["-c", (0..<perProcess).map { index in
+                "\(siloBinary) --state-dir \(state) lun create --name p\(process)-\(index) --size 4M --json >/dev/null || exit 1"
+            }.joined(separator: "; ")])
+        }
+        let results = creators.map { $0.finish() }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.map(\.error))")
+        let luns = try storage.provider.luns()
+        #expect(luns.count == 8 * perProcess, "no record lost")
+        let devices = luns.compactMap(\.devicePath)
+        #expect(devices.count == luns.count && Set(devices).count == devices.count, "one device per LUN")
+        for lun in luns {
+            #expect(readSmallFile("/sys/block/\(lun.devicePath?.dropFirst(5) ?? "")/loop/backing_file") == lun.backingFile)
+        }
+        let deleters = (0..<8).map { process in
+            spawn("/bin/sh", ["-c", (0..<perProcess).map { index in
+                "\(siloBinary) --state-dir \(state) lun delete p\(process)-\(index) || exit 1"
+            }.joined(separator: "; ")])
+        }
+        #expect(deleters.map { $0.finish() }.allSatisfy { $0.status == 0 })
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+
+    @Test("S15 processes killed at random points of 50 provisionings leave nothing reenumerate cannot repair")
+    func crashRecovery() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<50 {
+            let child = spawn(siloBinary, [
+                "--state-dir", state, "lun", "create", "--name", "crash\(round)", "--size", "24M",
+                "--provisioning", round.isMultiple(of: 2) ? "zeroed" : "thin",
+            ])
+            usleep(UInt32.random(in: 0...40_000, using: &generator))
+            child.kill(SIGKILL)
+            _ = child.finish()
+        }
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(120))
+        let luns = try storage.provider.luns()
+        // Every LUN that survived is whole: ready, online, its file in the pool and its device bound to it.
+        for lun in luns {
+            #expect(lun.status == .online, "\(lun.name) is \(lun.status)")
+            #expect(lun.devicePath.map { readSmallFile("/sys/block/\($0.dropFirst(5))/loop/backing_file") } == lun.backingFile)
+        }
+        // Nothing else: no orphan file, device or record.
+        let files = Set(directoryEntries(storage.provider.configuration.poolDirectory).map {
+            storage.provider.configuration.poolDirectory + "/" + $0
+        })
+        #expect(files == Set(luns.map(\.backingFile)))
+        #expect(Set(loopDevices(backedUnder: storage.path).map(\.path)) == Set(luns.compactMap(\.devicePath)))
+        #expect(report.drift.isEmpty, "\(report.drift)")
+        // A second pass finds nothing to do.
+        let again = try storage.provider.reenumerate().wait()
+        #expect(again.rolledBack.isEmpty && again.orphanFilesRemoved.isEmpty && again.orphanDevicesDetached.isEmpty)
+        print("S15: \(luns.count) of 50 finished before the kill; rolled back \(report.rolledBack.count), "
+              + "orphan files \(report.orphanFilesRemoved.count), orphan devices \(report.orphanDevicesDetached.count)")
+    }
+
+    @Test("S7 a full pool: the create that runs out of space fails cleanly and rolls back")
+    func fullPool() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let mount = scratch.path + "/small"
+        mkdir(mount, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mount]).status == 0)
+        defer { _ = run("/bin/umount", [mount]) }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: mount + "/state"))
+        // Both pass the space check when reserved; the second to write its zeros runs out.
+        let first = try provider.createLun(LunSpec(name: "first", size: 24 << 20, provisioning: .zeroed))
+        let second = try provider.createLun(LunSpec(name: "second", size: 24 << 20, provisioning: .zeroed))
+        let results = [first, second].map { operation in Result { try operation.wait(timeout: .seconds(60)) } }
+        let failures = results.compactMap { result -> SiloError? in
+            if case .failure(let error) = result { return error as? SiloError }
+            return nil
+        }
+        #expect(failures.count == 1, "\(failures.map(\.message))")
+        #expect(failures.first?.code == .notEnoughSpace, "\(failures)")
+        let luns = try provider.luns()
+        #expect(luns.count == 1)
+        #expect(directoryEntries(provider.configuration.poolDirectory).count == 1, "the failed LUN's file is gone")
+        #expect(loopDevices(backedUnder: mount).count == 1)
+        for lun in luns { try provider.deleteLun(lun.name).wait() }
+        #expect(loopDevices(backedUnder: mount).isEmpty)
+    }
+}
