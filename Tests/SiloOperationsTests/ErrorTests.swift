@@ -53,6 +53,7 @@ struct ErrorTests {
         #expect(error.value == "/dev/loop7")
         #expect(error.message.contains("LOOP_CONFIGURE") && error.message.contains("/dev/loop7"))
         #expect(SiloError.system("mount", errno: 1).code == .accessDenied)
+        #expect(SiloError.system("write", errno: 28).code == .notEnoughSpace)
     }
 
     @Test("E2 a failed operation's result document is the HCS ResultError JSON")

@@ -91,7 +91,7 @@ struct ProcessTests {
             if case .failure(let error) = result { return error as? SiloError }
             return nil
         }
-        #expect(failures.count == 1, "\(failures.map(\.message))")
+        #expect(failures.count == 1, "\(failures.map { "\($0.code): \($0.message) \($0.events)" })")
         #expect(failures.first?.code == .notEnoughSpace, "\(failures)")
         let luns = try provider.luns()
         #expect(luns.count == 1)

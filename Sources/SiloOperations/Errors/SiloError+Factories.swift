@@ -23,7 +23,13 @@ extension SiloError {
 
     /// The kernel refused a system call.
     public static func system(_ syscall: String, errno: Int32, path: String? = nil, message: String? = nil) -> SiloError {
-        let code: Code = (errno == 1 || errno == 13) ? .accessDenied : (errno == 12 ? .outOfMemory : .systemCallFailed)
+        // The errno values are Linux's; SiloOperations stays free of Glibc.
+        let code: Code = switch errno {
+        case 1, 13: .accessDenied  // EPERM, EACCES
+        case 12: .outOfMemory  // ENOMEM
+        case 28, 122: .notEnoughSpace  // ENOSPC, EDQUOT
+        default: .systemCallFailed
+        }
         let target = path.map { " on \($0)" } ?? ""
         let text = message ?? "\(syscall)\(target) failed with errno \(errno)"
         return SiloError(code, text, field: path == nil ? nil : "path", value: path, syscall: syscall, errno: errno)

@@ -26,6 +26,18 @@ enum BackingFile {
         let lock = try syscall("open", path: lockPath) { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
         defer { close(lock) }
         try syscall("flock", path: lockPath) { flock(lock, LOCK_EX) }
+        // A fallocate that fails part-way holds what it took until it unwinds, and the registry
+        // shares this file system: check first, and keep headroom for the records.
+        let directory = String(lockPath.dropLast("/.allocate".count))
+        let free = try Pool(directory: directory).capacity().free
+        guard free >= (end - start) + allocationHeadroom else {
+            throw SiloError(
+                .notEnoughSpace,
+                "not enough space for \(ByteCount.format(end - start)) at \(path): \(ByteCount.format(free)) free, "
+                    + "and \(ByteCount.format(allocationHeadroom)) stays free for the registry",
+                field: "size", value: "\(end - start)"
+            )
+        }
         let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
         defer { close(fd) }
         do throws(SiloError) {
@@ -98,6 +110,9 @@ enum BackingFile {
         return copy
     }
 }
+
+/// Space every allocation leaves free, so registry records can always be written.
+let allocationHeadroom: UInt64 = 1 << 20
 
 /// A pool: a directory where backing files live, on one drive.
 struct Pool: Sendable {
