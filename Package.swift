@@ -48,6 +48,12 @@ let package = Package(
             path: "Benchmarks/OperationsBench",
             swiftSettings: strict
         ),
+        .executableTarget(
+            name: "StorageBench",
+            dependencies: ["SiloStorage", "CSiloLinux"],
+            path: "Benchmarks/StorageBench",
+            swiftSettings: strict
+        ),
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
         .testTarget(
             name: "SiloStorageTests",

@@ -1,25 +1,20 @@
-import Dispatch
 import Glibc
 import Silo
 
 /// Waits for an operation, showing its progress on standard error: a bar on a terminal, a plain
 /// percent line otherwise. Ctrl-C cancels it; the wait then ends with the rollback done.
 func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, quiet: Bool = false) throws -> Output {
-    let interrupts = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
-    signal(SIGINT, SIG_IGN)
-    interrupts.setEventHandler {
-        printError("\rcancelling: rolling back...")
-        try? operation.cancel()
-    }
-    interrupts.resume()
-    defer {
-        interrupts.cancel()
-        signal(SIGINT, SIG_DFL)
-    }
+    var interrupt = sigset_t()
+    sigemptyset(&interrupt)
+    sigaddset(&interrupt, SIGINT)
+    var noWait = timespec()
     let terminal = isatty(2) == 1
     var lastShown = -1
+    // Quick operations show nothing: progress appears once one has run for half a second.
+    let showFrom = ContinuousClock.now + .milliseconds(500)
     while operation.status.isPending {
-        if !quiet, case .running(let progress) = operation.status, progress.percent != lastShown {
+        if !quiet, ContinuousClock.now >= showFrom, case .running(let progress) = operation.status,
+           progress.percent != lastShown {
             if terminal {
                 writeStandardError("\r" + bar(progress) + "\u{1B}[K")
             } else if progress.percent / 10 != lastShown / 10 || lastShown < 0 {
@@ -28,6 +23,11 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
             lastShown = progress.percent
         }
         _ = try? operation.wait(timeout: .milliseconds(100))
+        // SIGINT is blocked in every thread (SiloCommand.main); take a pending one here.
+        if sigtimedwait(&interrupt, nil, &noWait) == SIGINT {
+            printError("\rcancelling: rolling back...")
+            try? operation.cancel()
+        }
     }
     if terminal, lastShown >= 0, !quiet { writeStandardError("\r\u{1B}[K") }
     return try cli { try operation.wait() }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import Silo
 
 @main
@@ -15,6 +16,12 @@ struct SiloCommand: ParsableCommand {
     )
 
     static func main() {
+        // Block SIGINT before any thread starts, so every thread inherits the mask and Ctrl-C
+        // waits for the progress loop to take it and cancel the running operation.
+        var interrupt = sigset_t()
+        sigemptyset(&interrupt)
+        sigaddset(&interrupt, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &interrupt, nil)
         main(Array(placingGlobalOptions(Array(CommandLine.arguments.dropFirst()))))
     }
 

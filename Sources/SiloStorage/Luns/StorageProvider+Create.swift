@@ -31,7 +31,7 @@ extension StorageProvider {
                 throw SiloError(.invalidArgument, "a LUN named '\(spec.name)' already exists", field: "name", value: spec.name)
             }
             try checkCapacity(for: size, provisioning: spec.provisioning, field: "size")
-            try registry.save(record)
+            try registry.save(record, durable: false)
         }
         do {
             return try configuration.scheduler.run(

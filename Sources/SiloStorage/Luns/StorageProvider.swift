@@ -136,7 +136,7 @@ public final class StorageProvider: Sendable {
                 )
             }
             record.owner = ProcessIdentity.current(operation: operation)
-            try registry.save(record)
+            try registry.save(record, durable: false)  // an owner mark only has to outlive this process
             return record
         }
     }

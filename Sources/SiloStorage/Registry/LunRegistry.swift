@@ -43,7 +43,11 @@ struct LunRegistry: Sendable {
         return records.sorted { $0.name < $1.name }
     }
 
-    func save(_ record: LunRecord) throws(SiloError) {
+    /// Writes a record atomically (temp file, rename). `durable` adds the fsyncs that make it
+    /// survive power loss. Intents and owner marks need not: they only have to survive the death of
+    /// the process, which the page cache does, and after a reboot `reenumerate` removes what an
+    /// intent would have named (orphan files; the loop devices are gone with the reboot).
+    func save(_ record: LunRecord, durable: Bool = true) throws(SiloError) {
         let data: Data
         do {
             let encoder = JSONEncoder()
@@ -59,7 +63,7 @@ struct LunRegistry: Sendable {
         }
         do throws(SiloError) {
             try writeAll(fd, data, path: temporary)
-            try syscall("fsync", path: temporary) { fsync(fd) }
+            if durable { try syscall("fsync", path: temporary) { fsync(fd) } }
             close(fd)
             try syscall("rename", path: final) { rename(temporary, final) }
         } catch {
@@ -67,7 +71,7 @@ struct LunRegistry: Sendable {
             unlink(temporary)
             throw error
         }
-        try syncDirectory(directory)
+        if durable { try syncDirectory(directory) }
     }
 
     func remove(_ name: String) throws(SiloError) {
