@@ -7,42 +7,25 @@ import SiloOperations
 /// without udevd), sysfs attributes, and a libblkid probe of each device opened read-only (S1).
 struct DriveEnumerator {
     /// Every drive, sorted by kernel name. Silo's own LUN devices are left out: they are LUNs (S2).
+    ///
+    /// Whole disks are the entries of /sys/block. libudev's enumerator would resolve every sysfs
+    /// path component by component (about 25 opens a device, thousands on a host with a hundred
+    /// idle loop nodes), so it is asked only about the devices that are drives; where udevd runs,
+    /// its database then supplies serials, WWNs and file system facts.
     func drives(luns: [LunRecord] = []) throws(SiloError) -> [Drive] {
-        let names = try diskNames()
+        guard let udev = udev_new() else { throw SiloError(.outOfMemory, "libudev: udev_new failed") }
+        defer { udev_unref(udev) }
         let mounts = MountTable.read()
         var drives: [Drive] = []
-        for name in names {
-            if let drive = describe(name, mounts: mounts) { drives.append(drive) }
+        for name in directoryEntries("/sys/block") {
+            if let drive = describe(name, udev: udev, mounts: mounts) { drives.append(drive) }
         }
         attachExtents(&drives, luns: luns)
         return drives
     }
 
-    /// Kernel names of whole disks, from libudev's enumeration of the block subsystem.
-    private func diskNames() throws(SiloError) -> [String] {
-        guard let udev = udev_new() else { throw SiloError(.outOfMemory, "libudev: udev_new failed") }
-        defer { udev_unref(udev) }
-        guard let enumerate = udev_enumerate_new(udev) else { throw SiloError(.outOfMemory, "libudev: enumerate failed") }
-        defer { udev_enumerate_unref(enumerate) }
-        udev_enumerate_add_match_subsystem(enumerate, "block")
-        udev_enumerate_add_match_property(enumerate, "DEVTYPE", "disk")
-        guard udev_enumerate_scan_devices(enumerate) >= 0 else {
-            throw SiloError(.systemCallFailed, "libudev could not scan /sys for block devices")
-        }
-        var names: [String] = []
-        var entry = udev_enumerate_get_list_entry(enumerate)
-        while let current = entry {
-            if let path = udev_list_entry_get_name(current) {
-                names.append(String(String(cString: path).split(separator: "/").last ?? ""))
-            }
-            entry = udev_list_entry_get_next(current)
-        }
-        return names.sorted()
-    }
-
-    private func describe(_ name: String, mounts: MountTable) -> Drive? {
+    private func describe(_ name: String, udev: OpaquePointer, mounts: MountTable) -> Drive? {
         let sysfs = "/sys/block/" + name
-        guard let number = readSmallFile(sysfs + "/dev") else { return nil }
         let bus = busType(name)
         var backing: String?
         if bus == "loop" {
@@ -52,11 +35,18 @@ struct DriveEnumerator {
             backing = file
         }
         if bus == "ram" { return nil }  // lsblk leaves out ram disks too
+        guard let number = readSmallFile(sysfs + "/dev") else { return nil }
+        let device = udev_device_new_from_subsystem_sysname(udev, "block", name)
+        defer { if let device { udev_device_unref(device) } }
+        func property(_ key: String) -> String? {
+            guard let device, let value = udev_device_get_property_value(device, key) else { return nil }
+            return clean(String(cString: value))
+        }
         let size = (readNumber(sysfs + "/size") ?? 0) * 512
         let probe = size > 0 ? try? BlockProbe.probe(path: "/dev/" + name) : nil
-        let model = clean(readSmallFile(sysfs + "/device/model"))
-        let serial = clean(readSmallFile(sysfs + "/serial") ?? readSmallFile(sysfs + "/device/serial"))
-        let wwn = clean(readSmallFile(sysfs + "/wwid") ?? readSmallFile(sysfs + "/device/wwid"))
+        let model = property("ID_MODEL") ?? clean(readSmallFile(sysfs + "/device/model"))
+        let serial = property("ID_SERIAL_SHORT") ?? clean(readSmallFile(sysfs + "/serial") ?? readSmallFile(sysfs + "/device/serial"))
+        let wwn = property("ID_WWN") ?? clean(readSmallFile(sysfs + "/wwid") ?? readSmallFile(sysfs + "/device/wwid"))
         return Drive(
             id: stableID(name: name, bus: bus, model: model, serial: serial, wwn: wwn),
             name: name,
@@ -70,13 +60,13 @@ struct DriveEnumerator {
             isRemovable: readSmallFile(sysfs + "/removable") == "1",
             isReadOnly: readSmallFile(sysfs + "/ro") == "1",
             model: model,
-            vendor: clean(readSmallFile(sysfs + "/device/vendor")),
+            vendor: property("ID_VENDOR") ?? clean(readSmallFile(sysfs + "/device/vendor")),
             serial: serial,
             wwn: wwn,
-            partitionTableType: probe?.partitionTableType,
-            filesystemType: probe?.filesystemType,
-            filesystemUUID: probe?.uuid,
-            filesystemLabel: probe?.label,
+            partitionTableType: probe?.partitionTableType ?? property("ID_PART_TABLE_TYPE"),
+            filesystemType: probe?.filesystemType ?? property("ID_FS_TYPE"),
+            filesystemUUID: probe?.uuid ?? property("ID_FS_UUID"),
+            filesystemLabel: probe?.label ?? property("ID_FS_LABEL"),
             mountPoints: mounts.points(of: number),
             holders: directoryEntries(sysfs + "/holders"),
             partitions: partitions(of: name, mounts: mounts),
