@@ -4,7 +4,7 @@
 # Debian packages the build, the tests and the demo need: the C libraries Silo links
 # (libudev, libblkid, found with pkg-config), and the tools the tests use as independent
 # references or to put file systems on LUNs (losetup, lsblk, blkid, mount, mkfs.ext4).
-SILO_APT_PACKAGES=(pkg-config libudev-dev libblkid-dev util-linux mount e2fsprogs fdisk ${SILO_APT_PACKAGES_EXTRA:-})
+SILO_APT_PACKAGES=(pkg-config libudev-dev libblkid-dev util-linux mount e2fsprogs fdisk xfsprogs ${SILO_APT_PACKAGES_EXTRA:-})
 
 silo_find_swift() {
     if ! command -v swift >/dev/null 2>&1 && [ -x /opt/swift/usr/bin/swift ]; then

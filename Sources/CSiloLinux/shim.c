@@ -2,6 +2,7 @@
 #include "silo_linux.h"
 
 #include <fcntl.h>
+#include <unistd.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
@@ -37,3 +38,5 @@ const int silo_LO_NAME_SIZE = LO_NAME_SIZE;
 const int silo_O_DIRECT = O_DIRECT;
 unsigned int silo_major(unsigned long long device) { return major(device); }
 unsigned int silo_minor(unsigned long long device) { return minor(device); }
+const int silo_SEEK_DATA = SEEK_DATA;
+const int silo_SEEK_HOLE = SEEK_HOLE;

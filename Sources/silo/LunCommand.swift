@@ -5,7 +5,7 @@ struct LunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lun", abstract: "LUNs: sparse files on loop devices.",
         subcommands: [Create.self, List.self, Show.self, Extend.self, Shrink.self, Delete.self, Mask.self,
-                      Online.self, Offline.self]
+                      Online.self, Offline.self, Clone.self]
     )
 
     struct Create: ParsableCommand {
@@ -161,6 +161,27 @@ struct LunCommand: ParsableCommand {
         func run() throws {
             let operation = try cli { try global.provider.setOnline(name, false) }
             printLuns([try waitShowingProgress(operation, quiet: true)])
+        }
+    }
+}
+
+extension LunCommand {
+    struct Clone: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a LUN as a copy of another: instant by reflink where the file system allows."
+        )
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The LUN to copy.") var source: String
+        @Option(parsing: .unconditional, help: "The new LUN's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let operation = try cli(options: ["name": "--name", "source": "SOURCE"]) {
+                try global.provider.cloneLun(source, as: name)
+            }
+            let lun = try waitShowingProgress(operation)
+            if json { return try printJSON(lun) }
+            printLuns([lun])
         }
     }
 }

@@ -102,7 +102,7 @@ enum BackingFile {
         if unlink(path) != 0, errno != ENOENT { throw SiloError.system("unlink", errno: errno, path: path) }
     }
 
-    private static func spaceError(_ error: SiloError, path: String, size: UInt64) -> SiloError {
+    static func spaceError(_ error: SiloError, path: String, size: UInt64) -> SiloError {
         guard error.errno == ENOSPC || error.errno == EFBIG || error.errno == EDQUOT else { return error }
         var copy = error
         copy.code = .notEnoughSpace
@@ -136,5 +136,79 @@ struct Pool: Sendable {
         }
         if stat(path, &info) != 0 { return nil }
         return "\(silo_major(UInt64(info.st_dev))):\(silo_minor(UInt64(info.st_dev)))"
+    }
+}
+
+extension BackingFile {
+    /// How a clone was made.
+    enum CloneMethod: String, Sendable {
+        /// `FICLONE`: the new file shares the source's extents, copy-on-write; instant.
+        case reflink
+        /// Only the source's data segments were copied (`SEEK_DATA`/`SEEK_HOLE`); holes stay holes.
+        case sparseCopy
+    }
+
+    /// Makes `destination` a copy of `source`: by reflink where the file system can, otherwise
+    /// copying only the data segments, reporting bytes done and stopping promptly on cancel.
+    /// `destination` must not exist; on failure it is removed.
+    static func clone(
+        _ source: String, to destination: String,
+        progress: (UInt64, UInt64) -> Void, cancelled: () -> Bool
+    ) throws(SiloError) -> CloneMethod {
+        let input = try syscall("open", path: source) { open(source, O_RDONLY | O_CLOEXEC) }
+        defer { close(input) }
+        let output = try syscall("open", path: destination) {
+            open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        }
+        defer { close(output) }
+        do throws(SiloError) {
+            if silo_ficlone(output, input) == 0 { return .reflink }
+            var info = stat()
+            try syscall("fstat", path: source) { fstat(input, &info) }
+            let size = UInt64(info.st_size)
+            try syscall("ftruncate", path: destination) { ftruncate(output, off_t(size)) }
+            let segments = dataSegments(input, size: size)
+            let total = segments.reduce(UInt64(0)) { $0 + ($1.upperBound - $1.lowerBound) }
+            var done: UInt64 = 0
+            var buffer = [UInt8](repeating: 0, count: 4 << 20)
+            for segment in segments {
+                var offset = segment.lowerBound
+                while offset < segment.upperBound {
+                    if cancelled() { throw SiloError(.operationCancelled, "clone of \(source) was cancelled") }
+                    let count = Int(min(UInt64(buffer.count), segment.upperBound - offset))
+                    let got = try syscall("pread", path: source) {
+                        buffer.withUnsafeMutableBytes { pread(input, $0.baseAddress, count, off_t(offset)) }
+                    }
+                    guard got > 0 else { break }
+                    try syscall("pwrite", path: destination) {
+                        buffer.withUnsafeBytes { pwrite(output, $0.baseAddress, got, off_t(offset)) }
+                    }
+                    offset += UInt64(got)
+                    done += UInt64(got)
+                    progress(done, total)
+                }
+            }
+            try syscall("fdatasync", path: destination) { fdatasync(output) }
+            return .sparseCopy
+        } catch {
+            unlink(destination)
+            throw spaceError(error, path: destination, size: 0)
+        }
+    }
+
+    /// The ranges of `fd` that hold data, by SEEK_DATA and SEEK_HOLE [man 2 lseek].
+    /// A file system without them reports the whole file as data.
+    static func dataSegments(_ fd: Int32, size: UInt64) -> [Range<UInt64>] {
+        var segments: [Range<UInt64>] = []
+        var position: off_t = 0
+        while UInt64(position) < size {
+            let data = lseek(fd, position, silo_SEEK_DATA)
+            if data < 0 { break }  // ENXIO: no data past here
+            var hole = lseek(fd, data, silo_SEEK_HOLE)
+            if hole < 0 { hole = off_t(size) }
+            segments.append(UInt64(data)..<UInt64(hole))
+            position = hole
+        }
+        return segments
     }
 }

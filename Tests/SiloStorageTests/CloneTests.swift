@@ -1,0 +1,79 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+@Suite("Clones", .tags(.root), .requiresLoopDevices, .serialized)
+struct CloneTests {
+    @Test("A clone holds the source's data, stays sparse, and is independent of it")
+    func sparseCopy() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let source = try storage.create("origin", size: 256 << 20)
+        let device = try #require(source.devicePath)
+        let marks: [(UInt64, [UInt8])] = [(0, [1, 2, 3]), (100 << 20, [4, 5, 6]), ((256 << 20) - 4096, [7, 8, 9])]
+        for (offset, bytes) in marks { try writeBytes(device, offset: offset, bytes) }
+        let clone = try storage.provider.cloneLun("origin", as: "copy").wait(timeout: .seconds(120))
+        let copy = try #require(clone.devicePath)
+        #expect(clone.size == source.size)
+        #expect(copy != device)
+        for (offset, bytes) in marks { #expect(try readBytes(copy, offset: offset, count: bytes.count) == bytes) }
+        #expect(clone.allocatedBytes < 8 << 20, "holes stay holes: \(clone.allocatedBytes)")
+        try writeBytes(copy, offset: 0, [42])
+        #expect(try readBytes(device, offset: 0, count: 1) == [1])
+        #expect(clone.unmaskingList == "")
+        #expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("origin", as: "copy") }
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("nothing", as: "x") })?.code == .objectNotFound)
+    }
+
+    @Test("A clone cancelled part-way leaves no file, device or record")
+    func cancelledClone() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("big", size: 1 << 30, provisioning: .zeroed)
+        let operation = try storage.provider.cloneLun("big", as: "half")
+        while operation.status.percentComplete < 5, operation.status.isPending { usleep(500) }
+        try? operation.cancel()
+        _ = try? operation.wait(timeout: .seconds(60))
+        if operation.status.error?.code == .operationCancelled {
+            #expect(try storage.provider.luns().map(\.name) == ["big"])
+            #expect(directoryEntries(storage.provider.configuration.poolDirectory).count == 1)
+        } else {
+            Issue.record("the clone finished before the cancel: \(operation.status)")
+        }
+    }
+
+    @Test("On a file system with reflink (XFS), a clone shares extents: instant and no new space")
+    func reflinkClone() throws {
+        guard access("/sbin/mkfs.xfs", X_OK) == 0 else {
+            Issue.record("mkfs.xfs is missing: install xfsprogs")
+            return
+        }
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        try withTemporaryLun(size: 1 << 30, directory: scratch.path) { disk in
+            #expect(run("/sbin/mkfs.xfs", ["-q", "-f", "-m", "reflink=1", disk.devicePath]).status == 0)
+            let mount = scratch.path + "/xfs"
+            mkdir(mount, 0o755)
+            try #require(run("/bin/mount", [disk.devicePath, mount]).status == 0)
+            defer { _ = run("/bin/umount", [mount]) }
+            let provider = StorageProvider(configuration: StorageConfiguration(
+                stateDirectory: mount + "/state", linkDirectory: scratch.path + "/links"
+            ))
+            defer {
+                for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait() }
+            }
+            let source = try provider.createLun(LunSpec(name: "origin", size: 256 << 20, provisioning: .zeroed)).wait()
+            try writeBytes(try #require(source.devicePath), offset: 4096, [7, 7, 7])
+            var before = statvfs()
+            statvfs(mount, &before)
+            let clone = try provider.cloneLun("origin", as: "reflinked").wait()
+            var after = statvfs()
+            statvfs(mount, &after)
+            let used = (Int64(before.f_bfree) - Int64(after.f_bfree)) * Int64(after.f_frsize)
+            #expect(used < 16 << 20, "a reflink takes no space for data: \(used) bytes")
+            #expect(try readBytes(try #require(clone.devicePath), offset: 4096, count: 3) == [7, 7, 7])
+        }
+    }
+}
