@@ -5,7 +5,7 @@ struct LunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lun", abstract: "LUNs: sparse files on loop devices.",
         subcommands: [Create.self, List.self, Show.self, Extend.self, Shrink.self, Delete.self, Mask.self,
-                      Online.self, Offline.self, Clone.self]
+                      Online.self, Offline.self, Clone.self, Temporary.self]
     )
 
     struct Create: ParsableCommand {
@@ -203,4 +203,39 @@ func printLuns(_ luns: [LunProperties]) {
              lun.status.rawValue, lun.devicePath, lun.unmaskingList.isEmpty ? nil : lun.unmaskingList]
         }
     )
+}
+
+extension LunCommand {
+    struct Temporary: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a command with a scratch block device that is gone afterwards.",
+            discussion: """
+                The device's path is in SILO_LUN_DEVICE. The LUN is an autoclear loop device over an \
+                unlinked file: it disappears when the command ends, and also if silo is killed. \
+                Exits with the command's exit code.
+                """
+        )
+        @Option(parsing: .unconditional, help: "Size, such as 1G.") var size: String
+        @Option(name: .customLong("block-size"), help: "Logical block size: 512 or 4096.") var blockSize = "512"
+        @Option(help: "Where the (unlinked) backing file lives.") var directory = "/var/tmp"
+        @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.") var command: [String] = []
+
+        func run() throws {
+            let arguments = command.first == "--" ? Array(command.dropFirst()) : command
+            guard let program = arguments.first else {
+                throw CLIFailure(error: .missingArgument(field: "command", reason: "give a command after --"), option: "COMMAND").exitCode
+            }
+            let bytes = try cli { try ByteCount.parse(size) }
+            guard let block = UInt32(blockSize) else {
+                printError("Error: invalid block size '\(blockSize)': use 512 or 4096 (--block-size)")
+                throw ExitCode(64)
+            }
+            let status = try cli {
+                try withTemporaryLun(size: bytes, logicalBlockSize: block, directory: directory) { lun in
+                    try runForeground(program, arguments, environment: ["SILO_LUN_DEVICE": lun.devicePath])
+                }
+            }
+            throw ExitCode(status)
+        }
+    }
 }

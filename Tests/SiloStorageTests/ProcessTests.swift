@@ -101,3 +101,39 @@ struct ProcessTests {
         #expect(loopDevices(backedUnder: mount).isEmpty)
     }
 }
+
+@Suite("Temporary LUNs across processes", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
+struct TemporaryLunProcessTests {
+    @Test("silo lun temporary runs the command with the device and exits with its code")
+    func runsCommand() throws {
+        let result = execute(siloBinary, ["lun", "temporary", "--size", "16M", "--", "/bin/sh", "-c",
+                                          "test -b \"$SILO_LUN_DEVICE\" && cat /sys/block/$(basename $SILO_LUN_DEVICE)/size; exit 7"])
+        #expect(result.status == 7)
+        #expect(result.output.trimmingSpaces == "32768")
+    }
+
+    @Test("A temporary LUN is gone even when its process is killed with SIGKILL")
+    func goneAfterKill() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let child = spawn(siloBinary, ["lun", "temporary", "--size", "16M", "--directory", scratch.path, "--",
+                                       "/bin/sh", "-c", "echo $SILO_LUN_DEVICE; exec sleep 31.4159"])
+        // Wait for the device to appear, then kill silo (the sleeping command lives on).
+        var device: LoopDevice?
+        for _ in 0..<400 where device == nil {
+            device = loopDevices(backedUnder: scratch.path).first
+            if device == nil { usleep(5000) }
+        }
+        let found = try #require(device, "the temporary LUN never appeared")
+        child.kill(SIGKILL)
+        _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])  // the orphaned command
+        _ = child.finish()
+        var gone = false
+        for _ in 0..<400 where !gone {
+            gone = found.status?.backingFile.hasPrefix(scratch.path) != true
+            if !gone { usleep(5000) }
+        }
+        #expect(gone, "\(found.path) outlived the killed process")
+        #expect(directoryEntries(scratch.path).isEmpty, "the backing file was unlinked at attach")
+    }
+}

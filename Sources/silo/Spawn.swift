@@ -1,0 +1,37 @@
+import Glibc
+import Silo
+
+/// Runs a program with the terminal attached and extra environment; returns its exit code
+/// (128 + signal if a signal ended it).
+func runForeground(_ program: String, _ arguments: [String], environment: [String: String]) throws -> Int32 {
+    var entries: [String] = []
+    var index = 0
+    while let entry = environ[index] {
+        entries.append(String(cString: entry))
+        index += 1
+    }
+    entries += environment.map { "\($0.key)=\($0.value)" }
+    let argv = arguments.map { strdup($0) } + [nil]
+    let envp = entries.map { strdup($0) } + [nil]
+    defer {
+        argv.forEach { free($0) }
+        envp.forEach { free($0) }
+    }
+    // The child gets the default signal mask back: silo blocks SIGINT for its own use.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    posix_spawnattr_setsigmask(&attributes, &empty)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+    var pid: pid_t = 0
+    let result = posix_spawnp(&pid, program, nil, &attributes, argv, envp)
+    guard result == 0 else {
+        throw SiloError(.objectNotFound, "cannot run '\(program)': \(String(cString: strerror(result)))",
+                        field: "command", value: program)
+    }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
