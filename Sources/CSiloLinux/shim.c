@@ -40,3 +40,4 @@ unsigned int silo_major(unsigned long long device) { return major(device); }
 unsigned int silo_minor(unsigned long long device) { return minor(device); }
 const int silo_SEEK_DATA = SEEK_DATA;
 const int silo_SEEK_HOLE = SEEK_HOLE;
+const int silo_O_TMPFILE = O_TMPFILE;

@@ -24,6 +24,7 @@ int silo_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int silo_ficlone(int destination_fd, int source_fd);
 
 extern const int silo_O_DIRECT;
+extern const int silo_O_TMPFILE;
 extern const int silo_SEEK_DATA;
 extern const int silo_SEEK_HOLE;
 

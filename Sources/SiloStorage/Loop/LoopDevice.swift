@@ -64,15 +64,21 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         var flags = options.readOnly ? O_RDONLY : O_RDWR
         flags |= O_CLOEXEC
         var backingFD: Int32 = -1
-        var direct = options.directIO
-        if direct {
+        if options.directIO {
             backingFD = open(backing, flags | silo_O_DIRECT)
-            if backingFD < 0, errno == EINVAL { direct = false }  // tmpfs and others refuse O_DIRECT
+            // EINVAL: the file system refuses O_DIRECT; fall back to buffered I/O.
         }
         if backingFD < 0 {
             backingFD = try syscall("open", path: backing) { open(backing, flags) }
         }
         defer { close(backingFD) }
+        return try attach(backingDescriptor: backingFD, name: backing, options: options)
+    }
+
+    /// Binds an open file, such as an unnamed `O_TMPFILE` one, to a free loop device. The
+    /// descriptor's `O_DIRECT` flag decides whether direct I/O takes.
+    static func attach(backingDescriptor backingFD: Int32, name backing: String, options: Options) throws(SiloError) -> Attachment {
+        let direct = options.directIO && fcntl(backingFD, F_GETFL) & silo_O_DIRECT != 0
 
         let control = try syscall("open", path: "/dev/loop-control") { open("/dev/loop-control", O_RDWR | O_CLOEXEC) }
         defer { close(control) }

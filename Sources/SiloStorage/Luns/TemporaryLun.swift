@@ -1,10 +1,11 @@
+import CSiloLinux
 import Glibc
 import SiloOperations
 
 /// A block device for one scope of an integration test: a sparse file attached to an autoclear
-/// loop device, the file unlinked as soon as it is attached. Nothing outlives the scope, and
+/// loop device, the file unnamed from the start (`O_TMPFILE`). Nothing outlives the scope, and
 /// nothing outlives the process either: if it is killed, the kernel closes its descriptor, the
-/// device detaches itself, and the unlinked file's space is freed. No registry record is made.
+/// device detaches itself, and the unnamed file's space is freed. No registry record is made.
 public struct TemporaryLun: Sendable {
     /// The block device, such as `/dev/loop5`.
     public let devicePath: String
@@ -49,11 +50,17 @@ extension TemporaryLun {
     static func make(size: UInt64, logicalBlockSize: UInt32, directory: String) throws(SiloError) -> TemporaryLun {
         let spec = LunSpec(name: "temporary", size: size, logicalBlockSize: logicalBlockSize)
         try spec.validate()
-        let file = directory + "/silo-temporary-" + newIdentifier() + ".img"
-        try BackingFile.create(file, size: spec.roundedSize)
-        defer { unlink(file) }  // the device keeps the file alive; its space goes with the device
+        // O_TMPFILE: the file never has a name, so no moment exists in which a killed process
+        // could leave it behind; its space goes with the device.
+        var fd = open(directory, silo_O_TMPFILE | O_RDWR | O_CLOEXEC | silo_O_DIRECT, 0o600)
+        if fd < 0, errno == EINVAL {
+            fd = open(directory, silo_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)  // no O_DIRECT here
+        }
+        if fd < 0 { throw SiloError.system("open(O_TMPFILE)", errno: errno, path: directory) }
+        defer { close(fd) }
+        try syscall("ftruncate", path: directory) { ftruncate(fd, off_t(spec.roundedSize)) }
         let options = LoopDevice.Options(logicalBlockSize: logicalBlockSize, autoclear: true, tag: "silo-temporary")
-        let attachment = try LoopDevice.attach(backing: file, options: options)
+        let attachment = try LoopDevice.attach(backingDescriptor: fd, name: directory + "/(unnamed)", options: options)
         guard let holder = attachment.holder else {
             preconditionFailure("an autoclear attach returns its open descriptor")
         }
