@@ -30,7 +30,8 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage"], swiftSettings: strict),
+        .target(name: "SiloCompute", dependencies: ["SiloOperations"], swiftSettings: strict),
+        .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage", "SiloCompute"], swiftSettings: strict),
         .executableTarget(
             name: "silo",
             dependencies: ["Silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -55,6 +56,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
+        .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute"], swiftSettings: strict),
         .testTarget(
             name: "SiloStorageTests",
             dependencies: ["SiloStorage", "CSiloLinux", .product(name: "SystemPackage", package: "swift-system")],

@@ -1,0 +1,231 @@
+import SiloOperations
+
+/// A JSON value with where it stood in the text, for error messages that point at the line and
+/// column and name the field's path (C2).
+indirect enum JSONValue: Sendable {
+    case null
+    case bool(Bool)
+    case number(String)
+    case string(String)
+    case array([Located])
+    /// Members in document order; duplicates are refused by the reader.
+    case object([(key: String, value: Located)])
+
+    struct Located: Sendable {
+        let value: JSONValue
+        let line: Int
+        let column: Int
+    }
+}
+
+/// Reads RFC 8259 JSON, keeping line and column of every value.
+struct JSONReader {
+    private let bytes: [UInt8]
+    private var index = 0
+    private var line = 1
+    private var lineStart = 0
+    /// Nesting deeper than this is refused: a document is small, a stack is not infinite.
+    private let maximumDepth = 64
+
+    init(_ text: String) {
+        bytes = Array(text.utf8)
+    }
+
+    static func parse(_ text: String) throws(SiloError) -> JSONValue.Located {
+        var reader = JSONReader(text)
+        reader.skipSpace()
+        let value = try reader.value(depth: 0)
+        reader.skipSpace()
+        guard reader.index == reader.bytes.count else { throw reader.failure("unexpected text after the document") }
+        return value
+    }
+
+    private var column: Int { index - lineStart + 1 }
+
+    private func failure(_ message: String) -> SiloError {
+        SiloError(.invalidJSON, "invalid JSON at line \(line), column \(column): \(message)",
+                  field: "document", value: "line \(line), column \(column)")
+    }
+
+    private mutating func skipSpace() {
+        while index < bytes.count {
+            switch bytes[index] {
+            case 0x20, 0x09, 0x0D: index += 1
+            case 0x0A:
+                index += 1
+                line += 1
+                lineStart = index
+            default: return
+            }
+        }
+    }
+
+    private mutating func value(depth: Int) throws(SiloError) -> JSONValue.Located {
+        guard depth < maximumDepth else { throw failure("nested deeper than \(maximumDepth) levels") }
+        guard index < bytes.count else { throw failure("the document ends where a value should be") }
+        let (startLine, startColumn) = (line, column)
+        let value: JSONValue
+        switch bytes[index] {
+        case UInt8(ascii: "{"): value = try object(depth: depth)
+        case UInt8(ascii: "["): value = try array(depth: depth)
+        case UInt8(ascii: "\""): value = .string(try string())
+        case UInt8(ascii: "t"): try literal("true"); value = .bool(true)
+        case UInt8(ascii: "f"): try literal("false"); value = .bool(false)
+        case UInt8(ascii: "n"): try literal("null"); value = .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): value = .number(try number())
+        default: throw failure("unexpected character '\(Character(UnicodeScalar(bytes[index])))'")
+        }
+        return JSONValue.Located(value: value, line: startLine, column: startColumn)
+    }
+
+    private mutating func literal(_ word: String) throws(SiloError) {
+        let expected = Array(word.utf8)
+        guard bytes.count - index >= expected.count, Array(bytes[index..<index + expected.count]) == expected else {
+            throw failure("expected '\(word)'")
+        }
+        index += expected.count
+    }
+
+    private mutating func number() throws(SiloError) -> String {
+        let start = index
+        if bytes[index] == UInt8(ascii: "-") { index += 1 }
+        func digits() -> Int {
+            let from = index
+            while index < bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) { index += 1 }
+            return index - from
+        }
+        let integerStart = index
+        guard digits() > 0 else { throw failure("a number needs digits") }
+        if bytes[integerStart] == UInt8(ascii: "0"), index - integerStart > 1 { throw failure("numbers do not start with 0") }
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            guard digits() > 0 else { throw failure("digits must follow the decimal point") }
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
+            guard digits() > 0 else { throw failure("digits must follow the exponent") }
+        }
+        return String(decoding: bytes[start..<index], as: UTF8.self)
+    }
+
+    private mutating func string() throws(SiloError) -> String {
+        index += 1  // opening quote
+        var scalars = String.UnicodeScalarView()
+        var run = index
+        var result = ""
+        func flush() {
+            result += String(decoding: bytes[run..<index], as: UTF8.self)
+        }
+        while true {
+            guard index < bytes.count else { throw failure("the string is not closed") }
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") {
+                flush()
+                index += 1
+                return result + String(scalars)
+            }
+            if byte < 0x20 { throw failure("control character in a string; escape it") }
+            if byte == UInt8(ascii: "\\") {
+                flush()
+                result += String(scalars)
+                scalars = String.UnicodeScalarView()
+                index += 1
+                guard index < bytes.count else { throw failure("the string is not closed") }
+                switch bytes[index] {
+                case UInt8(ascii: "\""): result += "\""
+                case UInt8(ascii: "\\"): result += "\\"
+                case UInt8(ascii: "/"): result += "/"
+                case UInt8(ascii: "b"): result += "\u{8}"
+                case UInt8(ascii: "f"): result += "\u{c}"
+                case UInt8(ascii: "n"): result += "\n"
+                case UInt8(ascii: "r"): result += "\r"
+                case UInt8(ascii: "t"): result += "\t"
+                case UInt8(ascii: "u"):
+                    var code = try hex4()
+                    if (0xD800...0xDBFF).contains(code) {
+                        guard index + 2 < bytes.count, bytes[index + 1] == UInt8(ascii: "\\"), bytes[index + 2] == UInt8(ascii: "u") else {
+                            throw failure("a lone UTF-16 surrogate")
+                        }
+                        index += 2
+                        let low = try hex4()
+                        guard (0xDC00...0xDFFF).contains(low) else { throw failure("a lone UTF-16 surrogate") }
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let scalar = UnicodeScalar(code) else { throw failure("not a Unicode scalar: \\u\(String(code, radix: 16))") }
+                    result.unicodeScalars.append(scalar)
+                default: throw failure("unknown escape '\\\(Character(UnicodeScalar(bytes[index])))'")
+                }
+                index += 1
+                run = index
+                continue
+            }
+            index += 1
+        }
+    }
+
+    private mutating func hex4() throws(SiloError) -> UInt32 {
+        guard index + 4 < bytes.count else { throw failure("\\u needs four hex digits") }
+        var value: UInt32 = 0
+        for offset in 1...4 {
+            guard let digit = hexDigit(bytes[index + offset]) else { throw failure("\\u needs four hex digits") }
+            value = value * 16 + digit
+        }
+        index += 4
+        return value
+    }
+
+    private func hexDigit(_ byte: UInt8) -> UInt32? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): UInt32(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): UInt32(byte - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): UInt32(byte - UInt8(ascii: "A") + 10)
+        default: nil
+        }
+    }
+
+    private mutating func array(depth: Int) throws(SiloError) -> JSONValue {
+        index += 1
+        var items: [JSONValue.Located] = []
+        skipSpace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "]") {
+            index += 1
+            return .array(items)
+        }
+        while true {
+            skipSpace()
+            items.append(try value(depth: depth + 1))
+            skipSpace()
+            guard index < bytes.count else { throw failure("the array is not closed") }
+            if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+            if bytes[index] == UInt8(ascii: "]") { index += 1; return .array(items) }
+            throw failure("expected ',' or ']' in an array")
+        }
+    }
+
+    private mutating func object(depth: Int) throws(SiloError) -> JSONValue {
+        index += 1
+        var members: [(key: String, value: JSONValue.Located)] = []
+        skipSpace()
+        if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
+            index += 1
+            return .object(members)
+        }
+        while true {
+            skipSpace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw failure("expected a field name in quotes") }
+            let key = try string()
+            if members.contains(where: { $0.key == key }) { throw failure("field '\(key)' appears twice") }
+            skipSpace()
+            guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw failure("expected ':' after '\(key)'") }
+            index += 1
+            skipSpace()
+            members.append((key, try value(depth: depth + 1)))
+            skipSpace()
+            guard index < bytes.count else { throw failure("the object is not closed") }
+            if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
+            if bytes[index] == UInt8(ascii: "}") { index += 1; return .object(members) }
+            throw failure("expected ',' or '}' in an object")
+        }
+    }
+}

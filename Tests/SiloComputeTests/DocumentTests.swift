@@ -1,0 +1,129 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloCompute
+
+let fixtures = "/" + #filePath.split(separator: "/").dropLast(3).joined(separator: "/") + "/fixtures/compute"
+
+func fixture(_ name: String) -> String {
+    guard let file = fopen(fixtures + "/" + name, "r") else { return "" }
+    defer { fclose(file) }
+    var text = ""
+    var buffer = [CChar](repeating: 0, count: 4096)
+    while fgets(&buffer, Int32(buffer.count), file) != nil { text += String(cString: buffer) }
+    return text
+}
+
+struct BadDocument: Decodable, Sendable, CustomTestStringConvertible {
+    let name: String
+    let document: String
+    let field: String
+    let contains: String
+    var testDescription: String { name }
+}
+
+let badDocuments: [BadDocument] = {
+    struct Corpus: Decodable { let cases: [BadDocument] }
+    return (try? JSONDecoder().decode(Corpus.self, from: Data(fixture("bad-documents.json").utf8)).cases) ?? []
+}()
+
+@Suite("ComputeSystem and ProcessParameters documents")
+struct DocumentTests {
+    @Test("C1 the seeds' empty-VM document works as is: memory and CPU limits, terminate on last handle")
+    func emptyVM() throws {
+        let text = fixture("empty-vm.json")
+        try #require(!text.isEmpty, "fixtures/compute/empty-vm.json is missing")
+        let document = try ComputeSystemDocument(json: text)
+        #expect(document.kind == .virtualMachine)
+        #expect(document.owner == "Sample")
+        #expect(document.memoryLimit == 1024 << 20)
+        #expect(document.processorCount == 2)
+        #expect(document.shouldTerminateOnLastHandleClosed)
+        #expect(document.schemaVersion == (2, 1))
+    }
+
+    @Test("C2 fields that do not apply to a process sandbox are accepted and listed as ignored")
+    func ignoredFields() throws {
+        let document = try ComputeSystemDocument(json: fixture("empty-vm.json"))
+        #expect(document.ignoredFields == ["VirtualMachine.Chipset", "VirtualMachine.ComputeTopology.Memory.Backing"])
+    }
+
+    @Test("C1 a Container document: limits from Memory and Processor")
+    func container() throws {
+        let document = try ComputeSystemDocument(json: """
+            {"SchemaVersion": {"Major": 2, "Minor": 5}, "Container": {"Memory": {"SizeInMB": 256},
+             "Processor": {"Count": 1, "Maximum": 5000}, "Networking": {}}}
+            """)
+        #expect(document.kind == .container)
+        #expect(document.memoryLimit == 256 << 20)
+        #expect(document.processorCount == 1)
+        #expect(document.processorLimit == 5000)
+        #expect(document.ignoredFields == ["Container.Networking"])
+        #expect(!document.shouldTerminateOnLastHandleClosed)
+    }
+
+    @Test("C12 SCSI attachments name LUNs, with an optional mount path")
+    func scsi() throws {
+        let document = try ComputeSystemDocument(json: """
+            {"SchemaVersion": {"Major": 2, "Minor": 1}, "VirtualMachine": {"Devices": {"Scsi": {
+              "primary": {"Attachments": {"1": {"Type": "VirtualDisk", "Path": "logs", "ReadOnly": true},
+                                          "0": {"Path": "db1", "MountPath": "/data"}}}}}}}
+            """)
+        #expect(document.scsiAttachments.map(\.lun) == ["db1", "logs"])
+        #expect(document.scsiAttachments.map(\.index) == [0, 1])
+        #expect(document.scsiAttachments[0].mountPath == "/data")
+        #expect(document.scsiAttachments[1].readOnly)
+    }
+
+    @Test("The bad-document corpus is there")
+    func corpus() { #expect(badDocuments.count >= 20) }
+
+    @Test("C2 bad documents throw invalidJSON naming the line and column or the field's path", arguments: badDocuments)
+    func rejects(_ bad: BadDocument) {
+        let error = #expect(throws: SiloError.self) { _ = try ComputeSystemDocument(json: bad.document) }
+        #expect(error?.code == .invalidJSON)
+        #expect(error?.field == bad.field, "\(error?.message ?? "")")
+        #expect(error?.message.contains(bad.contains) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("C7 ProcessParameters: CommandLine or CommandArgs, environment, pipes, console size")
+    func processParameters() throws {
+        let parameters = try ProcessParameters(json: """
+            {"CommandLine": "sh -c 'echo \\"hi there\\"' a\\\\ b", "WorkingDirectory": "/tmp",
+             "Environment": {"A": "1", "PATH": "/bin"}, "User": "nobody",
+             "CreateStdInPipe": true, "CreateStdOutPipe": true, "EmulateConsole": true, "ConsoleSize": [24, 80]}
+            """)
+        #expect(parameters.arguments == ["sh", "-c", "echo \"hi there\"", "a b"])
+        #expect(parameters.workingDirectory == "/tmp")
+        #expect(parameters.environment == ["A": "1", "PATH": "/bin"])
+        #expect(parameters.user == "nobody")
+        #expect(parameters.createStdInPipe && parameters.createStdOutPipe && !parameters.createStdErrPipe)
+        #expect(parameters.consoleSize?.height == 24 && parameters.consoleSize?.width == 80)
+        let args = try ProcessParameters(json: #"{"CommandArgs": ["/bin/echo", "a b", ""]}"#)
+        #expect(args.arguments == ["/bin/echo", "a b", ""])
+        for bad in [#"{}"#, #"{"CommandLine": "x", "CommandArgs": ["x"]}"#, #"{"CommandLine": "x 'y"}"#,
+                    #"{"CommandArgs": [1]}"#, #"{"CommandLine": "   "}"#, #"{"CommandLine": "x", "ConsoleSize": [24]}"#,
+                    #"{"CommandLine": "x", "WorkingDirectory": "relative"}"#, #"{"CommandLine": "x", "Environment": {"A=B": "c"}}"#,
+                    #"{"CommandLine": "x", "Shell": true}"#] {
+            #expect((#expect(throws: SiloError.self, "\(bad)") { _ = try ProcessParameters(json: bad) })?.code == .invalidJSON)
+        }
+    }
+
+    @Test("The JSON reader: escapes, unicode, numbers, positions")
+    func reader() throws {
+        let value = try JSONReader.parse("{\n  \"a\": \"\\u00e9\\ud83d\\ude00\\n\",\n  \"b\": [-1.5e3, 0, true, null]\n}")
+        guard case .object(let members) = value.value, case .string(let text) = members[0].value.value,
+              case .array(let items) = members[1].value.value else {
+            Issue.record("unexpected shape")
+            return
+        }
+        #expect(text == "é😀\n")
+        #expect(members[1].value.line == 3 && members[1].value.column == 8)
+        #expect(items.count == 4)
+        for bad in ["01", "1.", "-", "\"\\x\"", "\"a", "[1,]", "{\"a\" 1}", "tru", "1 2", "\"\u{1}\""] {
+            #expect(throws: SiloError.self, "\(bad)") { _ = try JSONReader.parse(bad) }
+        }
+    }
+}
