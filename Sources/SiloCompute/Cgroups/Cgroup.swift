@@ -1,0 +1,312 @@
+import Glibc
+import SiloOperations
+
+/// Resource limits for a compute system's cgroup, from its document (C1, C10).
+public struct CgroupLimits: Sendable, Hashable {
+    /// Bytes of memory (and no swap beyond it); nil for none.
+    public var memory: UInt64?
+    /// CPUs' worth of time per period; nil for no cap.
+    public var cpus: Double?
+    /// Relative CPU share, HCS units: 1...10000, 100 the default.
+    public var cpuWeight: Int?
+    /// Processes and threads at most; a fork bomb stops here.
+    public var pids: Int?
+
+    public init(memory: UInt64? = nil, cpus: Double? = nil, cpuWeight: Int? = nil, pids: Int? = 1024) {
+        self.memory = memory
+        self.cpus = cpus
+        self.cpuWeight = cpuWeight
+        self.pids = pids
+    }
+
+    /// The limits a document asks for: `SizeInMB`, `Processor.Count` (scaled by `Limit`), `Weight`.
+    public init(_ document: ComputeSystemDocument, pids: Int = 1024) {
+        var cpus = document.processorCount.map(Double.init)
+        if let limit = document.processorLimit { cpus = (cpus ?? 1) * Double(limit) / 100_000 }
+        self.init(memory: document.memoryLimit, cpus: cpus, cpuWeight: document.processorWeight, pids: pids)
+    }
+}
+
+/// One compute system's cgroup: a directory in each hierarchy that serves it, behind one
+/// interface whatever the host's layout (C13). Limits, freeze and thaw, kill, statistics, OOM count.
+public final class Cgroup: Sendable {
+    public let name: String
+    public let layout: CgroupLayout
+    /// Directories by feature: "memory", "cpu", "cpuacct", "pids", "freezer", "devices", and "unified".
+    let directories: [String: String]
+
+    /// Creates the cgroup `silo/<name>` in every hierarchy it needs, with `limits`.
+    /// - Throws: when a hierarchy refuses; everything made so far is removed again.
+    public static func create(name: String, limits: CgroupLimits, layout: CgroupLayout = .detect()) throws(SiloError) -> Cgroup {
+        var directories: [String: String] = [:]
+        if let unified = layout.unified { directories["unified"] = unified + "/silo/" + name }
+        for controller in ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"] where layout.place(controller) == .v1 {
+            guard let root = layout.legacy[controller] else { continue }
+            // cpu and cpuacct are often one hierarchy (cpu,cpuacct): one directory serves both.
+            directories[controller] = root + "/silo/" + name
+        }
+        let cgroup = Cgroup(name: name, layout: layout, directories: directories)
+        do throws(SiloError) {
+            if let unified = layout.unified {
+                try makeDirectory(unified + "/silo")
+                let wanted = ["memory", "cpu", "pids"].filter { layout.unifiedControllers.contains($0) }
+                if !wanted.isEmpty {
+                    try writeText(unified + "/cgroup.subtree_control", wanted.map { "+" + $0 }.joined(separator: " "))
+                    try writeText(unified + "/silo/cgroup.subtree_control", wanted.map { "+" + $0 }.joined(separator: " "))
+                }
+            }
+            for path in Set(directories.values) {
+                try makeDirectory(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+                guard mkdir(path, 0o755) == 0 else {
+                    if errno == EEXIST {
+                        throw SiloError(.systemAlreadyExists, "cgroup \(path) already exists", field: "id", value: name)
+                    }
+                    throw SiloError.system("mkdir", errno: errno, path: path)
+                }
+            }
+            try cgroup.apply(limits)
+        } catch {
+            cgroup.removeDirectories()
+            throw error
+        }
+        return cgroup
+    }
+
+    init(name: String, layout: CgroupLayout, directories: [String: String]) {
+        self.name = name
+        self.layout = layout
+        self.directories = directories
+    }
+
+    /// Re-opens an existing cgroup by name, as another process finds a running system's.
+    public static func open(name: String, layout: CgroupLayout = .detect()) -> Cgroup {
+        var directories: [String: String] = [:]
+        if let unified = layout.unified { directories["unified"] = unified + "/silo/" + name }
+        for controller in ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"] where layout.place(controller) == .v1 {
+            if let root = layout.legacy[controller] { directories[controller] = root + "/silo/" + name }
+        }
+        return Cgroup(name: name, layout: layout, directories: directories)
+    }
+
+    /// The directory of a hierarchy this cgroup has.
+    func path(_ key: String) throws(SiloError) -> String {
+        guard let path = directories[key] else { throw unavailable(key) }
+        return path
+    }
+
+    /// The directory serving `feature`: its v1 hierarchy's, or the unified one.
+    func directory(_ feature: String) -> String? {
+        directories[feature] ?? (layout.place(feature) == .v2 ? directories["unified"] : nil)
+    }
+
+    // MARK: Limits
+
+    func apply(_ limits: CgroupLimits) throws(SiloError) {
+        if let bytes = limits.memory {
+            switch layout.place("memory") {
+            case .v2?:
+                try writeText(try path("unified") + "/memory.max", "\(bytes)")
+                try? writeText(try path("unified") + "/memory.swap.max", "0")
+            case .v1?:
+                let path = try path("memory")
+                try writeText(path + "/memory.limit_in_bytes", "\(bytes)")
+                // memsw is memory plus swap: equal means no swap (absent without swap accounting).
+                try? writeText(path + "/memory.memsw.limit_in_bytes", "\(bytes)")
+            case nil:
+                throw unavailable("memory")
+            }
+        }
+        if limits.cpus != nil || limits.cpuWeight != nil {
+            let period = 100_000
+            let quota = limits.cpus.map { max(1000, Int($0 * Double(period))) }
+            switch layout.place("cpu") {
+            case .v2?:
+                let path = try path("unified")
+                if let quota { try writeText(path + "/cpu.max", "\(quota) \(period)") }
+                // HCS weight 1...10000 (100 default) is cgroup v2's cpu.weight scale as it is.
+                if let weight = limits.cpuWeight { try writeText(path + "/cpu.weight", "\(min(max(weight, 1), 10_000))") }
+            case .v1?:
+                let path = try path("cpu")
+                if let quota {
+                    try writeText(path + "/cpu.cfs_period_us", "\(period)")
+                    try writeText(path + "/cpu.cfs_quota_us", "\(quota)")
+                }
+                // v1 shares: 1024 is the default, as 100 is HCS's.
+                if let weight = limits.cpuWeight { try writeText(path + "/cpu.shares", "\(max(2, weight * 1024 / 100))") }
+            case nil:
+                throw unavailable("cpu")
+            }
+        }
+        if let pids = limits.pids {
+            guard let path = directory("pids") else { throw unavailable("pids") }
+            try writeText(path + "/pids.max", "\(pids)")
+        }
+    }
+
+    func unavailable(_ controller: String) -> SiloError {
+        SiloError(.systemNotConfiguredForOperation,
+                  "the \(controller) cgroup controller is not available on this host (cgroup layout: \(layout.description))",
+                  field: "controller", value: controller)
+    }
+
+    // MARK: Processes
+
+    /// Puts a process in every hierarchy of this cgroup (v1 needs one write per hierarchy).
+    public func add(pid: pid_t) throws(SiloError) {
+        for path in Set(directories.values).sorted() {
+            try writeText(path + "/cgroup.procs", "\(pid)")
+        }
+    }
+
+    /// The processes in the cgroup.
+    public var pids: [pid_t] {
+        let path = directories["unified"] ?? directories["freezer"] ?? directories["pids"] ?? directories.values.first ?? ""
+        return (readText(path + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+    }
+
+    // MARK: Freeze, thaw, kill
+
+    private var usesLegacyFreezer: Bool {
+        directories["freezer"] != nil && (layout.preferLegacyFreezer || directories["unified"] == nil)
+    }
+
+    /// Freezes every process, those forked meanwhile included; returns once they all are frozen.
+    public func freeze() throws(SiloError) {
+        if usesLegacyFreezer {
+            let path = try path("freezer") + "/freezer.state"
+            // v1 passes through FREEZING while tasks are caught; it may need the write repeated.
+            for attempt in 0..<1000 {
+                if attempt.isMultiple(of: 10) { try writeText(path, "FROZEN") }
+                if readText(path) == "FROZEN" { return }
+                usleep(1000)
+            }
+            throw SiloError(.operationTimeout, "cgroup \(name) stayed FREEZING for a second", field: "cgroup", value: name)
+        }
+        guard let unified = directories["unified"] else { throw unavailable("freezer") }
+        try writeText(unified + "/cgroup.freeze", "1")
+        for _ in 0..<1000 {
+            if (readText(unified + "/cgroup.events") ?? "").contains("frozen 1") { return }
+            usleep(1000)
+        }
+        throw SiloError(.operationTimeout, "cgroup \(name) did not report frozen within a second", field: "cgroup", value: name)
+    }
+
+    public func thaw() throws(SiloError) {
+        if usesLegacyFreezer {
+            try writeText(try path("freezer") + "/freezer.state", "THAWED")
+            return
+        }
+        guard let unified = directories["unified"] else { throw unavailable("freezer") }
+        try writeText(unified + "/cgroup.freeze", "0")
+    }
+
+    /// Whether the cgroup is frozen now.
+    public var isFrozen: Bool {
+        if usesLegacyFreezer, let freezer = directories["freezer"] { return readText(freezer + "/freezer.state") == "FROZEN" }
+        return (directories["unified"].flatMap { readText($0 + "/cgroup.events") } ?? "").contains("frozen 1")
+    }
+
+    /// Kills every process and waits until none is left: `cgroup.kill` where the kernel has it,
+    /// otherwise freeze (so nothing forks meanwhile), SIGKILL each, thaw.
+    public func killAll() throws(SiloError) {
+        if let unified = directories["unified"], fileExists(unified + "/cgroup.kill") {
+            try writeText(unified + "/cgroup.kill", "1")
+            // Tasks held by v1's freezer take no signal until thawed (cgroup.kill only overrides
+            // v2's own freeze): thaw so the SIGKILL lands.
+            if usesLegacyFreezer, isFrozen { try thaw() }
+        } else {
+            try freeze()
+            for pid in pids { kill(pid, SIGKILL) }
+            try thaw()
+        }
+        for _ in 0..<5000 {
+            if pids.isEmpty { return }
+            usleep(1000)
+        }
+        throw SiloError(.operationTimeout, "processes of cgroup \(name) outlived SIGKILL for 5 seconds: \(pids)",
+                        field: "cgroup", value: name)
+    }
+
+    // MARK: Statistics and events
+
+    public struct Statistics: Sendable, Hashable, Codable {
+        public var memoryUsage: UInt64
+        /// 100-nanosecond units, as HCS reports processor time.
+        public var cpuUser100ns: UInt64
+        public var cpuKernel100ns: UInt64
+        public var processes: Int
+    }
+
+    public var statistics: Statistics {
+        var stats = Statistics(memoryUsage: 0, cpuUser100ns: 0, cpuKernel100ns: 0, processes: pids.count)
+        switch layout.place("memory") {
+        case .v2?: stats.memoryUsage = directories["unified"].flatMap { readText($0 + "/memory.current") }.flatMap { UInt64($0) } ?? 0
+        case .v1?: stats.memoryUsage = directories["memory"].flatMap { readText($0 + "/memory.usage_in_bytes") }.flatMap { UInt64($0) } ?? 0
+        case nil: break
+        }
+        if layout.place("cpu") == .v2, let unified = directories["unified"] {
+            // cpu.stat: user_usec, system_usec.
+            let fields = keyValues(readText(unified + "/cpu.stat"))
+            stats.cpuUser100ns = (fields["user_usec"] ?? 0) * 10
+            stats.cpuKernel100ns = (fields["system_usec"] ?? 0) * 10
+        } else if let cpuacct = directory("cpuacct") ?? directories["cpu"] {
+            // cpuacct.stat counts USER_HZ ticks (100 a second on Linux): 100,000 100-ns units each.
+            let fields = keyValues(readText(cpuacct + "/cpuacct.stat"))
+            stats.cpuUser100ns = (fields["user"] ?? 0) * 100_000
+            stats.cpuKernel100ns = (fields["system"] ?? 0) * 100_000
+        }
+        return stats
+    }
+
+    /// How many processes the kernel's OOM killer has killed in this cgroup.
+    public var oomKills: UInt64 {
+        switch layout.place("memory") {
+        case .v2?: keyValues(directories["unified"].flatMap { readText($0 + "/memory.events") })["oom_kill"] ?? 0
+        case .v1?: keyValues(directories["memory"].flatMap { readText($0 + "/memory.oom_control") })["oom_kill"] ?? 0
+        case nil: 0
+        }
+    }
+
+    // MARK: Removal
+
+    /// Kills what is left and removes every directory: nothing remains after a system stops (C5).
+    public func destroy() throws(SiloError) {
+        if !pids.isEmpty { try killAll() }
+        if isFrozen { try? thaw() }
+        removeDirectories()
+        let left = directories.values.filter { fileExists($0) }
+        guard left.isEmpty else {
+            throw SiloError(.deviceInUse, "cgroup directories remain: \(left.joined(separator: ", "))",
+                            field: "cgroup", value: name)
+        }
+    }
+
+    func removeDirectories() {
+        for path in Set(directories.values) {
+            for _ in 0..<100 {
+                if rmdir(path) == 0 || errno == ENOENT { break }
+                usleep(1000)  // the last task's exit may still be settling
+            }
+            // The shared parent `silo` goes with the last system (EBUSY while others remain).
+            rmdir(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+        }
+    }
+}
+
+func keyValues(_ text: String?) -> [String: UInt64] {
+    var values: [String: UInt64] = [:]
+    for line in (text ?? "").split(separator: "\n") {
+        let parts = line.split(separator: " ")
+        if parts.count == 2, let number = UInt64(parts[1]) { values[String(parts[0])] = number }
+    }
+    return values
+}
+
+func fileExists(_ path: String) -> Bool {
+    var info = stat()
+    return stat(path, &info) == 0
+}
+
+func makeDirectory(_ path: String) throws(SiloError) {
+    if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
+}

@@ -1,0 +1,102 @@
+import Glibc
+import SiloOperations
+
+/// Where each cgroup feature lives on this host, detected at run time from /proc/self/mountinfo
+/// (C13): pure v2, pure v1, or hybrid (a cgroup2 mount holding some controllers or none, the rest
+/// in v1 hierarchies).
+public struct CgroupLayout: Sendable, Hashable {
+    /// The cgroup2 mount point, if any. Its core files (`cgroup.procs`, `cgroup.freeze`,
+    /// `cgroup.kill`) work even when it holds no controller.
+    public var unified: String?
+    /// Controllers enabled in the cgroup2 mount.
+    public var unifiedControllers: Set<String>
+    /// v1 hierarchies by controller: `memory` → `/sys/fs/cgroup/memory`.
+    public var legacy: [String: String]
+    /// Freeze with v1's freezer.state even when cgroup2 can (for tests of the v1 path).
+    public var preferLegacyFreezer: Bool
+
+    public init(unified: String?, unifiedControllers: Set<String>, legacy: [String: String], preferLegacyFreezer: Bool = false) {
+        self.unified = unified
+        self.unifiedControllers = unifiedControllers
+        self.legacy = legacy
+        self.preferLegacyFreezer = preferLegacyFreezer
+    }
+
+    /// The host's layout.
+    public static func detect() -> CgroupLayout {
+        var unified: String?
+        var legacy: [String: String] = [:]
+        for line in (readText("/proc/self/mountinfo") ?? "").split(separator: "\n") {
+            // ... mount-point ... - fstype source options
+            let halves = line.split(separator: " - ", maxSplits: 1).map(String.init)
+            guard halves.count == 2 else { continue }
+            let left = halves[0].split(separator: " ")
+            let right = halves[1].split(separator: " ")
+            guard left.count > 4, right.count > 2 else { continue }
+            let mountPoint = String(left[4])
+            switch right[0] {
+            case "cgroup2":
+                if unified == nil || mountPoint == "/sys/fs/cgroup" { unified = mountPoint }
+            case "cgroup":
+                for option in right[2].split(separator: ",") where knownControllers.contains(String(option)) {
+                    legacy[String(option)] = mountPoint
+                }
+            default:
+                continue
+            }
+        }
+        let controllers = unified.flatMap { readText($0 + "/cgroup.controllers") }?
+            .split(separator: " ").map(String.init) ?? []
+        return CgroupLayout(unified: unified, unifiedControllers: Set(controllers), legacy: legacy)
+    }
+
+    static let knownControllers: Set<String> = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "cpuset", "blkio"]
+
+    /// v2 when the controller is enabled there, else the v1 hierarchy, else nil (not available).
+    func place(_ controller: String) -> Version? {
+        if unifiedControllers.contains(controller) { return .v2 }
+        if legacy[controller] != nil { return .v1 }
+        return nil
+    }
+
+    enum Version: Sendable, Hashable { case v1, v2 }
+
+    /// "v2", "v1", or "hybrid", for properties and messages.
+    public var description: String {
+        if legacy.isEmpty, unified != nil { return "v2" }
+        if unified == nil { return "v1" }
+        return "hybrid"
+    }
+}
+
+func readText(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 8192)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count < 0, errno == EINTR { continue }
+        if count <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<count])
+    }
+    var text = String(decoding: bytes, as: UTF8.self)
+    while text.last?.isWhitespace == true { text.removeLast() }
+    return text
+}
+
+/// Writes a value to a cgroup file.
+/// - Throws: the kernel's refusal, naming the file and the value.
+func writeText(_ path: String, _ value: String) throws(SiloError) {
+    let fd = open(path, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+    defer { close(fd) }
+    var bytes = Array(value.utf8)
+    let written = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress, $0.count) }
+    guard written == bytes.count else {
+        let error = errno
+        throw SiloError.system("write", errno: error, path: path,
+                               message: "writing '\(value)' to \(path) failed: \(String(cString: strerror(error))) (errno \(error))")
+    }
+}

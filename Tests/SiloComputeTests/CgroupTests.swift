@@ -1,0 +1,162 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloCompute
+
+extension Tag {
+    @Tag static var root: Self
+}
+
+extension Trait where Self == ConditionTrait {
+    static var requiresCgroups: Self {
+        .enabled(
+            if: geteuid() == 0 && (CgroupLayout.detect().place("memory") != nil),
+            "needs root and a memory cgroup controller (v1 or v2)"
+        )
+    }
+}
+
+/// Starts `/bin/sh -c script` already inside `cgroup` (the child waits on a pipe until added).
+func startInside(_ cgroup: Cgroup, _ script: String) throws -> pid_t {
+    var gate: [Int32] = [0, 0]
+    pipe(&gate)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    posix_spawn_file_actions_adddup2(&actions, gate[0], 0)
+    posix_spawn_file_actions_addclose(&actions, gate[1])
+    let full = "read _; exec /bin/sh -c '\(script)'"
+    let words: [String] = ["/bin/sh", "-c", full]
+    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, "/bin/sh", &actions, nil, argv, environ)
+    posix_spawn_file_actions_destroy(&actions)
+    close(gate[0])
+    guard result == 0 else { throw SiloError.system("posix_spawn", errno: result) }
+    try cgroup.add(pid: pid)
+    _ = write(gate[1], "go\n", 3)
+    close(gate[1])
+    return pid
+}
+
+/// Waits for `pid` for at most 20 seconds; a process that outlives that is killed and reported.
+func reap(_ pid: pid_t, sourceLocation: SourceLocation = #_sourceLocation) -> Int32 {
+    var status: Int32 = 0
+    for _ in 0..<4000 {
+        if waitpid(pid, &status, WNOHANG) == pid {
+            return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        }
+        usleep(5000)
+    }
+    Issue.record("process \(pid) did not exit within 20 s", sourceLocation: sourceLocation)
+    kill(pid, SIGKILL)
+    return -1
+}
+
+func processState(_ pid: pid_t) -> String {
+    (readText("/proc/\(pid)/status") ?? "").split(separator: "\n").first { $0.hasPrefix("State:") }.map(String.init) ?? "gone"
+}
+
+@Suite("cgroups", .tags(.root), .requiresCgroups, .serialized)
+struct CgroupTests {
+    let layout = CgroupLayout.detect()
+
+    func makeName() -> String { "test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" }
+
+    @Test("C13 the layout is detected: which hierarchy serves each controller")
+    func detects() {
+        #expect(layout.place("memory") != nil)
+        #expect(layout.place("pids") != nil)
+        #expect(["v1", "v2", "hybrid"].contains(layout.description))
+    }
+
+    @Test("C1 C10 limits from a document land in the controllers' files")
+    func limits() throws {
+        let document = try ComputeSystemDocument(json: """
+            {"SchemaVersion": {"Major": 2, "Minor": 1}, "VirtualMachine": {"ComputeTopology":
+              {"Memory": {"SizeInMB": 96}, "Processor": {"Count": 2, "Weight": 200}}}}
+            """)
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(document, pids: 64), layout: layout)
+        defer { try? cgroup.destroy() }
+        switch layout.place("memory") {
+        case .v1?: #expect(readText(try cgroup.path("memory") + "/memory.limit_in_bytes") == "\(96 << 20)")
+        case .v2?: #expect(readText(try cgroup.path("unified") + "/memory.max") == "\(96 << 20)")
+        case nil: Issue.record("no memory controller")
+        }
+        switch layout.place("cpu") {
+        case .v1?:
+            #expect(readText(try cgroup.path("cpu") + "/cpu.cfs_quota_us") == "200000")
+            #expect(readText(try cgroup.path("cpu") + "/cpu.shares") == "2048")
+        case .v2?: #expect(readText(try cgroup.path("unified") + "/cpu.max") == "200000 100000")
+        case nil: break
+        }
+        #expect(readText((cgroup.directory("pids") ?? "") + "/pids.max") == "64")
+    }
+
+    @Test("C10 a process allocating over the memory limit is OOM-killed inside; the count says so")
+    func oomKill() throws {
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(memory: 32 << 20, pids: 64), layout: layout)
+        defer { try? cgroup.destroy() }
+        // dd allocates its block size as one buffer and touches it.
+        let pid = try startInside(cgroup, "exec /bin/dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null")
+        let status = reap(pid)
+        #expect(status == 128 + SIGKILL, "dd exited \(status)")
+        #expect(cgroup.oomKills >= 1)
+    }
+
+    @Test("C10 a fork bomb stops at the pids limit")
+    func forkBomb() throws {
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 16), layout: layout)
+        defer { try? cgroup.destroy() }
+        let pid = try startInside(cgroup, "for i in $(seq 1 100); do sleep 30 & done 2>/dev/null; wait")
+        var peak = 0
+        for _ in 0..<200 {
+            peak = max(peak, cgroup.pids.count)
+            usleep(5000)
+        }
+        #expect(peak <= 16)
+        #expect(peak >= 8, "the bomb got going: \(peak)")
+        try cgroup.killAll()
+        _ = reap(pid)
+        #expect(cgroup.pids.isEmpty)
+    }
+
+    @Test("Freeze stops every process, late forks included; thaw resumes; kill works while frozen", arguments: [false, true])
+    func freezeThawKill(legacyFreezer: Bool) throws {
+        var layout = self.layout
+        layout.preferLegacyFreezer = legacyFreezer
+        if legacyFreezer, layout.legacy["freezer"] == nil { return }  // no v1 freezer here
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 64), layout: layout)
+        defer { try? cgroup.destroy() }
+        let pid = try startInside(cgroup, "while true; do sleep 0.01 & wait; done")
+        usleep(50_000)
+        try cgroup.freeze()
+        #expect(cgroup.isFrozen)
+        let frozen = cgroup.pids
+        usleep(50_000)
+        #expect(cgroup.pids == frozen, "nothing forks while frozen")
+        try cgroup.thaw()
+        #expect(!cgroup.isFrozen)
+        usleep(50_000)
+        try cgroup.freeze()
+        try cgroup.killAll()
+        #expect(reap(pid) == 128 + SIGKILL)
+        #expect(cgroup.pids.isEmpty)
+    }
+
+    @Test("C5 destroy leaves no cgroup directory behind; statistics count CPU and memory")
+    func destroyAndStatistics() throws {
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(memory: 64 << 20, pids: 64), layout: layout)
+        let pid = try startInside(cgroup, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+        _ = reap(pid)
+        let stats = cgroup.statistics
+        #expect(stats.cpuUser100ns + stats.cpuKernel100ns > 0)
+        #expect(stats.processes == 0)
+        try cgroup.destroy()
+        for path in cgroup.directories.values { #expect(!fileExists(path), "\(path)") }
+        #expect((#expect(throws: SiloError.self) {
+            _ = try Cgroup.create(name: "a", limits: CgroupLimits(memory: 1 << 20), layout: CgroupLayout(unified: nil, unifiedControllers: [], legacy: [:]))
+        })?.code == .systemNotConfiguredForOperation)
+    }
+}
