@@ -274,6 +274,9 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
 
     /// Marks the operation handed to its caller; delivers the completion if it came first.
     func publish() {
+        // Publishing only orders notifications after the call returns: with nothing to notify,
+        // there is nothing to order (and one lock fewer on the hot path).
+        guard callback != nil || channel != nil else { return }
         let completed = state.withLock { state in
             state.published = true
             return state.isCompleted
