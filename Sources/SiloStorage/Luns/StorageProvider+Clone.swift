@@ -41,7 +41,6 @@ extension StorageProvider {
             }
             try registry.save(record, durable: false)
         }
-        let attachment = StepValue<LoopDevice.Attachment>()
         let chain = OperationChain<LunProperties>([
             OperationStep("copy", weight: 90, run: { step in
                 _ = try BackingFile.clone(original.backingFile, to: file,
@@ -50,24 +49,7 @@ extension StorageProvider {
             }, rollback: {
                 try BackingFile.remove(file)
             }),
-            OperationStep("attach", weight: 2, run: { _ in
-                attachment.set(try LoopDevice.attach(backing: file, options: record.loopOptions))
-            }, rollback: {
-                try attachment.value?.device.detach()
-            }),
-            OperationStep("link", weight: 1, run: { [self] _ in
-                guard let device = attachment.value?.device else { return }
-                try link(name, to: device)
-            }, rollback: { [self] in
-                unlinkName(name)
-            }),
-            OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
-                try endChange(name) { stored in
-                    stored.state = .ready
-                    stored.device = attachment.value?.device.number
-                }
-            }),
-        ], output: { [self] in try lun(named: name) }, cleanup: { [registry] in
+        ] + attachSteps(record), output: { [self] in try lun(named: name) }, cleanup: { [registry] in
             try registry.locked { () throws(SiloError) in try registry.remove(name) }
         })
         do {

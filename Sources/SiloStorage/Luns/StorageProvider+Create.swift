@@ -46,7 +46,6 @@ extension StorageProvider {
     private func creationChain(_ record: LunRecord) -> OperationChain<LunProperties> {
         let file = record.backingFile
         let size = record.size
-        let attachment = StepValue<LoopDevice.Attachment>()
         var steps = [
             OperationStep("create backing file", weight: 1, run: { _ in
                 try BackingFile.create(file, size: size)
@@ -68,9 +67,20 @@ extension StorageProvider {
                                      cancelled: { step.isCancelled })
             }))
         }
-        steps += [
+        steps += attachSteps(record)
+        // The record made before the chain is the reservation: removed on any failure or cancel.
+        return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
+            try registry.locked { () throws(SiloError) in try registry.remove(record.name) }
+        })
+    }
+
+    /// The last steps of every chain that makes a LUN: attach its loop device, link its stable
+    /// name, and register it as ready, which is the point of no return.
+    func attachSteps(_ record: LunRecord) -> [OperationStep] {
+        let attachment = StepValue<LoopDevice.Attachment>()
+        return [
             OperationStep("attach", weight: 2, run: { _ in
-                attachment.set(try LoopDevice.attach(backing: file, options: record.loopOptions))
+                attachment.set(try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions))
             }, rollback: {
                 try attachment.value?.device.detach()
             }),
@@ -87,10 +97,6 @@ extension StorageProvider {
                 }
             }),
         ]
-        // The record made before the chain is the reservation: removed on any failure or cancel.
-        return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
-            try registry.locked { () throws(SiloError) in try registry.remove(record.name) }
-        })
     }
 
     /// Drive ids must exist and hold a pool (S5). Only the default pool exists for now, so a drive
