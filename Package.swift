@@ -30,7 +30,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .target(name: "SiloCompute", dependencies: ["SiloOperations"], swiftSettings: strict),
+        .target(name: "SiloCompute", dependencies: ["SiloOperations", "CSiloLinux"], swiftSettings: strict),
         .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage", "SiloCompute"], swiftSettings: strict),
         .executableTarget(
             name: "silo",

@@ -41,3 +41,4 @@ unsigned int silo_minor(unsigned long long device) { return minor(device); }
 const int silo_SEEK_DATA = SEEK_DATA;
 const int silo_SEEK_HOLE = SEEK_HOLE;
 const int silo_O_TMPFILE = O_TMPFILE;
+int silo_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }

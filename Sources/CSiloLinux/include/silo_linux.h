@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 #include <linux/loop.h>
+#include "silo_sandbox.h"
 
 int silo_loop_ctl_get_free(int control_fd);
 int silo_loop_ctl_remove(int control_fd, int number);
@@ -22,6 +23,7 @@ int silo_blk_pbsz_get(int fd, unsigned int *size);
 
 int silo_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int silo_ficlone(int destination_fd, int source_fd);
+int silo_pipe2(int fds[2], int flags);
 
 extern const int silo_O_DIRECT;
 extern const int silo_O_TMPFILE;

@@ -1,0 +1,53 @@
+// The child side of a compute system: everything between clone3 and exec, in C, using only
+// async-signal-safe system calls (the parent is a multi-threaded Swift process; no Swift, no
+// malloc, no locks run in the child). The parent prepares every path and array beforehand.
+#ifndef SILO_SANDBOX_H
+#define SILO_SANDBOX_H
+
+#include <sys/types.h>
+
+struct silo_sandbox_config {
+    /// An empty directory the child mounts its new root (a tmpfs) on.
+    const char *root;
+    const char *hostname;
+    /// NULL-terminated: the program to run as pid 1, and its environment.
+    char *const *argv;
+    char *const *envp;
+    /// Host paths bound read-only at the same place inside ("/usr", "/etc/passwd", ...); host
+    /// symbolic links (such as /bin -> usr/bin) are recreated as links. NULL-terminated.
+    const char *const *read_only_binds;
+    /// Device nodes bound from the host ("/dev/null", ...). NULL-terminated.
+    const char *const *devices;
+    /// /proc paths covered: files by /dev/null, directories by an empty read-only tmpfs.
+    const char *const *masked_paths;
+    /// /proc paths made read-only (such as /proc/sys).
+    const char *const *read_only_paths;
+    /// The child reads one byte from this before it goes on: the parent puts it in its cgroup
+    /// first (v1 has no CLONE_INTO_CGROUP). -1: do not wait.
+    int sync_fd;
+    /// On failure the child writes `struct silo_sandbox_failure` here and exits 127. Close-on-exec,
+    /// so the parent reads EOF when exec succeeded.
+    int error_fd;
+    /// Standard descriptors for the program; -1 keeps the inherited one.
+    int stdin_fd, stdout_fd, stderr_fd;
+    /// Highest capability number (/proc/sys/kernel/cap_last_cap).
+    int last_capability;
+    /// Whether to install the seccomp deny-list.
+    int seccomp;
+    /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.
+    unsigned long long extra_clone_flags;
+};
+
+struct silo_sandbox_failure {
+    /// Which step failed: see silo_sandbox_step_name.
+    int step;
+    int error;
+};
+
+/// Starts the sandbox. Returns the child's pid (and a pidfd in *pidfd), or -1 with errno set.
+pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd);
+
+/// A readable name for a failure's step.
+const char *silo_sandbox_step_name(int step);
+
+#endif

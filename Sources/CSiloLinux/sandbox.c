@@ -1,0 +1,339 @@
+// See silo_sandbox.h. Every function here runs in the child after clone3, so only
+// async-signal-safe calls (raw system calls and pure string copies) appear below.
+#define _GNU_SOURCE
+#include "silo_sandbox.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <termios.h>
+#include <unistd.h>
+
+enum step {
+    STEP_SYNC = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
+    STEP_TMP, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
+    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC,
+};
+
+const char *silo_sandbox_step_name(int step) {
+    switch (step) {
+    case STEP_SYNC: return "wait for the parent";
+    case STEP_CGROUP_NS: return "unshare the cgroup namespace";
+    case STEP_PRIVATE: return "make the mount tree private";
+    case STEP_ROOT_TMPFS: return "mount the root tmpfs";
+    case STEP_BIND: return "bind host folders read-only";
+    case STEP_PROC: return "mount /proc";
+    case STEP_MASK: return "mask /proc paths";
+    case STEP_DEV: return "build /dev";
+    case STEP_TMP: return "mount /tmp";
+    case STEP_PIVOT: return "pivot_root";
+    case STEP_READ_ONLY_ROOT: return "make the root read-only";
+    case STEP_HOSTNAME: return "set the hostname";
+    case STEP_LOOPBACK: return "bring up lo";
+    case STEP_STDIO: return "set up stdio";
+    case STEP_CAPABILITIES: return "drop capabilities";
+    case STEP_NO_NEW_PRIVS: return "set no_new_privs";
+    case STEP_SECCOMP: return "install the seccomp filter";
+    case STEP_EXEC: return "exec";
+    default: return "unknown step";
+    }
+}
+
+static __attribute__((noreturn)) void fail(const struct silo_sandbox_config *c, int step) {
+    struct silo_sandbox_failure failure = { step, errno };
+    if (c->error_fd >= 0) (void)!write(c->error_fd, &failure, sizeof failure);
+    _exit(127);
+}
+
+/// dst = a + b, bounded; no allocation.
+static void join(char *dst, size_t size, const char *a, const char *b) {
+    size_t n = 0;
+    for (; *a && n + 1 < size; a++) dst[n++] = *a;
+    for (; *b && n + 1 < size; b++) dst[n++] = *b;
+    dst[n] = 0;
+}
+
+/// mkdir -p of path inside (path starts with '/').
+static int make_dirs(const char *path) {
+    char buffer[4096];
+    size_t length = strlen(path);
+    if (length >= sizeof buffer) { errno = ENAMETOOLONG; return -1; }
+    memcpy(buffer, path, length + 1);
+    for (size_t i = 1; i <= length; i++) {
+        if (buffer[i] == '/' || buffer[i] == 0) {
+            char saved = buffer[i];
+            buffer[i] = 0;
+            if (mkdir(buffer, 0755) != 0 && errno != EEXIST) return -1;
+            buffer[i] = saved;
+        }
+    }
+    return 0;
+}
+
+/// Creates an empty file (a mount point for a file bind).
+static int make_file(const char *path) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+/// Binds host `source` at `target`, read-only, no setuid, no devices.
+static int bind_read_only(const char *source, const char *target, unsigned long extra) {
+    if (mount(source, target, NULL, MS_BIND | MS_REC, NULL) != 0) return -1;
+    return mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | extra, NULL);
+}
+
+static void bind_host_paths(const struct silo_sandbox_config *c) {
+    char target[4096], link[4096];
+    for (const char *const *path = c->read_only_binds; path && *path; path++) {
+        struct stat info;
+        if (lstat(*path, &info) != 0) continue;  // not on this host (e.g. /lib32)
+        join(target, sizeof target, c->root, *path);
+        if (S_ISLNK(info.st_mode)) {
+            ssize_t n = readlink(*path, link, sizeof link - 1);
+            if (n < 0) fail(c, STEP_BIND);
+            link[n] = 0;
+            char parent[4096];
+            join(parent, sizeof parent, target, "");
+            char *slash = strrchr(parent, '/');
+            if (slash && slash != parent) { *slash = 0; if (make_dirs(parent) != 0) fail(c, STEP_BIND); }
+            if (symlink(link, target) != 0 && errno != EEXIST) fail(c, STEP_BIND);
+            continue;
+        }
+        if (S_ISDIR(info.st_mode)) {
+            if (make_dirs(target) != 0) fail(c, STEP_BIND);
+        } else {
+            char parent[4096];
+            join(parent, sizeof parent, target, "");
+            char *slash = strrchr(parent, '/');
+            if (slash && slash != parent) { *slash = 0; if (make_dirs(parent) != 0) fail(c, STEP_BIND); }
+            if (make_file(target) != 0) fail(c, STEP_BIND);
+        }
+        if (bind_read_only(*path, target, 0) != 0) fail(c, STEP_BIND);
+    }
+}
+
+static void build_dev(const struct silo_sandbox_config *c) {
+    char dev[4096], target[4096];
+    join(dev, sizeof dev, c->root, "/dev");
+    if (make_dirs(dev) != 0) fail(c, STEP_DEV);
+    if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k") != 0) fail(c, STEP_DEV);
+    for (const char *const *node = c->devices; node && *node; node++) {
+        join(target, sizeof target, c->root, *node);
+        if (make_file(target) != 0) fail(c, STEP_DEV);
+        if (mount(*node, target, NULL, MS_BIND, NULL) != 0) fail(c, STEP_DEV);
+        if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL) != 0) fail(c, STEP_DEV);
+    }
+    join(target, sizeof target, c->root, "/dev/pts");
+    if (make_dirs(target) != 0) fail(c, STEP_DEV);
+    if (mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") != 0) fail(c, STEP_DEV);
+    join(target, sizeof target, c->root, "/dev/ptmx");
+    if (symlink("pts/ptmx", target) != 0) fail(c, STEP_DEV);
+    join(target, sizeof target, c->root, "/dev/shm");
+    if (make_dirs(target) != 0) fail(c, STEP_DEV);
+    if (mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m") != 0) fail(c, STEP_DEV);
+    static const char *const links[][2] = {
+        { "/proc/self/fd", "/dev/fd" }, { "/proc/self/fd/0", "/dev/stdin" },
+        { "/proc/self/fd/1", "/dev/stdout" }, { "/proc/self/fd/2", "/dev/stderr" },
+    };
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+        join(target, sizeof target, c->root, links[i][1]);
+        if (symlink(links[i][0], target) != 0) fail(c, STEP_DEV);
+    }
+    if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=755,size=64k") != 0) fail(c, STEP_DEV);
+}
+
+static void mount_proc(const struct silo_sandbox_config *c) {
+    char proc[4096], target[4096], null_device[4096];
+    join(proc, sizeof proc, c->root, "/proc");
+    if (make_dirs(proc) != 0) fail(c, STEP_PROC);
+    if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) fail(c, STEP_PROC);
+    join(null_device, sizeof null_device, c->root, "/dev/null");
+    for (const char *const *path = c->masked_paths; path && *path; path++) {
+        struct stat info;
+        join(target, sizeof target, c->root, *path);
+        if (stat(target, &info) != 0) continue;
+        if (S_ISDIR(info.st_mode)) {
+            if (mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0") != 0) fail(c, STEP_MASK);
+        } else if (mount(null_device, target, NULL, MS_BIND, NULL) != 0) {
+            fail(c, STEP_MASK);
+        }
+    }
+    for (const char *const *path = c->read_only_paths; path && *path; path++) {
+        join(target, sizeof target, c->root, *path);
+        struct stat info;
+        if (stat(target, &info) != 0) continue;
+        if (bind_read_only(target, target, MS_NOEXEC) != 0) fail(c, STEP_MASK);
+    }
+}
+
+static void loopback_up(const struct silo_sandbox_config *c) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail(c, STEP_LOOPBACK);
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    memcpy(request.ifr_name, "lo", 3);
+    if (ioctl(fd, SIOCGIFFLAGS, &request) != 0) fail(c, STEP_LOOPBACK);
+    request.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(fd, SIOCSIFFLAGS, &request) != 0) fail(c, STEP_LOOPBACK);
+    close(fd);
+}
+
+static void drop_capabilities(const struct silo_sandbox_config *c) {
+    for (int cap = 0; cap <= c->last_capability; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) fail(c, STEP_CAPABILITIES);
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) fail(c, STEP_CAPABILITIES);
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &header, data) != 0) fail(c, STEP_CAPABILITIES);
+}
+
+#define ALLOW BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+#define DENY(error) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((error) & SECCOMP_RET_DATA))
+#define ON_SYSCALL(nr, then) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), then
+
+/// The default deny-list: what a payload has no business doing even as root in its own
+/// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
+/// kernel interfaces are closed until reviewed.
+static void install_seccomp(const struct silo_sandbox_config *c) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        // x32 system calls (bit 30) and numbers beyond the known table: ENOSYS.
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 463, 0, 1), DENY(ENOSYS),
+        ON_SYSCALL(__NR_mount, DENY(EPERM)),
+        ON_SYSCALL(__NR_umount2, DENY(EPERM)),
+        ON_SYSCALL(__NR_pivot_root, DENY(EPERM)),
+        ON_SYSCALL(__NR_unshare, DENY(EPERM)),
+        ON_SYSCALL(__NR_setns, DENY(EPERM)),
+        ON_SYSCALL(__NR_move_mount, DENY(EPERM)),
+        ON_SYSCALL(__NR_open_tree, DENY(EPERM)),
+        ON_SYSCALL(__NR_fsopen, DENY(EPERM)),
+        ON_SYSCALL(__NR_fsmount, DENY(EPERM)),
+        ON_SYSCALL(__NR_kexec_load, DENY(EPERM)),
+        ON_SYSCALL(__NR_kexec_file_load, DENY(EPERM)),
+        ON_SYSCALL(__NR_init_module, DENY(EPERM)),
+        ON_SYSCALL(__NR_finit_module, DENY(EPERM)),
+        ON_SYSCALL(__NR_delete_module, DENY(EPERM)),
+        ON_SYSCALL(__NR_bpf, DENY(EPERM)),
+        ON_SYSCALL(__NR_perf_event_open, DENY(EPERM)),
+        ON_SYSCALL(__NR_keyctl, DENY(EPERM)),
+        ON_SYSCALL(__NR_add_key, DENY(EPERM)),
+        ON_SYSCALL(__NR_request_key, DENY(EPERM)),
+        ON_SYSCALL(__NR_ptrace, DENY(EPERM)),
+        ON_SYSCALL(__NR_process_vm_readv, DENY(EPERM)),
+        ON_SYSCALL(__NR_process_vm_writev, DENY(EPERM)),
+        ON_SYSCALL(__NR_open_by_handle_at, DENY(EPERM)),
+        ON_SYSCALL(__NR_reboot, DENY(EPERM)),
+        ON_SYSCALL(__NR_swapon, DENY(EPERM)),
+        ON_SYSCALL(__NR_swapoff, DENY(EPERM)),
+        ON_SYSCALL(__NR_settimeofday, DENY(EPERM)),
+        ON_SYSCALL(__NR_clock_settime, DENY(EPERM)),
+        ON_SYSCALL(__NR_clock_adjtime, DENY(EPERM)),
+        ON_SYSCALL(__NR_adjtimex, DENY(EPERM)),
+        ON_SYSCALL(__NR_acct, DENY(EPERM)),
+        ON_SYSCALL(__NR_quotactl, DENY(EPERM)),
+        ON_SYSCALL(__NR_userfaultfd, DENY(EPERM)),
+        ON_SYSCALL(__NR_mknod, DENY(EPERM)),
+        ON_SYSCALL(__NR_mknodat, DENY(EPERM)),
+        // clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back
+        // to clone, whose flags it can.
+        ON_SYSCALL(__NR_clone3, DENY(ENOSYS)),
+        // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
+                 CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP, 0, 1),
+        DENY(EPERM),
+        ALLOW,
+        // ioctl(fd, TIOCSTI): faking terminal input. The kernel compares only the low 32 bits of
+        // the command, so the filter does too (the high-bit variant is the same request).
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1),
+        DENY(EPERM),
+        ALLOW,
+    };
+    struct sock_fprog program = { (unsigned short)(sizeof filter / sizeof filter[0]), filter };
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) fail(c, STEP_SECCOMP);
+}
+
+static void setup_stdio(const struct silo_sandbox_config *c) {
+    int fds[3] = { c->stdin_fd, c->stdout_fd, c->stderr_fd };
+    for (int target = 0; target < 3; target++) {
+        if (fds[target] < 0 || fds[target] == target) continue;
+        if (dup2(fds[target], target) < 0) fail(c, STEP_STDIO);
+    }
+    // Nothing else of the parent's leaks in: close every descriptor but stdio and the error pipe.
+    int keep = c->error_fd;
+    if (keep > 3) syscall(SYS_close_range, 3, keep - 1, 0);
+    syscall(SYS_close_range, keep >= 3 ? keep + 1 : 3, ~0U, 0);
+}
+
+static int child(const struct silo_sandbox_config *c) {
+    if (c->sync_fd >= 0) {
+        char byte;
+        ssize_t got;
+        do { got = read(c->sync_fd, &byte, 1); } while (got < 0 && errno == EINTR);
+        if (got != 1) { errno = EPIPE; fail(c, STEP_SYNC); }
+        close(c->sync_fd);
+    }
+    // After joining the cgroup: the namespace's root is the system's own cgroup.
+    if (unshare(CLONE_NEWCGROUP) != 0) fail(c, STEP_CGROUP_NS);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
+    if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_ROOT_TMPFS);
+    bind_host_paths(c);
+    build_dev(c);
+    mount_proc(c);
+    char tmp[4096];
+    join(tmp, sizeof tmp, c->root, "/tmp");
+    if (make_dirs(tmp) != 0) fail(c, STEP_TMP);
+    if (mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
+    // pivot_root(".", "."): the old root is stacked under the new one; detach it.
+    if (chdir(c->root) != 0) fail(c, STEP_PIVOT);
+    if (syscall(SYS_pivot_root, ".", ".") != 0) fail(c, STEP_PIVOT);
+    if (umount2(".", MNT_DETACH) != 0) fail(c, STEP_PIVOT);
+    if (chdir("/") != 0) fail(c, STEP_PIVOT);
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_READ_ONLY_ROOT);
+    if (c->hostname && sethostname(c->hostname, strlen(c->hostname)) != 0) fail(c, STEP_HOSTNAME);
+    loopback_up(c);
+    setup_stdio(c);
+    drop_capabilities(c);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(c, STEP_NO_NEW_PRIVS);
+    if (c->seccomp) install_seccomp(c);
+    execve(c->argv[0], c->argv, c->envp);
+    fail(c, STEP_EXEC);
+}
+
+pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_PIDFD
+        | config->extra_clone_flags;
+    args.pidfd = (unsigned long long)(unsigned long)pidfd;
+    args.exit_signal = SIGCHLD;
+    long pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) _exit(child(config));
+    return (pid_t)pid;
+}

@@ -1,0 +1,156 @@
+import CSiloLinux
+import Glibc
+import SiloOperations
+
+/// What to start in fresh namespaces (C11). Everything between clone3 and exec happens in C
+/// (CSiloLinux's sandbox.c), async-signal-safe; this side prepares it and reports failures.
+public struct SandboxSpec: Sendable {
+    /// An empty directory on the host where the child mounts its root (a tmpfs).
+    public var root: String
+    public var hostname: String
+    /// Program and arguments; the program's path is inside the sandbox.
+    public var arguments: [String]
+    public var environment: [String]
+    public var seccomp: Bool
+    /// Host paths bound read-only at the same place.
+    public var readOnlyBinds: [String]
+    public var devices: [String]
+    /// Standard descriptors for the program; nil keeps the caller's.
+    public var standardInput: Int32?
+    public var standardOutput: Int32?
+    public var standardError: Int32?
+
+    public init(root: String, hostname: String, arguments: [String], environment: [String] = SandboxSpec.defaultEnvironment,
+                seccomp: Bool = true, readOnlyBinds: [String] = SandboxSpec.defaultBinds, devices: [String] = SandboxSpec.defaultDevices,
+                standardInput: Int32? = nil, standardOutput: Int32? = nil, standardError: Int32? = nil) {
+        self.root = root
+        self.hostname = hostname
+        self.arguments = arguments
+        self.environment = environment
+        self.seccomp = seccomp
+        self.readOnlyBinds = readOnlyBinds
+        self.devices = devices
+        self.standardInput = standardInput
+        self.standardOutput = standardOutput
+        self.standardError = standardError
+    }
+
+    /// The host's programs and libraries, and the few /etc files they read.
+    public static let defaultBinds = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+        "/etc/alternatives", "/etc/ld.so.cache", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+        "/etc/localtime", "/etc/resolv.conf",
+    ]
+    public static let defaultDevices = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]
+    public static let defaultEnvironment = ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/", "TERM=xterm"]
+    /// /proc paths hidden from the payload, as runc and crun hide them.
+    static let maskedPaths = [
+        "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/sysrq-trigger",
+        "/proc/latency_stats", "/proc/kallsyms", "/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/firmware",
+    ]
+    static let readOnlyPaths = ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs"]
+}
+
+/// A started sandbox's first process.
+public struct SandboxProcess: Sendable {
+    public let pid: pid_t
+    /// A pidfd for the process: survives pid reuse; poll it for exit.
+    public let pidfd: Int32
+}
+
+public enum Sandbox {
+    /// Starts `spec.arguments` as pid 1 of new pid, mount, UTS, IPC, network and cgroup namespaces,
+    /// after putting it in `cgroup`.
+    /// - Throws: the step of the child's setup that failed, with its errno; the child is reaped.
+    public static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?) throws(SiloError) -> SandboxProcess {
+        guard !spec.arguments.isEmpty else { throw SiloError.missingArgument(field: "arguments", reason: "give a program to run") }
+        var sync: [Int32] = [-1, -1]
+        var errors: [Int32] = [-1, -1]
+        guard silo_pipe2(&sync, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
+        guard silo_pipe2(&errors, O_CLOEXEC) == 0 else {
+            close(sync[0]); close(sync[1])
+            throw SiloError.system("pipe2", errno: errno)
+        }
+        defer {
+            close(sync[1])
+            close(errors[0])
+        }
+        let lastCapability = Int32(readText("/proc/sys/kernel/cap_last_cap").flatMap { Int32($0) } ?? 40)
+        var pidfd: Int32 = -1
+        let pid: pid_t = withCStrings(spec.arguments) { argv in
+            withCStrings(spec.environment) { envp in
+                withCStrings(spec.readOnlyBinds) { binds in
+                    withCStrings(spec.devices) { devices in
+                        withCStrings(SandboxSpec.maskedPaths) { masked in
+                            withCStrings(SandboxSpec.readOnlyPaths) { readOnly in
+                                spec.root.withCString { root in
+                                    spec.hostname.withCString { hostname in
+                                        var config = silo_sandbox_config()
+                                        config.root = root
+                                        config.hostname = hostname
+                                        config.argv = argv
+                                        config.envp = envp
+                                        config.read_only_binds = UnsafePointer(OpaquePointer(binds))
+                                        config.devices = UnsafePointer(OpaquePointer(devices))
+                                        config.masked_paths = UnsafePointer(OpaquePointer(masked))
+                                        config.read_only_paths = UnsafePointer(OpaquePointer(readOnly))
+                                        config.sync_fd = sync[0]
+                                        config.error_fd = errors[1]
+                                        config.stdin_fd = spec.standardInput ?? -1
+                                        config.stdout_fd = spec.standardOutput ?? -1
+                                        config.stderr_fd = spec.standardError ?? -1
+                                        config.last_capability = lastCapability
+                                        config.seccomp = spec.seccomp ? 1 : 0
+                                        return silo_sandbox_spawn(&config, &pidfd)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let spawnError = errno
+        close(sync[0])
+        close(errors[1])
+        guard pid > 0 else { throw SiloError.system("clone3", errno: spawnError) }
+        do throws(SiloError) {
+            try cgroup?.add(pid: pid)
+        } catch {
+            kill(pid, SIGKILL)
+            reap(pid)
+            close(pidfd)
+            throw error
+        }
+        var go: UInt8 = 1
+        _ = write(sync[1], &go, 1)
+        var failure = silo_sandbox_failure()
+        let got = withUnsafeMutableBytes(of: &failure) { read(errors[0], $0.baseAddress, $0.count) }
+        if got == MemoryLayout<silo_sandbox_failure>.size {
+            reap(pid)
+            close(pidfd)
+            let step = String(cString: silo_sandbox_step_name(failure.step))
+            throw SiloError(
+                failure.error == EPERM || failure.error == EACCES ? .accessDenied : .systemCallFailed,
+                "the sandbox could not \(step): \(String(cString: strerror(failure.error))) (errno \(failure.error))",
+                field: "sandbox", value: step, syscall: step, errno: failure.error
+            )
+        }
+        return SandboxProcess(pid: pid, pidfd: pidfd)
+    }
+
+    private static func reap(_ pid: pid_t) {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+    }
+}
+
+/// Calls `body` with a NULL-terminated array of C strings that lives for the call.
+func withCStrings<Result>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> Result) -> Result {
+    let pointers = strings.map { strdup($0) } + [nil]
+    defer { pointers.forEach { free($0) } }
+    return pointers.withUnsafeBufferPointer { buffer in
+        guard let base = buffer.baseAddress else { preconditionFailure("an array of at least one element has storage") }
+        return body(base)
+    }
+}

@@ -1,0 +1,125 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloCompute
+
+/// Runs `script` with /bin/sh as pid 1 of a sandbox in its own cgroup; returns its exit code and output.
+func runSandboxed(_ script: String, id: String = "iso-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
+                  limits: CgroupLimits = CgroupLimits(pids: 64)) throws -> (status: Int32, output: String) {
+    var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
+    guard let root = template.withUnsafeMutableBufferPointer({ $0.baseAddress.flatMap { mkdtemp($0) } }).map({ String(cString: $0) }) else {
+        throw SiloError.system("mkdtemp", errno: errno)
+    }
+    defer { rmdir(root) }
+    let cgroup = try Cgroup.create(name: id, limits: limits)
+    defer { try? cgroup.destroy() }
+    var output: [Int32] = [0, 0]
+    pipe(&output)
+    let process: SandboxProcess
+    do {
+        process = try Sandbox.spawn(SandboxSpec(root: root, hostname: id, arguments: ["/bin/sh", "-c", script],
+                                                standardOutput: output[1], standardError: output[1]), cgroup: cgroup)
+    } catch {
+        close(output[0]); close(output[1])
+        throw error
+    }
+    close(output[1])
+    defer { close(process.pidfd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = read(output[0], &buffer, buffer.count)
+        if count <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<count])
+    }
+    close(output[0])
+    let status = reap(process.pid)
+    return (status, String(decoding: bytes, as: UTF8.self))
+}
+
+@Suite("Isolation inside a sandbox", .tags(.root), .requiresCgroups, .serialized)
+struct IsolationTests {
+    @Test("C11 pid 1, the hostname is the id, only loopback, host processes invisible")
+    func namespaces() throws {
+        let result = try runSandboxed("""
+            echo pid=$$
+            echo host=$(cat /proc/sys/kernel/hostname)
+            echo nets=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ',')
+            echo maxpid=$(ls /proc | grep '^[0-9]' | sort -n | tail -1)
+            """, id: "iso-ns")
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("pid=1\n"))
+        #expect(result.output.contains("host=iso-ns\n"))
+        #expect(result.output.contains("nets=lo,\n"))
+        // A fresh pid namespace: the highest pid is one of the few the script itself started.
+        let highest = result.output.split(separator: "\n").first { $0.hasPrefix("maxpid=") }.flatMap { Int($0.dropFirst(7)) } ?? 999
+        #expect(highest < 20, "host processes are invisible: \(result.output)")
+    }
+
+    @Test("C11 the root and host binds are read-only; /tmp is private and writable")
+    func readOnly() throws {
+        let result = try runSandboxed("""
+            touch /usr/silo-x 2>/dev/null && echo usr-writable
+            touch /silo-x 2>/dev/null && echo root-writable
+            touch /etc/passwd 2>/dev/null && echo etc-writable
+            echo data > /tmp/x && cat /tmp/x
+            ls /tmp | wc -l
+            """)
+        #expect(result.status == 0)
+        #expect(!result.output.contains("writable"), "\(result.output)")
+        #expect(result.output.contains("data\n1\n"))
+    }
+
+    @Test("C11 no capabilities, no_new_privs, and mount, unshare, mknod and module loading refused")
+    func privileges() throws {
+        let result = try runSandboxed("""
+            grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+            mount -t tmpfs none /tmp 2>/dev/null && echo mounted
+            unshare -U true 2>/dev/null && echo unshared
+            unshare -m true 2>/dev/null && echo unshared-mount
+            mknod /tmp/sda b 8 0 2>/dev/null && echo mknod
+            (echo other > /proc/sys/kernel/hostname) 2>/dev/null && echo sysctl-written
+            for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/kallsyms /proc/kcore; do
+                [ -e "$p" ] && echo "masked $p $(wc -c < $p)"
+            done
+            true
+            """)
+        #expect(result.status == 0)
+        #expect(result.output.contains("CapEff:\t0000000000000000"), "\(result.output)")
+        #expect(result.output.contains("CapBnd:\t0000000000000000"))
+        #expect(result.output.contains("NoNewPrivs:\t1"))
+        #expect(result.output.contains("Seccomp:\t2"))
+        for forbidden in ["mounted", "unshared", "mknod", "sysctl-written"] {
+            #expect(!result.output.contains(forbidden), "\(forbidden): \(result.output)")
+        }
+        let masked = result.output.split(separator: "\n").filter { $0.hasPrefix("masked ") }
+        #expect(!masked.isEmpty, "some masked path exists on every kernel: \(result.output)")
+        for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
+    }
+
+    @Test("C11 only the minimal devices exist")
+    func devices() throws {
+        let result = try runSandboxed("ls /dev | tr '\\n' ' '")
+        #expect(result.status == 0)
+        let names = Set(result.output.split(separator: " ").map(String.init))
+        #expect(names == ["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd", "stdin", "stdout", "stderr"],
+                "\(names.sorted())")
+    }
+
+    @Test("A failing setup step is reported with its name and errno, and nothing is left")
+    func setupFailure() throws {
+        let error = #expect(throws: SiloError.self) {
+            _ = try Sandbox.spawn(SandboxSpec(root: "/nonexistent/silo-root", hostname: "x", arguments: ["/bin/true"]), cgroup: nil)
+        }
+        #expect(error?.message.contains("mount the root tmpfs") == true, "\(error?.message ?? "")")
+        #expect(error?.errno == ENOENT)
+        let exec = #expect(throws: SiloError.self) {
+            var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
+            let root = template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) } ?? "/tmp"
+            defer { rmdir(root) }
+            _ = try Sandbox.spawn(SandboxSpec(root: root, hostname: "x", arguments: ["/no/such/program"]), cgroup: nil)
+        }
+        #expect(exec?.value == "exec")
+    }
+}
