@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .library(name: "Silo", targets: ["Silo"]),
         .executable(name: "silo", targets: ["silo"]),
+        .executable(name: "silo-init", targets: ["silo-init"]),
         .executable(name: "operations-tour", targets: ["OperationsTour"]),
     ],
     dependencies: [
@@ -32,6 +33,7 @@ let package = Package(
         ),
         .target(name: "SiloCompute", dependencies: ["SiloOperations", "CSiloLinux"], swiftSettings: strict),
         .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage", "SiloCompute"], swiftSettings: strict),
+        .executableTarget(name: "silo-init", path: "Sources/silo-init"),
         .executableTarget(
             name: "silo",
             dependencies: ["Silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -304,6 +304,13 @@ static int child(const struct silo_sandbox_config *c) {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
     if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_ROOT_TMPFS);
     bind_host_paths(c);
+    if (c->init_binary) {
+        char target[4096];
+        join(target, sizeof target, c->root, "/.silo");
+        if (make_dirs(target) != 0) fail(c, STEP_BIND);
+        join(target, sizeof target, c->root, "/.silo/init");
+        if (make_file(target) != 0 || bind_read_only(c->init_binary, target, 0) != 0) fail(c, STEP_BIND);
+    }
     build_dev(c);
     mount_proc(c);
     char tmp[4096];

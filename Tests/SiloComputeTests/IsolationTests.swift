@@ -123,3 +123,78 @@ struct IsolationTests {
         #expect(exec?.value == "exec")
     }
 }
+
+@Suite("silo run: one command in a fresh system", .tags(.root), .requiresCgroups, .serialized)
+struct SandboxRunTests {
+    /// A configuration on a fresh state folder; `cleanup` removes the folders it may have made.
+    func configuration() -> (ComputeConfiguration, cleanup: () -> Void) {
+        var template = Array("/tmp/silo-run-XXXXXX".utf8CString)
+        let state = template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) } ?? "/tmp/silo-run"
+        let configuration = ComputeConfiguration(stateDirectory: state)
+        return (configuration, {
+            rmdir(configuration.runtimeDirectory + "/systems")
+            rmdir(configuration.runtimeDirectory)
+            rmdir(state)
+        })
+    }
+
+    @Test("The command's exit code comes back; init is pid 1 and the command its child; nothing remains")
+    func exitCodes() throws {
+        let (configuration, cleanup) = configuration()
+        defer { cleanup() }
+        #expect(try SandboxRun.run(id: "run-a", limits: CgroupLimits(), arguments: ["/bin/sh", "-c", "exit 42"], configuration: configuration) == 42)
+        // The payload is not pid 1: init is, and init is non-dumpable (its environ is closed
+        // even to root inside). Each failed check has its own exit code.
+        #expect(try SandboxRun.run(id: "run-b", limits: CgroupLimits(), arguments: ["/bin/sh", "-c", """
+            test "$$" != 1 || exit 10
+            head -c 11 /proc/1/cmdline | grep -q '^/.silo/init$' || exit 11
+            cat /proc/1/environ >/dev/null 2>&1 && exit 12
+            exit 0
+            """], configuration: configuration) == 0)
+        #expect(try SandboxRun.run(id: "run-c", limits: CgroupLimits(), arguments: ["/bin/sh", "-c", "kill -9 $$"], configuration: configuration) == 137)
+        #expect(try SandboxRun.run(id: "run-d", limits: CgroupLimits(), arguments: ["/no/such/program"], configuration: configuration) == 127)
+        #expect(directoryEntries(configuration.runtimeDirectory + "/systems").isEmpty)
+        for id in ["run-a", "run-b", "run-c", "run-d"] {
+            #expect(Cgroup.open(name: id).directories.values.allSatisfy { !fileExists($0) })
+        }
+    }
+
+    @Test("C10 over the memory limit the command is OOM-killed inside: exit 137; the host is untouched")
+    func memoryLimit() throws {
+        let (configuration, cleanup) = configuration()
+        defer { cleanup() }
+        let code = try SandboxRun.run(id: "run-oom", limits: CgroupLimits(memory: 32 << 20),
+                                      arguments: ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+                                      configuration: configuration)
+        #expect(code == 137)
+    }
+
+    @Test("C3 two systems cannot share an id; bad ids are refused")
+    func ids() throws {
+        let (configuration, cleanup) = configuration()
+        defer { cleanup() }
+        for bad in ["", "a/b", "..", "-x", String(repeating: "i", count: 65)] {
+            #expect((#expect(throws: SiloError.self) {
+                _ = try SandboxRun.run(id: bad, limits: CgroupLimits(), arguments: ["/bin/true"], configuration: configuration)
+            })?.code == .invalidArgument)
+        }
+        mkdir(configuration.runtimeDirectory, 0o755)
+        mkdir(configuration.runtimeDirectory + "/systems", 0o755)
+        mkdir(configuration.runtimeDirectory + "/systems/taken", 0o700)
+        defer { rmdir(configuration.runtimeDirectory + "/systems/taken") }  // runs before cleanup()
+        #expect((#expect(throws: SiloError.self) {
+            _ = try SandboxRun.run(id: "taken", limits: CgroupLimits(), arguments: ["/bin/true"], configuration: configuration)
+        })?.code == .systemAlreadyExists)
+    }
+}
+
+func directoryEntries(_ path: String) -> [String] {
+    guard let directory = opendir(path) else { return [] }
+    defer { closedir(directory) }
+    var names: [String] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}

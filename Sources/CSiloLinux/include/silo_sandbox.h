@@ -34,6 +34,8 @@ struct silo_sandbox_config {
     int last_capability;
     /// Whether to install the seccomp deny-list.
     int seccomp;
+    /// Silo's init on the host, bound read-only at /.silo/init inside (NULL: none).
+    const char *init_binary;
     /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.
     unsigned long long extra_clone_flags;
 };

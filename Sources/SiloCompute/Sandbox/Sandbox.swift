@@ -19,10 +19,13 @@ public struct SandboxSpec: Sendable {
     public var standardInput: Int32?
     public var standardOutput: Int32?
     public var standardError: Int32?
+    /// Silo's init on the host; bound at `/.silo/init` inside. Nil runs `arguments` as pid 1 itself.
+    public var initBinary: String?
 
     public init(root: String, hostname: String, arguments: [String], environment: [String] = SandboxSpec.defaultEnvironment,
                 seccomp: Bool = true, readOnlyBinds: [String] = SandboxSpec.defaultBinds, devices: [String] = SandboxSpec.defaultDevices,
-                standardInput: Int32? = nil, standardOutput: Int32? = nil, standardError: Int32? = nil) {
+                standardInput: Int32? = nil, standardOutput: Int32? = nil, standardError: Int32? = nil,
+                initBinary: String? = nil) {
         self.root = root
         self.hostname = hostname
         self.arguments = arguments
@@ -33,6 +36,7 @@ public struct SandboxSpec: Sendable {
         self.standardInput = standardInput
         self.standardOutput = standardOutput
         self.standardError = standardError
+        self.initBinary = initBinary
     }
 
     /// The host's programs and libraries, and the few /etc files they read.
@@ -85,6 +89,7 @@ public enum Sandbox {
                             withCStrings(SandboxSpec.readOnlyPaths) { readOnly in
                                 spec.root.withCString { root in
                                     spec.hostname.withCString { hostname in
+                                      (spec.initBinary ?? "").withCString { initBinary in
                                         var config = silo_sandbox_config()
                                         config.root = root
                                         config.hostname = hostname
@@ -101,7 +106,9 @@ public enum Sandbox {
                                         config.stderr_fd = spec.standardError ?? -1
                                         config.last_capability = lastCapability
                                         config.seccomp = spec.seccomp ? 1 : 0
+                                        config.init_binary = spec.initBinary == nil ? nil : initBinary
                                         return silo_sandbox_spawn(&config, &pidfd)
+                                      }
                                     }
                                 }
                             }

@@ -1,0 +1,107 @@
+import Glibc
+import SiloOperations
+
+/// Where compute systems keep their runtime state: `/run/silo` by default, or `<state>/run` for
+/// another state directory, so two test runs never see each other's systems.
+public struct ComputeConfiguration: Sendable {
+    public var runtimeDirectory: String
+    public var layout: CgroupLayout
+    /// Silo's init on the host.
+    public var initBinary: String
+    /// The Swift runtime's folder when this process (and so the init built with it) links it
+    /// dynamically; bound read-only into systems so init can start. Nil for static builds.
+    public var swiftRuntimeDirectory: String?
+
+    public init(stateDirectory: String? = nil, runtimeDirectory: String? = nil, initBinary: String? = nil,
+                layout: CgroupLayout = .detect()) {
+        let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        let state = stateDirectory ?? environment
+        self.runtimeDirectory = runtimeDirectory ?? state.map { $0 + "/run" } ?? "/run/silo"
+        self.initBinary = initBinary ?? Self.findInit()
+        self.layout = layout
+        self.swiftRuntimeDirectory = Self.dynamicSwiftRuntime()
+    }
+
+    /// The folder of the libswiftCore.so this process has mapped, if any.
+    static func dynamicSwiftRuntime() -> String? {
+        guard let maps = readText("/proc/self/maps") else { return nil }
+        for line in maps.split(separator: "\n") where line.hasSuffix("/libswiftCore.so") {
+            guard let path = line.split(separator: " ", omittingEmptySubsequences: true).last else { continue }
+            return String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        }
+        return nil
+    }
+
+    /// `SILO_INIT`, else beside the running executable, else the install locations.
+    static func findInit() -> String {
+        if let path = getenv("SILO_INIT").map({ String(cString: $0) }), !path.isEmpty { return path }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        if count > 0 {
+            let exe = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let beside = String(exe[..<(exe.lastIndex(of: "/") ?? exe.endIndex)]) + "/silo-init"
+            if access(beside, X_OK) == 0 { return beside }
+        }
+        for path in ["/usr/local/libexec/silo/silo-init", "/usr/libexec/silo/silo-init"] where access(path, X_OK) == 0 {
+            return path
+        }
+        return "/usr/local/libexec/silo/silo-init"
+    }
+}
+
+/// Runs one command in a fresh compute system and removes the system when it ends: what
+/// `silo run` does. The command is the payload of Silo's init (pid 1).
+public enum SandboxRun {
+    /// - Returns: the command's exit code (128 + signal when a signal ended it; 137 after an OOM kill).
+    /// - Throws: bad ids, an id in use (`systemAlreadyExists`), a setup step the kernel refused.
+    public static func run(
+        id: String,
+        limits: CgroupLimits,
+        arguments: [String],
+        configuration: ComputeConfiguration = ComputeConfiguration()
+    ) throws(SiloError) -> Int32 {
+        try validateID(id)
+        guard access(configuration.initBinary, X_OK) == 0 else {
+            throw SiloError(.objectNotFound, "Silo's init is not at \(configuration.initBinary); set SILO_INIT",
+                            field: "init", value: configuration.initBinary)
+        }
+        let systems = configuration.runtimeDirectory + "/systems"
+        let directory = systems + "/" + id
+        let root = directory + "/root"
+        for path in [configuration.runtimeDirectory, systems] {
+            if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
+        }
+        guard mkdir(directory, 0o700) == 0 else {
+            if errno == EEXIST {
+                throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
+            }
+            throw SiloError.system("mkdir", errno: errno, path: directory)
+        }
+        defer {
+            rmdir(root)
+            rmdir(directory)
+        }
+        if mkdir(root, 0o755) != 0 { throw SiloError.system("mkdir", errno: errno, path: root) }
+        let cgroup = try Cgroup.create(name: id, limits: limits, layout: configuration.layout)
+        defer { try? cgroup.destroy() }
+        var spec = SandboxSpec(root: root, hostname: id, arguments: ["/.silo/init", "--"] + arguments,
+                               initBinary: configuration.initBinary)
+        if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
+        let process = try Sandbox.spawn(spec, cgroup: cgroup)
+        defer { close(process.pidfd) }
+        var status: Int32 = 0
+        while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    /// System ids: 1 to 64 of letters, digits, '.', '_', '-', starting with a letter or digit.
+    static func validateID(_ id: String) throws(SiloError) {
+        guard !id.isEmpty, id.utf8.count <= 64, let first = id.unicodeScalars.first,
+              first.properties.isAlphabetic || ("0"..."9").contains(first),
+              id.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0)) })
+        else {
+            throw SiloError.invalidArgument(field: "id", value: id,
+                                            reason: "a system id has 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        }
+    }
+}

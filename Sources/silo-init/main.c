@@ -1,0 +1,69 @@
+// silo-init: pid 1 of every compute system. It starts the payload, forwards the signals a
+// supervisor sends, reaps every orphan, and exits with the payload's status (128 + signal when a
+// signal ended it). Small and libc-only; it is made non-dumpable, so the payload cannot ptrace it.
+//
+// Usage: silo-init [--] PROGRAM ARGUMENTS...
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT };
+
+int main(int argc, char **argv) {
+    int first = 1;
+    if (first < argc && strcmp(argv[first], "--") == 0) first++;
+    if (first >= argc) {
+        fprintf(stderr, "silo-init: no program to run\n");
+        return 127;
+    }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+
+    sigset_t all, previous;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &previous);
+
+    pid_t payload = fork();
+    if (payload < 0) {
+        perror("silo-init: fork");
+        return 127;
+    }
+    if (payload == 0) {
+        sigprocmask(SIG_SETMASK, &previous, NULL);
+        setsid();
+        execvp(argv[first], argv + first);
+        fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(errno));
+        _exit(127);
+    }
+
+    int exit_code = 0;
+    for (;;) {
+        siginfo_t info;
+        int signal = sigwaitinfo(&all, &info);
+        if (signal < 0) continue;
+        if (signal == SIGCHLD) {
+            for (;;) {
+                int status;
+                pid_t pid = waitpid(-1, &status, WNOHANG);
+                if (pid <= 0) break;
+                if (pid == payload) {
+                    exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+                    // The payload is gone: the system ends. The kernel kills what is left in the
+                    // pid namespace when pid 1 exits.
+                    return exit_code;
+                }
+            }
+            continue;
+        }
+        for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) {
+            if (signal == forwarded[i]) {
+                kill(-payload, signal);  // the payload's whole session
+                break;
+            }
+        }
+    }
+}

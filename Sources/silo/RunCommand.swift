@@ -1,0 +1,63 @@
+import ArgumentParser
+import Glibc
+import Silo
+
+struct RunCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Run a command in a fresh compute system, attached to this terminal; exit with its code.",
+        discussion: """
+            The system gets new pid, mount, UTS, IPC, network and cgroup namespaces, a read-only root \
+            with the host's /usr, a private /tmp, no capabilities, no_new_privs and a seccomp filter; \
+            Silo's init is pid 1 and the command its child. The system is removed when the command ends.
+            """
+    )
+    @OptionGroup var global: GlobalOptions
+    @Option(help: "The system's id and hostname (default: run-<pid>).") var id: String?
+    @Option(help: "A ComputeSystem JSON document (schema 2.x) for its limits.") var config: String?
+    @Option(parsing: .unconditional, help: "Memory limit, such as 512M.") var memory: String?
+    @Option(parsing: .unconditional, help: "CPU limit in CPUs, such as 2 or 0.5.") var cpus: String?
+    @Option(help: "Process limit (default 1024).") var pids = 1024
+    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.") var command: [String] = []
+
+    func run() throws {
+        let arguments = command.first == "--" ? Array(command.dropFirst()) : command
+        let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config"]) { () throws -> CgroupLimits in
+            guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
+            var limits = CgroupLimits(pids: pids)
+            if let config {
+                guard let text = readWholeFile(config) else {
+                    throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+                }
+                limits = CgroupLimits(try ComputeSystemDocument(json: text), pids: pids)
+            }
+            if let memory { limits.memory = try ByteCount.parse(memory, field: "memory") }
+            if let cpus {
+                guard let value = Double(cpus), value > 0, value <= 4096 else {
+                    throw SiloError.invalidArgument(field: "cpus", value: cpus, reason: "a number of CPUs above 0, such as 2 or 0.5")
+                }
+                limits.cpus = value
+            }
+            return limits
+        }
+        let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
+        let code = try cli(options: ["id": "--id"]) {
+            try SandboxRun.run(id: id ?? "run-\(getpid())", limits: limits, arguments: arguments, configuration: configuration)
+        }
+        throw ExitCode(code)
+    }
+}
+
+func readWholeFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<count])
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
