@@ -68,7 +68,10 @@ public enum SandboxRun {
         let systems = configuration.runtimeDirectory + "/systems"
         let directory = systems + "/" + id
         let root = directory + "/root"
-        for path in [configuration.runtimeDirectory, systems] {
+        // mkdir -p: the state folder itself may be new.
+        var path = ""
+        for component in systems.split(separator: "/") {
+            path += "/" + component
             if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
         }
         guard mkdir(directory, 0o700) == 0 else {
