@@ -193,7 +193,10 @@ public final class OperationScheduler: Sendable {
     }
 
     private func acquireSlot() -> Bool {
-        var current = running.load(ordering: .relaxed)
+        // Sequentially consistent, like release(): an enqueuer stores queuedCount then reads
+        // running, a releaser stores running then reads queuedCount; with weaker orderings both
+        // could miss the other's store and leave an operation queued beside a free slot.
+        var current = running.load(ordering: .sequentiallyConsistent)
         while current < limits.maxRunning {
             let (exchanged, original) = running.compareExchange(
                 expected: current, desired: current + 1, ordering: .sequentiallyConsistent
