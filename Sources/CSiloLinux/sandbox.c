@@ -340,6 +340,10 @@ pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
         | config->extra_clone_flags;
     args.pidfd = (unsigned long long)(unsigned long)pidfd;
     args.exit_signal = SIGCHLD;
+    if (config->cgroup_fd >= 0) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = (unsigned long long)config->cgroup_fd;
+    }
     long pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0) _exit(child(config));
     return (pid_t)pid;

@@ -198,3 +198,23 @@ func directoryEntries(_ path: String) -> [String] {
     }
     return names
 }
+
+@Suite("Sandbox and cgroup", .tags(.root), .requiresCgroups)
+struct SandboxCgroupTests {
+    @Test("C13 the system's init starts inside its cgroup: born there on cgroup2, written into each v1 hierarchy")
+    func startsInCgroup() throws {
+        var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
+        let root = try #require(template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) })
+        defer { rmdir(root) }
+        let cgroup = try Cgroup.create(name: "born-\(getpid())", limits: CgroupLimits(pids: 16))
+        defer { try? cgroup.destroy() }
+        let process = try Sandbox.spawn(SandboxSpec(root: root, hostname: "born", arguments: ["/bin/sleep", "5"]), cgroup: cgroup)
+        defer { close(process.pidfd) }
+        for (key, directory) in cgroup.directories {
+            let members = (readText(directory + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+            #expect(members.contains(process.pid), "\(key): \(directory)")
+        }
+        try cgroup.killAll()
+        #expect(reap(process.pid) == 128 + SIGKILL)
+    }
+}

@@ -34,6 +34,9 @@ struct silo_sandbox_config {
     int last_capability;
     /// Whether to install the seccomp deny-list.
     int seccomp;
+    /// A cgroup2 directory's descriptor to start the child in (CLONE_INTO_CGROUP: no migration
+    /// later, which costs an RCU grace period); -1 for none.
+    int cgroup_fd;
     /// Silo's init on the host, bound read-only at /.silo/init inside (NULL: none).
     const char *init_binary;
     /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.

@@ -152,10 +152,19 @@ public final class Cgroup: Sendable {
     // MARK: Processes
 
     /// Puts a process in every hierarchy of this cgroup (v1 needs one write per hierarchy).
-    public func add(pid: pid_t) throws(SiloError) {
-        for path in Set(directories.values).sorted() {
+    /// - Parameter skippingUnified: the process was started in the cgroup2 directory already
+    ///   (CLONE_INTO_CGROUP).
+    public func add(pid: pid_t, skippingUnified: Bool = false) throws(SiloError) {
+        for (key, path) in directories.sorted(by: { $0.key < $1.key }) where !(skippingUnified && key == "unified") {
             try writeText(path + "/cgroup.procs", "\(pid)")
         }
+    }
+
+    /// The cgroup2 directory, opened for CLONE_INTO_CGROUP; nil without a cgroup2 mount.
+    public func openUnifiedDirectory() -> Int32? {
+        guard let unified = directories["unified"] else { return nil }
+        let fd = Glibc.open(unified, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        return fd >= 0 ? fd : nil
     }
 
     /// The processes in the cgroup.
