@@ -27,7 +27,7 @@
 
 enum step {
     STEP_SYNC = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
-    STEP_TMP, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
+    STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
     STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC,
 };
 
@@ -42,6 +42,7 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_MASK: return "mask /proc paths";
     case STEP_DEV: return "build /dev";
     case STEP_TMP: return "mount /tmp";
+    case STEP_MOUNT_LUN: return "mount an attached LUN";
     case STEP_PIVOT: return "pivot_root";
     case STEP_READ_ONLY_ROOT: return "make the root read-only";
     case STEP_HOSTNAME: return "set the hostname";
@@ -317,6 +318,14 @@ static int child(const struct silo_sandbox_config *c) {
     join(tmp, sizeof tmp, c->root, "/tmp");
     if (make_dirs(tmp) != 0) fail(c, STEP_TMP);
     if (mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
+    for (size_t i = 0; c->mount_sources && c->mount_sources[i]; i++) {
+        char target[4096];
+        join(target, sizeof target, c->root, c->mount_targets[i]);
+        if (make_dirs(target) != 0) fail(c, STEP_MOUNT_LUN);
+        unsigned long flags = MS_NOSUID | MS_NODEV;
+        if (strcmp(c->mount_modes[i], "ro") == 0) flags |= MS_RDONLY;
+        if (mount(c->mount_sources[i], target, c->mount_types[i], flags, NULL) != 0) fail(c, STEP_MOUNT_LUN);
+    }
     // pivot_root(".", "."): the old root is stacked under the new one; detach it.
     if (chdir(c->root) != 0) fail(c, STEP_PIVOT);
     if (syscall(SYS_pivot_root, ".", ".") != 0) fail(c, STEP_PIVOT);

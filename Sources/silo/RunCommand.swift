@@ -18,6 +18,8 @@ struct RunCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Memory limit, such as 512M.") var memory: String?
     @Option(parsing: .unconditional, help: "CPU limit in CPUs, such as 2 or 0.5.") var cpus: String?
     @Option(help: "Process limit (default 1024).") var pids = 1024
+    @Option(parsing: .unconditionalSingleValue, help: "A LUN to give the system, NAME or NAME:/mount/path (repeatable); it must be unmasked to the id.")
+    var lun: [String] = []
     @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.") var command: [String] = []
 
     func run() throws {
@@ -41,8 +43,15 @@ struct RunCommand: ParsableCommand {
             return limits
         }
         let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
+        let system = id ?? "run-\(getpid())"
+        let devices = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [BlockDevice] in
+            try lun.map { (item) throws(SiloError) -> BlockDevice in
+                let parts = item.split(separator: ":", maxSplits: 1).map(String.init)
+                return try global.provider.blockDevice(forLun: parts.first ?? "", system: system, mountPath: parts.count > 1 ? parts[1] : nil)
+            }
+        }
         let code = try cli(options: ["id": "--id"]) {
-            try SandboxRun.run(id: id ?? "run-\(getpid())", limits: limits, arguments: arguments, configuration: configuration)
+            try SandboxRun.run(id: system, limits: limits, arguments: arguments, blockDevices: devices, configuration: configuration)
         }
         throw ExitCode(code)
     }

@@ -137,3 +137,35 @@ struct TemporaryLunProcessTests {
         #expect(directoryEntries(scratch.path).isEmpty, "the backing file was unlinked at attach")
     }
 }
+
+@Suite("LUNs in compute systems", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
+struct LunInSystemTests {
+    @Test("C12 a LUN unmasked to a system appears inside as a block device, mounted where asked; masked, it is refused")
+    func lunInsideRun() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("shared", size: 64 << 20)
+        let device = try #require(lun.devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        try storage.provider.setMask("shared", "box-\(getpid())")
+        let state = storage.provider.configuration.stateDirectory
+        let inside = silo(state, ["run", "--id", "box-\(getpid())", "--lun", "shared:/data", "--", "/bin/sh", "-c",
+                                  "test -b \(device) && echo from-inside > /data/note && cat /data/note"])
+        #expect(inside.status == 0, "\(inside.error)")
+        #expect(inside.output == "from-inside\n")
+        let mountPoint = storage.path + "/check"
+        mkdir(mountPoint, 0o755)
+        #expect(run("/bin/mount", ["-o", "ro", device, mountPoint]).status == 0)
+        #expect(readSmallFile(mountPoint + "/note") == "from-inside")
+        #expect(run("/bin/umount", [mountPoint]).status == 0)
+
+        let refused = silo(state, ["run", "--id", "other-\(getpid())", "--lun", "shared:/data", "--", "/bin/true"])
+        #expect(refused.status == 1)
+        #expect(refused.error.contains("--lun") && refused.error.contains("not unmasked"), "\(refused.error)")
+        // Without a mount path, the node alone; other block devices stay out of reach.
+        try storage.provider.setMask("shared", "*")
+        let node = silo(state, ["run", "--lun", "shared", "--", "/bin/sh", "-c",
+                                "test -b \(device) && ! ls /dev/vda 2>/dev/null && ! mknod /tmp/sda b 8 0 2>/dev/null"])
+        #expect(node.status == 0, "\(node.error)")
+    }
+}

@@ -34,6 +34,13 @@ struct silo_sandbox_config {
     int last_capability;
     /// Whether to install the seccomp deny-list.
     int seccomp;
+    /// Block devices to mount inside, parallel arrays, NULL-terminated: the host device path, the
+    /// mount point inside, the file system type, and "ro" or "rw". The device nodes themselves go
+    /// in `devices`.
+    const char *const *mount_sources;
+    const char *const *mount_targets;
+    const char *const *mount_types;
+    const char *const *mount_modes;
     /// A cgroup2 directory's descriptor to start the child in (CLONE_INTO_CGROUP: no migration
     /// later, which costs an RCU grace period); -1 for none.
     int cgroup_fd;

@@ -11,6 +11,9 @@ public struct CgroupLimits: Sendable, Hashable {
     public var cpuWeight: Int?
     /// Processes and threads at most; a fork bomb stops here.
     public var pids: Int?
+    /// `major:minor` of block devices the system may use (its LUNs); every other block device,
+    /// and every character device but the minimal /dev, is denied (v1 devices controller).
+    public var blockDevices: [String] = []
 
     public init(memory: UInt64? = nil, cpus: Double? = nil, cpuWeight: Int? = nil, pids: Int? = 1024) {
         self.memory = memory
@@ -141,7 +144,19 @@ public final class Cgroup: Sendable {
             guard let path = directory("pids") else { throw unavailable("pids") }
             try writeText(path + "/pids.max", "\(pids)")
         }
+        // v1's devices controller: deny everything, then allow the minimal /dev and the LUNs.
+        // (cgroup2 controls devices with BPF programs; not attached yet, so on v2 hosts the
+        // minimal /dev, the missing capabilities and the mknod filter are the barrier.)
+        if let devices = directories["devices"] {
+            try writeText(devices + "/devices.deny", "a")
+            for rule in Self.minimalDevices + limits.blockDevices.map({ "b \($0) rwm" }) {
+                try writeText(devices + "/devices.allow", rule)
+            }
+        }
     }
+
+    /// null, zero, full, random, urandom, tty, ptmx and the pts terminals.
+    static let minimalDevices = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"]
 
     func unavailable(_ controller: String) -> SiloError {
         SiloError(.systemNotConfiguredForOperation,

@@ -21,6 +21,9 @@ public struct SandboxSpec: Sendable {
     public var standardError: Int32?
     /// Silo's init on the host; bound at `/.silo/init` inside. Nil runs `arguments` as pid 1 itself.
     public var initBinary: String?
+    /// Block devices given to the system (C12): each node appears in /dev, and its file system is
+    /// mounted where asked.
+    public var blockDevices: [BlockDevice] = []
 
     public init(root: String, hostname: String, arguments: [String], environment: [String] = SandboxSpec.defaultEnvironment,
                 seccomp: Bool = true, readOnlyBinds: [String] = SandboxSpec.defaultBinds, devices: [String] = SandboxSpec.defaultDevices,
@@ -53,6 +56,26 @@ public struct SandboxSpec: Sendable {
         "/proc/latency_stats", "/proc/kallsyms", "/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/firmware",
     ]
     static let readOnlyPaths = ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs"]
+}
+
+/// A block device given to a compute system: a LUN's loop device, passed as plain values.
+public struct BlockDevice: Sendable, Hashable {
+    /// The node on the host, such as /dev/loop3; it appears at the same path inside.
+    public var devicePath: String
+    /// `major:minor`, for the device cgroup.
+    public var deviceNumber: String
+    /// Where to mount its file system inside, if anywhere.
+    public var mountPath: String?
+    public var filesystemType: String?
+    public var readOnly: Bool
+
+    public init(devicePath: String, deviceNumber: String, mountPath: String? = nil, filesystemType: String? = nil, readOnly: Bool = false) {
+        self.devicePath = devicePath
+        self.deviceNumber = deviceNumber
+        self.mountPath = mountPath
+        self.filesystemType = filesystemType
+        self.readOnly = readOnly
+    }
 }
 
 /// A started sandbox's first process.
@@ -88,7 +111,11 @@ public enum Sandbox {
         let pid: pid_t = withCStrings(spec.arguments) { argv in
             withCStrings(spec.environment) { envp in
                 withCStrings(spec.readOnlyBinds) { binds in
-                    withCStrings(spec.devices) { devices in
+                    withCStrings(spec.devices + spec.blockDevices.map(\.devicePath)) { devices in
+                      withCStrings(spec.blockDevices.filter { $0.mountPath != nil }.map(\.devicePath)) { mountSources in
+                      withCStrings(spec.blockDevices.compactMap(\.mountPath)) { mountTargets in
+                      withCStrings(spec.blockDevices.filter { $0.mountPath != nil }.map { $0.filesystemType ?? "auto" }) { mountTypes in
+                      withCStrings(spec.blockDevices.filter { $0.mountPath != nil }.map { $0.readOnly ? "ro" : "rw" }) { mountModes in
                         withCStrings(SandboxSpec.maskedPaths) { masked in
                             withCStrings(SandboxSpec.readOnlyPaths) { readOnly in
                                 spec.root.withCString { root in
@@ -112,9 +139,17 @@ public enum Sandbox {
                                         config.seccomp = spec.seccomp ? 1 : 0
                                         config.init_binary = spec.initBinary == nil ? nil : initBinary
                                         config.cgroup_fd = cgroupFD ?? -1
+                                        config.mount_sources = UnsafePointer(OpaquePointer(mountSources))
+                                        config.mount_targets = UnsafePointer(OpaquePointer(mountTargets))
+                                        config.mount_types = UnsafePointer(OpaquePointer(mountTypes))
+                                        config.mount_modes = UnsafePointer(OpaquePointer(mountModes))
                                         return silo_sandbox_spawn(&config, &pidfd)
                                       }
                                     }
+                      }
+                      }
+                      }
+                      }
                                 }
                             }
                         }

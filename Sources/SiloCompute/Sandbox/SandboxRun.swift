@@ -58,6 +58,7 @@ public enum SandboxRun {
         id: String,
         limits: CgroupLimits,
         arguments: [String],
+        blockDevices: [BlockDevice] = [],
         configuration: ComputeConfiguration = ComputeConfiguration()
     ) throws(SiloError) -> Int32 {
         try validateID(id)
@@ -85,11 +86,14 @@ public enum SandboxRun {
             rmdir(directory)
         }
         if mkdir(root, 0o755) != 0 { throw SiloError.system("mkdir", errno: errno, path: root) }
+        var limits = limits
+        limits.blockDevices += blockDevices.map(\.deviceNumber)
         let cgroup = try Cgroup.create(name: id, limits: limits, layout: configuration.layout)
         defer { try? cgroup.destroy() }
         var spec = SandboxSpec(root: root, hostname: id, arguments: ["/.silo/init", "--"] + arguments,
                                initBinary: configuration.initBinary)
         if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
+        spec.blockDevices = blockDevices
         let process = try Sandbox.spawn(spec, cgroup: cgroup)
         defer { close(process.pidfd) }
         var status: Int32 = 0
