@@ -127,3 +127,52 @@ struct DocumentTests {
         }
     }
 }
+
+@Suite("Document reader fuzz")
+struct DocumentFuzzTests {
+    /// A small deterministic generator, so a failure can be replayed.
+    struct Generator: RandomNumberGenerator {
+        var state: UInt64
+        mutating func next() -> UInt64 {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return state
+        }
+    }
+
+    @Test("C2 mutated documents give a document or a SiloError, never a crash or another error")
+    func mutations() {
+        let seeds = [fixture("empty-vm.json")] + badDocuments.map(\.document) + [
+            #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"Devices":{"Scsi":{"0":{"Attachments":{"0":{"Path":"db1","MountPath":"/data"}}}}}}}"#,
+        ]
+        let alphabet = Array("{}[]\",:0123456789.-+eE tfnrlu\\\n\tabcxyz".utf8) + [0x00, 0xC3, 0xA9, 0xFF]
+        var generator = Generator(state: 0x5eed)
+        var accepted = 0
+        var refused = 0
+        for iteration in 0..<20_000 {
+            var bytes = Array(seeds[iteration % seeds.count].utf8)
+            for _ in 0..<Int.random(in: 1...6, using: &generator) {
+                let position = bytes.isEmpty ? 0 : Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<4, using: &generator) {
+                case 0 where !bytes.isEmpty: bytes.remove(at: position)
+                case 1: bytes.insert(alphabet.randomElement(using: &generator) ?? 0x20, at: position)
+                case 2 where !bytes.isEmpty: bytes[position] = alphabet.randomElement(using: &generator) ?? 0x20
+                default:
+                    let cut = Int.random(in: 0...bytes.count, using: &generator)
+                    bytes = Array(bytes[..<cut])
+                }
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            do {
+                _ = try ComputeSystemDocument(json: text)
+                accepted += 1
+            } catch {
+                refused += 1
+                #expect(error.code == .invalidJSON || error.code == .invalidArgument, "\(error)")
+                #expect(!error.message.isEmpty)
+            }
+            _ = try? ProcessParameters(json: text)
+        }
+        #expect(accepted + refused == 20_000)
+        #expect(refused > 10_000, "most mutations break a document")
+    }
+}

@@ -98,6 +98,32 @@ struct IsolationTests {
         for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
     }
 
+    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, ptrace, keyctl and bpf with EPERM")
+    func seccompDenials() throws {
+        guard access("/usr/bin/perl", X_OK) == 0 else {
+            Issue.record("perl is needed to make raw system calls inside the sandbox")
+            return
+        }
+        // perl's syscall() passes the numbers as they are: EPERM is the filter's answer; without
+        // it these would fail differently (ENOTTY on a non-terminal, ESRCH, EINVAL...).
+        let result = try runSandboxed("""
+            /usr/bin/perl -e '
+              sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }
+              try("tiocsti", 16, 0, 0x5412, 0);
+              try("tiocsti_high", 16, 0, 0x100005412, 0);
+              try("ptrace", 101, 16, 1, 0, 0);
+              try("keyctl", 250, 0, 0, 0, 0);
+              try("bpf", 321, 0, 0, 0);
+              try("getpid_allowed", 39);
+            ' < /dev/null
+            """)
+        #expect(result.status == 0, "\(result.output)")
+        for name in ["tiocsti", "tiocsti_high", "ptrace", "keyctl", "bpf"] {
+            #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
+        }
+        #expect(result.output.contains("getpid_allowed=0\n"))
+    }
+
     @Test("C11 only the minimal devices exist")
     func devices() throws {
         let result = try runSandboxed("ls /dev | tr '\\n' ' '")
