@@ -57,6 +57,12 @@ let package = Package(
             path: "Benchmarks/StorageBench",
             swiftSettings: strict
         ),
+        .executableTarget(
+            name: "ComputeBench",
+            dependencies: ["SiloCompute"],
+            path: "Benchmarks/ComputeBench",
+            swiftSettings: strict
+        ),
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
         .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute"], swiftSettings: strict),
         .testTarget(
