@@ -2,7 +2,9 @@
 // supervisor sends, reaps every orphan, and exits with the payload's status (128 + signal when a
 // signal ended it). Small and libc-only; it is made non-dumpable, so the payload cannot ptrace it.
 //
-// Usage: silo-init [--] PROGRAM ARGUMENTS...
+// Usage: silo-init [--] PROGRAM ARGUMENTS...   run the payload, exit with its status
+//        silo-init --idle                       no payload yet: reap orphans until SIGTERM (exit 0)
+//                                               or SIGKILL; the system's processes come later
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -16,6 +18,21 @@ static const int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGU
 
 int main(int argc, char **argv) {
     int first = 1;
+    if (first < argc && strcmp(argv[first], "--idle") == 0) {
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        sigset_t all;
+        sigfillset(&all);
+        sigprocmask(SIG_BLOCK, &all, NULL);
+        for (;;) {
+            siginfo_t info;
+            int signal = sigwaitinfo(&all, &info);
+            if (signal == SIGCHLD) {
+                while (waitpid(-1, NULL, WNOHANG) > 0) {}
+            } else if (signal == SIGTERM || signal == SIGINT) {
+                return 0;  // a graceful shutdown: the kernel ends what is left in the namespace
+            }
+        }
+    }
     if (first < argc && strcmp(argv[first], "--") == 0) first++;
     if (first >= argc) {
         fprintf(stderr, "silo-init: no program to run\n");

@@ -1,0 +1,129 @@
+import Glibc
+import SiloOperations
+import Synchronization
+
+/// What a system's properties query returns [HCS Properties] (C9).
+public struct ComputeSystemProperties: Sendable, Codable, Hashable {
+    public struct Statistics: Sendable, Codable, Hashable {
+        public var memoryUsageBytes: UInt64
+        /// 100-nanosecond units.
+        public var processorTimeUser: UInt64
+        public var processorTimeKernel: UInt64
+        /// Seconds since the system was created.
+        public var uptimeSeconds: Int64
+    }
+
+    public var id: String
+    public var owner: String?
+    public var state: ComputeSystemState
+    public var exitType: SystemExitType?
+    public var memoryLimitBytes: UInt64?
+    public var processorCount: Int?
+    /// Host pids of the system's processes.
+    public var processList: [Int32]
+    public var statistics: Statistics?
+    public var ignoredFields: [String]
+    public var cgroupLayout: String
+}
+
+/// Creates, finds and lists compute systems [HcsCreateComputeSystem, HcsOpenComputeSystem,
+/// HcsEnumerateComputeSystems]. Daemonless: state lives in `<runtime>/systems/<id>`, and any
+/// process can open a system by id.
+public final class ComputeService: Sendable {
+    public let configuration: ComputeConfiguration
+    public let scheduler: OperationScheduler
+    let store: SystemStore
+    /// Open handles per system in this process, for ShouldTerminateOnLastHandleClosed.
+    let handles = Mutex<[String: Int]>([:])
+
+    public init(configuration: ComputeConfiguration = ComputeConfiguration(), scheduler: OperationScheduler = .shared) {
+        self.configuration = configuration
+        self.scheduler = scheduler
+        self.store = SystemStore(configuration: configuration)
+    }
+
+    /// Creates a system from a ComputeSystem document: the document is checked and the id
+    /// reserved at once (C1-C3, E3); the operation makes its cgroup and folder. The system is
+    /// `Created`: start it to run its init.
+    public func createComputeSystem(
+        id: String,
+        document text: String,
+        context: (any Sendable)? = nil,
+        callback: OperationCallback<ComputeSystem>? = nil
+    ) throws(SiloError) -> SiloOperation<ComputeSystem> {
+        try SandboxRun.validateID(id)
+        let document = try ComputeSystemDocument(json: text)
+        try store.reserve(id)
+        let record = SystemRecord(
+            id: id, owner: document.owner, state: .created, document: text, initPID: nil, initStartTime: nil,
+            exitType: nil, createdAt: nowSeconds(), shouldTerminateOnLastHandleClosed: document.shouldTerminateOnLastHandleClosed
+        )
+        do {
+            return try scheduler.run(.createComputeSystem, chain: OperationChain([
+                OperationStep("cgroup", run: { [self] _ in
+                    _ = try Cgroup.create(name: id, limits: CgroupLimits(document), layout: configuration.layout)
+                }, rollback: { [self] in
+                    try Cgroup.open(name: id, layout: configuration.layout).destroy()
+                }),
+                OperationStep("record", pointOfNoReturn: true, run: { [self] _ in
+                    try store.save(record)
+                }),
+            ], output: { [self] in try open(id) }, cleanup: { [store] in store.remove(id) }), context: context, callback: callback)
+        } catch {
+            store.remove(id)
+            throw error
+        }
+    }
+
+    /// A new handle on an existing system, from any process (C3, C6).
+    public func open(_ id: String) throws(SiloError) -> ComputeSystem {
+        try SandboxRun.validateID(id)
+        _ = try store.load(id)
+        handles.withLock { $0[id, default: 0] += 1 }
+        return ComputeSystem(id: id, service: self)
+    }
+
+    /// Systems matching the query; nil fields match everything (C9).
+    public func enumerate(id: String? = nil, owner: String? = nil, state: ComputeSystemState? = nil) -> [ComputeSystemProperties] {
+        store.ids().compactMap { name in
+            guard let record = try? store.load(name) else { return nil }
+            let properties = self.properties(of: refreshed(record))
+            if let id, properties.id != id { return nil }
+            if let owner, properties.owner != owner { return nil }
+            if let state, properties.state != state { return nil }
+            return properties
+        }
+    }
+
+    /// A running system whose processes are all gone stopped unexpectedly: say so (C4).
+    func refreshed(_ record: SystemRecord) -> SystemRecord {
+        guard record.state == .running || record.state == .paused else { return record }
+        let cgroup = Cgroup.open(name: record.id, layout: configuration.layout)
+        guard cgroup.pids.isEmpty else { return record }
+        var stopped = record
+        stopped.state = .stopped
+        stopped.exitType = .unexpected
+        try? store.locked(record.id) { () throws(SiloError) in
+            try cgroup.destroy()
+            try store.save(stopped)
+        }
+        return stopped
+    }
+
+    func properties(of record: SystemRecord) -> ComputeSystemProperties {
+        let document = try? ComputeSystemDocument(json: record.document)
+        let cgroup = Cgroup.open(name: record.id, layout: configuration.layout)
+        let live = record.state == .running || record.state == .paused
+        let stats = live ? cgroup.statistics : nil
+        return ComputeSystemProperties(
+            id: record.id, owner: record.owner, state: record.state, exitType: record.exitType,
+            memoryLimitBytes: document?.memoryLimit, processorCount: document?.processorCount,
+            processList: live ? cgroup.pids : [],
+            statistics: stats.map {
+                .init(memoryUsageBytes: $0.memoryUsage, processorTimeUser: $0.cpuUser100ns,
+                      processorTimeKernel: $0.cpuKernel100ns, uptimeSeconds: nowSeconds() - record.createdAt)
+            },
+            ignoredFields: document?.ignoredFields ?? [], cgroupLayout: configuration.layout.description
+        )
+    }
+}

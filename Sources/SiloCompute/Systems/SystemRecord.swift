@@ -1,0 +1,131 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+
+/// HCS compute system states (C4).
+public enum ComputeSystemState: String, Sendable, Codable, CaseIterable {
+    case created = "Created", running = "Running", paused = "Paused", stopped = "Stopped"
+}
+
+/// How a system stopped, as HCS's SystemExited event says it.
+public enum SystemExitType: String, Sendable, Codable {
+    case graceful = "Graceful", forced = "Forced", unexpected = "UnexpectedExit"
+}
+
+/// One system's state on disk: `<runtime>/systems/<id>/state.json`, written atomically.
+struct SystemRecord: Codable, Sendable {
+    var id: String
+    var owner: String?
+    var state: ComputeSystemState
+    var document: String
+    var initPID: Int32?
+    /// Field 22 of /proc/<pid>/stat: tells init from a later process with the same pid.
+    var initStartTime: UInt64?
+    var exitType: SystemExitType?
+    var createdAt: Int64
+    var shouldTerminateOnLastHandleClosed: Bool
+}
+
+struct SystemStore: Sendable {
+    let configuration: ComputeConfiguration
+
+    var systems: String { configuration.runtimeDirectory + "/systems" }
+    func directory(_ id: String) -> String { systems + "/" + id }
+    func root(_ id: String) -> String { directory(id) + "/root" }
+
+    /// Makes the system's folder; an existing one means the id is taken (C3).
+    func reserve(_ id: String) throws(SiloError) {
+        var path = ""
+        for component in systems.split(separator: "/") {
+            path += "/" + component
+            if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
+        }
+        guard mkdir(directory(id), 0o700) == 0 else {
+            if errno == EEXIST {
+                throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
+            }
+            throw SiloError.system("mkdir", errno: errno, path: directory(id))
+        }
+    }
+
+    func load(_ id: String) throws(SiloError) -> SystemRecord {
+        let path = directory(id) + "/state.json"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SiloError(.systemNotFound, "no compute system with id '\(id)'", field: "id", value: id) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count <= 0 { break }
+            bytes.append(contentsOf: buffer[0..<count])
+        }
+        do {
+            return try JSONDecoder().decode(SystemRecord.self, from: Data(bytes))
+        } catch {
+            throw SiloError(.invalidJSON, "state of compute system '\(id)' is damaged: \(error)", field: "id", value: id)
+        }
+    }
+
+    func save(_ record: SystemRecord) throws(SiloError) {
+        let data: Data
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            data = try encoder.encode(record)
+        } catch {
+            throw SiloError(.unexpected, "cannot encode the state of '\(record.id)': \(error)")
+        }
+        let final = directory(record.id) + "/state.json"
+        let temporary = final + ".\(getpid()).tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: temporary) }
+        let bytes = [UInt8](data)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == bytes.count, rename(temporary, final) == 0 else {
+            unlink(temporary)
+            throw SiloError.system("write", errno: errno, path: final)
+        }
+    }
+
+    /// Serialises state changes of one system across threads and processes.
+    func locked<T>(_ id: String, _ body: () throws(SiloError) -> T) throws(SiloError) -> T {
+        let path = directory(id) + "/lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SiloError(.systemNotFound, "no compute system with id '\(id)'", field: "id", value: id) }
+        defer { close(fd) }
+        flock(fd, LOCK_EX)
+        return try body()
+    }
+
+    func remove(_ id: String) {
+        unlink(directory(id) + "/state.json")
+        unlink(directory(id) + "/lock")
+        rmdir(root(id))
+        rmdir(directory(id))
+    }
+
+    func ids() -> [String] {
+        guard let handle = opendir(systems) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if !name.hasPrefix(".") { names.append(name) }
+        }
+        return names.sorted()
+    }
+}
+
+func processStartTime(_ pid: Int32) -> UInt64? {
+    guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    return fields.count > 19 ? UInt64(fields[19]) : nil
+}
+
+func nowSeconds() -> Int64 {
+    var spec = timespec()
+    clock_gettime(CLOCK_REALTIME, &spec)
+    return Int64(spec.tv_sec)
+}

@@ -1,0 +1,198 @@
+import Dispatch
+import Glibc
+import SiloOperations
+import Synchronization
+import Testing
+
+@testable import SiloCompute
+
+/// A compute service on a fresh runtime folder; `finish()` terminates and removes what is left.
+struct TestCompute {
+    let state: String
+    let service: ComputeService
+
+    init() {
+        var template = Array("/tmp/silo-sys-XXXXXX".utf8CString)
+        state = template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) } ?? "/tmp/silo-sys"
+        service = ComputeService(configuration: ComputeConfiguration(stateDirectory: state))
+    }
+
+    func finish(sourceLocation: SourceLocation = #_sourceLocation) {
+        for id in service.store.ids() {
+            if let system = try? service.open(id) {
+                _ = try? system.terminate().wait(timeout: .seconds(30))
+                system.close()
+            }
+            service.store.remove(id)
+        }
+        rmdir(service.configuration.runtimeDirectory + "/systems")
+        rmdir(service.configuration.runtimeDirectory)
+        rmdir(state)
+    }
+
+    func document(owner: String = "tests", terminateOnLastHandle: Bool = false, memoryMB: Int = 128) -> String {
+        """
+        {"SchemaVersion": {"Major": 2, "Minor": 1}, "Owner": "\(owner)",
+         "VirtualMachine": {"Chipset": {"Uefi": {}}, "ComputeTopology": {"Memory": {"SizeInMB": \(memoryMB)}, "Processor": {"Count": 1}}},
+         "ShouldTerminateOnLastHandleClosed": \(terminateOnLastHandle)}
+        """
+    }
+}
+
+@Suite("Compute systems", .tags(.root), .requiresCgroups, .serialized)
+struct SystemTests {
+    @Test("C1 C3 the seeds' empty-VM document creates a system; ids are unique; unknown ids are not found")
+    func createAndOpen() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "vm-\(getpid())", document: fixture("empty-vm.json")).wait(timeout: .seconds(30))
+        defer { system.close() }
+        let properties = try system.properties()
+        #expect(properties.state == .created)
+        #expect(properties.owner == "Sample")
+        #expect(properties.memoryLimitBytes == 1024 << 20)
+        #expect(properties.ignoredFields.contains("VirtualMachine.Chipset"))
+        let duplicate = #expect(throws: SiloError.self) {
+            _ = try compute.service.createComputeSystem(id: "vm-\(getpid())", document: compute.document())
+        }
+        #expect(duplicate?.code == .systemAlreadyExists)
+        #expect((#expect(throws: SiloError.self) { _ = try compute.service.open("nothing-here") })?.code == .systemNotFound)
+        #expect((#expect(throws: SiloError.self) {
+            _ = try compute.service.createComputeSystem(id: "bad-doc", document: "{")
+        })?.code == .invalidJSON)
+        #expect(compute.service.store.ids() == ["vm-\(getpid())"], "a refused create leaves nothing")
+    }
+
+    @Test("C4 states: Created, start, Running, pause, Paused, resume, Running, terminate, Stopped; other moves refused")
+    func stateMachine() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "sm-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
+        defer { system.close() }
+        #expect((#expect(throws: SiloError.self) { _ = try system.pause() })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try system.resume() })?.code == .invalidState)
+        try system.start().wait(timeout: .seconds(30))
+        #expect(try system.properties().state == .running)
+        #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try system.resume() })?.code == .invalidState)
+        try system.pause().wait(timeout: .seconds(30))
+        #expect(try system.properties().state == .paused)
+        #expect(system.cgroup.isFrozen)
+        try system.resume().wait(timeout: .seconds(30))
+        #expect(try system.properties().state == .running)
+        try system.pause().wait(timeout: .seconds(30))
+        try system.terminate().wait(timeout: .seconds(30))  // terminate works while paused
+        let stopped = try system.properties()
+        #expect(stopped.state == .stopped)
+        #expect(stopped.exitType == .forced)
+        #expect((#expect(throws: SiloError.self) { _ = try system.terminate() })?.code == .systemAlreadyStopped)
+        #expect((#expect(throws: SiloError.self) { _ = try system.shutdown() })?.code == .systemAlreadyStopped)
+        #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
+    }
+
+    @Test("C5 shutdown is graceful and the SystemExited event says so; a stopped system holds no process, cgroup or folder")
+    func gracefulShutdown() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "sd-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30))
+        let exits = Mutex<[String]>([])
+        let exited = DispatchSemaphore(value: 0)
+        try system.events.setHandler { event in
+            if event.type == .systemExited {
+                exits.withLock { $0.append(event.data ?? "") }
+                exited.signal()
+            }
+        }
+        try system.start().wait(timeout: .seconds(30))
+        let running = try system.properties()
+        #expect(running.processList.count == 1, "init alone: \(running.processList)")
+        #expect(running.statistics != nil)
+        try system.shutdown().wait(timeout: .seconds(30))
+        #expect(exited.wait(timeout: .now() + 10) == .success)
+        #expect(exits.withLock { $0 } == [#"{"ExitType":"Graceful"}"#])
+        let stopped = try system.properties()
+        #expect(stopped.state == .stopped && stopped.exitType == .graceful)
+        #expect(stopped.processList.isEmpty)
+        #expect(system.cgroup.directories.values.allSatisfy { !fileExists($0) })
+        #expect(!fileExists(compute.service.store.root(id)))
+        system.close()
+        #expect(compute.service.store.ids().isEmpty, "closing the last handle of a stopped system removes it")
+    }
+
+    @Test("C9 enumerate by id, owner and state")
+    func enumeration() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let a = try compute.service.createComputeSystem(id: "en-a-\(getpid())", document: compute.document(owner: "alice")).wait()
+        let b = try compute.service.createComputeSystem(id: "en-b-\(getpid())", document: compute.document(owner: "bob")).wait()
+        defer { a.close(); b.close() }
+        try b.start().wait(timeout: .seconds(30))
+        #expect(compute.service.enumerate().count == 2)
+        #expect(compute.service.enumerate(owner: "alice").map(\.id) == ["en-a-\(getpid())"])
+        #expect(compute.service.enumerate(state: .running).map(\.id) == ["en-b-\(getpid())"])
+        #expect(compute.service.enumerate(id: "en-a-\(getpid())").first?.state == .created)
+    }
+
+    @Test("O16 O17 O18 on a real system: completions routed to the handler; own callbacks refused; nothing after close")
+    func eventsOnSystem() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "ev-\(getpid())", document: compute.document()).wait()
+        let completed = Mutex<[OperationType]>([])
+        let got = DispatchSemaphore(value: 0)
+        try system.events.setHandler(options: .operationCallbacks) { event in
+            if event.type == .operationCompleted, let operation = event.operation {
+                completed.withLock { $0.append(operation.type) }
+                got.signal()
+            }
+        }
+        _ = try system.start()
+        #expect(got.wait(timeout: .now() + 30) == .success)
+        #expect(completed.withLock { $0 } == [.start])
+        #expect((#expect(throws: SiloError.self) { _ = try system.pause(callback: .short { _ in }) })?.code == .operationSystemCallbackAlreadySet)
+        system.close()
+        // Closing was the last handle and the document does not terminate on it: still running.
+        let other = try compute.service.open("ev-\(getpid())")
+        defer { other.close() }
+        #expect(try other.properties().state == .running)
+        try other.terminate().wait(timeout: .seconds(30))
+        usleep(50_000)
+        #expect(completed.withLock { $0 } == [.start], "nothing reaches a closed handle")
+    }
+
+    @Test("C6 with ShouldTerminateOnLastHandleClosed, closing the last handle terminates the system")
+    func lastHandleTerminates() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "lh-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document(terminateOnLastHandle: true)).wait()
+        try system.start().wait(timeout: .seconds(30))
+        let second = try compute.service.open(id)
+        system.close()
+        #expect(try second.properties().state == .running, "one handle is still open")
+        let cgroup = second.cgroup
+        second.close()
+        #expect(cgroup.directories.values.allSatisfy { !fileExists($0) })
+        #expect(compute.service.store.ids().isEmpty)
+    }
+
+    @Test("C4 a system whose init dies is Stopped with an unexpected exit")
+    func unexpectedExit() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "ux-\(getpid())", document: compute.document()).wait()
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        let pid = try #require(system.properties().processList.first)
+        kill(pid, SIGKILL)
+        var state = ComputeSystemState.running
+        for _ in 0..<500 where state != .stopped {
+            usleep(2000)
+            waitpid(pid, nil, WNOHANG)
+            state = try system.properties().state
+        }
+        #expect(state == .stopped)
+        #expect(try system.properties().exitType == .unexpected)
+    }
+}
