@@ -172,7 +172,20 @@ struct SystemTests {
         system.close()
         #expect(try second.properties().state == .running, "one handle is still open")
         let cgroup = second.cgroup
+        // Another process holding a handle (a shared lock on the handles file, as a handle is)
+        // keeps the system alive when this process closes its last one.
+        let handles = compute.service.store.directory(id) + "/handles"
+        var otherPID: pid_t = 0
+        let words = ["/usr/bin/flock", "-s", handles, "/bin/sleep", "0.4"]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        #expect(posix_spawn(&otherPID, "/usr/bin/flock", nil, nil, argv, environ) == 0)
+        usleep(100_000)
         second.close()
+        #expect(try compute.service.open(id).properties().state == .running, "the other process still holds a handle")
+        _ = reap(otherPID)
+        let third = try compute.service.open(id)
+        third.close()
         #expect(cgroup.directories.values.allSatisfy { !fileExists($0) })
         #expect(compute.service.store.ids().isEmpty)
     }

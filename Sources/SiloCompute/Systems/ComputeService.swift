@@ -33,8 +33,6 @@ public final class ComputeService: Sendable {
     public let configuration: ComputeConfiguration
     public let scheduler: OperationScheduler
     let store: SystemStore
-    /// Open handles per system in this process, for ShouldTerminateOnLastHandleClosed.
-    let handles = Mutex<[String: Int]>([:])
 
     public init(configuration: ComputeConfiguration = ComputeConfiguration(), scheduler: OperationScheduler = .shared) {
         self.configuration = configuration
@@ -79,7 +77,6 @@ public final class ComputeService: Sendable {
     public func open(_ id: String) throws(SiloError) -> ComputeSystem {
         try SandboxRun.validateID(id)
         _ = try store.load(id)
-        handles.withLock { $0[id, default: 0] += 1 }
         return ComputeSystem(id: id, service: self)
     }
 

@@ -1,5 +1,6 @@
 import Glibc
 import SiloOperations
+import Synchronization
 
 /// A handle on one compute system [HCS_SYSTEM]. State changes are operations; each checks the
 /// HCS state rules at once (C4): a wrong state throws `invalidState`, stopping a stopped system
@@ -9,11 +10,23 @@ public final class ComputeSystem: Sendable {
     public let id: String
     public let events: EventChannel
     let service: ComputeService
+    /// This handle's shared flock on `<system>/handles`: the count of handles across processes
+    /// is the count of shared locks (C6). -1 once closed.
+    private let handleLock: Atomic<Int32>
 
     init(id: String, service: ComputeService) {
         self.id = id
         self.service = service
         self.events = EventChannel(owner: id)
+        let path = service.store.directory(id) + "/handles"
+        let fd = Glibc.open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
+        if fd >= 0 { flock(fd, LOCK_SH) }
+        self.handleLock = Atomic(fd)
+    }
+
+    deinit {
+        let fd = handleLock.exchange(-1, ordering: .relaxed)
+        if fd >= 0 { Glibc.close(fd) }
     }
 
     var store: SystemStore { service.store }
@@ -71,18 +84,18 @@ public final class ComputeSystem: Sendable {
     }
 
     /// Closes the handle: no event after this (O18). With ShouldTerminateOnLastHandleClosed, the
-    /// last handle in this process terminates the system; a stopped system's state is removed.
+    /// last handle, in any process, terminates the system; the last handle of a stopped system
+    /// removes its state.
     public func close() {
         events.close()
-        let last = service.handles.withLock { handles -> Bool in
-            handles[id, default: 1] -= 1
-            if handles[id] ?? 0 <= 0 {
-                handles[id] = nil
-                return true
-            }
-            return false
-        }
-        guard last, let record = try? store.load(id) else { return }
+        let fd = handleLock.exchange(-1, ordering: .relaxed)
+        guard fd >= 0 else { return }
+        Glibc.close(fd)  // releases this handle's shared lock
+        // Whoever can take the lock exclusively now holds the only remaining interest: the last.
+        let probe = Glibc.open(store.directory(id) + "/handles", O_RDONLY | O_CLOEXEC)
+        guard probe >= 0 else { return }
+        defer { Glibc.close(probe) }
+        guard flock(probe, LOCK_EX | LOCK_NB) == 0, let record = try? store.load(id) else { return }
         if record.state != .stopped, record.shouldTerminateOnLastHandleClosed {
             // Through no channel and with no event: the handle is closed (O18).
             _ = try? stop(.terminate, graceful: false, notify: false, context: nil, callback: nil).wait(timeout: .seconds(30))

@@ -102,6 +102,7 @@ struct SystemStore: Sendable {
     func remove(_ id: String) {
         unlink(directory(id) + "/state.json")
         unlink(directory(id) + "/lock")
+        unlink(directory(id) + "/handles")
         rmdir(root(id))
         rmdir(directory(id))
     }
