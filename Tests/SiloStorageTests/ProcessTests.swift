@@ -169,3 +169,35 @@ struct LunInSystemTests {
         #expect(node.status == 0, "\(node.error)")
     }
 }
+
+@Suite("silo system CLI", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
+struct SystemCLITests {
+    @Test("C4 silo system create, start, pause, resume, properties, shutdown; errors name the id")
+    func lifecycle() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let state = scratch.path + "/state"
+        let document = scratch.path + "/doc.json"
+        let text = #"{"SchemaVersion":{"Major":2,"Minor":1},"Owner":"cli-test","VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}}},"ShouldTerminateOnLastHandleClosed":false}"#
+        let fd = open(document, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        let id = "cli-\(getpid())"
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        #expect(silo(state, ["system", "start", id]).status == 0)
+        #expect(silo(state, ["system", "list", "--state", "running"]).output.contains(id))
+        #expect(silo(state, ["system", "pause", id]).status == 0)
+        let paused = silo(state, ["system", "properties", id, "--json"])
+        #expect(paused.output.contains(#""state" : "Paused""#), "\(paused.output)")
+        let wrong = silo(state, ["system", "pause", id])
+        #expect(wrong.status == 1 && wrong.error.contains("Paused"))
+        #expect(silo(state, ["system", "resume", id]).status == 0)
+        #expect(silo(state, ["system", "shutdown", id]).status == 0)
+        #expect(!silo(state, ["system", "list"]).output.contains(id), "the last handle of a stopped system removes it")
+        let missing = silo(state, ["system", "start", "ghost"])
+        #expect(missing.status == 1 && missing.error.contains("'ghost'"))
+        let bad = silo(state, ["system", "create", "--id", "x", "--config", "/nonexistent.json"])
+        #expect(bad.status == 64 && bad.error.contains("--config"))
+    }
+}

@@ -47,6 +47,13 @@ public final class ComputeSystem: Sendable {
                                    initBinary: configuration.initBinary)
             if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
             if mkdir(store.root(id), 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: store.root(id)) }
+            // The system outlives the call: its init must not hold the caller's stdio (a pipe
+            // would never see EOF). Processes get their own stdio when they are created.
+            let null = Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)
+            defer { if null >= 0 { Glibc.close(null) } }
+            spec.standardInput = null
+            spec.standardOutput = null
+            spec.standardError = null
             let process = try Sandbox.spawn(spec, cgroup: cgroup)
             Glibc.close(process.pidfd)
             return { record in

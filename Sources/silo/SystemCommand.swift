@@ -1,0 +1,130 @@
+import ArgumentParser
+import Silo
+
+struct SystemCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "system",
+        abstract: "Compute systems: process sandboxes with their own namespaces, cgroup and init.",
+        discussion: """
+            Each command opens the system by id and closes its handle when it ends. A system whose \
+            document sets ShouldTerminateOnLastHandleClosed is terminated by the last close, so give \
+            systems you drive from the command line "ShouldTerminateOnLastHandleClosed": false.
+            """,
+        subcommands: [Create.self, Start.self, List.self, Show.self, Pause.self, Resume.self, Shutdown.self, Terminate.self]
+    )
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a system from a ComputeSystem document (schema 2.x).")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "The system's id (and hostname).") var id: String
+        @Option(help: "The ComputeSystem JSON document.") var config: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory))
+            let system = try cli(options: ["id": "--id", "document": "--config"]) { () throws(SiloError) -> ComputeSystem in
+                guard let text = readWholeFile(config) else {
+                    throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+                }
+                return try service.createComputeSystem(id: id, document: text).wait()
+            }
+            defer { system.close() }
+            try show(try cli { try system.properties() }, json: json)
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List systems, optionally by owner or state.")
+        @OptionGroup var global: GlobalOptions
+        @Option(help: "Only systems of this owner.") var owner: String?
+        @Option(help: "Only systems in this state: Created, Running, Paused, Stopped.") var state: String?
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory))
+            let wanted = try cli(options: ["state": "--state"]) { () throws(SiloError) -> ComputeSystemState? in
+                guard let state else { return nil }
+                guard let value = ComputeSystemState.allCases.first(where: { $0.rawValue.lowercased() == state.lowercased() }) else {
+                    throw SiloError.invalidArgument(field: "state", value: state, reason: "use Created, Running, Paused or Stopped")
+                }
+                return value
+            }
+            let systems = service.enumerate(owner: owner, state: wanted)
+            if json { return try printJSON(systems) }
+            printTable(["ID", "STATE", "OWNER", "MEMORY", "PROCESSES"], systems.map { system in
+                [system.id, system.state.rawValue, system.owner, system.memoryLimitBytes.map(human), "\(system.processList.count)"]
+            })
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "properties", abstract: "A system's properties and statistics.",
+                                                        aliases: ["show"])
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            try act(global, id) { system in try show(try system.properties(), json: json) }
+        }
+    }
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Start a created system: its init becomes pid 1.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        func run() throws { try act(global, id) { system in try system.start().wait() } }
+    }
+
+    struct Pause: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Freeze every process of a running system.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        func run() throws { try act(global, id) { system in try system.pause().wait() } }
+    }
+
+    struct Resume: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Thaw a paused system.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        func run() throws { try act(global, id) { system in try system.resume().wait() } }
+    }
+
+    struct Shutdown: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop gracefully: SIGTERM, then SIGKILL after 10 s.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        func run() throws { try act(global, id) { system in try system.shutdown().wait() } }
+    }
+
+    struct Terminate: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop at once: every process killed.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        func run() throws { try act(global, id) { system in try system.terminate().wait() } }
+    }
+}
+
+/// Opens the system, runs one call, closes the handle.
+func act(_ global: GlobalOptions, _ id: String, _ body: (ComputeSystem) throws -> Void) throws {
+    let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory))
+    let system = try cli(options: ["id": "ID"]) { try service.open(id) }
+    defer { system.close() }
+    try cli(options: ["id": "ID"]) { try body(system) }
+}
+
+func show(_ properties: ComputeSystemProperties, json: Bool) throws {
+    if json { return try printJSON(properties) }
+    let facts: [(String, String?)] = [
+        ("id", properties.id), ("state", properties.state.rawValue), ("exit", properties.exitType?.rawValue),
+        ("owner", properties.owner), ("memory limit", properties.memoryLimitBytes.map(human)),
+        ("processors", properties.processorCount.map(String.init)),
+        ("processes", properties.processList.map(String.init).joined(separator: " ")),
+        ("memory used", properties.statistics.map { human($0.memoryUsageBytes) }),
+        ("cpu user", properties.statistics.map { "\(Double($0.processorTimeUser) / 1e7) s" }),
+        ("cpu kernel", properties.statistics.map { "\(Double($0.processorTimeKernel) / 1e7) s" }),
+        ("uptime", properties.statistics.map { "\($0.uptimeSeconds) s" }),
+        ("ignored fields", properties.ignoredFields.joined(separator: ", ")), ("cgroup layout", properties.cgroupLayout),
+    ]
+    printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
+}
