@@ -205,7 +205,8 @@ struct LunTests {
         let held = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("gone") }
         #expect(held?.code == .deviceInUse)
         close(holder)
-        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        let mkfs = execute("/sbin/mkfs.ext4", ["-q", "-F", device])
+        #expect(mkfs.status == 0, "\(mkfs.error)")
         let mountPoint = storage.path + "/mnt"
         mkdir(mountPoint, 0o755)
         #expect(run("/bin/mount", [device, mountPoint]).status == 0)

@@ -83,10 +83,13 @@ struct ProcessTests {
         try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mount]).status == 0)
         defer { _ = run("/bin/umount", [mount]) }
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: mount + "/state"))
-        // Both pass the space check when reserved; the second to write its zeros runs out.
+        // Either the second is refused at once (the first already took the space) or both pass
+        // the check and the second to allocate runs out: both must end with one LUN and no trace
+        // of the other.
         let first = try provider.createLun(LunSpec(name: "first", size: 24 << 20, provisioning: .zeroed))
-        let second = try provider.createLun(LunSpec(name: "second", size: 24 << 20, provisioning: .zeroed))
-        let results = [first, second].map { operation in Result { try operation.wait(timeout: .seconds(60)) } }
+        let second = Result { try provider.createLun(LunSpec(name: "second", size: 24 << 20, provisioning: .zeroed)) }
+        let results = [Result { try first.wait(timeout: .seconds(60)) },
+                       second.flatMap { operation in Result { try operation.wait(timeout: .seconds(60)) } }]
         let failures = results.compactMap { result -> SiloError? in
             if case .failure(let error) = result { return error as? SiloError }
             return nil
