@@ -83,6 +83,9 @@ struct ProcessTests {
         try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", mount]).status == 0)
         defer { _ = run("/bin/umount", [mount]) }
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: mount + "/state"))
+        // Runs before the unmount above, also when an expectation below throws: a LUN left
+        // attached would keep the tmpfs busy and the unmount would fail.
+        defer { for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(30)) } }
         // Either the second is refused at once (the first already took the space) or both pass
         // the check and the second to allocate runs out: both must end with one LUN and no trace
         // of the other.
