@@ -21,6 +21,7 @@ let package = Package(
     targets: [
         .target(name: "SiloOperations", swiftSettings: strict),
         .target(name: "CSiloLinux"),
+        .target(name: "CSiloAgent"),
         .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
         .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
         .target(
@@ -31,9 +32,9 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .target(name: "SiloCompute", dependencies: ["SiloOperations", "CSiloLinux"], swiftSettings: strict),
+        .target(name: "SiloCompute", dependencies: ["SiloOperations", "CSiloLinux", "CSiloAgent"], swiftSettings: strict),
         .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage", "SiloCompute"], swiftSettings: strict),
-        .executableTarget(name: "silo-init", path: "Sources/silo-init"),
+        .executableTarget(name: "silo-init", dependencies: ["CSiloAgent"], path: "Sources/silo-init"),
         .executableTarget(
             name: "silo",
             dependencies: ["Silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],

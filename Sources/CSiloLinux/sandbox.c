@@ -56,9 +56,14 @@ const char *silo_sandbox_step_name(int step) {
     }
 }
 
+/// The error pipe in the child; setup_stdio moves it out of the way of the inherited descriptors.
+/// A plain global: the child has its own copy of memory (clone3 without CLONE_VM).
+static int error_fd = -1;
+
 static __attribute__((noreturn)) void fail(const struct silo_sandbox_config *c, int step) {
+    (void)c;
     struct silo_sandbox_failure failure = { step, errno };
-    if (c->error_fd >= 0) (void)!write(c->error_fd, &failure, sizeof failure);
+    if (error_fd >= 0) (void)!write(error_fd, &failure, sizeof failure);
     _exit(127);
 }
 
@@ -198,13 +203,18 @@ static void loopback_up(const struct silo_sandbox_config *c) {
 }
 
 static void drop_capabilities(const struct silo_sandbox_config *c) {
+    unsigned long long keep = c->keep_capabilities;
     for (int cap = 0; cap <= c->last_capability; cap++) {
+        if (cap < 64 && (keep & (1ull << cap))) continue;
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) fail(c, STEP_CAPABILITIES);
     }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) fail(c, STEP_CAPABILITIES);
     struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
+    // Root keeps at exec what its permitted set holds (no_new_privs grants nothing more).
+    data[0].permitted = data[0].effective = (uint32_t)keep;
+    data[1].permitted = data[1].effective = (uint32_t)(keep >> 32);
     if (syscall(SYS_capset, &header, data) != 0) fail(c, STEP_CAPABILITIES);
 }
 
@@ -281,18 +291,32 @@ static void install_seccomp(const struct silo_sandbox_config *c) {
 }
 
 static void setup_stdio(const struct silo_sandbox_config *c) {
-    int fds[3] = { c->stdin_fd, c->stdout_fd, c->stderr_fd };
-    for (int target = 0; target < 3; target++) {
-        if (fds[target] < 0 || fds[target] == target) continue;
-        if (dup2(fds[target], target) < 0) fail(c, STEP_STDIO);
+    // Every source first goes above any target (0 .. 2 + inherited), so no dup2 overwrites a
+    // source still to be placed, nor the error pipe.
+    int sources[3 + 8];
+    int count = 3 + (c->inherit_count > 8 ? 8 : c->inherit_count);
+    for (int target = 0; target < count; target++) {
+        int fd = target < 3 ? (target == 0 ? c->stdin_fd : target == 1 ? c->stdout_fd : c->stderr_fd) : c->inherit_fds[target - 3];
+        if (fd < 0 && target < 3) {  // keep the inherited stdio descriptor, if there is one
+            sources[target] = -1;
+            continue;
+        }
+        sources[target] = fcntl(fd, F_DUPFD_CLOEXEC, 64);
+        if (sources[target] < 0) fail(c, STEP_STDIO);
     }
-    // Nothing else of the parent's leaks in: close every descriptor but stdio and the error pipe.
-    int keep = c->error_fd;
-    if (keep > 3) syscall(SYS_close_range, 3, keep - 1, 0);
-    syscall(SYS_close_range, keep >= 3 ? keep + 1 : 3, ~0U, 0);
+    int moved = fcntl(error_fd, F_DUPFD_CLOEXEC, 64);
+    if (moved < 0) fail(c, STEP_STDIO);
+    error_fd = moved;
+    for (int target = 0; target < count; target++) {
+        if (sources[target] >= 0 && dup2(sources[target], target) < 0) fail(c, STEP_STDIO);
+    }
+    // Nothing else of the parent's leaks in: close every descriptor but those and the error pipe.
+    syscall(SYS_close_range, count, error_fd - 1, 0);
+    syscall(SYS_close_range, error_fd + 1, ~0U, 0);
 }
 
 static int child(const struct silo_sandbox_config *c) {
+    error_fd = c->error_fd;
     if (c->sync_fd >= 0) {
         char byte;
         ssize_t got;

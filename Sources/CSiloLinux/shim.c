@@ -6,6 +6,9 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
+#include <sys/socket.h>
+#include <string.h>
+#include <termios.h>
 
 _Static_assert(sizeof(struct loop_info64) == 232, "loop_info64 layout changed");
 _Static_assert(sizeof(struct loop_config) == 304, "loop_config layout changed");
@@ -42,3 +45,24 @@ const int silo_SEEK_DATA = SEEK_DATA;
 const int silo_SEEK_HOLE = SEEK_HOLE;
 const int silo_O_TMPFILE = O_TMPFILE;
 int silo_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+size_t silo_cmsg_space(size_t length) { return CMSG_SPACE(length); }
+void silo_cmsg_put_fds(struct msghdr *message, const int *fds, int count) {
+    struct cmsghdr *header = CMSG_FIRSTHDR(message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+    memcpy(CMSG_DATA(header), fds, sizeof(int) * (size_t)count);
+}
+int silo_set_window_size(int fd, unsigned short rows, unsigned short columns) {
+    struct winsize size = { .ws_row = rows, .ws_col = columns };
+    return ioctl(fd, TIOCSWINSZ, &size);
+}
+int silo_get_window_size(int fd, unsigned short *rows, unsigned short *columns) {
+    struct winsize size;
+    int result = ioctl(fd, TIOCGWINSZ, &size);
+    *rows = size.ws_row;
+    *columns = size.ws_col;
+    return result;
+}
+int silo_pty_peer(int master, int flags) { return ioctl(master, TIOCGPTPEER, flags); }
+int silo_pty_unlock(int master) { int unlock = 0; return ioctl(master, TIOCSPTLCK, &unlock); }

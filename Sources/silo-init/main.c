@@ -3,8 +3,9 @@
 // signal ended it). Small and libc-only; it is made non-dumpable, so the payload cannot ptrace it.
 //
 // Usage: silo-init [--] PROGRAM ARGUMENTS...   run the payload, exit with its status
-//        silo-init --idle                       no payload yet: reap orphans until SIGTERM (exit 0)
-//                                               or SIGKILL; the system's processes come later
+//        silo-init --agent [--terminate-on-last-handle]
+//                                               serve the system's handles (agent.c): processes
+//                                               come later, through them
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -14,24 +15,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "agent.h"
+
 static const int forwarded[] = { SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT };
 
 int main(int argc, char **argv) {
     int first = 1;
-    if (first < argc && strcmp(argv[first], "--idle") == 0) {
-        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-        sigset_t all;
-        sigfillset(&all);
-        sigprocmask(SIG_BLOCK, &all, NULL);
-        for (;;) {
-            siginfo_t info;
-            int signal = sigwaitinfo(&all, &info);
-            if (signal == SIGCHLD) {
-                while (waitpid(-1, NULL, WNOHANG) > 0) {}
-            } else if (signal == SIGTERM || signal == SIGINT) {
-                return 0;  // a graceful shutdown: the kernel ends what is left in the namespace
-            }
-        }
+    if (first < argc && strcmp(argv[first], "--agent") == 0) {
+        return silo_agent_main(first + 1 < argc && strcmp(argv[first + 1], "--terminate-on-last-handle") == 0);
     }
     if (first < argc && strcmp(argv[first], "--") == 0) first++;
     if (first >= argc) {

@@ -25,6 +25,19 @@ int silo_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int silo_ficlone(int destination_fd, int source_fd);
 int silo_pipe2(int fds[2], int flags);
 
+struct msghdr;
+/// CMSG_SPACE(length).
+size_t silo_cmsg_space(size_t length);
+/// Fills message's control buffer (of silo_cmsg_space(count * sizeof(int)) bytes) with one
+/// SCM_RIGHTS message carrying `fds`.
+void silo_cmsg_put_fds(struct msghdr *message, const int *fds, int count);
+/// ioctl(TIOCSWINSZ) / ioctl(TIOCGPTPEER): a terminal's size; a pseudo-terminal's other end.
+int silo_set_window_size(int fd, unsigned short rows, unsigned short columns);
+int silo_get_window_size(int fd, unsigned short *rows, unsigned short *columns);
+int silo_pty_peer(int master, int flags);
+/// ioctl(TIOCSPTLCK, 0): unlocks a new pseudo-terminal (unlockpt).
+int silo_pty_unlock(int master);
+
 extern const int silo_O_DIRECT;
 extern const int silo_O_TMPFILE;
 extern const int silo_SEEK_DATA;

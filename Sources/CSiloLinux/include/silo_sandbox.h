@@ -48,6 +48,14 @@ struct silo_sandbox_config {
     const char *init_binary;
     /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.
     unsigned long long extra_clone_flags;
+    /// Descriptors the program inherits as 3, 4, ... in this order (such as the agent's socket);
+    /// every other descriptor is closed. `inherit_count` of them, at most 8.
+    const int *inherit_fds;
+    int inherit_count;
+    /// Capabilities (bit n = capability n) the program keeps, in its bounding, permitted and
+    /// effective sets; 0 drops every one. Silo's agent keeps SETUID, SETGID and SETPCAP to start
+    /// processes as other users, and drops them in each process it starts.
+    unsigned long long keep_capabilities;
 };
 
 struct silo_sandbox_failure {

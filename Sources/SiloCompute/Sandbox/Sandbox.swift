@@ -24,6 +24,10 @@ public struct SandboxSpec: Sendable {
     /// Block devices given to the system (C12): each node appears in /dev, and its file system is
     /// mounted where asked.
     public var blockDevices: [BlockDevice] = []
+    /// Descriptors the program inherits as 3, 4, ... in this order (at most 8); all others close.
+    public var inheritedDescriptors: [Int32] = []
+    /// Capability numbers the program keeps (`CAP_SETUID` is 7); none by default.
+    public var keptCapabilities: [Int32] = []
 
     public init(root: String, hostname: String, arguments: [String], environment: [String] = SandboxSpec.defaultEnvironment,
                 seccomp: Bool = true, readOnlyBinds: [String] = SandboxSpec.defaultBinds, devices: [String] = SandboxSpec.defaultDevices,
@@ -143,7 +147,12 @@ public enum Sandbox {
                                         config.mount_targets = UnsafePointer(OpaquePointer(mountTargets))
                                         config.mount_types = UnsafePointer(OpaquePointer(mountTypes))
                                         config.mount_modes = UnsafePointer(OpaquePointer(mountModes))
-                                        return silo_sandbox_spawn(&config, &pidfd)
+                                        config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
+                                        return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
+                                            config.inherit_fds = inherited.baseAddress
+                                            config.inherit_count = Int32(min(inherited.count, 8))
+                                            return silo_sandbox_spawn(&config, &pidfd)
+                                        }
                                       }
                                     }
                       }

@@ -99,7 +99,11 @@ public final class ComputeService: Sendable {
         guard cgroup.pids.isEmpty else { return record }
         var stopped = record
         stopped.state = .stopped
-        stopped.exitType = .unexpected
+        // The agent ends the system when the last handle's holder died, and says so in the
+        // handles file (C6): that is a forced stop, not a crash.
+        let reason = readText(store.directory(record.id) + "/handles") ?? ""
+        stopped.exitType = reason.hasPrefix("terminated: last handle closed") ? .forced : .unexpected
+        unlink(store.directory(record.id) + "/agent.sock")
         try? store.locked(record.id) { () throws(SiloError) in
             try cgroup.destroy()
             try store.save(stopped)

@@ -1,3 +1,5 @@
+import CSiloAgent
+import CSiloLinux
 import Glibc
 import SiloOperations
 import Synchronization
@@ -14,6 +16,23 @@ public final class ComputeSystem: Sendable {
     /// is the count of shared locks (C6). -1 once closed.
     private let handleLock: Atomic<Int32>
 
+    private struct WeakProcess: Sendable {
+        weak var process: ComputeProcess?
+    }
+
+    private struct Agent {
+        /// This handle's connection to the system's agent, made when the system runs: it counts
+        /// the handle where the agent can see it go, even if this process dies (C6).
+        var connection: AgentConnection?
+        /// Processes with a handle here, by pid inside; exits route to them.
+        var processes: [Int32: [WeakProcess]] = [:]
+        /// Exits that came before their process's handle was made (the reply and the event race).
+        var unclaimedExits: [Int32: Int32] = [:]
+        var closed = false
+    }
+
+    private let agentState = Mutex(Agent())
+
     init(id: String, service: ComputeService) {
         self.id = id
         self.service = service
@@ -22,11 +41,15 @@ public final class ComputeSystem: Sendable {
         let fd = Glibc.open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
         if fd >= 0 { flock(fd, LOCK_SH) }
         self.handleLock = Atomic(fd)
+        if let record = try? service.store.load(id), record.state == .running || record.state == .paused {
+            _ = try? agent()
+        }
     }
 
     deinit {
         let fd = handleLock.exchange(-1, ordering: .relaxed)
         if fd >= 0 { Glibc.close(fd) }
+        agentState.withLock { $0.connection }?.close()
     }
 
     var store: SystemStore { service.store }
@@ -43,10 +66,22 @@ public final class ComputeSystem: Sendable {
     public func start(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         try change(.start, from: [.created], context: context, callback: callback) { [self] in
             let configuration = service.configuration
-            var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: ["/.silo/init", "--idle"],
-                                   initBinary: configuration.initBinary)
+            let record = try store.load(id)
+            var arguments = ["/.silo/init", "--agent"]
+            if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
+            var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
             if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
             if mkdir(store.root(id), 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: store.root(id)) }
+            // The agent's socket is made here, on the host, and inherited: inside, the agent
+            // cannot reach this folder. The handles file lets it see when no handle is left.
+            let listener = try AgentListener(directory: store.directory(id))
+            defer { listener.close() }
+            let handles = Glibc.open(store.directory(id) + "/handles", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            guard handles >= 0 else { throw SiloError.system("open", errno: errno, path: store.directory(id) + "/handles") }
+            defer { Glibc.close(handles) }
+            spec.inheritedDescriptors = [listener.fd, handles]
+            // To start processes as other users; each process it starts drops them.
+            spec.keptCapabilities = [6, 7, 8]  // CAP_SETGID, CAP_SETUID, CAP_SETPCAP
             // The system outlives the call: its init must not hold the caller's stdio (a pipe
             // would never see EOF). Processes get their own stdio when they are created.
             let null = Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -54,7 +89,13 @@ public final class ComputeSystem: Sendable {
             spec.standardInput = null
             spec.standardOutput = null
             spec.standardError = null
-            let process = try Sandbox.spawn(spec, cgroup: cgroup)
+            let process: SandboxProcess
+            do {
+                process = try Sandbox.spawn(spec, cgroup: cgroup)
+            } catch {
+                listener.remove()
+                throw error
+            }
             Glibc.close(process.pidfd)
             return { record in
                 record.state = .running
@@ -95,6 +136,13 @@ public final class ComputeSystem: Sendable {
     /// removes its state.
     public func close() {
         events.close()
+        let connection = agentState.withLock { agent in
+            agent.closed = true
+            return agent.connection
+        }
+        // The connection goes last: the agent, seeing it close, would end the system too, and the
+        // host's own stop below records how it ended.
+        defer { connection?.close() }
         let fd = handleLock.exchange(-1, ordering: .relaxed)
         guard fd >= 0 else { return }
         Glibc.close(fd)  // releases this handle's shared lock
@@ -108,6 +156,143 @@ public final class ComputeSystem: Sendable {
             _ = try? stop(.terminate, graceful: false, notify: false, context: nil, callback: nil).wait(timeout: .seconds(30))
         }
         if (try? store.load(id))?.state == .stopped { store.remove(id) }
+    }
+
+    // MARK: Processes
+
+    /// Starts a process in the running system through its agent [HcsCreateProcess] (C7). The
+    /// parameters are checked at once; the operation's output has the process's pid and exactly
+    /// the pipes (or the console) asked for.
+    /// - Parameter standardStreams: descriptors of the caller's to give the process as its stdin,
+    ///   stdout and stderr (-1: /dev/null) instead of the pipes the parameters ask for; a CLI
+    ///   passes its own terminal through this way. The caller keeps (and closes) them.
+    /// - Throws: at once, `invalidState` unless the system runs; bad parameters name their field.
+    public func createProcess(_ parameters: ProcessParameters, standardStreams: [Int32]? = nil, context: (any Sendable)? = nil,
+                              callback: OperationCallback<ComputeProcess>? = nil) throws(SiloError) -> SiloOperation<ComputeProcess> {
+        let record = try store.load(id)
+        guard service.refreshed(record).state == .running else {
+            throw SiloError(.invalidState, "cannot create a process in compute system '\(id)': it is \(service.refreshed(record).state.rawValue)",
+                            field: "state", value: service.refreshed(record).state.rawValue)
+        }
+        let user = try ProcessUser(parameters.user)
+        guard !parameters.arguments.isEmpty, !parameters.arguments[0].isEmpty else {
+            throw SiloError.invalidArgument(field: "CommandLine", value: "", reason: "give a program to run")
+        }
+        if let standardStreams, standardStreams.count != 3 || standardStreams.contains(where: { $0 >= 0 && fcntl($0, F_GETFD) < 0 }) {
+            throw SiloError.invalidArgument(field: "standardStreams", value: "\(standardStreams)", reason: "three open descriptors (or -1)")
+        }
+        return try service.scheduler.run(.createProcess, context: context, callback: callback, events: events, cancellable: false) {
+            [self] _ in try spawnProcess(parameters, user: user, standardStreams: standardStreams)
+        }
+    }
+
+    /// A handle on a process of this system started by any handle, in any process: its exit (with
+    /// its code) reaches this handle too, even when it came before this call.
+    /// - Throws: `processInfoNotAvailable` for a pid the agent did not start.
+    public func openProcess(_ pid: Int32) throws(SiloError) -> ComputeProcess {
+        let process = ComputeProcess(pid: pid, system: self, standardInput: nil, standardOutput: nil, standardError: nil,
+                                     isConsole: false, oomKillsAtStart: cgroup.oomKills)
+        register(process)
+        do {
+            var body = pid
+            _ = try agent().request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+        } catch {
+            forget(process)
+            if error.code == .processAlreadyStopped {
+                throw SiloError(.processInfoNotAvailable, "compute system '\(id)' has no process \(pid) that Silo started",
+                                field: "pid", value: "\(pid)")
+            }
+            throw error
+        }
+        return process
+    }
+
+    /// The processes running in the system, as its agent sees them (pids inside, pid 1 is the agent).
+    public func processes() throws(SiloError) -> [ProcessSummary] {
+        let bytes = try agent().request(SILO_AGENT_LIST)
+        return ProcessSummary.decode(bytes)
+    }
+
+    func spawnProcess(_ parameters: ProcessParameters, user: ProcessUser, standardStreams: [Int32]?) throws(SiloError) -> ComputeProcess {
+        let connection = try agent()
+        var environment = Dictionary(uniqueKeysWithValues: SandboxSpec.defaultEnvironment.map { line in
+            let parts = line.split(separator: "=", maxSplits: 1)
+            return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
+        })
+        environment.merge(parameters.environment) { _, new in new }
+        let stdio: ProcessStdio
+        if let standardStreams { stdio = ProcessStdio(passing: standardStreams) } else { stdio = try ProcessStdio(parameters) }
+        var sent = false
+        defer { stdio.closeChildEnds(); if !sent { stdio.closeParentEnds() } }
+        var fixed = silo_agent_spawn(flags: stdio.flags | (user.switches ? UInt32(SILO_SPAWN_USER.rawValue) : 0),
+                                     argc: UInt32(parameters.arguments.count), envc: UInt32(environment.count),
+                                     uid: user.uid, gid: user.gid)
+        let variables = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        var buffer = [UInt8](repeating: 0, count: Int(SILO_AGENT_MAX_PAYLOAD))
+        let length = withCStrings(parameters.arguments) { argv in
+            withCStrings(variables) { envp in
+                buffer.withUnsafeMutableBytes { raw in
+                    silo_agent_encode_spawn(raw.baseAddress, raw.count, &fixed, parameters.workingDirectory ?? "/",
+                                            UnsafePointer(OpaquePointer(argv)), UnsafePointer(OpaquePointer(envp)))
+                }
+            }
+        }
+        guard length > 0 else {
+            throw SiloError.invalidArgument(field: "CommandLine", value: parameters.arguments.joined(separator: " ").prefix(80) + "...",
+                                            reason: "the command and environment exceed \(SILO_AGENT_MAX_PAYLOAD) bytes")
+        }
+        let oomKills = cgroup.oomKills
+        let reply = try connection.request(SILO_AGENT_SPAWN, payload: Array(buffer[0..<length]), descriptors: stdio.descriptors)
+        sent = true
+        var pid: Int32 = 0
+        guard reply.count == 4 else { throw SiloError(.protocolError, "a damaged reply to a process start from '\(id)'") }
+        _ = withUnsafeMutableBytes(of: &pid) { reply.copyBytes(to: $0) }
+        let process = ComputeProcess(pid: pid, system: self, standardInput: stdio.input, standardOutput: stdio.output,
+                                     standardError: stdio.error, isConsole: parameters.emulateConsole, oomKillsAtStart: oomKills)
+        register(process)
+        return process
+    }
+
+    /// This handle's live connection to the agent, made on first use.
+    func agent() throws(SiloError) -> AgentConnection {
+        try agentState.withLock { (agent) throws(SiloError) -> AgentConnection in
+            if agent.closed { throw SiloError(.invalidOperation, "the handle on compute system '\(id)' is closed", field: "id", value: id) }
+            if let connection = agent.connection, !connection.isClosed { return connection }
+            let connection = try AgentConnection(system: id, directory: store.directory(id))
+            connection.setExitHandler { [weak self] pid, status in self?.processExited(pid, status: status) }
+            agent.connection = connection
+            return connection
+        }
+    }
+
+    /// Whether this handle's agent connection ended (the system stopped).
+    var agentIsGone: Bool { agentState.withLock { $0.connection?.isClosed ?? false } }
+
+    private func register(_ process: ComputeProcess) {
+        let unclaimed = agentState.withLock { agent -> Int32? in
+            agent.processes[process.pid, default: []].append(WeakProcess(process: process))
+            return agent.unclaimedExits.removeValue(forKey: process.pid)
+        }
+        if let unclaimed { processExited(process.pid, status: unclaimed) }
+    }
+
+    func forget(_ process: ComputeProcess) {
+        agentState.withLock { agent in
+            agent.processes[process.pid]?.removeAll { $0.process == nil || $0.process === process }
+            if agent.processes[process.pid]?.isEmpty == true { agent.processes[process.pid] = nil }
+        }
+    }
+
+    private func processExited(_ pid: Int32, status: Int32) {
+        let handles = agentState.withLock { agent -> [ComputeProcess] in
+            guard let entries = agent.processes.removeValue(forKey: pid) else {
+                if agent.unclaimedExits.count > 1024 { agent.unclaimedExits.removeAll() }
+                agent.unclaimedExits[pid] = status
+                return []
+            }
+            return entries.compactMap(\.process)
+        }
+        handles.forEach { $0.exited(waitStatus: status, fromAgent: true) }
     }
 
     // MARK: Transitions
@@ -132,6 +317,7 @@ public final class ComputeSystem: Sendable {
             try cgroup.destroy()
             if let pid = record.initPID { waitpid(pid, nil, WNOHANG) }  // reap it if it is our child
             rmdir(store.root(id))
+            unlink(store.directory(id) + "/agent.sock")
             let exitType = record.state == .created ? SystemExitType.graceful : exit
             if notify { events.post(SiloEvent(type: .systemExited, data: #"{"ExitType":"\#(exitType.rawValue)"}"#)) }
             return { stopped in

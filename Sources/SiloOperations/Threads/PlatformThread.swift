@@ -11,14 +11,14 @@ import Darwin
 /// Silo owns its threads instead of borrowing Dispatch's or the Swift concurrency pool's: a `.long`
 /// callback may block for as long as it likes, and that must never starve the threads that complete
 /// operations or run other callbacks [WS_CALLBACK_MODEL].
-enum PlatformThread {
+package enum PlatformThread {
     private final class Start {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 
     /// Starts a detached thread running `body`. Returns false when the system refuses a new thread.
-    static func spawn(_ body: @escaping @Sendable () -> Void) -> Bool {
+    package static func spawn(_ body: @escaping @Sendable () -> Void) -> Bool {
         let start = Unmanaged.passRetained(Start(body)).toOpaque()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)

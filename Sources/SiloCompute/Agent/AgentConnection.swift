@@ -1,0 +1,230 @@
+import CSiloAgent
+import CSiloLinux
+import Dispatch
+import Glibc
+import SiloOperations
+import Synchronization
+
+/// One connection to a compute system's agent (silo-init, pid 1 inside): a handle's link to the
+/// processes of the system. Requests wait for their reply; EXITED events go to `exitHandler`.
+/// A reader thread owned by the connection receives every packet (protocol: silo_agent.h).
+final class AgentConnection: Sendable {
+    typealias ExitHandler = @Sendable (_ pid: Int32, _ status: Int32) -> Void
+
+    private struct Pending {
+        let done = DispatchSemaphore(value: 0)
+        var reply: Result<[UInt8], SiloError>?
+    }
+
+    private struct State {
+        var nextID: UInt32 = 1
+        var pending: [UInt32: Pending] = [:]
+        var closed: SiloError?
+        var exitHandler: ExitHandler?
+        var disconnectHandler: (@Sendable () -> Void)?
+    }
+
+    let system: String
+    private let socket: Int32
+    private let state = Mutex(State())
+    /// The reader's end: it alone closes the socket, so its number is never reused under it.
+    private let finished = DispatchSemaphore(value: 0)
+
+    /// Connects to `<directory>/agent.sock` through the directory's descriptor, so the socket's
+    /// path never meets the 108-byte limit of a socket address.
+    init(system: String, directory: String) throws(SiloError) {
+        self.system = system
+        let folder = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard folder >= 0 else { throw SiloError(.systemNotFound, "no compute system with id '\(system)'", field: "id", value: system) }
+        defer { Glibc.close(folder) }
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SiloError.system("socket", errno: errno) }
+        let connected = withSocketAddress("/proc/self/fd/\(folder)/agent.sock") { address, length in
+            Glibc.connect(fd, address, length)
+        }
+        guard connected == 0 else {
+            let error = errno
+            Glibc.close(fd)
+            throw SiloError(.connectFailed, "cannot reach the agent of compute system '\(system)': \(String(cString: strerror(error)))",
+                            field: "id", value: system, syscall: "connect", errno: error)
+        }
+        socket = fd
+        let started = PlatformThread.spawn { [self] in readLoop() }
+        if !started {
+            Glibc.close(fd)
+            throw SiloError(.outOfMemory, "cannot start a thread for the agent connection of '\(system)'")
+        }
+    }
+
+    deinit {
+        // The reader holds no reference to self past its loop, so this runs after `close()`
+        // or when the last reference goes; either way the reader ends and closes the socket.
+    }
+
+    func setExitHandler(_ handler: @escaping ExitHandler) { state.withLock { $0.exitHandler = handler } }
+    func setDisconnectHandler(_ handler: @escaping @Sendable () -> Void) { state.withLock { $0.disconnectHandler = handler } }
+
+    var isClosed: Bool { state.withLock { $0.closed != nil } }
+
+    /// Sends a request with `descriptors` attached and waits for its reply's payload.
+    /// - Throws: the agent's error mapped by `mapError`, `connectionClosed` when the agent went.
+    func request(_ type: silo_agent_type, payload: [UInt8] = [], descriptors: [Int32] = [],
+                 timeout: Duration = .seconds(30)) throws(SiloError) -> [UInt8] {
+        let (id, done): (UInt32, DispatchSemaphore) = try state.withLock { (state) throws(SiloError) in
+            if let error = state.closed { throw error }
+            let id = state.nextID
+            state.nextID = state.nextID == UInt32.max ? 1 : state.nextID + 1
+            let pending = Pending()
+            state.pending[id] = pending
+            return (id, pending.done)
+        }
+        var header = silo_agent_header(magic: SILO_AGENT_MAGIC, version: UInt16(SILO_AGENT_VERSION), type: UInt16(type.rawValue),
+                                       id: id, length: UInt32(payload.count))
+        let sent = send(header: &header, payload: payload, descriptors: descriptors)
+        if sent < 0 {
+            let error = errno
+            state.withLock { _ = $0.pending.removeValue(forKey: id) }
+            throw SiloError(.connectionClosed, "the agent of compute system '\(system)' is gone: \(String(cString: strerror(error)))",
+                            field: "id", value: system, syscall: "sendmsg", errno: error)
+        }
+        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+        if done.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .timedOut {
+            state.withLock { _ = $0.pending.removeValue(forKey: id) }
+            throw SiloError(.operationTimeout, "the agent of compute system '\(system)' did not answer within \(timeout)",
+                            field: "id", value: system)
+        }
+        let reply = state.withLock { $0.pending.removeValue(forKey: id)?.reply }
+        switch reply {
+        case .success(let bytes)?: return bytes
+        case .failure(let error)?: throw error
+        case nil: throw SiloError(.connectionClosed, "the agent of compute system '\(system)' is gone", field: "id", value: system)
+        }
+    }
+
+    /// Hangs up. The reader sees the end, fails what still waits and closes the socket.
+    func close() {
+        Glibc.shutdown(socket, Int32(SHUT_RDWR))
+    }
+
+    /// Blocks until the reader has closed the socket (after `close()` or the agent's end).
+    func waitClosed(timeout: Duration = .seconds(5)) {
+        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
+        if finished.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success { finished.signal() }
+    }
+
+    private func send(header: inout silo_agent_header, payload: [UInt8], descriptors: [Int32]) -> Int {
+        withUnsafeMutableBytes(of: &header) { headerBytes in
+            var payload = payload
+            return payload.withUnsafeMutableBytes { payloadBytes in
+                var parts = [
+                    iovec(iov_base: headerBytes.baseAddress, iov_len: headerBytes.count),
+                    iovec(iov_base: payloadBytes.baseAddress, iov_len: payloadBytes.count),
+                ]
+                let controlSize = descriptors.isEmpty ? 0 : silo_cmsg_space(descriptors.count * MemoryLayout<Int32>.size)
+                var control = [UInt8](repeating: 0, count: max(controlSize, 1))
+                return parts.withUnsafeMutableBufferPointer { iov in
+                    control.withUnsafeMutableBytes { controlBytes in
+                        var message = msghdr()
+                        message.msg_iov = iov.baseAddress
+                        message.msg_iovlen = payloadBytes.isEmpty ? 1 : 2
+                        if !descriptors.isEmpty {
+                            message.msg_control = controlBytes.baseAddress
+                            message.msg_controllen = controlSize
+                            silo_cmsg_put_fds(&message, descriptors, Int32(descriptors.count))
+                        }
+                        var sent: Int
+                        repeat { sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL)) } while sent < 0 && errno == EINTR
+                        return sent
+                    }
+                }
+            }
+        }
+    }
+
+    private func readLoop() {
+        let capacity = MemoryLayout<silo_agent_header>.size + Int(SILO_AGENT_MAX_PAYLOAD)
+        var buffer = [UInt8](repeating: 0, count: capacity)
+        while true {
+            let size = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+            if size < 0, errno == EINTR { continue }
+            if size <= 0 { break }
+            var header = silo_agent_header()
+            let check = buffer.withUnsafeBytes { silo_agent_check_header($0.baseAddress, size, &header) }
+            guard check == 0 else { break }  // an agent that does not speak this protocol: hang up
+            let payload = Array(buffer[MemoryLayout<silo_agent_header>.size..<size])
+            switch Int(header.type) {
+            case Int(SILO_AGENT_OK.rawValue):
+                complete(header.id, .success(payload))
+            case Int(SILO_AGENT_ERROR.rawValue):
+                var body = silo_agent_error()
+                let decoded = payload.withUnsafeBytes { silo_agent_decode_fixed($0.baseAddress, $0.count, &body, MemoryLayout<silo_agent_error>.size) }
+                complete(header.id, .failure(decoded == 0 ? agentError(body) : SiloError(.protocolError, "a damaged error reply from the agent of '\(system)'")))
+            case Int(SILO_AGENT_EXITED.rawValue):
+                var body = silo_agent_exited()
+                let decoded = payload.withUnsafeBytes { silo_agent_decode_fixed($0.baseAddress, $0.count, &body, MemoryLayout<silo_agent_exited>.size) }
+                if decoded == 0, let handler = state.withLock({ $0.exitHandler }) { handler(body.pid, body.status) }
+            default:
+                break
+            }
+        }
+        let (waiting, disconnect) = state.withLock { state in
+            let error = SiloError(.connectionClosed, "the agent of compute system '\(system)' is gone (the system stopped)",
+                                  field: "id", value: system)
+            state.closed = error
+            for id in state.pending.keys { state.pending[id]?.reply = .failure(error) }
+            let waiting = state.pending.values.map(\.done)
+            let disconnect = state.disconnectHandler
+            state.exitHandler = nil
+            state.disconnectHandler = nil
+            return (waiting, disconnect)
+        }
+        waiting.forEach { $0.signal() }
+        Glibc.close(socket)
+        finished.signal()
+        disconnect?()
+    }
+
+    private func complete(_ id: UInt32, _ reply: Result<[UInt8], SiloError>) {
+        let done: DispatchSemaphore? = state.withLock { state in
+            guard state.pending[id] != nil else { return nil }  // timed out meanwhile
+            state.pending[id]?.reply = reply
+            return state.pending[id]?.done
+        }
+        done?.signal()
+    }
+
+    private func agentError(_ body: silo_agent_error) -> SiloError {
+        let message = String(cString: strerror(body.error))
+        if body.step != 0 {
+            let step = String(cString: silo_agent_step_name(body.step))
+            return SiloError(body.error == EPERM || body.error == EACCES ? .accessDenied : .systemCallFailed,
+                             "the process could not \(step) in compute system '\(system)': \(message) (errno \(body.error))",
+                             field: "process", value: step, syscall: step, errno: body.error)
+        }
+        switch body.error {
+        case ESRCH:
+            return SiloError(.processAlreadyStopped, "the process is not running in compute system '\(system)'", errno: body.error)
+        case ESHUTDOWN:
+            return SiloError(.invalidState, "compute system '\(system)' is shutting down", field: "state", value: "stopping")
+        case EAGAIN:
+            return SiloError(.operationDenied, "compute system '\(system)' runs as many processes as its agent tracks", errno: body.error)
+        default:
+            return SiloError(.protocolError, "the agent of compute system '\(system)' refused a request: \(message) (errno \(body.error))",
+                             errno: body.error)
+        }
+    }
+}
+
+/// Calls `body` with a `sockaddr_un` for `path` (at most 107 bytes).
+func withSocketAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8.prefix(107))
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+}

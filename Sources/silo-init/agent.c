@@ -1,0 +1,402 @@
+// The agent: silo-init's loop in a compute system that outlives one command (`--agent`). It
+// serves the system's handles over the listening socket it inherits as fd 3 (protocol in
+// silo_agent.h), starts processes for them with the stdio they pass, tells them when those exit,
+// reaps every orphan, and ends the system when the last handle anywhere is gone
+// (ShouldTerminateOnLastHandleClosed, C6): each handle holds a shared flock on the file that
+// comes as fd 4, and a connection; when a connection closes, the agent tries that lock
+// exclusively, and gets it only when no handle is left in any process.
+#define _GNU_SOURCE
+#include "agent.h"
+
+#include "silo_agent.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_CONNECTIONS 64
+#define MAX_PROCESSES 1024
+#define MAX_FDS 3
+
+extern char **environ;
+
+struct process {
+    pid_t pid;          ///< 0: a free slot
+    int running;
+    int status;         ///< the wait status once exited
+    int owner;          ///< the connection slot that spawned it, -1 once that closed
+    uint64_t watchers;  ///< connection slots waiting for its exit
+    uint64_t exited_at; ///< order of exits, to evict the oldest exited entry first
+};
+
+static struct pollfd polls[2 + MAX_CONNECTIONS];  // signalfd, listener, connections
+static struct process processes[MAX_PROCESSES];
+static uint64_t exit_counter;
+static int handles_fd = -1;
+static int terminate_on_last_handle;
+static int shutting_down;
+static int last_handle_checks;  ///< retries left: a dead client's lock may drop just after its socket
+static unsigned char packet[sizeof(struct silo_agent_header) + SILO_AGENT_MAX_PAYLOAD];
+
+static int live_connections(void) {
+    int count = 0;
+    for (int i = 0; i < MAX_CONNECTIONS; i++) count += polls[2 + i].fd >= 0;
+    return count;
+}
+
+static int running_processes(void) {
+    int count = 0;
+    for (int i = 0; i < MAX_PROCESSES; i++) count += processes[i].pid > 0 && processes[i].running;
+    return count;
+}
+
+static struct process *find_process(pid_t pid) {
+    for (int i = 0; i < MAX_PROCESSES; i++) {
+        if (processes[i].pid == pid) return &processes[i];
+    }
+    return NULL;
+}
+
+/// A slot for a new process: a free one, else the oldest exited one. NULL when all run.
+static struct process *new_process(pid_t pid) {
+    struct process *slot = find_process(pid);  // the pid of an exited entry came round again
+    for (int i = 0; !slot && i < MAX_PROCESSES; i++) {
+        if (processes[i].pid == 0) slot = &processes[i];
+    }
+    for (int i = 0; !slot && i < MAX_PROCESSES; i++) {
+        if (!processes[i].running && (!slot || processes[i].exited_at < slot->exited_at)) slot = &processes[i];
+    }
+    if (slot) memset(slot, 0, sizeof *slot);
+    return slot;
+}
+
+static void close_connection(int slot);
+
+/// Sends one packet; an event that cannot be sent at once drops the connection rather than
+/// stall the agent behind a client that does not read.
+static void send_packet(int slot, uint16_t type, uint32_t id, const void *payload, uint32_t length, int event) {
+    int fd = polls[2 + slot].fd;
+    if (fd < 0) return;
+    struct silo_agent_header header = { SILO_AGENT_MAGIC, SILO_AGENT_VERSION, type, id, length };
+    struct iovec parts[2] = { { &header, sizeof header }, { (void *)payload, length } };
+    struct msghdr message = { .msg_iov = parts, .msg_iovlen = length ? 2 : 1 };
+    ssize_t sent;
+    do { sent = sendmsg(fd, &message, MSG_NOSIGNAL | (event ? MSG_DONTWAIT : 0)); } while (sent < 0 && errno == EINTR);
+    if (sent < 0) close_connection(slot);
+}
+
+static void reply_error(int slot, uint32_t id, int error, int step) {
+    struct silo_agent_error body = { error, step };
+    send_packet(slot, SILO_AGENT_ERROR, id, &body, sizeof body, 0);
+}
+
+static void send_exit(int slot, const struct process *process) {
+    struct silo_agent_exited body = { process->pid, process->status };
+    send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, 1);
+}
+
+/// When a handle goes, the last one ends the system (if the document asked for that).
+static void check_last_handle(void) {
+    if (!terminate_on_last_handle || handles_fd < 0 || live_connections() > 0) {
+        last_handle_checks = 0;
+        return;
+    }
+    if (flock(handles_fd, LOCK_EX | LOCK_NB) != 0) {
+        if (last_handle_checks > 0) last_handle_checks--;
+        return;
+    }
+    // Say why the system ended where the host can read it, then end it: the kernel kills every
+    // process of the pid namespace when its init exits.
+    static const char reason[] = "terminated: last handle closed\n";
+    (void)!pwrite(handles_fd, reason, sizeof reason - 1, 0);
+    kill(-1, SIGKILL);
+    _exit(0);
+}
+
+static void close_connection(int slot) {
+    int fd = polls[2 + slot].fd;
+    if (fd < 0) return;
+    close(fd);
+    polls[2 + slot].fd = -1;
+    uint64_t bit = 1ull << slot;
+    for (int i = 0; i < MAX_PROCESSES; i++) {
+        processes[i].watchers &= ~bit;
+        if (processes[i].owner == slot) processes[i].owner = -1;
+    }
+    last_handle_checks = 10;
+    check_last_handle();
+}
+
+static void drop_capabilities(void) {
+    // The agent may keep CAP_SETUID/SETGID (to start processes as another user) and CAP_SETPCAP
+    // (to drop those from the bounding set here); a process keeps none of them.
+    for (int cap = 0; cap <= CAP_LAST_CAP; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+    struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    syscall(SYS_capset, &header, data);
+}
+
+static __attribute__((noreturn)) void child_fail(int error_pipe, int step) {
+    struct silo_agent_error failure = { errno, step };
+    (void)!write(error_pipe, &failure, sizeof failure);
+    _exit(127);
+}
+
+/// In the forked child: becomes the requested process. Never returns.
+static __attribute__((noreturn)) void become(const struct silo_agent_spawn_request *request, const char **argv,
+                                             const char **envp, const int *fds, int error_pipe) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (setsid() < 0) child_fail(error_pipe, SILO_STEP_SESSION);
+    // Every source goes high first, so that no dup2 onto 0..2 overwrites a later source.
+    int sources[3];
+    for (int i = 0; i < 3; i++) {
+        int fd = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (fd < 0 || (sources[i] = fcntl(fd, F_DUPFD_CLOEXEC, 64)) < 0) child_fail(error_pipe, SILO_STEP_STDIO);
+    }
+    int error_fd = fcntl(error_pipe, F_DUPFD_CLOEXEC, 64);
+    if (error_fd < 0) child_fail(error_pipe, SILO_STEP_STDIO);
+    error_pipe = error_fd;
+    for (int i = 0; i < 3; i++) {
+        if (dup2(sources[i], i) < 0) child_fail(error_pipe, SILO_STEP_STDIO);
+    }
+    // Nothing of the agent's leaks into the process: its socket, connections, the handles file.
+    syscall(SYS_close_range, 3, error_pipe - 1, 0);
+    syscall(SYS_close_range, error_pipe + 1, ~0U, 0);
+    if ((request->fixed.flags & SILO_SPAWN_CONSOLE) && ioctl(0, TIOCSCTTY, 0) != 0) child_fail(error_pipe, SILO_STEP_TERMINAL);
+    if (chdir(request->cwd) != 0) child_fail(error_pipe, SILO_STEP_DIRECTORY);
+    if (request->fixed.flags & SILO_SPAWN_USER) {
+        if (setgroups(0, NULL) != 0 || setgid(request->fixed.gid) != 0 || setuid(request->fixed.uid) != 0) {
+            child_fail(error_pipe, SILO_STEP_USER);
+        }
+    }
+    drop_capabilities();
+    environ = (char **)envp;
+    execvp(argv[0], (char *const *)argv);
+    child_fail(error_pipe, SILO_STEP_EXEC);
+}
+
+static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t length, int *fds, int fd_count) {
+    static const char *argv[SILO_AGENT_MAX_STRINGS + 1], *envp[SILO_AGENT_MAX_STRINGS + 1];
+    struct silo_agent_spawn_request request;
+    int error = silo_agent_decode_spawn(payload, length, &request, argv, envp, SILO_AGENT_MAX_STRINGS + 1);
+    if (error == 0 && (int)request.descriptors != fd_count) error = EBADF;
+    if (error) return reply_error(slot, id, error, SILO_STEP_NONE);
+    if (shutting_down) return reply_error(slot, id, ESHUTDOWN, SILO_STEP_NONE);
+    struct process *process = new_process(-1);
+    if (!process) return reply_error(slot, id, EAGAIN, SILO_STEP_FORK);
+    int stdio[3] = { -1, -1, -1 }, next = 0;
+    for (int i = 0; i < 3; i++) {
+        if (request.fixed.flags & (1u << i)) stdio[i] = fds[next++];
+    }
+    int error_pipe[2];
+    if (pipe2(error_pipe, O_CLOEXEC) != 0) return reply_error(slot, id, errno, SILO_STEP_FORK);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(error_pipe[0]);
+        become(&request, argv, envp, stdio, error_pipe[1]);
+    }
+    int fork_error = errno;
+    close(error_pipe[1]);
+    if (pid < 0) {
+        close(error_pipe[0]);
+        return reply_error(slot, id, fork_error, SILO_STEP_FORK);
+    }
+    struct silo_agent_error failure;
+    ssize_t got;
+    do { got = read(error_pipe[0], &failure, sizeof failure); } while (got < 0 && errno == EINTR);
+    close(error_pipe[0]);
+    if (got == (ssize_t)sizeof failure) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        return reply_error(slot, id, failure.error, failure.step);
+    }
+    process->pid = pid;
+    process->running = 1;
+    process->owner = slot;
+    int32_t body = pid;
+    send_packet(slot, SILO_AGENT_OK, id, &body, sizeof body, 0);
+}
+
+static void list(int slot, uint32_t id) {
+    static unsigned char body[SILO_AGENT_MAX_PAYLOAD];
+    uint32_t count = 0;
+    size_t offset = sizeof count;
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    while (proc && (entry = readdir(proc))) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        if (*end || pid <= 0) continue;
+        char path[64], command[256];
+        snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, command, sizeof command - 1) : -1;
+        if (fd >= 0) close(fd);
+        if (n < 0) n = 0;
+        command[n] = 0;
+        for (ssize_t i = 0; i + 1 < n; i++) if (command[i] == 0) command[i] = ' ';
+        size_t size = strlen(command) + 1;
+        if (offset + sizeof(int32_t) + size > sizeof body) break;
+        int32_t value = (int32_t)pid;
+        memcpy(body + offset, &value, sizeof value);
+        memcpy(body + offset + sizeof value, command, size);
+        offset += sizeof value + size;
+        count++;
+    }
+    if (proc) closedir(proc);
+    memcpy(body, &count, sizeof count);
+    send_packet(slot, SILO_AGENT_OK, id, body, (uint32_t)offset, 0);
+}
+
+static void serve(int slot) {
+    int fd = polls[2 + slot].fd;
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * MAX_FDS)]; } control;
+    struct iovec part = { packet, sizeof packet };
+    struct msghdr message = { .msg_iov = &part, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
+    ssize_t size;
+    do { size = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (size < 0 && errno == EINTR);
+    if (size < 0 && errno == EAGAIN) return;
+    if (size <= 0) return close_connection(slot);
+    int fds[MAX_FDS], fd_count = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int received;
+            memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
+            if (fd_count < MAX_FDS) fds[fd_count++] = received; else close(received);
+        }
+    }
+    struct silo_agent_header header;
+    memset(&header, 0, sizeof header);
+    int error = (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? EMSGSIZE : silo_agent_check_header(packet, (size_t)size, &header);
+    const unsigned char *payload = packet + sizeof header;
+    if (error) {
+        // A peer that does not speak this protocol, or a damaged packet: say so and hang up.
+        reply_error(slot, header.id, error, SILO_STEP_NONE);
+        close_connection(slot);
+    } else if (header.type == SILO_AGENT_SPAWN) {
+        spawn(slot, header.id, payload, header.length, fds, fd_count);
+    } else if (fd_count > 0) {
+        reply_error(slot, header.id, EBADF, SILO_STEP_NONE);
+    } else if (header.type == SILO_AGENT_HELLO) {
+        struct silo_agent_hello_reply body = { SILO_AGENT_VERSION, (uint32_t)live_connections(), (uint32_t)running_processes(), 0 };
+        send_packet(slot, SILO_AGENT_OK, header.id, &body, sizeof body, 0);
+    } else if (header.type == SILO_AGENT_SIGNAL) {
+        struct silo_agent_signal body;
+        if ((error = silo_agent_decode_fixed(payload, header.length, &body, sizeof body))) {
+            reply_error(slot, header.id, error, SILO_STEP_NONE);
+        } else if (body.pid <= 1 || body.signal < 0 || body.signal > 64) {
+            reply_error(slot, header.id, EINVAL, SILO_STEP_NONE);
+        } else {
+            struct process *process = find_process(body.pid);
+            if (process && !process->running) reply_error(slot, header.id, ESRCH, SILO_STEP_NONE);
+            else if (kill(body.pid, body.signal) != 0) reply_error(slot, header.id, errno, SILO_STEP_NONE);
+            else send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
+        }
+    } else if (header.type == SILO_AGENT_WATCH) {
+        int32_t pid;
+        struct process *process = NULL;
+        if ((error = silo_agent_decode_fixed(payload, header.length, &pid, sizeof pid))) {
+            reply_error(slot, header.id, error, SILO_STEP_NONE);
+        } else if (pid <= 0 || !(process = find_process(pid))) {
+            reply_error(slot, header.id, ESRCH, SILO_STEP_NONE);
+        } else {
+            send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
+            if (process->running) process->watchers |= 1ull << slot; else send_exit(slot, process);
+        }
+    } else if (header.type == SILO_AGENT_LIST) {
+        list(slot, header.id);
+    } else {
+        reply_error(slot, header.id, EPROTO, SILO_STEP_NONE);  // a reply or an event sent to the agent
+    }
+    for (int i = 0; i < fd_count; i++) close(fds[i]);
+}
+
+static void reap(void) {
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0) break;
+        struct process *process = find_process(pid);
+        if (!process || !process->running) continue;  // an orphan that came to init: just reaped
+        process->running = 0;
+        process->status = status;
+        process->exited_at = ++exit_counter;
+        if (process->owner >= 0) send_exit(process->owner, process);
+        for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
+            if ((process->watchers & (1ull << slot)) && slot != process->owner) send_exit(slot, process);
+        }
+        process->watchers = 0;
+    }
+}
+
+int silo_agent_main(int terminate_flag) {
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    terminate_on_last_handle = terminate_flag;
+    handles_fd = fcntl(4, F_GETFD) >= 0 ? 4 : -1;
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    polls[0].fd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
+    polls[1].fd = 3;
+    if (polls[0].fd < 0 || fcntl(3, F_SETFD, FD_CLOEXEC) != 0) {
+        fprintf(stderr, "silo-init: the agent needs its socket as fd 3\n");
+        return 127;
+    }
+    if (handles_fd >= 0) fcntl(handles_fd, F_SETFD, FD_CLOEXEC);
+    for (int i = 0; i < 2 + MAX_CONNECTIONS; i++) polls[i].events = POLLIN;
+    for (int i = 0; i < MAX_CONNECTIONS; i++) polls[2 + i].fd = -1;
+    for (;;) {
+        int ready = poll(polls, 2 + MAX_CONNECTIONS, last_handle_checks > 0 ? 20 : -1);
+        if (ready < 0 && errno != EINTR) return 127;
+        if (ready <= 0) { check_last_handle(); continue; }
+        if (polls[0].revents & POLLIN) {
+            struct signalfd_siginfo info;
+            while (read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info) {
+                if (info.ssi_signo == SIGCHLD) {
+                    reap();
+                } else if (info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) {
+                    // A graceful shutdown (C5): every process is asked to end; the agent goes
+                    // when none is left, and the host kills what stays past its grace period.
+                    shutting_down = 1;
+                    kill(-1, SIGTERM);
+                }
+            }
+            siginfo_t child;
+            if (shutting_down && waitid(P_ALL, 0, &child, WEXITED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD) return 0;
+        }
+        if (polls[1].revents & POLLIN) {
+            int fd = accept4(3, NULL, NULL, SOCK_CLOEXEC);
+            int slot = -1;
+            for (int i = 0; fd >= 0 && i < MAX_CONNECTIONS && slot < 0; i++) {
+                if (polls[2 + i].fd < 0) slot = i;
+            }
+            if (fd >= 0 && slot < 0) close(fd);  // more handles than the agent serves: refused
+            if (slot >= 0) polls[2 + slot].fd = fd;
+        }
+        for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
+            short events = polls[2 + slot].revents;
+            if (polls[2 + slot].fd < 0 || !events) continue;
+            if (events & POLLIN) serve(slot);
+            else if (events & (POLLHUP | POLLERR | POLLNVAL)) close_connection(slot);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+import ArgumentParser
+import Glibc
+import Silo
+
+struct ProcessCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "process",
+        abstract: "Processes inside a running compute system, started by its agent.",
+        subcommands: [Create.self, List.self, Signal.self, Kill.self, Wait.self]
+    )
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start a process in a running system; attached by default: exit with its code.",
+            discussion: """
+                Attached, the process gets this command's stdin, stdout and stderr as they are, and \
+                SIGINT, SIGTERM and SIGHUP sent to this command go to it. --detach prints its pid and \
+                leaves it running, with /dev/null for stdio.
+                """
+        )
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Option(help: "A ProcessParameters JSON document (the command may come from it instead).") var config: String?
+        @Option(help: "Working directory inside (absolute).") var cwd: String?
+        @Option(parsing: .unconditionalSingleValue, help: "An environment variable, NAME=VALUE (repeatable).") var env: [String] = []
+        @Option(help: "A user name, uid or uid:gid inside.") var user: String?
+        @Flag(help: "Print the pid and leave the process running.") var detach = false
+        @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
+
+        func run() throws {
+            let arguments = command
+            let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD"]) { () throws(SiloError) -> ProcessParameters in
+                var parameters: ProcessParameters
+                if let config {
+                    guard let text = readWholeFile(config) else {
+                        throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+                    }
+                    parameters = try ProcessParameters(json: text)
+                    if !arguments.isEmpty { parameters.arguments = arguments }
+                } else {
+                    guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
+                    parameters = ProcessParameters(arguments: arguments)
+                }
+                if let cwd {
+                    guard cwd.hasPrefix("/") else { throw SiloError.invalidArgument(field: "cwd", value: cwd, reason: "an absolute path") }
+                    parameters.workingDirectory = cwd
+                }
+                for item in env {
+                    guard let equals = item.firstIndex(of: "="), equals != item.startIndex else {
+                        throw SiloError.invalidArgument(field: "environment", value: item, reason: "use NAME=VALUE")
+                    }
+                    parameters.environment[String(item[..<equals])] = String(item[item.index(after: equals)...])
+                }
+                if let user { parameters.user = user }
+                return parameters
+            }
+            try act(global, id) { system in
+                if detach {
+                    let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
+                    defer { process.close() }
+                    print(process.pid)
+                    return
+                }
+                let process = try system.createProcess(parameters, standardStreams: [0, 1, 2]).wait()
+                defer { process.close() }
+                throw ExitCode(try waitForwardingSignals(process))
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The processes of a running system (pids inside; 1 is Silo's agent).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            try act(global, id) { system in
+                let processes = try system.processes()
+                if json { return try printJSON(processes) }
+                printTable(["PID", "COMMAND"], processes.map { ["\($0.processId)", $0.commandLine] })
+            }
+        }
+    }
+
+    struct Signal: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Send a signal to a process.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Argument(help: "The process's pid inside the system.") var pid: Int32
+        @Option(help: "A signal name or number: TERM, INT, HUP, KILL, USR1, 15...") var signal = "TERM"
+
+        func run() throws {
+            let number = try cli(options: ["signal": "--signal"]) { () throws(SiloError) -> Int32 in try signalNumber(signal) }
+            try act(global, id) { system in
+                let process = try system.openProcess(pid)
+                defer { process.close() }
+                try process.signal(number).wait()
+            }
+        }
+    }
+
+    struct Kill: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Terminate a process (SIGKILL).")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Argument(help: "The process's pid inside the system.") var pid: Int32
+
+        func run() throws {
+            try act(global, id) { system in
+                let process = try system.openProcess(pid)
+                defer { process.close() }
+                try process.terminate().wait()
+            }
+        }
+    }
+
+    struct Wait: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Wait for a process to exit; exit with its code.")
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Argument(help: "The process's pid inside the system.") var pid: Int32
+        @Flag(help: "Print its status as JSON.") var json = false
+
+        func run() throws {
+            try act(global, id) { system in
+                let process = try system.openProcess(pid)
+                defer { process.close() }
+                let code = try waitForwardingSignals(process)
+                if json { try printJSON(process.status) }
+                throw ExitCode(code)
+            }
+        }
+    }
+}
+
+/// Waits for `process` to exit, passing SIGINT, SIGTERM and SIGHUP sent to this command on to it;
+/// returns its exit code.
+func waitForwardingSignals(_ process: ComputeProcess) throws -> Int32 {
+    var forwarded = sigset_t()
+    sigemptyset(&forwarded)
+    for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&forwarded, signal) }
+    pthread_sigmask(SIG_BLOCK, &forwarded, nil)
+    var tick = timespec(tv_sec: 0, tv_nsec: 0)
+    while true {
+        if let code = try? process.wait(timeout: .milliseconds(50)).exitCode { return code }
+        let signal = sigtimedwait(&forwarded, nil, &tick)
+        if signal > 0 { _ = try? process.signal(signal).wait(timeout: .seconds(5)) }
+    }
+}
+
+func signalNumber(_ text: String) throws(SiloError) -> Int32 {
+    let names: [String: Int32] = ["HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1, "USR2": SIGUSR2,
+                                  "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP, "WINCH": SIGWINCH, "ALRM": SIGALRM]
+    let name = text.uppercased().hasPrefix("SIG") ? String(text.uppercased().dropFirst(3)) : text.uppercased()
+    if let number = names[name] ?? Int32(text), (1...64).contains(number) { return number }
+    throw SiloError.invalidArgument(field: "signal", value: text, reason: "a signal name (TERM, INT, KILL, ...) or a number 1...64")
+}
