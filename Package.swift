@@ -65,7 +65,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
-        .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute"], swiftSettings: strict),
+        .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute", "CSiloAgent"], swiftSettings: strict),
         .testTarget(
             name: "SiloStorageTests",
             dependencies: ["SiloStorage", "CSiloLinux", .product(name: "SystemPackage", package: "swift-system")],

@@ -142,14 +142,18 @@ static void close_connection(int slot) {
     check_last_handle();
 }
 
-static void drop_capabilities(void) {
-    // The agent may keep CAP_SETUID/SETGID (to start processes as another user) and CAP_SETPCAP
-    // (to drop those from the bounding set here); a process keeps none of them.
+/// The agent may keep CAP_SETUID/SETGID (to start processes as another user) and CAP_SETPCAP (to
+/// drop those from the bounding set here); a process keeps none. The bounding set goes first,
+/// while CAP_SETPCAP is still there: a switch to another user clears the permitted set.
+static void drop_bounding_set(void) {
     for (int cap = 0; cap <= CAP_LAST_CAP; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+}
+
+static int clear_capabilities(void) {
     struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
-    syscall(SYS_capset, &header, data);
+    return (int)syscall(SYS_capset, &header, data);
 }
 
 static __attribute__((noreturn)) void child_fail(int error_pipe, int step) {
@@ -182,12 +186,13 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
     syscall(SYS_close_range, error_pipe + 1, ~0U, 0);
     if ((request->fixed.flags & SILO_SPAWN_CONSOLE) && ioctl(0, TIOCSCTTY, 0) != 0) child_fail(error_pipe, SILO_STEP_TERMINAL);
     if (chdir(request->cwd) != 0) child_fail(error_pipe, SILO_STEP_DIRECTORY);
+    drop_bounding_set();
     if (request->fixed.flags & SILO_SPAWN_USER) {
         if (setgroups(0, NULL) != 0 || setgid(request->fixed.gid) != 0 || setuid(request->fixed.uid) != 0) {
             child_fail(error_pipe, SILO_STEP_USER);
         }
     }
-    drop_capabilities();
+    if (clear_capabilities() != 0) child_fail(error_pipe, SILO_STEP_CAPABILITIES);
     environ = (char **)envp;
     execvp(argv[0], (char *const *)argv);
     child_fail(error_pipe, SILO_STEP_EXEC);

@@ -97,6 +97,8 @@ public final class ComputeSystem: Sendable {
                 throw error
             }
             Glibc.close(process.pidfd)
+            // This handle now counts where the agent sees it, so even this process's death is seen (C6).
+            _ = try? agent()
             return { record in
                 record.state = .running
                 record.initPID = process.pid

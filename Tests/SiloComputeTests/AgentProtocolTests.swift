@@ -1,0 +1,224 @@
+import CSiloAgent
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloCompute
+
+/// `length` bytes that end exactly at a page the process may not read: a decoder reading one byte
+/// past the packet crashes the test instead of passing by luck.
+final class GuardedBuffer {
+    let base: UnsafeMutableRawPointer
+    let mapped: Int
+    let bytes: UnsafeMutableRawPointer
+
+    init(_ content: [UInt8]) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let pages = (content.count + page - 1) / page + 1
+        mapped = pages * page
+        base = mmap(nil, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        mprotect(base + (pages - 1) * page, page, PROT_NONE)
+        bytes = base + (pages - 1) * page - content.count
+        content.withUnsafeBytes { bytes.copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, byteCount: content.count) }
+    }
+
+    deinit { munmap(base, mapped) }
+}
+
+func encodeSpawn(flags: UInt32, cwd: String, arguments: [String], environment: [String]) -> [UInt8] {
+    var fixed = silo_agent_spawn(flags: flags, argc: UInt32(arguments.count), envc: UInt32(environment.count), uid: 0, gid: 0)
+    var buffer = [UInt8](repeating: 0, count: Int(SILO_AGENT_MAX_PAYLOAD))
+    let length = withCStrings(arguments) { argv in
+        withCStrings(environment) { envp in
+            buffer.withUnsafeMutableBytes {
+                silo_agent_encode_spawn($0.baseAddress, $0.count, &fixed, cwd, UnsafePointer(OpaquePointer(argv)), UnsafePointer(OpaquePointer(envp)))
+            }
+        }
+    }
+    return Array(buffer[0..<length])
+}
+
+func packet(type: UInt16, id: UInt32 = 1, payload: [UInt8]) -> [UInt8] {
+    var header = silo_agent_header(magic: SILO_AGENT_MAGIC, version: UInt16(SILO_AGENT_VERSION), type: type, id: id, length: UInt32(payload.count))
+    return withUnsafeBytes(of: &header) { Array($0) } + payload
+}
+
+/// Decodes a SPAWN payload placed against a guard page; returns the strings it found.
+func decodeGuarded(_ payload: [UInt8]) -> (error: Int32, cwd: String, arguments: [String], environment: [String]) {
+    let buffer = GuardedBuffer(payload)
+    var request = silo_agent_spawn_request()
+    let capacity = Int(SILO_AGENT_MAX_STRINGS) + 1
+    var argv = [UnsafePointer<CChar>?](repeating: nil, count: capacity)
+    var envp = [UnsafePointer<CChar>?](repeating: nil, count: capacity)
+    let error = silo_agent_decode_spawn(buffer.bytes, payload.count, &request, &argv, &envp, capacity)
+    guard error == 0 else { return (error, "", [], []) }
+    let arguments = (0..<Int(request.fixed.argc)).map { String(cString: argv[$0]!) }
+    let environment = (0..<Int(request.fixed.envc)).map { String(cString: envp[$0]!) }
+    return (0, String(cString: request.cwd), arguments, environment)
+}
+
+@Suite("The agent protocol")
+struct AgentProtocolTests {
+    @Test("A SPAWN request decodes to what was encoded")
+    func roundTrip() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            let arguments = (0..<Int.random(in: 1...20, using: &generator)).map { _ in
+                String((0..<Int.random(in: 1...30, using: &generator)).map { _ in Character(Unicode.Scalar(UInt8.random(in: 33...126, using: &generator))) })
+            }
+            let environment = (0..<Int.random(in: 0...10, using: &generator)).map { index in "V\(index)=\(arguments[0])" }
+            let payload = encodeSpawn(flags: 3, cwd: "/tmp", arguments: arguments, environment: environment)
+            let decoded = decodeGuarded(payload)
+            #expect(decoded.error == 0 && decoded.cwd == "/tmp" && decoded.arguments == arguments && decoded.environment == environment)
+        }
+    }
+
+    @Test("Malformed SPAWN payloads are refused: no command, a missing NUL, trailing bytes, counts past the data, bad flags")
+    func malformed() {
+        let good = encodeSpawn(flags: 0, cwd: "/", arguments: ["/bin/true"], environment: ["A=1"])
+        #expect(decodeGuarded(good).error == 0)
+        #expect(decodeGuarded(Array(good.dropLast())).error == EBADMSG, "the last string loses its NUL")
+        #expect(decodeGuarded(good + [0]).error == EBADMSG, "a trailing byte")
+        var tooMany = good
+        tooMany[4] = 2  // argc 2 with one argument
+        #expect(decodeGuarded(tooMany).error == EBADMSG)
+        var huge = good
+        huge[7] = 0x7f  // argc in the billions
+        #expect(decodeGuarded(huge).error == E2BIG)
+        var flags = good
+        flags[3] = 0x80
+        #expect(decodeGuarded(flags).error == EINVAL)
+        #expect(decodeGuarded(encodeSpawn(flags: 0, cwd: "relative", arguments: ["/bin/true"], environment: [])).error == EBADMSG)
+        #expect(decodeGuarded(encodeSpawn(flags: 0, cwd: "/", arguments: [""], environment: [])).error == EINVAL)
+        #expect(decodeGuarded(encodeSpawn(flags: 0, cwd: "/", arguments: ["x"], environment: ["=x"])).error == EINVAL)
+        #expect(decodeGuarded(encodeSpawn(flags: 0, cwd: "/", arguments: ["x"], environment: ["NOEQUALS"])).error == EINVAL)
+        #expect(decodeGuarded(encodeSpawn(flags: UInt32(SILO_SPAWN_CONSOLE.rawValue), cwd: "/", arguments: ["x"], environment: [])).error == EINVAL,
+                "a console needs the terminal as stdin")
+        #expect(decodeGuarded([]).error == EBADMSG)
+    }
+
+    @Test("Headers: wrong magic, version, type or length are refused")
+    func headers() {
+        func check(_ bytes: [UInt8]) -> Int32 {
+            let buffer = GuardedBuffer(bytes)
+            var header = silo_agent_header()
+            return silo_agent_check_header(buffer.bytes, bytes.count, &header)
+        }
+        let good = packet(type: UInt16(SILO_AGENT_HELLO.rawValue), payload: [])
+        #expect(check(good) == 0)
+        var magic = good; magic[0] ^= 1
+        #expect(check(magic) == EPROTO)
+        var version = good; version[4] = 9
+        #expect(check(version) == EPROTONOSUPPORT)
+        var type = good; type[6] = 77
+        #expect(check(type) == EPROTO)
+        #expect(check(good + [1]) == EBADMSG, "a length that is not the rest of the packet")
+        var big = good; big[15] = 0x10
+        #expect(check(big) == EMSGSIZE)
+        #expect(check(Array(good.prefix(10))) == EBADMSG)
+    }
+
+    @Test("200,000 mutated and random packets: each is refused or decoded within its bytes, never a crash")
+    func fuzz() {
+        var generator = SystemRandomNumberGenerator()
+        let seeds = [
+            encodeSpawn(flags: 7, cwd: "/", arguments: ["/bin/sh", "-c", "echo hi"], environment: ["PATH=/bin", "X=y"]),
+            encodeSpawn(flags: 15, cwd: "/tmp", arguments: ["a"], environment: []),
+        ]
+        var decodedCount = 0
+        for round in 0..<200_000 {
+            var bytes: [UInt8]
+            if round % 4 == 0 {
+                bytes = (0..<Int.random(in: 0...64, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            } else {
+                bytes = seeds[round % seeds.count]
+                for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                    let position = Int.random(in: 0..<bytes.count, using: &generator)
+                    switch Int.random(in: 0...3, using: &generator) {
+                    case 0: bytes[position] = UInt8.random(in: 0...255, using: &generator)
+                    case 1: bytes.remove(at: position)
+                    case 2: bytes.insert(UInt8.random(in: 0...255, using: &generator), at: position)
+                    default: bytes = Array(bytes.prefix(position))
+                    }
+                    if bytes.isEmpty { break }
+                }
+            }
+            let decoded = decodeGuarded(bytes)
+            if decoded.error == 0 {
+                decodedCount += 1
+                #expect(!decoded.arguments.isEmpty && decoded.cwd.hasPrefix("/"))
+            }
+            let buffer = GuardedBuffer(bytes)
+            var header = silo_agent_header()
+            _ = silo_agent_check_header(buffer.bytes, bytes.count, &header)
+        }
+        #expect(decodedCount > 0, "some mutations still decode: the fuzzer reaches the decoder's end")
+    }
+}
+
+@Suite("The agent under bad input", .tags(.root), .requiresCgroups, .serialized)
+struct AgentFuzzTests {
+    @Test("C6 2,000 damaged packets and abrupt hang-ups: the agent answers or hangs up, keeps running and leaks no descriptor")
+    func liveAgent() throws {
+        let box = try RunningSystem("fz")
+        defer { box.finish() }
+        let initPID = try #require(box.system.properties().processList.first)
+        let descriptorsBefore = try FileManagerless.count("/proc/\(initPID)/fd")
+        var generator = SystemRandomNumberGenerator()
+        let seed = packet(type: UInt16(SILO_AGENT_SPAWN.rawValue),
+                          payload: encodeSpawn(flags: 0, cwd: "/", arguments: ["/bin/true"], environment: []))
+        for round in 0..<2_000 {
+            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let connected = withSocketAddress(box.compute.service.store.directory(box.system.id) + "/agent.sock") { connect(fd, $0, $1) }
+            #expect(connected == 0)
+            var bytes = seed
+            for _ in 0..<Int.random(in: 1...3, using: &generator) where !bytes.isEmpty {
+                bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+            }
+            if round % 5 == 0 { bytes = (0..<Int.random(in: 1...40, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) } }
+            _ = send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL))
+            if round % 2 == 0 {
+                var reply = [UInt8](repeating: 0, count: 256)
+                var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                if poll(&poller, 1, 1000) > 0 { _ = recv(fd, &reply, reply.count, 0) }
+            }
+            close(fd)
+        }
+        // Whatever it started meanwhile (a damaged packet can still be a valid /bin/true) is done.
+        usleep(200_000)
+        let processes = try box.system.processes()
+        #expect(processes.contains { $0.processId == 1 }, "the agent lives: \(processes)")
+        let check = try box.run("echo still-serving")
+        defer { check.close() }
+        #expect(readAll(try #require(check.standardOutput)) == "still-serving\n")
+        #expect(try FileManagerless.count("/proc/\(initPID)/fd") == descriptorsBefore, "no descriptor leaked: \(String(describing: try? listLinks("/proc/\(initPID)/fd")))")
+    }
+}
+
+/// Counting directory entries without Foundation.
+enum FileManagerless {
+    static func count(_ path: String) throws -> Int {
+        guard let directory = opendir(path) else { throw SiloError.system("opendir", errno: errno, path: path) }
+        defer { closedir(directory) }
+        var count = 0
+        while let entry = readdir(directory) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name != "." && name != ".." { count += 1 }
+        }
+        return count
+    }
+}
+
+func listLinks(_ path: String) throws -> [String] {
+    guard let directory = opendir(path) else { throw SiloError.system("opendir", errno: errno, path: path) }
+    defer { closedir(directory) }
+    var links: [String] = []
+    while let entry = readdir(directory) {
+        let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+        guard name != ".", name != ".." else { continue }
+        var target = [CChar](repeating: 0, count: 512)
+        let count = readlink(path + "/" + name, &target, 511)
+        links.append(name + "->" + (count > 0 ? String(cString: target) : "?"))
+    }
+    return links.sorted()
+}

@@ -1,0 +1,96 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloCompute
+
+/// The `silo` executable built beside the tests.
+let siloExecutable: String = {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    let exe = count > 0 ? String(cString: buffer) : ""
+    return String(exe[..<(exe.lastIndex(of: "/") ?? exe.endIndex)]) + "/silo"
+}()
+
+extension Trait where Self == ConditionTrait {
+    static var requiresSiloExecutable: Self {
+        .enabled(if: access(siloExecutable, X_OK) == 0, "needs the silo executable built beside the tests (swift build --build-tests)")
+    }
+}
+
+/// Starts `silo --state-dir STATE ARGUMENTS` with stdout into a pipe; returns its pid and the pipe.
+func startSilo(_ state: String, _ arguments: [String]) -> (pid: pid_t, output: Int32) {
+    var output: [Int32] = [0, 0]
+    pipe(&output)
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_adddup2(&actions, output[1], 1)
+    posix_spawn_file_actions_addclose(&actions, output[0])
+    let argv = ([siloExecutable, "--state-dir", state] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, siloExecutable, &actions, nil, argv, environ)
+    close(output[1])
+    precondition(result == 0, "cannot start silo: \(result)")
+    return (pid, output[0])
+}
+
+@Suite("Compute systems across processes", .tags(.root), .requiresCgroups, .requiresSiloExecutable, .serialized)
+struct CrossProcessTests {
+    @Test("C6 C7 another process creates a process in a system by id and gets its exit code; process list, signal and wait")
+    func secondProcess() throws {
+        let box = try RunningSystem("xp")
+        defer { box.finish() }
+        let id = box.system.id
+        let attached = startSilo(box.compute.state, ["process", "create", id, "--", "/bin/sh", "-c", "echo from-$(hostname); exit 7"])
+        #expect(readAll(attached.output) == "from-\(id)\n")
+        close(attached.output)
+        #expect(reap(attached.pid) == 7, "the CLI exits with the process's code")
+
+        let sleeper = try box.run("exec sleep 100", stdout: false)
+        defer { sleeper.close() }
+        let listed = startSilo(box.compute.state, ["process", "list", id, "--json"])
+        let list = readAll(listed.output)
+        close(listed.output)
+        #expect(reap(listed.pid) == 0)
+        #expect(list.contains(#""ProcessId" : \#(sleeper.pid)"#) && list.contains("sleep 100"), "\(list)")
+        let waiter = startSilo(box.compute.state, ["process", "wait", id, "\(sleeper.pid)"])
+        let signal = startSilo(box.compute.state, ["process", "signal", id, "\(sleeper.pid)", "--signal", "USR1"])
+        close(signal.output)
+        #expect(reap(signal.pid) == 0)
+        close(waiter.output)
+        #expect(reap(waiter.pid) == 128 + SIGUSR1, "the waiting CLI exits with the signal's code")
+        #expect(try sleeper.wait(timeout: .seconds(5)).signal == SIGUSR1)
+    }
+
+    @Test("C6 the death of the last handle's holder terminates the system; a live holder keeps it")
+    func holderKilled() throws {
+        let box = try RunningSystem("hk", terminateOnLastHandle: true)
+        defer { box.compute.finish() }
+        let id = box.system.id
+        let holder = startSilo(box.compute.state, ["process", "create", id, "--", "/bin/sleep", "100"])
+        defer { close(holder.output) }
+        var started = false
+        for _ in 0..<500 where !started {
+            usleep(10_000)
+            started = (try? box.system.processes())?.contains { $0.commandLine.hasPrefix("/bin/sleep") } ?? false
+        }
+        #expect(started, "the CLI started its process")
+        box.system.close()
+        usleep(300_000)  // longer than the agent's look for a lock that is being released
+        #expect(box.compute.service.enumerate(id: id).first?.state == .running, "the CLI still holds a handle")
+        kill(holder.pid, SIGKILL)
+        _ = reap(holder.pid)
+        var state = ComputeSystemState.running
+        for _ in 0..<500 where state != .stopped {
+            usleep(10_000)
+            state = box.compute.service.enumerate(id: id).first?.state ?? .stopped
+        }
+        let properties = box.compute.service.enumerate(id: id).first
+        #expect(properties?.state == .stopped, "the holder's death ended the system")
+        #expect(properties?.exitType == .forced, "ended on purpose, not a crash")
+        #expect(properties?.processList.isEmpty == true)
+        #expect(Cgroup.open(name: id, layout: box.compute.service.configuration.layout).directories.values.allSatisfy { !fileExists($0) })
+    }
+}

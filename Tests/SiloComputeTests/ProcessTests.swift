@@ -1,0 +1,237 @@
+import Dispatch
+import Glibc
+import SiloOperations
+import Synchronization
+import Testing
+
+@testable import SiloCompute
+
+/// Everything readable from `fd` until end of file (or `limit` bytes).
+func readAll(_ fd: Int32, limit: Int = 1 << 20) -> String {
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while bytes.count < limit {
+        let count = read(fd, &buffer, buffer.count)
+        if count < 0, errno == EINTR { continue }
+        if count <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<count])
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// Reads from a terminal until `predicate` holds for what came so far, or 10 seconds pass.
+func readUntil(_ fd: Int32, _ predicate: (String) -> Bool) -> String {
+    var text = ""
+    var buffer = [UInt8](repeating: 0, count: 1024)
+    let deadline = ContinuousClock.now + .seconds(10)
+    while !predicate(text), ContinuousClock.now < deadline {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, 100) > 0 else { continue }
+        let count = read(fd, &buffer, buffer.count)
+        if count <= 0 { break }
+        text += String(decoding: buffer[0..<count], as: UTF8.self)
+    }
+    return text
+}
+
+/// A started system for one test; `finish()` terminates and removes it.
+struct RunningSystem {
+    let compute = TestCompute()
+    let system: ComputeSystem
+
+    init(_ name: String, memoryMB: Int = 128, terminateOnLastHandle: Bool = false) throws {
+        system = try compute.service.createComputeSystem(
+            id: "\(name)-\(getpid())", document: compute.document(terminateOnLastHandle: terminateOnLastHandle, memoryMB: memoryMB)
+        ).wait(timeout: .seconds(30))
+        try system.start().wait(timeout: .seconds(30))
+    }
+
+    func run(_ script: String, stdout: Bool = true, stderr: Bool = false, stdin: Bool = false) throws -> ComputeProcess {
+        try system.createProcess(ProcessParameters(arguments: ["/bin/sh", "-c", script], createStdInPipe: stdin,
+                                                   createStdOutPipe: stdout, createStdErrPipe: stderr)).wait(timeout: .seconds(30))
+    }
+
+    func finish() {
+        system.close()
+        compute.finish()
+    }
+}
+
+@Suite("Processes in a compute system", .tags(.root), .requiresCgroups, .serialized)
+struct ProcessTests {
+    @Test("C7 a process gets a pid and exactly the pipes asked for; its output and exit code come back")
+    func pipes() throws {
+        let box = try RunningSystem("pp")
+        defer { box.finish() }
+        let process = try box.run("echo out; echo err >&2; exit 3", stdout: true, stderr: true)
+        defer { process.close() }
+        #expect(process.pid > 1, "pid 1 is the agent")
+        #expect(process.standardInput == nil, "no stdin pipe was asked for")
+        let output = try #require(process.standardOutput)
+        let error = try #require(process.standardError)
+        #expect(readAll(output) == "out\n")
+        #expect(readAll(error) == "err\n")
+        let status = try process.wait(timeout: .seconds(10))
+        #expect(status.exited && status.exitCode == 3 && status.signal == nil)
+
+        let quiet = try box.run("exit 0", stdout: false)
+        defer { quiet.close() }
+        #expect(quiet.standardInput == nil && quiet.standardOutput == nil && quiet.standardError == nil)
+        #expect(try quiet.wait(timeout: .seconds(10)).exitCode == 0)
+    }
+
+    @Test("C8 stdin: what is written reaches the process; closing stdin ends it")
+    func standardInput() throws {
+        let box = try RunningSystem("si")
+        defer { box.finish() }
+        let process = try box.run("tr a-z A-Z", stdout: true, stdin: true)
+        defer { process.close() }
+        let input = try #require(process.standardInput)
+        let text = Array("hello silo\n".utf8)
+        #expect(write(input, text, text.count) == text.count)
+        #expect((#expect(throws: SiloError.self) { try process.wait(timeout: .milliseconds(300)) })?.code == .operationTimeout,
+                "still reading stdin")
+        process.closeStandardInput()
+        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0, "end of input ends tr")
+        #expect(readAll(try #require(process.standardOutput)) == "HELLO SILO\n")
+    }
+
+    @Test("C7 CommandLine, WorkingDirectory, Environment and User from a ProcessParameters document")
+    func parametersDocument() throws {
+        let box = try RunningSystem("pd")
+        defer { box.finish() }
+        let parameters = try ProcessParameters(json: """
+            {"CommandLine": "/bin/sh -c 'echo \\"$(id -u):$(id -g) $(pwd) $GREETING\\"; grep -E \\"^Cap(Eff|Prm|Bnd)\\" /proc/self/status'",
+             "WorkingDirectory": "/tmp", "Environment": {"GREETING": "hi there"}, "User": "65534:65534",
+             "CreateStdOutPipe": true}
+            """)
+        let process = try box.system.createProcess(parameters).wait(timeout: .seconds(30))
+        defer { process.close() }
+        let output = readAll(try #require(process.standardOutput))
+        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0, "\(output)")
+        #expect(output.hasPrefix("65534:65534 /tmp hi there\n"), "\(output)")
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            #expect(output.contains("\(set):\t0000000000000000"), "\(set) is empty: \(output)")
+        }
+        // Root inside has no capability either: what the agent keeps to switch users is dropped.
+        let root = try box.run("grep -E '^Cap(Eff|Bnd)' /proc/self/status; id -u")
+        defer { root.close() }
+        let rootOutput = readAll(try #require(root.standardOutput))
+        #expect(rootOutput == "CapEff:\t0000000000000000\nCapBnd:\t0000000000000000\n0\n", "\(rootOutput)")
+        #expect((#expect(throws: SiloError.self) {
+            _ = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"], user: "no-such-user-here"))
+        })?.field == "User")
+    }
+
+    @Test("C7 EmulateConsole: a terminal of ConsoleSize that controls the process, and resizing it")
+    func console() throws {
+        let box = try RunningSystem("tty")
+        defer { box.finish() }
+        let parameters = ProcessParameters(arguments: ["/bin/sh", "-c", "test -t 0 && echo is-a-tty; stty size; read line; stty size"],
+                                           emulateConsole: true, consoleSize: (30, 100))
+        let process = try box.system.createProcess(parameters).wait(timeout: .seconds(30))
+        defer { process.close() }
+        #expect(process.isConsole && process.standardError == nil)
+        let console = try #require(process.standardOutput)
+        let first = readUntil(console) { $0.contains("30 100") }
+        #expect(first.contains("is-a-tty") && first.contains("30 100"), "\(first)")
+        try process.resizeConsole(height: 40, width: 120)
+        let line = Array("go\n".utf8)
+        #expect(write(console, line, line.count) == line.count)
+        let second = readUntil(console) { $0.contains("40 120") }
+        #expect(second.contains("40 120"), "\(second)")
+        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0)
+        let piped = try box.run("true")
+        defer { piped.close() }
+        #expect((#expect(throws: SiloError.self) { try piped.resizeConsole(height: 10, width: 10) })?.code == .invalidOperation)
+    }
+
+    @Test("C8 ProcessExited events carry ProcessStatus; signal and terminate work; an exited process cannot be terminated")
+    func exitsAndSignals() throws {
+        let box = try RunningSystem("sig")
+        defer { box.finish() }
+        let process = try box.run("trap 'exit 42' USR1; echo ready; while :; do sleep 0.05; done")
+        defer { process.close() }
+        let events = Mutex<[String]>([])
+        let exited = DispatchSemaphore(value: 0)
+        try process.events.setHandler { event in
+            events.withLock { $0.append("\(event.type.rawValue) \(event.data ?? "")") }
+            if event.type == .processExited { exited.signal() }
+        }
+        #expect(readUntil(try #require(process.standardOutput)) { $0.contains("ready") }.contains("ready"))
+        try process.signal(SIGUSR1).wait(timeout: .seconds(10))
+        #expect(exited.wait(timeout: .now() + 10) == .success)
+        #expect(events.withLock { $0 } == [#"processExited {"ProcessId":\#(process.pid),"Exited":true,"ExitCode":42}"#])
+        #expect((#expect(throws: SiloError.self) { _ = try process.terminate() })?.code == .processAlreadyStopped)
+        #expect((#expect(throws: SiloError.self) { _ = try process.signal(0) })?.field == "signal")
+
+        let sleeper = try box.run("exec sleep 100", stdout: false)
+        defer { sleeper.close() }
+        try sleeper.terminate().wait(timeout: .seconds(10))
+        let status = try sleeper.wait(timeout: .seconds(10))
+        #expect(status.exitCode == 137 && status.signal == SIGKILL && status.outOfMemory == nil)
+    }
+
+    @Test("C8 another handle opens a process by pid and gets its exit, even one that came before; unknown pids are refused")
+    func secondHandle() throws {
+        let box = try RunningSystem("sh2")
+        defer { box.finish() }
+        let other = try box.compute.service.open(box.system.id)
+        defer { other.close() }
+        let slow = try box.run("read x; exit 5", stdout: false, stdin: true)
+        defer { slow.close() }
+        let watched = try other.openProcess(slow.pid)
+        defer { watched.close() }
+        slow.closeStandardInput()
+        #expect(try watched.wait(timeout: .seconds(10)).exitCode == 5)
+        #expect(try slow.wait(timeout: .seconds(10)).exitCode == 5)
+        let late = try other.openProcess(slow.pid)
+        defer { late.close() }
+        #expect(try late.wait(timeout: .seconds(1)).exitCode == 5, "an exit that came before the handle")
+        #expect((#expect(throws: SiloError.self) { _ = try other.openProcess(4242) })?.code == .processInfoNotAvailable)
+        let listed = try other.processes()
+        #expect(listed.first { $0.processId == 1 }?.commandLine.hasPrefix("/.silo/init --agent") == true, "\(listed)")
+    }
+
+    @Test("C10 a process over the memory limit is OOM-killed inside; its exit says so; the system runs on")
+    func outOfMemory() throws {
+        let box = try RunningSystem("oom", memoryMB: 32)
+        defer { box.finish() }
+        let process = try box.run("exec dd if=/dev/zero of=/dev/null bs=256M count=1", stdout: false)
+        defer { process.close() }
+        let oom = DispatchSemaphore(value: 0)
+        try process.events.setHandler { event in if event.type == .outOfMemory { oom.signal() } }
+        let status = try process.wait(timeout: .seconds(30))
+        #expect(status.exitCode == 137 && status.outOfMemory == true, "\(status)")
+        #expect(oom.wait(timeout: .now() + 5) == .success, "the outOfMemory event came")
+        #expect(try box.system.properties().state == .running)
+        let after = try box.run("echo alive")
+        defer { after.close() }
+        #expect(readAll(try #require(after.standardOutput)) == "alive\n")
+    }
+
+    @Test("C4 C5 pause freezes processes and refuses new ones; shutdown sends SIGTERM to them first")
+    func pauseAndShutdown() throws {
+        let box = try RunningSystem("ps")
+        defer { box.finish() }
+        let counter = try box.run("trap 'echo bye; exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.01; done", stdout: true)
+        defer { counter.close() }
+        usleep(100_000)
+        try box.system.pause().wait(timeout: .seconds(10))
+        #expect((#expect(throws: SiloError.self) { _ = try box.run("true") })?.code == .invalidState)
+        let probe = { () throws -> String in
+            let reader = try box.run("cat /tmp/n")
+            defer { reader.close() }
+            return readAll(try #require(reader.standardOutput))
+        }
+        try box.system.resume().wait(timeout: .seconds(10))
+        let a = try probe()
+        usleep(100_000)
+        let b = try probe()
+        #expect(Int(a.dropLast()) ?? 0 < Int(b.dropLast()) ?? 0, "running again: \(a) then \(b)")
+        try box.system.shutdown().wait(timeout: .seconds(30))
+        #expect(try box.system.properties().exitType == .graceful)
+        #expect(readAll(try #require(counter.standardOutput)).hasSuffix("bye\n"), "the process got SIGTERM and ended by itself")
+        #expect((#expect(throws: SiloError.self) { _ = try box.run("true") })?.code == .invalidState)
+    }
+}
