@@ -14,7 +14,7 @@ int silo_agent_check_header(const void *packet, size_t size, struct silo_agent_h
     if ((size_t)header->length != size - sizeof *header) return EBADMSG;
     switch (header->type) {
     case SILO_AGENT_HELLO: case SILO_AGENT_SPAWN: case SILO_AGENT_SIGNAL: case SILO_AGENT_WATCH:
-    case SILO_AGENT_LIST: case SILO_AGENT_OK: case SILO_AGENT_ERROR: case SILO_AGENT_EXITED:
+    case SILO_AGENT_LIST: case SILO_AGENT_HOLD: case SILO_AGENT_RELEASE: case SILO_AGENT_OK: case SILO_AGENT_ERROR: case SILO_AGENT_EXITED:
         return 0;
     default:
         return EPROTO;
@@ -68,6 +68,14 @@ int silo_agent_decode_spawn(const void *payload, size_t length, struct silo_agen
     }
     envp[fixed->envc] = NULL;
     if (offset != length) return EBADMSG;  // nothing may trail the last string
+    return 0;
+}
+
+int silo_agent_decode_tag(const void *payload, size_t length, const char **tag) {
+    if (length < 2 || length > SILO_AGENT_MAX_TAG + 1) return EBADMSG;
+    const char *bytes = (const char *)payload;
+    if (bytes[length - 1] != 0 || memchr(bytes, 0, length - 1) != NULL) return EBADMSG;
+    *tag = bytes;
     return 0;
 }
 

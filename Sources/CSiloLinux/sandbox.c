@@ -23,9 +23,11 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <termios.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 enum step {
+    STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT,
     STEP_SYNC = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
     STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
     STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC,
@@ -52,6 +54,9 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_NO_NEW_PRIVS: return "set no_new_privs";
     case STEP_SECCOMP: return "install the seccomp filter";
     case STEP_EXEC: return "exec";
+    case STEP_ENTER: return "enter the system's mount namespace";
+    case STEP_DEVICE_NODE: return "make or remove the device node";
+    case STEP_UNMOUNT: return "unmount the LUN's file system (busy?)";
     default: return "unknown step";
     }
 }
@@ -293,8 +298,8 @@ static void install_seccomp(const struct silo_sandbox_config *c) {
 static void setup_stdio(const struct silo_sandbox_config *c) {
     // Every source first goes above any target (0 .. 2 + inherited), so no dup2 overwrites a
     // source still to be placed, nor the error pipe.
-    int sources[3 + 8];
-    int count = 3 + (c->inherit_count > 8 ? 8 : c->inherit_count);
+    int sources[3 + 16];
+    int count = 3 + (c->inherit_count > 16 ? 16 : c->inherit_count);
     for (int target = 0; target < count; target++) {
         int fd = target < 3 ? (target == 0 ? c->stdin_fd : target == 1 ? c->stdout_fd : c->stderr_fd) : c->inherit_fds[target - 3];
         if (fd < 0 && target < 3) {  // keep the inherited stdio descriptor, if there is one
@@ -380,4 +385,61 @@ pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
     long pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0) _exit(child(config));
     return (pid_t)pid;
+}
+
+/// The child of silo_sandbox_attach, inside the system's mount namespace. /dev and / are read-only
+/// tmpfs mounts there: each is made writable for the one change and read-only again.
+static int attach_child(pid_t init_pid, const struct silo_attach_config *a, int attach, int report) {
+    error_fd = report;
+    char path[64] = "/proc/";
+    char number[16];
+    int n = 0;
+    for (pid_t value = init_pid; value > 0 && n < 15; value /= 10) number[n++] = (char)('0' + value % 10);
+    size_t at = strlen(path);
+    while (n > 0) path[at++] = number[--n];
+    path[at] = 0;
+    join(path, sizeof path, path, "/ns/mnt");
+    int ns = open(path, O_RDONLY | O_CLOEXEC);
+    if (ns < 0 || setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
+    close(ns);
+    if (chdir("/") != 0) fail(NULL, STEP_ENTER);
+    static const char dev_options[] = "mode=755,size=64k", root_options[] = "mode=755,size=1m";
+    if (!attach && a->mount_target) {
+        if (umount2(a->mount_target, 0) != 0 && errno != EINVAL && errno != ENOENT) fail(NULL, STEP_UNMOUNT);
+    }
+    if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail(NULL, STEP_DEVICE_NODE);
+    int made = attach ? mknod(a->device_path, S_IFBLK | 0660, makedev(a->major, a->minor)) : unlink(a->device_path);
+    int made_error = errno;
+    if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail(NULL, STEP_DEVICE_NODE);
+    if (made != 0 && made_error != EEXIST && made_error != ENOENT) { errno = made_error; fail(NULL, STEP_DEVICE_NODE); }
+    if (attach && a->mount_target) {
+        if (mount(NULL, "/", NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV, root_options) != 0) fail(NULL, STEP_MOUNT_LUN);
+        int dirs = make_dirs(a->mount_target);
+        int dirs_error = errno;
+        if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, root_options) != 0) fail(NULL, STEP_MOUNT_LUN);
+        if (dirs != 0) { errno = dirs_error; fail(NULL, STEP_MOUNT_LUN); }
+        unsigned long flags = MS_NOSUID | MS_NODEV | (a->read_only ? MS_RDONLY : 0);
+        if (mount(a->device_path, a->mount_target, a->filesystem_type, flags, NULL) != 0) fail(NULL, STEP_MOUNT_LUN);
+    }
+    return 0;
+}
+
+int silo_sandbox_attach(pid_t init_pid, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(report[0]);
+        _exit(attach_child(init_pid, config, attach, report[1]));
+    }
+    close(report[1]);
+    if (pid < 0) { close(report[0]); return -1; }
+    ssize_t got;
+    do { got = read(report[0], failure, sizeof *failure); } while (got < 0 && errno == EINTR);
+    close(report[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (got == (ssize_t)sizeof *failure) return -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) { failure->step = STEP_ENTER; failure->error = ECHILD; return -1; }
+    return 0;
 }

@@ -8,7 +8,7 @@ extension StorageProvider {
     /// The block device of LUN `name` for compute system `system` (C12): only if the LUN is online
     /// and unmasked to that system (S11).
     /// - Parameter mountPath: where to mount its file system inside; the file system must exist.
-    public func blockDevice(forLun name: String, system: String, mountPath: String? = nil) throws(SiloError) -> BlockDevice {
+    public func blockDevice(forLun name: String, system: String, mountPath: String? = nil, readOnly: Bool = false) throws(SiloError) -> BlockDevice {
         let lun = try lun(named: name)
         guard try UnmaskingList.parse(lun.unmaskingList).contains(system: system) else {
             throw SiloError(.accessDenied,
@@ -32,6 +32,45 @@ extension StorageProvider {
             }
         }
         return BlockDevice(devicePath: devicePath, deviceNumber: number, mountPath: mountPath,
-                           filesystemType: filesystem, readOnly: lun.readOnly)
+                           filesystemType: filesystem, readOnly: lun.readOnly || readOnly, lun: name)
+    }
+
+    /// Resolves LUN `name` for `system` (as ``blockDevice(forLun:system:mountPath:readOnly:)``) and
+    /// leases it to the system: the device carries the lease's descriptor; keep the lease until the
+    /// call that gets the device returned (the system's agent holds its own copy after that).
+    public func leasedBlockDevice(forLun name: String, system: String, mountPath: String? = nil,
+                                  readOnly: Bool = false) throws(SiloError) -> (BlockDevice, LunLease) {
+        var device = try blockDevice(forLun: name, system: system, mountPath: mountPath, readOnly: readOnly)
+        let lease = try lease(name, holder: "compute system '\(system)'")
+        device.leaseDescriptor = lease.descriptor
+        return (device, lease)
+    }
+}
+
+extension ComputeSystem {
+    /// Starts the system with the LUNs its document attaches (`Devices.Scsi`, each attachment's
+    /// `Path` a LUN name, `MountPath` where to mount it): each must be online and unmasked to this
+    /// system (C12, S11). While the system runs, storage refuses to delete them (S10).
+    public func start(storage: StorageProvider, context: (any Sendable)? = nil,
+                      callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        let document = try document()
+        var leases: [LunLease] = []
+        defer { leases.forEach { $0.release() } }
+        let devices = try document.scsiAttachments.map { (attachment) throws(SiloError) -> BlockDevice in
+            let (device, lease) = try storage.leasedBlockDevice(forLun: attachment.lun, system: id, mountPath: attachment.mountPath,
+                                                                readOnly: attachment.readOnly)
+            leases.append(lease)
+            return device
+        }
+        return try start(blockDevices: devices, context: context, callback: callback)
+    }
+
+    /// Attaches LUN `name` to the running system [HcsModifyComputeSystem, Add] (C12): it appears in
+    /// /dev and, given `mountPath`, its file system is mounted there.
+    public func attachLun(_ name: String, mountPath: String? = nil, readOnly: Bool = false, storage: StorageProvider,
+                          context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        let (device, lease) = try storage.leasedBlockDevice(forLun: name, system: id, mountPath: mountPath, readOnly: readOnly)
+        defer { lease.release() }
+        return try attach(device, context: context, callback: callback)
     }
 }

@@ -32,6 +32,7 @@
 #define MAX_CONNECTIONS 64
 #define MAX_PROCESSES 1024
 #define MAX_FDS 3
+#define MAX_HELD 64
 
 extern char **environ;
 
@@ -51,6 +52,7 @@ static int handles_fd = -1;
 static int terminate_on_last_handle;
 static int shutting_down;
 static int last_handle_checks;  ///< retries left: a dead client's lock may drop just after its socket
+static struct held { int fd; char tag[SILO_AGENT_MAX_TAG + 1]; } held[MAX_HELD];  ///< fd -1: free
 static unsigned char packet[sizeof(struct silo_agent_header) + SILO_AGENT_MAX_PAYLOAD];
 
 static int live_connections(void) {
@@ -270,6 +272,30 @@ static void list(int slot, uint32_t id) {
     send_packet(slot, SILO_AGENT_OK, id, body, (uint32_t)offset, 0);
 }
 
+/// HOLD: keeps the descriptor (a lease) open under `tag`, replacing an older one of that tag.
+static void hold(int slot, uint32_t id, const char *tag, int fd) {
+    struct held *free_entry = NULL;
+    for (int i = 0; i < MAX_HELD; i++) {
+        if (held[i].fd >= 0 && strcmp(held[i].tag, tag) == 0) { close(held[i].fd); held[i].fd = -1; }
+        if (held[i].fd < 0 && !free_entry) free_entry = &held[i];
+    }
+    if (!free_entry) { close(fd); return reply_error(slot, id, ENOSPC, SILO_STEP_NONE); }
+    free_entry->fd = fd;
+    strcpy(free_entry->tag, tag);
+    send_packet(slot, SILO_AGENT_OK, id, NULL, 0, 0);
+}
+
+static void release(int slot, uint32_t id, const char *tag) {
+    for (int i = 0; i < MAX_HELD; i++) {
+        if (held[i].fd >= 0 && strcmp(held[i].tag, tag) == 0) {
+            close(held[i].fd);
+            held[i].fd = -1;
+            return send_packet(slot, SILO_AGENT_OK, id, NULL, 0, 0);
+        }
+    }
+    reply_error(slot, id, ENOENT, SILO_STEP_NONE);
+}
+
 static void serve(int slot) {
     int fd = polls[2 + slot].fd;
     union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * MAX_FDS)]; } control;
@@ -299,6 +325,14 @@ static void serve(int slot) {
         close_connection(slot);
     } else if (header.type == SILO_AGENT_SPAWN) {
         spawn(slot, header.id, payload, header.length, fds, fd_count);
+    } else if (header.type == SILO_AGENT_HOLD) {
+        const char *tag;
+        if ((error = silo_agent_decode_tag(payload, header.length, &tag)) || fd_count != 1) {
+            reply_error(slot, header.id, error ? error : EBADF, SILO_STEP_NONE);
+        } else {
+            hold(slot, header.id, tag, fds[0]);
+            fd_count = 0;  // kept
+        }
     } else if (fd_count > 0) {
         reply_error(slot, header.id, EBADF, SILO_STEP_NONE);
     } else if (header.type == SILO_AGENT_HELLO) {
@@ -329,6 +363,10 @@ static void serve(int slot) {
         }
     } else if (header.type == SILO_AGENT_LIST) {
         list(slot, header.id);
+    } else if (header.type == SILO_AGENT_RELEASE) {
+        const char *tag;
+        if ((error = silo_agent_decode_tag(payload, header.length, &tag))) reply_error(slot, header.id, error, SILO_STEP_NONE);
+        else release(slot, header.id, tag);
     } else {
         reply_error(slot, header.id, EPROTO, SILO_STEP_NONE);  // a reply or an event sent to the agent
     }
@@ -368,6 +406,7 @@ int silo_agent_main(int terminate_flag) {
     }
     if (handles_fd >= 0) fcntl(handles_fd, F_SETFD, FD_CLOEXEC);
     for (int i = 0; i < 2 + MAX_CONNECTIONS; i++) polls[i].events = POLLIN;
+    for (int i = 0; i < MAX_HELD; i++) held[i].fd = -1;
     for (int i = 0; i < MAX_CONNECTIONS; i++) polls[2 + i].fd = -1;
     for (;;) {
         int ready = poll(polls, 2 + MAX_CONNECTIONS, last_handle_checks > 0 ? 20 : -1);

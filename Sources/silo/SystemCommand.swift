@@ -10,7 +10,8 @@ struct SystemCommand: ParsableCommand {
             document sets ShouldTerminateOnLastHandleClosed is terminated by the last close, so give \
             systems you drive from the command line "ShouldTerminateOnLastHandleClosed": false.
             """,
-        subcommands: [Create.self, Start.self, List.self, Show.self, Pause.self, Resume.self, Shutdown.self, Terminate.self]
+        subcommands: [Create.self, Start.self, List.self, Show.self, Pause.self, Resume.self, Shutdown.self, Terminate.self,
+                      Modify.self]
     )
 
     struct Create: ParsableCommand {
@@ -70,10 +71,51 @@ struct SystemCommand: ParsableCommand {
     }
 
     struct Start: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Start a created system: its init becomes pid 1.")
+        static let configuration = CommandConfiguration(
+            abstract: "Start a created system: its init becomes pid 1.",
+            discussion: "LUNs the document attaches (Devices.Scsi, Path = LUN name, MountPath) must be online and unmasked to the id."
+        )
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
-        func run() throws { try act(global, id) { system in try system.start().wait() } }
+        func run() throws {
+            try act(global, id) { system in
+                try cli(options: ["lun": "Devices.Scsi"]) { try system.start(storage: global.provider).wait() }
+            }
+        }
+    }
+
+    struct Modify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Attach a LUN to a running system, or detach one.",
+            discussion: """
+                --attach NAME[:/PATH] makes the LUN's block device appear in the system's /dev and, with \
+                a path, mounts its file system there; the LUN must be unmasked to the system. --detach \
+                unmounts it (refused while busy inside) and removes the device.
+                """
+        )
+        @OptionGroup var global: GlobalOptions
+        @Argument(help: "The system's id.") var id: String
+        @Option(help: "A LUN to attach: NAME or NAME:/mount/path.") var attach: String?
+        @Option(help: "A LUN to detach.") var detach: String?
+        @Flag(help: "Attach read-only.") var readOnly = false
+
+        func run() throws {
+            if (attach == nil) == (detach == nil) {
+                let error = SiloError.missingArgument(field: "attach", reason: "give --attach NAME[:/PATH] or --detach NAME")
+                try cli(options: ["attach": "--attach"]) { () throws -> Void in throw error }
+            }
+            try act(global, id) { system in
+                if let attach {
+                    let parts = attach.split(separator: ":", maxSplits: 1).map(String.init)
+                    try cli(options: ["lun": "--attach", "mountPath": "--attach"]) {
+                        try system.attachLun(parts.first ?? "", mountPath: parts.count > 1 ? parts[1] : nil, readOnly: readOnly,
+                                             storage: global.provider).wait()
+                    }
+                } else if let detach {
+                    try cli(options: ["lun": "--detach"]) { try system.detach(lun: detach).wait() }
+                }
+            }
+        }
     }
 
     struct Pause: ParsableCommand {
@@ -125,6 +167,8 @@ func show(_ properties: ComputeSystemProperties, json: Bool) throws {
         ("cpu kernel", properties.statistics.map { "\(Double($0.processorTimeKernel) / 1e7) s" }),
         ("uptime", properties.statistics.map { "\($0.uptimeSeconds) s" }),
         ("ignored fields", properties.ignoredFields.joined(separator: ", ")), ("cgroup layout", properties.cgroupLayout),
+        ("luns", properties.attachments.map { "\($0.lun) \($0.devicePath)\($0.mountPath.map { " on " + $0 } ?? "")" }
+            .joined(separator: "; ")),
     ]
     printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
 }

@@ -176,6 +176,63 @@ struct LunInSystemTests {
     }
 }
 
+@Suite("LUNs attached to running systems", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
+struct LunAttachTests {
+    @Test("C12 S10 a document's LUN is mounted at start; modify attaches and detaches while running; attached LUNs cannot be deleted")
+    func attachAndDetach() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "att-\(getpid())"
+        let data = try #require(try storage.create("data", size: 64 << 20).devicePath)
+        let extra = try #require(try storage.create("extra", size: 32 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", data]).status == 0)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", extra]).status == 0)
+        try storage.provider.setMask("data", id)
+        try storage.provider.setMask("extra", "*")
+        let document = storage.path + "/doc.json"
+        let text = #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"data","MountPath":"/data"}}}}}},"#
+            + #""ShouldTerminateOnLastHandleClosed":false}"#
+        let fd = open(document, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        let started = silo(state, ["system", "start", id])
+        #expect(started.status == 0, "\(started.error)")
+        let written = silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "echo kept > /data/note && test -b \(data) && ! test -e \(extra)"])
+        #expect(written.status == 0, "the document's LUN is mounted, the other is not there: \(written.error)")
+
+        let refused = silo(state, ["lun", "delete", "data"])
+        #expect(refused.status == 1 && refused.error.contains("attached to compute system '\(id)'"), "S10: \(refused.error)")
+        #expect(silo(state, ["lun", "offline", "data"]).status == 1)
+
+        let attached = silo(state, ["system", "modify", id, "--attach", "extra:/extra"])
+        #expect(attached.status == 0, "\(attached.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "echo more > /extra/more && grep -q ' /extra ' /proc/mounts"]).status == 0)
+        #expect(silo(state, ["system", "properties", id, "--json"]).output.contains("/extra"))
+        #expect(silo(state, ["lun", "delete", "extra"]).status == 1, "attached while running")
+        let twice = silo(state, ["system", "modify", id, "--attach", "extra"])
+        #expect(twice.status == 64 && twice.error.contains("--attach"), "\(twice.error)")
+
+        // Busy inside: a process sits in the mount; the detach is refused and changes nothing.
+        let sitter = silo(state, ["process", "create", id, "--detach", "--cwd", "/extra", "--", "/bin/sleep", "100"])
+        let busy = silo(state, ["system", "modify", id, "--detach", "extra"])
+        #expect(busy.status == 1 && busy.error.contains("busy"), "\(busy.error)")
+        #expect(silo(state, ["process", "kill", id, String(sitter.output.filter(\.isNumber))]).status == 0)
+        usleep(100_000)
+        let detached = silo(state, ["system", "modify", id, "--detach", "extra"])
+        #expect(detached.status == 0, "\(detached.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! test -e \(extra) && ! grep -q ' /extra ' /proc/mounts"]).status == 0)
+        #expect(silo(state, ["lun", "delete", "extra"]).status == 0, "detached: its lease is gone")
+
+        #expect(silo(state, ["system", "terminate", id]).status == 0)
+        #expect(silo(state, ["lun", "delete", "data"]).status == 0, "the system is gone, and its lease with it")
+        #expect(directoryEntries(state + "/leases").isEmpty)
+    }
+}
+
 @Suite("silo system CLI", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
 struct SystemCLITests {
     @Test("C4 silo system create, start, pause, resume, properties, shutdown; errors name the id")

@@ -11,6 +11,9 @@
 //   SIGNAL {silo_agent_signal}                         -> OK | ERROR (ESRCH: no such process)
 //   WATCH {int32 pid}     -> OK, then the EXITED event (at once if it exited already) | ERROR
 //   LIST                  -> OK {uint32 count, then count x (int32 pid, NUL-terminated command)}
+//   HOLD {tag} + 1 fd     -> OK: the agent keeps the descriptor open until RELEASE or its end (a
+//                            LUN's lease: storage sees the LUN in use while the system runs)
+//   RELEASE {tag}         -> OK | ERROR (ENOENT)
 // Events: EXITED {silo_agent_exited}, to the spawning connection and to every watcher.
 //
 // Both sides decode with the functions below, which check every length and count and never
@@ -25,6 +28,7 @@
 #define SILO_AGENT_VERSION 1
 #define SILO_AGENT_MAX_PAYLOAD 65536
 #define SILO_AGENT_MAX_STRINGS 4096
+#define SILO_AGENT_MAX_TAG 255
 
 enum silo_agent_type {
     SILO_AGENT_HELLO = 1,
@@ -32,6 +36,8 @@ enum silo_agent_type {
     SILO_AGENT_SIGNAL = 3,
     SILO_AGENT_WATCH = 4,
     SILO_AGENT_LIST = 5,
+    SILO_AGENT_HOLD = 6,
+    SILO_AGENT_RELEASE = 7,
     SILO_AGENT_OK = 100,
     SILO_AGENT_ERROR = 101,
     SILO_AGENT_EXITED = 102,
@@ -109,6 +115,10 @@ int silo_agent_decode_spawn(const void *payload, size_t length, struct silo_agen
 
 /// Decodes a fixed-size payload (SIGNAL, WATCH, EXITED, ERROR, HELLO reply): exactly `size` bytes.
 int silo_agent_decode_fixed(const void *payload, size_t length, void *out, size_t size);
+
+/// Decodes a HOLD or RELEASE payload: one NUL-terminated tag of 1 to SILO_AGENT_MAX_TAG bytes that
+/// ends the payload. Returns 0 or EBADMSG.
+int silo_agent_decode_tag(const void *payload, size_t length, const char **tag);
 
 /// Encodes a SPAWN payload into `buffer`; returns its length, or 0 when it does not fit.
 size_t silo_agent_encode_spawn(void *buffer, size_t capacity, const struct silo_agent_spawn *fixed, const char *cwd,

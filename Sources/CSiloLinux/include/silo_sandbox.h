@@ -49,7 +49,7 @@ struct silo_sandbox_config {
     /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.
     unsigned long long extra_clone_flags;
     /// Descriptors the program inherits as 3, 4, ... in this order (such as the agent's socket);
-    /// every other descriptor is closed. `inherit_count` of them, at most 8.
+    /// every other descriptor is closed. `inherit_count` of them, at most 16.
     const int *inherit_fds;
     int inherit_count;
     /// Capabilities (bit n = capability n) the program keeps, in its bounding, permitted and
@@ -66,6 +66,21 @@ struct silo_sandbox_failure {
 
 /// Starts the sandbox. Returns the child's pid (and a pidfd in *pidfd), or -1 with errno set.
 pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd);
+
+/// A block device given to (or taken from) a running system: its node inside, its number, and
+/// optionally where its file system is mounted.
+struct silo_attach_config {
+    const char *device_path;  ///< such as /dev/loop3: the node made inside
+    unsigned int major, minor;
+    const char *mount_target;  ///< NULL: no mount
+    const char *filesystem_type;
+    int read_only;
+};
+
+/// Enters the mount namespace of `init_pid` in a forked child (setns needs a single thread) and
+/// makes the device node and the mount there (`attach` 1), or unmounts and removes them (0).
+/// Returns 0, or -1 with *failure set to the step and errno (steps of silo_sandbox_step_name).
+int silo_sandbox_attach(pid_t init_pid, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure);
 
 /// A readable name for a failure's step.
 const char *silo_sandbox_step_name(int step);

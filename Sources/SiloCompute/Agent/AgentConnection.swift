@@ -101,6 +101,11 @@ final class AgentConnection: Sendable {
         }
     }
 
+    /// Gives the agent a descriptor to keep open under `tag` (a LUN's lease) until RELEASE.
+    func hold(tag: String, descriptor: Int32) throws(SiloError) {
+        _ = try request(SILO_AGENT_HOLD, payload: Array(tag.utf8.prefix(Int(SILO_AGENT_MAX_TAG))) + [0], descriptors: [descriptor])
+    }
+
     /// Hangs up. The reader sees the end, fails what still waits and closes the socket.
     func close() {
         Glibc.shutdown(socket, Int32(SHUT_RDWR))

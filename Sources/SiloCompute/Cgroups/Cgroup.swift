@@ -155,6 +155,14 @@ public final class Cgroup: Sendable {
         }
     }
 
+    /// Lets the system's processes use (or, with `allow` false, no longer use) the block device
+    /// `major:minor`: a LUN attached or detached while the system runs. v1's devices controller;
+    /// nothing to do where there is none.
+    public func setBlockDevice(_ number: String, allowed: Bool) throws(SiloError) {
+        guard let devices = directories["devices"] else { return }
+        try writeText(devices + (allowed ? "/devices.allow" : "/devices.deny"), "b \(number) rwm")
+    }
+
     /// null, zero, full, random, urandom, tty, ptmx and the pts terminals.
     static let minimalDevices = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm"]
 

@@ -24,7 +24,7 @@ public struct SandboxSpec: Sendable {
     /// Block devices given to the system (C12): each node appears in /dev, and its file system is
     /// mounted where asked.
     public var blockDevices: [BlockDevice] = []
-    /// Descriptors the program inherits as 3, 4, ... in this order (at most 8); all others close.
+    /// Descriptors the program inherits as 3, 4, ... in this order (at most 16); all others close.
     public var inheritedDescriptors: [Int32] = []
     /// Capability numbers the program keeps (`CAP_SETUID` is 7); none by default.
     public var keptCapabilities: [Int32] = []
@@ -72,13 +72,21 @@ public struct BlockDevice: Sendable, Hashable {
     public var mountPath: String?
     public var filesystemType: String?
     public var readOnly: Bool
+    /// The LUN's name, for properties and messages.
+    public var lun: String?
+    /// A descriptor holding storage's lease on the LUN (``LunLease``): the system's init keeps a
+    /// copy for as long as it runs, so the LUN cannot be deleted under it (S10).
+    public var leaseDescriptor: Int32?
 
-    public init(devicePath: String, deviceNumber: String, mountPath: String? = nil, filesystemType: String? = nil, readOnly: Bool = false) {
+    public init(devicePath: String, deviceNumber: String, mountPath: String? = nil, filesystemType: String? = nil, readOnly: Bool = false,
+                lun: String? = nil, leaseDescriptor: Int32? = nil) {
         self.devicePath = devicePath
         self.deviceNumber = deviceNumber
         self.mountPath = mountPath
         self.filesystemType = filesystemType
         self.readOnly = readOnly
+        self.lun = lun
+        self.leaseDescriptor = leaseDescriptor
     }
 }
 
@@ -150,7 +158,7 @@ public enum Sandbox {
                                         config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
                                         return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
                                             config.inherit_fds = inherited.baseAddress
-                                            config.inherit_count = Int32(min(inherited.count, 8))
+                                            config.inherit_count = Int32(min(inherited.count, 16))
                                             return silo_sandbox_spawn(&config, &pidfd)
                                         }
                                       }

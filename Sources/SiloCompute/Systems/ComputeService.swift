@@ -24,6 +24,8 @@ public struct ComputeSystemProperties: Sendable, Codable, Hashable {
     public var statistics: Statistics?
     public var ignoredFields: [String]
     public var cgroupLayout: String
+    /// LUNs attached now, with their device inside and mount path.
+    public var attachments: [Attachment] = []
 }
 
 /// Creates, finds and lists compute systems [HcsCreateComputeSystem, HcsOpenComputeSystem,
@@ -124,7 +126,8 @@ public final class ComputeService: Sendable {
                 .init(memoryUsageBytes: $0.memoryUsage, processorTimeUser: $0.cpuUser100ns,
                       processorTimeKernel: $0.cpuKernel100ns, uptimeSeconds: nowSeconds() - record.createdAt)
             },
-            ignoredFields: document?.ignoredFields ?? [], cgroupLayout: configuration.layout.description
+            ignoredFields: document?.ignoredFields ?? [], cgroupLayout: configuration.layout.description,
+            attachments: live ? record.attachments ?? [] : []
         )
     }
 }

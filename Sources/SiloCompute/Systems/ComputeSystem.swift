@@ -58,15 +58,36 @@ public final class ComputeSystem: Sendable {
     /// How long `shutdown` waits after SIGTERM before it kills.
     public static let shutdownGrace: Duration = .seconds(10)
 
+    /// The ComputeSystem document the system was created from.
+    public func document() throws(SiloError) -> ComputeSystemDocument {
+        try ComputeSystemDocument(json: store.load(id).document)
+    }
+
     public func properties() throws(SiloError) -> ComputeSystemProperties {
         service.properties(of: service.refreshed(try store.load(id)))
     }
 
     /// Created -> Running: starts Silo's init as pid 1 of the system's namespaces, in its cgroup.
-    public func start(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        try change(.start, from: [.created], context: context, callback: callback) { [self] in
+    /// - Parameter blockDevices: the LUNs the document attaches (`Devices.Scsi`), resolved by
+    ///   storage (Silo's `start(storage:)` does it); each appears in /dev, mounted where asked,
+    ///   and its lease is held by the system's agent while it runs (C12, S10).
+    /// - Throws: at once, `invalidState` unless Created; `invalidArgument` when the document
+    ///   attaches LUNs and `blockDevices` does not bring them.
+    public func start(blockDevices: [BlockDevice] = [], context: (any Sendable)? = nil,
+                      callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        let attached = try ComputeSystemDocument(json: store.load(id).document).scsiAttachments
+        let missing = attached.map(\.lun).filter { name in !blockDevices.contains { $0.lun == name } }
+        if let first = missing.first {
+            throw SiloError.invalidArgument(field: "Devices.Scsi", value: first,
+                                            reason: "the document attaches LUN '\(first)': start the system through Silo's start(storage:) (or `silo system start`), which resolves it")
+        }
+        // The caller may release its leases once this returns: the operation holds copies.
+        let leases = blockDevices.map { device in device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1 }
+        return try change(.start, from: [.created], context: context, callback: callback) { [self] in
+            defer { leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) } }
             let configuration = service.configuration
             let record = try store.load(id)
+            for device in blockDevices { try cgroup.setBlockDevice(device.deviceNumber, allowed: true) }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
@@ -80,6 +101,7 @@ public final class ComputeSystem: Sendable {
             guard handles >= 0 else { throw SiloError.system("open", errno: errno, path: store.directory(id) + "/handles") }
             defer { Glibc.close(handles) }
             spec.inheritedDescriptors = [listener.fd, handles]
+            spec.blockDevices = blockDevices
             // To start processes as other users; each process it starts drops them.
             spec.keptCapabilities = [6, 7, 8]  // CAP_SETGID, CAP_SETUID, CAP_SETPCAP
             // The system outlives the call: its init must not hold the caller's stdio (a pipe
@@ -98,8 +120,13 @@ public final class ComputeSystem: Sendable {
             }
             Glibc.close(process.pidfd)
             // This handle now counts where the agent sees it, so even this process's death is seen (C6).
-            _ = try? agent()
+            let connection = try? agent()
+            for (device, lease) in zip(blockDevices, leases) where lease >= 0 {
+                try connection?.hold(tag: device.lun ?? device.devicePath, descriptor: lease)
+            }
+            let attachments = blockDevices.map(Attachment.init)
             return { record in
+                record.attachments = attachments
                 record.state = .running
                 record.initPID = process.pid
                 record.initStartTime = processStartTime(process.pid)
@@ -158,6 +185,84 @@ public final class ComputeSystem: Sendable {
             _ = try? stop(.terminate, graceful: false, notify: false, context: nil, callback: nil).wait(timeout: .seconds(30))
         }
         if (try? store.load(id))?.state == .stopped { store.remove(id) }
+    }
+
+    // MARK: LUNs (C12)
+
+    /// Attaches a block device (a LUN storage resolved) to the running system [HcsModifyComputeSystem,
+    /// Add]: its node appears in /dev, its file system is mounted where asked, the cgroup allows it,
+    /// and the agent holds its lease.
+    /// - Throws: at once, `invalidState` unless Running; `invalidArgument` when that LUN is attached.
+    public func attach(_ device: BlockDevice, context: (any Sendable)? = nil,
+                       callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        let name = device.lun ?? device.devicePath
+        let record = try store.load(id)
+        if record.attachments?.contains(where: { $0.lun == name || $0.devicePath == device.devicePath }) == true {
+            throw SiloError.invalidArgument(field: "lun", value: name, reason: "it is attached to compute system '\(id)' already")
+        }
+        if let path = device.mountPath, record.attachments?.contains(where: { $0.mountPath == path }) == true {
+            throw SiloError.invalidArgument(field: "mountPath", value: path, reason: "another LUN is mounted there")
+        }
+        let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
+        return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
+            defer { if lease >= 0 { Glibc.close(lease) } }
+            try cgroup.setBlockDevice(device.deviceNumber, allowed: true)
+            do {
+                try enter(record, device, attach: true)
+                if lease >= 0 { try agent().hold(tag: name, descriptor: lease) }
+            } catch {
+                try? enter(record, device, attach: false)
+                try? cgroup.setBlockDevice(device.deviceNumber, allowed: false)
+                throw error
+            }
+            return { $0.attachments = ($0.attachments ?? []) + [Attachment(device)] }
+        }
+    }
+
+    /// Detaches LUN `lun` from the running system [HcsModifyComputeSystem, Remove]: unmounted
+    /// (refused while busy inside), its node removed, denied in the cgroup, its lease given back.
+    /// - Throws: at once, `invalidState` unless Running; `objectNotFound` when it is not attached.
+    public func detach(lun name: String, context: (any Sendable)? = nil,
+                       callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        let record = try store.load(id)
+        guard let attachment = record.attachments?.first(where: { $0.lun == name }) else {
+            throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
+        }
+        return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+            let device = BlockDevice(devicePath: attachment.devicePath, deviceNumber: attachment.deviceNumber,
+                                     mountPath: attachment.mountPath, readOnly: attachment.readOnly, lun: attachment.lun)
+            try enter(record, device, attach: false)
+            try cgroup.setBlockDevice(device.deviceNumber, allowed: false)
+            _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(name.utf8) + [0])
+            return { $0.attachments = ($0.attachments ?? []).filter { $0.lun != name } }
+        }
+    }
+
+    /// Makes (or removes) the device node and mount inside the system's mount namespace.
+    private func enter(_ record: SystemRecord, _ device: BlockDevice, attach: Bool) throws(SiloError) {
+        guard let pid = record.initPID, processStartTime(pid) == record.initStartTime else {
+            throw SiloError(.invalidState, "compute system '\(id)' has no running init", field: "state", value: record.state.rawValue)
+        }
+        let parts = device.deviceNumber.split(separator: ":").compactMap { UInt32($0) }
+        guard parts.count == 2 else { throw SiloError.invalidArgument(field: "deviceNumber", value: device.deviceNumber, reason: "major:minor") }
+        var failure = silo_sandbox_failure()
+        let result = device.devicePath.withCString { path in
+            (device.filesystemType ?? "auto").withCString { type in
+                withOptionalCString(device.mountPath) { target in
+                    var config = silo_attach_config(device_path: path, major: parts[0], minor: parts[1], mount_target: target,
+                                                    filesystem_type: type, read_only: device.readOnly ? 1 : 0)
+                    return silo_sandbox_attach(pid, &config, attach ? 1 : 0, &failure)
+                }
+            }
+        }
+        guard result == 0 else {
+            let step = String(cString: silo_sandbox_step_name(failure.step))
+            let busy = failure.error == EBUSY
+            throw SiloError(busy ? .deviceInUse : .systemCallFailed,
+                            "compute system '\(id)' could not \(step) for \(device.lun.map { "LUN '\($0)'" } ?? device.devicePath): "
+                                + "\(String(cString: strerror(failure.error))) (errno \(failure.error))",
+                            field: "lun", value: device.lun ?? device.devicePath, syscall: step, errno: failure.error)
+        }
     }
 
     // MARK: Processes

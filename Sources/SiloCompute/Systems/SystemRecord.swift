@@ -24,6 +24,17 @@ struct SystemRecord: Codable, Sendable {
     var exitType: SystemExitType?
     var createdAt: Int64
     var shouldTerminateOnLastHandleClosed: Bool
+    /// LUNs attached now (C12).
+    var attachments: [Attachment]? = nil
+}
+
+/// A LUN attached to a system, as its properties show it (C12).
+public struct Attachment: Sendable, Codable, Hashable {
+    public var lun: String
+    public var devicePath: String
+    public var deviceNumber: String
+    public var mountPath: String?
+    public var readOnly: Bool
 }
 
 struct SystemStore: Sendable {
@@ -130,4 +141,17 @@ func nowSeconds() -> Int64 {
     var spec = timespec()
     clock_gettime(CLOCK_REALTIME, &spec)
     return Int64(spec.tv_sec)
+}
+
+extension Attachment {
+    init(_ device: BlockDevice) {
+        self.init(lun: device.lun ?? device.devicePath, devicePath: device.devicePath, deviceNumber: device.deviceNumber,
+                  mountPath: device.mountPath, readOnly: device.readOnly)
+    }
+}
+
+/// Calls `body` with a C string for `text`, or NULL.
+func withOptionalCString<T>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> T) -> T {
+    guard let text else { return body(nil) }
+    return text.withCString { body($0) }
 }

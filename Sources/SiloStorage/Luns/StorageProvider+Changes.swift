@@ -16,9 +16,9 @@ extension StorageProvider {
     ) throws(SiloError) -> SiloOperation<Void> {
         let record = try beginChange(name, operation: "deleteLun")
         let device = attachedDevice(record)
-        if let device, let use = InUse.check(device) {
+        if let use = use(of: name, device: device) {
             try? endChange(name)
-            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device.path) (\(use)); release it first",
+            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: name)
         }
         return try startChange(name, .deleteLun, context: context, callback: callback, cancellable: false) {
@@ -139,9 +139,9 @@ extension StorageProvider {
     ) throws(SiloError) -> SiloOperation<LunProperties> {
         let record = try beginChange(name, operation: online ? "online" : "offline")
         let device = attachedDevice(record)
-        if !online, let device, let use = InUse.check(device) {
+        if !online, let use = use(of: name, device: device) {
             try? endChange(name)
-            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device.path) (\(use)); release it first",
+            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: name)
         }
         if online, !fileExists(record.backingFile) {
