@@ -44,12 +44,16 @@ struct RunCommand: ParsableCommand {
         }
         let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
         let system = id ?? "run-\(getpid())"
-        let devices = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [BlockDevice] in
-            try lun.map { (item) throws(SiloError) -> BlockDevice in
+        // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
+        let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
+            try lun.map { (item) throws(SiloError) -> (BlockDevice, LunLease) in
                 let parts = item.split(separator: ":", maxSplits: 1).map(String.init)
-                return try global.provider.blockDevice(forLun: parts.first ?? "", system: system, mountPath: parts.count > 1 ? parts[1] : nil)
+                return try global.provider.leasedBlockDevice(forLun: parts.first ?? "", system: system,
+                                                             mountPath: parts.count > 1 ? parts[1] : nil)
             }
         }
+        defer { leased.forEach { $0.1.release() } }
+        let devices = leased.map(\.0)
         let code = try cli(options: ["id": "--id"]) {
             try SandboxRun.run(id: system, limits: limits, arguments: arguments, blockDevices: devices, configuration: configuration)
         }

@@ -4,10 +4,9 @@ import SiloOperations
 extension StorageProvider {
     /// Deletes a LUN [IVdsLun::Delete]: detach, unlink its name, remove the backing file and the record.
     ///
-    /// - Parameter force: reserved for LUNs attached to compute systems (they are detached from
-    ///   them first); a LUN in use on the host is never deleted.
-    /// - Throws: at once, `deviceInUse` when the LUN is mounted, held open, or holds other devices
-    ///   (S10); `objectNotFound` for an unknown name; `anotherCallInProgress` while another call runs.
+    /// - Parameter force: reserved; a LUN in use is never deleted.
+    /// - Throws: at once, `deviceInUse` when the LUN is mounted, held open, holds other devices,
+    ///   or is attached to a compute system (a live ``LunLease``; detach it first) (S10); `objectNotFound` for an unknown name; `anotherCallInProgress` while another call runs.
     public func deleteLun(
         _ name: String,
         force: Bool = false,
