@@ -3,6 +3,8 @@
 //   idle           memory of an idle system: init's RSS and the cgroup's charge
 //   pause          median freeze + thaw of a running system
 //   many N         N systems started at once: all running, total memory, time to terminate them all
+//   exec N         median time to run /bin/true inside one running system (ComputeService: createProcess
+//                  through its agent, stdio /dev/null, + wait for its exit), over N runs
 import Glibc
 import SiloCompute
 
@@ -129,6 +131,44 @@ case "many":
     print("\(count) systems: started in \(ms(Double(started - start) / 1e6)) ms, \(alive) running, "
           + "\(charged) MiB charged in all (\(charged * 1024 / UInt64(max(count, 1))) KiB each; MemAvailable fell \(available) MiB), "
           + "terminated and removed in \(ms(Double(stopped - stopStart) / 1e6)) ms")
+case "exec":
+    let rounds = Int(arguments.dropFirst().first ?? "50") ?? 50
+    let service = ComputeService(configuration: configuration)
+    let document = #"""
+        {"SchemaVersion": {"Major": 2, "Minor": 1}, "Owner": "bench", "Container": {"Memory": {"SizeInMB": 256},
+         "Processor": {"Count": 1}}, "ShouldTerminateOnLastHandleClosed": false}
+        """#
+    let system = try service.createComputeSystem(id: "bench-exec-\(getpid())", document: document).wait()
+    var times: [UInt64] = []
+    var failure: String?
+    do {
+        try system.start().wait()
+        for round in 0..<(rounds + 5) {
+            let start = now()
+            let process = try system.createProcess(ProcessParameters(arguments: ["/bin/true"]), standardStreams: [-1, -1, -1]).wait()
+            let status = try process.wait(timeout: .seconds(10))
+            let end = now()
+            process.close()
+            guard status.exitCode == 0 else {
+                failure = "/bin/true exited \(status.exitCode.map(String.init) ?? "?") in round \(round)"
+                break
+            }
+            if round >= 5 { times.append(end - start) }
+        }
+    } catch {
+        failure = "\(error)"
+    }
+    // Terminated (from Created too) and closed: the last handle of a stopped system removes its state.
+    do { try system.terminate().wait() } catch { failure = failure ?? "terminate: \(error)" }
+    system.close()
+    if let failure {
+        let message = "exec failed: \(failure)\n"
+        _ = message.withCString { write(2, $0, strlen($0)) }
+        for path in [state + "/run/systems", state + "/run", state] { rmdir(path) }  // exit skips the defer
+        exit(1)
+    } else {
+        print("library createProcess+wait of /bin/true in a running system, median of \(rounds): \(ms(median(times))) ms")
+    }
 default:
-    print("modes: start [N] | idle | pause | many [N]")
+    print("modes: start [N] | idle | pause | many [N] | exec [N]")
 }

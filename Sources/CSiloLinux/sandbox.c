@@ -247,6 +247,11 @@ static void install_seccomp(const struct silo_sandbox_config *c) {
         ON_SYSCALL(__NR_open_tree, DENY(EPERM)),
         ON_SYSCALL(__NR_fsopen, DENY(EPERM)),
         ON_SYSCALL(__NR_fsmount, DENY(EPERM)),
+        ON_SYSCALL(__NR_fsconfig, DENY(EPERM)),
+        ON_SYSCALL(__NR_fspick, DENY(EPERM)),
+        ON_SYSCALL(__NR_mount_setattr, DENY(EPERM)),
+        // The kernel log: dmesg_restrict is the host's choice, not the payload's.
+        ON_SYSCALL(__NR_syslog, DENY(EPERM)),
         ON_SYSCALL(__NR_kexec_load, DENY(EPERM)),
         ON_SYSCALL(__NR_kexec_file_load, DENY(EPERM)),
         ON_SYSCALL(__NR_init_module, DENY(EPERM)),

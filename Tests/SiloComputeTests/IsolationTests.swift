@@ -80,7 +80,7 @@ struct IsolationTests {
             unshare -m true 2>/dev/null && echo unshared-mount
             mknod /tmp/sda b 8 0 2>/dev/null && echo mknod
             (echo other > /proc/sys/kernel/hostname) 2>/dev/null && echo sysctl-written
-            for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/kallsyms /proc/kcore; do
+            for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/kallsyms /proc/kcore /proc/kpageflags /proc/kpagecount; do
                 [ -e "$p" ] && echo "masked $p $(wc -c < $p)"
             done
             true

@@ -50,17 +50,23 @@ public final class Cgroup: Sendable {
         }
         let cgroup = Cgroup(name: name, layout: layout, directories: directories)
         do throws(SiloError) {
-            if let unified = layout.unified {
-                try makeDirectory(unified + "/silo")
-                let wanted = ["memory", "cpu", "pids"].filter { layout.unifiedControllers.contains($0) }
-                if !wanted.isEmpty {
-                    try writeText(unified + "/cgroup.subtree_control", wanted.map { "+" + $0 }.joined(separator: " "))
-                    try writeText(unified + "/silo/cgroup.subtree_control", wanted.map { "+" + $0 }.joined(separator: " "))
-                }
+            let wanted = ["memory", "cpu", "pids"].filter { layout.unifiedControllers.contains($0) }.map { "+" + $0 }.joined(separator: " ")
+            if let unified = layout.unified, !wanted.isEmpty {
+                try writeText(unified + "/cgroup.subtree_control", wanted)
             }
             for path in Set(directories.values) {
-                try makeDirectory(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
-                guard mkdir(path, 0o755) == 0 else {
+                // Another process removes the shared parent `silo` when its last system goes: if
+                // that happens between the two mkdirs, make the parent again.
+                var attempts = 0
+                while true {
+                    let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+                    try makeDirectory(parent)
+                    if path == directories["unified"], !wanted.isEmpty { try writeText(parent + "/cgroup.subtree_control", wanted) }
+                    if mkdir(path, 0o755) == 0 { break }
+                    if errno == ENOENT, attempts < 20 {
+                        attempts += 1
+                        continue
+                    }
                     if errno == EEXIST {
                         throw SiloError(.systemAlreadyExists, "cgroup \(path) already exists", field: "id", value: name)
                     }

@@ -58,6 +58,8 @@ public struct SandboxSpec: Sendable {
     static let maskedPaths = [
         "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/sysrq-trigger",
         "/proc/latency_stats", "/proc/kallsyms", "/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/firmware",
+        // The host's physical pages, their flags and cgroups: nothing a payload needs to read.
+        "/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup",
     ]
     static let readOnlyPaths = ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs"]
 }
