@@ -123,7 +123,7 @@ struct ProcessTests {
         })?.field == "User")
     }
 
-    @Test("C7 EmulateConsole: a terminal of ConsoleSize that controls the process, and resizing it")
+    @Test("C7 C11 EmulateConsole: a terminal of ConsoleSize that controls the process, resizing it; TIOCSTI refused on it")
     func console() throws {
         let box = try RunningSystem("tty")
         defer { box.finish() }
@@ -141,6 +141,15 @@ struct ProcessTests {
         let second = readUntil(console) { $0.contains("40 120") }
         #expect(second.contains("40 120"), "\(second)")
         #expect(try process.wait(timeout: .seconds(10)).exitCode == 0)
+        // On a real terminal that the process controls, TIOCSTI (faking input) is refused by the filter.
+        if access("/usr/bin/perl", X_OK) == 0 {
+            let script = #"my $c = "x"; printf "tiocsti=%d\n", syscall(16, 0, 0x5412, $c) < 0 ? $!+0 : 0; my $w = "\0" x 8; printf "tiocgwinsz=%d\n", syscall(16, 0, 0x5413, $w) < 0 ? $!+0 : 0"#
+            let injector = try box.system.createProcess(ProcessParameters(arguments: ["/usr/bin/perl", "-e", script], emulateConsole: true))
+                .wait(timeout: .seconds(30))
+            defer { injector.close() }
+            let said = readUntil(try #require(injector.standardOutput)) { $0.contains("tiocgwinsz=") }
+            #expect(said.contains("tiocsti=\(EPERM)") && said.contains("tiocgwinsz=0"), "TIOCSTI refused, other ioctls work: \(said)")
+        }
         let piped = try box.run("true")
         defer { piped.close() }
         #expect((#expect(throws: SiloError.self) { try piped.resizeConsole(height: 10, width: 10) })?.code == .invalidOperation)
