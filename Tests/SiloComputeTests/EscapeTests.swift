@@ -329,7 +329,7 @@ struct EscapeTests {
             Issue.record("perl is needed to make raw system calls inside the sandbox")
             return
         }
-        let result = try runUnderInit("""
+        let result = try runSandboxed(underInit: true, """
             echo "pid=$$ init=$(head -c 11 /proc/1/cmdline)"
             /usr/bin/perl -e '
               sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }
@@ -366,43 +366,5 @@ struct EscapeTests {
         #expect(result.output.contains("own root readable\n") && result.output.contains("own fd readable\n"), "\(result.output)")
         #expect(!result.output.contains("reached"), "\(result.output)")
         #expect(result.output.contains("kill sent\n") && result.output.contains("after kill init=/.silo/init\n"), "\(result.output)")
-    }
-
-    /// Like `runSandboxed`, with Silo's init as pid 1 and `script` its payload (pid 2).
-    func runUnderInit(_ script: String) throws -> (status: Int32, output: String) {
-        let configuration = ComputeConfiguration()
-        try #require(access(configuration.initBinary, X_OK) == 0, "Silo's init at \(configuration.initBinary)")
-        var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
-        guard let root = template.withUnsafeMutableBufferPointer({ $0.baseAddress.flatMap { mkdtemp($0) } }).map({ String(cString: $0) }) else {
-            throw SiloError.system("mkdtemp", errno: errno)
-        }
-        defer { rmdir(root) }
-        let id = "esc-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        let cgroup = try Cgroup.create(name: id, limits: CgroupLimits(pids: 64))
-        defer { try? cgroup.destroy() }
-        var output: [Int32] = [0, 0]
-        pipe(&output)
-        var spec = SandboxSpec(root: root, hostname: id, arguments: ["/.silo/init", "--", "/bin/sh", "-c", script],
-                               standardOutput: output[1], standardError: output[1], initBinary: configuration.initBinary)
-        if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
-        let process: SandboxProcess
-        do {
-            process = try Sandbox.spawn(spec, cgroup: cgroup)
-        } catch {
-            close(output[0]); close(output[1])
-            throw error
-        }
-        close(output[1])
-        defer { close(process.pidfd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = read(output[0], &buffer, buffer.count)
-            if count <= 0 { break }
-            bytes.append(contentsOf: buffer[0..<count])
-        }
-        close(output[0])
-        let status = reap(process.pid)
-        return (status, String(decoding: bytes, as: UTF8.self))
     }
 }

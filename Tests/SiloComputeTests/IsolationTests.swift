@@ -4,9 +4,12 @@ import Testing
 
 @testable import SiloCompute
 
-/// Runs `script` with /bin/sh as pid 1 of a sandbox in its own cgroup; returns its exit code and output.
-func runSandboxed(_ script: String, id: String = "iso-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
+/// Runs `script` with /bin/sh as pid 1 of a sandbox in its own cgroup (or, `underInit`, as the
+/// payload of Silo's init, pid 2); returns its exit code and output.
+func runSandboxed(underInit: Bool = false, _ script: String, id: String = "iso-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
                   limits: CgroupLimits = CgroupLimits(pids: 64)) throws -> (status: Int32, output: String) {
+    let configuration = ComputeConfiguration()
+    if underInit { try #require(access(configuration.initBinary, X_OK) == 0, "Silo's init at \(configuration.initBinary)") }
     var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
     guard let root = template.withUnsafeMutableBufferPointer({ $0.baseAddress.flatMap { mkdtemp($0) } }).map({ String(cString: $0) }) else {
         throw SiloError.system("mkdtemp", errno: errno)
@@ -18,24 +21,24 @@ func runSandboxed(_ script: String, id: String = "iso-\(getpid())-\(UInt32.rando
     pipe(&output)
     let process: SandboxProcess
     do {
-        process = try Sandbox.spawn(SandboxSpec(root: root, hostname: id, arguments: ["/bin/sh", "-c", script],
-                                                standardOutput: output[1], standardError: output[1]), cgroup: cgroup)
+        var spec = SandboxSpec(root: root, hostname: id, arguments: ["/bin/sh", "-c", script],
+                               standardOutput: output[1], standardError: output[1])
+        if underInit {
+            spec.arguments = ["/.silo/init", "--"] + spec.arguments
+            spec.initBinary = configuration.initBinary
+            if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
+        }
+        process = try Sandbox.spawn(spec, cgroup: cgroup)
     } catch {
         close(output[0]); close(output[1])
         throw error
     }
     close(output[1])
     defer { close(process.pidfd) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let count = read(output[0], &buffer, buffer.count)
-        if count <= 0 { break }
-        bytes.append(contentsOf: buffer[0..<count])
-    }
+    let text = readAll(output[0])
     close(output[0])
     let status = reap(process.pid)
-    return (status, String(decoding: bytes, as: UTF8.self))
+    return (status, text)
 }
 
 @Suite("Isolation inside a sandbox", .tags(.root), .requiresCgroups, .serialized)
