@@ -27,6 +27,14 @@ struct SystemCommand: ParsableCommand {
                 guard let text = readWholeFile(config) else {
                     throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
                 }
+                // This command's handle is the only one, and it closes when the command ends: such
+                // a system would be gone before anyone could use it.
+                if try ComputeSystemDocument(json: text).shouldTerminateOnLastHandleClosed {
+                    throw SiloError.invalidArgument(
+                        field: "document", value: config,
+                        reason: "ShouldTerminateOnLastHandleClosed is true, so the system would end as soon as this command's handle "
+                            + "closes; set it to false for a system driven from the shell (or hold a handle from Swift)")
+                }
                 return try service.createComputeSystem(id: id, document: text).wait()
             }
             defer { system.close() }

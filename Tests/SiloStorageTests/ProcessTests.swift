@@ -262,5 +262,14 @@ struct SystemCLITests {
         #expect(missing.status == 1 && missing.error.contains("'ghost'"))
         let bad = silo(state, ["system", "create", "--id", "x", "--config", "/nonexistent.json"])
         #expect(bad.status == 64 && bad.error.contains("--config"))
+        // A system that ends with its last handle would end with this command: refused, nothing made.
+        let closing = scratch.path + "/closing.json"
+        let closingText = String(text.dropLast("false}".count)) + "true}"
+        let closingFD = open(closing, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = closingText.withCString { write(closingFD, $0, strlen($0)) }
+        close(closingFD)
+        let ends = silo(state, ["system", "create", "--id", "ends", "--config", closing])
+        #expect(ends.status == 64 && ends.error.contains("ShouldTerminateOnLastHandleClosed") && ends.error.contains("--config"), "\(ends.error)")
+        #expect(!silo(state, ["system", "list"]).output.contains("ends"))
     }
 }
