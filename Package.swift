@@ -37,7 +37,7 @@ let package = Package(
         .executableTarget(name: "silo-init", dependencies: ["CSiloAgent"], path: "Sources/silo-init"),
         .executableTarget(
             name: "silo",
-            dependencies: ["Silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Silo", "CSiloLinux", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(

@@ -25,11 +25,13 @@ struct ProcessCommand: ParsableCommand {
         @Option(parsing: .unconditionalSingleValue, help: "An environment variable, NAME=VALUE (repeatable).") var env: [String] = []
         @Option(help: "A user name, uid or uid:gid inside.") var user: String?
         @Flag(help: "Print the pid and leave the process running.") var detach = false
+        @Flag(name: [.customShort("t"), .long], help: "Give the process a terminal of its own (a console), relayed to this one.")
+        var tty = false
         @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
         func run() throws {
             let arguments = command
-            let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD"]) { () throws(SiloError) -> ProcessParameters in
+            let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty"]) { () throws(SiloError) -> ProcessParameters in
                 var parameters: ProcessParameters
                 if let config {
                     guard let text = readWholeFile(config) else {
@@ -52,6 +54,13 @@ struct ProcessCommand: ParsableCommand {
                     parameters.environment[String(item[..<equals])] = String(item[item.index(after: equals)...])
                 }
                 if let user { parameters.user = user }
+                if tty {
+                    guard isatty(0) == 1 else { throw SiloError.invalidArgument(field: "tty", value: "stdin", reason: "stdin is not a terminal") }
+                    guard !detach else { throw SiloError.invalidArgument(field: "tty", value: "--detach", reason: "a detached process has no terminal to relay") }
+                    parameters.emulateConsole = true
+                    parameters.consoleSize = terminalSize()
+                    if let term = getenv("TERM") { parameters.environment["TERM"] = String(cString: term) }
+                }
                 return parameters
             }
             try act(global, id) { system in
@@ -60,6 +69,11 @@ struct ProcessCommand: ParsableCommand {
                     defer { process.close() }
                     print(process.pid)
                     return
+                }
+                if tty {
+                    let process = try system.createProcess(parameters).wait()
+                    defer { process.close() }
+                    throw ExitCode(try relayTerminal(process))
                 }
                 let process = try system.createProcess(parameters, standardStreams: [0, 1, 2]).wait()
                 defer { process.close() }

@@ -20,19 +20,25 @@ extension Trait where Self == ConditionTrait {
 
 /// Starts `silo --state-dir STATE ARGUMENTS` with stdout into a pipe; returns its pid and the pipe.
 func startSilo(_ state: String, _ arguments: [String]) -> (pid: pid_t, output: Int32) {
+    startProgram(siloExecutable, ["--state-dir", state] + arguments)
+}
+
+/// Starts `program ARGUMENTS` with stdin from /dev/null and stdout into a pipe; returns its pid and the pipe.
+func startProgram(_ program: String, _ arguments: [String]) -> (pid: pid_t, output: Int32) {
     var output: [Int32] = [0, 0]
     pipe(&output)
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)  // never the terminal `swift test` may have
     posix_spawn_file_actions_adddup2(&actions, output[1], 1)
     posix_spawn_file_actions_addclose(&actions, output[0])
-    let argv = ([siloExecutable, "--state-dir", state] + arguments).map { strdup($0) } + [nil]
+    let argv = ([program] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, siloExecutable, &actions, nil, argv, environ)
+    let result = posix_spawn(&pid, program, &actions, nil, argv, environ)
     close(output[1])
-    precondition(result == 0, "cannot start silo: \(result)")
+    precondition(result == 0, "cannot start \(program): \(result)")
     return (pid, output[0])
 }
 
@@ -62,6 +68,24 @@ struct CrossProcessTests {
         close(waiter.output)
         #expect(reap(waiter.pid) == 128 + SIGUSR1, "the waiting CLI exits with the signal's code")
         #expect(try sleeper.wait(timeout: .seconds(5)).signal == SIGUSR1)
+    }
+
+    @Test("C7 silo process create --tty: the process gets a terminal of this terminal's size; its exit code comes back",
+          .enabled(if: access("/usr/bin/script", X_OK) == 0, "needs script(1) from util-linux for a terminal"))
+    func terminal() throws {
+        let box = try RunningSystem("tt")
+        defer { box.finish() }
+        // script(1) gives the CLI a terminal of its own, as a person's shell would.
+        let command = "stty rows 33 cols 111; \(siloExecutable) --state-dir \(box.compute.state) process create \(box.system.id) --tty -- "
+            + "/bin/sh -c 'stty size; test -t 0 && test -t 1 && echo interactive; exit 4'"
+        let run = startProgram("/usr/bin/script", ["-qec", command, "/dev/null"])
+        let output = readAll(run.output)
+        close(run.output)
+        #expect(reap(run.pid) == 4, "\(output)")
+        #expect(output.contains("33 111") && output.contains("interactive"), "\(output)")
+        let refused = startSilo(box.compute.state, ["process", "create", box.system.id, "--tty", "--", "/bin/true"])
+        close(refused.output)
+        #expect(reap(refused.pid) == 64, "no terminal here: a usage error")
     }
 
     @Test("C6 the death of the last handle's holder terminates the system; a live holder keeps it")
