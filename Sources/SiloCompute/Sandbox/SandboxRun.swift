@@ -9,8 +9,9 @@ public struct ComputeConfiguration: Sendable {
     /// Silo's init on the host.
     public var initBinary: String
     /// The Swift runtime's folder when this process (and so the init built with it) links it
-    /// dynamically; bound read-only into systems so init can start. Nil for static builds.
-    public var swiftRuntimeDirectory: String?
+    /// dynamically; bound read-only into systems so init can start. Nil for static builds. Read
+    /// from /proc/self/maps when asked, only by the calls that start an init.
+    public var swiftRuntimeDirectory: String? { Self.dynamicSwiftRuntime() }
 
     public init(stateDirectory: String? = nil, runtimeDirectory: String? = nil, initBinary: String? = nil,
                 layout: CgroupLayout = .detect()) {
@@ -19,7 +20,6 @@ public struct ComputeConfiguration: Sendable {
         self.runtimeDirectory = runtimeDirectory ?? state.map { $0 + "/run" } ?? "/run/silo"
         self.initBinary = initBinary ?? Self.findInit()
         self.layout = layout
-        self.swiftRuntimeDirectory = Self.dynamicSwiftRuntime()
     }
 
     /// The folder of the libswiftCore.so this process has mapped, if any.
