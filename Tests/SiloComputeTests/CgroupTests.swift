@@ -105,6 +105,35 @@ struct CgroupTests {
         #expect(cgroup.oomKills >= 1)
     }
 
+    @Test("C13 cgroup2's device program allows the minimal /dev and the system's LUNs and denies the rest")
+    func deviceProgram() throws {
+        guard let unified = layout.unified else {
+            Issue.record("no cgroup2 mount on this host: nothing to attach a device program to")
+            return
+        }
+        // cgroup2 alone decides here: the v1 devices hierarchy is left out of this cgroup.
+        var cgroup2Only = layout
+        cgroup2Only.legacy["devices"] = nil
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 16), layout: cgroup2Only)
+        defer { try? cgroup.destroy() }
+        // Exit 10: /dev/null opens and /dev/loop-control does not; 11: both open; 1: /dev/null refused.
+        let probe = "exec 3</dev/null || exit 1; if (exec 4</dev/loop-control) 2>/dev/null; then exit 11; else exit 10; fi"
+        #expect(reap(try startInside(cgroup, probe)) == 10, "the program denies a device it does not list")
+        // The same probe in a cgroup2 directory without the program opens both: the probe can tell.
+        let control = Cgroup(name: makeName(), layout: cgroup2Only, directories: ["unified": unified + "/" + makeName()])
+        try makeDirectory(control.directories["unified"] ?? "")
+        defer { try? control.destroy() }
+        #expect(reap(try startInside(control, probe)) == 11)
+        // A LUN's block device, allowed later (as an attach while running does); denied again after.
+        let block = "if (exec 4</dev/loop0) 2>/dev/null; then exit 12; else exit 13; fi"
+        #expect(reap(try startInside(cgroup, block)) == 13)
+        try cgroup.setBlockDevices(["7:0"])
+        #expect(reap(try startInside(cgroup, block)) == 12)
+        #expect(reap(try startInside(cgroup, probe)) == 10, "and only that device")
+        try cgroup.setBlockDevices([], removing: ["7:0"])
+        #expect(reap(try startInside(cgroup, block)) == 13)
+    }
+
     @Test("C10 a fork bomb stops at the pids limit")
     func forkBomb() throws {
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 16), layout: layout)

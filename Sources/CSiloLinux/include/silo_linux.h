@@ -38,6 +38,18 @@ int silo_pty_peer(int master, int flags);
 /// ioctl(TIOCSPTLCK, 0): unlocks a new pseudo-terminal (unlockpt).
 int silo_pty_unlock(int master);
 
+/// A device a cgroup2 device program allows: block or character, major, minor (-1: any).
+struct silo_device_rule {
+    int block;
+    unsigned int major;
+    int minor;
+};
+/// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program allowing exactly `rules` (at most 256); returns
+/// its descriptor, or -1 with errno (the verifier's words in `log`).
+int silo_device_filter_load(const struct silo_device_rule *rules, int count, char *log, unsigned log_size);
+/// Attaches it to a cgroup2 directory as its only device program, replacing one attached before.
+int silo_device_filter_attach(int cgroup_fd, int program_fd);
+
 extern const int silo_O_DIRECT;
 extern const int silo_O_TMPFILE;
 extern const int silo_SEEK_DATA;

@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import SiloOperations
 
@@ -150,23 +151,61 @@ public final class Cgroup: Sendable {
             guard let path = directory("pids") else { throw unavailable("pids") }
             try writeText(path + "/pids.max", "\(pids)")
         }
-        // v1's devices controller: deny everything, then allow the minimal /dev and the LUNs.
-        // (cgroup2 controls devices with BPF programs; not attached yet, so on v2 hosts the
-        // minimal /dev, the missing capabilities and the mknod filter are the barrier.)
+        // v1's devices controller: deny everything, then allow the minimal /dev and the LUNs;
+        // cgroup2's the same as a BPF program.
         if let devices = directories["devices"] {
             try writeText(devices + "/devices.deny", "a")
             for rule in Self.minimalDevices + limits.blockDevices.map({ "b \($0) rwm" }) {
                 try writeText(devices + "/devices.allow", rule)
             }
         }
+        try attachDeviceProgram(blockDevices: limits.blockDevices)
     }
 
-    /// Lets the system's processes use (or, with `allow` false, no longer use) the block device
-    /// `major:minor`: a LUN attached or detached while the system runs. v1's devices controller;
-    /// nothing to do where there is none.
-    public func setBlockDevice(_ number: String, allowed: Bool) throws(SiloError) {
-        guard let devices = directories["devices"] else { return }
-        try writeText(devices + (allowed ? "/devices.allow" : "/devices.deny"), "b \(number) rwm")
+    /// Sets the block devices (`major:minor`) the system's processes may use besides the minimal
+    /// /dev: LUNs attached or detached while the system runs. v1: devices.allow for each, and
+    /// devices.deny for `removed`; cgroup2: a new device program (replacing the old one).
+    public func setBlockDevices(_ numbers: [String], removing removed: [String] = []) throws(SiloError) {
+        if let devices = directories["devices"] {
+            for number in removed { try writeText(devices + "/devices.deny", "b \(number) rwm") }
+            for number in numbers { try writeText(devices + "/devices.allow", "b \(number) rwm") }
+        }
+        try attachDeviceProgram(blockDevices: numbers)
+    }
+
+    /// cgroup2 controls devices with a BPF program on the cgroup's directory: allow the minimal
+    /// /dev and `blockDevices`, deny the rest. Where v1's devices controller also governs (hybrid
+    /// hosts such as this project's), both must allow; where there is only cgroup2, a program that
+    /// cannot be attached is an error, not a silent open door.
+    func attachDeviceProgram(blockDevices: [String]) throws(SiloError) {
+        guard let unified = directories["unified"] else { return }
+        let rules = (Self.minimalDevices + blockDevices.map { "b \($0) rwm" }).compactMap(Self.deviceRule)
+        var log = [CChar](repeating: 0, count: 4096)
+        let program = rules.withUnsafeBufferPointer { silo_device_filter_load($0.baseAddress, Int32($0.count), &log, UInt32(log.count)) }
+        let loadError = errno
+        let directory = Glibc.open(unified, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer {
+            if program >= 0 { Glibc.close(program) }
+            if directory >= 0 { Glibc.close(directory) }
+        }
+        let attached = program >= 0 && directory >= 0 && silo_device_filter_attach(directory, program) == 0
+        let error = program < 0 ? loadError : errno
+        guard !attached, directories["devices"] == nil else { return }
+        throw SiloError(.systemCallFailed,
+                        "cannot attach the device program to \(unified): \(String(cString: strerror(error))) (errno \(error)) "
+                            + String(decoding: log.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self),
+                        field: "cgroup", value: name, syscall: "bpf", errno: error)
+    }
+
+    /// "c 1:3 rwm" or "b 7:2 rwm" or "c 136:* rwm" as a rule for the device program.
+    static func deviceRule(_ text: String) -> silo_device_rule? {
+        let parts = text.split(separator: " ")
+        guard parts.count >= 2, parts[0] == "b" || parts[0] == "c" else { return nil }
+        let numbers = parts[1].split(separator: ":")
+        guard numbers.count == 2, let major = UInt32(numbers[0]) else { return nil }
+        let minor = numbers[1] == "*" ? -1 : Int32(numbers[1]) ?? -2
+        guard minor >= -1 else { return nil }
+        return silo_device_rule(block: parts[0] == "b" ? 1 : 0, major: major, minor: minor)
     }
 
     /// null, zero, full, random, urandom, tty, ptmx and the pts terminals.
