@@ -57,8 +57,9 @@ extension ComputeSystem {
         var leases: [LunLease] = []
         defer { leases.forEach { $0.release() } }
         let devices = try document.scsiAttachments.map { (attachment) throws(SiloError) -> BlockDevice in
-            let (device, lease) = try storage.leasedBlockDevice(forLun: attachment.lun, system: id, mountPath: attachment.mountPath,
+            var (device, lease) = try storage.leasedBlockDevice(forLun: attachment.lun, system: id, mountPath: attachment.mountPath,
                                                                 readOnly: attachment.readOnly)
+            device.location = "\(attachment.controller)/\(attachment.index)"
             leases.append(lease)
             return device
         }
@@ -67,10 +68,25 @@ extension ComputeSystem {
 
     /// Attaches LUN `name` to the running system [HcsModifyComputeSystem, Add] (C12): it appears in
     /// /dev and, given `mountPath`, its file system is mounted there.
-    public func attachLun(_ name: String, mountPath: String? = nil, readOnly: Bool = false, storage: StorageProvider,
+    public func attachLun(_ name: String, mountPath: String? = nil, readOnly: Bool = false, location: String? = nil, storage: StorageProvider,
                           context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        let (device, lease) = try storage.leasedBlockDevice(forLun: name, system: id, mountPath: mountPath, readOnly: readOnly)
+        var (device, lease) = try storage.leasedBlockDevice(forLun: name, system: id, mountPath: mountPath, readOnly: readOnly)
+        device.location = location
         defer { lease.release() }
         return try attach(device, context: context, callback: callback)
+    }
+
+    /// Applies a ModifySettingRequest [HcsModifyComputeSystem], resolving an Add's LUN through
+    /// `storage` (it must be unmasked to this system).
+    public func modify(_ request: ModifyRequest, storage: StorageProvider, context: (any Sendable)? = nil,
+                       callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        guard case .attach(let attachment) = request.change else { return try modify(request, context: context, callback: callback) }
+        if try properties().attachments.contains(where: { $0.location == "\(attachment.controller)/\(attachment.index)" }) {
+            throw SiloError.invalidArgument(field: "ResourcePath", value: "\(attachment.controller)/\(attachment.index)",
+                                            reason: "a LUN is attached there already")
+        }
+        return try attachLun(attachment.lun, mountPath: attachment.mountPath, readOnly: attachment.readOnly,
+                             location: "\(attachment.controller)/\(attachment.index)", storage: storage,
+                             context: context, callback: callback)
     }
 }

@@ -94,11 +94,14 @@ struct SystemCommand: ParsableCommand {
 
     struct Modify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Attach a LUN to a running system, or detach one.",
+            abstract: "Attach or detach a LUN, or change a limit, while the system runs.",
             discussion: """
                 --attach NAME[:/PATH] makes the LUN's block device appear in the system's /dev and, with \
                 a path, mounts its file system there; the LUN must be unmasked to the system. --detach \
-                unmounts it (refused while busy inside) and removes the device.
+                unmounts it (refused while busy inside) and removes the device. --config takes HCS's \
+                ModifySettingRequest: {"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", \
+                "RequestType": "Add", "Settings": {"Path": "data", "MountPath": "/data"}}, a Remove of that \
+                path, or an Update of VirtualMachine/ComputeTopology/Memory/SizeInMB or .../Processor/Count|Weight.
                 """
         )
         @OptionGroup var global: GlobalOptions
@@ -106,14 +109,26 @@ struct SystemCommand: ParsableCommand {
         @Option(help: "A LUN to attach: NAME or NAME:/mount/path.") var attach: String?
         @Option(help: "A LUN to detach.") var detach: String?
         @Flag(help: "Attach read-only.") var readOnly = false
+        @Option(help: "A ModifySettingRequest JSON document: a SCSI attachment Add or Remove, or a Memory/Processor Update.")
+        var config: String?
 
         func run() throws {
-            if (attach == nil) == (detach == nil) {
-                let error = SiloError.missingArgument(field: "attach", reason: "give --attach NAME[:/PATH] or --detach NAME")
+            if [attach, detach, config].compactMap({ $0 }).count != 1 {
+                let error = SiloError.missingArgument(field: "attach", reason: "give one of --attach NAME[:/PATH], --detach NAME, --config REQUEST.json")
                 try cli(options: ["attach": "--attach"]) { () throws -> Void in throw error }
             }
+            let request = try cli(options: ["document": "--config"]) { () throws(SiloError) -> ModifyRequest? in
+                guard let config else { return nil }
+                guard let text = readWholeFile(config) else {
+                    throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+                }
+                return try ModifyRequest(json: text)
+            }
             try act(global, id) { system in
-                if let attach {
+                if let request {
+                    let fields = ["lun": "--config", "ResourcePath": "--config", "Settings.Path": "--config", "mountPath": "--config"]
+                    try cli(options: fields) { try system.modify(request, storage: global.provider).wait() }
+                } else if let attach {
                     let parts = attach.split(separator: ":", maxSplits: 1).map(String.init)
                     try cli(options: ["lun": "--attach", "mountPath": "--attach"]) {
                         try system.attachLun(parts.first ?? "", mountPath: parts.count > 1 ? parts[1] : nil, readOnly: readOnly,

@@ -77,6 +77,38 @@ struct DocumentTests {
         #expect(document.scsiAttachments[1].readOnly)
     }
 
+    @Test("C12 ModifySettingRequest: SCSI Add and Remove, Memory and Processor Update; anything else names its field")
+    func modifyRequests() throws {
+        let add = try ModifyRequest(json: """
+            {"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", "RequestType": "Add",
+             "Settings": {"Type": "VirtualDisk", "Path": "data", "MountPath": "/data", "ReadOnly": true}}
+            """)
+        #expect(add.change == .attach(.init(controller: "0", index: 1, lun: "data", readOnly: true, mountPath: "/data")))
+        #expect(try ModifyRequest(json: #"{"ResourcePath": "Container/Devices/Scsi/x/Attachments/3", "RequestType": "Remove"}"#).change
+                == .detach(controller: "x", index: 3))
+        #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Memory/SizeInMB", "RequestType": "Update", "Settings": 2048}"#).change
+                == .memory(megabytes: 2048))
+        #expect(try ModifyRequest(json: #"{"ResourcePath": "Container/Processor/Count", "Settings": 2}"#).change == .processorCount(2))
+        #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Processor/Weight", "RequestType": "Update", "Settings": 300}"#).change
+                == .processorWeight(300))
+        let bad: [(String, String)] = [
+            (#"{"ResourcePath": "VirtualMachine/Devices/NetworkAdapters/0", "RequestType": "Add"}"#, "ResourcePath"),
+            (#"{"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", "RequestType": "Add"}"#, "Settings"),
+            (#"{"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/99", "RequestType": "Remove"}"#, "ResourcePath"),
+            (#"{"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", "RequestType": "Add", "Settings": {"Path": "d", "Bogus": 1}}"#, "Settings.Bogus"),
+            (#"{"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", "RequestType": "Add", "Settings": {"Path": "d", "MountPath": "/a/../b"}}"#, "Settings.MountPath"),
+            (#"{"ResourcePath": "VirtualMachine/ComputeTopology/Memory/SizeInMB", "RequestType": "Update", "Settings": 1}"#, "Settings"),
+            (#"{"ResourcePath": "VirtualMachine/ComputeTopology/Memory/SizeInMB", "RequestType": "Patch", "Settings": 64}"#, "RequestType"),
+            (#"{"RequestType": "Update", "Settings": 64}"#, "ResourcePath"),
+            (#"{"ResourcePath": "Vm/Memory", "Extra": true}"#, "Extra"),
+        ]
+        for (text, field) in bad {
+            let error = #expect(throws: SiloError.self) { _ = try ModifyRequest(json: text) }
+            #expect(error?.code == .invalidJSON, "\(text)")
+            #expect(error?.field == field, "\(text): \(String(describing: error?.field)) \(error?.message ?? "")")
+        }
+    }
+
     @Test("The bad-document corpus is there")
     func corpus() { #expect(badDocuments.count >= 20) }
 

@@ -190,6 +190,31 @@ struct SystemTests {
         #expect(compute.service.store.ids().isEmpty)
     }
 
+    @Test("C12 modify while running: new memory and processor limits land in the live cgroup and the properties")
+    func modifyLimits() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "ml-\(getpid())", document: compute.document(memoryMB: 128)).wait()
+        defer { system.close() }
+        #expect((#expect(throws: SiloError.self) { _ = try system.modify(ModifyRequest(change: .memory(megabytes: 64))) })?.code == .invalidState)
+        try system.start().wait(timeout: .seconds(30))
+        try system.modify(ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Memory/SizeInMB", "RequestType": "Update", "Settings": 64}"#))
+            .wait(timeout: .seconds(10))
+        try system.modify(ModifyRequest(change: .processorCount(2))).wait(timeout: .seconds(10))
+        let properties = try system.properties()
+        #expect(properties.memoryLimitBytes == 64 << 20 && properties.processorCount == 2)
+        switch system.cgroup.layout.place("memory") {
+        case .v1?: #expect(readText(try system.cgroup.path("memory") + "/memory.limit_in_bytes") == "\(64 << 20)")
+        case .v2?: #expect(readText(try system.cgroup.path("unified") + "/memory.max") == "\(64 << 20)")
+        case nil: Issue.record("no memory controller")
+        }
+        if system.cgroup.layout.place("cpu") == .v1 {
+            #expect(readText(try system.cgroup.path("cpu") + "/cpu.cfs_quota_us") == "200000")
+        }
+        let nothing = #expect(throws: SiloError.self) { _ = try system.modify(ModifyRequest(change: .detach(controller: "0", index: 5))) }
+        #expect(nothing?.code == .objectNotFound && nothing?.field == "ResourcePath")
+    }
+
     @Test("C4 a system whose init dies is Stopped with an unexpected exit")
     func unexpectedExit() throws {
         let compute = TestCompute()

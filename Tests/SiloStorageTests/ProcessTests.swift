@@ -225,6 +225,24 @@ struct LunAttachTests {
         let detached = silo(state, ["system", "modify", id, "--detach", "extra"])
         #expect(detached.status == 0, "\(detached.error)")
         #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! test -e \(extra) && ! grep -q ' /extra ' /proc/mounts"]).status == 0)
+
+        // The same through HCS's ModifySettingRequest: Add at a SCSI location, Remove by it.
+        let request = storage.path + "/add.json"
+        let requestText = #"{"ResourcePath":"VirtualMachine/Devices/Scsi/0/Attachments/1","RequestType":"Add","Settings":{"Path":"extra","MountPath":"/more"}}"#
+        let requestFD = open(request, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = requestText.withCString { write(requestFD, $0, strlen($0)) }
+        close(requestFD)
+        let added = silo(state, ["system", "modify", id, "--config", request])
+        #expect(added.status == 0, "\(added.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "cat /more/more"]).output == "more\n")
+        let removal = storage.path + "/remove.json"
+        let removalText = #"{"ResourcePath":"VirtualMachine/Devices/Scsi/0/Attachments/1","RequestType":"Remove"}"#
+        let removalFD = open(removal, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = removalText.withCString { write(removalFD, $0, strlen($0)) }
+        close(removalFD)
+        #expect(silo(state, ["system", "modify", id, "--config", removal]).status == 0)
+        let again = silo(state, ["system", "modify", id, "--config", removal])
+        #expect(again.status == 1 && again.error.contains("--config"), "nothing at that location now: \(again.error)")
         #expect(silo(state, ["lun", "delete", "extra"]).status == 0, "detached: its lease is gone")
 
         #expect(silo(state, ["system", "terminate", id]).status == 0)

@@ -112,6 +112,25 @@ public final class Cgroup: Sendable {
     // MARK: Limits
 
     func apply(_ limits: CgroupLimits) throws(SiloError) {
+        try applyResources(limits)
+        // v1's devices controller: deny everything, then allow the minimal /dev and the LUNs;
+        // cgroup2's the same as a BPF program.
+        if let devices = directories["devices"] {
+            try writeText(devices + "/devices.deny", "a")
+            for rule in Self.minimalDevices + limits.blockDevices.map({ "b \($0) rwm" }) {
+                try writeText(devices + "/devices.allow", rule)
+            }
+        }
+        try attachDeviceProgram(blockDevices: limits.blockDevices)
+    }
+
+    /// Changes the memory, CPU and pids limits of a live cgroup (the fields that are set); the
+    /// devices stay as they are [HcsModifyComputeSystem Update].
+    public func update(_ limits: CgroupLimits) throws(SiloError) {
+        try applyResources(limits)
+    }
+
+    private func applyResources(_ limits: CgroupLimits) throws(SiloError) {
         if let bytes = limits.memory {
             switch layout.place("memory") {
             case .v2?:
@@ -151,15 +170,6 @@ public final class Cgroup: Sendable {
             guard let path = directory("pids") else { throw unavailable("pids") }
             try writeText(path + "/pids.max", "\(pids)")
         }
-        // v1's devices controller: deny everything, then allow the minimal /dev and the LUNs;
-        // cgroup2's the same as a BPF program.
-        if let devices = directories["devices"] {
-            try writeText(devices + "/devices.deny", "a")
-            for rule in Self.minimalDevices + limits.blockDevices.map({ "b \($0) rwm" }) {
-                try writeText(devices + "/devices.allow", rule)
-            }
-        }
-        try attachDeviceProgram(blockDevices: limits.blockDevices)
     }
 
     /// Sets the block devices (`major:minor`) the system's processes may use besides the minimal

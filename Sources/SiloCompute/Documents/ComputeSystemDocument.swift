@@ -48,6 +48,36 @@ public struct ComputeSystemDocument: Sendable, Hashable {
         public var readOnly: Bool
         /// Where to mount its file system inside the system (Silo's extension field `MountPath`).
         public var mountPath: String?
+
+        public init(controller: String, index: Int, lun: String, readOnly: Bool, mountPath: String?) {
+            self.controller = controller
+            self.index = index
+            self.lun = lun
+            self.readOnly = readOnly
+            self.mountPath = mountPath
+        }
+
+        /// Reads an attachment object (in a document's `Devices.Scsi`, or a modify request's `Settings`).
+        init(_ attachment: DocumentObject, controller: String, index: Int) throws(SiloError) {
+            _ = try attachment.check(applied: ["Type", "Path", "ReadOnly", "MountPath"],
+                                     ignored: ["CachingMode", "SupportCompressedVolumes", "AlwaysAllowSparseFiles"])
+            let type = try attachment.string("Type") ?? "VirtualDisk"
+            guard ["VirtualDisk", "PassThru"].contains(type) else {
+                throw SiloError(.invalidJSON, "\(attachment.child("Type")) is '\(type)'; Silo attaches LUNs as VirtualDisk or PassThru",
+                                field: attachment.child("Type"), value: type)
+            }
+            guard let lun = try attachment.string("Path"), !lun.isEmpty else {
+                throw SiloError(.invalidJSON, "\(attachment.child("Path")) must name the LUN to attach",
+                                field: attachment.child("Path"), value: "")
+            }
+            let mountPath = try attachment.string("MountPath")
+            if let mountPath, !mountPath.hasPrefix("/") || mountPath.split(separator: "/").contains("..") {
+                throw SiloError(.invalidJSON, "\(attachment.child("MountPath")) must be an absolute path without '..'",
+                                field: attachment.child("MountPath"), value: mountPath)
+            }
+            self.init(controller: controller, index: index, lun: lun, readOnly: try attachment.bool("ReadOnly") ?? false,
+                      mountPath: mountPath)
+        }
     }
 
     /// Parses and checks a document.
@@ -160,29 +190,11 @@ public struct ComputeSystemDocument: Sendable, Hashable {
             guard let slots = try controller.object("Attachments") else { continue }
             for slot in slots.members {
                 let attachment = try DocumentObject(slot.value, path: slots.child(slot.key))
-                _ = try attachment.check(applied: ["Type", "Path", "ReadOnly", "MountPath"], ignored: ["CachingMode", "SupportCompressedVolumes", "AlwaysAllowSparseFiles"])
                 guard let index = Int(slot.key), (0...63).contains(index) else {
                     throw SiloError(.invalidJSON, "\(attachment.path): an attachment's key is its index, 0...63",
                                     field: attachment.path, value: slot.key)
                 }
-                let type = try attachment.string("Type") ?? "VirtualDisk"
-                guard ["VirtualDisk", "PassThru"].contains(type) else {
-                    throw SiloError(.invalidJSON, "\(attachment.child("Type")) is '\(type)'; Silo attaches LUNs as VirtualDisk or PassThru",
-                                    field: attachment.child("Type"), value: type)
-                }
-                guard let lun = try attachment.string("Path"), !lun.isEmpty else {
-                    throw SiloError(.invalidJSON, "\(attachment.child("Path")) must name the LUN to attach",
-                                    field: attachment.child("Path"), value: "")
-                }
-                let mountPath = try attachment.string("MountPath")
-                if let mountPath, !mountPath.hasPrefix("/") || mountPath.split(separator: "/").contains("..") {
-                    throw SiloError(.invalidJSON, "\(attachment.child("MountPath")) must be an absolute path without '..'",
-                                    field: attachment.child("MountPath"), value: mountPath)
-                }
-                attachments.append(ScsiAttachment(
-                    controller: member.key, index: index, lun: lun,
-                    readOnly: try attachment.bool("ReadOnly") ?? false, mountPath: mountPath
-                ))
+                attachments.append(try ScsiAttachment(attachment, controller: member.key, index: index))
             }
         }
         return attachments.sorted { ($0.controller, $0.index) < ($1.controller, $1.index) }

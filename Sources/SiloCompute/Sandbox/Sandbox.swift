@@ -79,9 +79,12 @@ public struct BlockDevice: Sendable, Hashable {
     /// A descriptor holding storage's lease on the LUN (``LunLease``): the system's init keeps a
     /// copy for as long as it runs, so the LUN cannot be deleted under it (S10).
     public var leaseDescriptor: Int32?
+    /// Its SCSI location in the document, `controller/index`, for a Remove by ResourcePath.
+    public var location: String?
 
     public init(devicePath: String, deviceNumber: String, mountPath: String? = nil, filesystemType: String? = nil, readOnly: Bool = false,
-                lun: String? = nil, leaseDescriptor: Int32? = nil) {
+                lun: String? = nil, leaseDescriptor: Int32? = nil, location: String? = nil) {
+        self.location = location
         self.devicePath = devicePath
         self.deviceNumber = deviceNumber
         self.mountPath = mountPath

@@ -120,7 +120,7 @@ public final class ComputeService: Sendable {
         let stats = live ? cgroup.statistics : nil
         return ComputeSystemProperties(
             id: record.id, owner: record.owner, state: record.state, exitType: record.exitType,
-            memoryLimitBytes: document?.memoryLimit, processorCount: document?.processorCount,
+            memoryLimitBytes: record.memoryLimit ?? document?.memoryLimit, processorCount: record.processorCount ?? document?.processorCount,
             processList: live ? cgroup.pids : [],
             statistics: stats.map {
                 .init(memoryUsageBytes: $0.memoryUsage, processorTimeUser: $0.cpuUser100ns,

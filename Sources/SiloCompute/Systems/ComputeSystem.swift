@@ -240,6 +240,41 @@ public final class ComputeSystem: Sendable {
         }
     }
 
+    /// Applies a ModifySettingRequest [HcsModifyComputeSystem]: a SCSI attachment removed by its
+    /// location, or a new memory or processor limit, at once on the live cgroup. An Add names a LUN
+    /// that storage resolves: use Silo's `modify(_:storage:)` (or ``attach(_:)`` with the device).
+    /// - Throws: at once, `invalidState` unless Running (or Paused); `objectNotFound` for an empty location.
+    public func modify(_ request: ModifyRequest, context: (any Sendable)? = nil,
+                       callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        switch request.change {
+        case .attach(let attachment):
+            throw SiloError.invalidArgument(field: "Settings.Path", value: attachment.lun,
+                                            reason: "an Add attaches a LUN that storage resolves: use Silo's modify(_:storage:) or `silo system modify`")
+        case .detach(let controller, let index):
+            let location = "\(controller)/\(index)"
+            guard let attachment = try store.load(id).attachments?.first(where: { $0.location == location }) else {
+                throw SiloError(.objectNotFound, "nothing is attached at SCSI \(location) of compute system '\(id)'",
+                                field: "ResourcePath", value: location)
+            }
+            return try detach(lun: attachment.lun, context: context, callback: callback)
+        case .memory(let megabytes):
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+                try cgroup.update(CgroupLimits(memory: UInt64(megabytes) << 20, pids: nil))
+                return { $0.memoryLimit = UInt64(megabytes) << 20 }
+            }
+        case .processorCount(let count):
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+                try cgroup.update(CgroupLimits(cpus: Double(count), pids: nil))
+                return { $0.processorCount = count }
+            }
+        case .processorWeight(let weight):
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+                try cgroup.update(CgroupLimits(cpuWeight: weight, pids: nil))
+                return { _ in }
+            }
+        }
+    }
+
     /// Makes (or removes) the device node and mount inside the system's mount namespace.
     private func enter(_ record: SystemRecord, _ device: BlockDevice, attach: Bool) throws(SiloError) {
         guard let pid = record.initPID, processStartTime(pid) == record.initStartTime else {

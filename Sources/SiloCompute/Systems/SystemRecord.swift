@@ -26,6 +26,9 @@ struct SystemRecord: Codable, Sendable {
     var shouldTerminateOnLastHandleClosed: Bool
     /// LUNs attached now (C12).
     var attachments: [Attachment]? = nil
+    /// Limits changed by modify since the document.
+    var memoryLimit: UInt64? = nil
+    var processorCount: Int? = nil
 }
 
 /// A LUN attached to a system, as its properties show it (C12).
@@ -35,6 +38,8 @@ public struct Attachment: Sendable, Codable, Hashable {
     public var deviceNumber: String
     public var mountPath: String?
     public var readOnly: Bool
+    /// `controller/index` in the document's Devices.Scsi, when attached there or by a modify request.
+    public var location: String? = nil
 }
 
 struct SystemStore: Sendable {
@@ -146,7 +151,7 @@ func nowSeconds() -> Int64 {
 extension Attachment {
     init(_ device: BlockDevice) {
         self.init(lun: device.lun ?? device.devicePath, devicePath: device.devicePath, deviceNumber: device.deviceNumber,
-                  mountPath: device.mountPath, readOnly: device.readOnly)
+                  mountPath: device.mountPath, readOnly: device.readOnly, location: device.location)
     }
 }
 
