@@ -8,6 +8,7 @@
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/keyctl.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
@@ -30,7 +31,7 @@ enum step {
     STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT,
     STEP_SYNC = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
     STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
-    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC,
+    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING,
 };
 
 const char *silo_sandbox_step_name(int step) {
@@ -54,6 +55,7 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_NO_NEW_PRIVS: return "set no_new_privs";
     case STEP_SECCOMP: return "install the seccomp filter";
     case STEP_EXEC: return "exec";
+    case STEP_KEYRING: return "join a fresh session keyring";
     case STEP_ENTER: return "enter the system's mount namespace";
     case STEP_DEVICE_NODE: return "make or remove the device node";
     case STEP_UNMOUNT: return "unmount the LUN's file system (busy?)";
@@ -368,6 +370,9 @@ static int child(const struct silo_sandbox_config *c) {
     if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_READ_ONLY_ROOT);
     if (c->hostname && sethostname(c->hostname, strlen(c->hostname)) != 0) fail(c, STEP_HOSTNAME);
     loopback_up(c);
+    // A session keyring of its own: the caller's (and its keys) stay out of reach. Kernels
+    // without keys (ENOSYS) have nothing to share.
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 && errno != ENOSYS) fail(c, STEP_KEYRING);
     setup_stdio(c);
     drop_capabilities(c);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(c, STEP_NO_NEW_PRIVS);

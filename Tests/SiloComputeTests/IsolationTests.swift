@@ -127,6 +127,35 @@ struct IsolationTests {
         #expect(result.output.contains("getpid_allowed=0\n"))
     }
 
+    @Test("C11 a fresh session keyring: not the caller's")
+    func keyring() throws {
+        guard access("/usr/bin/perl", X_OK) == 0 else {
+            Issue.record("perl is needed to ask for the session keyring")
+            return
+        }
+        // keyctl is denied by the filter, so ask in a sandbox without it: KEYCTL_GET_KEYRING_ID (0)
+        // of KEY_SPEC_SESSION_KEYRING (-3); a process of the caller's asks the same on the host.
+        let root = try #require(mkdtemp(strdup("/tmp/silo-root-XXXXXX")).map { String(cString: $0) })
+        defer { rmdir(root) }
+        var output: [Int32] = [0, 0]
+        pipe(&output)
+        var spec = SandboxSpec(root: root, hostname: "kr", arguments: ["/usr/bin/perl", "-e", "print syscall(250, 0, -3, 1)"],
+                               standardOutput: output[1])
+        spec.seccomp = false
+        let process = try Sandbox.spawn(spec, cgroup: nil)
+        close(output[1])
+        let inside = readAll(output[0])
+        close(output[0])
+        close(process.pidfd)
+        #expect(reap(process.pid) == 0)
+        let host = startProgram("/usr/bin/perl", ["-e", "print syscall(250, 0, -3, 1)"])
+        let ours = readAll(host.output)
+        close(host.output)
+        #expect(reap(host.pid) == 0)
+        #expect(Int32(inside).map { $0 > 0 } == true && Int32(ours).map { $0 > 0 } == true && inside != ours,
+                "inside \(inside), the caller's \(ours)")
+    }
+
     @Test("C11 only the minimal devices exist")
     func devices() throws {
         let result = try runSandboxed("ls /dev | tr '\\n' ' '")
