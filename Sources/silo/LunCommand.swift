@@ -16,6 +16,7 @@ struct LunCommand: ParsableCommand {
         @Option(help: "thin (sparse), thick (fallocate) or zeroed (written with zeros).") var provisioning = "thin"
         @Option(help: "default or simple; span, stripe, mirror and parity are not supported.") var type = "default"
         @Option(help: "A drive whose pool holds the backing file (repeatable).") var drive: [String] = []
+        @Option(help: "The pool that holds the backing file, by name (silo pool list).") var pool: String?
         @Option(parsing: .unconditional, help: "Compute systems that may see it: SYSTEM,... or * (default: none).")
         var mask = ""
         @Option(name: .customLong("block-size"), help: "Logical block size: 512 or 4096.") var blockSize = "512"
@@ -33,7 +34,7 @@ struct LunCommand: ParsableCommand {
                     name: name, size: try ByteCount.parse(size), type: try LunType.parse(type),
                     provisioning: try Provisioning.parse(provisioning), drives: drive,
                     unmasking: try UnmaskingList.parse(maskList(mask)), logicalBlockSize: block,
-                    directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName
+                    directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool
                 )
             }
             let operation = try cli(options: ["name": "--name"]) { try global.provider.createLun(spec) }

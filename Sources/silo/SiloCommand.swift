@@ -12,7 +12,7 @@ struct SiloCommand: ParsableCommand {
             names the option); 130 cancelled with Ctrl-C and rolled back.
             State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default.
             """,
-        subcommands: [DriveCommand.self, LunCommand.self, StorageCommand.self, SystemCommand.self, ProcessCommand.self, RunCommand.self]
+        subcommands: [DriveCommand.self, LunCommand.self, PoolCommand.self, StorageCommand.self, SystemCommand.self, ProcessCommand.self, RunCommand.self]
     )
 
     static func main() {

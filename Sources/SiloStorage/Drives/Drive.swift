@@ -29,8 +29,10 @@ public struct Drive: Sendable, Hashable, Codable {
     public var partitions: [DrivePartition]
     /// For loop devices that are not Silo's: the file behind them.
     public var backingFile: String?
-    /// The Silo pool on this drive, if any.
+    /// The directory of the (first) Silo pool on this drive, if any.
     public var pool: String?
+    /// The names of the Silo pools on this drive.
+    public var pools: [String] = []
     /// Silo LUN backing files using space on this drive.
     public var extents: [DriveExtent]
 }

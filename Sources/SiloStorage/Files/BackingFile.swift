@@ -116,6 +116,7 @@ let allocationHeadroom: UInt64 = 1 << 20
 
 /// A pool: a directory where backing files live, on one drive.
 struct Pool: Sendable {
+    var name: String = "default"
     let directory: String
 
     /// Bytes of the file system holding the pool: total and available to Silo.

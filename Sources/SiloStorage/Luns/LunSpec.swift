@@ -7,8 +7,11 @@ public struct LunSpec: Sendable, Hashable {
     public var size: UInt64
     public var type: LunType
     public var provisioning: Provisioning
-    /// Drive ids whose pool holds the backing file; empty means the default pool.
+    /// Drive ids whose pool holds the backing file (the first that has one); empty means the
+    /// default pool, or `pool`.
     public var drives: [String]
+    /// A pool by name (`silo pool list`); nil: by `drives`, else the default pool.
+    public var pool: String?
     public var unmasking: UnmaskingList
     /// 512 or 4096.
     public var logicalBlockSize: UInt32
@@ -28,8 +31,10 @@ public struct LunSpec: Sendable, Hashable {
         logicalBlockSize: UInt32 = 512,
         directIO: Bool = true,
         readOnly: Bool = false,
-        friendlyName: String? = nil
+        friendlyName: String? = nil,
+        pool: String? = nil
     ) {
+        self.pool = pool
         self.name = name
         self.size = size
         self.type = type

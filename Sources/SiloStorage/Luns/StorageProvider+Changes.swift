@@ -42,7 +42,8 @@ extension StorageProvider {
         let current = try record(named: name)
         let newSize = try extendedSize(current, by: growth, to: target)
         let growthBytes = newSize - current.size
-        try checkCapacity(for: growthBytes, provisioning: current.provisioning, field: growth == nil ? "to" : "by")
+        try checkCapacity(for: growthBytes, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
+                          pool: (try? pool(named: current.pool)) ?? pool)
         let record = try beginChange(name, operation: "extendLun")
         let chain = OperationChain<LunProperties>([
             OperationStep("grow backing file", weight: record.provisioning == .zeroed ? 90 : 2, run: { step in
@@ -285,8 +286,10 @@ extension StorageProvider {
     public func drives() throws(SiloError) -> [Drive] {
         let records = (try? registry.loadAll()) ?? []
         var drives = try DriveEnumerator().drives(luns: records)
-        if let id = poolDriveID(in: drives), let index = drives.firstIndex(where: { $0.id == id }) {
-            drives[index].pool = pool.directory
+        for pool in allPools().reversed() {
+            guard let id = driveID(of: pool, in: drives), let index = drives.firstIndex(where: { $0.id == id }) else { continue }
+            drives[index].pool = pool.directory  // the first pool on the drive
+            drives[index].pools.insert(pool.name, at: 0)
         }
         return drives
     }

@@ -20,6 +20,7 @@ extension StorageProvider {
                             field: "source", value: source)
         }
         let id = newIdentifier()
+        let pool = (try? pool(named: original.pool)) ?? self.pool  // beside the source: reflink needs one file system
         let file = pool.directory + "/" + id + ".img"
         let record = LunRecord(
             id: id, name: name, friendlyName: original.friendlyName, size: original.size,

@@ -13,14 +13,14 @@ extension StorageProvider {
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
         try spec.validate()
-        try checkDrives(spec.drives)
+        let pool = try placement(pool: spec.pool, drives: spec.drives)
         let size = spec.roundedSize
         let id = newIdentifier()
         let file = pool.directory + "/" + id + ".img"
         let record = LunRecord(
             id: id, name: spec.name, friendlyName: spec.friendlyName, size: size,
             blockSize: spec.logicalBlockSize, provisioning: spec.provisioning, readOnly: spec.readOnly,
-            directIO: spec.directIO, unmasking: spec.unmasking, backingFile: file, pool: "default",
+            directIO: spec.directIO, unmasking: spec.unmasking, backingFile: file, pool: pool.name,
             state: .creating, online: true, device: nil,
             owner: ProcessIdentity.current(operation: "createLun"), createdAt: nowSeconds()
         )
@@ -30,7 +30,7 @@ extension StorageProvider {
             if try registry.load(spec.name) != nil {
                 throw SiloError(.invalidArgument, "a LUN named '\(spec.name)' already exists", field: "name", value: spec.name)
             }
-            try checkCapacity(for: size, provisioning: spec.provisioning, field: "size")
+            try checkCapacity(for: size, provisioning: spec.provisioning, field: "size", pool: pool)
             try registry.save(record, durable: false)
         }
         do {
@@ -99,32 +99,6 @@ extension StorageProvider {
         ]
     }
 
-    /// Drive ids must exist and hold a pool (S5). Only the default pool exists for now, so a drive
-    /// qualifies when it holds the state directory's file system.
-    func checkDrives(_ drives: [String]) throws(SiloError) {
-        guard !drives.isEmpty else { return }
-        let known = try DriveEnumerator().drives()
-        let poolDrive = poolDriveID(in: known)
-        for id in drives {
-            guard known.contains(where: { $0.id == id }) else {
-                throw SiloError.notFound("drive", field: "drive", value: id)
-            }
-            guard id == poolDrive else {
-                throw SiloError.invalidArgument(
-                    field: "drive", value: id,
-                    reason: "no pool on that drive; the default pool \(pool.directory) is on drive '\(poolDrive ?? "unknown")'"
-                )
-            }
-        }
-    }
-
-    /// The drive holding the default pool.
-    func poolDriveID(in drives: [Drive]) -> String? {
-        guard let number = pool.deviceNumber else { return nil }
-        return drives.first { drive in
-            drive.deviceNumber == number || drive.partitions.contains { $0.deviceNumber == number }
-        }?.id
-    }
 }
 
 extension LunRecord {

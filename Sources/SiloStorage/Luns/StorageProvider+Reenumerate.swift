@@ -38,11 +38,12 @@ extension StorageProvider {
     /// Runs under the registry lock.
     private func reconcile() throws(SiloError) -> ReenumerateReport {
         var report = ReenumerateReport()
-        let poolPrefix = pool.directory + "/"
-        // Silo-tagged devices bound to files of this pool, by LUN id.
+        let pools = allPools()
+        let prefixes = pools.map { $0.directory + "/" }
+        // Silo-tagged devices bound to files of these pools, by LUN id.
         var ours: [String: [LoopDevice]] = [:]
         for device in LoopDevice.all() {
-            guard let status = device.status, status.backingFile.hasPrefix(poolPrefix),
+            guard let status = device.status, prefixes.contains(where: { status.backingFile.hasPrefix($0) }),
                   let tag = device.tag, tag.hasPrefix("silo:") else { continue }
             ours[String(tag.dropFirst(5)), default: []].append(device)
         }
@@ -111,11 +112,13 @@ extension StorageProvider {
         }
         // Backing files no record names.
         let named = Set(records.map(\.backingFile))
-        for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
-            let path = pool.directory + "/" + entry
-            if !named.contains(path) {
-                try? BackingFile.remove(path)
-                report.orphanFilesRemoved.append(path)
+        for pool in pools {
+            for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
+                let path = pool.directory + "/" + entry
+                if !named.contains(path) {
+                    try? BackingFile.remove(path)
+                    report.orphanFilesRemoved.append(path)
+                }
             }
         }
         // Stable names without a LUN.

@@ -84,13 +84,15 @@ public final class StorageProvider: Sendable {
 
     // MARK: Capacity
 
-    /// The largest LUN `createLun` would accept now [IVdsSubSystem::QueryMaxLunCreateSize].
-    public func maximumLunSize(provisioning: Provisioning = .thin) throws(SiloError) -> UInt64 {
+    /// The largest LUN `createLun` would accept now in pool `poolName` (the default pool if nil)
+    /// [IVdsSubSystem::QueryMaxLunCreateSize].
+    public func maximumLunSize(provisioning: Provisioning = .thin, pool poolName: String? = nil) throws(SiloError) -> UInt64 {
         try registry.prepare()
+        let pool = try poolName.map { (name) throws(SiloError) -> Pool in try self.pool(named: name) } ?? self.pool
         let capacity = try pool.capacity()
         switch provisioning {
         case .thin:
-            let promised = try registry.loadAll().reduce(UInt64(0)) { $0 + $1.size }
+            let promised = try registry.loadAll().filter { $0.pool == pool.name }.reduce(UInt64(0)) { $0 + $1.size }
             let limit = UInt64(Double(capacity.total) * configuration.overcommitRatio)
             return limit > promised ? limit - promised : 0
         case .thick, .zeroed:
@@ -98,15 +100,15 @@ public final class StorageProvider: Sendable {
         }
     }
 
-    func checkCapacity(for bytes: UInt64, provisioning: Provisioning, field: String) throws(SiloError) {
-        let maximum = try maximumLunSize(provisioning: provisioning)
+    func checkCapacity(for bytes: UInt64, provisioning: Provisioning, field: String, pool: Pool) throws(SiloError) {
+        let maximum = try maximumLunSize(provisioning: provisioning, pool: pool.name)
         guard bytes <= maximum else {
             let rule = provisioning == .thin
                 ? "thin LUNs may promise \(configuration.overcommitRatio)x the pool"
                 : "\(provisioning.rawValue) LUNs need the space free now"
             throw SiloError(
                 .notEnoughSpace,
-                "not enough space in pool \(pool.directory) for \(ByteCount.format(bytes)): at most "
+                "not enough space in pool '\(pool.name)' (\(pool.directory)) for \(ByteCount.format(bytes)): at most "
                     + "\(ByteCount.format(maximum)) is available (\(rule))",
                 field: field, value: "\(bytes)"
             )

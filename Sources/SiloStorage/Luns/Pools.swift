@@ -1,0 +1,177 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+
+/// A place for backing files, on one drive's file system [VDS: a LUN's plexes live on drives].
+/// `default` is `<state>/pool`; others are added with ``StorageProvider/addPool(_:directory:)``
+/// and chosen by drive (`LunSpec.drives`) or by name (`LunSpec.pool`).
+public struct PoolProperties: Sendable, Codable, Hashable {
+    public var name: String
+    public var directory: String
+    /// The drive holding the pool's file system, if it is one the enumeration lists.
+    public var drive: String?
+    public var totalBytes: UInt64
+    public var freeBytes: UInt64
+    /// Bytes the pool's LUNs promise (thin ones count their full size).
+    public var promisedBytes: UInt64
+    public var luns: Int
+}
+
+/// The pools added besides the default one: `<state>/pools.json`, written atomically.
+struct PoolRecord: Codable, Sendable, Hashable {
+    var name: String
+    var directory: String
+}
+
+extension StorageProvider {
+    static let defaultPoolName = "default"
+
+    var poolsFile: String { configuration.stateDirectory + "/pools.json" }
+
+    /// Every pool: the default one first, then the added ones by name.
+    func allPools() -> [Pool] {
+        let added = ((try? JSONDecoder().decode([PoolRecord].self, from: readFile(poolsFile) ?? Data("[]".utf8))) ?? [])
+            .sorted { $0.name < $1.name }
+        return [pool] + added.map { Pool(name: $0.name, directory: $0.directory) }
+    }
+
+    func pool(named name: String) throws(SiloError) -> Pool {
+        guard let found = allPools().first(where: { $0.name == name }) else {
+            throw SiloError(.objectNotFound, "no pool named '\(name)'; 'silo pool list' shows them", field: "pool", value: name)
+        }
+        return found
+    }
+
+    /// The pools with their drive, capacity and use.
+    public func pools() throws(SiloError) -> [PoolProperties] {
+        try registry.prepare()
+        let records = try registry.loadAll()
+        let drives = (try? DriveEnumerator().drives()) ?? []
+        return allPools().map { pool in
+            let capacity = (try? pool.capacity()) ?? (total: 0, free: 0)
+            let mine = records.filter { $0.pool == pool.name }
+            return PoolProperties(name: pool.name, directory: pool.directory, drive: driveID(of: pool, in: drives),
+                                  totalBytes: capacity.total, freeBytes: capacity.free,
+                                  promisedBytes: mine.reduce(0) { $0 + $1.size }, luns: mine.count)
+        }
+    }
+
+    /// Adds a pool at `directory` (made if missing), on whatever drive holds it.
+    /// - Throws: `invalidArgument` for a bad name, a relative path, a directory inside the state
+    ///   directory's or another pool's, a name or directory already used.
+    public func addPool(_ name: String, directory: String) throws(SiloError) -> PoolProperties {
+        try Names.validate(name, field: "pool", what: "a pool name")
+        var path = directory
+        while path.count > 1, path.hasSuffix("/") { path.removeLast() }
+        guard path.hasPrefix("/"), !path.split(separator: "/").contains(".."), !path.split(separator: "/").contains(".") else {
+            throw SiloError.invalidArgument(field: "directory", value: directory, reason: "an absolute path without '.' or '..'")
+        }
+        try registry.prepare()
+        try registry.locked { () throws(SiloError) in
+            let existing = allPools()
+            if existing.contains(where: { $0.name == name }) {
+                throw SiloError.invalidArgument(field: "pool", value: name, reason: "a pool with that name exists")
+            }
+            for other in existing + [Pool(name: "state", directory: configuration.stateDirectory)]
+            where path == other.directory || path.hasPrefix(other.directory + "/") || other.directory.hasPrefix(path + "/") {
+                throw SiloError.invalidArgument(field: "directory", value: directory,
+                                                reason: "it overlaps \(other.name == "state" ? "the state directory" : "pool '\(other.name)'") at \(other.directory)")
+            }
+            var made = ""
+            for component in path.split(separator: "/") {
+                made += "/" + component
+                if mkdir(made, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: made) }
+            }
+            let added = existing.dropFirst().map { PoolRecord(name: $0.name, directory: $0.directory) } + [PoolRecord(name: name, directory: path)]
+            try savePools(added)
+        }
+        guard let properties = try pools().first(where: { $0.name == name }) else { throw SiloError.notFound("pool", field: "pool", value: name) }
+        return properties
+    }
+
+    /// Removes an added pool from the list (its directory stays).
+    /// - Throws: `deviceInUse` while LUNs live there; `invalidArgument` for the default pool.
+    public func removePool(_ name: String) throws(SiloError) {
+        guard name != Self.defaultPoolName else {
+            throw SiloError.invalidArgument(field: "pool", value: name, reason: "the default pool cannot be removed")
+        }
+        try registry.prepare()
+        try registry.locked { () throws(SiloError) in
+            _ = try pool(named: name)
+            let users = try registry.loadAll().filter { $0.pool == name }.map(\.name)
+            guard users.isEmpty else {
+                throw SiloError(.deviceInUse, "pool '\(name)' holds LUNs \(users.joined(separator: ", ")); delete them first",
+                                field: "pool", value: name)
+            }
+            try savePools(allPools().dropFirst().filter { $0.name != name }.map { PoolRecord(name: $0.name, directory: $0.directory) })
+        }
+    }
+
+    private func savePools(_ records: [PoolRecord]) throws(SiloError) {
+        let data: Data
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+            data = try encoder.encode(records)
+        } catch {
+            throw SiloError(.unexpected, "cannot encode the pool list: \(error)")
+        }
+        let temporary = poolsFile + ".\(getpid()).tmp"
+        let fd = try syscall("open", path: temporary) { Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+        do throws(SiloError) {
+            try writeAll(fd, data, path: temporary)
+            try syscall("fsync", path: temporary) { fsync(fd) }
+            close(fd)
+            try syscall("rename", path: poolsFile) { rename(temporary, poolsFile) }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        try syncDirectory(configuration.stateDirectory)
+    }
+
+    /// Where a new LUN goes (S5): the pool named, else the first given drive's pool, else the default.
+    /// - Throws: `objectNotFound` for an unknown drive or pool; `invalidArgument` for a drive without a pool.
+    func placement(pool name: String?, drives: [String]) throws(SiloError) -> Pool {
+        if let name {
+            let chosen = try pool(named: name)
+            if !drives.isEmpty {
+                let known = try DriveEnumerator().drives()
+                try checkKnown(drives, in: known)
+                guard let drive = driveID(of: chosen, in: known), drives.contains(drive) else {
+                    throw SiloError.invalidArgument(field: "drive", value: drives.joined(separator: ","),
+                                                    reason: "pool '\(name)' is on drive '\(driveID(of: chosen, in: known) ?? "unknown")'")
+                }
+            }
+            return chosen
+        }
+        guard !drives.isEmpty else { return pool }
+        let known = try DriveEnumerator().drives()
+        try checkKnown(drives, in: known)
+        let pools = allPools()
+        for id in drives {
+            if let found = pools.first(where: { driveID(of: $0, in: known) == id }) { return found }
+        }
+        let withPools = pools.compactMap { pool in driveID(of: pool, in: known).map { "'\($0)' (pool \(pool.name))" } }
+        throw SiloError.invalidArgument(
+            field: "drive", value: drives.joined(separator: ","),
+            reason: "no pool on \(drives.count == 1 ? "that drive" : "those drives"); drives with pools: "
+                + (withPools.isEmpty ? "none" : withPools.joined(separator: ", ")) + " ('silo pool add' makes one)"
+        )
+    }
+
+    private func checkKnown(_ drives: [String], in known: [Drive]) throws(SiloError) {
+        for id in drives where !known.contains(where: { $0.id == id }) {
+            throw SiloError.notFound("drive", field: "drive", value: id)
+        }
+    }
+
+    /// The drive holding `pool`'s file system: the disk itself, or the disk of its partition.
+    func driveID(of pool: Pool, in drives: [Drive]) -> String? {
+        guard let number = pool.deviceNumber else { return nil }
+        return drives.first { drive in
+            drive.deviceNumber == number || drive.partitions.contains { $0.deviceNumber == number }
+        }?.id
+    }
+}

@@ -1,0 +1,116 @@
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+/// A drive of its own for a test: a loop device (not Silo's) over a file, with ext4 mounted.
+struct TestDrive {
+    let device: String
+    let mountPoint: String
+
+    init(in scratch: String, size: String = "256M") throws {
+        let image = scratch + "/drive.img"
+        #expect(run("/usr/bin/truncate", ["-s", size, image]).status == 0)
+        let attached = run("/sbin/losetup", ["-f", "--show", image])
+        try #require(attached.status == 0, "losetup: \(attached.output)")
+        device = attached.output.split(separator: "\n").first.map(String.init) ?? ""
+        mountPoint = scratch + "/mnt"
+        mkdir(mountPoint, 0o755)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        #expect(run("/bin/mount", [device, mountPoint]).status == 0)
+    }
+
+    func remove() {
+        _ = run("/bin/umount", [mountPoint])
+        _ = run("/sbin/losetup", ["-d", device])
+    }
+}
+
+@Suite("Pools on drives", .tags(.root), .requiresLoopDevices, .serialized)
+struct PoolTests {
+    @Test("S5 a pool on another drive: LUNs placed by drive or by name, capacity per pool, listed on its drive; S13 its orphans repaired")
+    func poolOnADrive() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let drive = try TestDrive(in: storage.path)
+        defer {
+            // The LUNs on that drive go before it is unmounted, even when an expectation failed.
+            for lun in (try? storage.provider.luns()) ?? [] { _ = try? storage.provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
+            drive.remove()
+        }
+        let driveID = try #require(try storage.provider.drives().first { $0.devicePath == drive.device }?.id)
+
+        let added = try storage.provider.addPool("second", directory: drive.mountPoint + "/pool")
+        #expect(added.drive == driveID && added.totalBytes > 200 << 20 && added.totalBytes < 256 << 20, "\(added)")
+        #expect(try storage.provider.pools().map(\.name) == ["default", "second"])
+
+        let byDrive = try storage.provider.createLun(LunSpec(name: "placed", size: 64 << 20, drives: [driveID])).wait(timeout: .seconds(60))
+        #expect(byDrive.backingFile.hasPrefix(drive.mountPoint + "/pool/"), "\(byDrive.backingFile)")
+        #expect(byDrive.pool == "second")
+        let byName = try storage.provider.createLun(LunSpec(name: "named", size: 16 << 20, provisioning: .thick, pool: "second"))
+            .wait(timeout: .seconds(60))
+        #expect(byName.backingFile.hasPrefix(drive.mountPoint + "/pool/"))
+        let home = try storage.create("home", size: 8 << 20)
+        #expect(home.pool == "default" && !home.backingFile.hasPrefix(drive.mountPoint))
+
+        // Capacity is the pool's own: a thick LUN larger than that file system is refused there.
+        let tooBig = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "big", size: 300 << 20, provisioning: .thick, pool: "second"))
+        }
+        #expect(tooBig?.code == .notEnoughSpace && tooBig?.message.contains("second") == true)
+        #expect(try storage.provider.maximumLunSize(provisioning: .thin, pool: "second") < 1100 << 20)
+
+        let listed = try #require(try storage.provider.drives().first { $0.id == driveID })
+        #expect(listed.pools == ["second"] && listed.pool == drive.mountPoint + "/pool")
+        #expect(listed.extents.count == 2, "the two LUNs' files are on this drive: \(listed.extents)")
+        #expect(try storage.provider.pools().first { $0.name == "second" }?.luns == 2)
+
+        // An orphan file in the second pool is found by reenumerate.
+        let orphan = drive.mountPoint + "/pool/00000000-0000-0000-0000-000000000000.img"
+        close(open(orphan, O_WRONLY | O_CREAT, 0o600))
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.orphanFilesRemoved == [orphan])
+
+        let busy = #expect(throws: SiloError.self) { try storage.provider.removePool("second") }
+        #expect(busy?.code == .deviceInUse && busy?.message.contains("named") == true)
+        try storage.provider.deleteLun("placed").wait(timeout: .seconds(60))
+        try storage.provider.deleteLun("named").wait(timeout: .seconds(60))
+        try storage.provider.removePool("second")
+        #expect(try storage.provider.pools().map(\.name) == ["default"])
+        #expect(try storage.provider.drives().first { $0.id == driveID }?.pools.isEmpty == true)
+        #expect(loopDevices(backedUnder: drive.mountPoint).isEmpty)
+    }
+
+    @Test("S5 E1 pools refuse bad input: names, relative or overlapping folders, unknown pools and drives, drives without a pool")
+    func badInput() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let cases: [(() throws -> Void, String)] = [
+            ({ _ = try storage.provider.addPool("../x", directory: storage.path + "/p") }, "pool"),
+            ({ _ = try storage.provider.addPool("p", directory: "relative/p") }, "directory"),
+            ({ _ = try storage.provider.addPool("p", directory: storage.path + "/a/../b") }, "directory"),
+            ({ _ = try storage.provider.addPool("p", directory: state + "/pool/inner") }, "directory"),
+            ({ _ = try storage.provider.addPool("default", directory: storage.path + "/p") }, "pool"),
+            ({ try storage.provider.removePool("default") }, "pool"),
+            ({ try storage.provider.removePool("nope") }, "pool"),
+            ({ _ = try storage.provider.createLun(LunSpec(name: "x", size: 1 << 20, pool: "nope")) }, "pool"),
+            ({ _ = try storage.provider.createLun(LunSpec(name: "x", size: 1 << 20, drives: ["no-such-drive"])) }, "drive"),
+        ]
+        for (call, field) in cases {
+            let error = #expect(throws: SiloError.self) { try call() }
+            #expect(error?.field == field, "\(String(describing: error?.message))")
+        }
+        // A real drive without a pool: the error says which drives have one.
+        if let other = try storage.provider.drives().first(where: { $0.pools.isEmpty }) {
+            let error = #expect(throws: SiloError.self) {
+                _ = try storage.provider.createLun(LunSpec(name: "x", size: 1 << 20, drives: [other.id]))
+            }
+            #expect(error?.field == "drive" && error?.message.contains("drives with pools") == true, "\(String(describing: error?.message))")
+        }
+        #expect(try storage.provider.pools().map(\.name) == ["default"])
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(access(storage.path + "/p", F_OK) != 0, "nothing made")
+    }
+}
