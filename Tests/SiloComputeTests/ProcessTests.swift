@@ -219,6 +219,32 @@ struct ProcessTests {
         #expect(readAll(try #require(after.standardOutput)) == "alive\n")
     }
 
+    @Test("C10 a fork bomb inside stops at the pids limit; the agent lives and answers; the system terminates")
+    func forkBomb() throws {
+        let box = try RunningSystem("fb", memoryMB: 512)
+        defer { box.finish() }
+        let limit = 1024  // the default pids limit of a system
+        let bomb = try box.run("while :; do sleep 60 & done 2>/dev/null", stdout: false)
+        defer { bomb.close() }
+        let current = try #require(box.system.cgroup.directory("pids")) + "/pids.current"
+        var peak = 0
+        for _ in 0..<1500 where peak < limit - 2 {
+            usleep(10_000)
+            peak = max(peak, Int(readText(current) ?? "") ?? 0)
+        }
+        for _ in 0..<50 {  // and it stays there
+            usleep(2_000)
+            peak = max(peak, Int(readText(current) ?? "") ?? 0)
+        }
+        #expect(peak >= limit - 2 && peak <= limit, "the bomb filled the pids limit and no more: \(peak)")
+        // The agent forks nothing to answer a list, so it still answers at the limit.
+        let listed = try box.system.processes()
+        #expect(listed.contains { $0.processId == 1 } && listed.count >= limit - 3, "\(listed.count) listed")
+        #expect(try box.system.properties().state == .running)
+        try box.system.terminate().wait(timeout: .seconds(30))
+        #expect(box.system.cgroup.pids.isEmpty)
+    }
+
     @Test("C4 C5 pause freezes processes and refuses new ones; shutdown sends SIGTERM to them first")
     func pauseAndShutdown() throws {
         let box = try RunningSystem("ps")
