@@ -215,12 +215,41 @@ struct SystemTests {
         #expect(nothing?.code == .objectNotFound && nothing?.field == "ResourcePath")
     }
 
-    @Test("C4 a system whose init dies is Stopped with an unexpected exit")
+    @Test("C5 every handle hears SystemExited once, with how the system ended, whoever stopped it")
+    func exitReachesEveryHandle() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "eh-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document()).wait()
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        let other = try compute.service.open(id)
+        defer { other.close() }
+        let heard = Mutex<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        for (name, handle) in [("mine", system), ("other", other)] {
+            try handle.events.setHandler { event in
+                guard event.type == .systemExited else { return }
+                heard.withLock { $0.append("\(name) \(event.data ?? "")") }
+                done.signal()
+            }
+        }
+        try other.terminate().wait(timeout: .seconds(30))
+        #expect(done.wait(timeout: .now() + 10) == .success && done.wait(timeout: .now() + 10) == .success)
+        usleep(100_000)
+        #expect(heard.withLock { $0.sorted() } == [#"mine {"ExitType":"Forced"}"#, #"other {"ExitType":"Forced"}"#])
+    }
+
+    @Test("C4 C5 a system whose init dies is Stopped with an unexpected exit, and its handle hears so")
     func unexpectedExit() throws {
         let compute = TestCompute()
         defer { compute.finish() }
         let system = try compute.service.createComputeSystem(id: "ux-\(getpid())", document: compute.document()).wait()
         defer { system.close() }
+        let heard = Mutex<[String]>([])
+        try system.events.setHandler { event in
+            if event.type == .systemExited { heard.withLock { $0.append(event.data ?? "") } }
+        }
         try system.start().wait(timeout: .seconds(30))
         let pid = try #require(system.properties().processList.first)
         kill(pid, SIGKILL)
@@ -232,5 +261,7 @@ struct SystemTests {
         }
         #expect(state == .stopped)
         #expect(try system.properties().exitType == .unexpected)
+        for _ in 0..<200 where heard.withLock({ $0.isEmpty }) { usleep(10_000) }
+        #expect(heard.withLock { $0 } == [#"{"ExitType":"UnexpectedExit"}"#])
     }
 }

@@ -32,6 +32,9 @@ public final class ComputeSystem: Sendable {
     }
 
     private let agentState = Mutex(Agent())
+    /// Set once this handle has reported (or is about to report) the system's exit: SystemExited
+    /// goes out once per handle, whoever stopped the system.
+    private let exitReported = Atomic<Bool>(false)
 
     init(id: String, service: ComputeService) {
         self.id = id
@@ -275,6 +278,30 @@ public final class ComputeSystem: Sendable {
         }
     }
 
+    /// The agent's connection ended: the system stopped, whoever stopped it (another handle, the
+    /// last handle's holder dying, its init killed). Every handle hears SystemExited with how it
+    /// ended (C5); the one that stopped it reports that itself.
+    private func agentDisconnected() {
+        guard !events.isClosed, !exitReported.load(ordering: .sequentiallyConsistent) else { return }
+        // A stop by another process holds the system's lock until its record says Stopped.
+        guard var record = try? store.locked(id, { () throws(SiloError) in try store.load(id) }) else { return }
+        var final = service.refreshed(record)
+        // Init's death ends the pid namespace; its last processes may take a moment to go.
+        for _ in 0..<100 where final.state != .stopped {
+            usleep(10_000)
+            guard let again = try? store.load(id) else { return }
+            record = again
+            final = service.refreshed(record)
+        }
+        guard final.state == .stopped else {
+            events.post(SiloEvent(type: .serviceDisconnect, data: #"{"Reason":"the agent closed this handle's connection"}"#))
+            return
+        }
+        guard !exitReported.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        let exitType = final.exitType ?? .unexpected
+        events.post(SiloEvent(type: .systemExited, data: #"{"ExitType":"\#(exitType.rawValue)"}"#))
+    }
+
     /// Makes (or removes) the device node and mount inside the system's mount namespace.
     private func enter(_ record: SystemRecord, _ device: BlockDevice, attach: Bool) throws(SiloError) {
         guard let pid = record.initPID, processStartTime(pid) == record.initStartTime else {
@@ -404,6 +431,7 @@ public final class ComputeSystem: Sendable {
             if let connection = agent.connection, !connection.isClosed { return connection }
             let connection = try AgentConnection(system: id, directory: store.directory(id))
             connection.setExitHandler { [weak self] pid, status in self?.processExited(pid, status: status) }
+            connection.setDisconnectHandler { [weak self] in self?.agentDisconnected() }
             agent.connection = connection
             return connection
         }
@@ -449,6 +477,7 @@ public final class ComputeSystem: Sendable {
         }
         return try change(type, from: [.created, .running, .paused], context: context, callback: callback,
                           throughChannel: notify) { [self] in
+            exitReported.store(true, ordering: .sequentiallyConsistent)  // this handle reports it below
             let cgroup = self.cgroup
             var exit = SystemExitType.forced
             if graceful, let pid = record.initPID, processStartTime(pid) == record.initStartTime {
