@@ -8,7 +8,7 @@ struct DriveCommand: ParsableCommand {
     )
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List drives, with their partitions and file systems.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List drives, with their partitions and file systems.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
 
@@ -29,7 +29,7 @@ struct DriveCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one drive by id, name (vda) or path (/dev/vda).")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one drive by id, name (vda) or path (/dev/vda).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The drive's id, kernel name or device path.") var id: String
         @Flag(help: "Print JSON.") var json = false

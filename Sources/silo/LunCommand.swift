@@ -9,7 +9,7 @@ struct LunCommand: ParsableCommand {
     )
 
     struct Create: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a LUN and attach it; prints its properties.")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a LUN and attach it; prints its properties.")
         @OptionGroup var global: GlobalOptions
         @Option(parsing: .unconditional, help: "The LUN's name (letters, digits, . _ -; at most 64).") var name: String
         @Option(parsing: .unconditional, help: "Size, such as 512M, 10G, 1GiB or 4096 (bytes).") var size: String
@@ -45,7 +45,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List LUNs.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List LUNs.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
 
@@ -57,7 +57,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one LUN's properties.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one LUN's properties.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Flag(help: "Print JSON.") var json = false
@@ -79,7 +79,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Extend: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Grow a LUN online, by or to a size.")
+        static let configuration = CommandConfiguration(commandName: "extend", abstract: "Grow a LUN online, by or to a size.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Option(parsing: .unconditional, help: "Bytes to add, such as 1G.") var by: String?
@@ -100,7 +100,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Shrink: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove bytes from the end of a LUN.")
+        static let configuration = CommandConfiguration(commandName: "shrink", abstract: "Remove bytes from the end of a LUN.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Option(parsing: .unconditional, help: "Bytes to remove, such as 1G.") var by: String
@@ -118,7 +118,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Delete: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Detach and delete a LUN and its data.")
+        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Detach and delete a LUN and its data.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Flag(help: "Also when attached to compute systems. A LUN in use on the host is never deleted.") var force = false
@@ -130,7 +130,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Mask: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Replace the list of compute systems that may see a LUN.")
+        static let configuration = CommandConfiguration(commandName: "mask", abstract: "Replace the list of compute systems that may see a LUN.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Argument(help: "SYSTEM,... or * for every system or '' for none.") var systems: String
@@ -144,7 +144,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Online: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Attach a LUN that is offline or was detached.")
+        static let configuration = CommandConfiguration(commandName: "online", abstract: "Attach a LUN that is offline or was detached.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
 
@@ -155,7 +155,7 @@ struct LunCommand: ParsableCommand {
     }
 
     struct Offline: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Detach a LUN's loop device, keeping its data.")
+        static let configuration = CommandConfiguration(commandName: "offline", abstract: "Detach a LUN's loop device, keeping its data.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
 
@@ -169,6 +169,7 @@ struct LunCommand: ParsableCommand {
 extension LunCommand {
     struct Clone: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "clone",
             abstract: "Create a LUN as a copy of another: instant by reflink where the file system allows."
         )
         @OptionGroup var global: GlobalOptions
@@ -209,6 +210,7 @@ func printLuns(_ luns: [LunProperties]) {
 extension LunCommand {
     struct Temporary: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "temporary",
             abstract: "Run a command with a scratch block device that is gone afterwards.",
             discussion: """
                 The device's path is in SILO_LUN_DEVICE. The LUN is an autoclear loop device over an \

@@ -10,7 +10,7 @@ struct PoolCommand: ParsableCommand {
     )
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Pools with their drive, size, free space and LUNs.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "Pools with their drive, size, free space and LUNs.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
 
@@ -24,7 +24,7 @@ struct PoolCommand: ParsableCommand {
     }
 
     struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Add a pool at a folder (made if missing), on whatever drive holds it.")
+        static let configuration = CommandConfiguration(commandName: "add", abstract: "Add a pool at a folder (made if missing), on whatever drive holds it.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The pool's name.") var name: String
         @Argument(help: "An absolute folder path.") var directory: String
@@ -38,7 +38,7 @@ struct PoolCommand: ParsableCommand {
     }
 
     struct Remove: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Forget a pool that holds no LUN (its folder stays).")
+        static let configuration = CommandConfiguration(commandName: "remove", abstract: "Forget a pool that holds no LUN (its folder stays).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The pool's name.") var name: String
 

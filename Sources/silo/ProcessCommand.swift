@@ -11,6 +11,7 @@ struct ProcessCommand: ParsableCommand {
 
     struct Create: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "create",
             abstract: "Start a process in a running system; attached by default: exit with its code.",
             discussion: """
                 Attached, the process gets this command's stdin, stdout and stderr as they are, and \
@@ -83,7 +84,7 @@ struct ProcessCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "The processes of a running system (pids inside; 1 is Silo's agent).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "The processes of a running system (pids inside; 1 is Silo's agent).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         @Flag(help: "Print JSON.") var json = false
@@ -98,7 +99,7 @@ struct ProcessCommand: ParsableCommand {
     }
 
     struct Signal: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Send a signal to a process.")
+        static let configuration = CommandConfiguration(commandName: "signal", abstract: "Send a signal to a process.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         @Argument(help: "The process's pid inside the system.") var pid: Int32
@@ -115,7 +116,7 @@ struct ProcessCommand: ParsableCommand {
     }
 
     struct Kill: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Terminate a process (SIGKILL).")
+        static let configuration = CommandConfiguration(commandName: "kill", abstract: "Terminate a process (SIGKILL).")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         @Argument(help: "The process's pid inside the system.") var pid: Int32
@@ -130,7 +131,7 @@ struct ProcessCommand: ParsableCommand {
     }
 
     struct Wait: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Wait for a process to exit; exit with its code.")
+        static let configuration = CommandConfiguration(commandName: "wait", abstract: "Wait for a process to exit; exit with its code.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         @Argument(help: "The process's pid inside the system.") var pid: Int32

@@ -22,7 +22,40 @@ struct SiloCommand: ParsableCommand {
         sigemptyset(&interrupt)
         sigaddset(&interrupt, SIGINT)
         pthread_sigmask(SIG_BLOCK, &interrupt, nil)
-        main(Array(placingGlobalOptions(Array(CommandLine.arguments.dropFirst()))))
+        assert(everyCommandNamed(SiloCommand.self), "a command without configuration.commandName")
+        // What ParsableCommand.main(_:) does, with two shortcuts that change no output.
+        do {
+            var command = try parsed(placingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+            try command.run()
+        } catch let code as ExitCode {
+            // exit(withError:) prints nothing for an ExitCode, but renders the root's usage first.
+            Glibc.exit(code.rawValue)
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// Parses the leaf command the arguments name on its own, without the tree above it: the
+    /// whole tree costs the start-up a reflection pass over every command type. Anything but a
+    /// clean parse of that leaf (help, a completion script, a usage error, a path that stops short
+    /// of a leaf) is parsed again from the root, so its output names the full command path.
+    static func parsed(_ arguments: [String]) throws -> any ParsableCommand {
+        var command: any ParsableCommand.Type = SiloCommand.self
+        var rest = arguments[...]
+        while let name = rest.first, let sub = subcommand(of: command, named: name) {
+            command = sub
+            rest = rest.dropFirst()
+        }
+        if command != SiloCommand.self, command.configuration.subcommands.isEmpty,
+           let leaf = try? command.parseAsRoot(Array(rest)), type(of: leaf) == command {
+            return leaf
+        }
+        return try parseAsRoot(arguments)
+    }
+
+    /// The subcommand of `command` called `name` or one of its aliases (`system show`).
+    static func subcommand(of command: any ParsableCommand.Type, named name: String) -> (any ParsableCommand.Type)? {
+        command.configuration.subcommands.first { $0._commandName == name || $0.configuration.aliases.contains(name) }
     }
 
     /// ArgumentParser reads a subcommand's options only after its name, while scripts write
@@ -42,14 +75,22 @@ struct SiloCommand: ParsableCommand {
         guard !globals.isEmpty else { return arguments }
         var command: any ParsableCommand.Type = SiloCommand.self
         var path: [String] = []
-        while let name = rest.first,
-              let sub = command.configuration.subcommands.first(where: { $0._commandName == name }) {
+        while let name = rest.first, let sub = subcommand(of: command, named: name) {
             path.append(name)
             command = sub
             rest = rest.dropFirst()
         }
         return path + globals + Array(rest)
     }
+}
+
+/// Every command names itself in its configuration (`commandName:`), though ArgumentParser would
+/// derive the same name from the type's: that derivation is `String(describing: Self.self)`, each
+/// of which scans the binary's protocol conformance tables several times over, and the parser asks
+/// every command of the tree for its name (about 1.5 ms of each start, of 5, in a static-stdlib
+/// build). Checked in debug builds, which the tests run.
+func everyCommandNamed(_ command: any ParsableCommand.Type) -> Bool {
+    command.configuration.commandName != nil && command.configuration.subcommands.allSatisfy(everyCommandNamed)
 }
 
 /// Options every command takes; they may stand before the subcommand: `silo --state-dir D lun list`.

@@ -8,6 +8,7 @@ struct StorageCommand: ParsableCommand {
 
     struct Reenumerate: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "reenumerate",
             abstract: "Reconcile the registry with the kernel: re-attach after a reboot, repair what crashed calls left."
         )
         @OptionGroup var global: GlobalOptions

@@ -15,7 +15,7 @@ struct SystemCommand: ParsableCommand {
     )
 
     struct Create: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a system from a ComputeSystem document (schema 2.x).")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a system from a ComputeSystem document (schema 2.x).")
         @OptionGroup var global: GlobalOptions
         @Option(help: "The system's id (and hostname).") var id: String
         @Option(help: "The ComputeSystem JSON document.") var config: String
@@ -43,7 +43,7 @@ struct SystemCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List systems, optionally by owner or state.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List systems, optionally by owner or state.")
         @OptionGroup var global: GlobalOptions
         @Option(help: "Only systems of this owner.") var owner: String?
         @Option(help: "Only systems in this state: Created, Running, Paused, Stopped.") var state: String?
@@ -80,6 +80,7 @@ struct SystemCommand: ParsableCommand {
 
     struct Start: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "start",
             abstract: "Start a created system: its init becomes pid 1.",
             discussion: "LUNs the document attaches (Devices.Scsi, Path = LUN name, MountPath) must be online and unmasked to the id."
         )
@@ -94,6 +95,7 @@ struct SystemCommand: ParsableCommand {
 
     struct Modify: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "modify",
             abstract: "Attach or detach a LUN, or change a limit, while the system runs.",
             discussion: """
                 --attach NAME[:/PATH] makes the LUN's block device appear in the system's /dev and, with \
@@ -142,28 +144,28 @@ struct SystemCommand: ParsableCommand {
     }
 
     struct Pause: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Freeze every process of a running system.")
+        static let configuration = CommandConfiguration(commandName: "pause", abstract: "Freeze every process of a running system.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         func run() throws { try act(global, id) { system in try system.pause().wait() } }
     }
 
     struct Resume: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Thaw a paused system.")
+        static let configuration = CommandConfiguration(commandName: "resume", abstract: "Thaw a paused system.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         func run() throws { try act(global, id) { system in try system.resume().wait() } }
     }
 
     struct Shutdown: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stop gracefully: SIGTERM, then SIGKILL after 10 s.")
+        static let configuration = CommandConfiguration(commandName: "shutdown", abstract: "Stop gracefully: SIGTERM, then SIGKILL after 10 s.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         func run() throws { try act(global, id) { system in try system.shutdown().wait() } }
     }
 
     struct Terminate: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stop at once: every process killed.")
+        static let configuration = CommandConfiguration(commandName: "terminate", abstract: "Stop at once: every process killed.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
         func run() throws { try act(global, id) { system in try system.terminate().wait() } }
