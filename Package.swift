@@ -34,7 +34,17 @@ let package = Package(
         ),
         .target(name: "SiloCompute", dependencies: ["SiloOperations", "CSiloLinux", "CSiloAgent"], swiftSettings: strict),
         .target(name: "Silo", dependencies: ["SiloOperations", "SiloStorage", "SiloCompute"], swiftSettings: strict),
-        .executableTarget(name: "silo-init", dependencies: ["CSiloAgent"], path: "Sources/silo-init"),
+        // Init is C, but SwiftPM links it with swiftc: with the Swift runtime and dynamically
+        // against libstdc++ and libm, which ld.so loads and relocates at every system's start.
+        // Static, and with swift_image.c keeping the Swift runtime out, init and /bin/true take
+        // 1.0 ms instead of 2.1 here, and an idle init 0.6 MiB instead of 3.8. Not PIE: glibc's
+        // static-pie start refuses the rpath SwiftPM gives every executable.
+        .executableTarget(
+            name: "silo-init",
+            dependencies: ["CSiloAgent"],
+            path: "Sources/silo-init",
+            linkerSettings: [.unsafeFlags(["-static-executable"])]
+        ),
         .executableTarget(
             name: "silo",
             dependencies: ["Silo", "CSiloLinux", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -60,6 +60,40 @@ struct IsolationTests {
         #expect(highest < 20, "host processes are invisible: \(result.output)")
     }
 
+    @Test("C11 the payload starts with no signal blocked, whatever its caller blocks (silo blocks SIGINT)")
+    func signalMask() throws {
+        let configuration = ComputeConfiguration()
+        try #require(access(configuration.initBinary, X_OK) == 0, "Silo's init at \(configuration.initBinary)")
+        var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
+        let root = try #require(template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) })
+        defer { rmdir(root) }
+        var blocked = sigset_t(), previous = sigset_t()
+        sigemptyset(&blocked)
+        sigaddset(&blocked, SIGINT)
+        sigaddset(&blocked, SIGUSR1)
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        var output: [Int32] = [0, 0]
+        pipe(&output)
+        // grep itself, not a shell: sh clears its mask at start.
+        var spec = SandboxSpec(root: root, hostname: "mask", arguments: ["/.silo/init", "--", "/bin/grep", "^SigBlk", "/proc/self/status"],
+                               standardOutput: output[1], initBinary: configuration.initBinary)
+        if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
+        let process: SandboxProcess
+        do {
+            process = try Sandbox.spawn(spec, cgroup: nil)
+        } catch {
+            close(output[0]); close(output[1])
+            throw error
+        }
+        close(output[1])
+        defer { close(process.pidfd) }
+        let text = readAll(output[0])
+        close(output[0])
+        #expect(reap(process.pid) == 0)
+        #expect(text == "SigBlk:\t0000000000000000\n", "\(text)")
+    }
+
     @Test("C11 the root and host binds are read-only; /tmp is private and writable")
     func readOnly() throws {
         let result = try runSandboxed("""

@@ -22,9 +22,6 @@ struct silo_sandbox_config {
     const char *const *masked_paths;
     /// /proc paths made read-only (such as /proc/sys).
     const char *const *read_only_paths;
-    /// The child reads one byte from this before it goes on: the parent puts it in its cgroup
-    /// first (v1 has no CLONE_INTO_CGROUP). -1: do not wait.
-    int sync_fd;
     /// On failure the child writes `struct silo_sandbox_failure` here and exits 127. Close-on-exec,
     /// so the parent reads EOF when exec succeeded.
     int error_fd;
@@ -44,6 +41,11 @@ struct silo_sandbox_config {
     /// A cgroup2 directory's descriptor to start the child in (CLONE_INTO_CGROUP: no migration
     /// later, which costs an RCU grace period); -1 for none.
     int cgroup_fd;
+    /// Open for writing: the `tasks` file of each cgroup v1 hierarchy the child joins (and a
+    /// cgroup2 `cgroup.procs` when CLONE_INTO_CGROUP is not used). The child writes "0" (itself)
+    /// to each first thing, before its cgroup namespace. `cgroup_task_count` of them.
+    const int *cgroup_task_fds;
+    int cgroup_task_count;
     /// Silo's init on the host, bound read-only at /.silo/init inside (NULL: none).
     const char *init_binary;
     /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.
@@ -64,7 +66,9 @@ struct silo_sandbox_failure {
     int error;
 };
 
-/// Starts the sandbox. Returns the child's pid (and a pidfd in *pidfd), or -1 with errno set.
+/// Starts the sandbox. Returns the child's pid (and a pidfd in *pidfd), or -1 with errno set. On
+/// x86-64 the child shares the caller's memory until its exec (CLONE_VM | CLONE_VFORK), and the
+/// calling thread waits until then, with every signal blocked; the child execs with none blocked.
 pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd);
 
 /// A block device given to (or taken from) a running system: its node inside, its number, and

@@ -117,9 +117,7 @@ public final class Cgroup: Sendable {
         // cgroup2's the same as a BPF program.
         if let devices = directories["devices"] {
             try writeText(devices + "/devices.deny", "a")
-            for rule in Self.minimalDevices + limits.blockDevices.map({ "b \($0) rwm" }) {
-                try writeText(devices + "/devices.allow", rule)
-            }
+            try writeText(devices + "/devices.allow", Self.minimalDevices + limits.blockDevices.map { "b \($0) rwm" })
         }
         try attachDeviceProgram(blockDevices: limits.blockDevices)
     }
@@ -236,6 +234,29 @@ public final class Cgroup: Sendable {
         for (key, path) in directories.sorted(by: { $0.key < $1.key }) where !(skippingUnified && key == "unified") {
             try writeText(path + "/cgroup.procs", "\(pid)")
         }
+    }
+
+    /// The files through which a new process joins this cgroup itself (``Sandbox/spawn(_:cgroup:)``
+    /// writes "0" to each from the child, before its exec): every v1 hierarchy's `tasks`, and the
+    /// cgroup2 `cgroup.procs` unless the process is born there (CLONE_INTO_CGROUP). Open for writing;
+    /// the caller closes them.
+    public func openTaskFiles(skippingUnified: Bool) throws(SiloError) -> [Int32] {
+        var files: [String] = []
+        for (key, path) in directories.sorted(by: { $0.key < $1.key }) where !(skippingUnified && key == "unified") {
+            let file = path + (key == "unified" ? "/cgroup.procs" : "/tasks")
+            if !files.contains(file) { files.append(file) }  // cpu and cpuacct may share a directory
+        }
+        var descriptors: [Int32] = []
+        for file in files {
+            let fd = Glibc.open(file, O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                let error = errno
+                descriptors.forEach { close($0) }
+                throw SiloError.system("open", errno: error, path: file)
+            }
+            descriptors.append(fd)
+        }
+        return descriptors
     }
 
     /// The cgroup2 directory, opened for CLONE_INTO_CGROUP; nil without a cgroup2 mount.
@@ -360,23 +381,31 @@ public final class Cgroup: Sendable {
     public func destroy() throws(SiloError) {
         if !pids.isEmpty { try killAll() }
         if isFrozen { try? thaw() }
-        removeDirectories()
-        let left = directories.values.filter { fileExists($0) }
+        let left = removeDirectories()
         guard left.isEmpty else {
             throw SiloError(.deviceInUse, "cgroup directories remain: \(left.joined(separator: ", "))",
                             field: "cgroup", value: name)
         }
     }
 
-    func removeDirectories() {
+    /// - Returns: the directories that remain.
+    @discardableResult
+    func removeDirectories() -> [String] {
+        var left: [String] = []
         for path in Set(directories.values) {
+            var removed = false
             for _ in 0..<100 {
-                if rmdir(path) == 0 || errno == ENOENT { break }
+                if rmdir(path) == 0 || errno == ENOENT {
+                    removed = true
+                    break
+                }
                 usleep(1000)  // the last task's exit may still be settling
             }
+            if !removed { left.append(path) }
             // The shared parent `silo` goes with the last system (EBUSY while others remain).
             rmdir(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
         }
+        return left.sorted()
     }
 }
 

@@ -104,26 +104,26 @@ public struct SandboxProcess: Sendable {
 
 public enum Sandbox {
     /// Starts `spec.arguments` as pid 1 of new pid, mount, UTS, IPC, network and cgroup namespaces,
-    /// after putting it in `cgroup`.
+    /// in `cgroup` from before its setup.
     /// - Throws: the step of the child's setup that failed, with its errno; the child is reaped.
     public static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?) throws(SiloError) -> SandboxProcess {
         guard !spec.arguments.isEmpty else { throw SiloError.missingArgument(field: "arguments", reason: "give a program to run") }
-        var sync: [Int32] = [-1, -1]
         var errors: [Int32] = [-1, -1]
-        guard silo_pipe2(&sync, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
-        guard silo_pipe2(&errors, O_CLOEXEC) == 0 else {
-            close(sync[0]); close(sync[1])
-            throw SiloError.system("pipe2", errno: errno)
-        }
-        defer {
-            close(sync[1])
-            close(errors[0])
-        }
-        let lastCapability = Int32(readText("/proc/sys/kernel/cap_last_cap").flatMap { Int32($0) } ?? 40)
+        guard silo_pipe2(&errors, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
+        defer { close(errors[0]) }
         // Born in the cgroup2 directory where there is one: no migration, which costs an RCU
-        // grace period (5 to 11 ms measured here). v1 hierarchies still need a pid write each.
+        // grace period (5 to 11 ms measured here). The child joins the v1 hierarchies itself,
+        // first thing (sandbox.c says why that costs none).
         let cgroupFD = cgroup?.openUnifiedDirectory()
         defer { if let cgroupFD { close(cgroupFD) } }
+        let taskFiles: [Int32]
+        do throws(SiloError) {
+            taskFiles = try cgroup?.openTaskFiles(skippingUnified: cgroupFD != nil) ?? []
+        } catch {
+            close(errors[1])
+            throw error
+        }
+        defer { taskFiles.forEach { close($0) } }
         var pidfd: Int32 = -1
         let pid: pid_t = withCStrings(spec.arguments) { argv in
             withCStrings(spec.environment) { envp in
@@ -147,12 +147,11 @@ public enum Sandbox {
                                         config.devices = UnsafePointer(OpaquePointer(devices))
                                         config.masked_paths = UnsafePointer(OpaquePointer(masked))
                                         config.read_only_paths = UnsafePointer(OpaquePointer(readOnly))
-                                        config.sync_fd = sync[0]
                                         config.error_fd = errors[1]
                                         config.stdin_fd = spec.standardInput ?? -1
                                         config.stdout_fd = spec.standardOutput ?? -1
                                         config.stderr_fd = spec.standardError ?? -1
-                                        config.last_capability = lastCapability
+                                        config.last_capability = Self.lastCapability
                                         config.seccomp = spec.seccomp ? 1 : 0
                                         config.init_binary = spec.initBinary == nil ? nil : initBinary
                                         config.cgroup_fd = cgroupFD ?? -1
@@ -162,9 +161,13 @@ public enum Sandbox {
                                         config.mount_modes = UnsafePointer(OpaquePointer(mountModes))
                                         config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
                                         return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
+                                          taskFiles.withUnsafeBufferPointer { tasks in
                                             config.inherit_fds = inherited.baseAddress
                                             config.inherit_count = Int32(min(inherited.count, 16))
+                                            config.cgroup_task_fds = tasks.baseAddress
+                                            config.cgroup_task_count = Int32(tasks.count)
                                             return silo_sandbox_spawn(&config, &pidfd)
+                                          }
                                         }
                                       }
                                     }
@@ -180,19 +183,8 @@ public enum Sandbox {
             }
         }
         let spawnError = errno
-        close(sync[0])
         close(errors[1])
         guard pid > 0 else { throw SiloError.system("clone3", errno: spawnError) }
-        do throws(SiloError) {
-            try cgroup?.add(pid: pid, skippingUnified: cgroupFD != nil)
-        } catch {
-            kill(pid, SIGKILL)
-            reap(pid)
-            close(pidfd)
-            throw error
-        }
-        var go: UInt8 = 1
-        _ = write(sync[1], &go, 1)
         var failure = silo_sandbox_failure()
         let got = withUnsafeMutableBytes(of: &failure) { read(errors[0], $0.baseAddress, $0.count) }
         if got == MemoryLayout<silo_sandbox_failure>.size {
@@ -207,6 +199,9 @@ public enum Sandbox {
         }
         return SandboxProcess(pid: pid, pidfd: pidfd)
     }
+
+    /// The kernel's highest capability number: fixed while it runs, so read once.
+    private static let lastCapability = Int32(readText("/proc/sys/kernel/cap_last_cap").flatMap { Int32($0) } ?? 40)
 
     private static func reap(_ pid: pid_t) {
         var status: Int32 = 0
