@@ -398,12 +398,15 @@ static int child(void *argument) {
     drop_capabilities(c);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(c, STEP_NO_NEW_PRIVS);
     if (c->seccomp) install_seccomp(c);
-    // The system starts with no signal blocked, whatever its caller blocks: silo blocks SIGINT in
-    // every thread, and a payload that inherited that could not be interrupted (init's SIGINT
-    // stayed pending in it).
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    // The signal mask at exec is chosen here, not inherited from the caller (silo blocks SIGINT in
+    // every thread, and a payload that inherited that could not be interrupted). Silo's init
+    // starts with every signal blocked: it takes them from a signalfd, and one that came before
+    // it got there would be dropped (a pid namespace's init ignores signals it has no handler
+    // for), as a SIGTERM right after start was. Init unblocks them in what it starts. Any other
+    // program starts with none blocked.
+    sigset_t mask;
+    if (c->init_binary) sigfillset(&mask); else sigemptyset(&mask);
+    sigprocmask(SIG_SETMASK, &mask, NULL);
     execve(c->argv[0], c->argv, c->envp);
     fail(c, STEP_EXEC);
 }

@@ -31,9 +31,9 @@ int main(int argc, char **argv) {
     }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 
-    sigset_t all, previous;
+    sigset_t all;
     sigfillset(&all);
-    sigprocmask(SIG_BLOCK, &all, &previous);
+    sigprocmask(SIG_BLOCK, &all, NULL);
 
     pid_t payload = fork();
     if (payload < 0) {
@@ -41,7 +41,9 @@ int main(int argc, char **argv) {
         return 127;
     }
     if (payload == 0) {
-        sigprocmask(SIG_SETMASK, &previous, NULL);
+        sigset_t none;  // the payload starts with nothing blocked, whatever init was started with
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
         execvp(argv[first], argv + first);
         fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(errno));
