@@ -20,10 +20,11 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Process limit (default 1024).") var pids = 1024
     @Option(parsing: .unconditionalSingleValue, help: "A LUN to give the system, NAME or NAME:/mount/path (repeatable); it must be unmasked to the id.")
     var lun: [String] = []
-    @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.") var command: [String] = []
+    // After `--` only: everything before it is silo's (so `silo run --help` is silo's help).
+    @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
     func run() throws {
-        let arguments = command.first == "--" ? Array(command.dropFirst()) : command
+        let arguments = command
         let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config"]) { () throws -> CgroupLimits in
             guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
             var limits = CgroupLimits(pids: pids)

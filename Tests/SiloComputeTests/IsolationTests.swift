@@ -190,6 +190,35 @@ struct IsolationTests {
                 "inside \(inside), the caller's \(ours)")
     }
 
+    @Test("C11 a host mount below a read-only bind is read-only too")
+    func submountsReadOnly() throws {
+        // A host folder with a tmpfs mounted inside it, bound into the sandbox as /usr is (not
+        // under /tmp, which the sandbox has a private one of).
+        let host = try #require(mkdtemp(strdup("/var/tmp/silo-sub-XXXXXX")).map { String(cString: $0) })
+        defer { rmdir(host + "/inner"); rmdir(host) }
+        mkdir(host + "/inner", 0o755)
+        try #require(mount("tmpfs", host + "/inner", "tmpfs", 0, "size=1m") == 0, "mount a tmpfs: \(errno)")
+        defer { umount2(host + "/inner", 0) }
+        let root = try #require(mkdtemp(strdup("/tmp/silo-root-XXXXXX")).map { String(cString: $0) })
+        defer { rmdir(root) }
+        var output: [Int32] = [0, 0]
+        pipe(&output)
+        var spec = SandboxSpec(root: root, hostname: "sub", arguments: ["/bin/sh", "-c", """
+            touch \(host)/x 2>/dev/null && echo top-writable
+            touch \(host)/inner/x 2>/dev/null && echo inner-writable
+            test -d \(host)/inner && echo seen
+            touch /tmp/x && echo tmp-writable
+            """], standardOutput: output[1])
+        spec.readOnlyBinds.append(host)
+        let process = try Sandbox.spawn(spec, cgroup: nil)
+        close(output[1])
+        let said = readAll(output[0])
+        close(output[0])
+        close(process.pidfd)
+        #expect(reap(process.pid) == 0)
+        #expect(said == "seen\ntmp-writable\n", "\(said)")
+    }
+
     @Test("C11 only the minimal devices exist")
     func devices() throws {
         let result = try runSandboxed("ls /dev | tr '\\n' ' '")

@@ -181,6 +181,30 @@ struct ProcessTests {
         #expect(status.exitCode == 137 && status.signal == SIGKILL && status.outOfMemory == nil)
     }
 
+    @Test("O16 O17 O18 on a process: its operations' completions reach its handler; own callbacks refused; nothing after close")
+    func processEvents() throws {
+        let box = try RunningSystem("pe")
+        defer { box.finish() }
+        let process = try box.run("trap '' USR1; exec sleep 100", stdout: false)
+        let completed = Mutex<[String]>([])
+        let got = DispatchSemaphore(value: 0)
+        try process.events.setHandler(options: .operationCallbacks) { event in
+            completed.withLock { $0.append("\(event.type.rawValue) \(event.operation?.type.rawValue ?? "")") }
+            got.signal()
+        }
+        _ = try process.signal(SIGUSR1)
+        #expect(got.wait(timeout: .now() + 10) == .success)
+        #expect(completed.withLock { $0 } == ["operationCompleted signalProcess"])
+        #expect((#expect(throws: SiloError.self) { _ = try process.signal(SIGUSR1, callback: .short { _ in }) })?.code
+                == .operationSystemCallbackAlreadySet)
+        process.close()
+        let again = try box.system.openProcess(process.pid)
+        defer { again.close() }
+        try again.terminate().wait(timeout: .seconds(10))
+        usleep(100_000)
+        #expect(completed.withLock { $0 } == ["operationCompleted signalProcess"], "no exit event after close")
+    }
+
     @Test("C8 another handle opens a process by pid and gets its exit, even one that came before; unknown pids are refused")
     func secondHandle() throws {
         let box = try RunningSystem("sh2")
