@@ -7,7 +7,8 @@ import Testing
 /// Runs `script` with /bin/sh as pid 1 of a sandbox in its own cgroup (or, `underInit`, as the
 /// payload of Silo's init, pid 2); returns its exit code and output.
 func runSandboxed(underInit: Bool = false, _ script: String, id: String = "iso-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
-                  limits: CgroupLimits = CgroupLimits(pids: 64)) throws -> (status: Int32, output: String) {
+                  limits: CgroupLimits = CgroupLimits(pids: 64),
+                  configure: (inout SandboxSpec) -> Void = { _ in }) throws -> (status: Int32, output: String) {
     let configuration = ComputeConfiguration()
     if underInit { try #require(access(configuration.initBinary, X_OK) == 0, "Silo's init at \(configuration.initBinary)") }
     var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
@@ -28,6 +29,7 @@ func runSandboxed(underInit: Bool = false, _ script: String, id: String = "iso-\
             spec.initBinary = configuration.initBinary
             if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
         }
+        configure(&spec)
         process = try Sandbox.spawn(spec, cgroup: cgroup)
     } catch {
         close(output[0]); close(output[1])
@@ -169,19 +171,9 @@ struct IsolationTests {
         }
         // keyctl is denied by the filter, so ask in a sandbox without it: KEYCTL_GET_KEYRING_ID (0)
         // of KEY_SPEC_SESSION_KEYRING (-3); a process of the caller's asks the same on the host.
-        let root = try #require(mkdtemp(strdup("/tmp/silo-root-XXXXXX")).map { String(cString: $0) })
-        defer { rmdir(root) }
-        var output: [Int32] = [0, 0]
-        pipe(&output)
-        var spec = SandboxSpec(root: root, hostname: "kr", arguments: ["/usr/bin/perl", "-e", "print syscall(250, 0, -3, 0)"],
-                               standardOutput: output[1])
-        spec.seccomp = false
-        let process = try Sandbox.spawn(spec, cgroup: nil)
-        close(output[1])
-        let inside = readAll(output[0])
-        close(output[0])
-        close(process.pidfd)
-        #expect(reap(process.pid) == 0)
+        let result = try runSandboxed("exec /usr/bin/perl -e 'print syscall(250, 0, -3, 0)'") { $0.seccomp = false }
+        #expect(result.status == 0)
+        let inside = result.output
         let host = startProgram("/usr/bin/perl", ["-e", "print syscall(250, 0, -3, 0)"])
         let ours = readAll(host.output)
         close(host.output)
@@ -199,24 +191,14 @@ struct IsolationTests {
         mkdir(host + "/inner", 0o755)
         try #require(mount("tmpfs", host + "/inner", "tmpfs", 0, "size=1m") == 0, "mount a tmpfs: \(errno)")
         defer { umount2(host + "/inner", 0) }
-        let root = try #require(mkdtemp(strdup("/tmp/silo-root-XXXXXX")).map { String(cString: $0) })
-        defer { rmdir(root) }
-        var output: [Int32] = [0, 0]
-        pipe(&output)
-        var spec = SandboxSpec(root: root, hostname: "sub", arguments: ["/bin/sh", "-c", """
+        let result = try runSandboxed("""
             touch \(host)/x 2>/dev/null && echo top-writable
             touch \(host)/inner/x 2>/dev/null && echo inner-writable
             test -d \(host)/inner && echo seen
             touch /tmp/x && echo tmp-writable
-            """], standardOutput: output[1])
-        spec.readOnlyBinds.append(host)
-        let process = try Sandbox.spawn(spec, cgroup: nil)
-        close(output[1])
-        let said = readAll(output[0])
-        close(output[0])
-        close(process.pidfd)
-        #expect(reap(process.pid) == 0)
-        #expect(said == "seen\ntmp-writable\n", "\(said)")
+            """) { $0.readOnlyBinds.append(host) }
+        #expect(result.status == 0)
+        #expect(result.output == "seen\ntmp-writable\n", "\(result.output)")
     }
 
     @Test("C11 only the minimal devices exist")

@@ -108,27 +108,7 @@ extension StorageProvider {
     }
 
     private func savePools(_ records: [PoolRecord]) throws(SiloError) {
-        let data: Data
-        do {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-            data = try encoder.encode(records)
-        } catch {
-            throw SiloError(.unexpected, "cannot encode the pool list: \(error)")
-        }
-        let temporary = poolsFile + ".\(getpid()).tmp"
-        let fd = try syscall("open", path: temporary) { Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
-        do throws(SiloError) {
-            try writeAll(fd, data, path: temporary)
-            try syscall("fsync", path: temporary) { fsync(fd) }
-            close(fd)
-            try syscall("rename", path: poolsFile) { rename(temporary, poolsFile) }
-        } catch {
-            close(fd)
-            unlink(temporary)
-            throw error
-        }
-        try syncDirectory(configuration.stateDirectory)
+        try writeJSONAtomically(records, to: poolsFile, temporary: poolsFile + ".\(getpid()).tmp", durable: true, what: "the pool list")
     }
 
     /// Where a new LUN goes (S5): the pool named, else the first given drive's pool, else the default.

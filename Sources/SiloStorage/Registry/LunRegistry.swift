@@ -48,30 +48,8 @@ struct LunRegistry: Sendable {
     /// the process, which the page cache does, and after a reboot `reenumerate` removes what an
     /// intent would have named (orphan files; the loop devices are gone with the reboot).
     func save(_ record: LunRecord, durable: Bool = true) throws(SiloError) {
-        let data: Data
-        do {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-            data = try encoder.encode(record)
-        } catch {
-            throw SiloError(.unexpected, "cannot encode the record of LUN '\(record.name)': \(error)")
-        }
-        let final = recordPath(record.name)
-        let temporary = directory + "/.\(record.name).json.\(getpid()).tmp"
-        let fd = try syscall("open", path: temporary) {
-            open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        }
-        do throws(SiloError) {
-            try writeAll(fd, data, path: temporary)
-            if durable { try syscall("fsync", path: temporary) { fsync(fd) } }
-            close(fd)
-            try syscall("rename", path: final) { rename(temporary, final) }
-        } catch {
-            close(fd)
-            unlink(temporary)
-            throw error
-        }
-        if durable { try syncDirectory(directory) }
+        try writeJSONAtomically(record, to: recordPath(record.name), temporary: directory + "/.\(record.name).json.\(getpid()).tmp",
+                                durable: durable, what: "the record of LUN '\(record.name)'")
     }
 
     func remove(_ name: String) throws(SiloError) {
@@ -112,6 +90,36 @@ func makeDirectory(_ path: String) throws(SiloError) {
             field: "state directory", value: path, syscall: "mkdir", errno: error
         )
     }
+}
+
+/// Writes `value` as JSON (sorted keys) to `path` atomically: a temporary file in the same folder,
+/// renamed over it. `durable` adds the fsyncs (the file's and the folder's) that make it survive
+/// power loss.
+func writeJSONAtomically<T: Encodable>(_ value: T, to path: String, temporary: String, durable: Bool, what: String) throws(SiloError) {
+    let data: Data
+    do {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        data = try encoder.encode(value)
+    } catch {
+        throw SiloError(.unexpected, "cannot encode \(what): \(error)")
+    }
+    let fd = try syscall("open", path: temporary) { open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+    do throws(SiloError) {
+        defer { close(fd) }
+        try writeAll(fd, data, path: temporary)
+        if durable { try syscall("fsync", path: temporary) { fsync(fd) } }
+    } catch {
+        unlink(temporary)
+        throw error
+    }
+    do throws(SiloError) {
+        try syscall("rename", path: path) { rename(temporary, path) }
+    } catch {
+        unlink(temporary)
+        throw error
+    }
+    if durable { try syncDirectory(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])) }
 }
 
 func syncDirectory(_ path: String) throws(SiloError) {
