@@ -363,6 +363,7 @@ static int child(void *argument) {
         action.sa_handler = SIG_DFL;
         sigaction(sig, &action, NULL);
     }
+    if (c->die_with_parent && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(c, STEP_CGROUP_JOIN);
     // Join the system's cgroup in each v1 hierarchy (they have no CLONE_INTO_CGROUP). "0" in a
     // `tasks` file moves the calling thread only, and the kernel then skips the global
     // cgroup_threadgroup_rwsem, whose write side waits for an RCU grace period (5 to 15 ms here)

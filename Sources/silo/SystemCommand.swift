@@ -11,7 +11,7 @@ struct SystemCommand: ParsableCommand {
             systems you drive from the command line "ShouldTerminateOnLastHandleClosed": false.
             """,
         subcommands: [Create.self, Start.self, List.self, Show.self, Pause.self, Resume.self, Shutdown.self, Terminate.self,
-                      Modify.self]
+                      Modify.self, Reenumerate.self]
     )
 
     struct Create: ParsableCommand {
@@ -90,6 +90,21 @@ struct SystemCommand: ParsableCommand {
             try act(global, id) { system in
                 try cli(options: ["lun": "Devices.Scsi"]) { try system.start(storage: global.provider).wait() }
             }
+        }
+    }
+
+    struct Reenumerate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "reenumerate",
+            abstract: "Reconcile systems with the kernel: record dead ones as stopped, remove what killed runs left."
+        )
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let repaired = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory)).reenumerate()
+            if json { return try printJSON(["repaired": repaired]) }
+            print(repaired.isEmpty ? "in step: nothing to repair" : "repaired: \(repaired.joined(separator: ", "))")
         }
     }
 

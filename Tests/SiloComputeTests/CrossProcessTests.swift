@@ -88,6 +88,28 @@ struct CrossProcessTests {
         #expect(reap(refused.pid) == 64, "no terminal here: a usage error")
     }
 
+    @Test("C5 a silo run killed mid-run takes its system with it; reenumerate removes what is left")
+    func killedRun() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "kr-\(getpid())"
+        let runner = startSilo(compute.state, ["run", "--id", id, "--", "/bin/sleep", "100"])
+        defer { close(runner.output) }
+        let cgroup = Cgroup.open(name: id, layout: compute.service.configuration.layout)
+        for _ in 0..<500 where cgroup.pids.count < 2 { usleep(10_000) }
+        #expect(cgroup.pids.count == 2, "init and sleep run")
+        #expect(compute.service.reenumerate().isEmpty, "a live run is left alone")
+        kill(runner.pid, SIGKILL)
+        _ = reap(runner.pid)
+        for _ in 0..<500 where !cgroup.pids.isEmpty { usleep(10_000) }
+        #expect(cgroup.pids.isEmpty, "init died with its runner, and the pid namespace with it")
+        #expect(compute.service.reenumerate() == [id])
+        #expect(cgroup.directories.values.allSatisfy { !fileExists($0) })
+        #expect(!fileExists(compute.service.store.directory(id)))
+        #expect(!fileExists(SandboxRun.runLock(systems: compute.service.store.systems, id: id)))
+        #expect(compute.service.reenumerate().isEmpty, "a second pass finds nothing")
+    }
+
     @Test("C6 the death of the last handle's holder terminates the system; a live holder keeps it")
     func holderKilled() throws {
         let box = try RunningSystem("hk", terminateOnLastHandle: true)

@@ -50,6 +50,9 @@ struct silo_sandbox_config {
     const char *init_binary;
     /// Clone flags beyond pid, mount, uts, ipc, net (for example CLONE_NEWUSER); 0 for none.
     unsigned long long extra_clone_flags;
+    /// Nonzero: the child gets SIGKILL when the thread that started it dies (PR_SET_PDEATHSIG), so
+    /// a `silo run` killed mid-run takes its system with it. That thread must wait for the child.
+    int die_with_parent;
     /// Descriptors the program inherits as 3, 4, ... in this order (such as the agent's socket);
     /// every other descriptor is closed. `inherit_count` of them, at most 16.
     const int *inherit_fds;

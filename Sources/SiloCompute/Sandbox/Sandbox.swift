@@ -28,6 +28,8 @@ public struct SandboxSpec: Sendable {
     public var inheritedDescriptors: [Int32] = []
     /// Capability numbers the program keeps (`CAP_SETUID` is 7); none by default.
     public var keptCapabilities: [Int32] = []
+    /// SIGKILL the sandbox's first process when the calling thread dies (it must wait for it).
+    public var dieWithCaller = false
 
     public init(root: String, hostname: String, arguments: [String], environment: [String] = SandboxSpec.defaultEnvironment,
                 seccomp: Bool = true, readOnlyBinds: [String] = SandboxSpec.defaultBinds, devices: [String] = SandboxSpec.defaultDevices,
@@ -159,6 +161,7 @@ public enum Sandbox {
                                         config.mount_targets = UnsafePointer(OpaquePointer(mountTargets))
                                         config.mount_types = UnsafePointer(OpaquePointer(mountTypes))
                                         config.mount_modes = UnsafePointer(OpaquePointer(mountModes))
+                                        config.die_with_parent = spec.dieWithCaller ? 1 : 0
                                         config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
                                         return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
                                           taskFiles.withUnsafeBufferPointer { tasks in

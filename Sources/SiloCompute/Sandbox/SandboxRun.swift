@@ -73,17 +73,31 @@ public enum SandboxRun {
         }
         let systems = configuration.runtimeDirectory + "/systems"
         let directory = systems + "/" + id
-        // The system's folder reserves its id; mkdir -p only when the state folder is new.
-        var made = mkdir(directory, 0o700)
-        if made != 0, errno == ENOENT {
+        // The run's lock, taken before its folder exists and held until it ends:
+        // `ComputeService.reenumerate` removes what a run whose runner died left (its folder and
+        // cgroup) only when it can take this lock. mkdir -p only when the state folder is new.
+        let lockPath = Self.runLock(systems: systems, id: id)
+        var lock = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if lock < 0, errno == ENOENT {
             var path = ""
             for component in systems.split(separator: "/") {
                 path += "/" + component
                 if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
             }
-            made = mkdir(directory, 0o700)
+            lock = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         }
+        guard lock >= 0 else { throw SiloError.system("open", errno: errno, path: lockPath) }
+        defer { close(lock) }
+        guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
+        }
+        // The system's folder reserves its id.
+        let made = mkdir(directory, 0o700)
         guard made == 0 else {
+            let error = errno
+            // The id is a system's made by `create`: this run's lock file is of no use to anyone.
+            if access(directory + "/state.json", F_OK) == 0 { unlink(lockPath) }
+            errno = error
             if errno == EEXIST {
                 throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
             }
@@ -92,7 +106,10 @@ public enum SandboxRun {
         // It is also where the child mounts the system's root (in its own mount namespace only):
         // no second folder to make and remove, each a journal update on a disk file system (and,
         // on one mounted with discard, a discard that rmdir waits for: 1 to 2 ms here).
-        defer { rmdir(directory) }
+        defer {
+            rmdir(directory)
+            unlink(lockPath)  // before the lock is let go (the defer above runs after this one)
+        }
         var limits = limits
         limits.blockDevices += blockDevices.map(\.deviceNumber)
         let cgroup = try Cgroup.create(name: id, limits: limits, layout: configuration.layout)
@@ -101,12 +118,16 @@ public enum SandboxRun {
                                initBinary: configuration.initBinary)
         if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
         spec.blockDevices = blockDevices
+        spec.dieWithCaller = true  // this thread waits for it below; if the runner is killed, so is the system
         let process = try Sandbox.spawn(spec, cgroup: cgroup)
         defer { close(process.pidfd) }
         var status: Int32 = 0
         while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
         return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
+
+    /// `<systems>/.<id>.run`: held by a running `run` (hidden from `ids()` by its dot).
+    static func runLock(systems: String, id: String) -> String { systems + "/." + id + ".run" }
 
     /// System ids: 1 to 64 of letters, digits, '.', '_', '-', starting with a letter or digit.
     static func validateID(_ id: String) throws(SiloError) {

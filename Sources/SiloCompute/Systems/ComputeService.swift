@@ -94,6 +94,35 @@ public final class ComputeService: Sendable {
         }
     }
 
+    /// Reconciles this runtime folder with the kernel: a system whose init died is recorded as
+    /// Stopped (UnexpectedExit, or Forced after its last handle's holder died), and what a `run`
+    /// killed mid-way left (its folder, its cgroup and anything still in it) is removed. Runs
+    /// still going, and systems of other runtime folders, are left alone.
+    /// - Returns: the ids it repaired.
+    @discardableResult
+    public func reenumerate() -> [String] {
+        var repaired: [String] = []
+        for id in store.ids() {
+            let directory = store.directory(id)
+            if let record = try? store.load(id) {
+                if refreshed(record).state != record.state { repaired.append(id) }
+                continue
+            }
+            // No record: a `run`'s folder. Its runner holds the run lock while it lives.
+            let lockPath = SandboxRun.runLock(systems: store.systems, id: id)
+            let lock = Glibc.open(lockPath, O_RDWR | O_CLOEXEC)
+            guard lock >= 0 else { continue }  // being made or removed by its runner right now
+            defer { Glibc.close(lock) }
+            guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
+            let cgroup = Cgroup.open(name: id, layout: configuration.layout)
+            guard (try? cgroup.destroy()) != nil else { continue }
+            rmdir(directory)
+            unlink(lockPath)
+            repaired.append(id)
+        }
+        return repaired
+    }
+
     /// A running system whose processes are all gone stopped unexpectedly: say so (C4).
     func refreshed(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused else { return record }
