@@ -185,7 +185,9 @@ struct ProcessTests {
     func processEvents() throws {
         let box = try RunningSystem("pe")
         defer { box.finish() }
-        let process = try box.run("trap '' USR1; exec sleep 100", stdout: false)
+        // Signalled only once the trap is set: before, SIGUSR1 would end the shell.
+        let process = try box.run("trap '' USR1; echo ready; exec sleep 100")
+        #expect(readUntil(try #require(process.standardOutput)) { $0.contains("ready") }.contains("ready"))
         let completed = Mutex<[String]>([])
         let got = DispatchSemaphore(value: 0)
         try process.events.setHandler(options: .operationCallbacks) { event in
