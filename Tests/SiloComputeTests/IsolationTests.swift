@@ -238,6 +238,7 @@ struct SandboxRunTests {
             rmdir(configuration.runtimeDirectory + "/systems")
             rmdir(configuration.runtimeDirectory)
             rmdir(state)
+            #expect(access(state, F_OK) != 0, "nothing of the runs is left in \(state): \(String(describing: try? listLinks(state + "/run/systems")))")
         })
     }
 

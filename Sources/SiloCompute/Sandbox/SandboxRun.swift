@@ -77,14 +77,20 @@ public enum SandboxRun {
         // `ComputeService.reenumerate` removes what a run whose runner died left (its folder and
         // cgroup) only when it can take this lock. mkdir -p only when the state folder is new.
         let lockPath = Self.runLock(systems: systems, id: id)
-        var lock = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        // Made here (O_EXCL), or left by a run whose runner died (reenumerate's to clean up).
+        func openLock() -> (fd: Int32, made: Bool) {
+            let fd = open(lockPath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 || errno != EEXIST { return (fd, fd >= 0) }
+            return (open(lockPath, O_RDWR | O_CLOEXEC), false)
+        }
+        var (lock, madeLock) = openLock()
         if lock < 0, errno == ENOENT {
             var path = ""
             for component in systems.split(separator: "/") {
                 path += "/" + component
                 if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
             }
-            lock = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            (lock, madeLock) = openLock()
         }
         guard lock >= 0 else { throw SiloError.system("open", errno: errno, path: lockPath) }
         defer { close(lock) }
@@ -95,8 +101,7 @@ public enum SandboxRun {
         let made = mkdir(directory, 0o700)
         guard made == 0 else {
             let error = errno
-            // The id is a system's made by `create`: this run's lock file is of no use to anyone.
-            if access(directory + "/state.json", F_OK) == 0 { unlink(lockPath) }
+            if madeLock { unlink(lockPath) }  // the id is someone else's: leave no trace of this attempt
             errno = error
             if errno == EEXIST {
                 throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
