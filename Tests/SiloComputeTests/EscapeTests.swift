@@ -180,16 +180,12 @@ struct EscapeTests {
         #expect(values(result.output, "child=") == ["0 1 2 3 "], "\(result.output)")
     }
 
-    @Test("C11 pivot_root, setns, open_tree, fsopen, fspick, mount_setattr, nested user and pid namespaces: EPERM")
+    @Test("C11 pivot_root, setns, open_tree, fsopen, fspick, mount_setattr, nested user and pid namespaces: EPERM", .requiresPerl)
     func namespaceCalls() throws {
-        guard access("/usr/bin/perl", X_OK) == 0 else {
-            Issue.record("perl is needed to make raw system calls inside the sandbox")
-            return
-        }
         // x86_64 numbers. The allowed calls beside them show perl's syscall() works at all.
         let result = try runSandboxed("""
             /usr/bin/perl -e '
-              sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }
+              \(perlTry)
               open(my $ns, "<", "/proc/self/ns/mnt") or die "ns: $!";
               open(my $net, "<", "/proc/self/ns/net") or die "ns: $!";
               my $attr = pack("QQQQ", 0, 0x1, 0, 0);  # attr_clr = MOUNT_ATTR_RDONLY
@@ -229,18 +225,14 @@ struct EscapeTests {
         #expect(result.output.components(separatedBy: "unshare failed: Operation not permitted").count - 1 == 3, "\(result.output)")
     }
 
-    @Test("C11 the seccomp filter itself refuses the mount, namespace and file-handle calls, not only the missing capabilities")
+    @Test("C11 the seccomp filter itself refuses the mount, namespace and file-handle calls, not only the missing capabilities", .requiresPerl)
     func filterCoversMountAPI() throws {
-        guard access("/usr/bin/perl", X_OK) == 0 else {
-            Issue.record("perl is needed to make raw system calls inside the sandbox")
-            return
-        }
         // Arguments the kernel, without the filter, would answer otherwise than EPERM even with no
         // capability (its argument or path checks come before its capability check): so EPERM
         // here is the filter's. Each is listed with the kernel's own answer.
         let result = try runSandboxed("""
             /usr/bin/perl -e '
-              sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }
+              \(perlTry)
               try("setns", 308, -1, 0);                        # kernel: EBADF
               try("open_tree", 428, -100, "/", 0);             # kernel: succeeds (no clone)
               try("umount2", 166, "/nonexistent", 0);          # kernel: ENOENT
@@ -323,16 +315,12 @@ struct EscapeTests {
         }
     }
 
-    @Test("C11 a second process cannot get at Silo's init: no ptrace, no /proc/1/mem, root, fd or environ; SIGKILL is ignored")
+    @Test("C11 a second process cannot get at Silo's init: no ptrace, no /proc/1/mem, root, fd or environ; SIGKILL is ignored", .requiresPerl)
     func initUnreachable() throws {
-        guard access("/usr/bin/perl", X_OK) == 0 else {
-            Issue.record("perl is needed to make raw system calls inside the sandbox")
-            return
-        }
         let result = try runSandboxed(underInit: true, """
             echo "pid=$$ init=$(head -c 11 /proc/1/cmdline)"
             /usr/bin/perl -e '
-              sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }
+              \(perlTry)
               sub opens { my ($name, $path) = @_; my $ok = open(my $f, "<", $path); printf "%s=%d\n", $name, $ok ? 0 : $!+0 }
               opens("self_mem", "/proc/self/mem");
               opens("init_mem", "/proc/1/mem");

@@ -4,6 +4,16 @@ import Testing
 
 @testable import SiloCompute
 
+/// A perl function for raw system calls with the numbers as given: `try(NAME, NUMBER, ARGS...)`
+/// prints `NAME=errno`, 0 on success.
+let perlTry = #"sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }"#
+
+extension Trait where Self == ConditionTrait {
+    static var requiresPerl: Self {
+        .enabled(if: access("/usr/bin/perl", X_OK) == 0, "needs /usr/bin/perl to make raw system calls inside the sandbox")
+    }
+}
+
 /// Runs `script` with /bin/sh as pid 1 of a sandbox in its own cgroup (or, `underInit`, as the
 /// payload of Silo's init, pid 2); returns its exit code and output.
 func runSandboxed(underInit: Bool = false, _ script: String, id: String = "iso-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
@@ -64,36 +74,16 @@ struct IsolationTests {
 
     @Test("C11 the payload starts with no signal blocked, whatever its caller blocks (silo blocks SIGINT)")
     func signalMask() throws {
-        let configuration = ComputeConfiguration()
-        try #require(access(configuration.initBinary, X_OK) == 0, "Silo's init at \(configuration.initBinary)")
-        var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
-        let root = try #require(template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) })
-        defer { rmdir(root) }
         var blocked = sigset_t(), previous = sigset_t()
         sigemptyset(&blocked)
         sigaddset(&blocked, SIGINT)
         sigaddset(&blocked, SIGUSR1)
         pthread_sigmask(SIG_BLOCK, &blocked, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-        var output: [Int32] = [0, 0]
-        pipe(&output)
-        // grep itself, not a shell: sh clears its mask at start.
-        var spec = SandboxSpec(root: root, hostname: "mask", arguments: ["/.silo/init", "--", "/bin/grep", "^SigBlk", "/proc/self/status"],
-                               standardOutput: output[1], initBinary: configuration.initBinary)
-        if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
-        let process: SandboxProcess
-        do {
-            process = try Sandbox.spawn(spec, cgroup: nil)
-        } catch {
-            close(output[0]); close(output[1])
-            throw error
-        }
-        close(output[1])
-        defer { close(process.pidfd) }
-        let text = readAll(output[0])
-        close(output[0])
-        #expect(reap(process.pid) == 0)
-        #expect(text == "SigBlk:\t0000000000000000\n", "\(text)")
+        // grep itself under init, not a shell: sh clears its mask at start.
+        let result = try runSandboxed(underInit: true, "") { $0.arguments = ["/.silo/init", "--", "/bin/grep", "^SigBlk", "/proc/self/status"] }
+        #expect(result.status == 0)
+        #expect(result.output == "SigBlk:\t0000000000000000\n", "\(result.output)")
     }
 
     @Test("C11 the root and host binds are read-only; /tmp is private and writable")
@@ -137,17 +127,13 @@ struct IsolationTests {
         for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
     }
 
-    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, ptrace, keyctl and bpf with EPERM")
+    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, ptrace, keyctl and bpf with EPERM", .requiresPerl)
     func seccompDenials() throws {
-        guard access("/usr/bin/perl", X_OK) == 0 else {
-            Issue.record("perl is needed to make raw system calls inside the sandbox")
-            return
-        }
         // perl's syscall() passes the numbers as they are: EPERM is the filter's answer; without
         // it these would fail differently (ENOTTY on a non-terminal, ESRCH, EINVAL...).
         let result = try runSandboxed("""
             /usr/bin/perl -e '
-              sub try { my ($name, $number, @rest) = @_; my $r = syscall($number, @rest); printf "%s=%d\n", $name, $r < 0 ? $!+0 : 0 }
+              \(perlTry)
               try("tiocsti", 16, 0, 0x5412, 0);
               try("tiocsti_high", 16, 0, 0x100005412, 0);
               try("ptrace", 101, 16, 1, 0, 0);
@@ -163,12 +149,8 @@ struct IsolationTests {
         #expect(result.output.contains("getpid_allowed=0\n"))
     }
 
-    @Test("C11 a fresh session keyring: not the caller's")
+    @Test("C11 a fresh session keyring: not the caller's", .requiresPerl)
     func keyring() throws {
-        guard access("/usr/bin/perl", X_OK) == 0 else {
-            Issue.record("perl is needed to ask for the session keyring")
-            return
-        }
         // keyctl is denied by the filter, so ask in a sandbox without it: KEYCTL_GET_KEYRING_ID (0)
         // of KEY_SPEC_SESSION_KEYRING (-3); a process of the caller's asks the same on the host.
         let result = try runSandboxed("exec /usr/bin/perl -e 'print syscall(250, 0, -3, 0)'") { $0.seccomp = false }

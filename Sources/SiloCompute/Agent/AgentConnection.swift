@@ -27,8 +27,6 @@ final class AgentConnection: Sendable {
     let system: String
     private let socket: Int32
     private let state = Mutex(State())
-    /// The reader's end: it alone closes the socket, so its number is never reused under it.
-    private let finished = DispatchSemaphore(value: 0)
 
     /// Connects to `<directory>/agent.sock` through the directory's descriptor, so the socket's
     /// path never meets the 108-byte limit of a socket address.
@@ -54,11 +52,6 @@ final class AgentConnection: Sendable {
             Glibc.close(fd)
             throw SiloError(.outOfMemory, "cannot start a thread for the agent connection of '\(system)'")
         }
-    }
-
-    deinit {
-        // The reader holds no reference to self past its loop, so this runs after `close()`
-        // or when the last reference goes; either way the reader ends and closes the socket.
     }
 
     func setExitHandler(_ handler: @escaping ExitHandler) { state.withLock { $0.exitHandler = handler } }
@@ -106,15 +99,11 @@ final class AgentConnection: Sendable {
         _ = try request(SILO_AGENT_HOLD, payload: Array(tag.utf8.prefix(Int(SILO_AGENT_MAX_TAG))) + [0], descriptors: [descriptor])
     }
 
-    /// Hangs up. The reader sees the end, fails what still waits and closes the socket.
+    /// Hangs up. The reader sees the end, fails what still waits and closes the socket: it alone
+    /// closes it, so its number is never reused under the reader. The reader holds this object
+    /// until then.
     func close() {
         Glibc.shutdown(socket, Int32(SHUT_RDWR))
-    }
-
-    /// Blocks until the reader has closed the socket (after `close()` or the agent's end).
-    func waitClosed(timeout: Duration = .seconds(5)) {
-        let nanoseconds = timeout.components.seconds * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000
-        if finished.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success { finished.signal() }
     }
 
     private func send(header: inout silo_agent_header, payload: [UInt8], descriptors: [Int32]) -> Int {
@@ -185,7 +174,6 @@ final class AgentConnection: Sendable {
         }
         waiting.forEach { $0.signal() }
         Glibc.close(socket)
-        finished.signal()
         disconnect?()
     }
 

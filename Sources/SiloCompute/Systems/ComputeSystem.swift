@@ -341,9 +341,10 @@ public final class ComputeSystem: Sendable {
     public func createProcess(_ parameters: ProcessParameters, standardStreams: [Int32]? = nil, context: (any Sendable)? = nil,
                               callback: OperationCallback<ComputeProcess>? = nil) throws(SiloError) -> SiloOperation<ComputeProcess> {
         let record = try store.load(id)
-        guard service.refreshed(record).state == .running else {
-            throw SiloError(.invalidState, "cannot create a process in compute system '\(id)': it is \(service.refreshed(record).state.rawValue)",
-                            field: "state", value: service.refreshed(record).state.rawValue)
+        let state = service.refreshed(record).state
+        guard state == .running else {
+            throw SiloError(.invalidState, "cannot create a process in compute system '\(id)': it is \(state.rawValue)",
+                            field: "state", value: state.rawValue)
         }
         let user = try ProcessUser(parameters.user)
         guard !parameters.arguments.isEmpty, !parameters.arguments[0].isEmpty else {
