@@ -79,6 +79,11 @@ let package = Package(
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
         .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute", "CSiloAgent"], swiftSettings: strict),
         .testTarget(
+            name: "SiloCLITests",
+            dependencies: ["silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "SiloStorageTests",
             dependencies: ["SiloStorage", "CSiloLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: strict

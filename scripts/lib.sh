@@ -41,9 +41,11 @@ silo_install_packages() {
 #   come last), makes that name the archive; clang's -static-libgcc does the same for libgcc_s.
 # - no $ORIGIN rpath (--disable-local-rpath): nothing is loaded from beside the binary, and the
 #   loader would look there first for each of the libraries that remain (libudev, libblkid, libc).
-# - lld's packed relative relocations (DT_RELR, glibc 2.36+): the ~41,000 of a PIE this size
-#   take 8 KB instead of 1 MB, about 0.15 ms less in the loader.
-# Where a piece is missing (no libstdc++.a, an older glibc), the link goes without it.
+# - not position-independent (-no-pie): the loader has none of the ~41,000 relative relocations
+#   of a PIE this size to apply, and the pages they sit on stay shared, not copied: 277 page
+#   faults instead of 371 and 0.2 ms less per start here (ASLR still places the stack, heap and
+#   libraries; the executable's own image sits at its link address, as a static one does).
+# Where libstdc++.a is missing (no libstdc++-dev), the link goes without it.
 # Usage: silo_build_static PRODUCT...
 silo_build_static() {
     local flags=() archive="" compiler libs="$PWD/.build-static/static-libs"
@@ -58,11 +60,7 @@ silo_build_static() {
         ln -sfn "$archive" "$libs/libstdc++.a"
         flags+=(-Xswiftc -L -Xswiftc "$libs" -Xswiftc -Xclang-linker -Xswiftc -static-libgcc)
     fi
-    local glibc
-    glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}' || true)
-    if [ -x "$toolchain/ld.lld" ] && [ -n "$glibc" ] && [ "$(printf '%s\n' 2.36 "$glibc" | sort -V | head -1)" = 2.36 ]; then
-        flags+=(-Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs)
-    fi
+    flags+=(-Xswiftc -Xclang-linker -Xswiftc -no-pie)
     local product
     for product in "$@"; do
         swift build -c release --static-swift-stdlib --disable-local-rpath --scratch-path .build-static "${flags[@]}" \

@@ -23,9 +23,10 @@ struct SiloCommand: ParsableCommand {
         sigaddset(&interrupt, SIGINT)
         pthread_sigmask(SIG_BLOCK, &interrupt, nil)
         assert(everyCommandNamed(SiloCommand.self), "a command without configuration.commandName")
-        // What ParsableCommand.main(_:) does, with two shortcuts that change no output.
+        // What ParsableCommand.main(_:) does, with three shortcuts that change no output.
         do {
-            var command = try parsed(placingGlobalOptions(Array(CommandLine.arguments.dropFirst())))
+            let arguments = Array(CommandLine.arguments.dropFirst())
+            var command = try QuickParse.parse(arguments) ?? parsed(placingGlobalOptions(arguments))
             try command.run()
         } catch let code as ExitCode {
             // exit(withError:) prints nothing for an ExitCode, but renders the root's usage first.

@@ -1,0 +1,82 @@
+import ArgumentParser
+import Testing
+
+@testable import silo
+
+/// Every field of a parsed command, as text: a field the quick reader forgot to set reads as
+/// "Option(*definition*)" (and `String(describing:)` of the wrapper does not trap).
+private func fields(_ command: any ParsableCommand) -> [String] {
+    Mirror(reflecting: command).children.map { "\($0.label ?? "?")=\(String(describing: $0.value))" }
+}
+
+/// The command ArgumentParser makes of the same words, the way `silo` runs it without the quick path.
+private func parsedByArgumentParser(_ words: [String]) throws -> any ParsableCommand {
+    try SiloCommand.parsed(SiloCommand.placingGlobalOptions(words))
+}
+
+private func split(_ line: String) -> [String] { line.split(separator: " ").map(String.init) }
+
+@Suite struct QuickParseTests {
+    /// Lines both readers accept; the quick reader must make the same command, field for field.
+    static let accepted = [
+        "lun create --name a --size 64M",
+        "--state-dir /tmp/s lun create --name a --size 64M --json",
+        "--state-dir=/tmp/s lun create --size=1G --name=b --provisioning zeroed --type simple --pool p --mask web,db --block-size 4096 --read-only --buffered --friendly-name scratch --drive vda --drive vdb",
+        "lun create --name a --size 64M --state-dir /tmp/s",
+        "lun delete a",
+        "--state-dir /tmp/s lun delete --force a",
+        "lun list",
+        "lun list --json --state-dir /x",
+        "lun show a --json",
+        "drive list",
+        "--state-dir /tmp/s drive list --json",
+        "run -- /bin/true",
+        "run --memory 512M --cpus 0.5 --pids 64 --id r1 --config /c.json --lun a --lun b:/mnt -- /bin/sh -c exit",
+        "run -- /bin/ls --all -l -- x",
+        "run",
+        "run --pids=12 --",
+        "process create web -- /bin/true",
+        "--state-dir /tmp/s process create --detach --env A=1 --env B=2 --cwd /tmp --user 65534 --config /p.json web -- sh -c --x",
+        "process create web --tty -- sh",
+        "process create web",
+    ]
+
+    /// Lines the quick reader leaves to ArgumentParser: help, short options, errors, odd spellings.
+    static let declined = [
+        "", "--help", "lun create --help", "lun create -h", "lun create --name a", "lun create --size 1G",
+        "lun create --name a --size -1", "lun create --name --size 1G", "lun create --name= --size 1G",
+        "lun create --name a --name b --size 1G", "lun create --name a --size 1G extra", "lun create --name a --size 1G --bogus",
+        "lun create --name a --size 1G --json --json", "lun create --name a --size 1G --json=yes", "lun create --name a --size 1G -- x",
+        "lun delete", "lun delete a b", "lun delete -a", "lun list extra", "lun extend a --by 1G", "lun",
+        "drive show vda", "run --pids x -- true", "run --pids 0x10 -- true", "run -m 1G -- true", "run --memory",
+        "process create -- true", "process create web -t -- sh", "process list web", "system start web",
+        "--state-dir", "--state-dir /a --state-dir /b lun list", "lun list --generate-completion-script bash",
+        "--version",
+    ]
+
+    @Test("the quick reader makes the command ArgumentParser makes", arguments: accepted)
+    func sameCommand(_ line: String) throws {
+        let words = split(line)
+        let quick = try #require(QuickParse.parse(words), "declined a plain line: \(line)")
+        let reference = try parsedByArgumentParser(words)
+        #expect(type(of: quick) == type(of: reference))
+        #expect(fields(quick) == fields(reference))
+        #expect(!fields(quick).contains { $0.contains("*definition*") })
+    }
+
+    @Test("anything but a plain line goes to ArgumentParser", arguments: declined)
+    func declines(_ line: String) {
+        #expect(QuickParse.parse(split(line)) == nil)
+    }
+
+    @Test("every hot command is a leaf that ArgumentParser knows by the same path")
+    func shapesMatchTheTree() throws {
+        for shape in QuickParse.shapes {
+            var command: any ParsableCommand.Type = SiloCommand.self
+            for name in shape.path {
+                command = try #require(SiloCommand.subcommand(of: command, named: name), "no \(name) in \(shape.path)")
+            }
+            #expect(command.configuration.subcommands.isEmpty)
+        }
+    }
+}
