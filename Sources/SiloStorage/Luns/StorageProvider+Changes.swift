@@ -25,7 +25,7 @@ extension StorageProvider {
             if let device { try device.detach() }
             unlinkName(name)
             try BackingFile.remove(record.backingFile)
-            try registry.locked { () throws(SiloError) in try registry.remove(name) }
+            try registry.remove(name)
         }
     }
 

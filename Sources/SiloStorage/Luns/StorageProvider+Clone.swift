@@ -51,12 +51,12 @@ extension StorageProvider {
                 try BackingFile.remove(file)
             }),
         ] + attachSteps(record), output: { [self] in try lun(named: name) }, cleanup: { [registry] in
-            try registry.locked { () throws(SiloError) in try registry.remove(name) }
+            try registry.remove(name)
         })
         do {
             return try configuration.scheduler.run(.cloneLun, chain: chain, context: context, callback: callback)
         } catch {
-            try? registry.locked { () throws(SiloError) in try registry.remove(name) }
+            try? registry.remove(name)
             throw error
         }
     }

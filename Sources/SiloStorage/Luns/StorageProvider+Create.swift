@@ -38,7 +38,7 @@ extension StorageProvider {
                 .createLun, chain: creationChain(record), context: context, callback: callback
             )
         } catch {
-            try? registry.locked { () throws(SiloError) in try registry.remove(spec.name) }
+            try? registry.remove(spec.name)
             throw error
         }
     }
@@ -70,7 +70,7 @@ extension StorageProvider {
         steps += attachSteps(record)
         // The record made before the chain is the reservation: removed on any failure or cancel.
         return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
-            try registry.locked { () throws(SiloError) in try registry.remove(record.name) }
+            try registry.remove(record.name)
         })
     }
 

@@ -58,7 +58,7 @@ extension StorageProvider {
                 ours[record.id] = nil
                 unlinkName(record.name)
                 try? BackingFile.remove(record.backingFile)
-                try registry.remove(record.name)
+                try registry.removeHoldingLock(record.name)
                 records.remove(at: index)
                 report.rolledBack.append(record.name)
                 continue

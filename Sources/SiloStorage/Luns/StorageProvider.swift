@@ -145,11 +145,14 @@ public final class StorageProvider: Sendable {
 
     /// Ends a change: applies `update` and clears the owner.
     func endChange(_ name: String, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
-        try registry.locked { () throws(SiloError) in
-            guard var record = try registry.load(name) else { return }
-            update(&record)
-            record.owner = nil
-            try registry.save(record)
+        // The owner mark keeps other writers off the record, so it is read without the lock.
+        guard let marked = try registry.load(name) else { return }
+        var record = marked
+        update(&record)
+        record.owner = nil
+        try registry.replace(marked, with: record) { stored in
+            update(&stored)
+            stored.owner = nil
         }
     }
 
