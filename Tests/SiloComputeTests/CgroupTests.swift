@@ -71,6 +71,36 @@ struct CgroupTests {
         #expect(["v1", "v2", "hybrid"].contains(layout.description))
     }
 
+    @Test("C13 the layout is the one findmnt reads from the same mounts")
+    func layoutMatchesFindmnt() throws {
+        let command = "findmnt -rn -t cgroup,cgroup2 -o TARGET,FSTYPE,FS-OPTIONS 2>/dev/null"
+        let pipe = try #require(popen(command, "r"), "cannot run findmnt")
+        var output: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, pipe)
+            if count == 0 { break }
+            output += buffer[0..<count]
+        }
+        try #require(pclose(pipe) == 0, "findmnt failed")
+        var unified: String?
+        var legacy: [String: String] = [:]
+        for line in String(decoding: output, as: UTF8.self).split(separator: "\n") {
+            let fields = line.split(separator: " ").map(String.init)
+            guard fields.count == 3 else { continue }
+            if fields[1] == "cgroup2" {
+                if unified == nil || fields[0] == "/sys/fs/cgroup" { unified = fields[0] }
+            } else {
+                for option in fields[2].split(separator: ",").map(String.init) where CgroupLayout.knownControllers.contains(option) {
+                    legacy[option] = fields[0]
+                }
+            }
+        }
+        #expect(layout.unified == unified)
+        #expect(layout.legacy == legacy)
+        #expect(!legacy.isEmpty || unified != nil)
+    }
+
     @Test("C1 C10 limits from a document land in the controllers' files")
     func limits() throws {
         let document = try ComputeSystemDocument(json: """

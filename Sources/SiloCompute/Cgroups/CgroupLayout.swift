@@ -22,27 +22,28 @@ public struct CgroupLayout: Sendable, Hashable {
         self.preferLegacyFreezer = preferLegacyFreezer
     }
 
-    /// The host's layout.
+    /// The host's layout. mountinfo is read as bytes, and only its cgroup lines become strings:
+    /// splitting every line as a String took 0.4 ms of each CLI call here.
     public static func detect() -> CgroupLayout {
         var unified: String?
         var legacy: [String: String] = [:]
-        for line in (readText("/proc/self/mountinfo") ?? "").split(separator: "\n") {
-            // ... mount-point ... - fstype source options
-            let halves = line.split(separator: " - ", maxSplits: 1).map(String.init)
-            guard halves.count == 2 else { continue }
-            let left = halves[0].split(separator: " ")
-            let right = halves[1].split(separator: " ")
-            guard left.count > 4, right.count > 2 else { continue }
-            let mountPoint = String(left[4])
-            switch right[0] {
-            case "cgroup2":
+        let space = UInt8(ascii: " ")
+        for line in readBytes("/proc/self/mountinfo").split(separator: UInt8(ascii: "\n")) {
+            // id parent major:minor root mount-point options [optional...] - fstype source super-options
+            let fields = line.split(separator: space)
+            guard let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
+                  dash > 4, fields.count > dash + 3
+            else { continue }
+            let type = fields[dash + 1]
+            if type.elementsEqual("cgroup2".utf8) {
+                let mountPoint = String(decoding: fields[4], as: UTF8.self)
                 if unified == nil || mountPoint == "/sys/fs/cgroup" { unified = mountPoint }
-            case "cgroup":
-                for option in right[2].split(separator: ",") where knownControllers.contains(String(option)) {
-                    legacy[String(option)] = mountPoint
+            } else if type.elementsEqual("cgroup".utf8) {
+                let mountPoint = String(decoding: fields[4], as: UTF8.self)
+                for option in fields[dash + 3].split(separator: UInt8(ascii: ",")) {
+                    let name = String(decoding: option, as: UTF8.self)
+                    if knownControllers.contains(name) { legacy[name] = mountPoint }
                 }
-            default:
-                continue
             }
         }
         let controllers = unified.flatMap { readText($0 + "/cgroup.controllers") }?
@@ -70,17 +71,7 @@ public struct CgroupLayout: Sendable, Hashable {
 }
 
 func readText(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 8192)
-    while true {
-        let count = read(fd, &buffer, buffer.count)
-        if count < 0, errno == EINTR { continue }
-        if count <= 0 { break }
-        bytes.append(contentsOf: buffer[0..<count])
-    }
+    guard let bytes = readFileBytes(path) else { return nil }
     var text = String(decoding: bytes, as: UTF8.self)
     while text.last?.isWhitespace == true { text.removeLast() }
     return text
@@ -107,4 +98,22 @@ func writeText(_ path: String, _ values: [String]) throws(SiloError) {
                                    message: "writing '\(value)' to \(path) failed: \(String(cString: strerror(error))) (errno \(error))")
         }
     }
+}
+
+/// A whole file's bytes; empty when it cannot be read.
+func readBytes(_ path: String) -> [UInt8] { readFileBytes(path) ?? [] }
+
+func readFileBytes(_ path: String) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 8192)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count < 0, errno == EINTR { continue }
+        if count <= 0 { break }
+        bytes.append(contentsOf: buffer[0..<count])
+    }
+    return bytes
 }
