@@ -72,9 +72,9 @@ public enum SandboxRun {
                             field: "init", value: configuration.initBinary)
         }
         let systems = configuration.runtimeDirectory + "/systems"
-        let directory = systems + "/" + id
-        // The run's lock, taken before its folder exists and held until it ends:
-        // `ComputeService.reenumerate` removes what a run whose runner died left (its folder and
+        let reservation = systems + "/" + id
+        // The run's lock, taken before its reservation exists and held until it ends:
+        // `ComputeService.reenumerate` removes what a run whose runner died left (its reservation and
         // cgroup) only when it can take this lock. mkdir -p only when the state folder is new.
         let lockPath = Self.runLock(systems: systems, id: id)
         // Made here (O_EXCL), or left by a run whose runner died (reenumerate's to clean up).
@@ -97,29 +97,29 @@ public enum SandboxRun {
         guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
             throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
         }
-        // The system's folder reserves its id.
-        let made = mkdir(directory, 0o700)
-        guard made == 0 else {
+        // An empty file by the system's name reserves its id: a system's folder (ComputeService's
+        // mkdir) and this file exclude each other, and `ids()` lists both. A file, not a folder:
+        // removing a folder frees its block, and on a disk file system mounted with discard rmdir
+        // waits for that discard (0.25 to 2 ms here); an empty file has no block to free.
+        guard mknod(reservation, S_IFREG | 0o600, 0) == 0 else {
             let error = errno
             if madeLock { unlink(lockPath) }  // the id is someone else's: leave no trace of this attempt
-            errno = error
-            if errno == EEXIST {
+            if error == EEXIST {
                 throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
             }
-            throw SiloError.system("mkdir", errno: errno, path: directory)
+            throw SiloError.system("mknod", errno: error, path: reservation)
         }
-        // It is also where the child mounts the system's root (in its own mount namespace only):
-        // no second folder to make and remove, each a journal update on a disk file system (and,
-        // on one mounted with discard, a discard that rmdir waits for: 1 to 2 ms here).
         defer {
-            rmdir(directory)
+            unlink(reservation)
             unlink(lockPath)  // before the lock is let go (the defer above runs after this one)
         }
         var limits = limits
         limits.blockDevices += blockDevices.map(\.deviceNumber)
         let cgroup = try Cgroup.create(name: id, limits: limits, layout: configuration.layout)
         defer { try? cgroup.destroy() }
-        var spec = SandboxSpec(root: directory, hostname: id, arguments: ["/.silo/init", "--"] + arguments,
+        // The child mounts the system's root on the systems folder, in its own mount namespace
+        // only: every run can use the one folder, and none has a folder to make and remove.
+        var spec = SandboxSpec(root: systems, hostname: id, arguments: ["/.silo/init", "--"] + arguments,
                                initBinary: configuration.initBinary)
         if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
         spec.blockDevices = blockDevices

@@ -96,7 +96,7 @@ public final class ComputeService: Sendable {
 
     /// Reconciles this runtime folder with the kernel: a system whose init died is recorded as
     /// Stopped (UnexpectedExit, or Forced after its last handle's holder died), and what a `run`
-    /// killed mid-way left (its folder, its cgroup and anything still in it) is removed. Runs
+    /// killed mid-way left (its reservation file, its cgroup and anything still in it) is removed. Runs
     /// still going, and systems of other runtime folders, are left alone.
     /// - Returns: the ids it repaired.
     @discardableResult
@@ -108,7 +108,7 @@ public final class ComputeService: Sendable {
                 if refreshed(record).state != record.state { repaired.append(id) }
                 continue
             }
-            // No record: a `run`'s folder. Its runner holds the run lock while it lives.
+            // No record: a `run`'s reservation. Its runner holds the run lock while it lives.
             let lockPath = SandboxRun.runLock(systems: store.systems, id: id)
             let lock = Glibc.open(lockPath, O_RDWR | O_CLOEXEC)
             guard lock >= 0 else { continue }  // being made or removed by its runner right now
@@ -116,7 +116,7 @@ public final class ComputeService: Sendable {
             guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
             let cgroup = Cgroup.open(name: id, layout: configuration.layout)
             guard (try? cgroup.destroy()) != nil else { continue }
-            rmdir(directory)
+            if unlink(directory) != 0 { rmdir(directory) }  // a run's file (a folder, from older versions)
             unlink(lockPath)
             repaired.append(id)
         }
