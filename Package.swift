@@ -45,7 +45,9 @@ let package = Package(
             name: "silo-init",
             dependencies: ["CSiloAgent"],
             path: "Sources/silo-init",
-            linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]
+            // The entry point takes run mode before the C library starts (run_fast.c).
+            linkerSettings: [.unsafeFlags(["-static-executable", "-Xlinker", "-e", "-Xlinker", "silo_init_entry"],
+                                          .when(configuration: .release))]
         ),
         .executableTarget(
             name: "silo",
