@@ -33,7 +33,7 @@ enum step {
     STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT,
     STEP_CGROUP_JOIN = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
     STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
-    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING,
+    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING, STEP_GATE, STEP_NET_ENTER,
 };
 
 const char *silo_sandbox_step_name(int step) {
@@ -58,6 +58,8 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_SECCOMP: return "install the seccomp filter";
     case STEP_EXEC: return "exec";
     case STEP_KEYRING: return "join a fresh session keyring";
+    case STEP_GATE: return "get its cgroup and network namespace";
+    case STEP_NET_ENTER: return "enter its network namespace";
     case STEP_ENTER: return "enter the system's mount namespace";
     case STEP_DEVICE_NODE: return "make or remove the device node";
     case STEP_UNMOUNT: return "unmount the LUN's file system (busy?)";
@@ -219,16 +221,88 @@ static void mount_proc(const struct silo_sandbox_config *c) {
     }
 }
 
-static void loopback_up(const struct silo_sandbox_config *c) {
+/// Brings up lo in the calling thread's network namespace. 0, or -1 with errno.
+static int bring_up_loopback(void) {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) fail(c, STEP_LOOPBACK);
+    if (fd < 0) return -1;
     struct ifreq request;
     memset(&request, 0, sizeof request);
     memcpy(request.ifr_name, "lo", 3);
-    if (ioctl(fd, SIOCGIFFLAGS, &request) != 0) fail(c, STEP_LOOPBACK);
-    request.ifr_flags |= IFF_UP | IFF_RUNNING;
-    if (ioctl(fd, SIOCSIFFLAGS, &request) != 0) fail(c, STEP_LOOPBACK);
+    int result = ioctl(fd, SIOCGIFFLAGS, &request);
+    if (result == 0) {
+        request.ifr_flags |= IFF_UP | IFF_RUNNING;
+        result = ioctl(fd, SIOCSIFFLAGS, &request);
+    }
+    int error = errno;
     close(fd);
+    errno = error;
+    return result;
+}
+
+static void loopback_up(const struct silo_sandbox_config *c) {
+    if (bring_up_loopback() != 0) fail(c, STEP_LOOPBACK);
+}
+
+int silo_sandbox_make_netns(void) {
+    int own = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (own < 0) return -1;
+    if (unshare(CLONE_NEWNET) != 0) {
+        int error = errno;
+        close(own);
+        errno = error;
+        return -1;
+    }
+    int fresh = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    int error = fresh < 0 ? errno : 0;
+    if (fresh >= 0 && bring_up_loopback() != 0) {
+        error = errno;
+        close(fresh);
+        fresh = -1;
+    }
+    // Back to the thread's own namespace (for what it does next).
+    if (setns(own, CLONE_NEWNET) != 0) {
+        error = errno;
+        if (fresh >= 0) close(fresh);
+        fresh = -1;
+    }
+    close(own);
+    errno = error;
+    return fresh;
+}
+
+void silo_sandbox_gate_open(struct silo_sandbox_gate *gate) {
+    char byte = 1;
+    while (write(gate->pipe[1], &byte, 1) < 0 && errno == EINTR) {}
+}
+
+/// Joins the cgroup: "0" into each `tasks` file (see child()), then a cgroup namespace of its own.
+static void join_cgroups(const struct silo_sandbox_config *c, const int *fds, int count) {
+    for (int i = 0; i < count; i++) {
+        if (write(fds[i], "0", 1) != 1) fail(c, STEP_CGROUP_JOIN);
+        close(fds[i]);
+    }
+}
+
+/// After the caller's other thread is done (struct silo_sandbox_gate): a descriptor table of the
+/// child's own, the cgroup, and the network namespace that thread made.
+static void pass_gate(struct silo_sandbox_config *c) {
+    struct silo_sandbox_gate *gate = c->gate;
+    char byte;
+    ssize_t got;
+    do { got = read(gate->pipe[0], &byte, 1); } while (got < 0 && errno == EINTR);
+    if (got != 1) { if (got == 0) errno = EPIPE; fail(c, STEP_GATE); }
+    if (gate->error) { errno = gate->error; fail(c, STEP_GATE); }
+    // From here on, closing and moving descriptors changes the child's table only.
+    if (unshare(CLONE_FILES) != 0) fail(c, STEP_GATE);
+    join_cgroups(c, c->cgroup_task_fds, c->cgroup_task_count);
+    join_cgroups(c, gate->task_fds, gate->task_count > 16 ? 16 : gate->task_count);
+    if (unshare(CLONE_NEWCGROUP) != 0) fail(c, STEP_CGROUP_NS);
+    if (gate->makes_net) {
+        if (setns(gate->net_fd, CLONE_NEWNET) != 0) fail(c, STEP_NET_ENTER);
+        close(gate->net_fd);
+    } else {
+        loopback_up(c);
+    }
 }
 
 static void drop_capabilities(const struct silo_sandbox_config *c) {
@@ -368,13 +442,15 @@ static int child(void *argument) {
     // `tasks` file moves the calling thread only, and the kernel then skips the global
     // cgroup_threadgroup_rwsem, whose write side waits for an RCU grace period (5 to 15 ms here)
     // when a parent moves a process by pid through cgroup.procs. This child has one thread, so
-    // moving it moves the whole process; what it forks or spawns later is born inside.
-    for (int i = 0; i < c->cgroup_task_count; i++) {
-        if (write(c->cgroup_task_fds[i], "0", 1) != 1) fail(c, STEP_CGROUP_JOIN);
-        close(c->cgroup_task_fds[i]);
+    // moving it moves the whole process; what it forks or spawns later is born inside. With a
+    // gate, that comes after the mounts (pass_gate), once the caller's other thread made the
+    // cgroup: until then the child runs in the caller's cgroup, where its mounts' few kernel
+    // objects stay charged. Nothing of the payload's runs before it joins.
+    if (!c->gate) {
+        join_cgroups(c, c->cgroup_task_fds, c->cgroup_task_count);
+        // After joining the cgroup: the namespace's root is the system's own cgroup.
+        if (unshare(CLONE_NEWCGROUP) != 0) fail(c, STEP_CGROUP_NS);
     }
-    // After joining the cgroup: the namespace's root is the system's own cgroup.
-    if (unshare(CLONE_NEWCGROUP) != 0) fail(c, STEP_CGROUP_NS);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
     if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_ROOT_TMPFS);
     if (chdir(c->root) != 0) fail(c, STEP_ROOT_TMPFS);  // into the tmpfs: NEW_ROOT
@@ -406,7 +482,7 @@ static int child(void *argument) {
     if (chdir("/") != 0) fail(c, STEP_PIVOT);
     if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_READ_ONLY_ROOT);
     if (c->hostname && sethostname(c->hostname, strlen(c->hostname)) != 0) fail(c, STEP_HOSTNAME);
-    loopback_up(c);
+    if (c->gate) pass_gate(c); else loopback_up(c);
     // A session keyring of its own: the caller's (and its keys) stay out of reach. Kernels
     // without keys (ENOSYS) have nothing to share.
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 && errno != ENOSYS) fail(c, STEP_KEYRING);
@@ -461,8 +537,10 @@ __asm__(
 pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
     struct clone_args args;
     memset(&args, 0, sizeof args);
-    args.flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET | CLONE_PIDFD
-        | config->extra_clone_flags;
+    args.flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_PIDFD | config->extra_clone_flags;
+    if (!config->gate || !config->gate->makes_net) args.flags |= CLONE_NEWNET;
+    // The caller's other thread opens descriptors for the child while it runs (pass_gate).
+    if (config->gate) args.flags |= CLONE_FILES;
     args.pidfd = (unsigned long long)(unsigned long)pidfd;
     args.exit_signal = SIGCHLD;
     if (config->cgroup_fd >= 0) {

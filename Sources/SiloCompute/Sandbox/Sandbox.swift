@@ -109,13 +109,62 @@ public enum Sandbox {
     /// in `cgroup` from before its setup.
     /// - Throws: the step of the child's setup that failed, with its errno; the child is reaped.
     public static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?) throws(SiloError) -> SandboxProcess {
+        let helper = Helper(makeCgroup: nil)
+        defer { helper?.finish() }
+        return try spawn(spec, cgroup: cgroup, helper: helper)
+    }
+
+    /// As ``spawn(_:cgroup:)``, in the cgroup `makeCgroup` makes, which runs on another thread while
+    /// the child builds its mounts when the layout allows (no cgroup2 to be born into: the child
+    /// joins each v1 hierarchy itself, after its mounts); before the child starts otherwise.
+    /// - Returns: the process, and the cgroup it runs in; on a throw, the cgroup is removed again.
+    public static func spawn(_ spec: SandboxSpec, layout: CgroupLayout,
+                             makingCgroup makeCgroup: @escaping @Sendable () throws(SiloError) -> Cgroup)
+        throws(SiloError) -> (process: SandboxProcess, cgroup: Cgroup)
+    {
+        guard layout.unified == nil else {
+            // CLONE_INTO_CGROUP needs the cgroup2 directory before the clone; the other thread
+            // makes the network namespace meanwhile.
+            let helper = Helper(makeCgroup: nil)
+            defer { helper?.finish() }
+            helper?.start()
+            let cgroup = try makeCgroup()
+            do throws(SiloError) {
+                return (try spawn(spec, cgroup: cgroup, helper: helper), cgroup)
+            } catch {
+                try? cgroup.destroy()
+                throw error
+            }
+        }
+        guard let helper = Helper(makeCgroup: makeCgroup) else {
+            let cgroup = try makeCgroup()
+            do throws(SiloError) {
+                return (try spawn(spec, cgroup: cgroup, helper: nil), cgroup)
+            } catch {
+                try? cgroup.destroy()
+                throw error
+            }
+        }
+        defer { helper.finish() }
+        let process: SandboxProcess
+        do throws(SiloError) {
+            process = try spawn(spec, cgroup: nil, helper: helper)
+        } catch {
+            try? helper.cgroup?.destroy()
+            throw error
+        }
+        guard let cgroup = helper.cgroup else { preconditionFailure("a child past the gate has its cgroup") }
+        return (process, cgroup)
+    }
+
+    private static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?, helper: Helper?) throws(SiloError) -> SandboxProcess {
         guard !spec.arguments.isEmpty else { throw SiloError.missingArgument(field: "arguments", reason: "give a program to run") }
         var errors: [Int32] = [-1, -1]
         guard silo_pipe2(&errors, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
         defer { close(errors[0]) }
         // Born in the cgroup2 directory where there is one: no migration, which costs an RCU
-        // grace period (5 to 11 ms measured here). The child joins the v1 hierarchies itself,
-        // first thing (sandbox.c says why that costs none).
+        // grace period (5 to 11 ms measured here). The child joins the v1 hierarchies itself
+        // (sandbox.c says why that costs none).
         let cgroupFD = cgroup?.openUnifiedDirectory()
         defer { if let cgroupFD { close(cgroupFD) } }
         let taskFiles: [Int32]
@@ -126,6 +175,8 @@ public enum Sandbox {
             throw error
         }
         defer { taskFiles.forEach { close($0) } }
+        // The other thread starts now (if not before): the namespace and cgroup while the child mounts.
+        helper?.start()
         var pidfd: Int32 = -1
         let pid: pid_t = withCStrings(spec.arguments) { argv in
             withCStrings(spec.environment) { envp in
@@ -163,6 +214,7 @@ public enum Sandbox {
                                         config.mount_modes = UnsafePointer(OpaquePointer(mountModes))
                                         config.die_with_parent = spec.dieWithCaller ? 1 : 0
                                         config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
+                                        config.gate = helper?.gate
                                         return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
                                           taskFiles.withUnsafeBufferPointer { tasks in
                                             config.inherit_fds = inherited.baseAddress
@@ -187,12 +239,16 @@ public enum Sandbox {
         }
         let spawnError = errno
         close(errors[1])
+        // The child is past its exec or gone: the other thread's work is over, or ends soon.
+        helper?.join()
         guard pid > 0 else { throw SiloError.system("clone3", errno: spawnError) }
         var failure = silo_sandbox_failure()
         let got = withUnsafeMutableBytes(of: &failure) { read(errors[0], $0.baseAddress, $0.count) }
         if got == MemoryLayout<silo_sandbox_failure>.size {
             reap(pid)
             close(pidfd)
+            // The child gave up at the gate because the other thread failed: that thread's error.
+            if let error = helper?.error { throw error }
             let step = String(cString: silo_sandbox_step_name(failure.step))
             throw SiloError(
                 failure.error == EPERM || failure.error == EACCES ? .accessDenied : .systemCallFailed,
@@ -209,6 +265,101 @@ public enum Sandbox {
     private static func reap(_ pid: pid_t) {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+    }
+}
+
+/// The caller's other thread while a child builds its mounts (struct silo_sandbox_gate in
+/// silo_sandbox.h): it makes the network namespace, and the cgroup when asked to, then opens the
+/// gate the child waits at. Started once, joined once, finished once.
+private final class Helper: @unchecked Sendable {
+    let gate: UnsafeMutablePointer<silo_sandbox_gate>
+    private let makeCgroup: (@Sendable () throws(SiloError) -> Cgroup)?
+    /// Set by the thread, read after `join`.
+    private(set) var cgroup: Cgroup?
+    private(set) var error: SiloError?
+    private var thread: pthread_t?
+    private var started = false
+
+    init?(makeCgroup: (@Sendable () throws(SiloError) -> Cgroup)?) {
+        var ends: [Int32] = [-1, -1]
+        guard silo_pipe2(&ends, O_CLOEXEC) == 0 else { return nil }
+        gate = .allocate(capacity: 1)
+        gate.initialize(to: silo_sandbox_gate())
+        gate.pointee.pipe = (ends[0], ends[1])
+        gate.pointee.makes_net = 1
+        gate.pointee.net_fd = -1
+        self.makeCgroup = makeCgroup
+    }
+
+    /// Starts the thread; without one (the system refuses it), does the work here and now.
+    func start() {
+        guard !started else { return }
+        started = true
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let made = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            Unmanaged<Helper>.fromOpaque(raw).takeRetainedValue().work()
+            return nil
+        }, context)
+        if made == 0 {
+            self.thread = thread
+        } else {
+            Unmanaged<Helper>.fromOpaque(context).release()
+            work()
+        }
+    }
+
+    func join() {
+        if let thread { pthread_join(thread, nil) }
+        thread = nil
+    }
+
+    private func work() {
+        let net = silo_sandbox_make_netns()
+        if net < 0 {
+            fail(SiloError.system("unshare", errno: errno, message: "cannot make the network namespace: \(String(cString: strerror(errno))) (errno \(errno))"))
+            return
+        }
+        gate.pointee.net_fd = net
+        if let makeCgroup {
+            do throws(SiloError) {
+                let cgroup = try makeCgroup()
+                self.cgroup = cgroup
+                let files = try cgroup.openTaskFiles(skippingUnified: false)
+                withUnsafeMutableBytes(of: &gate.pointee.task_fds) { raw in
+                    let slots = raw.bindMemory(to: Int32.self)
+                    for (index, fd) in files.enumerated() {
+                        if index < slots.count { slots[index] = fd } else { close(fd) }
+                    }
+                }
+                gate.pointee.task_count = Int32(min(files.count, 16))
+            } catch {
+                fail(error)
+                return
+            }
+        }
+        silo_sandbox_gate_open(gate)
+    }
+
+    private func fail(_ error: SiloError) {
+        self.error = error
+        gate.pointee.error = error.errno ?? EIO
+        silo_sandbox_gate_open(gate)
+    }
+
+    /// Closes what the thread opened and the gate; after `join`.
+    func finish() {
+        join()
+        let count = Int(gate.pointee.task_count)
+        withUnsafeBytes(of: gate.pointee.task_fds) { raw in
+            for fd in raw.bindMemory(to: Int32.self).prefix(count) { close(fd) }
+        }
+        if gate.pointee.net_fd >= 0 { close(gate.pointee.net_fd) }
+        close(gate.pointee.pipe.0)
+        close(gate.pointee.pipe.1)
+        gate.deinitialize(count: 1)
+        gate.deallocate()
     }
 }
 

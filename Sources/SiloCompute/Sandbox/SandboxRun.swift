@@ -115,8 +115,6 @@ public enum SandboxRun {
         }
         var limits = limits
         limits.blockDevices += blockDevices.map(\.deviceNumber)
-        let cgroup = try Cgroup.create(name: id, limits: limits, layout: configuration.layout)
-        defer { try? cgroup.destroy() }
         // The child mounts the system's root on the systems folder, in its own mount namespace
         // only: every run can use the one folder, and none has a folder to make and remove.
         var spec = SandboxSpec(root: systems, hostname: id, arguments: ["/.silo/init", "--"] + arguments,
@@ -124,7 +122,12 @@ public enum SandboxRun {
         if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
         spec.blockDevices = blockDevices
         spec.dieWithCaller = true  // this thread waits for it below; if the runner is killed, so is the system
-        let process = try Sandbox.spawn(spec, cgroup: cgroup)
+        // The cgroup is made on another thread while the child builds its mounts, where the layout allows.
+        let layout = configuration.layout
+        let (process, cgroup) = try Sandbox.spawn(spec, layout: layout) { [limits] () throws(SiloError) -> Cgroup in
+            try Cgroup.create(name: id, limits: limits, layout: layout)
+        }
+        defer { try? cgroup.destroy() }
         defer { close(process.pidfd) }
         var status: Int32 = 0
         while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
