@@ -428,14 +428,22 @@ static void setup_stdio(struct silo_sandbox_config *c) {
 static int child(void *argument) {
     struct silo_sandbox_config *c = argument;
     // Until exec this runs in the parent's memory (CLONE_VM), so none of the parent's signal
-    // handlers may run here. Every signal is blocked (the parent blocked them around clone); those
-    // with handlers go back to the default, as exec would do anyway.
-    for (int sig = 1; sig < _NSIG; sig++) {
-        struct sigaction action;
-        if (sigaction(sig, NULL, &action) != 0 || action.sa_handler == SIG_DFL || action.sa_handler == SIG_IGN) continue;
-        memset(&action, 0, sizeof action);
-        action.sa_handler = SIG_DFL;
-        sigaction(sig, &action, NULL);
+    // handlers may run here. Every signal is blocked: the parent blocked them around clone, and
+    // this blocks the two glibc keeps out of any mask it sets (SIGCANCEL, SIGSETXID). A signal
+    // that comes now stays pending; a fault while blocked kills (the kernel resets its handler).
+    // Silo's init execs with all of them still blocked, so no handler can run before the exec
+    // resets them. A program that execs with signals unblocked (the last sigprocmask below) could
+    // take a pending one in between: its handlers go back to the default first, as exec would do.
+    unsigned long long every_signal = ~0ULL;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &every_signal, NULL, sizeof every_signal);
+    if (!c->init_binary) {
+        for (int sig = 1; sig < _NSIG; sig++) {
+            struct sigaction action;
+            if (sigaction(sig, NULL, &action) != 0 || action.sa_handler == SIG_DFL || action.sa_handler == SIG_IGN) continue;
+            memset(&action, 0, sizeof action);
+            action.sa_handler = SIG_DFL;
+            sigaction(sig, &action, NULL);
+        }
     }
     if (c->die_with_parent && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(c, STEP_CGROUP_JOIN);
     // Join the system's cgroup in each v1 hierarchy (they have no CLONE_INTO_CGROUP). "0" in a
@@ -496,9 +504,11 @@ static int child(void *argument) {
     // it got there would be dropped (a pid namespace's init ignores signals it has no handler
     // for), as a SIGTERM right after start was. Init unblocks them in what it starts. Any other
     // program starts with none blocked.
-    sigset_t mask;
-    if (c->init_binary) sigfillset(&mask); else sigemptyset(&mask);
-    sigprocmask(SIG_SETMASK, &mask, NULL);
+    if (!c->init_binary) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+    }
     execve(c->argv[0], c->argv, c->envp);
     fail(c, STEP_EXEC);
 }
