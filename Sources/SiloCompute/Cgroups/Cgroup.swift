@@ -388,6 +388,21 @@ public final class Cgroup: Sendable {
         }
     }
 
+    /// Removes the directories of a cgroup whose processes are gone (such as a `run`'s, once its
+    /// init is reaped: its pid namespace ended with it) without reading its state first; where a
+    /// directory is still busy, as ``destroy()``.
+    public func remove() throws(SiloError) {
+        var busy = false
+        for path in Set(directories.values) {
+            if rmdir(path) != 0, errno != ENOENT {
+                busy = true
+                continue
+            }
+            rmdir(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+        }
+        if busy { try destroy() }
+    }
+
     /// - Returns: the directories that remain.
     @discardableResult
     func removeDirectories() -> [String] {

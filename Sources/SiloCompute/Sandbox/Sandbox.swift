@@ -109,7 +109,7 @@ public enum Sandbox {
     /// in `cgroup` from before its setup.
     /// - Throws: the step of the child's setup that failed, with its errno; the child is reaped.
     public static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?) throws(SiloError) -> SandboxProcess {
-        let helper = Helper(makeCgroup: nil)
+        let helper = SandboxHelper(makeCgroup: nil)
         defer { helper?.finish() }
         return try spawn(spec, cgroup: cgroup, helper: helper)
     }
@@ -118,46 +118,32 @@ public enum Sandbox {
     /// the child builds its mounts when the layout allows (no cgroup2 to be born into: the child
     /// joins each v1 hierarchy itself, after its mounts); before the child starts otherwise.
     /// - Returns: the process, and the cgroup it runs in; on a throw, the cgroup is removed again.
-    public static func spawn(_ spec: SandboxSpec, layout: CgroupLayout,
-                             makingCgroup makeCgroup: @escaping @Sendable () throws(SiloError) -> Cgroup)
+    static func spawn(_ spec: SandboxSpec, layout: CgroupLayout,
+                      makingCgroup makeCgroup: @escaping @Sendable () throws(SiloError) -> Cgroup)
         throws(SiloError) -> (process: SandboxProcess, cgroup: Cgroup)
     {
-        guard layout.unified == nil else {
-            // CLONE_INTO_CGROUP needs the cgroup2 directory before the clone; the other thread
-            // makes the network namespace meanwhile.
-            let helper = Helper(makeCgroup: nil)
-            defer { helper?.finish() }
-            helper?.start()
-            let cgroup = try makeCgroup()
-            do throws(SiloError) {
-                return (try spawn(spec, cgroup: cgroup, helper: helper), cgroup)
-            } catch {
-                try? cgroup.destroy()
-                throw error
-            }
-        }
-        guard let helper = Helper(makeCgroup: makeCgroup) else {
-            let cgroup = try makeCgroup()
-            do throws(SiloError) {
-                return (try spawn(spec, cgroup: cgroup, helper: nil), cgroup)
-            } catch {
-                try? cgroup.destroy()
-                throw error
-            }
-        }
-        defer { helper.finish() }
-        let process: SandboxProcess
+        // CLONE_INTO_CGROUP needs the cgroup2 directory before the clone: made here, while the
+        // other thread makes the network namespace.
+        let early = layout.unified != nil
+        let helper = SandboxHelper(makeCgroup: early ? nil : makeCgroup)
+        defer { helper?.finish() }
+        var cgroup: Cgroup?
         do throws(SiloError) {
-            process = try spawn(spec, cgroup: nil, helper: helper)
+            if early || helper == nil {
+                helper?.start()
+                cgroup = try makeCgroup()
+            }
+            let process = try spawn(spec, cgroup: cgroup, helper: helper)
+            guard let made = cgroup ?? helper?.cgroup else { preconditionFailure("a child past the gate has its cgroup") }
+            return (process, made)
         } catch {
-            try? helper.cgroup?.destroy()
+            helper?.join()
+            try? (cgroup ?? helper?.cgroup)?.destroy()
             throw error
         }
-        guard let cgroup = helper.cgroup else { preconditionFailure("a child past the gate has its cgroup") }
-        return (process, cgroup)
     }
 
-    private static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?, helper: Helper?) throws(SiloError) -> SandboxProcess {
+    private static func spawn(_ spec: SandboxSpec, cgroup: Cgroup?, helper: SandboxHelper?) throws(SiloError) -> SandboxProcess {
         guard !spec.arguments.isEmpty else { throw SiloError.missingArgument(field: "arguments", reason: "give a program to run") }
         var errors: [Int32] = [-1, -1]
         guard silo_pipe2(&errors, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
@@ -269,9 +255,10 @@ public enum Sandbox {
 }
 
 /// The caller's other thread while a child builds its mounts (struct silo_sandbox_gate in
-/// silo_sandbox.h): it makes the network namespace, and the cgroup when asked to, then opens the
-/// gate the child waits at. Started once, joined once, finished once.
-private final class Helper: @unchecked Sendable {
+/// silo_sandbox.h): it makes the network namespace, and the cgroup when asked to, opens the gate
+/// the child waits at, and ends. Without a thread (the system refuses one), it does that work
+/// where it is started.
+final class SandboxHelper: @unchecked Sendable {
     let gate: UnsafeMutablePointer<silo_sandbox_gate>
     private let makeCgroup: (@Sendable () throws(SiloError) -> Cgroup)?
     /// Set by the thread, read after `join`.
@@ -291,7 +278,7 @@ private final class Helper: @unchecked Sendable {
         self.makeCgroup = makeCgroup
     }
 
-    /// Starts the thread; without one (the system refuses it), does the work here and now.
+    /// Starts the thread (once); without one, does the work here and now.
     func start() {
         guard !started else { return }
         started = true
@@ -299,26 +286,48 @@ private final class Helper: @unchecked Sendable {
         let context = Unmanaged.passRetained(self).toOpaque()
         let made = pthread_create(&thread, nil, { raw in
             guard let raw else { return nil }
-            Unmanaged<Helper>.fromOpaque(raw).takeRetainedValue().work()
+            Unmanaged<SandboxHelper>.fromOpaque(raw).takeRetainedValue().work()
             return nil
         }, context)
         if made == 0 {
             self.thread = thread
         } else {
-            Unmanaged<Helper>.fromOpaque(context).release()
+            Unmanaged<SandboxHelper>.fromOpaque(context).release()
             work()
         }
     }
 
+    /// Returns once the thread is done (the gate's fields are final).
     func join() {
         if let thread { pthread_join(thread, nil) }
         thread = nil
     }
 
+    /// Joins the thread, and closes what it opened and the gate.
+    func finish() {
+        join()
+        let count = Int(gate.pointee.task_count)
+        withUnsafeBytes(of: gate.pointee.task_fds) { raw in
+            for fd in raw.bindMemory(to: Int32.self).prefix(count) { close(fd) }
+        }
+        gate.pointee.task_count = 0
+        if gate.pointee.net_fd >= 0 { close(gate.pointee.net_fd) }
+        gate.pointee.net_fd = -1
+        if gate.pointee.pipe.0 >= 0 { close(gate.pointee.pipe.0) }
+        if gate.pointee.pipe.1 >= 0 { close(gate.pointee.pipe.1) }
+        gate.pointee.pipe = (-1, -1)
+    }
+
+    deinit {
+        gate.deinitialize(count: 1)
+        gate.deallocate()
+    }
+
     private func work() {
         let net = silo_sandbox_make_netns()
         if net < 0 {
-            fail(SiloError.system("unshare", errno: errno, message: "cannot make the network namespace: \(String(cString: strerror(errno))) (errno \(errno))"))
+            let error = errno
+            fail(SiloError.system("unshare", errno: error, message: "cannot make the network namespace: \(String(cString: strerror(error))) (errno \(error))"))
             return
         }
         gate.pointee.net_fd = net
@@ -346,20 +355,6 @@ private final class Helper: @unchecked Sendable {
         self.error = error
         gate.pointee.error = error.errno ?? EIO
         silo_sandbox_gate_open(gate)
-    }
-
-    /// Closes what the thread opened and the gate; after `join`.
-    func finish() {
-        join()
-        let count = Int(gate.pointee.task_count)
-        withUnsafeBytes(of: gate.pointee.task_fds) { raw in
-            for fd in raw.bindMemory(to: Int32.self).prefix(count) { close(fd) }
-        }
-        if gate.pointee.net_fd >= 0 { close(gate.pointee.net_fd) }
-        close(gate.pointee.pipe.0)
-        close(gate.pointee.pipe.1)
-        gate.deinitialize(count: 1)
-        gate.deallocate()
     }
 }
 

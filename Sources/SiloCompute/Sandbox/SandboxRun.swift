@@ -127,10 +127,11 @@ public enum SandboxRun {
         let (process, cgroup) = try Sandbox.spawn(spec, layout: layout) { [limits] () throws(SiloError) -> Cgroup in
             try Cgroup.create(name: id, limits: limits, layout: layout)
         }
-        defer { try? cgroup.destroy() }
-        defer { close(process.pidfd) }
         var status: Int32 = 0
         while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
+        close(process.pidfd)
+        // Init is reaped, and its pid namespace, its only processes, ended with it.
+        try? cgroup.remove()
         return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
 
