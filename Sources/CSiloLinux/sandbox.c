@@ -321,80 +321,137 @@ static void drop_capabilities(const struct silo_sandbox_config *c) {
     if (syscall(SYS_capset, &header, data) != 0) fail(c, STEP_CAPABILITIES);
 }
 
-#define ALLOW BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
-#define DENY(error) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((error) & SECCOMP_RET_DATA))
-#define ON_SYSCALL(nr, then) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), then
-
 /// The default deny-list: what a payload has no business doing even as root in its own
 /// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
 /// kernel interfaces are closed until reviewed.
+enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_TIOCSTI };
+static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
+    { __NR_mount, DENY_EPERM }, { __NR_umount2, DENY_EPERM }, { __NR_pivot_root, DENY_EPERM },
+    { __NR_unshare, DENY_EPERM }, { __NR_setns, DENY_EPERM }, { __NR_move_mount, DENY_EPERM },
+    { __NR_open_tree, DENY_EPERM }, { __NR_fsopen, DENY_EPERM }, { __NR_fsmount, DENY_EPERM },
+    { __NR_fsconfig, DENY_EPERM }, { __NR_fspick, DENY_EPERM }, { __NR_mount_setattr, DENY_EPERM },
+    // The kernel log: dmesg_restrict is the host's choice, not the payload's.
+    { __NR_syslog, DENY_EPERM },
+    { __NR_kexec_load, DENY_EPERM }, { __NR_kexec_file_load, DENY_EPERM }, { __NR_init_module, DENY_EPERM },
+    { __NR_finit_module, DENY_EPERM }, { __NR_delete_module, DENY_EPERM }, { __NR_bpf, DENY_EPERM },
+    { __NR_perf_event_open, DENY_EPERM }, { __NR_keyctl, DENY_EPERM }, { __NR_add_key, DENY_EPERM },
+    { __NR_request_key, DENY_EPERM }, { __NR_ptrace, DENY_EPERM }, { __NR_process_vm_readv, DENY_EPERM },
+    { __NR_process_vm_writev, DENY_EPERM }, { __NR_open_by_handle_at, DENY_EPERM }, { __NR_reboot, DENY_EPERM },
+    { __NR_swapon, DENY_EPERM }, { __NR_swapoff, DENY_EPERM }, { __NR_settimeofday, DENY_EPERM },
+    { __NR_clock_settime, DENY_EPERM }, { __NR_clock_adjtime, DENY_EPERM }, { __NR_adjtimex, DENY_EPERM },
+    { __NR_acct, DENY_EPERM }, { __NR_quotactl, DENY_EPERM }, { __NR_userfaultfd, DENY_EPERM },
+    { __NR_mknod, DENY_EPERM }, { __NR_mknodat, DENY_EPERM },
+    // clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back to
+    // clone, whose flags it can.
+    { __NR_clone3, DENY_ENOSYS },
+    // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
+    { __NR_clone, CLONE_FLAGS },
+    // ioctl(fd, TIOCSTI): faking terminal input. The kernel compares only the low 32 bits of the
+    // command, so the filter does too (the high-bit variant is the same request).
+    { __NR_ioctl, IOCTL_TIOCSTI },
+};
+#define SECCOMP_RULES (sizeof seccomp_rules / sizeof seccomp_rules[0])
+
+#define ALLOW BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+#define DENY(error) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((error) & SECCOMP_RET_DATA))
+
+/// The program, made once by the caller (seccomp_program) before any child reads it.
+static struct sock_filter seccomp_filter[256];
+static unsigned short seccomp_length;
+static pthread_once_t seccomp_once = PTHREAD_ONCE_INIT;
+
+static void emit(struct sock_filter instruction) {
+    if (seccomp_length < sizeof seccomp_filter / sizeof seccomp_filter[0]) seccomp_filter[seccomp_length] = instruction;
+    seccomp_length++;
+}
+
+/// What one rule does with the system call number already matched (A holds it).
+static void emit_rule(enum seccomp_rule rule) {
+    switch (rule) {
+    case DENY_EPERM: emit((struct sock_filter)DENY(EPERM)); break;
+    case DENY_ENOSYS: emit((struct sock_filter)DENY(ENOSYS)); break;
+    case CLONE_FLAGS:
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
+            CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP, 0, 1));
+        emit((struct sock_filter)DENY(EPERM));
+        emit((struct sock_filter)ALLOW);
+        break;
+    case IOCTL_TIOCSTI:
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1));
+        emit((struct sock_filter)DENY(EPERM));
+        emit((struct sock_filter)ALLOW);
+        break;
+    }
+}
+
+static unsigned rule_length(enum seccomp_rule rule) { return rule == CLONE_FLAGS || rule == IOCTL_TIOCSTI ? 4 : 1; }
+
+/// Instructions emit_tree(order, count) emits.
+static unsigned tree_length(const unsigned char *order, unsigned count) {
+    if (count <= 3) {
+        unsigned length = 1;  // the final ALLOW
+        for (unsigned i = 0; i < count; i++) length += 1 + rule_length(seccomp_rules[order[i]].rule);
+        return length;
+    }
+    unsigned half = count / 2;
+    return 1 + tree_length(order, half) + tree_length(order + half, count - half);
+}
+
+/// A binary search over the rules, by number (`order` sorts them): a handful of comparisons for
+/// any system call instead of one for each rule. The kernel runs the program for every system
+/// call number when it installs it (to find those it always allows), and for each system call
+/// the payload makes that it cannot answer from that.
+static void emit_tree(const unsigned char *order, unsigned count) {
+    if (count <= 3) {
+        for (unsigned i = 0; i < count; i++) {
+            enum seccomp_rule rule = seccomp_rules[order[i]].rule;
+            emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, seccomp_rules[order[i]].nr, 0, rule_length(rule)));
+            emit_rule(rule);
+        }
+        emit((struct sock_filter)ALLOW);
+        return;
+    }
+    unsigned half = count / 2;
+    // Numbers from the right half's first on: over the left half.
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, seccomp_rules[order[half]].nr, tree_length(order, half), 0));
+    emit_tree(order, half);
+    emit_tree(order + half, count - half);
+}
+
+static void make_seccomp_program(void) {
+    unsigned char order[SECCOMP_RULES];
+    for (unsigned i = 0; i < SECCOMP_RULES; i++) order[i] = (unsigned char)i;
+    for (unsigned i = 1; i < SECCOMP_RULES; i++) {  // insertion sort by number
+        unsigned char key = order[i];
+        unsigned j = i;
+        for (; j > 0 && seccomp_rules[order[j - 1]].nr > seccomp_rules[key].nr; j--) order[j] = order[j - 1];
+        order[j] = key;
+    }
+    seccomp_length = 0;
+    emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0));
+    emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+    emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
+    // x32 system calls (bit 30) and numbers beyond the known table: ENOSYS.
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 463, 0, 1));
+    emit((struct sock_filter)DENY(ENOSYS));
+    emit_tree(order, SECCOMP_RULES);
+    // Too long for the table (it is not): no program, and install_seccomp fails rather than allow.
+    if (seccomp_length > sizeof seccomp_filter / sizeof seccomp_filter[0]) seccomp_length = 0;
+}
+
+/// The program's instructions and length, made on first use. For the caller, before the clone.
+const struct sock_filter *silo_sandbox_seccomp_program(unsigned short *length) {
+    pthread_once(&seccomp_once, make_seccomp_program);
+    *length = seccomp_length;
+    return seccomp_filter;
+}
+
 static void install_seccomp(const struct silo_sandbox_config *c) {
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        // x32 system calls (bit 30) and numbers beyond the known table: ENOSYS.
-        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 463, 0, 1), DENY(ENOSYS),
-        ON_SYSCALL(__NR_mount, DENY(EPERM)),
-        ON_SYSCALL(__NR_umount2, DENY(EPERM)),
-        ON_SYSCALL(__NR_pivot_root, DENY(EPERM)),
-        ON_SYSCALL(__NR_unshare, DENY(EPERM)),
-        ON_SYSCALL(__NR_setns, DENY(EPERM)),
-        ON_SYSCALL(__NR_move_mount, DENY(EPERM)),
-        ON_SYSCALL(__NR_open_tree, DENY(EPERM)),
-        ON_SYSCALL(__NR_fsopen, DENY(EPERM)),
-        ON_SYSCALL(__NR_fsmount, DENY(EPERM)),
-        ON_SYSCALL(__NR_fsconfig, DENY(EPERM)),
-        ON_SYSCALL(__NR_fspick, DENY(EPERM)),
-        ON_SYSCALL(__NR_mount_setattr, DENY(EPERM)),
-        // The kernel log: dmesg_restrict is the host's choice, not the payload's.
-        ON_SYSCALL(__NR_syslog, DENY(EPERM)),
-        ON_SYSCALL(__NR_kexec_load, DENY(EPERM)),
-        ON_SYSCALL(__NR_kexec_file_load, DENY(EPERM)),
-        ON_SYSCALL(__NR_init_module, DENY(EPERM)),
-        ON_SYSCALL(__NR_finit_module, DENY(EPERM)),
-        ON_SYSCALL(__NR_delete_module, DENY(EPERM)),
-        ON_SYSCALL(__NR_bpf, DENY(EPERM)),
-        ON_SYSCALL(__NR_perf_event_open, DENY(EPERM)),
-        ON_SYSCALL(__NR_keyctl, DENY(EPERM)),
-        ON_SYSCALL(__NR_add_key, DENY(EPERM)),
-        ON_SYSCALL(__NR_request_key, DENY(EPERM)),
-        ON_SYSCALL(__NR_ptrace, DENY(EPERM)),
-        ON_SYSCALL(__NR_process_vm_readv, DENY(EPERM)),
-        ON_SYSCALL(__NR_process_vm_writev, DENY(EPERM)),
-        ON_SYSCALL(__NR_open_by_handle_at, DENY(EPERM)),
-        ON_SYSCALL(__NR_reboot, DENY(EPERM)),
-        ON_SYSCALL(__NR_swapon, DENY(EPERM)),
-        ON_SYSCALL(__NR_swapoff, DENY(EPERM)),
-        ON_SYSCALL(__NR_settimeofday, DENY(EPERM)),
-        ON_SYSCALL(__NR_clock_settime, DENY(EPERM)),
-        ON_SYSCALL(__NR_clock_adjtime, DENY(EPERM)),
-        ON_SYSCALL(__NR_adjtimex, DENY(EPERM)),
-        ON_SYSCALL(__NR_acct, DENY(EPERM)),
-        ON_SYSCALL(__NR_quotactl, DENY(EPERM)),
-        ON_SYSCALL(__NR_userfaultfd, DENY(EPERM)),
-        ON_SYSCALL(__NR_mknod, DENY(EPERM)),
-        ON_SYSCALL(__NR_mknodat, DENY(EPERM)),
-        // clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back
-        // to clone, whose flags it can.
-        ON_SYSCALL(__NR_clone3, DENY(ENOSYS)),
-        // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
-                 CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP, 0, 1),
-        DENY(EPERM),
-        ALLOW,
-        // ioctl(fd, TIOCSTI): faking terminal input. The kernel compares only the low 32 bits of
-        // the command, so the filter does too (the high-bit variant is the same request).
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 0, 3),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1),
-        DENY(EPERM),
-        ALLOW,
-    };
-    struct sock_fprog program = { (unsigned short)(sizeof filter / sizeof filter[0]), filter };
+    if (seccomp_length == 0) { errno = EINVAL; fail(c, STEP_SECCOMP); }
+    struct sock_fprog program = { seccomp_length, seccomp_filter };
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &program) != 0) fail(c, STEP_SECCOMP);
 }
 
@@ -558,6 +615,8 @@ pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
         args.cgroup = (unsigned long long)config->cgroup_fd;
     }
     struct silo_sandbox_config copy = *config;
+    unsigned short seccomp_instructions;
+    if (config->seccomp) (void)silo_sandbox_seccomp_program(&seccomp_instructions);
     sigset_t all, mask;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &mask);

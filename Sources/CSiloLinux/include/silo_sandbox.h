@@ -85,6 +85,11 @@ struct silo_sandbox_gate {
     int task_count;
 };
 
+struct sock_filter;
+/// The seccomp program every sandbox installs (classic BPF), made on first use; `*length`
+/// instructions. For tests; silo_sandbox_spawn makes it before its child needs it.
+const struct sock_filter *silo_sandbox_seccomp_program(unsigned short *length);
+
 /// On the calling thread: unshares a network namespace, brings its lo up, returns a descriptor for
 /// it and goes back to the thread's own namespace. -1 with errno on failure.
 int silo_sandbox_make_netns(void);
