@@ -40,11 +40,21 @@ public final class Cgroup: Sendable {
     let directories: [String: String]
 
     /// Creates the cgroup `silo/<name>` in every hierarchy it needs, with `limits`.
+    /// - Parameter enforcingOnly: only the v1 hierarchies that enforce something: devices (the
+    ///   device policy), and pids, memory and cpu when `limits` sets them. No statistics (cpuacct,
+    ///   and memory without a limit) and no freezer: for a system nobody pauses or asks about, such
+    ///   as a `run`'s, each hierarchy less is a directory less to make, join and remove.
     /// - Throws: when a hierarchy refuses; everything made so far is removed again.
-    public static func create(name: String, limits: CgroupLimits, layout: CgroupLayout = .detect()) throws(SiloError) -> Cgroup {
+    public static func create(name: String, limits: CgroupLimits, layout: CgroupLayout = .detect(),
+                              enforcingOnly: Bool = false) throws(SiloError) -> Cgroup {
         var directories: [String: String] = [:]
         if let unified = layout.unified { directories["unified"] = unified + "/silo/" + name }
-        for controller in ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"] where layout.place(controller) == .v1 {
+        var controllers = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"]
+        if enforcingOnly {
+            controllers = ["devices"] + (limits.pids != nil ? ["pids"] : []) + (limits.memory != nil ? ["memory"] : [])
+                + (limits.cpus != nil || limits.cpuWeight != nil ? ["cpu"] : [])
+        }
+        for controller in controllers where layout.place(controller) == .v1 {
             guard let root = layout.legacy[controller] else { continue }
             // cpu and cpuacct are often one hierarchy (cpu,cpuacct): one directory serves both.
             directories[controller] = root + "/silo/" + name
@@ -268,7 +278,9 @@ public final class Cgroup: Sendable {
 
     /// The processes in the cgroup.
     public var pids: [pid_t] {
-        let path = directories["unified"] ?? directories["freezer"] ?? directories["pids"] ?? directories.values.first ?? ""
+        // devices: every system's on v1 (a `run`'s has no freezer).
+        let path = directories["unified"] ?? directories["devices"] ?? directories["freezer"] ?? directories["pids"]
+            ?? directories.values.first ?? ""
         return (readText(path + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
     }
 
@@ -322,10 +334,19 @@ public final class Cgroup: Sendable {
             // Tasks held by v1's freezer take no signal until thawed (cgroup.kill only overrides
             // v2's own freeze): thaw so the SIGKILL lands.
             if usesLegacyFreezer, isFrozen { try thaw() }
-        } else {
+        } else if let freezer = directories["freezer"], fileExists(freezer) {
             try freeze()
             for pid in pids { kill(pid, SIGKILL) }
             try thaw()
+        } else {
+            // No freezer (a cgroup made enforcingOnly): SIGKILL what is there until nothing is;
+            // the pids limit bounds what can fork meanwhile.
+            for _ in 0..<100 {
+                let left = pids
+                if left.isEmpty { break }
+                for pid in left { kill(pid, SIGKILL) }
+                usleep(1000)
+            }
         }
         for _ in 0..<5000 {
             if pids.isEmpty { return }

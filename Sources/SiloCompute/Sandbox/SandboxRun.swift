@@ -125,7 +125,8 @@ public enum SandboxRun {
         // The cgroup is made on another thread while the child builds its mounts, where the layout allows.
         let layout = configuration.layout
         let (process, cgroup) = try Sandbox.spawn(spec, layout: layout) { [limits] () throws(SiloError) -> Cgroup in
-            try Cgroup.create(name: id, limits: limits, layout: layout)
+            // Nothing pauses a run or asks for its statistics: only the hierarchies that enforce.
+            try Cgroup.create(name: id, limits: limits, layout: layout, enforcingOnly: true)
         }
         var status: Int32 = 0
         while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
