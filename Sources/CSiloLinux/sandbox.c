@@ -108,12 +108,9 @@ static int make_dirs(const char *path) {
     return 0;
 }
 
-/// Creates an empty file (a mount point for a file bind).
+/// Creates an empty file (a mount point for a file bind), or finds one: one system call.
 static int make_file(const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) return -1;
-    close(fd);
-    return 0;
+    return mknod(path, S_IFREG | 0644, 0) == 0 || errno == EEXIST ? 0 : -1;
 }
 
 /// Binds host `source` at `target`, read-only, no setuid, no devices.
@@ -137,8 +134,21 @@ static int bind_read_only(const char *source, const char *target, unsigned long 
     return mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | extra, NULL);
 }
 
+/// The parent folder of `target` (inside), made unless it is `made`, the last one made.
+static void make_parent(const struct silo_sandbox_config *c, const char *target, char *made, size_t size) {
+    char parent[4096];
+    join(parent, sizeof parent, target, "");
+    char *slash = strrchr(parent, '/');
+    if (!slash || slash == parent) return;
+    *slash = 0;
+    if (strcmp(parent, made) == 0) return;  // /etc's files: one mkdir, not one each
+    if (make_dirs(parent) != 0) fail(c, STEP_BIND);
+    join(made, size, parent, "");
+}
+
+/// Binds the host paths (recursively), still writable: lock_root makes them all read-only at once.
 static void bind_host_paths(const struct silo_sandbox_config *c) {
-    char target[4096], link[4096];
+    char target[4096], link[4096], made[4096] = "";
     for (const char *const *path = c->read_only_binds; path && *path; path++) {
         struct stat info;
         if (lstat(*path, &info) != 0) continue;  // not on this host (e.g. /lib32)
@@ -147,36 +157,49 @@ static void bind_host_paths(const struct silo_sandbox_config *c) {
             ssize_t n = readlink(*path, link, sizeof link - 1);
             if (n < 0) fail(c, STEP_BIND);
             link[n] = 0;
-            char parent[4096];
-            join(parent, sizeof parent, target, "");
-            char *slash = strrchr(parent, '/');
-            if (slash && slash != parent) { *slash = 0; if (make_dirs(parent) != 0) fail(c, STEP_BIND); }
+            make_parent(c, target, made, sizeof made);
             if (symlink(link, target) != 0 && errno != EEXIST) fail(c, STEP_BIND);
             continue;
         }
         if (S_ISDIR(info.st_mode)) {
             if (make_dirs(target) != 0) fail(c, STEP_BIND);
         } else {
-            char parent[4096];
-            join(parent, sizeof parent, target, "");
-            char *slash = strrchr(parent, '/');
-            if (slash && slash != parent) { *slash = 0; if (make_dirs(parent) != 0) fail(c, STEP_BIND); }
+            make_parent(c, target, made, sizeof made);
             if (make_file(target) != 0) fail(c, STEP_BIND);
         }
-        if (bind_read_only(*path, target, 0) != 0) fail(c, STEP_BIND);
+        if (mount(*path, target, NULL, MS_BIND | MS_REC, NULL) != 0) fail(c, STEP_BIND);
+    }
+}
+
+/// Read-only, no setuid, no devices: the root tmpfs, every bind on it and every mount under those,
+/// in one call (before the mounts of /dev, /proc and /tmp, which keep their own flags). A remount
+/// changes only the mount it names, so a host mount below /usr would stay writable; before Linux
+/// 5.12 (no mount_setattr) that is what each bind gets, as before this call existed.
+static void lock_root(const struct silo_sandbox_config *c) {
+    struct silo_mount_attr attr = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, AT_FDCWD, NEW_ROOT, SILO_AT_RECURSIVE, &attr, sizeof attr) == 0) return;
+    if (errno != ENOSYS) fail(c, STEP_BIND);
+    char target[4096];
+    for (const char *const *path = c->read_only_binds; path && *path; path++) {
+        struct stat info;
+        if (lstat(*path, &info) != 0 || S_ISLNK(info.st_mode)) continue;
+        join(target, sizeof target, NEW_ROOT, *path);
+        if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0) fail(c, STEP_BIND);
+    }
+    if (c->init_binary) {
+        join(target, sizeof target, NEW_ROOT, "/.silo/init");
+        if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) != 0) fail(c, STEP_BIND);
     }
 }
 
 static void build_dev(const struct silo_sandbox_config *c) {
     char dev[4096], target[4096];
-    join(dev, sizeof dev, NEW_ROOT, "/dev");
-    if (make_dirs(dev) != 0) fail(c, STEP_DEV);
+    join(dev, sizeof dev, NEW_ROOT, "/dev");  // made by child()
     if (mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=64k") != 0) fail(c, STEP_DEV);
     for (const char *const *node = c->devices; node && *node; node++) {
         join(target, sizeof target, NEW_ROOT, *node);
         if (make_file(target) != 0) fail(c, STEP_DEV);
         if (mount(*node, target, NULL, MS_BIND, NULL) != 0) fail(c, STEP_DEV);
-        if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL) != 0) fail(c, STEP_DEV);
     }
     join(target, sizeof target, NEW_ROOT, "/dev/pts");
     if (make_dirs(target) != 0) fail(c, STEP_DEV);
@@ -195,12 +218,19 @@ static void build_dev(const struct silo_sandbox_config *c) {
         if (symlink(links[i][0], target) != 0) fail(c, STEP_DEV);
     }
     if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=755,size=64k") != 0) fail(c, STEP_DEV);
+    // No setuid, no exec on the device binds (devpts and shm have both already): one call for all.
+    struct silo_mount_attr attr = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, AT_FDCWD, dev, SILO_AT_RECURSIVE, &attr, sizeof attr) == 0) return;
+    if (errno != ENOSYS) fail(c, STEP_DEV);
+    for (const char *const *node = c->devices; node && *node; node++) {
+        join(target, sizeof target, NEW_ROOT, *node);
+        if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL) != 0) fail(c, STEP_DEV);
+    }
 }
 
 static void mount_proc(const struct silo_sandbox_config *c) {
     char proc[4096], target[4096], null_device[4096];
-    join(proc, sizeof proc, NEW_ROOT, "/proc");
-    if (make_dirs(proc) != 0) fail(c, STEP_PROC);
+    join(proc, sizeof proc, NEW_ROOT, "/proc");  // made by child()
     if (mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) fail(c, STEP_PROC);
     join(null_device, sizeof null_device, NEW_ROOT, "/dev/null");
     for (const char *const *path = c->masked_paths; path && *path; path++) {
@@ -519,24 +549,32 @@ static int child(void *argument) {
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
     if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_ROOT_TMPFS);
     if (chdir(c->root) != 0) fail(c, STEP_ROOT_TMPFS);  // into the tmpfs: NEW_ROOT
-    bind_host_paths(c);
-    if (c->init_binary) {
-        char target[4096];
-        join(target, sizeof target, NEW_ROOT, "/.silo");
-        if (make_dirs(target) != 0) fail(c, STEP_BIND);
-        join(target, sizeof target, NEW_ROOT, "/.silo/init");
-        if (make_file(target) != 0 || bind_read_only(c->init_binary, target, 0) != 0) fail(c, STEP_BIND);
-    }
-    build_dev(c);
-    mount_proc(c);
-    char tmp[4096];
-    join(tmp, sizeof tmp, NEW_ROOT, "/tmp");
-    if (make_dirs(tmp) != 0) fail(c, STEP_TMP);
-    if (mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
+    // Every mount point on the root tmpfs first, while it is writable and before any host folder
+    // is bound on it: a LUN's folder below a bind is then looked up in the (read-only) host
+    // folder, never made there.
+    char target[4096];
     for (size_t i = 0; c->mount_sources && c->mount_sources[i]; i++) {
-        char target[4096];
         join(target, sizeof target, NEW_ROOT, c->mount_targets[i]);
         if (make_dirs(target) != 0) fail(c, STEP_MOUNT_LUN);
+    }
+    static const char *const mount_points[] = { NEW_ROOT "/dev", NEW_ROOT "/proc", NEW_ROOT "/tmp" };
+    for (size_t i = 0; i < sizeof mount_points / sizeof mount_points[0]; i++) {
+        if (mkdir(mount_points[i], 0755) != 0 && errno != EEXIST) fail(c, STEP_ROOT_TMPFS);
+    }
+    static const char init_target[] = NEW_ROOT "/.silo/init";
+    if (c->init_binary) {
+        if (mkdir(NEW_ROOT "/.silo", 0755) != 0 && errno != EEXIST) fail(c, STEP_BIND);
+        if (make_file(init_target) != 0) fail(c, STEP_BIND);
+    }
+    bind_host_paths(c);
+    if (c->init_binary && mount(c->init_binary, init_target, NULL, MS_BIND | MS_REC, NULL) != 0) fail(c, STEP_BIND);
+    lock_root(c);
+    build_dev(c);
+    mount_proc(c);
+    join(target, sizeof target, NEW_ROOT, "/tmp");
+    if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
+    for (size_t i = 0; c->mount_sources && c->mount_sources[i]; i++) {
+        join(target, sizeof target, NEW_ROOT, c->mount_targets[i]);
         unsigned long flags = MS_NOSUID | MS_NODEV;
         if (strcmp(c->mount_modes[i], "ro") == 0) flags |= MS_RDONLY;
         if (mount(c->mount_sources[i], target, c->mount_types[i], flags, NULL) != 0) fail(c, STEP_MOUNT_LUN);
