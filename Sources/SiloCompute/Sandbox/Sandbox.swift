@@ -114,25 +114,19 @@ public enum Sandbox {
         return try spawn(spec, cgroup: cgroup, helper: helper)
     }
 
-    /// As ``spawn(_:cgroup:)``, in the cgroup `makeCgroup` makes, which runs on another thread while
-    /// the child builds its mounts when the layout allows (no cgroup2 to be born into: the child
-    /// joins each v1 hierarchy itself, after its mounts); before the child starts otherwise.
+    /// As ``spawn(_:cgroup:)``, in the cgroup `makeCgroup` makes: on `helper`'s thread while the
+    /// child builds its mounts when the layout allows (see ``SandboxHelper/init(layout:makeCgroup:)``),
+    /// here before the child starts otherwise. `helper` may be started (and its cgroup let go) before.
     /// - Returns: the process, and the cgroup it runs in; on a throw, the cgroup is removed again.
-    static func spawn(_ spec: SandboxSpec, layout: CgroupLayout,
-                      makingCgroup makeCgroup: @escaping @Sendable () throws(SiloError) -> Cgroup)
+    static func spawn(_ spec: SandboxSpec, helper: SandboxHelper?,
+                      makingCgroup makeCgroup: @Sendable () throws(SiloError) -> Cgroup)
         throws(SiloError) -> (process: SandboxProcess, cgroup: Cgroup)
     {
-        // CLONE_INTO_CGROUP needs the cgroup2 directory before the clone: made here, while the
-        // other thread makes the network namespace.
-        let early = layout.unified != nil
-        let helper = SandboxHelper(makeCgroup: early ? nil : makeCgroup)
-        defer { helper?.finish() }
         var cgroup: Cgroup?
         do throws(SiloError) {
-            if early || helper == nil {
-                helper?.start()
-                cgroup = try makeCgroup()
-            }
+            helper?.start()
+            helper?.proceed()
+            if helper?.makesCgroup != true { cgroup = try makeCgroup() }
             let process = try spawn(spec, cgroup: cgroup, helper: helper)
             guard let made = cgroup ?? helper?.cgroup else { preconditionFailure("a child past the gate has its cgroup") }
             return (process, made)
@@ -163,6 +157,7 @@ public enum Sandbox {
         defer { taskFiles.forEach { close($0) } }
         // The other thread starts now (if not before): the namespace and cgroup while the child mounts.
         helper?.start()
+        helper?.proceed()
         var pidfd: Int32 = -1
         let pid: pid_t = withCStrings(spec.arguments) { argv in
             withCStrings(spec.environment) { envp in
@@ -256,8 +251,9 @@ public enum Sandbox {
 
 /// The caller's other thread while a child builds its mounts (struct silo_sandbox_gate in
 /// silo_sandbox.h): it makes the network namespace, and the cgroup when asked to, opens the gate
-/// the child waits at, and ends. Without a thread (the system refuses one), it does that work
-/// where it is started.
+/// the child waits at, and ends. It may start before the caller has reserved the system's id: it
+/// makes the cgroup only once told to `proceed` (and nothing more after `finish` without that).
+/// Without a thread (the system refuses one), it does its work where it is started.
 final class SandboxHelper: @unchecked Sendable {
     let gate: UnsafeMutablePointer<silo_sandbox_gate>
     private let makeCgroup: (@Sendable () throws(SiloError) -> Cgroup)?
@@ -266,10 +262,26 @@ final class SandboxHelper: @unchecked Sendable {
     private(set) var error: SiloError?
     private var thread: pthread_t?
     private var started = false
+    /// Posted once: make the cgroup (`proceed`) or not (`finish`, with `cancelled` set).
+    private let go = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    private var posted = false, cancelled = false
+    /// No thread: the work waits for `proceed`, on the caller's thread.
+    private var inline = false
+    var makesCgroup: Bool { makeCgroup != nil }
+
+    /// A helper that makes the cgroup too where the child joins every hierarchy itself (no
+    /// cgroup2 to be born into with CLONE_INTO_CGROUP, which needs the directory before the clone).
+    convenience init?(layout: CgroupLayout, makeCgroup: @escaping @Sendable () throws(SiloError) -> Cgroup) {
+        self.init(makeCgroup: layout.unified == nil ? makeCgroup : nil)
+    }
 
     init?(makeCgroup: (@Sendable () throws(SiloError) -> Cgroup)?) {
         var ends: [Int32] = [-1, -1]
-        guard silo_pipe2(&ends, O_CLOEXEC) == 0 else { return nil }
+        guard silo_pipe2(&ends, O_CLOEXEC) == 0 else {
+            go.deallocate()
+            return nil
+        }
+        sem_init(go, 0, 0)
         gate = .allocate(capacity: 1)
         gate.initialize(to: silo_sandbox_gate())
         gate.pointee.pipe = (ends[0], ends[1])
@@ -278,7 +290,7 @@ final class SandboxHelper: @unchecked Sendable {
         self.makeCgroup = makeCgroup
     }
 
-    /// Starts the thread (once); without one, does the work here and now.
+    /// Starts the thread (once); without one, the work waits for `proceed`.
     func start() {
         guard !started else { return }
         started = true
@@ -293,8 +305,16 @@ final class SandboxHelper: @unchecked Sendable {
             self.thread = thread
         } else {
             Unmanaged<SandboxHelper>.fromOpaque(context).release()
-            work()
+            inline = true
         }
+    }
+
+    /// The id is the caller's: the cgroup can be made (once the network namespace is).
+    func proceed() {
+        guard !posted else { return }
+        posted = true
+        sem_post(go)
+        if inline { work() }
     }
 
     /// Returns once the thread is done (the gate's fields are final).
@@ -303,8 +323,14 @@ final class SandboxHelper: @unchecked Sendable {
         thread = nil
     }
 
-    /// Joins the thread, and closes what it opened and the gate.
+    /// Joins the thread (which makes no cgroup unless told to proceed), and closes what it opened
+    /// and the gate.
     func finish() {
+        if !posted {
+            cancelled = true
+            posted = true
+            sem_post(go)
+        }
         join()
         let count = Int(gate.pointee.task_count)
         withUnsafeBytes(of: gate.pointee.task_fds) { raw in
@@ -319,6 +345,8 @@ final class SandboxHelper: @unchecked Sendable {
     }
 
     deinit {
+        sem_destroy(go)
+        go.deallocate()
         gate.deinitialize(count: 1)
         gate.deallocate()
     }
@@ -332,6 +360,11 @@ final class SandboxHelper: @unchecked Sendable {
         }
         gate.pointee.net_fd = net
         if let makeCgroup {
+            while sem_wait(go) != 0 {}
+            if cancelled {
+                fail(SiloError(.operationCancelled, "the system was not started", field: "sandbox", value: "cgroup"))
+                return
+            }
             do throws(SiloError) {
                 let cgroup = try makeCgroup()
                 self.cgroup = cgroup

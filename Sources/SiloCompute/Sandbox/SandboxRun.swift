@@ -73,6 +73,18 @@ public enum SandboxRun {
         }
         let systems = configuration.runtimeDirectory + "/systems"
         let reservation = systems + "/" + id
+        var limits = limits
+        limits.blockDevices += blockDevices.map(\.deviceNumber)
+        let layout = configuration.layout
+        // Nothing pauses a run or asks for its statistics: only the cgroup hierarchies that enforce.
+        let makeCgroup: @Sendable () throws(SiloError) -> Cgroup = { [limits] () throws(SiloError) -> Cgroup in
+            try Cgroup.create(name: id, limits: limits, layout: layout, enforcingOnly: true)
+        }
+        // The other thread starts on the network namespace (and then, where the layout allows,
+        // the cgroup) now, while this one reserves the id; the cgroup waits for the reservation.
+        let helper = SandboxHelper(layout: layout, makeCgroup: makeCgroup)
+        helper?.start()
+        defer { helper?.finish() }
         // The run's lock, taken before its reservation exists and held until it ends:
         // `ComputeService.reenumerate` removes what a run whose runner died left (its reservation and
         // cgroup) only when it can take this lock. mkdir -p only when the state folder is new.
@@ -113,8 +125,6 @@ public enum SandboxRun {
             unlink(reservation)
             unlink(lockPath)  // before the lock is let go (the defer above runs after this one)
         }
-        var limits = limits
-        limits.blockDevices += blockDevices.map(\.deviceNumber)
         // The child mounts the system's root on the systems folder, in its own mount namespace
         // only: every run can use the one folder, and none has a folder to make and remove.
         var spec = SandboxSpec(root: systems, hostname: id, arguments: ["/.silo/init", "--"] + arguments,
@@ -122,12 +132,8 @@ public enum SandboxRun {
         if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
         spec.blockDevices = blockDevices
         spec.dieWithCaller = true  // this thread waits for it below; if the runner is killed, so is the system
-        // The cgroup is made on another thread while the child builds its mounts, where the layout allows.
-        let layout = configuration.layout
-        let (process, cgroup) = try Sandbox.spawn(spec, layout: layout) { [limits] () throws(SiloError) -> Cgroup in
-            // Nothing pauses a run or asks for its statistics: only the hierarchies that enforce.
-            try Cgroup.create(name: id, limits: limits, layout: layout, enforcingOnly: true)
-        }
+        // The cgroup is made on the other thread while the child builds its mounts, where the layout allows.
+        let (process, cgroup) = try Sandbox.spawn(spec, helper: helper, makingCgroup: makeCgroup)
         var status: Int32 = 0
         while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
         close(process.pidfd)
