@@ -192,6 +192,12 @@ static void lock_root(const struct silo_sandbox_config *c) {
     }
 }
 
+/// The system's own terminals and shared memory, on /dev/pts and /dev/shm (which exist).
+static void mount_dev_instances(const struct silo_sandbox_config *c) {
+    if (mount("devpts", NEW_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") != 0) fail(c, STEP_DEV);
+    if (mount("shm", NEW_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m") != 0) fail(c, STEP_DEV);
+}
+
 static void build_dev(const struct silo_sandbox_config *c) {
     char dev[4096], target[4096];
     join(dev, sizeof dev, NEW_ROOT, "/dev");  // made by child()
@@ -203,12 +209,11 @@ static void build_dev(const struct silo_sandbox_config *c) {
     }
     join(target, sizeof target, NEW_ROOT, "/dev/pts");
     if (make_dirs(target) != 0) fail(c, STEP_DEV);
-    if (mount("devpts", target, "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") != 0) fail(c, STEP_DEV);
     join(target, sizeof target, NEW_ROOT, "/dev/ptmx");
     if (symlink("pts/ptmx", target) != 0) fail(c, STEP_DEV);
     join(target, sizeof target, NEW_ROOT, "/dev/shm");
     if (make_dirs(target) != 0) fail(c, STEP_DEV);
-    if (mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m") != 0) fail(c, STEP_DEV);
+    mount_dev_instances(c);
     static const char *const links[][2] = {
         { "/proc/self/fd", "/dev/fd" }, { "/proc/self/fd/0", "/dev/stdin" },
         { "/proc/self/fd/1", "/dev/stdout" }, { "/proc/self/fd/2", "/dev/stderr" },
@@ -226,6 +231,241 @@ static void build_dev(const struct silo_sandbox_config *c) {
         join(target, sizeof target, NEW_ROOT, *node);
         if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL) != 0) fail(c, STEP_DEV);
     }
+}
+
+// MARK: A shared read-only root
+
+// A system's root without its per-system mounts (/dev/pts, /dev/shm, /proc, /tmp): the root tmpfs
+// with the host binds and init, and the /dev tmpfs with the device binds, all read-only, built
+// once by the caller as a detached mount tree (the new mount API, Linux 6.15 for moving mounts
+// onto a detached tree) and cloned for each child in one call (open_tree). The child attaches the
+// clone instead of making about 40 mounts and files, and when the system ends the two tmpfs
+// superblocks stay (they are the template's) instead of being torn down in init's exit. Both
+// superblocks are read-only, so systems sharing them cannot write to them; what they can see of
+// each other through them is what a shared read-only host folder such as /usr shows already.
+// A host path the template binds that changed since (a file replaced by rename, as resolv.conf
+// is) makes the next use rebuild it. These run in the caller, never in the child.
+
+#define SILO_OPEN_TREE_CLONE 1
+#define SILO_OPEN_TREE_CLOEXEC O_CLOEXEC
+#define SILO_MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define SILO_FSCONFIG_SET_FLAG 0
+#define SILO_FSCONFIG_SET_STRING 1
+#define SILO_FSCONFIG_CMD_CREATE 6
+#define SILO_FSCONFIG_CMD_RECONFIGURE 7
+#define SILO_FSMOUNT_CLOEXEC 1
+#define SILO_FSPICK_CLOEXEC 1
+#define SILO_FSPICK_EMPTY_PATH 8
+
+static pthread_mutex_t template_lock = PTHREAD_MUTEX_INITIALIZER;
+static int template_fd = -1;
+static int template_unsupported;
+static char template_key[16384];
+static struct { dev_t dev; ino_t ino; const char *path; } template_sources[96];
+static int template_source_count;
+static char template_paths[16384];
+
+/// A new tmpfs as a detached mount, read-write until made read-only; -1 with errno.
+static int new_tmpfs(const char *size, unsigned long long attributes) {
+    int fs = (int)syscall(SYS_fsopen, "tmpfs", SILO_FSMOUNT_CLOEXEC);
+    if (fs < 0) return -1;
+    int mounted = -1;
+    if (syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_STRING, "source", "tmpfs", 0) == 0
+        && syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_STRING, "mode", "755", 0) == 0
+        && syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_STRING, "size", size, 0) == 0
+        && syscall(SYS_fsconfig, fs, SILO_FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0) {
+        mounted = (int)syscall(SYS_fsmount, fs, SILO_FSMOUNT_CLOEXEC, attributes);
+    }
+    int error = errno;
+    close(fs);
+    errno = error;
+    return mounted;
+}
+
+/// The superblock of the detached mount `fd` read-only (a remount, not a mount attribute).
+static int superblock_read_only(int fd) {
+    int fs = (int)syscall(SYS_fspick, fd, "", SILO_FSPICK_EMPTY_PATH | SILO_FSPICK_CLOEXEC);
+    if (fs < 0) return -1;
+    int result = syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_FLAG, "ro", NULL, 0) == 0
+        && syscall(SYS_fsconfig, fs, SILO_FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0) == 0 ? 0 : -1;
+    int error = errno;
+    close(fs);
+    errno = error;
+    return result;
+}
+
+/// Binds host `source` (with the mounts below it when `recursive`) at `path` below the detached tree `tree`.
+static int attach_bind(int tree, const char *path, const char *source, int recursive) {
+    int bind = (int)syscall(SYS_open_tree, AT_FDCWD, source, SILO_OPEN_TREE_CLONE | SILO_OPEN_TREE_CLOEXEC | (recursive ? SILO_AT_RECURSIVE : 0));
+    if (bind < 0) return -1;
+    int result = (int)syscall(SYS_move_mount, bind, "", tree, path, SILO_MOVE_MOUNT_F_EMPTY_PATH);
+    int error = errno;
+    close(bind);
+    errno = error;
+    return result;
+}
+
+/// mkdir -p of `path` (relative, no leading '/') below the directory `dirfd`.
+static int make_dirs_at(int dirfd, const char *path) {
+    char buffer[4096];
+    size_t length = strlen(path);
+    if (length >= sizeof buffer) { errno = ENAMETOOLONG; return -1; }
+    memcpy(buffer, path, length + 1);
+    for (size_t i = 1; i <= length; i++) {
+        if (buffer[i] == '/' || buffer[i] == 0) {
+            char saved = buffer[i];
+            buffer[i] = 0;
+            if (mkdirat(dirfd, buffer, 0755) != 0 && errno != EEXIST) return -1;
+            buffer[i] = saved;
+        }
+    }
+    return 0;
+}
+
+static int make_parent_at(int dirfd, const char *path) {
+    char parent[4096];
+    join(parent, sizeof parent, path, "");
+    char *slash = strrchr(parent, '/');
+    if (!slash) return 0;
+    *slash = 0;
+    return make_dirs_at(dirfd, parent);
+}
+
+static int remember_source(const char *path, char **at, char *end) {
+    struct stat info;
+    if (lstat(path, &info) != 0 || template_source_count >= (int)(sizeof template_sources / sizeof template_sources[0])) return -1;
+    size_t length = strlen(path) + 1;
+    if (*at + length > end) return -1;
+    memcpy(*at, path, length);
+    template_sources[template_source_count].dev = info.st_dev;
+    template_sources[template_source_count].ino = info.st_ino;
+    template_sources[template_source_count].path = *at;
+    template_source_count++;
+    *at += length;
+    return 0;
+}
+
+/// Builds the template; its descriptor, or -1 with errno.
+static int template_build(const char *const *binds, const char *const *devices, const char *init) {
+    template_source_count = 0;
+    char *at = template_paths, *end = template_paths + sizeof template_paths;
+    int root = new_tmpfs("1m", SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV);
+    if (root < 0) return -1;
+    int dev = -1;
+    static const char *const mount_points[] = { "dev", "proc", "tmp", ".silo" };
+    for (size_t i = 0; i < sizeof mount_points / sizeof mount_points[0]; i++) {
+        if (mkdirat(root, mount_points[i], 0755) != 0) goto failed;
+    }
+    if (init && mknodat(root, ".silo/init", S_IFREG | 0644, 0) != 0) goto failed;
+    for (const char *const *path = binds; path && *path; path++) {
+        struct stat info;
+        if (**path != '/' || lstat(*path, &info) != 0) continue;  // not on this host (e.g. /lib32)
+        if (remember_source(*path, &at, end) != 0) goto failed;
+        const char *inside = *path + 1;
+        if (S_ISLNK(info.st_mode)) {
+            char link[4096];
+            ssize_t n = readlink(*path, link, sizeof link - 1);
+            if (n < 0) goto failed;
+            link[n] = 0;
+            if (make_parent_at(root, inside) != 0 || symlinkat(link, root, inside) != 0) goto failed;
+            continue;
+        }
+        if (S_ISDIR(info.st_mode)) {
+            if (make_dirs_at(root, inside) != 0) goto failed;
+        } else if (make_parent_at(root, inside) != 0 || (mknodat(root, inside, S_IFREG | 0644, 0) != 0 && errno != EEXIST)) {
+            goto failed;
+        }
+        if (attach_bind(root, inside, *path, 1) != 0) goto failed;
+    }
+    if (init && (attach_bind(root, ".silo/init", init, 1) != 0 || remember_source(init, &at, end) != 0)) goto failed;
+    struct silo_mount_attr locked = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, root, "", AT_EMPTY_PATH | SILO_AT_RECURSIVE, &locked, sizeof locked) != 0) goto failed;
+    if (superblock_read_only(root) != 0) goto failed;
+    // /dev: the device binds (nosuid, noexec), the mount points of devpts and shm, the links.
+    dev = new_tmpfs("64k", SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC);
+    if (dev < 0) goto failed;
+    for (const char *const *node = devices; node && *node; node++) {
+        if (strncmp(*node, "/dev/", 5) != 0 || strchr(*node + 5, '/')) { errno = EINVAL; goto failed; }
+        if (mknodat(dev, *node + 5, S_IFREG | 0644, 0) != 0 || attach_bind(dev, *node + 5, *node, 0) != 0) goto failed;
+        if (remember_source(*node, &at, end) != 0) goto failed;
+    }
+    if (mkdirat(dev, "pts", 0755) != 0 || symlinkat("pts/ptmx", dev, "ptmx") != 0 || mkdirat(dev, "shm", 0755) != 0) goto failed;
+    static const char *const links[][2] = {
+        { "/proc/self/fd", "fd" }, { "/proc/self/fd/0", "stdin" }, { "/proc/self/fd/1", "stdout" }, { "/proc/self/fd/2", "stderr" },
+    };
+    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+        if (symlinkat(links[i][0], dev, links[i][1]) != 0) goto failed;
+    }
+    struct silo_mount_attr devices_attr = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
+    struct silo_mount_attr read_only = { SILO_MOUNT_ATTR_RDONLY, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, dev, "", AT_EMPTY_PATH | SILO_AT_RECURSIVE, &devices_attr, sizeof devices_attr) != 0
+        || syscall(SYS_mount_setattr, dev, "", AT_EMPTY_PATH, &read_only, sizeof read_only) != 0
+        || superblock_read_only(dev) != 0
+        || syscall(SYS_move_mount, dev, "", root, "dev", SILO_MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+        goto failed;
+    }
+    close(dev);
+    return root;
+failed:;
+    int error = errno;
+    if (dev >= 0) close(dev);
+    close(root);
+    template_source_count = 0;
+    errno = error;
+    return -1;
+}
+
+/// binds, devices and init as one string, to tell whether the template is the one asked for.
+static int template_key_of(const char *const *binds, const char *const *devices, const char *init, char *key, size_t size) {
+    size_t n = 0;
+    const char *const *lists[] = { binds, devices };
+    for (int l = 0; l < 2; l++) {
+        for (const char *const *p = lists[l]; p && *p; p++) {
+            size_t length = strlen(*p);
+            if (n + length + 2 >= size) return -1;
+            memcpy(key + n, *p, length);
+            n += length;
+            key[n++] = '\n';
+        }
+        if (n + 2 >= size) return -1;
+        key[n++] = '\t';
+    }
+    size_t length = init ? strlen(init) : 0;
+    if (n + length + 1 >= size) return -1;
+    if (init) memcpy(key + n, init, length);
+    key[n + length] = 0;
+    return 0;
+}
+
+static int template_current(void) {
+    for (int i = 0; i < template_source_count; i++) {
+        struct stat info;
+        if (lstat(template_sources[i].path, &info) != 0 || info.st_dev != template_sources[i].dev || info.st_ino != template_sources[i].ino) return 0;
+    }
+    return 1;
+}
+
+int silo_sandbox_template_clone(const char *const *binds, const char *const *devices, const char *init, int build) {
+    static char key[sizeof template_key];
+    pthread_mutex_lock(&template_lock);
+    int clone = -1, error = ENOENT;
+    if (template_unsupported || template_key_of(binds, devices, init, key, sizeof key) != 0) {
+        error = ENOTSUP;
+    } else if (template_fd >= 0 && strcmp(key, template_key) == 0 && template_current()) {
+        clone = (int)syscall(SYS_open_tree, template_fd, "", SILO_OPEN_TREE_CLONE | SILO_OPEN_TREE_CLOEXEC | SILO_AT_RECURSIVE | AT_EMPTY_PATH);
+        error = errno;
+    } else if (build) {
+        if (template_fd >= 0) close(template_fd);
+        template_fd = template_build(binds, devices, init);
+        error = errno;
+        if (template_fd >= 0) {
+            memcpy(template_key, key, sizeof key);
+        } else if (error == EINVAL || error == ENOSYS || error == EPERM) {
+            template_unsupported = 1;  // an older kernel, or not allowed here: never again
+        }
+    }
+    pthread_mutex_unlock(&template_lock);
+    return clone >= 0 ? clone : -error;
 }
 
 static void mount_proc(const struct silo_sandbox_config *c) {
@@ -547,12 +787,20 @@ static int child(void *argument) {
         if (unshare(CLONE_NEWCGROUP) != 0) fail(c, STEP_CGROUP_NS);
     }
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
+    char target[4096];
+    if (c->root_tree_fd >= 0) {
+        // A clone of the shared read-only root (silo_sandbox_template_clone): only what is the
+        // system's own goes on it. Not closed here: the descriptor may be the caller's too.
+        if (syscall(SYS_move_mount, c->root_tree_fd, "", AT_FDCWD, c->root, SILO_MOVE_MOUNT_F_EMPTY_PATH) != 0) fail(c, STEP_ROOT_TMPFS);
+        if (chdir(c->root) != 0) fail(c, STEP_ROOT_TMPFS);
+        mount_dev_instances(c);
+        goto per_system;
+    }
     if (mount("tmpfs", c->root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_ROOT_TMPFS);
     if (chdir(c->root) != 0) fail(c, STEP_ROOT_TMPFS);  // into the tmpfs: NEW_ROOT
     // Every mount point on the root tmpfs first, while it is writable and before any host folder
     // is bound on it: a LUN's folder below a bind is then looked up in the (read-only) host
     // folder, never made there.
-    char target[4096];
     for (size_t i = 0; c->mount_sources && c->mount_sources[i]; i++) {
         join(target, sizeof target, NEW_ROOT, c->mount_targets[i]);
         if (make_dirs(target) != 0) fail(c, STEP_MOUNT_LUN);
@@ -570,6 +818,7 @@ static int child(void *argument) {
     if (c->init_binary && mount(c->init_binary, init_target, NULL, MS_BIND | MS_REC, NULL) != 0) fail(c, STEP_BIND);
     lock_root(c);
     build_dev(c);
+per_system:
     mount_proc(c);
     join(target, sizeof target, NEW_ROOT, "/tmp");
     if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
@@ -583,7 +832,10 @@ static int child(void *argument) {
     if (syscall(SYS_pivot_root, ".", ".") != 0) fail(c, STEP_PIVOT);
     if (umount2(".", MNT_DETACH) != 0) fail(c, STEP_PIVOT);
     if (chdir("/") != 0) fail(c, STEP_PIVOT);
-    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) fail(c, STEP_READ_ONLY_ROOT);
+    // (The shared root's superblock is read-only already, and not this system's to change.)
+    if (c->root_tree_fd < 0 && mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=755,size=1m") != 0) {
+        fail(c, STEP_READ_ONLY_ROOT);
+    }
     if (c->hostname && sethostname(c->hostname, strlen(c->hostname)) != 0) fail(c, STEP_HOSTNAME);
     if (c->gate) pass_gate(c); else loopback_up(c);
     // A session keyring of its own: the caller's (and its keys) stay out of reach. Kernels

@@ -64,6 +64,10 @@ struct silo_sandbox_config {
     /// Non-NULL: another thread of the caller works while the child builds its mounts (see
     /// struct silo_sandbox_gate), and the child waits for it before it joins the cgroups.
     struct silo_sandbox_gate *gate;
+    /// A clone of the shared read-only root (silo_sandbox_template_clone) to attach at `root`
+    /// instead of building one; -1 for none. Not with LUN mounts (their folders need a root of
+    /// the system's own).
+    int root_tree_fd;
 };
 
 /// Work done by another thread of the caller while the child mounts its root, on the other CPU:
@@ -89,6 +93,12 @@ struct sock_filter;
 /// The seccomp program every sandbox installs (classic BPF), made on first use; `*length`
 /// instructions. For tests; silo_sandbox_spawn makes it before its child needs it.
 const struct sock_filter *silo_sandbox_seccomp_program(unsigned short *length);
+
+/// A clone of the shared read-only root for these binds, devices and init (see sandbox.c), to
+/// pass as root_tree_fd and close after the spawn; else -errno: -ENOENT when there is none yet or
+/// it is out of date (with `build`, it is made or remade for the next call, and -ENOENT or the
+/// build's error is returned), -ENOTSUP when the kernel cannot make one.
+int silo_sandbox_template_clone(const char *const *binds, const char *const *devices, const char *init, int build);
 
 /// On the calling thread: unshares a network namespace, brings its lo up, returns a descriptor for
 /// it and goes back to the thread's own namespace. -1 with errno on failure.

@@ -30,6 +30,11 @@ public struct SandboxSpec: Sendable {
     public var keptCapabilities: [Int32] = []
     /// SIGKILL the sandbox's first process when the calling thread dies (it must wait for it).
     public var dieWithCaller = false
+    /// Attach a clone of a root shared with other sandboxes of this process (read-only: the binds,
+    /// init and /dev's device nodes) instead of building one, once one is made (a sandbox without
+    /// one has it made afterwards, on the other thread). Only where nothing changes the root or
+    /// /dev later (LUN attachments do) and without LUN mounts; those build their own.
+    public var sharedRoot = false
 
     public init(root: String, hostname: String, arguments: [String], environment: [String] = SandboxSpec.defaultEnvironment,
                 seccomp: Bool = true, readOnlyBinds: [String] = SandboxSpec.defaultBinds, devices: [String] = SandboxSpec.defaultDevices,
@@ -124,8 +129,7 @@ public enum Sandbox {
     {
         var cgroup: Cgroup?
         do throws(SiloError) {
-            helper?.start()
-            helper?.proceed()
+            helper?.start()  // (proceed comes with the spawn, after the shared root's look-up)
             if helper?.makesCgroup != true { cgroup = try makeCgroup() }
             let process = try spawn(spec, cgroup: cgroup, helper: helper)
             guard let made = cgroup ?? helper?.cgroup else { preconditionFailure("a child past the gate has its cgroup") }
@@ -155,6 +159,20 @@ public enum Sandbox {
             throw error
         }
         defer { taskFiles.forEach { close($0) } }
+        // A clone of the shared root, when there is one; else the other thread makes it for next time.
+        var rootTree: Int32 = -1
+        let sharesRoot = spec.sharedRoot && spec.blockDevices.isEmpty
+        if sharesRoot {
+            rootTree = withCStrings(spec.readOnlyBinds) { binds in
+                withCStrings(spec.devices) { devices in
+                    silo_sandbox_template_clone(UnsafePointer(OpaquePointer(binds)), UnsafePointer(OpaquePointer(devices)),
+                                                spec.initBinary, 0)
+                }
+            }
+            if rootTree == -ENOENT { helper?.makeSharedRoot(binds: spec.readOnlyBinds, devices: spec.devices, initBinary: spec.initBinary) }
+        }
+        if rootTree < 0 { rootTree = -1 }
+        defer { if rootTree >= 0 { close(rootTree) } }
         // The other thread starts now (if not before): the namespace and cgroup while the child mounts.
         helper?.start()
         helper?.proceed()
@@ -196,6 +214,7 @@ public enum Sandbox {
                                         config.die_with_parent = spec.dieWithCaller ? 1 : 0
                                         config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
                                         config.gate = helper?.gate
+                                        config.root_tree_fd = rootTree
                                         return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
                                           taskFiles.withUnsafeBufferPointer { tasks in
                                             config.inherit_fds = inherited.baseAddress
@@ -220,8 +239,8 @@ public enum Sandbox {
         }
         let spawnError = errno
         close(errors[1])
-        // The child is past its exec or gone: the other thread's work is over, or ends soon.
-        helper?.join()
+        // The child is past its exec or gone: the other thread's work for it is over, or ends soon.
+        helper?.waitForGate()
         guard pid > 0 else { throw SiloError.system("clone3", errno: spawnError) }
         var failure = silo_sandbox_failure()
         let got = withUnsafeMutableBytes(of: &failure) { read(errors[0], $0.baseAddress, $0.count) }
@@ -267,6 +286,10 @@ final class SandboxHelper: @unchecked Sendable {
     private var posted = false, cancelled = false
     /// No thread: the work waits for `proceed`, on the caller's thread.
     private var inline = false
+    /// Posted when the gate is open.
+    private let gateDone = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    /// The shared root to make after the gate, for the next sandbox (see SandboxSpec.sharedRoot).
+    private var sharedRoot: (binds: [String], devices: [String], initBinary: String?)?
     var makesCgroup: Bool { makeCgroup != nil }
 
     /// A helper that makes the cgroup too where the child joins every hierarchy itself (no
@@ -279,9 +302,11 @@ final class SandboxHelper: @unchecked Sendable {
         var ends: [Int32] = [-1, -1]
         guard silo_pipe2(&ends, O_CLOEXEC) == 0 else {
             go.deallocate()
+            gateDone.deallocate()
             return nil
         }
         sem_init(go, 0, 0)
+        sem_init(gateDone, 0, 0)
         gate = .allocate(capacity: 1)
         gate.initialize(to: silo_sandbox_gate())
         gate.pointee.pipe = (ends[0], ends[1])
@@ -298,7 +323,12 @@ final class SandboxHelper: @unchecked Sendable {
         let context = Unmanaged.passRetained(self).toOpaque()
         let made = pthread_create(&thread, nil, { raw in
             guard let raw else { return nil }
-            Unmanaged<SandboxHelper>.fromOpaque(raw).takeRetainedValue().work()
+            let helper = Unmanaged<SandboxHelper>.fromOpaque(raw).takeRetainedValue()
+            helper.work()
+            // What the caller asked for before proceed (which work waits for when it makes the
+            // cgroup) is visible after it.
+            if !helper.makesCgroup { while sem_wait(helper.go) != 0 {} }
+            helper.makeSharedRootNow()
             return nil
         }, context)
         if made == 0 {
@@ -317,7 +347,19 @@ final class SandboxHelper: @unchecked Sendable {
         if inline { work() }
     }
 
-    /// Returns once the thread is done (the gate's fields are final).
+    /// Asks the thread to make the shared root once the gate is open. Before `proceed`.
+    func makeSharedRoot(binds: [String], devices: [String], initBinary: String?) {
+        if !posted { sharedRoot = (binds, devices, initBinary) }
+    }
+
+    /// Returns once the gate is open (its fields final).
+    func waitForGate() {
+        guard started, !inline || posted else { return }
+        while sem_wait(gateDone) != 0 {}
+        sem_post(gateDone)  // for another call
+    }
+
+    /// Returns once the thread is done (after the shared root, if it makes one).
     func join() {
         if let thread { pthread_join(thread, nil) }
         thread = nil
@@ -347,11 +389,24 @@ final class SandboxHelper: @unchecked Sendable {
     deinit {
         sem_destroy(go)
         go.deallocate()
+        sem_destroy(gateDone)
+        gateDone.deallocate()
         gate.deinitialize(count: 1)
         gate.deallocate()
     }
 
+    private func makeSharedRootNow() {
+        guard let request = sharedRoot, !cancelled else { return }
+        withCStrings(request.binds) { binds in
+            withCStrings(request.devices) { devices in
+                _ = silo_sandbox_template_clone(UnsafePointer(OpaquePointer(binds)), UnsafePointer(OpaquePointer(devices)),
+                                                request.initBinary, 1)
+            }
+        }
+    }
+
     private func work() {
+        defer { sem_post(gateDone) }
         let net = silo_sandbox_make_netns()
         if net < 0 {
             let error = errno

@@ -132,6 +132,9 @@ public enum SandboxRun {
         if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
         spec.blockDevices = blockDevices
         spec.dieWithCaller = true  // this thread waits for it below; if the runner is killed, so is the system
+        // Nothing attaches to a run later: its root can be a clone of the one it shares with the
+        // other runs of this process (read-only), once there is one.
+        spec.sharedRoot = true
         // The cgroup is made on the other thread while the child builds its mounts, where the layout allows.
         let (process, cgroup) = try Sandbox.spawn(spec, helper: helper, makingCgroup: makeCgroup)
         var status: Int32 = 0
