@@ -540,6 +540,33 @@ int silo_sandbox_make_netns(void) {
     return fresh;
 }
 
+// A fresh network namespace made ahead of time: one, kept by the caller's process for its next
+// sandbox (made after a sandbox started, off its path: 0.35 to 0.6 ms here). Never used by anyone
+// before it is taken, so a sandbox that takes it gets what it would have made.
+static pthread_mutex_t spare_net_lock = PTHREAD_MUTEX_INITIALIZER;
+static int spare_net = -1;
+
+int silo_sandbox_netns_take(void) {
+    pthread_mutex_lock(&spare_net_lock);
+    int fd = spare_net;
+    spare_net = -1;
+    pthread_mutex_unlock(&spare_net_lock);
+    return fd;
+}
+
+void silo_sandbox_netns_refill(void) {
+    pthread_mutex_lock(&spare_net_lock);
+    int empty = spare_net < 0;
+    pthread_mutex_unlock(&spare_net_lock);
+    if (!empty) return;
+    int fd = silo_sandbox_make_netns();
+    if (fd < 0) return;
+    pthread_mutex_lock(&spare_net_lock);
+    if (spare_net < 0) { spare_net = fd; fd = -1; }
+    pthread_mutex_unlock(&spare_net_lock);
+    if (fd >= 0) close(fd);
+}
+
 void silo_sandbox_gate_open(struct silo_sandbox_gate *gate) {
     char byte = 1;
     while (write(gate->pipe[1], &byte, 1) < 0 && errno == EINTR) {}

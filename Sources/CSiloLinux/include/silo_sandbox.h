@@ -103,6 +103,11 @@ int silo_sandbox_template_clone(const char *const *binds, const char *const *dev
 /// On the calling thread: unshares a network namespace, brings its lo up, returns a descriptor for
 /// it and goes back to the thread's own namespace. -1 with errno on failure.
 int silo_sandbox_make_netns(void);
+/// The network namespace made ahead of time (with lo up) for the next sandbox, taken (the caller
+/// closes it), or -1 when there is none.
+int silo_sandbox_netns_take(void);
+/// Makes one ahead of time for the next sandbox, unless there is one; on the calling thread.
+void silo_sandbox_netns_refill(void);
 /// Opens the gate: the child reads the fields (error, net_fd, task_fds) after this.
 void silo_sandbox_gate_open(struct silo_sandbox_gate *gate);
 

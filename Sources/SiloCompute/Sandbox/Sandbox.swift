@@ -241,6 +241,7 @@ public enum Sandbox {
         close(errors[1])
         // The child is past its exec or gone: the other thread's work for it is over, or ends soon.
         helper?.waitForGate()
+        helper?.spawned()
         guard pid > 0 else { throw SiloError.system("clone3", errno: spawnError) }
         var failure = silo_sandbox_failure()
         let got = withUnsafeMutableBytes(of: &failure) { read(errors[0], $0.baseAddress, $0.count) }
@@ -288,8 +289,15 @@ final class SandboxHelper: @unchecked Sendable {
     private var inline = false
     /// Posted when the gate is open.
     private let gateDone = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    /// Posted once the child has exec'd or failed (or by `finish`): what the thread does for later
+    /// sandboxes waits until then, not to slow this one's last steps on the other CPU.
+    private let spawnDone = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    private var spawnPosted = false
     /// The shared root to make after the gate, for the next sandbox (see SandboxSpec.sharedRoot).
     private var sharedRoot: (binds: [String], devices: [String], initBinary: String?)?
+    /// After the gate, make a network namespace for the next sandbox of this process (for callers
+    /// that join the thread only later, such as a run, once its system has ended).
+    var makesSpareNetwork = false
     var makesCgroup: Bool { makeCgroup != nil }
 
     /// A helper that makes the cgroup too where the child joins every hierarchy itself (no
@@ -303,10 +311,12 @@ final class SandboxHelper: @unchecked Sendable {
         guard silo_pipe2(&ends, O_CLOEXEC) == 0 else {
             go.deallocate()
             gateDone.deallocate()
+            spawnDone.deallocate()
             return nil
         }
         sem_init(go, 0, 0)
         sem_init(gateDone, 0, 0)
+        sem_init(spawnDone, 0, 0)
         gate = .allocate(capacity: 1)
         gate.initialize(to: silo_sandbox_gate())
         gate.pointee.pipe = (ends[0], ends[1])
@@ -328,7 +338,9 @@ final class SandboxHelper: @unchecked Sendable {
             // What the caller asked for before proceed (which work waits for when it makes the
             // cgroup) is visible after it.
             if !helper.makesCgroup { while sem_wait(helper.go) != 0 {} }
+            if helper.sharedRoot != nil || helper.makesSpareNetwork { while sem_wait(helper.spawnDone) != 0 {} }
             helper.makeSharedRootNow()
+            if helper.makesSpareNetwork, !helper.cancelled { silo_sandbox_netns_refill() }
             return nil
         }, context)
         if made == 0 {
@@ -352,6 +364,13 @@ final class SandboxHelper: @unchecked Sendable {
         if !posted { sharedRoot = (binds, devices, initBinary) }
     }
 
+    /// The child has exec'd or failed: the thread may go on to what is for later sandboxes.
+    func spawned() {
+        guard !spawnPosted else { return }
+        spawnPosted = true
+        sem_post(spawnDone)
+    }
+
     /// Returns once the gate is open (its fields final).
     func waitForGate() {
         guard started, !inline || posted else { return }
@@ -373,6 +392,7 @@ final class SandboxHelper: @unchecked Sendable {
             posted = true
             sem_post(go)
         }
+        spawned()
         join()
         let count = Int(gate.pointee.task_count)
         withUnsafeBytes(of: gate.pointee.task_fds) { raw in
@@ -391,6 +411,8 @@ final class SandboxHelper: @unchecked Sendable {
         go.deallocate()
         sem_destroy(gateDone)
         gateDone.deallocate()
+        sem_destroy(spawnDone)
+        spawnDone.deallocate()
         gate.deinitialize(count: 1)
         gate.deallocate()
     }
@@ -407,7 +429,8 @@ final class SandboxHelper: @unchecked Sendable {
 
     private func work() {
         defer { sem_post(gateDone) }
-        let net = silo_sandbox_make_netns()
+        var net = silo_sandbox_netns_take()
+        if net < 0 { net = silo_sandbox_make_netns() }
         if net < 0 {
             let error = errno
             fail(SiloError.system("unshare", errno: error, message: "cannot make the network namespace: \(String(cString: strerror(error))) (errno \(error))"))

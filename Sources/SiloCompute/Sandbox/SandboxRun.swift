@@ -83,6 +83,9 @@ public enum SandboxRun {
         // The other thread starts on the network namespace (and then, where the layout allows,
         // the cgroup) now, while this one reserves the id; the cgroup waits for the reservation.
         let helper = SandboxHelper(layout: layout, makeCgroup: makeCgroup)
+        // It takes the network namespace made ahead of time by the previous run of this process,
+        // if any, and makes one for the next after the gate (joined only once this run ends).
+        helper?.makesSpareNetwork = true
         helper?.start()
         defer { helper?.finish() }
         // The run's lock, taken before its reservation exists and held until it ends:
