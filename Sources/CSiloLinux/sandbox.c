@@ -546,6 +546,11 @@ int silo_sandbox_make_netns(void) {
 static pthread_mutex_t spare_net_lock = PTHREAD_MUTEX_INITIALIZER;
 static int spare_net = -1;
 
+unsigned silo_sandbox_count_start(void) {
+    static unsigned starts;
+    return __atomic_fetch_add(&starts, 1, __ATOMIC_RELAXED);
+}
+
 int silo_sandbox_netns_take(void) {
     pthread_mutex_lock(&spare_net_lock);
     int fd = spare_net;

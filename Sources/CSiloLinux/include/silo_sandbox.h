@@ -103,6 +103,8 @@ int silo_sandbox_template_clone(const char *const *binds, const char *const *dev
 /// On the calling thread: unshares a network namespace, brings its lo up, returns a descriptor for
 /// it and goes back to the thread's own namespace. -1 with errno on failure.
 int silo_sandbox_make_netns(void);
+/// Counts a start in this process; returns the count before it (0 for the first).
+unsigned silo_sandbox_count_start(void);
 /// The network namespace made ahead of time (with lo up) for the next sandbox, taken (the caller
 /// closes it), or -1 when there is none.
 int silo_sandbox_netns_take(void);

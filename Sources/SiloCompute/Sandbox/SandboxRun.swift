@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import SiloOperations
 
@@ -84,8 +85,11 @@ public enum SandboxRun {
         // the cgroup) now, while this one reserves the id; the cgroup waits for the reservation.
         let helper = SandboxHelper(layout: layout, makeCgroup: makeCgroup)
         // It takes the network namespace made ahead of time by the previous run of this process,
-        // if any, and makes one for the next after the gate (joined only once this run ends).
-        helper?.makesSpareNetwork = true
+        // if any; from the second run of a process on (one that runs more than one, such as a
+        // service), it makes one for the next after the child has started (joined only once this
+        // run ends). A process that runs one (silo run) makes nothing ahead.
+        let later = silo_sandbox_count_start() > 0
+        helper?.makesSpareNetwork = later
         helper?.start()
         defer { helper?.finish() }
         // The run's lock, taken before its reservation exists and held until it ends:
@@ -136,8 +140,8 @@ public enum SandboxRun {
         spec.blockDevices = blockDevices
         spec.dieWithCaller = true  // this thread waits for it below; if the runner is killed, so is the system
         // Nothing attaches to a run later: its root can be a clone of the one it shares with the
-        // other runs of this process (read-only), once there is one.
-        spec.sharedRoot = true
+        // other runs of this process (read-only), made by the second.
+        spec.sharedRoot = later
         // The cgroup is made on the other thread while the child builds its mounts, where the layout allows.
         let (process, cgroup) = try Sandbox.spawn(spec, helper: helper, makingCgroup: makeCgroup)
         var status: Int32 = 0
