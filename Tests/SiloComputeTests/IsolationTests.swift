@@ -164,6 +164,25 @@ struct IsolationTests {
                 "inside \(inside), the caller's \(ours)")
     }
 
+    @Test("C11 a root cloned from the shared one is the root a sandbox builds: same mounts, flags and files; read-only")
+    func sharedRoot() throws {
+        let script = """
+            cut -d' ' -f5,6,9- /proc/self/mountinfo
+            ls -la --time-style=+ / /dev /.silo /etc
+            for path in / /etc /dev /.silo/init /usr; do touch $path/x 2>/dev/null && echo "wrote $path"; done
+            echo data > /tmp/x && cat /tmp/x
+            """
+        let built = try runSandboxed(underInit: true, script)
+        #expect(built.status == 0, "\(built.output)")
+        #expect(!built.output.contains("wrote "), "\(built.output)")
+        // The first asks for the shared root to be made (after its start); the next are clones of it.
+        for round in 0..<3 {
+            let shared = try runSandboxed(underInit: true, script) { $0.sharedRoot = true }
+            #expect(shared.status == 0)
+            #expect(shared.output == built.output, "round \(round): \(shared.output)")
+        }
+    }
+
     @Test("C11 a host mount below a read-only bind is read-only too")
     func submountsReadOnly() throws {
         // A host folder with a tmpfs mounted inside it, bound into the sandbox as /usr is (not
