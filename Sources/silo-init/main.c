@@ -19,6 +19,14 @@
 #include "run_fast.h"
 
 int main(int argc, char **argv) {
+    // Both modes end by signalling every process they can see (kill(-1, ...)): inside a system's
+    // pid namespace that is the system; started by hand on the host, as root, it would be every
+    // process of the host. So nothing runs unless this is pid 1 of its namespace.
+    if (getpid() != 1) {
+        fprintf(stderr, "silo-init: refusing to run as pid %d: it is pid 1 of a compute system's pid namespace, "
+                        "started by Silo (silo run, silo system start)\n", (int)getpid());
+        return 64;
+    }
     int first = 1;
     if (first < argc && strcmp(argv[first], "--agent") == 0) {
         return silo_agent_main(first + 1 < argc && strcmp(argv[first + 1], "--terminate-on-last-handle") == 0);

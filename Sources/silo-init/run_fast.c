@@ -209,6 +209,7 @@ FAST void silo_init_fast(long *stack) {
     long argc = stack[0];
     char *const *argv = (char *const *)(stack + 1);
     if (argc < 3 || !same(argv[1], "--")) return;
+    if (sys(SYS_getpid, 0, 0, 0, 0) != 1) return;  // main() refuses, with a message
     silo_init_run(argv + 2, argv + argc + 1);
 }
 

@@ -323,3 +323,42 @@ struct SandboxCgroupTests {
         #expect(reap(process.pid) == 128 + SIGKILL)
     }
 }
+
+/// Silo's init signals every process it can see when it ends (kill(-1, ...)), which on the host, as
+/// root, would be every process there: started anywhere but as pid 1, it refuses, in both modes.
+/// Checked inside a pid namespace of its own whose pid 1 is a shell, so that an init that did not
+/// refuse could only reach the shell and its sleeper, never the host.
+@Suite("Silo's init outside a system", .tags(.root))
+struct InitOutsideTests {
+    @Test("silo-init refuses to run unless it is pid 1, and no other process is touched", arguments: ["--agent", "-- /bin/true"])
+    func refusesOutsideItsNamespace(_ mode: String) throws {
+        let initBinary = ComputeConfiguration().initBinary
+        try #require(access(initBinary, X_OK) == 0, "Silo's init at \(initBinary)")
+        try #require(access("/usr/bin/unshare", X_OK) == 0, "needs unshare (util-linux)")
+        let script = "sleep 30 & s=$!; timeout -s KILL 10 \(initBinary) \(mode) 2>/dev/null </dev/null; code=$?; kill -0 $s && echo alive; kill $s; echo code=$code"
+        let output = try captureOutput(["/usr/bin/unshare", "--pid", "--fork", "/bin/sh", "-c", script])
+        #expect(output.contains("code=64"), "\(output)")
+        #expect(output.contains("alive"), "a process beside init was signalled: \(output)")
+    }
+}
+
+private func captureOutput(_ arguments: [String]) throws -> String {
+    var output: [Int32] = [0, 0]
+    guard pipe(&output) == 0 else { throw SiloError.system("pipe", errno: errno) }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_adddup2(&actions, output[1], 1)
+    posix_spawn_file_actions_addclose(&actions, output[0])
+    var argv = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
+    close(output[1])
+    defer { close(output[0]) }
+    guard result == 0 else { throw SiloError.system("posix_spawn", errno: result, path: arguments[0]) }
+    let text = readAll(output[0])
+    _ = reap(pid)
+    return text
+}
