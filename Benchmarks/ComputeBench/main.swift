@@ -1,5 +1,7 @@
 // Silo's compute side measured through the library (no CLI start-up). Run by scripts/bench/compute.
-//   start          median time to run /bin/true in a fresh system (cgroup, namespaces, init) and remove it
+//   start          median time to run /bin/true in a fresh system (cgroup, namespaces, init) and remove it,
+//                  runs after the first in one process (which prepare the next: a shared root, a network namespace)
+//   first          the same for the one run of a fresh process, in microseconds
 //   idle           memory of an idle system: init's RSS and the cgroup's charge
 //   pause          median freeze + thaw of a running system
 //   many N         N systems started at once: all running, total memory, time to terminate them all
@@ -94,6 +96,14 @@ case "start":
         if round >= 5 { times.append(end - start) }
     }
     print("library start+remove of /bin/true, median of \(rounds): \(ms(median(times))) ms (goal < 2 ms)")
+case "first":
+    // One run in a fresh process, timed inside it: nothing made ahead by an earlier run (the shared
+    // root, a spare network namespace). Prints microseconds; the script takes the median of many.
+    let start = now()
+    let code = try SandboxRun.run(id: "bench-first-\(getpid())", limits: CgroupLimits(pids: 64),
+                                  arguments: ["/bin/true"], configuration: configuration)
+    precondition(code == 0, "/bin/true exited \(code)")
+    print((now() - start) / 1000)
 case "idle":
     let system = try Running.start("bench-idle-\(getpid())")
     usleep(300_000)
