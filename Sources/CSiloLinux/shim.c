@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "silo_linux.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <unistd.h>
 #include <linux/fs.h>
@@ -66,3 +67,8 @@ int silo_get_window_size(int fd, unsigned short *rows, unsigned short *columns) 
 }
 int silo_pty_peer(int master, int flags) { return ioctl(master, TIOCGPTPEER, flags); }
 int silo_pty_unlock(int master) { int unlock = 0; return ioctl(master, TIOCSPTLCK, &unlock); }
+
+const char *silo_object_path(const void *address) {
+    Dl_info info;
+    return dladdr(address, &info) != 0 ? info.dli_fname : NULL;
+}
