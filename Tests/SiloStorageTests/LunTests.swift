@@ -75,6 +75,8 @@ struct LunTests {
         let poolDrive = try #require(storage.provider.drives().first { $0.pool != nil })
         let placed = try storage.provider.createLun(LunSpec(name: "placed", size: 1 << 20, drives: [poolDrive.id])).wait()
         #expect(placed.pool == "default")
+        // A thin LUN's size counts against what the pool may still promise.
+        #expect(try storage.provider.maximumLunSize(provisioning: .thin) == thin - (1 << 20))
     }
 
     @Test("S6 a created LUN is a loop device of its size, zero at both ends, backed by a file in the pool")

@@ -2,9 +2,9 @@ import Glibc
 import SiloOperations
 
 extension StorageProvider {
-    /// Creates a LUN [IVdsSubSystem::CreateLun]: a chain of reserve, create the backing file,
-    /// allocate or zero it (with progress), attach a loop device, link `/dev/silo/<name>`, and
-    /// register. Cancel or failure at any step removes the file, the device and the record (S7).
+    /// Creates a LUN [IVdsSubSystem::CreateLun]: reserve (the record and the sparse backing file),
+    /// then a chain that allocates or zeroes it (with progress), attaches a loop device, links
+    /// `/dev/silo/<name>`, and registers. Cancel or failure at any step removes the file, the device and the record (S7).
     ///
     /// Bad arguments, a taken name or too little space throw at once and change nothing (E3, S5).
     public func createLun(
@@ -32,12 +32,21 @@ extension StorageProvider {
             }
             try checkCapacity(for: size, provisioning: spec.provisioning, field: "size", pool: pool)
             try registry.save(record, durable: false)
+            // The sparse file, at its full size, is the reservation the next create's capacity
+            // check counts (promisedBytes), so it is made before the lock is let go.
+            do throws(SiloError) {
+                try BackingFile.create(file, size: size)
+            } catch {
+                try? registry.removeHoldingLock(spec.name, durable: false)
+                throw error
+            }
         }
         do {
             return try configuration.scheduler.run(
                 .createLun, chain: creationChain(record), context: context, callback: callback
             )
         } catch {
+            try? BackingFile.remove(file)
             try? registry.remove(spec.name)
             throw error
         }
@@ -46,13 +55,9 @@ extension StorageProvider {
     private func creationChain(_ record: LunRecord) -> OperationChain<LunProperties> {
         let file = record.backingFile
         let size = record.size
-        var steps = [
-            OperationStep("create backing file", weight: 1, run: { _ in
-                try BackingFile.create(file, size: size)
-            }, rollback: {
-                try BackingFile.remove(file)
-            }),
-        ]
+        // The backing file was made with the reservation; a failed or cancelled chain removes it
+        // in its cleanup, whichever step it stopped at.
+        var steps: [OperationStep] = []
         switch record.provisioning {
         case .thin:
             break
@@ -70,6 +75,7 @@ extension StorageProvider {
         steps += attachSteps(record)
         // The record made before the chain is the reservation: removed on any failure or cancel.
         return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
+            try BackingFile.remove(file)
             try registry.remove(record.name)
         })
     }
