@@ -4,7 +4,8 @@ import SiloOperations
 extension StorageProvider {
     /// Creates a LUN [IVdsSubSystem::CreateLun]: reserve (the record and the sparse backing file),
     /// then a chain that allocates or zeroes it (with progress), attaches a loop device, links
-    /// `/dev/silo/<name>`, and registers. Cancel or failure at any step removes the file, the device and the record (S7).
+    /// `/dev/silo/<name>`, and registers. Cancel or failure at any step removes the file, the
+    /// device and the record (S7).
     ///
     /// Bad arguments, a taken name or too little space throw at once and change nothing (E3, S5).
     public func createLun(
@@ -73,7 +74,8 @@ extension StorageProvider {
             }))
         }
         steps += attachSteps(record)
-        // The record made before the chain is the reservation: removed on any failure or cancel.
+        // The record and the file made before the chain are the reservation: removed on any
+        // failure or cancel.
         return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
             try BackingFile.remove(file)
             try registry.remove(record.name)
