@@ -1,0 +1,105 @@
+import CSiloLinux
+import Glibc
+import Testing
+
+/// The seccomp program every sandbox installs, run here by a small classic-BPF interpreter for
+/// every system call number, against the deny-list as this file states it. The sandbox tests
+/// check a few denials in the kernel; this checks that the program's search over the list (a
+/// binary search since it was made faster) gives each number its verdict, and nothing else.
+@Suite("The seccomp program")
+struct SeccompProgramTests {
+    static let auditArchX8664: UInt32 = 0xC000_003E
+    static let retKillProcess: UInt32 = 0x8000_0000
+    static let retAllow: UInt32 = 0x7fff_0000
+    static func retErrno(_ error: Int32) -> UInt32 { 0x0005_0000 | UInt32(error) }
+
+    /// x86-64 numbers of the system calls refused with EPERM (arch/x86/entry/syscalls/syscall_64.tbl).
+    static let refused: [String: UInt32] = [
+        "mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308, "move_mount": 429,
+        "open_tree": 428, "fsopen": 430, "fsmount": 432, "fsconfig": 431, "fspick": 433, "mount_setattr": 442,
+        "syslog": 103, "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313,
+        "delete_module": 176, "bpf": 321, "perf_event_open": 298, "keyctl": 250, "add_key": 248,
+        "request_key": 249, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
+        "open_by_handle_at": 304, "reboot": 169, "swapon": 167, "swapoff": 168, "settimeofday": 164,
+        "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "acct": 163, "quotactl": 179,
+        "userfaultfd": 323, "mknod": 133, "mknodat": 259,
+    ]
+    static let clone: UInt32 = 56, clone3: UInt32 = 435, ioctl: UInt32 = 16
+    static let namespaceFlags: UInt64 = 0x1000_0000 | 0x0002_0000 | 0x2000_0000 | 0x4000_0000 | 0x0400_0000 | 0x0800_0000 | 0x0200_0000
+    static let tiocsti: UInt64 = 0x5412
+
+    /// What the program answers for one system call (struct seccomp_data: nr, arch, ip, args).
+    func verdict(nr: UInt32, arch: UInt32 = auditArchX8664, args: [UInt64] = []) throws -> UInt32 {
+        var length: UInt16 = 0
+        // struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }, 8 bytes each.
+        let program = UnsafeRawPointer(try #require(silo_sandbox_seccomp_program(&length)))
+        #expect(length > 0)
+        var data = [UInt8](repeating: 0, count: 64)
+        func put32(_ value: UInt32, at offset: Int) { for i in 0..<4 { data[offset + i] = UInt8((value >> (8 * UInt32(i))) & 0xff) } }
+        put32(nr, at: 0)
+        put32(arch, at: 4)
+        for (index, arg) in args.enumerated() {
+            put32(UInt32(truncatingIfNeeded: arg), at: 16 + 8 * index)
+            put32(UInt32(truncatingIfNeeded: arg >> 32), at: 20 + 8 * index)
+        }
+        var accumulator: UInt32 = 0
+        var pc = 0
+        for _ in 0..<Int(length) + 1 {
+            try #require(pc < Int(length), "the program ran off its end")
+            let code = program.loadUnaligned(fromByteOffset: 8 * pc, as: UInt16.self)
+            let jt = program.load(fromByteOffset: 8 * pc + 2, as: UInt8.self)
+            let jf = program.load(fromByteOffset: 8 * pc + 3, as: UInt8.self)
+            let k = program.loadUnaligned(fromByteOffset: 8 * pc + 4, as: UInt32.self)
+            switch code {
+            case 0x20:  // BPF_LD | BPF_W | BPF_ABS
+                let offset = Int(k)
+                accumulator = UInt32(data[offset]) | UInt32(data[offset + 1]) << 8 | UInt32(data[offset + 2]) << 16 | UInt32(data[offset + 3]) << 24
+                pc += 1
+            case 0x15: pc += 1 + Int(accumulator == k ? jt : jf)  // BPF_JMP | BPF_JEQ | BPF_K
+            case 0x35: pc += 1 + Int(accumulator >= k ? jt : jf)  // BPF_JMP | BPF_JGE | BPF_K
+            case 0x45: pc += 1 + Int(accumulator & k != 0 ? jt : jf)  // BPF_JMP | BPF_JSET | BPF_K
+            case 0x06: return k  // BPF_RET | BPF_K
+            default:
+                Issue.record("an instruction this interpreter does not know: \(code)")
+                return 0
+            }
+        }
+        Issue.record("the program did not end")
+        return 0
+    }
+
+    @Test("C11 every system call number gets the deny-list's verdict: EPERM, ENOSYS past the table and for clone3, allowed otherwise")
+    func everyNumber() throws {
+        let refusedNumbers = Set(Self.refused.values)
+        for nr in UInt32(0)..<600 {
+            let expected: UInt32
+            if nr >= 463 || nr == Self.clone3 {
+                expected = Self.retErrno(ENOSYS)
+            } else if refusedNumbers.contains(nr) {
+                expected = Self.retErrno(EPERM)
+            } else {
+                expected = Self.retAllow
+            }
+            #expect(try verdict(nr: nr) == expected, "system call \(nr)")
+        }
+        // x32 system calls (bit 30) are refused whatever their number.
+        #expect(try verdict(nr: 0x4000_0000 | 1) == Self.retErrno(ENOSYS))
+    }
+
+    @Test("C11 clone with a namespace flag and ioctl TIOCSTI (both forms) are refused; their other uses are not")
+    func arguments() throws {
+        #expect(try verdict(nr: Self.clone, args: [UInt64(SIGCHLD)]) == Self.retAllow)
+        for flag in [0x1000_0000, 0x0002_0000, 0x2000_0000, 0x4000_0000, 0x0400_0000, 0x0800_0000, 0x0200_0000] as [UInt64] {
+            #expect(try verdict(nr: Self.clone, args: [flag | UInt64(SIGCHLD)]) == Self.retErrno(EPERM), "clone flag \(flag)")
+        }
+        #expect(try verdict(nr: Self.ioctl, args: [0, Self.tiocsti]) == Self.retErrno(EPERM))
+        #expect(try verdict(nr: Self.ioctl, args: [0, 0xffff_ffff_0000_0000 | Self.tiocsti]) == Self.retErrno(EPERM))
+        #expect(try verdict(nr: Self.ioctl, args: [0, 0x5401]) == Self.retAllow)  // TCGETS
+    }
+
+    @Test("C11 another architecture's system calls kill the process")
+    func otherArchitectures() throws {
+        #expect(try verdict(nr: 0, arch: 0x4000_0003) == Self.retKillProcess)  // i386
+        #expect(try verdict(nr: 0, arch: 0xC000_00B7) == Self.retKillProcess)  // aarch64
+    }
+}
