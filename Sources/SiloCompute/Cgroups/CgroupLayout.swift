@@ -28,7 +28,7 @@ public struct CgroupLayout: Sendable, Hashable {
         var unified: String?
         var legacy: [String: String] = [:]
         let space = UInt8(ascii: " ")
-        for line in readBytes("/proc/self/mountinfo").split(separator: UInt8(ascii: "\n")) {
+        for line in (readFileBytes("/proc/self/mountinfo") ?? []).split(separator: UInt8(ascii: "\n")) {
             // id parent major:minor root mount-point options [optional...] - fstype source super-options
             let fields = line.split(separator: space)
             guard let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
@@ -100,9 +100,7 @@ func writeText(_ path: String, _ values: [String]) throws(SiloError) {
     }
 }
 
-/// A whole file's bytes; empty when it cannot be read.
-func readBytes(_ path: String) -> [UInt8] { readFileBytes(path) ?? [] }
-
+/// A whole file's bytes; nil when it cannot be read.
 func readFileBytes(_ path: String) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }

@@ -12,7 +12,8 @@ public struct PoolProperties: Sendable, Codable, Hashable {
     public var drive: String?
     public var totalBytes: UInt64
     public var freeBytes: UInt64
-    /// Bytes the pool's LUNs promise (thin ones count their full size).
+    /// Bytes the pool's LUNs promise: the sizes of its backing files, each a LUN's full size, as
+    /// the capacity check counts them (thin LUNs included).
     public var promisedBytes: UInt64
     public var luns: Int
 }
@@ -52,7 +53,7 @@ extension StorageProvider {
             let mine = records.filter { $0.pool == pool.name }
             return PoolProperties(name: pool.name, directory: pool.directory, drive: driveID(of: pool, in: drives),
                                   totalBytes: capacity.total, freeBytes: capacity.free,
-                                  promisedBytes: mine.reduce(0) { $0 + $1.size }, luns: mine.count)
+                                  promisedBytes: promisedBytes(in: pool), luns: mine.count)
         }
     }
 

@@ -161,12 +161,9 @@ public final class StorageProvider: Sendable {
     func endChange(_ name: String, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
         // The owner mark keeps other writers off the record, so it is read without the lock.
         guard let marked = try registry.load(name) else { return }
-        var record = marked
-        update(&record)
-        record.owner = nil
-        try registry.replace(marked, with: record) { stored in
-            update(&stored)
-            stored.owner = nil
+        try registry.replace(marked) { record in
+            update(&record)
+            record.owner = nil
         }
     }
 

@@ -52,14 +52,16 @@ struct LunRegistry: Sendable {
                                 durable: durable, what: "the record of LUN '\(record.name)'")
     }
 
-    /// Makes `record` the durable record of its LUN in place of `expected`, the record as the
-    /// caller read it while holding the LUN's owner mark (so nobody else writes it meanwhile).
-    /// The new file is written and synced before the registry lock is taken; under the lock it is
-    /// only checked against the stored record and renamed, and the folder is synced after it. The
-    /// lock is held for microseconds instead of two fsyncs: 16 processes creating LUNs at once
-    /// queued on it for 60 ms here. Should the stored record differ all the same, `revise` is
-    /// applied to it under the lock, the slow way; one removed meanwhile stays removed.
-    func replace(_ expected: LunRecord, with record: LunRecord, revise: (inout LunRecord) -> Void) throws(SiloError) {
+    /// Makes `change` applied to `expected` the durable record of its LUN, where `expected` is the
+    /// record as the caller read it while holding the LUN's owner mark (so nobody else writes it
+    /// meanwhile). The new file is written and synced before the registry lock is taken; under the
+    /// lock it is only checked against the stored record and renamed, and the folder is synced
+    /// after it. The lock is held for microseconds instead of two fsyncs: 16 processes creating
+    /// LUNs at once queued on it for 60 ms here. Should the stored record differ all the same,
+    /// `change` is applied to it under the lock, the slow way; one removed meanwhile stays removed.
+    func replace(_ expected: LunRecord, changing change: (inout LunRecord) -> Void) throws(SiloError) {
+        var record = expected
+        change(&record)
         let path = recordPath(record.name)
         let temporary = temporaryPath(record.name)
         try writeJSONFile(record, to: temporary, durable: true, what: "the record of LUN '\(record.name)'")
@@ -71,7 +73,7 @@ struct LunRegistry: Sendable {
                 }
                 guard stored == expected else {
                     unlink(temporary)
-                    revise(&stored)
+                    change(&stored)
                     return try save(stored)
                 }
                 try syscall("rename", path: path) { rename(temporary, path) }
