@@ -7,24 +7,33 @@ struct DriveCommand: ParsableCommand {
         subcommands: [List.self, Show.self]
     )
 
-    struct List: ParsableCommand {
+    struct List: HotCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "List drives, with their partitions and file systems.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
 
-        func run() throws {
-            let drives = try cli { try global.provider.drives() }
-            if json { return try printJSON(drives) }
-            var rows: [[String?]] = []
-            for drive in drives {
-                rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
-                             drive.filesystemLabel, drive.mountPoints.joined(separator: ","), drive.id])
-                for part in drive.partitions {
-                    rows.append(["└─" + part.name, human(part.size), "part", part.filesystemType, part.filesystemLabel,
-                                 part.mountPoints.joined(separator: ","), nil])
+        var invocation: Invocation { Invocation(global: global.values, json: json) }
+
+        func run() throws { try invocation.run() }
+
+        struct Invocation: HotInvocation {
+            var global: Globals
+            var json = false
+
+            func run() throws {
+                let drives = try cli { try global.provider.drives() }
+                if json { return try printJSON(drives) }
+                var rows: [[String?]] = []
+                for drive in drives {
+                    rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
+                                 drive.filesystemLabel, drive.mountPoints.joined(separator: ","), drive.id])
+                    for part in drive.partitions {
+                        rows.append(["└─" + part.name, human(part.size), "part", part.filesystemType, part.filesystemLabel,
+                                     part.mountPoints.joined(separator: ","), nil])
+                    }
                 }
+                printTable(["NAME", "SIZE", "BUS", "TYPE", "LABEL", "MOUNTPOINTS", "ID"], rows)
             }
-            printTable(["NAME", "SIZE", "BUS", "TYPE", "LABEL", "MOUNTPOINTS", "ID"], rows)
         }
     }
 

@@ -8,7 +8,7 @@ struct LunCommand: ParsableCommand {
                       Online.self, Offline.self, Clone.self, Temporary.self]
     )
 
-    struct Create: ParsableCommand {
+    struct Create: HotCommand {
         static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a LUN and attach it; prints its properties.")
         @OptionGroup var global: GlobalOptions
         @Option(parsing: .unconditional, help: "The LUN's name (letters, digits, . _ -; at most 64).") var name: String
@@ -25,56 +25,99 @@ struct LunCommand: ParsableCommand {
         @Option(name: .customLong("friendly-name"), help: "A free-form description.") var friendlyName: String?
         @Flag(help: "Print JSON.") var json = false
 
-        func run() throws {
-            let spec = try cli(options: ["name": "--name"]) { () throws(SiloError) -> LunSpec in
-                guard let block = UInt32(blockSize) else {
-                    throw SiloError.invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096")
+        var invocation: Invocation {
+            Invocation(global: global.values, name: name, size: size, provisioning: provisioning, type: type, drive: drive,
+                       pool: pool, mask: mask, blockSize: blockSize, readOnly: readOnly, buffered: buffered,
+                       friendlyName: friendlyName, json: json)
+        }
+
+        func run() throws { try invocation.run() }
+
+        struct Invocation: HotInvocation {
+            var global: Globals
+            var name: String
+            var size: String
+            var provisioning = "thin"
+            var type = "default"
+            var drive: [String] = []
+            var pool: String?
+            var mask = ""
+            var blockSize = "512"
+            var readOnly = false
+            var buffered = false
+            var friendlyName: String?
+            var json = false
+
+            func run() throws {
+                let spec = try cli(options: ["name": "--name"]) { () throws(SiloError) -> LunSpec in
+                    guard let block = UInt32(blockSize) else {
+                        throw SiloError.invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096")
+                    }
+                    return LunSpec(
+                        name: name, size: try ByteCount.parse(size), type: try LunType.parse(type),
+                        provisioning: try Provisioning.parse(provisioning), drives: drive,
+                        unmasking: try UnmaskingList.parse(maskList(mask)), logicalBlockSize: block,
+                        directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool
+                    )
                 }
-                return LunSpec(
-                    name: name, size: try ByteCount.parse(size), type: try LunType.parse(type),
-                    provisioning: try Provisioning.parse(provisioning), drives: drive,
-                    unmasking: try UnmaskingList.parse(maskList(mask)), logicalBlockSize: block,
-                    directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool
-                )
+                let operation = try cli(options: ["name": "--name"]) { try global.provider.createLun(spec) }
+                let lun = try waitShowingProgress(operation)
+                if json { return try printJSON(lun) }
+                printLuns([lun])
             }
-            let operation = try cli(options: ["name": "--name"]) { try global.provider.createLun(spec) }
-            let lun = try waitShowingProgress(operation)
-            if json { return try printJSON(lun) }
-            printLuns([lun])
         }
     }
 
-    struct List: ParsableCommand {
+    struct List: HotCommand {
         static let configuration = CommandConfiguration(commandName: "list", abstract: "List LUNs.")
         @OptionGroup var global: GlobalOptions
         @Flag(help: "Print JSON.") var json = false
 
-        func run() throws {
-            let luns = try cli { try global.provider.luns() }
-            if json { return try printJSON(luns) }
-            printLuns(luns)
+        var invocation: Invocation { Invocation(global: global.values, json: json) }
+
+        func run() throws { try invocation.run() }
+
+        struct Invocation: HotInvocation {
+            var global: Globals
+            var json = false
+
+            func run() throws {
+                let luns = try cli { try global.provider.luns() }
+                if json { return try printJSON(luns) }
+                printLuns(luns)
+            }
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: HotCommand {
         static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one LUN's properties.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Flag(help: "Print JSON.") var json = false
 
-        func run() throws {
-            let lun = try cli { try global.provider.lun(named: name) }
-            if json { return try printJSON(lun) }
-            let facts: [(String, String?)] = [
-                ("name", lun.name), ("id", lun.id), ("friendly name", lun.friendlyName), ("type", lun.type),
-                ("size", "\(human(lun.size)) (\(lun.size) bytes)"), ("allocated", human(lun.allocatedBytes)),
-                ("block size", "\(lun.logicalBlockSize)"), ("provisioning", lun.provisioning.rawValue),
-                ("status", lun.status.rawValue), ("device", lun.devicePath), ("link", lun.link),
-                ("backing file", lun.backingFile), ("serial", lun.serialNumber),
-                ("unmasking list", lun.unmaskingList.isEmpty ? "(none)" : lun.unmaskingList),
-                ("read-only", "\(lun.readOnly)"), ("direct I/O", "\(lun.directIO)"),
-            ]
-            printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
+        var invocation: Invocation { Invocation(global: global.values, name: name, json: json) }
+
+        func run() throws { try invocation.run() }
+
+        struct Invocation: HotInvocation {
+            var global: Globals
+            var name: String
+            var json = false
+
+            func run() throws {
+                let lun = try cli { try global.provider.lun(named: name) }
+                if json { return try printJSON(lun) }
+                let facts: [(String, String?)] = [
+                    ("name", lun.name), ("id", lun.id), ("friendly name", lun.friendlyName), ("type", lun.type),
+                    ("size", "\(human(lun.size)) (\(lun.size) bytes)"), ("allocated", human(lun.allocatedBytes)),
+                    ("block size", "\(lun.logicalBlockSize)"), ("provisioning", lun.provisioning.rawValue),
+                    ("status", lun.status.rawValue), ("device", lun.devicePath), ("link", lun.link),
+                    ("backing file", lun.backingFile), ("serial", lun.serialNumber),
+                    ("unmasking list", lun.unmaskingList.isEmpty ? "(none)" : lun.unmaskingList),
+                    ("read-only", "\(lun.readOnly)"), ("direct I/O", "\(lun.directIO)"),
+                ]
+                printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
+            }
         }
     }
 
@@ -117,15 +160,25 @@ struct LunCommand: ParsableCommand {
         }
     }
 
-    struct Delete: ParsableCommand {
+    struct Delete: HotCommand {
         static let configuration = CommandConfiguration(commandName: "delete", abstract: "Detach and delete a LUN and its data.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Flag(help: "Also when attached to compute systems. A LUN in use on the host is never deleted.") var force = false
 
-        func run() throws {
-            let operation = try cli { try global.provider.deleteLun(name, force: force) }
-            try waitShowingProgress(operation, quiet: true)
+        var invocation: Invocation { Invocation(global: global.values, name: name, force: force) }
+
+        func run() throws { try invocation.run() }
+
+        struct Invocation: HotInvocation {
+            var global: Globals
+            var name: String
+            var force = false
+
+            func run() throws {
+                let operation = try cli { try global.provider.deleteLun(name, force: force) }
+                try waitShowingProgress(operation, quiet: true)
+            }
         }
     }
 

@@ -9,7 +9,7 @@ struct ProcessCommand: ParsableCommand {
         subcommands: [Create.self, List.self, Signal.self, Kill.self, Wait.self]
     )
 
-    struct Create: ParsableCommand {
+    struct Create: HotCommand {
         static let configuration = CommandConfiguration(
             commandName: "create",
             abstract: "Start a process in a running system; attached by default: exit with its code.",
@@ -30,55 +30,74 @@ struct ProcessCommand: ParsableCommand {
         var tty = false
         @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
-        func run() throws {
-            let arguments = command
-            let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty"]) { () throws(SiloError) -> ProcessParameters in
-                var parameters: ProcessParameters
-                if let config {
-                    guard let text = readWholeFile(config) else {
-                        throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+        var invocation: Invocation {
+            Invocation(global: global.values, id: id, config: config, cwd: cwd, env: env, user: user, detach: detach, tty: tty,
+                       command: command)
+        }
+
+        func run() throws { try invocation.run() }
+
+        struct Invocation: HotInvocation {
+            var global: Globals
+            var id: String
+            var config: String?
+            var cwd: String?
+            var env: [String] = []
+            var user: String?
+            var detach = false
+            var tty = false
+            var command: [String] = []
+
+            func run() throws {
+                let arguments = command
+                let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty"]) { () throws(SiloError) -> ProcessParameters in
+                    var parameters: ProcessParameters
+                    if let config {
+                        guard let text = readWholeFile(config) else {
+                            throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+                        }
+                        parameters = try ProcessParameters(json: text)
+                        if !arguments.isEmpty { parameters.arguments = arguments }
+                    } else {
+                        guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
+                        parameters = ProcessParameters(arguments: arguments)
                     }
-                    parameters = try ProcessParameters(json: text)
-                    if !arguments.isEmpty { parameters.arguments = arguments }
-                } else {
-                    guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
-                    parameters = ProcessParameters(arguments: arguments)
-                }
-                if let cwd {
-                    guard cwd.hasPrefix("/") else { throw SiloError.invalidArgument(field: "cwd", value: cwd, reason: "an absolute path") }
-                    parameters.workingDirectory = cwd
-                }
-                for item in env {
-                    guard let equals = item.firstIndex(of: "="), equals != item.startIndex else {
-                        throw SiloError.invalidArgument(field: "environment", value: item, reason: "use NAME=VALUE")
+                    if let cwd {
+                        guard cwd.hasPrefix("/") else { throw SiloError.invalidArgument(field: "cwd", value: cwd, reason: "an absolute path") }
+                        parameters.workingDirectory = cwd
                     }
-                    parameters.environment[String(item[..<equals])] = String(item[item.index(after: equals)...])
+                    for item in env {
+                        guard let equals = item.firstIndex(of: "="), equals != item.startIndex else {
+                            throw SiloError.invalidArgument(field: "environment", value: item, reason: "use NAME=VALUE")
+                        }
+                        parameters.environment[String(item[..<equals])] = String(item[item.index(after: equals)...])
+                    }
+                    if let user { parameters.user = user }
+                    if tty {
+                        guard isatty(0) == 1 else { throw SiloError.invalidArgument(field: "tty", value: "stdin", reason: "stdin is not a terminal") }
+                        guard !detach else { throw SiloError.invalidArgument(field: "tty", value: "--detach", reason: "a detached process has no terminal to relay") }
+                        parameters.emulateConsole = true
+                        parameters.consoleSize = terminalSize()
+                        if let term = getenv("TERM") { parameters.environment["TERM"] = String(cString: term) }
+                    }
+                    return parameters
                 }
-                if let user { parameters.user = user }
-                if tty {
-                    guard isatty(0) == 1 else { throw SiloError.invalidArgument(field: "tty", value: "stdin", reason: "stdin is not a terminal") }
-                    guard !detach else { throw SiloError.invalidArgument(field: "tty", value: "--detach", reason: "a detached process has no terminal to relay") }
-                    parameters.emulateConsole = true
-                    parameters.consoleSize = terminalSize()
-                    if let term = getenv("TERM") { parameters.environment["TERM"] = String(cString: term) }
-                }
-                return parameters
-            }
-            try act(global, id) { system in
-                if detach {
-                    let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
+                try act(global, id) { system in
+                    if detach {
+                        let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
+                        defer { process.close() }
+                        print(process.pid)
+                        return
+                    }
+                    if tty {
+                        let process = try system.createProcess(parameters).wait()
+                        defer { process.close() }
+                        throw ExitCode(try relayTerminal(process))
+                    }
+                    let process = try system.createProcess(parameters, standardStreams: [0, 1, 2]).wait()
                     defer { process.close() }
-                    print(process.pid)
-                    return
+                    throw ExitCode(try waitForwardingSignals(process))
                 }
-                if tty {
-                    let process = try system.createProcess(parameters).wait()
-                    defer { process.close() }
-                    throw ExitCode(try relayTerminal(process))
-                }
-                let process = try system.createProcess(parameters, standardStreams: [0, 1, 2]).wait()
-                defer { process.close() }
-                throw ExitCode(try waitForwardingSignals(process))
             }
         }
     }

@@ -1,5 +1,3 @@
-import ArgumentParser
-
 /// The commands scripts and tests run in loops, read without ArgumentParser.
 ///
 /// ArgumentParser builds its tables of a command's arguments by reflection, and the Swift runtime
@@ -11,41 +9,45 @@ import ArgumentParser
 /// option, an unknown or repeated option, a value that starts with `-` or is empty, a missing
 /// required value, a number that does not parse) returns nil and goes through ArgumentParser,
 /// which then writes its usual message; so the two never disagree on a line they both accept.
-/// `QuickParseTests` parses a corpus both ways and compares every field of the commands.
+/// What it makes is the command's `Invocation` (see `HotCommand`), not the ArgumentParser command,
+/// whose property wrappers cost the start as much again. `QuickParseTests` parses a corpus both
+/// ways and compares the invocations.
 enum QuickParse {
-    /// The arguments of one hot command, as its scan found them.
+    /// The arguments of one hot command, as its scan found them. Plain arrays, searched in order:
+    /// a Set or Dictionary of strings would cost this start a conformance scan of its own.
     struct Arguments {
-        var values: [String: [String]] = [:]
-        var flags: Set<String> = []
+        struct Value {
+            let name: String
+            let value: String
+        }
+
+        var values: [Value] = []
+        var flags: [String] = []
         var positionals: [String] = []
         var command: [String] = []
 
-        func value(_ name: String) -> String? { values[name]?.last }
-        func values(_ name: String) -> [String] { values[name] ?? [] }
+        func value(_ name: String) -> String? { values.last { $0.name == name }?.value }
+        func values(_ name: String) -> [String] { values.filter { $0.name == name }.map(\.value) }
         func flag(_ name: String) -> Bool { flags.contains(name) }
 
-        var global: GlobalOptions {
-            var global = GlobalOptions()
-            global.stateDirectory = value("state-dir")
-            return global
-        }
+        var global: Globals { Globals(stateDirectory: value("state-dir")) }
     }
 
-    /// What one hot command accepts, and how its command value is built from a scan.
+    /// What one hot command accepts, and how its invocation is built from a scan.
     struct Shape: Sendable {
         let path: [String]
-        var options: Set<String> = []
-        var repeatable: Set<String> = []
-        var flags: Set<String> = []
+        var options: [String] = []
+        var repeatable: [String] = []
+        var flags: [String] = []
         var positionals = 0
         /// Takes the words after `--` as its command (`.postTerminator`).
         var takesCommand = false
-        let make: @Sendable (Arguments) -> (any ParsableCommand)?
+        let make: @Sendable (Arguments) -> (any HotInvocation)?
     }
 
-    /// The command `arguments` (without the program's name) name, when a hot command's shape
+    /// The invocation `arguments` (without the program's name) name, when a hot command's shape
     /// takes them all; nil sends them to ArgumentParser.
-    static func parse(_ arguments: [String]) -> (any ParsableCommand)? {
+    static func parse(_ arguments: [String]) -> (any HotInvocation)? {
         var rest = arguments[...]
         var globals: [String] = []
         // `--state-dir` may stand before the subcommand path (`silo --state-dir D lun list`).
@@ -85,7 +87,8 @@ enum QuickParse {
                 name = String(name[..<equals])
             }
             if shape.flags.contains(name) {
-                guard value == nil, scanned.flags.insert(name).inserted else { return nil }
+                guard value == nil, !scanned.flags.contains(name) else { return nil }
+                scanned.flags.append(name)
                 continue
             }
             let single = shape.options.contains(name) || name == "state-dir"
@@ -95,93 +98,58 @@ enum QuickParse {
                 index += 1
             }
             guard let value, !value.isEmpty, !value.hasPrefix("-") else { return nil }
-            guard !single || scanned.values[name] == nil else { return nil }
-            scanned.values[name, default: []].append(value)
+            guard !single || scanned.value(name) == nil else { return nil }
+            scanned.values.append(Arguments.Value(name: name, value: value))
         }
         guard scanned.positionals.count == shape.positionals else { return nil }
         return scanned
     }
 
-    /// The hot commands. Each `make` sets every property of its command (one it missed would trap
-    /// when read, and the tests read them all), with ArgumentParser's defaults for those absent.
+    /// The hot commands. Each `make` gives ArgumentParser's defaults for the options absent (the
+    /// invocations' memberwise initialisers leave no field unset).
     static let shapes: [Shape] = [
         Shape(path: ["lun", "create"],
               options: ["name", "size", "provisioning", "type", "pool", "mask", "block-size", "friendly-name"],
               repeatable: ["drive"], flags: ["read-only", "buffered", "json"]) { arguments in
             guard let name = arguments.value("name"), let size = arguments.value("size") else { return nil }
-            var command = LunCommand.Create()
-            command.global = arguments.global
-            command.name = name
-            command.size = size
-            command.provisioning = arguments.value("provisioning") ?? "thin"
-            command.type = arguments.value("type") ?? "default"
-            command.drive = arguments.values("drive")
-            command.pool = arguments.value("pool")
-            command.mask = arguments.value("mask") ?? ""
-            command.blockSize = arguments.value("block-size") ?? "512"
-            command.readOnly = arguments.flag("read-only")
-            command.buffered = arguments.flag("buffered")
-            command.friendlyName = arguments.value("friendly-name")
-            command.json = arguments.flag("json")
-            return command
+            return LunCommand.Create.Invocation(
+                global: arguments.global, name: name, size: size,
+                provisioning: arguments.value("provisioning") ?? "thin", type: arguments.value("type") ?? "default",
+                drive: arguments.values("drive"), pool: arguments.value("pool"), mask: arguments.value("mask") ?? "",
+                blockSize: arguments.value("block-size") ?? "512", readOnly: arguments.flag("read-only"),
+                buffered: arguments.flag("buffered"), friendlyName: arguments.value("friendly-name"),
+                json: arguments.flag("json"))
         },
         Shape(path: ["lun", "delete"], flags: ["force"], positionals: 1) { arguments in
-            var command = LunCommand.Delete()
-            command.global = arguments.global
-            command.name = arguments.positionals[0]
-            command.force = arguments.flag("force")
-            return command
+            LunCommand.Delete.Invocation(global: arguments.global, name: arguments.positionals[0], force: arguments.flag("force"))
         },
         Shape(path: ["lun", "list"], flags: ["json"]) { arguments in
-            var command = LunCommand.List()
-            command.global = arguments.global
-            command.json = arguments.flag("json")
-            return command
+            LunCommand.List.Invocation(global: arguments.global, json: arguments.flag("json"))
         },
         Shape(path: ["lun", "show"], flags: ["json"], positionals: 1) { arguments in
-            var command = LunCommand.Show()
-            command.global = arguments.global
-            command.name = arguments.positionals[0]
-            command.json = arguments.flag("json")
-            return command
+            LunCommand.Show.Invocation(global: arguments.global, name: arguments.positionals[0], json: arguments.flag("json"))
         },
         Shape(path: ["drive", "list"], flags: ["json"]) { arguments in
-            var command = DriveCommand.List()
-            command.global = arguments.global
-            command.json = arguments.flag("json")
-            return command
+            DriveCommand.List.Invocation(global: arguments.global, json: arguments.flag("json"))
         },
         Shape(path: ["run"], options: ["id", "config", "memory", "cpus", "pids"], repeatable: ["lun"],
               takesCommand: true) { arguments in
-            var command = RunCommand()
-            command.global = arguments.global
-            command.id = arguments.value("id")
-            command.config = arguments.value("config")
-            command.memory = arguments.value("memory")
-            command.cpus = arguments.value("cpus")
-            if let pids = arguments.value("pids") {
-                guard let value = Int(pids) else { return nil }
-                command.pids = value
-            } else {
-                command.pids = 1024
+            var pids = 1024
+            if let text = arguments.value("pids") {
+                guard let value = Int(text) else { return nil }
+                pids = value
             }
-            command.lun = arguments.values("lun")
-            command.command = arguments.command
-            return command
+            return RunCommand.Invocation(
+                global: arguments.global, id: arguments.value("id"), config: arguments.value("config"),
+                memory: arguments.value("memory"), cpus: arguments.value("cpus"), pids: pids,
+                lun: arguments.values("lun"), command: arguments.command)
         },
         Shape(path: ["process", "create"], options: ["config", "cwd", "user"], repeatable: ["env"],
               flags: ["detach", "tty"], positionals: 1, takesCommand: true) { arguments in
-            var command = ProcessCommand.Create()
-            command.global = arguments.global
-            command.id = arguments.positionals[0]
-            command.config = arguments.value("config")
-            command.cwd = arguments.value("cwd")
-            command.env = arguments.values("env")
-            command.user = arguments.value("user")
-            command.detach = arguments.flag("detach")
-            command.tty = arguments.flag("tty")
-            command.command = arguments.command
-            return command
+            ProcessCommand.Create.Invocation(
+                global: arguments.global, id: arguments.positionals[0], config: arguments.value("config"),
+                cwd: arguments.value("cwd"), env: arguments.values("env"), user: arguments.value("user"),
+                detach: arguments.flag("detach"), tty: arguments.flag("tty"), command: arguments.command)
         },
     ]
 }

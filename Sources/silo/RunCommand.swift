@@ -2,7 +2,7 @@ import ArgumentParser
 import Glibc
 import Silo
 
-struct RunCommand: ParsableCommand {
+struct RunCommand: HotCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
         abstract: "Run a command in a fresh compute system, attached to this terminal; exit with its code.",
@@ -23,42 +23,60 @@ struct RunCommand: ParsableCommand {
     // After `--` only: everything before it is silo's (so `silo run --help` is silo's help).
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
-    func run() throws {
-        let arguments = command
-        let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config"]) { () throws -> CgroupLimits in
-            guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
-            var limits = CgroupLimits(pids: pids)
-            if let config {
-                guard let text = readWholeFile(config) else {
-                    throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+    var invocation: Invocation {
+        Invocation(global: global.values, id: id, config: config, memory: memory, cpus: cpus, pids: pids, lun: lun,
+                   command: command)
+    }
+
+    func run() throws { try invocation.run() }
+
+    struct Invocation: HotInvocation {
+        var global: Globals
+        var id: String?
+        var config: String?
+        var memory: String?
+        var cpus: String?
+        var pids = 1024
+        var lun: [String] = []
+        var command: [String] = []
+
+        func run() throws {
+            let arguments = command
+            let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config"]) { () throws -> CgroupLimits in
+                guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
+                var limits = CgroupLimits(pids: pids)
+                if let config {
+                    guard let text = readWholeFile(config) else {
+                        throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
+                    }
+                    limits = CgroupLimits(try ComputeSystemDocument(json: text), pids: pids)
                 }
-                limits = CgroupLimits(try ComputeSystemDocument(json: text), pids: pids)
-            }
-            if let memory { limits.memory = try ByteCount.parse(memory, field: "memory") }
-            if let cpus {
-                guard let value = Double(cpus), value > 0, value <= 4096 else {
-                    throw SiloError.invalidArgument(field: "cpus", value: cpus, reason: "a number of CPUs above 0, such as 2 or 0.5")
+                if let memory { limits.memory = try ByteCount.parse(memory, field: "memory") }
+                if let cpus {
+                    guard let value = Double(cpus), value > 0, value <= 4096 else {
+                        throw SiloError.invalidArgument(field: "cpus", value: cpus, reason: "a number of CPUs above 0, such as 2 or 0.5")
+                    }
+                    limits.cpus = value
                 }
-                limits.cpus = value
+                return limits
             }
-            return limits
-        }
-        let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
-        let system = id ?? "run-\(getpid())"
-        // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
-        let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
-            try lun.map { (item) throws(SiloError) -> (BlockDevice, LunLease) in
-                let parts = item.split(separator: ":", maxSplits: 1).map(String.init)
-                return try global.provider.leasedBlockDevice(forLun: parts.first ?? "", system: system,
-                                                             mountPath: parts.count > 1 ? parts[1] : nil)
+            let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
+            let system = id ?? "run-\(getpid())"
+            // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
+            let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
+                try lun.map { (item) throws(SiloError) -> (BlockDevice, LunLease) in
+                    let parts = item.split(separator: ":", maxSplits: 1).map(String.init)
+                    return try global.provider.leasedBlockDevice(forLun: parts.first ?? "", system: system,
+                                                                 mountPath: parts.count > 1 ? parts[1] : nil)
+                }
             }
+            defer { leased.forEach { $0.1.release() } }
+            let devices = leased.map(\.0)
+            let code = try cli(options: ["id": "--id"]) {
+                try SandboxRun.run(id: system, limits: limits, arguments: arguments, blockDevices: devices, configuration: configuration)
+            }
+            throw ExitCode(code)
         }
-        defer { leased.forEach { $0.1.release() } }
-        let devices = leased.map(\.0)
-        let code = try cli(options: ["id": "--id"]) {
-            try SandboxRun.run(id: system, limits: limits, arguments: arguments, blockDevices: devices, configuration: configuration)
-        }
-        throw ExitCode(code)
     }
 }
 

@@ -189,6 +189,10 @@ struct SystemCommand: ParsableCommand {
 
 /// Opens the system, runs one call, closes the handle.
 func act(_ global: GlobalOptions, _ id: String, _ body: (ComputeSystem) throws -> Void) throws {
+    try act(global.values, id, body)
+}
+
+func act(_ global: Globals, _ id: String, _ body: (ComputeSystem) throws -> Void) throws {
     let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory))
     let system = try cli(options: ["id": "ID"]) { try service.open(id) }
     defer { system.close() }
