@@ -137,7 +137,9 @@ final class AgentConnection: Sendable {
 
     private func readLoop() {
         let capacity = MemoryLayout<silo_agent_header>.size + Int(SILO_AGENT_MAX_PAYLOAD)
-        var buffer = [UInt8](repeating: 0, count: capacity)
+        // Uninitialised: recv fills what is read, and only that is read (zeroing 64 KiB and
+        // faulting its pages in cost every connection more than its requests).
+        var buffer = [UInt8](unsafeUninitializedCapacity: capacity) { _, count in count = capacity }
         while true {
             let size = buffer.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
             if size < 0, errno == EINTR { continue }

@@ -400,21 +400,24 @@ public final class ComputeSystem: Sendable {
                                      argc: UInt32(parameters.arguments.count), envc: UInt32(environment.count),
                                      uid: user.uid, gid: user.gid)
         let variables = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-        var buffer = [UInt8](repeating: 0, count: Int(SILO_AGENT_MAX_PAYLOAD))
-        let length = withCStrings(parameters.arguments) { argv in
-            withCStrings(variables) { envp in
-                buffer.withUnsafeMutableBytes { raw in
+        // Not zeroed first: the encoder writes the `length` bytes that are sent, and zeroing 64 KiB
+        // (and faulting its pages in) was most of a process start's client-side work.
+        var length = 0
+        let payload = [UInt8](unsafeUninitializedCapacity: Int(SILO_AGENT_MAX_PAYLOAD)) { raw, count in
+            length = withCStrings(parameters.arguments) { argv in
+                withCStrings(variables) { envp in
                     silo_agent_encode_spawn(raw.baseAddress, raw.count, &fixed, parameters.workingDirectory ?? "/",
                                             UnsafePointer(OpaquePointer(argv)), UnsafePointer(OpaquePointer(envp)))
                 }
             }
+            count = max(length, 0)
         }
         guard length > 0 else {
             throw SiloError.invalidArgument(field: "CommandLine", value: parameters.arguments.joined(separator: " ").prefix(80) + "...",
                                             reason: "the command and environment exceed \(SILO_AGENT_MAX_PAYLOAD) bytes")
         }
         let oomKills = cgroup.oomKills
-        let reply = try connection.request(SILO_AGENT_SPAWN, payload: Array(buffer[0..<length]), descriptors: stdio.descriptors)
+        let reply = try connection.request(SILO_AGENT_SPAWN, payload: payload, descriptors: stdio.descriptors)
         sent = true
         var pid: Int32 = 0
         guard reply.count == 4 else { throw SiloError(.protocolError, "a damaged reply to a process start from '\(id)'") }
