@@ -22,12 +22,13 @@ let package = Package(
         .target(name: "SiloOperations", swiftSettings: strict),
         .target(name: "CSiloLinux"),
         .target(name: "CSiloAgent"),
-        .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
-        .systemLibrary(name: "CBlkid", pkgConfig: "blkid", providers: [.apt(["libblkid-dev"])]),
+        // libudev and libblkid (headers from libudev-dev and libblkid-dev), opened when first used:
+        // see Sources/CSiloProbe/include/silo_probe.h.
+        .target(name: "CSiloProbe"),
         .target(
             name: "SiloStorage",
             dependencies: [
-                "SiloOperations", "CSiloLinux", "CUdev", "CBlkid",
+                "SiloOperations", "CSiloLinux", "CSiloProbe",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict

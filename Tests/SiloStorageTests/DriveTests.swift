@@ -17,6 +17,27 @@ struct DriveTests {
         return device
     }
 
+    @Test("libudev and libblkid are loaded by the commands that enumerate or probe, and by no other", .requiresSiloBinary)
+    func probeLibrariesLoadedWhenUsed() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        // LD_DEBUG=files makes the dynamic loader name every library it loads, dlopen's included.
+        func loaded(_ arguments: [String]) -> Outcome {
+            let outcome = execute(siloBinary, ["--state-dir", scratch.path + "/state"] + arguments, environment: ["LD_DEBUG": "files"])
+            #expect(outcome.status == 0, "silo \(arguments): \(outcome.error.suffix(400))")
+            return outcome
+        }
+        let list = loaded(["lun", "list"]).error
+        #expect(list.contains("file=libc.so.6"), "LD_DEBUG=files printed nothing: the check would prove nothing")
+        #expect(!list.contains("libblkid") && !list.contains("libudev"))
+        // A drive whose contents can be read, so that listing drives probes one.
+        let device = try foreignLoop(scratch, label: "silo-lazy")
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let drives = loaded(["drive", "list", "--json"])
+        #expect(drives.error.contains("file=libudev.so.1") && drives.error.contains("file=libblkid.so.1"))
+        #expect(drives.output.contains("\"silo-lazy\""), "the probe through the loaded libblkid found the label")
+    }
+
     @Test("S1 drives match the kernel's view: /sys/block and lsblk, with sizes and sector sizes")
     func matchesKernel() throws {
         let storage = TestStorage()

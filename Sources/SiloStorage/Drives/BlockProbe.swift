@@ -1,4 +1,4 @@
-import CBlkid
+import CSiloProbe
 import Glibc
 import SiloOperations
 
@@ -41,44 +41,47 @@ public struct BlockProbe: Sendable, Hashable, Codable {
     public static func probe(path: String) throws(SiloError) -> BlockProbe {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
         defer { close(fd) }
-        guard let probe = blkid_new_probe() else {
+        guard let blkid = silo_blkid()?.pointee else {
+            throw SiloError(.systemNotConfiguredForOperation, "libblkid: \(String(cString: silo_probe_error()))",
+                            field: "device", value: path)
+        }
+        guard let probe = blkid.new_probe() else {
             throw SiloError(.outOfMemory, "libblkid could not allocate a probe for \(path)")
         }
-        defer { blkid_free_probe(probe) }
-        guard blkid_probe_set_device(probe, fd, 0, 0) == 0 else {
+        defer { blkid.free_probe(probe) }
+        guard blkid.probe_set_device(probe, fd, 0, 0) == 0,
+              blkid.probe_enable_superblocks(probe, 1) == 0,
+              blkid.probe_set_superblocks_flags(probe, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE) == 0,
+              blkid.probe_enable_partitions(probe, 1) == 0,
+              blkid.probe_set_partitions_flags(probe, BLKID_PARTS_ENTRY_DETAILS) == 0
+        else {
             throw SiloError(.systemCallFailed, "libblkid cannot probe \(path)", field: "device", value: path)
         }
-        blkid_probe_enable_superblocks(probe, 1)
-        blkid_probe_set_superblocks_flags(
-            probe, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE
-        )
-        blkid_probe_enable_partitions(probe, 1)
-        blkid_probe_set_partitions_flags(probe, BLKID_PARTS_ENTRY_DETAILS)
 
         var result = BlockProbe(partitions: [])
         // 1 means nothing found; -2 means ambiguous (two signatures): report nothing rather than guess.
-        if blkid_do_safeprobe(probe) == 0 {
-            result.filesystemType = value(probe, "TYPE")
-            result.uuid = value(probe, "UUID")
-            result.label = value(probe, "LABEL")
-            result.usage = value(probe, "USAGE")
-            result.partitionTableType = value(probe, "PTTYPE")
+        if blkid.do_safeprobe(probe) == 0 {
+            result.filesystemType = value(blkid, probe, "TYPE")
+            result.uuid = value(blkid, probe, "UUID")
+            result.label = value(blkid, probe, "LABEL")
+            result.usage = value(blkid, probe, "USAGE")
+            result.partitionTableType = value(blkid, probe, "PTTYPE")
         }
-        if let list = blkid_probe_get_partitions(probe) {
-            if let table = blkid_partlist_get_table(list), let type = blkid_parttable_get_type(table) {
+        if let list = blkid.probe_get_partitions(probe) {
+            if let table = blkid.partlist_get_table(list), let type = blkid.parttable_get_type(table) {
                 result.partitionTableType = String(cString: type)
             }
-            let count = blkid_partlist_numof_partitions(list)
+            let count = blkid.partlist_numof_partitions(list)
             if count > 0 {
                 for index in 0..<count {
-                    guard let partition = blkid_partlist_get_partition(list, index) else { continue }
+                    guard let partition = blkid.partlist_get_partition(list, index) else { continue }
                     result.partitions.append(Partition(
-                        number: Int(blkid_partition_get_partno(partition)),
-                        start: UInt64(max(0, blkid_partition_get_start(partition))) * 512,
-                        size: UInt64(max(0, blkid_partition_get_size(partition))) * 512,
-                        type: blkid_partition_get_type_string(partition).map { String(cString: $0) },
-                        uuid: blkid_partition_get_uuid(partition).map { String(cString: $0) },
-                        name: blkid_partition_get_name(partition).map { String(cString: $0) }
+                        number: Int(blkid.partition_get_partno(partition)),
+                        start: UInt64(max(0, blkid.partition_get_start(partition))) * 512,
+                        size: UInt64(max(0, blkid.partition_get_size(partition))) * 512,
+                        type: blkid.partition_get_type_string(partition).map { String(cString: $0) },
+                        uuid: blkid.partition_get_uuid(partition).map { String(cString: $0) },
+                        name: blkid.partition_get_name(partition).map { String(cString: $0) }
                     ))
                 }
             }
@@ -89,10 +92,10 @@ public struct BlockProbe: Sendable, Hashable, Codable {
         return result
     }
 
-    private static func value(_ probe: blkid_probe, _ name: String) -> String? {
+    private static func value(_ blkid: silo_blkid_api, _ probe: blkid_probe, _ name: String) -> String? {
         var data: UnsafePointer<CChar>?
         var length = 0
-        guard blkid_probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
+        guard blkid.probe_lookup_value(probe, name, &data, &length) == 0, let data else { return nil }
         return String(cString: data)
     }
 }

@@ -1,5 +1,5 @@
 import CSiloLinux
-import CUdev
+import CSiloProbe
 import Glibc
 import SiloOperations
 
@@ -13,18 +13,21 @@ struct DriveEnumerator {
     /// idle loop nodes), so it is asked only about the devices that are drives; where udevd runs,
     /// its database then supplies serials, WWNs and file system facts.
     func drives(luns: [LunRecord] = []) throws(SiloError) -> [Drive] {
-        guard let udev = udev_new() else { throw SiloError(.outOfMemory, "libudev: udev_new failed") }
-        defer { udev_unref(udev) }
+        guard let api = silo_udev()?.pointee else {
+            throw SiloError(.systemNotConfiguredForOperation, "libudev: \(String(cString: silo_probe_error()))")
+        }
+        guard let udev = api.new_context() else { throw SiloError(.outOfMemory, "libudev: udev_new failed") }
+        defer { _ = api.unref(udev) }
         let mounts = MountTable.read()
         var drives: [Drive] = []
         for name in directoryEntries("/sys/block") {
-            if let drive = describe(name, udev: udev, mounts: mounts) { drives.append(drive) }
+            if let drive = describe(name, udev: (api, udev), mounts: mounts) { drives.append(drive) }
         }
         attachExtents(&drives, luns: luns)
         return drives
     }
 
-    private func describe(_ name: String, udev: OpaquePointer, mounts: MountTable) -> Drive? {
+    private func describe(_ name: String, udev: (api: silo_udev_api, context: OpaquePointer), mounts: MountTable) -> Drive? {
         let sysfs = "/sys/block/" + name
         let bus = busType(name)
         var backing: String?
@@ -36,10 +39,10 @@ struct DriveEnumerator {
         }
         if bus == "ram" { return nil }  // lsblk leaves out ram disks too
         guard let number = readSmallFile(sysfs + "/dev") else { return nil }
-        let device = udev_device_new_from_subsystem_sysname(udev, "block", name)
-        defer { if let device { udev_device_unref(device) } }
+        let device = udev.api.device_new_from_subsystem_sysname(udev.context, "block", name)
+        defer { if let device { _ = udev.api.device_unref(device) } }
         func property(_ key: String) -> String? {
-            guard let device, let value = udev_device_get_property_value(device, key) else { return nil }
+            guard let device, let value = udev.api.device_get_property_value(device, key) else { return nil }
             return clean(String(cString: value))
         }
         let size = (readNumber(sysfs + "/size") ?? 0) * 512
