@@ -49,6 +49,11 @@ silo_install_packages() {
 #   executable): the runtime's start-up asks dladdr where it was loaded from, and dladdr walks the
 #   executable's whole dynamic symbol table, 4,467 entries here (0.13M instructions of every start);
 #   nothing looks a symbol of silo up by name.
+# - metadata of generic types reached through accessor calls, not mangled names
+#   (-disable-concrete-type-metadata-mangled-name-accessors): by name, the runtime demangles the
+#   type and checks each generic requirement by scanning every protocol conformance in the binary
+#   (a first `[String: String]` costs a process 0.27M instructions); the accessors pass the witness
+#   tables the compiler already knows. lun create 3.79M -> 2.99M instructions, delete 2.81M -> 2.14M.
 # Where libstdc++.a is missing (no libstdc++-dev), the link goes without it.
 # Usage: silo_build_static PRODUCT...
 silo_build_static() {
@@ -65,6 +70,7 @@ silo_build_static() {
         flags+=(-Xswiftc -L -Xswiftc "$libs" -Xswiftc -Xclang-linker -Xswiftc -static-libgcc)
     fi
     flags+=(-Xswiftc -Xclang-linker -Xswiftc -no-pie -Xlinker --no-export-dynamic)
+    flags+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
     local product
     for product in "$@"; do
         swift build -c release --static-swift-stdlib --disable-local-rpath --scratch-path .build-static "${flags[@]}" \
