@@ -66,3 +66,62 @@ struct RegistryTests {
         }
     }
 }
+
+/// The two facts every record carries about who made it: a LUN id, and the owner's start time.
+@Suite("Identities")
+struct IdentityTests {
+    @Test("S13 LUN ids are random version 4 UUIDs in the usual form")
+    func identifiers() {
+        let ids = (0..<200).map { _ in newIdentifier() }
+        #expect(Set(ids).count == ids.count)
+        let hex = Set("0123456789abcdef")
+        for id in ids {
+            let groups = id.split(separator: "-", omittingEmptySubsequences: false)
+            #expect(groups.map(\.count) == [8, 4, 4, 4, 12], "\(id)")
+            #expect(groups.allSatisfy { $0.allSatisfy(hex.contains) }, "\(id)")
+            #expect(groups[2].first == "4", "version nibble of \(id)")
+            #expect("89ab".contains(groups[3].first ?? "x"), "variant of \(id)")
+        }
+        // Every nibble takes many values over 200 ids: nothing is stuck at zero.
+        for position in id(ids[0]).indices where ![12, 16].contains(position) {
+            #expect(Set(ids.map { id($0)[position] }).count > 4, "nibble \(position) barely varies")
+        }
+        func id(_ text: String) -> [Character] { Array(text.filter { $0 != "-" }) }
+    }
+
+    @Test("S15 an owner's start time is field 22 of /proc/<pid>/stat, even when its name holds spaces and parentheses")
+    func startTimes() throws {
+        // The reference reads the line the obvious way: the fields after the last ')'.
+        func reference(_ pid: Int32) -> UInt64? {
+            guard let stat = readSmallFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 19 ? UInt64(fields[19]) : nil
+        }
+        #expect(ProcessIdentity.startTime(of: getpid()) == reference(getpid()))
+        #expect(ProcessIdentity.startTime(of: getpid()) != nil)
+        // A process whose name is "a) b (c": sleep, exec'd by a shell through a link of that name
+        // (the shell, single-threaded, takes the name of what it execs).
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let link = scratch.path + "/a) b (c"
+        #expect(symlink("/bin/sleep", link) == 0)
+        var pid: pid_t = 0
+        var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sh"), strdup("-c"), strdup("exec \"$0\" 5"), strdup(link), nil]
+        defer { argv.forEach { free($0) } }
+        let spawned = posix_spawn(&pid, "/bin/sh", nil, nil, &argv, environ)
+        try #require(spawned == 0 && pid > 0)
+        defer {
+            kill(pid, SIGKILL)
+            waitpid(pid, nil, 0)
+        }
+        var name = ""
+        for _ in 0..<200 where !name.contains(")") {
+            name = readSmallFile("/proc/\(pid)/comm") ?? ""
+            usleep(5000)
+        }
+        #expect(name == "a) b (c", "comm is \(name)")
+        #expect(ProcessIdentity.startTime(of: pid) == reference(pid))
+        #expect(ProcessIdentity.startTime(of: pid) != nil)
+        #expect(ProcessIdentity.startTime(of: 0) == nil)
+    }
+}
