@@ -317,7 +317,7 @@ public final class Cgroup: Sendable {
         guard let unified = directories["unified"] else { throw unavailable("freezer") }
         try writeText(unified + "/cgroup.freeze", "1")
         for _ in 0..<1000 {
-            if (readText(unified + "/cgroup.events") ?? "").contains("frozen 1") { return }
+            if reportsFrozen(unified) { return }
             usleep(1000)
         }
         throw SiloError(.operationTimeout, "cgroup \(name) did not report frozen within a second", field: "cgroup", value: name)
@@ -335,7 +335,15 @@ public final class Cgroup: Sendable {
     /// Whether the cgroup is frozen now.
     public var isFrozen: Bool {
         if usesLegacyFreezer, let freezer = directories["freezer"] { return readText(freezer + "/freezer.state") == "FROZEN" }
-        return (directories["unified"].flatMap { readText($0 + "/cgroup.events") } ?? "").contains("frozen 1")
+        return directories["unified"].map(reportsFrozen) ?? false
+    }
+
+    /// Whether cgroup.events has the line `frozen 1`. Compared as bytes: a first
+    /// `String.contains(String)` costs a process 0.28M instructions (its searcher's skip table is
+    /// a dictionary whose type the runtime looks up), a fifth of a terminate's work.
+    private func reportsFrozen(_ directory: String) -> Bool {
+        let events = readText(directory + "/cgroup.events") ?? ""
+        return events.utf8.split(separator: UInt8(ascii: "\n")).contains { $0.elementsEqual("frozen 1".utf8) }
     }
 
     /// Kills every process and waits until none is left: `cgroup.kill` where the kernel has it,
