@@ -1,8 +1,6 @@
-import SiloOperations
-
 /// A JSON value with where it stood in the text, for error messages that point at the line and
-/// column and name the field's path (C2).
-indirect enum JSONValue: Sendable {
+/// column and name the field's path (C2), for compute documents and the records Silo keeps on disk.
+package indirect enum JSONValue: Sendable {
     case null
     case bool(Bool)
     case number(String)
@@ -11,15 +9,15 @@ indirect enum JSONValue: Sendable {
     /// Members in document order; duplicates are refused by the reader.
     case object([(key: String, value: Located)])
 
-    struct Located: Sendable {
-        let value: JSONValue
-        let line: Int
-        let column: Int
+    package struct Located: Sendable {
+        package let value: JSONValue
+        package let line: Int
+        package let column: Int
     }
 }
 
 /// Reads RFC 8259 JSON, keeping line and column of every value.
-struct JSONReader {
+package struct JSONReader {
     private let bytes: [UInt8]
     private var index = 0
     private var line = 1
@@ -27,11 +25,11 @@ struct JSONReader {
     /// Nesting deeper than this is refused: a document is small, a stack is not infinite.
     private let maximumDepth = 64
 
-    init(_ text: String) {
+    private init(_ text: String) {
         bytes = Array(text.utf8)
     }
 
-    static func parse(_ text: String) throws(SiloError) -> JSONValue.Located {
+    package static func parse(_ text: String) throws(SiloError) -> JSONValue.Located {
         var reader = JSONReader(text)
         reader.skipSpace()
         let value = try reader.value(depth: 0)
