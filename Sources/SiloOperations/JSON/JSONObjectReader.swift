@@ -6,7 +6,7 @@
 package struct JSONObjectReader {
     /// The key path of this object in the record, `""` at the top.
     package let path: String
-    private let members: [(key: String, value: JSONValue.Located)]
+    private let members: [JSONValue.Member]
 
     package init(json text: String) throws(SiloError) {
         try self.init(JSONReader.parse(text), path: "")

@@ -1,5 +1,5 @@
 /// Builds the JSON text of one object as Foundation's JSONEncoder writes it with `.sortedKeys`:
-/// keys in UTF-8 byte order, absent optionals left out, strings escaped as it escapes them.
+/// keys in order, absent optionals left out, strings escaped as it escapes them.
 ///
 /// Hand-written for the records every CLI call reads and writes: JSONEncoder's first use in a
 /// process costs about 0.5M instructions of generic metadata and conformance lookups, most of a
@@ -84,7 +84,9 @@ package struct JSONObjectWriter: Sendable {
         let pretty = style == .pretty
         output.append(UInt8(ascii: "{"))
         if pretty { output.append(UInt8(ascii: "\n")) }
-        let sorted = members.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        // Swift orders strings by their NFC scalars, which is UTF-8 byte order, JSONEncoder's, for
+        // keys in NFC (Silo's are ASCII).
+        let sorted = members.sorted { $0.key < $1.key }
         for (position, member) in sorted.enumerated() {
             if position > 0 { output.append(UInt8(ascii: ",")) }
             if pretty {
@@ -137,6 +139,11 @@ package struct JSONObjectWriter: Sendable {
     /// else, non-ASCII included, is written as its UTF-8.
     private static func writeString(_ text: String, to output: inout [UInt8], style: Style) {
         output.append(UInt8(ascii: "\""))
+        defer { output.append(UInt8(ascii: "\"")) }
+        let plain = !text.utf8.contains { byte in
+            byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || (byte == UInt8(ascii: "/") && style == .compact)
+        }
+        if plain { return output.append(contentsOf: text.utf8) }
         for byte in text.utf8 {
             switch byte {
             case UInt8(ascii: "\""), UInt8(ascii: "\\"):
@@ -156,6 +163,5 @@ package struct JSONObjectWriter: Sendable {
                 output.append(byte)
             }
         }
-        output.append(UInt8(ascii: "\""))
     }
 }

@@ -7,12 +7,20 @@ package indirect enum JSONValue: Sendable {
     case string(String)
     case array([Located])
     /// Members in document order; duplicates are refused by the reader.
-    case object([(key: String, value: Located)])
+    case object([Member])
 
     package struct Located: Sendable {
         package let value: JSONValue
         package let line: Int
         package let column: Int
+    }
+
+    /// A struct, not a `(key:value:)` tuple: the first array of a tuple type in a process costs
+    /// the runtime twice the metadata work of an array of a struct (25,000 instructions against
+    /// 11,000 here).
+    package struct Member: Sendable {
+        package let key: String
+        package let value: Located
     }
 }
 
@@ -109,6 +117,14 @@ package struct JSONReader {
 
     private mutating func string() throws(SiloError) -> String {
         index += 1  // opening quote
+        // Most strings have no escapes: one String from the bytes between the quotes.
+        var end = index
+        while end < bytes.count, bytes[end] != UInt8(ascii: "\""), bytes[end] != UInt8(ascii: "\\"), bytes[end] >= 0x20 { end += 1 }
+        if end < bytes.count, bytes[end] == UInt8(ascii: "\"") {
+            let text = String(decoding: bytes[index..<end], as: UTF8.self)
+            index = end + 1
+            return text
+        }
         var scalars = String.UnicodeScalarView()
         var run = index
         var result = ""
@@ -203,7 +219,7 @@ package struct JSONReader {
 
     private mutating func object(depth: Int) throws(SiloError) -> JSONValue {
         index += 1
-        var members: [(key: String, value: JSONValue.Located)] = []
+        var members: [JSONValue.Member] = []
         skipSpace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
@@ -218,7 +234,7 @@ package struct JSONReader {
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw failure("expected ':' after '\(key)'") }
             index += 1
             skipSpace()
-            members.append((key, try value(depth: depth + 1)))
+            members.append(JSONValue.Member(key: key, value: try value(depth: depth + 1)))
             skipSpace()
             guard index < bytes.count else { throw failure("the object is not closed") }
             if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
