@@ -15,15 +15,16 @@ struct SystemRecordJSONTests {
         initPID: 4_194_304, initStartTime: 98_765_432_109, exitType: .unexpected, createdAt: 1_796_285_879,
         shouldTerminateOnLastHandleClosed: true,
         attachments: [
-            Attachment(lun: "db1", devicePath: "/dev/loop7", deviceNumber: "7:7", mountPath: "/data/db 1", readOnly: true,
-                       location: "0/1"),
-            Attachment(lun: "/dev/loop8", devicePath: "/dev/loop8", deviceNumber: "7:8", mountPath: nil, readOnly: false),
+            Attachment(lun: "db1", devicePath: "/dev/loop7", deviceNumber: "7:7", mountPath: "/data/db 1",
+                       readOnly: true, location: "0/1"),
+            Attachment(lun: "/dev/loop8", devicePath: "/dev/loop8", deviceNumber: "7:8", mountPath: nil,
+                       readOnly: false),
         ],
         memoryLimit: UInt64.max, processorCount: Int.max
     )
 
-    let bare = SystemRecord(id: "s", owner: nil, state: .created, document: "{}", initPID: nil, initStartTime: nil, exitType: nil,
-                            createdAt: 0, shouldTerminateOnLastHandleClosed: false)
+    let bare = SystemRecord(id: "s", owner: nil, state: .created, document: "{}", initPID: nil, initStartTime: nil,
+                            exitType: nil, createdAt: 0, shouldTerminateOnLastHandleClosed: false)
 
     func encoded(_ record: SystemRecord) throws -> String {
         let encoder = JSONEncoder()

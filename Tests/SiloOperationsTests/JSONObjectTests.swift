@@ -28,10 +28,11 @@ struct JSONObjectTests {
 
     /// Strings JSON must escape (quote, backslash, every kind of control character) or must not
     /// (slash, DEL, non-ASCII, the line separators JavaScript minds).
-    static let awkward = "q\"b\\s/ \u{0}\u{1}\u{7}\u{8}\t\n\u{b}\u{c}\r\u{1b}\u{1f} \u{7f} é ü 日本 😀 \u{2028}\u{2029} end"
+    static let awkward = "q\"b\\s/ \u{0}\u{1}\u{7}\u{8}\t\n\u{b}\u{c}\r\u{1b}\u{1f} \u{7f} é ü 日本 😀"
+        + " \u{2028}\u{2029} end"
 
-    let sample = Sample(text: awkward, small: UInt32.max, large: UInt64.max, negative: Int64.min, plain: -42, flag: true,
-                        absent: nil, inner: Inner(count: Int32.min, label: "in/side"),
+    let sample = Sample(text: awkward, small: UInt32.max, large: UInt64.max, negative: Int64.min, plain: -42,
+                        flag: true, absent: nil, inner: Inner(count: Int32.min, label: "in/side"),
                         list: [Inner(count: 1, label: nil), Inner(count: 2, label: "two")], empty: [])
 
     func writer(_ inner: Inner) -> JSONObjectWriter {
@@ -62,37 +63,40 @@ struct JSONObjectTests {
         func inner(_ object: JSONObjectReader) throws(SiloError) -> Inner {
             Inner(count: try object.required("count"), label: try object.optional("label"))
         }
-        var list: [Inner]?
-        if let items = try object.objects("list") { list = try items.map { (item) throws(SiloError) in try inner(item) } }
-        var empty: [Inner]?
-        if let items = try object.objects("empty") { empty = try items.map { (item) throws(SiloError) in try inner(item) } }
-        return Sample(text: try object.required("text"), small: try object.required("small"), large: try object.required("large"),
-                      negative: try object.required("negative"), plain: try object.required("plain"),
-                      flag: try object.required("flag"), absent: try object.optional("absent"),
-                      inner: try object.object("inner").map { (item) throws(SiloError) in try inner(item) }, list: list, empty: empty)
+        func inners(_ key: String) throws(SiloError) -> [Inner]? {
+            try object.objects(key)?.map { (item) throws(SiloError) in try inner(item) }
+        }
+        return Sample(text: try object.required("text"), small: try object.required("small"),
+                      large: try object.required("large"), negative: try object.required("negative"),
+                      plain: try object.required("plain"), flag: try object.required("flag"),
+                      absent: try object.optional("absent"),
+                      inner: try object.object("inner").map { (item) throws(SiloError) in try inner(item) },
+                      list: try inners("list"), empty: try inners("empty"))
     }
 
-    func encoded(_ value: some Encodable, _ formatting: JSONEncoder.OutputFormatting) throws -> String {
+    /// The registry's options (`pretty`) or the compute records' (not).
+    func encoded(_ value: some Encodable, pretty: Bool) throws -> String {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = formatting
+        encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys]
         return String(decoding: try encoder.encode(value), as: UTF8.self)
     }
 
     @Test("Pretty text is JSONEncoder's with sorted keys, pretty printed, slashes as they are")
     func prettyMatchesEncoder() throws {
-        #expect(writer(sample).text(.pretty) == (try encoded(sample, [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])))
+        #expect(writer(sample).text(.pretty) == (try encoded(sample, pretty: true)))
     }
 
     @Test("Compact text is JSONEncoder's with sorted keys only, slashes escaped")
     func compactMatchesEncoder() throws {
-        #expect(writer(sample).text(.compact) == (try encoded(sample, [.sortedKeys])))
+        #expect(writer(sample).text(.compact) == (try encoded(sample, pretty: false)))
     }
 
     @Test("Absent optionals are left out, as JSONEncoder leaves them out", arguments: [true, false])
     func absentOptionals(pretty: Bool) throws {
-        let bare = Sample(text: "", small: 0, large: 0, negative: 0, plain: 0, flag: false, absent: nil, inner: nil, list: nil, empty: nil)
+        let bare = Sample(text: "", small: 0, large: 0, negative: 0, plain: 0, flag: false, absent: nil, inner: nil,
+                          list: nil, empty: nil)
         let text = writer(bare).text(pretty ? .pretty : .compact)
-        #expect(text == (try encoded(bare, pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys])))
+        #expect(text == (try encoded(bare, pretty: pretty)))
         #expect(!text.contains("absent") && !text.contains("null"))
         #expect(try read(text) == bare)
     }
@@ -101,9 +105,10 @@ struct JSONObjectTests {
     func arrays(count: Int) throws {
         let items = (0..<count).map { Inner(count: Int32($0), label: $0 == 1 ? nil : "n/\($0)") }
         #expect(JSONObjectWriter.text(items.map { writer($0) }, .pretty)
-            == (try encoded(items, [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])))
-        #expect(JSONObjectWriter.text(items.map { writer($0) }, .compact) == (try encoded(items, [.sortedKeys])))
-        let read = try JSONObjectReader.objects(json: try encoded(items, [.sortedKeys])).map { (object) throws(SiloError) in
+            == (try encoded(items, pretty: true)))
+        #expect(JSONObjectWriter.text(items.map { writer($0) }, .compact) == (try encoded(items, pretty: false)))
+        let objects = try JSONObjectReader.objects(json: try encoded(items, pretty: false))
+        let read = try objects.map { (object) throws(SiloError) in
             Inner(count: try object.required("count"), label: try object.optional("label"))
         }
         #expect(read == items)
@@ -111,7 +116,7 @@ struct JSONObjectTests {
 
     @Test("What JSONEncoder wrote reads back the same, in either format", arguments: [true, false])
     func readsEncoderText(pretty: Bool) throws {
-        let text = try encoded(sample, pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys])
+        let text = try encoded(sample, pretty: pretty)
         #expect(try read(text) == sample)
     }
 
@@ -127,7 +132,8 @@ struct JSONObjectTests {
     func controlCharacters() throws {
         for scalar in (0..<0x20).compactMap(Unicode.Scalar.init) + ["\"", "\\", "/", "\u{7f}"] {
             let value = Inner(count: 0, label: "a\(scalar)b")
-            #expect(writer(value).text(.compact) == (try encoded(value, [.sortedKeys])), "U+\(String(scalar.value, radix: 16))")
+            #expect(writer(value).text(.compact) == (try encoded(value, pretty: false)),
+                    "U+\(String(scalar.value, radix: 16))")
             let read = try JSONObjectReader(json: writer(value).text(.pretty))
             #expect(try read.optional("label") == value.label)
         }
@@ -162,7 +168,9 @@ struct JSONObjectTests {
             }
             #expect(error?.code == .invalidJSON, "\(text)")
             #expect(error?.field == field, "\(text)")
-            if field != "document" { #expect(error?.message.contains(field) == true, "\(text): \(error?.message ?? "")") }
+            if field != "document" {
+                #expect(error?.message.contains(field) == true, "\(text): \(error?.message ?? "")")
+            }
         }
     }
 

@@ -54,7 +54,8 @@ struct RecordJSONTests {
     func everyoneAndUnknownFields() throws {
         var record = bare
         record.unmasking = .everyone
-        let text = record.json.replacing("\"createdAt\" : 0,", with: "\"createdAt\" : 0,\n  \"later\" : [{\"a\" : null}],")
+        let later = "\"createdAt\" : 0,\n  \"later\" : [{\"a\" : null}],"
+        let text = record.json.replacing("\"createdAt\" : 0,", with: later)
         #expect(text != record.json)
         #expect(try LunRecord(json: text) == record)
     }
@@ -112,8 +113,11 @@ struct RecordJSONTests {
 
     @Test("S5 a damaged pool list is invalidJSON naming the item and field")
     func damagedPoolList() throws {
-        for (text, field) in [("[{\"name\" : \"p\"}]", "[0].directory"), ("[{\"name\" : \"p\", \"directory\" : 1}]", "[0].directory"),
-                              ("[{\"name\" : \"p\", \"directory\" : \"/d\"", "document"), ("{}", "record")] {
+        let cases = [("[{\"name\" : \"p\"}]", "[0].directory"),
+                     ("[{\"name\" : \"p\", \"directory\" : 1}]", "[0].directory"),
+                     ("[{\"name\" : \"p\", \"directory\" : \"/d\"", "document"),
+                     ("{}", "record")]
+        for (text, field) in cases {
             let error = #expect(throws: SiloError.self, "\(text)") { _ = try PoolRecord.list(json: text) }
             #expect(error?.code == .invalidJSON && error?.field == field, "\(text): \(error?.field ?? "")")
         }

@@ -78,7 +78,8 @@ struct SystemStore: Sendable {
         do {
             return try SystemRecord(json: String(decoding: bytes, as: UTF8.self))
         } catch {
-            throw SiloError(.invalidJSON, "state of compute system '\(id)' is damaged: \(error.message)", field: "id", value: id)
+            throw SiloError(.invalidJSON, "state of compute system '\(id)' is damaged: \(error.message)",
+                            field: "id", value: id)
         }
     }
 

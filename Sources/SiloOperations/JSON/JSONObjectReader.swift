@@ -5,7 +5,7 @@
 /// The counterpart of ``JSONObjectWriter``; neither goes through Codable (see there why).
 package struct JSONObjectReader {
     /// The key path of this object in the record, `""` at the top.
-    package let path: String
+    private let path: String
     private let members: [JSONValue.Member]
 
     package init(json text: String) throws(SiloError) {
@@ -120,7 +120,8 @@ package struct JSONObjectReader {
 
     private func signed(_ key: String, _ minimum: Int64, _ maximum: Int64) throws(SiloError) -> Int64? {
         guard let value = located(key) else { return nil }
-        guard case .number(let text) = value.value, let number = Int64(text), number >= minimum, number <= maximum else {
+        guard case .number(let text) = value.value, let number = Int64(text), minimum <= number, number <= maximum
+        else {
             throw Self.typeError(child(key), "a whole number from \(minimum) to \(maximum)", value)
         }
         return number
@@ -149,7 +150,8 @@ package struct JSONObjectReader {
         case .object: "an object"
         }
         return SiloError(
-            .invalidJSON, "\(subject(path)) must be \(expected), not \(found) (line \(value.line), column \(value.column))",
+            .invalidJSON,
+            "\(subject(path)) must be \(expected), not \(found) (line \(value.line), column \(value.column))",
             field: path.isEmpty ? "record" : path, value: found
         )
     }

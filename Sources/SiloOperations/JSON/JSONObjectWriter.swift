@@ -141,7 +141,8 @@ package struct JSONObjectWriter: Sendable {
         output.append(UInt8(ascii: "\""))
         defer { output.append(UInt8(ascii: "\"")) }
         let plain = !text.utf8.contains { byte in
-            byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || (byte == UInt8(ascii: "/") && style == .compact)
+            byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\")
+                || (byte == UInt8(ascii: "/") && style == .compact)
         }
         if plain { return output.append(contentsOf: text.utf8) }
         for byte in text.utf8 {

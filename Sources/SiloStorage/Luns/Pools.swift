@@ -53,8 +53,8 @@ extension StorageProvider {
     /// Every pool: the default one first, then the added ones by name. A damaged list counts as
     /// empty.
     func allPools() -> [Pool] {
-        let added = (readFile(poolsFile).flatMap { try? PoolRecord.list(json: String(decoding: $0, as: UTF8.self)) } ?? [])
-            .sorted { $0.name < $1.name }
+        let text = readFile(poolsFile).map { String(decoding: $0, as: UTF8.self) }
+        let added = (text.flatMap { try? PoolRecord.list(json: $0) } ?? []).sorted { $0.name < $1.name }
         return [pool] + added.map { Pool(name: $0.name, directory: $0.directory) }
     }
 

@@ -108,7 +108,8 @@ struct LunRegistry: Sendable {
         do {
             return try LunRecord(json: String(decoding: bytes, as: UTF8.self))
         } catch {
-            throw SiloError(.invalidJSON, "registry record \(path) is damaged: \(error.message)", field: "record", value: path)
+            throw SiloError(.invalidJSON, "registry record \(path) is damaged: \(error.message)",
+                            field: "record", value: path)
         }
     }
 }
