@@ -16,7 +16,7 @@ struct BadInputCase: Decodable, CustomTestStringConvertible, Sendable {
 let badInputCases: [BadInputCase] = {
     let path = #filePath.split(separator: "/").dropLast(3).joined(separator: "/") + "/fixtures/storage/bad-input.json"
     struct Corpus: Decodable { let cases: [BadInputCase] }
-    guard let data = readFile("/" + path), let corpus = try? JSONDecoder().decode(Corpus.self, from: data) else {
+    guard let bytes = readFile("/" + path), let corpus = try? JSONDecoder().decode(Corpus.self, from: Data(bytes)) else {
         return []
     }
     return corpus.cases

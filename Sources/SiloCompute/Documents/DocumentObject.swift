@@ -4,7 +4,7 @@ import SiloOperations
 /// type errors and unknown fields name the field's path and where it stands (C2).
 struct DocumentObject {
     let path: String
-    let members: [(key: String, value: JSONValue.Located)]
+    let members: [JSONValue.Member]
     let line: Int
     let column: Int
 

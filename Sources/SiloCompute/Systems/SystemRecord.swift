@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Glibc
 import SiloOperations
 
@@ -13,7 +12,7 @@ public enum SystemExitType: String, Sendable, Codable {
 }
 
 /// One system's state on disk: `<runtime>/systems/<id>/state.json`, written atomically.
-struct SystemRecord: Codable, Sendable {
+struct SystemRecord: Codable, Sendable, Equatable {
     var id: String
     var owner: String?
     var state: ComputeSystemState
@@ -77,26 +76,19 @@ struct SystemStore: Sendable {
             bytes.append(contentsOf: buffer[0..<count])
         }
         do {
-            return try JSONDecoder().decode(SystemRecord.self, from: Data(bytes))
+            return try SystemRecord(json: String(decoding: bytes, as: UTF8.self))
         } catch {
-            throw SiloError(.invalidJSON, "state of compute system '\(id)' is damaged: \(error)", field: "id", value: id)
+            throw SiloError(.invalidJSON, "state of compute system '\(id)' is damaged: \(error.message)",
+                            field: "id", value: id)
         }
     }
 
     func save(_ record: SystemRecord) throws(SiloError) {
-        let data: Data
-        do {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            data = try encoder.encode(record)
-        } catch {
-            throw SiloError(.unexpected, "cannot encode the state of '\(record.id)': \(error)")
-        }
         let final = directory(record.id) + "/state.json"
         let temporary = final + ".\(getpid()).tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: temporary) }
-        let bytes = [UInt8](data)
+        let bytes = Array(record.json.utf8)
         let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         close(fd)
         guard written == bytes.count, rename(temporary, final) == 0 else {

@@ -30,10 +30,10 @@ enum InUse {
     /// Read as bytes, with strings made only for the device's own lines: splitting every line as a
     /// String took 0.2 ms of each delete here.
     static func mountPoints(of deviceNumber: String) -> [String] {
-        guard let data = readFile("/proc/self/mountinfo") else { return [] }
+        guard let bytes = readFile("/proc/self/mountinfo") else { return [] }
         let number = Array(deviceNumber.utf8)
         var points: [String] = []
-        for line in [UInt8](data).split(separator: UInt8(ascii: "\n")) {
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
             let fields = line.split(separator: UInt8(ascii: " "), maxSplits: 5, omittingEmptySubsequences: false)
             guard fields.count > 4, fields[2].elementsEqual(number) else { continue }
             points.append(unescapeMountPath(String(decoding: fields[4], as: UTF8.self)))

@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Glibc
 import SiloOperations
 
@@ -24,15 +23,38 @@ struct PoolRecord: Codable, Sendable, Hashable {
     var directory: String
 }
 
+/// The pool list's file format, read and written by hand as the LUN records are (see
+/// `LunRecord+JSON.swift`): what JSONEncoder wrote for `[PoolRecord]`, byte for byte.
+extension PoolRecord {
+    /// - Throws: `invalidJSON` naming the item and field at fault.
+    static func list(json text: String) throws(SiloError) -> [PoolRecord] {
+        var records: [PoolRecord] = []
+        for object in try JSONObjectReader.objects(json: text) {
+            records.append(PoolRecord(name: try object.required("name"), directory: try object.required("directory")))
+        }
+        return records
+    }
+
+    static func json(_ records: [PoolRecord]) -> String {
+        JSONObjectWriter.text(records.map { record in
+            var object = JSONObjectWriter()
+            object.add("name", record.name)
+            object.add("directory", record.directory)
+            return object
+        }, .pretty)
+    }
+}
+
 extension StorageProvider {
     static let defaultPoolName = "default"
 
     var poolsFile: String { configuration.stateDirectory + "/pools.json" }
 
-    /// Every pool: the default one first, then the added ones by name.
+    /// Every pool: the default one first, then the added ones by name. A damaged list counts as
+    /// empty.
     func allPools() -> [Pool] {
-        let added = ((try? JSONDecoder().decode([PoolRecord].self, from: readFile(poolsFile) ?? Data("[]".utf8))) ?? [])
-            .sorted { $0.name < $1.name }
+        let text = readFile(poolsFile).map { String(decoding: $0, as: UTF8.self) }
+        let added = (text.flatMap { try? PoolRecord.list(json: $0) } ?? []).sorted { $0.name < $1.name }
         return [pool] + added.map { Pool(name: $0.name, directory: $0.directory) }
     }
 
@@ -109,7 +131,7 @@ extension StorageProvider {
     }
 
     private func savePools(_ records: [PoolRecord]) throws(SiloError) {
-        try writeJSONAtomically(records, to: poolsFile, temporary: poolsFile + ".\(getpid()).tmp", durable: true, what: "the pool list")
+        try writeJSONAtomically(PoolRecord.json(records), to: poolsFile, temporary: poolsFile + ".\(getpid()).tmp", durable: true)
     }
 
     /// Where a new LUN goes (S5): the pool named, else the first given drive's pool, else the default.

@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Glibc
 import SiloOperations
 
@@ -29,16 +28,16 @@ struct LunRegistry: Sendable {
 
     func load(_ name: String) throws(SiloError) -> LunRecord? {
         let path = recordPath(name)
-        guard let data = readFile(path) else { return nil }
-        return try decode(data, path: path)
+        guard let bytes = readFile(path) else { return nil }
+        return try decode(bytes, path: path)
     }
 
     func loadAll() throws(SiloError) -> [LunRecord] {
         var records: [LunRecord] = []
         for entry in directoryEntries(directory) where entry.hasSuffix(".json") {
             let path = directory + "/" + entry
-            guard let data = readFile(path) else { continue }
-            records.append(try decode(data, path: path))
+            guard let bytes = readFile(path) else { continue }
+            records.append(try decode(bytes, path: path))
         }
         return records.sorted { $0.name < $1.name }
     }
@@ -48,8 +47,8 @@ struct LunRegistry: Sendable {
     /// the process, which the page cache does, and after a reboot `reenumerate` removes what an
     /// intent would have named (orphan files; the loop devices are gone with the reboot).
     func save(_ record: LunRecord, durable: Bool = true) throws(SiloError) {
-        try writeJSONAtomically(record, to: recordPath(record.name), temporary: temporaryPath(record.name),
-                                durable: durable, what: "the record of LUN '\(record.name)'")
+        try writeJSONAtomically(record.json, to: recordPath(record.name), temporary: temporaryPath(record.name),
+                                durable: durable)
     }
 
     /// Makes `change` applied to `expected` the durable record of its LUN, where `expected` is the
@@ -64,7 +63,7 @@ struct LunRegistry: Sendable {
         change(&record)
         let path = recordPath(record.name)
         let temporary = temporaryPath(record.name)
-        try writeJSONFile(record, to: temporary, durable: true, what: "the record of LUN '\(record.name)'")
+        try writeJSONFile(record.json, to: temporary, durable: true)
         do throws(SiloError) {
             try locked { () throws(SiloError) in
                 guard var stored = try load(record.name) else {
@@ -105,11 +104,12 @@ struct LunRegistry: Sendable {
 
     private func temporaryPath(_ name: String) -> String { directory + "/.\(name).json.\(getpid()).tmp" }
 
-    private func decode(_ data: Data, path: String) throws(SiloError) -> LunRecord {
+    private func decode(_ bytes: [UInt8], path: String) throws(SiloError) -> LunRecord {
         do {
-            return try JSONDecoder().decode(LunRecord.self, from: data)
+            return try LunRecord(json: String(decoding: bytes, as: UTF8.self))
         } catch {
-            throw SiloError(.invalidJSON, "registry record \(path) is damaged: \(error)", field: "record", value: path)
+            throw SiloError(.invalidJSON, "registry record \(path) is damaged: \(error.message)",
+                            field: "record", value: path)
         }
     }
 }
@@ -135,11 +135,10 @@ func makeDirectory(_ path: String) throws(SiloError) {
     }
 }
 
-/// Writes `value` as JSON (sorted keys) to `path` atomically: a temporary file in the same folder,
-/// renamed over it. `durable` adds the fsyncs (the file's and the folder's) that make it survive
-/// power loss.
-func writeJSONAtomically<T: Encodable>(_ value: T, to path: String, temporary: String, durable: Bool, what: String) throws(SiloError) {
-    try writeJSONFile(value, to: temporary, durable: durable, what: what)
+/// Writes JSON `text` to `path` atomically: a temporary file in the same folder, renamed over it.
+/// `durable` adds the fsyncs (the file's and the folder's) that make it survive power loss.
+func writeJSONAtomically(_ text: String, to path: String, temporary: String, durable: Bool) throws(SiloError) {
+    try writeJSONFile(text, to: temporary, durable: durable)
     do throws(SiloError) {
         try syscall("rename", path: path) { rename(temporary, path) }
     } catch {
@@ -149,21 +148,13 @@ func writeJSONAtomically<T: Encodable>(_ value: T, to path: String, temporary: S
     if durable { try syncDirectory(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])) }
 }
 
-/// Writes `value` as JSON (sorted keys) to a new file at `temporary`, synced when `durable`;
-/// removed again if anything fails.
-func writeJSONFile<T: Encodable>(_ value: T, to temporary: String, durable: Bool, what: String) throws(SiloError) {
-    let data: Data
-    do {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        data = try encoder.encode(value)
-    } catch {
-        throw SiloError(.unexpected, "cannot encode \(what): \(error)")
-    }
+/// Writes JSON `text` to a new file at `temporary`, synced when `durable`; removed again if
+/// anything fails.
+func writeJSONFile(_ text: String, to temporary: String, durable: Bool) throws(SiloError) {
     let fd = try syscall("open", path: temporary) { open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
     do throws(SiloError) {
         defer { close(fd) }
-        try writeAll(fd, data, path: temporary)
+        try writeAll(fd, Array(text.utf8), path: temporary)
         if durable { try syscall("fsync", path: temporary) { fsync(fd) } }
     } catch {
         unlink(temporary)
@@ -177,8 +168,7 @@ func syncDirectory(_ path: String) throws(SiloError) {
     try syscall("fsync", path: path) { fsync(fd) }
 }
 
-func writeAll(_ fd: Int32, _ data: Data, path: String) throws(SiloError) {
-    let bytes = [UInt8](data)
+func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(SiloError) {
     var offset = 0
     while offset < bytes.count {
         let written = try syscall("write", path: path) {
@@ -188,17 +178,17 @@ func writeAll(_ fd: Int32, _ data: Data, path: String) throws(SiloError) {
     }
 }
 
-func readFile(_ path: String) -> Data? {
+func readFile(_ path: String) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
-    var data = Data()
+    var bytes: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 16384)
     while true {
         let count = read(fd, &buffer, buffer.count)
         if count < 0, errno == EINTR { continue }
         if count <= 0 { break }
-        data.append(contentsOf: buffer[0..<count])
+        bytes.append(contentsOf: buffer[0..<count])
     }
-    return data
+    return bytes
 }

@@ -1,0 +1,125 @@
+import FoundationEssentials
+import Glibc
+import SiloOperations
+import Testing
+
+@testable import SiloStorage
+
+/// The registry's records and the pool list on disk, read and written by hand, against what
+/// JSONEncoder wrote before (the reference): both directions, byte for byte.
+@Suite("LUN records and the pool list as JSON")
+struct RecordJSONTests {
+    static let awkward = "db \"main\" \\ a/b \t\n\u{0}\u{1f}\u{7f} é 日本 😀"
+
+    let full = LunRecord(
+        id: "6f1c2a9e-0b7d-4c55-9a43-2d3f5e6a7b8c", name: "db1", friendlyName: awkward, size: UInt64.max,
+        blockSize: 4096, provisioning: .zeroed, readOnly: true, directIO: false, unmasking: .systems(["web-1", "db.2"]),
+        backingFile: "/var/lib/silo/pool/6f1c2a9e.img", pool: "fast", state: .creating, online: false, device: 17,
+        owner: LunRecord.Owner(pid: Int32.max, startTime: 123_456_789_012, operation: "create"), createdAt: Int64.min
+    )
+
+    let bare = LunRecord(
+        id: "x", name: "x", friendlyName: nil, size: 0, blockSize: 512, provisioning: .thin, readOnly: false,
+        directIO: true, unmasking: .nobody, backingFile: "", pool: "default", state: .ready, online: true, device: nil,
+        owner: nil, createdAt: 0
+    )
+
+    /// What the registry wrote before, with JSONEncoder.
+    func encoded(_ value: some Encodable) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(value), as: UTF8.self)
+    }
+
+    @Test("S12 a record writes as JSONEncoder wrote it and reads back equal", arguments: [true, false])
+    func roundTrip(everyField: Bool) throws {
+        let record = everyField ? full : bare
+        #expect(record.json == (try encoded(record)))
+        #expect(try LunRecord(json: record.json) == record)
+    }
+
+    @Test("S12 a record JSONEncoder wrote reads equal", arguments: [true, false])
+    func readsOldRecords(everyField: Bool) throws {
+        let record = everyField ? full : bare
+        #expect(try LunRecord(json: try encoded(record)) == record)
+    }
+
+    @Test("S12 JSONDecoder reads a record as written, awkward strings and all")
+    func decoderReadsRecords() throws {
+        #expect(try JSONDecoder().decode(LunRecord.self, from: Data(full.json.utf8)) == full)
+        #expect(full.json.contains("\"backingFile\" : \"/var/lib/silo/pool/6f1c2a9e.img\""))
+    }
+
+    @Test("S12 unmasking every system, and fields a later Silo may add, read as before")
+    func everyoneAndUnknownFields() throws {
+        var record = bare
+        record.unmasking = .everyone
+        let later = "\"createdAt\" : 0,\n  \"later\" : [{\"a\" : null}],"
+        let text = record.json.replacing("\"createdAt\" : 0,", with: later)
+        #expect(text != record.json)
+        #expect(try LunRecord(json: text) == record)
+    }
+
+    /// Damaged records as a crash, a full disk or a hand edit leaves them: each must be refused
+    /// with invalidJSON naming the record's file, and the message naming what is wrong.
+    static let damages: [(name: String, damage: @Sendable (String) -> String, names: String)] = [
+        ("truncated", { String($0.prefix($0.count / 2)) }, "line"),
+        ("empty", { _ in "" }, "line"),
+        ("size as a string", { $0.replacing("\"size\" : 0", with: "\"size\" : \"0\"") }, "size"),
+        ("negative size", { $0.replacing("\"size\" : 0", with: "\"size\" : -1") }, "size"),
+        ("no pool", { $0.replacing("  \"pool\" : \"default\",\n", with: "") }, "pool"),
+        ("null name", { $0.replacing("\"name\" : \"x\"", with: "\"name\" : null") }, "name"),
+        ("unknown state", { $0.replacing("\"ready\"", with: "\"gone\"") }, "state"),
+        ("unknown provisioning", { $0.replacing("\"thin\"", with: "\"thinner\"") }, "provisioning"),
+        ("bad unmasking list", { $0.replacing("\"unmasking\" : \"\"", with: "\"unmasking\" : \"a;*\"") }, "unmasking"),
+        ("owner without pid", {
+            $0.replacing("\"online\"", with: "\"owner\" : {\"startTime\" : 1, \"operation\" : \"x\"},\n  \"online\"")
+        }, "owner.pid"),
+        ("an array", { _ in "[]" }, "record"),
+    ]
+
+    @Test("S12 a damaged record is invalidJSON naming the file and what is wrong", arguments: 0..<damages.count)
+    func damaged(index: Int) throws {
+        let (name, damage, names) = Self.damages[index]
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let registry = LunRegistry(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        try registry.prepare()
+        try registry.save(bare, durable: false)
+        let path = registry.directory + "/x.json"
+        let text = damage(String(decoding: readFile(path) ?? [], as: UTF8.self))
+        #expect(text != bare.json, "\(name): the damage changed nothing")
+        let fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+        try #require(fd >= 0)
+        try writeAll(fd, Array(text.utf8), path: path)
+        close(fd)
+        let errors = [#expect(throws: SiloError.self, "\(name)") { _ = try registry.load("x") },
+                      #expect(throws: SiloError.self, "\(name)") { _ = try registry.loadAll() }]
+        for error in errors {
+            #expect(error?.code == .invalidJSON, "\(name)")
+            #expect(error?.field == "record" && error?.value == path, "\(name)")
+            #expect(error?.message.contains(path) == true, "\(name)")
+            #expect(error?.message.contains(names) == true, "\(name): \(error?.message ?? "")")
+        }
+    }
+
+    @Test("S5 the pool list writes as JSONEncoder wrote it and reads back equal", arguments: [0, 1, 3])
+    func poolList(count: Int) throws {
+        let records = (0..<count).map { PoolRecord(name: "p\($0)", directory: "/mnt/disk \($0)/\"pool\"") }
+        #expect(PoolRecord.json(records) == (try encoded(records)))
+        #expect(try PoolRecord.list(json: try encoded(records)) == records)
+        #expect(try PoolRecord.list(json: PoolRecord.json(records)) == records)
+    }
+
+    @Test("S5 a damaged pool list is invalidJSON naming the item and field")
+    func damagedPoolList() throws {
+        let cases = [("[{\"name\" : \"p\"}]", "[0].directory"),
+                     ("[{\"name\" : \"p\", \"directory\" : 1}]", "[0].directory"),
+                     ("[{\"name\" : \"p\", \"directory\" : \"/d\"", "document"),
+                     ("{}", "record")]
+        for (text, field) in cases {
+            let error = #expect(throws: SiloError.self, "\(text)") { _ = try PoolRecord.list(json: text) }
+            #expect(error?.code == .invalidJSON && error?.field == field, "\(text): \(error?.field ?? "")")
+        }
+    }
+}
