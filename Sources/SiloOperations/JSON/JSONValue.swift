@@ -128,54 +128,49 @@ package struct JSONReader {
             index = end + 1
             return text
         }
-        var scalars = String.UnicodeScalarView()
-        var run = index
-        var result = ""
-        func flush() {
-            result += String(decoding: bytes[run..<index], as: UTF8.self)
-        }
+        // With escapes: the string's UTF-8 bytes gathered in one buffer and decoded once at the end
+        // (appending to a String piece by piece cost a system's record, whose document is a string
+        // full of escaped quotes, 0.2M instructions a read).
+        var text: [UInt8] = []
+        text.reserveCapacity(end - index + 64)
         while true {
             guard index < bytes.count else { throw failure("the string is not closed") }
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
-                flush()
                 index += 1
-                return result + String(scalars)
+                return String(decoding: text, as: UTF8.self)
             }
             if byte < 0x20 { throw failure("control character in a string; escape it") }
-            if byte == UInt8(ascii: "\\") {
-                flush()
-                result += String(scalars)
-                scalars = String.UnicodeScalarView()
+            guard byte == UInt8(ascii: "\\") else {
+                text.append(byte)
                 index += 1
-                guard index < bytes.count else { throw failure("the string is not closed") }
-                switch bytes[index] {
-                case UInt8(ascii: "\""): result += "\""
-                case UInt8(ascii: "\\"): result += "\\"
-                case UInt8(ascii: "/"): result += "/"
-                case UInt8(ascii: "b"): result += "\u{8}"
-                case UInt8(ascii: "f"): result += "\u{c}"
-                case UInt8(ascii: "n"): result += "\n"
-                case UInt8(ascii: "r"): result += "\r"
-                case UInt8(ascii: "t"): result += "\t"
-                case UInt8(ascii: "u"):
-                    var code = try hex4()
-                    if (0xD800...0xDBFF).contains(code) {
-                        guard index + 2 < bytes.count, bytes[index + 1] == UInt8(ascii: "\\"), bytes[index + 2] == UInt8(ascii: "u") else {
-                            throw failure("a lone UTF-16 surrogate")
-                        }
-                        index += 2
-                        let low = try hex4()
-                        guard (0xDC00...0xDFFF).contains(low) else { throw failure("a lone UTF-16 surrogate") }
-                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-                    }
-                    guard let scalar = UnicodeScalar(code) else { throw failure("not a Unicode scalar: \\u\(String(code, radix: 16))") }
-                    result.unicodeScalars.append(scalar)
-                default: throw failure("unknown escape '\\\(Character(UnicodeScalar(bytes[index])))'")
-                }
-                index += 1
-                run = index
                 continue
+            }
+            index += 1
+            guard index < bytes.count else { throw failure("the string is not closed") }
+            switch bytes[index] {
+            case UInt8(ascii: "\""): text.append(UInt8(ascii: "\""))
+            case UInt8(ascii: "\\"): text.append(UInt8(ascii: "\\"))
+            case UInt8(ascii: "/"): text.append(UInt8(ascii: "/"))
+            case UInt8(ascii: "b"): text.append(0x08)
+            case UInt8(ascii: "f"): text.append(0x0C)
+            case UInt8(ascii: "n"): text.append(0x0A)
+            case UInt8(ascii: "r"): text.append(0x0D)
+            case UInt8(ascii: "t"): text.append(0x09)
+            case UInt8(ascii: "u"):
+                var code = try hex4()
+                if (0xD800...0xDBFF).contains(code) {
+                    guard index + 2 < bytes.count, bytes[index + 1] == UInt8(ascii: "\\"), bytes[index + 2] == UInt8(ascii: "u") else {
+                        throw failure("a lone UTF-16 surrogate")
+                    }
+                    index += 2
+                    let low = try hex4()
+                    guard (0xDC00...0xDFFF).contains(low) else { throw failure("a lone UTF-16 surrogate") }
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                }
+                guard let scalar = UnicodeScalar(code) else { throw failure("not a Unicode scalar: \\u\(String(code, radix: 16))") }
+                text.append(contentsOf: UTF8.encode(scalar)!)
+            default: throw failure("unknown escape '\\\(Character(UnicodeScalar(bytes[index])))'")
             }
             index += 1
         }
