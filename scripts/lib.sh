@@ -77,3 +77,47 @@ silo_build_static() {
             --product "$product" >/dev/null
     done
 }
+
+# Side-by-side timings that a shared, noisy machine cannot tilt: hyperfine runs the commands in
+# ROUNDS rounds, each round in a rotated order, so that no command always runs in the same slot
+# of a load swing; a ratio is the median over rounds of silo's median over the peer's median.
+# Usage: silo_rounds OUT ROUNDS RUNS NAME COMMAND [NAME COMMAND]...; the first NAME is silo's.
+# Writes OUT.tsv (round, name, median seconds); silo_rounds_report OUT PEER... prints the ratios.
+silo_rounds() {
+    local out=$1 rounds=$2 runs=$3 names=() commands=() args r i
+    shift 3
+    while [ $# -gt 1 ]; do names+=("$1"); commands+=("$2"); shift 2; done
+    : >"$out.tsv"
+    for ((r = 0; r < rounds; r++)); do
+        args=()
+        for ((i = 0; i < ${#names[@]}; i++)); do
+            local k=$(( (i + r) % ${#names[@]} ))
+            args+=(-n "${names[k]}" "${commands[k]}")
+        done
+        hyperfine -N --warmup 3 --runs "$runs" --export-json "$out.$r.json" "${args[@]}" >/dev/null
+        jq -r --arg r "$r" '.results[] | [$r, .command, .median] | @tsv' "$out.$r.json" >>"$out.tsv"
+    done
+}
+
+# Prints, for each PEER, silo's and the peer's medians (ms, medians over the rounds) and the median
+# and range of the per-round ratios silo/peer. The first name in OUT.tsv's rounds is silo's.
+silo_rounds_report() {
+    local out=$1 silo peer
+    shift
+    silo=$(head -n 1 "$out.tsv" | cut -f2)
+    for peer in "$@"; do
+        awk -F'\t' -v s="$silo" -v p="$peer" '
+            function median(a, n,   i, j, t) {
+                for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+                return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+            }
+            $2 == s { sv[$1] = $3 } $2 == p { pv[$1] = $3 }
+            END {
+                n = 0
+                for (r in sv) if (r in pv) { n++; S[n] = sv[r]; P[n] = pv[r]; R[n] = sv[r] / pv[r] }
+                lo = R[1]; hi = R[1]
+                for (i = 1; i <= n; i++) { if (R[i] < lo) lo = R[i]; if (R[i] > hi) hi = R[i] }
+                printf "%s %.2f ms, %s %.2f ms, ratio %.2fx (rounds %.2f-%.2f)\n", s, median(S, n) * 1000, p, median(P, n) * 1000, median(R, n), lo, hi
+            }' "$out.tsv"
+    done
+}
