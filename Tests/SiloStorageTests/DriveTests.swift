@@ -128,6 +128,21 @@ struct DriveTests {
         }
     }
 
+    @Test("S1 mount points whose paths hold a space, a tab and a backslash are reported as they are")
+    func escapedMountPoints() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let device = try foreignLoop(scratch, label: "silo-escape")
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        // mountinfo writes these as \040, \011 and \134.
+        let mountPoint = scratch.path + "/a b\tc\\d"
+        #expect(mkdir(mountPoint, 0o755) == 0)
+        #expect(run("/bin/mount", ["-o", "ro", device, mountPoint]).status == 0)
+        defer { _ = run("/bin/umount", [mountPoint]) }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        #expect(try provider.drive(device).mountPoints == [mountPoint])
+    }
+
     @Test("S2 Silo's LUN devices are LUNs, not drives; other loop devices are drives of bus loop, untouched")
     func lunsAreNotDrives() throws {
         let storage = TestStorage()

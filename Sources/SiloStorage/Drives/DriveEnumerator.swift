@@ -119,10 +119,10 @@ struct DriveEnumerator {
             return bus
         }
         let path = resolveLink("/sys/block/" + name) ?? ""
-        if path.contains("/virtio") { return "virtio" }
-        if path.contains("/usb") { return "usb" }
-        if path.contains("/ata") { return "ata" }
-        if path.contains("/host") { return "scsi" }
+        if path.containsBytes("/virtio") { return "virtio" }
+        if path.containsBytes("/usb") { return "usb" }
+        if path.containsBytes("/ata") { return "ata" }
+        if path.containsBytes("/host") { return "scsi" }
         return "unknown"
     }
 
@@ -149,12 +149,15 @@ struct DriveEnumerator {
 struct MountTable {
     private var byDevice: [String: [String]] = [:]
 
+    /// Read as bytes: splitting mountinfo's text by Characters cost a drive list 1.5M instructions.
     static func read() -> MountTable {
         var table = MountTable()
-        for line in (readSmallFile("/proc/self/mountinfo") ?? "").split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
+        let text = readSmallFile("/proc/self/mountinfo") ?? ""
+        for line in text.utf8.split(separator: UInt8(ascii: "\n")) {
+            let fields = line.split(separator: UInt8(ascii: " "), maxSplits: 5, omittingEmptySubsequences: false)
             guard fields.count > 4 else { continue }
-            table.byDevice[String(fields[2]), default: []].append(InUse.unescapeMountPath(String(fields[4])))
+            table.byDevice[String(decoding: fields[2], as: UTF8.self), default: []]
+                .append(InUse.unescapeMountPath(String(decoding: fields[4], as: UTF8.self)))
         }
         return table
     }

@@ -48,7 +48,7 @@ enum InUse {
 
     /// mountinfo escapes space, tab, newline and backslash as \040 and friends.
     static func unescapeMountPath(_ path: String) -> String {
-        guard path.contains("\\") else { return path }
+        guard path.utf8.contains(UInt8(ascii: "\\")) else { return path }
         var result = ""
         var index = path.startIndex
         while index < path.endIndex {
