@@ -17,13 +17,31 @@ func median(_ values: [UInt64]) -> Double {
 
 // `StorageBench parallel STATE`: 16 processes of this program create a LUN each at once, three
 // rounds; each times its own createLun call (without its process start) from the moment all are
-// released together. `StorageBench child STATE NAME` is one of them.
+// released together. `StorageBench child STATE NAME` is one of them. Then the same for the floor
+// that durability sets: 16 processes that only write a record the way the registry makes one
+// durable (a new file written and fsync'd, renamed, its folder fsync'd), `child-floor DIR NAME`.
 if CommandLine.arguments.count > 2, CommandLine.arguments[1] == "parallel" {
     parallelCreates(state: CommandLine.arguments[2])
     exit(0)
 }
 if CommandLine.arguments.count > 3, CommandLine.arguments[1] == "child" {
     childCreate(state: CommandLine.arguments[2], name: CommandLine.arguments[3])
+    exit(0)
+}
+// `StorageBench remove-idle-loops FIRST`: removes the unbound loop nodes numbered FIRST and up, which
+// the run made (Silo reuses idle nodes and never removes one; a thousand LUNs leave a thousand,
+// and every lsblk and drive list walks them). A bound node refuses (EBUSY) and stays.
+if CommandLine.arguments.count > 2, CommandLine.arguments[1] == "remove-idle-loops", let first = Int32(CommandLine.arguments[2]) {
+    let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
+    var removed = 0
+    for number in first..<(first + 4096) where access("/sys/block/loop\(number)", F_OK) == 0 {
+        if silo_loop_ctl_remove(control, number) == 0 { removed += 1 }
+    }
+    print("removed \(removed) idle loop nodes the run made")
+    exit(0)
+}
+if CommandLine.arguments.count > 3, CommandLine.arguments[1] == "child-floor" {
+    childFloor(directory: CommandLine.arguments[2], name: CommandLine.arguments[3])
     exit(0)
 }
 
@@ -88,9 +106,27 @@ func childCreate(state: String, name: String) {
     }
 }
 
-func parallelCreates(state: String) {
+/// One of the 16 of the floor: a 400-byte record made durable the registry's way, timed the same.
+func childFloor(directory: String, name: String) {
+    var byte: UInt8 = 0
+    _ = read(3, &byte, 1)
+    let start = now()
+    let temporary = directory + "/." + name + ".tmp"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    let record = [UInt8](repeating: UInt8(ascii: "x"), count: 400)
+    let folder = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0, folder >= 0, write(fd, record, record.count) == record.count, fsync(fd) == 0,
+          rename(temporary, directory + "/" + name + ".json") == 0, fsync(folder) == 0
+    else { return print("FAIL errno \(errno)") }
+    close(fd)
+    close(folder)
+    print((now() - start) / 1000)
+}
+
+/// 16 children started together (`mode` "child" or "child-floor"), three rounds: their own times
+/// in microseconds, and what failed.
+func parallelRounds(mode: String, target: String, afterRound: (Int) -> Void) -> (times: [UInt64], failures: [String]) {
     let count = 16
-    let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: state))
     var times: [UInt64] = []
     var failures: [String] = []
     for round in 0..<3 {
@@ -104,7 +140,7 @@ func parallelCreates(state: String) {
             posix_spawn_file_actions_init(&actions)
             posix_spawn_file_actions_adddup2(&actions, barrier[0], 3)
             posix_spawn_file_actions_adddup2(&actions, output[1], 1)
-            let arguments = [CommandLine.arguments[0], "child", state, "par\(round)-\(index)"]
+            let arguments = [CommandLine.arguments[0], mode, target, "par\(round)-\(index)"]
             var argv = arguments.map { strdup($0) } + [nil]
             var pid: pid_t = 0
             precondition(posix_spawn(&pid, CommandLine.arguments[0], &actions, nil, &argv, environ) == 0)
@@ -130,15 +166,36 @@ func parallelCreates(state: String) {
             let line = String(decoding: text, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "FAIL no output"
             if let micros = UInt64(line) { times.append(micros) } else { failures.append(line) }
         }
-        for index in 0..<count {
-            _ = try? provider.deleteLun("par\(round)-\(index)").wait()
-        }
+        afterRound(round)
     }
+    return (times, failures)
+}
+
+func percentiles(_ times: [UInt64]) -> (p50: Double, p99: Double) {
     let sorted = times.sorted()
-    let p50 = sorted.isEmpty ? 0 : Double(sorted[(sorted.count - 1) / 2]) / 1000
-    let p99 = sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, Int((Double(sorted.count) * 0.99).rounded(.up)) - 1)]) / 1000
+    guard !sorted.isEmpty else { return (0, 0) }
+    let p99Index = min(sorted.count - 1, Int((Double(sorted.count) * 0.99).rounded(.up)) - 1)
+    return (Double(sorted[(sorted.count - 1) / 2]) / 1000, Double(sorted[p99Index]) / 1000)
+}
+
+func parallelCreates(state: String) {
+    let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: state))
+    let (times, failures) = parallelRounds(mode: "child", target: state) { round in
+        for index in 0..<16 { _ = try? provider.deleteLun("par\(round)-\(index)").wait() }
+    }
+    let (p50, p99) = percentiles(times)
     print("silo library, createLun timed inside each of 16 processes started together (3 rounds): "
-          + "p50 \(format2(p50)) ms, p99 \(format2(p99)) ms, failures reaching the caller: \(failures.count) of \(3 * count) "
+          + "p50 \(format2(p50)) ms, p99 \(format2(p99)) ms, failures reaching the caller: \(failures.count) of 48 "
           + "(goal p99 < 10 ms: \(p99 < 10 && failures.isEmpty ? "met" : "NOT met"))")
     failures.prefix(3).forEach { print("  \($0)") }
+    // The floor, on the registry's own file system: what 16 durable records cost with nothing else.
+    let floor = state + "/floor"
+    mkdir(floor, 0o700)
+    let (floorTimes, floorFailures) = parallelRounds(mode: "child-floor", target: floor) { round in
+        for index in 0..<16 { unlink(floor + "/par\(round)-\(index).json") }
+    }
+    rmdir(floor)
+    let (f50, f99) = percentiles(floorTimes)
+    print("the durability floor, 16 processes each only writing a record durably (file fsync, rename, folder fsync): "
+          + "p50 \(format2(f50)) ms, p99 \(format2(f99)) ms\(floorFailures.isEmpty ? "" : ", failures: \(floorFailures.count)")")
 }
