@@ -1,3 +1,4 @@
+import CSiloLinux
 import Dispatch
 import Glibc
 import SiloOperations
@@ -26,6 +27,12 @@ struct LoopDeviceTests {
         #expect(status.autoclear == false)
         #expect(device.tag == "silo:test-attach")
         #expect(status.directIO == attachment.directIO)
+        // Where the file system takes O_DIRECT, the device runs with direct I/O (switched on after the bind).
+        let probe = open(file, O_RDONLY | silo_O_DIRECT | O_CLOEXEC)
+        if probe >= 0 {
+            close(probe)
+            #expect(attachment.directIO && status.directIO, "direct I/O is off on a file system that takes O_DIRECT")
+        }
         try device.detach()
         detached = true
         #expect(device.status == nil, "detach must not be lazy")
