@@ -141,14 +141,7 @@ package struct JSONObjectReader {
     }
 
     private static func typeError(_ path: String, _ expected: String, _ value: JSONValue.Located) -> SiloError {
-        let found: String = switch value.value {
-        case .null: "null"
-        case .bool(let flag): "\(flag)"
-        case .number(let text): text
-        case .string(let text): "\"\(text.prefix(40))\""
-        case .array: "an array"
-        case .object: "an object"
-        }
+        let found = value.value.brief
         return SiloError(
             .invalidJSON,
             "\(subject(path)) must be \(expected), not \(found) (line \(value.line), column \(value.column))",

@@ -24,6 +24,21 @@ package indirect enum JSONValue: Sendable {
     }
 }
 
+extension JSONValue {
+    /// A value as an error message shows one it did not expect: null, true, 12, "text" (its first
+    /// 40 characters), an array, an object.
+    package var brief: String {
+        switch self {
+        case .null: "null"
+        case .bool(let flag): "\(flag)"
+        case .number(let text): text
+        case .string(let text): "\"\(text.prefix(40))\""
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}
+
 /// Reads RFC 8259 JSON, keeping line and column of every value.
 package struct JSONReader {
     private let bytes: [UInt8]
