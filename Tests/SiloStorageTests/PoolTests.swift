@@ -113,4 +113,24 @@ struct PoolTests {
         #expect(try storage.provider.luns().isEmpty)
         #expect(access(storage.path + "/p", F_OK) != 0, "nothing made")
     }
+
+    @Test("E1 S13 a damaged pool list is refused by the changes to it, never written over")
+    func damagedPoolList() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.provider.addPool("first", directory: storage.path + "/first")
+        let file = storage.provider.configuration.stateDirectory + "/pools.json"
+        let damaged = Array(#"[{"name": "first", "directory": "#.utf8)
+        let fd = open(file, O_WRONLY | O_TRUNC | O_CLOEXEC)
+        try #require(fd >= 0)
+        _ = damaged.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        for call in [{ _ = try storage.provider.addPool("second", directory: storage.path + "/second") },
+                     { try storage.provider.removePool("first") }] as [() throws -> Void] {
+            let error = #expect(throws: SiloError.self) { try call() }
+            #expect(error?.code == .invalidJSON && error?.field == "pool list", "\(String(describing: error?.message))")
+        }
+        #expect(readFile(file) == damaged, "the damaged list is left as it was")
+        #expect(access(storage.path + "/second", F_OK) != 0, "nothing made")
+    }
 }

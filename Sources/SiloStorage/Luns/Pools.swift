@@ -51,16 +51,32 @@ extension StorageProvider {
     var poolsFile: String { configuration.stateDirectory + "/pools.json" }
 
     /// Every pool: the default one first, then the added ones by name. A damaged list counts as
-    /// empty.
+    /// empty here; the changes to the list refuse it instead (`addedPools`).
     func allPools() -> [Pool] {
-        let text = readFile(poolsFile).map { String(decoding: $0, as: UTF8.self) }
-        let added = (text.flatMap { try? PoolRecord.list(json: $0) } ?? []).sorted { $0.name < $1.name }
-        return [pool] + added.map { Pool(name: $0.name, directory: $0.directory) }
+        [pool] + ((try? addedPools()) ?? [])
+    }
+
+    private func noSuchPool(_ name: String) -> SiloError {
+        SiloError(.objectNotFound, "no pool named '\(name)'; 'silo pool list' shows them", field: "pool", value: name)
+    }
+
+    /// The added pools by name, as stored. A damaged list throws, so that no change writes a list
+    /// of one pool over it.
+    private func addedPools() throws(SiloError) -> [Pool] {
+        guard let bytes = readFile(poolsFile) else { return [] }
+        let records: [PoolRecord]
+        do {
+            records = try PoolRecord.list(json: String(decoding: bytes, as: UTF8.self))
+        } catch {
+            throw SiloError(.invalidJSON, "the pool list \(poolsFile) is damaged (\(error.message)); repair or remove it",
+                            field: "pool list", value: poolsFile)
+        }
+        return records.sorted { $0.name < $1.name }.map { Pool(name: $0.name, directory: $0.directory) }
     }
 
     func pool(named name: String) throws(SiloError) -> Pool {
         guard let found = allPools().first(where: { $0.name == name }) else {
-            throw SiloError(.objectNotFound, "no pool named '\(name)'; 'silo pool list' shows them", field: "pool", value: name)
+            throw noSuchPool(name)
         }
         return found
     }
@@ -91,7 +107,7 @@ extension StorageProvider {
         }
         try registry.prepare()
         try registry.locked { () throws(SiloError) in
-            let existing = allPools()
+            let existing = [pool] + (try addedPools())
             if existing.contains(where: { $0.name == name }) {
                 throw SiloError.invalidArgument(field: "pool", value: name, reason: "a pool with that name exists")
             }
@@ -120,13 +136,16 @@ extension StorageProvider {
         }
         try registry.prepare()
         try registry.locked { () throws(SiloError) in
-            _ = try pool(named: name)
+            let added = try addedPools()
+            guard added.contains(where: { $0.name == name }) else {
+                throw noSuchPool(name)
+            }
             let users = try registry.loadAll().filter { $0.pool == name }.map(\.name)
             guard users.isEmpty else {
                 throw SiloError(.deviceInUse, "pool '\(name)' holds LUNs \(users.joined(separator: ", ")); delete them first",
                                 field: "pool", value: name)
             }
-            try savePools(allPools().dropFirst().filter { $0.name != name }.map { PoolRecord(name: $0.name, directory: $0.directory) })
+            try savePools(added.filter { $0.name != name }.map { PoolRecord(name: $0.name, directory: $0.directory) })
         }
     }
 
