@@ -78,8 +78,7 @@ public final class ComputeService: Sendable {
     /// A new handle on an existing system, from any process (C3, C6).
     public func open(_ id: String) throws(SiloError) -> ComputeSystem {
         try SandboxRun.validateID(id)
-        _ = try store.load(id)
-        return ComputeSystem(id: id, service: self)
+        return ComputeSystem(id: id, service: self, record: try store.load(id))
     }
 
     /// Systems matching the query; nil fields match everything (C9).

@@ -36,7 +36,8 @@ public final class ComputeSystem: Sendable {
     /// goes out once per handle, whoever stopped the system.
     private let exitReported = Atomic<Bool>(false)
 
-    init(id: String, service: ComputeService) {
+    /// `record` is the system's record as `open` just read it (read once, not twice).
+    init(id: String, service: ComputeService, record: SystemRecord) {
         self.id = id
         self.service = service
         self.events = EventChannel(owner: id)
@@ -44,7 +45,7 @@ public final class ComputeSystem: Sendable {
         let fd = Glibc.open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
         if fd >= 0 { flock(fd, LOCK_SH) }
         self.handleLock = Atomic(fd)
-        if let record = try? service.store.load(id), record.state == .running || record.state == .paused {
+        if record.state == .running || record.state == .paused {
             _ = try? agent()
         }
     }
@@ -183,11 +184,13 @@ public final class ComputeSystem: Sendable {
         guard probe >= 0 else { return }
         defer { Glibc.close(probe) }
         guard flock(probe, LOCK_EX | LOCK_NB) == 0, let record = try? store.load(id) else { return }
-        if record.state != .stopped, record.shouldTerminateOnLastHandleClosed {
+        var stopped = record.state == .stopped
+        if !stopped, record.shouldTerminateOnLastHandleClosed {
             // Through no channel and with no event: the handle is closed (O18).
             _ = try? stop(.terminate, graceful: false, notify: false, context: nil, callback: nil).wait(timeout: .seconds(30))
+            stopped = (try? store.load(id))?.state == .stopped
         }
-        if (try? store.load(id))?.state == .stopped { store.remove(id) }
+        if stopped { store.remove(id) }
     }
 
     // MARK: LUNs (C12)
