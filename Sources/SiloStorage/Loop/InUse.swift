@@ -29,14 +29,34 @@ enum InUse {
     /// Mount points of the device `major:minor`, from /proc/self/mountinfo.
     /// Read as bytes, with strings made only for the device's own lines: splitting every line as a
     /// String took 0.2 ms of each delete here.
+    /// Each line is walked field by field to its third (major:minor) and fifth (the mount point):
+    /// no arrays of slices for the lines of other devices.
     static func mountPoints(of deviceNumber: String) -> [String] {
         guard let bytes = readFile("/proc/self/mountinfo") else { return [] }
         let number = Array(deviceNumber.utf8)
+        let space = UInt8(ascii: " "), newline = UInt8(ascii: "\n")
         var points: [String] = []
-        for line in bytes.split(separator: UInt8(ascii: "\n")) {
-            let fields = line.split(separator: UInt8(ascii: " "), maxSplits: 5, omittingEmptySubsequences: false)
-            guard fields.count > 4, fields[2].elementsEqual(number) else { continue }
-            points.append(unescapeMountPath(String(decoding: fields[4], as: UTF8.self)))
+        var lineStart = 0
+        while lineStart < bytes.count {
+            var lineEnd = lineStart
+            while lineEnd < bytes.count, bytes[lineEnd] != newline { lineEnd += 1 }
+            // Fields 0 to 4: id, parent, major:minor, root, mount point.
+            var fieldStarts: [Int] = []
+            var index = lineStart
+            while fieldStarts.count < 5, index < lineEnd {
+                fieldStarts.append(index)
+                while index < lineEnd, bytes[index] != space { index += 1 }
+                index += 1
+            }
+            if fieldStarts.count == 5 {
+                let device = fieldStarts[2]..<(fieldStarts[3] - 1)
+                if bytes[device].elementsEqual(number) {
+                    var end = fieldStarts[4]
+                    while end < lineEnd, bytes[end] != space { end += 1 }
+                    points.append(unescapeMountPath(String(decoding: bytes[fieldStarts[4]..<end], as: UTF8.self)))
+                }
+            }
+            lineStart = lineEnd + 1
         }
         return points
     }
