@@ -83,11 +83,20 @@ struct SystemStore: Sendable {
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: temporary) }
         let bytes = Array(record.json.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        // Every byte, through short writes and EINTR; a failure names the call that failed.
+        var offset = 0
+        var failed: (call: String, errno: Int32)?
+        while offset < bytes.count, failed == nil {
+            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if written > 0 { offset += written } else if written < 0, errno == EINTR { continue } else {
+                failed = ("write", written < 0 ? errno : EIO)
+            }
+        }
         close(fd)
-        guard written == bytes.count, rename(temporary, final) == 0 else {
+        if failed == nil, rename(temporary, final) != 0 { failed = ("rename", errno) }
+        if let failed {
             unlink(temporary)
-            throw SiloError.system("write", errno: errno, path: final)
+            throw SiloError.system(failed.call, errno: failed.errno, path: final)
         }
     }
 
