@@ -204,7 +204,7 @@ public final class Cgroup: Sendable {
         guard let unified = directories["unified"] else { return }
         let rules = (Self.minimalDevices + blockDevices.map { "b \($0) rwm" }).compactMap(Self.deviceRule)
         // Loaded without the verifier's log: with one, the verifier prints its state at every
-        // instruction, which was most of the load (0.4 ms of each start here). Only a program it
+        // instruction: a load took 0.9 ms here, 0.35 ms without. Only a program it
         // refuses is loaded again with the log, for the error to say why.
         var log = [CChar](repeating: 0, count: 1)
         var program = rules.withUnsafeBufferPointer { silo_device_filter_load($0.baseAddress, Int32($0.count), nil, 0) }

@@ -145,7 +145,7 @@ package struct JSONReader {
         }
         // With escapes: the string's UTF-8 bytes gathered in one buffer and decoded once at the end
         // (appending to a String piece by piece cost a system's record, whose document is a string
-        // full of escaped quotes, 0.2M instructions a read).
+        // full of escaped quotes, 0.13M instructions over the five reads of a process start).
         var text: [UInt8] = []
         text.reserveCapacity(end - index + 64)
         while true {
