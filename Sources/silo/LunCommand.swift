@@ -60,7 +60,10 @@ struct LunCommand: ParsableCommand {
                         directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool
                     )
                 }
-                let operation = try cli(options: ["name": "--name"]) { try global.provider.createLun(spec) }
+                // A thick or zeroed LUN may take a while (allocating, writing zeros): its progress is
+                // shown and Ctrl-C cancels it. A thin one is made in milliseconds.
+                let provider = spec.provisioning == .thin ? global.quickProvider : global.provider
+                let operation = try cli(options: ["name": "--name"]) { try provider.createLun(spec) }
                 let lun = try waitShowingProgress(operation)
                 if json { return try printJSON(lun) }
                 printLuns([lun])
@@ -176,7 +179,7 @@ struct LunCommand: ParsableCommand {
             var force = false
 
             func run() throws {
-                let operation = try cli { try global.provider.deleteLun(name, force: force) }
+                let operation = try cli { try global.quickProvider.deleteLun(name, force: force) }
                 try waitShowingProgress(operation, quiet: true)
             }
         }

@@ -114,6 +114,15 @@ struct Globals: Equatable {
     var provider: StorageProvider {
         StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory))
     }
+
+    /// For the calls that end in milliseconds, with nothing to show or cancel meanwhile (a create
+    /// that writes no zeros, a delete): they run on this command's own thread, with no worker
+    /// thread to start and hand over to.
+    var quickProvider: StorageProvider {
+        StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory, scheduler: Self.onCaller))
+    }
+
+    private static let onCaller = OperationScheduler(runsOnCaller: true)
 }
 
 /// A command scripts run in loops, split in two: the ArgumentParser command, which reads its

@@ -37,6 +37,45 @@ struct CallbackTests {
         #expect(ranDuringCall.load(ordering: .relaxed) == false)
     }
 
+    @Test("O1 O11 a scheduler that runs on the caller: blocking work runs inside the call, the call returns it done, its callback still comes after")
+    func runsOnCaller() throws {
+        let onCaller = OperationScheduler(runsOnCaller: true)
+        let callerThread = currentThread
+        let workThread = Recorder<UInt>()
+        let callbackThread = Recorder<UInt>()
+        let returned = Atomic<Bool>(false)
+        let callbackAfterReturn = Atomic<Bool>(false)
+        let done = Signal()
+        let operation: SiloOperation<Int> = try onCaller.run(
+            .createLun,
+            callback: .short { _ in
+                callbackAfterReturn.store(returned.load(ordering: .acquiring), ordering: .relaxed)
+                callbackThread.append(currentThread)
+                done.fire()
+            }
+        ) { _ in
+            workThread.append(currentThread)
+            usleepMilliseconds(20)  // blocking work: the call waits for it
+            return 7
+        }
+        returned.store(true, ordering: .releasing)
+        #expect(workThread.values == [callerThread])
+        #expect(operation.status.isPending == false, "done when the call returns: \(operation.status)")
+        #expect(try operation.wait(timeout: .seconds(0)) == 7)
+        #expect(done.wait())
+        let sawReturn = callbackAfterReturn.load(ordering: .relaxed)
+        #expect(sawReturn)
+        #expect(callbackThread.values.first != callerThread)
+        // The shared scheduler still hands the same work to a worker thread.
+        let elsewhere = Recorder<UInt>()
+        let onWorker: SiloOperation<Int> = try scheduler.run(.createLun) { _ in
+            elsewhere.append(currentThread)
+            return 8
+        }
+        #expect(try onWorker.wait(timeout: .seconds(10)) == 8)
+        #expect(elsewhere.values.first != callerThread)
+    }
+
     @Test("O11 no callback runs when the call throws")
     func noCallbackWhenCallThrows() throws {
         let tight = OperationScheduler(limits: .init(maxRunning: 1, maxQueued: 0))

@@ -34,6 +34,9 @@ public final class OperationScheduler: Sendable {
     public static let shared = OperationScheduler()
 
     public let limits: Limits
+    /// Work meant for a worker thread runs on the thread that starts it, inside the call, when it
+    /// is admitted at once (see ``init(limits:runsOnCaller:)``).
+    public let runsOnCaller: Bool
     let workerPool: ThreadPool
     /// Admitted operations. Changed with atomics so that the common case, a free slot and an
     /// empty queue, takes no lock.
@@ -48,9 +51,16 @@ public final class OperationScheduler: Sendable {
         let launch: @Sendable () -> Void
     }
 
-    public init(limits: Limits = Limits()) {
+    /// - Parameter runsOnCaller: run blocking work on the thread that starts it, inside the call,
+    ///   instead of on a worker thread: for a caller that waits for each operation right away and
+    ///   wants neither its progress nor to cancel it meanwhile, such as a command-line tool's quick
+    ///   commands (a worker thread cost each such process its creation and two hand-overs). The call
+    ///   then returns a completed operation, which O1 allows; callbacks still run after the call
+    ///   returns (O11). Work admitted from the queue still starts on a worker thread.
+    public init(limits: Limits = Limits(), runsOnCaller: Bool = false) {
         precondition(limits.maxRunning > 0 && limits.maxQueued >= 0, "limits must allow one running operation")
         self.limits = limits
+        self.runsOnCaller = runsOnCaller
         self.workerPool = ThreadPool(name: "silo-worker", maxThreads: limits.maxRunning)
     }
 
@@ -156,6 +166,8 @@ public final class OperationScheduler: Sendable {
         switch placement {
         case .inline:
             work(OperationDriver(operation))
+        case .worker where runsOnCaller:
+            work(OperationDriver(operation))
         case .worker:
             workerPool.submit { work(OperationDriver(operation)) }
         }
@@ -168,7 +180,7 @@ public final class OperationScheduler: Sendable {
         Queued(id: operation.id) { [self] in
             if operation.admit() {
                 // From the queue, always on a worker: the releasing thread may be anyone's.
-                self.launch(operation, placement: .worker, work)
+                self.workerPool.submit { work(OperationDriver(operation)) }
             } else {
                 // Cancelled while queued, in the instant it was dequeued: it gives the slot back.
                 operation.completeWithdrawn()
