@@ -37,34 +37,36 @@ struct CallbackTests {
         #expect(ranDuringCall.load(ordering: .relaxed) == false)
     }
 
-    @Test("O1 O11 a scheduler that runs on the caller: blocking work runs inside the call, the call returns it done, its callback still comes after")
+    @Test("O1 O11 a scheduler that runs on the caller: worker work runs inside the call, the call returns it done, its callback still comes after")
     func runsOnCaller() throws {
         let onCaller = OperationScheduler(runsOnCaller: true)
         let callerThread = currentThread
         let workThread = Recorder<UInt>()
         let callbackThread = Recorder<UInt>()
-        let returned = Atomic<Bool>(false)
-        let callbackAfterReturn = Atomic<Bool>(false)
+        let callbackRan = Atomic<Bool>(false)
+        let ranDuringCall = Atomic<Bool>(false)
         let done = Signal()
-        let operation: SiloOperation<Int> = try onCaller.run(
+        // Placed on a worker by default; this scheduler runs it here, inside the call.
+        let operation: SiloOperation<Int> = try onCaller.start(
             .createLun,
             callback: .short { _ in
-                callbackAfterReturn.store(returned.load(ordering: .acquiring), ordering: .relaxed)
+                callbackRan.store(true, ordering: .releasing)
                 callbackThread.append(currentThread)
                 done.fire()
             }
-        ) { _ in
+        ) { driver in
             workThread.append(currentThread)
-            usleepMilliseconds(20)  // blocking work: the call waits for it
-            return 7
+            // Completes inside the call, then blocks: the callback must wait for the call to return.
+            driver.succeed(7)
+            usleepMilliseconds(50)
+            ranDuringCall.store(callbackRan.load(ordering: .acquiring), ordering: .relaxed)
         }
-        returned.store(true, ordering: .releasing)
         #expect(workThread.values == [callerThread])
         #expect(operation.status.isPending == false, "done when the call returns: \(operation.status)")
         #expect(try operation.wait(timeout: .seconds(0)) == 7)
         #expect(done.wait())
-        let sawReturn = callbackAfterReturn.load(ordering: .relaxed)
-        #expect(sawReturn)
+        let during = ranDuringCall.load(ordering: .relaxed)
+        #expect(!during, "the callback ran before the call returned")
         #expect(callbackThread.values.first != callerThread)
         // The shared scheduler still hands the same work to a worker thread.
         let elsewhere = Recorder<UInt>()
