@@ -33,7 +33,8 @@ public struct CgroupLayout: Sendable, Hashable {
             // id parent major:minor root mount-point options [optional...] - fstype source super-options
             // Only cgroup lines are split into fields (most lines are not, and splitting each was
             // most of this function's time).
-            guard contains(line, cgroupType) else { continue }
+            guard line.withUnsafeBufferPointer({ text in cgroupType.withUnsafeBufferPointer { bytesContain(text, $0) } })
+            else { continue }
             let fields = line.split(separator: space)
             guard let dash = fields.firstIndex(where: { $0.elementsEqual([UInt8(ascii: "-")]) }),
                   dash > 4, fields.count > dash + 3
@@ -53,17 +54,6 @@ public struct CgroupLayout: Sendable, Hashable {
         let controllers = unified.flatMap { readText($0 + "/cgroup.controllers") }?
             .split(separator: " ").map(String.init) ?? []
         return CgroupLayout(unified: unified, unifiedControllers: Set(controllers), legacy: legacy)
-    }
-
-    /// Whether `pattern` occurs in `line` (bytes; a short pattern, a short line).
-    private static func contains(_ line: ArraySlice<UInt8>, _ pattern: [UInt8]) -> Bool {
-        guard line.count >= pattern.count else { return false }
-        var start = line.startIndex
-        while start + pattern.count <= line.endIndex {
-            if line[start] == pattern[0], line[start..<start + pattern.count].elementsEqual(pattern) { return true }
-            start += 1
-        }
-        return false
     }
 
     static let knownControllers: Set<String> = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "cpuset", "blkio"]
