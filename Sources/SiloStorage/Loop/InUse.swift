@@ -27,38 +27,37 @@ enum InUse {
     }
 
     /// Mount points of the device `major:minor`, from /proc/self/mountinfo.
-    /// Read as bytes, with strings made only for the device's own lines: splitting every line as a
-    /// String took 0.2 ms of each delete here.
-    /// Each line is walked field by field to its third (major:minor) and fifth (the mount point):
-    /// no arrays of slices for the lines of other devices.
     static func mountPoints(of deviceNumber: String) -> [String] {
-        guard let bytes = readFile("/proc/self/mountinfo") else { return [] }
         let number = Array(deviceNumber.utf8)
-        let space = UInt8(ascii: " "), newline = UInt8(ascii: "\n")
         var points: [String] = []
+        forEachMount { device, mountPoint in
+            if device.elementsEqual(number) { points.append(unescapeMountPath(String(decoding: mountPoint, as: UTF8.self))) }
+        }
+        return points
+    }
+
+    /// Calls `body` with each line's major:minor and mount point (still escaped), as bytes.
+    /// Each line is walked field by field to its fifth: no strings, and no arrays of slices, for
+    /// the lines nobody asked about (splitting every line cost each delete 0.1M instructions).
+    static func forEachMount(_ body: (ArraySlice<UInt8>, ArraySlice<UInt8>) -> Void) {
+        guard let bytes = readFile("/proc/self/mountinfo") else { return }
+        let space = UInt8(ascii: " "), newline = UInt8(ascii: "\n")
         var lineStart = 0
         while lineStart < bytes.count {
             var lineEnd = lineStart
             while lineEnd < bytes.count, bytes[lineEnd] != newline { lineEnd += 1 }
             // Fields 0 to 4: id, parent, major:minor, root, mount point.
-            var fieldStarts: [Int] = []
+            var fields: [Range<Int>] = []
             var index = lineStart
-            while fieldStarts.count < 5, index < lineEnd {
-                fieldStarts.append(index)
-                while index < lineEnd, bytes[index] != space { index += 1 }
-                index += 1
+            while fields.count < 5, index < lineEnd {
+                var end = index
+                while end < lineEnd, bytes[end] != space { end += 1 }
+                fields.append(index..<end)
+                index = end + 1
             }
-            if fieldStarts.count == 5 {
-                let device = fieldStarts[2]..<(fieldStarts[3] - 1)
-                if bytes[device].elementsEqual(number) {
-                    var end = fieldStarts[4]
-                    while end < lineEnd, bytes[end] != space { end += 1 }
-                    points.append(unescapeMountPath(String(decoding: bytes[fieldStarts[4]..<end], as: UTF8.self)))
-                }
-            }
+            if fields.count == 5 { body(bytes[fields[2]], bytes[fields[4]]) }
             lineStart = lineEnd + 1
         }
-        return points
     }
 
     static func isSwap(_ path: String) -> Bool {
