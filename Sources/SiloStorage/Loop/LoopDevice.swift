@@ -161,6 +161,11 @@ public struct LoopDevice: Sendable, Hashable, Codable {
             throw SiloError(.deviceInUse, "\(path) is in use (\(use)); unmount or close it first",
                             field: "device", value: path)
         }
+        try unbind()
+    }
+
+    /// `detach` without its in-use check, for a caller that made it (the lazy-detach guard stays).
+    func unbind() throws(SiloError) {
         let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
         flock(fd, LOCK_EX)
         if silo_loop_clr_fd(fd) != 0 {
@@ -205,9 +210,16 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
     }
 
+    /// The file the device is bound to, from sysfs (one file of the six `status` reads). Nil
+    /// when the device is not bound.
+    public var backingFile: String? { readSmallFile("\(sysfs)/loop/backing_file") }
+
+    /// Whether the bound device does direct I/O, from sysfs.
+    var directIO: Bool? { readSmallFile("\(sysfs)/loop/dio").map { $0 == "1" } }
+
     /// The kernel's view, from sysfs. Nil when the device is not bound.
     public var status: Status? {
-        guard let backing = readSmallFile("\(sysfs)/loop/backing_file") else { return nil }
+        guard let backing = backingFile else { return nil }
         return Status(
             backingFile: backing,
             size: (readNumber("\(sysfs)/size") ?? 0) * 512,

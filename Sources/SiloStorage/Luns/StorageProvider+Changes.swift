@@ -2,7 +2,16 @@ import Glibc
 import SiloOperations
 
 extension StorageProvider {
-    /// Deletes a LUN [IVdsLun::Delete]: detach, unlink its name, remove the backing file and the record.
+    /// Deletes a LUN [IVdsLun::Delete]: detach, remove the record, unlink its name, remove the
+    /// backing file.
+    ///
+    /// The checks run at once, and again in the operation under the registry lock, which the
+    /// detach and the record's removal hold: no other call can begin a change in between, so a
+    /// delete needs no owner mark. Marking the record meant renaming a new file over it, which made
+    /// ext4 write the new file at once and free (with the `discard` mount option, discard) the old
+    /// one's block: 0.44 ms of each delete here, for a mark that lived a millisecond. The backing
+    /// file goes after the lock (freeing a large file's extents takes time); were this process to
+    /// die first, reenumerate removes it as an orphan.
     ///
     /// - Parameter force: reserved; a LUN in use is never deleted.
     /// - Throws: at once, `deviceInUse` when the LUN is mounted, held open, holds other devices,
@@ -13,19 +22,32 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<Void>? = nil
     ) throws(SiloError) -> SiloOperation<Void> {
-        let record = try beginChange(name, operation: "deleteLun")
-        let device = attachedDevice(record)
-        if let use = use(of: name, device: device) {
-            try? endChange(name)
-            throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
-                            field: "name", value: name)
-        }
-        return try startChange(name, .deleteLun, context: context, callback: callback, cancellable: false) {
+        let record = try self.record(named: name)
+        try checkChangeable(record)
+        try checkUnused(record)
+        return try configuration.scheduler.run(.deleteLun, context: context, callback: callback, cancellable: false) {
             [self] _ in
-            if let device { try device.detach() }
+            try registry.locked { () throws(SiloError) in
+                guard let current = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
+                try checkChangeable(current)
+                // No second in-use check: the unbind refuses a device anything holds open (a
+                // mount, a holder, a system's lease, a process), the way it refuses a lazy detach.
+                if let device = attachedDevice(current) { try device.unbind() }
+                try registry.removeHoldingLock(name, durable: false)
+            }
             unlinkName(name)
             try BackingFile.remove(record.backingFile)
-            try registry.remove(name)
+            try registry.syncFolder()
+        }
+    }
+
+    /// - Throws: `deviceInUse` when the LUN's device is mounted, held open or holds other devices,
+    ///   or the LUN is attached to a compute system (S10).
+    private func checkUnused(_ record: LunRecord) throws(SiloError) {
+        let device = attachedDevice(record)
+        if let use = use(of: record.name, device: device) {
+            throw SiloError(.deviceInUse, "LUN '\(record.name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
+                            field: "name", value: record.name)
         }
     }
 

@@ -37,7 +37,7 @@ public final class StorageProvider: Sendable {
     func attachedDevice(_ record: LunRecord) -> LoopDevice? {
         if let number = record.device {
             let device = LoopDevice(number: number)
-            if device.status?.backingFile == record.backingFile, device.tag == record.tag { return device }
+            if device.backingFile == record.backingFile, device.tag == record.tag { return device }
         }
         return nil
     }
@@ -72,7 +72,7 @@ public final class StorageProvider: Sendable {
             serialNumber: Self.serial(id: record.id),
             unmaskingList: record.unmasking.description,
             readOnly: record.readOnly,
-            directIO: device?.status?.directIO ?? record.directIO,
+            directIO: device?.directIO ?? record.directIO,
             createdAt: record.createdAt
         )
     }
@@ -87,7 +87,8 @@ public final class StorageProvider: Sendable {
     /// The largest LUN `createLun` would accept now in pool `poolName` (the default pool if nil)
     /// [IVdsSubSystem::QueryMaxLunCreateSize].
     public func maximumLunSize(provisioning: Provisioning = .thin, pool poolName: String? = nil) throws(SiloError) -> UInt64 {
-        try registry.prepare()
+        // The default pool's folder is measured: made first on a new state directory.
+        if !fileExists(configuration.poolDirectory) { try registry.prepare() }
         let pool = try poolName.map { (name) throws(SiloError) -> Pool in try self.pool(named: name) } ?? self.pool
         let capacity = try pool.capacity()
         switch provisioning {
@@ -137,23 +138,29 @@ public final class StorageProvider: Sendable {
         try Names.validate(name, field: "name", what: "a LUN name")
         return try registry.locked { () throws(SiloError) -> LunRecord in
             guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
-            if let owner = record.owner, ProcessIdentity.isAlive(owner) {
-                throw SiloError(
-                    .anotherCallInProgress,
-                    "LUN '\(name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",
-                    field: "name", value: name
-                )
-            }
-            guard record.state == .ready else {
-                throw SiloError(
-                    .invalidOperation,
-                    "LUN '\(name)' was left half-created by a process that died; run 'silo storage reenumerate' to repair",
-                    field: "name", value: name
-                )
-            }
+            try checkChangeable(record)
             record.owner = ProcessIdentity.current(operation: operation)
             try registry.save(record, durable: false)  // an owner mark only has to outlive this process
             return record
+        }
+    }
+
+    /// - Throws: `anotherCallInProgress` while a live call (in any process) changes the LUN;
+    ///   `invalidOperation` for one a dead process left half-created.
+    func checkChangeable(_ record: LunRecord) throws(SiloError) {
+        if let owner = record.owner, ProcessIdentity.isAlive(owner) {
+            throw SiloError(
+                .anotherCallInProgress,
+                "LUN '\(record.name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",
+                field: "name", value: record.name
+            )
+        }
+        guard record.state == .ready else {
+            throw SiloError(
+                .invalidOperation,
+                "LUN '\(record.name)' was left half-created by a process that died; run 'silo storage reenumerate' to repair",
+                field: "name", value: record.name
+            )
         }
     }
 

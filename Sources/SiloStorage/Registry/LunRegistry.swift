@@ -16,11 +16,16 @@ struct LunRegistry: Sendable {
         }
     }
 
-    /// Runs `body` holding the registry lock.
+    /// Runs `body` holding the registry lock. The lock file's open is the check that the state
+    /// directory is there; only when it fails does `prepare` make the folders (or explain why it
+    /// cannot), instead of checking all three at every lock.
     func locked<T>(_ body: () throws(SiloError) -> T) throws(SiloError) -> T {
-        try prepare()
         let path = configuration.lockFile
-        let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        var fd = open(path, O_RDWR | O_CLOEXEC)
+        if fd < 0 {
+            try prepare()
+            fd = try syscall("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
+        }
         defer { close(fd) }  // closing releases the lock
         try syscall("flock", path: path) { flock(fd, LOCK_EX) }
         return try body()
@@ -88,6 +93,11 @@ struct LunRegistry: Sendable {
     /// durable comes after the lock.
     func remove(_ name: String) throws(SiloError) {
         try locked { () throws(SiloError) in try removeHoldingLock(name, durable: false) }
+        try syncDirectory(directory)
+    }
+
+    /// Makes the registry folder's changes durable (after a removal under the lock).
+    func syncFolder() throws(SiloError) {
         try syncDirectory(directory)
     }
 
