@@ -82,7 +82,7 @@ struct ProcessCommand: ParsableCommand {
                     }
                     return parameters
                 }
-                try act(global, id) { system in
+                try act(global, id, onCaller: true) { system in
                     if detach {
                         let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
                         defer { process.close() }

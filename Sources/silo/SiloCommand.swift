@@ -122,7 +122,7 @@ struct Globals: Equatable {
         StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory, scheduler: Self.onCaller))
     }
 
-    private static let onCaller = OperationScheduler(runsOnCaller: true)
+    static let onCaller = OperationScheduler(runsOnCaller: true)
 }
 
 /// A command scripts run in loops, split in two: the ArgumentParser command, which reads its

@@ -192,8 +192,12 @@ func act(_ global: GlobalOptions, _ id: String, _ body: (ComputeSystem) throws -
     try act(global.values, id, body)
 }
 
-func act(_ global: Globals, _ id: String, _ body: (ComputeSystem) throws -> Void) throws {
-    let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory))
+/// `onCaller`: the calls run on this command's thread (`Globals.onCaller`), for one that waits for
+/// each right away and shows no progress.
+func act(_ global: Globals, _ id: String, onCaller: Bool = false, _ body: (ComputeSystem) throws -> Void) throws {
+    let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
+    let service = onCaller ? ComputeService(configuration: configuration, scheduler: Globals.onCaller)
+        : ComputeService(configuration: configuration)
     let system = try cli(options: ["id": "ID"]) { try service.open(id) }
     defer { system.close() }
     try cli(options: ["id": "ID"]) { try body(system) }

@@ -7,8 +7,14 @@ import SiloOperations
 public struct ComputeConfiguration: Sendable {
     public var runtimeDirectory: String
     public var layout: CgroupLayout
-    /// Silo's init on the host.
-    public var initBinary: String
+    /// Silo's init on the host: the one given, else looked for when asked (`SILO_INIT`, beside
+    /// this executable, the install locations), by the calls that start an init only: a process
+    /// create or a query has no use for it.
+    public var initBinary: String {
+        get { chosenInit ?? Self.findInit() }
+        set { chosenInit = newValue }
+    }
+    private var chosenInit: String?
     /// The Swift runtime's folder when this process links it dynamically; bound read-only into
     /// systems for an init linked the same way. (Package.swift links silo-init static and without
     /// the runtime; this is for one built otherwise.) Nil for static builds. Read from
@@ -24,7 +30,7 @@ public struct ComputeConfiguration: Sendable {
         let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
         let state = stateDirectory ?? environment
         self.runtimeDirectory = runtimeDirectory ?? state.map { $0 + "/run" } ?? "/run/silo"
-        self.initBinary = initBinary ?? Self.findInit()
+        self.chosenInit = initBinary
         self.layout = layout
     }
 

@@ -344,7 +344,8 @@ public final class ComputeSystem: Sendable {
     public func createProcess(_ parameters: ProcessParameters, standardStreams: [Int32]? = nil, context: (any Sendable)? = nil,
                               callback: OperationCallback<ComputeProcess>? = nil) throws(SiloError) -> SiloOperation<ComputeProcess> {
         let record = try store.load(id)
-        let state = service.refreshed(record).state
+        // A live connection to its agent is a live init: the cgroup need not be asked.
+        let state = hasLiveAgent ? record.state : service.refreshed(record).state
         guard state == .running else {
             throw SiloError(.invalidState, "cannot create a process in compute system '\(id)': it is \(state.rawValue)",
                             field: "state", value: state.rawValue)
@@ -443,6 +444,9 @@ public final class ComputeSystem: Sendable {
             return connection
         }
     }
+
+    /// Whether this handle is connected to the system's agent, and the connection has not ended.
+    var hasLiveAgent: Bool { agentState.withLock { $0.connection.map { !$0.isClosed } ?? false } }
 
     /// Whether this handle's agent connection ended (the system stopped).
     var agentIsGone: Bool { agentState.withLock { $0.connection?.isClosed ?? false } }
