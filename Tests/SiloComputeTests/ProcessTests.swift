@@ -295,4 +295,37 @@ struct ProcessTests {
         #expect(readAll(try #require(counter.standardOutput)).hasSuffix("bye\n"), "the process got SIGTERM and ended by itself")
         #expect((#expect(throws: SiloError.self) { _ = try box.run("true") })?.code == .invalidState)
     }
+
+    @Test("C8 with no reader thread: waits on one handle from three threads each get their own exit, whichever thread reads; polling status sees an exit")
+    func waitsWithoutReaderThread() throws {
+        let box = try RunningSystem("rd")
+        defer { box.finish() }
+        // Nobody waits (and no thread reads yet): the status a caller polls takes in what the agent sent.
+        let polled = try box.run("exit 6", stdout: false)
+        defer { polled.close() }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !polled.status.exited, ContinuousClock.now < deadline { usleep(10_000) }
+        #expect(polled.status.exited && polled.status.exitCode == 6)
+
+        // Three processes ending in turn, each waited for by a thread of its own: the first waiter
+        // reads the connection, and when it stops, a reader thread must take over for the others.
+        let processes = try [(0.2, 3), (0.6, 4), (1.0, 5)].map { delay, code in
+            try box.run("sleep \(delay); exit \(code)", stdout: false)
+        }
+        defer { processes.forEach { $0.close() } }
+        let codes = Mutex<[Int: Int32]>([:])
+        let group = DispatchGroup()
+        // The shortest first: its thread reads, and stops when its process ends while the others
+        // still wait.
+        for index in [0, 1, 2] {
+            group.enter()
+            _ = PlatformThread.spawn {
+                if let code = try? processes[index].wait(timeout: .seconds(20)).exitCode { codes.withLock { $0[index] = code } }
+                group.leave()
+            }
+            usleep(20_000)
+        }
+        #expect(group.wait(timeout: .now() + .seconds(30)) == .success)
+        #expect(codes.withLock { $0 } == [0: 3, 1: 4, 2: 5])
+    }
 }

@@ -85,12 +85,17 @@ public final class ComputeProcess: Sendable {
         self.isConsole = isConsole
         self.oomKillsAtStart = oomKillsAtStart
         self.state = Mutex(State(status: ProcessStatus(running: pid), stdinOpen: standardInput != nil))
+        events.whenHandlerSet { [weak system] in system?.deliverEvents() }
     }
 
     deinit { closeDescriptors() }
 
-    /// Running, or how it ended.
-    public var status: ProcessStatus { state.withLock { $0.status } }
+    /// Running, or how it ended. Takes in what the agent sent meanwhile when nobody reads its
+    /// connection (see ``AgentConnection``), so that polling this sees the exit.
+    public var status: ProcessStatus {
+        if !state.withLock({ $0.status.exited }) { system.connection?.takeArrived() }
+        return state.withLock { $0.status }
+    }
 
     /// Blocks until the process exits, or `timeout` passes (`operationTimeout`).
     /// - Throws: `connectionClosed` when the system stopped before an exit was seen.
@@ -107,12 +112,24 @@ public final class ComputeProcess: Sendable {
             // The agent went with the system: no exit will be reported any more.
             exited(waitStatus: Int32(SIGKILL), fromAgent: false)
         }
-        let deadline: DispatchTime = timeout.map { .now() + .nanoseconds(Int($0.components.seconds * 1_000_000_000 + $0.components.attoseconds / 1_000_000_000)) } ?? .distantFuture
-        if semaphore.wait(timeout: deadline) == .timedOut {
+        // With nobody reading the system's connection, this thread reads it until the exit comes.
+        let deadline = ContinuousClock.now + (timeout ?? .seconds(86_400 * 365 * 100))
+        var exited = false
+        if let connection = system.connection {
+            exited = connection.wait(until: { [self] in state.withLock { $0.status.exited } }, signalled: semaphore, deadline: deadline)
+            if !exited, system.agentIsGone { self.exited(waitStatus: Int32(SIGKILL), fromAgent: false) }
+            exited = state.withLock { $0.status.exited }
+        } else {
+            let remaining = deadline - .now
+            let nanoseconds = max(remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000, 0)
+            exited = semaphore.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success
+        }
+        if !exited {
+            state.withLock { state in state.waiters.removeAll { $0 === semaphore } }
             throw SiloError(.operationTimeout, "process \(pid) in compute system '\(system.id)' is still running after \(timeout ?? .zero)",
                             field: "timeout", value: "\(timeout ?? .zero)")
         }
-        return status
+        return state.withLock { $0.status }
     }
 
     /// Sends `signal` to the process [HcsSignalProcess].

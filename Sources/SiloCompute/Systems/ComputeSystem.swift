@@ -29,6 +29,9 @@ public final class ComputeSystem: Sendable {
         /// Exits that came before their process's handle was made (the reply and the event race).
         var unclaimedExits: [Int32: Int32] = [:]
         var closed = false
+        /// An event handler is set on this handle or on one of its processes: the connection keeps
+        /// a reader thread, so that events come with nobody waiting for them.
+        var wantsEvents = false
     }
 
     private let agentState = Mutex(Agent())
@@ -48,7 +51,21 @@ public final class ComputeSystem: Sendable {
         if record.state == .running || record.state == .paused {
             _ = try? agent()
         }
+        events.whenHandlerSet { [weak self] in self?.deliverEvents() }
     }
+
+    /// Events must reach this handle's handlers with nobody waiting: a reader thread reads the
+    /// agent's connection from now on (see ``AgentConnection``).
+    func deliverEvents() {
+        let connection = agentState.withLock { agent in
+            agent.wantsEvents = true
+            return agent.connection
+        }
+        connection?.startReader()
+    }
+
+    /// This handle's connection to the agent, if it has one.
+    var connection: AgentConnection? { agentState.withLock { $0.connection } }
 
     deinit {
         let fd = handleLock.exchange(-1, ordering: .relaxed)
@@ -441,6 +458,7 @@ public final class ComputeSystem: Sendable {
             connection.setExitHandler { [weak self] pid, status in self?.processExited(pid, status: status) }
             connection.setDisconnectHandler { [weak self] in self?.agentDisconnected() }
             agent.connection = connection
+            if agent.wantsEvents { connection.startReader() }
             return connection
         }
     }

@@ -21,6 +21,7 @@ public final class EventChannel: Sendable {
         /// that thread: a handler may close its own handle).
         var handlerThread: UInt?
         var closeWaiters: [DispatchSemaphore] = []
+        var onHandlerSet: (@Sendable () -> Void)?
     }
 
     /// What the channel belongs to, for messages (a system id, say).
@@ -55,6 +56,17 @@ public final class EventChannel: Sendable {
             state.options = options
             state.model = model
         }
+        state.withLock { $0.onHandlerSet }?()
+    }
+
+    /// Calls `hook` when a handler is set (at once if one is): for an owner that produces events
+    /// only while someone listens for them.
+    package func whenHandlerSet(_ hook: @escaping @Sendable () -> Void) {
+        let set: Bool = state.withLock { state in
+            state.onHandlerSet = hook
+            return state.handler != nil
+        }
+        if set { hook() }
     }
 
     /// True when completions of callback-less operations go to the handler.
