@@ -328,4 +328,30 @@ struct ProcessTests {
         #expect(group.wait(timeout: .now() + .seconds(30)) == .success)
         #expect(codes.withLock { $0 } == [0: 3, 1: 4, 2: 5])
     }
+
+    @Test("C7 a bare command is looked up in the PATH of the process's own environment; what cannot run is refused at the exec step")
+    func commandLookup() throws {
+        let box = try RunningSystem("pl")
+        defer { box.finish() }
+        let setup = try box.run("printf '#!/bin/sh\\nexit 9\\n' > /tmp/mine && chmod +x /tmp/mine && printf 'x' > /tmp/plain", stdout: false)
+        defer { setup.close() }
+        #expect(try setup.wait(timeout: .seconds(10)).exitCode == 0)
+
+        // Found through the second entry of its own PATH (the agent's PATH has no /tmp).
+        let found = try box.system.createProcess(ProcessParameters(arguments: ["mine"], environment: ["PATH": "/nowhere:/tmp"]))
+            .wait(timeout: .seconds(30))
+        defer { found.close() }
+        #expect(try found.wait(timeout: .seconds(10)).exitCode == 9)
+
+        for (command, path, expected) in [("mine", "/nowhere", ENOENT), ("plain", "/tmp", EACCES), ("/tmp/plain", "/bin", EACCES)] {
+            let refusal = #expect(throws: SiloError.self) {
+                _ = try box.system.createProcess(ProcessParameters(arguments: [command], environment: ["PATH": path])).wait(timeout: .seconds(30))
+            }
+            #expect(refusal?.errno == expected && refusal?.syscall == "exec", "\(command) in \(path): \(String(describing: refusal))")
+        }
+        // The agent is unharmed by its children's failures: it still starts processes.
+        let after = try box.run("exit 0", stdout: false)
+        defer { after.close() }
+        #expect(try after.wait(timeout: .seconds(10)).exitCode == 0)
+    }
 }
