@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
 #include <string.h>
 #include <termios.h>
 
@@ -67,6 +68,11 @@ int silo_get_window_size(int fd, unsigned short *rows, unsigned short *columns) 
 }
 int silo_pty_peer(int master, int flags) { return ioctl(master, TIOCGPTPEER, flags); }
 int silo_pty_unlock(int master) { int unlock = 0; return ioctl(master, TIOCSPTLCK, &unlock); }
+
+long silo_fs_type(const char *path) {
+    struct statfs info;
+    return statfs(path, &info) == 0 ? (long)info.f_type : -1;
+}
 
 const char *silo_object_path(const void *address) {
     Dl_info info;

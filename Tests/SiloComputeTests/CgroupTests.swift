@@ -71,6 +71,32 @@ struct CgroupTests {
         #expect(["v1", "v2", "hybrid"].contains(layout.description))
     }
 
+    @Test("C13 statfs tells the standard layout of this host, the same one mountinfo describes")
+    func standardLayoutMatchesMountinfo() throws {
+        let quick = try #require(CgroupLayout.standard(), "systemd's layout under /sys/fs/cgroup")
+        #expect(quick == CgroupLayout.fromMountinfo())
+        #expect(layout == quick)
+    }
+
+    @Test("C13 a v1 hierarchy reached through a link (cpu -> cpu,cpuacct) is placed at the mount point, as mountinfo names it")
+    func standardLayoutFollowsLinks() throws {
+        let base = "/tmp/silo-layout-\(getpid())"
+        mkdir(base, 0o755)
+        defer { rmdir(base) }
+        try #require(mount("none", base, "tmpfs", 0, "size=64k") == 0, "mount a tmpfs: \(String(cString: strerror(errno)))")
+        defer { umount2(base, Int32(MNT_DETACH)) }
+        // This host's own cpu hierarchy, mounted once more under another name, and linked.
+        let options = try #require(["cpu,cpuacct", "cpu"].first { options in
+            mkdir(base + "/hierarchy", 0o755)
+            return mount("none", base + "/hierarchy", "cgroup", 0, options) == 0
+        }, "mount the cpu hierarchy again")
+        defer { umount2(base + "/hierarchy", Int32(MNT_DETACH)) }
+        #expect(symlink("hierarchy", base + "/cpu") == 0)
+        let found = try #require(CgroupLayout.standard(base: base))
+        #expect(found.legacy["cpu"] == base + "/hierarchy", "mounted with \(options)")
+        #expect(found.unified == nil)
+    }
+
     @Test("C13 the layout is the one findmnt reads from the same mounts")
     func layoutMatchesFindmnt() throws {
         let command = "findmnt -rn -t cgroup,cgroup2 -o TARGET,FSTYPE,FS-OPTIONS 2>/dev/null"

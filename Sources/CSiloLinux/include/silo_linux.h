@@ -24,6 +24,8 @@ int silo_blk_pbsz_get(int fd, unsigned int *size);
 int silo_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int silo_ficlone(int destination_fd, int source_fd);
 int silo_pipe2(int fds[2], int flags);
+/// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
+long silo_fs_type(const char *path);
 /// dladdr(address)'s dli_fname: the path of the loaded object that holds `address`, or NULL.
 const char *silo_object_path(const void *address);
 

@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import SiloOperations
 
@@ -22,9 +23,54 @@ public struct CgroupLayout: Sendable, Hashable {
         self.preferLegacyFreezer = preferLegacyFreezer
     }
 
-    /// The host's layout. mountinfo is read as bytes, and only its cgroup lines become strings:
-    /// splitting every line as a String took 0.4 ms of each CLI call here.
+    /// The host's layout: the layouts systemd mounts told apart with `statfs` (``standard()``),
+    /// anything else read from mountinfo (``fromMountinfo()``).
     public static func detect() -> CgroupLayout {
+        standard() ?? fromMountinfo()
+    }
+
+    /// The layouts systemd mounts, told apart with a few `statfs` calls instead of reading and
+    /// splitting mountinfo (0.08 ms of every compute command and `run` here): cgroup2 on
+    /// /sys/fs/cgroup (pure v2), or a tmpfs there with one v1 hierarchy per controller, named after
+    /// it or linked to it (`cpu` -> `cpu,cpuacct`), and for hybrid hosts cgroup2 on
+    /// /sys/fs/cgroup/unified. Nil for anything else.
+    static func standard(base: String = "/sys/fs/cgroup") -> CgroupLayout? {
+        let type = silo_fs_type(base)
+        if type == cgroup2Magic {
+            return CgroupLayout(unified: base, unifiedControllers: unifiedControllers(base), legacy: [:])
+        }
+        guard type == tmpfsMagic else { return nil }
+        var legacy: [String: String] = [:]
+        for controller in knownControllers {
+            let path = base + "/" + controller
+            guard silo_fs_type(path) == cgroupMagic else { continue }
+            // The mount point, as mountinfo names it: co-mounted controllers share one directory.
+            var target = [CChar](repeating: 0, count: 256)
+            let count = readlink(path, &target, target.count - 1)
+            if count > 0 {
+                let name = String(decoding: target[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                legacy[controller] = name.hasPrefix("/") ? name : base + "/" + name
+            } else {
+                legacy[controller] = path
+            }
+        }
+        guard !legacy.isEmpty else { return nil }
+        let hybrid = base + "/unified"
+        let unified = silo_fs_type(hybrid) == cgroup2Magic ? hybrid : nil
+        return CgroupLayout(unified: unified, unifiedControllers: unified.map(unifiedControllers) ?? [], legacy: legacy)
+    }
+
+    private static let cgroup2Magic = 0x6367_7270
+    private static let cgroupMagic = 0x27e0eb
+    private static let tmpfsMagic = 0x0102_1994
+
+    private static func unifiedControllers(_ mountPoint: String) -> Set<String> {
+        Set(readText(mountPoint + "/cgroup.controllers")?.split(separator: " ").map(String.init) ?? [])
+    }
+
+    /// The layout mountinfo describes. mountinfo is read as bytes, and only its cgroup lines
+    /// become strings: splitting every line as a String took 0.4 ms of each CLI call here.
+    static func fromMountinfo() -> CgroupLayout {
         var unified: String?
         var legacy: [String: String] = [:]
         let space = UInt8(ascii: " ")
@@ -51,9 +97,7 @@ public struct CgroupLayout: Sendable, Hashable {
                 }
             }
         }
-        let controllers = unified.flatMap { readText($0 + "/cgroup.controllers") }?
-            .split(separator: " ").map(String.init) ?? []
-        return CgroupLayout(unified: unified, unifiedControllers: Set(controllers), legacy: legacy)
+        return CgroupLayout(unified: unified, unifiedControllers: unified.map(unifiedControllers) ?? [], legacy: legacy)
     }
 
     static let knownControllers: Set<String> = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "cpuset", "blkio"]
