@@ -22,7 +22,7 @@ struct DriveCommand: ParsableCommand {
 
             func run() throws {
                 let drives = try cli { try global.provider.drives() }
-                if json { return try printJSON(drives) }
+                if json { return print(Drive.json(drives)) }
                 var rows: [[String?]] = []
                 for drive in drives {
                     rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
@@ -45,7 +45,7 @@ struct DriveCommand: ParsableCommand {
 
         func run() throws {
             let drive = try cli { try global.provider.drive(id) }
-            if json { return try printJSON(drive) }
+            if json { return print(drive.json) }
             let facts: [(String, String?)] = [
                 ("id", drive.id), ("device", drive.devicePath), ("size", "\(human(drive.size)) (\(drive.size) bytes)"),
                 ("bus", drive.busType), ("model", drive.model), ("vendor", drive.vendor), ("serial", drive.serial),

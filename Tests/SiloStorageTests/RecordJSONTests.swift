@@ -122,4 +122,31 @@ struct RecordJSONTests {
             #expect(error?.code == .invalidJSON && error?.field == field, "\(text): \(error?.field ?? "")")
         }
     }
+
+    @Test("S1 drive list --json writes drives as JSONEncoder writes them: every field, none, empty and awkward lists", arguments: [0, 1, 2])
+    func drives(count: Int) throws {
+        let full = Drive(
+            id: "wwn-0x5000 \"x\"", name: "sda", devicePath: "/dev/sda", deviceNumber: "8:0", size: UInt64.max,
+            logicalSectorSize: 512, physicalSectorSize: 4096, busType: "scsi", isRotational: true, isRemovable: false,
+            isReadOnly: true, model: Self.awkward, vendor: "ATA", serial: "S/N 1", wwn: "0x5000", partitionTableType: "gpt",
+            filesystemType: "ext4", filesystemUUID: "1234-ABCD", filesystemLabel: "data\tdisk",
+            mountPoints: ["/", "/mnt/with space"], holders: ["dm-0"],
+            partitions: [DrivePartition(name: "sda1", devicePath: "/dev/sda1", deviceNumber: "8:1", number: 1, start: 1_048_576,
+                                        size: 1 << 30, filesystemType: "vfat", filesystemUUID: "AB-CD", filesystemLabel: "EFI",
+                                        mountPoints: ["/boot/efi"]),
+                         DrivePartition(name: "sda2", devicePath: "/dev/sda2", deviceNumber: "8:2", number: 2, start: 0, size: 0,
+                                        filesystemType: nil, filesystemUUID: nil, filesystemLabel: nil, mountPoints: [])],
+            backingFile: "/srv/images/disk.img", pool: "/var/lib/silo/pool", pools: ["default", "fast"],
+            extents: [DriveExtent(lun: "db1", backingFile: "/var/lib/silo/pool/a.img", allocatedBytes: 4096)]
+        )
+        let bare = Drive(
+            id: "zram-zram0", name: "zram0", devicePath: "/dev/zram0", deviceNumber: "253:0", size: 0, logicalSectorSize: 4096,
+            physicalSectorSize: 4096, busType: "zram", isRotational: false, isRemovable: false, isReadOnly: false, model: nil,
+            vendor: nil, serial: nil, wwn: nil, partitionTableType: nil, filesystemType: nil, filesystemUUID: nil,
+            filesystemLabel: nil, mountPoints: [], holders: [], partitions: [], backingFile: nil, pool: nil, extents: []
+        )
+        let drives = Array([full, bare].prefix(count))
+        #expect(Drive.json(drives) == (try encoded(drives)))
+        for drive in drives { #expect(drive.json == (try encoded(drive))) }
+    }
 }

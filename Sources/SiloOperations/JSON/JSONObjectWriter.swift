@@ -19,6 +19,7 @@ package struct JSONObjectWriter: Sendable {
         case string(String)
         case object(JSONObjectWriter)
         case objects([JSONObjectWriter])
+        case strings([String])
     }
 
     private struct Member: Sendable {
@@ -66,6 +67,10 @@ package struct JSONObjectWriter: Sendable {
         if let value { members.append(Member(key: key, value: .objects(value))) }
     }
 
+    package mutating func add(_ key: String, _ value: [String]?) {
+        if let value { members.append(Member(key: key, value: .strings(value))) }
+    }
+
     package func text(_ style: Style) -> String {
         var output: [UInt8] = []
         output.reserveCapacity(512)
@@ -100,6 +105,7 @@ package struct JSONObjectWriter: Sendable {
             case .string(let text): Self.writeString(text, to: &output, style: style)
             case .object(let object): object.write(to: &output, style: style, depth: depth + 1)
             case .objects(let objects): Self.writeArray(objects, to: &output, style: style, depth: depth + 1)
+            case .strings(let strings): Self.writeStrings(strings, to: &output, style: style, depth: depth + 1)
             }
         }
         Self.close(&output, UInt8(ascii: "}"), pretty: pretty, depth: depth)
@@ -116,6 +122,21 @@ package struct JSONObjectWriter: Sendable {
                 indent(&output, depth + 1)
             }
             object.write(to: &output, style: style, depth: depth + 1)
+        }
+        close(&output, UInt8(ascii: "]"), pretty: pretty, depth: depth)
+    }
+
+    private static func writeStrings(_ strings: [String], to output: inout [UInt8], style: Style, depth: Int) {
+        let pretty = style == .pretty
+        output.append(UInt8(ascii: "["))
+        if pretty { output.append(UInt8(ascii: "\n")) }
+        for (position, string) in strings.enumerated() {
+            if position > 0 { output.append(UInt8(ascii: ",")) }
+            if pretty {
+                if position > 0 { output.append(UInt8(ascii: "\n")) }
+                indent(&output, depth + 1)
+            }
+            writeString(string, to: &output, style: style)
         }
         close(&output, UInt8(ascii: "]"), pretty: pretty, depth: depth)
     }
