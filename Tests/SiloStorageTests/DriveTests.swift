@@ -8,8 +8,8 @@ import Testing
 @Suite("Drives", .tags(.root), .requiresLoopDevices, .serialized)
 struct DriveTests {
     /// A loop device that is not Silo's, with an ext4 file system labelled as asked.
-    private func foreignLoop(_ scratch: Scratch, label: String) throws -> String {
-        let file = scratch.path + "/foreign.img"
+    private func foreignLoop(_ scratch: Scratch, label: String, file name: String = "foreign.img") throws -> String {
+        let file = scratch.path + "/" + name
         try makeSparseFile(file, size: 32 << 20)
         #expect(run("/sbin/mkfs.ext4", ["-q", "-F", "-L", label, file]).status == 0)
         let device = run("/sbin/losetup", ["-f", "--show", "--read-only", file]).output.trimmingSpaces
@@ -17,7 +17,7 @@ struct DriveTests {
         return device
     }
 
-    @Test("libudev and libblkid are loaded by the commands that enumerate or probe, and by no other", .requiresSiloBinary)
+    @Test("libblkid is loaded by the commands that probe, libudev where udevd keeps its database, and neither by others", .requiresSiloBinary)
     func probeLibrariesLoadedWhenUsed() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
@@ -33,9 +33,35 @@ struct DriveTests {
         // A drive whose contents can be read, so that listing drives probes one.
         let device = try foreignLoop(scratch, label: "silo-lazy")
         defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let database = "/run/udev/data"
+        let udevd = fileExists(database)
+        if !udevd {
+            // No udevd: libudev would add nothing to sysfs, and is not loaded.
+            let drives = loaded(["drive", "list", "--json"])
+            #expect(drives.error.contains("file=libblkid.so.1") && !drives.error.contains("libudev"))
+            #expect(drives.output.contains("\"silo-lazy\""), "the probe through the loaded libblkid found the label")
+        }
+        // With a database (udevd's, or one written here as udevd writes it for this device),
+        // libudev is loaded and what it holds comes through.
+        let number = try #require(readSmallFile("/sys/class/block/\(device.dropFirst(5))/dev"))
+        var made: [String] = []
+        if !udevd {
+            for folder in ["/run/udev", database] where !fileExists(folder) {
+                #expect(mkdir(folder, 0o755) == 0)
+                made.insert(folder, at: 0)
+            }
+            let entry = "E:ID_SERIAL_SHORT=silo-udev-db\nE:ID_VENDOR=SiloTest\n"
+            #expect(FileManager.default.createFile(atPath: "\(database)/b\(number)", contents: Data(entry.utf8)))
+            made.insert("\(database)/b\(number)", at: 0)
+        }
+        defer { for path in made { if unlink(path) != 0 { rmdir(path) } } }
         let drives = loaded(["drive", "list", "--json"])
         #expect(drives.error.contains("file=libudev.so.1") && drives.error.contains("file=libblkid.so.1"))
-        #expect(drives.output.contains("\"silo-lazy\""), "the probe through the loaded libblkid found the label")
+        #expect(drives.output.contains("\"silo-lazy\""))
+        if !udevd {
+            #expect(drives.output.contains("\"serial\" : \"silo-udev-db\"") && drives.output.contains("\"vendor\" : \"SiloTest\""),
+                    "the serial and vendor from the database, through libudev")
+        }
     }
 
     @Test("S1 drives match the kernel's view: /sys/block and lsblk, with sizes and sector sizes")
@@ -114,6 +140,15 @@ struct DriveTests {
         #expect(run("/bin/mount", ["-o", "ro", device, mountPoint]).status == 0)
         defer { _ = run("/bin/umount", [mountPoint]) }
         #expect(try provider.drive(device).mountPoints == [mountPoint])
+
+        // Several devices probed at once (on threads of their own): each gets its own findings.
+        let others = try (1...3).map { index in try foreignLoop(scratch, label: "silo-probe-\(index)", file: "other\(index).img") }
+        defer { others.forEach { _ = run("/sbin/losetup", ["-d", $0]) } }
+        let listed = try provider.drives()
+        for (index, other) in others.enumerated() {
+            #expect(listed.first { $0.devicePath == other }?.filesystemLabel == "silo-probe-\(index + 1)", "\(other)")
+        }
+        #expect(listed.first { $0.devicePath == device }?.filesystemLabel == "silo-probe")
 
         // A partitioned image: the partition table and its partitions.
         try withTemporaryLun(size: 64 << 20, directory: scratch.path) { lun in

@@ -1,0 +1,57 @@
+import CSiloProbe
+import Dispatch
+import SiloOperations
+import Synchronization
+
+/// libblkid probes of several devices, run on threads of their own (up to four) from the moment
+/// the batch is made, while its maker goes on with other work; `result` waits for them. Each probe
+/// mostly waits for its device's contents to be read, so the waits overlap each other and the
+/// maker's sysfs reads. No thread for no device; the probes run inline when no thread can be had.
+final class ProbeBatch: Sendable {
+    private let paths: [String]
+    private let next = Atomic<Int>(0)
+    private let results: Mutex<[String: BlockProbe]>
+    private let finished = DispatchSemaphore(value: 0)
+    /// How many threads took the work (each signals `finished` once); 0 when it ran inline.
+    private let threads = Atomic<Int>(0)
+    /// Whether the threads were waited for.
+    private let collected = Mutex(false)
+
+    init(paths: [String]) {
+        self.paths = paths
+        self.results = Mutex([:])
+        guard !paths.isEmpty else { return }
+        // Loaded here, once, not by the first probes at the same time.
+        _ = silo_blkid()
+        var started = 0
+        for _ in 0..<min(paths.count, 4) {
+            guard PlatformThread.spawn({ [self] in work() }) else { break }
+            started += 1
+        }
+        threads.store(started, ordering: .releasing)
+        if started == 0 { work() }
+    }
+
+    /// Probes paths until none is left.
+    private func work() {
+        while true {
+            let index = next.add(1, ordering: .relaxed).oldValue
+            guard index < paths.count else { break }
+            if let probe = try? BlockProbe.probe(path: paths[index]) {
+                results.withLock { $0[paths[index]] = probe }
+            }
+        }
+        finished.signal()
+    }
+
+    /// What the probe of `path` found; nil when it found nothing or could not read the device.
+    func result(_ path: String) -> BlockProbe? {
+        guard !paths.isEmpty else { return nil }
+        collected.withLock { collected in
+            guard !collected else { return }
+            for _ in 0..<max(threads.load(ordering: .acquiring), 1) { finished.wait() }
+            collected = true
+        }
+        return results.withLock { $0[path] }
+    }
+}
