@@ -11,10 +11,12 @@ public struct ComputeConfiguration: Sendable {
     /// this executable, the install locations), by the calls that start an init only: a process
     /// create or a query has no use for it.
     public var initBinary: String {
-        get { chosenInit ?? Self.findInit() }
+        get { chosenInit ?? Self.foundInit }
         set { chosenInit = newValue }
     }
     private var chosenInit: String?
+    /// Where this process found init, when first asked.
+    private static let foundInit = findInit()
     /// The Swift runtime's folder when this process links it dynamically; bound read-only into
     /// systems for an init linked the same way. (Package.swift links silo-init static and without
     /// the runtime; this is for one built otherwise.) Nil for static builds. Read from

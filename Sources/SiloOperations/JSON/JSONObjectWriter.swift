@@ -112,31 +112,30 @@ package struct JSONObjectWriter: Sendable {
     }
 
     private static func writeArray(_ objects: [JSONObjectWriter], to output: inout [UInt8], style: Style, depth: Int) {
-        let pretty = style == .pretty
-        output.append(UInt8(ascii: "["))
-        if pretty { output.append(UInt8(ascii: "\n")) }
-        for (position, object) in objects.enumerated() {
-            if position > 0 { output.append(UInt8(ascii: ",")) }
-            if pretty {
-                if position > 0 { output.append(UInt8(ascii: "\n")) }
-                indent(&output, depth + 1)
-            }
+        writeList(objects, to: &output, style: style, depth: depth) { object, output in
             object.write(to: &output, style: style, depth: depth + 1)
         }
-        close(&output, UInt8(ascii: "]"), pretty: pretty, depth: depth)
     }
 
     private static func writeStrings(_ strings: [String], to output: inout [UInt8], style: Style, depth: Int) {
+        writeList(strings, to: &output, style: style, depth: depth) { string, output in
+            writeString(string, to: &output, style: style)
+        }
+    }
+
+    /// A JSON array, each element written by `element` where it goes.
+    private static func writeList<Element>(_ elements: [Element], to output: inout [UInt8], style: Style, depth: Int,
+                                           _ element: (Element, inout [UInt8]) -> Void) {
         let pretty = style == .pretty
         output.append(UInt8(ascii: "["))
         if pretty { output.append(UInt8(ascii: "\n")) }
-        for (position, string) in strings.enumerated() {
+        for (position, item) in elements.enumerated() {
             if position > 0 { output.append(UInt8(ascii: ",")) }
             if pretty {
                 if position > 0 { output.append(UInt8(ascii: "\n")) }
                 indent(&output, depth + 1)
             }
-            writeString(string, to: &output, style: style)
+            element(item, &output)
         }
         close(&output, UInt8(ascii: "]"), pretty: pretty, depth: depth)
     }
