@@ -265,6 +265,45 @@ struct LunTests {
         _ = try storage.provider.shrinkLun("busy", by: 1 << 20).wait()
     }
 
+    @Test("S12 a running delete keeps other changes off with its mark; a failed delete takes its mark away; a dead deleter's mark is settled")
+    func deleteMark() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("gone", size: 8 << 20)
+        let registry = storage.provider.registry
+        let mark = storage.path + "/state/luns/.gone.deleting"
+        // A delete running in another process (a live one, not this one): its mark is there.
+        let child = fork()
+        if child == 0 { while true { pause() } }  // the deleter: alive until killed below
+        try #require(child > 0)
+        let owner = LunRecord.Owner(pid: child, startTime: try #require(ProcessIdentity.startTime(of: child)), operation: "deleteLun")
+        try registry.locked { () throws(SiloError) in try registry.placeDeleteMark("gone", owner: owner) }
+        #expect(fileExists(mark))
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("gone", by: 1 << 20) })?.code == .anotherCallInProgress)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("gone") })?.code == .anotherCallInProgress)
+        #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("gone", "*") })?.code == .anotherCallInProgress)
+        #expect(try storage.provider.lun(named: "gone").status == .online, "reading it is no change")
+        let settled = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(fileExists(mark) && settled.repaired.isEmpty, "a live deleter's mark stays")
+        // The deleter dies: its mark no longer holds anything, and reenumerate removes it.
+        kill(child, SIGKILL)
+        waitpid(child, nil, 0)
+        #expect(try storage.provider.setMask("gone", "*").unmaskingList == "*")
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired == ["gone: deleteLun of a dead process settled"] && !fileExists(mark), "\(report.repaired)")
+
+        // A delete the unbind refuses (the device held open meanwhile) takes its mark away again.
+        let device = try #require(lun.devicePath)
+        let held = open(device, O_RDONLY | O_CLOEXEC)
+        try #require(held >= 0)
+        let refused = #expect(throws: SiloError.self) { try storage.provider.deleteLun("gone").wait(timeout: .seconds(30)) }
+        close(held)
+        #expect(refused?.code == .deviceInUse && !fileExists(mark), "\(String(describing: refused))")
+        #expect(try storage.provider.setMask("gone", "web").unmaskingList == "web", "the LUN is no longer marked")
+        try storage.provider.deleteLun("gone").wait(timeout: .seconds(30))
+        #expect(!fileExists(mark) && (try? storage.provider.lun(named: "gone")) == nil)
+    }
+
     @Test("S13 LUNs persist: another provider sees them; reenumerate re-attaches and reports drift")
     func persistence() throws {
         let storage = TestStorage()

@@ -5,13 +5,11 @@ extension StorageProvider {
     /// Deletes a LUN [IVdsLun::Delete]: detach, remove the record, unlink its name, remove the
     /// backing file.
     ///
-    /// The checks run at once, and again in the operation under the registry lock, which the
-    /// detach and the record's removal hold: no other call can begin a change in between, so a
-    /// delete needs no owner mark. Marking the record meant renaming a new file over it, which made
-    /// ext4 write the new file at once and free (with the `discard` mount option, discard) the old
-    /// one's block: 0.44 ms of each delete here, for a mark that lived a millisecond. The backing
-    /// file goes after the lock (freeing a large file's extents takes time); were this process to
-    /// die first, reenumerate removes it as an orphan.
+    /// The call marks the LUN with a delete mark beside its record (`LunRegistry.placeDeleteMark`),
+    /// which keeps other changes off it (S12); the operation unbinds the device and removes the
+    /// record under the registry lock, then the mark, the name and the backing file (were this
+    /// process to die first, reenumerate removes the file as an orphan and the mark as a dead
+    /// one's).
     ///
     /// - Parameter force: reserved; a LUN in use is never deleted.
     /// - Throws: at once, `deviceInUse` when the LUN is mounted, held open, holds other devices,
@@ -25,19 +23,33 @@ extension StorageProvider {
         let record = try self.record(named: name)
         try checkChangeable(record)
         try checkUnused(record)
-        return try configuration.scheduler.run(.deleteLun, context: context, callback: callback, cancellable: false) {
-            [self] _ in
-            try registry.locked { () throws(SiloError) in
-                guard let current = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
-                try checkChangeable(current)
-                // No second in-use check: the unbind refuses a device anything holds open (a
-                // mount, a holder, a system's lease, a process), the way it refuses a lazy detach.
-                if let device = attachedDevice(current) { try device.unbind() }
-                try registry.removeHoldingLock(name, durable: false)
+        try registry.locked { () throws(SiloError) in
+            guard let current = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
+            try checkChangeable(current)
+            try registry.placeDeleteMark(name, owner: ProcessIdentity.current(operation: "deleteLun"))
+        }
+        do {
+            return try configuration.scheduler.run(.deleteLun, context: context, callback: callback, cancellable: false) {
+                [self] _ in
+                do {
+                    try registry.locked { () throws(SiloError) in
+                        // The unbind refuses a device anything holds open (a mount, a holder, a
+                        // system's lease, a process), the way it refuses a lazy detach.
+                        if let current = try registry.load(name), let device = attachedDevice(current) { try device.unbind() }
+                        try registry.removeHoldingLock(name, durable: false)
+                    }
+                } catch {
+                    registry.removeDeleteMark(name)
+                    throw error
+                }
+                registry.removeDeleteMark(name)
+                unlinkName(name)
+                try BackingFile.remove(record.backingFile)
+                try registry.syncFolder()
             }
-            unlinkName(name)
-            try BackingFile.remove(record.backingFile)
-            try registry.syncFolder()
+        } catch {
+            registry.removeDeleteMark(name)
+            throw error
         }
     }
 

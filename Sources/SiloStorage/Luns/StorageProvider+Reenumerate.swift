@@ -48,10 +48,18 @@ extension StorageProvider {
             ours[String(tag.dropFirst(5)), default: []].append(device)
         }
 
+        // Delete marks of processes that died: the delete did not finish (or finished all but
+        // this); the LUN is settled below like any other.
+        for name in registry.deleteMarkNames() {
+            if let owner = registry.deleteMark(name), ProcessIdentity.isAlive(owner) { continue }
+            registry.removeDeleteMark(name)
+            report.repaired.append("\(name): deleteLun of a dead process settled")
+        }
         var records = try registry.loadAll()
         for index in records.indices.reversed() {
             var record = records[index]
-            if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }  // a live call: leave it
+            // A live call (a change's mark in the record, a delete's beside it): leave it.
+            if let owner = record.owner ?? registry.deleteMark(record.name), ProcessIdentity.isAlive(owner) { continue }
             if record.state == .creating {
                 // Died while provisioning: undo everything the record names.
                 for device in ours[record.id] ?? [] { try? device.detach() }

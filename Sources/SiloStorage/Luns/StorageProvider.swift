@@ -148,7 +148,7 @@ public final class StorageProvider: Sendable {
     /// - Throws: `anotherCallInProgress` while a live call (in any process) changes the LUN;
     ///   `invalidOperation` for one a dead process left half-created.
     func checkChangeable(_ record: LunRecord) throws(SiloError) {
-        if let owner = record.owner, ProcessIdentity.isAlive(owner) {
+        if let owner = record.owner ?? registry.deleteMark(record.name), ProcessIdentity.isAlive(owner) {
             throw SiloError(
                 .anotherCallInProgress,
                 "LUN '\(record.name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",

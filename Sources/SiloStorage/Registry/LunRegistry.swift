@@ -96,6 +96,44 @@ struct LunRegistry: Sendable {
         try syncDirectory(directory)
     }
 
+    // MARK: Delete marks
+
+    /// A delete's owner mark: a small file beside the record, `.<name>.deleting`, holding the
+    /// deleting process's identity. A new file, not the record rewritten: renaming a marked copy
+    /// over the record made ext4 write it at once and free the old record's block (with the
+    /// `discard` mount option, a synchronous discard: 0.44 ms of every delete here). Made and
+    /// removed within the delete, it never reaches the disk. Only needs to outlive this process.
+    /// The caller holds the registry lock.
+    func placeDeleteMark(_ name: String, owner: LunRecord.Owner) throws(SiloError) {
+        let path = deleteMarkPath(name)
+        unlink(path)  // a dead owner's (the caller checked that no live one holds it)
+        let fd = try syscall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
+        defer { close(fd) }
+        try writeAll(fd, Array("\(owner.pid) \(owner.startTime)\n".utf8), path: path)
+    }
+
+    /// The process deleting LUN `name`, if a delete mark is there (alive or not).
+    func deleteMark(_ name: String) -> LunRecord.Owner? {
+        guard let text = readSmallFile(deleteMarkPath(name)) else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count == 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
+        return LunRecord.Owner(pid: pid, startTime: start, operation: "deleteLun")
+    }
+
+    func removeDeleteMark(_ name: String) {
+        unlink(deleteMarkPath(name))
+    }
+
+    /// Names with a delete mark: for reenumerate to settle the marks of dead processes.
+    func deleteMarkNames() -> [String] {
+        directoryEntries(directory, hidden: true).compactMap { entry in
+            guard entry.hasPrefix("."), entry.hasSuffix(".deleting") else { return nil }
+            return String(entry.dropFirst().dropLast(".deleting".count))
+        }
+    }
+
+    private func deleteMarkPath(_ name: String) -> String { directory + "/." + name + ".deleting" }
+
     /// Makes the registry folder's changes durable (after a removal under the lock).
     func syncFolder() throws(SiloError) {
         try syncDirectory(directory)

@@ -44,8 +44,9 @@ func readNumber(_ path: String) -> UInt64? {
     readSmallFile(path).flatMap { UInt64($0) }
 }
 
-/// Names in a directory, without hidden ones (`.`, `..`, Silo's `.allocate` and temporary files); empty when it cannot be read.
-func directoryEntries(_ path: String) -> [String] {
+/// The names in a directory, sorted; empty when it cannot be read. Hidden ones (Silo's lock,
+/// temporary and mark files) only when asked for; never `.` and `..`.
+func directoryEntries(_ path: String, hidden: Bool = false) -> [String] {
     guard let directory = opendir(path) else { return [] }
     defer { closedir(directory) }
     var names: [String] = []
@@ -53,7 +54,7 @@ func directoryEntries(_ path: String) -> [String] {
         let name = withUnsafePointer(to: entry.pointee.d_name) {
             $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
         }
-        if !name.hasPrefix(".") { names.append(name) }  // also hides Silo's own lock and temporary files
+        if name != ".", name != "..", hidden || !name.hasPrefix(".") { names.append(name) }
     }
     return names.sorted()
 }
