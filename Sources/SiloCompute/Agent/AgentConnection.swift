@@ -10,8 +10,8 @@ import Synchronization
 ///
 /// Who reads the socket: a caller that waits for something (a reply, a process's exit) and finds
 /// nobody reading reads it itself, on its own thread, until what it waits for has come. Only when
-/// something must arrive with nobody there to read it (another caller still waits when the reader
-/// stops, or a handle set an event handler) does a reader thread start, and then it reads from
+/// something must arrive with nobody there to read it (another caller still waits when the one
+/// reading stops, or a handle set an event handler) does a reader thread start, and then it reads from
 /// there on. A command that starts a process and waits for its exit thus needs no thread: the
 /// thread's creation (0.1-0.25 ms here) and two hand-overs were a third of its client side.
 /// Protocol: silo_agent.h.
