@@ -45,6 +45,11 @@ final class AgentConnection: Sendable {
         /// Callers waiting on their semaphore while another caller reads: when that one stops, the
         /// reader thread takes over for them.
         var watchers = 0
+        /// Requests sending on the socket right now: the connection's end closes the socket only
+        /// after them (the last one closes it then), so that no send reaches a descriptor number
+        /// a later open took.
+        var sending = 0
+        var socketClosed = false
     }
 
     let system: String
@@ -75,7 +80,7 @@ final class AgentConnection: Sendable {
     deinit {
         // Nobody read to the end (a reader thread holds this object until it has): the socket is
         // still open.
-        if state.withLock({ $0.reading }) != .ended { Glibc.close(socket) }
+        if !state.withLock({ $0.socketClosed }) { Glibc.close(socket) }
     }
 
     func setExitHandler(_ handler: @escaping ExitHandler) { state.withLock { $0.exitHandler = handler } }
@@ -93,13 +98,22 @@ final class AgentConnection: Sendable {
             state.nextID = state.nextID == UInt32.max ? 1 : state.nextID + 1
             let pending = Pending()
             state.pending[id] = pending
+            state.sending += 1
             return (id, pending.done)
         }
         var header = silo_agent_header(magic: SILO_AGENT_MAGIC, version: UInt16(SILO_AGENT_VERSION), type: UInt16(type.rawValue),
                                        id: id, length: UInt32(payload.count))
         let sent = send(header: &header, payload: payload, descriptors: descriptors)
+        let sendError = errno
+        state.withLock { state in
+            state.sending -= 1
+            if state.sending == 0, state.reading == .ended, !state.socketClosed {
+                Glibc.close(socket)  // the connection ended while this sent: its close waited for it
+                state.socketClosed = true
+            }
+        }
         if sent < 0 {
-            let error = errno
+            let error = sendError
             state.withLock { _ = $0.pending.removeValue(forKey: id) }
             throw SiloError(.connectionClosed, "the agent of compute system '\(system)' is gone: \(String(cString: strerror(error)))",
                             field: "id", value: system, syscall: "sendmsg", errno: error)
@@ -312,7 +326,10 @@ final class AgentConnection: Sendable {
             let disconnect = state.disconnectHandler
             state.exitHandler = nil
             state.disconnectHandler = nil
-            Glibc.close(socket)
+            if state.sending == 0 {
+                Glibc.close(socket)
+                state.socketClosed = true
+            }
             return (waiting, disconnect)
         }
         waiting.forEach { $0.signal() }
