@@ -35,7 +35,6 @@
 #define MAX_FDS 3
 #define MAX_HELD 64
 
-
 struct process {
     pid_t pid;          ///< 0: a free slot
     int running;
@@ -206,7 +205,8 @@ static void exec_searching(const char *file, char *const argv[], char *const env
 }
 
 /// In the child: becomes the requested process. Never returns. It runs in the agent's memory
-/// (CLONE_VM) until it execs, while the agent waits: it writes nothing but its own stack.
+/// (CLONE_VM) until it execs, while the agent waits: it writes nothing but its own stack and
+/// errno (the agent's, which it does not read after a clone that worked).
 static __attribute__((noreturn)) void become(const struct silo_agent_spawn_request *request, const char **argv,
                                              const char **envp, const int *fds, int error_pipe) {
     sigset_t none;

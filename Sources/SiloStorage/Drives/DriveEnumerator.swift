@@ -15,8 +15,8 @@ struct DriveEnumerator {
     /// adds to sysfs, and without udevd it has none of them (it then cost a listing its loading,
     /// its path walks and a failed database open for every property asked: 0.4 ms here).
     ///
-    /// The probes run on threads of their own while this one reads sysfs: their waits for the
-    /// devices' contents overlap that work.
+    /// The devices are probed several at once (`ProbeBatch`): their waits for the devices'
+    /// contents overlap.
     func drives(luns: [LunRecord] = []) throws(SiloError) -> [Drive] {
         let udev = try Udev.open()
         defer { udev?.close() }

@@ -4,10 +4,9 @@ import SiloOperations
 import Synchronization
 
 /// libblkid probes of several devices: all but one start on threads of their own (up to three)
-/// when the batch is made, while its maker goes on with other work; the first `result` probes what
-/// is left on the maker's thread, then waits for the others. Each probe mostly waits for its
-/// device's contents to be read, so the waits overlap each other and the maker's sysfs reads. One
-/// device costs no thread (a thread's creation took 0.1-0.25 ms here).
+/// when the batch is made; the first `result` probes what is left on the maker's thread, then
+/// waits for the others. Each probe mostly waits for its device's contents to be read, so the
+/// waits overlap. One device costs no thread (a thread's creation took 0.1-0.25 ms here).
 final class ProbeBatch: Sendable {
     private let paths: [String]
     private let next = Atomic<Int>(0)

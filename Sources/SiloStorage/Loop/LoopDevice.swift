@@ -224,7 +224,7 @@ public struct LoopDevice: Sendable, Hashable, Codable {
             backingFile: backing,
             size: (readNumber("\(sysfs)/size") ?? 0) * 512,
             autoclear: readSmallFile("\(sysfs)/loop/autoclear") == "1",
-            directIO: readSmallFile("\(sysfs)/loop/dio") == "1",
+            directIO: directIO ?? false,
             readOnly: readSmallFile("\(sysfs)/ro") == "1",
             logicalBlockSize: UInt32(readNumber("\(sysfs)/queue/logical_block_size") ?? 512)
         )

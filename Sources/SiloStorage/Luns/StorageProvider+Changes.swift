@@ -5,11 +5,11 @@ extension StorageProvider {
     /// Deletes a LUN [IVdsLun::Delete]: detach, remove the record, unlink its name, remove the
     /// backing file.
     ///
-    /// The call marks the LUN with a delete mark beside its record (`LunRegistry.placeDeleteMark`),
-    /// which keeps other changes off it (S12); the operation unbinds the device and removes the
-    /// record under the registry lock, then the mark, the name and the backing file (were this
-    /// process to die first, reenumerate removes the file as an orphan and the mark as a dead
-    /// one's).
+    /// The call checks the LUN and marks it with a delete mark beside its record
+    /// (`LunRegistry.placeDeleteMark`) under the registry lock, which keeps other changes off it
+    /// (S12); the operation unbinds the device and removes the record under the lock, then the
+    /// mark, the name and the backing file (were this process to die first, reenumerate removes
+    /// the file as an orphan and the mark as a dead one's).
     ///
     /// - Parameter force: reserved; a LUN in use is never deleted.
     /// - Throws: at once, `deviceInUse` when the LUN is mounted, held open, holds other devices,
@@ -20,22 +20,23 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<Void>? = nil
     ) throws(SiloError) -> SiloOperation<Void> {
-        let record = try self.record(named: name)
-        try checkChangeable(record)
-        try checkUnused(record)
-        try registry.locked { () throws(SiloError) in
-            guard let current = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
-            try checkChangeable(current)
-            try registry.placeDeleteMark(name, owner: ProcessIdentity.current(operation: "deleteLun"))
+        let owner = ProcessIdentity.current(operation: "deleteLun")
+        let record = try registry.locked { () throws(SiloError) -> LunRecord in
+            let record = try self.record(named: name)
+            try checkChangeable(record)
+            try checkUnused(record)
+            try registry.placeDeleteMark(name, owner: owner)
+            return record
         }
         do {
             return try configuration.scheduler.run(.deleteLun, context: context, callback: callback, cancellable: false) {
                 [self] _ in
                 do {
+                    // The mark kept the record as it was read. The unbind refuses a device
+                    // anything holds open (a mount, a holder, a system's lease, a process), the
+                    // way it refuses a lazy detach.
                     try registry.locked { () throws(SiloError) in
-                        // The unbind refuses a device anything holds open (a mount, a holder, a
-                        // system's lease, a process), the way it refuses a lazy detach.
-                        if let current = try registry.load(name), let device = attachedDevice(current) { try device.unbind() }
+                        if let device = attachedDevice(record) { try device.unbind() }
                         try registry.removeHoldingLock(name, durable: false)
                     }
                 } catch {

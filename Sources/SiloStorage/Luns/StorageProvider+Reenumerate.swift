@@ -49,9 +49,13 @@ extension StorageProvider {
         }
 
         // Delete marks of processes that died: the delete did not finish (or finished all but
-        // this); the LUN is settled below like any other.
+        // this); the LUN is settled below like any other. Live deletes are left alone.
+        var deleting = Set<String>()
         for name in registry.deleteMarkNames() {
-            if let owner = registry.deleteMark(name), ProcessIdentity.isAlive(owner) { continue }
+            if let owner = registry.deleteMark(name), ProcessIdentity.isAlive(owner) {
+                deleting.insert(name)
+                continue
+            }
             registry.removeDeleteMark(name)
             report.repaired.append("\(name): deleteLun of a dead process settled")
         }
@@ -59,7 +63,8 @@ extension StorageProvider {
         for index in records.indices.reversed() {
             var record = records[index]
             // A live call (a change's mark in the record, a delete's beside it): leave it.
-            if let owner = record.owner ?? registry.deleteMark(record.name), ProcessIdentity.isAlive(owner) { continue }
+            if deleting.contains(record.name) { continue }
+            if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
             if record.state == .creating {
                 // Died while provisioning: undo everything the record names.
                 for device in ours[record.id] ?? [] { try? device.detach() }
