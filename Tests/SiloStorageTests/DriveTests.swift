@@ -163,6 +163,76 @@ struct DriveTests {
         }
     }
 
+    @Test("S1 an idle loop device is probed through its backing file; one holding changes the file lacks, through itself")
+    func probesThroughBackingFile() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        // A swap signature (mkswap's first page) is what gets written through the device.
+        let template = scratch.path + "/swap.img"
+        try makeSparseFile(template, size: 1 << 20)
+        #expect(run("/sbin/mkswap", ["-L", "silo-swap", template]).status == 0)
+        let header = try readBytes(template, offset: 0, count: 4096)
+        let file = scratch.path + "/backing.img"
+        try makeSparseFile(file, size: 32 << 20)
+        // losetup's default: buffered, so a write through the device sits in the device's page cache.
+        let device = run("/sbin/losetup", ["-f", "--show", file]).output.trimmingSpaces
+        try #require(device.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        var reader = open(device, O_RDONLY | O_CLOEXEC)
+        try #require(reader >= 0)
+        defer { close(reader) }
+        let backing = try #require(LoopBacking(device: reader, file: file))
+        #expect(backing.offset == 0)
+
+        // Idle: nothing of it cached, so the probe may read the file.
+        let idle = try #require(backing.open(device: reader))
+        close(idle.fd)
+        #expect(idle.size == 32 << 20)
+
+        // A writer holds it with the signature in the device's cache, not yet in the file.
+        let writer = open(device, O_RDWR | O_CLOEXEC)
+        try #require(writer >= 0)
+        #expect(header.withUnsafeBytes { pwrite(writer, $0.baseAddress, 4096, 0) } == 4096)
+        #expect(try readBytes(file, offset: 0, count: 4096) == [UInt8](repeating: 0, count: 4096),
+                "the file has not seen the write yet, so only a probe through the device finds it")
+        #expect(backing.open(device: reader) == nil, "cached pages send the probe through the device")
+        #expect(try BlockProbe.probe(path: device, backing: backing).filesystemType == "swap")
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        #expect(try provider.drive(device).filesystemLabel == "silo-swap")
+
+        // The last close (the writer's, then this test's) writes the cache back and drops it:
+        // through the file again, which now has it.
+        close(writer)
+        #expect(backing.open(device: reader) == nil, "still open here, still cached")
+        close(reader)
+        reader = open(device, O_RDONLY | O_CLOEXEC)
+        close(try #require(backing.open(device: reader)).fd)
+        #expect(try readBytes(file, offset: 0, count: 4096) == header)
+        #expect(try BlockProbe.probe(path: device, backing: backing).label == "silo-swap")
+
+        // Another file at the path than the one bound: through the device.
+        let other = scratch.path + "/other.img"
+        try makeSparseFile(other, size: 32 << 20)
+        #expect(try #require(LoopBacking(device: reader, file: other)).open(device: reader) == nil)
+
+        // A device that starts 1 MiB into its file: the probe reads from there.
+        let shifted = scratch.path + "/shifted.img"
+        try makeSparseFile(shifted, size: 33 << 20)
+        try writeBytes(shifted, offset: 1 << 20, header)
+        let offsetDevice = run("/sbin/losetup", ["-f", "--show", "-o", "\(1 << 20)", shifted]).output.trimmingSpaces
+        try #require(offsetDevice.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", offsetDevice]) }
+        let offsetReader = open(offsetDevice, O_RDONLY | O_CLOEXEC)
+        defer { close(offsetReader) }
+        let offsetBacking = try #require(LoopBacking(device: offsetReader, file: shifted))
+        #expect(offsetBacking.offset == 1 << 20)
+        let window = try #require(offsetBacking.open(device: offsetReader))
+        close(window.fd)
+        #expect(window.offset == 1 << 20 && window.size == 32 << 20)
+        #expect(try BlockProbe.probe(path: offsetDevice, backing: offsetBacking).label == "silo-swap")
+        #expect(try BlockProbe.probe(path: shifted).filesystemType == nil, "at the file's start there is nothing")
+    }
+
     @Test("S1 mount points whose paths hold a space, a tab and a backslash are reported as they are")
     func escapedMountPoints() throws {
         let scratch = Scratch()

@@ -38,9 +38,23 @@ public struct BlockProbe: Sendable, Hashable, Codable {
     }
 
     /// Probes the device or image at `path`.
-    public static func probe(path: String) throws(SiloError) -> BlockProbe {
+    ///
+    /// A bound loop device given with its `backing` is read through that file when nothing of the
+    /// device is in the page cache where libblkid reads (see `LoopBacking`): the same bytes, read
+    /// without filling the device's page cache only for the kernel to drop it again when the
+    /// probe closes the device. That took 1.75 ms of each probe of a 64 MiB ext4 loop device here.
+    public static func probe(path: String, backing: LoopBacking? = nil) throws(SiloError) -> BlockProbe {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
         defer { close(fd) }
+        if let backing, let file = backing.open(device: fd) {
+            defer { close(file.fd) }
+            return try probe(fd: file.fd, offset: file.offset, size: file.size, path: path)
+        }
+        return try probe(fd: fd, offset: 0, size: 0, path: path)
+    }
+
+    /// Probes `size` bytes (0: to the end) from `offset` of the open `fd`; `path` names the device in errors.
+    private static func probe(fd: Int32, offset: UInt64, size: UInt64, path: String) throws(SiloError) -> BlockProbe {
         guard let blkid = silo_blkid()?.pointee else {
             throw SiloError(.systemNotConfiguredForOperation, "libblkid: \(String(cString: silo_probe_error()))",
                             field: "device", value: path)
@@ -49,7 +63,7 @@ public struct BlockProbe: Sendable, Hashable, Codable {
             throw SiloError(.outOfMemory, "libblkid could not allocate a probe for \(path)")
         }
         defer { blkid.free_probe(probe) }
-        guard blkid.probe_set_device(probe, fd, 0, 0) == 0,
+        guard blkid.probe_set_device(probe, fd, blkid_loff_t(offset), blkid_loff_t(size)) == 0,
               blkid.probe_enable_superblocks(probe, 1) == 0,
               blkid.probe_set_superblocks_flags(probe, BLKID_SUBLKS_LABEL | BLKID_SUBLKS_UUID | BLKID_SUBLKS_TYPE | BLKID_SUBLKS_USAGE) == 0,
               blkid.probe_enable_partitions(probe, 1) == 0,
@@ -92,7 +106,7 @@ public struct BlockProbe: Sendable, Hashable, Codable {
             }
         }
         if let type = result.filesystemType {
-            result.filesystemSize = SuperblockSize.read(fd: fd, type: type)
+            result.filesystemSize = SuperblockSize.read(fd: fd, base: off_t(offset), type: type)
         }
         return result
     }
@@ -107,7 +121,9 @@ public struct BlockProbe: Sendable, Hashable, Codable {
 
 /// File system sizes from their superblocks, for the file systems Silo's users shrink.
 enum SuperblockSize {
-    static func read(fd: Int32, type: String) -> UInt64? {
+    /// `base`: where the device's bytes begin in `fd`.
+    static func read(fd: Int32, base: off_t = 0, type: String) -> UInt64? {
+        func bytes(_ fd: Int32, offset: off_t, count: Int) -> [UInt8]? { Self.bytes(fd, offset: base + offset, count: count) }
         switch type {
         case "ext2", "ext3", "ext4":
             // struct ext4_super_block at 1024: s_blocks_count_lo @4, s_log_block_size @24,

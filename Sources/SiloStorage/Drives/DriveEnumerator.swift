@@ -24,7 +24,8 @@ struct DriveEnumerator {
         let found = directoryEntries("/sys/block").compactMap(candidate)
         let probes = ProbeBatch(paths: found.flatMap { disk in
             (disk.size > 0 ? [disk.devicePath] : []) + disk.partitions.map { "/dev/" + $0 }
-        })
+        }, backings: Dictionary(found.compactMap { disk in disk.loopBacking.map { (disk.devicePath, $0) } },
+                                uniquingKeysWith: { first, _ in first }))
         var drives = found.map { describe($0, udev: udev, mounts: mounts, probes: probes) }
         attachExtents(&drives, luns: luns)
         return drives
@@ -36,6 +37,8 @@ struct DriveEnumerator {
         let sysfs: String
         let bus: String
         let backing: String?
+        /// A bound loop device's file and place in it, which its probe may read instead (LoopBacking).
+        let loopBacking: LoopBacking?
         let number: String
         let size: UInt64
         /// Kernel names of its partitions.
@@ -47,16 +50,23 @@ struct DriveEnumerator {
         let sysfs = "/sys/block/" + name
         let bus = busType(name)
         var backing: String?
+        var loopBacking: LoopBacking?
         if bus == "loop" {
             // Unbound loop devices are no drives; bound ones with Silo's tag are LUNs (S2).
             guard let file = readSmallFile(sysfs + "/loop/backing_file") else { return nil }
-            if let number = Int(name.dropFirst(4)), LoopDevice(number: number).tag?.hasPrefix("silo:") == true { return nil }
+            let fd = open("/dev/" + name, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            if fd >= 0 {
+                defer { close(fd) }
+                var info = loop_info64()
+                if silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name).hasPrefix("silo:") { return nil }
+                loopBacking = LoopBacking(device: fd, file: file)
+            }
             backing = file
         }
         if bus == "ram" { return nil }  // lsblk leaves out ram disks too
         guard let number = readSmallFile(sysfs + "/dev") else { return nil }
         let partitions = directoryEntries(sysfs).filter { fileExists(sysfs + "/" + $0 + "/partition") }
-        return Candidate(name: name, sysfs: sysfs, bus: bus, backing: backing, number: number,
+        return Candidate(name: name, sysfs: sysfs, bus: bus, backing: backing, loopBacking: loopBacking, number: number,
                          size: (readNumber(sysfs + "/size") ?? 0) * 512, partitions: partitions)
     }
 

@@ -9,6 +9,8 @@ import Synchronization
 /// waits overlap. One device costs no thread (a thread's creation took 0.1-0.25 ms here).
 final class ProbeBatch: Sendable {
     private let paths: [String]
+    /// Loop devices' backing files, by device path: read instead of the device where they can be.
+    private let backings: [String: LoopBacking]
     private let next = Atomic<Int>(0)
     private let results: Mutex<[String: BlockProbe]>
     private let finished = DispatchSemaphore(value: 0)
@@ -17,8 +19,9 @@ final class ProbeBatch: Sendable {
     /// Whether the threads were waited for.
     private let collected = Mutex(false)
 
-    init(paths: [String]) {
+    init(paths: [String], backings: [String: LoopBacking] = [:]) {
         self.paths = paths
+        self.backings = backings
         self.results = Mutex([:])
         guard !paths.isEmpty else { return }
         // Loaded here, once, not by the first probes at the same time.
@@ -39,7 +42,7 @@ final class ProbeBatch: Sendable {
         while true {
             let index = next.add(1, ordering: .relaxed).oldValue
             guard index < paths.count else { break }
-            if let probe = try? BlockProbe.probe(path: paths[index]) {
+            if let probe = try? BlockProbe.probe(path: paths[index], backing: backings[paths[index]]) {
                 results.withLock { $0[paths[index]] = probe }
             }
         }
