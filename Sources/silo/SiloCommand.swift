@@ -12,6 +12,7 @@ struct SiloCommand: ParsableCommand {
             names the option); 130 cancelled with Ctrl-C and rolled back.
             State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default.
             """,
+        version: siloVersion,
         subcommands: [DriveCommand.self, LunCommand.self, PoolCommand.self, StorageCommand.self, SystemCommand.self, ProcessCommand.self, RunCommand.self]
     )
 
