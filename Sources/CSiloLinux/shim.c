@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
@@ -72,6 +73,20 @@ int silo_pty_unlock(int master) { int unlock = 0; return ioctl(master, TIOCSPTLC
 long silo_fs_type(const char *path) {
     struct statfs info;
     return statfs(path, &info) == 0 ? (long)info.f_type : -1;
+}
+
+// Not in Debian 12's headers (Linux 6.1); one number on every architecture since 424.
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+
+int silo_cachestat(int fd, uint64_t offset, uint64_t length, uint64_t *cached, uint64_t *unwritten) {
+    struct { uint64_t off, len; } range = { offset, length };
+    struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } stat = { 0 };
+    if (syscall(__NR_cachestat, fd, &range, &stat, 0) != 0) return -1;
+    *cached = stat.nr_cache;
+    *unwritten = stat.nr_dirty + stat.nr_writeback;
+    return 0;
 }
 
 const char *silo_object_path(const void *address) {

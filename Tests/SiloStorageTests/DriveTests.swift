@@ -195,7 +195,9 @@ struct DriveTests {
         #expect(header.withUnsafeBytes { pwrite(writer, $0.baseAddress, 4096, 0) } == 4096)
         #expect(try readBytes(file, offset: 0, count: 4096) == [UInt8](repeating: 0, count: 4096),
                 "the file has not seen the write yet, so only a probe through the device finds it")
-        #expect(backing.open(device: reader) == nil, "cached pages send the probe through the device")
+        #expect(LoopBacking.unwritten(reader) != false, "dirty pages (cachestat), where the kernel can count them")
+        #expect(LoopBacking.cached(reader, from: 0, count: 4096), "and cached (mincore)")
+        #expect(backing.open(device: reader) == nil, "unwritten pages send the probe through the device")
         #expect(try BlockProbe.probe(path: device, backing: backing).filesystemType == "swap")
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
         #expect(try provider.drive(device).filesystemLabel == "silo-swap")
@@ -203,10 +205,21 @@ struct DriveTests {
         // The last close (the writer's, then this test's) writes the cache back and drops it:
         // through the file again, which now has it.
         close(writer)
-        #expect(backing.open(device: reader) == nil, "still open here, still cached")
+        #expect(backing.open(device: reader) == nil, "still open here, still unwritten")
         close(reader)
         reader = open(device, O_RDONLY | O_CLOEXEC)
+        #expect(!LoopBacking.cached(reader, from: 0, count: 32 << 20))
         close(try #require(backing.open(device: reader)).fd)
+        // Read through the device while this test holds it: cached, but clean. cachestat tells
+        // the two apart.
+        _ = try readBytes(device, offset: 0, count: 4096)
+        #expect(LoopBacking.cached(reader, from: 0, count: 4096))
+        if let unwritten = LoopBacking.unwritten(reader) {
+            #expect(!unwritten)
+            close(try #require(backing.open(device: reader), "clean pages only: the file has the same bytes").fd)
+        } else {
+            #expect(backing.open(device: reader) == nil, "without cachestat, any cached page sends the probe through the device")
+        }
         #expect(try readBytes(file, offset: 0, count: 4096) == header)
         #expect(try BlockProbe.probe(path: device, backing: backing).label == "silo-swap")
 

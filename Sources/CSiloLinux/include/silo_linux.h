@@ -26,6 +26,10 @@ int silo_ficlone(int destination_fd, int source_fd);
 int silo_pipe2(int fds[2], int flags);
 /// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
 long silo_fs_type(const char *path);
+/// cachestat(2) (Linux 6.5) of `length` bytes from `offset` of `fd`'s page cache (0: to the end):
+/// sets the pages cached and the dirty or under-writeback ones; 0, or -1 with errno set (ENOSYS
+/// before 6.5).
+int silo_cachestat(int fd, uint64_t offset, uint64_t length, uint64_t *cached, uint64_t *unwritten);
 /// dladdr(address)'s dli_fname: the path of the loaded object that holds `address`, or NULL.
 const char *silo_object_path(const void *address);
 

@@ -5,12 +5,13 @@ import SiloOperations
 /// A bound loop device's backing file, as the device's loop status names it: what a probe reads in
 /// place of the device when the two hold the same bytes.
 ///
-/// They do when none of the device's pages is in the page cache where libblkid reads. A write
-/// through the device that the file has not seen yet is a dirty page of the device's own cache,
-/// and the kernel writes that cache back and drops it when the device's last opener closes it. So
-/// a device that nobody holds open has nothing cached, and reading it would only fill the cache
-/// for the kernel to drop again when the probe closes the device; one that someone holds (a
-/// mount, a writer) may have pages the file lacks, and is read through itself, mostly from cache.
+/// They do unless the device's own page cache holds writes the file has not seen yet: dirty pages,
+/// or pages being written back. `cachestat` (Linux 6.5) counts those over the whole device at the
+/// cost of a walk of its cache's index. Before 6.5, `mincore` tells which pages are cached at all,
+/// dirty or not, and the probe reads the file only where none is cached near either end of the
+/// device, where libblkid reads. A device nobody holds open has nothing cached: the kernel writes
+/// its cache back and drops it when the last opener closes it. So reading such a device would only
+/// fill a cache for the kernel to drop again when the probe closes the device.
 public struct LoopBacking: Sendable, Hashable {
     public let file: String
     /// `st_dev` and `st_ino` of the file the device is bound to (LOOP_GET_STATUS64).
@@ -20,7 +21,7 @@ public struct LoopBacking: Sendable, Hashable {
     let offset: UInt64
 
     /// libblkid (util-linux 2.38) reads within the first 4 MiB and the last 2 MiB of a device;
-    /// twice as much is checked at each end.
+    /// where only `mincore` can tell, twice as much is checked at each end.
     static let window: UInt64 = 8 << 20
 
     /// The backing file and where the device is in it, from the device's loop status; nil for a
@@ -34,14 +35,16 @@ public struct LoopBacking: Sendable, Hashable {
         self.offset = info.lo_offset
     }
 
-    /// The backing file, opened read-only, and the device's bytes in it; nil when the device has
-    /// pages cached near either end or the file at `file` is no longer the one bound (renamed,
-    /// deleted, shorter than the device).
+    /// The backing file, opened read-only, and the device's bytes in it; nil when the device's
+    /// cache may hold writes the file lacks, or the file at `file` is no longer the one bound
+    /// (renamed, deleted, shorter than the device).
     func open(device fd: Int32) -> (fd: Int32, offset: UInt64, size: UInt64)? {
         var size: UInt64 = 0
         guard silo_blk_get_size64(fd, &size) == 0, size > 0 else { return nil }
         let span = min(size, Self.window)
-        guard !Self.cached(fd, from: 0, count: span), !Self.cached(fd, from: size - span, count: span) else { return nil }
+        let mayDiffer = Self.unwritten(fd)
+            ?? (Self.cached(fd, from: 0, count: span) || Self.cached(fd, from: size - span, count: span))
+        guard !mayDiffer else { return nil }
         // O_NONBLOCK: should the path now name a FIFO, the open must not wait for a writer.
         let file = Glibc.open(self.file, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard file >= 0 else { return nil }
@@ -54,6 +57,15 @@ public struct LoopBacking: Sendable, Hashable {
             return nil
         }
         return (file, offset, size)
+    }
+
+    /// Whether the page cache of the block device `fd` holds dirty pages or pages under writeback;
+    /// nil where the kernel has no `cachestat` (before 6.5).
+    static func unwritten(_ fd: Int32) -> Bool? {
+        var cached: UInt64 = 0
+        var unwritten: UInt64 = 0
+        guard silo_cachestat(fd, 0, 0, &cached, &unwritten) == 0 else { return errno == ENOSYS ? nil : true }
+        return unwritten > 0
     }
 
     /// Whether any page of the `count` bytes from `start` of the block device `fd` is in its page
