@@ -41,6 +41,7 @@ struct process {
     int status;         ///< the wait status once exited
     int owner;          ///< the connection slot that spawned it, -1 once that closed
     uint64_t watchers;  ///< connection slots waiting for its exit
+    uint64_t unsent;    ///< connection slots its exit is still to be sent to (their buffer was full)
     uint64_t exited_at; ///< order of exits, to evict the oldest exited entry first
 };
 
@@ -66,21 +67,28 @@ static int running_processes(void) {
     return count;
 }
 
+/// The entry of `pid`: the running one if there is one (an exited entry may hold a pid that came
+/// round again), else the latest exited one.
 static struct process *find_process(pid_t pid) {
+    struct process *found = NULL;
     for (int i = 0; i < MAX_PROCESSES; i++) {
-        if (processes[i].pid == pid) return &processes[i];
+        if (processes[i].pid != pid) continue;
+        if (processes[i].running) return &processes[i];
+        if (!found || processes[i].exited_at > found->exited_at) found = &processes[i];
     }
-    return NULL;
+    return found;
 }
 
-/// A slot for a new process: a free one, else the oldest exited one. NULL when all run.
-static struct process *new_process(pid_t pid) {
-    struct process *slot = find_process(pid);  // the pid of an exited entry came round again
+/// A slot for a new process: a free one, else the oldest exited one whose exit every connection
+/// has been sent. NULL when none is left.
+static struct process *new_process(void) {
+    struct process *slot = NULL;
     for (int i = 0; !slot && i < MAX_PROCESSES; i++) {
         if (processes[i].pid == 0) slot = &processes[i];
     }
     for (int i = 0; !slot && i < MAX_PROCESSES; i++) {
-        if (!processes[i].running && (!slot || processes[i].exited_at < slot->exited_at)) slot = &processes[i];
+        if (processes[i].running || processes[i].unsent) continue;
+        if (!slot || processes[i].exited_at < slot->exited_at) slot = &processes[i];
     }
     if (slot) memset(slot, 0, sizeof *slot);
     return slot;
@@ -88,17 +96,21 @@ static struct process *new_process(pid_t pid) {
 
 static void close_connection(int slot);
 
-/// Sends one packet; an event that cannot be sent at once drops the connection rather than
-/// stall the agent behind a client that does not read.
-static void send_packet(int slot, uint16_t type, uint32_t id, const void *payload, uint32_t length, int event) {
+/// Sends one packet. An event is sent without waiting: when the client's buffer is full (it
+/// reads only while it waits for something), this returns 1 and the caller keeps the event for
+/// when the socket takes more (POLLOUT), rather than stall the agent behind that client or drop
+/// its connection. A failure otherwise closes the connection. 0 when sent.
+static int send_packet(int slot, uint16_t type, uint32_t id, const void *payload, uint32_t length, int event) {
     int fd = polls[2 + slot].fd;
-    if (fd < 0) return;
+    if (fd < 0) return 0;
     struct silo_agent_header header = { SILO_AGENT_MAGIC, SILO_AGENT_VERSION, type, id, length };
     struct iovec parts[2] = { { &header, sizeof header }, { (void *)payload, length } };
     struct msghdr message = { .msg_iov = parts, .msg_iovlen = length ? 2 : 1 };
     ssize_t sent;
     do { sent = sendmsg(fd, &message, MSG_NOSIGNAL | (event ? MSG_DONTWAIT : 0)); } while (sent < 0 && errno == EINTR);
+    if (sent < 0 && event && (errno == EAGAIN || errno == EWOULDBLOCK)) return 1;
     if (sent < 0) close_connection(slot);
+    return 0;
 }
 
 static void reply_error(int slot, uint32_t id, int error, int step) {
@@ -106,9 +118,28 @@ static void reply_error(int slot, uint32_t id, int error, int step) {
     send_packet(slot, SILO_AGENT_ERROR, id, &body, sizeof body, 0);
 }
 
-static void send_exit(int slot, const struct process *process) {
+/// Tells connection `slot` that `process` exited; if its buffer is full, marks the exit unsent
+/// and asks poll for room. Exits already waiting for that connection go first (`flush_exits`).
+static void send_exit(int slot, struct process *process) {
+    uint64_t bit = 1ull << slot;
     struct silo_agent_exited body = { process->pid, process->status };
-    send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, 1);
+    if (!(polls[2 + slot].events & POLLOUT) && send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, 1) == 0) return;
+    if (polls[2 + slot].fd < 0) return;
+    process->unsent |= bit;
+    polls[2 + slot].events |= POLLOUT;
+}
+
+/// Connection `slot` has room again: sends the exits it missed, until its buffer is full again.
+static void flush_exits(int slot) {
+    uint64_t bit = 1ull << slot;
+    for (int i = 0; i < MAX_PROCESSES; i++) {
+        if (!(processes[i].unsent & bit)) continue;
+        struct silo_agent_exited body = { processes[i].pid, processes[i].status };
+        if (send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, 1) != 0) return;
+        if (polls[2 + slot].fd < 0) return;  // the send closed it
+        processes[i].unsent &= ~bit;
+    }
+    polls[2 + slot].events &= ~POLLOUT;
 }
 
 /// When a handle goes, the last one ends the system (if the document asked for that).
@@ -135,8 +166,10 @@ static void close_connection(int slot) {
     close(fd);
     polls[2 + slot].fd = -1;
     uint64_t bit = 1ull << slot;
+    polls[2 + slot].events = POLLIN;
     for (int i = 0; i < MAX_PROCESSES; i++) {
         processes[i].watchers &= ~bit;
+        processes[i].unsent &= ~bit;
         if (processes[i].owner == slot) processes[i].owner = -1;
     }
     last_handle_checks = 10;
@@ -265,7 +298,7 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
     if (error == 0 && (int)request.descriptors != fd_count) error = EBADF;
     if (error) return reply_error(slot, id, error, SILO_STEP_NONE);
     if (shutting_down) return reply_error(slot, id, ESHUTDOWN, SILO_STEP_NONE);
-    struct process *process = new_process(-1);
+    struct process *process = new_process();
     if (!process) return reply_error(slot, id, EAGAIN, SILO_STEP_FORK);
     int stdio[3] = { -1, -1, -1 }, next = 0;
     for (int i = 0; i < 3; i++) {
@@ -348,7 +381,8 @@ static void release(int slot, uint32_t id, const char *tag) {
         if (held[i].fd >= 0 && strcmp(held[i].tag, tag) == 0) {
             close(held[i].fd);
             held[i].fd = -1;
-            return send_packet(slot, SILO_AGENT_OK, id, NULL, 0, 0);
+            send_packet(slot, SILO_AGENT_OK, id, NULL, 0, 0);
+            return;
         }
     }
     reply_error(slot, id, ENOENT, SILO_STEP_NONE);
@@ -497,6 +531,8 @@ int silo_agent_main(int terminate_flag) {
         for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
             short events = polls[2 + slot].revents;
             if (polls[2 + slot].fd < 0 || !events) continue;
+            if ((events & POLLOUT) && polls[2 + slot].fd >= 0) flush_exits(slot);
+            if (polls[2 + slot].fd < 0) continue;
             if (events & POLLIN) serve(slot);
             else if (events & (POLLHUP | POLLERR | POLLNVAL)) close_connection(slot);
         }

@@ -329,6 +329,66 @@ struct ProcessTests {
         #expect(codes.withLock { $0 } == [0: 3, 1: 4, 2: 5])
     }
 
+    @Test("C8 C5 a wait ends when the system stops, for a waiter asleep behind a reader thread and one asleep behind another waiter")
+    func waitsEndWithTheSystem() throws {
+        // One thread per process waits with no timeout; another handle terminates the system.
+        // Each wait must return, with the process killed, instead of sleeping on.
+        final class Signals: Sendable { let values = Mutex<[Int: Int32]>([:]) }
+        func waitAll(_ processes: [ComputeProcess]) -> (DispatchGroup, Signals) {
+            let group = DispatchGroup()
+            let signals = Signals()
+            for (index, process) in processes.enumerated() {
+                group.enter()
+                _ = PlatformThread.spawn {
+                    if let status = try? process.wait(), let signal = status.signal { signals.values.withLock { $0[index] = signal } }
+                    group.leave()
+                }
+                usleep(50_000)  // the first reads (where nothing else does), the later ones sleep
+            }
+            return (group, signals)
+        }
+
+        // A reader thread (an event handler is set): every waiter sleeps while it reads.
+        let threaded = try RunningSystem("we1")
+        defer { threaded.finish() }
+        try threaded.system.events.setHandler { _ in }
+        let first = try threaded.run("exec sleep 600", stdout: false)
+        defer { first.close() }
+        let (firstGroup, firstSignals) = waitAll([first])
+        let other = try threaded.compute.service.open(threaded.system.id)
+        try other.terminate().wait(timeout: .seconds(30))
+        other.close()
+        #expect(firstGroup.wait(timeout: .now() + .seconds(30)) == .success, "the waiter behind the reader thread woke")
+        #expect(firstSignals.values.withLock { $0 } == [0: SIGKILL])
+
+        // No reader thread: the first waiter reads, the second sleeps until it takes over or the end comes.
+        let plain = try RunningSystem("we2")
+        defer { plain.finish() }
+        let pair = try [plain.run("exec sleep 600", stdout: false), plain.run("exec sleep 600", stdout: false)]
+        defer { pair.forEach { $0.close() } }
+        let (pairGroup, pairSignals) = waitAll(pair)
+        let stopper = try plain.compute.service.open(plain.system.id)
+        try stopper.terminate().wait(timeout: .seconds(30))
+        stopper.close()
+        #expect(pairGroup.wait(timeout: .now() + .seconds(30)) == .success, "both waiters woke")
+        #expect(pairSignals.values.withLock { $0 } == [0: SIGKILL, 1: SIGKILL])
+    }
+
+    @Test("C8 exits that pile up while nobody reads the connection all arrive; the agent keeps the connection")
+    func exitsPileUp() throws {
+        let box = try RunningSystem("pile", memoryMB: 512)
+        defer { box.finish() }
+        // More exits than the connection's socket buffer holds (about 230 small packets here),
+        // all coming while this handle reads nothing: no waiter, no handler, no request.
+        let processes = try (0..<500).map { _ in try box.run("exec sleep 2", stdout: false) }
+        defer { processes.forEach { $0.close() } }
+        usleep(3_000_000)
+        let deadline = ContinuousClock.now + .seconds(20)
+        while processes.contains(where: { !$0.status.exited }), ContinuousClock.now < deadline { usleep(10_000) }
+        #expect(processes.filter { $0.status.exitCode == 0 }.count == 500)
+        #expect(try box.run("exit 9", stdout: false).wait(timeout: .seconds(10)).exitCode == 9, "the connection still serves")
+    }
+
     @Test("C7 a bare command is looked up in the PATH of the process's own environment; what cannot run is refused at the exec step")
     func commandLookup() throws {
         let box = try RunningSystem("pl")

@@ -45,6 +45,13 @@ final class AgentConnection: Sendable {
         /// Callers waiting on their semaphore while another caller reads: when that one stops, the
         /// reader thread takes over for them.
         var watchers = 0
+        /// The semaphores of every caller asleep while someone else reads (a caller or the thread):
+        /// the connection's end wakes them, and so does a reader thread that could not start, so
+        /// that one of them reads instead.
+        var sleepers: [DispatchSemaphore] = []
+        /// `close()` shut the socket down while a caller read: if that caller stops before it
+        /// sees the end, it ends the connection itself.
+        var hungUp = false
         /// Requests sending on the socket right now: the connection's end closes the socket only
         /// after them (the last one closes it then), so that no send reaches a descriptor number
         /// a later open took.
@@ -133,39 +140,58 @@ final class AgentConnection: Sendable {
     }
 
     /// Blocks until `isDone()` or `deadline`, whichever comes first; false when the deadline came.
-    /// Reads the socket on this thread when nobody else does; otherwise waits for `semaphore`,
-    /// which whoever delivers what `isDone` waits for signals. Also returns when the connection
-    /// ends (what it ended fails or is settled then).
+    /// Reads the socket on this thread when nobody else does; otherwise sleeps on `semaphore`,
+    /// which whoever delivers what `isDone` waits for signals, and which the connection's end
+    /// signals too. Returns when the connection ends (what it ended fails or is settled then), and
+    /// takes over the reading when the one reading stops and no thread could take it.
     func wait(until isDone: () -> Bool, signalled semaphore: DispatchSemaphore, deadline: ContinuousClock.Instant) -> Bool {
-        if isDone() { return true }
-        let reads: Bool? = state.withLock { state in
-            if state.reading == .ended { return nil }  // nothing more will come
-            if state.reading == .idle {
-                state.reading = .caller
-                return true
+        enum Role { case stop, read, sleep(counted: Bool) }
+        while !isDone() {
+            let role: Role = state.withLock { state in
+                switch state.reading {
+                case .ended:
+                    return .stop  // nothing more will come
+                case .idle:
+                    state.reading = .caller
+                    return .read
+                case .caller:
+                    state.watchers += 1
+                    state.sleepers.append(semaphore)
+                    return .sleep(counted: true)
+                case .thread:
+                    state.sleepers.append(semaphore)
+                    return .sleep(counted: false)
+                }
             }
-            if state.reading == .caller { state.watchers += 1 }
-            return false
+            switch role {
+            case .stop:
+                return isDone()
+            case .read:
+                return read(until: isDone, deadline: deadline)
+            case .sleep(let counted):
+                let remaining = deadline - .now
+                let nanoseconds = max(remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000, 0)
+                let woken = semaphore.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success
+                state.withLock { state in
+                    if counted, state.watchers > 0 { state.watchers -= 1 }
+                    state.sleepers.removeAll { $0 === semaphore }
+                }
+                // Woken without what it waits for: the end came, or the reading is free: look again.
+                if !woken { return isDone() }
+            }
         }
-        guard let reads else { return isDone() }
-        guard reads else {
-            let remaining = deadline - .now
-            let nanoseconds = max(remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000, 0)
-            let signalled = semaphore.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success
-            state.withLock { if $0.watchers > 0 { $0.watchers -= 1 } }
-            return signalled || isDone()
-        }
-        var ended = false
+        return true
+    }
+
+    /// This caller reads until `isDone()`, the deadline or the connection's end.
+    private func read(until isDone: () -> Bool, deadline: ContinuousClock.Instant) -> Bool {
         while !isDone() {
             let remaining = deadline - .now
             guard remaining > .zero else { break }
             let milliseconds = remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1
-            if !receive(waitingAtMost: Int32(min(milliseconds, 60_000))) {
-                ended = true
-                break
-            }
+            if !receive(waitingAtMost: Int32(min(milliseconds, 60_000))) { return isDone() }
         }
-        if !ended { releaseReading() }
+        releaseReading()
         return isDone()
     }
 
@@ -201,18 +227,25 @@ final class AgentConnection: Sendable {
         if start { spawnReader() }
     }
 
-    /// A caller stops reading: the reader thread takes over when others still wait.
+    /// A caller stops reading: the reader thread takes over when others still wait; after a
+    /// `close()` that this caller did not see through, it ends the connection.
     private func releaseReading() {
-        let start: Bool = state.withLock { state in
-            guard state.reading == .caller else { return false }
+        enum Next { case none, thread, end }
+        let next: Next = state.withLock { state in
+            guard state.reading == .caller else { return .none }
             if state.watchers > 0 {
                 state.reading = .thread
-                return true
+                return .thread
             }
+            if state.hungUp { return .end }
             state.reading = .idle
-            return false
+            return .none
         }
-        if start { spawnReader() }
+        switch next {
+        case .none: break
+        case .thread: spawnReader()
+        case .end: end()
+        }
     }
 
     private func spawnReader() {
@@ -221,7 +254,11 @@ final class AgentConnection: Sendable {
         }
         if !started {
             // No thread to be had: the callers that wait read for themselves again.
-            state.withLock { $0.reading = .idle }
+            let sleepers = state.withLock { state in
+                state.reading = .idle
+                return state.sleepers
+            }
+            sleepers.forEach { $0.signal() }
         }
     }
 
@@ -239,6 +276,7 @@ final class AgentConnection: Sendable {
         let reads: Bool = state.withLock { state in
             guard state.reading != .ended else { return false }
             Glibc.shutdown(socket, Int32(SHUT_RDWR))
+            state.hungUp = true
             guard state.reading == .idle else { return false }
             state.reading = .caller
             return true
@@ -322,7 +360,8 @@ final class AgentConnection: Sendable {
             state.closed = error
             state.reading = .ended
             for id in state.pending.keys { state.pending[id]?.reply = .failure(error) }
-            let waiting = state.pending.values.map(\.done)
+            let waiting = state.pending.values.map(\.done) + state.sleepers
+            state.sleepers = []
             let disconnect = state.disconnectHandler
             state.exitHandler = nil
             state.disconnectHandler = nil
@@ -333,7 +372,9 @@ final class AgentConnection: Sendable {
             return (waiting, disconnect)
         }
         waiting.forEach { $0.signal() }
-        disconnect?()
+        // Not on this thread: the one reading may be inside a change that holds the system's lock
+        // (a start's HOLD), which the handler takes to read how the system ended.
+        if let disconnect { DispatchQueue.global().async(execute: disconnect) }
     }
 
     private func complete(_ id: UInt32, _ reply: Result<[UInt8], SiloError>) {

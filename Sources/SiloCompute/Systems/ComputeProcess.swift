@@ -113,7 +113,9 @@ public final class ComputeProcess: Sendable {
             exited(waitStatus: Int32(SIGKILL), fromAgent: false)
         }
         // With nobody reading the system's connection, this thread reads it until the exit comes.
-        let deadline = ContinuousClock.now + (timeout ?? .seconds(86_400 * 365 * 100))
+        // A century at most: later instants overflow the clock's arithmetic.
+        let century = Duration.seconds(86_400 * 365 * 100)
+        let deadline = ContinuousClock.now + min(timeout ?? century, century)
         var exited = false
         if let connection = system.connection {
             exited = connection.wait(until: { [self] in state.withLock { $0.status.exited } }, signalled: semaphore, deadline: deadline)
