@@ -374,6 +374,15 @@ struct ProcessTests {
         #expect(pairSignals.values.withLock { $0 } == [0: SIGKILL, 1: SIGKILL])
     }
 
+    @Test("C8 a wait given a timeout of centuries waits as long as the process runs (the deadline does not overflow)")
+    func hugeTimeout() throws {
+        let box = try RunningSystem("ht")
+        defer { box.finish() }
+        let process = try box.run("sleep 0.2; exit 4", stdout: false)
+        defer { process.close() }
+        #expect(try process.wait(timeout: .seconds(Int64.max / 4)).exitCode == 4)
+    }
+
     @Test("C8 exits that pile up while nobody reads the connection all arrive; the agent keeps the connection")
     func exitsPileUp() throws {
         let box = try RunningSystem("pile", memoryMB: 512)
