@@ -304,6 +304,54 @@ struct LunTests {
         #expect(!fileExists(mark) && (try? storage.provider.lun(named: "gone")) == nil)
     }
 
+    @Test("S12 a live delete's mark holds even while a dead change's mark is still in the record")
+    func deleteMarkBesideDeadOwner() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("marked", size: 8 << 20)
+        let registry = storage.provider.registry
+        // A change whose process died: its mark stays in the record until reenumerate settles it.
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        waitpid(dead, nil, 0)
+        var record = try #require(try registry.load("marked"))
+        record.owner = LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun")
+        try registry.locked { () throws(SiloError) in try registry.save(record, durable: false) }
+        // A delete running in a live process: its mark is beside the record.
+        let deleter = fork()
+        if deleter == 0 { while true { pause() } }
+        try #require(deleter > 0)
+        defer {
+            kill(deleter, SIGKILL)
+            waitpid(deleter, nil, 0)
+        }
+        let owner = LunRecord.Owner(pid: deleter, startTime: try #require(ProcessIdentity.startTime(of: deleter)), operation: "deleteLun")
+        try registry.locked { () throws(SiloError) in try registry.placeDeleteMark("marked", owner: owner) }
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("marked", by: 1 << 20) })?.code == .anotherCallInProgress)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("marked") })?.code == .anotherCallInProgress)
+        #expect(try storage.provider.lun(named: "marked").size == 8 << 20)
+        kill(deleter, SIGKILL)
+        waitpid(deleter, nil, 0)
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired.count == 2, "both dead marks settled: \(report.repaired)")
+        #expect(try storage.provider.setMask("marked", "*").unmaskingList == "*")
+    }
+
+    @Test("S13 S15 reenumerate leaves alone a LUN that a live call is changing: its device stays attached")
+    func reenumerateSparesLiveChange() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("changing", size: 8 << 20)
+        let device = try #require(lun.devicePath)
+        // This process is in the middle of a change to it (an extend between its steps, say).
+        _ = try storage.provider.beginChange("changing", operation: "extendLun")
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.orphanDevicesDetached.isEmpty, "\(report.orphanDevicesDetached)")
+        #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") == lun.backingFile, "still attached")
+        try storage.provider.endChange("changing")
+        #expect(try storage.provider.lun(named: "changing").status == .online)
+    }
+
     @Test("S13 LUNs persist: another provider sees them; reenumerate re-attaches and reports drift")
     func persistence() throws {
         let storage = TestStorage()
@@ -331,6 +379,16 @@ struct LunTests {
         let drift = try other.reenumerate().wait()
         #expect(drift.drift.contains { $0.contains("lost") && $0.contains("missing") })
         #expect(try storage.provider.lun(named: "lost").status == .missing)
+        // A LUN left with no device (detached behind Silo's back, its file gone): its stable name
+        // goes too, or it would name whatever device takes that number next.
+        let stray = try storage.create("stray", size: 4 << 20)
+        let link = storage.provider.configuration.linkDirectory + "/stray"
+        #expect(resolveLink(link) == stray.devicePath)
+        try LoopDevice(number: Int(try #require(stray.devicePath).dropFirst(9))!).detach()
+        unlink(stray.backingFile)
+        let strayReport = try other.reenumerate().wait()
+        #expect(strayReport.drift.contains { $0.contains("stray") && $0.contains("missing") })
+        #expect(resolveLink(link) == nil && strayReport.linksFixed.contains("stray"))
     }
 
     @Test("Offline detaches and keeps the data; online attaches again")

@@ -74,12 +74,15 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
-        let current = try record(named: name)
-        let newSize = try extendedSize(current, by: growth, to: target)
-        let growthBytes = newSize - current.size
-        try checkCapacity(for: growthBytes, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
-                          pool: (try? pool(named: current.pool)) ?? pool)
-        let record = try beginChange(name, operation: "extendLun")
+        // Worked out from the record under the lock that marks it: one read before could be
+        // stale by a change that ended meanwhile (an extend "to" would then cut its growth off).
+        var extended: UInt64 = 0
+        let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
+            extended = try extendedSize(current, by: growth, to: target)
+            try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
+                              pool: (try? pool(named: current.pool)) ?? pool)
+        }
+        let newSize = extended
         let chain = OperationChain<LunProperties>([
             OperationStep("grow backing file", weight: record.provisioning == .zeroed ? 90 : 2, run: { step in
                 try BackingFile.resize(record.backingFile, to: newSize)
@@ -118,19 +121,22 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
-        let current = try record(named: name)
-        let block = UInt64(current.blockSize)
-        let removed = bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block
-        guard bytes > 0, removed < current.size else {
-            throw SiloError(
-                .invalidShrinkSize,
-                "cannot shrink LUN '\(name)' of \(ByteCount.format(current.size)) by \(ByteCount.format(bytes)): "
-                    + "the amount must be more than zero and less than the size",
-                field: "by", value: "\(bytes)"
-            )
+        // From the record under the lock that marks it (see extendLun).
+        var shrunk: UInt64 = 0
+        let record = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
+            let block = UInt64(current.blockSize)
+            let removed = bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block
+            guard bytes > 0, removed < current.size else {
+                throw SiloError(
+                    .invalidShrinkSize,
+                    "cannot shrink LUN '\(name)' of \(ByteCount.format(current.size)) by \(ByteCount.format(bytes)): "
+                        + "the amount must be more than zero and less than the size",
+                    field: "by", value: "\(bytes)"
+                )
+            }
+            shrunk = current.size - removed
         }
-        let newSize = current.size - removed
-        let record = try beginChange(name, operation: "shrinkLun")
+        let newSize = shrunk
         if !force {
             do throws(SiloError) {
                 try guardData(record, newSize: newSize)

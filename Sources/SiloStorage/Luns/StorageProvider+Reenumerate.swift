@@ -62,13 +62,15 @@ extension StorageProvider {
         var records = try registry.loadAll()
         for index in records.indices.reversed() {
             var record = records[index]
+            // The LUN's devices are its own, whatever happens below: a live call's too, which
+            // the sweep of devices no record claims would otherwise detach under it.
+            let devices = ours.removeValue(forKey: record.id) ?? []
             // A live call (a change's mark in the record, a delete's beside it): leave it.
             if deleting.contains(record.name) { continue }
             if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
             if record.state == .creating {
                 // Died while provisioning: undo everything the record names.
-                for device in ours[record.id] ?? [] { try? device.detach() }
-                ours[record.id] = nil
+                for device in devices { try? device.detach() }
                 unlinkName(record.name)
                 try? BackingFile.remove(record.backingFile)
                 try registry.removeHoldingLock(record.name)
@@ -80,15 +82,14 @@ extension StorageProvider {
                 // Died mid-change: the file's size tells how far it got.
                 if let size = BackingFile.size(record.backingFile), size != record.size {
                     record.size = size
-                    if let device = ours[record.id]?.first { try? device.refreshCapacity() }
+                    if let device = devices.first { try? device.refreshCapacity() }
                 }
                 record.owner = nil
                 report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
             }
-            let devices = ours[record.id] ?? []
-            ours[record.id] = nil
-            var device = devices.first
-            for extra in devices.dropFirst() { try? extra.detach() }
+            // The one the record names, if it is among them; others are duplicates.
+            var device = devices.first { $0.number == record.device } ?? devices.first
+            for extra in devices where extra != device { try? extra.detach() }
             if !fileExists(record.backingFile) {
                 report.drift.append("\(record.name): backing file \(record.backingFile) is missing")
             } else if record.online, device == nil {
@@ -100,12 +101,16 @@ extension StorageProvider {
                 }
             }
             if record.device != device?.number { record.device = device?.number }
+            let link = configuration.linkDirectory + "/" + record.name
             if let device {
-                let link = configuration.linkDirectory + "/" + record.name
                 if resolveLink(link) != device.path {
                     try? self.link(record.name, to: device)
                     report.linksFixed.append(record.name)
                 }
+            } else if resolveLink(link) != nil {
+                // A stable name of a LUN without a device would name whatever device takes that number.
+                unlinkName(record.name)
+                report.linksFixed.append(record.name)
             }
             if record != records[index] { try registry.save(record) }
             records[index] = record

@@ -132,13 +132,18 @@ public final class StorageProvider: Sendable {
 
     // MARK: Changes: one at a time per LUN, across threads and processes (S12)
 
-    /// Marks the LUN as being changed by this process, under the registry lock.
+    /// Marks the LUN as being changed by this process, under the registry lock. `check` sees the
+    /// record as it is under that lock, before the mark: a change works out what it does from
+    /// that record (a size), not from one read earlier, which another change may have changed
+    /// since. When `check` throws, nothing is marked.
     /// - Throws: `anotherCallInProgress` while another call (in any process) changes it.
-    func beginChange(_ name: String, operation: String) throws(SiloError) -> LunRecord {
+    func beginChange(_ name: String, operation: String,
+                     checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunRecord {
         try Names.validate(name, field: "name", what: "a LUN name")
         return try registry.locked { () throws(SiloError) -> LunRecord in
             guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
             try checkChangeable(record)
+            try check(record)
             record.owner = ProcessIdentity.current(operation: operation)
             try registry.save(record, durable: false)  // an owner mark only has to outlive this process
             return record
@@ -148,7 +153,9 @@ public final class StorageProvider: Sendable {
     /// - Throws: `anotherCallInProgress` while a live call (in any process) changes the LUN;
     ///   `invalidOperation` for one a dead process left half-created.
     func checkChangeable(_ record: LunRecord) throws(SiloError) {
-        if let owner = record.owner ?? registry.deleteMark(record.name), ProcessIdentity.isAlive(owner) {
+        // Both: a dead change's mark may stay in the record (until reenumerate settles it) while
+        // a live delete's mark is beside it.
+        for owner in [record.owner, registry.deleteMark(record.name)].compactMap({ $0 }) where ProcessIdentity.isAlive(owner) {
             throw SiloError(
                 .anotherCallInProgress,
                 "LUN '\(record.name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",
