@@ -120,6 +120,40 @@ struct ChainTests {
         #expect(log.values == ["made", "unmade"])
     }
 
+    @Test("O14 a failure past a completed point of no return rolls back only the steps after it; cleanup still runs")
+    func failurePastPointOfNoReturn() throws {
+        let log = Recorder<String>()
+        func step(_ name: String, commits: Bool = false) -> OperationStep {
+            OperationStep(name, pointOfNoReturn: commits, run: { _ in log.append(name) }, rollback: { log.append("undo " + name) })
+        }
+        let failing = OperationChain<Int>([
+            step("a"), step("commit", commits: true), step("b"),
+            OperationStep("fails", run: { _ in throw SiloError(.unexpected, "after the commit") }),
+        ], output: { 1 }, cleanup: { log.append("cleanup") })
+        let error = #expect(throws: SiloError.self) { try scheduler.run(.start, chain: failing).wait(timeout: .seconds(10)) }
+        #expect(error?.code == .unexpected)
+        #expect(log.values == ["a", "commit", "b", "undo b", "cleanup"])
+
+        // The output failing after a last step that commits: nothing is undone.
+        let outputLog = Recorder<String>()
+        let late = OperationChain<Int>([
+            OperationStep("a", run: { _ in outputLog.append("a") }, rollback: { outputLog.append("undo a") }),
+            OperationStep("register", pointOfNoReturn: true, run: { _ in outputLog.append("register") },
+                          rollback: { outputLog.append("undo register") }),
+        ], output: { throw SiloError(.objectNotFound, "gone meanwhile") }, cleanup: { outputLog.append("cleanup") })
+        #expect(throws: SiloError.self) { try scheduler.run(.start, chain: late).wait(timeout: .seconds(10)) }
+        #expect(outputLog.values == ["a", "register", "cleanup"])
+
+        // Failing in the step that would commit commits nothing: everything before it is undone.
+        let uncommitted = Recorder<String>()
+        let refused = OperationChain<Int>([
+            OperationStep("a", run: { _ in uncommitted.append("a") }, rollback: { uncommitted.append("undo a") }),
+            OperationStep("commit", pointOfNoReturn: true, run: { _ in throw SiloError(.unexpected, "refused") }),
+        ], output: { 1 })
+        #expect(throws: SiloError.self) { try scheduler.run(.start, chain: refused).wait(timeout: .seconds(10)) }
+        #expect(uncommitted.values == ["a", "undo a"])
+    }
+
     @Test("O14 a step marked as the point of no return makes later cancels too late")
     func pointOfNoReturnStep() throws {
         let committed = Signal()

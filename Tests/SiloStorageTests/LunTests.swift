@@ -262,6 +262,8 @@ struct LunTests {
         try? slow.cancel()
         _ = try? slow.wait(timeout: .seconds(120))
         #expect(try storage.provider.lun(named: "busy").size == 8 << 20, "the cancelled extend rolled back")
+        #expect(BackingFile.size(try storage.provider.lun(named: "busy").backingFile) == 8 << 20,
+                "and its file, cut back by the step the cancel interrupted")
         _ = try storage.provider.shrinkLun("busy", by: 1 << 20).wait()
     }
 

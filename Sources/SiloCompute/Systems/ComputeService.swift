@@ -58,6 +58,8 @@ public final class ComputeService: Sendable {
             id: id, owner: document.owner, state: .created, document: text, initPID: nil, initStartTime: nil,
             exitType: nil, createdAt: nowSeconds(), shouldTerminateOnLastHandleClosed: document.shouldTerminateOnLastHandleClosed
         )
+        // Past "record" the system exists: a failure after (its handle could not be opened) leaves it.
+        let recorded = Atomic<Bool>(false)
         do {
             return try scheduler.run(.createComputeSystem, chain: OperationChain([
                 OperationStep("cgroup", run: { [self] _ in
@@ -67,8 +69,11 @@ public final class ComputeService: Sendable {
                 }),
                 OperationStep("record", pointOfNoReturn: true, run: { [self] _ in
                     try store.save(record)
+                    recorded.store(true, ordering: .releasing)
                 }),
-            ], output: { [self] in try open(id) }, cleanup: { [store] in store.remove(id) }), context: context, callback: callback)
+            ], output: { [self] in try open(id) }, cleanup: { [store] in
+                if !recorded.load(ordering: .acquiring) { store.remove(id) }
+            }), context: context, callback: callback)
         } catch {
             store.remove(id)
             throw error

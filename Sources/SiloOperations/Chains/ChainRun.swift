@@ -89,7 +89,10 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     }
 
     /// Rolls back the completed steps in reverse, then fails the operation. A cancel that was
-    /// accepted wins over the error the interrupted step reported (O8).
+    /// accepted wins over the error the interrupted step reported (O8). Steps up to a completed
+    /// point of no return are committed and stay: only those after it are rolled back (undoing
+    /// what came before a commit under what the commit made, such as a file cut back under a
+    /// device already grown, would leave neither state).
     private func abort(_ error: SiloError) {
         var failure = error
         if driver.isCancelled, error.code != .operationCancelled {
@@ -99,7 +102,8 @@ final class ChainRun<Output: Sendable>: ChainProgress {
             defer { steps = [] }
             return steps
         }
-        for step in done.reversed() {
+        let committed = done.lastIndex { $0.isPointOfNoReturn }.map { $0 + 1 } ?? 0
+        for step in done[committed...].reversed() {
             guard let rollback = step.rollback else { continue }
             do {
                 try rollback()

@@ -15,7 +15,8 @@ public struct OperationStep: Sendable {
 
     public let name: String
     public let weight: Int
-    /// Entering this step commits the operation: `cancel()` throws `cancelTooLate` from then on.
+    /// Entering this step commits the operation: `cancel()` throws `cancelTooLate` from then on,
+    /// and once the step is done, a later failure rolls back only the steps after it.
     public let isPointOfNoReturn: Bool
     let body: @Sendable (StepContext) throws -> Outcome
     let rollback: (@Sendable () throws -> Void)?

@@ -86,14 +86,20 @@ extension StorageProvider {
         let chain = OperationChain<LunProperties>([
             OperationStep("grow backing file", weight: record.provisioning == .zeroed ? 90 : 2, run: { step in
                 try BackingFile.resize(record.backingFile, to: newSize)
-                switch record.provisioning {
-                case .thin: break
-                case .thick: try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
-                case .zeroed:
-                    try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
-                    try BackingFile.zero(record.backingFile, from: record.size, to: newSize,
-                                         progress: { step.reportProgress(completed: $0, of: $1) },
-                                         cancelled: { step.isCancelled })
+                do throws(SiloError) {
+                    switch record.provisioning {
+                    case .thin: break
+                    case .thick: try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
+                    case .zeroed:
+                        try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
+                        try BackingFile.zero(record.backingFile, from: record.size, to: newSize,
+                                             progress: { step.reportProgress(completed: $0, of: $1) },
+                                             cancelled: { step.isCancelled })
+                    }
+                } catch {
+                    // This step did not complete, so no rollback runs for it: it undoes its own growth.
+                    try? BackingFile.resize(record.backingFile, to: record.size)
+                    throw error
                 }
             }, rollback: {
                 try BackingFile.resize(record.backingFile, to: record.size)
@@ -104,7 +110,7 @@ extension StorageProvider {
             OperationStep("register", weight: 1, run: { [self] _ in
                 try endChange(name) { $0.size = newSize }
             }),
-        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name) })
+        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name, sizedByFile: record) })
         return try runChange(name, .extendLun, chain: chain, context: context, callback: callback)
     }
 
@@ -156,7 +162,7 @@ extension StorageProvider {
             OperationStep("register", weight: 1, run: { [self] _ in
                 try endChange(name) { $0.size = newSize }
             }),
-        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name) })
+        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name, sizedByFile: record) })
         return try runChange(name, .shrinkLun, chain: chain, context: context, callback: callback)
     }
 

@@ -51,7 +51,7 @@ extension StorageProvider {
                 try BackingFile.remove(file)
             }),
         ] + attachSteps(record), output: { [self] in try lun(named: name) }, cleanup: { [registry] in
-            try registry.remove(name)
+            try registry.removeReservation(record, file: nil)  // the copy's rollback removes the file
         })
         do {
             return try configuration.scheduler.run(.cloneLun, chain: chain, context: context, callback: callback)

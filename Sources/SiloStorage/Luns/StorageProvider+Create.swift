@@ -75,10 +75,10 @@ extension StorageProvider {
         }
         steps += attachSteps(record)
         // The record and the file made before the chain are the reservation: removed on any
-        // failure or cancel.
+        // failure or cancel before "register". Past it the LUN is made, and a failure after (its
+        // properties could not be read) undoes nothing.
         return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
-            try BackingFile.remove(file)
-            try registry.remove(record.name)
+            try registry.removeReservation(record, file: file)
         })
     }
 

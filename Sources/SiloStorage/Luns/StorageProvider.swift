@@ -171,6 +171,16 @@ public final class StorageProvider: Sendable {
         }
     }
 
+    /// Ends a resize that failed or was cancelled: the record takes the size of the backing file,
+    /// which is the old size when the resize was rolled back and the new one when it failed past
+    /// its point of no return (a shrink's cut, an extend's device resize).
+    func endChange(_ name: String, sizedByFile record: LunRecord) throws(SiloError) {
+        let size = BackingFile.size(record.backingFile)
+        try endChange(name) { stored in
+            if let size { stored.size = size }
+        }
+    }
+
     /// Ends a change: applies `update` and clears the owner.
     func endChange(_ name: String, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
         // The owner mark keeps other writers off the record, so it is read without the lock.

@@ -89,6 +89,15 @@ struct LunRegistry: Sendable {
         try syncDirectory(directory)
     }
 
+    /// Undoes a provisioning's reservation: its record (and `file`, if given) while the record is
+    /// still this provisioning's and not registered. Once "register" made the LUN ready, or the
+    /// name holds another LUN's record, nothing is removed.
+    func removeReservation(_ record: LunRecord, file: String?) throws(SiloError) {
+        guard let stored = try load(record.name), stored.id == record.id, stored.state == .creating else { return }
+        if let file { try BackingFile.remove(file) }
+        try remove(record.name)
+    }
+
     /// Removes a record, holding the registry lock; the folder's fsync that makes the removal
     /// durable comes after the lock.
     func remove(_ name: String) throws(SiloError) {
