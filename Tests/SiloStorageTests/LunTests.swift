@@ -354,6 +354,43 @@ struct LunTests {
         #expect(try storage.provider.lun(named: "changing").status == .online)
     }
 
+    @Test("S13 S15 reenumerate reports a damaged record and sweeps no orphan while it is there; it removes what killed writers left")
+    func damagedRecordAndLeftovers() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let broken = try storage.create("broken", size: 4 << 20)
+        _ = try storage.create("fine", size: 4 << 20)
+        let registryFolder = storage.path + "/state/luns"
+        let recordPath = registryFolder + "/broken.json"
+        let original = try #require(readSmallFile(recordPath))
+        #expect(writeFile(recordPath, "{\"name\": \"broken\", "))  // a torn write
+        let orphan = storage.path + "/state/pool/orphan.img"
+        try makeSparseFile(orphan, size: 1 << 20)
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.drift.contains { $0.contains(recordPath) && $0.contains("damaged") }, "\(report.drift)")
+        #expect(fileExists(broken.backingFile) && fileExists(orphan), "nothing swept while a record is damaged")
+        #expect(readSmallFile("/sys/block/\(try #require(broken.devicePath).dropFirst(5))/loop/backing_file") == broken.backingFile)
+        #expect(resolveLink(storage.provider.configuration.linkDirectory + "/broken") == broken.devicePath)
+        #expect(writeFile(recordPath, original))
+        let repaired = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(repaired.orphanFilesRemoved == [orphan] && !fileExists(orphan))
+
+        // A record's temporary copy and a stable name's, left by a process that died; this
+        // process's own stay.
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        waitpid(dead, nil, 0)
+        let deadTemporary = registryFolder + "/.fine.json.\(dead).tmp"
+        let liveTemporary = registryFolder + "/.fine.json.\(getpid()).tmp"
+        let deadLink = storage.provider.configuration.linkDirectory + "/.fine.\(dead)"
+        #expect(writeFile(deadTemporary, "{") && writeFile(liveTemporary, "{"))
+        #expect(symlink("/dev/loop0", deadLink) == 0)
+        let cleaned = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(!fileExists(deadTemporary) && resolveLink(deadLink) == nil && fileExists(liveTemporary))
+        #expect(cleaned.repaired.count == 2, "\(cleaned.repaired)")
+        unlink(liveTemporary)
+    }
+
     @Test("S13 LUNs persist: another provider sees them; reenumerate re-attaches and reports drift")
     func persistence() throws {
         let storage = TestStorage()

@@ -135,3 +135,13 @@ func writeBytes(_ path: String, offset: UInt64, _ bytes: [UInt8]) throws {
     let put = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, bytes.count, off_t(offset)) }
     guard put == bytes.count, fsync(fd) == 0 else { throw SiloError.system("pwrite", errno: errno, path: path) }
 }
+
+/// Replaces the file at `path` with `text`; false when it cannot.
+@discardableResult
+func writeFile(_ path: String, _ text: String) -> Bool {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    return bytes.withUnsafeBytes { write(fd, $0.baseAddress, bytes.count) } == bytes.count
+}

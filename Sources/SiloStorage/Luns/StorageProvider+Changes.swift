@@ -35,16 +35,18 @@ extension StorageProvider {
                     // The mark kept the record as it was read. The unbind refuses a device
                     // anything holds open (a mount, a holder, a system's lease, a process), the
                     // way it refuses a lazy detach.
+                    // The mark and the stable name go under the same lock as the record: once
+                    // it is let go, a create may take the name, and a delete of that LUN mark it.
                     try registry.locked { () throws(SiloError) in
                         if let device = attachedDevice(record) { try device.unbind() }
                         try registry.removeHoldingLock(name, durable: false)
+                        registry.removeDeleteMark(name)
+                        unlinkName(name)
                     }
                 } catch {
                     registry.removeDeleteMark(name)
                     throw error
                 }
-                registry.removeDeleteMark(name)
-                unlinkName(name)
                 try BackingFile.remove(record.backingFile)
                 try registry.syncFolder()
             }

@@ -59,7 +59,12 @@ extension StorageProvider {
             registry.removeDeleteMark(name)
             report.repaired.append("\(name): deleteLun of a dead process settled")
         }
-        var records = try registry.loadAll()
+        // A damaged record (a power loss on a file system that does not order a rename after the
+        // data it renames) is reported, not fatal; but its LUN's file and devices cannot be told
+        // from orphans, so nothing is swept as an orphan until it is repaired or removed.
+        var damaged: [SiloError] = []
+        var records = registry.loadAll(damaged: &damaged)
+        report.drift += damaged.map { "\($0.message); no orphan device or file is removed while it is there" }
         for index in records.indices.reversed() {
             var record = records[index]
             // The LUN's devices are its own, whatever happens below: a live call's too, which
@@ -118,7 +123,7 @@ extension StorageProvider {
 
         // Silo devices of this pool that no record claims (a crash between attach and register
         // whose record was already gone, or a registry restored from backup).
-        for (id, devices) in ours {
+        for (id, devices) in ours where damaged.isEmpty {
             for device in devices {
                 do throws(SiloError) {
                     try device.detach()
@@ -130,7 +135,7 @@ extension StorageProvider {
         }
         // Backing files no record names.
         let named = Set(records.map(\.backingFile))
-        for pool in pools {
+        for pool in pools where damaged.isEmpty {
             for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
                 let path = pool.directory + "/" + entry
                 if !named.contains(path) {
@@ -139,11 +144,29 @@ extension StorageProvider {
                 }
             }
         }
-        // Stable names without a LUN.
-        let names = Set(records.map(\.name))
+        // Stable names without a LUN (a damaged record's name is still its LUN's).
+        let names = Set(records.map(\.name) + damaged.compactMap { error -> String? in
+            guard let file = error.value?.split(separator: "/").last, file.hasSuffix(".json") else { return nil }
+            return String(file.dropLast(".json".count))
+        })
         for entry in directoryEntries(configuration.linkDirectory) where !names.contains(entry) && !entry.hasPrefix(".") {
             unlinkName(entry)
             report.linksFixed.append(entry)
+        }
+        // What a killed process left half-written: a record's temporary copy
+        // (`.<name>.json.<pid>.tmp`) or a stable name's (`.<name>.<pid>`).
+        for (folder, pidField) in [(registry.directory, 2), (configuration.linkDirectory, 1)] {
+            for entry in directoryEntries(folder, hidden: true) where entry.hasPrefix(".") {
+                var fields = entry.split(separator: ".")
+                if folder == registry.directory {
+                    guard entry.hasSuffix(".tmp") else { continue }
+                    fields.removeLast()
+                }
+                guard fields.count > pidField, let pid = Int32(fields[fields.count - 1]), pid > 0,
+                      kill(pid, 0) != 0, errno == ESRCH else { continue }
+                unlink(folder + "/" + entry)
+                report.repaired.append("\(folder)/\(entry): left by dead pid \(pid), removed")
+            }
         }
         return report
     }

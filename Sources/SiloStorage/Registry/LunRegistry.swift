@@ -47,6 +47,22 @@ struct LunRegistry: Sendable {
         return records.sorted { $0.name < $1.name }
     }
 
+    /// Every record that decodes; what each damaged one's decoding said goes to `damaged`
+    /// (reenumerate reports them rather than stop at the first).
+    func loadAll(damaged: inout [SiloError]) -> [LunRecord] {
+        var records: [LunRecord] = []
+        for entry in directoryEntries(directory) where entry.hasSuffix(".json") {
+            let path = directory + "/" + entry
+            guard let bytes = readFile(path) else { continue }
+            do throws(SiloError) {
+                records.append(try decode(bytes, path: path))
+            } catch {
+                damaged.append(error)
+            }
+        }
+        return records.sorted { $0.name < $1.name }
+    }
+
     /// Writes a record atomically (temp file, rename). `durable` adds the fsyncs that make it
     /// survive power loss. Intents and owner marks need not: they only have to survive the death of
     /// the process, which the page cache does, and after a reboot `reenumerate` removes what an
