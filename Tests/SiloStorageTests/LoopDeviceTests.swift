@@ -33,7 +33,12 @@ struct LoopDeviceTests {
             close(probe)
             #expect(attachment.directIO && status.directIO, "direct I/O is off on a file system that takes O_DIRECT")
         }
-        try device.detach()
+        // A detach that expects another owner's tag (the device was bound again by someone
+        // else since it was looked up) leaves the device alone; so does an unbind.
+        try device.detach(expecting: "silo:someone-else")
+        try device.unbind(expecting: "silo:someone-else")
+        #expect(device.status != nil, "another tag's device stays bound")
+        try device.detach(expecting: "silo:test-attach")
         detached = true
         #expect(device.status == nil, "detach must not be lazy")
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)

@@ -156,18 +156,30 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     /// Unbinds the device. Refuses a device in use instead of letting the kernel detach it lazily
     /// (on this kernel `LOOP_CLR_FD` on a busy device succeeds and detaches later).
     /// - Throws: `deviceInUse` when mounted, held open exclusively, or holding other devices.
-    public func detach() throws(SiloError) {
+    /// - Parameter tag: the owner tag the device must still carry (a LUN's): a device that no
+    ///   longer does was unbound and bound again by someone else since it was looked up, and is
+    ///   left alone.
+    public func detach(expecting tag: String? = nil) throws(SiloError) {
+        if let tag, self.tag != tag { return }
         if let use = InUse.check(self) {
             throw SiloError(.deviceInUse, "\(path) is in use (\(use)); unmount or close it first",
                             field: "device", value: path)
         }
-        try unbind()
+        try unbind(expecting: tag)
     }
 
     /// `detach` without its in-use check, for a caller that made it (the lazy-detach guard stays).
-    func unbind() throws(SiloError) {
+    /// The tag is checked again under the device's lock, which Silo's attaches take too.
+    func unbind(expecting tag: String? = nil) throws(SiloError) {
         let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
         flock(fd, LOCK_EX)
+        if let tag {
+            var info = loop_info64()
+            if silo_loop_get_status64(fd, &info) != 0 || cName(info.lo_file_name) != tag {
+                close(fd)  // unbound, or someone else's now
+                return
+            }
+        }
         if silo_loop_clr_fd(fd) != 0 {
             let error = errno
             close(fd)

@@ -90,7 +90,7 @@ extension StorageProvider {
             OperationStep("attach", weight: 2, run: { _ in
                 attachment.set(try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions))
             }, rollback: {
-                try attachment.value?.device.detach()
+                try attachment.value?.device.detach(expecting: record.tag)
             }),
             OperationStep("link", weight: 1, run: { [self] _ in
                 guard let device = attachment.value?.device else { return }

@@ -75,7 +75,7 @@ extension StorageProvider {
             if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
             if record.state == .creating {
                 // Died while provisioning: undo everything the record names.
-                for device in devices { try? device.detach() }
+                for device in devices { try? device.detach(expecting: record.tag) }
                 unlinkName(record.name)
                 try? BackingFile.remove(record.backingFile)
                 try registry.removeHoldingLock(record.name)
@@ -94,7 +94,7 @@ extension StorageProvider {
             }
             // The one the record names, if it is among them; others are duplicates.
             var device = devices.first { $0.number == record.device } ?? devices.first
-            for extra in devices where extra != device { try? extra.detach() }
+            for extra in devices where extra != device { try? extra.detach(expecting: record.tag) }
             if !fileExists(record.backingFile) {
                 report.drift.append("\(record.name): backing file \(record.backingFile) is missing")
             } else if record.online, device == nil {
@@ -126,7 +126,7 @@ extension StorageProvider {
         for (id, devices) in ours where damaged.isEmpty {
             for device in devices {
                 do throws(SiloError) {
-                    try device.detach()
+                    try device.detach(expecting: LunRecord.tag(id: id))
                     report.orphanDevicesDetached.append("\(device.path) (silo:\(id))")
                 } catch {
                     report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use: \(error.message)")
