@@ -33,9 +33,18 @@ public struct StorageConfiguration: Sendable {
     var poolDirectory: String { stateDirectory + "/pool" }
     var lockFile: String { stateDirectory + "/lock" }
 
-    private static func normalize(_ path: String) -> String {
-        var path = path
-        while path.count > 1, path.hasSuffix("/") { path.removeLast() }
-        return path
+    /// Absolute (a relative path is taken from the working directory now: records name backing
+    /// files by paths under it, which another working directory would read elsewhere), without
+    /// empty or `.` components or a trailing slash.
+    static func normalize(_ path: String) -> String {
+        var full = path
+        if !full.hasPrefix("/") {
+            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            if getcwd(&buffer, buffer.count) != nil {
+                full = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + full
+            }
+        }
+        let parts = full.split(separator: "/").filter { $0 != "." }
+        return parts.isEmpty ? "/" : "/" + parts.joined(separator: "/")
     }
 }

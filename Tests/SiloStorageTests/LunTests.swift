@@ -391,6 +391,27 @@ struct LunTests {
         unlink(liveTemporary)
     }
 
+    @Test("S13 a state directory reached through a link: its LUNs show their devices, and reenumerate attaches no second one")
+    func stateDirectoryThroughLink() throws {
+        let scratch = Scratch()
+        defer {
+            for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
+            scratch.cleanup()
+        }
+        try #require(mkdir(scratch.path + "/real", 0o700) == 0 && symlink(scratch.path + "/real", scratch.path + "/link") == 0)
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/link"))
+        let lun = try provider.createLun(LunSpec(name: "linked", size: 4 << 20)).wait(timeout: .seconds(60))
+        defer { _ = try? provider.deleteLun("linked").wait(timeout: .seconds(30)) }
+        #expect(lun.backingFile.hasPrefix(scratch.path + "/link/"), "the record keeps the path it was given")
+        #expect(lun.status == .online && lun.devicePath != nil, "\(lun.status)")
+        #expect(try provider.lun(named: "linked").status == .online)
+        let report = try provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.attached.isEmpty && report.orphanDevicesDetached.isEmpty && report.orphanFilesRemoved.isEmpty, "\(report)")
+        #expect(loopDevices(backedUnder: scratch.path + "/real").count == 1)
+        try provider.deleteLun("linked").wait(timeout: .seconds(30))
+        #expect(loopDevices(backedUnder: scratch.path + "/real").isEmpty)
+    }
+
     @Test("S13 LUNs persist: another provider sees them; reenumerate re-attaches and reports drift")
     func persistence() throws {
         let storage = TestStorage()

@@ -114,6 +114,44 @@ struct PoolTests {
         #expect(access(storage.path + "/p", F_OK) != 0, "nothing made")
     }
 
+    @Test("S13 a pool is one state directory's: another cannot add it, and its reenumerate leaves the files there alone")
+    func poolsBelongToOneStateDirectory() throws {
+        let first = TestStorage()
+        defer { first.finish() }
+        let second = TestStorage()
+        defer { second.finish() }
+        let shared = first.path + "/shared"
+        _ = try first.provider.addPool("shared", directory: shared)
+        let lun = try first.provider.createLun(LunSpec(name: "theirs", size: 4 << 20, pool: "shared")).wait(timeout: .seconds(60))
+        let home = try first.create("home", size: 4 << 20)
+        for directory in [shared, shared + "/inner", first.path + "/state/pool"] {
+            let refused = #expect(throws: SiloError.self) { _ = try second.provider.addPool("taken", directory: directory) }
+            #expect(refused?.code == .invalidArgument && refused?.message.contains(first.path + "/state") == true,
+                    "\(directory): \(String(describing: refused?.message))")
+        }
+        #expect(try second.provider.pools().map(\.name) == ["default"], "nothing added")
+        // The same state folder reached another way (a link to it) is still the owner, and its
+        // LUNs' files are no orphans of it, though their records spell their paths otherwise.
+        #expect(symlink(first.path + "/state", first.path + "/state-link") == 0)
+        let sameFolder = StorageProvider(configuration: StorageConfiguration(stateDirectory: first.path + "/state-link"))
+        let again = try sameFolder.reenumerate().wait(timeout: .seconds(60))
+        #expect(!again.drift.contains { $0.contains("is a pool of") } && again.orphanFilesRemoved.isEmpty, "\(again)")
+
+        // A list that names the first's pool anyway (written by hand, or before pools were marked):
+        // the second's reenumerate reports it and removes none of its files.
+        #expect(writeFile(second.path + "/state/pools.json", #"[{"directory":"\#(shared)","name":"shared"}]"#))
+        let report = try second.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.orphanFilesRemoved.isEmpty && fileExists(lun.backingFile) && fileExists(home.backingFile), "\(report)")
+        #expect(report.drift.contains { $0.contains(shared) && $0.contains(first.path + "/state") }, "\(report.drift)")
+        #expect(writeFile(second.path + "/state/pools.json", "[]"))
+
+        // Removed from the first's list, the folder is free for another.
+        try first.provider.deleteLun("theirs").wait(timeout: .seconds(30))
+        try first.provider.removePool("shared")
+        _ = try second.provider.addPool("shared", directory: shared)
+        #expect(StorageProvider.poolOwner(of: shared) == second.path + "/state")
+    }
+
     @Test("E1 S13 a damaged pool list is refused by the changes to it, never written over")
     func damagedPoolList() throws {
         let storage = TestStorage()

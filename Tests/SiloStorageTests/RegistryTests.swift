@@ -125,3 +125,16 @@ struct IdentityTests {
         #expect(ProcessIdentity.startTime(of: 0) == nil)
     }
 }
+
+@Suite("The state directory's path")
+struct StateDirectoryPathTests {
+    @Test("A state directory is made absolute, without empty or '.' components or a trailing slash")
+    func normalized() throws {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let cwd = String(cString: try #require(getcwd(&buffer, buffer.count)))
+        #expect(StorageConfiguration(stateDirectory: "rel/./state//").stateDirectory == (cwd == "/" ? "" : cwd) + "/rel/state")
+        #expect(StorageConfiguration(stateDirectory: "/var//lib/./silo/").stateDirectory == "/var/lib/silo")
+        #expect(StorageConfiguration(stateDirectory: "/var/lib/silo/").linkDirectory == "/dev/silo")
+        #expect(StorageConfiguration(stateDirectory: "/").stateDirectory == "/")
+    }
+}

@@ -252,6 +252,18 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         return cName(info.lo_file_name)
     }
 
+    /// The owner tag and the backing file's device and inode, from one `LOOP_GET_STATUS64`; nil
+    /// when the device is not bound. The inode is what names the file: sysfs's path is the one the
+    /// kernel resolved, which need not be the path it was bound by (a link on the way).
+    var binding: (tag: String, fileDevice: UInt64, inode: UInt64)? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = loop_info64()
+        guard silo_loop_get_status64(fd, &info) == 0 else { return nil }
+        return (cName(info.lo_file_name), info.lo_device, info.lo_inode)
+    }
+
     public struct Status: Sendable, Hashable {
         public let backingFile: String
         public let size: UInt64

@@ -56,6 +56,41 @@ extension StorageProvider {
         [pool] + ((try? addedPools()) ?? [])
     }
 
+    /// Each pool's folder holds `.silo-pool`, naming the state directory whose pool it is: a
+    /// second state directory cannot add it (its reenumerate would take the first's backing files
+    /// for orphans and remove them), and reenumerate sweeps only pools of its own.
+    static let poolMarker = ".silo-pool"
+
+    /// The state directory a pool folder's marker names; nil when it has none.
+    static func poolOwner(of directory: String) -> String? {
+        readSmallFile(directory + "/" + poolMarker)
+    }
+
+    /// Marks `directory` as a pool of this state directory.
+    func claimPool(_ directory: String) throws(SiloError) {
+        let marker = directory + "/" + Self.poolMarker
+        try writeJSONAtomically(configuration.stateDirectory + "\n", to: marker, temporary: marker + ".\(getpid()).tmp", durable: true)
+    }
+
+    /// Whether `other` names this state directory (the same folder, however written).
+    func isThisStateDirectory(_ other: String) -> Bool {
+        if other == configuration.stateDirectory { return true }
+        var mine = stat()
+        var theirs = stat()
+        return stat(configuration.stateDirectory, &mine) == 0 && stat(other, &theirs) == 0
+            && mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino
+    }
+
+    /// The state directory, other than this one, whose pool `directory` (or a folder above it) is.
+    private func otherOwner(of directory: String) -> (owner: String, pool: String)? {
+        var path = directory
+        while !path.isEmpty {
+            if let owner = Self.poolOwner(of: path), !isThisStateDirectory(owner) { return (owner, path) }
+            path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        }
+        return nil
+    }
+
     private func noSuchPool(_ name: String) -> SiloError {
         SiloError(.objectNotFound, "no pool named '\(name)'; 'silo pool list' shows them", field: "pool", value: name)
     }
@@ -116,13 +151,24 @@ extension StorageProvider {
                 throw SiloError.invalidArgument(field: "directory", value: directory,
                                                 reason: "it overlaps \(other.name == "state" ? "the state directory" : "pool '\(other.name)'") at \(other.directory)")
             }
+            if let other = otherOwner(of: path) {
+                throw SiloError.invalidArgument(field: "directory", value: directory,
+                                                reason: "\(other.pool) is a pool of the state directory \(other.owner) "
+                                                    + "(if that is gone, remove \(other.pool)/\(Self.poolMarker))")
+            }
             var made = ""
             for component in path.split(separator: "/") {
                 made += "/" + component
                 if mkdir(made, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: made) }
             }
+            try claimPool(path)
             let added = existing.dropFirst().map { PoolRecord(name: $0.name, directory: $0.directory) } + [PoolRecord(name: name, directory: path)]
-            try savePools(added)
+            do throws(SiloError) {
+                try savePools(added)
+            } catch {
+                unlink(path + "/" + Self.poolMarker)
+                throw error
+            }
         }
         guard let properties = try pools().first(where: { $0.name == name }) else { throw SiloError.notFound("pool", field: "pool", value: name) }
         return properties
@@ -146,6 +192,10 @@ extension StorageProvider {
                                 field: "pool", value: name)
             }
             try savePools(added.filter { $0.name != name }.map { PoolRecord(name: $0.name, directory: $0.directory) })
+            if let removed = added.first(where: { $0.name == name }), let owner = Self.poolOwner(of: removed.directory),
+               isThisStateDirectory(owner) {
+                unlink(removed.directory + "/" + Self.poolMarker)
+            }
         }
     }
 

@@ -39,11 +39,14 @@ extension StorageProvider {
     private func reconcile() throws(SiloError) -> ReenumerateReport {
         var report = ReenumerateReport()
         let pools = allPools()
-        let prefixes = pools.map { $0.directory + "/" }
-        // Silo-tagged devices bound to files of these pools, by LUN id.
+        // Silo-tagged devices bound to files of these pools, by LUN id. The pools are told by
+        // identity: the kernel names a backing file by its resolved path, which need not be the
+        // one the state directory was given as (a link to it).
+        let poolFolders = Set(pools.compactMap { FileIdentity(path: $0.directory) })
         var ours: [String: [LoopDevice]] = [:]
         for device in LoopDevice.all() {
-            guard let status = device.status, prefixes.contains(where: { status.backingFile.hasPrefix($0) }),
+            guard let status = device.status, let slash = status.backingFile.lastIndex(of: "/"),
+                  let folder = FileIdentity(path: String(status.backingFile[..<slash])), poolFolders.contains(folder),
                   let tag = device.tag, tag.hasPrefix("silo:") else { continue }
             ours[String(tag.dropFirst(5)), default: []].append(device)
         }
@@ -133,12 +136,22 @@ extension StorageProvider {
                 }
             }
         }
-        // Backing files no record names.
-        let named = Set(records.map(\.backingFile))
+        // Backing files no record names, told by identity (device and inode), not by path: a
+        // record's path and the pool folder's listing may spell one folder two ways.
+        let named = Set(records.compactMap { FileIdentity(path: $0.backingFile) })
         for pool in pools where damaged.isEmpty {
+            // Only pools of this state directory: one that another's marker names holds its files.
+            if let owner = Self.poolOwner(of: pool.directory) {
+                guard isThisStateDirectory(owner) else {
+                    report.drift.append("pool '\(pool.name)' at \(pool.directory) is a pool of the state directory \(owner); its files are left alone")
+                    continue
+                }
+            } else {
+                try? claimPool(pool.directory)  // made before pools were marked
+            }
             for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
                 let path = pool.directory + "/" + entry
-                if !named.contains(path) {
+                if let identity = FileIdentity(path: path), !named.contains(identity) {
                     try? BackingFile.remove(path)
                     report.orphanFilesRemoved.append(path)
                 }
@@ -169,5 +182,18 @@ extension StorageProvider {
             }
         }
         return report
+    }
+}
+
+/// A file's device and inode: the same file however its path is written.
+struct FileIdentity: Hashable {
+    let device: UInt64
+    let inode: UInt64
+
+    init?(path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        device = UInt64(info.st_dev)
+        inode = UInt64(info.st_ino)
     }
 }

@@ -33,13 +33,15 @@ public final class StorageProvider: Sendable {
         return record
     }
 
-    /// The loop device bound to this LUN's backing file and carrying its tag, if any.
+    /// The loop device bound to this LUN's backing file and carrying its tag, if any. The file is
+    /// compared by device and inode: the record's path and the kernel's may spell it two ways
+    /// (a state directory reached through a link).
     func attachedDevice(_ record: LunRecord) -> LoopDevice? {
-        if let number = record.device {
-            let device = LoopDevice(number: number)
-            if device.backingFile == record.backingFile, device.tag == record.tag { return device }
-        }
-        return nil
+        guard let number = record.device else { return nil }
+        let device = LoopDevice(number: number)
+        guard let binding = device.binding, binding.tag == record.tag, let file = FileIdentity(path: record.backingFile),
+              file.device == binding.fileDevice, file.inode == binding.inode else { return nil }
+        return device
     }
 
     func properties(of record: LunRecord) -> LunProperties {

@@ -14,6 +14,10 @@ struct LunRegistry: Sendable {
         for path in [configuration.stateDirectory, configuration.registryDirectory, configuration.poolDirectory] {
             try makeDirectory(path)
         }
+        let marker = configuration.poolDirectory + "/" + StorageProvider.poolMarker
+        if !fileExists(marker) {
+            try writeJSONAtomically(configuration.stateDirectory + "\n", to: marker, temporary: marker + ".\(getpid()).tmp", durable: true)
+        }
     }
 
     /// Runs `body` holding the registry lock. The lock file's open is the check that the state
