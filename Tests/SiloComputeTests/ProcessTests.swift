@@ -374,6 +374,19 @@ struct ProcessTests {
         #expect(pairSignals.values.withLock { $0 } == [0: SIGKILL, 1: SIGKILL])
     }
 
+    @Test("C8 the exit of a process whose handle was closed is dropped, not kept for a later process that gets its pid")
+    func closedHandleExitDropped() throws {
+        let box = try RunningSystem("cx")
+        defer { box.finish() }
+        let process = try box.run("sleep 0.2", stdout: false)
+        process.close()
+        // The exit comes while a later process's wait reads the connection.
+        let later = try box.run("sleep 0.6; exit 2", stdout: false)
+        defer { later.close() }
+        #expect(try later.wait(timeout: .seconds(10)).exitCode == 2)
+        #expect(box.system.unclaimedExitCount == 0)
+    }
+
     @Test("C8 a wait given a timeout of centuries waits as long as the process runs (the deadline does not overflow)")
     func hugeTimeout() throws {
         let box = try RunningSystem("ht")

@@ -90,6 +90,9 @@ public final class ComputeProcess: Sendable {
 
     deinit { closeDescriptors() }
 
+    /// Whether the exit was seen, without taking in what arrived (for the system's bookkeeping).
+    var hasExited: Bool { state.withLock { $0.status.exited } }
+
     /// Running, or how it ended. Takes in what the agent sent meanwhile when nobody reads its
     /// connection (see ``AgentConnection``), so that polling this sees the exit.
     public var status: ProcessStatus {

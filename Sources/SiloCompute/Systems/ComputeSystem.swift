@@ -28,6 +28,9 @@ public final class ComputeSystem: Sendable {
         var processes: [Int32: [WeakProcess]] = [:]
         /// Exits that came before their process's handle was made (the reply and the event race).
         var unclaimedExits: [Int32: Int32] = [:]
+        /// Running processes whose last handle here was closed: their exit is dropped when it
+        /// comes, not kept as unclaimed for a later process that the same pid might name.
+        var forgotten: Set<Int32> = []
         var closed = false
         /// An event handler is set on this handle or on one of its processes: the connection keeps
         /// a reader thread, so that events come with nobody waiting for them.
@@ -466,27 +469,36 @@ public final class ComputeSystem: Sendable {
     /// Whether this handle is connected to the system's agent, and the connection has not ended.
     var hasLiveAgent: Bool { agentState.withLock { $0.connection.map { !$0.isClosed } ?? false } }
 
+    /// Exits kept for a handle not made yet (the tests' view of the bookkeeping).
+    var unclaimedExitCount: Int { agentState.withLock { $0.unclaimedExits.count } }
+
     /// Whether this handle's agent connection ended (the system stopped).
     var agentIsGone: Bool { agentState.withLock { $0.connection?.isClosed ?? false } }
 
     private func register(_ process: ComputeProcess) {
         let unclaimed = agentState.withLock { agent -> Int32? in
             agent.processes[process.pid, default: []].append(WeakProcess(process: process))
+            agent.forgotten.remove(process.pid)
             return agent.unclaimedExits.removeValue(forKey: process.pid)
         }
         if let unclaimed { processExited(process.pid, status: unclaimed) }
     }
 
     func forget(_ process: ComputeProcess) {
+        let running = !process.hasExited
         agentState.withLock { agent in
             agent.processes[process.pid]?.removeAll { $0.process == nil || $0.process === process }
-            if agent.processes[process.pid]?.isEmpty == true { agent.processes[process.pid] = nil }
+            if agent.processes[process.pid]?.isEmpty == true {
+                agent.processes[process.pid] = nil
+                if running { agent.forgotten.insert(process.pid) }
+            }
         }
     }
 
     private func processExited(_ pid: Int32, status: Int32) {
         let handles = agentState.withLock { agent -> [ComputeProcess] in
             guard let entries = agent.processes.removeValue(forKey: pid) else {
+                if agent.forgotten.remove(pid) != nil { return [] }
                 if agent.unclaimedExits.count > 1024 { agent.unclaimedExits.removeAll() }
                 agent.unclaimedExits[pid] = status
                 return []

@@ -174,7 +174,14 @@ extension StorageProvider {
     public func setMask(_ name: String, _ list: String) throws(SiloError) -> LunProperties {
         let unmasking = try UnmaskingList.parse(list)
         _ = try beginChange(name, operation: "setMask")
-        try endChange(name) { $0.unmasking = unmasking }
+        do throws(SiloError) {
+            try endChange(name) { $0.unmasking = unmasking }
+        } catch {
+            // The change failed to land (a full disk): the mark must not outlive the call, or the
+            // LUN stays busy for as long as this process lives.
+            try? endChange(name)
+            throw error
+        }
         return try lun(named: name)
     }
 
