@@ -45,6 +45,8 @@ public struct StorageConfiguration: Sendable {
             }
         }
         let parts = full.split(separator: "/").filter { $0 != "." }
-        return parts.isEmpty ? "/" : "/" + parts.joined(separator: "/")
+        let joined = parts.joined(separator: "/")
+        // Relative still only when the working directory could not be read (it was removed).
+        return full.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
     }
 }

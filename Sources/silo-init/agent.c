@@ -100,9 +100,17 @@ static void close_connection(int slot);
 /// reads only while it waits for something), this returns 1 and the caller keeps the event for
 /// when the socket takes more (POLLOUT), rather than stall the agent behind that client or drop
 /// its connection. A failure otherwise closes the connection. 0 when sent.
+static void flush_exits(int slot, int wait);
+
 static int send_packet(int slot, uint16_t type, uint32_t id, const void *payload, uint32_t length, int event) {
     int fd = polls[2 + slot].fd;
     if (fd < 0) return 0;
+    // A reply goes after the exits kept for this connection: its client reads now (it waits for
+    // the reply), and the order it learns things in stays the order they happened in.
+    if (!event && (polls[2 + slot].events & POLLOUT)) {
+        flush_exits(slot, 1);
+        if (polls[2 + slot].fd < 0) return 0;
+    }
     struct silo_agent_header header = { SILO_AGENT_MAGIC, SILO_AGENT_VERSION, type, id, length };
     struct iovec parts[2] = { { &header, sizeof header }, { (void *)payload, length } };
     struct msghdr message = { .msg_iov = parts, .msg_iovlen = length ? 2 : 1 };
@@ -129,17 +137,36 @@ static void send_exit(int slot, struct process *process) {
     polls[2 + slot].events |= POLLOUT;
 }
 
-/// Connection `slot` has room again: sends the exits it missed, until its buffer is full again.
-static void flush_exits(int slot) {
+/// Sends connection `slot` the exits kept for it, oldest first: until its buffer is full again,
+/// or, with `wait`, waiting for room (a client that waits for a reply reads; at shutdown a send
+/// timeout bounds the wait).
+static void flush_exits(int slot, int wait) {
     uint64_t bit = 1ull << slot;
-    for (int i = 0; i < MAX_PROCESSES; i++) {
-        if (!(processes[i].unsent & bit)) continue;
-        struct silo_agent_exited body = { processes[i].pid, processes[i].status };
-        if (send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, 1) != 0) return;
-        if (polls[2 + slot].fd < 0) return;  // the send closed it
-        processes[i].unsent &= ~bit;
+    polls[2 + slot].events &= ~POLLOUT;  // no reply in between goes through here again
+    for (;;) {
+        struct process *oldest = NULL;
+        for (int i = 0; i < MAX_PROCESSES; i++) {
+            if ((processes[i].unsent & bit) && (!oldest || processes[i].exited_at < oldest->exited_at)) oldest = &processes[i];
+        }
+        if (!oldest) return;
+        struct silo_agent_exited body = { oldest->pid, oldest->status };
+        if (send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, !wait) != 0) {
+            polls[2 + slot].events |= POLLOUT;
+            return;
+        }
+        if (polls[2 + slot].fd < 0) return;  // the send failed and closed it
+        oldest->unsent &= ~bit;
     }
-    polls[2 + slot].events &= ~POLLOUT;
+}
+
+/// Before the agent ends: the exits still kept go out, each connection given half a second.
+static void flush_all_exits(void) {
+    for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
+        if (polls[2 + slot].fd < 0 || !(polls[2 + slot].events & POLLOUT)) continue;
+        struct timeval limit = { 0, 500000 };
+        setsockopt(polls[2 + slot].fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+        flush_exits(slot, 1);
+    }
 }
 
 /// When a handle goes, the last one ends the system (if the document asked for that).
@@ -517,7 +544,10 @@ int silo_agent_main(int terminate_flag) {
                 }
             }
             siginfo_t child;
-            if (shutting_down && waitid(P_ALL, 0, &child, WEXITED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD) return 0;
+            if (shutting_down && waitid(P_ALL, 0, &child, WEXITED | WNOHANG | WNOWAIT) < 0 && errno == ECHILD) {
+                flush_all_exits();
+                return 0;
+            }
         }
         if (polls[1].revents & POLLIN) {
             int fd = accept4(3, NULL, NULL, SOCK_CLOEXEC);
@@ -531,7 +561,7 @@ int silo_agent_main(int terminate_flag) {
         for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
             short events = polls[2 + slot].revents;
             if (polls[2 + slot].fd < 0 || !events) continue;
-            if ((events & POLLOUT) && polls[2 + slot].fd >= 0) flush_exits(slot);
+            if ((events & POLLOUT) && polls[2 + slot].fd >= 0) flush_exits(slot, 0);
             if (polls[2 + slot].fd < 0) continue;
             if (events & POLLIN) serve(slot);
             else if (events & (POLLHUP | POLLERR | POLLNVAL)) close_connection(slot);

@@ -411,6 +411,26 @@ struct ProcessTests {
         #expect(try box.run("exit 9", stdout: false).wait(timeout: .seconds(10)).exitCode == 9, "the connection still serves")
     }
 
+    @Test("C5 C8 at a shutdown, the agent sends the exits it still keeps before it ends")
+    func keptExitsAtShutdown() throws {
+        let box = try RunningSystem("kx", memoryMB: 512)
+        defer { box.finish() }
+        let processes = try (0..<400).map { _ in try box.run("exec sleep 1", stdout: false) }
+        defer { processes.forEach { $0.close() } }
+        usleep(2_500_000)  // all exited, more than the socket holds kept by the agent
+        // Another handle shuts the system down (nothing runs: the agent ends at once), while
+        // this one reads what it was sent.
+        let other = try box.compute.service.open(box.system.id)
+        let stop = try other.shutdown()
+        // The agent has its SIGTERM by now, nothing to wait for, and (with exits kept) waits
+        // half a second for this handle to take them.
+        usleep(150_000)
+        let codes = processes.map { try? $0.wait(timeout: .seconds(20)).exitCode }
+        _ = try? stop.wait(timeout: .seconds(30))
+        other.close()
+        #expect(codes.filter { $0 == 0 }.count == 400, "\(codes.filter { $0 != 0 }.count) ended otherwise")
+    }
+
     @Test("C7 a bare command is looked up in the PATH of the process's own environment; what cannot run is refused at the exec step")
     func commandLookup() throws {
         let box = try RunningSystem("pl")

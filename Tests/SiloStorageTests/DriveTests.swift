@@ -246,6 +246,47 @@ struct DriveTests {
         #expect(try BlockProbe.probe(path: shifted).filesystemType == nil, "at the file's start there is nothing")
     }
 
+    @Test("S1 a loop device of 4096-byte sectors is read through itself: its partition table is where its sectors put it")
+    func fourKibibyteSectors() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/4k.img"
+        try makeSparseFile(file, size: 64 << 20)
+        let device = run("/sbin/losetup", ["-f", "--show", "-b", "4096", file]).output.trimmingSpaces
+        try #require(device.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        // 4096-byte sectors: the GPT header is at byte 4096, the partition at sector 256 (1 MiB).
+        #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", device], input: "label: gpt\nstart=256, size=2048, name=only\n") == 0)
+        let reader = open(device, O_RDONLY | O_CLOEXEC)
+        try #require(reader >= 0)
+        let backing = try #require(LoopBacking(device: reader, file: file))
+        #expect(backing.open(device: reader) == nil, "its file would be read as 512-byte sectors")
+        close(reader)
+        let probe = try BlockProbe.probe(path: device, backing: backing)
+        #expect(probe.partitionTableType == "gpt")
+        #expect(probe.partitions.map(\.start) == [1 << 20] && probe.partitions.map(\.size) == [8 << 20], "\(probe.partitions)")
+    }
+
+    @Test("S9 a superblock whose block count overflows reads as an unknown size, not a crash")
+    func superblockOverflow() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/sb.img"
+        try makeSparseFile(file, size: 1 << 20)
+        // ext4: s_blocks_count_lo, s_log_block_size 2 (4 KiB), INCOMPAT_64BIT, s_blocks_count_hi all ones.
+        try writeBytes(file, offset: 1024 + 4, [0xff, 0xff, 0xff, 0xff])
+        try writeBytes(file, offset: 1024 + 24, [2, 0, 0, 0])
+        try writeBytes(file, offset: 1024 + 96, [0x80, 0, 0, 0])
+        try writeBytes(file, offset: 1024 + 0x150, [0xff, 0xff, 0xff, 0xff])
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        defer { close(fd) }
+        #expect(SuperblockSize.read(fd: fd, type: "ext4") == nil)
+        // A sane count still reads: 1,000 blocks of 4 KiB.
+        try writeBytes(file, offset: 1024 + 4, [0xe8, 0x03, 0, 0])
+        try writeBytes(file, offset: 1024 + 0x150, [0, 0, 0, 0])
+        #expect(SuperblockSize.read(fd: fd, type: "ext4") == 1000 * 4096)
+    }
+
     @Test("S1 mount points whose paths hold a space, a tab and a backslash are reported as they are")
     func escapedMountPoints() throws {
         let scratch = Scratch()

@@ -145,6 +145,11 @@ struct PoolTests {
         #expect(report.drift.contains { $0.contains(shared) && $0.contains(first.path + "/state") }, "\(report.drift)")
         #expect(writeFile(second.path + "/state/pools.json", "[]"))
 
+        // Its own pool by another path (a link to it) is that pool already.
+        #expect(symlink(shared, first.path + "/shared-link") == 0)
+        let again2 = #expect(throws: SiloError.self) { _ = try first.provider.addPool("twice", directory: first.path + "/shared-link") }
+        #expect(again2?.message.contains("a pool of this state directory already") == true, "\(String(describing: again2?.message))")
+
         // Removed from the first's list, the folder is free for another.
         try first.provider.deleteLun("theirs").wait(timeout: .seconds(30))
         try first.provider.removePool("shared")

@@ -253,12 +253,15 @@ final class AgentConnection: Sendable {
             while receive(waitingAtMost: -1) {}
         }
         if !started {
-            // No thread to be had: the callers that wait read for themselves again.
-            let sleepers = state.withLock { state in
-                state.reading = .idle
-                return state.sleepers
+            // No thread to be had: the callers that wait read for themselves again; with none
+            // left, after a close(), the connection ends here.
+            let (sleepers, ends) = state.withLock { state in
+                let ends = state.hungUp && state.sleepers.isEmpty
+                state.reading = ends ? .caller : .idle
+                return (state.sleepers, ends)
             }
             sleepers.forEach { $0.signal() }
+            if ends { end() }
         }
     }
 

@@ -132,11 +132,14 @@ enum SuperblockSize {
             let low = UInt64(le32(sb, 4))
             let blockSize = UInt64(1024) << UInt64(le32(sb, 24))
             let high = le32(sb, 96) & 0x80 != 0 ? UInt64(le32(sb, 0x150)) : 0
-            return ((high << 32) | low) * blockSize
+            // A damaged superblock's count must not trap the listing: an overflow reads as unknown.
+            let (bytes, overflow) = ((high << 32) | low).multipliedReportingOverflow(by: blockSize)
+            return overflow ? nil : bytes
         case "xfs":
             // xfs_sb at 0, big-endian: sb_blocksize @4 (32), sb_dblocks @8 (64).
             guard let sb = bytes(fd, offset: 0, count: 16) else { return nil }
-            return be64(sb, 8) * UInt64(be32(sb, 4))
+            let (bytes, overflow) = be64(sb, 8).multipliedReportingOverflow(by: UInt64(be32(sb, 4)))
+            return overflow ? nil : bytes
         case "btrfs":
             // btrfs_super_block at 64 KiB: total_bytes @0x70 (64, little-endian).
             guard let sb = bytes(fd, offset: 0x10000 + 0x70, count: 8) else { return nil }

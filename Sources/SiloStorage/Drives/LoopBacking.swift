@@ -41,6 +41,10 @@ public struct LoopBacking: Sendable, Hashable {
     func open(device fd: Int32) -> (fd: Int32, offset: UInt64, size: UInt64)? {
         var size: UInt64 = 0
         guard silo_blk_get_size64(fd, &size) == 0, size > 0 else { return nil }
+        // libblkid takes a file's sectors for 512 bytes: a device of 4096-byte sectors keeps its
+        // partition table where only the device's own sector size finds it.
+        var sectorSize: Int32 = 0
+        guard silo_blk_ssz_get(fd, &sectorSize) == 0, sectorSize == 512 else { return nil }
         let span = min(size, Self.window)
         let mayDiffer = Self.unwritten(fd)
             ?? (Self.cached(fd, from: 0, count: span) || Self.cached(fd, from: size - span, count: span))

@@ -81,11 +81,12 @@ extension StorageProvider {
             && mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino
     }
 
-    /// The state directory, other than this one, whose pool `directory` (or a folder above it) is.
-    private func otherOwner(of directory: String) -> (owner: String, pool: String)? {
+    /// The state directory whose pool `directory` (or a folder above it) is already, this one
+    /// included: a folder reached by another path than its pool's (a link, `//`) is that pool.
+    private func existingPool(containing directory: String) -> (owner: String, pool: String)? {
         var path = directory
         while !path.isEmpty {
-            if let owner = Self.poolOwner(of: path), !isThisStateDirectory(owner) { return (owner, path) }
+            if let owner = Self.poolOwner(of: path) { return (owner, path) }
             path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         }
         return nil
@@ -151,10 +152,11 @@ extension StorageProvider {
                 throw SiloError.invalidArgument(field: "directory", value: directory,
                                                 reason: "it overlaps \(other.name == "state" ? "the state directory" : "pool '\(other.name)'") at \(other.directory)")
             }
-            if let other = otherOwner(of: path) {
-                throw SiloError.invalidArgument(field: "directory", value: directory,
-                                                reason: "\(other.pool) is a pool of the state directory \(other.owner) "
-                                                    + "(if that is gone, remove \(other.pool)/\(Self.poolMarker))")
+            if let other = existingPool(containing: path) {
+                let reason = isThisStateDirectory(other.owner)
+                    ? "\(other.pool) is a pool of this state directory already"
+                    : "\(other.pool) is a pool of the state directory \(other.owner) (if that is gone, remove \(other.pool)/\(Self.poolMarker))"
+                throw SiloError.invalidArgument(field: "directory", value: directory, reason: reason)
             }
             var made = ""
             for component in path.split(separator: "/") {

@@ -106,8 +106,13 @@ extension StorageProvider {
             }, rollback: {
                 try BackingFile.resize(record.backingFile, to: record.size)
             }),
+            // The commit is the capacity change alone: a check that failed within the same step
+            // would roll the file back under a device that already grew.
             OperationStep("resize device", weight: 1, pointOfNoReturn: true, run: { [self] _ in
-                try refreshDevice(record, expecting: newSize)
+                try attachedDevice(record)?.refreshCapacity()
+            }),
+            OperationStep("check device", weight: 0, run: { [self] _ in
+                try checkDeviceSize(record, expecting: newSize)
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
                 try endChange(name) { $0.size = newSize }
@@ -159,7 +164,8 @@ extension StorageProvider {
                 try BackingFile.resize(record.backingFile, to: newSize)
             }),
             OperationStep("resize device", weight: 1, run: { [self] _ in
-                try refreshDevice(record, expecting: newSize)
+                try attachedDevice(record)?.refreshCapacity()
+                try checkDeviceSize(record, expecting: newSize)
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
                 try endChange(name) { $0.size = newSize }
@@ -266,9 +272,9 @@ extension StorageProvider {
         }
     }
 
-    private func refreshDevice(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
+    /// Confirms the LUN's device took its new capacity.
+    private func checkDeviceSize(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
         guard let device = attachedDevice(record) else { return }
-        try device.refreshCapacity()
         let now = device.status?.size ?? 0
         guard now == size else {
             throw SiloError(.unexpected, "\(device.path) reports \(now) bytes after resizing to \(size)",

@@ -138,7 +138,10 @@ extension StorageProvider {
         }
         // Backing files no record names, told by identity (device and inode), not by path: a
         // record's path and the pool folder's listing may spell one folder two ways.
+        // A record's path counts too: a provisioning in progress (a clone's copy) may not have
+        // made its file yet when this set is taken.
         let named = Set(records.compactMap { FileIdentity(path: $0.backingFile) })
+        let namedPaths = Set(records.map(\.backingFile))
         for pool in pools where damaged.isEmpty {
             // Only pools of this state directory: one that another's marker names holds its files.
             if let owner = Self.poolOwner(of: pool.directory) {
@@ -151,7 +154,7 @@ extension StorageProvider {
             }
             for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
                 let path = pool.directory + "/" + entry
-                if let identity = FileIdentity(path: path), !named.contains(identity) {
+                if !namedPaths.contains(path), let identity = FileIdentity(path: path), !named.contains(identity) {
                     try? BackingFile.remove(path)
                     report.orphanFilesRemoved.append(path)
                 }
