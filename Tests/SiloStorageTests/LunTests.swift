@@ -339,6 +339,51 @@ struct LunTests {
         #expect(try storage.provider.setMask("marked", "*").unmaskingList == "*")
     }
 
+    @Test("S12 S15 a change marks its LUN beside the record, never rewriting it; a dead change's mark is settled from the file's size")
+    func changeMarks() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("grown", size: 8 << 20)
+        let record = storage.path + "/state/luns/grown.json"
+        let mark = storage.path + "/state/luns/.grown.changing"
+        var before = stat()
+        try #require(stat(record, &before) == 0)
+        _ = try storage.provider.beginChange("grown", operation: "extendLun")
+        var during = stat()
+        try #require(stat(record, &during) == 0)
+        #expect(during.st_ino == before.st_ino, "the record itself is not rewritten by the mark")
+        #expect(fileExists(mark))
+        #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("grown", "*") })?.code == .anotherCallInProgress)
+        try storage.provider.endChange("grown")
+        var after = stat()
+        try #require(stat(record, &after) == 0)
+        #expect(!fileExists(mark) && after.st_ino == before.st_ino, "a change that changed nothing writes nothing")
+
+        // An extend whose process died after it grew the file: its mark stays, the record says
+        // 8 MiB. Reenumerate settles it from the file's size.
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        waitpid(dead, nil, 0)
+        let deadExtend = LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun")
+        try storage.provider.registry.locked { () throws(SiloError) in
+            try storage.provider.registry.placeMark(.changing, "grown", owner: deadExtend)
+        }
+        #expect(truncate(lun.backingFile, 12 << 20) == 0)
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired == ["grown: extendLun of dead pid \(dead) settled"], "\(report.repaired)")
+        #expect(!fileExists(mark))
+        #expect(try storage.provider.lun(named: "grown").size == 12 << 20)
+
+        // Again, with no reenumerate: the next change settles it before it works out its own size.
+        try storage.provider.registry.locked { () throws(SiloError) in
+            try storage.provider.registry.placeMark(.changing, "grown", owner: deadExtend)
+        }
+        #expect(truncate(lun.backingFile, 16 << 20) == 0)
+        let extended = try storage.provider.extendLun("grown", by: 1 << 20).wait(timeout: .seconds(60))
+        #expect(extended.size == 17 << 20, "from the 16 MiB the dead extend left, not the record's 12")
+        #expect(BackingFile.size(lun.backingFile) == 17 << 20 && !fileExists(mark))
+    }
+
     @Test("S13 S15 reenumerate leaves alone a LUN that a live call is changing: its device stays attached")
     func reenumerateSparesLiveChange() throws {
         let storage = TestStorage()

@@ -51,16 +51,25 @@ extension StorageProvider {
             ours[String(tag.dropFirst(5)), default: []].append(device)
         }
 
-        // Delete marks of processes that died: the delete did not finish (or finished all but
-        // this); the LUN is settled below like any other. Live deletes are left alone.
-        var deleting = Set<String>()
-        for name in registry.deleteMarkNames() {
-            if let owner = registry.deleteMark(name), ProcessIdentity.isAlive(owner) {
-                deleting.insert(name)
-                continue
+        // Marks of calls in progress. A live one's LUN is left alone. A dead delete's mark goes:
+        // the delete did not finish (or finished all but this), and the LUN is settled below like
+        // any other. A dead change's mark goes once its record is settled below.
+        var busy = Set<String>()
+        var deadChanges: [String: LunRecord.Owner] = [:]
+        for mark in LunRegistry.Mark.allCases {
+            for name in registry.markNames(mark) {
+                let owner = registry.mark(mark, name)
+                if let owner, ProcessIdentity.isAlive(owner) {
+                    busy.insert(name)
+                    continue
+                }
+                if mark == .changing, let owner {
+                    deadChanges[name] = owner
+                    continue
+                }
+                registry.removeMark(mark, name)
+                report.repaired.append("\(name): \(owner?.operation ?? "a call") of a dead process settled")
             }
-            registry.removeDeleteMark(name)
-            report.repaired.append("\(name): deleteLun of a dead process settled")
         }
         // A damaged record (a power loss on a file system that does not order a rename after the
         // data it renames) is reported, not fatal; but its LUN's file and devices cannot be told
@@ -73,8 +82,8 @@ extension StorageProvider {
             // The LUN's devices are its own, whatever happens below: a live call's too, which
             // the sweep of devices no record claims would otherwise detach under it.
             let devices = ours.removeValue(forKey: record.id) ?? []
-            // A live call (a change's mark in the record, a delete's beside it): leave it.
-            if deleting.contains(record.name) { continue }
+            // A live call (a mark beside the record, or a provisioning's owner in it): leave it.
+            if busy.contains(record.name) { continue }
             if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
             if record.state == .creating {
                 // Died while provisioning: undo everything the record names.
@@ -86,7 +95,7 @@ extension StorageProvider {
                 report.rolledBack.append(record.name)
                 continue
             }
-            if let owner = record.owner {
+            if let owner = record.owner ?? deadChanges[record.name] {
                 // Died mid-change: the file's size tells how far it got.
                 if let size = BackingFile.size(record.backingFile), size != record.size {
                     record.size = size
@@ -122,7 +131,10 @@ extension StorageProvider {
             }
             if record != records[index] { try registry.save(record) }
             records[index] = record
+            if deadChanges.removeValue(forKey: record.name) != nil { registry.removeMark(.changing, record.name) }
         }
+        // Dead changes' marks of LUNs no longer there.
+        for name in deadChanges.keys { registry.removeMark(.changing, name) }
 
         // Silo devices of this pool that no record claims (a crash between attach and register
         // whose record was already gone, or a registry restored from backup).

@@ -134,10 +134,11 @@ public final class StorageProvider: Sendable {
 
     // MARK: Changes: one at a time per LUN, across threads and processes (S12)
 
-    /// Marks the LUN as being changed by this process, under the registry lock. `check` sees the
-    /// record as it is under that lock, before the mark: a change works out what it does from
-    /// that record (a size), not from one read earlier, which another change may have changed
-    /// since. When `check` throws, nothing is marked.
+    /// Marks the LUN as being changed by this process (its change mark, beside the record: see
+    /// `LunRegistry.Mark`), under the registry lock. `check` sees the record as it is under that
+    /// lock, before the mark: a change works out what it does from that record (a size), not from
+    /// one read earlier, which another change may have changed since. When `check` throws,
+    /// nothing is marked.
     /// - Throws: `anotherCallInProgress` while another call (in any process) changes it.
     func beginChange(_ name: String, operation: String,
                      checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunRecord {
@@ -145,9 +146,22 @@ public final class StorageProvider: Sendable {
         return try registry.locked { () throws(SiloError) -> LunRecord in
             guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
             try checkChangeable(record)
+            // A change whose process died left its mark (or, from an older Silo, its owner in the
+            // record): settle it first, as reenumerate would, or this change would work from a
+            // size the file no longer has (an extend's growth cut off by the next extend).
+            if record.owner != nil || registry.mark(.changing, name) != nil {
+                var settled = record
+                if let size = BackingFile.size(record.backingFile), size != record.size {
+                    settled.size = size
+                    try? attachedDevice(record)?.refreshCapacity()
+                }
+                settled.owner = nil
+                if settled != record { try registry.save(settled) }
+                registry.removeMark(.changing, name)
+                record = settled
+            }
             try check(record)
-            record.owner = ProcessIdentity.current(operation: operation)
-            try registry.save(record, durable: false)  // an owner mark only has to outlive this process
+            try registry.placeMark(.changing, name, owner: ProcessIdentity.current(operation: operation))
             return record
         }
     }
@@ -155,9 +169,10 @@ public final class StorageProvider: Sendable {
     /// - Throws: `anotherCallInProgress` while a live call (in any process) changes the LUN;
     ///   `invalidOperation` for one a dead process left half-created.
     func checkChangeable(_ record: LunRecord) throws(SiloError) {
-        // Both: a dead change's mark may stay in the record (until reenumerate settles it) while
-        // a live delete's mark is beside it.
-        for owner in [record.owner, registry.deleteMark(record.name)].compactMap({ $0 }) where ProcessIdentity.isAlive(owner) {
+        // Each: a dead call's mark may stay (until reenumerate settles it) beside a live one's.
+        // A record's own owner is a provisioning's (or a change's, written by an older Silo).
+        let owners = [record.owner, registry.mark(.deleting, record.name), registry.mark(.changing, record.name)]
+        for owner in owners.compactMap({ $0 }) where ProcessIdentity.isAlive(owner) {
             throw SiloError(
                 .anotherCallInProgress,
                 "LUN '\(record.name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",
@@ -183,14 +198,22 @@ public final class StorageProvider: Sendable {
         }
     }
 
-    /// Ends a change: applies `update` and clears the owner.
+    /// Ends a change (or a provisioning): applies `update`, clears the record's owner, writes the
+    /// record durably if that changed it, then takes the change mark away.
     func endChange(_ name: String, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
-        // The owner mark keeps other writers off the record, so it is read without the lock.
-        guard let marked = try registry.load(name) else { return }
-        try registry.replace(marked) { record in
-            update(&record)
-            record.owner = nil
+        // The mark keeps other writers off the record, so it is read without the lock.
+        if let marked = try registry.load(name) {
+            var changed = marked
+            update(&changed)
+            changed.owner = nil
+            if changed != marked {
+                try registry.replace(marked) { record in
+                    update(&record)
+                    record.owner = nil
+                }
+            }
         }
+        registry.removeMark(.changing, name)
     }
 
     // MARK: Stable names

@@ -125,43 +125,57 @@ struct LunRegistry: Sendable {
         try syncDirectory(directory)
     }
 
-    // MARK: Delete marks
+    // MARK: Marks
 
-    /// A delete's owner mark: a small file beside the record, `.<name>.deleting`, holding the
-    /// deleting process's identity. A new file, not the record rewritten: renaming a marked copy
-    /// over the record made ext4 write it at once and free the old record's block (with the
-    /// `discard` mount option, a synchronous discard: 0.44 ms of every delete here). Made and
-    /// removed within the delete, it never reaches the disk. Only needs to outlive this process.
+    /// What a call in progress marks a LUN with: a small file beside its record holding the
+    /// calling process's identity and operation, `.<name>.deleting` for a delete and
+    /// `.<name>.changing` for a change (extend, shrink, mask, online, offline). A new file, not
+    /// the record rewritten: a marked copy renamed over the record was a write of the durable
+    /// record that nothing made durable (after a power loss, a file system that does not order a
+    /// rename after the data it renames could bring the record back empty), and on ext4 the
+    /// rename wrote the new file at once and freed the old record's block (with the `discard`
+    /// mount option, a synchronous discard: 0.44 ms of every delete here). Made and removed within
+    /// the call, it never reaches the disk. Only needs to outlive this process.
+    enum Mark: String, CaseIterable {
+        case deleting, changing
+    }
+
     /// The caller holds the registry lock.
-    func placeDeleteMark(_ name: String, owner: LunRecord.Owner) throws(SiloError) {
-        let path = deleteMarkPath(name)
+    func placeMark(_ mark: Mark, _ name: String, owner: LunRecord.Owner) throws(SiloError) {
+        let path = markPath(mark, name)
         unlink(path)  // a dead owner's (the caller checked that no live one holds it)
         let fd = try syscall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
         defer { close(fd) }
-        try writeAll(fd, Array("\(owner.pid) \(owner.startTime)\n".utf8), path: path)
+        try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation)\n".utf8), path: path)
     }
 
-    /// The process deleting LUN `name`, if a delete mark is there (alive or not).
-    func deleteMark(_ name: String) -> LunRecord.Owner? {
-        guard let text = readSmallFile(deleteMarkPath(name)) else { return nil }
+    /// The process that placed `mark` on LUN `name`, if the mark is there (alive or not).
+    func mark(_ mark: Mark, _ name: String) -> LunRecord.Owner? {
+        guard let text = readSmallFile(markPath(mark, name)) else { return nil }
         let fields = text.split(separator: " ")
-        guard fields.count == 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
-        return LunRecord.Owner(pid: pid, startTime: start, operation: "deleteLun")
+        guard fields.count >= 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
+        let operation = fields.count > 2 ? String(fields[2]) : (mark == .deleting ? "deleteLun" : "change")
+        return LunRecord.Owner(pid: pid, startTime: start, operation: operation)
     }
 
-    func removeDeleteMark(_ name: String) {
-        unlink(deleteMarkPath(name))
+    func removeMark(_ mark: Mark, _ name: String) {
+        unlink(markPath(mark, name))
     }
 
-    /// Names with a delete mark: for reenumerate to settle the marks of dead processes.
-    func deleteMarkNames() -> [String] {
-        directoryEntries(directory, hidden: true).compactMap { entry in
-            guard entry.hasPrefix("."), entry.hasSuffix(".deleting") else { return nil }
-            return String(entry.dropFirst().dropLast(".deleting".count))
+    /// Names with `mark`: for reenumerate to settle the marks of dead processes.
+    func markNames(_ mark: Mark) -> [String] {
+        let suffix = "." + mark.rawValue
+        return directoryEntries(directory, hidden: true).compactMap { entry in
+            guard entry.hasPrefix("."), entry.hasSuffix(suffix) else { return nil }
+            return String(entry.dropFirst().dropLast(suffix.count))
         }
     }
 
-    private func deleteMarkPath(_ name: String) -> String { directory + "/." + name + ".deleting" }
+    private func markPath(_ mark: Mark, _ name: String) -> String { directory + "/." + name + "." + mark.rawValue }
+
+    func placeDeleteMark(_ name: String, owner: LunRecord.Owner) throws(SiloError) { try placeMark(.deleting, name, owner: owner) }
+    func deleteMark(_ name: String) -> LunRecord.Owner? { mark(.deleting, name) }
+    func removeDeleteMark(_ name: String) { removeMark(.deleting, name) }
 
     /// Makes the registry folder's changes durable (after a removal under the lock).
     func syncFolder() throws(SiloError) {
