@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 enum step {
-    STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT,
+    STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT, STEP_KEEP_READ_ONLY,
     STEP_CGROUP_JOIN = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
     STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
     STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING, STEP_GATE, STEP_NET_ENTER,
@@ -63,6 +63,7 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_ENTER: return "enter the system's mount namespace";
     case STEP_DEVICE_NODE: return "make or remove the device node";
     case STEP_UNMOUNT: return "unmount the LUN's file system (busy?)";
+    case STEP_KEEP_READ_ONLY: return "make its root read-only again (the system was killed)";
     default: return "unknown step";
     }
 }
@@ -974,39 +975,150 @@ pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
     return (pid_t)pid;
 }
 
+/// Opens directory `path` of the current root, component by component, never following a
+/// symbolic link (a component that is one fails with ENOTDIR) nor taking `.` or `..`; with
+/// `create`, makes the missing ones (mode 0755). An O_PATH descriptor, or -1 with errno.
+/// For a running system's folders, which its payload may change under the host's feet.
+static int open_dir_nofollow(const char *path, int create) {
+    int dir = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    char part[256];
+    const char *p = path;
+    while (dir >= 0) {
+        while (*p == '/') p++;
+        if (!*p) return dir;
+        size_t n = strcspn(p, "/");
+        int error = 0;
+        if (n >= sizeof part) error = ENAMETOOLONG;
+        else {
+            memcpy(part, p, n);
+            part[n] = 0;
+            if (strcmp(part, ".") == 0 || strcmp(part, "..") == 0) error = EINVAL;
+        }
+        p += n;
+        int next = -1;
+        if (!error) {
+            next = openat(dir, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (next < 0 && errno == ENOENT && create) {
+                if (mkdirat(dir, part, 0755) == 0 || errno == EEXIST) next = openat(dir, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            }
+            if (next < 0) error = errno;
+        }
+        close(dir);
+        if (error) { errno = error; return -1; }
+        dir = next;
+    }
+    return -1;
+}
+
+#define SILO_MOVE_MOUNT_T_EMPTY_PATH 0x40
+#define SILO_UMOUNT_NOFOLLOW 0x8
+
+/// Mounts block device `device` (file system `type`) on the directory `target_fd` refers to: the
+/// new mount API, so the target is the directory already opened, not a path looked up again
+/// (which the payload could point elsewhere in between). Before Linux 5.2, by `path`.
+static int mount_on(const char *device, const char *type, int read_only, int target_fd, const char *path) {
+    int fs = (int)syscall(SYS_fsopen, type, SILO_FSMOUNT_CLOEXEC);
+    if (fs < 0 && errno == ENOSYS) return mount(device, path, type, MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0), NULL);
+    if (fs < 0) return -1;
+    int mounted = -1;
+    if (syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_STRING, "source", device, 0) == 0
+        && syscall(SYS_fsconfig, fs, SILO_FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0) {
+        mounted = (int)syscall(SYS_fsmount, fs, SILO_FSMOUNT_CLOEXEC,
+                               SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV | (read_only ? SILO_MOUNT_ATTR_RDONLY : 0));
+    }
+    int error = errno;
+    close(fs);
+    if (mounted < 0) { errno = error; return -1; }
+    int result = (int)syscall(SYS_move_mount, mounted, "", target_fd, "", SILO_MOVE_MOUNT_F_EMPTY_PATH | SILO_MOVE_MOUNT_T_EMPTY_PATH);
+    error = errno;
+    close(mounted);
+    errno = error;
+    return result;
+}
+
+/// Unmounts the LUN's file system at `path`, if that is where it is: the parent is opened without
+/// following links, the last component is checked to be a mount of device `number` (nothing else
+/// is unmounted), and the unmount goes by that name from the parent, not following a link. A
+/// mount point cannot be renamed or removed, so the name stays the one checked.
+static int unmount_lun(const char *path, dev_t number) {
+    const char *slash = strrchr(path, '/');
+    if (!slash || !slash[1]) { errno = EINVAL; return -1; }
+    char parent_path[4096];
+    size_t length = (size_t)(slash - path);
+    if (length >= sizeof parent_path) { errno = ENAMETOOLONG; return -1; }
+    memcpy(parent_path, path, length);
+    parent_path[length] = 0;
+    int parent = open_dir_nofollow(parent_path, 0);
+    if (parent < 0) return errno == ENOENT ? 0 : -1;  // gone: nothing mounted there
+    int leaf = openat(parent, slash + 1, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat info;
+    int ours = leaf >= 0 && fstat(leaf, &info) == 0 && info.st_dev == number;
+    if (leaf >= 0) close(leaf);
+    int result = 0;
+    if (ours) {
+        if (fchdir(parent) != 0 || umount2(slash + 1, SILO_UMOUNT_NOFOLLOW) != 0) result = -1;
+        int error = errno;
+        (void)!chdir("/");
+        errno = error;
+    }
+    close(parent);
+    return result;
+}
+
 /// The child of silo_sandbox_attach, inside the system's mount namespace. /dev and / are read-only
-/// tmpfs mounts there: each is made writable for the one change and read-only again.
-static int attach_child(pid_t init_pid, const struct silo_attach_config *a, int attach, int report) {
+/// tmpfs mounts there: each is made writable for the one change and read-only again. The system's
+/// own processes may change its folders meanwhile (links, renames): the mount path is walked
+/// without following links, and the mount and unmount act on what that walk found.
+/// The system's root or /dev could not be made read-only again after a change (its payload held
+/// a file open for writing there meanwhile): a system whose root its payload can write is not
+/// one Silo runs, so it is killed, all of it (its init's end ends its pid namespace).
+static __attribute__((noreturn)) void fail_writable(int init_pidfd, pid_t init_pid) {
+    int error = errno;
+    if (init_pidfd < 0 || syscall(SYS_pidfd_send_signal, init_pidfd, SIGKILL, NULL, 0) != 0) kill(init_pid, SIGKILL);
+    errno = error;
+    fail(NULL, STEP_KEEP_READ_ONLY);
+}
+
+static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach_config *a, int attach, int report) {
     attach_error_fd = report;
-    char path[64] = "/proc/";
-    char number[16];
-    int n = 0;
-    for (pid_t value = init_pid; value > 0 && n < 15; value /= 10) number[n++] = (char)('0' + value % 10);
-    size_t at = strlen(path);
-    while (n > 0) path[at++] = number[--n];
-    path[at] = 0;
-    join(path, sizeof path, path, "/ns/mnt");
-    int ns = open(path, O_RDONLY | O_CLOEXEC);
-    if (ns < 0 || setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
-    close(ns);
+    // The system's init by its pidfd (it cannot be another process that took its pid since the
+    // caller checked it); by /proc/<pid> where setns takes no pidfd (before Linux 5.8).
+    if (init_pidfd < 0 || setns(init_pidfd, CLONE_NEWNS) != 0) {
+        char path[64] = "/proc/";
+        char number[16];
+        int n = 0;
+        for (pid_t value = init_pid; value > 0 && n < 15; value /= 10) number[n++] = (char)('0' + value % 10);
+        size_t at = strlen(path);
+        while (n > 0) path[at++] = number[--n];
+        path[at] = 0;
+        join(path, sizeof path, path, "/ns/mnt");
+        int ns = open(path, O_RDONLY | O_CLOEXEC);
+        if (ns < 0 || setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
+        close(ns);
+    }
     if (chdir("/") != 0) fail(NULL, STEP_ENTER);
     static const char dev_options[] = "mode=755,size=64k", root_options[] = "mode=755,size=1m";
     if (!attach && a->mount_target) {
-        if (umount2(a->mount_target, 0) != 0 && errno != EINVAL && errno != ENOENT) fail(NULL, STEP_UNMOUNT);
+        if (unmount_lun(a->mount_target, makedev(a->major, a->minor)) != 0 && errno != EINVAL) fail(NULL, STEP_UNMOUNT);
     }
     if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail(NULL, STEP_DEVICE_NODE);
     int made = attach ? mknod(a->device_path, S_IFBLK | 0660, makedev(a->major, a->minor)) : unlink(a->device_path);
     int made_error = errno;
-    if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail(NULL, STEP_DEVICE_NODE);
+    if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail_writable(init_pidfd, init_pid);
     if (made != 0 && made_error != EEXIST && made_error != ENOENT) { errno = made_error; fail(NULL, STEP_DEVICE_NODE); }
     if (attach && a->mount_target) {
-        if (mount(NULL, "/", NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV, root_options) != 0) fail(NULL, STEP_MOUNT_LUN);
-        int dirs = make_dirs(a->mount_target);
-        int dirs_error = errno;
-        if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, root_options) != 0) fail(NULL, STEP_MOUNT_LUN);
-        if (dirs != 0) { errno = dirs_error; fail(NULL, STEP_MOUNT_LUN); }
-        unsigned long flags = MS_NOSUID | MS_NODEV | (a->read_only ? MS_RDONLY : 0);
-        if (mount(a->device_path, a->mount_target, a->filesystem_type, flags, NULL) != 0) fail(NULL, STEP_MOUNT_LUN);
+        // The root is made writable only when a folder on the way is missing.
+        int target = open_dir_nofollow(a->mount_target, 0);
+        if (target < 0 && errno == ENOENT) {
+            if (mount(NULL, "/", NULL, MS_REMOUNT | MS_NOSUID | MS_NODEV, root_options) != 0) fail(NULL, STEP_MOUNT_LUN);
+            target = open_dir_nofollow(a->mount_target, 1);
+            int target_error = errno;
+            if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, root_options) != 0) fail_writable(init_pidfd, init_pid);
+            errno = target_error;
+        }
+        if (target < 0) fail(NULL, STEP_MOUNT_LUN);
+        if (mount_on(a->device_path, a->filesystem_type, a->read_only, target, a->mount_target) != 0) fail(NULL, STEP_MOUNT_LUN);
+        close(target);
     }
     return 0;
 }
@@ -1014,11 +1126,15 @@ static int attach_child(pid_t init_pid, const struct silo_attach_config *a, int 
 int silo_sandbox_attach(pid_t init_pid, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return -1;
+    // Taken before the fork and checked: init_pid is still the system's init (the caller checked
+    // its start time), and the pidfd keeps naming that process.
+    int init_pidfd = (int)syscall(SYS_pidfd_open, init_pid, 0);
     pid_t pid = fork();
     if (pid == 0) {
         close(report[0]);
-        _exit(attach_child(init_pid, config, attach, report[1]));
+        _exit(attach_child(init_pidfd, init_pid, config, attach, report[1]));
     }
+    if (init_pidfd >= 0) close(init_pidfd);
     close(report[1]);
     if (pid < 0) { close(report[0]); return -1; }
     ssize_t got;

@@ -22,8 +22,8 @@ extension StorageProvider {
         }
         var filesystem: String?
         if let mountPath {
-            guard mountPath.hasPrefix("/"), !mountPath.split(separator: "/").contains("..") else {
-                throw SiloError.invalidArgument(field: "lun", value: "\(name):\(mountPath)", reason: "the mount path must be absolute, without '..'")
+            if let problem = BlockDevice.mountPathProblem(mountPath) {
+                throw SiloError.invalidArgument(field: "lun", value: "\(name):\(mountPath)", reason: problem)
             }
             filesystem = try BlockProbe.probe(path: devicePath).filesystemType
             guard filesystem != nil else {

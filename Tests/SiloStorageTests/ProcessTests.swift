@@ -251,6 +251,43 @@ struct LunAttachTests {
     }
 }
 
+@Suite("LUNs attached to running systems: paths the payload controls", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
+struct LunAttachPathTests {
+    @Test("C12 C13 an attach does not follow a link the payload made on the mount path; /proc, /dev and /sys are refused as mount paths")
+    func attachRefusesLinks() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "lnk-\(getpid())"
+        let device = try #require(try storage.create("lnk", size: 32 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        try storage.provider.setMask("lnk", "*")
+        let document = storage.path + "/doc.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        #expect(silo(state, ["system", "start", id]).status == 0)
+        // The payload points the mount path at a folder of its choice.
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "mkdir /tmp/real && ln -s /tmp/real /tmp/data"]).status == 0)
+        let followed = silo(state, ["system", "modify", id, "--attach", "lnk:/tmp/data"])
+        #expect(followed.status == 1, "a link on the mount path is refused: \(followed.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! grep -q ' /tmp/real ' /proc/mounts"]).status == 0,
+                "nothing was mounted where the link points")
+        for guarded in ["/proc/sys", "/dev/x", "/sys", "/.silo/x"] {
+            let refused = silo(state, ["system", "modify", id, "--attach", "lnk:" + guarded])
+            #expect(refused.status == 64 && refused.error.contains("cannot be mounted under"), "\(guarded): \(refused.error)")
+        }
+        // A plain folder works, and its detach unmounts the LUN and nothing else.
+        #expect(silo(state, ["system", "modify", id, "--attach", "lnk:/tmp/plain"]).status == 0)
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "grep -q ' /tmp/plain ' /proc/mounts"]).status == 0)
+        #expect(silo(state, ["system", "modify", id, "--detach", "lnk"]).status == 0)
+        let after = silo(state, ["process", "create", id, "--", "/bin/sh", "-c",
+                                 "! grep -q ' /tmp/plain ' /proc/mounts && grep ' /proc/sys ' /proc/mounts | grep -q ' ro,'"])
+        #expect(after.status == 0, "the LUN is gone and /proc/sys is still read-only: \(after.error)")
+        #expect(silo(state, ["system", "terminate", id]).status == 0)
+    }
+}
+
 @Suite("silo system CLI", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
 struct SystemCLITests {
     @Test("C4 silo system create, start, pause, resume, properties, shutdown; errors name the id")

@@ -71,8 +71,8 @@ public struct ComputeSystemDocument: Sendable, Hashable {
                                 field: attachment.child("Path"), value: "")
             }
             let mountPath = try attachment.string("MountPath")
-            if let mountPath, !mountPath.hasPrefix("/") || mountPath.split(separator: "/").contains("..") {
-                throw SiloError(.invalidJSON, "\(attachment.child("MountPath")) must be an absolute path without '..'",
+            if let mountPath, let problem = BlockDevice.mountPathProblem(mountPath) {
+                throw SiloError(.invalidJSON, "\(attachment.child("MountPath")): \(problem)",
                                 field: attachment.child("MountPath"), value: mountPath)
             }
             self.init(controller: controller, index: index, lun: lun, readOnly: try attachment.bool("ReadOnly") ?? false,

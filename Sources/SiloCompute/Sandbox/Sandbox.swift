@@ -73,6 +73,20 @@ public struct SandboxSpec: Sendable {
 
 /// A block device given to a compute system: a LUN's loop device, passed as plain values.
 public struct BlockDevice: Sendable, Hashable {
+    /// Why `path` cannot be where a LUN is mounted inside, if it cannot: it must be absolute,
+    /// without `.` or `..`, and outside the folders Silo builds and guards (`/proc`, `/dev`,
+    /// `/sys`, `/.silo`), where a mount (or the unmount of one) would lift a mask or a read-only bind.
+    public static func mountPathProblem(_ path: String) -> String? {
+        let parts = path.split(separator: "/")
+        guard path.hasPrefix("/"), !parts.contains(".."), !parts.contains("."), !parts.isEmpty else {
+            return "the mount path must be an absolute path without '.' or '..', other than '/'"
+        }
+        if let first = parts.first, ["proc", "dev", "sys", ".silo"].contains(first) {
+            return "a LUN cannot be mounted under /\(first), which Silo builds and guards"
+        }
+        return nil
+    }
+
     /// The node on the host, such as /dev/loop3; it appears at the same path inside.
     public var devicePath: String
     /// `major:minor`, for the device cgroup.
