@@ -23,6 +23,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <termios.h>
@@ -106,6 +107,18 @@ static int make_dirs(const char *path) {
             buffer[i] = saved;
         }
     }
+    return 0;
+}
+
+/// Closes every descriptor from `first` up but `keep`: close_range (Linux 5.9), else one by one
+/// up to the descriptor limit. Async-signal-safe; -1 when neither can be done.
+static int close_all_from(int first, int keep) {
+    if ((keep <= first || syscall(SYS_close_range, first, keep - 1, 0) == 0)
+        && syscall(SYS_close_range, keep + 1 > first ? keep + 1 : first, ~0U, 0) == 0) return 0;
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -1;
+    int top = limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur > 1 << 20 ? 1 << 20 : (int)limit.rlim_cur;
+    for (int fd = first; fd < top; fd++) if (fd != keep) close(fd);
     return 0;
 }
 
@@ -195,7 +208,8 @@ static void lock_root(const struct silo_sandbox_config *c) {
 
 /// The system's own terminals and shared memory, on /dev/pts and /dev/shm (which exist).
 static void mount_dev_instances(const struct silo_sandbox_config *c) {
-    if (mount("devpts", NEW_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620") != 0) fail(c, STEP_DEV);
+    // max: the ptys of all devpts instances come from one host-wide pool (kernel.pty.max).
+    if (mount("devpts", NEW_ROOT "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620,max=256") != 0) fail(c, STEP_DEV);
     if (mount("shm", NEW_ROOT "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=64m") != 0) fail(c, STEP_DEV);
 }
 
@@ -627,7 +641,7 @@ static void drop_capabilities(const struct silo_sandbox_config *c) {
 /// The default deny-list: what a payload has no business doing even as root in its own
 /// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
 /// kernel interfaces are closed until reviewed.
-enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_TIOCSTI };
+enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_TIOCSTI, SOCKET_VSOCK };
 static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_mount, DENY_EPERM }, { __NR_umount2, DENY_EPERM }, { __NR_pivot_root, DENY_EPERM },
     { __NR_unshare, DENY_EPERM }, { __NR_setns, DENY_EPERM }, { __NR_move_mount, DENY_EPERM },
@@ -647,6 +661,12 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     // clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back to
     // clone, whose flags it can.
     { __NR_clone3, DENY_ENOSYS },
+    // io_uring: the operations it runs never pass through this filter (and it has been a steady
+    // source of kernel bugs). ENOSYS: its users fall back to plain system calls.
+    { __NR_io_uring_setup, DENY_ENOSYS }, { __NR_io_uring_enter, DENY_ENOSYS }, { __NR_io_uring_register, DENY_ENOSYS },
+    // socket(AF_VSOCK, ...): vsock is not in the network namespace, so it would reach the host's
+    // (or its hypervisor's) vsock services from a system that has only lo.
+    { __NR_socket, SOCKET_VSOCK },
     // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
     { __NR_clone, CLONE_FLAGS },
     // ioctl(fd, TIOCSTI): faking terminal input. The kernel compares only the low 32 bits of the
@@ -686,10 +706,17 @@ static void emit_rule(enum seccomp_rule rule) {
         emit((struct sock_filter)DENY(EPERM));
         emit((struct sock_filter)ALLOW);
         break;
+    case SOCKET_VSOCK:
+        // The family is an int: its low 32 bits, as the kernel reads it.
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_VSOCK, 0, 1));
+        emit((struct sock_filter)DENY(EAFNOSUPPORT));
+        emit((struct sock_filter)ALLOW);
+        break;
     }
 }
 
-static unsigned rule_length(enum seccomp_rule rule) { return rule == CLONE_FLAGS || rule == IOCTL_TIOCSTI ? 4 : 1; }
+static unsigned rule_length(enum seccomp_rule rule) { return rule == CLONE_FLAGS || rule == IOCTL_TIOCSTI || rule == SOCKET_VSOCK ? 4 : 1; }
 
 /// Instructions emit_tree(order, count) emits.
 static unsigned tree_length(const unsigned char *order, unsigned count) {
@@ -779,8 +806,7 @@ static void setup_stdio(struct silo_sandbox_config *c) {
         if (sources[target] >= 0 && dup2(sources[target], target) < 0) fail(c, STEP_STDIO);
     }
     // Nothing else of the parent's leaks in: close every descriptor but those and the error pipe.
-    syscall(SYS_close_range, count, c->error_fd - 1, 0);
-    syscall(SYS_close_range, c->error_fd + 1, ~0U, 0);
+    if (close_all_from(count, c->error_fd) != 0) fail(c, STEP_STDIO);
 }
 
 /// The child's argument: its own copy of the config (it moves its error pipe), in the parent's
@@ -825,6 +851,9 @@ static int child(void *argument) {
         // A clone of the shared read-only root (silo_sandbox_template_clone): only what is the
         // system's own goes on it. Not closed here: the descriptor may be the caller's too.
         if (syscall(SYS_move_mount, c->root_tree_fd, "", AT_FDCWD, c->root, SILO_MOVE_MOUNT_F_EMPTY_PATH) != 0) fail(c, STEP_ROOT_TMPFS);
+        // The clone keeps the host mounts' sharing (open_tree copies it, as a bind does): made
+        // private, so that nothing the host mounts later below /usr or /etc shows up inside.
+        if (mount(NULL, c->root, NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
         if (chdir(c->root) != 0) fail(c, STEP_ROOT_TMPFS);
         mount_dev_instances(c);
         goto per_system;

@@ -24,6 +24,7 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -286,8 +287,13 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
         if (dup2(sources[i], i) < 0) child_fail(error_pipe, SILO_STEP_STDIO);
     }
     // Nothing of the agent's leaks into the process: its socket, connections, the handles file.
-    syscall(SYS_close_range, 3, error_pipe - 1, 0);
-    syscall(SYS_close_range, error_pipe + 1, ~0U, 0);
+    // close_range (Linux 5.9), else one by one up to the descriptor limit.
+    if (syscall(SYS_close_range, 3, error_pipe - 1, 0) != 0 || syscall(SYS_close_range, error_pipe + 1, ~0U, 0) != 0) {
+        struct rlimit limit;
+        int top = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < (1 << 20)
+            ? (int)limit.rlim_cur : 1 << 20;
+        for (int fd = 3; fd < top; fd++) if (fd != error_pipe) close(fd);
+    }
     if ((request->fixed.flags & SILO_SPAWN_CONSOLE) && ioctl(0, TIOCSCTTY, 0) != 0) child_fail(error_pipe, SILO_STEP_TERMINAL);
     if (chdir(request->cwd) != 0) child_fail(error_pipe, SILO_STEP_DIRECTORY);
     drop_bounding_set();
@@ -536,7 +542,9 @@ int silo_agent_main(int terminate_flag) {
             while (read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info) {
                 if (info.ssi_signo == SIGCHLD) {
                     reap();
-                } else if (info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) {
+                } else if ((info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) && info.ssi_pid == 0) {
+                    // From outside the system only (its sender's pid is 0 in this namespace): a
+                    // process inside may not shut the whole system down.
                     // A graceful shutdown (C5): every process is asked to end; the agent goes
                     // when none is left, and the host kills what stays past its grace period.
                     shutting_down = 1;

@@ -127,7 +127,7 @@ struct IsolationTests {
         for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
     }
 
-    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, ptrace, keyctl and bpf with EPERM", .requiresPerl)
+    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, ptrace, keyctl and bpf with EPERM, io_uring with ENOSYS, vsock sockets", .requiresPerl)
     func seccompDenials() throws {
         // perl's syscall() passes the numbers as they are: EPERM is the filter's answer; without
         // it these would fail differently (ENOTTY on a non-terminal, ESRCH, EINVAL...).
@@ -139,6 +139,8 @@ struct IsolationTests {
               try("ptrace", 101, 16, 1, 0, 0);
               try("keyctl", 250, 0, 0, 0, 0);
               try("bpf", 321, 0, 0, 0);
+              try("io_uring_setup", 425, 8, 0);
+              try("vsock", 41, 40, 1, 0);
               try("getpid_allowed", 39);
             ' < /dev/null
             """)
@@ -146,6 +148,8 @@ struct IsolationTests {
         for name in ["tiocsti", "tiocsti_high", "ptrace", "keyctl", "bpf"] {
             #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
         }
+        #expect(result.output.contains("io_uring_setup=\(ENOSYS)\n"), "\(result.output)")
+        #expect(result.output.contains("vsock=\(EAFNOSUPPORT)\n"), "\(result.output)")
         #expect(result.output.contains("getpid_allowed=0\n"))
     }
 
@@ -211,6 +215,9 @@ struct IsolationTests {
         let names = Set(result.output.split(separator: " ").map(String.init))
         #expect(names == ["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd", "stdin", "stdout", "stderr"],
                 "\(names.sorted())")
+        // Its own pty instance, which can take no more than 256 of the host's pool.
+        let pts = try runSandboxed("grep ' /dev/pts ' /proc/mounts")
+        #expect(pts.output.contains("max=256"), "\(pts.output)")
     }
 
     @Test("A failing setup step is reported with its name and errno, and nothing is left")

@@ -411,6 +411,19 @@ struct ProcessTests {
         #expect(try box.run("exit 9", stdout: false).wait(timeout: .seconds(10)).exitCode == 9, "the connection still serves")
     }
 
+    @Test("C5 a process inside cannot shut its system down by signalling init; the host can")
+    func insideCannotShutDown() throws {
+        let box = try RunningSystem("sig")
+        defer { box.finish() }
+        let killer = try box.run("kill -TERM 1; kill -INT 1; sleep 0.3; exit 3", stdout: false)
+        defer { killer.close() }
+        #expect(try killer.wait(timeout: .seconds(10)).exitCode == 3)
+        #expect(try box.run("exit 4", stdout: false).wait(timeout: .seconds(10)).exitCode == 4, "the system runs on")
+        #expect(box.compute.service.enumerate(id: box.system.id).first?.state == .running)
+        try box.system.shutdown().wait(timeout: .seconds(30))
+        #expect(box.compute.service.enumerate(id: box.system.id).first?.state == .stopped)
+    }
+
     @Test("C5 C8 at a shutdown, the agent sends the exits it still keeps before it ends")
     func keptExitsAtShutdown() throws {
         let box = try RunningSystem("kx", memoryMB: 512)
