@@ -5,6 +5,9 @@ import SiloStorage
 // Storage and compute never import each other: what joins them, a LUN given to a compute
 // system, is resolved here and passed on as plain values (DESIGN.md).
 extension StorageProvider {
+    /// The file systems Silo mounts into systems.
+    public static let mountableFilesystems: Set<String> = ["ext2", "ext3", "ext4", "xfs", "btrfs"]
+
     /// The block device of LUN `name` for compute system `system` (C12): only if the LUN is online
     /// and unmasked to that system (S11).
     /// - Parameter mountPath: where to mount its file system inside; the file system must exist.
@@ -26,8 +29,16 @@ extension StorageProvider {
                 throw SiloError.invalidArgument(field: "lun", value: "\(name):\(mountPath)", reason: problem)
             }
             filesystem = try BlockProbe.probe(path: devicePath).filesystemType
-            guard filesystem != nil else {
+            guard let type = filesystem else {
                 throw SiloError(.invalidOperation, "LUN '\(name)' has no file system to mount at \(mountPath); make one first (mkfs)",
+                                field: "lun", value: name)
+            }
+            // The host's kernel mounts what a system may have written on its raw device: only the
+            // well-trodden file systems, not any driver the kernel would load for a crafted image.
+            guard Self.mountableFilesystems.contains(type) else {
+                throw SiloError(.invalidOperation,
+                                "LUN '\(name)' holds a \(type) file system; Silo mounts only \(Self.mountableFilesystems.sorted().joined(separator: ", ")) "
+                                    + "into systems (attach it without a mount path to use it as a raw device)",
                                 field: "lun", value: name)
             }
         }

@@ -253,7 +253,7 @@ struct LunAttachTests {
 
 @Suite("LUNs attached to running systems: paths the payload controls", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
 struct LunAttachPathTests {
-    @Test("C12 C13 an attach does not follow a link the payload made on the mount path; /proc, /dev and /sys are refused as mount paths")
+    @Test("C12 C13 an attach does not follow a link the payload made on the mount path; /proc, /dev and /sys are refused as mount paths, and file systems Silo does not mount")
     func attachRefusesLinks() throws {
         let storage = TestStorage()
         defer { storage.finish() }
@@ -277,6 +277,13 @@ struct LunAttachPathTests {
             let refused = silo(state, ["system", "modify", id, "--attach", "lnk:" + guarded])
             #expect(refused.status == 64 && refused.error.contains("cannot be mounted under"), "\(guarded): \(refused.error)")
         }
+        // What libblkid finds but Silo does not mount is refused (the host's kernel would parse
+        // what the system wrote): a swap signature here.
+        let odd = try #require(try storage.create("odd", size: 8 << 20).devicePath)
+        try storage.provider.setMask("odd", "*")
+        #expect(run("/sbin/mkswap", [odd]).status == 0)
+        let swap = silo(state, ["system", "modify", id, "--attach", "odd:/tmp/odd"])
+        #expect(swap.status == 1 && swap.error.contains("holds a swap file system"), "\(swap.error)")
         // A plain folder works, and its detach unmounts the LUN and nothing else.
         #expect(silo(state, ["system", "modify", id, "--attach", "lnk:/tmp/plain"]).status == 0)
         #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "grep -q ' /tmp/plain ' /proc/mounts"]).status == 0)
