@@ -393,7 +393,11 @@ static int template_build(const char *const *binds, const char *const *devices, 
         if (attach_bind(root, inside, *path, 1) != 0) goto failed;
     }
     if (init && (attach_bind(root, ".silo/init", init, 1) != 0 || remember_source(init, &at, end) != 0)) goto failed;
-    struct silo_mount_attr locked = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV, 0, 0, 0 };
+    // Private too, said outright: were these binds peers of the shared host mounts they were
+    // cloned from, what the host mounts later below /usr or /etc would show up in every root
+    // cloned from this one. (Linux 6.18 already makes detached clones private; a test checks
+    // that no mount inside is a peer or a slave of the host's.)
+    struct silo_mount_attr locked = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV, 0, MS_PRIVATE, 0 };
     if (syscall(SYS_mount_setattr, root, "", AT_EMPTY_PATH | SILO_AT_RECURSIVE, &locked, sizeof locked) != 0) goto failed;
     if (superblock_read_only(root) != 0) goto failed;
     // /dev: the device binds (nosuid, noexec), the mount points of devpts and shm, the links.
@@ -411,7 +415,7 @@ static int template_build(const char *const *binds, const char *const *devices, 
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
         if (symlinkat(links[i][0], dev, links[i][1]) != 0) goto failed;
     }
-    struct silo_mount_attr devices_attr = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
+    struct silo_mount_attr devices_attr = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, MS_PRIVATE, 0 };
     struct silo_mount_attr read_only = { SILO_MOUNT_ATTR_RDONLY, 0, 0, 0 };
     if (syscall(SYS_mount_setattr, dev, "", AT_EMPTY_PATH | SILO_AT_RECURSIVE, &devices_attr, sizeof devices_attr) != 0
         || syscall(SYS_mount_setattr, dev, "", AT_EMPTY_PATH, &read_only, sizeof read_only) != 0
@@ -851,9 +855,6 @@ static int child(void *argument) {
         // A clone of the shared read-only root (silo_sandbox_template_clone): only what is the
         // system's own goes on it. Not closed here: the descriptor may be the caller's too.
         if (syscall(SYS_move_mount, c->root_tree_fd, "", AT_FDCWD, c->root, SILO_MOVE_MOUNT_F_EMPTY_PATH) != 0) fail(c, STEP_ROOT_TMPFS);
-        // The clone keeps the host mounts' sharing (open_tree copies it, as a bind does): made
-        // private, so that nothing the host mounts later below /usr or /etc shows up inside.
-        if (mount(NULL, c->root, NULL, MS_REC | MS_PRIVATE, NULL) != 0) fail(c, STEP_PRIVATE);
         if (chdir(c->root) != 0) fail(c, STEP_ROOT_TMPFS);
         mount_dev_instances(c);
         goto per_system;
