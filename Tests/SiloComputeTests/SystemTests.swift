@@ -211,6 +211,18 @@ struct SystemTests {
         if system.cgroup.layout.place("cpu") == .v1 {
             #expect(readText(try system.cgroup.path("cpu") + "/cpu.cfs_quota_us") == "200000")
         }
+        // And back up past where it started: on v1 the swap limit moves first (it may never be
+        // below the memory limit; the other order was refused).
+        try system.modify(ModifyRequest(change: .memory(megabytes: 256))).wait(timeout: .seconds(10))
+        #expect(try system.properties().memoryLimitBytes == 256 << 20)
+        switch system.cgroup.layout.place("memory") {
+        case .v1?:
+            let memory = try system.cgroup.path("memory")
+            #expect(readText(memory + "/memory.limit_in_bytes") == "\(256 << 20)")
+            if let memsw = readText(memory + "/memory.memsw.limit_in_bytes") { #expect(memsw == "\(256 << 20)") }
+        case .v2?: #expect(readText(try system.cgroup.path("unified") + "/memory.max") == "\(256 << 20)")
+        case nil: break
+        }
         let nothing = #expect(throws: SiloError.self) { _ = try system.modify(ModifyRequest(change: .detach(controller: "0", index: 5))) }
         #expect(nothing?.code == .objectNotFound && nothing?.field == "ResourcePath")
     }

@@ -151,9 +151,22 @@ public final class Cgroup: Sendable {
                 try? writeText(try path("unified") + "/memory.swap.max", "0")
             case .v1?:
                 let path = try path("memory")
-                try writeText(path + "/memory.limit_in_bytes", "\(bytes)")
+                let limit = path + "/memory.limit_in_bytes", memsw = path + "/memory.memsw.limit_in_bytes"
                 // memsw is memory plus swap: equal means no swap (absent without swap accounting).
-                try? writeText(path + "/memory.memsw.limit_in_bytes", "\(bytes)")
+                // The kernel keeps memsw at or above the limit at every write: a limit that grows
+                // raises memsw first (the other order failed with EINVAL), one that shrinks lowers it after.
+                if access(memsw, F_OK) == 0 {
+                    let current = readText(limit).flatMap { UInt64($0) } ?? 0
+                    if bytes > current {
+                        try writeText(memsw, "\(bytes)")
+                        try writeText(limit, "\(bytes)")
+                    } else {
+                        try writeText(limit, "\(bytes)")
+                        try writeText(memsw, "\(bytes)")
+                    }
+                } else {
+                    try writeText(limit, "\(bytes)")
+                }
             case nil:
                 throw unavailable("memory")
             }
