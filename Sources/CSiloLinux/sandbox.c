@@ -1048,10 +1048,22 @@ static int open_dir_nofollow(const char *path, int create) {
 /// (which the payload could point elsewhere in between). Before Linux 5.2, by `path`.
 static int mount_on(const char *device, const char *type, int read_only, int target_fd, const char *path) {
     int fs = (int)syscall(SYS_fsopen, type, SILO_FSMOUNT_CLOEXEC);
-    if (fs < 0 && errno == ENOSYS) return mount(device, path, type, MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0), NULL);
+    if (fs < 0 && errno == ENOSYS) {
+        // From inside the folder opened, not by its path looked up again.
+        (void)path;
+        if (fchdir(target_fd) != 0) return -1;
+        int result = mount(device, ".", type, MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0), NULL);
+        int error = errno;
+        (void)!chdir("/");
+        errno = error;
+        return result;
+    }
     if (fs < 0) return -1;
     int mounted = -1;
+    // Read-only is the file system's (no journal replay, no superblock write, and a read-only
+    // loop device takes it), not only the mount's.
     if (syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_STRING, "source", device, 0) == 0
+        && (!read_only || syscall(SYS_fsconfig, fs, SILO_FSCONFIG_SET_FLAG, "ro", NULL, 0) == 0)
         && syscall(SYS_fsconfig, fs, SILO_FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0) {
         mounted = (int)syscall(SYS_fsmount, fs, SILO_FSMOUNT_CLOEXEC,
                                SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NODEV | (read_only ? SILO_MOUNT_ATTR_RDONLY : 0));
@@ -1112,8 +1124,11 @@ static __attribute__((noreturn)) void fail_writable(int init_pidfd, pid_t init_p
 static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach_config *a, int attach, int report) {
     attach_error_fd = report;
     // The system's init by its pidfd (it cannot be another process that took its pid since the
-    // caller checked it); by /proc/<pid> where setns takes no pidfd (before Linux 5.8).
-    if (init_pidfd < 0 || setns(init_pidfd, CLONE_NEWNS) != 0) {
+    // caller checked it); by /proc/<pid> only where there is no pidfd or setns takes none (before
+    // Linux 5.3 and 5.8), and then only while the pidfd's process still lives.
+    int by_pidfd = init_pidfd >= 0 && setns(init_pidfd, CLONE_NEWNS) == 0;
+    if (!by_pidfd && init_pidfd >= 0 && errno != EINVAL) fail(NULL, STEP_ENTER);
+    if (!by_pidfd) {
         char path[64] = "/proc/";
         char number[16];
         int n = 0;
@@ -1123,7 +1138,9 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
         path[at] = 0;
         join(path, sizeof path, path, "/ns/mnt");
         int ns = open(path, O_RDONLY | O_CLOEXEC);
-        if (ns < 0 || setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
+        if (ns < 0) fail(NULL, STEP_ENTER);
+        if (init_pidfd >= 0 && syscall(SYS_pidfd_send_signal, init_pidfd, 0, NULL, 0) != 0) fail(NULL, STEP_ENTER);
+        if (setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
         close(ns);
     }
     if (chdir("/") != 0) fail(NULL, STEP_ENTER);
@@ -1134,8 +1151,15 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail(NULL, STEP_DEVICE_NODE);
     int made = attach ? mknod(a->device_path, S_IFBLK | 0660, makedev(a->major, a->minor)) : unlink(a->device_path);
     int made_error = errno;
+    if (attach && made != 0 && made_error == EEXIST) {
+        // Already there (an earlier attach of this LUN): only as this device's node, not a link
+        // or another device's.
+        struct stat node;
+        if (fstatat(AT_FDCWD, a->device_path, &node, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISBLK(node.st_mode)
+            || node.st_rdev != makedev(a->major, a->minor)) made_error = EEXIST, made = -2;
+    }
     if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail_writable(init_pidfd, init_pid);
-    if (made != 0 && made_error != EEXIST && made_error != ENOENT) { errno = made_error; fail(NULL, STEP_DEVICE_NODE); }
+    if (made == -2 || (made != 0 && made_error != EEXIST && made_error != ENOENT)) { errno = made_error; fail(NULL, STEP_DEVICE_NODE); }
     if (attach && a->mount_target) {
         // The root is made writable only when a folder on the way is missing.
         int target = open_dir_nofollow(a->mount_target, 0);
@@ -1159,6 +1183,13 @@ int silo_sandbox_attach(pid_t init_pid, const struct silo_attach_config *config,
     // Taken before the fork and checked: init_pid is still the system's init (the caller checked
     // its start time), and the pidfd keeps naming that process.
     int init_pidfd = (int)syscall(SYS_pidfd_open, init_pid, 0);
+    if (init_pidfd < 0 && errno != ENOSYS) {  // gone (ESRCH): nothing to enter
+        failure->step = STEP_ENTER;
+        failure->error = errno;
+        close(report[0]);
+        close(report[1]);
+        return -1;
+    }
     pid_t pid = fork();
     if (pid == 0) {
         close(report[0]);

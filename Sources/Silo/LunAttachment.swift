@@ -6,7 +6,8 @@ import SiloStorage
 // system, is resolved here and passed on as plain values (DESIGN.md).
 extension StorageProvider {
     /// The file systems Silo mounts into systems.
-    public static let mountableFilesystems: Set<String> = ["ext2", "ext3", "ext4", "xfs", "btrfs"]
+    /// (Not btrfs: a mount's device number is its subvolume's, so a detach could not tell its mount.)
+    public static let mountableFilesystems: Set<String> = ["ext2", "ext3", "ext4", "xfs"]
 
     /// The block device of LUN `name` for compute system `system` (C12): only if the LUN is online
     /// and unmasked to that system (S11).
@@ -24,6 +25,7 @@ extension StorageProvider {
                             field: "lun", value: name)
         }
         var filesystem: String?
+        let mountPath = mountPath.map(BlockDevice.canonicalMountPath)
         if let mountPath {
             if let problem = BlockDevice.mountPathProblem(mountPath) {
                 throw SiloError.invalidArgument(field: "lun", value: "\(name):\(mountPath)", reason: problem)

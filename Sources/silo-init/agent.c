@@ -542,9 +542,10 @@ int silo_agent_main(int terminate_flag) {
             while (read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info) {
                 if (info.ssi_signo == SIGCHLD) {
                     reap();
-                } else if ((info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) && info.ssi_pid == 0) {
-                    // From outside the system only (its sender's pid is 0 in this namespace): a
-                    // process inside may not shut the whole system down.
+                } else if ((info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) && info.ssi_pid == 0 && info.ssi_code == SI_USER) {
+                    // From outside the system only (a kill whose sender's pid is 0 in this
+                    // namespace; sigqueue and F_SETSIG can forge the pid, not SI_USER): a process
+                    // inside may not shut the whole system down.
                     // A graceful shutdown (C5): every process is asked to end; the agent goes
                     // when none is left, and the host kills what stays past its grace period.
                     shutting_down = 1;

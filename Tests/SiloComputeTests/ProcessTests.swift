@@ -415,7 +415,9 @@ struct ProcessTests {
     func insideCannotShutDown() throws {
         let box = try RunningSystem("sig")
         defer { box.finish() }
-        let killer = try box.run("kill -TERM 1; kill -INT 1; sleep 0.3; exit 3", stdout: false)
+        // A kill, and a sigqueue that forges a sender's pid of 0 (rt_sigqueueinfo, SI_QUEUE).
+        let forged = #"/usr/bin/perl -e 'my $i = pack("iiiiii", 15, 0, -1, 0, 0, 0) . "\0" x 104; syscall(129, 1, 15, $i) == 0 or exit 9'"#
+        let killer = try box.run("kill -TERM 1; kill -INT 1; \(forged) || exit 8; sleep 0.3; exit 3", stdout: false)
         defer { killer.close() }
         #expect(try killer.wait(timeout: .seconds(10)).exitCode == 3)
         #expect(try box.run("exit 4", stdout: false).wait(timeout: .seconds(10)).exitCode == 4, "the system runs on")

@@ -284,10 +284,26 @@ struct LunAttachPathTests {
         #expect(run("/sbin/mkswap", [odd]).status == 0)
         let swap = silo(state, ["system", "modify", id, "--attach", "odd:/tmp/odd"])
         #expect(swap.status == 1 && swap.error.contains("holds a swap file system"), "\(swap.error)")
+        // Read-only: the file system itself (a read-only mount of a writable superblock would
+        // still replay its journal onto the LUN).
+        #expect(silo(state, ["system", "modify", id, "--attach", "lnk:/tmp/ro", "--read-only"]).status == 0)
+        let readOnly = silo(state, ["process", "create", id, "--", "/bin/sh", "-c",
+                                    "grep ' /tmp/ro ' /proc/self/mountinfo | sed 's/.* - //' | grep -q ' ro' && ! touch /tmp/ro/x 2>/dev/null"])
+        #expect(readOnly.status == 0, "\(readOnly.error)")
+        #expect(silo(state, ["system", "modify", id, "--detach", "lnk"]).status == 0)
         // A plain folder works, and its detach unmounts the LUN and nothing else.
-        #expect(silo(state, ["system", "modify", id, "--attach", "lnk:/tmp/plain"]).status == 0)
+        // Written with a doubled and a trailing slash: kept as /tmp/plain.
+        #expect(silo(state, ["system", "modify", id, "--attach", "lnk://tmp//plain/"]).status == 0)
         #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "grep -q ' /tmp/plain ' /proc/mounts"]).status == 0)
         #expect(silo(state, ["system", "modify", id, "--detach", "lnk"]).status == 0)
+        // Moved where the detach does not look (its parent renamed inside): the detach is
+        // refused and the LUN keeps its lease, rather than staying mounted with its lease given back.
+        #expect(silo(state, ["system", "modify", id, "--attach", "lnk:/tmp/a/data"]).status == 0)
+        #expect(silo(state, ["process", "create", id, "--", "/bin/mv", "/tmp/a", "/tmp/b"]).status == 0)
+        let moved = silo(state, ["system", "modify", id, "--detach", "lnk"])
+        #expect(moved.status == 1 && moved.error.contains("still mounted at /tmp/b/data"), "\(moved.error)")
+        #expect(silo(state, ["lun", "delete", "lnk"]).status == 1, "still leased")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/mv", "/tmp/b", "/tmp/a"]).status == 0)
         let after = silo(state, ["process", "create", id, "--", "/bin/sh", "-c",
                                  "! grep -q ' /tmp/plain ' /proc/mounts && grep ' /proc/sys ' /proc/mounts | grep -q ' ro,'"])
         #expect(after.status == 0, "the LUN is gone and /proc/sys is still read-only: \(after.error)")

@@ -76,7 +76,7 @@ public struct ComputeSystemDocument: Sendable, Hashable {
                                 field: attachment.child("MountPath"), value: mountPath)
             }
             self.init(controller: controller, index: index, lun: lun, readOnly: try attachment.bool("ReadOnly") ?? false,
-                      mountPath: mountPath)
+                      mountPath: mountPath.map(BlockDevice.canonicalMountPath))
         }
     }
 

@@ -81,10 +81,19 @@ public struct BlockDevice: Sendable, Hashable {
         guard path.hasPrefix("/"), !parts.contains(".."), !parts.contains("."), !parts.isEmpty else {
             return "the mount path must be an absolute path without '.' or '..', other than '/'"
         }
+        guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            return "the mount path must not hold control characters"
+        }
         if let first = parts.first, ["proc", "dev", "sys", ".silo"].contains(first) {
             return "a LUN cannot be mounted under /\(first), which Silo builds and guards"
         }
         return nil
+    }
+
+    /// `path` as Silo keeps it: one slash between components, none at the end (`/a//b/` is `/a/b`),
+    /// so that two spellings of one folder are one mount path.
+    public static func canonicalMountPath(_ path: String) -> String {
+        "/" + path.split(separator: "/").joined(separator: "/")
     }
 
     /// The node on the host, such as /dev/loop3; it appears at the same path inside.

@@ -332,6 +332,12 @@ public final class ComputeSystem: Sendable {
         }
         let parts = device.deviceNumber.split(separator: ":").compactMap { UInt32($0) }
         guard parts.count == 2 else { throw SiloError.invalidArgument(field: "deviceNumber", value: device.deviceNumber, reason: "major:minor") }
+        // The system's processes stand still while its root and /dev are briefly writable and the
+        // mount path is walked (the freezer; a paused system stays paused): none of them can race
+        // the change (a link swapped in, a file planted, a node made first).
+        let wasFrozen = cgroup.isFrozen
+        if !wasFrozen { try cgroup.freeze() }
+        defer { if !wasFrozen { try? cgroup.thaw() } }
         var failure = silo_sandbox_failure()
         let result = device.devicePath.withCString { path in
             (device.filesystemType ?? "auto").withCString { type in
@@ -350,6 +356,25 @@ public final class ComputeSystem: Sendable {
                                 + "\(String(cString: strerror(failure.error))) (errno \(failure.error))",
                             field: "lun", value: device.lun ?? device.devicePath, syscall: step, errno: failure.error)
         }
+        // A detach is done only when the LUN is mounted nowhere inside: its lease is given back
+        // after this, and the LUN may then go to another system or be deleted.
+        if !attach, let place = Self.mountPoint(of: device, inNamespaceOf: pid) {
+            throw SiloError(.deviceInUse, "LUN '\(device.lun ?? device.devicePath)' is still mounted at \(place) inside compute system '\(id)'; "
+                                + "unmount it there, or terminate the system",
+                            field: "lun", value: device.lun ?? device.devicePath)
+        }
+    }
+
+    /// Where `device` is mounted in the mount namespace of process `pid`, if anywhere: by its
+    /// node (mountinfo's source) or its number.
+    static func mountPoint(of device: BlockDevice, inNamespaceOf pid: Int32) -> String? {
+        guard let text = readText("/proc/\(pid)/mountinfo") else { return nil }
+        for line in text.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), fields.count > dash + 2 else { continue }
+            if fields[2] == device.deviceNumber || fields[dash + 2] == device.devicePath { return String(fields[4]) }
+        }
+        return nil
     }
 
     // MARK: Processes
