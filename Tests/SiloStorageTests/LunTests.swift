@@ -279,7 +279,7 @@ struct LunTests {
         if child == 0 { while true { pause() } }  // the deleter: alive until killed below
         try #require(child > 0)
         let owner = LunRecord.Owner(pid: child, startTime: try #require(ProcessIdentity.startTime(of: child)), operation: "deleteLun")
-        try registry.locked { () throws(SiloError) in try registry.placeDeleteMark("gone", owner: owner) }
+        try registry.locked { () throws(SiloError) in try registry.placeMark(.deleting, "gone", owner: owner) }
         #expect(fileExists(mark))
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("gone", by: 1 << 20) })?.code == .anotherCallInProgress)
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("gone") })?.code == .anotherCallInProgress)
@@ -328,7 +328,7 @@ struct LunTests {
             waitpid(deleter, nil, 0)
         }
         let owner = LunRecord.Owner(pid: deleter, startTime: try #require(ProcessIdentity.startTime(of: deleter)), operation: "deleteLun")
-        try registry.locked { () throws(SiloError) in try registry.placeDeleteMark("marked", owner: owner) }
+        try registry.locked { () throws(SiloError) in try registry.placeMark(.deleting, "marked", owner: owner) }
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("marked", by: 1 << 20) })?.code == .anotherCallInProgress)
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("marked") })?.code == .anotherCallInProgress)
         #expect(try storage.provider.lun(named: "marked").size == 8 << 20)

@@ -59,7 +59,7 @@ struct DriveEnumerator {
                 defer { close(fd) }
                 var info = loop_info64()
                 if silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name).hasPrefix("silo:") { return nil }
-                loopBacking = LoopBacking(device: fd, file: file)
+                loopBacking = LoopBacking(status: info, file: file)
             }
             backing = file
         }

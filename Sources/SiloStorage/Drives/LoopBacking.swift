@@ -28,7 +28,13 @@ public struct LoopBacking: Sendable, Hashable {
     /// device that is not bound, or whose status asks for a transfer (encryption) the file lacks.
     init?(device fd: Int32, file: String) {
         var info = loop_info64()
-        guard silo_loop_get_status64(fd, &info) == 0, info.lo_encrypt_type == 0 else { return nil }
+        guard silo_loop_get_status64(fd, &info) == 0 else { return nil }
+        self.init(status: info, file: file)
+    }
+
+    /// The same, from a loop status the caller read already.
+    init?(status info: loop_info64, file: String) {
+        guard info.lo_encrypt_type == 0 else { return nil }
         self.file = file
         self.fileDevice = info.lo_device
         self.inode = info.lo_inode

@@ -68,8 +68,13 @@ extension StorageProvider {
 
     /// Marks `directory` as a pool of this state directory.
     func claimPool(_ directory: String) throws(SiloError) {
-        let marker = directory + "/" + Self.poolMarker
-        try writeJSONAtomically(configuration.stateDirectory + "\n", to: marker, temporary: marker + ".\(getpid()).tmp", durable: true)
+        try Self.markPool(directory, stateDirectory: configuration.stateDirectory)
+    }
+
+    /// Writes `directory`'s marker, naming `stateDirectory`, durably.
+    static func markPool(_ directory: String, stateDirectory: String) throws(SiloError) {
+        let marker = directory + "/" + poolMarker
+        try writeJSONAtomically(stateDirectory + "\n", to: marker, temporary: marker + ".\(getpid()).tmp", durable: true)
     }
 
     /// Whether `other` names this state directory (the same folder, however written).

@@ -6,7 +6,7 @@ extension StorageProvider {
     /// backing file.
     ///
     /// The call checks the LUN and marks it with a delete mark beside its record
-    /// (`LunRegistry.placeDeleteMark`) under the registry lock, which keeps other changes off it
+    /// (`LunRegistry.placeMark`) under the registry lock, which keeps other changes off it
     /// (S12); the operation unbinds the device and removes the record under the lock, then the
     /// mark, the name and the backing file (were this process to die first, reenumerate removes
     /// the file as an orphan and the mark as a dead one's).
@@ -25,7 +25,7 @@ extension StorageProvider {
             let record = try self.record(named: name)
             try checkChangeable(record)
             try checkUnused(record)
-            try registry.placeDeleteMark(name, owner: owner)
+            try registry.placeMark(.deleting, name, owner: owner)
             return record
         }
         do {
@@ -40,18 +40,18 @@ extension StorageProvider {
                     try registry.locked { () throws(SiloError) in
                         if let device = attachedDevice(record) { try device.unbind(expecting: record.tag) }
                         try registry.removeHoldingLock(name, durable: false)
-                        registry.removeDeleteMark(name)
+                        registry.removeMark(.deleting, name)
                         unlinkName(name)
                     }
                 } catch {
-                    registry.removeDeleteMark(name)
+                    registry.removeMark(.deleting, name)
                     throw error
                 }
                 try BackingFile.remove(record.backingFile)
                 try registry.syncFolder()
             }
         } catch {
-            registry.removeDeleteMark(name)
+            registry.removeMark(.deleting, name)
             throw error
         }
     }

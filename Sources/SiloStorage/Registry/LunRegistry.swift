@@ -14,9 +14,8 @@ struct LunRegistry: Sendable {
         for path in [configuration.stateDirectory, configuration.registryDirectory, configuration.poolDirectory] {
             try makeDirectory(path)
         }
-        let marker = configuration.poolDirectory + "/" + StorageProvider.poolMarker
-        if !fileExists(marker) {
-            try writeJSONAtomically(configuration.stateDirectory + "\n", to: marker, temporary: marker + ".\(getpid()).tmp", durable: true)
+        if StorageProvider.poolOwner(of: configuration.poolDirectory) == nil {
+            try StorageProvider.markPool(configuration.poolDirectory, stateDirectory: configuration.stateDirectory)
         }
     }
 
@@ -41,14 +40,12 @@ struct LunRegistry: Sendable {
         return try decode(bytes, path: path)
     }
 
+    /// Every record; a damaged one throws (naming its file).
     func loadAll() throws(SiloError) -> [LunRecord] {
-        var records: [LunRecord] = []
-        for entry in directoryEntries(directory) where entry.hasSuffix(".json") {
-            let path = directory + "/" + entry
-            guard let bytes = readFile(path) else { continue }
-            records.append(try decode(bytes, path: path))
-        }
-        return records.sorted { $0.name < $1.name }
+        var damaged: [SiloError] = []
+        let records = loadAll(damaged: &damaged)
+        if let first = damaged.first { throw first }
+        return records
     }
 
     /// Every record that decodes; what each damaged one's decoding said goes to `damaged`
@@ -173,9 +170,6 @@ struct LunRegistry: Sendable {
 
     private func markPath(_ mark: Mark, _ name: String) -> String { directory + "/." + name + "." + mark.rawValue }
 
-    func placeDeleteMark(_ name: String, owner: LunRecord.Owner) throws(SiloError) { try placeMark(.deleting, name, owner: owner) }
-    func deleteMark(_ name: String) -> LunRecord.Owner? { mark(.deleting, name) }
-    func removeDeleteMark(_ name: String) { removeMark(.deleting, name) }
 
     /// Makes the registry folder's changes durable (after a removal under the lock).
     func syncFolder() throws(SiloError) {
