@@ -18,21 +18,29 @@
 
 int silo_device_filter_load(const struct silo_device_rule *rules, int count, char *log, unsigned log_size) {
     if (count < 0 || count > 256) { errno = E2BIG; return -1; }
-    struct bpf_insn program[5 + 256 * 5 + 2];
+    struct bpf_insn program[6 + 256 * 6 + 2];
     int n = 0;
-    // r2 = type (low 16 bits of access_type), r3 = major, r4 = minor
+    // r2 = type (low 16 bits of access_type), r3 = major, r4 = minor, r5 = access (high 16 bits)
     program[n++] = INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_2, BPF_REG_1, offsetof(struct bpf_cgroup_dev_ctx, access_type), 0);
+    program[n++] = INSN(BPF_ALU64 | BPF_MOV | BPF_X, BPF_REG_5, BPF_REG_2, 0, 0);
     program[n++] = INSN(BPF_ALU | BPF_AND | BPF_K, BPF_REG_2, 0, 0, 0xFFFF);
+    program[n++] = INSN(BPF_ALU | BPF_RSH | BPF_K, BPF_REG_5, 0, 0, 16);
     program[n++] = INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_3, BPF_REG_1, offsetof(struct bpf_cgroup_dev_ctx, major), 0);
     program[n++] = INSN(BPF_LDX | BPF_W | BPF_MEM, BPF_REG_4, BPF_REG_1, offsetof(struct bpf_cgroup_dev_ctx, minor), 0);
+    const unsigned all = BPF_DEVCG_ACC_MKNOD | BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE;
     for (int i = 0; i < count; i++) {
         const struct silo_device_rule *rule = &rules[i];
         int wildcard = rule->minor < 0;
-        // Each test jumps past the rest of this rule (to the next rule) when it does not match.
-        int remaining = wildcard ? 3 : 4;  // instructions after the first test, up to the exit
-        program[n++] = INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_2, 0, remaining, rule->block ? BPF_DEVCG_DEV_BLOCK : BPF_DEVCG_DEV_CHAR);
-        program[n++] = INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_3, 0, remaining - 1, (int)rule->major);
-        if (!wildcard) program[n++] = INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_4, 0, 2, rule->minor);
+        // What the request may ask beyond the rule's access: a request that asks any of it is
+        // not this rule's (write to a device allowed for reading).
+        unsigned beyond = all & ~rule->access;
+        // Each test jumps past the rest of this rule (to the next rule) when it does not match:
+        // `remaining` counts the instructions after the first test, up to the exit.
+        int remaining = 3 + !wildcard + (beyond != 0);
+        program[n++] = INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_2, 0, remaining--, rule->block ? BPF_DEVCG_DEV_BLOCK : BPF_DEVCG_DEV_CHAR);
+        program[n++] = INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_3, 0, remaining--, (int)rule->major);
+        if (!wildcard) program[n++] = INSN(BPF_JMP | BPF_JNE | BPF_K, BPF_REG_4, 0, remaining--, rule->minor);
+        if (beyond) program[n++] = INSN(BPF_JMP | BPF_JSET | BPF_K, BPF_REG_5, 0, remaining--, (int)beyond);
         program[n++] = INSN(BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 1);
         program[n++] = INSN(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
     }

@@ -645,7 +645,7 @@ static void drop_capabilities(const struct silo_sandbox_config *c) {
 /// The default deny-list: what a payload has no business doing even as root in its own
 /// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
 /// kernel interfaces are closed until reviewed.
-enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_TIOCSTI, SOCKET_VSOCK };
+enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_DENIED, SOCKET_VSOCK };
 static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_mount, DENY_EPERM }, { __NR_umount2, DENY_EPERM }, { __NR_pivot_root, DENY_EPERM },
     { __NR_unshare, DENY_EPERM }, { __NR_setns, DENY_EPERM }, { __NR_move_mount, DENY_EPERM },
@@ -673,9 +673,13 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_socket, SOCKET_VSOCK },
     // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
     { __NR_clone, CLONE_FLAGS },
-    // ioctl(fd, TIOCSTI): faking terminal input. The kernel compares only the low 32 bits of the
-    // command, so the filter does too (the high-bit variant is the same request).
-    { __NR_ioctl, IOCTL_TIOCSTI },
+    // ioctl(fd, TIOCSTI): faking terminal input; and the loop driver's requests (0x4C00-0x4C0F,
+    // and /dev/loop-control's 0x4C80-0x4C8F): the driver asks for no privilege for some, so a
+    // payload holding an attached LUN's node, even opened read-only, could detach the host's loop
+    // device under it (LOOP_CLR_FD) or swap its backing file (LOOP_CHANGE_FD). The kernel compares
+    // only the low 32 bits of the command, so the filter does too (a high-bit variant is the same
+    // request).
+    { __NR_ioctl, IOCTL_DENIED },
 };
 #define SECCOMP_RULES (sizeof seccomp_rules / sizeof seccomp_rules[0])
 
@@ -704,9 +708,12 @@ static void emit_rule(enum seccomp_rule rule) {
         emit((struct sock_filter)DENY(EPERM));
         emit((struct sock_filter)ALLOW);
         break;
-    case IOCTL_TIOCSTI:
+    case IOCTL_DENIED:
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 0, 1));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 2, 0));
+        // 0x4C00-0x4C0F and 0x4C80-0x4C8F alike: both lose bits 0-3 and 7.
+        emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFFFFFF70u));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x4C00, 0, 1));
         emit((struct sock_filter)DENY(EPERM));
         emit((struct sock_filter)ALLOW);
         break;
@@ -720,7 +727,9 @@ static void emit_rule(enum seccomp_rule rule) {
     }
 }
 
-static unsigned rule_length(enum seccomp_rule rule) { return rule == CLONE_FLAGS || rule == IOCTL_TIOCSTI || rule == SOCKET_VSOCK ? 4 : 1; }
+static unsigned rule_length(enum seccomp_rule rule) {
+    return rule == IOCTL_DENIED ? 6 : rule == CLONE_FLAGS || rule == SOCKET_VSOCK ? 4 : 1;
+}
 
 /// Instructions emit_tree(order, count) emits.
 static unsigned tree_length(const unsigned char *order, unsigned count) {
@@ -864,7 +873,7 @@ static int child(void *argument) {
     // Every mount point on the root tmpfs first, while it is writable and before any host folder
     // is bound on it: a LUN's folder below a bind is then looked up in the (read-only) host
     // folder, never made there.
-    for (size_t i = 0; c->mount_sources && c->mount_sources[i]; i++) {
+    for (size_t i = 0; c->mount_targets && c->mount_targets[i]; i++) {
         join(target, sizeof target, NEW_ROOT, c->mount_targets[i]);
         if (make_dirs(target) != 0) fail(c, STEP_MOUNT_LUN);
     }
@@ -885,11 +894,9 @@ per_system:
     mount_proc(c);
     join(target, sizeof target, NEW_ROOT, "/tmp");
     if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
-    for (size_t i = 0; c->mount_sources && c->mount_sources[i]; i++) {
+    for (size_t i = 0; c->mount_targets && c->mount_targets[i]; i++) {
         join(target, sizeof target, NEW_ROOT, c->mount_targets[i]);
-        unsigned long flags = MS_NOSUID | MS_NODEV;
-        if (strcmp(c->mount_modes[i], "ro") == 0) flags |= MS_RDONLY;
-        if (mount(c->mount_sources[i], target, c->mount_types[i], flags, NULL) != 0) fail(c, STEP_MOUNT_LUN);
+        if (syscall(SYS_move_mount, c->mount_fds[i], "", AT_FDCWD, target, SILO_MOVE_MOUNT_F_EMPTY_PATH) != 0) fail(c, STEP_MOUNT_LUN);
     }
     // pivot_root(".", "."), in NEW_ROOT: the old root is stacked under the new one; detach it.
     if (syscall(SYS_pivot_root, ".", ".") != 0) fail(c, STEP_PIVOT);
@@ -1043,21 +1050,8 @@ static int open_dir_nofollow(const char *path, int create) {
 #define SILO_MOVE_MOUNT_T_EMPTY_PATH 0x40
 #define SILO_UMOUNT_NOFOLLOW 0x8
 
-/// Mounts block device `device` (file system `type`) on the directory `target_fd` refers to: the
-/// new mount API, so the target is the directory already opened, not a path looked up again
-/// (which the payload could point elsewhere in between). Before Linux 5.2, by `path`.
-static int mount_on(const char *device, const char *type, int read_only, int target_fd, const char *path) {
+int silo_lun_mount_open(const char *device, const char *type, int read_only) {
     int fs = (int)syscall(SYS_fsopen, type, SILO_FSMOUNT_CLOEXEC);
-    if (fs < 0 && errno == ENOSYS) {
-        // From inside the folder opened, not by its path looked up again.
-        (void)path;
-        if (fchdir(target_fd) != 0) return -1;
-        int result = mount(device, ".", type, MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0), NULL);
-        int error = errno;
-        (void)!chdir("/");
-        errno = error;
-        return result;
-    }
     if (fs < 0) return -1;
     int mounted = -1;
     // Read-only is the file system's (no journal replay, no superblock write, and a read-only
@@ -1070,9 +1064,28 @@ static int mount_on(const char *device, const char *type, int read_only, int tar
     }
     int error = errno;
     close(fs);
-    if (mounted < 0) { errno = error; return -1; }
+    errno = error;
+    return mounted;
+}
+
+/// Mounts block device `device` (file system `type`) on the directory `target_fd` refers to: the
+/// new mount API, so the target is the directory already opened, not a path looked up again
+/// (which the payload could point elsewhere in between). Before Linux 5.2, by `path`.
+static int mount_on(const char *device, const char *type, int read_only, int target_fd, const char *path) {
+    int mounted = silo_lun_mount_open(device, type, read_only);
+    if (mounted < 0 && errno == ENOSYS) {
+        // From inside the folder opened, not by its path looked up again.
+        (void)path;
+        if (fchdir(target_fd) != 0) return -1;
+        int result = mount(device, ".", type, MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0), NULL);
+        int error = errno;
+        (void)!chdir("/");
+        errno = error;
+        return result;
+    }
+    if (mounted < 0) return -1;
     int result = (int)syscall(SYS_move_mount, mounted, "", target_fd, "", SILO_MOVE_MOUNT_F_EMPTY_PATH | SILO_MOVE_MOUNT_T_EMPTY_PATH);
-    error = errno;
+    int error = errno;
     close(mounted);
     errno = error;
     return result;

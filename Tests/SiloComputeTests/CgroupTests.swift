@@ -183,11 +183,38 @@ struct CgroupTests {
         // A LUN's block device, allowed later (as an attach while running does); denied again after.
         let block = "if (exec 4</dev/loop0) 2>/dev/null; then exit 12; else exit 13; fi"
         #expect(reap(try startInside(cgroup, block)) == 13)
-        try cgroup.setBlockDevices(["7:0"])
+        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", writable: true)])
         #expect(reap(try startInside(cgroup, block)) == 12)
         #expect(reap(try startInside(cgroup, probe)) == 10, "and only that device")
+        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 14)
+        // Mounted (or attached read-only): read, not written.
+        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", readOnly: false, mountPath: "/data")])
+        #expect(reap(try startInside(cgroup, block)) == 12)
+        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 15, "no write through the node of a mounted LUN")
         try cgroup.setBlockDevices([], removing: ["7:0"])
         #expect(reap(try startInside(cgroup, block)) == 13)
+    }
+
+    /// Exit 14: /dev/loop0 opens for writing; 15: it does not.
+    static let writeProbe = "if (exec 4<>/dev/loop0) 2>/dev/null; then exit 14; else exit 15; fi"
+
+    @Test("C12 C13 v1's devices controller: a block device granted for writing, then cut back to reading (a LUN mounted at start)")
+    func legacyDeviceGrants() throws {
+        guard layout.place("devices") != nil, layout.legacy["devices"] != nil else {
+            Issue.record("no v1 devices hierarchy on this host")
+            return
+        }
+        // v1 alone decides here: no cgroup2 directory, so no device program.
+        var legacyOnly = layout
+        legacyOnly.unified = nil
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 16), layout: legacyOnly)
+        defer { try? cgroup.destroy() }
+        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 15, "not granted: not opened")
+        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", writable: true)])
+        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 14)
+        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", writable: false)])
+        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 15, "cut back to reading")
+        #expect(reap(try startInside(cgroup, "if (exec 4</dev/loop0) 2>/dev/null; then exit 12; else exit 13; fi")) == 12)
     }
 
     @Test("C10 a fork bomb stops at the pids limit")

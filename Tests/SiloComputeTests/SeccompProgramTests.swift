@@ -60,6 +60,9 @@ struct SeccompProgramTests {
             case 0x15: pc += 1 + Int(accumulator == k ? jt : jf)  // BPF_JMP | BPF_JEQ | BPF_K
             case 0x35: pc += 1 + Int(accumulator >= k ? jt : jf)  // BPF_JMP | BPF_JGE | BPF_K
             case 0x45: pc += 1 + Int(accumulator & k != 0 ? jt : jf)  // BPF_JMP | BPF_JSET | BPF_K
+            case 0x54:  // BPF_ALU | BPF_AND | BPF_K
+                accumulator &= k
+                pc += 1
             case 0x06: return k  // BPF_RET | BPF_K
             default:
                 Issue.record("an instruction this interpreter does not know: \(code)")
@@ -88,7 +91,7 @@ struct SeccompProgramTests {
         #expect(try verdict(nr: 0x4000_0000 | 1) == Self.retErrno(ENOSYS))
     }
 
-    @Test("C11 clone with a namespace flag and ioctl TIOCSTI (both forms) are refused; their other uses are not")
+    @Test("C11 clone with a namespace flag, ioctl TIOCSTI and the loop driver's ioctls (both forms) are refused; their other uses are not")
     func arguments() throws {
         #expect(try verdict(nr: Self.clone, args: [UInt64(SIGCHLD)]) == Self.retAllow)
         for flag in [0x1000_0000, 0x0002_0000, 0x2000_0000, 0x4000_0000, 0x0400_0000, 0x0800_0000, 0x0200_0000] as [UInt64] {
@@ -97,6 +100,15 @@ struct SeccompProgramTests {
         #expect(try verdict(nr: Self.ioctl, args: [0, Self.tiocsti]) == Self.retErrno(EPERM))
         #expect(try verdict(nr: Self.ioctl, args: [0, 0xffff_ffff_0000_0000 | Self.tiocsti]) == Self.retErrno(EPERM))
         #expect(try verdict(nr: Self.ioctl, args: [0, 0x5401]) == Self.retAllow)  // TCGETS
+        // The loop driver's requests (LOOP_SET_FD ... LOOP_CONFIGURE, and the rest of its range)
+        // and /dev/loop-control's; not the block layer's, nor their neighbours.
+        for command: UInt64 in Array(0x4C00...0x4C0F) + Array(0x4C80...0x4C8F) {
+            #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retErrno(EPERM), "ioctl \(command)")
+            #expect(try verdict(nr: Self.ioctl, args: [3, 0x1_0000_0000 | command]) == Self.retErrno(EPERM), "ioctl high \(command)")
+        }
+        for command: UInt64 in [0x4BFF, 0x4C10, 0x4C7F, 0x4C90, 0x80081272, 0x1268, 0x5412 + 1] {  // BLKGETSIZE64, BLKSSZGET
+            #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retAllow, "ioctl \(command)")
+        }
         // socket: AF_VSOCK (40) is refused, the others are not.
         #expect(try verdict(nr: Self.socket, args: [40, 1, 0]) == Self.retErrno(EAFNOSUPPORT))
         for family: UInt64 in [1, 2, 10, 16] {  // unix, inet, inet6, netlink

@@ -46,11 +46,13 @@ int silo_pty_peer(int master, int flags);
 /// ioctl(TIOCSPTLCK, 0): unlocks a new pseudo-terminal (unlockpt).
 int silo_pty_unlock(int master);
 
-/// A device a cgroup2 device program allows: block or character, major, minor (-1: any).
+/// A device a cgroup2 device program allows: block or character, major, minor (-1: any), and
+/// how (BPF_DEVCG_ACC_MKNOD 1, READ 2, WRITE 4).
 struct silo_device_rule {
     int block;
     unsigned int major;
     int minor;
+    unsigned int access;
 };
 /// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program allowing exactly `rules` (at most 256); returns
 /// its descriptor, or -1 with errno (the verifier's words in `log`).

@@ -31,13 +31,11 @@ struct silo_sandbox_config {
     int last_capability;
     /// Whether to install the seccomp deny-list.
     int seccomp;
-    /// Block devices to mount inside, parallel arrays, NULL-terminated: the host device path, the
-    /// mount point inside, the file system type, and "ro" or "rw". The device nodes themselves go
-    /// in `devices`.
-    const char *const *mount_sources;
+    /// LUN file systems to mount inside: the mount points inside, NULL-terminated, and for each a
+    /// detached mount the caller made (silo_lun_mount_open), which the child moves there. The
+    /// device nodes themselves go in `devices`.
     const char *const *mount_targets;
-    const char *const *mount_types;
-    const char *const *mount_modes;
+    const int *mount_fds;
     /// A cgroup2 directory's descriptor to start the child in (CLONE_INTO_CGROUP: no migration
     /// later, which costs an RCU grace period); -1 for none.
     int cgroup_fd;
@@ -123,6 +121,13 @@ struct silo_sandbox_failure {
 /// x86-64 the child shares the caller's memory until its exec (CLONE_VM | CLONE_VFORK), and the
 /// calling thread waits until then, with every signal blocked; the child execs with none blocked.
 pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd);
+
+/// Makes a LUN's file system as a detached mount (fsopen, fsconfig, fsmount; Linux 5.2), nosuid
+/// and nodev, read-only (the superblock, not only the mount) when asked: in the caller's context,
+/// so the device is opened under the caller's device cgroup, not under the system's, which lets
+/// its payload only read the node of a mounted LUN. Returns its descriptor (close-on-exec), or -1
+/// with errno.
+int silo_lun_mount_open(const char *device, const char *type, int read_only);
 
 /// A block device given to (or taken from) a running system: its node inside, its number, and
 /// optionally where its file system is mounted.

@@ -12,9 +12,9 @@ public struct CgroupLimits: Sendable, Hashable {
     public var cpuWeight: Int?
     /// Processes and threads at most; a fork bomb stops here.
     public var pids: Int?
-    /// `major:minor` of block devices the system may use (its LUNs); every other block device,
-    /// and every character device but the minimal /dev, is denied (v1 devices controller).
-    public var blockDevices: [String] = []
+    /// Block devices the system may use (its LUNs); every other block device, and every
+    /// character device but the minimal /dev, is denied.
+    public var blockDevices: [DeviceGrant] = []
 
     public init(memory: UInt64? = nil, cpus: Double? = nil, cpuWeight: Int? = nil, pids: Int? = 1024) {
         self.memory = memory
@@ -29,6 +29,29 @@ public struct CgroupLimits: Sendable, Hashable {
         if let limit = document.processorLimit { cpus = (cpus ?? 1) * Double(limit) / 100_000 }
         self.init(memory: document.memoryLimit, cpus: cpus, cpuWeight: document.processorWeight, pids: pids)
     }
+}
+
+/// A block device a compute system may use, and how. A LUN attached raw is read and written; one
+/// whose file system is mounted inside, or that is attached read-only, is only read: a write
+/// through the node under a mounted file system would change what the host's kernel parses as
+/// that file system (a crafted image is a way into the kernel), and a read-only attachment is one.
+public struct DeviceGrant: Sendable, Hashable {
+    /// `major:minor`.
+    public var number: String
+    public var writable: Bool
+
+    public init(number: String, writable: Bool) {
+        self.number = number
+        self.writable = writable
+    }
+
+    /// A LUN's: read-only when attached so or mounted at `mountPath`.
+    public init(number: String, readOnly: Bool, mountPath: String?) {
+        self.init(number: number, writable: !readOnly && mountPath == nil)
+    }
+
+    /// The rule as v1's devices.allow takes it: "b 7:3 rw" or "b 7:3 r".
+    var rule: String { "b \(number) \(writable ? "rw" : "r")" }
 }
 
 /// One compute system's cgroup: a directory in each hierarchy that serves it, behind one
@@ -132,7 +155,7 @@ public final class Cgroup: Sendable {
         // cgroup2's the same as a BPF program.
         if let devices = directories["devices"] {
             try writeText(devices + "/devices.deny", "a")
-            try writeText(devices + "/devices.allow", Self.minimalDevices + limits.blockDevices.map { "b \($0) rwm" })
+            try writeText(devices + "/devices.allow", Self.minimalDevices + limits.blockDevices.map(\.rule))
         }
         try attachDeviceProgram(blockDevices: limits.blockDevices)
     }
@@ -198,24 +221,28 @@ public final class Cgroup: Sendable {
         }
     }
 
-    /// Sets the block devices (`major:minor`) the system's processes may use besides the minimal
-    /// /dev: LUNs attached or detached while the system runs. v1: devices.allow for each, and
-    /// devices.deny for `removed`; cgroup2: a new device program (replacing the old one).
-    public func setBlockDevices(_ numbers: [String], removing removed: [String] = []) throws(SiloError) {
+    /// Sets the block devices the system's processes may use besides the minimal /dev: LUNs
+    /// attached or detached while the system runs, or cut back to reading once mounted. v1:
+    /// devices.deny for `removed` (`major:minor`) and for what a grant no longer gives (write),
+    /// devices.allow for each grant; cgroup2: a new device program (replacing the old one).
+    public func setBlockDevices(_ grants: [DeviceGrant], removing removed: [String] = []) throws(SiloError) {
         if let devices = directories["devices"] {
             for number in removed { try writeText(devices + "/devices.deny", "b \(number) rwm") }
-            for number in numbers { try writeText(devices + "/devices.allow", "b \(number) rwm") }
+            for grant in grants {
+                if !grant.writable { try writeText(devices + "/devices.deny", "b \(grant.number) wm") }
+                try writeText(devices + "/devices.allow", grant.rule)
+            }
         }
-        try attachDeviceProgram(blockDevices: numbers)
+        try attachDeviceProgram(blockDevices: grants)
     }
 
     /// cgroup2 controls devices with a BPF program on the cgroup's directory: allow the minimal
     /// /dev and `blockDevices`, deny the rest. Where v1's devices controller also governs (hybrid
     /// hosts such as this project's), both must allow; where there is only cgroup2, a program that
     /// cannot be attached is an error, not a silent open door.
-    func attachDeviceProgram(blockDevices: [String]) throws(SiloError) {
+    func attachDeviceProgram(blockDevices: [DeviceGrant]) throws(SiloError) {
         guard let unified = directories["unified"] else { return }
-        let rules = (Self.minimalDevices + blockDevices.map { "b \($0) rwm" }).compactMap(Self.deviceRule)
+        let rules = (Self.minimalDevices + blockDevices.map(\.rule)).compactMap(Self.deviceRule)
         // Loaded without the verifier's log: with one, the verifier prints its state at every
         // instruction: a load took 0.9 ms here, 0.35 ms without. Only a program it
         // refuses is loaded again with the log, for the error to say why.
@@ -240,15 +267,17 @@ public final class Cgroup: Sendable {
                         field: "cgroup", value: name, syscall: "bpf", errno: error)
     }
 
-    /// "c 1:3 rwm" or "b 7:2 rwm" or "c 136:* rwm" as a rule for the device program.
+    /// "c 1:3 rwm" or "b 7:2 r" or "c 136:* rwm" as a rule for the device program.
     static func deviceRule(_ text: String) -> silo_device_rule? {
         let parts = text.split(separator: " ")
-        guard parts.count >= 2, parts[0] == "b" || parts[0] == "c" else { return nil }
+        guard parts.count == 3, parts[0] == "b" || parts[0] == "c" else { return nil }
         let numbers = parts[1].split(separator: ":")
         guard numbers.count == 2, let major = UInt32(numbers[0]) else { return nil }
         let minor = numbers[1] == "*" ? -1 : Int32(numbers[1]) ?? -2
-        guard minor >= -1 else { return nil }
-        return silo_device_rule(block: parts[0] == "b" ? 1 : 0, major: major, minor: minor)
+        guard minor >= -1, !parts[2].isEmpty, parts[2].allSatisfy({ "rwm".contains($0) }) else { return nil }
+        // BPF_DEVCG_ACC_MKNOD, _READ, _WRITE
+        let access = (parts[2].contains("m") ? 1 : 0) | (parts[2].contains("r") ? 2 : 0) | (parts[2].contains("w") ? 4 : 0)
+        return silo_device_rule(block: parts[0] == "b" ? 1 : 0, major: major, minor: minor, access: UInt32(access))
     }
 
     /// null, zero, full, random, urandom, tty, ptmx and the pts terminals.

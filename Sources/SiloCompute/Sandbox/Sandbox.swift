@@ -112,6 +112,9 @@ public struct BlockDevice: Sendable, Hashable {
     /// Its SCSI location in the document, `controller/index`, for a Remove by ResourcePath.
     public var location: String?
 
+    /// What the system's device cgroup allows on it: writes only to a raw, writable attachment.
+    public var grant: DeviceGrant { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
+
     public init(devicePath: String, deviceNumber: String, mountPath: String? = nil, filesystemType: String? = nil, readOnly: Bool = false,
                 lun: String? = nil, leaseDescriptor: Int32? = nil, location: String? = nil) {
         self.location = location
@@ -196,6 +199,15 @@ public enum Sandbox {
         }
         if rootTree < 0 { rootTree = -1 }
         defer { if rootTree >= 0 { close(rootTree) } }
+        let mounted = spec.blockDevices.filter { $0.mountPath != nil }
+        let mountFDs: [Int32]
+        do throws(SiloError) {
+            mountFDs = try Self.openMounts(mounted)
+        } catch {
+            close(errors[1])
+            throw error
+        }
+        defer { mountFDs.forEach { close($0) } }
         // The other thread starts now (if not before): the namespace and cgroup while the child mounts.
         helper?.start()
         helper?.proceed()
@@ -204,10 +216,7 @@ public enum Sandbox {
             withCStrings(spec.environment) { envp in
                 withCStrings(spec.readOnlyBinds) { binds in
                     withCStrings(spec.devices + spec.blockDevices.map(\.devicePath)) { devices in
-                      withCStrings(spec.blockDevices.filter { $0.mountPath != nil }.map(\.devicePath)) { mountSources in
-                      withCStrings(spec.blockDevices.compactMap(\.mountPath)) { mountTargets in
-                      withCStrings(spec.blockDevices.filter { $0.mountPath != nil }.map { $0.filesystemType ?? "auto" }) { mountTypes in
-                      withCStrings(spec.blockDevices.filter { $0.mountPath != nil }.map { $0.readOnly ? "ro" : "rw" }) { mountModes in
+                      withCStrings(mounted.compactMap(\.mountPath)) { mountTargets in
                         withCStrings(SandboxSpec.maskedPaths) { masked in
                             withCStrings(SandboxSpec.readOnlyPaths) { readOnly in
                                 spec.root.withCString { root in
@@ -230,28 +239,25 @@ public enum Sandbox {
                                         config.seccomp = spec.seccomp ? 1 : 0
                                         config.init_binary = spec.initBinary == nil ? nil : initBinary
                                         config.cgroup_fd = cgroupFD ?? -1
-                                        config.mount_sources = UnsafePointer(OpaquePointer(mountSources))
                                         config.mount_targets = UnsafePointer(OpaquePointer(mountTargets))
-                                        config.mount_types = UnsafePointer(OpaquePointer(mountTypes))
-                                        config.mount_modes = UnsafePointer(OpaquePointer(mountModes))
                                         config.die_with_parent = spec.dieWithCaller ? 1 : 0
                                         config.keep_capabilities = spec.keptCapabilities.reduce(0) { $0 | (1 << UInt64($1)) }
                                         config.gate = helper?.gate
                                         config.root_tree_fd = rootTree
                                         return spec.inheritedDescriptors.withUnsafeBufferPointer { inherited in
                                           taskFiles.withUnsafeBufferPointer { tasks in
+                                           mountFDs.withUnsafeBufferPointer { mounts in
+                                            config.mount_fds = mounts.baseAddress
                                             config.inherit_fds = inherited.baseAddress
                                             config.inherit_count = Int32(min(inherited.count, 16))
                                             config.cgroup_task_fds = tasks.baseAddress
                                             config.cgroup_task_count = Int32(tasks.count)
                                             return silo_sandbox_spawn(&config, &pidfd)
+                                           }
                                           }
                                         }
                                       }
                                     }
-                      }
-                      }
-                      }
                       }
                                 }
                             }
@@ -281,6 +287,27 @@ public enum Sandbox {
             )
         }
         return SandboxProcess(pid: pid, pidfd: pidfd)
+    }
+
+    /// The file systems of `devices` (each with a mount path) as detached mounts, made here: the
+    /// device is opened under this process's device cgroup, while the system's lets its payload
+    /// only read the node of a LUN mounted inside (``DeviceGrant``). The child moves each into place.
+    static func openMounts(_ devices: [BlockDevice]) throws(SiloError) -> [Int32] {
+        var fds: [Int32] = []
+        for device in devices {
+            let fd = silo_lun_mount_open(device.devicePath, device.filesystemType ?? "auto", device.readOnly ? 1 : 0)
+            guard fd >= 0 else {
+                let error = errno
+                fds.forEach { close($0) }
+                let name = device.lun.map { "LUN '\($0)'" } ?? device.devicePath
+                throw SiloError(error == EPERM || error == EACCES ? .accessDenied : .systemCallFailed,
+                                "the sandbox could not mount \(name) (\(device.filesystemType ?? "auto") on \(device.devicePath)): "
+                                    + "\(String(cString: strerror(error))) (errno \(error))",
+                                field: "lun", value: device.lun ?? device.devicePath, syscall: "fsmount", errno: error)
+            }
+            fds.append(fd)
+        }
+        return fds
     }
 
     /// The kernel's highest capability number: fixed while it runs, so read once.

@@ -111,7 +111,7 @@ public final class ComputeSystem: Sendable {
             defer { leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) } }
             let configuration = service.configuration
             let record = try store.load(id)
-            if !blockDevices.isEmpty { try cgroup.setBlockDevices(blockDevices.map(\.deviceNumber)) }
+            if !blockDevices.isEmpty { try cgroup.setBlockDevices(blockDevices.map(\.grant)) }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
@@ -232,8 +232,8 @@ public final class ComputeSystem: Sendable {
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
         return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
             defer { if lease >= 0 { Glibc.close(lease) } }
-            let attached = try store.load(id).attachments?.map(\.deviceNumber) ?? []
-            try cgroup.setBlockDevices(attached + [device.deviceNumber])
+            let attached = try store.load(id).attachments?.map(\.grant) ?? []
+            try cgroup.setBlockDevices(attached + [device.grant])
             do {
                 try enter(record, device, attach: true)
                 if lease >= 0 { try agent().hold(tag: name, descriptor: lease) }
@@ -259,7 +259,7 @@ public final class ComputeSystem: Sendable {
             let device = BlockDevice(devicePath: attachment.devicePath, deviceNumber: attachment.deviceNumber,
                                      mountPath: attachment.mountPath, readOnly: attachment.readOnly, lun: attachment.lun)
             try enter(record, device, attach: false)
-            let remaining = try store.load(id).attachments?.filter { $0.lun != name }.map(\.deviceNumber) ?? []
+            let remaining = try store.load(id).attachments?.filter { $0.lun != name }.map(\.grant) ?? []
             try cgroup.setBlockDevices(remaining, removing: [device.deviceNumber])
             _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(name.utf8) + [0])
             return { $0.attachments = ($0.attachments ?? []).filter { $0.lun != name } }

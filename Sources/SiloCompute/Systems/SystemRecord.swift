@@ -39,6 +39,8 @@ public struct Attachment: Sendable, Codable, Hashable {
     public var readOnly: Bool
     /// `controller/index` in the document's Devices.Scsi, when attached there or by a modify request.
     public var location: String? = nil
+
+    var grant: DeviceGrant { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
 }
 
 struct SystemStore: Sendable {
