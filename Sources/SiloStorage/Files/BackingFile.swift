@@ -98,6 +98,17 @@ enum BackingFile {
         return UInt64(info.st_blocks) * 512
     }
 
+    /// Makes the file durable with its name: its size, blocks and bytes (fsync), and its entry in
+    /// its folder (the folder's fsync). Before a record names it as a ready LUN: otherwise a power
+    /// loss could leave a durable record whose file is gone, short, or without the bytes a clone
+    /// copied.
+    static func sync(_ path: String) throws(SiloError) {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        try syscall("fsync", path: path) { fsync(fd) }
+        try syncDirectory(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+    }
+
     static func remove(_ path: String) throws(SiloError) {
         if unlink(path) != 0, errno != ENOENT { throw SiloError.system("unlink", errno: errno, path: path) }
     }

@@ -83,7 +83,8 @@ extension StorageProvider {
     }
 
     /// The last steps of every chain that makes a LUN: attach its loop device, link its stable
-    /// name, and register it as ready, which is the point of no return.
+    /// name, make its backing file durable, and register it as ready, which is the point of no
+    /// return (the record is made durable only after the file it names).
     func attachSteps(_ record: LunRecord) -> [OperationStep] {
         let attachment = StepValue<LoopDevice.Attachment>()
         return [
@@ -97,6 +98,9 @@ extension StorageProvider {
                 try link(record.name, to: device)
             }, rollback: { [self] in
                 unlinkName(record.name)
+            }),
+            OperationStep("sync", weight: 1, run: { _ in
+                try BackingFile.sync(record.backingFile)
             }),
             OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
                 try endChange(record.name) { stored in
