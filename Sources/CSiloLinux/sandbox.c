@@ -673,12 +673,12 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_socket, SOCKET_VSOCK },
     // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
     { __NR_clone, CLONE_FLAGS },
-    // ioctl(fd, TIOCSTI): faking terminal input; and the loop driver's requests (0x4C00-0x4C0F,
-    // and /dev/loop-control's 0x4C80-0x4C8F): the driver asks for no privilege for some, so a
-    // payload holding an attached LUN's node, even opened read-only, could detach the host's loop
-    // device under it (LOOP_CLR_FD) or swap its backing file (LOOP_CHANGE_FD). The kernel compares
-    // only the low 32 bits of the command, so the filter does too (a high-bit variant is the same
-    // request).
+    // ioctl(fd, TIOCSTI): faking terminal input; the loop driver's requests (0x4C00-0x4C0F, and
+    // /dev/loop-control's 0x4C80-0x4C8F): the driver asks for no privilege for some, so a payload
+    // holding an attached LUN's node, even opened read-only, could detach the host's loop device
+    // under it (LOOP_CLR_FD) or swap its backing file (LOOP_CHANGE_FD); and block tracing. The
+    // kernel compares only the low 32 bits of the command, so the filter does too (a high-bit
+    // variant is the same request).
     { __NR_ioctl, IOCTL_DENIED },
 };
 #define SECCOMP_RULES (sizeof seccomp_rules / sizeof seccomp_rules[0])
@@ -710,10 +710,16 @@ static void emit_rule(enum seccomp_rule rule) {
         break;
     case IOCTL_DENIED:
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 2, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 6, 0));
         // 0x4C00-0x4C0F and 0x4C80-0x4C8F alike: both lose bits 0-3 and 7.
         emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFFFFFF70u));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x4C00, 0, 1));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x4C00, 4, 0));
+        // BLKTRACESETUP, START, STOP, TEARDOWN (type 0x12, numbers 115-118, whatever the size
+        // and direction bits): a block trace's buffers are the host's, not the system's.
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
+        emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFFFF));
+        emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_SUB | BPF_K, 0x1273));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 4, 1, 0));
         emit((struct sock_filter)DENY(EPERM));
         emit((struct sock_filter)ALLOW);
         break;
@@ -728,7 +734,7 @@ static void emit_rule(enum seccomp_rule rule) {
 }
 
 static unsigned rule_length(enum seccomp_rule rule) {
-    return rule == IOCTL_DENIED ? 6 : rule == CLONE_FLAGS || rule == SOCKET_VSOCK ? 4 : 1;
+    return rule == IOCTL_DENIED ? 10 : rule == CLONE_FLAGS || rule == SOCKET_VSOCK ? 4 : 1;
 }
 
 /// Instructions emit_tree(order, count) emits.

@@ -127,7 +127,7 @@ struct IsolationTests {
         for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
     }
 
-    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, the loop driver's ioctls, ptrace, keyctl and bpf with EPERM, io_uring with ENOSYS, vsock sockets", .requiresPerl)
+    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, the loop driver's and block tracing's ioctls, ptrace, keyctl and bpf with EPERM, io_uring with ENOSYS, vsock sockets", .requiresPerl)
     func seccompDenials() throws {
         // perl's syscall() passes the numbers as they are: EPERM is the filter's answer; without
         // it these would fail differently (ENOTTY on a non-terminal, ESRCH, EINVAL...).
@@ -138,6 +138,7 @@ struct IsolationTests {
               try("tiocsti_high", 16, 0, 0x100005412, 0);
               try("loop_clr_fd", 16, 0, 0x4C01, 0);
               try("loop_ctl_get_free", 16, 0, 0x4C82, 0);
+              try("blktrace_start", 16, 0, 0x1274, 0);
               try("ptrace", 101, 16, 1, 0, 0);
               try("keyctl", 250, 0, 0, 0, 0);
               try("bpf", 321, 0, 0, 0);
@@ -148,7 +149,7 @@ struct IsolationTests {
             """)
         #expect(result.status == 0, "\(result.output)")
         // The loop requests on /dev/null would be ENOTTY without the filter.
-        for name in ["tiocsti", "tiocsti_high", "loop_clr_fd", "loop_ctl_get_free", "ptrace", "keyctl", "bpf"] {
+        for name in ["tiocsti", "tiocsti_high", "loop_clr_fd", "loop_ctl_get_free", "blktrace_start", "ptrace", "keyctl", "bpf"] {
             #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
         }
         #expect(result.output.contains("io_uring_setup=\(ENOSYS)\n"), "\(result.output)")

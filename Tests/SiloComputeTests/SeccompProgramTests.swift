@@ -63,6 +63,9 @@ struct SeccompProgramTests {
             case 0x54:  // BPF_ALU | BPF_AND | BPF_K
                 accumulator &= k
                 pc += 1
+            case 0x14:  // BPF_ALU | BPF_SUB | BPF_K
+                accumulator &-= k
+                pc += 1
             case 0x06: return k  // BPF_RET | BPF_K
             default:
                 Issue.record("an instruction this interpreter does not know: \(code)")
@@ -91,7 +94,7 @@ struct SeccompProgramTests {
         #expect(try verdict(nr: 0x4000_0000 | 1) == Self.retErrno(ENOSYS))
     }
 
-    @Test("C11 clone with a namespace flag, ioctl TIOCSTI and the loop driver's ioctls (both forms) are refused; their other uses are not")
+    @Test("C11 clone with a namespace flag, ioctl TIOCSTI, the loop driver's and block tracing's ioctls (both forms) are refused; their other uses are not")
     func arguments() throws {
         #expect(try verdict(nr: Self.clone, args: [UInt64(SIGCHLD)]) == Self.retAllow)
         for flag in [0x1000_0000, 0x0002_0000, 0x2000_0000, 0x4000_0000, 0x0400_0000, 0x0800_0000, 0x0200_0000] as [UInt64] {
@@ -106,7 +109,12 @@ struct SeccompProgramTests {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retErrno(EPERM), "ioctl \(command)")
             #expect(try verdict(nr: Self.ioctl, args: [3, 0x1_0000_0000 | command]) == Self.retErrno(EPERM), "ioctl high \(command)")
         }
-        for command: UInt64 in [0x4BFF, 0x4C10, 0x4C7F, 0x4C90, 0x80081272, 0x1268, 0x5412 + 1] {  // BLKGETSIZE64, BLKSSZGET
+        // Block tracing: BLKTRACESETUP (_IOWR, 72 bytes), START, STOP, TEARDOWN.
+        for command: UInt64 in [0xC048_1273, 0x1274, 0x1275, 0x1276, 0x1_0000_1274] {
+            #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retErrno(EPERM), "ioctl \(command)")
+        }
+        // BLKGETSIZE64, BLKSSZGET, BLKDISCARD and BLKGETDISKSEQ beside the trace numbers, TCGETS.
+        for command: UInt64 in [0x4BFF, 0x4C10, 0x4C7F, 0x4C90, 0x8008_1272, 0x1268, 0x1277, 0x8008_1280, 0x5412 + 1] {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retAllow, "ioctl \(command)")
         }
         // socket: AF_VSOCK (40) is refused, the others are not.
