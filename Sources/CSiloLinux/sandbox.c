@@ -1074,27 +1074,11 @@ int silo_lun_mount_open(const char *device, const char *type, int read_only) {
     return mounted;
 }
 
-/// Mounts block device `device` (file system `type`) on the directory `target_fd` refers to: the
-/// new mount API, so the target is the directory already opened, not a path looked up again
-/// (which the payload could point elsewhere in between). Before Linux 5.2, by `path`.
-static int mount_on(const char *device, const char *type, int read_only, int target_fd, const char *path) {
-    int mounted = silo_lun_mount_open(device, type, read_only);
-    if (mounted < 0 && errno == ENOSYS) {
-        // From inside the folder opened, not by its path looked up again.
-        (void)path;
-        if (fchdir(target_fd) != 0) return -1;
-        int result = mount(device, ".", type, MS_NOSUID | MS_NODEV | (read_only ? MS_RDONLY : 0), NULL);
-        int error = errno;
-        (void)!chdir("/");
-        errno = error;
-        return result;
-    }
-    if (mounted < 0) return -1;
-    int result = (int)syscall(SYS_move_mount, mounted, "", target_fd, "", SILO_MOVE_MOUNT_F_EMPTY_PATH | SILO_MOVE_MOUNT_T_EMPTY_PATH);
-    int error = errno;
-    close(mounted);
-    errno = error;
-    return result;
+/// Moves the detached mount `mounted` (silo_lun_mount_open) onto the directory `target_fd` refers
+/// to: the directory already opened, not a path looked up again (which the payload could point
+/// elsewhere in between).
+static int mount_on(int mounted, int target_fd) {
+    return (int)syscall(SYS_move_mount, mounted, "", target_fd, "", SILO_MOVE_MOUNT_F_EMPTY_PATH | SILO_MOVE_MOUNT_T_EMPTY_PATH);
 }
 
 /// Unmounts the LUN's file system at `path`, if that is where it is: the parent is opened without
@@ -1142,6 +1126,22 @@ static __attribute__((noreturn)) void fail_writable(int init_pidfd, pid_t init_p
 
 static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach_config *a, int attach, int report) {
     attach_error_fd = report;
+    // A LUN to mount gets no node inside: its file system is made here, from the host's node and
+    // under the host's device cgroup, before entering the system's namespace.
+    int mounted = -1;
+    if (attach && a->mount_target) {
+        mounted = silo_lun_mount_open(a->device_path, a->filesystem_type, a->read_only);
+        if (mounted < 0) fail(NULL, STEP_MOUNT_LUN);
+    }
+    // A raw LUN's node inside is a bind of the host's (as at start), not a node made there: a
+    // detach unmounts it, where removing a node the payload holds open would leave the read-only
+    // /dev unable to go read-only again (an open, unlinked inode), and a start-time bind cannot be
+    // unlinked at all.
+    int node = -1;
+    if (attach && !a->mount_target) {
+        node = (int)syscall(SYS_open_tree, AT_FDCWD, a->device_path, SILO_OPEN_TREE_CLONE | SILO_OPEN_TREE_CLOEXEC);
+        if (node < 0) fail(NULL, STEP_DEVICE_NODE);
+    }
     // The system's init by its pidfd (it cannot be another process that took its pid since the
     // caller checked it); by /proc/<pid> only where there is no pidfd or setns takes none (before
     // Linux 5.3 and 5.8), and then only while the pidfd's process still lives.
@@ -1167,18 +1167,34 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     if (!attach && a->mount_target) {
         if (unmount_lun(a->mount_target, makedev(a->major, a->minor)) != 0 && errno != EINVAL) fail(NULL, STEP_UNMOUNT);
     }
+    // The node: bound for a raw LUN; removed at any detach (a LUN mounted by an older Silo had
+    // one). The system is frozen: nothing inside opens the empty file before the bind covers it.
+    if (attach && a->mount_target) goto mount_lun;
     if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail(NULL, STEP_DEVICE_NODE);
-    int made = attach ? mknod(a->device_path, S_IFBLK | 0660, makedev(a->major, a->minor)) : unlink(a->device_path);
-    int made_error = errno;
-    if (attach && made != 0 && made_error == EEXIST) {
-        // Already there (an earlier attach of this LUN): only as this device's node, not a link
-        // or another device's.
-        struct stat node;
-        if (fstatat(AT_FDCWD, a->device_path, &node, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISBLK(node.st_mode)
-            || node.st_rdev != makedev(a->major, a->minor)) made_error = EEXIST, made = -2;
+    int made = 0, made_error = 0;
+    struct stat there;
+    if (attach) {
+        int placeholder = open(a->device_path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0);
+        if (placeholder >= 0) {
+            close(placeholder);
+            made = (int)syscall(SYS_move_mount, node, "", AT_FDCWD, a->device_path, SILO_MOVE_MOUNT_F_EMPTY_PATH);
+            made_error = errno;
+            if (made != 0) unlink(a->device_path);
+        } else if (errno == EEXIST && fstatat(AT_FDCWD, a->device_path, &there, AT_SYMLINK_NOFOLLOW) == 0 && S_ISBLK(there.st_mode)
+                   && there.st_rdev == makedev(a->major, a->minor)) {
+            // Already there (bound at start, or by an earlier attach): only as this device's node.
+        } else {
+            made = -1, made_error = errno == EEXIST || errno == 0 ? EEXIST : errno;
+        }
+    } else {
+        // Unbound first (lazily: a process inside may hold it open), then the empty file under it.
+        if (umount2(a->device_path, MNT_DETACH | SILO_UMOUNT_NOFOLLOW) != 0 && errno != EINVAL && errno != ENOENT) made = -1, made_error = errno;
+        if (made == 0 && unlink(a->device_path) != 0 && errno != ENOENT) made = -1, made_error = errno;
     }
     if (mount(NULL, "/dev", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, dev_options) != 0) fail_writable(init_pidfd, init_pid);
-    if (made == -2 || (made != 0 && made_error != EEXIST && made_error != ENOENT)) { errno = made_error; fail(NULL, STEP_DEVICE_NODE); }
+    if (made != 0) { errno = made_error; fail(NULL, STEP_DEVICE_NODE); }
+    if (node >= 0) close(node);
+mount_lun:
     if (attach && a->mount_target) {
         // The root is made writable only when a folder on the way is missing.
         int target = open_dir_nofollow(a->mount_target, 0);
@@ -1190,8 +1206,9 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
             errno = target_error;
         }
         if (target < 0) fail(NULL, STEP_MOUNT_LUN);
-        if (mount_on(a->device_path, a->filesystem_type, a->read_only, target, a->mount_target) != 0) fail(NULL, STEP_MOUNT_LUN);
+        if (mount_on(mounted, target) != 0) fail(NULL, STEP_MOUNT_LUN);
         close(target);
+        close(mounted);
     }
     return 0;
 }

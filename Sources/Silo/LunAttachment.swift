@@ -51,13 +51,46 @@ extension StorageProvider {
     /// Resolves LUN `name` for `system` (as ``blockDevice(forLun:system:mountPath:readOnly:)``) and
     /// leases it to the system: the device carries the lease's descriptor; keep the lease until the
     /// call that gets the device returned (the system's agent holds its own copy after that).
+    ///
+    /// A system given the raw device (no mount path) holds its lease until it stops, even past a
+    /// detach: Linux revokes no open descriptor, and one a process inside opened meanwhile (or
+    /// passed over a socket) still reads and writes. So a LUN is not mounted anywhere while a
+    /// system holds it raw, and not given raw and writable to a system while it is mounted (by a
+    /// system, or on the host): a write under a mounted file system changes what the host's kernel
+    /// parses, and a crafted image is a way into the kernel.
+    /// - Throws: `deviceInUse` for those two cases, naming the holder.
     public func leasedBlockDevice(forLun name: String, system: String, mountPath: String? = nil,
                                   readOnly: Bool = false) throws(SiloError) -> (BlockDevice, LunLease) {
         var device = try blockDevice(forLun: name, system: system, mountPath: mountPath, readOnly: readOnly)
-        let lease = try lease(name, holder: "compute system '\(system)'")
+        let raw = device.mountPath == nil
+        let writable = !device.readOnly
+        let holder = "compute system '\(system)'" + (raw ? Self.rawLeaseSuffix : "")
+        let lease = try lease(name, holder: holder) { (holders) throws(SiloError) in
+            if !raw, let rawHolder = holders.first(where: { $0.hasSuffix(Self.rawLeaseSuffix) }) {
+                throw SiloError(.deviceInUse,
+                                "LUN '\(name)' cannot be mounted while \(rawHolder.dropLast(Self.rawLeaseSuffix.count)) has its raw device "
+                                    + "(held until that system stops: a process inside may still have it open, and could write under the mount)",
+                                field: "lun", value: name)
+            }
+            if raw, writable {
+                if let mounted = holders.first(where: { !$0.hasSuffix(Self.rawLeaseSuffix) }) {
+                    throw SiloError(.deviceInUse,
+                                    "LUN '\(name)' is mounted in \(mounted): its raw device is not given for writing meanwhile "
+                                        + "(attach it read-only, or detach it there first)",
+                                    field: "lun", value: name)
+                }
+                if let use = try deviceUse(ofLun: name) {
+                    throw SiloError(.deviceInUse, "LUN '\(name)' is \(use) on the host: its raw device is not given for writing meanwhile",
+                                    field: "lun", value: name)
+                }
+            }
+        }
         device.leaseDescriptor = lease.descriptor
         return (device, lease)
     }
+
+    /// What a raw holder's lease name ends with: "compute system 'web' (raw)".
+    static let rawLeaseSuffix = " (raw)"
 }
 
 extension ComputeSystem {
@@ -83,6 +116,10 @@ extension ComputeSystem {
     /// /dev and, given `mountPath`, its file system is mounted there.
     public func attachLun(_ name: String, mountPath: String? = nil, readOnly: Bool = false, location: String? = nil, storage: StorageProvider,
                           context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        // Said before storage's checks, which would name this system's own hold on it.
+        if try properties().attachments.contains(where: { $0.lun == name }) {
+            throw SiloError.invalidArgument(field: "lun", value: name, reason: "it is attached to compute system '\(id)' already")
+        }
         var (device, lease) = try storage.leasedBlockDevice(forLun: name, system: id, mountPath: mountPath, readOnly: readOnly)
         device.location = location
         defer { lease.release() }

@@ -187,10 +187,11 @@ struct CgroupTests {
         #expect(reap(try startInside(cgroup, block)) == 12)
         #expect(reap(try startInside(cgroup, probe)) == 10, "and only that device")
         #expect(reap(try startInside(cgroup, Self.writeProbe)) == 14)
-        // Mounted (or attached read-only): read, not written.
-        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", readOnly: false, mountPath: "/data")])
+        // Attached read-only: read, not written.
+        try cgroup.setBlockDevices([try #require(DeviceGrant(number: "7:0", readOnly: true, mountPath: nil))])
         #expect(reap(try startInside(cgroup, block)) == 12)
-        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 15, "no write through the node of a mounted LUN")
+        #expect(reap(try startInside(cgroup, Self.writeProbe)) == 15, "no write through the node of a read-only LUN")
+        #expect(DeviceGrant(number: "7:0", readOnly: false, mountPath: "/data") == nil, "a mounted LUN gets no grant")
         try cgroup.setBlockDevices([], removing: ["7:0"])
         #expect(reap(try startInside(cgroup, block)) == 13)
     }
@@ -198,7 +199,7 @@ struct CgroupTests {
     /// Exit 14: /dev/loop0 opens for writing; 15: it does not.
     static let writeProbe = "if (exec 4<>/dev/loop0) 2>/dev/null; then exit 14; else exit 15; fi"
 
-    @Test("C12 C13 v1's devices controller: a block device granted for writing, then cut back to reading (a LUN mounted at start)")
+    @Test("C12 C13 v1's devices controller: a block device granted for writing, then cut back to reading")
     func legacyDeviceGrants() throws {
         guard layout.place("devices") != nil, layout.legacy["devices"] != nil else {
             Issue.record("no v1 devices hierarchy on this host")

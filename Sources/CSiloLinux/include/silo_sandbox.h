@@ -132,7 +132,7 @@ int silo_lun_mount_open(const char *device, const char *type, int read_only);
 /// A block device given to (or taken from) a running system: its node inside, its number, and
 /// optionally where its file system is mounted.
 struct silo_attach_config {
-    const char *device_path;  ///< such as /dev/loop3: the node made inside
+    const char *device_path;  ///< such as /dev/loop3: the host's node, bound at that path inside when not mounted
     unsigned int major, minor;
     const char *mount_target;  ///< NULL: no mount
     const char *filesystem_type;

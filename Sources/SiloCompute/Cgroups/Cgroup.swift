@@ -31,10 +31,11 @@ public struct CgroupLimits: Sendable, Hashable {
     }
 }
 
-/// A block device a compute system may use, and how. A LUN attached raw is read and written; one
-/// whose file system is mounted inside, or that is attached read-only, is only read: a write
-/// through the node under a mounted file system would change what the host's kernel parses as
-/// that file system (a crafted image is a way into the kernel), and a read-only attachment is one.
+/// A block device a compute system may use, and how: a LUN attached raw is read and written, or
+/// only read when attached read-only. One whose file system is mounted inside gets no node and no
+/// grant: a write through the node under the mounted file system would change what the host's
+/// kernel parses (a crafted image is a way into the kernel), and a descriptor opened on it would
+/// outlive the detach (Linux revokes none).
 public struct DeviceGrant: Sendable, Hashable {
     /// `major:minor`.
     public var number: String
@@ -45,9 +46,10 @@ public struct DeviceGrant: Sendable, Hashable {
         self.writable = writable
     }
 
-    /// A LUN's: read-only when attached so or mounted at `mountPath`.
-    public init(number: String, readOnly: Bool, mountPath: String?) {
-        self.init(number: number, writable: !readOnly && mountPath == nil)
+    /// A LUN's: none when mounted at `mountPath`, read-only when attached so.
+    public init?(number: String, readOnly: Bool, mountPath: String?) {
+        guard mountPath == nil else { return nil }
+        self.init(number: number, writable: !readOnly)
     }
 
     /// The rule as v1's devices.allow takes it: "b 7:3 rw" or "b 7:3 r".

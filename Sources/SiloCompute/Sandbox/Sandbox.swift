@@ -112,8 +112,13 @@ public struct BlockDevice: Sendable, Hashable {
     /// Its SCSI location in the document, `controller/index`, for a Remove by ResourcePath.
     public var location: String?
 
-    /// What the system's device cgroup allows on it: writes only to a raw, writable attachment.
-    public var grant: DeviceGrant { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
+    /// What the system's device cgroup allows on it: nothing when its file system is mounted
+    /// (the system gets no node then), reading when read-only, else reading and writing.
+    public var grant: DeviceGrant? { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
+
+    /// The tag the system's agent holds its lease under: "data" for a mounted LUN, "raw:data" for
+    /// one given raw, whose lease a detach keeps until the system stops (see ``DeviceGrant``).
+    public var leaseTag: String { (mountPath == nil ? "raw:" : "") + (lun ?? devicePath) }
 
     public init(devicePath: String, deviceNumber: String, mountPath: String? = nil, filesystemType: String? = nil, readOnly: Bool = false,
                 lun: String? = nil, leaseDescriptor: Int32? = nil, location: String? = nil) {
@@ -215,7 +220,7 @@ public enum Sandbox {
         let pid: pid_t = withCStrings(spec.arguments) { argv in
             withCStrings(spec.environment) { envp in
                 withCStrings(spec.readOnlyBinds) { binds in
-                    withCStrings(spec.devices + spec.blockDevices.map(\.devicePath)) { devices in
+                    withCStrings(spec.devices + spec.blockDevices.filter { $0.mountPath == nil }.map(\.devicePath)) { devices in
                       withCStrings(mounted.compactMap(\.mountPath)) { mountTargets in
                         withCStrings(SandboxSpec.maskedPaths) { masked in
                             withCStrings(SandboxSpec.readOnlyPaths) { readOnly in

@@ -83,7 +83,7 @@ public enum SandboxRun {
         let systems = configuration.runtimeDirectory + "/systems"
         let reservation = systems + "/" + id
         var limits = limits
-        limits.blockDevices += blockDevices.map(\.grant)
+        limits.blockDevices += blockDevices.compactMap(\.grant)
         let layout = configuration.layout
         // Nothing pauses a run or asks for its statistics: only the cgroup hierarchies that enforce.
         let makeCgroup: @Sendable () throws(SiloError) -> Cgroup = { [limits] () throws(SiloError) -> Cgroup in

@@ -111,7 +111,8 @@ public final class ComputeSystem: Sendable {
             defer { leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) } }
             let configuration = service.configuration
             let record = try store.load(id)
-            if !blockDevices.isEmpty { try cgroup.setBlockDevices(blockDevices.map(\.grant)) }
+            let grants = blockDevices.compactMap(\.grant)
+            if !grants.isEmpty { try cgroup.setBlockDevices(grants) }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
@@ -146,7 +147,7 @@ public final class ComputeSystem: Sendable {
             // This handle now counts where the agent sees it, so even this process's death is seen (C6).
             let connection = try? agent()
             for (device, lease) in zip(blockDevices, leases) where lease >= 0 {
-                try connection?.hold(tag: device.lun ?? device.devicePath, descriptor: lease)
+                try connection?.hold(tag: device.leaseTag, descriptor: lease)
             }
             let attachments = blockDevices.map(Attachment.init)
             return { record in
@@ -216,8 +217,8 @@ public final class ComputeSystem: Sendable {
     // MARK: LUNs (C12)
 
     /// Attaches a block device (a LUN storage resolved) to the running system [HcsModifyComputeSystem,
-    /// Add]: its node appears in /dev, its file system is mounted where asked, the cgroup allows it,
-    /// and the agent holds its lease.
+    /// Add]: its file system is mounted where asked, or else its node appears in /dev and the cgroup
+    /// allows it; the agent holds its lease.
     /// - Throws: at once, `invalidState` unless Running; `invalidArgument` when that LUN is attached.
     public func attach(_ device: BlockDevice, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
@@ -232,14 +233,14 @@ public final class ComputeSystem: Sendable {
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
         return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
             defer { if lease >= 0 { Glibc.close(lease) } }
-            let attached = try store.load(id).attachments?.map(\.grant) ?? []
-            try cgroup.setBlockDevices(attached + [device.grant])
+            let attached = try store.load(id).attachments?.compactMap(\.grant) ?? []
+            if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
             do {
                 try enter(record, device, attach: true)
-                if lease >= 0 { try agent().hold(tag: name, descriptor: lease) }
+                if lease >= 0 { try agent().hold(tag: device.leaseTag, descriptor: lease) }
             } catch {
                 try? enter(record, device, attach: false)
-                try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber])
+                if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
                 throw error
             }
             return { $0.attachments = ($0.attachments ?? []) + [Attachment(device)] }
@@ -247,7 +248,9 @@ public final class ComputeSystem: Sendable {
     }
 
     /// Detaches LUN `lun` from the running system [HcsModifyComputeSystem, Remove]: unmounted
-    /// (refused while busy inside), its node removed, denied in the cgroup, its lease given back.
+    /// (refused while busy inside) and its lease given back, or, given raw, its node removed and
+    /// denied in the cgroup, its lease kept until the system stops (a descriptor opened inside
+    /// meanwhile still works: Linux revokes none).
     /// - Throws: at once, `invalidState` unless Running; `objectNotFound` when it is not attached.
     public func detach(lun name: String, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
@@ -259,9 +262,11 @@ public final class ComputeSystem: Sendable {
             let device = BlockDevice(devicePath: attachment.devicePath, deviceNumber: attachment.deviceNumber,
                                      mountPath: attachment.mountPath, readOnly: attachment.readOnly, lun: attachment.lun)
             try enter(record, device, attach: false)
-            let remaining = try store.load(id).attachments?.filter { $0.lun != name }.map(\.grant) ?? []
+            let remaining = try store.load(id).attachments?.filter { $0.lun != name }.compactMap(\.grant) ?? []
             try cgroup.setBlockDevices(remaining, removing: [device.deviceNumber])
-            _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(name.utf8) + [0])
+            // A raw LUN's lease stays with the system until it stops (see DeviceGrant): only a
+            // mounted one's is given back, now that it is unmounted.
+            if device.mountPath != nil { _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(device.leaseTag.utf8) + [0]) }
             return { $0.attachments = ($0.attachments ?? []).filter { $0.lun != name } }
         }
     }

@@ -40,7 +40,7 @@ public struct Attachment: Sendable, Codable, Hashable {
     /// `controller/index` in the document's Devices.Scsi, when attached there or by a modify request.
     public var location: String? = nil
 
-    var grant: DeviceGrant { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
+    var grant: DeviceGrant? { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
 }
 
 struct SystemStore: Sendable {

@@ -35,48 +35,79 @@ public final class LunLease: Sendable {
         let fd = held.exchange(-1, ordering: .relaxed)
         guard fd >= 0 else { return }
         Glibc.close(fd)
-        let probe = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard probe >= 0 else { return }
-        if flock(probe, LOCK_EX | LOCK_NB) == 0 { unlink(path) }
-        Glibc.close(probe)
+        let directory = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        withLeaseLock(directory: directory) { removeIfUnheld(path) }
     }
+}
+
+/// Runs `body` holding the lease folder's lock (a `flock` on the folder itself, so no file is
+/// added), which orders taking a lease, checking the live ones and removing a stale file: without
+/// it, a file found unheld could be removed between another taker's open and its lock, and that
+/// lease would be on no name. Without the folder there is nothing to order.
+func withLeaseLock<T, E: Error>(directory: String, _ body: () throws(E) -> T) throws(E) -> T {
+    let lock = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if lock >= 0 { while flock(lock, LOCK_EX) != 0, errno == EINTR {} }
+    defer { if lock >= 0 { Glibc.close(lock) } }
+    return try body()
+}
+
+/// Removes lease file `path` when nobody holds it; true if removed (or gone).
+@discardableResult
+private func removeIfUnheld(_ path: String) -> Bool {
+    let probe = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+    guard probe >= 0 else { return true }
+    defer { Glibc.close(probe) }
+    guard flock(probe, LOCK_EX | LOCK_NB) == 0 else { return false }
+    unlink(path)
+    return true
 }
 
 extension StorageProvider {
     var leaseDirectory: String { configuration.stateDirectory + "/leases" }
 
-    /// Takes a lease on LUN `name` for `holder` (such as "compute system 'web'").
-    /// - Throws: `objectNotFound` for an unknown LUN; `invalidArgument` for a holder with '/'.
-    public func lease(_ name: String, holder: String) throws(SiloError) -> LunLease {
+    /// Takes a lease on LUN `name` for `holder` (such as "compute system 'web'"), once `check` has
+    /// seen the live holders and thrown nothing: both under the lease lock, so two leases
+    /// taken at once cannot each pass a check the other would fail.
+    /// - Throws: `objectNotFound` for an unknown LUN; `invalidArgument` for a holder with '/';
+    ///   what `check` throws.
+    public func lease(_ name: String, holder: String,
+                      checking check: ([String]) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunLease {
         _ = try lun(named: name)
         guard !holder.isEmpty, !holder.contains("/"), holder.utf8.count <= 128 else {
             throw SiloError.invalidArgument(field: "holder", value: holder, reason: "1 to 128 characters, without '/'")
         }
         if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
-        let path = leaseDirectory + "/" + name + "@" + holder
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
-        guard flock(fd, LOCK_SH) == 0 else {
-            let error = errno
-            Glibc.close(fd)
-            throw SiloError.system("flock", errno: error, path: path)
+        return try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) -> LunLease in
+            try check(liveHolders(name))
+            let path = leaseDirectory + "/" + name + "@" + holder
+            let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+            guard flock(fd, LOCK_SH) == 0 else {
+                let error = errno
+                Glibc.close(fd)
+                throw SiloError.system("flock", errno: error, path: path)
+            }
+            return LunLease(lun: name, holder: holder, descriptor: fd, path: path)
         }
-        return LunLease(lun: name, holder: holder, descriptor: fd, path: path)
     }
 
     /// Holders of live leases on LUN `name`; stale lease files (their holders died) are removed.
     public func leaseHolders(_ name: String) -> [String] {
+        withLeaseLock(directory: leaseDirectory) { liveHolders(name) }
+    }
+
+    /// What `leaseHolders` finds; the caller holds the lease lock.
+    private func liveHolders(_ name: String) -> [String] {
         directoryEntries(leaseDirectory).filter { $0.hasPrefix(name + "@") }.sorted().compactMap { entry in
-            let path = leaseDirectory + "/" + entry
-            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { return nil }
-            defer { Glibc.close(fd) }
-            if flock(fd, LOCK_EX | LOCK_NB) == 0 {
-                unlink(path)
-                return nil
-            }
-            return String(entry.dropFirst(name.count + 1))
+            removeIfUnheld(leaseDirectory + "/" + entry) ? nil : String(entry.dropFirst(name.count + 1))
         }
+    }
+
+    /// Why LUN `name`'s device is busy on the host now (mounted anywhere, held, active swap,
+    /// opened exclusively), leases aside; nil when it is not, or has no device.
+    public func deviceUse(ofLun name: String) throws(SiloError) -> String? {
+        guard let path = try lun(named: name).devicePath, let number = Int(path.dropFirst("/dev/loop".count)) else { return nil }
+        return InUse.check(LoopDevice(number: number))
     }
 
     /// Why LUN `name` (attached as `device`) may not be deleted or taken offline, or nil.

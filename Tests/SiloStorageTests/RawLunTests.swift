@@ -1,0 +1,69 @@
+import Glibc
+import Testing
+
+@testable import SiloStorage
+
+/// A LUN given to a system as a raw device: Linux revokes no descriptor, so the system keeps its
+/// lease until it stops, and a LUN is never mounted while a system may still write it raw (C12,
+/// S10). A write under a mounted file system changes what the host's kernel parses.
+@Suite("LUNs given raw to running systems", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
+struct RawLunTests {
+    @Test("C12 S10 a LUN given raw stays leased to its system until it stops, even detached; meanwhile it is mounted nowhere, and a mounted LUN is not given raw for writing")
+    func rawLeases() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let (a, b, c, d) = ("rawa-\(getpid())", "rawb-\(getpid())", "rawc-\(getpid())", "rawd-\(getpid())")
+        let device = try #require(try storage.create("raw", size: 32 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        try storage.provider.setMask("raw", "*")
+        let document = storage.path + "/doc.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        for id in [a, b, c, d] {
+            #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+            #expect(silo(state, ["system", "start", id]).status == 0)
+        }
+        defer { for id in [a, b, c, d] { _ = silo(state, ["system", "terminate", id]) } }
+
+        // Raw and writable in a, where a process keeps a descriptor open past the detach.
+        #expect(silo(state, ["system", "modify", a, "--attach", "raw"]).status == 0)
+        let keeper = silo(state, ["process", "create", a, "--detach", "--", "/bin/sh", "-c", "exec 3<>\(device); exec sleep 100"])
+        #expect(keeper.status == 0, "\(keeper.error)")
+        let mountedElsewhere = silo(state, ["system", "modify", b, "--attach", "raw:/m"])
+        #expect(mountedElsewhere.status == 1 && mountedElsewhere.error.contains("compute system '\(a)' has its raw device"),
+                "\(mountedElsewhere.error)")
+        #expect(silo(state, ["system", "modify", a, "--detach", "raw"]).status == 0)
+        let deleted = silo(state, ["lun", "delete", "raw"])
+        #expect(deleted.status == 1 && deleted.error.contains("compute system '\(a)' (raw)"), "still leased after the detach: \(deleted.error)")
+        let stillRefused = silo(state, ["system", "modify", b, "--attach", "raw:/m"])
+        #expect(stillRefused.status == 1 && stillRefused.error.contains("has its raw device"), "\(stillRefused.error)")
+        let own = silo(state, ["system", "modify", a, "--attach", "raw:/m"])
+        #expect(own.status == 1 && own.error.contains("has its raw device"), "nor in a itself: \(own.error)")
+        // Raw and read-only in c meanwhile: it reads, and does not write.
+        #expect(silo(state, ["system", "modify", c, "--attach", "raw", "--read-only"]).status == 0)
+        let readOnly = silo(state, ["process", "create", c, "--", "/bin/sh", "-c",
+                                    "dd if=\(device) of=/dev/null bs=4096 count=1 2>/dev/null"
+                                        + " && ! dd if=/dev/zero of=\(device) bs=512 count=1 seek=4000 conv=notrunc 2>/dev/null"])
+        #expect(readOnly.status == 0, "\(readOnly.error)")
+        #expect(silo(state, ["system", "terminate", a]).status == 0)
+        #expect(silo(state, ["system", "terminate", c]).status == 0)
+
+        // a and c stopped, their leases with them: b mounts it.
+        let mounted = silo(state, ["system", "modify", b, "--attach", "raw:/m"])
+        #expect(mounted.status == 0, "\(mounted.error)")
+        // Mounted in b: not given raw for writing to d, whose writes would land under b's mount.
+        let whileMounted = silo(state, ["system", "modify", d, "--attach", "raw"])
+        #expect(whileMounted.status == 1 && whileMounted.error.contains("is mounted in compute system '\(b)'"), "\(whileMounted.error)")
+        #expect(silo(state, ["system", "modify", b, "--detach", "raw"]).status == 0)
+        // Nor while the host mounts it.
+        let hostMount = storage.path + "/host"
+        mkdir(hostMount, 0o755)
+        #expect(run("/bin/mount", [device, hostMount]).status == 0)
+        let whileHostMounted = silo(state, ["system", "modify", d, "--attach", "raw"])
+        #expect(whileHostMounted.status == 1 && whileHostMounted.error.contains("mounted on \(hostMount)"), "\(whileHostMounted.error)")
+        #expect(run("/bin/umount", [hostMount]).status == 0)
+        #expect(silo(state, ["system", "modify", d, "--attach", "raw"]).status == 0, "unmounted: given raw")
+        for id in [b, d] { #expect(silo(state, ["system", "terminate", id]).status == 0) }
+        #expect(silo(state, ["lun", "delete", "raw"]).status == 0)
+    }
+}
