@@ -1141,6 +1141,9 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     if (attach && !a->mount_target) {
         node = (int)syscall(SYS_open_tree, AT_FDCWD, a->device_path, SILO_OPEN_TREE_CLONE | SILO_OPEN_TREE_CLOEXEC);
         if (node < 0) fail(NULL, STEP_DEVICE_NODE);
+        // As the start's binds of /dev: nosuid, noexec (the host's /dev mount may be neither).
+        struct silo_mount_attr flags = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
+        if (syscall(SYS_mount_setattr, node, "", AT_EMPTY_PATH, &flags, sizeof flags) != 0 && errno != ENOSYS) fail(NULL, STEP_DEVICE_NODE);
     }
     // The system's init by its pidfd (it cannot be another process that took its pid since the
     // caller checked it); by /proc/<pid> only where there is no pidfd or setns takes none (before

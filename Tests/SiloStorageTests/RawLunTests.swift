@@ -66,4 +66,32 @@ struct RawLunTests {
         for id in [b, d] { #expect(silo(state, ["system", "terminate", id]).status == 0) }
         #expect(silo(state, ["lun", "delete", "raw"]).status == 0)
     }
+
+    @Test("C12 a raw LUN of the document detaches while a process inside holds it open, and attaches again, its node bound nosuid and noexec")
+    func startTimeRawDetach() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "rawdoc-\(getpid())"
+        let device = try #require(try storage.create("disk", size: 16 << 20).devicePath)
+        try storage.provider.setMask("disk", id)
+        let document = storage.path + "/doc.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"disk"}}}}}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        let started = silo(state, ["system", "start", id])
+        #expect(started.status == 0, "\(started.error)")
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        let holder = silo(state, ["process", "create", id, "--detach", "--", "/bin/sh", "-c", "exec 3<>\(device); exec sleep 100"])
+        #expect(holder.status == 0, "\(holder.error)")
+        usleep(100_000)
+        let detached = silo(state, ["system", "modify", id, "--detach", "disk"])
+        #expect(detached.status == 0, "the node is unbound under the open descriptor: \(detached.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! test -e \(device)"]).status == 0)
+        let again = silo(state, ["system", "modify", id, "--attach", "disk"])
+        #expect(again.status == 0, "\(again.error)")
+        let flags = silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "grep ' \(device) ' /proc/self/mountinfo"])
+        #expect(flags.status == 0 && flags.output.contains("nosuid") && flags.output.contains("noexec"), "\(flags.output)")
+        #expect(silo(state, ["system", "terminate", id]).status == 0)
+    }
 }

@@ -194,7 +194,18 @@ public struct ComputeSystemDocument: Sendable, Hashable {
                     throw SiloError(.invalidJSON, "\(attachment.path): an attachment's key is its index, 0...63",
                                     field: attachment.path, value: slot.key)
                 }
-                attachments.append(try ScsiAttachment(attachment, controller: member.key, index: index))
+                let made = try ScsiAttachment(attachment, controller: member.key, index: index)
+                // One LUN in one place: a second attachment of it would be a second mount or node
+                // that a detach by name could not tell apart.
+                if attachments.contains(where: { $0.lun == made.lun }) {
+                    throw SiloError(.invalidJSON, "\(attachment.path).Path: LUN '\(made.lun)' is attached twice",
+                                    field: attachment.path + ".Path", value: made.lun)
+                }
+                if let path = made.mountPath, attachments.contains(where: { $0.mountPath == path }) {
+                    throw SiloError(.invalidJSON, "\(attachment.path).MountPath: another LUN is mounted at \(path)",
+                                    field: attachment.path + ".MountPath", value: path)
+                }
+                attachments.append(made)
             }
         }
         return attachments.sorted { ($0.controller, $0.index) < ($1.controller, $1.index) }

@@ -146,8 +146,23 @@ public final class ComputeSystem: Sendable {
             Glibc.close(process.pidfd)
             // This handle now counts where the agent sees it, so even this process's death is seen (C6).
             let connection = try? agent()
-            for (device, lease) in zip(blockDevices, leases) where lease >= 0 {
-                try connection?.hold(tag: device.leaseTag, descriptor: lease)
+            do throws(SiloError) {
+                // Its LUNs' leases, before the system counts as started: without them storage
+                // would let them go (deleted, mounted elsewhere) under a running system.
+                for (device, lease) in zip(blockDevices, leases) where lease >= 0 {
+                    guard let connection else {
+                        throw SiloError(.systemCallFailed, "compute system '\(id)' started, but its agent did not answer to take its LUNs' leases",
+                                        field: "id", value: id)
+                    }
+                    try connection.hold(tag: device.leaseTag, descriptor: lease)
+                }
+            } catch {
+                // Not started after all: its init goes (its pid namespace with it), still Created.
+                try? cgroup.killAll()
+                var status: Int32 = 0
+                while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
+                listener.remove()
+                throw error
             }
             let attachments = blockDevices.map(Attachment.init)
             return { record in
@@ -233,14 +248,20 @@ public final class ComputeSystem: Sendable {
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
         return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
             defer { if lease >= 0 { Glibc.close(lease) } }
+            // The agent holds the lease before anything of the LUN's is inside: a process there
+            // could open a raw node at once, and keep it past any rollback.
+            if lease >= 0 { try agent().hold(tag: device.leaseTag, descriptor: lease) }
             let attached = try store.load(id).attachments?.compactMap(\.grant) ?? []
-            if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
             do {
+                if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
                 try enter(record, device, attach: true)
-                if lease >= 0 { try agent().hold(tag: device.leaseTag, descriptor: lease) }
             } catch {
                 try? enter(record, device, attach: false)
                 if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
+                // A raw LUN's lease stays (an earlier raw attach's descriptor may be open inside).
+                if lease >= 0, device.mountPath != nil {
+                    _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(device.leaseTag.utf8) + [0])
+                }
                 throw error
             }
             return { $0.attachments = ($0.attachments ?? []) + [Attachment(device)] }
