@@ -13,10 +13,10 @@ struct DurabilityTests {
     static let ext4Shutdown: UInt = 0x8004_587D
     static let noLogFlush: UInt32 = 2
 
-    /// Direct and buffered. On Linux 6.18 the loop driver's `LOOP_CONFIGURE` syncs the backing file
-    /// in both cases, so the create's own `sync` step finds it clean here; on kernels whose attach
-    /// syncs only when it turns direct I/O on (5.x), a buffered LUN relies on that step. What this
-    /// catches here is the record: without its fsyncs, it is not on the disk after the cut.
+    /// Direct and buffered: `LOOP_CONFIGURE` syncs the backing file when it turns direct I/O on,
+    /// and the create's `sync` step does for a buffered LUN (Linux 6.18's attach syncs that one
+    /// too, so here the step is not what keeps it; on 5.x kernels it is). What this catches here
+    /// is the record: without its fsyncs, it is not on the disk after the cut.
     @Test("S13 a LUN create returned is on disk after a power cut: its record, and its backing file at its size",
           arguments: [true, false])
     func createSurvivesPowerCut(directIO: Bool) throws {

@@ -98,15 +98,16 @@ enum BackingFile {
         return UInt64(info.st_blocks) * 512
     }
 
-    /// Makes the file durable with its name: its size, blocks and bytes (fsync), and its entry in
-    /// its folder (the folder's fsync). Before a record names it as a ready LUN: otherwise a power
-    /// loss could leave a durable record whose file is gone, short, or without the bytes a clone
-    /// copied.
+    /// Makes the file durable with its name: its size, blocks and bytes, and its entry in its
+    /// folder. Before a record names it as a ready LUN: otherwise a power loss could leave a
+    /// durable record whose file is gone, short, or without the bytes a clone copied. One fsync:
+    /// the file systems pools live on make a new file's entry durable with it (ext4 commits the
+    /// transaction that made both, or syncs the parent without a journal; XFS forces the log past
+    /// the create; btrfs logs new names), and each fsync costs a device flush.
     static func sync(_ path: String) throws(SiloError) {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
         try syscall("fsync", path: path) { fsync(fd) }
-        try syncDirectory(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
     }
 
     static func remove(_ path: String) throws(SiloError) {
