@@ -94,4 +94,22 @@ struct RawLunTests {
         #expect(flags.status == 0 && flags.output.contains("nosuid") && flags.output.contains("noexec"), "\(flags.output)")
         #expect(silo(state, ["system", "terminate", id]).status == 0)
     }
+
+    @Test("C12 silo run with a LUN whose file system does not mount fails at once, naming the LUN, and leaves nothing")
+    func unmountableLun() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let device = try #require(try storage.create("bad", size: 16 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        try storage.provider.setMask("bad", "*")
+        // Still ext4 to libblkid, refused by the kernel's mount: a block size of 2^30.
+        try writeBytes(device, offset: 1024 + 0x18, [20])
+        let result = run("/usr/bin/timeout", ["-s", "KILL", "30", siloBinary, "--state-dir", state, "run", "--lun", "bad:/data", "--", "/bin/true"])
+        #expect(result.status == 1, "an error, not a hang (137): \(result.status)")
+        // A run killed while it hung leaves its cgroup and folder to reenumerate, as documented.
+        if result.status != 1 { _ = silo(state, ["system", "reenumerate"]) }
+        #expect(silo(state, ["system", "list", "--json"]).output.filter { !$0.isWhitespace } == "[]")
+        #expect(silo(state, ["lun", "delete", "bad"]).status == 0, "no lease left")
+    }
 }

@@ -210,6 +210,11 @@ public enum Sandbox {
             mountFDs = try Self.openMounts(mounted)
         } catch {
             close(errors[1])
+            // The other thread may be waiting for the go already (a run starts it early): let it
+            // finish its part, as after a clone that failed, so the caller's join returns.
+            helper?.proceed()
+            helper?.waitForGate()
+            helper?.spawned()
             throw error
         }
         defer { mountFDs.forEach { close($0) } }
