@@ -13,10 +13,10 @@ struct DurabilityTests {
     static let ext4Shutdown: UInt = 0x8004_587D
     static let noLogFlush: UInt32 = 2
 
-    /// Direct and buffered: `LOOP_CONFIGURE` syncs the backing file when it turns direct I/O on,
-    /// and the create's `sync` step does for a buffered LUN (Linux 6.18's attach syncs that one
-    /// too, so here the step is not what keeps it; on 5.x kernels it is). What this catches here
-    /// is the record: without its fsyncs, it is not on the disk after the cut.
+    /// Direct and buffered. The create's `sync` step makes the backing file durable; Linux 6.18's
+    /// `LOOP_CONFIGURE` syncs it too, so on this kernel the step is not what keeps it (on earlier
+    /// ones it is). What this catches here is the record: without its fsyncs, it is not on the
+    /// disk after the cut.
     @Test("S13 a LUN create returned is on disk after a power cut: its record, and its backing file at its size",
           arguments: [true, false])
     func createSurvivesPowerCut(directIO: Bool) throws {

@@ -100,10 +100,10 @@ extension StorageProvider {
                 unlinkName(record.name)
             }),
             OperationStep("sync", weight: 1, run: { _ in
-                // Turning direct I/O on, LOOP_CONFIGURE fsyncs the file itself (every kernel
-                // since direct I/O came to loop; Linux 6.18 does so for buffered devices too):
-                // a second fsync would only cost a device flush (0.3 ms here).
-                if attachment.value?.directIO != true { try BackingFile.sync(record.backingFile) }
+                // Linux 6.18's LOOP_CONFIGURE fsyncs the file already, and this one finds nothing
+                // to write (it still costs a device flush, 0.3 ms here); kernels before it do not
+                // (they set the direct-I/O state before the check that would fsync).
+                try BackingFile.sync(record.backingFile)
             }),
             OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
                 try endChange(record.name) { stored in
