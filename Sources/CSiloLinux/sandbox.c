@@ -1137,13 +1137,16 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     // detach unmounts it, where removing a node the payload holds open would leave the read-only
     // /dev unable to go read-only again (an open, unlinked inode), and a start-time bind cannot be
     // unlinked at all.
-    int node = -1;
+    int node = -1, node_remount = 0;
     if (attach && !a->mount_target) {
         node = (int)syscall(SYS_open_tree, AT_FDCWD, a->device_path, SILO_OPEN_TREE_CLONE | SILO_OPEN_TREE_CLOEXEC);
         if (node < 0) fail(NULL, STEP_DEVICE_NODE);
         // As the start's binds of /dev: nosuid, noexec (the host's /dev mount may be neither).
         struct silo_mount_attr flags = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
-        if (syscall(SYS_mount_setattr, node, "", AT_EMPTY_PATH, &flags, sizeof flags) != 0 && errno != ENOSYS) fail(NULL, STEP_DEVICE_NODE);
+        if (syscall(SYS_mount_setattr, node, "", AT_EMPTY_PATH, &flags, sizeof flags) != 0) {
+            if (errno != ENOSYS) fail(NULL, STEP_DEVICE_NODE);
+            node_remount = 1;  // before Linux 5.12: a bind remount once it is in place
+        }
     }
     // The system's init by its pidfd (it cannot be another process that took its pid since the
     // caller checked it); by /proc/<pid> only where there is no pidfd or setns takes none (before
@@ -1181,6 +1184,7 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
         if (placeholder >= 0) {
             close(placeholder);
             made = (int)syscall(SYS_move_mount, node, "", AT_FDCWD, a->device_path, SILO_MOVE_MOUNT_F_EMPTY_PATH);
+            if (made == 0 && node_remount) made = mount(NULL, a->device_path, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL);
             made_error = errno;
             if (made != 0) unlink(a->device_path);
         } else if (errno == EEXIST && fstatat(AT_FDCWD, a->device_path, &there, AT_SYMLINK_NOFOLLOW) == 0 && S_ISBLK(there.st_mode)

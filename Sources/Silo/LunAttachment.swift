@@ -20,7 +20,7 @@ extension StorageProvider {
                                 + "add it with 'silo lun mask \(name) \(system)' or '*'",
                             field: "lun", value: name)
         }
-        guard let devicePath = lun.devicePath, let number = LoopDevice(number: Int(devicePath.dropFirst(9)) ?? -1).deviceNumber else {
+        guard let devicePath = lun.devicePath, let number = LoopDevice(path: devicePath)?.deviceNumber else {
             throw SiloError(.invalidOperation, "LUN '\(name)' is \(lun.status.rawValue), not online; 'silo lun online \(name)' first",
                             field: "lun", value: name)
         }

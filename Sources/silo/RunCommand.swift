@@ -64,10 +64,19 @@ struct RunCommand: HotCommand {
             let system = id ?? "run-\(getpid())"
             // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
             let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
-                try lun.map { (item) throws(SiloError) -> (BlockDevice, LunLease) in
+                let places = lun.map { item in
                     let parts = item.split(separator: ":", maxSplits: 1).map(String.init)
-                    return try global.provider.leasedBlockDevice(forLun: parts.first ?? "", system: system,
-                                                                 mountPath: parts.count > 1 ? parts[1] : nil)
+                    return (lun: parts.first ?? "", mountPath: parts.count > 1 ? parts[1] : nil)
+                }
+                // Compared as Silo keeps mount paths (`/a/` is `/a`); each is checked as written below.
+                let kept = places.map { (lun: $0.lun, mountPath: $0.mountPath.map(BlockDevice.canonicalMountPath)) }
+                for index in kept.indices {
+                    if let (reason, _) = BlockDevice.conflict(at: index, in: kept) {
+                        throw SiloError.invalidArgument(field: "lun", value: lun[index], reason: reason)
+                    }
+                }
+                return try places.map { (place) throws(SiloError) -> (BlockDevice, LunLease) in
+                    try global.provider.leasedBlockDevice(forLun: place.lun, system: system, mountPath: place.mountPath)
                 }
             }
             defer { leased.forEach { $0.1.release() } }

@@ -20,6 +20,7 @@ struct SystemRecordJSONTests {
             Attachment(lun: "/dev/loop8", devicePath: "/dev/loop8", deviceNumber: "7:8", mountPath: nil,
                        readOnly: false),
         ],
+        rawLeases: ["/dev/loop8", "db2"],
         memoryLimit: UInt64.max, processorCount: Int.max
     )
 

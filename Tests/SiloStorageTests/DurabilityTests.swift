@@ -28,11 +28,19 @@ struct DurabilityTests {
         #expect(run("/sbin/mkfs.ext4", ["-q", "-F", "-O", "^has_journal", disk]).status == 0)
         let mountPoint = storage.path + "/mnt"
         mkdir(mountPoint, 0o755)
-        #expect(run("/bin/mount", [disk, mountPoint]).status == 0)
+        try #require(run("/bin/mount", [disk, mountPoint]).status == 0)
+        // Whatever fails below: the inner LUN's device goes, then the mount (finish() then
+        // deletes the disk).
+        var device: String?
+        defer {
+            if let device { _ = run("/sbin/losetup", ["-d", device]) }
+            _ = run("/bin/umount", [mountPoint])
+        }
         let inner = StorageProvider(configuration: StorageConfiguration(stateDirectory: mountPoint + "/state"))
         let made = try inner.createLun(LunSpec(name: "inner", size: 8 << 20, directIO: directIO)).wait(timeout: .seconds(60))
         let file = made.backingFile
-        let device = try #require(made.devicePath)
+        device = made.devicePath
+        try #require(device != nil)
 
         // The power cut, right after the create returned: nothing more reaches the disk's file
         // (an unmount would still write the block device's dirty buffers, so the disk is read
@@ -45,8 +53,6 @@ struct DurabilityTests {
         try #require(shutdown == 0, "EXT4_IOC_SHUTDOWN: errno \(errno)")
         let image = storage.path + "/after-power-cut.img"
         #expect(run("/bin/cp", ["--sparse=always", try storage.provider.lun(named: "disk").backingFile, image]).status == 0)
-        #expect(run("/sbin/losetup", ["-d", device]).status == 0)
-        #expect(run("/bin/umount", [mountPoint]).status == 0)
 
         let inside = String(file.dropFirst(mountPoint.count))
         let record = run("/sbin/debugfs", ["-R", "cat /state/luns/inner.json", image])

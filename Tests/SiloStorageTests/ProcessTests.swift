@@ -144,7 +144,8 @@ struct TemporaryLunProcessTests {
     }
 }
 
-@Suite("LUNs in compute systems", .tags(.root), .requiresLoopDevices, .requiresSiloBinary)
+@Suite("LUNs in compute systems", .tags(.root), .requiresLoopDevices, .requiresSiloBinary,
+       .enabled(if: access("/usr/bin/perl", X_OK) == 0, "needs /usr/bin/perl to make a raw ioctl inside the system"))
 struct LunInSystemTests {
     @Test("C12 a LUN unmasked to a system appears inside as a block device, mounted where asked; masked, it is refused")
     func lunInsideRun() throws {
@@ -181,6 +182,11 @@ struct LunInSystemTests {
         #expect(node.status == 0, "written raw: \(node.error)")
         #expect(node.output == "\(EPERM)", "LOOP_CLR_FD refused: \(node.output)")
         #expect(try storage.provider.lun(named: "shared").devicePath == device, "still attached")
+        // One LUN once, one LUN per mount path (`/m/` is `/m`): refused before any is looked up.
+        let twice = silo(state, ["run", "--lun", "shared", "--lun", "shared:/d", "--", "/bin/true"])
+        #expect(twice.status == 64 && twice.error.contains("--lun") && twice.error.contains("attached twice"), "\(twice.error)")
+        let onePath = silo(state, ["run", "--lun", "a:/m", "--lun", "b:/m/", "--", "/bin/true"])
+        #expect(onePath.status == 64 && onePath.error.contains("another LUN is mounted at /m"), "\(onePath.error)")
     }
 }
 

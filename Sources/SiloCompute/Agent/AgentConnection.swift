@@ -270,6 +270,11 @@ final class AgentConnection: Sendable {
         _ = try request(SILO_AGENT_HOLD, payload: Array(tag.utf8.prefix(Int(SILO_AGENT_MAX_TAG))) + [0], descriptors: [descriptor])
     }
 
+    /// Closes the descriptor the agent holds under `tag`.
+    func release(tag: String) throws(SiloError) {
+        _ = try request(SILO_AGENT_RELEASE, payload: Array(tag.utf8.prefix(Int(SILO_AGENT_MAX_TAG))) + [0])
+    }
+
     /// Hangs up. Whoever reads sees the end, fails what still waits and closes the socket: only
     /// the one reading closes it, so its number is never reused under a reader. With nobody
     /// reading, this call ends the connection itself.

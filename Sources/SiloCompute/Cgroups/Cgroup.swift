@@ -223,8 +223,8 @@ public final class Cgroup: Sendable {
         }
     }
 
-    /// Sets the block devices the system's processes may use besides the minimal /dev: LUNs
-    /// attached or detached while the system runs, or cut back to reading once mounted. v1:
+    /// Sets the block devices the system's processes may use besides the minimal /dev: raw LUNs
+    /// attached or detached while the system runs, or a grant cut back to reading. v1:
     /// devices.deny for `removed` (`major:minor`) and for what a grant no longer gives (write),
     /// devices.allow for each grant; cgroup2: a new device program (replacing the old one).
     public func setBlockDevices(_ grants: [DeviceGrant], removing removed: [String] = []) throws(SiloError) {

@@ -195,17 +195,12 @@ public struct ComputeSystemDocument: Sendable, Hashable {
                                     field: attachment.path, value: slot.key)
                 }
                 let made = try ScsiAttachment(attachment, controller: member.key, index: index)
-                // One LUN in one place: a second attachment of it would be a second mount or node
-                // that a detach by name could not tell apart.
-                if attachments.contains(where: { $0.lun == made.lun }) {
-                    throw SiloError(.invalidJSON, "\(attachment.path).Path: LUN '\(made.lun)' is attached twice",
-                                    field: attachment.path + ".Path", value: made.lun)
-                }
-                if let path = made.mountPath, attachments.contains(where: { $0.mountPath == path }) {
-                    throw SiloError(.invalidJSON, "\(attachment.path).MountPath: another LUN is mounted at \(path)",
-                                    field: attachment.path + ".MountPath", value: path)
-                }
                 attachments.append(made)
+                let places = attachments.map { (lun: $0.lun, mountPath: $0.mountPath) }
+                if let (reason, onMountPath) = BlockDevice.conflict(at: places.count - 1, in: places) {
+                    let field = attachment.path + (onMountPath ? ".MountPath" : ".Path")
+                    throw SiloError(.invalidJSON, "\(field): \(reason)", field: field, value: onMountPath ? made.mountPath ?? "" : made.lun)
+                }
             }
         }
         return attachments.sorted { ($0.controller, $0.index) < ($1.controller, $1.index) }

@@ -90,6 +90,18 @@ public struct BlockDevice: Sendable, Hashable {
         return nil
     }
 
+    /// Why the attachment at `index` of `attachments` (LUN names, canonical mount paths) cannot be
+    /// made with those before it, if it cannot: one LUN in one place, since a second attachment of
+    /// it would be a second mount or node that a detach by name could not tell apart, and one LUN
+    /// per mount path. `onMountPath` says which field to name.
+    public static func conflict(at index: Int, in attachments: [(lun: String, mountPath: String?)]) -> (reason: String, onMountPath: Bool)? {
+        let (lun, mountPath) = attachments[index]
+        let before = attachments[..<index]
+        if before.contains(where: { $0.lun == lun }) { return ("LUN '\(lun)' is attached twice", false) }
+        if let mountPath, before.contains(where: { $0.mountPath == mountPath }) { return ("another LUN is mounted at \(mountPath)", true) }
+        return nil
+    }
+
     /// `path` as Silo keeps it: one slash between components, none at the end (`/a//b/` is `/a/b`),
     /// so that two spellings of one folder are one mount path.
     public static func canonicalMountPath(_ path: String) -> String {

@@ -113,6 +113,8 @@ public final class ComputeSystem: Sendable {
             let record = try store.load(id)
             let grants = blockDevices.compactMap(\.grant)
             if !grants.isEmpty { try cgroup.setBlockDevices(grants) }
+            // A start that fails takes its grants back (the cgroup stays for the next start).
+            func revokeGrants() { if !grants.isEmpty { try? cgroup.setBlockDevices([], removing: grants.map(\.number)) } }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
@@ -141,6 +143,7 @@ public final class ComputeSystem: Sendable {
                 process = try Sandbox.spawn(spec, cgroup: cgroup)
             } catch {
                 listener.remove()
+                revokeGrants()
                 throw error
             }
             Glibc.close(process.pidfd)
@@ -159,14 +162,18 @@ public final class ComputeSystem: Sendable {
             } catch {
                 // Not started after all: its init goes (its pid namespace with it), still Created.
                 try? cgroup.killAll()
+                _ = kill(process.pid, SIGKILL)
                 var status: Int32 = 0
                 while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
                 listener.remove()
+                revokeGrants()
                 throw error
             }
             let attachments = blockDevices.map(Attachment.init)
+            let rawLeases = blockDevices.filter { $0.mountPath == nil }.compactMap(\.lun)
             return { record in
                 record.attachments = attachments
+                record.rawLeases = rawLeases.isEmpty ? nil : rawLeases
                 record.state = .running
                 record.initPID = process.pid
                 record.initStartTime = processStartTime(process.pid)
@@ -248,23 +255,27 @@ public final class ComputeSystem: Sendable {
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
         return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
             defer { if lease >= 0 { Glibc.close(lease) } }
+            let current = try store.load(id)
+            let attached = current.attachments?.compactMap(\.device.grant) ?? []
+            // Given raw before (and detached since): its lease must stay, whatever happens now.
+            let heldBefore = current.rawLeases?.contains(name) == true
             // The agent holds the lease before anything of the LUN's is inside: a process there
             // could open a raw node at once, and keep it past any rollback.
             if lease >= 0 { try agent().hold(tag: device.leaseTag, descriptor: lease) }
-            let attached = try store.load(id).attachments?.compactMap(\.grant) ?? []
             do {
                 if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
                 try enter(record, device, attach: true)
             } catch {
                 try? enter(record, device, attach: false)
                 if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
-                // A raw LUN's lease stays (an earlier raw attach's descriptor may be open inside).
-                if lease >= 0, device.mountPath != nil {
-                    _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(device.leaseTag.utf8) + [0])
-                }
+                if lease >= 0, !heldBefore { try? agent().release(tag: device.leaseTag) }
                 throw error
             }
-            return { $0.attachments = ($0.attachments ?? []) + [Attachment(device)] }
+            let raw = device.mountPath == nil
+            return {
+                $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
+                if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
+            }
         }
     }
 
@@ -280,14 +291,13 @@ public final class ComputeSystem: Sendable {
             throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
         }
         return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
-            let device = BlockDevice(devicePath: attachment.devicePath, deviceNumber: attachment.deviceNumber,
-                                     mountPath: attachment.mountPath, readOnly: attachment.readOnly, lun: attachment.lun)
+            let device = attachment.device
             try enter(record, device, attach: false)
-            let remaining = try store.load(id).attachments?.filter { $0.lun != name }.compactMap(\.grant) ?? []
+            let remaining = try store.load(id).attachments?.filter { $0.lun != name }.compactMap(\.device.grant) ?? []
             try cgroup.setBlockDevices(remaining, removing: [device.deviceNumber])
             // A raw LUN's lease stays with the system until it stops (see DeviceGrant): only a
             // mounted one's is given back, now that it is unmounted.
-            if device.mountPath != nil { _ = try? agent().request(SILO_AGENT_RELEASE, payload: Array(device.leaseTag.utf8) + [0]) }
+            if device.mountPath != nil { try? agent().release(tag: device.leaseTag) }
             return { $0.attachments = ($0.attachments ?? []).filter { $0.lun != name } }
         }
     }

@@ -24,6 +24,7 @@ extension SystemRecord {
         }
         memoryLimit = try object.optional("memoryLimit")
         processorCount = try object.optional("processorCount")
+        rawLeases = try object.strings("rawLeases")
     }
 
     var json: String {
@@ -40,6 +41,7 @@ extension SystemRecord {
         object.add("attachments", attachments?.map { $0.writer })
         object.add("memoryLimit", memoryLimit)
         object.add("processorCount", processorCount)
+        object.add("rawLeases", rawLeases)
         return object.text(.compact)
     }
 }

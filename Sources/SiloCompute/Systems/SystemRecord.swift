@@ -25,6 +25,9 @@ struct SystemRecord: Codable, Sendable, Equatable {
     var shouldTerminateOnLastHandleClosed: Bool
     /// LUNs attached now (C12).
     var attachments: [Attachment]? = nil
+    /// LUNs this system was given raw since it started: their leases stay with it until it stops,
+    /// detached or not (see ``DeviceGrant``).
+    var rawLeases: [String]? = nil
     /// Limits changed by modify since the document.
     var memoryLimit: UInt64? = nil
     var processorCount: Int? = nil
@@ -40,7 +43,9 @@ public struct Attachment: Sendable, Codable, Hashable {
     /// `controller/index` in the document's Devices.Scsi, when attached there or by a modify request.
     public var location: String? = nil
 
-    var grant: DeviceGrant? { DeviceGrant(number: deviceNumber, readOnly: readOnly, mountPath: mountPath) }
+    var device: BlockDevice {
+        BlockDevice(devicePath: devicePath, deviceNumber: deviceNumber, mountPath: mountPath, readOnly: readOnly, lun: lun)
+    }
 }
 
 struct SystemStore: Sendable {

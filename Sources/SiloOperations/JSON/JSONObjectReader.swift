@@ -93,6 +93,17 @@ package struct JSONObjectReader {
         return try JSONObjectReader(value, path: child(key))
     }
 
+    package func strings(_ key: String) throws(SiloError) -> [String]? {
+        guard let value = located(key) else { return nil }
+        guard case .array(let items) = value.value else { throw Self.typeError(child(key), "an array", value) }
+        var strings: [String] = []
+        for (position, item) in items.enumerated() {
+            guard case .string(let text) = item.value else { throw Self.typeError(child(key) + "[\(position)]", "a string", item) }
+            strings.append(text)
+        }
+        return strings
+    }
+
     package func objects(_ key: String) throws(SiloError) -> [JSONObjectReader]? {
         guard let value = located(key) else { return nil }
         guard case .array(let items) = value.value else { throw Self.typeError(child(key), "an array", value) }

@@ -105,9 +105,7 @@ enum BackingFile {
     /// transaction that made both, or syncs the parent without a journal; XFS forces the log past
     /// the create; btrfs logs new names), and each fsync costs a device flush.
     static func sync(_ path: String) throws(SiloError) {
-        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
-        defer { close(fd) }
-        try syscall("fsync", path: path) { fsync(fd) }
+        try syncPath(path, directory: false)
     }
 
     static func remove(_ path: String) throws(SiloError) {

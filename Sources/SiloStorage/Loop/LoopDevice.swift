@@ -17,6 +17,12 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         self.number = number
     }
 
+    /// The device at `path`, `/dev/loopN`; nil for any other path.
+    public init?(path: String) {
+        guard path.hasPrefix("/dev/loop"), let number = Int(path.dropFirst("/dev/loop".count)), number >= 0 else { return nil }
+        self.init(number: number)
+    }
+
     public var path: String { "/dev/loop\(number)" }
     public var name: String { "loop\(number)" }
     var sysfs: String { "/sys/block/loop\(number)" }

@@ -106,8 +106,8 @@ extension StorageProvider {
     /// Why LUN `name`'s device is busy on the host now (mounted anywhere, held, active swap,
     /// opened exclusively), leases aside; nil when it is not, or has no device.
     public func deviceUse(ofLun name: String) throws(SiloError) -> String? {
-        guard let path = try lun(named: name).devicePath, let number = Int(path.dropFirst("/dev/loop".count)) else { return nil }
-        return InUse.check(LoopDevice(number: number))
+        guard let path = try lun(named: name).devicePath, let device = LoopDevice(path: path) else { return nil }
+        return InUse.check(device)
     }
 
     /// Why LUN `name` (attached as `device`) may not be deleted or taken offline, or nil.

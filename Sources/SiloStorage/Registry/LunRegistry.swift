@@ -248,7 +248,12 @@ func writeJSONFile(_ text: String, to temporary: String, durable: Bool) throws(S
 }
 
 func syncDirectory(_ path: String) throws(SiloError) {
-    let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    try syncPath(path, directory: true)
+}
+
+/// fsync of the file or folder at `path`.
+func syncPath(_ path: String, directory: Bool) throws(SiloError) {
+    let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0)) }
     defer { close(fd) }
     try syscall("fsync", path: path) { fsync(fd) }
 }
