@@ -34,7 +34,7 @@
 #define MAX_CONNECTIONS 64
 #define MAX_PROCESSES 1024
 #define MAX_FDS 3
-#define MAX_HELD 64
+#define MAX_HELD SILO_AGENT_MAX_HELD
 
 struct process {
     pid_t pid;          ///< 0: a free slot

@@ -112,4 +112,31 @@ struct RawLunTests {
         #expect(silo(state, ["system", "list", "--json"]).output.filter { !$0.isWhitespace } == "[]")
         #expect(silo(state, ["lun", "delete", "bad"]).status == 0, "no lease left")
     }
+
+    @Test("C12 a system holds at most 64 LUN leases; past that an attach is refused, saying why, and changes nothing")
+    func leaseLimit() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "many-\(getpid())"
+        let document = storage.path + "/doc.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        #expect(silo(state, ["system", "start", id]).status == 0)
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        // Each given raw and detached again: its lease stays until the system stops.
+        for index in 0..<64 {
+            _ = try storage.create("m\(index)", size: 1 << 20)
+            try storage.provider.setMask("m\(index)", id)
+            #expect(silo(state, ["system", "modify", id, "--attach", "m\(index)"]).status == 0, "attach \(index)")
+            #expect(silo(state, ["system", "modify", id, "--detach", "m\(index)"]).status == 0, "detach \(index)")
+        }
+        _ = try storage.create("extra", size: 1 << 20)
+        try storage.provider.setMask("extra", id)
+        let refused = silo(state, ["system", "modify", id, "--attach", "extra"])
+        #expect(refused.status == 1 && refused.error.contains("holds 64 LUN leases, its most"), "\(refused.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! ls /dev/loop* 2>/dev/null"]).status == 0, "no node left inside")
+        #expect(silo(state, ["lun", "delete", "extra"]).status == 0, "its lease was not kept")
+        #expect(silo(state, ["system", "terminate", id]).status == 0)
+    }
 }

@@ -29,6 +29,8 @@
 #define SILO_AGENT_MAX_PAYLOAD 65536
 #define SILO_AGENT_MAX_STRINGS 4096
 #define SILO_AGENT_MAX_TAG 255
+/// Descriptors the agent holds at once (HOLD), each under its tag: LUN leases.
+#define SILO_AGENT_MAX_HELD 64
 
 enum silo_agent_type {
     SILO_AGENT_HELLO = 1,

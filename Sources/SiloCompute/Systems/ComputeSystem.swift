@@ -261,7 +261,17 @@ public final class ComputeSystem: Sendable {
             let heldBefore = current.rawLeases?.contains(name) == true
             // The agent holds the lease before anything of the LUN's is inside: a process there
             // could open a raw node at once, and keep it past any rollback.
-            if lease >= 0 { try agent().hold(tag: device.leaseTag, descriptor: lease) }
+            if lease >= 0 {
+                do throws(SiloError) {
+                    try agent().hold(tag: device.leaseTag, descriptor: lease)
+                } catch {
+                    guard error.errno == ENOSPC else { throw error }
+                    throw SiloError(.invalidOperation,
+                                    "compute system '\(id)' holds \(SILO_AGENT_MAX_HELD) LUN leases, its most (a LUN given raw keeps its lease "
+                                        + "until the system stops, detached or not)",
+                                    field: "lun", value: name)
+                }
+            }
             do {
                 if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
                 try enter(record, device, attach: true)
