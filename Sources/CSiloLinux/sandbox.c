@@ -1184,9 +1184,13 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
         if (placeholder >= 0) {
             close(placeholder);
             made = (int)syscall(SYS_move_mount, node, "", AT_FDCWD, a->device_path, SILO_MOVE_MOUNT_F_EMPTY_PATH);
-            if (made == 0 && node_remount) made = mount(NULL, a->device_path, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL);
+            int placed = made == 0;
+            if (placed && node_remount) made = mount(NULL, a->device_path, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL);
             made_error = errno;
-            if (made != 0) unlink(a->device_path);
+            if (made != 0) {
+                if (placed) (void)umount2(a->device_path, MNT_DETACH | SILO_UMOUNT_NOFOLLOW);
+                unlink(a->device_path);
+            }
         } else if (errno == EEXIST && fstatat(AT_FDCWD, a->device_path, &there, AT_SYMLINK_NOFOLLOW) == 0 && S_ISBLK(there.st_mode)
                    && there.st_rdev == makedev(a->major, a->minor)) {
             // Already there (bound at start, or by an earlier attach): only as this device's node.

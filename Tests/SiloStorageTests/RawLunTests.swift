@@ -137,6 +137,9 @@ struct RawLunTests {
         #expect(refused.status == 1 && refused.error.contains("holds 64 LUN leases, its most"), "\(refused.error)")
         #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! ls /dev/loop* 2>/dev/null"]).status == 0, "no node left inside")
         #expect(silo(state, ["lun", "delete", "extra"]).status == 0, "its lease was not kept")
+        let first = silo(state, ["lun", "delete", "m0"])
+        #expect(first.status == 1 && first.error.contains("(raw)"), "the earlier leases are all still held: \(first.error)")
+        #expect(!silo(state, ["system", "properties", id, "--json"]).output.contains("/dev/loop"), "nothing attached")
         #expect(silo(state, ["system", "terminate", id]).status == 0)
     }
 }

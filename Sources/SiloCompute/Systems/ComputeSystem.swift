@@ -157,7 +157,7 @@ public final class ComputeSystem: Sendable {
                         throw SiloError(.systemCallFailed, "compute system '\(id)' started, but its agent did not answer to take its LUNs' leases",
                                         field: "id", value: id)
                     }
-                    try connection.hold(tag: device.leaseTag, descriptor: lease)
+                    try holdLease(of: device, descriptor: lease, through: connection)
                 }
             } catch {
                 // Not started after all: its init goes (its pid namespace with it), still Created.
@@ -170,7 +170,7 @@ public final class ComputeSystem: Sendable {
                 throw error
             }
             let attachments = blockDevices.map(Attachment.init)
-            let rawLeases = blockDevices.filter { $0.mountPath == nil }.compactMap(\.lun)
+            let rawLeases = blockDevices.filter { $0.mountPath == nil }.map { $0.lun ?? $0.devicePath }
             return { record in
                 record.attachments = attachments
                 record.rawLeases = rawLeases.isEmpty ? nil : rawLeases
@@ -258,27 +258,18 @@ public final class ComputeSystem: Sendable {
             let current = try store.load(id)
             let attached = current.attachments?.compactMap(\.device.grant) ?? []
             // Given raw before (and detached since): its lease must stay, whatever happens now.
-            let heldBefore = current.rawLeases?.contains(name) == true
+            let heldBefore = device.mountPath == nil && current.rawLeases?.contains(name) == true
             // The agent holds the lease before anything of the LUN's is inside: a process there
             // could open a raw node at once, and keep it past any rollback.
-            if lease >= 0 {
-                do throws(SiloError) {
-                    try agent().hold(tag: device.leaseTag, descriptor: lease)
-                } catch {
-                    guard error.errno == ENOSPC else { throw error }
-                    throw SiloError(.invalidOperation,
-                                    "compute system '\(id)' holds \(SILO_AGENT_MAX_HELD) LUN leases, its most (a LUN given raw keeps its lease "
-                                        + "until the system stops, detached or not)",
-                                    field: "lun", value: name)
-                }
-            }
+            if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
             do {
                 if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
                 try enter(record, device, attach: true)
             } catch {
-                try? enter(record, device, attach: false)
+                // The lease goes back only once nothing of the LUN's is left inside.
+                let undone = (try? enter(record, device, attach: false)) != nil
                 if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
-                if lease >= 0, !heldBefore { try? agent().release(tag: device.leaseTag) }
+                if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
                 throw error
             }
             let raw = device.mountPath == nil
@@ -286,6 +277,19 @@ public final class ComputeSystem: Sendable {
                 $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
                 if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
             }
+        }
+    }
+
+    /// Has the agent hold `device`'s lease (`descriptor`); past the agent's most, says so.
+    private func holdLease(of device: BlockDevice, descriptor: Int32, through connection: AgentConnection) throws(SiloError) {
+        do throws(SiloError) {
+            try connection.hold(tag: device.leaseTag, descriptor: descriptor)
+        } catch {
+            guard error.errno == ENOSPC else { throw error }
+            throw SiloError(.invalidOperation,
+                            "compute system '\(id)' holds \(SILO_AGENT_MAX_HELD) LUN leases, its most (a LUN given raw keeps its lease "
+                                + "until the system stops, detached or not)",
+                            field: "lun", value: device.lun ?? device.devicePath)
         }
     }
 
