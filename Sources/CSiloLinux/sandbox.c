@@ -645,7 +645,7 @@ static void drop_capabilities(const struct silo_sandbox_config *c) {
 /// The default deny-list: what a payload has no business doing even as root in its own
 /// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
 /// kernel interfaces are closed until reviewed.
-enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_DENIED, SOCKET_VSOCK };
+enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_DENIED, SOCKET_FAMILY };
 static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_mount, DENY_EPERM }, { __NR_umount2, DENY_EPERM }, { __NR_pivot_root, DENY_EPERM },
     { __NR_unshare, DENY_EPERM }, { __NR_setns, DENY_EPERM }, { __NR_move_mount, DENY_EPERM },
@@ -668,12 +668,14 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     // io_uring: the operations it runs never pass through this filter (and it has been a steady
     // source of kernel bugs). ENOSYS: its users fall back to plain system calls.
     { __NR_io_uring_setup, DENY_ENOSYS }, { __NR_io_uring_enter, DENY_ENOSYS }, { __NR_io_uring_register, DENY_ENOSYS },
-    // socket(AF_VSOCK, ...): vsock is not in the network namespace, so it would reach the host's
-    // (or its hypervisor's) vsock services from a system that has only lo.
-    { __NR_socket, SOCKET_VSOCK },
+    // socket: only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK. Any other family the kernel has not
+    // loaded is a module it loads on demand (a steady source of kernel bugs: RDS, TIPC, AX.25...),
+    // and AF_VSOCK is not in the network namespace: it would reach the host's (or its
+    // hypervisor's) vsock services from a system that has only lo.
+    { __NR_socket, SOCKET_FAMILY },
     // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
     { __NR_clone, CLONE_FLAGS },
-    // ioctl(fd, TIOCSTI): faking terminal input; the loop driver's requests (0x4C00-0x4C0F, and
+    // ioctl(fd, TIOCSTI): faking terminal input; TIOCSETD (module autoload); the loop driver's requests (0x4C00-0x4C0F, and
     // /dev/loop-control's 0x4C80-0x4C8F): the driver asks for no privilege for some, so a payload
     // holding an attached LUN's node, even opened read-only, could detach the host's loop device
     // under it (LOOP_CLR_FD) or swap its backing file (LOOP_CHANGE_FD); and block tracing. The
@@ -710,7 +712,10 @@ static void emit_rule(enum seccomp_rule rule) {
         break;
     case IOCTL_DENIED:
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 6, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 7, 0));
+        // TIOCSETD: a line discipline the kernel has not loaded is a module it loads on demand
+        // (dev.tty.ldisc_autoload, on by default), past the deny-list's module calls.
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSETD, 6, 0));
         // 0x4C00-0x4C0F and 0x4C80-0x4C8F alike: both lose bits 0-3 and 7.
         emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFFFFFF70u));
         emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x4C00, 4, 0));
@@ -723,10 +728,13 @@ static void emit_rule(enum seccomp_rule rule) {
         emit((struct sock_filter)DENY(EPERM));
         emit((struct sock_filter)ALLOW);
         break;
-    case SOCKET_VSOCK:
+    case SOCKET_FAMILY:
         // The family is an int: its low 32 bits, as the kernel reads it.
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_VSOCK, 0, 1));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 4, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 3, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 2, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 1, 0));
         emit((struct sock_filter)DENY(EAFNOSUPPORT));
         emit((struct sock_filter)ALLOW);
         break;
@@ -734,7 +742,7 @@ static void emit_rule(enum seccomp_rule rule) {
 }
 
 static unsigned rule_length(enum seccomp_rule rule) {
-    return rule == IOCTL_DENIED ? 10 : rule == CLONE_FLAGS || rule == SOCKET_VSOCK ? 4 : 1;
+    return rule == IOCTL_DENIED ? 11 : rule == SOCKET_FAMILY ? 7 : rule == CLONE_FLAGS ? 4 : 1;
 }
 
 /// Instructions emit_tree(order, count) emits.

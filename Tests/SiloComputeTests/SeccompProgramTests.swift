@@ -85,6 +85,8 @@ struct SeccompProgramTests {
                 expected = Self.retErrno(ENOSYS)
             } else if refusedNumbers.contains(nr) {
                 expected = Self.retErrno(EPERM)
+            } else if nr == Self.socket {
+                expected = Self.retErrno(EAFNOSUPPORT)  // its arguments here are zeros: AF_UNSPEC
             } else {
                 expected = Self.retAllow
             }
@@ -94,7 +96,7 @@ struct SeccompProgramTests {
         #expect(try verdict(nr: 0x4000_0000 | 1) == Self.retErrno(ENOSYS))
     }
 
-    @Test("C11 clone with a namespace flag, ioctl TIOCSTI, the loop driver's and block tracing's ioctls (both forms) are refused; their other uses are not")
+    @Test("C11 clone with a namespace flag, ioctl TIOCSTI, TIOCSETD, the loop driver's and block tracing's ioctls (both forms), and sockets of families other than unix, inet, inet6 and netlink are refused; their other uses are not")
     func arguments() throws {
         #expect(try verdict(nr: Self.clone, args: [UInt64(SIGCHLD)]) == Self.retAllow)
         for flag in [0x1000_0000, 0x0002_0000, 0x2000_0000, 0x4000_0000, 0x0400_0000, 0x0800_0000, 0x0200_0000] as [UInt64] {
@@ -109,6 +111,9 @@ struct SeccompProgramTests {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retErrno(EPERM), "ioctl \(command)")
             #expect(try verdict(nr: Self.ioctl, args: [3, 0x1_0000_0000 | command]) == Self.retErrno(EPERM), "ioctl high \(command)")
         }
+        // TIOCSETD, whose unloaded line disciplines are modules the kernel loads on demand.
+        #expect(try verdict(nr: Self.ioctl, args: [0, 0x5423]) == Self.retErrno(EPERM))
+        #expect(try verdict(nr: Self.ioctl, args: [0, 0x5424]) == Self.retAllow)  // TIOCGETD
         // Block tracing: BLKTRACESETUP (_IOWR, 72 bytes), START, STOP, TEARDOWN.
         for command: UInt64 in [0xC048_1273, 0x1274, 0x1275, 0x1276, 0x1_0000_1274] {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retErrno(EPERM), "ioctl \(command)")
@@ -117,10 +122,14 @@ struct SeccompProgramTests {
         for command: UInt64 in [0x4BFF, 0x4C10, 0x4C7F, 0x4C90, 0x8008_1272, 0x1268, 0x1277, 0x8008_1280, 0x5412 + 1] {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retAllow, "ioctl \(command)")
         }
-        // socket: AF_VSOCK (40) is refused, the others are not.
-        #expect(try verdict(nr: Self.socket, args: [40, 1, 0]) == Self.retErrno(EAFNOSUPPORT))
-        for family: UInt64 in [1, 2, 10, 16] {  // unix, inet, inet6, netlink
+        // socket: unix, inet, inet6 and netlink (also with high bits set, which the kernel drops);
+        // every other family is refused: vsock (40), packet (17), RDS (21),
+        // TIPC (30), ALG (38), Bluetooth (31), and anything past the table.
+        for family: UInt64 in [1, 2, 10, 16, 0x1_0000_0002] {
             #expect(try verdict(nr: Self.socket, args: [family, 1, 0]) == Self.retAllow, "family \(family)")
+        }
+        for family: UInt64 in [0, 3, 4, 5, 17, 21, 30, 31, 38, 40, 44, 45, 46, 1000] {
+            #expect(try verdict(nr: Self.socket, args: [family, 1, 0]) == Self.retErrno(EAFNOSUPPORT), "family \(family)")
         }
     }
 
