@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import Testing
 
@@ -115,6 +116,10 @@ struct RawLunTests {
 
     @Test("C12 a system holds at most 64 LUN leases; past that an attach is refused, saying why, and changes nothing")
     func leaseLimit() throws {
+        // 65 LUNs at once need loop nodes beyond those the host had: removed again at the end,
+        // once the LUNs are gone (Silo itself keeps idle nodes for reuse).
+        let firstNew = (directoryEntries("/sys/block").compactMap { $0.hasPrefix("loop") ? Int($0.dropFirst(4)) : nil }.max() ?? -1) + 1
+        defer { removeIdleLoopNodes(from: firstNew) }
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.provider.configuration.stateDirectory
@@ -141,5 +146,18 @@ struct RawLunTests {
         #expect(first.status == 1 && first.error.contains("(raw)"), "the earlier leases are all still held: \(first.error)")
         #expect(!silo(state, ["system", "properties", id, "--json"]).output.contains("/dev/loop"), "nothing attached")
         #expect(silo(state, ["system", "terminate", id]).status == 0)
+    }
+}
+
+/// Removes the unbound loop nodes numbered `first` and up (a bound one refuses and stays), holding
+/// /dev/loop-control's lock as Silo's attaches do, so none is taken away between their look-up
+/// and their bind.
+func removeIdleLoopNodes(from first: Int) {
+    let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
+    guard control >= 0 else { return }
+    defer { close(control) }
+    flock(control, LOCK_EX)
+    for number in first..<(first + 4096) where access("/sys/block/loop\(number)", F_OK) == 0 {
+        _ = silo_loop_ctl_remove(control, Int32(number))
     }
 }
