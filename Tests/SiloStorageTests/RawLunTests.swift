@@ -147,6 +147,41 @@ struct RawLunTests {
         #expect(!silo(state, ["system", "properties", id, "--json"]).output.contains("/dev/loop"), "nothing attached")
         #expect(silo(state, ["system", "terminate", id]).status == 0)
     }
+
+    @Test("C12 a start whose LUN leases the agent cannot all take is undone: init killed, the system still Created, its leases and grants given back")
+    func startUndone() throws {
+        let firstNew = (directoryEntries("/sys/block").compactMap { $0.hasPrefix("loop") ? Int($0.dropFirst(4)) : nil }.max() ?? -1) + 1
+        defer { removeIdleLoopNodes(from: firstNew) }
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "over-\(getpid())"
+        // 65 raw attachments, on two controllers: one more than the agent holds.
+        var first: [String] = []
+        for index in 0..<65 {
+            _ = try storage.create("s\(index)", size: 1 << 20)
+            try storage.provider.setMask("s\(index)", id)
+            if index < 64 { first.append(#""\#(index)":{"Type":"VirtualDisk","Path":"s\#(index)"}"#) }
+        }
+        let document = storage.path + "/doc.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"Devices":{"Scsi":{"#
+            + #""0":{"Attachments":{"# + first.joined(separator: ",") + #"}},"1":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"s64"}}}}}},"#
+            + #""ShouldTerminateOnLastHandleClosed":false}"#))
+        let inits = "ps -eo args | grep -c '^/.silo/init --agent' || true"
+        let before = run("/bin/sh", ["-c", inits]).output
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        let started = silo(state, ["system", "start", id])
+        #expect(started.status == 1 && started.error.contains("holds 64 LUN leases, its most"), "\(started.error)")
+        let listed = silo(state, ["system", "list", "--json"]).output
+        #expect(listed.contains("Created") && !listed.contains("Running"), "\(listed)")
+        #expect(run("/bin/sh", ["-c", inits]).output == before, "its init was killed")
+        // Its device grants were taken back (v1's list, where this host has one).
+        if let grants = readSmallFile("/sys/fs/cgroup/devices/silo/\(id)/devices.list") {
+            #expect(!grants.contains("b 7:"), "\(grants)")
+        }
+        for index in [0, 63, 64] { #expect(silo(state, ["lun", "delete", "s\(index)"]).status == 0, "lease of s\(index) given back") }
+    }
 }
 
 /// Removes the unbound loop nodes numbered `first` and up (a bound one refuses and stays), holding
