@@ -12,6 +12,7 @@
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
@@ -34,7 +35,7 @@ enum step {
     STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT, STEP_KEEP_READ_ONLY,
     STEP_CGROUP_JOIN = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
     STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
-    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING, STEP_GATE, STEP_NET_ENTER,
+    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING, STEP_GATE, STEP_NET_ENTER, STEP_CORE_LIMIT,
 };
 
 const char *silo_sandbox_step_name(int step) {
@@ -61,6 +62,7 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_KEYRING: return "join a fresh session keyring";
     case STEP_GATE: return "get its cgroup and network namespace";
     case STEP_NET_ENTER: return "enter its network namespace";
+    case STEP_CORE_LIMIT: return "turn core dumps off";
     case STEP_ENTER: return "enter the system's mount namespace";
     case STEP_DEVICE_NODE: return "make or remove the device node";
     case STEP_UNMOUNT: return "unmount the LUN's file system (busy?)";
@@ -662,17 +664,27 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_clock_settime, DENY_EPERM }, { __NR_clock_adjtime, DENY_EPERM }, { __NR_adjtimex, DENY_EPERM },
     { __NR_acct, DENY_EPERM }, { __NR_quotactl, DENY_EPERM }, { __NR_userfaultfd, DENY_EPERM },
     { __NR_mknod, DENY_EPERM }, { __NR_mknodat, DENY_EPERM },
+    // What container profiles deny too: the LDT (espfix bugs), NUMA memory policy and page moves,
+    // host file system statistics (ustat, sysfs), uselib, quotactl by descriptor, and the
+    // ptrace-like calls ptrace's refusal would otherwise leave (kcmp, pidfd_getfd, process_madvise).
+    { __NR_modify_ldt, DENY_EPERM }, { __NR_mbind, DENY_EPERM }, { __NR_set_mempolicy, DENY_EPERM },
+    { __NR_get_mempolicy, DENY_EPERM }, { __NR_migrate_pages, DENY_EPERM }, { __NR_move_pages, DENY_EPERM },
+    { __NR_set_mempolicy_home_node, DENY_EPERM }, { __NR_ustat, DENY_EPERM }, { __NR_sysfs, DENY_EPERM },
+    { __NR_uselib, DENY_EPERM }, { __NR_quotactl_fd, DENY_EPERM }, { __NR_kcmp, DENY_EPERM },
+    { __NR_pidfd_getfd, DENY_EPERM }, { __NR_process_madvise, DENY_EPERM },
     // clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back to
     // clone, whose flags it can.
     { __NR_clone3, DENY_ENOSYS },
     // io_uring: the operations it runs never pass through this filter (and it has been a steady
     // source of kernel bugs). ENOSYS: its users fall back to plain system calls.
     { __NR_io_uring_setup, DENY_ENOSYS }, { __NR_io_uring_enter, DENY_ENOSYS }, { __NR_io_uring_register, DENY_ENOSYS },
-    // socket: only AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK. Any other family the kernel has not
-    // loaded is a module it loads on demand (a steady source of kernel bugs: RDS, TIPC, AX.25...),
-    // and AF_VSOCK is not in the network namespace: it would reach the host's (or its
-    // hypervisor's) vsock services from a system that has only lo.
-    { __NR_socket, SOCKET_FAMILY },
+    // socket and socketpair: only AF_UNIX; AF_INET and AF_INET6 with the IP, TCP, UDP, UDP-Lite
+    // and ICMP protocols; AF_NETLINK's NETLINK_ROUTE. A family or protocol the kernel has not
+    // loaded is a module it loads on demand, before any privilege check (a steady source of
+    // kernel bugs: RDS, TIPC, SCTP, DCCP, L2TP, netlink's generic families and diag modules...);
+    // NETLINK_KOBJECT_UEVENT would bring every host uevent (other systems' LUNs come and go);
+    // AF_VSOCK is not in the network namespace.
+    { __NR_socket, SOCKET_FAMILY }, { __NR_socketpair, SOCKET_FAMILY },
     // clone with CLONE_NEWUSER (or any namespace flag): no nested namespaces.
     { __NR_clone, CLONE_FLAGS },
     // ioctl(fd, TIOCSTI): faking terminal input; TIOCSETD (module autoload); the loop driver's requests (0x4C00-0x4C0F, and
@@ -689,7 +701,7 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
 #define DENY(error) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((error) & SECCOMP_RET_DATA))
 
 /// The program, made once by the caller (seccomp_program) before any child reads it.
-static struct sock_filter seccomp_filter[256];
+static struct sock_filter seccomp_filter[512];  // 230 used now; the kernel takes up to 4096
 static unsigned short seccomp_length;
 static pthread_once_t seccomp_once = PTHREAD_ONCE_INIT;
 
@@ -729,20 +741,30 @@ static void emit_rule(enum seccomp_rule rule) {
         emit((struct sock_filter)ALLOW);
         break;
     case SOCKET_FAMILY:
-        // The family is an int: its low 32 bits, as the kernel reads it.
-        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 4, 0));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 3, 0));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 2, 0));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 1, 0));
-        emit((struct sock_filter)DENY(EAFNOSUPPORT));
-        emit((struct sock_filter)ALLOW);
+        // Family and protocol are ints: their low 32 bits, as the kernel reads them.
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));  // 0
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 14, 0));     // 1 -> allow
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 3, 0));   // 2 -> 6
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 4, 0));      // 3 -> 8
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 3, 0));     // 4 -> 8
+        emit((struct sock_filter)DENY(EAFNOSUPPORT));                                      // 5
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])));  // 6: netlink
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0 /* NETLINK_ROUTE */, 8, 7));  // 7 -> allow, 15
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])));  // 8: inet
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_IP, 6, 0));     // 9 -> allow
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 5, 0));    // 10
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 4, 0));    // 11
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMP, 3, 0));   // 12
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMPV6, 2, 0)); // 13
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDPLITE, 1, 0)); // 14
+        emit((struct sock_filter)DENY(EPROTONOSUPPORT));                                   // 15
+        emit((struct sock_filter)ALLOW);                                                   // 16
         break;
     }
 }
 
 static unsigned rule_length(enum seccomp_rule rule) {
-    return rule == IOCTL_DENIED ? 11 : rule == SOCKET_FAMILY ? 7 : rule == CLONE_FLAGS ? 4 : 1;
+    return rule == IOCTL_DENIED ? 11 : rule == SOCKET_FAMILY ? 17 : rule == CLONE_FLAGS ? 4 : 1;
 }
 
 /// Instructions emit_tree(order, count) emits.
@@ -927,6 +949,11 @@ per_system:
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 && errno != ENOSYS) fail(c, STEP_KEYRING);
     setup_stdio(c);
     drop_capabilities(c);
+    // No core dumps, for good (a hard limit of 0 that no process inside can raise): the host's
+    // core_pattern helper (systemd-coredump, apport) would otherwise run as host root on a core
+    // file the payload wrote.
+    struct rlimit no_core = { 0, 0 };
+    if (setrlimit(RLIMIT_CORE, &no_core) != 0) fail(c, STEP_CORE_LIMIT);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(c, STEP_NO_NEW_PRIVS);
     if (c->seccomp) install_seccomp(c);
     // The signal mask at exec is chosen here, not inherited from the caller (silo blocks SIGINT in

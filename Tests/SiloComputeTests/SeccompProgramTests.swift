@@ -23,10 +23,13 @@ struct SeccompProgramTests {
         "open_by_handle_at": 304, "reboot": 169, "swapon": 167, "swapoff": 168, "settimeofday": 164,
         "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "acct": 163, "quotactl": 179,
         "userfaultfd": 323, "mknod": 133, "mknodat": 259,
+        "modify_ldt": 154, "mbind": 237, "set_mempolicy": 238, "get_mempolicy": 239, "migrate_pages": 256,
+        "move_pages": 279, "set_mempolicy_home_node": 450, "ustat": 136, "sysfs": 139, "uselib": 134,
+        "quotactl_fd": 443, "kcmp": 312, "pidfd_getfd": 438, "process_madvise": 440,
     ]
     /// Refused with ENOSYS: clone3 (its flags are out of the filter's reach) and io_uring.
     static let unimplemented: Set<UInt32> = [435, 425, 426, 427]
-    static let clone: UInt32 = 56, clone3: UInt32 = 435, ioctl: UInt32 = 16, socket: UInt32 = 41
+    static let clone: UInt32 = 56, clone3: UInt32 = 435, ioctl: UInt32 = 16, socket: UInt32 = 41, socketpair: UInt32 = 53
     static let namespaceFlags: UInt64 = 0x1000_0000 | 0x0002_0000 | 0x2000_0000 | 0x4000_0000 | 0x0400_0000 | 0x0800_0000 | 0x0200_0000
     static let tiocsti: UInt64 = 0x5412
 
@@ -85,7 +88,7 @@ struct SeccompProgramTests {
                 expected = Self.retErrno(ENOSYS)
             } else if refusedNumbers.contains(nr) {
                 expected = Self.retErrno(EPERM)
-            } else if nr == Self.socket {
+            } else if nr == Self.socket || nr == Self.socketpair {
                 expected = Self.retErrno(EAFNOSUPPORT)  // its arguments here are zeros: AF_UNSPEC
             } else {
                 expected = Self.retAllow
@@ -122,14 +125,24 @@ struct SeccompProgramTests {
         for command: UInt64 in [0x4BFF, 0x4C10, 0x4C7F, 0x4C90, 0x8008_1272, 0x1268, 0x1277, 0x8008_1280, 0x5412 + 1] {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retAllow, "ioctl \(command)")
         }
-        // socket: unix, inet, inet6 and netlink (also with high bits set, which the kernel drops);
-        // every other family is refused: vsock (40), packet (17), RDS (21),
-        // TIPC (30), ALG (38), Bluetooth (31), and anything past the table.
-        for family: UInt64 in [1, 2, 10, 16, 0x1_0000_0002] {
-            #expect(try verdict(nr: Self.socket, args: [family, 1, 0]) == Self.retAllow, "family \(family)")
-        }
-        for family: UInt64 in [0, 3, 4, 5, 17, 21, 30, 31, 38, 40, 44, 45, 46, 1000] {
-            #expect(try verdict(nr: Self.socket, args: [family, 1, 0]) == Self.retErrno(EAFNOSUPPORT), "family \(family)")
+        // socket and socketpair: unix (any protocol), inet and inet6 with IP, TCP, UDP, ICMP,
+        // ICMPv6 and UDP-Lite, netlink's NETLINK_ROUTE (also with high bits set, which the kernel
+        // drops); every other family is refused: vsock (40), packet (17), RDS (21), TIPC (30),
+        // Bluetooth (31), ALG (38), and anything past the table; and every other protocol.
+        for call in [Self.socket, Self.socketpair] {
+            for (family, proto): (UInt64, UInt64) in [(1, 0), (1, 7), (2, 0), (2, 6), (2, 17), (2, 1), (2, 136), (10, 0), (10, 6),
+                                                         (10, 58), (16, 0), (0x1_0000_0002, 0x1_0000_0006)] {
+                #expect(try verdict(nr: call, args: [family, 1, proto]) == Self.retAllow, "\(call): family \(family), protocol \(proto)")
+            }
+            for family: UInt64 in [0, 3, 4, 5, 17, 21, 30, 31, 38, 40, 44, 45, 46, 1000] {
+                #expect(try verdict(nr: call, args: [family, 1, 0]) == Self.retErrno(EAFNOSUPPORT), "\(call): family \(family)")
+            }
+            // SCTP, DCCP, L2TP, raw IP, SMC; netlink's uevents, generic netlink, sock_diag, audit.
+            for (family, proto): (UInt64, UInt64) in [(2, 132), (10, 132), (2, 33), (2, 115), (2, 255), (2, 256),
+                                                         (16, 15), (16, 16), (16, 4), (16, 9)] {
+                #expect(try verdict(nr: call, args: [family, 1, proto]) == Self.retErrno(EPROTONOSUPPORT),
+                        "\(call): family \(family), protocol \(proto)")
+            }
         }
     }
 

@@ -67,6 +67,8 @@ public struct SandboxSpec: Sendable {
         "/proc/latency_stats", "/proc/kallsyms", "/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/firmware",
         // The host's physical pages, their flags and cgroups: nothing a payload needs to read.
         "/proc/kpageflags", "/proc/kpagecount", "/proc/kpagecgroup",
+        // The kernel's slab caches (root reads it without a capability): a map for heap grooming.
+        "/proc/slabinfo",
     ]
     static let readOnlyPaths = ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs"]
 }
