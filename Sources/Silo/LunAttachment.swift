@@ -117,9 +117,7 @@ extension ComputeSystem {
     public func attachLun(_ name: String, mountPath: String? = nil, readOnly: Bool = false, location: String? = nil, storage: StorageProvider,
                           context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         // Said before storage's checks, which would name this system's own hold on it.
-        if try properties().attachments.contains(where: { $0.lun == name }) {
-            throw SiloError.invalidArgument(field: "lun", value: name, reason: "it is attached to compute system '\(id)' already")
-        }
+        try checkAttachable(lun: name, mountPath: mountPath)
         var (device, lease) = try storage.leasedBlockDevice(forLun: name, system: id, mountPath: mountPath, readOnly: readOnly)
         device.location = location
         defer { lease.release() }

@@ -222,6 +222,8 @@ struct LunAttachTests {
         #expect(refused.status == 1 && refused.error.contains("attached to compute system '\(id)'"), "S10: \(refused.error)")
         #expect(silo(state, ["lun", "offline", "data"]).status == 1)
 
+        let samePath = silo(state, ["system", "modify", id, "--attach", "extra:/data/"])
+        #expect(samePath.status == 64 && samePath.error.contains("another LUN is mounted at /data"), "\(samePath.error)")
         let attached = silo(state, ["system", "modify", id, "--attach", "extra:/extra"])
         #expect(attached.status == 0, "\(attached.error)")
         #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "echo more > /extra/more && grep -q ' /extra ' /proc/mounts"
@@ -277,8 +279,7 @@ struct LunAttachPathTests {
         let device = try #require(try storage.create("lnk", size: 32 << 20).devicePath)
         #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
         try storage.provider.setMask("lnk", "*")
-        let document = storage.path + "/doc.json"
-        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        let document = try containerDocument(in: storage)
         defer { _ = silo(state, ["system", "terminate", id]) }
         #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
         #expect(silo(state, ["system", "start", id]).status == 0)

@@ -18,8 +18,7 @@ struct RawLunTests {
         let device = try #require(try storage.create("raw", size: 32 << 20).devicePath)
         #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
         try storage.provider.setMask("raw", "*")
-        let document = storage.path + "/doc.json"
-        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        let document = try containerDocument(in: storage)
         for id in [a, b, c, d] {
             #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
             #expect(silo(state, ["system", "start", id]).status == 0)
@@ -118,14 +117,13 @@ struct RawLunTests {
     func leaseLimit() throws {
         // 65 LUNs at once need loop nodes beyond those the host had: removed again at the end,
         // once the LUNs are gone (Silo itself keeps idle nodes for reuse).
-        let firstNew = (directoryEntries("/sys/block").compactMap { $0.hasPrefix("loop") ? Int($0.dropFirst(4)) : nil }.max() ?? -1) + 1
+        let firstNew = nextLoopNumber()
         defer { removeIdleLoopNodes(from: firstNew) }
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.provider.configuration.stateDirectory
         let id = "many-\(getpid())"
-        let document = storage.path + "/doc.json"
-        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        let document = try containerDocument(in: storage)
         #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
         #expect(silo(state, ["system", "start", id]).status == 0)
         defer { _ = silo(state, ["system", "terminate", id]) }
@@ -150,7 +148,7 @@ struct RawLunTests {
 
     @Test("C12 a start whose LUN leases the agent cannot all take is undone: init killed, the system still Created, its leases and grants given back")
     func startUndone() throws {
-        let firstNew = (directoryEntries("/sys/block").compactMap { $0.hasPrefix("loop") ? Int($0.dropFirst(4)) : nil }.max() ?? -1) + 1
+        let firstNew = nextLoopNumber()
         defer { removeIdleLoopNodes(from: firstNew) }
         let storage = TestStorage()
         defer { storage.finish() }
@@ -182,6 +180,18 @@ struct RawLunTests {
         }
         for index in [0, 63, 64] { #expect(silo(state, ["lun", "delete", "s\(index)"]).status == 0, "lease of s\(index) given back") }
     }
+}
+
+/// The number after the highest loop node the host has now.
+func nextLoopNumber() -> Int {
+    (directoryEntries("/sys/block").compactMap { $0.hasPrefix("loop") ? Int($0.dropFirst(4)) : nil }.max() ?? -1) + 1
+}
+
+/// A container document with 64 MB of memory that outlives its handles, written in the test's folder.
+func containerDocument(in storage: TestStorage) throws -> String {
+    let document = storage.path + "/doc.json"
+    try #require(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+    return document
 }
 
 /// Removes the unbound loop nodes numbered `first` and up (a bound one refuses and stays), holding

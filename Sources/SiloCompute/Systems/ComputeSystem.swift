@@ -245,13 +245,7 @@ public final class ComputeSystem: Sendable {
     public func attach(_ device: BlockDevice, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         let name = device.lun ?? device.devicePath
-        let record = try store.load(id)
-        if record.attachments?.contains(where: { $0.lun == name || $0.devicePath == device.devicePath }) == true {
-            throw SiloError.invalidArgument(field: "lun", value: name, reason: "it is attached to compute system '\(id)' already")
-        }
-        if let path = device.mountPath, record.attachments?.contains(where: { $0.mountPath == path }) == true {
-            throw SiloError.invalidArgument(field: "mountPath", value: path, reason: "another LUN is mounted there")
-        }
+        let record = try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath)
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
         return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
             defer { if lease >= 0 { Glibc.close(lease) } }
@@ -278,6 +272,30 @@ public final class ComputeSystem: Sendable {
                 if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
             }
         }
+    }
+
+    /// Refuses LUN `name` (at `devicePath`, mounted at `mountPath`) as a new attachment where it
+    /// cannot join those the system has (``BlockDevice/conflict(at:in:)``), or its device is attached
+    /// already.
+    /// - Throws: `invalidArgument` naming `lun` or `mountPath`.
+    public func checkAttachable(lun name: String, mountPath: String?) throws(SiloError) {
+        try checkAttachable(lun: name, devicePath: nil, mountPath: mountPath)
+    }
+
+    /// As the public one; returns the record it read.
+    @discardableResult
+    func checkAttachable(lun name: String, devicePath: String?, mountPath: String?) throws(SiloError) -> SystemRecord {
+        let record = try store.load(id)
+        let attachments = record.attachments ?? []
+        let places = attachments.map { (lun: $0.lun, mountPath: $0.mountPath) } + [(lun: name, mountPath: mountPath.map(BlockDevice.canonicalMountPath))]
+        if let (reason, onMountPath) = BlockDevice.conflict(at: attachments.count, in: places) {
+            throw onMountPath ? SiloError.invalidArgument(field: "mountPath", value: mountPath ?? "", reason: reason)
+                : SiloError.invalidArgument(field: "lun", value: name, reason: "it is attached to compute system '\(id)' already")
+        }
+        if let devicePath, attachments.contains(where: { $0.devicePath == devicePath }) {
+            throw SiloError.invalidArgument(field: "lun", value: name, reason: "its device is attached to compute system '\(id)' already")
+        }
+        return record
     }
 
     /// Has the agent hold `device`'s lease (`descriptor`); past the agent's most, says so.
