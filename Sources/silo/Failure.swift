@@ -27,6 +27,7 @@ let optionNames: [String: String] = [
     "size": "--size", "name": "NAME", "by": "--by", "to": "--to", "block size": "--block-size",
     "unmasking list": "--mask", "drive": "--drive", "provisioning": "--provisioning", "type": "--type",
     "state directory": "--state-dir", "friendly name": "--friendly-name", "pool": "--pool",
+    "file system": "--filesystem", "label": "--label",
 ]
 
 /// Runs a library call; a SiloError becomes a message naming the option, and the exit code.

@@ -23,12 +23,15 @@ struct LunCommand: ParsableCommand {
         @Flag(name: .customLong("read-only"), help: "Attach read-only.") var readOnly = false
         @Flag(help: "Buffered I/O instead of direct I/O.") var buffered = false
         @Option(name: .customLong("friendly-name"), help: "A free-form description.") var friendlyName: String?
+        @Option(help: "Make a file system on it: ext4, ext3, ext2, xfs, btrfs or vfat (its mkfs, on the new device).")
+        var filesystem: String?
+        @Option(help: "The file system's label (with --filesystem).") var label: String?
         @Flag(help: "Print JSON.") var json = false
 
         var invocation: Invocation {
             Invocation(global: global.values, name: name, size: size, provisioning: provisioning, type: type, drive: drive,
                        pool: pool, mask: mask, blockSize: blockSize, readOnly: readOnly, buffered: buffered,
-                       friendlyName: friendlyName, json: json)
+                       friendlyName: friendlyName, filesystem: filesystem, label: label, json: json)
         }
 
         func run() throws { try invocation.run() }
@@ -46,6 +49,8 @@ struct LunCommand: ParsableCommand {
             var readOnly = false
             var buffered = false
             var friendlyName: String?
+            var filesystem: String?
+            var label: String?
             var json = false
 
             func run() throws {
@@ -53,16 +58,21 @@ struct LunCommand: ParsableCommand {
                     guard let block = UInt32(blockSize) else {
                         throw SiloError.invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096")
                     }
+                    if let label, filesystem == nil {
+                        throw SiloError.invalidArgument(field: "label", value: label, reason: "a label names a file system: give --filesystem too")
+                    }
                     return LunSpec(
                         name: name, size: try ByteCount.parse(size), type: try LunType.parse(type),
                         provisioning: try Provisioning.parse(provisioning), drives: drive,
                         unmasking: try UnmaskingList.parse(maskList(mask)), logicalBlockSize: block,
-                        directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool
+                        directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool,
+                        fileSystem: try filesystem.map { text throws(SiloError) in LunFileSystem(try LunFileSystem.Kind.parse(text), label: label) }
                     )
                 }
-                // A thick or zeroed LUN may take a while (allocating, writing zeros): its progress is
-                // shown and Ctrl-C cancels it. A thin one is made in milliseconds.
-                let provider = spec.provisioning == .thin ? global.quickProvider : global.provider
+                // A thick or zeroed LUN may take a while (allocating, writing zeros), and so may a
+                // file system: its progress is shown and Ctrl-C cancels it. A thin one is made in
+                // milliseconds.
+                let provider = spec.provisioning == .thin && spec.fileSystem == nil ? global.quickProvider : global.provider
                 let operation = try cli(options: ["name": "--name"]) { try provider.createLun(spec) }
                 let lun = try waitShowingProgress(operation)
                 if json { return try printJSON(lun) }

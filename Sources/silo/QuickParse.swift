@@ -109,7 +109,7 @@ enum QuickParse {
     /// invocations' memberwise initialisers leave no field unset).
     static let shapes: [Shape] = [
         Shape(path: ["lun", "create"],
-              options: ["name", "size", "provisioning", "type", "pool", "mask", "block-size", "friendly-name"],
+              options: ["name", "size", "provisioning", "type", "pool", "mask", "block-size", "friendly-name", "filesystem", "label"],
               repeatable: ["drive"], flags: ["read-only", "buffered", "json"]) { arguments in
             guard let name = arguments.value("name"), let size = arguments.value("size") else { return nil }
             return LunCommand.Create.Invocation(
@@ -118,7 +118,7 @@ enum QuickParse {
                 drive: arguments.values("drive"), pool: arguments.value("pool"), mask: arguments.value("mask") ?? "",
                 blockSize: arguments.value("block-size") ?? "512", readOnly: arguments.flag("read-only"),
                 buffered: arguments.flag("buffered"), friendlyName: arguments.value("friendly-name"),
-                json: arguments.flag("json"))
+                filesystem: arguments.value("filesystem"), label: arguments.value("label"), json: arguments.flag("json"))
         },
         Shape(path: ["lun", "delete"], flags: ["force"], positionals: 1) { arguments in
             LunCommand.Delete.Invocation(global: arguments.global, name: arguments.positionals[0], force: arguments.flag("force"))

@@ -24,6 +24,7 @@ private func split(_ line: String) -> [String] { line.split(separator: " ").map(
         "--state-dir /tmp/s lun create --name a --size 64M --json",
         "--state-dir=/tmp/s lun create --size=1G --name=b --provisioning zeroed --type simple --pool p --mask web,db --block-size 4096 --read-only --buffered --friendly-name scratch --drive vda --drive vdb",
         "lun create --name a --size 64M --state-dir /tmp/s",
+        "lun create --name a --size 64M --filesystem ext4 --label data",
         "lun delete a",
         "--state-dir /tmp/s lun delete --force a",
         "lun list",

@@ -119,6 +119,96 @@ struct LunTests {
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
 
+    @Test("S7 the optional file system step: mkfs on the new device, label kept, a thick LUN's space kept (no discard)")
+    func fileSystemStep() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        try #require(LunFileSystem(.ext4).program != nil, "mkfs.ext4 (e2fsprogs) is not installed")
+        let spec = LunSpec(name: "formatted", size: 48 << 20, provisioning: .thick, fileSystem: LunFileSystem(.ext4, label: "silo-data"))
+        let operation = try storage.provider.createLun(spec)
+        let lun = try operation.wait(timeout: .seconds(120))
+        let device = try #require(lun.devicePath)
+        // blkid -p reads the device itself: an independent reference.
+        let probe = run("/sbin/blkid", ["-p", "-o", "export", device]).output
+        #expect(probe.contains("TYPE=ext4"), "\(probe)")
+        #expect(probe.contains("LABEL=silo-data"), "\(probe)")
+        #expect(lun.allocatedBytes >= 48 << 20, "mkfs discarded the thick LUN's space: \(lun.allocatedBytes)")
+        let mount = storage.path + "/mnt"
+        #expect(mkdir(mount, 0o755) == 0)
+        #expect(run("/bin/mount", [device, mount]).status == 0, "the file system mounts")
+        #expect(run("/bin/umount", [mount]).status == 0)
+        if LunFileSystem(.xfs).program != nil {
+            // xfs on 4096-byte sectors: mkfs learns the sector size from the device, not a file.
+            let xfs = try storage.provider.createLun(LunSpec(name: "xfs", size: 320 << 20, logicalBlockSize: 4096,
+                                                               fileSystem: LunFileSystem(.xfs))).wait(timeout: .seconds(120))
+            let xfsProbe = run("/sbin/blkid", ["-p", "-o", "export", try #require(xfs.devicePath)]).output
+            #expect(xfsProbe.contains("TYPE=xfs") && xfsProbe.contains("BLOCK_SIZE=4096"), "\(xfsProbe)")
+        }
+    }
+
+    @Test("S7 a file system mkfs refuses rolls the create back; bad file system input changes nothing")
+    func fileSystemFailure() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        try #require(LunFileSystem(.xfs).program != nil, "mkfs.xfs (xfsprogs) is not installed")
+        // mkfs.xfs refuses a file system under 300 MB, after the device is attached.
+        let error = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "small", size: 16 << 20, fileSystem: LunFileSystem(.xfs)))
+                .wait(timeout: .seconds(120))
+        }
+        #expect(error?.field == "file system")
+        #expect(error?.message.contains("300") == true, "mkfs's own reason is in the error: \(error?.message ?? "")")
+        #expect(error?.message.contains("Usage") == false)
+        #expect(error?.message.contains("/proc/self/fd") == false, "the error names the device")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        #expect(directoryEntries(storage.path + "/state/dev").isEmpty)
+        // Refused before anything is made.
+        let refusals: [(LunSpec, String, SiloError.Code)] = [
+            (LunSpec(name: "ro", size: 1 << 20, readOnly: true, fileSystem: LunFileSystem(.ext4)), "file system", .invalidArgument),
+            (LunSpec(name: "label", size: 1 << 20, fileSystem: LunFileSystem(.ext4, label: String(repeating: "x", count: 17))), "label", .invalidArgument),
+            (LunSpec(name: "label", size: 1 << 20, fileSystem: LunFileSystem(.xfs, label: "thirteen-long")), "label", .invalidArgument),
+            (LunSpec(name: "label", size: 1 << 20, fileSystem: LunFileSystem(.ext4, label: "a\nb")), "label", .invalidArgument),
+            (LunSpec(name: "label", size: 1 << 20, fileSystem: LunFileSystem(.ext4, label: "")), "label", .invalidArgument),
+        ]
+        for (spec, field, code) in refusals {
+            let refused = #expect(throws: SiloError.self) { _ = try storage.provider.createLun(spec) }
+            #expect(refused?.field == field && refused?.code == code, "\(spec.name): \(String(describing: refused))")
+        }
+        #expect((#expect(throws: SiloError.self) { try LunFileSystem.Kind.parse("zfs") })?.field == "file system")
+        #expect(try LunFileSystem.Kind.parse("EXT4") == .ext4)
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+    }
+
+    @Test("S7 mkfs writes only to the LUN's own device; a cancel kills it")
+    func fileSystemOnlyOnOwnDevice() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        try #require(LunFileSystem(.ext4).program != nil, "mkfs.ext4 (e2fsprogs) is not installed")
+        let file = scratch.path + "/foreign.img"
+        try makeSparseFile(file, size: 16 << 20)
+        let path = run("/sbin/losetup", ["-f", "--show", file]).output.trimmingSpaces
+        try #require(path.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", path]) }
+        let device = try #require(LoopDevice(path: path))
+        let error = #expect(throws: SiloError.self) {
+            try LunFileSystem(.ext4).make(on: device, tag: "silo:not-this-one", cancelled: { false })
+        }
+        #expect(error?.code == .deviceInUse)
+        #expect(try readBytes(file, offset: 0, count: 16 << 20).allSatisfy { $0 == 0 }, "nothing was written to a foreign device")
+        // With its own tag (as if it were the LUN's), a cancel that is already asked for kills mkfs.
+        let tag = try #require(device.tag)
+        let cancelled = #expect(throws: SiloError.self) {
+            try LunFileSystem(.ext4).make(on: device, tag: tag, cancelled: { true })
+        }
+        #expect(cancelled?.code == .operationCancelled)
+        // No mkfs child of this process is left, running or unreaped.
+        let children = run("/bin/sh", ["-c", "grep -l '^PPid:[[:space:]]*\(getpid())$' /proc/[0-9]*/status 2>/dev/null | xargs -r grep -l '^Name:.*mkfs' || true"])
+        #expect(children.output.trimmingSpaces.isEmpty, "mkfs outlived its cancel: \(children.output)")
+    }
+
     @Test("S7 a failing step rolls back the steps before it")
     func failedProvisioning() throws {
         let scratch = Scratch()

@@ -280,11 +280,14 @@ final class AgentConnection: Sendable {
     /// reading, this call ends the connection itself.
     /// Calling it again does nothing: the shutdown and the close happen under the state lock, so
     /// a later call never reaches a descriptor number that now names another file.
+    /// A hang-up by this side tells nobody: the disconnect handler is for an agent that went away
+    /// (its handle closes first and would ignore it; calling it cost a dispatch thread's start).
     func close() {
         let reads: Bool = state.withLock { state in
             guard state.reading != .ended else { return false }
             Glibc.shutdown(socket, Int32(SHUT_RDWR))
             state.hungUp = true
+            state.disconnectHandler = nil
             guard state.reading == .idle else { return false }
             state.reading = .caller
             return true

@@ -20,6 +20,8 @@ public struct LunSpec: Sendable, Hashable {
     public var directIO: Bool
     public var readOnly: Bool
     public var friendlyName: String?
+    /// A file system to make on it before it counts as created (S7's optional step); nil for none.
+    public var fileSystem: LunFileSystem?
 
     public init(
         name: String,
@@ -32,9 +34,11 @@ public struct LunSpec: Sendable, Hashable {
         directIO: Bool = true,
         readOnly: Bool = false,
         friendlyName: String? = nil,
-        pool: String? = nil
+        pool: String? = nil,
+        fileSystem: LunFileSystem? = nil
     ) {
         self.pool = pool
+        self.fileSystem = fileSystem
         self.name = name
         self.size = size
         self.type = type
@@ -68,5 +72,6 @@ public struct LunSpec: Sendable, Hashable {
         if let friendlyName, friendlyName.utf8.count > 256 {
             throw SiloError.invalidArgument(field: "friendly name", value: String(friendlyName.prefix(40)) + "...", reason: "at most 256 bytes")
         }
+        try fileSystem?.validate(readOnly: readOnly)
     }
 }

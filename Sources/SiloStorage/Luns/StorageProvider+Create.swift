@@ -44,7 +44,7 @@ extension StorageProvider {
         }
         do {
             return try configuration.scheduler.run(
-                .createLun, chain: creationChain(record), context: context, callback: callback
+                .createLun, chain: creationChain(record, fileSystem: spec.fileSystem), context: context, callback: callback
             )
         } catch {
             try? BackingFile.remove(file)
@@ -53,7 +53,7 @@ extension StorageProvider {
         }
     }
 
-    private func creationChain(_ record: LunRecord) -> OperationChain<LunProperties> {
+    private func creationChain(_ record: LunRecord, fileSystem: LunFileSystem?) -> OperationChain<LunProperties> {
         let file = record.backingFile
         let size = record.size
         // The backing file was made with the reservation; a failed or cancelled chain removes it
@@ -73,7 +73,7 @@ extension StorageProvider {
                                      cancelled: { step.isCancelled })
             }))
         }
-        steps += attachSteps(record)
+        steps += attachSteps(record, fileSystem: fileSystem)
         // The record and the file made before the chain are the reservation: removed on any
         // failure or cancel before "register". Past it the LUN is made, and a failure after (its
         // properties could not be read) undoes nothing.
@@ -82,17 +82,25 @@ extension StorageProvider {
         })
     }
 
-    /// The last steps of every chain that makes a LUN: attach its loop device, link its stable
-    /// name, make its backing file durable, and register it as ready, which is the point of no
-    /// return (the record is made durable only after the file it names).
-    func attachSteps(_ record: LunRecord) -> [OperationStep] {
+    /// The last steps of every chain that makes a LUN: attach its loop device, make its file
+    /// system if one was asked for, link its stable name, make its backing file durable, and
+    /// register it as ready, which is the point of no return (the record is made durable only
+    /// after the file it names).
+    func attachSteps(_ record: LunRecord, fileSystem: LunFileSystem? = nil) -> [OperationStep] {
         let attachment = StepValue<LoopDevice.Attachment>()
-        return [
-            OperationStep("attach", weight: 2, run: { _ in
-                attachment.set(try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions))
-            }, rollback: {
-                try attachment.value?.device.detach(expecting: record.tag)
-            }),
+        let attach = OperationStep("attach", weight: 2, run: { _ in
+            attachment.set(try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions))
+        }, rollback: {
+            try attachment.value?.device.detach(expecting: record.tag)
+        })
+        // What mkfs wrote is in the backing file, which the chain's cleanup removes: no rollback.
+        let format = fileSystem.map { fileSystem in
+            OperationStep("filesystem", weight: 4, run: { step in
+                guard let device = attachment.value?.device else { return }
+                try fileSystem.make(on: device, tag: record.tag, cancelled: { step.isCancelled })
+            })
+        }
+        return [attach] + (format.map { [$0] } ?? []) + [
             OperationStep("link", weight: 1, run: { [self] _ in
                 guard let device = attachment.value?.device else { return }
                 try link(record.name, to: device)
