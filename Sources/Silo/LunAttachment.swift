@@ -59,13 +59,17 @@ extension StorageProvider {
     /// system, or on the host): a write under a mounted file system changes what the host's kernel
     /// parses, and a crafted image is a way into the kernel.
     /// - Throws: `deviceInUse` for those two cases, naming the holder.
+    ///
+    /// The lease is taken first and the device resolved under it: a delete or an offline that
+    /// checked for leases before would otherwise unbind the device between the two, and the
+    /// system be given its number, by then another LUN's or nobody's.
     public func leasedBlockDevice(forLun name: String, system: String, mountPath: String? = nil,
                                   readOnly: Bool = false) throws(SiloError) -> (BlockDevice, LunLease) {
-        var device = try blockDevice(forLun: name, system: system, mountPath: mountPath, readOnly: readOnly)
-        let raw = device.mountPath == nil
-        let writable = !device.readOnly
+        let lun = try lun(named: name)
+        let raw = mountPath == nil
+        let writable = !(lun.readOnly || readOnly)
         let holder = "compute system '\(system)'" + (raw ? Self.rawLeaseSuffix : "")
-        let lease = try lease(name, holder: holder) { (holders) throws(SiloError) in
+        let lease = try lease(name, holder: holder, id: lun.id) { (holders) throws(SiloError) in
             if !raw, let rawHolder = holders.first(where: { $0.hasSuffix(Self.rawLeaseSuffix) }) {
                 throw SiloError(.deviceInUse,
                                 "LUN '\(name)' cannot be mounted while \(rawHolder.dropLast(Self.rawLeaseSuffix.count)) has its raw device "
@@ -85,8 +89,15 @@ extension StorageProvider {
                 }
             }
         }
-        device.leaseDescriptor = lease.descriptor
-        return (device, lease)
+        // Under the lease the LUN keeps its device (a delete or offline refuses it from here on).
+        do throws(SiloError) {
+            var device = try blockDevice(forLun: name, system: system, mountPath: mountPath, readOnly: readOnly)
+            device.leaseDescriptor = lease.descriptor
+            return (device, lease)
+        } catch {
+            lease.release()
+            throw error
+        }
     }
 
     /// What a raw holder's lease name ends with: "compute system 'web' (raw)".

@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import SiloOperations
 import Testing
@@ -207,6 +208,42 @@ struct LunTests {
         // No mkfs child of this process is left, running or unreaped.
         let children = run("/bin/sh", ["-c", "grep -l '^PPid:[[:space:]]*\(getpid())$' /proc/[0-9]*/status 2>/dev/null | xargs -r grep -l '^Name:.*mkfs' || true"])
         #expect(children.output.trimmingSpaces.isEmpty, "mkfs outlived its cancel: \(children.output)")
+    }
+
+    @Test("S10 a lease taken after an offline's first check stops it before the unbind; a LUN being deleted is not leased")
+    func leaseAfterFirstCheck() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        // One operation at a time: a blocker holds the worker, so the offline's and the delete's
+        // operations wait, their first checks done, while a lease is asked for.
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", scheduler: scheduler))
+        defer {
+            for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
+            for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
+        }
+        let device = try #require(try provider.createLun(LunSpec(name: "shared", size: 8 << 20)).wait(timeout: .seconds(60)).devicePath)
+        let gate = DispatchSemaphore(value: 0)
+        var blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        let offline = try provider.setOnline("shared", false)
+        let lease = try provider.lease("shared", holder: "compute system 'late'")
+        gate.signal()
+        _ = try blocker.wait(timeout: .seconds(30))
+        let refused = #expect(throws: SiloError.self) { _ = try offline.wait(timeout: .seconds(30)) }
+        #expect(refused?.code == .deviceInUse && refused?.message.contains("compute system 'late'") == true, "\(String(describing: refused))")
+        #expect(try provider.lun(named: "shared").devicePath == device, "the leased LUN kept its device")
+        #expect(loopDevices(backedUnder: scratch.path).map(\.path) == [device])
+        lease.release()
+
+        blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        let delete = try provider.deleteLun("shared")
+        let busy = #expect(throws: SiloError.self) { _ = try provider.lease("shared", holder: "compute system 'later'") }
+        #expect(busy?.code == .anotherCallInProgress, "\(String(describing: busy))")
+        gate.signal()
+        _ = try blocker.wait(timeout: .seconds(30))
+        try delete.wait(timeout: .seconds(30))
+        #expect(loopDevices(backedUnder: scratch.path).isEmpty)
+        #expect(directoryEntries(scratch.path + "/state/leases").isEmpty)
     }
 
     @Test("S7 a failing step rolls back the steps before it")

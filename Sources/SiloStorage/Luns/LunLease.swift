@@ -36,7 +36,7 @@ public final class LunLease: Sendable {
         guard fd >= 0 else { return }
         Glibc.close(fd)
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-        withLeaseLock(directory: directory) { removeIfUnheld(path) }
+        _ = withLeaseLock(directory: directory) { removeIfUnheld(path) }
     }
 }
 
@@ -70,14 +70,28 @@ extension StorageProvider {
     /// taken at once cannot each pass a check the other would fail.
     /// - Throws: `objectNotFound` for an unknown LUN; `invalidArgument` for a holder with '/';
     ///   what `check` throws.
-    public func lease(_ name: String, holder: String,
+    ///
+    /// The LUN is looked up under the lease lock, which a delete or an offline also holds from its
+    /// last check for leases until its device is unbound (and, for a delete, its record removed):
+    /// a LUN leased here keeps its device until the lease ends, and a LUN being deleted is not
+    /// leased. `id`, when given, must still be the LUN's (a name deleted and made again is
+    /// another LUN).
+    /// - Throws: `objectNotFound` for an unknown LUN (or one whose id is no longer `id`);
+    ///   `anotherCallInProgress` while a delete of it runs; `invalidArgument` for a holder with
+    ///   '/'; what `check` throws.
+    public func lease(_ name: String, holder: String, id: String? = nil,
                       checking check: ([String]) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunLease {
-        _ = try lun(named: name)
+        try Names.validate(name, field: "name", what: "a LUN name")
         guard !holder.isEmpty, !holder.contains("/"), holder.utf8.count <= 128 else {
             throw SiloError.invalidArgument(field: "holder", value: holder, reason: "1 to 128 characters, without '/'")
         }
         if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
         return try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) -> LunLease in
+            let record = try record(named: name)
+            if let id, record.id != id { throw SiloError.notFound("LUN", field: "name", value: name) }
+            if let deleting = registry.mark(.deleting, name), ProcessIdentity.isAlive(deleting) {
+                throw SiloError(.anotherCallInProgress, "LUN '\(name)' is being deleted (pid \(deleting.pid))", field: "name", value: name)
+            }
             try check(liveHolders(name))
             let path = leaseDirectory + "/" + name + "@" + holder
             let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -112,8 +126,29 @@ extension StorageProvider {
 
     /// Why LUN `name` (attached as `device`) may not be deleted or taken offline, or nil.
     func use(of name: String, device: LoopDevice?) -> String? {
-        let holders = leaseHolders(name)
+        use(of: name, device: device, holders: leaseHolders(name))
+    }
+
+    private func use(of name: String, device: LoopDevice?, holders: [String]) -> String? {
         if !holders.isEmpty { return "attached to \(holders.joined(separator: ", "))" }
         return device.flatMap { InUse.check($0) }
+    }
+
+    /// Runs `body` (which unbinds LUN `name`'s device, and for a delete removes its record) under
+    /// the lease lock, once no lease holds the LUN: a lease taken after the call's first check
+    /// (a system started meanwhile) is found here, and one asked for while `body` runs waits for
+    /// it and then finds the LUN without its device, or gone.
+    /// - Throws: `deviceInUse` naming the holder; what `body` throws.
+    func unleased<T>(_ name: String, device: LoopDevice?, _ body: () throws(SiloError) -> T) throws(SiloError) -> T {
+        // The folder, so that there is a lock to hold even before the first lease.
+        if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
+        return try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) -> T in
+            let holders = liveHolders(name)
+            if !holders.isEmpty, let use = use(of: name, device: device, holders: holders) {
+                throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
+                                field: "name", value: name)
+            }
+            return try body()
+        }
     }
 }

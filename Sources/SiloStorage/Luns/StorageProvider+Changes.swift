@@ -38,8 +38,11 @@ extension StorageProvider {
                     // The mark and the stable name go under the same lock as the record: once
                     // it is let go, a create may take the name, and a delete of that LUN mark it.
                     try registry.locked { () throws(SiloError) in
-                        if let device = attachedDevice(record) { try device.unbind(expecting: record.tag) }
-                        try registry.removeHoldingLock(name, durable: false)
+                        let device = attachedDevice(record)
+                        try unleased(name, device: device) { () throws(SiloError) in
+                            if let device { try device.unbind(expecting: record.tag) }
+                            try registry.removeHoldingLock(name, durable: false)
+                        }
                         registry.removeMark(.deleting, name)
                         unlinkName(name)
                     }
@@ -219,7 +222,9 @@ extension StorageProvider {
                     $0.device = number
                 }
             } else {
-                if let device { try device.detach(expecting: record.tag) }
+                try unleased(name, device: device) { () throws(SiloError) in
+                    if let device { try device.detach(expecting: record.tag) }
+                }
                 unlinkName(name)
                 try endChange(name) {
                     $0.online = false
