@@ -41,6 +41,61 @@ struct TestCompute {
 
 @Suite("Compute systems", .tags(.root), .requiresCgroups, .serialized)
 struct SystemTests {
+    @Test("C4 two starts at once start one init, and the other is refused; two terminates at once stop it once")
+    func concurrentTransitions() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "twice-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
+        defer { system.close() }
+        // Both calls pass the check at the call (the first has not started yet); the state is
+        // checked again under the system's lock.
+        let first = try system.start()
+        var outcomes: [SiloError.Code?] = []
+        do {
+            let second = try system.start()
+            do { try second.wait(timeout: .seconds(30)); outcomes.append(nil) } catch { outcomes.append(error.code) }
+        } catch {
+            outcomes.append(error.code)
+        }
+        do { try first.wait(timeout: .seconds(30)); outcomes.append(nil) } catch { outcomes.append(error.code) }
+        #expect(outcomes.filter { $0 == nil }.count == 1, "exactly one start started it: \(outcomes)")
+        #expect(outcomes.contains(.invalidState), "\(outcomes)")
+        #expect(system.cgroup.pids.count == 1, "one init: \(system.cgroup.pids)")
+        let check = try system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        #expect(try check.wait(timeout: .seconds(10)).exitCode == 0, "the agent the record names answers")
+        check.close()
+
+        let stopped = Mutex<[String]>([])
+        try system.events.setHandler { event in if event.type == .systemExited { stopped.withLock { $0.append(event.data ?? "") } } }
+        let terminates = try [system.terminate(), system.terminate()]
+        var codes: [SiloError.Code?] = []
+        for operation in terminates {
+            do { try operation.wait(timeout: .seconds(30)); codes.append(nil) } catch { codes.append(error.code) }
+        }
+        #expect(codes.filter { $0 == nil }.count == 1 && codes.contains(.systemAlreadyStopped), "\(codes)")
+        usleep(100_000)
+        #expect(stopped.withLock { $0.count } == 1, "one SystemExited: \(stopped.withLock { $0 })")
+    }
+
+    @Test("C12 an attach refused at the call gives back the copy of the LUN's lease it made")
+    func refusedAttachKeepsNoLease() throws {
+        let box = try RunningSystem("lease-copy")
+        defer { box.finish() }
+        let file = box.compute.state + "/lease"
+        let lease = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        #expect(flock(lease, LOCK_SH) == 0)
+        try box.system.pause().wait(timeout: .seconds(30))
+        let device = BlockDevice(devicePath: "/dev/loop-nothing", deviceNumber: "7:250", lun: "nothing", leaseDescriptor: lease)
+        let refused = #expect(throws: SiloError.self) { _ = try box.system.attach(device) }
+        #expect(refused?.code == .invalidState)
+        close(lease)
+        let probe = open(file, O_RDWR | O_CLOEXEC)
+        defer { close(probe) }
+        #expect(flock(probe, LOCK_EX | LOCK_NB) == 0, "a copy of the lease is still open in this process")
+        unlink(file)
+        try box.system.resume().wait(timeout: .seconds(30))
+    }
+
     @Test("C1 C3 the seeds' empty-VM document creates a system; ids are unique; unknown ids are not found")
     func createAndOpen() throws {
         let compute = TestCompute()

@@ -128,7 +128,21 @@ public final class ComputeService: Sendable {
     }
 
     /// A running system whose processes are all gone stopped unexpectedly: say so (C4).
+    /// The record is read again under the system's lock and changed only if it still says Running
+    /// or Paused: a stop holding the lock meanwhile (its cgroup empty already) records how it
+    /// ended, which this must not overwrite.
     func refreshed(_ record: SystemRecord) -> SystemRecord {
+        guard record.state == .running || record.state == .paused,
+              Cgroup.open(name: record.id, layout: configuration.layout).pids.isEmpty else { return record }
+        var result = record
+        try? store.locked(record.id) { () throws(SiloError) in
+            result = refreshedHoldingLock(try store.load(record.id))
+        }
+        return result
+    }
+
+    /// ``refreshed(_:)`` for a caller that holds the system's lock and read `record` under it.
+    func refreshedHoldingLock(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused else { return record }
         let cgroup = Cgroup.open(name: record.id, layout: configuration.layout)
         guard cgroup.pids.isEmpty else { return record }
@@ -139,10 +153,8 @@ public final class ComputeService: Sendable {
         let reason = readText(store.directory(record.id) + "/handles") ?? ""
         stopped.exitType = reason.hasPrefix("terminated: last handle closed") ? .forced : .unexpected
         unlink(store.directory(record.id) + "/agent.sock")
-        try? store.locked(record.id) { () throws(SiloError) in
-            try cgroup.destroy()
-            try store.save(stopped)
-        }
+        try? cgroup.destroy()
+        try? store.save(stopped)
         return stopped
     }
 

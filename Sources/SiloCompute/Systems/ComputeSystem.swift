@@ -107,10 +107,22 @@ public final class ComputeSystem: Sendable {
         }
         // The caller may release its leases once this returns: the operation holds copies.
         let leases = blockDevices.map { device in device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1 }
-        return try change(.start, from: [.created], context: context, callback: callback) { [self] in
-            defer { leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) } }
+        // Refused at once, the operation that would close the copies never runs.
+        func closeLeases() { leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) } }
+        do throws(SiloError) {
+            return try startChange(blockDevices: blockDevices, leases: leases, context: context, callback: callback)
+        } catch {
+            closeLeases()
+            throw error
+        }
+    }
+
+    private func startChange(blockDevices: [BlockDevice], leases: [Int32], context: (any Sendable)?,
+                             callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
+        try change(.start, from: [.created], context: context, callback: callback, finally: {
+            leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) }
+        }) { [self] record in
             let configuration = service.configuration
-            let record = try store.load(id)
             let grants = blockDevices.compactMap(\.grant)
             if !grants.isEmpty { try cgroup.setBlockDevices(grants) }
             // A start that fails takes its grants back (the cgroup stays for the next start).
@@ -183,7 +195,7 @@ public final class ComputeSystem: Sendable {
 
     /// Running -> Paused: freezes every process, those forked meanwhile too.
     public func pause(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        try change(.pause, from: [.running], context: context, callback: callback) { [self] in
+        try change(.pause, from: [.running], context: context, callback: callback) { [self] _ in
             try cgroup.freeze()
             return { $0.state = .paused }
         }
@@ -191,7 +203,7 @@ public final class ComputeSystem: Sendable {
 
     /// Paused -> Running.
     public func resume(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        try change(.resume, from: [.paused], context: context, callback: callback) { [self] in
+        try change(.resume, from: [.paused], context: context, callback: callback) { [self] _ in
             try cgroup.thaw()
             return { $0.state = .running }
         }
@@ -245,33 +257,43 @@ public final class ComputeSystem: Sendable {
     public func attach(_ device: BlockDevice, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         let name = device.lun ?? device.devicePath
-        let record = try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath)
+        try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: try store.load(id))
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
-        return try change(.modify, from: [.running], context: context, callback: callback) { [self] in
-            defer { if lease >= 0 { Glibc.close(lease) } }
-            let current = try store.load(id)
-            let attached = current.attachments?.compactMap(\.device.grant) ?? []
-            // Given raw before (and detached since): its lease must stay, whatever happens now.
-            let heldBefore = device.mountPath == nil && current.rawLeases?.contains(name) == true
-            // The agent holds the lease before anything of the LUN's is inside: a process there
-            // could open a raw node at once, and keep it past any rollback.
-            if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
-            do {
-                if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
-                try enter(record, device, attach: true)
-            } catch {
-                // The lease goes back only once nothing of the LUN's is left inside.
-                let undone = (try? enter(record, device, attach: false)) != nil
-                if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
-                if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
-                throw error
+        let operation: SiloOperation<Void>
+        do throws(SiloError) {
+            operation = try change(.modify, from: [.running], context: context, callback: callback, finally: {
+                if lease >= 0 { Glibc.close(lease) }
+            }) { [self] record in
+                // Again under the lock: two attaches of one LUN at once both passed the first check.
+                try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: record)
+                let attached = record.attachments?.compactMap(\.device.grant) ?? []
+                // Given raw before (and detached since): its lease must stay, whatever happens now.
+                let heldBefore = device.mountPath == nil && record.rawLeases?.contains(name) == true
+                // The agent holds the lease before anything of the LUN's is inside: a process there
+                // could open a raw node at once, and keep it past any rollback.
+                if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
+                do {
+                    if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
+                    try enter(record, device, attach: true)
+                } catch {
+                    // The lease goes back only once nothing of the LUN's is left inside.
+                    let undone = (try? enter(record, device, attach: false)) != nil
+                    if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
+                    if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
+                    throw error
+                }
+                let raw = device.mountPath == nil
+                return {
+                    $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
+                    if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
+                }
             }
-            let raw = device.mountPath == nil
-            return {
-                $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
-                if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
-            }
+        } catch {
+            // Refused at once: the operation that would close the copy never runs.
+            if lease >= 0 { Glibc.close(lease) }
+            throw error
         }
+        return operation
     }
 
     /// Refuses LUN `name` (at `devicePath`, mounted at `mountPath`) as a new attachment where it
@@ -279,13 +301,11 @@ public final class ComputeSystem: Sendable {
     /// already.
     /// - Throws: `invalidArgument` naming `lun` or `mountPath`.
     public func checkAttachable(lun name: String, mountPath: String?) throws(SiloError) {
-        try checkAttachable(lun: name, devicePath: nil, mountPath: mountPath)
+        try checkAttachable(lun: name, devicePath: nil, mountPath: mountPath, in: try store.load(id))
     }
 
-    /// As the public one; returns the record it read.
-    @discardableResult
-    func checkAttachable(lun name: String, devicePath: String?, mountPath: String?) throws(SiloError) -> SystemRecord {
-        let record = try store.load(id)
+    /// As the public one, against `record`.
+    func checkAttachable(lun name: String, devicePath: String?, mountPath: String?, in record: SystemRecord) throws(SiloError) {
         let attachments = record.attachments ?? []
         let places = attachments.map { (lun: $0.lun, mountPath: $0.mountPath) } + [(lun: name, mountPath: mountPath.map(BlockDevice.canonicalMountPath))]
         if let (reason, onMountPath) = BlockDevice.conflict(at: attachments.count, in: places) {
@@ -295,7 +315,6 @@ public final class ComputeSystem: Sendable {
         if let devicePath, attachments.contains(where: { $0.devicePath == devicePath }) {
             throw SiloError.invalidArgument(field: "lun", value: name, reason: "its device is attached to compute system '\(id)' already")
         }
-        return record
     }
 
     /// Has the agent hold `device`'s lease (`descriptor`); past the agent's most, says so.
@@ -318,11 +337,14 @@ public final class ComputeSystem: Sendable {
     /// - Throws: at once, `invalidState` unless Running; `objectNotFound` when it is not attached.
     public func detach(lun name: String, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        let record = try store.load(id)
-        guard let attachment = record.attachments?.first(where: { $0.lun == name }) else {
+        guard let attachment = try store.load(id).attachments?.first(where: { $0.lun == name }) else {
             throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
         }
-        return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+        return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] record in
+            // Again under the lock: a detach of the same LUN may have run meanwhile.
+            guard record.attachments?.contains(where: { $0.lun == name && $0.devicePath == attachment.devicePath }) == true else {
+                throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
+            }
             let device = attachment.device
             try enter(record, device, attach: false)
             let remaining = try store.load(id).attachments?.filter { $0.lun != name }.compactMap(\.device.grant) ?? []
@@ -352,17 +374,17 @@ public final class ComputeSystem: Sendable {
             }
             return try detach(lun: attachment.lun, context: context, callback: callback)
         case .memory(let megabytes):
-            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] _ in
                 try cgroup.update(CgroupLimits(memory: UInt64(megabytes) << 20, pids: nil))
                 return { $0.memoryLimit = UInt64(megabytes) << 20 }
             }
         case .processorCount(let count):
-            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] _ in
                 try cgroup.update(CgroupLimits(cpus: Double(count), pids: nil))
                 return { $0.processorCount = count }
             }
         case .processorWeight(let weight):
-            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] in
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] _ in
                 try cgroup.update(CgroupLimits(cpuWeight: weight, pids: nil))
                 return { _ in }
             }
@@ -605,12 +627,12 @@ public final class ComputeSystem: Sendable {
 
     private func stop(_ type: OperationType, graceful: Bool, notify: Bool, context: (any Sendable)?,
                       callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
-        let record = try store.load(id)
-        if record.state == .stopped || service.refreshed(record).state == .stopped {
+        let before = try store.load(id)
+        if before.state == .stopped || service.refreshed(before).state == .stopped {
             throw SiloError(.systemAlreadyStopped, "compute system '\(id)' is already stopped", field: "id", value: id)
         }
         return try change(type, from: [.created, .running, .paused], context: context, callback: callback,
-                          throughChannel: notify) { [self] in
+                          throughChannel: notify) { [self] record in
             exitReported.store(true, ordering: .sequentiallyConsistent)  // this handle reports it below
             let cgroup = self.cgroup
             var exit = SystemExitType.forced
@@ -634,34 +656,44 @@ public final class ComputeSystem: Sendable {
         }
     }
 
-    /// Checks the state at once (E3, C4), then runs `work` as an operation; its returned update is
-    /// saved under the system's lock.
+    /// Checks the state at once (E3, C4), then runs `work` as an operation, under the system's
+    /// lock, with the record read again there and its state checked again: another call (in this
+    /// process or another) may have changed it between the two (two starts at once would each
+    /// start an init). `work`'s returned update is saved under the same lock. `finally` runs when
+    /// the operation ends, whether `work` ran or not (it closes what the caller handed over).
     private func change(
         _ type: OperationType,
         from allowed: Set<ComputeSystemState>,
         context: (any Sendable)?,
         callback: OperationCallback<Void>?,
         throughChannel: Bool = true,
-        _ work: @escaping @Sendable () throws -> (inout SystemRecord) -> Void
+        finally: @escaping @Sendable () -> Void = {},
+        _ work: @escaping @Sendable (SystemRecord) throws -> (inout SystemRecord) -> Void
     ) throws(SiloError) -> SiloOperation<Void> {
-        let record = try store.load(id)
+        try checkState(type, allowed, try store.load(id))
+        return try service.scheduler.run(type, context: context, callback: callback, events: throughChannel ? events : nil,
+                                          cancellable: false) {
+            [self] _ in
+            defer { finally() }
+            try store.locked(id) { () throws(SiloError) in
+                let current = service.refreshedHoldingLock(try store.load(id))
+                try checkState(type, allowed, current)
+                let update: (inout SystemRecord) -> Void
+                do { update = try work(current) } catch { throw SiloError(error) }
+                var changed = try store.load(id)
+                update(&changed)
+                try store.save(changed)
+            }
+        }
+    }
+
+    private func checkState(_ type: OperationType, _ allowed: Set<ComputeSystemState>, _ record: SystemRecord) throws(SiloError) {
         guard allowed.contains(record.state) else {
             if record.state == .stopped, type == .shutdown || type == .terminate {
                 throw SiloError(.systemAlreadyStopped, "compute system '\(id)' is already stopped", field: "id", value: id)
             }
             throw SiloError(.invalidState, "cannot \(type) compute system '\(id)': it is \(record.state.rawValue)",
                             field: "state", value: record.state.rawValue)
-        }
-        return try service.scheduler.run(type, context: context, callback: callback, events: throughChannel ? events : nil,
-                                          cancellable: false) {
-            [self] _ in
-            try store.locked(id) { () throws(SiloError) in
-                let update: (inout SystemRecord) -> Void
-                do { update = try work() } catch { throw SiloError(error) }
-                var current = try store.load(id)
-                update(&current)
-                try store.save(current)
-            }
         }
     }
 }
