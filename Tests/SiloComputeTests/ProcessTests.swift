@@ -271,7 +271,7 @@ struct ProcessTests {
         #expect(box.system.cgroup.pids.isEmpty)
     }
 
-    @Test("C4 C5 pause freezes processes and refuses new ones; shutdown sends SIGTERM to them first")
+    @Test("C4 C5 pause freezes processes and refuses new ones and requests its frozen agent cannot answer; shutdown sends SIGTERM to them first")
     func pauseAndShutdown() throws {
         let box = try RunningSystem("ps")
         defer { box.finish() }
@@ -280,6 +280,21 @@ struct ProcessTests {
         usleep(100_000)
         try box.system.pause().wait(timeout: .seconds(10))
         #expect((#expect(throws: SiloError.self) { _ = try box.run("true") })?.code == .invalidState)
+        // Frozen: the counter's file, read from the host through init's root, stands still.
+        let initPID = try #require(box.system.properties().processList.first)  // any of them: they share the root
+        let counted = { () -> String? in
+            let fd = open("/proc/\(initPID)/root/tmp/n", O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            return readAll(fd)
+        }
+        let first = counted()
+        usleep(150_000)
+        #expect(first != nil && counted() == first, "the counter ran while paused: \(first ?? "nothing") then \(counted() ?? "nothing")")
+        // The agent is frozen too: refused at once, not after a request's 30 s timeout.
+        #expect((#expect(throws: SiloError.self) { _ = try box.system.processes() })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try counter.signal(SIGUSR1) })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try box.system.openProcess(counter.pid) })?.code == .invalidState)
         let probe = { () throws -> String in
             let reader = try box.run("cat /tmp/n")
             defer { reader.close() }

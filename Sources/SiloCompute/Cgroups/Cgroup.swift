@@ -347,6 +347,10 @@ public final class Cgroup: Sendable {
     }
 
     /// Freezes every process, those forked meanwhile included; returns once they all are frozen.
+    /// Freezes every task, or throws `operationTimeout` after a second with the cgroup thawed
+    /// again: a freeze that times out must not finish later, behind its caller's back, and leave
+    /// a system frozen that its record calls Running (a task in uninterruptible I/O can hold
+    /// v1 in FREEZING, and v2 short of frozen, for as long as its I/O takes).
     public func freeze() throws(SiloError) {
         if usesLegacyFreezer {
             let path = try path("freezer") + "/freezer.state"
@@ -356,7 +360,8 @@ public final class Cgroup: Sendable {
                 if readText(path) == "FROZEN" { return }
                 usleep(1000)
             }
-            throw SiloError(.operationTimeout, "cgroup \(name) stayed FREEZING for a second", field: "cgroup", value: name)
+            try? writeText(path, "THAWED")
+            throw SiloError(.operationTimeout, "cgroup \(name) stayed FREEZING for a second (thawed again)", field: "cgroup", value: name)
         }
         guard let unified = directories["unified"] else { throw unavailable("freezer") }
         try writeText(unified + "/cgroup.freeze", "1")
@@ -364,7 +369,8 @@ public final class Cgroup: Sendable {
             if reportsFrozen(unified) { return }
             usleep(1000)
         }
-        throw SiloError(.operationTimeout, "cgroup \(name) did not report frozen within a second", field: "cgroup", value: name)
+        try? writeText(unified + "/cgroup.freeze", "0")
+        throw SiloError(.operationTimeout, "cgroup \(name) did not report frozen within a second (thawed again)", field: "cgroup", value: name)
     }
 
     public func thaw() throws(SiloError) {
@@ -397,11 +403,20 @@ public final class Cgroup: Sendable {
             try writeText(unified + "/cgroup.kill", "1")
             // Tasks held by v1's freezer take no signal until thawed (cgroup.kill only overrides
             // v2's own freeze): thaw so the SIGKILL lands.
-            if usesLegacyFreezer, isFrozen { try thaw() }
+            // FREEZING too: tasks caught already take no signal either.
+            if usesLegacyFreezer, let freezer = directories["freezer"], readText(freezer + "/freezer.state") != "THAWED" { try thaw() }
         } else if let freezer = directories["freezer"], fileExists(freezer) {
-            try freeze()
+            // Frozen, nothing forks while each task gets its SIGKILL; a freeze that cannot finish
+            // (a task in uninterruptible I/O) leaves the signals to the loop below.
+            let frozen = (try? freeze()) != nil
             for pid in pids { kill(pid, SIGKILL) }
-            try thaw()
+            if frozen { try thaw() }
+            for _ in 0..<100 {
+                let left = pids
+                if left.isEmpty { break }
+                for pid in left { kill(pid, SIGKILL) }
+                usleep(1000)
+            }
         } else {
             // No freezer (a cgroup made enforcingOnly): SIGKILL what is there until nothing is;
             // the pids limit bounds what can fork meanwhile.

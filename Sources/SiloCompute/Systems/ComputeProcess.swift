@@ -145,6 +145,7 @@ public final class ComputeProcess: Sendable {
             throw SiloError.invalidArgument(field: "signal", value: "\(signal)", reason: "a signal number is 1...64")
         }
         try checkRunning()
+        try system.checkAgentAwake("signal a process")
         return try system.service.scheduler.run(.signalProcess, context: context, callback: callback, events: events, cancellable: false) {
             [self] _ in
             var body = silo_agent_signal(pid: pid, signal: signal)

@@ -334,13 +334,15 @@ public final class ComputeSystem: Sendable {
     /// (refused while busy inside) and its lease given back, or, given raw, its node removed and
     /// denied in the cgroup, its lease kept until the system stops (a descriptor opened inside
     /// meanwhile still works: Linux revokes none).
-    /// - Throws: at once, `invalidState` unless Running; `objectNotFound` when it is not attached.
+    /// - Throws: at once, `invalidState` unless Running (a paused system's agent could not give
+    ///   the lease back); `objectNotFound` when it is not attached.
     public func detach(lun name: String, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         guard let attachment = try store.load(id).attachments?.first(where: { $0.lun == name }) else {
             throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
         }
-        return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] record in
+        // Not while paused: the agent, frozen, could not give the lease back.
+        return try change(.modify, from: [.running], context: context, callback: callback) { [self] record in
             // Again under the lock: a detach of the same LUN may have run meanwhile.
             guard record.attachments?.contains(where: { $0.lun == name && $0.devicePath == attachment.devicePath }) == true else {
                 throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
@@ -501,6 +503,7 @@ public final class ComputeSystem: Sendable {
     /// its code) reaches this handle too, even when it came before this call.
     /// - Throws: `processInfoNotAvailable` for a pid the agent did not start.
     public func openProcess(_ pid: Int32) throws(SiloError) -> ComputeProcess {
+        try checkAgentAwake("open a process")
         let process = ComputeProcess(pid: pid, system: self, standardInput: nil, standardOutput: nil, standardError: nil,
                                      isConsole: false, oomKillsAtStart: cgroup.oomKills)
         register(process)
@@ -519,7 +522,9 @@ public final class ComputeSystem: Sendable {
     }
 
     /// The processes running in the system, as its agent sees them (pids inside, pid 1 is the agent).
+    /// - Throws: `invalidState` while the system is paused.
     public func processes() throws(SiloError) -> [ProcessSummary] {
+        try checkAgentAwake("list the processes")
         let bytes = try agent().request(SILO_AGENT_LIST)
         return ProcessSummary.decode(bytes)
     }
@@ -565,6 +570,14 @@ public final class ComputeSystem: Sendable {
                                      standardError: stdio.error, isConsole: parameters.emulateConsole, oomKillsAtStart: oomKills)
         register(process)
         return process
+    }
+
+    /// Refuses a request to the agent while the system is paused: the agent is frozen with the
+    /// rest, and the request would wait out its 30-second timeout.
+    func checkAgentAwake(_ what: String) throws(SiloError) {
+        guard (try? store.load(id))?.state == .paused else { return }
+        throw SiloError(.invalidState, "cannot \(what) in compute system '\(id)': it is paused (its agent with it); resume it first",
+                        field: "state", value: ComputeSystemState.paused.rawValue)
     }
 
     /// This handle's live connection to the agent, made on first use.
