@@ -246,6 +246,27 @@ struct LunTests {
         #expect(directoryEntries(scratch.path + "/state/leases").isEmpty)
     }
 
+    @Test("S10 a LUN whose backing file was removed by hand is still refused while mounted, and its delete unbinds the device")
+    func deleteWithoutBackingFile() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        try #require(LunFileSystem(.ext4).program != nil, "mkfs.ext4 (e2fsprogs) is not installed")
+        let lun = try storage.provider.createLun(LunSpec(name: "orphaned", size: 16 << 20, fileSystem: LunFileSystem(.ext4))).wait(timeout: .seconds(60))
+        let device = try #require(lun.devicePath)
+        let mount = storage.path + "/mnt"
+        #expect(mkdir(mount, 0o755) == 0)
+        #expect(run("/bin/mount", [device, mount]).status == 0)
+        defer { _ = run("/bin/umount", [mount]) }
+        #expect(unlink(lun.backingFile) == 0)
+        #expect(try storage.provider.lun(named: "orphaned").devicePath == device, "the device is still the LUN's")
+        let refused = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("orphaned").wait(timeout: .seconds(30)) }
+        #expect(refused?.code == .deviceInUse, "\(String(describing: refused))")
+        #expect(run("/bin/umount", [mount]).status == 0)
+        try storage.provider.deleteLun("orphaned").wait(timeout: .seconds(30))
+        #expect(loopDevices(backedUnder: storage.path).isEmpty, "the device bound to the removed file was unbound")
+        #expect(try storage.provider.luns().isEmpty)
+    }
+
     @Test("S7 a failing step rolls back the steps before it")
     func failedProvisioning() throws {
         let scratch = Scratch()

@@ -36,11 +36,15 @@ public final class StorageProvider: Sendable {
     /// The loop device bound to this LUN's backing file and carrying its tag, if any. The file is
     /// compared by device and inode: the record's path and the kernel's may spell it two ways
     /// (a state directory reached through a link).
+    /// A backing file removed by hand under its device leaves the device bound to the unlinked
+    /// file: the tag, which carries the LUN's id, finds it then (a delete must still see it in use,
+    /// and unbind it).
     func attachedDevice(_ record: LunRecord) -> LoopDevice? {
         guard let number = record.device else { return nil }
         let device = LoopDevice(number: number)
-        guard let binding = device.binding, binding.tag == record.tag, let file = FileIdentity(path: record.backingFile),
-              file.device == binding.fileDevice, file.inode == binding.inode else { return nil }
+        guard let binding = device.binding, binding.tag == record.tag else { return nil }
+        guard let file = FileIdentity(path: record.backingFile) else { return errno == ENOENT ? device : nil }
+        guard file.device == binding.fileDevice, file.inode == binding.inode else { return nil }
         return device
     }
 
