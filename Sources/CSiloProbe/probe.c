@@ -62,6 +62,7 @@ static void load_blkid(void) {
         SLOT(blkid_api, new_probe, blkid_new_probe),
         SLOT(blkid_api, free_probe, blkid_free_probe),
         SLOT(blkid_api, probe_set_device, blkid_probe_set_device),
+        SLOT(blkid_api, probe_set_sectorsize, blkid_probe_set_sectorsize),
         SLOT(blkid_api, probe_enable_superblocks, blkid_probe_enable_superblocks),
         SLOT(blkid_api, probe_set_superblocks_flags, blkid_probe_set_superblocks_flags),
         SLOT(blkid_api, probe_enable_partitions, blkid_probe_enable_partitions),

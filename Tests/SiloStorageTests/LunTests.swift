@@ -343,6 +343,42 @@ struct LunTests {
         #expect(try storage.provider.shrinkLun("fits", by: 32 << 20).wait().size == 32 << 20)
     }
 
+    @Test("S9 the shrink guard reads an offline LUN at its own sector size, keeps a GPT's backup header, and refuses a LUN in use or an amount past the size")
+    func shrinkGuard() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        try #require(access("/sbin/sfdisk", X_OK) == 0, "sfdisk (fdisk) is not installed")
+        func partition(_ device: String, _ script: String) {
+            let made = run("/bin/sh", ["-c", "printf '\(script)' | /sbin/sfdisk -q --no-reread \(device)"])
+            #expect(made.status == 0, "sfdisk: \(made.output)")
+        }
+        // An MBR on 4096-byte sectors, its one partition from 1 to 60 MiB of 64; read from the
+        // file at 512-byte sectors it would seem to end before 8 MiB.
+        let dos = try #require(try storage.create("dos4k", size: 64 << 20, blockSize: 4096).devicePath)
+        partition(dos, "label: dos\\nstart=256, size=15104\\n")
+        _ = try storage.provider.setOnline("dos4k", false).wait(timeout: .seconds(30))
+        let cut = #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("dos4k", by: 8 << 20) }
+        #expect(cut?.code == .shrinkOverData, "\(String(describing: cut))")
+        #expect(try storage.provider.shrinkLun("dos4k", by: 4 << 20).wait(timeout: .seconds(30)).size == 60 << 20, "the cut that spares it")
+        // An empty GPT: its backup header is the device's last sectors.
+        let gpt = try #require(try storage.create("gpt", size: 64 << 20).devicePath)
+        partition(gpt, "label: gpt\\n")
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("gpt", by: 1 << 20) })?.code == .shrinkOverData)
+        // No signature at all, but held open exclusively (a mapping over it, a file system that
+        // another mount namespace holds): nothing says where its data ends.
+        let held = try #require(try storage.create("held", size: 64 << 20).devicePath)
+        let holder = open(held, O_RDONLY | O_EXCL | O_CLOEXEC)
+        try #require(holder >= 0)
+        let busy = #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("held", by: 1 << 20) }
+        close(holder)
+        #expect(busy?.code == .shrinkOverData && busy?.message.contains("in use") == true, "\(String(describing: busy))")
+        // Amounts near UInt64.max were rounded up to the block size before the check, and trapped.
+        for bytes in [UInt64.max, UInt64.max - 100] {
+            #expect((#expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("held", by: bytes) })?.code == .invalidShrinkSize)
+        }
+        #expect(try storage.provider.shrinkLun("held", by: 1 << 20).wait(timeout: .seconds(30)).size == 63 << 20)
+    }
+
     @Test("S10 delete refuses a mounted or exclusively held LUN; afterwards the handle throws objectDeleted")
     func deleteRules() throws {
         let storage = TestStorage()

@@ -24,6 +24,7 @@ struct silo_blkid_api {
     blkid_probe _Nullable (*_Nonnull new_probe)(void);
     void (*_Nonnull free_probe)(blkid_probe _Nonnull probe);
     int (*_Nonnull probe_set_device)(blkid_probe _Nonnull probe, int fd, blkid_loff_t offset, blkid_loff_t size);
+    int (*_Nonnull probe_set_sectorsize)(blkid_probe _Nonnull probe, unsigned int size);
     int (*_Nonnull probe_enable_superblocks)(blkid_probe _Nonnull probe, int enable);
     int (*_Nonnull probe_set_superblocks_flags)(blkid_probe _Nonnull probe, int flags);
     int (*_Nonnull probe_enable_partitions)(blkid_probe _Nonnull probe, int enable);

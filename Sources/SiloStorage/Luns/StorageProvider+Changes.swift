@@ -141,7 +141,8 @@ extension StorageProvider {
         var shrunk: UInt64 = 0
         let record = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
             let block = UInt64(current.blockSize)
-            let removed = bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block
+            // Rounded only below the size (8 EiB at most): near UInt64.max the rounding overflowed.
+            let removed = bytes >= current.size || bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block
             guard bytes > 0, removed < current.size else {
                 throw SiloError(
                     .invalidShrinkSize,
@@ -287,14 +288,22 @@ extension StorageProvider {
         }
     }
 
-    /// Refuses a shrink that would cut a mounted LUN or data libblkid finds past the new end.
+    /// Refuses a shrink that would cut a LUN in use (mounted anywhere, held open, under another
+    /// device, swap, attached to a compute system) or data libblkid finds past the new end.
     private func guardData(_ record: LunRecord, newSize: UInt64) throws(SiloError) {
         let device = attachedDevice(record)
         if let device, let number = device.deviceNumber, let mount = InUse.mountPoints(of: number).first {
             throw SiloError(.shrinkOverData, "LUN '\(record.name)' is mounted on \(mount); unmount it or pass --force",
                             field: "name", value: record.name)
         }
-        let probe = try BlockProbe.probe(path: device?.path ?? record.backingFile)
+        // A file system smaller than the LUN, mounted in a system's own mount namespace, or a
+        // mapping over it with no signature of its own: nothing on the device says where it ends.
+        if let use = use(of: record.name, device: device) {
+            throw SiloError(.shrinkOverData, "LUN '\(record.name)' is in use (\(use)); release it or pass --force",
+                            field: "name", value: record.name)
+        }
+        // An offline LUN is read from its file, at its own sector size.
+        let probe = try BlockProbe.probe(path: device?.path ?? record.backingFile, sectorSize: device == nil ? record.blockSize : nil)
         let end = probe.dataEnd(deviceSize: record.size)
         guard end <= newSize else {
             let what = probe.filesystemType.map { "a \($0) file system" } ?? "a \(probe.partitionTableType ?? "partition") table"
