@@ -159,7 +159,11 @@ struct DriveTests {
             #expect(probe.partitionTableType == "gpt")
             #expect(probe.partitions.map(\.start) == [2048 * 512, 34816 * 512])
             #expect(probe.partitions.map(\.size) == [32768 * 512, 32768 * 512])
-            #expect(probe.dataEnd(deviceSize: 64 << 20) == (34816 + 32768) * 512)
+            // A GPT's backup header and entries are its device's last sectors, past any partition.
+            #expect(probe.dataEnd(deviceSize: 64 << 20) == 64 << 20)
+            var dos = probe
+            dos.partitionTableType = "dos"
+            #expect(dos.dataEnd(deviceSize: 64 << 20) == (34816 + 32768) * 512, "an MBR's data ends with its last partition")
         }
     }
 
