@@ -309,6 +309,46 @@ struct LunTests {
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("grow", to: 1 << 20) })?.field == "to")
     }
 
+    @Test("S5 S8 two thin extends at once cannot promise more than the pool may; a cancelled extend gives its growth back")
+    func concurrentThinExtends() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        // One operation at a time: a blocker holds the worker, so the first extend's operation
+        // waits, its check done, while the second is checked.
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", scheduler: scheduler))
+        defer {
+            for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
+            for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
+        }
+        _ = try provider.createLun(LunSpec(name: "a", size: 8 << 20)).wait(timeout: .seconds(60))
+        _ = try provider.createLun(LunSpec(name: "b", size: 8 << 20)).wait(timeout: .seconds(60))
+        let room = try provider.maximumLunSize(provisioning: .thin)
+        let half = room / 2 + (1 << 20)
+        let gate = DispatchSemaphore(value: 0)
+        var blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        let first = try provider.extendLun("a", by: half)
+        let second = #expect(throws: SiloError.self) { _ = try provider.extendLun("b", by: half) }
+        #expect(second?.code == .notEnoughSpace, "the first extend's growth counts before its operation runs: \(String(describing: second))")
+        gate.signal()
+        _ = try blocker.wait(timeout: .seconds(30))
+        #expect(try first.wait(timeout: .seconds(30)).size == (8 << 20) + half)
+
+        // Cancelled before it runs: the file, the record and what the pool may promise are as before.
+        let before = try provider.maximumLunSize(provisioning: .thin)
+        blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        let cancelled = try provider.extendLun("b", by: 4 << 20)
+        try cancelled.cancel()
+        gate.signal()
+        _ = try blocker.wait(timeout: .seconds(30))
+        #expect((#expect(throws: SiloError.self) { _ = try cancelled.wait(timeout: .seconds(30)) })?.code == .operationCancelled)
+        let b = try provider.lun(named: "b")
+        #expect(b.size == 8 << 20)
+        var info = stat()
+        #expect(stat(b.backingFile, &info) == 0 && info.st_size == 8 << 20, "the reserved growth was given back")
+        #expect(try provider.maximumLunSize(provisioning: .thin) == before)
+    }
+
     @Test("S9 shrink keeps the data before the new end and refuses to cut data or a mounted file system")
     func shrink() throws {
         let storage = TestStorage()

@@ -86,8 +86,25 @@ extension StorageProvider {
             extended = try extendedSize(current, by: growth, to: target)
             try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
                               pool: (try? pool(named: current.pool)) ?? pool)
+            // A thin LUN's promise is its file's size, which the next check sums: grown here, under
+            // the lock, as a create makes its file, or two extends at once would both pass a check
+            // the two together fail (thick and zeroed growth is checked against free space, and
+            // its allocation fails when it is not there).
+            if current.provisioning == .thin {
+                do throws(SiloError) {
+                    try BackingFile.resize(current.backingFile, to: extended)
+                } catch {
+                    throw BackingFile.spaceError(error, path: current.backingFile, size: extended)
+                }
+            }
         }
         let newSize = extended
+        // Until the device has grown, a failure or cancel gives the reserved growth back (the
+        // record then takes the file's size).
+        let resized = StepValue<Bool>()
+        let giveBack: @Sendable () -> Void = { [record] in
+            if record.provisioning == .thin, resized.value != true { try? BackingFile.resize(record.backingFile, to: record.size) }
+        }
         let chain = OperationChain<LunProperties>([
             OperationStep("grow backing file", weight: record.provisioning == .zeroed ? 90 : 2, run: { step in
                 try BackingFile.resize(record.backingFile, to: newSize)
@@ -112,6 +129,7 @@ extension StorageProvider {
             // The commit is the capacity change alone: a check that failed within the same step
             // would roll the file back under a device that already grew.
             OperationStep("resize device", weight: 1, pointOfNoReturn: true, run: { [self] _ in
+                resized.set(true)
                 try attachedDevice(record)?.refreshCapacity()
             }),
             OperationStep("check device", weight: 0, run: { [self] _ in
@@ -120,8 +138,16 @@ extension StorageProvider {
             OperationStep("register", weight: 1, run: { [self] _ in
                 try endChange(name) { $0.size = newSize }
             }),
-        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name, sizedByFile: record) })
-        return try runChange(name, .extendLun, chain: chain, context: context, callback: callback)
+        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in
+            giveBack()
+            try endChange(name, sizedByFile: record)
+        })
+        do throws(SiloError) {
+            return try runChange(name, .extendLun, chain: chain, context: context, callback: callback)
+        } catch {
+            giveBack()
+            throw error
+        }
     }
 
     /// Removes bytes from the end of a LUN [IVdsLun::Shrink]. Data before the new end is kept.
