@@ -349,6 +349,31 @@ struct LunTests {
         #expect(try provider.maximumLunSize(provisioning: .thin) == before)
     }
 
+    @Test("S15 reenumerate rolls back a dead provisioning only once its device can be detached; until then the record stays and the report says why")
+    func heldRollback() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let device = try #require(try storage.create("halfmade", size: 8 << 20).devicePath)
+        // As a provisioning killed after its attach leaves it: state creating, its owner dead.
+        var record = try #require(try storage.provider.registry.load("halfmade"))
+        record.state = .creating
+        record.owner = LunRecord.Owner(pid: Int32.max - 1, startTime: 1, operation: "createLun")
+        try storage.provider.registry.save(record)
+        let holder = open(device, O_RDONLY | O_EXCL | O_CLOEXEC)
+        try #require(holder >= 0)
+        let held = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(!held.rolledBack.contains("halfmade"), "reported rolled back while its device is held")
+        #expect(held.drift.contains { $0.hasPrefix("halfmade:") && $0.contains(device) }, "\(held.drift)")
+        #expect(try storage.provider.registry.load("halfmade") != nil, "the record stays for the next reenumerate")
+        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device])
+        close(holder)
+        let done = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(done.rolledBack == ["halfmade"])
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        #expect(try storage.provider.registry.load("halfmade") == nil)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+    }
+
     @Test("S9 shrink keeps the data before the new end and refuses to cut data or a mounted file system")
     func shrink() throws {
         let storage = TestStorage()

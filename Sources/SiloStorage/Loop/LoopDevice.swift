@@ -176,15 +176,15 @@ public struct LoopDevice: Sendable, Hashable, Codable {
 
     /// `detach` without its in-use check, for a caller that made it (the lazy-detach guard stays).
     /// The tag is checked again under the device's lock, which Silo's attaches take too.
+    /// The device is opened read-only: `LOOP_CLR_FD` needs no write access, and a device whose
+    /// binding changed since the caller looked is never opened for writing.
     func unbind(expecting tag: String? = nil) throws(SiloError) {
-        let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         flock(fd, LOCK_EX)
-        if let tag {
-            var info = loop_info64()
-            if silo_loop_get_status64(fd, &info) != 0 || cName(info.lo_file_name) != tag {
-                close(fd)  // unbound, or someone else's now
-                return
-            }
+        var bound = loop_info64()
+        if silo_loop_get_status64(fd, &bound) != 0 || tag.map({ cName(bound.lo_file_name) != $0 }) == true {
+            close(fd)  // unbound, or someone else's now
+            return
         }
         if silo_loop_clr_fd(fd) != 0 {
             let error = errno
@@ -198,10 +198,15 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         // (losetup -d exits 0 and the device stays): undo the mark and refuse.
         close(fd)
         if waitUntilUnbound() { return }
-        let again = open(path, O_RDWR | O_CLOEXEC)
+        // Under the device's lock, and only on the same binding: the other opener may have closed
+        // after the wait, and an attach bound the number again, whose autoclear is its own.
+        let again = open(path, O_RDONLY | O_CLOEXEC)
         if again >= 0 {
+            flock(again, LOCK_EX)
             var info = loop_info64()
-            if silo_loop_get_status64(again, &info) == 0 {
+            if silo_loop_get_status64(again, &info) == 0, cName(info.lo_file_name) == cName(bound.lo_file_name),
+               info.lo_device == bound.lo_device, info.lo_inode == bound.lo_inode,
+               bound.lo_flags & silo_LO_FLAGS_AUTOCLEAR == 0 {  // autoclear before: it stays
                 info.lo_flags &= ~silo_LO_FLAGS_AUTOCLEAR
                 _ = silo_loop_set_status64(again, &info)
             }

@@ -86,8 +86,18 @@ extension StorageProvider {
             if busy.contains(record.name) { continue }
             if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
             if record.state == .creating {
-                // Died while provisioning: undo everything the record names.
-                for device in devices { try? device.detach(expecting: record.tag) }
+                // Died while provisioning: undo everything the record names. A device that
+                // cannot be detached (something holds it) keeps its record, and says why: the
+                // next reenumerate finishes the rollback.
+                var held: [String] = []
+                for device in devices {
+                    do throws(SiloError) { try device.detach(expecting: record.tag) } catch { held.append("\(device.path): \(error.message)") }
+                }
+                guard held.isEmpty else {
+                    report.drift.append("\(record.name): half-created by dead pid \(record.owner?.pid ?? 0), not rolled back while "
+                                        + held.joined(separator: "; "))
+                    continue
+                }
                 unlinkName(record.name)
                 try? BackingFile.remove(record.backingFile)
                 try registry.removeHoldingLock(record.name)
