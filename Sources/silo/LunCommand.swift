@@ -64,7 +64,7 @@ struct LunCommand: ParsableCommand {
                     return LunSpec(
                         name: name, size: try ByteCount.parse(size), type: try LunType.parse(type),
                         provisioning: try Provisioning.parse(provisioning), drives: drive,
-                        unmasking: try UnmaskingList.parse(maskList(mask)), logicalBlockSize: block,
+                        unmasking: try UnmaskingList.parse(mask), logicalBlockSize: block,
                         directIO: !buffered, readOnly: readOnly, friendlyName: friendlyName, pool: pool,
                         fileSystem: try filesystem.map { text throws(SiloError) in LunFileSystem(try LunFileSystem.Kind.parse(text), label: label) }
                     )
@@ -177,7 +177,8 @@ struct LunCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "delete", abstract: "Detach and delete a LUN and its data.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
-        @Flag(help: "Also when attached to compute systems. A LUN in use on the host is never deleted.") var force = false
+        @Flag(help: "Reserved: a LUN in use (mounted, held open, attached to a compute system) is never deleted; detach or unmount it first.")
+        var force = false
 
         var invocation: Invocation { Invocation(global: global.values, name: name, force: force) }
 
@@ -203,7 +204,7 @@ struct LunCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let lun = try cli { try global.provider.setMask(name, maskList(systems)) }
+            let lun = try cli(options: ["unmasking list": "SYSTEMS"]) { try global.provider.setMask(name, systems) }
             if json { return try printJSON(lun) }
             printLuns([lun])
         }
@@ -255,14 +256,6 @@ extension LunCommand {
 }
 
 /// The CLI writes masks with commas; the library takes the VDS form with semicolons.
-func maskList(_ text: String) -> String {
-    text.replacingCommas
-}
-
-extension String {
-    var replacingCommas: String { String(map { $0 == "," ? ";" : $0 }) }
-}
-
 func printLuns(_ luns: [LunProperties]) {
     printTable(
         ["NAME", "SIZE", "ALLOC", "TYPE", "PROV", "STATUS", "DEVICE", "MASK"],

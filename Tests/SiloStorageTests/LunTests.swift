@@ -481,6 +481,8 @@ struct LunTests {
         #expect(try UnmaskingList.parse("*") == .everyone)
         #expect(try UnmaskingList.parse("") == .nobody)
         #expect(try UnmaskingList.parse("a;b;a") == .systems(["a", "b"]))
+        #expect(try UnmaskingList.parse("a,b;c") == .systems(["a", "b", "c"]), "a command line's commas separate too")
+        #expect((#expect(throws: SiloError.self) { try UnmaskingList.parse("a,*") })?.value == "a,*", "the error shows the list as given")
         for bad in ["*;a", "a;*", "a;;b", ";a", "a;", "a b", "a/b"] {
             #expect((#expect(throws: SiloError.self) { try UnmaskingList.parse(bad) })?.code == .invalidArgument, "\(bad)")
         }

@@ -48,7 +48,7 @@ public enum Provisioning: String, Sendable, Codable, CaseIterable {
 }
 
 /// Which compute systems may see a LUN [VDS unmasking list]: `*` every system, `""` none,
-/// otherwise `;`-separated system ids (S11).
+/// otherwise system ids separated by `;` (or `,`) (S11).
 public enum UnmaskingList: Sendable, Hashable, Codable, CustomStringConvertible {
     case everyone
     case nobody
@@ -59,7 +59,8 @@ public enum UnmaskingList: Sendable, Hashable, Codable, CustomStringConvertible 
         if text == "*" { return .everyone }
         if text.isEmpty { return .nobody }
         var seen: [String] = []
-        for part in text.split(separator: ";", omittingEmptySubsequences: false).map(String.init) {
+        // ';' as VDS writes it, ',' as a command line does: either separates.
+        for part in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == ";" || $0 == "," }).map(String.init) {
             if part == "*" || part.isEmpty {
                 throw SiloError.invalidArgument(
                     field: "unmasking list", value: text,
