@@ -29,6 +29,28 @@ struct TestDrive {
 
 @Suite("Pools on drives", .tags(.root), .requiresLoopDevices, .serialized)
 struct PoolTests {
+    @Test("S13 a damaged pool list: reenumerate says so, finds an added pool's LUN by its tag, and attaches no second device to it or sweeps anything")
+    func reenumerateWithDamagedPoolList() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let folder = storage.path + "/side"
+        #expect(mkdir(folder, 0o755) == 0)
+        _ = try storage.provider.addPool("side", directory: folder)
+        let lun = try storage.provider.createLun(LunSpec(name: "aside", size: 8 << 20, pool: "side")).wait(timeout: .seconds(60))
+        let device = try #require(lun.devicePath)
+        try makeSparseFile(folder + "/stray.img", size: 1 << 20)
+        #expect(writeFile(storage.provider.poolsFile, "{ damaged"))
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.drift.contains { $0.contains("pool list") && $0.contains("damaged") }, "\(report.drift)")
+        #expect(report.attached.isEmpty, "attached again: \(report.attached)")
+        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device], "one device for the LUN")
+        #expect(try storage.provider.lun(named: "aside").devicePath == device)
+        #expect(report.orphanFilesRemoved.isEmpty && report.orphanDevicesDetached.isEmpty)
+        #expect(fileExists(folder + "/stray.img"), "nothing is swept while the list is damaged")
+        #expect(unlink(storage.provider.poolsFile) == 0)
+        unlink(folder + "/stray.img")
+    }
+
     @Test("S5 a pool on another drive: LUNs placed by drive or by name, capacity per pool, listed on its drive; S13 its orphans repaired")
     func poolOnADrive() throws {
         let storage = TestStorage()

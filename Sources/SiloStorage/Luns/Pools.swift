@@ -103,7 +103,7 @@ extension StorageProvider {
 
     /// The added pools by name, as stored. A damaged list throws, so that no change writes a list
     /// of one pool over it.
-    private func addedPools() throws(SiloError) -> [Pool] {
+    func addedPools() throws(SiloError) -> [Pool] {
         guard let bytes = readFile(poolsFile) else { return [] }
         let records: [PoolRecord]
         do {

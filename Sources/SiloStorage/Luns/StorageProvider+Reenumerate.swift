@@ -38,17 +38,30 @@ extension StorageProvider {
     /// Runs under the registry lock.
     private func reconcile() throws(SiloError) -> ReenumerateReport {
         var report = ReenumerateReport()
-        let pools = allPools()
-        // Silo-tagged devices bound to files of these pools, by LUN id. The pools are told by
-        // identity: the kernel names a backing file by its resolved path, which need not be the
-        // one the state directory was given as (a link to it).
+        // A damaged pool list hides the added pools: their files would look like no pool's, and
+        // their LUNs' devices like none of this state directory's. Said, and no orphan is swept.
+        var pools = [pool]
+        var poolListDamaged = false
+        do throws(SiloError) {
+            pools += try addedPools()
+        } catch {
+            report.drift.append("\(error.message); no orphan device or file is removed while it is damaged")
+            poolListDamaged = true
+        }
+        // Silo-tagged devices by LUN id: a record's are found by its tag alone (the id is the
+        // LUN's own), wherever its file is. Those bound to files of these pools are the ones an
+        // orphan sweep may detach. The pools are told by identity: the kernel names a backing
+        // file by its resolved path, which need not be the one the state directory was given as.
         let poolFolders = Set(pools.compactMap { FileIdentity(path: $0.directory) })
         var ours: [String: [LoopDevice]] = [:]
+        var tagged: [String: [LoopDevice]] = [:]
         for device in LoopDevice.all() {
-            guard let status = device.status, let slash = status.backingFile.lastIndex(of: "/"),
-                  let folder = FileIdentity(path: String(status.backingFile[..<slash])), poolFolders.contains(folder),
-                  let tag = device.tag, tag.hasPrefix("silo:") else { continue }
-            ours[String(tag.dropFirst(5)), default: []].append(device)
+            guard let status = device.status, let tag = device.tag, tag.hasPrefix("silo:") else { continue }
+            let id = String(tag.dropFirst(5))
+            tagged[id, default: []].append(device)
+            guard let slash = status.backingFile.lastIndex(of: "/"),
+                  let folder = FileIdentity(path: String(status.backingFile[..<slash])), poolFolders.contains(folder) else { continue }
+            ours[id, default: []].append(device)
         }
 
         // Marks of calls in progress. A live one's LUN is left alone. A dead delete's mark goes:
@@ -81,7 +94,8 @@ extension StorageProvider {
             var record = records[index]
             // The LUN's devices are its own, whatever happens below: a live call's too, which
             // the sweep of devices no record claims would otherwise detach under it.
-            let devices = ours.removeValue(forKey: record.id) ?? []
+            ours.removeValue(forKey: record.id)
+            let devices = tagged[record.id] ?? []
             // A live call (a mark beside the record, or a provisioning's owner in it): leave it.
             if busy.contains(record.name) { continue }
             if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
@@ -148,7 +162,7 @@ extension StorageProvider {
 
         // Silo devices of this pool that no record claims (a crash between attach and register
         // whose record was already gone, or a registry restored from backup).
-        for (id, devices) in ours where damaged.isEmpty {
+        for (id, devices) in ours where damaged.isEmpty && !poolListDamaged {
             for device in devices {
                 do throws(SiloError) {
                     try device.detach(expecting: LunRecord.tag(id: id))
@@ -164,7 +178,7 @@ extension StorageProvider {
         // made its file yet when this set is taken.
         let named = Set(records.compactMap { FileIdentity(path: $0.backingFile) })
         let namedPaths = Set(records.map(\.backingFile))
-        for pool in pools where damaged.isEmpty {
+        for pool in pools where damaged.isEmpty && !poolListDamaged {
             // Only pools of this state directory: one that another's marker names holds its files.
             if let owner = Self.poolOwner(of: pool.directory) {
                 guard isThisStateDirectory(owner) else {
