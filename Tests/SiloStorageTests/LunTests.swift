@@ -444,6 +444,27 @@ struct LunTests {
         #expect(try storage.provider.shrinkLun("held", by: 1 << 20).wait(timeout: .seconds(30)).size == 63 << 20)
     }
 
+    @Test("S10 a handle's delete, extend and shrink check its LUN's id under the registry lock: a LUN made again under the name is not touched")
+    func handleChecksIDUnderLock() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let first = try storage.provider.open(try storage.create("reused", size: 8 << 20).name)
+        try storage.provider.deleteLun("reused").wait(timeout: .seconds(30))
+        let second = try storage.create("reused", size: 8 << 20)
+        // The calls a handle makes after its own check, as if the name changed hands in between.
+        let calls: [() throws -> Void] = [
+            { _ = try storage.provider.deleteLun("reused", force: false, id: first.id, context: nil, callback: nil) },
+            { _ = try storage.provider.extendLun("reused", by: 1 << 20, to: nil, id: first.id, context: nil, callback: nil) },
+            { _ = try storage.provider.shrinkLun("reused", by: 1 << 20, force: true, id: first.id, context: nil, callback: nil) },
+        ]
+        for call in calls {
+            #expect((#expect(throws: SiloError.self) { try call() })?.code == .objectDeleted)
+        }
+        let now = try storage.provider.lun(named: "reused")
+        #expect(now.id == second.id && now.size == second.size && now.devicePath == second.devicePath, "the new LUN is untouched")
+        #expect((#expect(throws: SiloError.self) { _ = try first.delete() })?.code == .objectDeleted)
+    }
+
     @Test("S10 delete refuses a mounted or exclusively held LUN; afterwards the handle throws objectDeleted")
     func deleteRules() throws {
         let storage = TestStorage()

@@ -14,19 +14,22 @@ public struct LunHandle: Sendable {
         return provider.properties(of: record)
     }
 
+    // Each checks its id where it takes the registry lock: a check before, then a call by name,
+    // would act on another LUN that took the name between the two.
+
     public func extend(by bytes: UInt64) throws(SiloError) -> SiloOperation<LunProperties> {
         _ = try properties()
-        return try provider.extendLun(name, by: bytes)
+        return try provider.extendLun(name, by: bytes, to: nil, id: id, context: nil, callback: nil)
     }
 
     public func shrink(by bytes: UInt64, force: Bool = false) throws(SiloError) -> SiloOperation<LunProperties> {
         _ = try properties()
-        return try provider.shrinkLun(name, by: bytes, force: force)
+        return try provider.shrinkLun(name, by: bytes, force: force, id: id, context: nil, callback: nil)
     }
 
     public func delete(force: Bool = false) throws(SiloError) -> SiloOperation<Void> {
         _ = try properties()
-        return try provider.deleteLun(name, force: force)
+        return try provider.deleteLun(name, force: force, id: id, context: nil, callback: nil)
     }
 }
 

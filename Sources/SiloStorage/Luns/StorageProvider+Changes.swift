@@ -20,9 +20,17 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<Void>? = nil
     ) throws(SiloError) -> SiloOperation<Void> {
+        try deleteLun(name, force: force, id: nil, context: context, callback: callback)
+    }
+
+    /// `id`, when given, must be the LUN's under the lock (a ``LunHandle``'s: the name may have
+    /// been deleted and made again since the handle was opened).
+    func deleteLun(_ name: String, force: Bool, id: String?, context: (any Sendable)?,
+                   callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
         let owner = ProcessIdentity.current(operation: "deleteLun")
         let record = try registry.locked { () throws(SiloError) -> LunRecord in
             let record = try self.record(named: name)
+            try Self.check(record, isLun: id)
             try checkChangeable(record)
             try checkUnused(record)
             try registry.placeMark(.deleting, name, owner: owner)
@@ -79,10 +87,16 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
+        try extendLun(name, by: growth, to: target, id: nil, context: context, callback: callback)
+    }
+
+    func extendLun(_ name: String, by growth: UInt64?, to target: UInt64?, id: String?, context: (any Sendable)?,
+                   callback: OperationCallback<LunProperties>?) throws(SiloError) -> SiloOperation<LunProperties> {
         // Worked out from the record under the lock that marks it: one read before could be
         // stale by a change that ended meanwhile (an extend "to" would then cut its growth off).
         var extended: UInt64 = 0
         let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
+            try Self.check(current, isLun: id)
             extended = try extendedSize(current, by: growth, to: target)
             try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
                               pool: (try? pool(named: current.pool)) ?? pool)
@@ -163,9 +177,15 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
+        try shrinkLun(name, by: bytes, force: force, id: nil, context: context, callback: callback)
+    }
+
+    func shrinkLun(_ name: String, by bytes: UInt64, force: Bool, id: String?, context: (any Sendable)?,
+                   callback: OperationCallback<LunProperties>?) throws(SiloError) -> SiloOperation<LunProperties> {
         // From the record under the lock that marks it (see extendLun).
         var shrunk: UInt64 = 0
         let record = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
+            try Self.check(current, isLun: id)
             let block = UInt64(current.blockSize)
             // Rounded only below the size (8 EiB at most): near UInt64.max the rounding overflowed.
             let removed = bytes >= current.size || bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block
@@ -263,6 +283,13 @@ extension StorageProvider {
     }
 
     // MARK: Helpers
+
+    /// - Throws: `objectDeleted` when `record` is no longer the LUN `id` (nil: any).
+    static func check(_ record: LunRecord, isLun id: String?) throws(SiloError) {
+        guard let id, record.id != id else { return }
+        throw SiloError(.objectDeleted, "LUN '\(record.name)' (\(id)) was deleted; the name is another LUN's now",
+                        field: "name", value: record.name)
+    }
 
     func attach(_ record: LunRecord) throws(SiloError) -> LoopDevice {
         let device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
