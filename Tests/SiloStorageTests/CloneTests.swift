@@ -27,6 +27,25 @@ struct CloneTests {
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("nothing", as: "x") })?.code == .objectNotFound)
     }
 
+    @Test("S5 a clone keeps its source's provisioning: a thick clone is given all its space, a thin one counts against the overcommit ratio")
+    func cloneProvisioning() throws {
+        let storage = TestStorage(overcommit: 1)
+        defer { storage.finish() }
+        let thick = try storage.create("thick", size: 32 << 20, provisioning: .thick)
+        try writeBytes(try #require(thick.devicePath), offset: 4096, [1, 2, 3])
+        let copy = try storage.provider.cloneLun("thick", as: "thick-copy").wait(timeout: .seconds(120))
+        #expect(copy.provisioning == .thick)
+        #expect(copy.allocatedBytes >= 32 << 20, "a sparse copy of a thick LUN: \(copy.allocatedBytes)")
+        #expect(try readBytes(try #require(copy.devicePath), offset: 4096, count: 3) == [1, 2, 3])
+        // A thin source larger than half of what the pool may promise: its clone would pass it.
+        let room = try storage.provider.maximumLunSize(provisioning: .thin)
+        _ = try storage.create("big", size: room / 2 + (1 << 20))
+        let refused = #expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("big", as: "big-copy") }
+        #expect(refused?.code == .notEnoughSpace, "\(String(describing: refused))")
+        #expect(try storage.provider.luns().map(\.name).sorted() == ["big", "thick", "thick-copy"])
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.count == 3)
+    }
+
     @Test("A clone cancelled part-way leaves no file, device or record")
     func cancelledClone() throws {
         let storage = TestStorage()

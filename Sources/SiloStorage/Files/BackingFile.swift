@@ -191,8 +191,13 @@ extension BackingFile {
                         buffer.withUnsafeMutableBytes { pread(input, $0.baseAddress, count, off_t(offset)) }
                     }
                     guard got > 0 else { break }
-                    try syscall("pwrite", path: destination) {
-                        buffer.withUnsafeBytes { pwrite(output, $0.baseAddress, got, off_t(offset)) }
+                    // All of it: a short write (a file system nearly full) would leave zeros in
+                    // the copy where the source has data.
+                    var written = 0
+                    while written < got {
+                        written += try syscall("pwrite", path: destination) {
+                            buffer.withUnsafeBytes { pwrite(output, $0.baseAddress! + written, got - written, off_t(offset) + off_t(written)) }
+                        }
                     }
                     offset += UInt64(got)
                     done += UInt64(got)
@@ -203,7 +208,7 @@ extension BackingFile {
             return .sparseCopy
         } catch {
             unlink(destination)
-            throw spaceError(error, path: destination, size: 0)
+            throw spaceError(error, path: destination, size: UInt64(max(0, lseek(input, 0, SEEK_END))))
         }
     }
 

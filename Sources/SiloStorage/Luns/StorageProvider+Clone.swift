@@ -33,7 +33,10 @@ extension StorageProvider {
             if try registry.load(name) != nil {
                 throw SiloError(.invalidArgument, "a LUN named '\(name)' already exists", field: "name", value: name)
             }
-            // Without reflink the copy takes what the source has allocated.
+            // What a create of its size and provisioning would need (a thin clone's size counts
+            // against the overcommit ratio, a thick one's against free space)...
+            try checkCapacity(for: original.size, provisioning: original.provisioning, field: "source", pool: pool)
+            // ...and, without reflink, the copy takes what the source has allocated.
             let needed = BackingFile.allocatedBytes(original.backingFile)
             let free = try pool.capacity().free
             guard needed + allocationHeadroom <= free else {
@@ -41,21 +44,37 @@ extension StorageProvider {
                                 + "\(ByteCount.format(free)) is free", field: "source", value: source)
             }
             try registry.save(record, durable: false)
+            // The clone's promise counts from now, as a create's file does (the copy makes it anew).
+            do throws(SiloError) {
+                try BackingFile.create(file, size: original.size)
+            } catch {
+                try? registry.removeHoldingLock(name, durable: false)
+                throw error
+            }
         }
-        let chain = OperationChain<LunProperties>([
+        var steps = [
             OperationStep("copy", weight: 90, run: { step in
+                try BackingFile.remove(file)  // the reservation: the copy makes the file itself
                 _ = try BackingFile.clone(original.backingFile, to: file,
                                           progress: { step.reportProgress(completed: $0, of: $1) },
                                           cancelled: { step.isCancelled })
-            }, rollback: {
-                try BackingFile.remove(file)
             }),
-        ] + attachSteps(record), output: { [self] in try lun(named: name) }, cleanup: { [registry] in
-            try registry.removeReservation(record, file: nil)  // the copy's rollback removes the file
+        ]
+        // A sparse copy leaves holes where a thick source had unwritten space: a thick or zeroed
+        // clone is given all of its space, as its record says (fallocate keeps the data).
+        if original.provisioning != .thin {
+            steps.append(OperationStep("allocate", weight: 4, run: { _ in
+                try BackingFile.allocate(file, from: 0, to: original.size)
+            }))
+        }
+        let chain = OperationChain<LunProperties>(steps + attachSteps(record), output: { [self] in try lun(named: name) },
+                                                  cleanup: { [registry] in
+            try registry.removeReservation(record, file: file)
         })
         do {
             return try configuration.scheduler.run(.cloneLun, chain: chain, context: context, callback: callback)
         } catch {
+            try? BackingFile.remove(file)
             try? registry.remove(name)
             throw error
         }
