@@ -444,6 +444,21 @@ struct LunTests {
         #expect(try storage.provider.shrinkLun("held", by: 1 << 20).wait(timeout: .seconds(30)).size == 63 << 20)
     }
 
+    @Test("S5 an overcommit ratio that is not a positive number is a clear error, not a crash; a huge one is capped")
+    func overcommitRatios() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        for ratio in [Double.nan, -1, 0, Double.infinity] {
+            let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", overcommitRatio: ratio))
+            let error = #expect(throws: SiloError.self) { _ = try provider.maximumLunSize(provisioning: .thin) }
+            #expect(error?.field == "overcommit ratio", "\(ratio): \(String(describing: error))")
+            #expect((#expect(throws: SiloError.self) { _ = try provider.createLun(LunSpec(name: "x", size: 1 << 20)) })?.field == "overcommit ratio")
+        }
+        let huge = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", overcommitRatio: 1e300))
+        #expect(try huge.maximumLunSize(provisioning: .thin) <= ByteCount.maximum)
+        #expect(directoryEntries(scratch.path + "/state/pool").isEmpty)
+    }
+
     @Test("S10 a handle's delete, extend and shrink check its LUN's id under the registry lock: a LUN made again under the name is not touched")
     func handleChecksIDUnderLock() throws {
         let storage = TestStorage()

@@ -99,8 +99,14 @@ public final class StorageProvider: Sendable {
         let capacity = try pool.capacity()
         switch provisioning {
         case .thin:
+            let ratio = configuration.overcommitRatio
+            guard ratio.isFinite, ratio > 0 else {
+                throw SiloError.invalidArgument(field: "overcommit ratio", value: "\(ratio)", reason: "a number greater than 0, such as 1 or 4")
+            }
             let promised = promisedBytes(in: pool)
-            let limit = UInt64(Double(capacity.total) * configuration.overcommitRatio)
+            // At most what a file can hold: a very large ratio would overflow the conversion.
+            let product = Double(capacity.total) * ratio
+            let limit = product >= Double(ByteCount.maximum) ? ByteCount.maximum : UInt64(product)
             return limit > promised ? limit - promised : 0
         case .thick, .zeroed:
             return capacity.free
