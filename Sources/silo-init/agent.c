@@ -81,17 +81,17 @@ static struct process *find_process(pid_t pid) {
 }
 
 /// A slot for a new process: a free one, else the oldest exited one whose exit every connection
-/// has been sent. NULL when none is left.
+/// has been sent (a late watcher still gets the newer ones). NULL when none is left. The slot is
+/// cleared by the caller once the process has started: a spawn that fails evicts nothing.
 static struct process *new_process(void) {
-    struct process *slot = NULL;
-    for (int i = 0; !slot && i < MAX_PROCESSES; i++) {
-        if (processes[i].pid == 0) slot = &processes[i];
+    for (int i = 0; i < MAX_PROCESSES; i++) {
+        if (processes[i].pid == 0) return &processes[i];
     }
-    for (int i = 0; !slot && i < MAX_PROCESSES; i++) {
+    struct process *slot = NULL;
+    for (int i = 0; i < MAX_PROCESSES; i++) {
         if (processes[i].running || processes[i].unsent) continue;
         if (!slot || processes[i].exited_at < slot->exited_at) slot = &processes[i];
     }
-    if (slot) memset(slot, 0, sizeof *slot);
     return slot;
 }
 
@@ -358,6 +358,7 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
         return reply_error(slot, id, failure.error, failure.step);
     }
+    memset(process, 0, sizeof *process);
     process->pid = pid;
     process->running = 1;
     process->owner = slot;

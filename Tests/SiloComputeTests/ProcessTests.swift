@@ -271,6 +271,30 @@ struct ProcessTests {
         #expect(box.system.cgroup.pids.isEmpty)
     }
 
+    @Test("C8 the agent forgets the oldest exit first when its table of 1,024 processes is full, not the first slot's")
+    func agentEvictsOldestExit() throws {
+        let box = try RunningSystem("evict")
+        defer { box.finish() }
+        // The first slot's process exits last; 1,023 others fill the table and exit before it.
+        let late = try box.system.createProcess(ProcessParameters(arguments: ["/bin/cat"], createStdInPipe: true))
+            .wait(timeout: .seconds(30))
+        defer { late.close() }
+        for _ in 0..<1023 {
+            let quick = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+            _ = try quick.wait(timeout: .seconds(30))
+            quick.close()
+        }
+        late.closeStandardInput()
+        #expect(try late.wait(timeout: .seconds(30)).exitCode == 0)
+        // One more takes the slot of the oldest exit; the latest, the first slot's, stays known.
+        let one = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        _ = try one.wait(timeout: .seconds(30))
+        one.close()
+        let reopened = try box.system.openProcess(late.pid)
+        defer { reopened.close() }
+        #expect(try reopened.wait(timeout: .seconds(10)).exitCode == 0, "a late watcher gets the newest exits")
+    }
+
     @Test("C4 C5 pause freezes processes and refuses new ones and requests its frozen agent cannot answer; shutdown sends SIGTERM to them first")
     func pauseAndShutdown() throws {
         let box = try RunningSystem("ps")
