@@ -535,7 +535,12 @@ int silo_agent_main(int terminate_flag) {
     for (int i = 0; i < MAX_HELD; i++) held[i].fd = -1;
     for (int i = 0; i < MAX_CONNECTIONS; i++) polls[2 + i].fd = -1;
     for (;;) {
-        int ready = poll(polls, 2 + MAX_CONNECTIONS, last_handle_checks > 0 ? 20 : -1);
+        // A handle whose process never connected (it opened the system before it started) holds
+        // the handles file's lock and nothing else: when its process dies no connection closes.
+        // While the document asks to end with the last handle and no connection is live, the
+        // lock is tried once a second as well.
+        int idle_check = terminate_on_last_handle && handles_fd >= 0 && live_connections() == 0;
+        int ready = poll(polls, 2 + MAX_CONNECTIONS, last_handle_checks > 0 ? 20 : idle_check ? 1000 : -1);
         if (ready < 0 && errno != EINTR) return 127;
         if (ready <= 0) { check_last_handle(); continue; }
         if (polls[0].revents & POLLIN) {

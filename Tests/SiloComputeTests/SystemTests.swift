@@ -245,6 +245,58 @@ struct SystemTests {
         #expect(compute.service.store.ids().isEmpty)
     }
 
+    @Test("C6 a handle that never reached the agent (its process opened the system before it started) still counts: when that process dies, the last-handle rule ends the system")
+    func lastHandleWithoutConnection() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "lhc-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document(terminateOnLastHandle: true)).wait()
+        // Another process's handle, opened while the system is Created: a shared lock on the
+        // handles file, and no connection.
+        // One process, the lock's only holder (flock(1) would pass the locked descriptor on to
+        // its command).
+        let handles = compute.service.store.directory(id) + "/handles"
+        var otherPID: pid_t = 0
+        let words = ["/bin/sh", "-c", "exec 9<\(handles) && /usr/bin/flock -s 9 && exec /bin/sleep 100"]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        #expect(posix_spawn(&otherPID, "/bin/sh", nil, nil, argv, environ) == 0)
+        var reaped = false
+        defer { if !reaped { kill(otherPID, SIGKILL); _ = reap(otherPID) } }
+        usleep(100_000)
+        try system.start().wait(timeout: .seconds(30))
+        let cgroup = system.cgroup
+        system.close()
+        usleep(400_000)
+        #expect(!cgroup.pids.isEmpty, "the other process still holds a handle")
+        kill(otherPID, SIGKILL)
+        _ = reap(otherPID)
+        reaped = true
+        var ended = false
+        for _ in 0..<100 where !ended {
+            usleep(50_000)
+            ended = cgroup.pids.isEmpty
+        }
+        #expect(ended, "the system outlived the death of its last handle's process")
+    }
+
+    @Test("C8 a handle opened before its system started hears its exit once another handle starts and terminates it")
+    func handleOpenedBeforeStart() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "early-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document()).wait()
+        defer { system.close() }
+        let early = try compute.service.open(id)
+        defer { early.close() }
+        let exited = DispatchSemaphore(value: 0)
+        try early.events.setHandler { event in if event.type == .systemExited { exited.signal() } }
+        try system.start().wait(timeout: .seconds(30))
+        usleep(200_000)
+        try system.terminate().wait(timeout: .seconds(30))
+        #expect(exited.wait(timeout: .now() + 10) == .success, "the early handle heard nothing")
+    }
+
     @Test("C12 modify while running: new memory and processor limits land in the live cgroup and the properties")
     func modifyLimits() throws {
         let compute = TestCompute()

@@ -35,6 +35,8 @@ public final class ComputeSystem: Sendable {
         /// An event handler is set on this handle or on one of its processes: the connection keeps
         /// a reader thread, so that events come with nobody waiting for them.
         var wantsEvents = false
+        /// A thread waits for the system to start, to connect then (see ``deliverEvents()``).
+        var waitsForStart = false
     }
 
     private let agentState = Mutex(Agent())
@@ -59,12 +61,37 @@ public final class ComputeSystem: Sendable {
 
     /// Events must reach this handle's handlers with nobody waiting: a reader thread reads the
     /// agent's connection from now on (see ``AgentConnection``).
+    ///
+    /// A handle opened before its system started (another handle, maybe in another process, starts
+    /// it) has no connection yet: a thread watches the record and connects once it says Running,
+    /// so that this handle's handlers hear its processes and its exit, and its agent counts it.
     func deliverEvents() {
-        let connection = agentState.withLock { agent in
+        let (connection, waits) = agentState.withLock { agent in
             agent.wantsEvents = true
-            return agent.connection
+            let waits = agent.connection == nil && !agent.waitsForStart && !agent.closed
+            if waits { agent.waitsForStart = true }
+            return (agent.connection, waits)
         }
-        connection?.startReader()
+        if let connection { return connection.startReader() }
+        guard waits, (try? store.load(id))?.state == .created else {
+            agentState.withLock { $0.waitsForStart = false }
+            if waits, let state = try? store.load(id).state, state == .running || state == .paused { _ = try? agent() }
+            return
+        }
+        let started = PlatformThread.spawn { [weak self] in
+            while let system = self {
+                let state = (try? system.store.load(system.id))?.state
+                let closed = system.agentState.withLock { $0.closed }
+                if closed || state == nil || state == .stopped { break }
+                if state == .running || state == .paused {
+                    _ = try? system.agent()  // starts its reader: events are wanted
+                    break
+                }
+                usleep(20_000)
+            }
+            self?.agentState.withLock { $0.waitsForStart = false }
+        }
+        if !started { agentState.withLock { $0.waitsForStart = false } }
     }
 
     /// This handle's connection to the agent, if it has one.
