@@ -297,6 +297,27 @@ struct SystemTests {
         #expect(exited.wait(timeout: .now() + 10) == .success, "the early handle heard nothing")
     }
 
+    @Test("C5 an init this process started and something else ended is reaped at the next call: it stays no zombie, and is never taken for a live init")
+    func deadInitReaped() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "zombie-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document()).wait()
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        let pid = try #require(try compute.service.store.load(id).initPID)
+        kill(pid, SIGKILL)  // as a stop from another process, or a crash, would end it
+        var zombie = false
+        for _ in 0..<100 where !zombie {
+            usleep(10_000)
+            zombie = (readText("/proc/\(pid)/stat") ?? "").contains(") Z ")
+        }
+        #expect(zombie, "the init should be this process's unreaped child now")
+        #expect(processStartTime(pid) == nil, "a zombie is not a live init")
+        #expect(compute.service.enumerate(id: id).first?.state == .stopped)
+        #expect(!fileExists("/proc/\(pid)"), "reaped by the next call into the service")
+    }
+
     @Test("C12 modify while running: new memory and processor limits land in the live cgroup and the properties")
     func modifyLimits() throws {
         let compute = TestCompute()

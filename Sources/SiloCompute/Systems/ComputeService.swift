@@ -52,6 +52,7 @@ public final class ComputeService: Sendable {
         callback: OperationCallback<ComputeSystem>? = nil
     ) throws(SiloError) -> SiloOperation<ComputeSystem> {
         try SandboxRun.validateID(id)
+        reapStartedInits()
         let document = try ComputeSystemDocument(json: text)
         try store.reserve(id)
         let record = SystemRecord(
@@ -82,13 +83,15 @@ public final class ComputeService: Sendable {
 
     /// A new handle on an existing system, from any process (C3, C6).
     public func open(_ id: String) throws(SiloError) -> ComputeSystem {
+        reapStartedInits()
         try SandboxRun.validateID(id)
         return ComputeSystem(id: id, service: self, record: try store.load(id))
     }
 
     /// Systems matching the query; nil fields match everything (C9).
     public func enumerate(id: String? = nil, owner: String? = nil, state: ComputeSystemState? = nil) -> [ComputeSystemProperties] {
-        store.ids().compactMap { name in
+        reapStartedInits()
+        return store.ids().compactMap { name in
             guard let record = try? store.load(name) else { return nil }
             let properties = self.properties(of: refreshed(record))
             if let id, properties.id != id { return nil }

@@ -210,6 +210,8 @@ public final class ComputeSystem: Sendable {
             }
             let attachments = blockDevices.map(Attachment.init)
             let rawLeases = blockDevices.filter { $0.mountPath == nil }.map { $0.lun ?? $0.devicePath }
+            // Started: this process's child until someone here reaps it.
+            startedInits.withLock { _ = $0.insert(process.pid) }
             return { record in
                 record.attachments = attachments
                 record.rawLeases = rawLeases.isEmpty ? nil : rawLeases
@@ -684,7 +686,12 @@ public final class ComputeSystem: Sendable {
                 if cgroup.pids.isEmpty { exit = .graceful }
             }
             try cgroup.destroy()
-            if let pid = record.initPID { waitpid(pid, nil, WNOHANG) }  // reap it if it is our child
+            // Reap it if it is this process's child (and forget it: its pid may name another later).
+            if let pid = record.initPID {
+                startedInits.withLock { pids in
+                    if pids.contains(pid), waitpid(pid, nil, WNOHANG) == pid { pids.remove(pid) }
+                }
+            }
             rmdir(store.root(id))
             unlink(store.directory(id) + "/agent.sock")
             let exitType = record.state == .created ? SystemExitType.graceful : exit

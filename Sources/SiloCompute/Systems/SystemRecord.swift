@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import SiloOperations
 
 /// HCS compute system states (C4).
@@ -138,10 +139,27 @@ struct SystemStore: Sendable {
     }
 }
 
+/// Nil for a process that is gone, or a zombie (dead, not yet reaped: not a live init).
 func processStartTime(_ pid: Int32) -> UInt64? {
     guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
     let fields = stat[stat.index(after: close)...].split(separator: " ")
-    return fields.count > 19 ? UInt64(fields[19]) : nil
+    guard fields.count > 19, fields[0] != "Z", fields[0] != "X" else { return nil }
+    return UInt64(fields[19])
+}
+
+/// Inits this process started: each is this process's child until reaped. A system stopped by
+/// another process, or one that ended by itself, would stay a zombie here for as long as this
+/// process lives; every entry to the service reaps those that are gone.
+let startedInits = Mutex<Set<Int32>>([])
+
+func reapStartedInits() {
+    startedInits.withLock { pids in
+        for pid in pids {
+            var status: Int32 = 0
+            let result = waitpid(pid, &status, WNOHANG)
+            if result == pid || (result < 0 && errno == ECHILD) { pids.remove(pid) }
+        }
+    }
 }
 
 func nowSeconds() -> Int64 {
