@@ -7,7 +7,7 @@ import Testing
 
 @Suite("Many processes", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
 struct ProcessTests {
-    @Test("S14 eight processes creating and then deleting LUNs at once never share a device or lose a record")
+    @Test("S14 eight processes creating, then creating and deleting, LUNs at once never share a device or lose a record")
     func concurrentProcesses() throws {
         let storage = TestStorage()
         defer { storage.finish() }
@@ -27,9 +27,26 @@ struct ProcessTests {
         for lun in luns {
             #expect(readSmallFile("/sys/block/\(lun.devicePath?.dropFirst(5) ?? "")/loop/backing_file") == lun.backingFile)
         }
+        // Creates and deletes at once: a device a delete frees is one a create may take next.
+        let mixed = (0..<8).map { process in
+            spawn("/bin/sh", ["-c", (0..<perProcess).map { index in
+                "\(siloBinary) --state-dir \(state) lun delete p\(process)-\(index) || exit 1; "
+                    + "\(siloBinary) --state-dir \(state) lun create --name q\(process)-\(index) --size 4M --json >/dev/null || exit 1"
+            }.joined(separator: "; ")])
+        }
+        let mixedResults = mixed.map { $0.finish() }
+        #expect(mixedResults.allSatisfy { $0.status == 0 }, "\(mixedResults.map(\.error))")
+        let after = try storage.provider.luns()
+        #expect(Set(after.map(\.name)) == Set((0..<8).flatMap { process in (0..<perProcess).map { "q\(process)-\($0)" } }), "no record lost or left")
+        let afterDevices = after.compactMap(\.devicePath)
+        #expect(afterDevices.count == after.count && Set(afterDevices).count == afterDevices.count, "one device per LUN")
+        for lun in after {
+            #expect(readSmallFile("/sys/block/\(lun.devicePath?.dropFirst(5) ?? "")/loop/backing_file") == lun.backingFile)
+        }
+        #expect(Set(loopDevices(backedUnder: storage.path).map(\.path)) == Set(afterDevices), "no device without its LUN")
         let deleters = (0..<8).map { process in
             spawn("/bin/sh", ["-c", (0..<perProcess).map { index in
-                "\(siloBinary) --state-dir \(state) lun delete p\(process)-\(index) || exit 1"
+                "\(siloBinary) --state-dir \(state) lun delete q\(process)-\(index) || exit 1"
             }.joined(separator: "; ")])
         }
         #expect(deleters.map { $0.finish() }.allSatisfy { $0.status == 0 })
@@ -67,6 +84,9 @@ struct ProcessTests {
         #expect(files == Set(luns.map(\.backingFile)))
         #expect(Set(loopDevices(backedUnder: storage.path).map(\.path)) == Set(luns.compactMap(\.devicePath)))
         #expect(report.drift.isEmpty, "\(report.drift)")
+        // Kills that all landed before or after the work would prove nothing.
+        #expect(luns.count < 50 && report.rolledBack.count + report.orphanFilesRemoved.count + report.orphanDevicesDetached.count > 0,
+                "no kill landed during a provisioning: \(luns.count) finished, nothing to repair")
         // A second pass finds nothing to do.
         let again = try storage.provider.reenumerate().wait()
         #expect(again.rolledBack.isEmpty && again.orphanFilesRemoved.isEmpty && again.orphanDevicesDetached.isEmpty)
