@@ -271,6 +271,23 @@ struct ProcessTests {
         #expect(box.system.cgroup.pids.isEmpty)
     }
 
+    @Test("C5 a shutdown kills what ignores SIGTERM once its grace period is over, and calls the exit Forced; the stopped system holds no process, cgroup or mount")
+    func shutdownPastGrace() throws {
+        let box = try RunningSystem("grace")
+        defer { box.finish() }
+        let stubborn = try box.run("trap '' TERM; echo ready; while :; do sleep 1; done", stdout: true)
+        defer { stubborn.close() }
+        #expect(readUntil(try #require(stubborn.standardOutput)) { $0.contains("ready") }.contains("ready"))
+        let cgroup = box.system.cgroup
+        let root = box.compute.service.store.root(box.system.id)
+        try box.system.shutdown().wait(timeout: .seconds(60))
+        #expect(try box.system.properties().exitType == .forced, "SIGTERM was ignored: the stop is forced")
+        let status = try stubborn.wait(timeout: .seconds(10))
+        #expect(status.signal == SIGKILL, "\(status)")
+        #expect(cgroup.directories.values.allSatisfy { !fileExists($0) }, "no cgroup is left")
+        #expect(!(readText("/proc/self/mountinfo") ?? "").contains(" \(root) "), "no mount is left")
+    }
+
     @Test("C8 the agent forgets the oldest exit first when its table of 1,024 processes is full, not the first slot's")
     func agentEvictsOldestExit() throws {
         let box = try RunningSystem("evict")

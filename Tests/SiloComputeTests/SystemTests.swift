@@ -199,8 +199,10 @@ struct SystemTests {
         defer { compute.finish() }
         let system = try compute.service.createComputeSystem(id: "ev-\(getpid())", document: compute.document()).wait()
         let completed = Mutex<[OperationType]>([])
+        let heard = Mutex<[SiloEventType]>([])
         let got = DispatchSemaphore(value: 0)
         try system.events.setHandler(options: .operationCallbacks) { event in
+            heard.withLock { $0.append(event.type) }
             if event.type == .operationCompleted, let operation = event.operation {
                 completed.withLock { $0.append(operation.type) }
                 got.signal()
@@ -210,14 +212,23 @@ struct SystemTests {
         #expect(got.wait(timeout: .now() + 30) == .success)
         #expect(completed.withLock { $0 } == [.start])
         #expect((#expect(throws: SiloError.self) { _ = try system.pause(callback: .short { _ in }) })?.code == .operationSystemCallbackAlreadySet)
+        // C8: a process's exit goes to the process's handlers, not the system's.
+        let process = try system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        _ = try process.wait(timeout: .seconds(10))
+        process.close()
+        usleep(50_000)
+        #expect(!heard.withLock { $0 }.contains(.processExited), "the system's handler heard a process exit: \(heard.withLock { $0 })")
         system.close()
         // Closing was the last handle and the document does not terminate on it: still running.
         let other = try compute.service.open("ev-\(getpid())")
         defer { other.close() }
         #expect(try other.properties().state == .running)
+        let before = heard.withLock { $0 }
         try other.terminate().wait(timeout: .seconds(30))
-        usleep(50_000)
-        #expect(completed.withLock { $0 } == [.start], "nothing reaches a closed handle")
+        usleep(100_000)
+        #expect(completed.withLock { $0 } == [.start, .createProcess], "nothing reaches a closed handle")
+        // SystemExited goes to every open handle: not to this closed one.
+        #expect(heard.withLock { $0 } == before, "a closed handle heard: \(heard.withLock { $0 }.dropFirst(before.count))")
     }
 
     @Test("C6 with ShouldTerminateOnLastHandleClosed, closing the last handle terminates the system")
