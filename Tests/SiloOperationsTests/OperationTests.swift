@@ -251,7 +251,7 @@ struct OperationTests {
             _ = release.wait()
             driver.succeed(0)
         }
-        #expect(throws: SiloError.self) { try operation.cancel() }
+        #expect((#expect(throws: SiloError.self) { try operation.cancel() })?.code == .cancelTooLate)
         release.fire()
         #expect(try operation.wait() == 0)
     }

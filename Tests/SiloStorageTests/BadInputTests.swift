@@ -51,23 +51,27 @@ struct BadInputTests {
         defer { storage.finish() }
         _ = try storage.create("existing", size: 1 << 20)
         let before = try storage.provider.luns()
-        let specs: [LunSpec] = [
-            LunSpec(name: "a/b", size: 1 << 20), LunSpec(name: "..", size: 1 << 20), LunSpec(name: "", size: 1 << 20),
-            LunSpec(name: String(repeating: "n", count: 300), size: 1 << 20), LunSpec(name: "z", size: 0),
-            LunSpec(name: "existing", size: 1 << 20), LunSpec(name: "z", size: 1 << 20, type: .parity),
-            LunSpec(name: "z", size: 1 << 20, drives: ["nowhere"]), LunSpec(name: "z", size: 1 << 20, logicalBlockSize: 2048),
+        let specs: [(LunSpec, SiloError.Code, String)] = [
+            (LunSpec(name: "a/b", size: 1 << 20), .invalidArgument, "name"), (LunSpec(name: "..", size: 1 << 20), .invalidArgument, "name"),
+            (LunSpec(name: "", size: 1 << 20), .invalidArgument, "name"),
+            (LunSpec(name: String(repeating: "n", count: 300), size: 1 << 20), .invalidArgument, "name"),
+            (LunSpec(name: "z", size: 0), .invalidArgument, "size"), (LunSpec(name: "existing", size: 1 << 20), .invalidArgument, "name"),
+            (LunSpec(name: "z", size: 1 << 20, type: .parity), .notSupported, "type"),
+            (LunSpec(name: "z", size: 1 << 20, drives: ["nowhere"]), .objectNotFound, "drive"),
+            (LunSpec(name: "z", size: 1 << 20, logicalBlockSize: 2048), .invalidArgument, "block size"),
         ]
-        for spec in specs {
+        for (spec, code, field) in specs {
             let callbackRan = Counter()
-            #expect(throws: SiloError.self, "\(spec.name)") {
+            let error = #expect(throws: SiloError.self, "\(spec.name)") {
                 _ = try storage.provider.createLun(spec, callback: .short { _ in callbackRan.increment() })
             }
+            #expect(error?.code == code && error?.field == field, "\(spec.name): \(String(describing: error))")
             #expect(callbackRan.value == 0)
         }
-        #expect(throws: SiloError.self) { _ = try storage.provider.extendLun("existing") }
-        #expect(throws: SiloError.self) { _ = try storage.provider.extendLun("existing", by: 1, to: 1 << 30) }
-        #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("existing", by: 1 << 20) }
-        #expect(throws: SiloError.self) { try storage.provider.setMask("existing", "a;*") }
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("existing") })?.code == .invalidArgument)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("existing", by: 1, to: 1 << 30) })?.code == .invalidArgument)
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("existing", by: 1 << 20) })?.code == .invalidShrinkSize)
+        #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("existing", "a;*") })?.field == "unmasking list")
         #expect(try storage.provider.luns() == before)
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).count == 1)
     }
