@@ -33,8 +33,19 @@ func startInside(_ cgroup: Cgroup, _ script: String) throws -> pid_t {
     let result = posix_spawn(&pid, "/bin/sh", &actions, nil, argv, environ)
     posix_spawn_file_actions_destroy(&actions)
     close(gate[0])
-    guard result == 0 else { throw SiloError.system("posix_spawn", errno: result) }
-    try cgroup.add(pid: pid)
+    guard result == 0 else {
+        close(gate[1])
+        throw SiloError.system("posix_spawn", errno: result)
+    }
+    do {
+        try cgroup.add(pid: pid)
+    } catch {
+        // Not inside: it must not run, nor wait forever for a go that never comes.
+        kill(pid, SIGKILL)
+        close(gate[1])
+        waitpid(pid, nil, 0)
+        throw error
+    }
     _ = write(gate[1], "go\n", 3)
     close(gate[1])
     return pid
@@ -256,12 +267,22 @@ struct CgroupTests {
     @Test("C5 destroy leaves no cgroup directory behind; statistics count CPU and memory")
     func destroyAndStatistics() throws {
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(memory: 64 << 20, pids: 64), layout: layout)
-        let pid = try startInside(cgroup, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+        var destroyed = false
+        defer { if !destroyed { try? cgroup.killAll(); try? cgroup.destroy() } }  // also when a step throws
+        // It keeps 8 MiB of its own in memory while it counts.
+        let pid = try startInside(cgroup, "x=$(head -c 8388608 /dev/zero | tr \\\\0 a); i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo ${#x} >/dev/null")
+        var peak: UInt64 = 0
+        for _ in 0..<400 where !processState(pid).contains("Z") && processState(pid) != "gone" {  // until it has exited
+            peak = max(peak, cgroup.statistics.memoryUsage)
+            usleep(5_000)
+        }
         _ = reap(pid)
         let stats = cgroup.statistics
         #expect(stats.cpuUser100ns + stats.cpuKernel100ns > 0)
+        #expect(peak >= 8 << 20, "memory usage counts what its processes use: \(peak)")
         #expect(stats.processes == 0)
         try cgroup.destroy()
+        destroyed = true
         for path in cgroup.directories.values { #expect(!fileExists(path), "\(path)") }
         #expect((#expect(throws: SiloError.self) {
             _ = try Cgroup.create(name: "a", limits: CgroupLimits(memory: 1 << 20), layout: CgroupLayout(unified: nil, unifiedControllers: [], legacy: [:]))

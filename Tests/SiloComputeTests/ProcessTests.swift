@@ -40,10 +40,23 @@ struct RunningSystem {
     let system: ComputeSystem
 
     init(_ name: String, memoryMB: Int = 128, terminateOnLastHandle: Bool = false) throws {
-        system = try compute.service.createComputeSystem(
-            id: "\(name)-\(getpid())", document: compute.document(terminateOnLastHandle: terminateOnLastHandle, memoryMB: memoryMB)
-        ).wait(timeout: .seconds(30))
-        try system.start().wait(timeout: .seconds(30))
+        let compute = self.compute
+        do {
+            system = try compute.service.createComputeSystem(
+                id: "\(name)-\(getpid())", document: compute.document(terminateOnLastHandle: terminateOnLastHandle, memoryMB: memoryMB)
+            ).wait(timeout: .seconds(30))
+        } catch {
+            compute.finish()
+            throw error
+        }
+        do {
+            try system.start().wait(timeout: .seconds(30))
+        } catch {
+            // The caller's finish() is not registered yet: what the create made goes here.
+            system.close()
+            compute.finish()
+            throw error
+        }
     }
 
     func run(_ script: String, stdout: Bool = true, stderr: Bool = false, stdin: Bool = false) throws -> ComputeProcess {

@@ -565,6 +565,8 @@ struct LunTests {
         let child = fork()
         if child == 0 { while true { pause() } }  // the deleter: alive until killed below
         try #require(child > 0)
+        var childReaped = false
+        defer { if !childReaped { kill(child, SIGKILL); waitpid(child, nil, 0) } }  // also when a check throws
         let owner = LunRecord.Owner(pid: child, startTime: try #require(ProcessIdentity.startTime(of: child)), operation: "deleteLun")
         try registry.locked { () throws(SiloError) in try registry.placeMark(.deleting, "gone", owner: owner) }
         #expect(fileExists(mark))
@@ -577,6 +579,7 @@ struct LunTests {
         // The deleter dies: its mark no longer holds anything, and reenumerate removes it.
         kill(child, SIGKILL)
         waitpid(child, nil, 0)
+        childReaped = true
         #expect(try storage.provider.setMask("gone", "*").unmaskingList == "*")
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.repaired == ["gone: deleteLun of a dead process settled"] && !fileExists(mark), "\(report.repaired)")
