@@ -245,6 +245,9 @@ struct ProcessTests {
     func outOfMemory() throws {
         let box = try RunningSystem("oom", memoryMB: 32)
         defer { box.finish() }
+        // Started before the OOM kill and terminated after it: its SIGKILL is Silo's, not the OOM killer's.
+        let bystander = try box.run("exec sleep 100", stdout: false)
+        defer { bystander.close() }
         let process = try box.run("exec dd if=/dev/zero of=/dev/null bs=256M count=1", stdout: false)
         defer { process.close() }
         let oom = DispatchSemaphore(value: 0)
@@ -252,6 +255,9 @@ struct ProcessTests {
         let status = try process.wait(timeout: .seconds(30))
         #expect(status.exitCode == 137 && status.outOfMemory == true, "\(status)")
         #expect(oom.wait(timeout: .now() + 5) == .success, "the outOfMemory event came")
+        try bystander.terminate().wait(timeout: .seconds(10))
+        let terminated = try bystander.wait(timeout: .seconds(10))
+        #expect(terminated.signal == SIGKILL && terminated.outOfMemory == nil, "a terminate is no OOM kill: \(terminated)")
         #expect(try box.system.properties().state == .running)
         let after = try box.run("echo alive")
         defer { after.close() }

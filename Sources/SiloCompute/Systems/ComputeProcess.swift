@@ -73,6 +73,8 @@ public final class ComputeProcess: Sendable {
     /// The system's OOM-kill count when the process started: more at a SIGKILL exit means the memory
     /// limit ended it.
     private let oomKillsAtStart: UInt64
+    /// This handle sent it SIGKILL (terminate): its death is then no OOM kill.
+    private let killedHere = Atomic<Bool>(false)
 
     init(pid: Int32, system: ComputeSystem, standardInput: Int32?, standardOutput: Int32?, standardError: Int32?,
          isConsole: Bool, oomKillsAtStart: UInt64) {
@@ -146,6 +148,8 @@ public final class ComputeProcess: Sendable {
         }
         try checkRunning()
         try system.checkAgentAwake("signal a process")
+        // A SIGKILL of Silo's own is no OOM kill, whatever the cgroup's count did meanwhile.
+        if signal == SIGKILL { killedHere.store(true, ordering: .relaxed) }
         return try system.service.scheduler.run(.signalProcess, context: context, callback: callback, events: events, cancellable: false) {
             [self] _ in
             var body = silo_agent_signal(pid: pid, signal: signal)
@@ -198,7 +202,7 @@ public final class ComputeProcess: Sendable {
 
     func exited(waitStatus: Int32, fromAgent: Bool) {
         let killed = waitStatus & 0x7f == SIGKILL
-        let outOfMemory = fromAgent && killed && system.cgroup.oomKills > oomKillsAtStart
+        let outOfMemory = fromAgent && killed && !killedHere.load(ordering: .relaxed) && system.cgroup.oomKills > oomKillsAtStart
         let result: (ProcessStatus, [DispatchSemaphore])? = state.withLock { state in
             guard !state.status.exited else { return nil }
             state.status = ProcessStatus(pid: pid, waitStatus: waitStatus, outOfMemory: outOfMemory)
