@@ -351,8 +351,21 @@ struct SystemTests {
         case .v2?: #expect(readText(try system.cgroup.path("unified") + "/memory.max") == "\(64 << 20)")
         case nil: Issue.record("no memory controller")
         }
-        if system.cgroup.layout.place("cpu") == .v1 {
-            #expect(readText(try system.cgroup.path("cpu") + "/cpu.cfs_quota_us") == "200000")
+        switch system.cgroup.layout.place("cpu") {
+        case .v1?: #expect(readText(try system.cgroup.path("cpu") + "/cpu.cfs_quota_us") == "200000")
+        case .v2?: #expect(readText(try system.cgroup.path("unified") + "/cpu.max") == "200000 100000")
+        case nil: Issue.record("no cpu controller")
+        }
+        // A document's Processor.Limit (half of its CPUs here) scales a new count as it did the first.
+        let halfDocument = #"{"SchemaVersion": {"Major": 2, "Minor": 1}, "Container": {"Processor": {"Count": 1, "Limit": 50000}}}"#
+        let half = try compute.service.createComputeSystem(id: "mlh-\(getpid())", document: halfDocument).wait()
+        defer { half.close() }
+        try half.start().wait(timeout: .seconds(30))
+        try half.modify(ModifyRequest(change: .processorCount(2))).wait(timeout: .seconds(10))
+        switch half.cgroup.layout.place("cpu") {
+        case .v1?: #expect(readText(try half.cgroup.path("cpu") + "/cpu.cfs_quota_us") == "100000", "2 CPUs at half: one CPU's time")
+        case .v2?: #expect(readText(try half.cgroup.path("unified") + "/cpu.max") == "100000 100000")
+        case nil: break
         }
         // And back up past where it started: on v1 the swap limit moves first (it may never be
         // below the memory limit; the other order was refused).

@@ -410,8 +410,11 @@ public final class ComputeSystem: Sendable {
                 return { $0.memoryLimit = UInt64(megabytes) << 20 }
             }
         case .processorCount(let count):
-            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] _ in
-                try cgroup.update(CgroupLimits(cpus: Double(count), pids: nil))
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] record in
+                // Scaled by the document's Processor.Limit, as at the start.
+                var document = try ComputeSystemDocument(json: record.document)
+                document.processorCount = count
+                try cgroup.update(CgroupLimits(cpus: CgroupLimits(document).cpus, pids: nil))
                 return { $0.processorCount = count }
             }
         case .processorWeight(let weight):
