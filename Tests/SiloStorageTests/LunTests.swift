@@ -596,6 +596,25 @@ struct LunTests {
         #expect(!fileExists(mark) && (try? storage.provider.lun(named: "gone")) == nil)
     }
 
+    @Test("S12 ending a change takes away this process's change mark only, never one another process placed since")
+    func endChangeKeepsOthersMark() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("shared", size: 8 << 20)
+        let registry = storage.provider.registry
+        let other = fork()
+        if other == 0 { while true { pause() } }
+        try #require(other > 0)
+        defer { kill(other, SIGKILL); waitpid(other, nil, 0) }
+        let owner = LunRecord.Owner(pid: other, startTime: try #require(ProcessIdentity.startTime(of: other)), operation: "extendLun")
+        try registry.locked { () throws(SiloError) in try registry.placeMark(.changing, "shared", owner: owner) }
+        // A late second end of a change of this process's (a failure path's).
+        try storage.provider.endChange("shared")
+        #expect(registry.mark(.changing, "shared")?.pid == other, "another process's mark was taken away")
+        #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("shared", "*") })?.code == .anotherCallInProgress)
+        registry.removeMark(.changing, "shared")
+    }
+
     @Test("S12 a live delete's mark holds even while a dead change's mark is still in the record")
     func deleteMarkBesideDeadOwner() throws {
         let storage = TestStorage()

@@ -223,7 +223,9 @@ public final class StorageProvider: Sendable {
                 }
             }
         }
-        registry.removeMark(.changing, name)
+        // This process's mark only: a second end of the same change (a failure path's) may come
+        // after another process marked the LUN for a change of its own.
+        if registry.mark(.changing, name)?.pid == getpid() { registry.removeMark(.changing, name) }
     }
 
     // MARK: Stable names
