@@ -596,6 +596,28 @@ struct LunTests {
         #expect(!fileExists(mark) && (try? storage.provider.lun(named: "gone")) == nil)
     }
 
+    @Test("S15 a thick LUN's extend killed before it allocated is settled with its growth allocated, as its record promises")
+    func deadThickExtendSettled() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("thick", size: 8 << 20, provisioning: .thick)
+        // As an extend killed after it grew the file and before it allocated the growth.
+        #expect(truncate(lun.backingFile, 16 << 20) == 0)
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        waitpid(dead, nil, 0)
+        let registry = storage.provider.registry
+        try registry.locked { () throws(SiloError) in
+            try registry.placeMark(.changing, "thick", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun"))
+        }
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired.contains { $0.hasPrefix("thick:") }, "\(report.repaired)")
+        let settled = try storage.provider.lun(named: "thick")
+        #expect(settled.size == 16 << 20)
+        #expect(settled.allocatedBytes >= 16 << 20, "the growth was left sparse: \(settled.allocatedBytes)")
+        #expect(readNumber("/sys/block/\(settled.devicePath?.dropFirst(5) ?? "")/size").map { $0 * 512 } == 16 << 20)
+    }
+
     @Test("S12 ending a change takes away this process's change mark only, never one another process placed since")
     func endChangeKeepsOthersMark() throws {
         let storage = TestStorage()

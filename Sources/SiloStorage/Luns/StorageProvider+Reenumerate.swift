@@ -121,10 +121,9 @@ extension StorageProvider {
             }
             if let owner = record.owner ?? deadChanges[record.name] {
                 // Died mid-change: the file's size tells how far it got.
-                if let size = BackingFile.size(record.backingFile), size != record.size {
-                    record.size = size
-                    if let device = devices.first { try? device.refreshCapacity() }
-                }
+                if let size = settledSize(record), size != record.size { record.size = size }
+                // The device takes the file's size, whichever way the settling went.
+                if let device = devices.first { try? device.refreshCapacity() }
                 record.owner = nil
                 report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
             }

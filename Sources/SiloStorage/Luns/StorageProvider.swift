@@ -161,10 +161,9 @@ public final class StorageProvider: Sendable {
             // size the file no longer has (an extend's growth cut off by the next extend).
             if record.owner != nil || registry.mark(.changing, name) != nil {
                 var settled = record
-                if let size = BackingFile.size(record.backingFile), size != record.size {
-                    settled.size = size
-                    try? attachedDevice(record)?.refreshCapacity()
-                }
+                if let size = settledSize(record), size != record.size { settled.size = size }
+                // The device takes the file's size, whichever way the settling went.
+                try? attachedDevice(record)?.refreshCapacity()
                 settled.owner = nil
                 if settled != record { try registry.save(settled) }
                 registry.removeMark(.changing, name)
@@ -206,6 +205,16 @@ public final class StorageProvider: Sendable {
         try endChange(name) { stored in
             if let size { stored.size = size }
         }
+    }
+
+    /// The size a dead change leaves its LUN at: its backing file's. A thick or zeroed LUN's
+    /// growth is allocated then (an extend killed before or while allocating left it sparse, where
+    /// its record promises space); with no room for it, the growth is cut off again.
+    func settledSize(_ record: LunRecord) -> UInt64? {
+        guard let size = BackingFile.size(record.backingFile) else { return nil }
+        guard record.provisioning != .thin, size > record.size else { return size }
+        if (try? BackingFile.allocate(record.backingFile, from: record.size, to: size)) != nil { return size }
+        return (try? BackingFile.resize(record.backingFile, to: record.size)) != nil ? record.size : size
     }
 
     /// Ends a change (or a provisioning): applies `update`, clears the record's owner, writes the
