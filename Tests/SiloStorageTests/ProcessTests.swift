@@ -125,6 +125,11 @@ struct ProcessTests {
         #expect(loopDevices(backedUnder: mount).count == 1)
         for lun in luns { try provider.deleteLun(lun.name).wait() }
         #expect(loopDevices(backedUnder: mount).isEmpty)
+        // The reported maximum is one a create can have (the headroom an allocation keeps is not in it).
+        let maximum = try provider.maximumLunSize(provisioning: .thick) / 512 * 512
+        let largest = try provider.createLun(LunSpec(name: "largest", size: maximum, provisioning: .thick)).wait(timeout: .seconds(60))
+        #expect(largest.size == maximum)
+        try provider.deleteLun("largest").wait(timeout: .seconds(30))
     }
 }
 

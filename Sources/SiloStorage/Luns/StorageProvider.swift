@@ -109,7 +109,11 @@ public final class StorageProvider: Sendable {
             let limit = product >= Double(ByteCount.maximum) ? ByteCount.maximum : UInt64(product)
             return limit > promised ? limit - promised : 0
         case .thick, .zeroed:
-            return capacity.free
+            // Less the headroom an allocation keeps for the records, and what the create's own
+            // record and folder entries take first: a create of the reported maximum must not
+            // fail later, in its allocate step.
+            let kept = allocationHeadroom + (64 << 10)
+            return capacity.free > kept ? capacity.free - kept : 0
         }
     }
 
