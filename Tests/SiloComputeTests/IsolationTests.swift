@@ -100,7 +100,7 @@ struct IsolationTests {
         #expect(result.output.contains("data\n1\n"))
     }
 
-    @Test("C11 no capabilities, no_new_privs, no core dumps, and mount, unshare, mknod and module loading refused; masked /proc paths read empty")
+    @Test("C11 no capabilities, no_new_privs, no core dumps, and mount, unshare, mknod and /proc/sys writes refused; masked /proc paths read empty")
     func privileges() throws {
         let result = try runSandboxed("""
             grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
@@ -129,7 +129,7 @@ struct IsolationTests {
         for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
     }
 
-    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, TIOCSETD, the loop driver's and block tracing's ioctls, ptrace, keyctl, bpf and modify_ldt with EPERM, io_uring with ENOSYS, socket families but unix, inet, inet6 and netlink, and their rare protocols", .requiresPerl)
+    @Test("C11 the seccomp filter refuses TIOCSTI in both forms, TIOCSETD, the loop driver's and block tracing's ioctls, ptrace, keyctl, bpf, modify_ldt, module loading and clock changes with EPERM, io_uring with ENOSYS, socket families but unix, inet, inet6 and netlink, and their rare protocols", .requiresPerl)
     func seccompDenials() throws {
         // perl's syscall() passes the numbers as they are: EPERM is the filter's answer; without
         // it these would fail differently (ENOTTY on a non-terminal, ESRCH, EINVAL...).
@@ -151,6 +151,12 @@ struct IsolationTests {
               try("sctp", 41, 2, 1, 132);
               try("uevents", 41, 16, 2, 15);
               try("modify_ldt", 154, 0, 0, 0);
+              my $image = "\\0" x 64; my $now = pack("qq", time(), 0);
+              try("init_module", 175, $image, 64, "");
+              try("finit_module", 313, 0, "", 0);
+              try("delete_module", 176, "loop", 0);
+              try("settimeofday", 164, $now, 0);
+              try("clock_settime", 227, 0, $now);
               try("unix_allowed", 41, 1, 1, 0);
               try("tcp_allowed", 41, 2, 1, 6);
               try("getpid_allowed", 39);
@@ -166,6 +172,10 @@ struct IsolationTests {
         #expect(result.output.contains("rds=\(EAFNOSUPPORT)\n"), "\(result.output)")
         #expect(result.output.contains("sctp=\(EPROTONOSUPPORT)\n") && result.output.contains("uevents=\(EPROTONOSUPPORT)\n"), "\(result.output)")
         #expect(result.output.contains("modify_ldt=\(EPERM)\n"), "\(result.output)")
+        // Module loading and clock changes, tried for real inside (not only in the BPF interpreter).
+        for name in ["init_module", "finit_module", "delete_module", "settimeofday", "clock_settime"] {
+            #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
+        }
         #expect(result.output.contains("unix_allowed=0\n") && result.output.contains("tcp_allowed=0\n"), "\(result.output)")
         #expect(result.output.contains("getpid_allowed=0\n"))
     }

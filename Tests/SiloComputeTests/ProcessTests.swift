@@ -264,6 +264,25 @@ struct ProcessTests {
         #expect(readAll(try #require(after.standardOutput)) == "alive\n")
     }
 
+    @Test("C10 CPU use stays within Processor.Count: two busy processes in a one-CPU system get one CPU's time", .enabled(if: sysconf(Int32(_SC_NPROCESSORS_ONLN)) >= 2, "needs two CPUs to tell"))
+    func cpuLimitHolds() throws {
+        let box = try RunningSystem("cpu")  // Processor.Count 1
+        defer { box.finish() }
+        let spinners = try (0..<2).map { _ in try box.run("while :; do :; done", stdout: false) }
+        defer { spinners.forEach { $0.close() } }
+        usleep(200_000)
+        let start = box.system.cgroup.statistics
+        let began = ContinuousClock.now
+        usleep(1_500_000)
+        let end = box.system.cgroup.statistics
+        let wall = (ContinuousClock.now - began) / .nanoseconds(100)  // in the statistics' 100 ns units
+        let used = Double((end.cpuUser100ns + end.cpuKernel100ns) - (start.cpuUser100ns + start.cpuKernel100ns))
+        // Unlimited, two spinners on two CPUs would use twice the wall time.
+        #expect(used <= 1.3 * wall, "used \(used / wall) CPUs' time in a one-CPU system")
+        #expect(used >= 0.5 * wall, "the spinners ran: \(used / wall)")
+        for spinner in spinners { try spinner.terminate().wait(timeout: .seconds(10)) }
+    }
+
     @Test("C10 a fork bomb inside stops at the pids limit; the agent lives and answers; the system terminates")
     func forkBomb() throws {
         let box = try RunningSystem("fb", memoryMB: 512)
