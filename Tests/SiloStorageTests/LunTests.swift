@@ -212,59 +212,29 @@ struct LunTests {
 
     @Test("S10 a lease taken after an offline's first check stops it before the unbind; a LUN being deleted is not leased")
     func leaseAfterFirstCheck() throws {
-        let scratch = Scratch()
-        defer { scratch.cleanup() }
-        // One operation at a time: a blocker holds the worker, so the offline's and the delete's
-        // operations wait, their first checks done, while a lease is asked for.
-        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
-        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", scheduler: scheduler))
-        defer {
-            for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
-            for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
-        }
+        let storage = SerialStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
         let device = try #require(try provider.createLun(LunSpec(name: "shared", size: 8 << 20)).wait(timeout: .seconds(60)).devicePath)
-        let gate = DispatchSemaphore(value: 0)
-        var blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
-        let offline = try provider.setOnline("shared", false)
-        let lease = try provider.lease("shared", holder: "compute system 'late'")
-        gate.signal()
-        _ = try blocker.wait(timeout: .seconds(30))
+        // The offline's operation waits, its check done (no lease yet), while a system takes one.
+        let (offline, lease) = try storage.whileWorkerHeld {
+            (try provider.setOnline("shared", false), try provider.lease("shared", holder: "compute system 'late'"))
+        }
         let refused = #expect(throws: SiloError.self) { _ = try offline.wait(timeout: .seconds(30)) }
         #expect(refused?.code == .deviceInUse && refused?.message.contains("compute system 'late'") == true, "\(String(describing: refused))")
         #expect(try provider.lun(named: "shared").devicePath == device, "the leased LUN kept its device")
-        #expect(loopDevices(backedUnder: scratch.path).map(\.path) == [device])
+        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device])
         lease.release()
 
-        blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
-        let delete = try provider.deleteLun("shared")
-        let busy = #expect(throws: SiloError.self) { _ = try provider.lease("shared", holder: "compute system 'later'") }
-        #expect(busy?.code == .anotherCallInProgress, "\(String(describing: busy))")
-        gate.signal()
-        _ = try blocker.wait(timeout: .seconds(30))
+        let delete = try storage.whileWorkerHeld { () throws -> SiloOperation<Void> in
+            let delete = try provider.deleteLun("shared")
+            let busy = #expect(throws: SiloError.self) { _ = try provider.lease("shared", holder: "compute system 'later'") }
+            #expect(busy?.code == .anotherCallInProgress, "\(String(describing: busy))")
+            return delete
+        }
         try delete.wait(timeout: .seconds(30))
-        #expect(loopDevices(backedUnder: scratch.path).isEmpty)
-        #expect(directoryEntries(scratch.path + "/state/leases").isEmpty)
-    }
-
-    @Test("S10 a LUN whose backing file was removed by hand is still refused while mounted, and its delete unbinds the device")
-    func deleteWithoutBackingFile() throws {
-        let storage = TestStorage()
-        defer { storage.finish() }
-        try #require(LunFileSystem(.ext4).program != nil, "mkfs.ext4 (e2fsprogs) is not installed")
-        let lun = try storage.provider.createLun(LunSpec(name: "orphaned", size: 16 << 20, fileSystem: LunFileSystem(.ext4))).wait(timeout: .seconds(60))
-        let device = try #require(lun.devicePath)
-        let mount = storage.path + "/mnt"
-        #expect(mkdir(mount, 0o755) == 0)
-        #expect(run("/bin/mount", [device, mount]).status == 0)
-        defer { _ = run("/bin/umount", [mount]) }
-        #expect(unlink(lun.backingFile) == 0)
-        #expect(try storage.provider.lun(named: "orphaned").devicePath == device, "the device is still the LUN's")
-        let refused = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("orphaned").wait(timeout: .seconds(30)) }
-        #expect(refused?.code == .deviceInUse, "\(String(describing: refused))")
-        #expect(run("/bin/umount", [mount]).status == 0)
-        try storage.provider.deleteLun("orphaned").wait(timeout: .seconds(30))
-        #expect(loopDevices(backedUnder: storage.path).isEmpty, "the device bound to the removed file was unbound")
-        #expect(try storage.provider.luns().isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        #expect(directoryEntries(storage.path + "/state/leases").isEmpty)
     }
 
     @Test("S7 a failing step rolls back the steps before it")
@@ -311,67 +281,35 @@ struct LunTests {
 
     @Test("S5 S8 two thin extends at once cannot promise more than the pool may; a cancelled extend gives its growth back")
     func concurrentThinExtends() throws {
-        let scratch = Scratch()
-        defer { scratch.cleanup() }
-        // One operation at a time: a blocker holds the worker, so the first extend's operation
-        // waits, its check done, while the second is checked.
-        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
-        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", scheduler: scheduler))
-        defer {
-            for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
-            for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
-        }
+        let storage = SerialStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
         _ = try provider.createLun(LunSpec(name: "a", size: 8 << 20)).wait(timeout: .seconds(60))
         _ = try provider.createLun(LunSpec(name: "b", size: 8 << 20)).wait(timeout: .seconds(60))
         let room = try provider.maximumLunSize(provisioning: .thin)
         let half = room / 2 + (1 << 20)
-        let gate = DispatchSemaphore(value: 0)
-        var blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
-        let first = try provider.extendLun("a", by: half)
-        let second = #expect(throws: SiloError.self) { _ = try provider.extendLun("b", by: half) }
-        #expect(second?.code == .notEnoughSpace, "the first extend's growth counts before its operation runs: \(String(describing: second))")
-        gate.signal()
-        _ = try blocker.wait(timeout: .seconds(30))
+        // The first extend's operation waits, its check done, while the second is checked.
+        let first = try storage.whileWorkerHeld { () throws -> SiloOperation<LunProperties> in
+            let first = try provider.extendLun("a", by: half)
+            let second = #expect(throws: SiloError.self) { _ = try provider.extendLun("b", by: half) }
+            #expect(second?.code == .notEnoughSpace, "the first extend's growth counts before its operation runs: \(String(describing: second))")
+            return first
+        }
         #expect(try first.wait(timeout: .seconds(30)).size == (8 << 20) + half)
 
         // Cancelled before it runs: the file, the record and what the pool may promise are as before.
         let before = try provider.maximumLunSize(provisioning: .thin)
-        blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
-        let cancelled = try provider.extendLun("b", by: 4 << 20)
-        try cancelled.cancel()
-        gate.signal()
-        _ = try blocker.wait(timeout: .seconds(30))
+        let cancelled = try storage.whileWorkerHeld { () throws -> SiloOperation<LunProperties> in
+            let cancelled = try provider.extendLun("b", by: 4 << 20)
+            try cancelled.cancel()
+            return cancelled
+        }
         #expect((#expect(throws: SiloError.self) { _ = try cancelled.wait(timeout: .seconds(30)) })?.code == .operationCancelled)
         let b = try provider.lun(named: "b")
         #expect(b.size == 8 << 20)
         var info = stat()
         #expect(stat(b.backingFile, &info) == 0 && info.st_size == 8 << 20, "the reserved growth was given back")
         #expect(try provider.maximumLunSize(provisioning: .thin) == before)
-    }
-
-    @Test("S15 reenumerate rolls back a dead provisioning only once its device can be detached; until then the record stays and the report says why")
-    func heldRollback() throws {
-        let storage = TestStorage()
-        defer { storage.finish() }
-        let device = try #require(try storage.create("halfmade", size: 8 << 20).devicePath)
-        // As a provisioning killed after its attach leaves it: state creating, its owner dead.
-        var record = try #require(try storage.provider.registry.load("halfmade"))
-        record.state = .creating
-        record.owner = LunRecord.Owner(pid: Int32.max - 1, startTime: 1, operation: "createLun")
-        try storage.provider.registry.save(record)
-        let holder = open(device, O_RDONLY | O_EXCL | O_CLOEXEC)
-        try #require(holder >= 0)
-        let held = try storage.provider.reenumerate().wait(timeout: .seconds(60))
-        #expect(!held.rolledBack.contains("halfmade"), "reported rolled back while its device is held")
-        #expect(held.drift.contains { $0.hasPrefix("halfmade:") && $0.contains(device) }, "\(held.drift)")
-        #expect(try storage.provider.registry.load("halfmade") != nil, "the record stays for the next reenumerate")
-        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device])
-        close(holder)
-        let done = try storage.provider.reenumerate().wait(timeout: .seconds(60))
-        #expect(done.rolledBack == ["halfmade"])
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
-        #expect(try storage.provider.registry.load("halfmade") == nil)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
     }
 
     @Test("S9 shrink keeps the data before the new end and refuses to cut data or a mounted file system")

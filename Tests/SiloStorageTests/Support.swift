@@ -145,3 +145,35 @@ func writeFile(_ path: String, _ text: String) -> Bool {
     let bytes = Array(text.utf8)
     return bytes.withUnsafeBytes { write(fd, $0.baseAddress, bytes.count) } == bytes.count
 }
+
+/// A provider whose scheduler runs one operation at a time, and a way to hold that one worker: an
+/// operation started meanwhile waits with its call's checks done (to race something against the
+/// gap between a call's check and its operation).
+struct SerialStorage {
+    let scratch = Scratch()
+    let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+    let provider: StorageProvider
+    private let gate = DispatchSemaphore(value: 0)
+
+    init() {
+        provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", scheduler: scheduler))
+    }
+
+    var path: String { scratch.path }
+
+    /// Runs `body` while the worker is held, and lets it go after.
+    func whileWorkerHeld<T>(_ body: () throws -> T) throws -> T {
+        let blocker = try scheduler.run(.recoverLun) { [gate] _ in gate.wait() }
+        defer {
+            gate.signal()
+            _ = try? blocker.wait(timeout: .seconds(30))
+        }
+        return try body()
+    }
+
+    func finish() {
+        for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
+        for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
+        scratch.cleanup()
+    }
+}
