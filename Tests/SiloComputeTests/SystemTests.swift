@@ -166,7 +166,11 @@ struct SystemTests {
         try system.start().wait(timeout: .seconds(30))
         let running = try system.properties()
         #expect(running.processList.count == 1, "init alone: \(running.processList)")
-        #expect(running.statistics != nil)
+        // C9: memory in bytes, CPU time in 100 ns units, uptime in seconds.
+        let statistics = try #require(running.statistics)
+        #expect(statistics.memoryUsageBytes > 0 && statistics.memoryUsageBytes < 1 << 30, "\(statistics)")
+        #expect(statistics.processorTimeUser + statistics.processorTimeKernel < 10_000_000, "a second is 10,000,000 units: \(statistics)")
+        #expect(statistics.uptimeSeconds >= 0 && statistics.uptimeSeconds < 60, "\(statistics)")
         try system.shutdown().wait(timeout: .seconds(30))
         #expect(exited.wait(timeout: .now() + 10) == .success)
         #expect(exits.withLock { $0 } == [#"{"ExitType":"Graceful"}"#])

@@ -382,7 +382,7 @@ struct LunTests {
         #expect(try storage.provider.shrinkLun("held", by: 1 << 20).wait(timeout: .seconds(30)).size == 63 << 20)
     }
 
-    @Test("S5 an overcommit ratio that is not a positive number is a clear error, not a crash; a huge one is capped")
+    @Test("S5 the overcommit ratio sets what thin LUNs may promise; one that is not a positive number is a clear error, not a crash; a huge one is capped")
     func overcommitRatios() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
@@ -394,6 +394,12 @@ struct LunTests {
         }
         let huge = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", overcommitRatio: 1e300))
         #expect(try huge.maximumLunSize(provisioning: .thin) <= ByteCount.maximum)
+        // The ratio is what thin LUNs may promise: four times the pool at 4, once at 1.
+        let one = try StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", overcommitRatio: 1))
+            .maximumLunSize(provisioning: .thin)
+        let four = try StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", overcommitRatio: 4))
+            .maximumLunSize(provisioning: .thin)
+        #expect(one > 0 && four / 4 >= one - (1 << 20) && four / 4 <= one + (1 << 20), "ratio 1: \(one), ratio 4: \(four)")
         #expect(directoryEntries(scratch.path + "/state/pool").isEmpty)
     }
 

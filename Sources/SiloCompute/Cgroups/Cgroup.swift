@@ -458,10 +458,17 @@ public final class Cgroup: Sendable {
             stats.cpuUser100ns = (fields["user_usec"] ?? 0) * 10
             stats.cpuKernel100ns = (fields["system_usec"] ?? 0) * 10
         } else if let cpuacct = directory("cpuacct") ?? directories["cpu"] {
-            // cpuacct.stat counts USER_HZ ticks (100 a second on Linux): 100,000 100-ns units each.
-            let fields = keyValues(readText(cpuacct + "/cpuacct.stat"))
-            stats.cpuUser100ns = (fields["user"] ?? 0) * 100_000
-            stats.cpuKernel100ns = (fields["system"] ?? 0) * 100_000
+            if let user = readText(cpuacct + "/cpuacct.usage_user").flatMap({ UInt64($0) }),
+               let system = readText(cpuacct + "/cpuacct.usage_sys").flatMap({ UInt64($0) }) {
+                // Nanoseconds (Linux 4.7 on): a process that ran for less than a tick counts too.
+                stats.cpuUser100ns = user / 100
+                stats.cpuKernel100ns = system / 100
+            } else {
+                // cpuacct.stat counts USER_HZ ticks (100 a second on Linux): 100,000 100-ns units each.
+                let fields = keyValues(readText(cpuacct + "/cpuacct.stat"))
+                stats.cpuUser100ns = (fields["user"] ?? 0) * 100_000
+                stats.cpuKernel100ns = (fields["system"] ?? 0) * 100_000
+            }
         }
         return stats
     }
