@@ -142,8 +142,10 @@ struct DriveTests {
         #expect(try provider.drive(device).mountPoints == [mountPoint])
 
         // Several devices probed at once (on threads of their own): each gets its own findings.
-        let others = try (1...3).map { index in try foreignLoop(scratch, label: "silo-probe-\(index)", file: "other\(index).img") }
+        // Each detached even when a later one could not be made.
+        var others: [String] = []
         defer { others.forEach { _ = run("/sbin/losetup", ["-d", $0]) } }
+        for index in 1...3 { others.append(try foreignLoop(scratch, label: "silo-probe-\(index)", file: "other\(index).img")) }
         let listed = try provider.drives()
         for (index, other) in others.enumerated() {
             #expect(listed.first { $0.devicePath == other }?.filesystemLabel == "silo-probe-\(index + 1)", "\(other)")
@@ -194,8 +196,10 @@ struct DriveTests {
         #expect(idle.size == 32 << 20)
 
         // A writer holds it with the signature in the device's cache, not yet in the file.
-        let writer = open(device, O_RDWR | O_CLOEXEC)
+        var writer = open(device, O_RDWR | O_CLOEXEC)
         try #require(writer >= 0)
+        // Closed before the deferred detach, also when a check below throws: it holds the device.
+        defer { if writer >= 0 { close(writer) } }
         #expect(header.withUnsafeBytes { pwrite(writer, $0.baseAddress, 4096, 0) } == 4096)
         #expect(try readBytes(file, offset: 0, count: 4096) == [UInt8](repeating: 0, count: 4096),
                 "the file has not seen the write yet, so only a probe through the device finds it")
@@ -209,6 +213,7 @@ struct DriveTests {
         // The last close (the writer's, then this test's) writes the cache back and drops it:
         // through the file again, which now has it.
         close(writer)
+        writer = -1
         #expect(backing.open(device: reader) == nil, "still open here, still unwritten")
         close(reader)
         reader = open(device, O_RDONLY | O_CLOEXEC)
@@ -261,11 +266,13 @@ struct DriveTests {
         defer { _ = run("/sbin/losetup", ["-d", device]) }
         // 4096-byte sectors: the GPT header is at byte 4096, the partition at sector 256 (1 MiB).
         #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", device], input: "label: gpt\nstart=256, size=2048, name=only\n") == 0)
-        let reader = open(device, O_RDONLY | O_CLOEXEC)
+        var reader = open(device, O_RDONLY | O_CLOEXEC)
         try #require(reader >= 0)
+        defer { if reader >= 0 { close(reader) } }  // before the detach, also when a check throws
         let backing = try #require(LoopBacking(device: reader, file: file))
         #expect(backing.open(device: reader) == nil, "its file would be read as 512-byte sectors")
         close(reader)
+        reader = -1
         let probe = try BlockProbe.probe(path: device, backing: backing)
         #expect(probe.partitionTableType == "gpt")
         #expect(probe.partitions.map(\.start) == [1 << 20] && probe.partitions.map(\.size) == [8 << 20], "\(probe.partitions)")

@@ -149,6 +149,15 @@ struct TemporaryLunProcessTests {
         defer { scratch.cleanup() }
         let child = spawn(siloBinary, ["lun", "temporary", "--size", "16M", "--directory", scratch.path, "--",
                                        "/bin/sh", "-c", "echo $SILO_LUN_DEVICE; exec sleep 31.4159"])
+        // Both go, also when the device never appears (the #require below throws).
+        var killed = false
+        defer {
+            if !killed {
+                child.kill(SIGKILL)
+                _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])
+                _ = child.finish()
+            }
+        }
         // Wait for the device to appear, then kill silo (the sleeping command lives on).
         var device: LoopDevice?
         for _ in 0..<400 where device == nil {
@@ -159,6 +168,7 @@ struct TemporaryLunProcessTests {
         child.kill(SIGKILL)
         _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])  // the orphaned command
         _ = child.finish()
+        killed = true
         var gone = false
         for _ in 0..<400 where !gone {
             gone = found.status?.backingFile.hasPrefix(scratch.path) != true
