@@ -2,10 +2,13 @@
 #include "silo_linux.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/socket.h>
@@ -92,4 +95,33 @@ int silo_cachestat(int fd, uint64_t offset, uint64_t length, uint64_t *cached, u
 const char *silo_object_path(const void *address) {
     Dl_info info;
     return dladdr(address, &info) != 0 ? info.dli_fname : NULL;
+}
+
+pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], const int *fds, int count) {
+    if (count < 0 || count > 16) { errno = EINVAL; return -1; }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    // The child: async-signal-safe calls only (the parent has other threads).
+    setpgid(0, 0);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(127);
+    int moved[16];
+    for (int i = 0; i < count; i++) {
+        int source = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR | O_CLOEXEC);
+        moved[i] = source >= 0 ? fcntl(source, F_DUPFD_CLOEXEC, 64) : -1;
+        if (moved[i] < 0) _exit(127);
+    }
+    for (int i = 0; i < count; i++) {
+        if (dup2(moved[i], i) != i) _exit(127);
+    }
+    syscall(SYS_close_range, (unsigned int)count, ~0u, 0u);
+    struct sigaction standard = { .sa_handler = SIG_DFL };
+    for (int signal = 1; signal < 32; signal++) {
+        if (signal != SIGKILL && signal != SIGSTOP) sigaction(signal, &standard, NULL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execve(path, argv, envp);
+    _exit(127);
 }

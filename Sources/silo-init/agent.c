@@ -29,6 +29,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_CONNECTIONS 64
@@ -53,6 +54,13 @@ static int handles_fd = -1;
 static int terminate_on_last_handle;
 static int shutting_down;
 static int last_handle_checks;  ///< retries left: a dead client's lock may drop just after its socket
+static long long next_idle_check;  ///< when to try the handles lock next while no connection is live (ms, monotonic; 0: not due)
+
+static long long monotonic_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
 static struct held { int fd; char tag[SILO_AGENT_MAX_TAG + 1]; } held[MAX_HELD];  ///< fd -1: free
 static unsigned char packet[sizeof(struct silo_agent_header) + SILO_AGENT_MAX_PAYLOAD];
 
@@ -539,8 +547,24 @@ int silo_agent_main(int terminate_flag) {
         // the handles file's lock and nothing else: when its process dies no connection closes.
         // While the document asks to end with the last handle and no connection is live, the
         // lock is tried once a second as well.
+        // A deadline, not a timeout restarted by every wake-up: orphans exiting more often than
+        // once a second (each a SIGCHLD) would otherwise keep the check from ever running.
         int idle_check = terminate_on_last_handle && handles_fd >= 0 && live_connections() == 0;
-        int ready = poll(polls, 2 + MAX_CONNECTIONS, last_handle_checks > 0 ? 20 : idle_check ? 1000 : -1);
+        int timeout = -1;
+        if (last_handle_checks > 0) {
+            timeout = 20;
+        } else if (idle_check) {
+            long long now = monotonic_ms();
+            if (next_idle_check == 0) next_idle_check = now + 1000;
+            if (now >= next_idle_check) {
+                next_idle_check = now + 1000;
+                check_last_handle();
+            }
+            timeout = (int)(next_idle_check - now > 0 ? next_idle_check - now : 0);
+        } else {
+            next_idle_check = 0;
+        }
+        int ready = poll(polls, 2 + MAX_CONNECTIONS, timeout);
         if (ready < 0 && errno != EINTR) return 127;
         if (ready <= 0) { check_last_handle(); continue; }
         if (polls[0].revents & POLLIN) {

@@ -279,7 +279,7 @@ struct SystemTests {
         let words = ["/bin/sh", "-c", "exec 9<\(handles) && /usr/bin/flock -s 9 && exec /bin/sleep 100"]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        #expect(posix_spawn(&otherPID, "/bin/sh", nil, nil, argv, environ) == 0)
+        try #require(posix_spawn(&otherPID, "/bin/sh", nil, nil, argv, environ) == 0 && otherPID > 0)
         var reaped = false
         defer { if !reaped { kill(otherPID, SIGKILL); _ = reap(otherPID) } }
         usleep(100_000)

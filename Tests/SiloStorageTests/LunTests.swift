@@ -1,3 +1,4 @@
+import CSiloLinux
 import Dispatch
 import Glibc
 import SiloOperations
@@ -210,6 +211,37 @@ struct LunTests {
         #expect(children.output.trimmingSpaces.isEmpty, "mkfs outlived its cancel: \(children.output)")
     }
 
+    @Test("S7 mkfs is started tied to its caller: it dies with the process (the thread) that waits for it")
+    func mkfsDiesWithCaller() throws {
+        var report: [Int32] = [-1, -1]
+        #expect(silo_pipe2(&report, O_CLOEXEC) == 0)
+        let words: [String] = ["/bin/sleep", "100"]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = [nil]
+        defer { argv.forEach { free($0) } }
+        // A process that starts it the way LunFileSystem does, says its pid, and dies.
+        let starter = fork()
+        if starter == 0 {
+            var pid = silo_spawn_tied("/bin/sleep", argv, envp, [-1, -1, -1], 3)
+            _ = write(report[1], &pid, 4)
+            _exit(0)
+        }
+        try #require(starter > 0)
+        close(report[1])
+        var pid: Int32 = 0
+        #expect(read(report[0], &pid, 4) == 4 && pid > 0)
+        close(report[0])
+        waitpid(starter, nil, 0)
+        var gone = false
+        for _ in 0..<200 where !gone {
+            let state = readSmallFile("/proc/\(pid)/stat") ?? ""
+            gone = state.isEmpty || state.contains(") Z ")
+            if !gone { usleep(10_000) }
+        }
+        if !gone { kill(pid, SIGKILL) }
+        #expect(gone, "the started process outlived its starter")
+    }
+
     @Test("S10 a lease taken after an offline's first check stops it before the unbind; a LUN being deleted is not leased")
     func leaseAfterFirstCheck() throws {
         let storage = SerialStorage()
@@ -277,6 +309,23 @@ struct LunTests {
         let toSize = try storage.provider.extendLun("grow", to: 100 << 20).wait()
         #expect(toSize.size == 100 << 20)
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.extendLun("grow", to: 1 << 20) })?.field == "to")
+    }
+
+    @Test("S9 S10 a shrink whose LUN a system took after the call's check is refused at its cut, and nothing is cut")
+    func shrinkAfterLease() throws {
+        let storage = SerialStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
+        let lun = try provider.createLun(LunSpec(name: "taken", size: 16 << 20)).wait(timeout: .seconds(60))
+        let (shrink, lease) = try storage.whileWorkerHeld {
+            (try provider.shrinkLun("taken", by: 1 << 20), try provider.lease("taken", holder: "compute system 'late'"))
+        }
+        defer { lease.release() }
+        let refused = #expect(throws: SiloError.self) { _ = try shrink.wait(timeout: .seconds(30)) }
+        #expect(refused?.code == .deviceInUse && refused?.message.contains("compute system 'late'") == true, "\(String(describing: refused))")
+        var info = stat()
+        #expect(stat(lun.backingFile, &info) == 0 && info.st_size == 16 << 20, "the file was cut under a leased LUN")
+        #expect(try provider.lun(named: "taken").size == 16 << 20)
     }
 
     @Test("S5 S8 two thin extends at once cannot promise more than the pool may; a cancelled extend gives its growth back")
@@ -549,6 +598,7 @@ struct LunTests {
         #expect(truncate(lun.backingFile, 16 << 20) == 0)
         let dead = fork()
         if dead == 0 { _exit(0) }
+        try #require(dead > 0)
         waitpid(dead, nil, 0)
         let registry = storage.provider.registry
         try registry.locked { () throws(SiloError) in

@@ -125,6 +125,19 @@ struct ProcessTests {
         #expect(loopDevices(backedUnder: mount).count == 1)
         for lun in luns { try provider.deleteLun(lun.name).wait() }
         #expect(loopDevices(backedUnder: mount).isEmpty)
+        // A thick clone that fits: what its copy wrote holds its space already, so the allocation
+        // after it needs free only what the copy left as holes.
+        let source = try provider.createLun(LunSpec(name: "source", size: 16 << 20, provisioning: .thick)).wait(timeout: .seconds(60))
+        let sourceDevice = try #require(source.devicePath)
+        // Data all over it: the copy writes all 16 MiB.
+        #expect(run("/bin/dd", ["if=/dev/zero", "of=\(sourceDevice)", "bs=1M", "count=16", "oflag=direct", "status=none"]).status == 0)
+        try writeBytes(sourceDevice, offset: 0, [1, 2, 3])
+        let clone = try provider.cloneLun("source", as: "clone").wait(timeout: .seconds(60))
+        let cloneDevice = try #require(clone.devicePath)
+        #expect(clone.allocatedBytes >= 16 << 20)
+        #expect(try readBytes(cloneDevice, offset: 0, count: 3) == [1, 2, 3])
+        try provider.deleteLun("clone").wait(timeout: .seconds(30))
+        try provider.deleteLun("source").wait(timeout: .seconds(30))
         // The reported maximum is one a create can have (the headroom an allocation keeps is not in it).
         let maximum = try provider.maximumLunSize(provisioning: .thick) / 512 * 512
         let largest = try provider.createLun(LunSpec(name: "largest", size: maximum, provisioning: .thick)).wait(timeout: .seconds(60))

@@ -4,6 +4,7 @@
 #define SILO_LINUX_H
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <linux/loop.h>
 #include "silo_sandbox.h"
 
@@ -24,6 +25,10 @@ int silo_blk_pbsz_get(int fd, unsigned int *size);
 int silo_fallocate(int fd, int mode, int64_t offset, int64_t length);
 int silo_ficlone(int destination_fd, int source_fd);
 int silo_pipe2(int fds[2], int flags);
+/// Starts `path` (argv, envp) in a process group of its own, killed (SIGKILL) when the thread that
+/// started it ends (so when its process dies, however), with fds[i] as its descriptor i (-1: /dev/null) and no other open;
+/// default signal handling and mask. The child exits 127 when a step before exec fails.
+pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], const int *fds, int count);
 /// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
 long silo_fs_type(const char *path);
 /// cachestat(2) (Linux 6.5) of `length` bytes from `offset` of `fd`'s page cache (0: to the end):

@@ -148,12 +148,24 @@ public final class ComputeProcess: Sendable {
         }
         try checkRunning()
         try system.checkAgentAwake("signal a process")
-        // A SIGKILL of Silo's own is no OOM kill, whatever the cgroup's count did meanwhile.
-        if signal == SIGKILL { killedHere.store(true, ordering: .relaxed) }
-        return try system.service.scheduler.run(.signalProcess, context: context, callback: callback, events: events, cancellable: false) {
-            [self] _ in
-            var body = silo_agent_signal(pid: pid, signal: signal)
-            _ = try system.agent().request(SILO_AGENT_SIGNAL, payload: withUnsafeBytes(of: &body) { Array($0) })
+        // A SIGKILL of Silo's own is no OOM kill, whatever the cgroup's count did meanwhile. Marked
+        // before it is sent (its exit may be read before the reply), and unmarked if it is not.
+        let kills = signal == SIGKILL
+        if kills { killedHere.store(true, ordering: .relaxed) }
+        do throws(SiloError) {
+            return try system.service.scheduler.run(.signalProcess, context: context, callback: callback, events: events, cancellable: false) {
+                [self] _ in
+                var body = silo_agent_signal(pid: pid, signal: signal)
+                do {
+                    _ = try system.agent().request(SILO_AGENT_SIGNAL, payload: withUnsafeBytes(of: &body) { Array($0) })
+                } catch {
+                    if kills { killedHere.store(false, ordering: .relaxed) }
+                    throw error
+                }
+            }
+        } catch {
+            if kills { killedHere.store(false, ordering: .relaxed) }
+            throw error
         }
     }
 

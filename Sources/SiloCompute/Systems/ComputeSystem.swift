@@ -73,9 +73,10 @@ public final class ComputeSystem: Sendable {
             return (agent.connection, waits)
         }
         if let connection { return connection.startReader() }
-        guard waits, (try? store.load(id))?.state == .created else {
+        guard waits else { return }  // a thread watches already, or the handle is closed
+        guard (try? store.load(id))?.state == .created else {
             agentState.withLock { $0.waitsForStart = false }
-            if waits, let state = try? store.load(id).state, state == .running || state == .paused { _ = try? agent() }
+            if let state = try? store.load(id).state, state == .running || state == .paused { _ = try? agent() }
             return
         }
         let started = PlatformThread.spawn { [weak self] in

@@ -20,8 +20,11 @@ enum BackingFile {
     ///
     /// Allocations in one folder take turns (a `flock` on `.allocate` beside the file): two that fit
     /// the free space only one at a time would otherwise each take part of it and both fail.
-    static func allocate(_ path: String, from start: UInt64, to end: UInt64) throws(SiloError) {
+    /// - Parameter allocated: bytes of the range that hold space already (a clone's copied data):
+    ///   only the rest must be free.
+    static func allocate(_ path: String, from start: UInt64, to end: UInt64, allocated: UInt64 = 0) throws(SiloError) {
         guard end > start else { return }
+        let needed = (end - start) - min(allocated, end - start)
         let lockPath = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]) + "/.allocate"
         let lock = try syscall("open", path: lockPath) { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
         defer { close(lock) }
@@ -30,12 +33,12 @@ enum BackingFile {
         // shares this file system: check first, and keep headroom for the records.
         let directory = String(lockPath.dropLast("/.allocate".count))
         let free = try Pool(directory: directory).capacity().free
-        guard free >= (end - start) + allocationHeadroom else {
+        guard free >= needed + allocationHeadroom else {
             throw SiloError(
                 .notEnoughSpace,
-                "not enough space for \(ByteCount.format(end - start)) at \(path): \(ByteCount.format(free)) free, "
+                "not enough space for \(ByteCount.format(needed)) at \(path): \(ByteCount.format(free)) free, "
                     + "and \(ByteCount.format(allocationHeadroom)) stays free for the registry",
-                field: "size", value: "\(end - start)"
+                field: "size", value: "\(needed)"
             )
         }
         let fd = try syscall("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }

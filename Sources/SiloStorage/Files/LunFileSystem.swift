@@ -91,8 +91,8 @@ public struct LunFileSystem: Sendable, Hashable {
     /// device Silo did not make is never written). `mkfs` writes through a descriptor this call
     /// opened and checked, named `/proc/self/fd/3` in the child, so a node swapped meanwhile
     /// changes nothing; while it is open the device cannot be unbound under it. It runs in a
-    /// process group of its own (a terminal's Ctrl-C is the caller's to turn into a cancel), and
-    /// a cancel kills it.
+    /// process group of its own (a terminal's Ctrl-C is the caller's to turn into a cancel), dies
+    /// with the thread that waits for it, and a cancel kills it.
     func make(on device: LoopDevice, tag: String, cancelled: () -> Bool) throws(SiloError) {
         guard let program else {
             throw SiloError(.notSupported, "mkfs.\(kind.rawValue) is not installed", field: "file system", value: kind.rawValue)
@@ -105,24 +105,13 @@ public struct LunFileSystem: Sendable, Hashable {
                             field: "device", value: device.path)
         }
         var output: [Int32] = [-1, -1]
-        guard silo_pipe2(&output, O_CLOEXEC | O_NONBLOCK) == 0 else { throw SiloError.system("pipe2", errno: errno) }
+        guard silo_pipe2(&output, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
         var readEnd = output[0]
+        _ = fcntl(readEnd, F_SETFL, O_NONBLOCK)  // this end only: mkfs writes as it always does
         defer { if readEnd >= 0 { close(readEnd) } }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, output[1], 2)
-        posix_spawn_file_actions_adddup2(&actions, fd, 3)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
+        // Its own process group (a terminal's Ctrl-C is the caller's to turn into a cancel), and
+        // killed if the thread waiting for it goes: a silo killed by SIGTERM or SIGKILL leaves no
+        // mkfs writing on.
         let arguments = self.arguments(program: program, device: "/proc/self/fd/3")
         let environment = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"]
         let argv = arguments.map { strdup($0) } + [nil]
@@ -131,10 +120,10 @@ public struct LunFileSystem: Sendable, Hashable {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, program, &actions, &attributes, argv, envp)
+        let pid = silo_spawn_tied(program, argv, envp, [-1, -1, output[1], fd], 4)
+        let spawnError = errno
         close(output[1])
-        guard spawned == 0 else { throw SiloError.system("posix_spawn", errno: spawned, path: program) }
+        guard pid > 0 else { throw SiloError.system("fork", errno: spawnError, path: program) }
         // Its messages, kept for the error (the first 4 KiB), the pipe drained while it runs.
         var message: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)

@@ -95,22 +95,31 @@ extension StorageProvider {
         // Worked out from the record under the lock that marks it: one read before could be
         // stale by a change that ended meanwhile (an extend "to" would then cut its growth off).
         var extended: UInt64 = 0
-        let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
-            try Self.check(current, isLun: id)
-            extended = try extendedSize(current, by: growth, to: target)
-            try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
-                              pool: (try? pool(named: current.pool)) ?? pool)
-            // A thin LUN's promise is its file's size, which the next check sums: grown here, under
-            // the lock, as a create makes its file, or two extends at once would both pass a check
-            // the two together fail (thick and zeroed growth is checked against free space, and
-            // its allocation fails when it is not there).
-            if current.provisioning == .thin {
-                do throws(SiloError) {
-                    try BackingFile.resize(current.backingFile, to: extended)
-                } catch {
-                    throw BackingFile.spaceError(error, path: current.backingFile, size: extended)
+        var reserved: LunRecord?
+        let record: LunRecord
+        do throws(SiloError) {
+            record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
+                try Self.check(current, isLun: id)
+                extended = try extendedSize(current, by: growth, to: target)
+                try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
+                                  pool: (try? pool(named: current.pool)) ?? pool)
+                // A thin LUN's promise is its file's size, which the next check sums: grown here, under
+                // the lock, as a create makes its file, or two extends at once would both pass a check
+                // the two together fail (thick and zeroed growth is checked against free space, and
+                // its allocation fails when it is not there).
+                if current.provisioning == .thin {
+                    do throws(SiloError) {
+                        try BackingFile.resize(current.backingFile, to: extended)
+                        reserved = current
+                    } catch {
+                        throw BackingFile.spaceError(error, path: current.backingFile, size: extended)
+                    }
                 }
             }
+        } catch {
+            // The mark could not be placed after the reservation was made (a full disk).
+            if let reserved { try? BackingFile.resize(reserved.backingFile, to: reserved.size) }
+            throw error
         }
         let newSize = extended
         // Until the device has grown, a failure or cancel gives the reserved growth back (the
@@ -157,9 +166,11 @@ extension StorageProvider {
             try endChange(name, sizedByFile: record)
         })
         do throws(SiloError) {
-            return try runChange(name, .extendLun, chain: chain, context: context, callback: callback)
+            return try configuration.scheduler.run(.extendLun, chain: chain, context: context, callback: callback)
         } catch {
+            // Refused at once: the growth goes back before the mark, which keeps other changes off.
             giveBack()
+            try? endChange(name)
             throw error
         }
     }
@@ -210,8 +221,18 @@ extension StorageProvider {
         }
         let chain = OperationChain<LunProperties>([
             // Cutting the file loses what lies past the cut: there is no undoing it.
-            OperationStep("cut backing file", weight: 2, pointOfNoReturn: true, run: { _ in
-                try BackingFile.resize(record.backingFile, to: newSize)
+            OperationStep("cut backing file", weight: 2, pointOfNoReturn: true, run: { [self] _ in
+                guard !force else { return try BackingFile.resize(record.backingFile, to: newSize) }
+                // Checked again where a lease cannot be taken meanwhile: a system may have been
+                // given the LUN (and mounted it) since the call's check.
+                let device = attachedDevice(record)
+                try unleased(name, device: device) { () throws(SiloError) in
+                    if let device, let use = InUse.check(device) {
+                        throw SiloError(.shrinkOverData, "LUN '\(name)' is in use (\(use)); release it or pass --force",
+                                        field: "name", value: name)
+                    }
+                    try BackingFile.resize(record.backingFile, to: newSize)
+                }
             }),
             OperationStep("resize device", weight: 1, run: { [self] _ in
                 try attachedDevice(record)?.refreshCapacity()

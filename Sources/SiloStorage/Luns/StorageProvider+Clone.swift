@@ -64,7 +64,8 @@ extension StorageProvider {
         // clone is given all of its space, as its record says (fallocate keeps the data).
         if original.provisioning != .thin {
             steps.append(OperationStep("allocate", weight: 4, run: { _ in
-                try BackingFile.allocate(file, from: 0, to: original.size)
+                // What the copy wrote holds its space already: only the holes need it free.
+                try BackingFile.allocate(file, from: 0, to: original.size, allocated: BackingFile.allocatedBytes(file))
             }))
         }
         let chain = OperationChain<LunProperties>(steps + attachSteps(record), output: { [self] in try lun(named: name) },
