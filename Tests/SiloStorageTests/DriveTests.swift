@@ -112,12 +112,73 @@ struct DriveTests {
             #expect(Int(drive.physicalSectorSize) == device.phySec, "\(drive.name)")
             #expect(drive.devicePath == "/dev/" + drive.name)
             #expect(!drive.id.isEmpty)
+            // The rest of S1, against sysfs itself: the flags, the model, the holders.
+            let block = "/sys/block/" + drive.name
+            #expect(drive.isRotational == (readSmallFile(block + "/queue/rotational") == "1"), "\(drive.name) rotational")
+            #expect(drive.isRemovable == (readSmallFile(block + "/removable") == "1"), "\(drive.name) removable")
+            #expect(drive.isReadOnly == (readSmallFile(block + "/ro") == "1"), "\(drive.name) read-only")
+            if let model = readSmallFile(block + "/device/model")?.trimmingSpaces, !model.isEmpty {
+                #expect(drive.model == model, "\(drive.name) model")
+            }
+            #expect(Set(drive.holders) == Set(directoryEntries(block + "/holders")), "\(drive.name) holders")
         }
         // Ids are stable across enumerations.
         #expect(try storage.provider.drives().filter { !otherTests($0.backingFile) }.map(\.id) == drives.map(\.id))
         #expect(Set(drives.map(\.id)).count == drives.count)
         // The pool's drive is marked.
         #expect(drives.contains { $0.pool == storage.provider.configuration.poolDirectory })
+    }
+
+    @Test("S1 a drive's id is the same in another process (the CLI's listing), not only across calls", .requiresSiloBinary)
+    func idsStableAcrossProcesses() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        // The host's own drives: other tests' loop devices come and go meanwhile.
+        let here = Dictionary(uniqueKeysWithValues: try provider.drives().filter { $0.busType != "loop" }.map { ($0.name, $0.id) })
+        try #require(!here.isEmpty, "no drive but loop devices on this host")
+        struct Listed: Decodable { let name: String; let id: String }
+        let listing = execute(siloBinary, ["--state-dir", scratch.path + "/state", "drive", "list", "--json"])
+        #expect(listing.status == 0, "\(listing.error)")
+        let there = try JSONDecoder().decode([Listed].self, from: Data(listing.output.utf8))
+        for (name, id) in here {
+            #expect(there.first { $0.name == name }?.id == id, "\(name): \(id) here")
+        }
+    }
+
+    @Test("S1 listing and probing drives never opens one for writing (inotify sees every close of a written open)")
+    func neverOpensForWriting() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let foreign = try foreignLoop(scratch, label: "silo-watched")
+        defer { _ = run("/sbin/losetup", ["-d", foreign]) }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        // The host's own drives and this test's device: no other test writes to those.
+        let watched = try provider.drives().filter { $0.busType != "loop" || $0.devicePath == foreign }.map(\.devicePath)
+        try #require(watched.contains(foreign))
+        let notify = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        try #require(notify >= 0)
+        defer { close(notify) }
+        for path in watched { #expect(inotify_add_watch(notify, path, UInt32(IN_OPEN | IN_CLOSE_WRITE | IN_MODIFY)) >= 0, "\(path)") }
+        _ = try provider.drives()
+        for path in watched { _ = try provider.drive(path) }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var opened = 0
+        var written: [UInt32] = []
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(notify, $0.baseAddress, $0.count) }
+            guard count > 0 else { break }
+            var offset = 0
+            while offset + 16 <= count {
+                let mask = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self) }
+                let length = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self) }
+                if mask & UInt32(IN_OPEN) != 0 { opened += 1 }
+                if mask & UInt32(IN_CLOSE_WRITE | IN_MODIFY) != 0 { written.append(mask) }
+                offset += 16 + Int(length)
+            }
+        }
+        #expect(opened > 0, "the listing opened no drive: the watch would prove nothing")
+        #expect(written.isEmpty, "a drive was opened for writing: \(written)")
     }
 
     @Test("S1 file system type, UUID, label, mount points and partitions come through libblkid without udevd")
