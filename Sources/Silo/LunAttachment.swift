@@ -65,7 +65,14 @@ extension StorageProvider {
     /// system be given its number, by then another LUN's or nobody's.
     public func leasedBlockDevice(forLun name: String, system: String, mountPath: String? = nil,
                                   readOnly: Bool = false) throws(SiloError) -> (BlockDevice, LunLease) {
-        let lun = try lun(named: name)
+        let lun: LunProperties
+        do throws(SiloError) {
+            lun = try self.lun(named: name)
+        } catch {
+            var named = error
+            if named.field == "name" { named.field = "lun" }  // the attachment's field: the caller names it
+            throw named
+        }
         let raw = mountPath == nil
         let writable = !(lun.readOnly || readOnly)
         let holder = "compute system '\(system)'" + (raw ? Self.rawLeaseSuffix : "")

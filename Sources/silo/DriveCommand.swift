@@ -44,7 +44,7 @@ struct DriveCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let drive = try cli { try global.provider.drive(id) }
+            let drive = try cli(options: ["drive": "ID"]) { try global.provider.drive(id) }
             if json { return print(drive.json) }
             let facts: [(String, String?)] = [
                 ("id", drive.id), ("device", drive.devicePath), ("size", "\(human(drive.size)) (\(drive.size) bytes)"),

@@ -7,6 +7,8 @@ struct CLIFailure: Error, CustomStringConvertible {
     let error: SiloError
     /// The option or argument the library's field corresponds to.
     let option: String?
+    /// The error came from a document the user gave (--config): a damaged one is bad input.
+    var fromDocument = false
 
     var description: String {
         guard let option else { return error.message }
@@ -16,6 +18,7 @@ struct CLIFailure: Error, CustomStringConvertible {
     var exitCode: ExitCode {
         switch error.code {
         case .invalidArgument, .invalidShrinkSize: ExitCode(64)
+        case .invalidJSON where fromDocument: ExitCode(64)
         case .operationCancelled: ExitCode(130)
         default: .failure
         }
@@ -27,16 +30,21 @@ let optionNames: [String: String] = [
     "size": "--size", "name": "NAME", "by": "--by", "to": "--to", "block size": "--block-size",
     "unmasking list": "--mask", "drive": "--drive", "provisioning": "--provisioning", "type": "--type",
     "state directory": "--state-dir", "friendly name": "--friendly-name", "pool": "--pool",
-    "file system": "--filesystem", "label": "--label",
+    "file system": "--filesystem", "label": "--label", "cwd": "--cwd", "User": "--user",
 ]
 
 /// Runs a library call; a SiloError becomes a message naming the option, and the exit code.
 /// `options` maps the library's fields to this command's options where they differ from the usual.
-func cli<T>(options: [String: String] = [:], _ body: () throws -> T) throws -> T {
+/// `document`: the option of a JSON document the body reads (--config): its errors (a field's
+/// JSON path, a damaged document) name that option and are bad input.
+func cli<T>(options: [String: String] = [:], document: String? = nil, _ body: () throws -> T) throws -> T {
     do {
         return try body()
     } catch let error as SiloError {
-        let failure = CLIFailure(error: error, option: error.field.flatMap { options[$0] ?? optionNames[$0] })
+        var option = error.field.flatMap { options[$0] ?? optionNames[$0] }
+        let fromDocument = document != nil && error.code == .invalidJSON
+        if fromDocument, option == nil { option = document }
+        let failure = CLIFailure(error: error, option: option, fromDocument: fromDocument)
         printError("Error: \(failure)")
         throw failure.exitCode
     }

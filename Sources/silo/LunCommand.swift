@@ -277,15 +277,21 @@ extension LunCommand {
                 Exits with the command's exit code.
                 """
         )
+        // Global options too: `silo --state-dir D lun temporary ...` is moved after the leaf, and a
+        // leaf without them would take it for the command (it keeps no state itself).
+        @OptionGroup var global: GlobalOptions
         @Option(parsing: .unconditional, help: "Size, such as 1G.") var size: String
         @Option(name: .customLong("block-size"), help: "Logical block size: 512 or 4096.") var blockSize = "512"
         @Option(help: "Where the (unlinked) backing file lives.") var directory = "/var/tmp"
-        @Argument(parsing: .captureForPassthrough, help: "The command and its arguments, after --.") var command: [String] = []
+        // After -- only: a mistyped option before it is an error, not the program to run.
+        @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
         func run() throws {
-            let arguments = command.first == "--" ? Array(command.dropFirst()) : command
+            let arguments = command
             guard let program = arguments.first else {
-                throw CLIFailure(error: .missingArgument(field: "command", reason: "give a command after --"), option: "COMMAND").exitCode
+                let failure = CLIFailure(error: .missingArgument(field: "command", reason: "give a command after --"), option: "COMMAND")
+                printError("Error: \(failure)")
+                throw failure.exitCode
             }
             let bytes = try cli { try ByteCount.parse(size) }
             guard let block = UInt32(blockSize) else {

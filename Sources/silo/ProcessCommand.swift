@@ -50,7 +50,9 @@ struct ProcessCommand: ParsableCommand {
 
             func run() throws {
                 let arguments = command
-                let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty"]) { () throws(SiloError) -> ProcessParameters in
+                let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty",
+                                                   "cwd": "--cwd", "User": "--user"],
+                                         document: "--config") { () throws(SiloError) -> ProcessParameters in
                     var parameters: ProcessParameters
                     if let config {
                         guard let text = readWholeFile(config) else {
@@ -82,6 +84,10 @@ struct ProcessCommand: ParsableCommand {
                     }
                     return parameters
                 }
+                // Blocked before the process exists: a SIGTERM or SIGHUP (or a window change) that
+                // comes while it starts waits for the relay to pass it on, rather than ending this
+                // command (and leaving a terminal raw) with the process running on.
+                if !detach { blockForwardedSignals() }
                 try act(global, id, onCaller: true) { system in
                     if detach {
                         let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
@@ -168,13 +174,21 @@ struct ProcessCommand: ParsableCommand {
     }
 }
 
+/// Blocks the signals an attached process's relay passes on (SIGINT, SIGTERM, SIGHUP, SIGWINCH).
+func blockForwardedSignals() {
+    var forwarded = sigset_t()
+    sigemptyset(&forwarded)
+    for signal in [SIGINT, SIGTERM, SIGHUP, SIGWINCH] { sigaddset(&forwarded, signal) }
+    pthread_sigmask(SIG_BLOCK, &forwarded, nil)
+}
+
 /// Waits for `process` to exit, passing SIGINT, SIGTERM and SIGHUP sent to this command on to it;
 /// returns its exit code.
 func waitForwardingSignals(_ process: ComputeProcess) throws -> Int32 {
     var forwarded = sigset_t()
     sigemptyset(&forwarded)
     for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&forwarded, signal) }
-    pthread_sigmask(SIG_BLOCK, &forwarded, nil)
+    blockForwardedSignals()
     var tick = timespec(tv_sec: 0, tv_nsec: 0)
     while true {
         if let code = try? process.wait(timeout: .milliseconds(50)).exitCode { return code }

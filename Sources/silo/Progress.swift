@@ -25,8 +25,9 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
         _ = try? operation.wait(timeout: .milliseconds(100))
         // SIGINT is blocked in every thread (SiloCommand.main); take a pending one here.
         if sigtimedwait(&interrupt, nil, &noWait) == SIGINT {
-            printError("\rcancelling: rolling back...")
-            try? operation.cancel()
+            // Said only when the operation takes the cancel: one past its point of no return (or
+            // never cancellable, as online and offline are) finishes, and says nothing false.
+            if (try? operation.cancel()) != nil { printError("\rcancelling: rolling back...") }
         }
     }
     if terminal, lastShown >= 0, !quiet { writeStandardError("\r\u{1B}[K") }

@@ -42,8 +42,13 @@ struct RunCommand: HotCommand {
 
         func run() throws {
             let arguments = command
-            let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config"]) { () throws -> CgroupLimits in
+            let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids"],
+                                 document: "--config") { () throws -> CgroupLimits in
                 guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
+                // The kernel's own bounds for pids.max; 0 would leave init unable to start its command.
+                guard (1...4_194_304).contains(pids) else {
+                    throw SiloError.invalidArgument(field: "pids", value: "\(pids)", reason: "a number of processes from 1 to 4194304")
+                }
                 var limits = CgroupLimits(pids: pids)
                 if let config {
                     guard let text = readWholeFile(config) else {
@@ -64,10 +69,7 @@ struct RunCommand: HotCommand {
             let system = id ?? "run-\(getpid())"
             // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
             let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
-                let places = lun.map { item in
-                    let parts = item.split(separator: ":", maxSplits: 1).map(String.init)
-                    return (lun: parts.first ?? "", mountPath: parts.count > 1 ? parts[1] : nil)
-                }
+                let places = try lun.map { (item) throws(SiloError) in try lunPlace(item, option: "lun") }
                 // Compared as Silo keeps mount paths (`/a/` is `/a`); each is checked as written below.
                 let kept = places.map { (lun: $0.lun, mountPath: $0.mountPath.map(BlockDevice.canonicalMountPath)) }
                 for index in kept.indices {
@@ -101,4 +103,18 @@ func readWholeFile(_ path: String) -> String? {
         bytes.append(contentsOf: buffer[0..<count])
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+/// NAME or NAME:/absolute/path, as `--lun` and `--attach` take it: neither part empty, the path as
+/// written (a relative one is refused, as in a document, not made absolute).
+func lunPlace(_ item: String, option field: String) throws(SiloError) -> (lun: String, mountPath: String?) {
+    let parts = item.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+    guard let name = parts.first, !name.isEmpty else {
+        throw SiloError.invalidArgument(field: field, value: item, reason: "give the LUN's name, then :/path to mount it")
+    }
+    guard parts.count > 1 else { return (name, nil) }
+    if let problem = BlockDevice.mountPathProblem(parts[1]) {
+        throw SiloError.invalidArgument(field: field, value: item, reason: parts[1].isEmpty ? "give a path after ':'" : problem)
+    }
+    return (name, parts[1])
 }

@@ -23,7 +23,7 @@ struct SystemCommand: ParsableCommand {
 
         func run() throws {
             let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: global.stateDirectory))
-            let system = try cli(options: ["id": "--id", "document": "--config"]) { () throws(SiloError) -> ComputeSystem in
+            let system = try cli(options: ["id": "--id", "document": "--config"], document: "--config") { () throws(SiloError) -> ComputeSystem in
                 guard let text = readWholeFile(config) else {
                     throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
                 }
@@ -134,7 +134,7 @@ struct SystemCommand: ParsableCommand {
                 let error = SiloError.missingArgument(field: "attach", reason: "give one of --attach NAME[:/PATH], --detach NAME, --config REQUEST.json")
                 try cli(options: ["attach": "--attach"]) { () throws -> Void in throw error }
             }
-            let request = try cli(options: ["document": "--config"]) { () throws(SiloError) -> ModifyRequest? in
+            let request = try cli(options: ["document": "--config"], document: "--config") { () throws(SiloError) -> ModifyRequest? in
                 guard let config else { return nil }
                 guard let text = readWholeFile(config) else {
                     throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
@@ -146,10 +146,9 @@ struct SystemCommand: ParsableCommand {
                     let fields = ["lun": "--config", "ResourcePath": "--config", "Settings.Path": "--config", "mountPath": "--config"]
                     try cli(options: fields) { try system.modify(request, storage: global.provider).wait() }
                 } else if let attach {
-                    let parts = attach.split(separator: ":", maxSplits: 1).map(String.init)
                     try cli(options: ["lun": "--attach", "mountPath": "--attach"]) {
-                        try system.attachLun(parts.first ?? "", mountPath: parts.count > 1 ? parts[1] : nil, readOnly: readOnly,
-                                             storage: global.provider).wait()
+                        let place = try lunPlace(attach, option: "lun")
+                        try system.attachLun(place.lun, mountPath: place.mountPath, readOnly: readOnly, storage: global.provider).wait()
                     }
                 } else if let detach {
                     try cli(options: ["lun": "--detach"]) { try system.detach(lun: detach).wait() }

@@ -8,6 +8,7 @@ import Silo
 /// Returns the process's exit code; the terminal is restored.
 func relayTerminal(_ process: ComputeProcess) throws -> Int32 {
     guard let console = process.standardOutput else { return try waitForwardingSignals(process) }
+    blockForwardedSignals()  // before the terminal goes raw: a SIGTERM now is relayed, not fatal
     var saved = termios()
     let raw = tcgetattr(0, &saved) == 0
     if raw {

@@ -14,18 +14,22 @@ public enum LunType: String, Sendable, Codable, CaseIterable {
                 reason: "known types are \(LunType.allCases.map(\.rawValue).joined(separator: ", "))"
             )
         }
-        try type.checkSupported()
+        do throws(SiloError) {
+            try type.checkSupported()
+        } catch {
+            // Named as it was written ('SPAN', not 'span').
+            throw SiloError.notSupported(field: "type", value: text, reason: Self.unsupportedReason)
+        }
         return type
     }
+
+    static let unsupportedReason = "a LUN here is one sparse file on one loop device; only 'simple' (or 'default') can be made"
 
     func checkSupported() throws(SiloError) {
         switch self {
         case .default, .simple: return
         default:
-            throw SiloError.notSupported(
-                field: "type", value: rawValue,
-                reason: "a LUN here is one sparse file on one loop device; only 'simple' (or 'default') can be made"
-            )
+            throw SiloError.notSupported(field: "type", value: rawValue, reason: Self.unsupportedReason)
         }
     }
 }

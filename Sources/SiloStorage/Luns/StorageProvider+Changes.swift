@@ -447,7 +447,7 @@ extension StorageProvider {
     /// One drive by id, or by kernel name (`vda`) or device path (`/dev/vda`).
     public func drive(_ key: String) throws(SiloError) -> Drive {
         guard let drive = try drives().first(where: { $0.id == key || $0.name == key || $0.devicePath == key }) else {
-            throw SiloError.notFound("drive", field: "drive", value: key)
+            throw SiloError(.objectNotFound, "no drive with id, name or path '\(key)'", field: "drive", value: key)
         }
         return drive
     }

@@ -14,7 +14,14 @@ extension StorageProvider {
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
         try Names.validate(name, field: "name", what: "a LUN name")
-        let original = try record(named: source)
+        let original: LunRecord
+        do throws(SiloError) {
+            original = try record(named: source)
+        } catch {
+            var named = error
+            named.field = "source"  // not the new LUN's name
+            throw named
+        }
         guard original.state == .ready, fileExists(original.backingFile) else {
             throw SiloError(.invalidOperation, "LUN '\(source)' cannot be cloned: it is not ready or its file is missing",
                             field: "source", value: source)
