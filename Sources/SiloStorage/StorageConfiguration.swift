@@ -3,7 +3,7 @@ import SiloOperations
 
 /// Where Silo keeps LUN state and how it provisions.
 public struct StorageConfiguration: Sendable {
-    public static let defaultStateDirectory = "/var/lib/silo"
+    public static let defaultStateDirectory = Paths.defaultStateDirectory
 
     /// The registry (`luns/`), the default pool (`pool/`) and the lock file. Survives reboots.
     public var stateDirectory: String
@@ -33,20 +33,6 @@ public struct StorageConfiguration: Sendable {
     var poolDirectory: String { stateDirectory + "/pool" }
     var lockFile: String { stateDirectory + "/lock" }
 
-    /// Absolute (a relative path is taken from the working directory now: records name backing
-    /// files by paths under it, which another working directory would read elsewhere), without
-    /// empty or `.` components or a trailing slash.
-    static func normalize(_ path: String) -> String {
-        var full = path
-        if !full.hasPrefix("/") {
-            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-            if getcwd(&buffer, buffer.count) != nil {
-                full = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + full
-            }
-        }
-        let parts = full.split(separator: "/").filter { $0 != "." }
-        let joined = parts.joined(separator: "/")
-        // Relative still only when the working directory could not be read (it was removed).
-        return full.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
-    }
+    /// See `Paths.normalized`: compute reads the same directory the same way.
+    static func normalize(_ path: String) -> String { Paths.normalized(path) }
 }

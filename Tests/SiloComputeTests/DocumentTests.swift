@@ -208,3 +208,16 @@ struct DocumentFuzzTests {
         #expect(refused > 10_000, "most mutations break a document")
     }
 }
+
+@Suite("The runtime folder")
+struct RuntimeFolderTests {
+    @Test("a state directory is read as storage reads it: absolute, and the default one's systems in /run/silo")
+    func runtimeFolder() {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let cwd = getcwd(&buffer, buffer.count).map { String(cString: $0) } ?? "/"
+        #expect(ComputeConfiguration(stateDirectory: "/var/lib/silo").runtimeDirectory == "/run/silo")
+        #expect(ComputeConfiguration(stateDirectory: "/var/lib/silo/").runtimeDirectory == "/run/silo")
+        #expect(ComputeConfiguration(stateDirectory: "/tmp/s/./").runtimeDirectory == "/tmp/s/run")
+        #expect(ComputeConfiguration(stateDirectory: "relative/s").runtimeDirectory == (cwd == "/" ? "" : cwd) + "/relative/s/run")
+    }
+}

@@ -30,8 +30,9 @@ public struct ComputeConfiguration: Sendable {
     public init(stateDirectory: String? = nil, runtimeDirectory: String? = nil, initBinary: String? = nil,
                 layout: CgroupLayout = .detect()) {
         let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
-        let state = stateDirectory ?? environment
-        self.runtimeDirectory = runtimeDirectory ?? state.map { $0 + "/run" } ?? "/run/silo"
+        // Read as storage reads it: absolute, and the default state directory's systems in /run/silo.
+        let state = (stateDirectory ?? environment).map(Paths.normalized)
+        self.runtimeDirectory = runtimeDirectory ?? state.flatMap { $0 == Paths.defaultStateDirectory ? nil : $0 + "/run" } ?? "/run/silo"
         self.chosenInit = initBinary
         self.layout = layout
     }

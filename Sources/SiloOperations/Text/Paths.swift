@@ -1,0 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// How storage and compute read a state directory, so that both put its parts in the same place.
+package enum Paths {
+    /// Absolute (a relative path is taken from the working directory now: records name files by
+    /// paths under it, which another working directory would read elsewhere), without empty or
+    /// `.` components or a trailing slash.
+    package static func normalized(_ path: String) -> String {
+        var full = path
+        if !full.hasPrefix("/") {
+            var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            if getcwd(&buffer, buffer.count) != nil {
+                full = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + full
+            }
+        }
+        let parts = full.split(separator: "/").filter { $0 != "." }
+        let joined = parts.joined(separator: "/")
+        // Relative still only when the working directory could not be read (it was removed).
+        return full.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
+    }
+
+    /// The state directory used when none is given.
+    package static let defaultStateDirectory = "/var/lib/silo"
+}
