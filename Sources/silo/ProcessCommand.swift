@@ -28,11 +28,12 @@ struct ProcessCommand: ParsableCommand {
         @Flag(help: "Print the pid and leave the process running.") var detach = false
         @Flag(name: [.customShort("t"), .long], help: "Give the process a terminal of its own (a console), relayed to this one.")
         var tty = false
+        @Flag(help: "With --detach: print the process as JSON ({\"ProcessId\": N}).") var json = false
         @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.") var command: [String] = []
 
         var invocation: Invocation {
             Invocation(global: global.values, id: id, config: config, cwd: cwd, env: env, user: user, detach: detach, tty: tty,
-                       command: command)
+                       json: json, command: command)
         }
 
         func run() throws { try invocation.run() }
@@ -46,12 +47,13 @@ struct ProcessCommand: ParsableCommand {
             var user: String?
             var detach = false
             var tty = false
+            var json = false
             var command: [String] = []
 
             func run() throws {
                 let arguments = command
                 let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty",
-                                                   "cwd": "--cwd", "User": "--user"],
+                                                   "cwd": "--cwd", "User": "--user", "json": "--json"],
                                          document: "--config") { () throws(SiloError) -> ProcessParameters in
                     var parameters: ProcessParameters
                     if let config {
@@ -75,6 +77,10 @@ struct ProcessCommand: ParsableCommand {
                         parameters.environment[String(item[..<equals])] = String(item[item.index(after: equals)...])
                     }
                     if let user { parameters.user = user }
+                    // An attached process's stdout is the process's own: no JSON of Silo's goes there.
+                    guard !json || detach else {
+                        throw SiloError.invalidArgument(field: "json", value: "--json", reason: "JSON is printed for a --detach process only")
+                    }
                     if tty {
                         guard isatty(0) == 1 else { throw SiloError.invalidArgument(field: "tty", value: "stdin", reason: "stdin is not a terminal") }
                         guard !detach else { throw SiloError.invalidArgument(field: "tty", value: "--detach", reason: "a detached process has no terminal to relay") }
@@ -92,7 +98,7 @@ struct ProcessCommand: ParsableCommand {
                     if detach {
                         let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
                         defer { process.close() }
-                        print(process.pid)
+                        if json { print(#"{"ProcessId":\#(process.pid)}"#) } else { print(process.pid) }
                         return
                     }
                     if tty {

@@ -145,11 +145,11 @@ enum QuickParse {
                 lun: arguments.values("lun"), command: arguments.command)
         },
         Shape(path: ["process", "create"], options: ["config", "cwd", "user"], repeatable: ["env"],
-              flags: ["detach", "tty"], positionals: 1, takesCommand: true) { arguments in
+              flags: ["detach", "tty", "json"], positionals: 1, takesCommand: true) { arguments in
             ProcessCommand.Create.Invocation(
                 global: arguments.global, id: arguments.positionals[0], config: arguments.value("config"),
                 cwd: arguments.value("cwd"), env: arguments.values("env"), user: arguments.value("user"),
-                detach: arguments.flag("detach"), tty: arguments.flag("tty"), command: arguments.command)
+                detach: arguments.flag("detach"), tty: arguments.flag("tty"), json: arguments.flag("json"), command: arguments.command)
         },
     ]
 }

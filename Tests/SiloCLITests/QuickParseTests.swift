@@ -40,6 +40,7 @@ private func split(_ line: String) -> [String] { line.split(separator: " ").map(
         "process create web -- /bin/true",
         "--state-dir /tmp/s process create --detach --env A=1 --env B=2 --cwd /tmp --user 65534 --config /p.json web -- sh -c --x",
         "process create web --tty -- sh",
+        "process create web --detach --json -- sleep 1",
         "process create web",
     ]
 

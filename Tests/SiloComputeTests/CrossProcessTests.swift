@@ -44,6 +44,27 @@ func startProgram(_ program: String, _ arguments: [String]) -> (pid: pid_t, outp
 
 @Suite("Compute systems across processes", .tags(.root), .requiresCgroups, .requiresSiloExecutable, .serialized)
 struct CrossProcessTests {
+    @Test("C7 process create --detach --json prints the process as JSON; --json on an attached process is refused, naming it")
+    func detachedJSON() throws {
+        let box = try RunningSystem("xj")
+        defer { box.finish() }
+        let id = box.system.id
+        let detached = startSilo(box.compute.state, ["process", "create", id, "--detach", "--json", "--", "/bin/sleep", "100"])
+        let printed = readAll(detached.output)
+        close(detached.output)
+        #expect(reap(detached.pid) == 0)
+        #expect(printed.hasPrefix(#"{"ProcessId":"#) && printed.hasSuffix("}\n"), "\(printed)")
+        let pid = Int32(printed.dropFirst(#"{"ProcessId":"#.count).dropLast(2)) ?? 0
+        #expect(pid > 1)
+        let killed = startSilo(box.compute.state, ["process", "kill", id, "\(pid)"])
+        close(killed.output)
+        #expect(reap(killed.pid) == 0, "the pid printed is the process's")
+        let refused = startSilo(box.compute.state, ["process", "create", id, "--json", "--", "/bin/true"])
+        #expect(readAll(refused.output).isEmpty)
+        close(refused.output)
+        #expect(reap(refused.pid) == 64)
+    }
+
     @Test("C6 C7 another process creates a process in a system by id and gets its exit code; process list, signal and wait")
     func secondProcess() throws {
         let box = try RunningSystem("xp")
