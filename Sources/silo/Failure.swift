@@ -37,10 +37,23 @@ let optionNames: [String: String] = [
 /// `options` maps the library's fields to this command's options where they differ from the usual.
 /// `document`: the option of a JSON document the body reads (--config): its errors (a field's
 /// JSON path, a damaged document) name that option and are bad input.
-func cli<T>(options: [String: String] = [:], document: String? = nil, _ body: () throws -> T) throws -> T {
+/// `typed`: what the user wrote for fields the command parsed (a size): the error shows that,
+/// not the number it was read as ('5G', not '5368709120').
+func cli<T>(options: [String: String] = [:], document: String? = nil, typed: [String: String] = [:],
+            _ body: () throws -> T) throws -> T {
     do {
         return try body()
-    } catch let error as SiloError {
+    } catch var error as SiloError {
+        if let field = error.field, let text = typed[field], let value = error.value, value != text {
+            var shown = ""
+            var rest = Substring(error.message)
+            while let range = rest.firstRange(of: "'\(value)'") {
+                shown += rest[..<range.lowerBound] + "'\(text)'"
+                rest = rest[range.upperBound...]
+            }
+            error.message = shown + rest
+            error.value = text
+        }
         var option = error.field.flatMap { options[$0] ?? optionNames[$0] }
         let fromDocument = document != nil && error.code == .invalidJSON
         if fromDocument, option == nil { option = document }

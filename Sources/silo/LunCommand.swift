@@ -54,7 +54,7 @@ struct LunCommand: ParsableCommand {
             var json = false
 
             func run() throws {
-                let spec = try cli(options: ["name": "--name"]) { () throws(SiloError) -> LunSpec in
+                let spec = try cli(options: ["name": "--name"], typed: ["size": size]) { () throws(SiloError) -> LunSpec in
                     guard let block = UInt32(blockSize) else {
                         throw SiloError.invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096")
                     }
@@ -73,7 +73,7 @@ struct LunCommand: ParsableCommand {
                 // file system: its progress is shown and Ctrl-C cancels it. A thin one is made in
                 // milliseconds.
                 let provider = spec.provisioning == .thin && spec.fileSystem == nil ? global.quickProvider : global.provider
-                let operation = try cli(options: ["name": "--name"]) { try provider.createLun(spec) }
+                let operation = try cli(options: ["name": "--name"], typed: ["size": size]) { try provider.createLun(spec) }
                 let lun = try waitShowingProgress(operation)
                 if json { return try printJSON(lun) }
                 printLuns([lun])
@@ -143,7 +143,7 @@ struct LunCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let operation = try cli { () throws(SiloError) -> SiloOperation<LunProperties> in
+            let operation = try cli(typed: ["by": by ?? "", "to": to ?? ""]) { () throws(SiloError) -> SiloOperation<LunProperties> in
                 try global.provider.extendLun(
                     name, by: try by.map { s throws(SiloError) in try ByteCount.parse(s, field: "by") },
                     to: try to.map { s throws(SiloError) in try ByteCount.parse(s, field: "to") }
@@ -164,7 +164,7 @@ struct LunCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let operation = try cli { () throws(SiloError) -> SiloOperation<LunProperties> in
+            let operation = try cli(typed: ["by": by]) { () throws(SiloError) -> SiloOperation<LunProperties> in
                 try global.provider.shrinkLun(name, by: try ByteCount.parse(by, field: "by"), force: force)
             }
             let lun = try waitShowingProgress(operation)
