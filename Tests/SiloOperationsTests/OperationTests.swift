@@ -294,8 +294,10 @@ struct OperationTests {
         let started = Signal()
         let operation: SiloOperation<Int> = try scheduler.run(.createLun) { driver in
             started.fire()
-            while !driver.isCancelled { usleepMilliseconds(1) }
-            throw driver.cancellationError
+            // Bounded: a cancel that never reaches the operation fails the test instead of hanging it.
+            for _ in 0..<30_000 where !driver.isCancelled { usleepMilliseconds(1) }
+            if driver.isCancelled { throw driver.cancellationError }
+            return 0
         }
         #expect(started.wait())
         let task = Task { try await operation.value }

@@ -52,7 +52,7 @@ struct CloneTests {
         defer { storage.finish() }
         _ = try storage.create("big", size: 1 << 30, provisioning: .zeroed)
         let operation = try storage.provider.cloneLun("big", as: "half")
-        while operation.status.percentComplete < 5, operation.status.isPending { usleep(500) }
+        for _ in 0..<120_000 where operation.status.percentComplete < 5 && operation.status.isPending { usleep(500) }  // a minute at most
         try? operation.cancel()
         _ = try? operation.wait(timeout: .seconds(60))
         if operation.status.error?.code == .operationCancelled {
