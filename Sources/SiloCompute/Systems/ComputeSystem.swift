@@ -731,9 +731,20 @@ public final class ComputeSystem: Sendable {
                 try checkState(type, allowed, current)
                 let update: (inout SystemRecord) -> Void
                 do { update = try work(current) } catch { throw SiloError(error) }
-                var changed = try store.load(id)
-                update(&changed)
-                try store.save(changed)
+                do throws(SiloError) {
+                    var changed = try store.load(id)
+                    update(&changed)
+                    try store.save(changed)
+                } catch {
+                    // A start whose record cannot say so (a full /run) leaves no init that no
+                    // record names: the next start would start another beside it.
+                    if type == .start {
+                        try? cgroup.killAll()
+                        unlink(store.directory(id) + "/agent.sock")
+                        reapStartedInits()
+                    }
+                    throw error
+                }
             }
         }
     }
