@@ -30,7 +30,7 @@ let optionNames: [String: String] = [
     "size": "--size", "name": "NAME", "by": "--by", "to": "--to", "block size": "--block-size",
     "unmasking list": "--mask", "drive": "--drive", "provisioning": "--provisioning", "type": "--type",
     "state directory": "--state-dir", "friendly name": "--friendly-name", "pool": "--pool",
-    "file system": "--filesystem", "label": "--label", "cwd": "--cwd", "User": "--user",
+    "file system": "--filesystem", "label": "--label", "cwd": "--cwd",
 ]
 
 /// Runs a library call; a SiloError becomes a message naming the option, and the exit code.
@@ -44,14 +44,13 @@ func cli<T>(options: [String: String] = [:], document: String? = nil, typed: [St
     do {
         return try body()
     } catch var error as SiloError {
+        // Only the value in the factory's "invalid <field> '<value>'" opening: a LUN or pool name
+        // elsewhere in the message may spell the same number.
         if let field = error.field, let text = typed[field], let value = error.value, value != text {
-            var shown = ""
-            var rest = Substring(error.message)
-            while let range = rest.firstRange(of: "'\(value)'") {
-                shown += rest[..<range.lowerBound] + "'\(text)'"
-                rest = rest[range.upperBound...]
+            let opening = "invalid \(field) '\(value)'"
+            if error.message.hasPrefix(opening) {
+                error.message = "invalid \(field) '\(text)'" + error.message.dropFirst(opening.count)
             }
-            error.message = shown + rest
             error.value = text
         }
         var option = error.field.flatMap { options[$0] ?? optionNames[$0] }

@@ -53,7 +53,7 @@ struct ProcessCommand: ParsableCommand {
             func run() throws {
                 let arguments = command
                 let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty",
-                                                   "cwd": "--cwd", "User": "--user", "json": "--json"],
+                                                   "cwd": "--cwd", "json": "--json"].merging(user == nil ? [:] : ["User": "--user"]) { $1 },
                                          document: "--config") { () throws(SiloError) -> ProcessParameters in
                     var parameters: ProcessParameters
                     if let config {
@@ -94,7 +94,8 @@ struct ProcessCommand: ParsableCommand {
                 // comes while it starts waits for the relay to pass it on, rather than ending this
                 // command (and leaving a terminal raw) with the process running on.
                 if !detach { blockForwardedSignals() }
-                try act(global, id, onCaller: true) { system in
+                // A user given here is --user's; one from a document is the document's.
+                try act(global, id, onCaller: true, options: ["User": user == nil ? "--config" : "--user"]) { system in
                     if detach {
                         let process = try system.createProcess(parameters, standardStreams: [-1, -1, -1]).wait()
                         defer { process.close() }

@@ -193,13 +193,15 @@ func act(_ global: GlobalOptions, _ id: String, _ body: (ComputeSystem) throws -
 
 /// `onCaller`: the calls run on this command's thread (`Globals.onCaller`), for one that waits for
 /// each right away and shows no progress.
-func act(_ global: Globals, _ id: String, onCaller: Bool = false, _ body: (ComputeSystem) throws -> Void) throws {
+/// `options`: the command's own names for fields the body's calls may name.
+func act(_ global: Globals, _ id: String, onCaller: Bool = false, options: [String: String] = [:],
+         _ body: (ComputeSystem) throws -> Void) throws {
     let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
     let service = onCaller ? ComputeService(configuration: configuration, scheduler: Globals.onCaller)
         : ComputeService(configuration: configuration)
     let system = try cli(options: ["id": "ID"]) { try service.open(id) }
     defer { system.close() }
-    try cli(options: ["id": "ID"]) { try body(system) }
+    try cli(options: options.merging(["id": "ID"]) { $1 }) { try body(system) }
 }
 
 func show(_ properties: ComputeSystemProperties, json: Bool) throws {

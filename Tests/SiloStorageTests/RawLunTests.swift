@@ -166,13 +166,16 @@ struct RawLunTests {
             + #""0":{"Attachments":{"# + first.joined(separator: ",") + #"}},"1":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"s64"}}}}}},"#
             + #""ShouldTerminateOnLastHandleClosed":false}"#))
         // Its own cgroup's processes (other suites run systems of their own meanwhile).
-        let inside = "cat /sys/fs/cgroup/*/silo/\(id)/cgroup.procs 2>/dev/null || true"
+        // v1 hierarchies and a cgroup2 at /sys/fs/cgroup/unified, or a cgroup2 at /sys/fs/cgroup itself.
+        let inside = "cat /sys/fs/cgroup/*/silo/\(id)/cgroup.procs /sys/fs/cgroup/silo/\(id)/cgroup.procs 2>/dev/null || true"
+        let found = "ls /sys/fs/cgroup/*/silo/\(id)/cgroup.procs /sys/fs/cgroup/silo/\(id)/cgroup.procs 2>/dev/null | wc -l"
         #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
         defer { _ = silo(state, ["system", "terminate", id]) }
         let started = silo(state, ["system", "start", id])
         #expect(started.status == 1 && started.error.contains("holds 64 LUN leases, its most"), "\(started.error)")
         let listed = silo(state, ["system", "list", "--json"]).output
         #expect(listed.contains("Created") && !listed.contains("Running"), "\(listed)")
+        #expect(Int(run("/bin/sh", ["-c", found]).output.trimmingSpaces) ?? 0 > 0, "the system's cgroup is where this test looks")
         #expect(run("/bin/sh", ["-c", inside]).output.trimmingSpaces.isEmpty, "its init was killed")
         // Its device grants were taken back (v1's list, where this host has one).
         if let grants = readSmallFile("/sys/fs/cgroup/devices/silo/\(id)/devices.list") {

@@ -19,7 +19,7 @@ extension StorageProvider {
             original = try record(named: source)
         } catch {
             var named = error
-            named.field = "source"  // not the new LUN's name
+            if named.field == "name" { named.field = "source" }  // not the new LUN's name
             throw named
         }
         guard original.state == .ready, fileExists(original.backingFile) else {
