@@ -147,8 +147,13 @@ public final class ComputeSystem: Sendable {
 
     private func startChange(blockDevices: [BlockDevice], leases: [Int32], context: (any Sendable)?,
                              callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
-        try change(.start, from: [.created], context: context, callback: callback, finally: {
+        let cgroup = self.cgroup
+        let grants = blockDevices.compactMap(\.grant)
+        return try change(.start, from: [.created], context: context, callback: callback, finally: {
             leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) }
+        }, unsaved: {
+            // Not started after all: its grants go back, as a start that fails does.
+            if !grants.isEmpty { try? cgroup.setBlockDevices([], removing: grants.map(\.number)) }
         }) { [self] record in
             let configuration = service.configuration
             let grants = blockDevices.compactMap(\.grant)
@@ -711,7 +716,8 @@ public final class ComputeSystem: Sendable {
     /// lock, with the record read again there and its state checked again: another call (in this
     /// process or another) may have changed it between the two (two starts at once would each
     /// start an init). `work`'s returned update is saved under the same lock. `finally` runs when
-    /// the operation ends, whether `work` ran or not (it closes what the caller handed over).
+    /// the operation ends, whether `work` ran or not (it closes what the caller handed over);
+    /// `unsaved` when `work` ran but its update could not be saved.
     private func change(
         _ type: OperationType,
         from allowed: Set<ComputeSystemState>,
@@ -719,6 +725,7 @@ public final class ComputeSystem: Sendable {
         callback: OperationCallback<Void>?,
         throughChannel: Bool = true,
         finally: @escaping @Sendable () -> Void = {},
+        unsaved: @escaping @Sendable () -> Void = {},
         _ work: @escaping @Sendable (SystemRecord) throws -> (inout SystemRecord) -> Void
     ) throws(SiloError) -> SiloOperation<Void> {
         try checkState(type, allowed, try store.load(id))
@@ -743,6 +750,7 @@ public final class ComputeSystem: Sendable {
                         unlink(store.directory(id) + "/agent.sock")
                         reapStartedInits()
                     }
+                    unsaved()  // what else the work set up (a start's device grants)
                     throw error
                 }
             }
