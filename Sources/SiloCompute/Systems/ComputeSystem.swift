@@ -74,9 +74,10 @@ public final class ComputeSystem: Sendable {
         }
         if let connection { return connection.startReader() }
         guard waits else { return }  // a thread watches already, or the handle is closed
-        guard (try? store.load(id))?.state == .created else {
+        let state = (try? store.load(id))?.state
+        guard state == .created else {
             agentState.withLock { $0.waitsForStart = false }
-            if let state = try? store.load(id).state, state == .running || state == .paused { _ = try? agent() }
+            if state == .running || state == .paused { _ = try? agent() }
             return
         }
         let started = PlatformThread.spawn { [weak self] in
@@ -135,31 +136,25 @@ public final class ComputeSystem: Sendable {
         }
         // The caller may release its leases once this returns: the operation holds copies.
         let leases = blockDevices.map { device in device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1 }
-        // Refused at once, the operation that would close the copies never runs.
-        func closeLeases() { leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) } }
-        do throws(SiloError) {
-            return try startChange(blockDevices: blockDevices, leases: leases, context: context, callback: callback)
-        } catch {
-            closeLeases()
-            throw error
-        }
-    }
-
-    private func startChange(blockDevices: [BlockDevice], leases: [Int32], context: (any Sendable)?,
-                             callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
         let cgroup = self.cgroup
         let grants = blockDevices.compactMap(\.grant)
+        // A start that fails takes its grants back (the cgroup stays for the next start).
+        let revokeGrants: @Sendable () -> Void = {
+            if !grants.isEmpty { try? cgroup.setBlockDevices([], removing: grants.map(\.number)) }
+        }
+        let directory = store.directory(id)
         return try change(.start, from: [.created], context: context, callback: callback, finally: {
             leases.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) }
         }, unsaved: {
-            // Not started after all: its grants go back, as a start that fails does.
-            if !grants.isEmpty { try? cgroup.setBlockDevices([], removing: grants.map(\.number)) }
+            // Started, but the record cannot say so: what it started goes (the next start would
+            // start another init beside one no record names), and its grants.
+            try? cgroup.killAll()
+            unlink(directory + "/agent.sock")
+            reapStartedInits()
+            revokeGrants()
         }) { [self] record in
             let configuration = service.configuration
-            let grants = blockDevices.compactMap(\.grant)
             if !grants.isEmpty { try cgroup.setBlockDevices(grants) }
-            // A start that fails takes its grants back (the cgroup stays for the next start).
-            func revokeGrants() { if !grants.isEmpty { try? cgroup.setBlockDevices([], removing: grants.map(\.number)) } }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
@@ -294,41 +289,33 @@ public final class ComputeSystem: Sendable {
         let name = device.lun ?? device.devicePath
         try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: try store.load(id))
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
-        let operation: SiloOperation<Void>
-        do throws(SiloError) {
-            operation = try change(.modify, from: [.running], context: context, callback: callback, finally: {
-                if lease >= 0 { Glibc.close(lease) }
-            }) { [self] record in
-                // Again under the lock: two attaches of one LUN at once both passed the first check.
-                try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: record)
-                let attached = record.attachments?.compactMap(\.device.grant) ?? []
-                // Given raw before (and detached since): its lease must stay, whatever happens now.
-                let heldBefore = device.mountPath == nil && record.rawLeases?.contains(name) == true
-                // The agent holds the lease before anything of the LUN's is inside: a process there
-                // could open a raw node at once, and keep it past any rollback.
-                if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
-                do {
-                    if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
-                    try enter(record, device, attach: true)
-                } catch {
-                    // The lease goes back only once nothing of the LUN's is left inside.
-                    let undone = (try? enter(record, device, attach: false)) != nil
-                    if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
-                    if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
-                    throw error
-                }
-                let raw = device.mountPath == nil
-                return {
-                    $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
-                    if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
-                }
-            }
-        } catch {
-            // Refused at once: the operation that would close the copy never runs.
+        return try change(.modify, from: [.running], context: context, callback: callback, finally: {
             if lease >= 0 { Glibc.close(lease) }
-            throw error
+        }) { [self] record in
+            // Again under the lock: two attaches of one LUN at once both passed the first check.
+            try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: record)
+            let attached = record.attachments?.compactMap(\.device.grant) ?? []
+            // Given raw before (and detached since): its lease must stay, whatever happens now.
+            let heldBefore = device.mountPath == nil && record.rawLeases?.contains(name) == true
+            // The agent holds the lease before anything of the LUN's is inside: a process there
+            // could open a raw node at once, and keep it past any rollback.
+            if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
+            do {
+                if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
+                try enter(record, device, attach: true)
+            } catch {
+                // The lease goes back only once nothing of the LUN's is left inside.
+                let undone = (try? enter(record, device, attach: false)) != nil
+                if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
+                if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
+                throw error
+            }
+            let raw = device.mountPath == nil
+            return {
+                $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
+                if raw, $0.rawLeases?.contains(name) != true { $0.rawLeases = ($0.rawLeases ?? []) + [name] }
+            }
         }
-        return operation
     }
 
     /// Refuses LUN `name` (at `devicePath`, mounted at `mountPath`) as a new attachment where it
@@ -715,9 +702,10 @@ public final class ComputeSystem: Sendable {
     /// Checks the state at once (E3, C4), then runs `work` as an operation, under the system's
     /// lock, with the record read again there and its state checked again: another call (in this
     /// process or another) may have changed it between the two (two starts at once would each
-    /// start an init). `work`'s returned update is saved under the same lock. `finally` runs when
-    /// the operation ends, whether `work` ran or not (it closes what the caller handed over);
-    /// `unsaved` when `work` ran but its update could not be saved.
+    /// start an init). `work`'s returned update is saved under the same lock. `finally` runs once:
+    /// when the operation ends, whether `work` ran or not, or when the call is refused at once (it
+    /// closes what the caller handed over); `unsaved` when `work` ran but its update could not be
+    /// saved (a full /run): it undoes what `work` made that the record does not name.
     private func change(
         _ type: OperationType,
         from allowed: Set<ComputeSystemState>,
@@ -728,32 +716,31 @@ public final class ComputeSystem: Sendable {
         unsaved: @escaping @Sendable () -> Void = {},
         _ work: @escaping @Sendable (SystemRecord) throws -> (inout SystemRecord) -> Void
     ) throws(SiloError) -> SiloOperation<Void> {
-        try checkState(type, allowed, try store.load(id))
-        return try service.scheduler.run(type, context: context, callback: callback, events: throughChannel ? events : nil,
-                                          cancellable: false) {
-            [self] _ in
-            defer { finally() }
-            try store.locked(id) { () throws(SiloError) in
-                let current = service.refreshedHoldingLock(try store.load(id))
-                try checkState(type, allowed, current)
-                let update: (inout SystemRecord) -> Void
-                do { update = try work(current) } catch { throw SiloError(error) }
-                do throws(SiloError) {
-                    var changed = try store.load(id)
-                    update(&changed)
-                    try store.save(changed)
-                } catch {
-                    // A start whose record cannot say so (a full /run) leaves no init that no
-                    // record names: the next start would start another beside it.
-                    if type == .start {
-                        try? cgroup.killAll()
-                        unlink(store.directory(id) + "/agent.sock")
-                        reapStartedInits()
+        // Refused at once, the operation never runs to call it: called here then.
+        do throws(SiloError) {
+            try checkState(type, allowed, try store.load(id))
+            return try service.scheduler.run(type, context: context, callback: callback, events: throughChannel ? events : nil,
+                                              cancellable: false) {
+                [self] _ in
+                defer { finally() }
+                try store.locked(id) { () throws(SiloError) in
+                    let current = service.refreshedHoldingLock(try store.load(id))
+                    try checkState(type, allowed, current)
+                    let update: (inout SystemRecord) -> Void
+                    do { update = try work(current) } catch { throw SiloError(error) }
+                    do throws(SiloError) {
+                        var changed = try store.load(id)
+                        update(&changed)
+                        try store.save(changed)
+                    } catch {
+                        unsaved()
+                        throw error
                     }
-                    unsaved()  // what else the work set up (a start's device grants)
-                    throw error
                 }
             }
+        } catch {
+            finally()
+            throw error
         }
     }
 
