@@ -26,10 +26,10 @@ struct DriveCommand: ParsableCommand {
                 var rows: [[String?]] = []
                 for drive in drives {
                     rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
-                                 drive.filesystemLabel, drive.mountPoints.joined(separator: ","), drive.id])
+                                 drive.filesystemLabel, commaSeparated(drive.mountPoints), drive.id])
                     for part in drive.partitions {
                         rows.append(["└─" + part.name, human(part.size), "part", part.filesystemType, part.filesystemLabel,
-                                     part.mountPoints.joined(separator: ","), nil])
+                                     commaSeparated(part.mountPoints), nil])
                     }
                 }
                 printTable(["NAME", "SIZE", "BUS", "TYPE", "LABEL", "MOUNTPOINTS", "ID"], rows)

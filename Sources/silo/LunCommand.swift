@@ -75,7 +75,7 @@ struct LunCommand: ParsableCommand {
                 let provider = spec.provisioning == .thin && spec.fileSystem == nil ? global.quickProvider : global.provider
                 let operation = try cli(options: ["name": "--name"], typed: ["size": size]) { try provider.createLun(spec) }
                 let lun = try waitShowingProgress(operation)
-                if json { return try printJSON(lun) }
+                if json { return print(lun.json) }
                 printLuns([lun])
             }
         }
@@ -96,7 +96,7 @@ struct LunCommand: ParsableCommand {
 
             func run() throws {
                 let luns = try cli { try global.provider.luns() }
-                if json { return try printJSON(luns) }
+                if json { return print(LunProperties.json(luns)) }
                 printLuns(luns)
             }
         }
@@ -119,7 +119,7 @@ struct LunCommand: ParsableCommand {
 
             func run() throws {
                 let lun = try cli { try global.provider.lun(named: name) }
-                if json { return try printJSON(lun) }
+                if json { return print(lun.json) }
                 let facts: [(String, String?)] = [
                     ("name", lun.name), ("id", lun.id), ("friendly name", lun.friendlyName), ("type", lun.type),
                     ("size", "\(human(lun.size)) (\(lun.size) bytes)"), ("allocated", human(lun.allocatedBytes)),
@@ -150,7 +150,7 @@ struct LunCommand: ParsableCommand {
                 )
             }
             let lun = try waitShowingProgress(operation)
-            if json { return try printJSON(lun) }
+            if json { return print(lun.json) }
             printLuns([lun])
         }
     }
@@ -168,7 +168,7 @@ struct LunCommand: ParsableCommand {
                 try global.provider.shrinkLun(name, by: try ByteCount.parse(by, field: "by"), force: force)
             }
             let lun = try waitShowingProgress(operation)
-            if json { return try printJSON(lun) }
+            if json { return print(lun.json) }
             printLuns([lun])
         }
     }
@@ -205,7 +205,7 @@ struct LunCommand: ParsableCommand {
 
         func run() throws {
             let lun = try cli(options: ["unmasking list": "SYSTEMS"]) { try global.provider.setMask(name, systems) }
-            if json { return try printJSON(lun) }
+            if json { return print(lun.json) }
             printLuns([lun])
         }
     }
@@ -249,7 +249,7 @@ extension LunCommand {
                 try global.provider.cloneLun(source, as: name)
             }
             let lun = try waitShowingProgress(operation)
-            if json { return try printJSON(lun) }
+            if json { return print(lun.json) }
             printLuns([lun])
         }
     }

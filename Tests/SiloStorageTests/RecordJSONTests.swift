@@ -149,4 +149,22 @@ struct RecordJSONTests {
         #expect(Drive.json(drives) == (try encoded(drives)))
         for drive in drives { #expect(drive.json == (try encoded(drive))) }
     }
+
+    @Test("S6 lun create|show|list --json write LUNs as JSONEncoder writes them: every field, none, empty and awkward lists", arguments: [0, 1, 2])
+    func luns(count: Int) throws {
+        let full = LunProperties(
+            id: "6f1c2a9e \"x\"", name: "db1", friendlyName: Self.awkward, type: "simple", size: UInt64.max,
+            allocatedBytes: 1 << 40, logicalBlockSize: 4096, provisioning: .zeroed, status: .online, devicePath: "/dev/loop7",
+            link: "/dev/silo/db1", backingFile: "/var/lib/silo/pool/a b.img", pool: "fast", serialNumber: "SILO-6F1C2A9E",
+            unmaskingList: "web-1;db.2", readOnly: true, directIO: false, createdAt: Int64.min
+        )
+        let bare = LunProperties(
+            id: "x", name: "x", friendlyName: nil, type: "simple", size: 0, allocatedBytes: 0, logicalBlockSize: 512,
+            provisioning: .thin, status: .missing, devicePath: nil, link: nil, backingFile: "", pool: "default",
+            serialNumber: "", unmaskingList: "", readOnly: false, directIO: true, createdAt: 0
+        )
+        let luns = Array([full, bare].prefix(count))
+        #expect(LunProperties.json(luns) == (try encoded(luns)))
+        for lun in luns { #expect(lun.json == (try encoded(lun))) }
+    }
 }
