@@ -115,7 +115,7 @@ public enum SandboxRun {
         if lock < 0, errno == ENOENT {
             var path = ""
             for component in systems.split(separator: "/") {
-                path += "/" + component
+                path += "/" + String(component)
                 if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
             }
             (lock, madeLock) = openLock()

@@ -60,7 +60,7 @@ struct SystemStore: Sendable {
     func reserve(_ id: String) throws(SiloError) {
         var path = ""
         for component in systems.split(separator: "/") {
-            path += "/" + component
+            path += "/" + String(component)
             if mkdir(path, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: path) }
         }
         guard mkdir(directory(id), 0o700) == 0 else {

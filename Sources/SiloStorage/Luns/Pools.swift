@@ -165,7 +165,7 @@ extension StorageProvider {
             }
             var made = ""
             for component in path.split(separator: "/") {
-                made += "/" + component
+                made += "/" + String(component)
                 if mkdir(made, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: made) }
             }
             try claimPool(path)
