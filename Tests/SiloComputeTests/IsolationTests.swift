@@ -113,6 +113,9 @@ struct IsolationTests {
             for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/kallsyms /proc/kcore /proc/kpageflags /proc/kpagecount /proc/slabinfo; do
                 [ -e "$p" ] && echo "masked $p $(wc -c < $p)"
             done
+            for d in /proc/acpi /proc/scsi /proc/asound; do
+                [ -d "$d" ] && echo "masked-folder $d $(ls -A "$d" | wc -l) $(awk -v d="$d" '$5 == d && / - tmpfs /' /proc/self/mountinfo | wc -l)"
+            done
             true
             """)
         #expect(result.status == 0)
@@ -127,6 +130,11 @@ struct IsolationTests {
         let masked = result.output.split(separator: "\n").filter { $0.hasPrefix("masked ") }
         #expect(!masked.isEmpty, "some masked path exists on every kernel: \(result.output)")
         for line in masked { #expect(line.hasSuffix(" 0"), "reads as empty: \(line)") }
+        // A folder is covered by an empty tmpfs (the host's may be empty too: the mount is the proof).
+        let hostFolders = ["/proc/acpi", "/proc/scsi", "/proc/asound"].filter { (path: String) in access(path, F_OK) == 0 }
+        let folders = result.output.split(separator: "\n").filter { $0.hasPrefix("masked-folder ") }
+        #expect(folders.count == hostFolders.count, "\(hostFolders): \(result.output)")
+        for line in folders { #expect(line.hasSuffix(" 0 1"), "empty, a tmpfs: \(line)") }
     }
 
     @Test("C11 the seccomp filter refuses TIOCSTI in both forms, TIOCSETD, the loop driver's and block tracing's ioctls, ptrace, keyctl, bpf, modify_ldt, module loading and clock changes with EPERM, io_uring with ENOSYS, socket families but unix, inet, inet6 and netlink, and their rare protocols", .requiresPerl)
