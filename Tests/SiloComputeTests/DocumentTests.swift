@@ -157,6 +157,22 @@ struct DocumentTests {
         for bad in ["01", "1.", "-", "\"\\x\"", "\"a", "[1,]", "{\"a\" 1}", "tru", "1 2", "\"\u{1}\""] {
             #expect(throws: SiloError.self, "\(bad)") { _ = try JSONReader.parse(bad) }
         }
+        // Lone or reversed surrogates, and nesting past the limit.
+        for bad in ["\"\\uDC00\"", "\"\\uD800\\u0041\"", "\"\\uD800\"", String(repeating: "[", count: 65) + String(repeating: "]", count: 65)] {
+            #expect(throws: SiloError.self, "\(bad)") { _ = try JSONReader.parse(bad) }
+        }
+    }
+
+    @Test("C2 a field given twice is refused by name, also among thousands of fields")
+    func duplicateFields() throws {
+        let error = #expect(throws: SiloError.self) { _ = try JSONReader.parse(#"{"Owner": "a", "Owner": "b"}"#) }
+        #expect(error?.message.contains("field 'Owner' appears twice") == true, "\(error?.message ?? "")")
+        var text = "{"
+        for index in 0..<20_000 { text += "\"f\(index)\": \(index)," }
+        let many = try JSONReader.parse(text + "\"last\": 0}")
+        guard case .object(let members) = many.value else { throw SiloError(.unexpected, "not an object") }
+        #expect(members.count == 20_001)
+        #expect(throws: SiloError.self) { _ = try JSONReader.parse(text + "\"f19999\": 0}") }
     }
 }
 

@@ -184,7 +184,8 @@ package struct JSONReader {
                     code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
                 }
                 guard let scalar = UnicodeScalar(code) else { throw failure("not a Unicode scalar: \\u\(String(code, radix: 16))") }
-                text.append(contentsOf: UTF8.encode(scalar)!)
+                guard let encoded = UTF8.encode(scalar) else { throw failure("not a Unicode scalar: \\u\(String(code, radix: 16))") }
+                text.append(contentsOf: encoded)
             default: throw failure("unknown escape '\\\(Character(UnicodeScalar(bytes[index])))'")
             }
             index += 1
@@ -233,6 +234,7 @@ package struct JSONReader {
     private mutating func object(depth: Int) throws(SiloError) -> JSONValue {
         index += 1
         var members: [JSONValue.Member] = []
+        var keys = Set<String>()  // a list's `contains` made an object of n fields cost n² comparisons
         skipSpace()
         if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
             index += 1
@@ -242,7 +244,7 @@ package struct JSONReader {
             skipSpace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: "\"") else { throw failure("expected a field name in quotes") }
             let key = try string()
-            if members.contains(where: { $0.key == key }) { throw failure("field '\(key)' appears twice") }
+            guard keys.insert(key).inserted else { throw failure("field '\(key)' appears twice") }
             skipSpace()
             guard index < bytes.count, bytes[index] == UInt8(ascii: ":") else { throw failure("expected ':' after '\(key)'") }
             index += 1
