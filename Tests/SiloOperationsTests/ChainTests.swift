@@ -120,6 +120,73 @@ struct ChainTests {
         #expect(log.values == ["made", "unmade"])
     }
 
+    @Test("O8 O14 a cancel accepted during the last step rolls back even when that step ignores it")
+    func cancelDuringLastStep() throws {
+        let log = Recorder<String>()
+        let inStep = Signal()
+        let proceed = Signal()
+        let chain = OperationChain<String>([
+            OperationStep("made", run: { _ in log.append("made") }, rollback: { log.append("unmade") }),
+            OperationStep("last", run: { _ in
+                inStep.fire()
+                _ = proceed.wait()  // never looks at the cancel
+                log.append("last done")
+            }, rollback: { log.append("last undone") }),
+        ], output: { "made" })
+        let operation = try scheduler.run(.createLun, chain: chain)
+        #expect(inStep.wait())
+        try operation.cancel()  // accepted: the step is not a point of no return
+        proceed.fire()
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .operationCancelled)
+        #expect(log.values == ["made", "last done", "last undone", "unmade"])
+    }
+
+    @Test("O14 a step that reports a failure and then returns finished fails the chain")
+    func failThenFinished() throws {
+        let log = Recorder<String>()
+        let chain = OperationChain<Void>([
+            OperationStep("made", run: { _ in log.append("made") }, rollback: { log.append("unmade") }),
+            OperationStep("reports", start: { step in
+                step.fail(SiloError(.deviceInUse, "loop7 busy"))
+                return .finished
+            }),
+            OperationStep("never", run: { _ in log.append("never") }),
+        ])
+        let operation = try scheduler.run(.createLun, chain: chain)
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .deviceInUse)
+        #expect(log.values == ["made", "unmade"])
+    }
+
+    @Test("O4 progress from a step is safe with any number: NaN, infinity, more done than the total")
+    func awkwardProgress() throws {
+        let inStep = Signal()
+        let proceed = Signal()
+        let chain = OperationChain<Int>([
+            OperationStep("zero", run: { step in
+                step.reportProgress(fraction: .nan)
+                step.reportProgress(fraction: -.infinity)
+                step.reportProgress(fraction: .infinity)
+                step.reportProgress(completed: .max, of: 1)
+                step.reportProgress(completed: 5, of: 0)
+                inStep.fire()
+                _ = proceed.wait()
+            }),
+        ], output: { 1 })
+        let operation = try scheduler.run(.createLun, chain: chain)
+        #expect(inStep.wait())
+        #expect(operation.status.percentComplete == 99)  // never 100 while running
+        proceed.fire()
+        #expect(try operation.wait(timeout: .seconds(10)) == 1)
+        let driven = try scheduler.run(.extendLun) { (driver: OperationDriver<Int>) in
+            driver.reportProgress(completed: .max, of: 1)
+            driver.reportProgress(completed: 1, of: 0)
+            return 2
+        }
+        #expect(try driven.wait(timeout: .seconds(10)) == 2)
+    }
+
     @Test("O14 a failure past a completed point of no return rolls back only the steps after it; cleanup still runs")
     func failurePastPointOfNoReturn() throws {
         let log = Recorder<String>()

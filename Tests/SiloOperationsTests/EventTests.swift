@@ -34,6 +34,20 @@ struct EventTests {
         plain.close()
     }
 
+    @Test("The hook for 'a handler is set' runs once, whether it comes before or after the handler")
+    func handlerSetHookOnce() throws {
+        for hookFirst in [true, false] {
+            let channel = EventChannel(owner: "system-hook")
+            defer { channel.close() }
+            let calls = Counter()
+            if hookFirst { channel.whenHandlerSet { calls.increment() } }
+            #expect(calls.value == 0)
+            try channel.setHandler { _ in }
+            if !hookFirst { channel.whenHandlerSet { calls.increment() } }
+            #expect(calls.value == 1, "hook first: \(hookFirst)")
+        }
+    }
+
     @Test("O16 an operation with its own callback is not routed to a handler without the option")
     func ownCallbackWithoutOption() throws {
         let channel = EventChannel(owner: "system")

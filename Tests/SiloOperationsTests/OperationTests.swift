@@ -154,6 +154,19 @@ struct OperationTests {
         #expect(try operation.wait(timeout: .seconds(10)) == 42)
     }
 
+    @Test("O6 a zero or negative timeout, however large, times out at once; the operation goes on", arguments: [
+        Duration.zero, .nanoseconds(-1), .seconds(-5), .seconds(Int64.min), .seconds(Int64.min / 1_000_000_000 - 1),
+    ])
+    func awkwardTimeouts(timeout: Duration) throws {
+        let scheduler = OperationScheduler()
+        let release = Signal()
+        let operation = try blockedOperation(on: scheduler, output: 7, release: release)
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: timeout) }
+        #expect(error?.code == .operationTimeout)
+        release.fire()
+        #expect(try operation.wait(timeout: .seconds(10)) == 7)
+    }
+
     @Test("O7 waiting on a completed operation returns the same result at once, from many threads")
     func waitAfterCompletion() throws {
         final class Box: Sendable { let id = 1 }

@@ -37,6 +37,18 @@ struct SchedulerTests {
         #expect(eventually { scheduler.load == (running: 0, queued: 0) })
     }
 
+    @Test("O15 the slot is free once a wait returns: the next operation starts at once, never refused")
+    func slotFreeAfterWait() throws {
+        // One slot and no queue: a start is refused unless the finished operation gave its slot
+        // back before its waiter woke.
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1, maxQueued: 0))
+        for round in 0..<300 {
+            let operation = try scheduler.start(.createLun) { (driver: OperationDriver<Int>) in driver.succeed(round) }
+            #expect(try operation.wait(timeout: .seconds(10)) == round)
+        }
+        #expect(scheduler.load == (running: 0, queued: 0))
+    }
+
     @Test("O15 no more than the limit run at once under load")
     func neverMoreThanLimit() throws {
         let scheduler = OperationScheduler(limits: .init(maxRunning: 3, maxQueued: 1000))

@@ -37,6 +37,8 @@ final class ChainRun<Output: Sendable>: ChainProgress {
                 if try step.body(context) == .pending {
                     guard let early = context.bodyReturnedPending() else { return }  // resumes in `resume`
                     try early.get()
+                } else if let early = context.takeEarlyResult() {
+                    try early.get()  // a body that called `fail` and then returned `.finished` failed
                 }
                 context.markDone()
             } catch {
@@ -63,7 +65,7 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     }
 
     func stepProgress(index: Int, fraction: Double, completed: UInt64?, total: UInt64?) {
-        let clamped = min(max(fraction, 0), 1)
+        let clamped = fraction.isNaN ? 0 : min(max(fraction, 0), 1)
         let weighted = Double(doneWeight[index]) + Double(chain.steps[index].weight) * clamped
         let percent = Int((weighted / Double(totalWeight) * 100).rounded(.down))
         driver.operation.reportProgress(
@@ -81,6 +83,9 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     }
 
     private func finishChain() {
+        // A cancel accepted while the last step ran (one that is not a point of no return, which
+        // refuses a late cancel) still rolls everything back (O8), even if that step ignored it.
+        if driver.isCancelled { return abort(driver.cancellationError) }
         do {
             driver.succeed(try chain.output())
         } catch {

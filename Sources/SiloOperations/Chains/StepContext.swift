@@ -83,6 +83,15 @@ public final class StepContext: Sendable {
         }
     }
 
+    /// After a body returned `.finished`: the result it reported with `finish` or `fail` first, if any.
+    func takeEarlyResult() -> Result<Void, SiloError>? {
+        state.withLock { phase in
+            guard case .finishedEarly(let result) = phase else { return nil }
+            phase = .done
+            return result
+        }
+    }
+
     func markDone() {
         state.withLock { $0 = .done }
     }

@@ -56,15 +56,21 @@ public final class EventChannel: Sendable {
             state.options = options
             state.model = model
         }
-        state.withLock { $0.onHandlerSet }?()
+        // Taken, not read: the hook runs once, here or in `whenHandlerSet`, whichever sees the
+        // handler and the hook both.
+        state.withLock { state in
+            defer { state.onHandlerSet = nil }
+            return state.onHandlerSet
+        }?()
     }
 
     /// Calls `hook` when a handler is set (at once if one is): for an owner that produces events
     /// only while someone listens for them.
     package func whenHandlerSet(_ hook: @escaping @Sendable () -> Void) {
         let set: Bool = state.withLock { state in
+            if state.handler != nil { return true }
             state.onHandlerSet = hook
-            return state.handler != nil
+            return false
         }
         if set { hook() }
     }

@@ -45,7 +45,8 @@ public final class OperationDriver<Output: Sendable>: Sendable {
 
     /// Reports units (usually bytes) done of a total; percent, rate and time left follow from it.
     public func reportProgress(completed: UInt64, of total: UInt64, stage: String? = nil) {
-        let percent = total == 0 ? 0 : Int((Double(completed) / Double(total) * 100).rounded(.down))
+        // At most 100 before the conversion: more done than the total must not trap.
+        let percent = total == 0 ? 0 : Int((min(Double(completed) / Double(total), 1) * 100).rounded(.down))
         operation.reportProgress(percent: percent, completed: completed, total: total, stage: stage)
     }
 

@@ -362,9 +362,10 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         }
         guard let outcome else { return false }
         done.store(true, ordering: .releasing)
+        // The slot first: a waiter that wakes and starts the next operation finds it free (O15).
+        if outcome.heldSlot { scheduler?.release() }
         for waiter in outcome.waiters { waiter.wake() }
         if outcome.published { notifyCompletion() }
-        if outcome.heldSlot { scheduler?.release() }
         return true
     }
 

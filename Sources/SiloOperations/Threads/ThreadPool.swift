@@ -95,7 +95,7 @@ extension Duration {
     var nanoseconds: Int64 {
         let (seconds, attoseconds) = components
         let total = seconds.multipliedReportingOverflow(by: 1_000_000_000)
-        if total.overflow { return .max }
+        if total.overflow { return seconds < 0 ? 0 : .max }
         let sum = total.partialValue.addingReportingOverflow(attoseconds / 1_000_000_000)
         return sum.overflow ? .max : max(0, sum.partialValue)
     }
