@@ -870,14 +870,17 @@ static int child(void *argument) {
     // take a pending one in between: its handlers go back to the default first, as exec would do.
     unsigned long long every_signal = ~0ULL;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &every_signal, NULL, sizeof every_signal);
-    if (!c->init_binary) {
-        for (int sig = 1; sig < _NSIG; sig++) {
-            struct sigaction action;
-            if (sigaction(sig, NULL, &action) != 0 || action.sa_handler == SIG_DFL || action.sa_handler == SIG_IGN) continue;
-            memset(&action, 0, sizeof action);
-            action.sa_handler = SIG_DFL;
-            sigaction(sig, &action, NULL);
-        }
+    // Signals the caller ignores stay ignored across exec: a SIGCHLD ignored by a daemon that
+    // embeds Silo would make the kernel reap init's children unseen (silo run would hang, no
+    // process exit would be reported), and an ignored SIGPIPE or SIGHUP would reach payloads.
+    // Every ignored signal goes back to its default (glibc's own two included, which its
+    // sigaction refuses: hence the raw call); for a program that is not Silo's init, every handled
+    // one too, which could run between the unblock and the exec (exec resets those for init).
+    for (int sig = 1; sig <= 64; sig++) {
+        struct { void *handler; unsigned long flags; void *restorer; unsigned long mask; } action = { 0 }, none = { 0 };
+        if (sig == SIGKILL || sig == SIGSTOP || syscall(SYS_rt_sigaction, sig, NULL, &action, 8) != 0) continue;
+        if (action.handler == (void *)SIG_DFL || (c->init_binary && action.handler != (void *)SIG_IGN)) continue;
+        syscall(SYS_rt_sigaction, sig, &none, NULL, 8);
     }
     if (c->die_with_parent && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) fail(c, STEP_CGROUP_JOIN);
     // Join the system's cgroup in each v1 hierarchy (they have no CLONE_INTO_CGROUP). "0" in a

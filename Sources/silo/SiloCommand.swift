@@ -23,6 +23,9 @@ struct SiloCommand: ParsableCommand {
         sigemptyset(&interrupt)
         sigaddset(&interrupt, SIGINT)
         pthread_sigmask(SIG_BLOCK, &interrupt, nil)
+        // A SIGCHLD ignored by whoever started silo would reap its children before it could wait
+        // for them (and read their exit codes): silo takes its children's exits itself.
+        signal(SIGCHLD, SIG_DFL)
         assert(everyCommandNamed(SiloCommand.self), "a command without configuration.commandName")
         // What ParsableCommand.main(_:) does, with three shortcuts that change no output.
         do {

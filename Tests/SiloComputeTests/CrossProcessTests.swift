@@ -131,6 +131,26 @@ struct CrossProcessTests {
         #expect(compute.service.reenumerate().isEmpty, "a second pass finds nothing")
     }
 
+    @Test("C5 C9 signals ignored by whoever starts silo run are not inherited: init still sees its payload exit, the payload starts with none ignored", .requiresPerl)
+    func ignoredSignals() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "ig-\(getpid())"
+        // perl's IGNORE is SIG_IGN, which exec keeps: with SIGCHLD ignored the kernel reaped init's
+        // children unseen, and the run never ended.
+        let runner = startProgram("/usr/bin/perl", [
+            "-e", #"$SIG{CHLD} = $SIG{PIPE} = $SIG{HUP} = "IGNORE"; exec @ARGV or die"#,
+            siloExecutable, "--state-dir", compute.state, "run", "--id", id, "--",
+            "/bin/sh", "-c", "grep SigIgn /proc/self/status; exit 3",
+        ])
+        let code = reap(runner.pid)
+        let output = readAll(runner.output)
+        close(runner.output)
+        #expect(code == 3, "the payload's exit code comes back: \(output)")
+        #expect(output.contains("SigIgn:\t0000000000000000"), "\(output)")
+        #expect(compute.service.reenumerate().isEmpty, "nothing left behind")
+    }
+
     @Test("C6 the death of the last handle's holder terminates the system; a live holder keeps it")
     func holderKilled() throws {
         let box = try RunningSystem("hk", terminateOnLastHandle: true)
