@@ -80,7 +80,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "SiloOperationsTests", dependencies: ["SiloOperations"], swiftSettings: strict),
-        .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute", "CSiloAgent"], swiftSettings: strict),
+        .testTarget(name: "SiloComputeTests", dependencies: ["SiloCompute", "CSiloAgent", "CSiloLinux"], swiftSettings: strict),
         .testTarget(
             name: "SiloCLITests",
             dependencies: ["silo", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -54,6 +54,7 @@ int silo_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 size_t silo_cmsg_space(size_t length) { return CMSG_SPACE(length); }
 void silo_cmsg_put_fds(struct msghdr *message, const int *fds, int count) {
     struct cmsghdr *header = CMSG_FIRSTHDR(message);
+    if (!header) return;  // no room given for the control data: nothing to attach
     header->cmsg_level = SOL_SOCKET;
     header->cmsg_type = SCM_RIGHTS;
     header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
@@ -64,7 +65,7 @@ int silo_set_window_size(int fd, unsigned short rows, unsigned short columns) {
     return ioctl(fd, TIOCSWINSZ, &size);
 }
 int silo_get_window_size(int fd, unsigned short *rows, unsigned short *columns) {
-    struct winsize size;
+    struct winsize size = { 0 };
     int result = ioctl(fd, TIOCGWINSZ, &size);
     *rows = size.ws_row;
     *columns = size.ws_col;

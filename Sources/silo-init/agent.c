@@ -438,7 +438,7 @@ static void serve(int slot) {
     ssize_t size;
     do { size = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (size < 0 && errno == EINTR);
     if (size < 0 && errno == EAGAIN) return;
-    if (size <= 0) return close_connection(slot);
+    if (size < 0) return close_connection(slot);
     int fds[MAX_FDS], fd_count = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -448,6 +448,12 @@ static void serve(int slot) {
             memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
             if (fd_count < MAX_FDS) fds[fd_count++] = received; else close(received);
         }
+    }
+    if (size == 0) {
+        // The end of the connection, or an empty packet: either way descriptors that came with
+        // it are not kept (a client sending empty packets with descriptors filled pid 1's table).
+        for (int i = 0; i < fd_count; i++) close(fds[i]);
+        return close_connection(slot);
     }
     struct silo_agent_header header;
     memset(&header, 0, sizeof header);
@@ -595,7 +601,14 @@ int silo_agent_main(int terminate_flag) {
                 if (polls[2 + i].fd < 0) slot = i;
             }
             if (fd >= 0 && slot < 0) close(fd);  // more handles than the agent serves: refused
-            if (slot >= 0) polls[2 + slot].fd = fd;
+            if (slot >= 0) {
+                // A reply waits for room in the client's buffer at most this long: a client that
+                // stopped reading (stopped, stuck) loses its connection, and pid 1 goes on reaping
+                // and serving the others.
+                struct timeval limit = { 2, 0 };
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+                polls[2 + slot].fd = fd;
+            }
         }
         for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
             short events = polls[2 + slot].revents;

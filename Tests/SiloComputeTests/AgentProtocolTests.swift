@@ -1,3 +1,4 @@
+import CSiloLinux
 import CSiloAgent
 import Glibc
 import SiloOperations
@@ -193,6 +194,46 @@ struct AgentFuzzTests {
         defer { check.close() }
         #expect(readAll(try #require(check.standardOutput)) == "still-serving\n")
         #expect(try FileManagerless.count("/proc/\(initPID)/fd") == descriptorsBefore, "no descriptor leaked: \(String(describing: try? listLinks("/proc/\(initPID)/fd")))")
+    }
+}
+
+extension AgentFuzzTests {
+    @Test("C6 empty packets that carry descriptors: the agent hangs up and keeps none of them")
+    func emptyPacketsWithDescriptors() throws {
+        let box = try RunningSystem("ep")
+        defer { box.finish() }
+        let initPID = try #require(box.system.properties().processList.first)
+        _ = try box.system.processes()  // the handle's own connection is accepted and counted
+        let descriptorsBefore = try FileManagerless.count("/proc/\(initPID)/fd")
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        for _ in 0..<100 {
+            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            defer { close(fd) }
+            let connected = withSocketAddress(box.compute.service.store.directory(box.system.id) + "/agent.sock") { connect(fd, $0, $1) }
+            #expect(connected == 0)
+            var control = [UInt8](repeating: 0, count: silo_cmsg_space(2 * MemoryLayout<Int32>.size))
+            let sent = control.withUnsafeMutableBytes { controlBytes in
+                var message = msghdr()
+                message.msg_control = controlBytes.baseAddress
+                message.msg_controllen = controlBytes.count
+                silo_cmsg_put_fds(&message, ends, 2)
+                return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            }
+            #expect(sent == 0)
+            // The agent hangs up: end of file, with nothing said.
+            var byte: UInt8 = 0
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&poller, 1, 5000) == 1)
+            #expect(recv(fd, &byte, 1, 0) == 0)
+        }
+        usleep(100_000)
+        #expect(try FileManagerless.count("/proc/\(initPID)/fd") == descriptorsBefore,
+                "no descriptor kept: \(String(describing: try? listLinks("/proc/\(initPID)/fd")))")
+        let check = try box.run("echo still-serving")
+        defer { check.close() }
+        #expect(readAll(try #require(check.standardOutput)) == "still-serving\n")
     }
 }
 
