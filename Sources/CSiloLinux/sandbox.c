@@ -1188,17 +1188,27 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     // The system's init by its pidfd (it cannot be another process that took its pid since the
     // caller checked it); by /proc/<pid> only where there is no pidfd or setns takes none (before
     // Linux 5.3 and 5.8), and then only while the pidfd's process still lives.
+    char path[64] = "/proc/";
+    char number[16];
+    int n = 0;
+    for (pid_t value = init_pid; value > 0 && n < 15; value /= 10) number[n++] = (char)('0' + value % 10);
+    size_t at = strlen(path);
+    while (n > 0) path[at++] = number[--n];
+    path[at] = 0;
+    join(path, sizeof path, path, "/ns/mnt");
+    // A system's init always has a mount namespace of its own: the host's (this process's) would
+    // mean the pid names some other process now, and nothing of the host's /dev may be touched.
+    // Checked by path while the pidfd's process still lives (so the path was its).
+    struct stat own_namespace, target_namespace;
+    if (stat("/proc/self/ns/mnt", &own_namespace) != 0 || stat(path, &target_namespace) != 0) fail(NULL, STEP_ENTER);
+    if (init_pidfd >= 0 && syscall(SYS_pidfd_send_signal, init_pidfd, 0, NULL, 0) != 0) fail(NULL, STEP_ENTER);
+    if (target_namespace.st_ino == own_namespace.st_ino && target_namespace.st_dev == own_namespace.st_dev) {
+        errno = EINVAL;
+        fail(NULL, STEP_ENTER);
+    }
     int by_pidfd = init_pidfd >= 0 && setns(init_pidfd, CLONE_NEWNS) == 0;
     if (!by_pidfd && init_pidfd >= 0 && errno != EINVAL) fail(NULL, STEP_ENTER);
     if (!by_pidfd) {
-        char path[64] = "/proc/";
-        char number[16];
-        int n = 0;
-        for (pid_t value = init_pid; value > 0 && n < 15; value /= 10) number[n++] = (char)('0' + value % 10);
-        size_t at = strlen(path);
-        while (n > 0) path[at++] = number[--n];
-        path[at] = 0;
-        join(path, sizeof path, path, "/ns/mnt");
         int ns = open(path, O_RDONLY | O_CLOEXEC);
         if (ns < 0) fail(NULL, STEP_ENTER);
         if (init_pidfd >= 0 && syscall(SYS_pidfd_send_signal, init_pidfd, 0, NULL, 0) != 0) fail(NULL, STEP_ENTER);
@@ -1261,25 +1271,18 @@ mount_lun:
     return 0;
 }
 
-int silo_sandbox_attach(pid_t init_pid, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure) {
+int silo_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int silo_sandbox_attach(pid_t init_pid, int init_pidfd, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return -1;
-    // Taken before the fork and checked: init_pid is still the system's init (the caller checked
-    // its start time), and the pidfd keeps naming that process.
-    int init_pidfd = (int)syscall(SYS_pidfd_open, init_pid, 0);
-    if (init_pidfd < 0 && errno != ENOSYS) {  // gone (ESRCH): nothing to enter
-        failure->step = STEP_ENTER;
-        failure->error = errno;
-        close(report[0]);
-        close(report[1]);
-        return -1;
-    }
     pid_t pid = fork();
     if (pid == 0) {
         close(report[0]);
         _exit(attach_child(init_pidfd, init_pid, config, attach, report[1]));
     }
-    if (init_pidfd >= 0) close(init_pidfd);
     close(report[1]);
     if (pid < 0) { close(report[0]); return -1; }
     ssize_t got;

@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import SiloOperations
 import Testing
@@ -274,6 +275,25 @@ struct IsolationTests {
             _ = try Sandbox.spawn(SandboxSpec(root: root, hostname: "x", arguments: ["/no/such/program"]), cgroup: nil)
         }
         #expect(exec?.value == "exec")
+    }
+
+    @Test("C12 an attach that would enter the host's own mount namespace (a pid that names another process) is refused; the host's /dev is untouched")
+    func attachRefusesHostNamespace() throws {
+        let before = readText("/proc/self/mountinfo") ?? ""
+        let pid = getpid()  // this process: in the host's mount namespace, as a reused pid could be
+        let pidfd = silo_pidfd_open(pid)
+        defer { if pidfd >= 0 { close(pidfd) } }
+        var failure = silo_sandbox_failure()
+        let result = "/dev/null".withCString { device in
+            "auto".withCString { type in
+                var config = silo_attach_config(device_path: device, major: 1, minor: 3, mount_target: nil, filesystem_type: type, read_only: 0)
+                return silo_sandbox_attach(pid, pidfd, &config, 1, &failure)
+            }
+        }
+        #expect(result == -1)
+        #expect(String(cString: silo_sandbox_step_name(failure.step)).contains("mount namespace"))
+        #expect(failure.error == EINVAL)
+        #expect(readText("/proc/self/mountinfo") == before, "no mount changed on the host")
     }
 }
 

@@ -141,8 +141,14 @@ struct silo_attach_config {
 
 /// Enters the mount namespace of `init_pid` in a forked child (setns needs a single thread) and
 /// makes the device node and the mount there (`attach` 1), or unmounts and removes them (0).
+/// `init_pidfd` is init's pidfd, opened by the caller before it checked that `init_pid` is still
+/// the system's init (its start time), or -1 on a kernel without pidfds. A namespace that turns
+/// out to be the caller's own is refused (EINVAL at the enter step).
 /// Returns 0, or -1 with *failure set to the step and errno (steps of silo_sandbox_step_name).
-int silo_sandbox_attach(pid_t init_pid, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure);
+int silo_sandbox_attach(pid_t init_pid, int init_pidfd, const struct silo_attach_config *config, int attach, struct silo_sandbox_failure *failure);
+
+/// pidfd_open(pid, 0): a descriptor for the process, or -1 with errno (ENOSYS before Linux 5.3).
+int silo_pidfd_open(pid_t pid);
 
 /// A readable name for a failure's step.
 const char *silo_sandbox_step_name(int step);

@@ -444,7 +444,14 @@ public final class ComputeSystem: Sendable {
 
     /// Makes (or removes) the device node and mount inside the system's mount namespace.
     private func enter(_ record: SystemRecord, _ device: BlockDevice, attach: Bool) throws(SiloError) {
-        guard let pid = record.initPID, processStartTime(pid) == record.initStartTime else {
+        // The pidfd first, then the start time: init still the process that started then means the
+        // pidfd names it (its pid was not free to be reused while it lived), whatever the pid
+        // names afterwards. The other way round, an init that died in between and a pid reused
+        // would have sent the attach into another process's namespace.
+        let pidfd = record.initPID.map { silo_pidfd_open($0) } ?? -1
+        let pidfdError = errno
+        defer { if pidfd >= 0 { Glibc.close(pidfd) } }
+        guard let pid = record.initPID, pidfd >= 0 || pidfdError == ENOSYS, processStartTime(pid) == record.initStartTime else {
             throw SiloError(.invalidState, "compute system '\(id)' has no running init", field: "state", value: record.state.rawValue)
         }
         let parts = device.deviceNumber.split(separator: ":").compactMap { UInt32($0) }
@@ -461,7 +468,7 @@ public final class ComputeSystem: Sendable {
                 withOptionalCString(device.mountPath) { target in
                     var config = silo_attach_config(device_path: path, major: parts[0], minor: parts[1], mount_target: target,
                                                     filesystem_type: type, read_only: device.readOnly ? 1 : 0)
-                    return silo_sandbox_attach(pid, &config, attach ? 1 : 0, &failure)
+                    return silo_sandbox_attach(pid, pidfd, &config, attach ? 1 : 0, &failure)
                 }
             }
         }
