@@ -700,7 +700,7 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
 #define DENY(error) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((error) & SECCOMP_RET_DATA))
 
 /// The program, made once by the caller (seccomp_program) before any child reads it.
-static struct sock_filter seccomp_filter[512];  // 230 used now; the kernel takes up to 4096
+static struct sock_filter seccomp_filter[512];  // 239 used now; the kernel takes up to 4096
 static unsigned short seccomp_length;
 static pthread_once_t seccomp_once = PTHREAD_ONCE_INIT;
 
@@ -723,10 +723,13 @@ static void emit_rule(enum seccomp_rule rule) {
         break;
     case IOCTL_DENIED:
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 7, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 8, 0));
         // TIOCSETD: a line discipline the kernel has not loaded is a module it loads on demand
         // (dev.tty.ldisc_autoload, on by default), past the deny-list's module calls.
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSETD, 6, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSETD, 7, 0));
+        // TIOCLINUX: on a virtual console, its selection paste types text as TIOCSTI does (before
+        // Linux 6.7 without a privilege), and its other requests reach the console's state.
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 6, 0));
         // 0x4C00-0x4C0F and 0x4C80-0x4C8F alike: both lose bits 0-3 and 7.
         emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xFFFFFF70u));
         emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x4C00, 4, 0));
@@ -742,28 +745,34 @@ static void emit_rule(enum seccomp_rule rule) {
     case SOCKET_FAMILY:
         // Family and protocol are ints: their low 32 bits, as the kernel reads them.
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));  // 0
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 14, 0));     // 1 -> allow
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 18, 0));     // 1 -> allow
         emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_NETLINK, 3, 0));   // 2 -> 6
         emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 4, 0));      // 3 -> 8
         emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 3, 0));     // 4 -> 8
         emit((struct sock_filter)DENY(EAFNOSUPPORT));                                      // 5
         emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])));  // 6: netlink
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0 /* NETLINK_ROUTE */, 8, 7));  // 7 -> allow, 15
-        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])));  // 8: inet
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_IP, 6, 0));     // 9 -> allow
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 5, 0));    // 10
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 4, 0));    // 11
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMP, 3, 0));   // 12
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMPV6, 2, 0)); // 13
-        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDPLITE, 1, 0)); // 14
-        emit((struct sock_filter)DENY(EPROTONOSUPPORT));                                   // 15
-        emit((struct sock_filter)ALLOW);                                                   // 16
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0 /* NETLINK_ROUTE */, 12, 11));  // 7 -> allow, 19
+        // AF_INET with SOCK_PACKET is turned into an AF_PACKET socket by the kernel (whose module it
+        // loads on demand): the type's low bits, without SOCK_NONBLOCK and SOCK_CLOEXEC.
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));  // 8: inet
+        emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0xF));                // 9
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SOCK_PACKET, 7, 0));  // 10 -> 18
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])));  // 11
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_IP, 7, 0));     // 12 -> allow
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, 6, 0));    // 13
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDP, 5, 0));    // 14
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMP, 4, 0));   // 15
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_ICMPV6, 3, 0)); // 16
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_UDPLITE, 2, 1)); // 17 -> allow, 19
+        emit((struct sock_filter)DENY(ESOCKTNOSUPPORT));                                   // 18
+        emit((struct sock_filter)DENY(EPROTONOSUPPORT));                                   // 19
+        emit((struct sock_filter)ALLOW);                                                   // 20
         break;
     }
 }
 
 static unsigned rule_length(enum seccomp_rule rule) {
-    return rule == IOCTL_DENIED ? 11 : rule == SOCKET_FAMILY ? 17 : rule == CLONE_FLAGS ? 4 : 1;
+    return rule == IOCTL_DENIED ? 12 : rule == SOCKET_FAMILY ? 21 : rule == CLONE_FLAGS ? 4 : 1;
 }
 
 /// Instructions emit_tree(order, count) emits.

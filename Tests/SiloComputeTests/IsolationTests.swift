@@ -151,6 +151,10 @@ struct IsolationTests {
               try("loop_ctl_get_free", 16, 0, 0x4C82, 0);
               try("blktrace_start", 16, 0, 0x1274, 0);
               try("tiocsetd", 16, 0, 0x5423, 0);
+              try("tioclinux", 16, 0, 0x541C, 0);
+              try("sock_packet", 41, 2, 10, 768);
+              try("sock_packet_cloexec", 41, 2, 0x8000A, 768);
+              try("udp_nonblock_allowed", 41, 2, 0x802, 0);
               try("ptrace", 101, 16, 1, 0, 0);
               try("keyctl", 250, 0, 0, 0, 0);
               try("bpf", 321, 0, 0, 0);
@@ -173,7 +177,7 @@ struct IsolationTests {
             """)
         #expect(result.status == 0, "\(result.output)")
         // The loop requests on /dev/null would be ENOTTY without the filter.
-        for name in ["tiocsti", "tiocsti_high", "tiocsetd", "loop_clr_fd", "loop_ctl_get_free", "blktrace_start", "ptrace", "keyctl", "bpf"] {
+        for name in ["tiocsti", "tiocsti_high", "tiocsetd", "tioclinux", "loop_clr_fd", "loop_ctl_get_free", "blktrace_start", "ptrace", "keyctl", "bpf"] {
             #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
         }
         #expect(result.output.contains("io_uring_setup=\(ENOSYS)\n"), "\(result.output)")
@@ -186,6 +190,9 @@ struct IsolationTests {
             #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
         }
         #expect(result.output.contains("unix_allowed=0\n") && result.output.contains("tcp_allowed=0\n"), "\(result.output)")
+        #expect(result.output.contains("udp_nonblock_allowed=0\n"), "\(result.output)")
+        // AF_INET with SOCK_PACKET (which the kernel makes an AF_PACKET socket) is refused by type.
+        #expect(result.output.contains("sock_packet=\(ESOCKTNOSUPPORT)\n") && result.output.contains("sock_packet_cloexec=\(ESOCKTNOSUPPORT)\n"), "\(result.output)")
         #expect(result.output.contains("getpid_allowed=0\n"))
     }
 

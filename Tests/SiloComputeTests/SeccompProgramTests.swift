@@ -117,6 +117,9 @@ struct SeccompProgramTests {
         // TIOCSETD, whose unloaded line disciplines are modules the kernel loads on demand.
         #expect(try verdict(nr: Self.ioctl, args: [0, 0x5423]) == Self.retErrno(EPERM))
         #expect(try verdict(nr: Self.ioctl, args: [0, 0x5424]) == Self.retAllow)  // TIOCGETD
+        // TIOCLINUX, whose selection paste types into a virtual console as TIOCSTI does.
+        #expect(try verdict(nr: Self.ioctl, args: [0, 0x541C]) == Self.retErrno(EPERM))
+        #expect(try verdict(nr: Self.ioctl, args: [0, 0x1_0000_541C]) == Self.retErrno(EPERM))
         // Block tracing: BLKTRACESETUP (_IOWR, 72 bytes), START, STOP, TEARDOWN.
         for command: UInt64 in [0xC048_1273, 0x1274, 0x1275, 0x1276, 0x1_0000_1274] {
             #expect(try verdict(nr: Self.ioctl, args: [3, command]) == Self.retErrno(EPERM), "ioctl \(command)")
@@ -142,6 +145,14 @@ struct SeccompProgramTests {
                                                          (16, 15), (16, 16), (16, 4), (16, 9)] {
                 #expect(try verdict(nr: call, args: [family, 1, proto]) == Self.retErrno(EPROTONOSUPPORT),
                         "\(call): family \(family), protocol \(proto)")
+            }
+            // inet and inet6 with SOCK_PACKET (10), with or without SOCK_NONBLOCK and SOCK_CLOEXEC:
+            // the kernel makes an AF_PACKET socket of it. Datagrams and streams with those flags pass.
+            for (family, type): (UInt64, UInt64) in [(2, 10), (2, 0x8_000A), (2, 0x800 | 10), (10, 10)] {
+                #expect(try verdict(nr: call, args: [family, type, 768]) == Self.retErrno(ESOCKTNOSUPPORT), "\(call): type \(type)")
+            }
+            for type: UInt64 in [0x8_0001, 0x802, 3] {
+                #expect(try verdict(nr: call, args: [2, type, 0]) == Self.retAllow, "\(call): type \(type)")
             }
         }
     }
