@@ -341,6 +341,12 @@ struct LunAttachPathTests {
             let refused = silo(state, ["system", "modify", id, "--attach", "lnk:" + guarded])
             #expect(refused.status == 64 && refused.error.contains("cannot be mounted under"), "\(guarded): \(refused.error)")
         }
+        // The host's binds and their links (/lib64 is a link to usr/lib64 on a merged /usr).
+        for hosts in ["/lib64/data", "/usr/data", "/bin", "/etc/passwd"] {
+            let refused = silo(state, ["system", "modify", id, "--attach", "lnk:" + hosts])
+            #expect(refused.status == 64 && refused.error.contains("the host's, bound read-only"), "\(hosts): \(refused.error)")
+        }
+        #expect(silo(state, ["process", "create", id, "--", "/bin/true"]).status == 0, "the root is as it was")
         // What libblkid finds but Silo does not mount is refused (the host's kernel would parse
         // what the system wrote): a swap signature here.
         let odd = try #require(try storage.create("odd", size: 8 << 20).devicePath)

@@ -89,6 +89,12 @@ public struct BlockDevice: Sendable, Hashable {
         if let first = parts.first, ["proc", "dev", "sys", ".silo"].contains(first) {
             return "a LUN cannot be mounted under /\(first), which Silo builds and guards"
         }
+        // The host's programs and files, bound read-only (or their links, such as /lib64 ->
+        // usr/lib64, recreated): a folder made there for the mount would take the link's place
+        // and leave every program without its libraries.
+        if let bind = SandboxSpec.defaultBinds.first(where: { path == $0 || path.hasPrefix($0 + "/") }) {
+            return "a LUN cannot be mounted at or under \(bind), which is the host's, bound read-only"
+        }
         return nil
     }
 
