@@ -478,7 +478,7 @@ int silo_sandbox_template_clone(const char *const *binds, const char *const *dev
     } else if (build) {
         if (template_fd >= 0) close(template_fd);
         template_fd = template_build(binds, devices, init);
-        error = errno;
+        error = template_fd >= 0 ? ENOENT : errno;  // built for the next call: none to give now
         if (template_fd >= 0) {
             memcpy(template_key, key, sizeof key);
         } else if (error == EINVAL || error == ENOSYS || error == EPERM) {

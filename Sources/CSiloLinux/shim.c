@@ -115,7 +115,11 @@ pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], 
     for (int i = 0; i < count; i++) {
         if (dup2(moved[i], i) != i) _exit(127);
     }
-    syscall(SYS_close_range, (unsigned int)count, ~0u, 0u);
+    if (syscall(SYS_close_range, (unsigned int)count, ~0u, 0u) != 0) {
+        // Before Linux 5.9: one by one, up to the descriptor limit.
+        long last = sysconf(_SC_OPEN_MAX);
+        for (long fd = count; fd < (last > 0 ? last : 1024); fd++) close((int)fd);
+    }
     struct sigaction standard = { .sa_handler = SIG_DFL };
     for (int signal = 1; signal < 32; signal++) {
         if (signal != SIGKILL && signal != SIGSTOP) sigaction(signal, &standard, NULL);

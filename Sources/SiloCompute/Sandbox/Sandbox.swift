@@ -341,7 +341,9 @@ public enum Sandbox {
     }
 
     /// The kernel's highest capability number: fixed while it runs, so read once.
-    private static let lastCapability = Int32(readText("/proc/sys/kernel/cap_last_cap").flatMap { Int32($0) } ?? 40)
+    /// Unreadable (no /proc): 63, the most a capability set holds; numbers the kernel does not know
+    /// are skipped (EINVAL), where a guess too low would leave the newest ones in the bounding set.
+    private static let lastCapability = Int32(readText("/proc/sys/kernel/cap_last_cap").flatMap { Int32($0) } ?? 63)
 
     private static func reap(_ pid: pid_t) {
         var status: Int32 = 0
@@ -507,8 +509,10 @@ final class SandboxHelper: @unchecked Sendable {
         guard let request = sharedRoot, !cancelled else { return }
         withCStrings(request.binds) { binds in
             withCStrings(request.devices) { devices in
-                _ = silo_sandbox_template_clone(UnsafePointer(OpaquePointer(binds)), UnsafePointer(OpaquePointer(devices)),
-                                                request.initBinary, 1)
+                // A clone when another thread built it meanwhile: not needed here, and not kept open.
+                let clone = silo_sandbox_template_clone(UnsafePointer(OpaquePointer(binds)), UnsafePointer(OpaquePointer(devices)),
+                                                        request.initBinary, 1)
+                if clone >= 0 { close(clone) }
             }
         }
     }
