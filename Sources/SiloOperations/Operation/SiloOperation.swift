@@ -147,9 +147,10 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
 
     /// Asks the operation to stop and roll back [IVdsAsync::Cancel].
     ///
-    /// Returns at once; the operation completes with `operationCancelled` once the producer has
-    /// rolled back what it did, and every waiter wakes then. On a completed operation this does
-    /// nothing.
+    /// Does not wait for the work: the operation completes with `operationCancelled` once the
+    /// producer has rolled back what it did, and every waiter wakes then. A queued operation is
+    /// completed within this call, after its chain's cleanup (run on this thread). On a completed
+    /// operation this does nothing.
     /// - Throws: `cancelTooLate` when the operation passed its point of no return or cannot be
     ///   cancelled; nothing changes then.
     public func cancel() throws(SiloError) {
