@@ -118,7 +118,7 @@ struct SystemCommand: ParsableCommand {
                 unmounts it (refused while busy inside) and removes the device. --config takes HCS's \
                 ModifySettingRequest: {"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", \
                 "RequestType": "Add", "Settings": {"Path": "data", "MountPath": "/data"}}, a Remove of that \
-                path, or an Update of VirtualMachine/ComputeTopology/Memory/SizeInMB or .../Processor/Count|Weight.
+                path, or an Update of VirtualMachine/ComputeTopology/Memory/SizeInMB or .../Processor/Count|Weight|Limit.
                 """
         )
         @OptionGroup var global: GlobalOptions

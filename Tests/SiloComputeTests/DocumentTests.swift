@@ -91,6 +91,14 @@ struct DocumentTests {
         #expect(try ModifyRequest(json: #"{"ResourcePath": "Container/Processor/Count", "Settings": 2}"#).change == .processorCount(2))
         #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Processor/Weight", "RequestType": "Update", "Settings": 300}"#).change
                 == .processorWeight(300))
+        #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Processor/Limit", "RequestType": "Update", "Settings": 25000}"#).change
+                == .processorLimit(25000))
+        for limit in ["0", "100001", "-1", "\"half\""] {
+            let error = #expect(throws: SiloError.self, "\(limit)") {
+                _ = try ModifyRequest(json: #"{"ResourcePath": "Container/Processor/Limit", "RequestType": "Update", "Settings": "# + limit + "}")
+            }
+            #expect(error?.field == "Settings", "\(limit)")
+        }
         let bad: [(String, String)] = [
             (#"{"ResourcePath": "VirtualMachine/Devices/NetworkAdapters/0", "RequestType": "Add"}"#, "ResourcePath"),
             (#"{"ResourcePath": "VirtualMachine/Devices/Scsi/0/Attachments/1", "RequestType": "Add"}"#, "Settings"),

@@ -371,6 +371,20 @@ struct SystemTests {
         case .v2?: #expect(readText(try half.cgroup.path("unified") + "/cpu.max") == "100000 100000")
         case nil: break
         }
+        // Processor.Limit changed in turn scales the count set by the last modify (2), and a count
+        // set after it keeps the new limit: 2 at a quarter, then 4 at a quarter.
+        try half.modify(ModifyRequest(json: #"{"ResourcePath": "Container/Processor/Limit", "RequestType": "Update", "Settings": 25000}"#))
+            .wait(timeout: .seconds(10))
+        let quota = { () throws -> String? in
+            switch half.cgroup.layout.place("cpu") {
+            case .v1?: return readText(try half.cgroup.path("cpu") + "/cpu.cfs_quota_us")
+            case .v2?: return readText(try half.cgroup.path("unified") + "/cpu.max").map { String($0.prefix { $0 != " " }) }
+            case nil: return nil
+            }
+        }
+        #expect(try quota() == "50000", "2 CPUs at a quarter: half a CPU's time")
+        try half.modify(ModifyRequest(change: .processorCount(4))).wait(timeout: .seconds(10))
+        #expect(try quota() == "100000", "4 CPUs at a quarter")
         // And back up past where it started: on v1 the swap limit moves first (it may never be
         // below the memory limit; the other order was refused).
         try system.modify(ModifyRequest(change: .memory(megabytes: 256))).wait(timeout: .seconds(10))

@@ -18,6 +18,8 @@ public struct ModifyRequest: Sendable, Hashable {
         case memory(megabytes: Int)
         case processorCount(Int)
         case processorWeight(Int)
+        /// HCS `Processor.Limit`, 1...100000: the share of the `Count` CPUs, in hundredths of a percent.
+        case processorLimit(Int)
     }
 
     public var change: Change
@@ -61,11 +63,16 @@ public struct ModifyRequest: Sendable, Hashable {
         case (3, "ComputeTopology", "Update") where parts[1] == "Processor",
              (2, "Processor", "Update"):
             let key = parts.last ?? ""
-            guard key == "Count" || key == "Weight" else { throw Self.unknownPath(path) }
-            guard let value = try root.integer("Settings", in: key == "Count" ? 1...1024 : 1...10_000) else {
+            guard key == "Count" || key == "Weight" || key == "Limit" else { throw Self.unknownPath(path) }
+            let range: ClosedRange<Int64> = key == "Count" ? 1...1024 : key == "Weight" ? 1...10_000 : 1...100_000
+            guard let value = try root.integer("Settings", in: range) else {
                 throw SiloError(.invalidJSON, "Settings is the new Processor \(key)", field: "Settings", value: "")
             }
-            change = key == "Count" ? .processorCount(Int(value)) : .processorWeight(Int(value))
+            switch key {
+            case "Count": change = .processorCount(Int(value))
+            case "Weight": change = .processorWeight(Int(value))
+            default: change = .processorLimit(Int(value))
+            }
         default:
             guard ["Add", "Remove", "Update"].contains(type) else {
                 throw SiloError(.invalidJSON, "RequestType is Add, Remove or Update", field: "RequestType", value: type)
@@ -78,7 +85,7 @@ public struct ModifyRequest: Sendable, Hashable {
         SiloError(.invalidJSON,
                   "ResourcePath '\(path)'\(type.map { " with RequestType \($0)" } ?? "") is not something Silo changes; use "
                       + "VirtualMachine/Devices/Scsi/<controller>/Attachments/<index> (Add, Remove), "
-                      + "VirtualMachine/ComputeTopology/Memory/SizeInMB or .../Processor/Count|Weight (Update)",
+                      + "VirtualMachine/ComputeTopology/Memory/SizeInMB or .../Processor/Count|Weight|Limit (Update)",
                   field: "ResourcePath", value: path)
     }
 }

@@ -404,11 +404,14 @@ public final class ComputeSystem: Sendable {
             }
         case .processorCount(let count):
             return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] record in
-                // Scaled by the document's Processor.Limit, as at the start.
-                var document = try ComputeSystemDocument(json: record.document)
-                document.processorCount = count
-                try cgroup.update(CgroupLimits(cpus: CgroupLimits(document).cpus, pids: nil))
+                // Scaled by Processor.Limit (the document's, or the last modify's), as at the start.
+                try cgroup.update(CgroupLimits(cpus: Self.cpus(record, count: count), pids: nil))
                 return { $0.processorCount = count }
+            }
+        case .processorLimit(let limit):
+            return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] record in
+                try cgroup.update(CgroupLimits(cpus: Self.cpus(record, limit: limit), pids: nil))
+                return { $0.processorLimit = limit }
             }
         case .processorWeight(let weight):
             return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] _ in
@@ -416,6 +419,15 @@ public final class ComputeSystem: Sendable {
                 return { _ in }
             }
         }
+    }
+
+    /// The CPUs a system gets with `count` or `limit` changed: the rest from the last modify, else
+    /// from its document.
+    private static func cpus(_ record: SystemRecord, count: Int? = nil, limit: Int? = nil) throws(SiloError) -> Double? {
+        var document = try ComputeSystemDocument(json: record.document)
+        document.processorCount = count ?? record.processorCount ?? document.processorCount
+        document.processorLimit = limit ?? record.processorLimit ?? document.processorLimit
+        return CgroupLimits(document).cpus
     }
 
     /// The agent's connection ended: the system stopped, whoever stopped it (another handle, the

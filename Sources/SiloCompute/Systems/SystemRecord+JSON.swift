@@ -24,6 +24,7 @@ extension SystemRecord {
         }
         memoryLimit = try object.optional("memoryLimit")
         processorCount = try object.optional("processorCount")
+        processorLimit = try object.optional("processorLimit")
         rawLeases = try object.strings("rawLeases")
     }
 
@@ -41,6 +42,7 @@ extension SystemRecord {
         object.add("attachments", attachments?.map { $0.writer })
         object.add("memoryLimit", memoryLimit)
         object.add("processorCount", processorCount)
+        object.add("processorLimit", processorLimit)
         object.add("rawLeases", rawLeases)
         return object.text(.compact)
     }

@@ -32,6 +32,7 @@ struct SystemRecord: Codable, Sendable, Equatable {
     /// Limits changed by modify since the document.
     var memoryLimit: UInt64? = nil
     var processorCount: Int? = nil
+    var processorLimit: Int? = nil
 }
 
 /// A LUN attached to a system, as its properties show it (C12).
