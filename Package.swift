@@ -25,6 +25,8 @@ let package = Package(
         // libudev and libblkid (headers from libudev-dev and libblkid-dev), opened when first used:
         // see Sources/CSiloProbe/include/silo_probe.h.
         .target(name: "CSiloProbe"),
+        // The silo executable's command line, without the Swift runtime's read of /proc/self/maps.
+        .target(name: "CSiloMain"),
         .target(
             name: "SiloStorage",
             dependencies: [
@@ -52,7 +54,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "silo",
-            dependencies: ["Silo", "CSiloLinux", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Silo", "CSiloLinux", "CSiloMain", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(
