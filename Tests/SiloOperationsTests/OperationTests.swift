@@ -156,6 +156,8 @@ struct OperationTests {
 
     @Test("O6 a zero or negative timeout, however large, times out at once; the operation goes on", arguments: [
         Duration.zero, .nanoseconds(-1), .seconds(-5), .seconds(Int64.min), .seconds(Int64.min / 1_000_000_000 - 1),
+        // The last whole second in range, plus a fraction that takes it past: the sum overflows.
+        Duration(secondsComponent: Int64.min / 1_000_000_000, attosecondsComponent: -900_000_000_000_000_000),
     ])
     func awkwardTimeouts(timeout: Duration) throws {
         let scheduler = OperationScheduler()

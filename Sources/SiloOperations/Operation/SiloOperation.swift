@@ -355,6 +355,9 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
             case .queued: wasRunning = false
             case .running: wasRunning = true
             }
+            // The slot is given back before the completion shows (here, under the lock, and in
+            // `done`): a waiter that sees it and starts the next operation finds the slot free (O15).
+            if wasRunning { scheduler?.releaseSlot() }
             state.phase = final
             state.cancelHandlers = []
             let waiters = state.waiters
@@ -363,8 +366,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         }
         guard let outcome else { return false }
         done.store(true, ordering: .releasing)
-        // The slot first: a waiter that wakes and starts the next operation finds it free (O15).
-        if outcome.heldSlot { scheduler?.release() }
+        if outcome.heldSlot { scheduler?.admitAfterRelease() }
         for waiter in outcome.waiters { waiter.wake() }
         if outcome.published { notifyCompletion() }
         return true

@@ -200,7 +200,17 @@ public final class OperationScheduler: Sendable {
 
     /// Gives back a running slot; the first queued operation takes it.
     func release() {
+        releaseSlot()
+        admitAfterRelease()
+    }
+
+    /// The slot's count alone (an atomic, no lock): an operation gives it back before anyone can
+    /// see it completed, then calls ``admitAfterRelease()``.
+    func releaseSlot() {
         running.subtract(1, ordering: .sequentiallyConsistent)
+    }
+
+    func admitAfterRelease() {
         if queuedCount.load(ordering: .sequentiallyConsistent) > 0 { admitQueued() }
     }
 

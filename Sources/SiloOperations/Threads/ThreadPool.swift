@@ -97,6 +97,6 @@ extension Duration {
         let total = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if total.overflow { return seconds < 0 ? 0 : .max }
         let sum = total.partialValue.addingReportingOverflow(attoseconds / 1_000_000_000)
-        return sum.overflow ? .max : max(0, sum.partialValue)
+        return sum.overflow ? (seconds < 0 ? 0 : .max) : max(0, sum.partialValue)
     }
 }
