@@ -1207,9 +1207,11 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     join(path, sizeof path, path, "/ns/mnt");
     // A system's init always has a mount namespace of its own: the host's (this process's) would
     // mean the pid names some other process now, and nothing of the host's /dev may be touched.
-    // Checked by path while the pidfd's process still lives (so the path was its).
+    // The namespace is opened once, compared by that descriptor, and (where setns takes no
+    // pidfd) entered by it; it was the pidfd's process's if that still lives after the open.
+    int ns = open(path, O_RDONLY | O_CLOEXEC);
     struct stat own_namespace, target_namespace;
-    if (stat("/proc/self/ns/mnt", &own_namespace) != 0 || stat(path, &target_namespace) != 0) fail(NULL, STEP_ENTER);
+    if (ns < 0 || stat("/proc/self/ns/mnt", &own_namespace) != 0 || fstat(ns, &target_namespace) != 0) fail(NULL, STEP_ENTER);
     if (init_pidfd >= 0 && syscall(SYS_pidfd_send_signal, init_pidfd, 0, NULL, 0) != 0) fail(NULL, STEP_ENTER);
     if (target_namespace.st_ino == own_namespace.st_ino && target_namespace.st_dev == own_namespace.st_dev) {
         errno = EINVAL;
@@ -1217,13 +1219,8 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     }
     int by_pidfd = init_pidfd >= 0 && setns(init_pidfd, CLONE_NEWNS) == 0;
     if (!by_pidfd && init_pidfd >= 0 && errno != EINVAL) fail(NULL, STEP_ENTER);
-    if (!by_pidfd) {
-        int ns = open(path, O_RDONLY | O_CLOEXEC);
-        if (ns < 0) fail(NULL, STEP_ENTER);
-        if (init_pidfd >= 0 && syscall(SYS_pidfd_send_signal, init_pidfd, 0, NULL, 0) != 0) fail(NULL, STEP_ENTER);
-        if (setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
-        close(ns);
-    }
+    if (!by_pidfd && setns(ns, CLONE_NEWNS) != 0) fail(NULL, STEP_ENTER);
+    close(ns);
     if (chdir("/") != 0) fail(NULL, STEP_ENTER);
     static const char dev_options[] = "mode=755,size=64k", root_options[] = "mode=755,size=1m";
     if (!attach && a->mount_target) {

@@ -291,10 +291,14 @@ struct IsolationTests {
         let pidfd = silo_pidfd_open(pid)
         defer { if pidfd >= 0 { close(pidfd) } }
         var failure = silo_sandbox_failure()
+        // A detach from a mount path under a file: were the check missing, the attach would fail
+        // at that path (ENOTDIR) before it touched /dev, so this test cannot harm the host's.
         let result = "/dev/null".withCString { device in
             "auto".withCString { type in
-                var config = silo_attach_config(device_path: device, major: 1, minor: 3, mount_target: nil, filesystem_type: type, read_only: 0)
-                return silo_sandbox_attach(pid, pidfd, &config, 1, &failure)
+                "/proc/version/silo-test".withCString { target in
+                    var config = silo_attach_config(device_path: device, major: 1, minor: 3, mount_target: target, filesystem_type: type, read_only: 0)
+                    return silo_sandbox_attach(pid, pidfd, &config, 0, &failure)
+                }
             }
         }
         #expect(result == -1)
