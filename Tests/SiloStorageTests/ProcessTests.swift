@@ -342,7 +342,7 @@ struct LunAttachPathTests {
             #expect(refused.status == 64 && refused.error.contains("cannot be mounted under"), "\(guarded): \(refused.error)")
         }
         // The host's binds and their links (/lib64 is a link to usr/lib64 on a merged /usr).
-        for hosts in ["/lib64/data", "/usr/data", "/bin", "/etc/passwd"] {
+        for hosts in ["/lib64/data", "/usr/data", "/bin", "/etc/passwd", "//usr", "/etc//passwd"] {
             let refused = silo(state, ["system", "modify", id, "--attach", "lnk:" + hosts])
             #expect(refused.status == 64 && refused.error.contains("the host's, bound read-only"), "\(hosts): \(refused.error)")
         }

@@ -92,7 +92,8 @@ public struct BlockDevice: Sendable, Hashable {
         // The host's programs and files, bound read-only (or their links, such as /lib64 ->
         // usr/lib64, recreated): a folder made there for the mount would take the link's place
         // and leave every program without its libraries.
-        if let bind = SandboxSpec.defaultBinds.first(where: { path == $0 || path.hasPrefix($0 + "/") }) {
+        let canonical = canonicalMountPath(path)  // "//usr" and "/etc//passwd" are those paths too
+        if let bind = SandboxSpec.defaultBinds.first(where: { canonical == $0 || canonical.hasPrefix($0 + "/") }) {
             return "a LUN cannot be mounted at or under \(bind), which is the host's, bound read-only"
         }
         return nil
@@ -113,7 +114,10 @@ public struct BlockDevice: Sendable, Hashable {
     /// `path` as Silo keeps it: one slash between components, none at the end (`/a//b/` is `/a/b`),
     /// so that two spellings of one folder are one mount path.
     public static func canonicalMountPath(_ path: String) -> String {
-        "/" + path.split(separator: "/").joined(separator: "/")
+        // By hand: `joined(separator:)`'s first use scans every protocol conformance (silo run --lun).
+        var canonical = ""
+        for part in path.split(separator: "/") { canonical += "/" + String(part) }
+        return canonical.isEmpty ? "/" : canonical
     }
 
     /// The node on the host, such as /dev/loop3; it appears at the same path inside.
