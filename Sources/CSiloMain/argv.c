@@ -2,7 +2,7 @@
 //
 // On Linux the Swift runtime finds argv for CommandLine.arguments with a static initializer
 // (CommandLine.cpp's ArgvGrabber) that reads /proc/self/maps at every start to locate the stack,
-// then walks back from `environ`: about 60 µs of each short CLI call here (the kernel printing
+// then walks back from `environ`: about 70 µs of each short CLI call here (the kernel printing
 // every mapping's path, sscanf parsing each line). glibc passes argc and argv to every function
 // in .init_array; this file keeps them and defines the two runtime entry points that
 // CommandLine.cpp would, so a static link never pulls that object (or its initializer) in. A
@@ -22,8 +22,6 @@ static void save_arguments(int count, char **arguments, char **environment) {
 }
 
 __attribute__((section(".init_array"), used)) static void (*const save_arguments_entry)(int, char **, char **) = save_arguments;
-
-int silo_main_argument_count(void) { return saved_count; }
 
 // Both are declared SWIFT_CC(swift) in the runtime; with one pointer (and an int) and a pointer
 // result, the Swift calling convention passes and returns them as C does.
