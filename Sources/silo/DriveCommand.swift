@@ -1,5 +1,6 @@
 import ArgumentParser
 import Silo
+import SiloOperations
 
 struct DriveCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,10 +27,10 @@ struct DriveCommand: ParsableCommand {
                 var rows: [[String?]] = []
                 for drive in drives {
                     rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
-                                 drive.filesystemLabel, commaSeparated(drive.mountPoints), drive.id])
+                                 drive.filesystemLabel, drive.mountPoints.joinedPlainly(","), drive.id])
                     for part in drive.partitions {
                         rows.append(["└─" + part.name, human(part.size), "part", part.filesystemType, part.filesystemLabel,
-                                     commaSeparated(part.mountPoints), nil])
+                                     part.mountPoints.joinedPlainly(","), nil])
                     }
                 }
                 printTable(["NAME", "SIZE", "BUS", "TYPE", "LABEL", "MOUNTPOINTS", "ID"], rows)

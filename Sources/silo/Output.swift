@@ -30,14 +30,4 @@ func printTable(_ header: [String], _ rows: [[String?]]) {
     for row in cells { print(line(row)) }
 }
 
-/// `joined(separator: ",")` without its generic first use (a scan of every protocol conformance).
-func commaSeparated(_ items: [String]) -> String {
-    var text = ""
-    for item in items {
-        if !text.isEmpty { text += "," }
-        text += item
-    }
-    return text
-}
-
 func human(_ bytes: UInt64) -> String { ByteCount.format(bytes) }

@@ -114,10 +114,9 @@ public struct BlockDevice: Sendable, Hashable {
     /// `path` as Silo keeps it: one slash between components, none at the end (`/a//b/` is `/a/b`),
     /// so that two spellings of one folder are one mount path.
     public static func canonicalMountPath(_ path: String) -> String {
-        // By hand: `joined(separator:)`'s first use scans every protocol conformance (silo run --lun).
-        var canonical = ""
-        for part in path.split(separator: "/") { canonical += "/" + String(part) }
-        return canonical.isEmpty ? "/" : canonical
+        var parts: [String] = []
+        for part in path.split(separator: "/") { parts.append(String(part)) }
+        return "/" + parts.joinedPlainly("/")
     }
 
     /// The node on the host, such as /dev/loop3; it appears at the same path inside.

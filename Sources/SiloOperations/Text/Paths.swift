@@ -19,13 +19,9 @@ package enum Paths {
                 full = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + full
             }
         }
-        // Built by hand: `joined(separator:)`'s first use in a process makes the runtime scan every
-        // protocol conformance in the binary (about 70 µs of each CLI start here).
-        var joined = ""
-        for part in full.split(separator: "/") where part != "." {
-            if !joined.isEmpty { joined += "/" }
-            joined += String(part)
-        }
+        var parts: [String] = []
+        for part in full.split(separator: "/") where part != "." { parts.append(String(part)) }
+        let joined = parts.joinedPlainly("/")
         // Relative still only when the working directory could not be read (it was removed).
         return full.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
     }
