@@ -107,6 +107,11 @@ struct GlobalOptions: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: "The state directory (default: $SILO_STATE_DIR or /var/lib/silo).")
     var stateDirectory: String?
 
+    func validate() throws {
+        // An empty value would be read as the working directory (an empty SILO_STATE_DIR means unset).
+        if stateDirectory?.isEmpty == true { throw ValidationError("invalid state-dir '': give a folder (--state-dir)") }
+    }
+
     var values: Globals { Globals(stateDirectory: stateDirectory) }
     var provider: StorageProvider { values.provider }
 }

@@ -106,6 +106,43 @@ struct BadInputTests {
         #expect(directoryEntries(full + "/state/pool").isEmpty)
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
     }
+
+    @Test("E3 a change to a LUN on a state directory that is not there (a mistyped --state-dir) says no such LUN and makes nothing")
+    func missingStateDirectory() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let state = scratch.path + "/typo"
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: state))
+        let calls: [(String, () throws(SiloError) -> Void)] = [
+            ("delete", { () throws(SiloError) in _ = try provider.deleteLun("x") }),
+            ("extend", { () throws(SiloError) in _ = try provider.extendLun("x", by: 1 << 20) }),
+            ("shrink", { () throws(SiloError) in _ = try provider.shrinkLun("x", by: 1 << 20) }),
+            ("mask", { () throws(SiloError) in _ = try provider.setMask("x", "a") }),
+            ("offline", { () throws(SiloError) in _ = try provider.setOnline("x", false) }),
+        ]
+        for (what, call) in calls {
+            let error = #expect(throws: SiloError.self, "\(what)") { try call() }
+            #expect(error?.code == .objectNotFound && error?.value == "x", "\(what): \(String(describing: error))")
+            #expect(access(state, F_OK) != 0, "\(what) made the state directory")
+        }
+        // A bad name is refused before the lock too.
+        let badName = #expect(throws: SiloError.self) { _ = try provider.deleteLun("../x") }
+        #expect(badName?.field == "name" && access(state, F_OK) != 0)
+        let cli = silo(state, ["lun", "delete", "x"])
+        #expect(cli.status == 1 && cli.error.contains("'x'") && access(state, F_OK) != 0, "\(cli.error)")
+    }
+
+    @Test("E1 E3 an empty --state-dir and the root folder as state directory are refused; nothing is made")
+    func unusableStateDirectories() throws {
+        let empty = execute(siloBinary, ["--state-dir", "", "lun", "create", "--name", "x", "--size", "1M"])
+        #expect(empty.status == 64 && empty.error.contains("state-dir"), "\(empty.status): \(empty.error)")
+        let root = StorageProvider(configuration: StorageConfiguration(stateDirectory: "/"))
+        let error = #expect(throws: SiloError.self) { _ = try root.createLun(LunSpec(name: "null", size: 1 << 20)) }
+        #expect(error?.code == .invalidArgument && error?.field == "state directory", "\(String(describing: error))")
+        #expect(access("/luns", F_OK) != 0 && access("/lock", F_OK) != 0)
+        var info = stat()
+        #expect(lstat("/dev/null", &info) == 0 && info.st_mode & S_IFMT == S_IFCHR, "/dev/null is the host's")
+    }
 }
 
 final class Counter: Sendable {

@@ -288,6 +288,32 @@ struct LunTests {
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
     }
 
+    @Test("S13 a shared link folder: a file with a LUN's name is never replaced, other files never swept, a link elsewhere never removed")
+    func sharedLinkFolder() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let links = scratch.path + "/links"
+        #expect(mkdir(links, 0o755) == 0)
+        #expect(writeFile(links + "/taken", "the user's"))
+        #expect(writeFile(links + "/notes", "the user's"))
+        #expect(symlink("/dev/null", links + "/elsewhere") == 0)
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state", linkDirectory: links))
+        defer {
+            for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
+        }
+        let refused = #expect(throws: SiloError.self) { _ = try provider.createLun(LunSpec(name: "taken", size: 4 << 20)).wait(timeout: .seconds(60)) }
+        #expect(refused?.field == "name" && refused?.message.contains("leaves it alone") == true, "\(String(describing: refused))")
+        #expect(readFile(links + "/taken").map { String(decoding: $0, as: UTF8.self) } == "the user's")
+        #expect(try provider.luns().isEmpty && loopDevices(backedUnder: scratch.path).isEmpty, "rolled back")
+        let lun = try provider.createLun(LunSpec(name: "mine", size: 4 << 20)).wait(timeout: .seconds(60))
+        #expect(resolveLink(links + "/mine") == lun.devicePath)
+        let report = try provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.linksFixed.isEmpty, "\(report.linksFixed)")
+        #expect(fileExists(links + "/notes") && resolveLink(links + "/elsewhere") == "/dev/null")
+        try provider.deleteLun("mine").wait(timeout: .seconds(60))
+        #expect(resolveLink(links + "/mine") == nil && fileExists(links + "/taken"))
+    }
+
     @Test("S8 extend grows the device online while it stays attached and mounted")
     func extendOnline() throws {
         let storage = TestStorage()

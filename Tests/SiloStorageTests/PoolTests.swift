@@ -104,6 +104,44 @@ struct PoolTests {
         #expect(loopDevices(backedUnder: drive.mountPoint).isEmpty)
     }
 
+    @Test("S5 S13 a pool added on a folder with a user's files: they are never counted as promised, never swept as orphans; a folder with files named like a LUN's is refused")
+    func poolOnAFolderWithOtherFiles() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let folder = storage.path + "/images"
+        #expect(mkdir(folder, 0o755) == 0)
+        let userFiles = ["disk.img", "vm-01.img", "notes.txt"]
+        for file in userFiles { try makeSparseFile(folder + "/" + file, size: 64 << 20) }
+        _ = try storage.provider.addPool("images", directory: folder)
+        #expect(try storage.provider.pools().first { $0.name == "images" }?.promisedBytes == 0, "the user's 192 MiB is no LUN's")
+        let lun = try storage.provider.createLun(LunSpec(name: "mine", size: 8 << 20, pool: "images")).wait(timeout: .seconds(60))
+        #expect(try storage.provider.pools().first { $0.name == "images" }?.promisedBytes == 8 << 20)
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.orphanFilesRemoved.isEmpty, "\(report.orphanFilesRemoved)")
+        for file in userFiles { #expect(fileExists(folder + "/" + file), "\(file) is the user's") }
+        try storage.provider.deleteLun(lun.name).wait(timeout: .seconds(60))
+        try storage.provider.removePool("images")
+
+        // Files named as Silo names backing files, with no marker: another state directory's.
+        let other = storage.path + "/leftovers"
+        #expect(mkdir(other, 0o755) == 0)
+        let foreign = other + "/0f0e0d0c-0b0a-4908-8706-050403020100.img"
+        try makeSparseFile(foreign, size: 1 << 20)
+        let refused = #expect(throws: SiloError.self) { _ = try storage.provider.addPool("leftovers", directory: other) }
+        #expect(refused?.field == "directory" && refused?.message.contains("0f0e0d0c") == true, "\(String(describing: refused))")
+        #expect(try storage.provider.pools().map(\.name) == ["default"] && fileExists(foreign))
+        #expect(access(other + "/" + StorageProvider.poolMarker, F_OK) != 0, "not claimed")
+
+        // A refused add removes the folders it made.
+        let deep = storage.path + "/new/deeper"
+        // (The pool list cannot be written: a folder stands in its place.)
+        unlink(storage.provider.poolsFile)
+        #expect(mkdir(storage.provider.poolsFile, 0o755) == 0)
+        #expect(throws: SiloError.self) { _ = try storage.provider.addPool("deep", directory: deep) }
+        #expect(access(storage.path + "/new", F_OK) != 0, "the folders the refused add made are gone")
+        #expect(rmdir(storage.provider.poolsFile) == 0)
+    }
+
     @Test("S5 E1 pools refuse bad input: names, relative or overlapping folders, unknown pools and drives, drives without a pool")
     func badInput() throws {
         let storage = TestStorage()

@@ -163,17 +163,35 @@ extension StorageProvider {
                     : "\(other.pool) is a pool of the state directory \(other.owner) (if that is gone, remove \(other.pool)/\(Self.poolMarker))"
                 throw SiloError.invalidArgument(field: "directory", value: directory, reason: reason)
             }
-            var made = ""
-            for component in path.split(separator: "/") {
-                made += "/" + String(component)
-                if mkdir(made, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: made) }
+            // Files named as Silo names backing files, with no pool marker: another state
+            // directory's LUNs from before pools were marked, or its leftovers. This state
+            // directory's reenumerate would take them for its own orphans and remove them.
+            if let taken = directoryEntries(path).first(where: Self.isBackingFileName) {
+                throw SiloError.invalidArgument(field: "directory", value: directory,
+                                                reason: "it holds \(taken), named like a LUN's backing file; its LUN may be another state directory's")
             }
-            try claimPool(path)
+            // The folders this call makes, removed again (deepest first) if it fails: a refused
+            // add leaves the host as it was (E3).
+            var made: [String] = []
+            func removeMade() { for folder in made.reversed() { rmdir(folder) } }
+            var folder = ""
+            for component in path.split(separator: "/") {
+                folder += "/" + String(component)
+                if mkdir(folder, 0o700) == 0 {
+                    made.append(folder)
+                } else if errno != EEXIST {
+                    let error = SiloError.system("mkdir", errno: errno, path: folder)
+                    removeMade()
+                    throw error
+                }
+            }
             let added = existing.dropFirst().map { PoolRecord(name: $0.name, directory: $0.directory) } + [PoolRecord(name: name, directory: path)]
             do throws(SiloError) {
+                try claimPool(path)
                 try savePools(added)
             } catch {
                 unlink(path + "/" + Self.poolMarker)
+                removeMade()
                 throw error
             }
         }

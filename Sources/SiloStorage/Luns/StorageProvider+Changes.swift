@@ -27,8 +27,9 @@ extension StorageProvider {
     /// been deleted and made again since the handle was opened).
     func deleteLun(_ name: String, force: Bool, id: String?, context: (any Sendable)?,
                    callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
+        try Names.validate(name, field: "name", what: "a LUN name")
         let owner = ProcessIdentity.current(operation: "deleteLun")
-        let record = try registry.locked { () throws(SiloError) -> LunRecord in
+        let record = try registry.locked(missing: .notFound("LUN", field: "name", value: name)) { () throws(SiloError) -> LunRecord in
             let record = try self.record(named: name)
             try Self.check(record, isLun: id)
             try checkChangeable(record)

@@ -147,7 +147,7 @@ extension StorageProvider {
                     try? self.link(record.name, to: device)
                     report.linksFixed.append(record.name)
                 }
-            } else if resolveLink(link) != nil {
+            } else if Self.isStableName(link) {
                 // A stable name of a LUN without a device would name whatever device takes that number.
                 unlinkName(record.name)
                 report.linksFixed.append(record.name)
@@ -187,7 +187,7 @@ extension StorageProvider {
             } else {
                 try? claimPool(pool.directory)  // made before pools were marked
             }
-            for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
+            for entry in directoryEntries(pool.directory) where Self.isBackingFileName(entry) {
                 let path = pool.directory + "/" + entry
                 if !namedPaths.contains(path), let identity = FileIdentity(path: path), !named.contains(identity) {
                     try? BackingFile.remove(path)
@@ -200,7 +200,8 @@ extension StorageProvider {
             guard let file = error.value?.split(separator: "/").last, file.hasSuffix(".json") else { return nil }
             return String(file.dropLast(".json".count))
         })
-        for entry in directoryEntries(configuration.linkDirectory) where !names.contains(entry) && !entry.hasPrefix(".") {
+        for entry in directoryEntries(configuration.linkDirectory) where !names.contains(entry) && !entry.hasPrefix(".")
+            && Self.isStableName(configuration.linkDirectory + "/" + entry) {
             unlinkName(entry)
             report.linksFixed.append(entry)
         }

@@ -124,7 +124,7 @@ public final class StorageProvider: Sendable {
     /// create with 1,000 LUNs here).
     func promisedBytes(in pool: Pool) -> UInt64 {
         var total: UInt64 = 0
-        for entry in directoryEntries(pool.directory) where entry.hasSuffix(".img") {
+        for entry in directoryEntries(pool.directory) where Self.isBackingFileName(entry) {
             var info = stat()
             if stat(pool.directory + "/" + entry, &info) == 0 { total += UInt64(info.st_size) }
         }
@@ -157,7 +157,7 @@ public final class StorageProvider: Sendable {
     func beginChange(_ name: String, operation: String,
                      checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunRecord {
         try Names.validate(name, field: "name", what: "a LUN name")
-        return try registry.locked { () throws(SiloError) -> LunRecord in
+        return try registry.locked(missing: .notFound("LUN", field: "name", value: name)) { () throws(SiloError) -> LunRecord in
             guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
             try checkChangeable(record)
             // A change whose process died left its mark (or, from an older Silo, its owner in the
@@ -247,6 +247,11 @@ public final class StorageProvider: Sendable {
         let directory = configuration.linkDirectory
         if mkdir(directory, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: directory) }
         let final = directory + "/" + name
+        var info = stat()
+        if lstat(final, &info) == 0, !Self.isStableName(final) {
+            throw SiloError(.invalidArgument, "\(final) is there and is no link to a loop device; Silo leaves it alone",
+                            field: "name", value: name)
+        }
         let temporary = directory + "/.\(name).\(getpid())"
         unlink(temporary)
         try syscall("symlink", path: temporary) { symlink(device.path, temporary) }
@@ -258,8 +263,24 @@ public final class StorageProvider: Sendable {
         }
     }
 
+    /// Removes a stable name; whatever else has that name (a file, a link elsewhere) stays.
     func unlinkName(_ name: String) {
-        unlink(configuration.linkDirectory + "/" + name)
+        let path = configuration.linkDirectory + "/" + name
+        if Self.isStableName(path) { unlink(path) }
+    }
+
+    /// Whether `path` is what `link` makes: a symbolic link to `/dev/loop<N>`. The link folder may
+    /// be one a library user chose and shares; nothing else in it is Silo's to replace or remove.
+    static func isStableName(_ path: String) -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = buffer.withUnsafeMutableBufferPointer { pointer in
+            pointer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: pointer.count) { readlink(path, $0, pointer.count) }
+        }
+        guard count > 0, count < buffer.count else { return false }
+        let target = buffer[..<count]
+        let prefix = Array("/dev/loop".utf8)
+        guard target.count > prefix.count, target.starts(with: prefix) else { return false }
+        return target.dropFirst(prefix.count).allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
     }
 }
 
@@ -272,6 +293,25 @@ final class StepValue<Value: Sendable>: Sendable {
 
 extension String {
     var replacingDashes: String { String(filter { $0 != "-" }) }
+}
+
+extension StorageProvider {
+    /// Whether a pool folder's `entry` is named as Silo names backing files: `<uuid>.img`, the
+    /// LUN's id (`newIdentifier`) in lower-case hex. Only those are Silo's: a pool may be added on
+    /// a folder that holds other files (`/srv/images` with a `disk.img`), which no count of
+    /// promised bytes and no sweep of orphans may take for a LUN's.
+    static func isBackingFileName(_ entry: String) -> Bool {
+        let bytes = Array(entry.utf8)
+        guard bytes.count == 40, bytes[36...].elementsEqual(".img".utf8) else { return false }
+        for (index, byte) in bytes[..<36].enumerated() {
+            if index == 8 || index == 13 || index == 18 || index == 23 {
+                guard byte == UInt8(ascii: "-") else { return false }
+            } else {
+                guard (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9")) || (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "f")) else { return false }
+            }
+        }
+        return true
+    }
 }
 
 /// A random (version 4) UUID in its usual text form. Two 8-byte draws and the text made by hand:

@@ -9,8 +9,13 @@ struct LunRegistry: Sendable {
 
     var directory: String { configuration.registryDirectory }
 
-    /// Creates the state directory layout; checks it is usable.
+    /// Creates the state directory layout; checks it is usable. The root folder is refused: its
+    /// stable names would be made in `/dev` itself (`<state>/dev`), over the host's own nodes.
     func prepare() throws(SiloError) {
+        guard configuration.stateDirectory != "/" else {
+            throw SiloError.invalidArgument(field: "state directory", value: configuration.stateDirectory,
+                                            reason: "the root folder cannot be a state directory; give a folder of its own, such as /var/lib/silo")
+        }
         for path in [configuration.stateDirectory, configuration.registryDirectory, configuration.poolDirectory] {
             try makeDirectory(path)
         }
@@ -22,10 +27,15 @@ struct LunRegistry: Sendable {
     /// Runs `body` holding the registry lock. The lock file's open is the check that the state
     /// directory is there; only when it fails does `prepare` make the folders (or explain why it
     /// cannot), instead of checking all three at every lock.
-    func locked<T>(_ body: () throws(SiloError) -> T) throws(SiloError) -> T {
+    ///
+    /// - Parameter missing: for a call that only changes what exists (a delete, an extend): the
+    ///   error to throw, with nothing made, when the state directory has no registry yet, so a
+    ///   mistyped `--state-dir` is not made into a new state directory before "no LUN" (E3).
+    func locked<T>(missing: SiloError? = nil, _ body: () throws(SiloError) -> T) throws(SiloError) -> T {
         let path = configuration.lockFile
         var fd = open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 {
+            if let missing, errno == ENOENT, !fileExists(configuration.registryDirectory) { throw missing }
             try prepare()
             fd = try syscall("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
         }
