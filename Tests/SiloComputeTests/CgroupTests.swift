@@ -161,6 +161,16 @@ struct CgroupTests {
         #expect(readText((cgroup.directory("pids") ?? "") + "/pids.max") == "64")
     }
 
+    @Test("C3 a create refused because the cgroup exists removes nothing of the one that is there")
+    func existingCgroupLeftAlone() throws {
+        let name = makeName()
+        let there = try Cgroup.create(name: name, limits: CgroupLimits(pids: 16), layout: layout)
+        defer { try? there.destroy() }
+        let refused = #expect(throws: SiloError.self) { _ = try Cgroup.create(name: name, limits: CgroupLimits(pids: 16), layout: layout) }
+        #expect(refused?.code == .systemAlreadyExists)
+        #expect(!there.directories.isEmpty && there.directories.values.allSatisfy { fileExists($0) }, "\(there.directories)")
+    }
+
     @Test("C10 a process allocating over the memory limit is OOM-killed inside; the count says so")
     func oomKill() throws {
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(memory: 32 << 20, pids: 64), layout: layout)

@@ -116,7 +116,7 @@ struct CrossProcessTests {
         let id = "kr-\(getpid())"
         let runner = startSilo(compute.state, ["run", "--id", id, "--", "/bin/sleep", "100"])
         defer { close(runner.output) }
-        let cgroup = Cgroup.open(name: id, layout: compute.service.configuration.layout)
+        let cgroup = Cgroup.open(name: compute.service.configuration.cgroupName(for: id), layout: compute.service.configuration.layout)
         for _ in 0..<500 where cgroup.pids.count < 2 { usleep(10_000) }
         #expect(cgroup.pids.count == 2, "init and sleep run")
         #expect(compute.service.reenumerate().isEmpty, "a live run is left alone")
@@ -178,6 +178,6 @@ struct CrossProcessTests {
         #expect(properties?.state == .stopped, "the holder's death ended the system")
         #expect(properties?.exitType == .forced, "ended on purpose, not a crash")
         #expect(properties?.processList.isEmpty == true)
-        #expect(Cgroup.open(name: id, layout: box.compute.service.configuration.layout).directories.values.allSatisfy { !fileExists($0) })
+        #expect(Cgroup.open(name: box.compute.service.configuration.cgroupName(for: id), layout: box.compute.service.configuration.layout).directories.values.allSatisfy { !fileExists($0) })
     }
 }

@@ -340,7 +340,7 @@ struct SandboxRunTests {
         #expect(try SandboxRun.run(id: "run-d", limits: CgroupLimits(), arguments: ["/no/such/program"], configuration: configuration) == 127)
         #expect(directoryEntries(configuration.runtimeDirectory + "/systems").isEmpty)
         for id in ["run-a", "run-b", "run-c", "run-d"] {
-            #expect(Cgroup.open(name: id).directories.values.allSatisfy { !fileExists($0) })
+            #expect(Cgroup.open(name: configuration.cgroupName(for: id)).directories.values.allSatisfy { !fileExists($0) })
         }
     }
 

@@ -122,6 +122,28 @@ struct SystemTests {
         #expect(compute.service.store.ids() == ["vm-\(getpid())"], "a refused create leaves nothing")
     }
 
+    @Test("C3 C5 two state directories may each have a system of the same id: each runs in a cgroup of its own, and one's stop leaves the other's")
+    func sameIdInTwoStateDirectories() throws {
+        let first = try RunningSystem("twin")
+        defer { first.finish() }
+        let second = TestCompute()
+        defer { second.finish() }
+        let id = first.system.id
+        #expect(first.compute.service.configuration.cgroupName(for: id) != second.service.configuration.cgroupName(for: id))
+        #expect(ComputeConfiguration(runtimeDirectory: "/run/silo").cgroupName(for: id) == id, "the default folder's are the ids")
+        let twin = try second.service.createComputeSystem(id: id, document: second.document()).wait(timeout: .seconds(30))
+        defer { twin.close() }
+        try twin.start().wait(timeout: .seconds(30))
+        #expect(first.system.cgroup.pids.count == 1 && twin.cgroup.pids.count == 1, "one init in each")
+        #expect(Set(first.system.cgroup.directories.values).isDisjoint(with: twin.cgroup.directories.values))
+        try twin.terminate().wait(timeout: .seconds(30))
+        #expect(twin.cgroup.directories.values.allSatisfy { !fileExists($0) })
+        #expect(try first.system.properties().state == .running && first.system.cgroup.pids.count == 1, "the first's still runs")
+        let check = try first.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        #expect(try check.wait(timeout: .seconds(10)).exitCode == 0)
+        check.close()
+    }
+
     @Test("C4 states: Created, start, Running, pause, Paused, resume, Running, terminate, Stopped; other moves refused")
     func stateMachine() throws {
         let compute = TestCompute()

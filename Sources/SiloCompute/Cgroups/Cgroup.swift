@@ -85,6 +85,9 @@ public final class Cgroup: Sendable {
             directories[controller] = root + "/silo/" + name
         }
         let cgroup = Cgroup(name: name, layout: layout, directories: directories)
+        // The directories this call made: on failure only these go. One that was there (another
+        // system's of the same name, EEXIST) is not this call's to remove.
+        var made: [String] = []
         do throws(SiloError) {
             // Built by hand: the generic joined(separator:) costs a fresh process 0.2M instructions of
             // runtime lookups on its first use.
@@ -102,8 +105,20 @@ public final class Cgroup: Sendable {
                 while true {
                     let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
                     try makeDirectory(parent)
-                    if path == directories["unified"], !wanted.isEmpty { try writeText(parent + "/cgroup.subtree_control", wanted) }
-                    if mkdir(path, 0o755) == 0 { break }
+                    if path == directories["unified"], !wanted.isEmpty {
+                        do throws(SiloError) {
+                            try writeText(parent + "/cgroup.subtree_control", wanted)
+                        } catch {
+                            // The parent went between its mkdir and this write: make it again.
+                            guard error.errno == ENOENT, attempts < 20 else { throw error }
+                            attempts += 1
+                            continue
+                        }
+                    }
+                    if mkdir(path, 0o755) == 0 {
+                        made.append(path)
+                        break
+                    }
                     if errno == ENOENT, attempts < 20 {
                         attempts += 1
                         continue
@@ -116,7 +131,8 @@ public final class Cgroup: Sendable {
             }
             try cgroup.apply(limits)
         } catch {
-            cgroup.removeDirectories()
+            Cgroup(name: name, layout: layout, directories: Dictionary(uniqueKeysWithValues: made.enumerated().map { ("\($0.offset)", $0.element) }))
+                .removeDirectories()
             throw error
         }
         return cgroup

@@ -47,6 +47,20 @@ public struct ComputeConfiguration: Sendable {
         return String(path[..<slash])
     }
 
+    /// The cgroup of system `id` (`silo/<name>` in each hierarchy): the id itself for the default
+    /// runtime folder, else the id and a hash of the folder (`web.3f2a9c01`). Cgroups are the
+    /// host's, not a state directory's: two services (two test runs) with their own state
+    /// directories may each have a system `web`, and neither may take or remove the other's.
+    public func cgroupName(for id: String) -> String {
+        guard runtimeDirectory != "/run/silo" else { return id }
+        var hash: UInt32 = 2_166_136_261  // FNV-1a
+        for byte in runtimeDirectory.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        let digits = Array("0123456789abcdef".utf8)
+        var text = Array(id.utf8) + [UInt8(ascii: ".")]
+        for shift in stride(from: 28, through: 0, by: -4) { text.append(digits[Int((hash >> UInt32(shift)) & 0xf)]) }
+        return String(decoding: text, as: UTF8.self)
+    }
+
     /// `SILO_INIT`, else beside the running executable, else the install locations.
     static func findInit() -> String {
         if let path = getenv("SILO_INIT").map({ String(cString: $0) }), !path.isEmpty { return path }
@@ -86,9 +100,10 @@ public enum SandboxRun {
         var limits = limits
         limits.blockDevices += blockDevices.compactMap(\.grant)
         let layout = configuration.layout
+        let cgroupName = configuration.cgroupName(for: id)
         // Nothing pauses a run or asks for its statistics: only the cgroup hierarchies that enforce.
         let makeCgroup: @Sendable () throws(SiloError) -> Cgroup = { [limits] () throws(SiloError) -> Cgroup in
-            try Cgroup.create(name: id, limits: limits, layout: layout, enforcingOnly: true)
+            try Cgroup.create(name: cgroupName, limits: limits, layout: layout, enforcingOnly: true)
         }
         // The other thread starts on the network namespace (and then, where the layout allows,
         // the cgroup) now, while this one reserves the id; the cgroup waits for the reservation.

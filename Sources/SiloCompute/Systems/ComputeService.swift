@@ -64,9 +64,9 @@ public final class ComputeService: Sendable {
         do {
             return try scheduler.run(.createComputeSystem, chain: OperationChain([
                 OperationStep("cgroup", run: { [self] _ in
-                    _ = try Cgroup.create(name: id, limits: CgroupLimits(document), layout: configuration.layout)
+                    _ = try Cgroup.create(name: configuration.cgroupName(for: id), limits: CgroupLimits(document), layout: configuration.layout)
                 }, rollback: { [self] in
-                    try Cgroup.open(name: id, layout: configuration.layout).destroy()
+                    try Cgroup.open(name: configuration.cgroupName(for: id), layout: configuration.layout).destroy()
                 }),
                 OperationStep("record", pointOfNoReturn: true, run: { [self] _ in
                     try store.save(record)
@@ -121,7 +121,7 @@ public final class ComputeService: Sendable {
             guard lock >= 0 else { continue }  // being made or removed by its runner right now
             defer { Glibc.close(lock) }
             guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
-            let cgroup = Cgroup.open(name: id, layout: configuration.layout)
+            let cgroup = Cgroup.open(name: configuration.cgroupName(for: id), layout: configuration.layout)
             guard (try? cgroup.destroy()) != nil else { continue }
             if unlink(directory) != 0 { rmdir(directory) }  // a run's file (a folder, from older versions)
             unlink(lockPath)
@@ -136,7 +136,7 @@ public final class ComputeService: Sendable {
     /// ended, which this must not overwrite.
     func refreshed(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused,
-              Cgroup.open(name: record.id, layout: configuration.layout).pids.isEmpty else { return record }
+              Cgroup.open(name: configuration.cgroupName(for: record.id), layout: configuration.layout).pids.isEmpty else { return record }
         var result = record
         try? store.locked(record.id) { () throws(SiloError) in
             result = refreshedHoldingLock(try store.load(record.id))
@@ -147,7 +147,7 @@ public final class ComputeService: Sendable {
     /// ``refreshed(_:)`` for a caller that holds the system's lock and read `record` under it.
     func refreshedHoldingLock(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused else { return record }
-        let cgroup = Cgroup.open(name: record.id, layout: configuration.layout)
+        let cgroup = Cgroup.open(name: configuration.cgroupName(for: record.id), layout: configuration.layout)
         guard cgroup.pids.isEmpty else { return record }
         var stopped = record
         stopped.state = .stopped
@@ -163,7 +163,7 @@ public final class ComputeService: Sendable {
 
     func properties(of record: SystemRecord) -> ComputeSystemProperties {
         let document = try? ComputeSystemDocument(json: record.document)
-        let cgroup = Cgroup.open(name: record.id, layout: configuration.layout)
+        let cgroup = Cgroup.open(name: configuration.cgroupName(for: record.id), layout: configuration.layout)
         let live = record.state == .running || record.state == .paused
         let stats = live ? cgroup.statistics : nil
         return ComputeSystemProperties(

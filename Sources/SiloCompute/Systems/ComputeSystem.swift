@@ -106,7 +106,7 @@ public final class ComputeSystem: Sendable {
     }
 
     var store: SystemStore { service.store }
-    var cgroup: Cgroup { Cgroup.open(name: id, layout: service.configuration.layout) }
+    var cgroup: Cgroup { Cgroup.open(name: service.configuration.cgroupName(for: id), layout: service.configuration.layout) }
 
     /// How long `shutdown` waits after SIGTERM before it kills.
     public static let shutdownGrace: Duration = .seconds(10)
