@@ -14,12 +14,7 @@ extension StorageProvider {
     /// - Parameter mountPath: where to mount its file system inside; the file system must exist.
     public func blockDevice(forLun name: String, system: String, mountPath: String? = nil, readOnly: Bool = false) throws(SiloError) -> BlockDevice {
         let lun = try lun(named: name)
-        guard try UnmaskingList.parse(lun.unmaskingList).contains(system: system) else {
-            throw SiloError(.accessDenied,
-                            "LUN '\(name)' is not unmasked to compute system '\(system)' (its list: '\(lun.unmaskingList)'); "
-                                + "add it with 'silo lun mask \(name) \(system)' or '*'",
-                            field: "lun", value: name)
-        }
+        try Self.checkUnmasked(lun, to: system)
         guard let devicePath = lun.devicePath, let number = LoopDevice(path: devicePath)?.deviceNumber else {
             throw SiloError(.invalidOperation, "LUN '\(name)' is \(lun.status.rawValue), not online; 'silo lun online \(name)' first",
                             field: "lun", value: name)
@@ -73,6 +68,9 @@ extension StorageProvider {
             if named.field == "name" { named.field = "lun" }  // the attachment's field: the caller names it
             throw named
         }
+        // Checked before the lease too (and again under it, by blockDevice): a system the LUN is
+        // not unmasked to takes no lease, which would block a delete meanwhile.
+        try Self.checkUnmasked(lun, to: system)
         let raw = mountPath == nil
         let writable = !(lun.readOnly || readOnly)
         let holder = "compute system '\(system)'" + (raw ? Self.rawLeaseSuffix : "")
@@ -104,6 +102,15 @@ extension StorageProvider {
         } catch {
             lease.release()
             throw error
+        }
+    }
+
+    static func checkUnmasked(_ lun: LunProperties, to system: String) throws(SiloError) {
+        guard try UnmaskingList.parse(lun.unmaskingList).contains(system: system) else {
+            throw SiloError(.accessDenied,
+                            "LUN '\(lun.name)' is not unmasked to compute system '\(system)' (its list: '\(lun.unmaskingList)'); "
+                                + "add it with 'silo lun mask \(lun.name) \(system)' or '*'",
+                            field: "lun", value: lun.name)
         }
     }
 

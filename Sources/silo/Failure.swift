@@ -10,9 +10,11 @@ struct CLIFailure: Error, CustomStringConvertible {
     /// The error came from a document the user gave (--config): a damaged one is bad input.
     var fromDocument = false
 
+    /// The message, the option, and the error's stable code last (`[deviceInUse]`), which a
+    /// script can match where the exit code (1 for every failure) cannot tell failures apart (E1).
     var description: String {
-        guard let option else { return error.message }
-        return "\(error.message) (\(option))"
+        guard let option else { return "\(error.message) [\(error.code.name)]" }
+        return "\(error.message) (\(option)) [\(error.code.name)]"
     }
 
     var exitCode: ExitCode {

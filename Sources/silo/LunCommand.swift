@@ -142,14 +142,21 @@ struct LunCommand: ParsableCommand {
         @Option(parsing: .unconditional, help: "The new size, such as 20G.") var to: String?
         @Flag(help: "Print JSON.") var json = false
 
+        func validate() throws {
+            if (by == nil) == (to == nil) { throw ValidationError("give exactly one of --by SIZE and --to SIZE") }
+        }
+
         func run() throws {
-            let operation = try cli(typed: ["by": by ?? "", "to": to ?? ""]) { () throws(SiloError) -> SiloOperation<LunProperties> in
+            let typed = ["by": by ?? "", "to": to ?? ""]
+            let operation = try cli(typed: typed) { () throws(SiloError) -> SiloOperation<LunProperties> in
                 try global.provider.extendLun(
                     name, by: try by.map { s throws(SiloError) in try ByteCount.parse(s, field: "by") },
                     to: try to.map { s throws(SiloError) in try ByteCount.parse(s, field: "to") }
                 )
             }
-            let lun = try waitShowingProgress(operation)
+            // The growth's allocation (thick, zeroed) names its bytes `size`: here, what was typed.
+            let option = by != nil ? "by" : "to"
+            let lun = try waitShowingProgress(operation, options: ["size": "--" + option], typed: ["size": typed[option] ?? ""])
             if json { return print(lun.json) }
             printLuns([lun])
         }
@@ -298,7 +305,7 @@ extension LunCommand {
                 printError("Error: invalid block size '\(blockSize)': use 512 or 4096 (--block-size)")
                 throw ExitCode(64)
             }
-            let status = try cli {
+            let status = try cli(options: ["directory": "--directory"]) {
                 try withTemporaryLun(size: bytes, logicalBlockSize: block, directory: directory) { lun in
                     try runForeground(program, arguments, environment: ["SILO_LUN_DEVICE": lun.devicePath])
                 }

@@ -3,7 +3,10 @@ import Silo
 
 /// Waits for an operation, showing its progress on standard error: a bar on a terminal, a plain
 /// percent line otherwise. Ctrl-C cancels it; the wait then ends with the rollback done.
-func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, quiet: Bool = false) throws -> Output {
+/// `options` and `typed`: as `cli`'s, for the operation's own failure (an extend's allocation
+/// that runs out of space names `--by`, not the library's `size`).
+func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, quiet: Bool = false,
+                                           options: [String: String] = [:], typed: [String: String] = [:]) throws -> Output {
     var interrupt = sigset_t()
     sigemptyset(&interrupt)
     sigaddset(&interrupt, SIGINT)
@@ -31,7 +34,7 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
         }
     }
     if terminal, lastShown >= 0, !quiet { writeStandardError("\r\u{1B}[K") }
-    return try cli { try operation.wait() }
+    return try cli(options: options, typed: typed) { try operation.wait() }
 }
 
 private func bar(_ progress: OperationProgress) -> String {

@@ -56,7 +56,14 @@ struct RunCommand: HotCommand {
                     }
                     limits = CgroupLimits(try ComputeSystemDocument(json: text), pids: pids)
                 }
-                if let memory { limits.memory = try ByteCount.parse(memory, field: "memory") }
+                if let memory {
+                    // At least 4 MiB, as a document's SizeInMB: a sandbox's init needs that much.
+                    let bytes = try ByteCount.parse(memory, field: "memory")
+                    guard bytes >= 4 << 20 else {
+                        throw SiloError.invalidArgument(field: "memory", value: memory, reason: "at least 4M: a sandbox's init needs that much")
+                    }
+                    limits.memory = bytes
+                }
                 if let cpus {
                     guard let value = Double(cpus), value > 0, value <= 4096 else {
                         throw SiloError.invalidArgument(field: "cpus", value: cpus, reason: "a number of CPUs above 0, such as 2 or 0.5")
@@ -67,6 +74,13 @@ struct RunCommand: HotCommand {
             }
             let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
             let system = id ?? "run-\(getpid())"
+            // Before any LUN is looked up and leased for it: a bad id would make "not unmasked to
+            // 'a/b'" of what is a bad --id.
+            // (Untyped, returning a value: a typed-throws Void closure here crashes Swift 6.3's compiler.)
+            _ = try cli(options: ["id": "--id"]) { () throws -> Bool in
+                try SandboxRun.validateID(system)
+                return true
+            }
             // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
             let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
                 let places = try lun.map { (item) throws(SiloError) in try lunPlace(item, option: "lun") }

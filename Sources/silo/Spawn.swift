@@ -28,8 +28,11 @@ func runForeground(_ program: String, _ arguments: [String], environment: [Strin
     var pid: pid_t = 0
     let result = posix_spawnp(&pid, program, nil, &attributes, argv, envp)
     guard result == 0 else {
-        throw SiloError(.objectNotFound, "cannot run '\(program)': \(String(cString: strerror(result)))",
-                        field: "command", value: program)
+        // As a shell says it: 127 for a program not found, 126 for one found but not runnable.
+        let error = SiloError(.objectNotFound, "cannot run '\(program)': \(String(cString: strerror(result)))",
+                              field: "command", value: program)
+        printError("Error: \(CLIFailure(error: error, option: "COMMAND"))")
+        return result == ENOENT ? 127 : 126
     }
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0, errno == EINTR {}

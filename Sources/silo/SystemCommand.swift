@@ -129,11 +129,14 @@ struct SystemCommand: ParsableCommand {
         @Option(help: "A ModifySettingRequest JSON document: a SCSI attachment Add or Remove, or a Memory/Processor Update.")
         var config: String?
 
-        func run() throws {
+        func validate() throws {
             if [attach, detach, config].compactMap({ $0 }).count != 1 {
-                let error = SiloError.missingArgument(field: "attach", reason: "give one of --attach NAME[:/PATH], --detach NAME, --config REQUEST.json")
-                try cli(options: ["attach": "--attach"]) { () throws -> Void in throw error }
+                throw ValidationError("give exactly one of --attach NAME[:/PATH], --detach NAME and --config REQUEST.json")
             }
+            if readOnly, attach == nil { throw ValidationError("--read-only goes with --attach only") }
+        }
+
+        func run() throws {
             let request = try cli(options: ["document": "--config"], document: "--config") { () throws(SiloError) -> ModifyRequest? in
                 guard let config else { return nil }
                 guard let text = readWholeFile(config) else {

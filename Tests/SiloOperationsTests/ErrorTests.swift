@@ -1,3 +1,4 @@
+import Glibc
 import Foundation
 import Testing
 
@@ -54,6 +55,15 @@ struct ErrorTests {
         #expect(error.message.contains("LOOP_CONFIGURE") && error.message.contains("/dev/loop7"))
         #expect(SiloError.system("mount", errno: 1).code == .accessDenied)
         #expect(SiloError.system("write", errno: 28).code == .notEnoughSpace)
+        #expect(error.message == "LOOP_CONFIGURE on /dev/loop7 failed: Device or resource busy (errno 16)", "says what the errno means")
+        #expect(SiloError.system("ioctl", errno: 4095).message == "ioctl failed (errno 4095)", "an unknown errno by its number")
+    }
+
+    @Test("E1 the errno descriptions are the C library's own words")
+    func errnoDescriptionsMatch() {
+        for (number, text) in SiloOperations.errnoDescriptions {
+            #expect(String(cString: strerror(number)) == text, "errno \(number)")
+        }
     }
 
     @Test("E2 a failed operation's result document is the HCS ResultError JSON")

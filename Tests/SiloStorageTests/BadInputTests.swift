@@ -130,6 +130,7 @@ struct BadInputTests {
         #expect(badName?.field == "name" && access(state, F_OK) != 0)
         let cli = silo(state, ["lun", "delete", "x"])
         #expect(cli.status == 1 && cli.error.contains("'x'") && access(state, F_OK) != 0, "\(cli.error)")
+        #expect(cli.error.hasSuffix("(NAME) [objectNotFound]\n"), "the stable code ends the line: \(cli.error)")
     }
 
     @Test("E1 E3 an empty --state-dir and the root folder as state directory are refused; nothing is made")

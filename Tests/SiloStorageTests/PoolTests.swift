@@ -69,6 +69,12 @@ struct PoolTests {
 
         let byDrive = try storage.provider.createLun(LunSpec(name: "placed", size: 64 << 20, drives: [driveID])).wait(timeout: .seconds(60))
         #expect(byDrive.backingFile.hasPrefix(drive.mountPoint + "/pool/"), "\(byDrive.backingFile)")
+        // A drive given by its name or its device path, as `silo drive show` takes it.
+        let driveName = String(drive.device.dropFirst("/dev/".count))
+        for key in [driveName, drive.device] {
+            let placed = try storage.provider.placement(pool: nil, drives: [key])
+            #expect(placed.name == "second", "\(key): \(placed.name)")
+        }
         #expect(byDrive.pool == "second")
         let byName = try storage.provider.createLun(LunSpec(name: "named", size: 16 << 20, provisioning: .thick, pool: "second"))
             .wait(timeout: .seconds(60))

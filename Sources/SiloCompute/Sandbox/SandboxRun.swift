@@ -180,7 +180,7 @@ public enum SandboxRun {
     static func runLock(systems: String, id: String) -> String { systems + "/." + id + ".run" }
 
     /// System ids: 1 to 64 of letters, digits, '.', '_', '-', starting with a letter or digit.
-    static func validateID(_ id: String) throws(SiloError) {
+    public static func validateID(_ id: String) throws(SiloError) {
         guard !id.isEmpty, id.utf8.count <= 64, let first = id.unicodeScalars.first,
               first.properties.isAlphabetic || ("0"..."9").contains(first),
               id.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "._-".unicodeScalars.contains($0)) })

@@ -31,7 +31,8 @@ extension SiloError {
         default: .systemCallFailed
         }
         let target = path.map { " on \($0)" } ?? ""
-        let text = message ?? "\(syscall)\(target) failed with errno \(errno)"
+        let reason = errnoDescriptions[errno].map { ": \($0)" } ?? ""
+        let text = message ?? "\(syscall)\(target) failed\(reason) (errno \(errno))"
         return SiloError(code, text, field: path == nil ? nil : "path", value: path, syscall: syscall, errno: errno)
     }
 
@@ -52,3 +53,16 @@ extension SiloError {
         )
     }
 }
+
+/// What the common errno values mean, in strerror's words (Linux's numbers; SiloOperations stays
+/// free of Glibc): "failed: No such file or directory (errno 2)" says what "errno 2" does not.
+let errnoDescriptions: [Int32: String] = [
+    1: "Operation not permitted", 2: "No such file or directory", 3: "No such process", 4: "Interrupted system call",
+    5: "Input/output error", 6: "No such device or address", 9: "Bad file descriptor", 11: "Resource temporarily unavailable",
+    12: "Cannot allocate memory", 13: "Permission denied", 16: "Device or resource busy", 17: "File exists",
+    18: "Invalid cross-device link", 19: "No such device", 20: "Not a directory", 21: "Is a directory",
+    22: "Invalid argument", 23: "Too many open files in system", 24: "Too many open files", 25: "Inappropriate ioctl for device",
+    26: "Text file busy", 27: "File too large", 28: "No space left on device", 30: "Read-only file system",
+    36: "File name too long", 38: "Function not implemented", 39: "Directory not empty", 40: "Too many levels of symbolic links",
+    95: "Operation not supported", 110: "Connection timed out", 111: "Connection refused", 122: "Disk quota exceeded",
+]

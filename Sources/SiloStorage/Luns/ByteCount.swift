@@ -25,6 +25,10 @@ public enum ByteCount {
             guard !overflow, bytes <= maximum else { throw tooLarge(text, field) }
             return bytes
         }
+        // A fraction of a byte count is a unit forgotten (`--size 0.5`, meant as 0.5G), not 1 byte.
+        guard multiplier > 1 else {
+            throw SiloError.invalidArgument(field: field, value: text, reason: "a number of bytes is whole; give a unit for a fraction, such as 0.5G")
+        }
         guard let value = Double(number) else {
             throw SiloError.invalidArgument(field: field, value: text, reason: "not a size; write it like 4096, 512M, 10G or 1GiB")
         }

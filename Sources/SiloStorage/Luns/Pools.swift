@@ -235,8 +235,8 @@ extension StorageProvider {
             let chosen = try pool(named: name)
             if !drives.isEmpty {
                 let known = try DriveEnumerator().drives()
-                try checkKnown(drives, in: known)
-                guard let drive = driveID(of: chosen, in: known), drives.contains(drive) else {
+                let ids = try resolve(drives, in: known)
+                guard let drive = driveID(of: chosen, in: known), ids.contains(drive) else {
                     throw SiloError.invalidArgument(field: "drive", value: drives.joined(separator: ","),
                                                     reason: "pool '\(name)' is on drive '\(driveID(of: chosen, in: known) ?? "unknown")'")
                 }
@@ -245,9 +245,9 @@ extension StorageProvider {
         }
         guard !drives.isEmpty else { return pool }
         let known = try DriveEnumerator().drives()
-        try checkKnown(drives, in: known)
+        let ids = try resolve(drives, in: known)
         let pools = allPools()
-        for id in drives {
+        for id in ids {
             if let found = pools.first(where: { driveID(of: $0, in: known) == id }) { return found }
         }
         let withPools = pools.compactMap { pool in driveID(of: pool, in: known).map { "'\($0)' (pool \(pool.name))" } }
@@ -258,10 +258,17 @@ extension StorageProvider {
         )
     }
 
-    private func checkKnown(_ drives: [String], in known: [Drive]) throws(SiloError) {
-        for id in drives where !known.contains(where: { $0.id == id }) {
-            throw SiloError.notFound("drive", field: "drive", value: id)
+    /// The drives' ids, each given by id, name (`vda`) or device path, as `silo drive show` takes them.
+    private func resolve(_ drives: [String], in known: [Drive]) throws(SiloError) -> [String] {
+        var ids: [String] = []
+        for key in drives {
+            guard let drive = known.first(where: { $0.id == key || $0.name == key || $0.devicePath == key }) else {
+                throw SiloError(.objectNotFound, "no drive with id, name or path '\(key)'; 'silo drive list' shows them",
+                                field: "drive", value: key)
+            }
+            ids.append(drive.id)
         }
+        return ids
     }
 
     /// The drive holding `pool`'s file system: the disk itself, or the disk of its partition.

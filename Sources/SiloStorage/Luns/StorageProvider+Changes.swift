@@ -103,6 +103,7 @@ extension StorageProvider {
                 try Self.check(current, isLun: id)
                 extended = try extendedSize(current, by: growth, to: target)
                 try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
+                                  value: "\(growth ?? target ?? 0)",
                                   pool: (try? pool(named: current.pool)) ?? pool)
                 // A thin LUN's promise is its file's size, which the next check sums: grown here, under
                 // the lock, as a create makes its file, or two extends at once would both pass a check

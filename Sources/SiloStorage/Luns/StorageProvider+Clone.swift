@@ -42,7 +42,7 @@ extension StorageProvider {
             }
             // What a create of its size and provisioning would need (a thin clone's size counts
             // against the overcommit ratio, a thick one's against free space)...
-            try checkCapacity(for: original.size, provisioning: original.provisioning, field: "source", pool: pool)
+            try checkCapacity(for: original.size, provisioning: original.provisioning, field: "source", value: source, pool: pool)
             // ...and, without reflink, the copy takes what the source has allocated.
             let needed = BackingFile.allocatedBytes(original.backingFile)
             let free = try pool.capacity().free

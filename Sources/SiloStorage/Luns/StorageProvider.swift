@@ -131,7 +131,9 @@ public final class StorageProvider: Sendable {
         return total
     }
 
-    func checkCapacity(for bytes: UInt64, provisioning: Provisioning, field: String, pool: Pool) throws(SiloError) {
+    /// - Parameter value: what the caller gave for `field`, when that is not `bytes` (an extend's
+    ///   target, a clone's source); the error names that.
+    func checkCapacity(for bytes: UInt64, provisioning: Provisioning, field: String, value: String? = nil, pool: Pool) throws(SiloError) {
         let maximum = try maximumLunSize(provisioning: provisioning, pool: pool.name)
         guard bytes <= maximum else {
             let rule = provisioning == .thin
@@ -141,7 +143,7 @@ public final class StorageProvider: Sendable {
                 .notEnoughSpace,
                 "not enough space in pool '\(pool.name)' (\(pool.directory)) for \(ByteCount.format(bytes)): at most "
                     + "\(ByteCount.format(maximum)) is available (\(rule))",
-                field: field, value: "\(bytes)"
+                field: field, value: value ?? "\(bytes)"
             )
         }
     }

@@ -56,7 +56,14 @@ extension TemporaryLun {
         if fd < 0, errno == EINVAL {
             fd = open(directory, silo_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)  // no O_DIRECT here
         }
-        if fd < 0 { throw SiloError.system("open(O_TMPFILE)", errno: errno, path: directory) }
+        if fd < 0 {
+            let number = errno
+            var error = SiloError.system("open(O_TMPFILE)", errno: number, path: directory, message: number == EOPNOTSUPP
+                ? "the file system of \(directory) cannot make unnamed files (O_TMPFILE); choose a folder on ext4, XFS, btrfs or tmpfs"
+                : nil)
+            error.field = "directory"
+            throw error
+        }
         defer { close(fd) }
         try syscall("ftruncate", path: directory) { ftruncate(fd, off_t(spec.roundedSize)) }
         let options = LoopDevice.Options(logicalBlockSize: logicalBlockSize, autoclear: true, tag: "silo-temporary")
