@@ -760,7 +760,7 @@ struct LunTests {
         let recordPath = registryFolder + "/broken.json"
         let original = try #require(readSmallFile(recordPath))
         #expect(writeFile(recordPath, "{\"name\": \"broken\", "))  // a torn write
-        let orphan = storage.path + "/state/pool/orphan.img"
+        let orphan = storage.path + "/state/pool/0a0b0c0d-0e0f-4000-8000-000000000001.img"
         try makeSparseFile(orphan, size: 1 << 20)
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.drift.contains { $0.contains(recordPath) && $0.contains("damaged") }, "\(report.drift)")
