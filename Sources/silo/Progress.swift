@@ -7,12 +7,9 @@ import Silo
 /// that runs out of space names `--by`, not the library's `size`).
 func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, quiet: Bool = false,
                                            options: [String: String] = [:], typed: [String: String] = [:]) throws -> Output {
-    var interrupt = sigset_t()
-    sigemptyset(&interrupt)
-    sigaddset(&interrupt, SIGINT)
-    var noWait = timespec()
     let terminal = isatty(2) == 1
     var lastShown = -1
+    var interrupts = Interrupts()
     // Quick operations show nothing: progress appears once one has run for half a second.
     let showFrom = ContinuousClock.now + .milliseconds(500)
     while operation.status.isPending {
@@ -26,15 +23,49 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
             lastShown = progress.percent
         }
         _ = try? operation.wait(timeout: .milliseconds(100))
-        // SIGINT is blocked in every thread (SiloCommand.main); take a pending one here.
-        if sigtimedwait(&interrupt, nil, &noWait) == SIGINT {
-            // Said only when the operation takes the cancel: one past its point of no return (or
-            // never cancellable, as online and offline are) finishes, and says nothing false.
-            if (try? operation.cancel()) != nil { printError("\rcancelling: rolling back...") }
-        }
+        interrupts.take(operation)
     }
     if terminal, lastShown >= 0, !quiet { writeStandardError("\r\u{1B}[K") }
     return try cli(options: options, typed: typed) { try operation.wait() }
+}
+
+/// Waits for an operation that shows no progress (a system's start, pause, shutdown...), with
+/// Ctrl-C read as `waitShowingProgress` reads it; its failure is thrown as the operation's error.
+func waitInterruptibly<Output: Sendable>(_ operation: SiloOperation<Output>) throws(SiloError) -> Output {
+    var interrupts = Interrupts()
+    while operation.status.isPending {
+        _ = try? operation.wait(timeout: .milliseconds(100))
+        interrupts.take(operation)
+    }
+    return try operation.wait()
+}
+
+/// Ctrl-C during a wait. SIGINT is blocked in every thread (SiloCommand.main), so it waits, pending,
+/// for the waiting loop to take it here. The first cancels the operation (said only when the
+/// operation takes it: one past its point of no return, or never cancellable, finishes). The
+/// second quits at once with 130, whatever the operation is doing: for an operation that cannot
+/// end soon (waiting for another process's lock, a rollback stuck on a busy device). What a quit
+/// leaves half done, reenumerate tidies, as after any killed run.
+struct Interrupts {
+    private var count = 0
+
+    mutating func take<Output: Sendable>(_ operation: SiloOperation<Output>) {
+        var interrupt = sigset_t()
+        sigemptyset(&interrupt)
+        sigaddset(&interrupt, SIGINT)
+        var noWait = timespec()
+        guard sigtimedwait(&interrupt, nil, &noWait) == SIGINT else { return }
+        count += 1
+        if count > 1 {
+            printError("\rquit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
+            exit(130)
+        }
+        if (try? operation.cancel()) != nil {
+            printError("\rcancelling: rolling back... (Ctrl-C again to quit now)")
+        } else {
+            printError("\rfinishing: too far along to cancel (Ctrl-C again to quit now)")
+        }
+    }
 }
 
 private func bar(_ progress: OperationProgress) -> String {

@@ -9,7 +9,7 @@ struct SiloCommand: ParsableCommand {
         abstract: "Provision block storage and process sandboxes on real Linux kernel parts.",
         discussion: """
             Exit codes: 0 success; 1 the operation failed; 64 bad usage or a bad value (the message \
-            names the option); 130 cancelled with Ctrl-C and rolled back.
+            names the option); 130 cancelled with Ctrl-C and rolled back (or, after a second Ctrl-C, quit: reenumerate tidies).
             State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default.
             """,
         version: siloVersion,
@@ -18,7 +18,7 @@ struct SiloCommand: ParsableCommand {
 
     static func main() {
         // Block SIGINT before any thread starts, so every thread inherits the mask and Ctrl-C
-        // waits for the progress loop to take it and cancel the running operation.
+        // waits for the command's wait loop to take it (Interrupts, in Progress.swift).
         var interrupt = sigset_t()
         sigemptyset(&interrupt)
         sigaddset(&interrupt, SIGINT)

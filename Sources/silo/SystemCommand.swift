@@ -35,7 +35,7 @@ struct SystemCommand: ParsableCommand {
                         reason: "ShouldTerminateOnLastHandleClosed is true, so the system would end as soon as this command's handle "
                             + "closes; set it to false for a system driven from the shell (or hold a handle from Swift)")
                 }
-                return try service.createComputeSystem(id: id, document: text).wait()
+                return try waitInterruptibly(service.createComputeSystem(id: id, document: text))
             }
             defer { system.close() }
             try show(try cli { try system.properties() }, json: json)
@@ -88,7 +88,7 @@ struct SystemCommand: ParsableCommand {
         @Argument(help: "The system's id.") var id: String
         func run() throws {
             try act(global, id) { system in
-                try cli(options: ["lun": "Devices.Scsi"]) { try system.start(storage: global.provider).wait() }
+                try cli(options: ["lun": "Devices.Scsi"]) { try waitInterruptibly(system.start(storage: global.provider)) }
             }
         }
     }
@@ -147,14 +147,14 @@ struct SystemCommand: ParsableCommand {
             try act(global, id) { system in
                 if let request {
                     let fields = ["lun": "--config", "ResourcePath": "--config", "Settings.Path": "--config", "mountPath": "--config"]
-                    try cli(options: fields) { try system.modify(request, storage: global.provider).wait() }
+                    try cli(options: fields) { try waitInterruptibly(system.modify(request, storage: global.provider)) }
                 } else if let attach {
                     try cli(options: ["lun": "--attach", "mountPath": "--attach"]) {
                         let place = try lunPlace(attach, option: "lun")
-                        try system.attachLun(place.lun, mountPath: place.mountPath, readOnly: readOnly, storage: global.provider).wait()
+                        try waitInterruptibly(system.attachLun(place.lun, mountPath: place.mountPath, readOnly: readOnly, storage: global.provider))
                     }
                 } else if let detach {
-                    try cli(options: ["lun": "--detach"]) { try system.detach(lun: detach).wait() }
+                    try cli(options: ["lun": "--detach"]) { try waitInterruptibly(system.detach(lun: detach)) }
                 }
             }
         }
@@ -164,28 +164,28 @@ struct SystemCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "pause", abstract: "Freeze every process of a running system.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
-        func run() throws { try act(global, id) { system in try system.pause().wait() } }
+        func run() throws { try act(global, id) { system in try waitInterruptibly(system.pause()) } }
     }
 
     struct Resume: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "resume", abstract: "Thaw a paused system.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
-        func run() throws { try act(global, id) { system in try system.resume().wait() } }
+        func run() throws { try act(global, id) { system in try waitInterruptibly(system.resume()) } }
     }
 
     struct Shutdown: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "shutdown", abstract: "Stop gracefully: SIGTERM, then SIGKILL after 10 s.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
-        func run() throws { try act(global, id) { system in try system.shutdown().wait() } }
+        func run() throws { try act(global, id) { system in try waitInterruptibly(system.shutdown()) } }
     }
 
     struct Terminate: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "terminate", abstract: "Stop at once: every process killed.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The system's id.") var id: String
-        func run() throws { try act(global, id) { system in try system.terminate().wait() } }
+        func run() throws { try act(global, id) { system in try waitInterruptibly(system.terminate()) } }
     }
 }
 
