@@ -877,4 +877,25 @@ struct LunTests {
         }
         #expect(gone)
     }
+    @Test("S13 a LUN bound where its record does not say (a run killed before its record write) is found there: shown online, never bound twice, unbound by delete")
+    func staleDeviceNumber() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("moved")
+        let device = try #require(lun.devicePath)
+        let registry = storage.provider.registry
+        // The record names a device that is not the LUN's (the last one the kernel has, unbound or another's).
+        let other = try #require(LoopDevice.all().last { $0.path != device }).number
+        var record = try #require(try registry.load("moved"))
+        record.device = other
+        try registry.locked { () throws(SiloError) in try registry.save(record) }
+        #expect(try storage.provider.lun(named: "moved").devicePath == device, "found on its real device")
+        #expect(try storage.provider.lun(named: "moved").status == .online)
+        let online = try storage.provider.setOnline("moved", true).wait(timeout: .seconds(30))
+        #expect(online.devicePath == device)
+        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device], "bound once")
+        #expect(try registry.load("moved")?.device == Int(device.dropFirst(9)), "online writes the real number back")
+        _ = try storage.provider.deleteLun("moved").wait(timeout: .seconds(30))
+        #expect(loopDevices(backedUnder: storage.path).isEmpty, "the delete unbound the device it found")
+    }
 }

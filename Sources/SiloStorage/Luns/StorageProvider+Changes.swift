@@ -286,6 +286,8 @@ extension StorageProvider {
         }
         return try startChange(name, .recoverLun, context: context, callback: callback, cancellable: false) { [self] _ in
             if online {
+                // A device found where the record did not say gets its stable name put right.
+                if let device, device.number != record.device { try link(name, to: device) }
                 let number = try device?.number ?? attach(record).number
                 try endChange(name) {
                     $0.online = true

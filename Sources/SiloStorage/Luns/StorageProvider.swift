@@ -39,9 +39,21 @@ public final class StorageProvider: Sendable {
     /// A backing file removed by hand under its device leaves the device bound to the unlinked
     /// file: the tag, which carries the LUN's id, finds it then (a delete must still see it in use,
     /// and unbind it).
+    ///
+    /// The record's number is where to look first, not the only place: a run killed between its
+    /// attach and the record write that names the device leaves the LUN bound where the record
+    /// does not say. A LUN that should be attached and is not found there is looked for on every
+    /// bound loop device, so that nothing binds it a second time (two devices, two caches, on one
+    /// file) or deletes its file under a device it missed. Only that unusual state pays the scan.
     func attachedDevice(_ record: LunRecord) -> LoopDevice? {
-        guard let number = record.device else { return nil }
-        let device = LoopDevice(number: number)
+        if let number = record.device, let device = holding(record, LoopDevice(number: number)) { return device }
+        guard record.state == .ready, record.online else { return nil }
+        return LoopDevice.all().first { device in
+            record.device != device.number && fileExists(device.sysfs + "/loop") && holding(record, device) != nil
+        }
+    }
+
+    private func holding(_ record: LunRecord, _ device: LoopDevice) -> LoopDevice? {
         guard let binding = device.binding, binding.tag == record.tag else { return nil }
         guard let file = FileIdentity(path: record.backingFile) else { return errno == ENOENT ? device : nil }
         guard file.device == binding.fileDevice, file.inode == binding.inode else { return nil }
