@@ -60,6 +60,9 @@ func cli<T>(options: [String: String] = [:], document: String? = nil, typed: [St
         if fromDocument, option == nil { option = document }
         let failure = CLIFailure(error: error, option: option, fromDocument: fromDocument)
         printError("Error: \(failure)")
+        // What else went wrong on the way (a rollback that failed, the step a cancel stopped):
+        // one indented line each, after the line scripts match.
+        for event in error.events { printError("  \(event.source ?? "detail"): \(event.message)") }
         throw failure.exitCode
     }
 }

@@ -898,4 +898,40 @@ struct LunTests {
         _ = try storage.provider.deleteLun("moved").wait(timeout: .seconds(30))
         #expect(loopDevices(backedUnder: storage.path).isEmpty, "the delete unbound the device it found")
     }
+    @Test("S7 S15 a create whose rollback finds its new device held keeps its record and file, and reenumerate finishes the rollback once the device is free", .requiresSiloBinary)
+    func rollbackWithHeldDevice() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        try #require(LunFileSystem(.ext4).program != nil, "mkfs.ext4 (e2fsprogs) is not installed")
+        let state = storage.path + "/state"
+        // A plain file where the stable name goes: the link step, after mkfs, fails, and the
+        // attach is rolled back while this test holds the device open.
+        #expect(mkdir(state, 0o755) == 0 && mkdir(state + "/dev", 0o755) == 0)
+        #expect(writeFile(state + "/dev/held", "not a link\n"))
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "held", "--size", "256M",
+                                       "--filesystem", "ext4"])
+        var holder: Int32 = -1
+        for _ in 0..<20_000 where holder < 0 {
+            if let device = loopDevices(backedUnder: storage.path).first { holder = open(device.path, O_RDONLY | O_CLOEXEC) }
+            if holder < 0 { usleep(500) }
+        }
+        let outcome = child.finish()
+        try #require(holder >= 0, "the create's device never appeared: \(outcome.error)")
+        #expect(outcome.status == 64, "\(outcome.error)")
+        #expect(outcome.error.contains("is there and is no link to a loop device"), "\(outcome.error)")
+        #expect(outcome.error.contains("rollback: rollback of step 'attach' failed"), "\(outcome.error)")
+        #expect(outcome.error.contains("rollback: cleanup failed: \(try #require(loopDevices(backedUnder: storage.path).first).path) of LUN 'held' could not be unbound"),
+                "\(outcome.error)")
+        // Kept: the bound device is found again by its record (by the tag), not lost with it.
+        #expect(try storage.provider.luns().map(\.name) == ["held"])
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).count == 1)
+        #expect(loopDevices(backedUnder: storage.path).count == 1)
+        close(holder)
+        unlink(state + "/dev/held")
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.drift.isEmpty, "\(report.drift)")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
 }

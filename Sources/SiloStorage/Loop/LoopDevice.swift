@@ -292,6 +292,9 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         }.sorted { $0.number < $1.number }
     }
 
+    /// Whether a file is bound to the device (sysfs's `loop` folder is there only then).
+    var isBound: Bool { fileExists(sysfs + "/loop") }
+
     /// The device's `major:minor`.
     public var deviceNumber: String? { readSmallFile("\(sysfs)/dev") }
 }

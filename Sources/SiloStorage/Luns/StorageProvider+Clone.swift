@@ -76,8 +76,8 @@ extension StorageProvider {
             }))
         }
         let chain = OperationChain<LunProperties>(steps + attachSteps(record), output: { [self] in try lun(named: name) },
-                                                  cleanup: { [registry] in
-            try registry.removeReservation(record, file: file)
+                                                  cleanup: { [self] in
+            try undoReservation(record, file: file)
         })
         do {
             return try configuration.scheduler.run(.cloneLun, chain: chain, context: context, callback: callback)

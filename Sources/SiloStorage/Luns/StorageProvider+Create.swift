@@ -77,9 +77,24 @@ extension StorageProvider {
         // The record and the file made before the chain are the reservation: removed on any
         // failure or cancel before "register". Past it the LUN is made, and a failure after (its
         // properties could not be read) undoes nothing.
-        return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [registry] in
-            try registry.removeReservation(record, file: file)
+        return OperationChain(steps, output: { [self] in try lun(named: record.name) }, cleanup: { [self] in
+            try undoReservation(record, file: file)
         })
+    }
+
+    /// Removes a failed or cancelled provisioning's record and backing file (while the record is
+    /// still the provisioning's). A device the attach's rollback could not unbind (something
+    /// opened it meanwhile) keeps them: removed, they would leave the device bound to a deleted
+    /// file that no record names, shown by no `lun list`, until a reenumerate swept it as an
+    /// orphan. Kept, the LUN is listed as creating, the error says why, and once this process
+    /// ends it is a dead provisioning's, whose rollback reenumerate finishes when the device is free.
+    func undoReservation(_ record: LunRecord, file: String) throws(SiloError) {
+        if let device = LoopDevice.all().first(where: { $0.isBound && $0.binding?.tag == record.tag }) {
+            throw SiloError(.deviceInUse, "\(device.path) of LUN '\(record.name)' could not be unbound (it is held open): "
+                            + "its record and backing file stay until `silo storage reenumerate` finishes the rollback",
+                            field: "name", value: record.name)
+        }
+        try registry.removeReservation(record, file: file)
     }
 
     /// The last steps of every chain that makes a LUN: attach its loop device, make its file

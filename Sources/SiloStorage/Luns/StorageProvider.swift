@@ -49,7 +49,7 @@ public final class StorageProvider: Sendable {
         if let number = record.device, let device = holding(record, LoopDevice(number: number)) { return device }
         guard record.state == .ready, record.online else { return nil }
         return LoopDevice.all().first { device in
-            record.device != device.number && fileExists(device.sysfs + "/loop") && holding(record, device) != nil
+            record.device != device.number && device.isBound && holding(record, device) != nil
         }
     }
 
