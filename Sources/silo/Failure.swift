@@ -32,7 +32,7 @@ let optionNames: [String: String] = [
     "size": "--size", "name": "NAME", "by": "--by", "to": "--to", "block size": "--block-size",
     "unmasking list": "--mask", "drive": "--drive", "provisioning": "--provisioning", "type": "--type",
     "state directory": "--state-dir", "friendly name": "--friendly-name", "pool": "--pool",
-    "file system": "--filesystem", "label": "--label", "cwd": "--cwd",
+    "file system": "--filesystem", "label": "--label", "cwd": "--cwd", "cgroup parent": "SILO_CGROUP_PARENT",
 ]
 
 /// Runs a library call; a SiloError becomes a message naming the option, and the exit code.

@@ -10,7 +10,8 @@ struct SiloCommand: ParsableCommand {
         discussion: """
             Exit codes: 0 success; 1 the operation failed; 64 bad usage or a bad value (the message \
             names the option); 130 cancelled with Ctrl-C and rolled back (or, after a second Ctrl-C, quit: reenumerate tidies).
-            State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default.
+            State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default. Systems' \
+            cgroups go under silo/ in each hierarchy, or under SILO_CGROUP_PARENT (a delegated subtree).
             """,
         version: siloVersion,
         subcommands: [DriveCommand.self, LunCommand.self, PoolCommand.self, StorageCommand.self, SystemCommand.self, ProcessCommand.self, RunCommand.self]

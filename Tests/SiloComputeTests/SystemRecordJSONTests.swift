@@ -21,7 +21,7 @@ struct SystemRecordJSONTests {
                        readOnly: false),
         ],
         rawLeases: ["/dev/loop8", "db2"],
-        memoryLimit: UInt64.max, processorCount: Int.max, processorLimit: 50_000
+        memoryLimit: UInt64.max, processorCount: Int.max, processorLimit: 50_000, cgroupParent: "system.slice/ci.service/pay loads"
     )
 
     let bare = SystemRecord(id: "s", owner: nil, state: .created, document: "{}", initPID: nil, initStartTime: nil,

@@ -64,16 +64,26 @@ public final class Cgroup: Sendable {
     /// Directories by feature: "memory", "cpu", "cpuacct", "pids", "freezer", "devices", and "unified".
     let directories: [String: String]
 
-    /// Creates the cgroup `silo/<name>` in every hierarchy it needs, with `limits`.
+    /// Creates the cgroup `<parent>/<name>` (`silo/<name>` by default) in every hierarchy it
+    /// needs, with `limits`. The parent is made where missing; on cgroup2 the controllers Silo
+    /// limits with are enabled on the way down, in each level that lacks them (a delegated
+    /// subtree's own levels are written only when they lack one).
     /// - Parameter enforcingOnly: only the v1 hierarchies that enforce something: devices (the
     ///   device policy), and pids, memory and cpu when `limits` sets them. No statistics (cpuacct,
     ///   and memory without a limit) and no freezer: for a system nobody pauses or asks about, such
     ///   as a `run`'s, each hierarchy less is a directory less to make, join and remove.
-    /// - Throws: when a hierarchy refuses; everything made so far is removed again.
+    /// - Throws: when a hierarchy refuses; everything made so far is removed again (a parent that
+    ///   was made stays: other systems may share it).
     public static func create(name: String, limits: CgroupLimits, layout: CgroupLayout = .detect(),
                               enforcingOnly: Bool = false) throws(SiloError) -> Cgroup {
+        try CgroupLayout.checkParent(layout.parent)
+        let suffix = "/" + layout.parent + "/" + name
         var directories: [String: String] = [:]
-        if let unified = layout.unified { directories["unified"] = unified + "/silo/" + name }
+        var roots: [String: String] = [:]
+        if let unified = layout.unified {
+            directories["unified"] = unified + suffix
+            roots[unified + suffix] = unified
+        }
         var controllers = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"]
         if enforcingOnly {
             controllers = ["devices"] + (limits.pids != nil ? ["pids"] : []) + (limits.memory != nil ? ["memory"] : [])
@@ -82,38 +92,27 @@ public final class Cgroup: Sendable {
         for controller in controllers where layout.place(controller) == .v1 {
             guard let root = layout.legacy[controller] else { continue }
             // cpu and cpuacct are often one hierarchy (cpu,cpuacct): one directory serves both.
-            directories[controller] = root + "/silo/" + name
+            directories[controller] = root + suffix
+            roots[root + suffix] = root
         }
         let cgroup = Cgroup(name: name, layout: layout, directories: directories)
         // The directories this call made: on failure only these go. One that was there (another
         // system's of the same name, EEXIST) is not this call's to remove.
         var made: [String] = []
         do throws(SiloError) {
-            // Built by hand: the generic joined(separator:) costs a fresh process 0.2M instructions of
-            // runtime lookups on its first use.
-            var wanted = ""
-            for controller in ["memory", "cpu", "pids"] where layout.unifiedControllers.contains(controller) {
-                wanted += (wanted.isEmpty ? "+" : " +") + controller
-            }
-            if let unified = layout.unified, !wanted.isEmpty {
-                try writeText(unified + "/cgroup.subtree_control", wanted)
-            }
+            let wanted = ["memory", "cpu", "pids"].filter { layout.unifiedControllers.contains($0) }
             for path in Set(directories.values) {
-                // Another process removes the shared parent `silo` when its last system goes: if
-                // that happens between the two mkdirs, make the parent again.
+                // Another process removes the shared default parent `silo` when its last system
+                // goes: if that happens between the parent's mkdir and this one, make it again.
                 var attempts = 0
                 while true {
-                    let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-                    try makeDirectory(parent)
-                    if path == directories["unified"], !wanted.isEmpty {
-                        do throws(SiloError) {
-                            try writeText(parent + "/cgroup.subtree_control", wanted)
-                        } catch {
-                            // The parent went between its mkdir and this write: make it again.
-                            guard error.errno == ENOENT, attempts < 20 else { throw error }
-                            attempts += 1
-                            continue
-                        }
+                    do throws(SiloError) {
+                        try makeParent(layout.parent, under: roots[path] ?? "",
+                                       enabling: path == directories["unified"] ? wanted : [])
+                    } catch {
+                        guard error.errno == ENOENT, attempts < 20 else { throw error }
+                        attempts += 1
+                        continue
                     }
                     if mkdir(path, 0o755) == 0 {
                         made.append(path)
@@ -138,6 +137,32 @@ public final class Cgroup: Sendable {
         return cgroup
     }
 
+    /// Makes `parent` (one level or more) under a hierarchy's `root`, enabling `controllers` (on
+    /// cgroup2; none on v1) in the subtree_control of the root and of each level made or found.
+    private static func makeParent(_ parent: String, under root: String, enabling controllers: [String]) throws(SiloError) {
+        var current = root
+        for component in parent.split(separator: "/") {
+            if !controllers.isEmpty { try enable(controllers, in: current) }
+            current += "/" + component
+            try makeDirectory(current)
+        }
+        if !controllers.isEmpty { try enable(controllers, in: current) }
+    }
+
+    /// Writes the controllers `directory`'s subtree_control lacks, if any. Built by hand: the
+    /// generic joined(separator:) costs a fresh process 0.2M instructions of runtime lookups on
+    /// its first use.
+    private static func enable(_ controllers: [String], in directory: String) throws(SiloError) {
+        let path = directory + "/cgroup.subtree_control"
+        guard let enabled = readText(path) else { throw SiloError.system("open", errno: errno, path: path) }
+        let present = enabled.split(separator: " ")
+        var missing = ""
+        for controller in controllers where !present.contains(where: { $0 == controller }) {
+            missing += (missing.isEmpty ? "+" : " +") + controller
+        }
+        if !missing.isEmpty { try writeText(path, missing) }
+    }
+
     init(name: String, layout: CgroupLayout, directories: [String: String]) {
         self.name = name
         self.layout = layout
@@ -146,10 +171,11 @@ public final class Cgroup: Sendable {
 
     /// Re-opens an existing cgroup by name, as another process finds a running system's.
     public static func open(name: String, layout: CgroupLayout = .detect()) -> Cgroup {
+        let suffix = "/" + layout.parent + "/" + name
         var directories: [String: String] = [:]
-        if let unified = layout.unified { directories["unified"] = unified + "/silo/" + name }
+        if let unified = layout.unified { directories["unified"] = unified + suffix }
         for controller in ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"] where layout.place(controller) == .v1 {
-            if let root = layout.legacy[controller] { directories[controller] = root + "/silo/" + name }
+            if let root = layout.legacy[controller] { directories[controller] = root + suffix }
         }
         return Cgroup(name: name, layout: layout, directories: directories)
     }
@@ -521,7 +547,7 @@ public final class Cgroup: Sendable {
                 busy = true
                 continue
             }
-            rmdir(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+            removeDefaultParent(of: path)
         }
         if busy { try destroy() }
     }
@@ -540,10 +566,16 @@ public final class Cgroup: Sendable {
                 usleep(1000)  // the last task's exit may still be settling
             }
             if !removed { left.append(path) }
-            // The shared parent `silo` goes with the last system (EBUSY while others remain).
-            rmdir(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
+            removeDefaultParent(of: path)
         }
         return left.sorted()
+    }
+
+    /// The shared default parent `silo` goes with the last system (EBUSY while others remain).
+    /// A parent the caller chose is theirs, and stays.
+    private func removeDefaultParent(of path: String) {
+        guard layout.parent == CgroupLayout.defaultParent else { return }
+        rmdir(String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)]))
     }
 }
 

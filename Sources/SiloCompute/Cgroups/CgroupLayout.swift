@@ -15,12 +15,31 @@ public struct CgroupLayout: Sendable, Hashable {
     public var legacy: [String: String]
     /// Freeze with v1's freezer.state even when cgroup2 can (for tests of the v1 path).
     public var preferLegacyFreezer: Bool
+    /// Where systems' cgroups go in each hierarchy, relative to its root: `silo` by default, or a
+    /// subtree the host delegated (`system.slice/ci.service/payloads`), made where missing. The
+    /// default one is removed with its last system; a chosen one is never removed.
+    public var parent: String
 
-    public init(unified: String?, unifiedControllers: Set<String>, legacy: [String: String], preferLegacyFreezer: Bool = false) {
+    public static let defaultParent = "silo"
+
+    public init(unified: String?, unifiedControllers: Set<String>, legacy: [String: String], preferLegacyFreezer: Bool = false,
+                parent: String = CgroupLayout.defaultParent) {
         self.unified = unified
         self.unifiedControllers = unifiedControllers
         self.legacy = legacy
         self.preferLegacyFreezer = preferLegacyFreezer
+        self.parent = parent
+    }
+
+    /// A parent is a relative path of plain names: no leading or trailing `/`, no empty, `.` or
+    /// `..` component (it must stay inside each hierarchy), no newline.
+    public static func checkParent(_ parent: String) throws(SiloError) {
+        let components = parent.split(separator: "/", omittingEmptySubsequences: false)
+        let bad = parent.isEmpty || parent.utf8.count > 1024 || parent.utf8.contains(UInt8(ascii: "\n"))
+            || components.contains { $0.isEmpty || $0 == "." || $0 == ".." }
+        guard bad else { return }
+        throw SiloError.invalidArgument(field: "cgroup parent", value: parent,
+                                        reason: "give a path relative to each cgroup hierarchy's root, such as silo or system.slice/ci.service/payloads")
     }
 
     /// The host's layout: the layouts systemd mounts told apart with `statfs` (``standard()``),

@@ -189,6 +189,9 @@ public enum Sandbox {
             guard let made = cgroup ?? helper?.cgroup else { preconditionFailure("a child past the gate has its cgroup") }
             return (process, made)
         } catch {
+            // The thread may wait for a proceed or a spawn that will not come now (a cgroup that
+            // could not be made here, before either): let it go, then join it.
+            helper?.release()
             helper?.join()
             try? (cgroup ?? helper?.cgroup)?.destroy()
             throw error
@@ -469,6 +472,17 @@ final class SandboxHelper: @unchecked Sendable {
         sem_post(gateDone)  // for another call
     }
 
+    /// Lets the thread go on from whatever it waits for: a proceed that has not come (it then
+    /// makes no cgroup) and the spawn.
+    func release() {
+        if !posted {
+            cancelled = true
+            posted = true
+            sem_post(go)
+        }
+        spawned()
+    }
+
     /// Returns once the thread is done (after the shared root, if it makes one).
     func join() {
         if let thread { pthread_join(thread, nil) }
@@ -478,12 +492,7 @@ final class SandboxHelper: @unchecked Sendable {
     /// Joins the thread (which makes no cgroup unless told to proceed), and closes what it opened
     /// and the gate.
     func finish() {
-        if !posted {
-            cancelled = true
-            posted = true
-            sem_post(go)
-        }
-        spawned()
+        release()
         join()
         let count = Int(gate.pointee.task_count)
         withUnsafeBytes(of: gate.pointee.task_fds) { raw in

@@ -27,15 +27,31 @@ public struct ComputeConfiguration: Sendable {
     /// the maps took 0.15 ms of every start.
     private static let swiftRuntime = dynamicSwiftRuntime()
 
+    /// - Parameter cgroupParent: where new systems' cgroups go in each hierarchy (see
+    ///   ``CgroupLayout/parent``); else `SILO_CGROUP_PARENT`, else the layout's (`silo`). A system
+    ///   keeps the parent it was created under, in its record, whatever later calls are given.
     public init(stateDirectory: String? = nil, runtimeDirectory: String? = nil, initBinary: String? = nil,
-                layout: CgroupLayout = .detect()) {
+                layout: CgroupLayout = .detect(), cgroupParent: String? = nil) {
         let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
         // Read as storage reads it: absolute, and the default state directory's systems in /run/silo.
         let state = (stateDirectory ?? environment).map(Paths.normalized)
         self.runtimeDirectory = runtimeDirectory ?? state.flatMap { $0 == Paths.defaultStateDirectory ? nil : $0 + "/run" } ?? "/run/silo"
         self.chosenInit = initBinary
         self.layout = layout
+        let parentFromEnvironment = getenv("SILO_CGROUP_PARENT").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
+        if let parent = cgroupParent ?? parentFromEnvironment { self.layout.parent = parent }
     }
+
+    /// The cgroup of system `id`, under `parent` (a system's record keeps the one it was created
+    /// under; nil: the default), not under whatever this configuration would give a new system.
+    func cgroup(of id: String, parent: String?) -> Cgroup {
+        var layout = self.layout
+        layout.parent = parent ?? CgroupLayout.defaultParent
+        return Cgroup.open(name: cgroupName(for: id), layout: layout)
+    }
+
+    /// What a new system's record keeps as its cgroup parent: nil for the default.
+    var recordedCgroupParent: String? { layout.parent == CgroupLayout.defaultParent ? nil : layout.parent }
 
     /// The folder of the libswiftCore.so this process has mapped, if any: the object that holds
     /// the runtime's swift_retain, asked of the dynamic loader (reading /proc/self/maps took

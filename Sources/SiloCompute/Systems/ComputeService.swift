@@ -57,7 +57,8 @@ public final class ComputeService: Sendable {
         try store.reserve(id)
         let record = SystemRecord(
             id: id, owner: document.owner, state: .created, document: text, initPID: nil, initStartTime: nil,
-            exitType: nil, createdAt: nowSeconds(), shouldTerminateOnLastHandleClosed: document.shouldTerminateOnLastHandleClosed
+            exitType: nil, createdAt: nowSeconds(), shouldTerminateOnLastHandleClosed: document.shouldTerminateOnLastHandleClosed,
+            cgroupParent: configuration.recordedCgroupParent
         )
         // Past "record" the system exists: a failure after (its handle could not be opened) leaves it.
         let recorded = Atomic<Bool>(false)
@@ -136,7 +137,7 @@ public final class ComputeService: Sendable {
     /// ended, which this must not overwrite.
     func refreshed(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused,
-              Cgroup.open(name: configuration.cgroupName(for: record.id), layout: configuration.layout).pids.isEmpty else { return record }
+              configuration.cgroup(of: record.id, parent: record.cgroupParent).pids.isEmpty else { return record }
         var result = record
         try? store.locked(record.id) { () throws(SiloError) in
             result = refreshedHoldingLock(try store.load(record.id))
@@ -147,7 +148,7 @@ public final class ComputeService: Sendable {
     /// ``refreshed(_:)`` for a caller that holds the system's lock and read `record` under it.
     func refreshedHoldingLock(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused else { return record }
-        let cgroup = Cgroup.open(name: configuration.cgroupName(for: record.id), layout: configuration.layout)
+        let cgroup = configuration.cgroup(of: record.id, parent: record.cgroupParent)
         guard cgroup.pids.isEmpty else { return record }
         var stopped = record
         stopped.state = .stopped
@@ -163,7 +164,7 @@ public final class ComputeService: Sendable {
 
     func properties(of record: SystemRecord) -> ComputeSystemProperties {
         let document = try? ComputeSystemDocument(json: record.document)
-        let cgroup = Cgroup.open(name: configuration.cgroupName(for: record.id), layout: configuration.layout)
+        let cgroup = configuration.cgroup(of: record.id, parent: record.cgroupParent)
         let live = record.state == .running || record.state == .paused
         let stats = live ? cgroup.statistics : nil
         return ComputeSystemProperties(

@@ -48,6 +48,7 @@ public final class ComputeSystem: Sendable {
     init(id: String, service: ComputeService, record: SystemRecord) {
         self.id = id
         self.service = service
+        self.cgroupParent = record.cgroupParent
         self.events = EventChannel(owner: id)
         let path = service.store.directory(id) + "/handles"
         let fd = Glibc.open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
@@ -106,7 +107,9 @@ public final class ComputeSystem: Sendable {
     }
 
     var store: SystemStore { service.store }
-    var cgroup: Cgroup { Cgroup.open(name: service.configuration.cgroupName(for: id), layout: service.configuration.layout) }
+    /// The cgroup parent the system was created under (its record's; nil: the default).
+    private let cgroupParent: String?
+    var cgroup: Cgroup { service.configuration.cgroup(of: id, parent: cgroupParent) }
 
     /// How long `shutdown` waits after SIGTERM before it kills.
     public static let shutdownGrace: Duration = .seconds(10)

@@ -26,6 +26,7 @@ extension SystemRecord {
         processorCount = try object.optional("processorCount")
         processorLimit = try object.optional("processorLimit")
         rawLeases = try object.strings("rawLeases")
+        cgroupParent = try object.optional("cgroupParent")
     }
 
     var json: String {
@@ -40,6 +41,7 @@ extension SystemRecord {
         object.add("createdAt", createdAt)
         object.add("shouldTerminateOnLastHandleClosed", shouldTerminateOnLastHandleClosed)
         object.add("attachments", attachments?.map { $0.writer })
+        object.add("cgroupParent", cgroupParent)
         object.add("memoryLimit", memoryLimit)
         object.add("processorCount", processorCount)
         object.add("processorLimit", processorLimit)

@@ -33,6 +33,9 @@ struct SystemRecord: Codable, Sendable, Equatable {
     var memoryLimit: UInt64? = nil
     var processorCount: Int? = nil
     var processorLimit: Int? = nil
+    /// Where the system's cgroups are in each hierarchy, when not the default `silo`
+    /// (``CgroupLayout/parent``).
+    var cgroupParent: String? = nil
 }
 
 /// A LUN attached to a system, as its properties show it (C12).
