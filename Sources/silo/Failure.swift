@@ -62,7 +62,14 @@ func cli<T>(options: [String: String] = [:], document: String? = nil, typed: [St
         printError("Error: \(failure)")
         // What else went wrong on the way (a rollback that failed, the step a cancel stopped):
         // one indented line each, after the line scripts match.
-        for event in error.events { printError("  \(event.source ?? "detail"): \(event.message)") }
+        // One the line says already (a wrapped error's own text) is not said twice; a message of
+        // several lines (a tool's output) stays indented.
+        for event in error.events where !error.message.contains(event.message) {
+            let lines = event.message.split(separator: "\n", omittingEmptySubsequences: false)
+            var text = "  \(event.source ?? "detail"): \(lines.first ?? "")"
+            for line in lines.dropFirst() { text += "\n    " + line }
+            printError(text)
+        }
         throw failure.exitCode
     }
 }

@@ -58,7 +58,7 @@ struct Interrupts {
         count += 1
         if count > 1 {
             printError("\rquit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
-            exit(130)
+            _exit(130)  // at once: no atexit handler runs under a worker mid-step
         }
         if (try? operation.cancel()) != nil {
             printError("\rcancelling: rolling back... (Ctrl-C again to quit now)")

@@ -12,7 +12,7 @@ struct InterruptTests {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "4G",
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
                                        "--provisioning", "zeroed"])
         // Sent once zeroing is under way: the record is there, and the file has grown.
         let zeroing = waitUntil { (try? storage.provider.luns().first?.allocatedBytes ?? 0) ?? 0 >= 16 << 20 }

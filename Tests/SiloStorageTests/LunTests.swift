@@ -895,6 +895,15 @@ struct LunTests {
         #expect(online.devicePath == device)
         #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device], "bound once")
         #expect(try registry.load("moved")?.device == Int(device.dropFirst(9)), "online writes the real number back")
+        // An online killed between its attach and its record write: the record still says
+        // offline, with no device. A change looks for the device all the same.
+        record.online = false
+        record.device = nil
+        try registry.locked { () throws(SiloError) in try registry.save(record) }
+        let again = try storage.provider.setOnline("moved", true).wait(timeout: .seconds(30))
+        #expect(again.devicePath == device, "online adopts the device it finds")
+        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device], "bound once")
+        try registry.locked { () throws(SiloError) in try registry.save(record) }
         _ = try storage.provider.deleteLun("moved").wait(timeout: .seconds(30))
         #expect(loopDevices(backedUnder: storage.path).isEmpty, "the delete unbound the device it found")
     }
@@ -911,6 +920,7 @@ struct LunTests {
         let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "held", "--size", "256M",
                                        "--filesystem", "ext4"])
         var holder: Int32 = -1
+        defer { if holder >= 0 { close(holder) } }  // before finish(): a held device cannot be unbound
         for _ in 0..<20_000 where holder < 0 {
             if let device = loopDevices(backedUnder: storage.path).first { holder = open(device.path, O_RDONLY | O_CLOEXEC) }
             if holder < 0 { usleep(500) }
@@ -924,9 +934,11 @@ struct LunTests {
                 "\(outcome.error)")
         // Kept: the bound device is found again by its record (by the tag), not lost with it.
         #expect(try storage.provider.luns().map(\.name) == ["held"])
+        #expect(try storage.provider.registry.load("held")?.owner == nil, "given up: no live owner keeps reenumerate off it")
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).count == 1)
         #expect(loopDevices(backedUnder: storage.path).count == 1)
         close(holder)
+        holder = -1
         unlink(state + "/dev/held")
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.drift.isEmpty, "\(report.drift)")

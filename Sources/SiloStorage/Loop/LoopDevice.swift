@@ -292,8 +292,11 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         }.sorted { $0.number < $1.number }
     }
 
-    /// Whether a file is bound to the device (sysfs's `loop` folder is there only then).
-    var isBound: Bool { fileExists(sysfs + "/loop") }
+    /// The bound devices whose backing file's path, as sysfs gives it, contains `text` (a LUN's
+    /// id, which names its file): a look that opens no device.
+    static func bound(naming text: String) -> [LoopDevice] {
+        all().filter { readSmallFile($0.sysfs + "/loop/backing_file")?.contains(text) == true }
+    }
 
     /// The device's `major:minor`.
     public var deviceNumber: String? { readSmallFile("\(sysfs)/dev") }

@@ -47,7 +47,7 @@ extension StorageProvider {
                     // The mark and the stable name go under the same lock as the record: once
                     // it is let go, a create may take the name, and a delete of that LUN mark it.
                     try registry.locked { () throws(SiloError) in
-                        let device = attachedDevice(record)
+                        let device = attachedDevice(record, everywhere: true)
                         try unleased(name, device: device) { () throws(SiloError) in
                             if let device { try device.unbind(expecting: record.tag) }
                             try registry.removeHoldingLock(name, durable: false)
@@ -71,7 +71,7 @@ extension StorageProvider {
     /// - Throws: `deviceInUse` when the LUN's device is mounted, held open or holds other devices,
     ///   or the LUN is attached to a compute system (S10).
     private func checkUnused(_ record: LunRecord) throws(SiloError) {
-        let device = attachedDevice(record)
+        let device = attachedDevice(record, everywhere: true)
         if let use = use(of: record.name, device: device) {
             throw SiloError(.deviceInUse, "LUN '\(record.name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: record.name)
@@ -155,7 +155,7 @@ extension StorageProvider {
             // would roll the file back under a device that already grew.
             OperationStep("resize device", weight: 1, pointOfNoReturn: true, run: { [self] _ in
                 resized.set(true)
-                try attachedDevice(record)?.refreshCapacity()
+                try attachedDevice(record, everywhere: true)?.refreshCapacity()
             }),
             OperationStep("check device", weight: 0, run: { [self] _ in
                 try checkDeviceSize(record, expecting: newSize)
@@ -227,7 +227,7 @@ extension StorageProvider {
                 guard !force else { return try BackingFile.resize(record.backingFile, to: newSize) }
                 // Checked again where a lease cannot be taken meanwhile: a system may have been
                 // given the LUN (and mounted it) since the call's check.
-                let device = attachedDevice(record)
+                let device = attachedDevice(record, everywhere: true)
                 try unleased(name, device: device) { () throws(SiloError) in
                     if let device, let use = InUse.check(device) {
                         throw SiloError(.shrinkOverData, "LUN '\(name)' is in use (\(use)); release it or pass --force",
@@ -237,7 +237,7 @@ extension StorageProvider {
                 }
             }),
             OperationStep("resize device", weight: 1, run: { [self] _ in
-                try attachedDevice(record)?.refreshCapacity()
+                try attachedDevice(record, everywhere: true)?.refreshCapacity()
                 try checkDeviceSize(record, expecting: newSize)
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
@@ -273,7 +273,7 @@ extension StorageProvider {
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
         let record = try beginChange(name, operation: online ? "online" : "offline")
-        let device = attachedDevice(record)
+        let device = attachedDevice(record, everywhere: true)
         if !online, let use = use(of: name, device: device) {
             try? endChange(name)
             throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
@@ -358,7 +358,7 @@ extension StorageProvider {
 
     /// Confirms the LUN's device took its new capacity.
     private func checkDeviceSize(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
-        guard let device = attachedDevice(record) else { return }
+        guard let device = attachedDevice(record, everywhere: true) else { return }
         let now = device.status?.size ?? 0
         guard now == size else {
             throw SiloError(.unexpected, "\(device.path) reports \(now) bytes after resizing to \(size)",
@@ -369,7 +369,7 @@ extension StorageProvider {
     /// Refuses a shrink that would cut a LUN in use (mounted anywhere, held open, under another
     /// device, swap, attached to a compute system) or data libblkid finds past the new end.
     private func guardData(_ record: LunRecord, newSize: UInt64) throws(SiloError) {
-        let device = attachedDevice(record)
+        let device = attachedDevice(record, everywhere: true)
         if let device, let number = device.deviceNumber, let mount = InUse.mountPoints(of: number).first {
             throw SiloError(.shrinkOverData, "LUN '\(record.name)' is mounted on \(mount); unmount it or pass --force",
                             field: "name", value: record.name)

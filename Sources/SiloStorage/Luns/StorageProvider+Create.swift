@@ -88,13 +88,24 @@ extension StorageProvider {
     /// file that no record names, shown by no `lun list`, until a reenumerate swept it as an
     /// orphan. Kept, the LUN is listed as creating, the error says why, and once this process
     /// ends it is a dead provisioning's, whose rollback reenumerate finishes when the device is free.
+    ///
+    /// The kept record names no owner: this process has given up on it, so reenumerate need not
+    /// wait for the process to end, and a delete says it is half-created.
     func undoReservation(_ record: LunRecord, file: String) throws(SiloError) {
-        if let device = LoopDevice.all().first(where: { $0.isBound && $0.binding?.tag == record.tag }) {
-            throw SiloError(.deviceInUse, "\(device.path) of LUN '\(record.name)' could not be unbound (it is held open): "
-                            + "its record and backing file stay until `silo storage reenumerate` finishes the rollback",
-                            field: "name", value: record.name)
+        // Only a reservation still this provisioning's: past "register" the LUN is made, and its
+        // device is its own (a failure after, reading its properties, undoes nothing).
+        guard let stored = try registry.load(record.name), stored.id == record.id, stored.state == .creating else { return }
+        guard let device = LoopDevice.bound(naming: record.id).first(where: { $0.binding?.tag == record.tag }) else {
+            return try registry.removeReservation(record, file: file)
         }
-        try registry.removeReservation(record, file: file)
+        try registry.locked { () throws(SiloError) in
+            guard var kept = try registry.load(record.name), kept.id == record.id, kept.state == .creating else { return }
+            kept.owner = nil
+            try registry.save(kept)
+        }
+        throw SiloError(.deviceInUse, "\(device.path) of LUN '\(record.name)' could not be unbound (it is held open): "
+                        + "its record and backing file stay until `silo storage reenumerate` finishes the rollback",
+                        field: "name", value: record.name)
     }
 
     /// The last steps of every chain that makes a LUN: attach its loop device, make its file

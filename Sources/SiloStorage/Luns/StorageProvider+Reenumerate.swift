@@ -108,7 +108,7 @@ extension StorageProvider {
                     do throws(SiloError) { try device.detach(expecting: record.tag) } catch { held.append("\(device.path): \(error.message)") }
                 }
                 guard held.isEmpty else {
-                    report.drift.append("\(record.name): half-created by dead pid \(record.owner?.pid ?? 0), not rolled back while "
+                    report.drift.append("\(record.name): half-created \(record.owner.map { "by dead pid \($0.pid)" } ?? "by a call that failed"), not rolled back while "
                                         + held.joined(separator: "; "))
                     continue
                 }

@@ -41,15 +41,17 @@ public final class StorageProvider: Sendable {
     /// and unbind it).
     ///
     /// The record's number is where to look first, not the only place: a run killed between its
-    /// attach and the record write that names the device leaves the LUN bound where the record
-    /// does not say. A LUN that should be attached and is not found there is looked for on every
-    /// bound loop device, so that nothing binds it a second time (two devices, two caches, on one
-    /// file) or deletes its file under a device it missed. Only that unusual state pays the scan.
-    func attachedDevice(_ record: LunRecord) -> LoopDevice? {
+    /// attach and the record write that names the device (a create's, or an online's of an
+    /// offline LUN) leaves the LUN bound where the record does not say. A LUN not found there is
+    /// looked for on the bound loop devices whose backing file carries its id, so that nothing
+    /// binds it a second time (two devices, two caches, on one file) or deletes its file under a
+    /// device it missed: by queries for a LUN that should be attached (`online`), and by changes
+    /// (`everywhere`) whatever the record says. sysfs is read, no device opened, until one matches.
+    func attachedDevice(_ record: LunRecord, everywhere: Bool = false) -> LoopDevice? {
         if let number = record.device, let device = holding(record, LoopDevice(number: number)) { return device }
-        guard record.state == .ready, record.online else { return nil }
-        return LoopDevice.all().first { device in
-            record.device != device.number && device.isBound && holding(record, device) != nil
+        guard record.state == .ready, record.online || everywhere else { return nil }
+        return LoopDevice.bound(naming: record.id).first { device in
+            record.device != device.number && holding(record, device) != nil
         }
     }
 
@@ -209,7 +211,7 @@ public final class StorageProvider: Sendable {
         guard record.state == .ready else {
             throw SiloError(
                 .invalidOperation,
-                "LUN '\(record.name)' was left half-created by a process that died; run 'silo storage reenumerate' to repair",
+                "LUN '\(record.name)' was left half-created (by a process that died, or a rollback that could not finish); run 'silo storage reenumerate' to repair",
                 field: "name", value: record.name
             )
         }
