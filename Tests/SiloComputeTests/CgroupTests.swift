@@ -274,6 +274,23 @@ struct CgroupTests {
         #expect(cgroup.pids.isEmpty)
     }
 
+    @Test("C10 processor time is counted from cgroup2's cpu.stat where no hierarchy has the cpu controller")
+    func processorTimeWithoutCpuController() throws {
+        try #require(layout.unified != nil, "needs a cgroup2 mount")
+        // This host's layout without its v1 cpu and cpuacct hierarchies, and with no controller in
+        // cgroup2: a subtree delegated without the cpu controller looks the same.
+        var withoutCpu = layout
+        withoutCpu.legacy["cpu"] = nil
+        withoutCpu.legacy["cpuacct"] = nil
+        withoutCpu.unifiedControllers.remove("cpu")
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 64), layout: withoutCpu)
+        defer { try? cgroup.killAll(); try? cgroup.destroy() }
+        let pid = try startInside(cgroup, "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done")
+        _ = reap(pid)
+        let stats = cgroup.statistics
+        #expect(stats.cpuUser100ns + stats.cpuKernel100ns > 0, "\(stats)")
+    }
+
     @Test("C5 destroy leaves no cgroup directory behind; statistics count CPU and memory")
     func destroyAndStatistics() throws {
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(memory: 64 << 20, pids: 64), layout: layout)

@@ -494,12 +494,16 @@ public final class Cgroup: Sendable {
         case .v1?: stats.memoryUsage = directories["memory"].flatMap { readText($0 + "/memory.usage_in_bytes") }.flatMap { UInt64($0) } ?? 0
         case nil: break
         }
-        if layout.place("cpu") == .v2, let unified = directories["unified"] {
+        // v1's accounting where a v1 hierarchy has it; else cgroup2's cpu.stat, which every
+        // cgroup2 directory has whether the cpu controller is enabled there or not (a subtree
+        // delegated without it, a hybrid host's cgroup2 mount holding no controller).
+        let legacy = layout.place("cpu") == .v2 ? nil : directory("cpuacct") ?? directories["cpu"]
+        if legacy == nil, let unified = directories["unified"] {
             // cpu.stat: user_usec, system_usec.
             let fields = keyValues(readText(unified + "/cpu.stat"))
             stats.cpuUser100ns = (fields["user_usec"] ?? 0) * 10
             stats.cpuKernel100ns = (fields["system_usec"] ?? 0) * 10
-        } else if let cpuacct = directory("cpuacct") ?? directories["cpu"] {
+        } else if let cpuacct = legacy {
             if let user = readText(cpuacct + "/cpuacct.usage_user").flatMap({ UInt64($0) }),
                let system = readText(cpuacct + "/cpuacct.usage_sys").flatMap({ UInt64($0) }) {
                 // Nanoseconds (Linux 4.7 on): a process that ran for less than a tick counts too.
