@@ -207,6 +207,13 @@ func act(_ global: Globals, _ id: String, onCaller: Bool = false, options: [Stri
     try cli(options: options.merging(["id": "ID"]) { $1 }) { try body(system) }
 }
 
+/// Processor time as a person reads it: seconds to the millisecond (`0.016 s`).
+func seconds(hundredNanoseconds value: UInt64) -> String {
+    let milliseconds = (value + 5_000) / 10_000
+    let fraction = String(milliseconds % 1000)
+    return "\(milliseconds / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction + " s"
+}
+
 func show(_ properties: ComputeSystemProperties, json: Bool) throws {
     if json { return try printJSON(properties) }
     let facts: [(String, String?)] = [
@@ -215,8 +222,8 @@ func show(_ properties: ComputeSystemProperties, json: Bool) throws {
         ("processors", properties.processorCount.map(String.init)),
         ("processes", properties.processList.map(String.init).joined(separator: " ")),
         ("memory used", properties.statistics.map { human($0.memoryUsageBytes) }),
-        ("cpu user", properties.statistics.map { "\(Double($0.processorTimeUser) / 1e7) s" }),
-        ("cpu kernel", properties.statistics.map { "\(Double($0.processorTimeKernel) / 1e7) s" }),
+        ("cpu user", properties.statistics.map { seconds(hundredNanoseconds: $0.processorTimeUser) }),
+        ("cpu kernel", properties.statistics.map { seconds(hundredNanoseconds: $0.processorTimeKernel) }),
         ("uptime", properties.statistics.map { "\($0.uptimeSeconds) s" }),
         ("ignored fields", properties.ignoredFields.joined(separator: ", ")), ("cgroup layout", properties.cgroupLayout),
         ("luns", properties.attachments.map { "\($0.lun) \($0.devicePath)\($0.mountPath.map { " on " + $0 } ?? "")" }
