@@ -47,11 +47,12 @@ struct CgroupParentTests {
 
         // A handle opened with another parent configured (the default) finds the system's cgroup
         // through its record: statistics, and a terminate that empties and removes it.
-        let other = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state))
+        let other = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, cgroupParent: "silo"))
         let reopened = try other.open(id)
         defer { reopened.close() }
         #expect(reopened.cgroup.pids == [initPID])
-        #expect(try reopened.properties().statistics != nil)
+        let properties = try reopened.properties()
+        #expect(properties.statistics != nil && properties.processList == [initPID])
         try reopened.terminate().wait(timeout: .seconds(30))
         for directory in directories { #expect(!fileExists(directory), "\(directory) outlived the system") }
         for directory in directories {
@@ -71,6 +72,7 @@ struct CgroupParentTests {
         // The run's own membership, read inside: its cgroup namespace shows its cgroup as `/`, so
         // the parent is read from outside instead, while the run sleeps.
         var seen: [String] = []
+        defer { for path in seen { rmdir(path) } }  // should a failed run leave its cgroup
         let runner = try PlatformThreadBox.start {
             _ = try? SandboxRun.run(id: id, limits: CgroupLimits(pids: 16), arguments: ["/bin/sleep", "1"], configuration: configuration)
         }
@@ -88,7 +90,7 @@ struct CgroupParentTests {
     }
 
     @Test("E3 a parent that would leave the hierarchy, or is no relative path, is refused naming it; nothing is made", arguments: [
-        "../escape", "/absolute", "a//b", "a/./b", "trailing/", "",
+        "../escape", "/absolute", "a//b", "a/./b", "trailing/", "", "silo/web", "nul\u{0}byte", "cgroup.procs",
     ])
     func badParent(_ parent: String) throws {
         let compute = TestCompute()
@@ -107,6 +109,70 @@ struct CgroupParentTests {
         }
         #expect(run?.field == "cgroup parent")
     }
+}
+
+extension CgroupParentTests {
+    @Test("C13 reenumerate removes what a killed run left under the parent it ran under, whatever parent reenumerate is given")
+    func killedRunUnderParent() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let parent = "silo-test-killed-\(getpid())"
+        defer { removeParent([parent]) }
+        let configuration = ComputeConfiguration(stateDirectory: compute.state, cgroupParent: parent)
+        let id = "killed-\(getpid())"
+        // What a run killed with its runner leaves: its cgroup, its reservation (an empty file by
+        // its id) and its lock, which names the parent.
+        let cgroup = try Cgroup.create(name: configuration.cgroupName(for: id), limits: CgroupLimits(pids: 16),
+                                       layout: configuration.layout, enforcingOnly: true)
+        defer { try? cgroup.destroy() }
+        let systems = configuration.runtimeDirectory + "/systems"
+        #expect(mkdir(configuration.runtimeDirectory, 0o755) == 0 && mkdir(systems, 0o755) == 0)
+        let reservation = Glibc.open(systems + "/" + id, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+        #expect(reservation >= 0)
+        close(reservation)
+        let lock = Glibc.open(SandboxRun.runLock(systems: systems, id: id), O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+        #expect(write(lock, parent, parent.utf8.count) == parent.utf8.count)
+        close(lock)
+        let directories = cgroup.directories.values
+        #expect(!directories.isEmpty && directories.allSatisfy(fileExists))
+
+        let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, cgroupParent: "silo"))
+        #expect(service.reenumerate() == [id])
+        for directory in directories { #expect(!fileExists(directory), "\(directory) outlived reenumerate") }
+        #expect(!fileExists(systems + "/" + id))
+    }
+
+    @Test("C13 on cgroup2 each level of the parent gets the controllers it lacks, and a level that has them is not written")
+    func enablingLevelByLevel() throws {
+        // cgroupfs files are plain files here: what is written shows in them.
+        var template = Array("/tmp/silo-levels-XXXXXX".utf8CString)
+        let root = try #require(template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) })
+        defer {
+            for file in ["ci/payloads/cgroup.subtree_control", "ci/cgroup.subtree_control", "ci/tasks", "cgroup.subtree_control"] {
+                unlink(root + "/" + file)
+            }
+            for folder in ["ci/payloads", "ci", ""] { rmdir(root + "/" + folder) }
+        }
+        #expect(mkdir(root + "/ci", 0o755) == 0 && mkdir(root + "/ci/payloads", 0o755) == 0)
+        put(root + "/cgroup.subtree_control", "cpu memory pids")
+        put(root + "/ci/cgroup.subtree_control", "memory")
+        put(root + "/ci/payloads/cgroup.subtree_control", "")
+        try Cgroup.makeParent("ci/payloads", under: root, enabling: ["memory", "cpu", "pids"])
+        #expect(readText(root + "/cgroup.subtree_control") == "cpu memory pids", "a level with them all is not written")
+        #expect(readText(root + "/ci/cgroup.subtree_control") == "+cpu +pids")
+        #expect(readText(root + "/ci/payloads/cgroup.subtree_control") == "+memory +cpu +pids")
+        // A level that is a file: refused naming the parent.
+        put(root + "/ci/tasks", "")
+        let error = #expect(throws: SiloError.self) { try Cgroup.makeParent("ci/tasks", under: root, enabling: []) }
+        #expect(error?.field == "cgroup parent" && error?.value == "ci/tasks")
+    }
+}
+
+/// Makes `path` hold `text`.
+private func put(_ path: String, _ text: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    let fd = Glibc.open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o644)
+    #expect(fd >= 0 && write(fd, text, text.utf8.count) == text.utf8.count, sourceLocation: sourceLocation)
+    close(fd)
 }
 
 /// A thread that runs `body`, joined by `join()`.

@@ -139,12 +139,18 @@ public final class Cgroup: Sendable {
 
     /// Makes `parent` (one level or more) under a hierarchy's `root`, enabling `controllers` (on
     /// cgroup2; none on v1) in the subtree_control of the root and of each level made or found.
-    private static func makeParent(_ parent: String, under root: String, enabling controllers: [String]) throws(SiloError) {
+    /// A level that is there must be a folder: a parent naming one of a cgroup's files
+    /// (`tasks`, `memory.max`) is refused by name.
+    static func makeParent(_ parent: String, under root: String, enabling controllers: [String]) throws(SiloError) {
         var current = root
         for component in parent.split(separator: "/") {
             if !controllers.isEmpty { try enable(controllers, in: current) }
             current += "/" + component
             try makeDirectory(current)
+            var info = stat()
+            if stat(current, &info) == 0, (info.st_mode & S_IFMT) != S_IFDIR {
+                throw SiloError.invalidArgument(field: "cgroup parent", value: parent, reason: "\(current) is a cgroup's file, not a folder")
+            }
         }
         if !controllers.isEmpty { try enable(controllers, in: current) }
     }
@@ -170,9 +176,12 @@ public final class Cgroup: Sendable {
     }
 
     /// Re-opens an existing cgroup by name, as another process finds a running system's.
+    /// One under a parent ``CgroupLayout/checkParent(_:)`` refuses has no directory: nothing of it
+    /// is read, written or removed (a parent read back from a file could be anything).
     public static func open(name: String, layout: CgroupLayout = .detect()) -> Cgroup {
-        let suffix = "/" + layout.parent + "/" + name
         var directories: [String: String] = [:]
+        guard (try? CgroupLayout.checkParent(layout.parent)) != nil else { return Cgroup(name: name, layout: layout, directories: directories) }
+        let suffix = "/" + layout.parent + "/" + name
         if let unified = layout.unified { directories["unified"] = unified + suffix }
         for controller in ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"] where layout.place(controller) == .v1 {
             if let root = layout.legacy[controller] { directories[controller] = root + suffix }

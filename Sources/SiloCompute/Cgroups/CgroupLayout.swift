@@ -32,14 +32,21 @@ public struct CgroupLayout: Sendable, Hashable {
     }
 
     /// A parent is a relative path of plain names: no leading or trailing `/`, no empty, `.` or
-    /// `..` component (it must stay inside each hierarchy), no newline.
+    /// `..` component (it must stay inside each hierarchy), no newline or NUL; and not inside the
+    /// default parent, whose folders are systems' cgroups (`silo/web` would nest new systems in
+    /// system `web`'s, which its terminate kills and removes whole).
     public static func checkParent(_ parent: String) throws(SiloError) {
         let components = parent.split(separator: "/", omittingEmptySubsequences: false)
         let bad = parent.isEmpty || parent.utf8.count > 1024 || parent.utf8.contains(UInt8(ascii: "\n"))
-            || components.contains { $0.isEmpty || $0 == "." || $0 == ".." }
-        guard bad else { return }
-        throw SiloError.invalidArgument(field: "cgroup parent", value: parent,
-                                        reason: "give a path relative to each cgroup hierarchy's root, such as silo or system.slice/ci.service/payloads")
+            || parent.utf8.contains(0) || components.contains { $0.isEmpty || $0 == "." || $0 == ".." }
+        if bad {
+            throw SiloError.invalidArgument(field: "cgroup parent", value: parent,
+                                            reason: "give a path relative to each cgroup hierarchy's root, such as silo or system.slice/ci.service/payloads")
+        }
+        if components.count > 1, components[0] == Substring(defaultParent) {
+            throw SiloError.invalidArgument(field: "cgroup parent", value: parent,
+                                            reason: "the folders in \(defaultParent)/ are systems' cgroups; choose a parent outside it")
+        }
     }
 
     /// The host's layout: the layouts systemd mounts told apart with `statfs` (``standard()``),

@@ -156,6 +156,14 @@ public enum SandboxRun {
         guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
             throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
         }
+        // The lock file names the run's cgroup parent when it is not the default, for a
+        // reenumerate after a killed runner (which may be given another parent). One left by a
+        // dead runner is emptied first; a new one with the default parent costs nothing more.
+        if !madeLock { _ = ftruncate(lock, 0) }
+        if layout.parent != CgroupLayout.defaultParent {
+            let text = Array(layout.parent.utf8)
+            guard pwrite(lock, text, text.count, 0) == text.count else { throw SiloError.system("write", errno: errno, path: lockPath) }
+        }
         // An empty file by the system's name reserves its id: a system's folder (ComputeService's
         // mkdir) and this file exclude each other, and `ids()` lists both. A file, not a folder:
         // removing a folder frees its block, and on a disk file system mounted with discard rmdir

@@ -122,7 +122,11 @@ public final class ComputeService: Sendable {
             guard lock >= 0 else { continue }  // being made or removed by its runner right now
             defer { Glibc.close(lock) }
             guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
-            let cgroup = Cgroup.open(name: configuration.cgroupName(for: id), layout: configuration.layout)
+            // Under the parent the run wrote in its lock (none: the default), not this call's.
+            var named = [UInt8](repeating: 0, count: 1100)
+            let count = pread(lock, &named, named.count, 0)
+            let parent = count > 0 ? String(decoding: named[0..<count], as: UTF8.self) : nil
+            let cgroup = configuration.cgroup(of: id, parent: parent)
             guard (try? cgroup.destroy()) != nil else { continue }
             if unlink(directory) != 0 { rmdir(directory) }  // a run's file (a folder, from older versions)
             unlink(lockPath)
