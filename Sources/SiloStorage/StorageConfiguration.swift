@@ -13,13 +13,18 @@ public struct StorageConfiguration: Sendable {
     /// Thin LUNs may promise this many times the pool's capacity.
     public var overcommitRatio: Double
     public var scheduler: OperationScheduler
+    /// Asked, between short sleeps, while a call waits for the registry lock that another process
+    /// holds: true gives the call up, as `operationCancelled`, with nothing done. Nil waits for
+    /// the lock however long it takes. The `silo` CLI answers with a pending Ctrl-C.
+    public var lockWaitGivesUp: (@Sendable () -> Bool)?
 
     /// - Parameter stateDirectory: nil means `SILO_STATE_DIR`, or `/var/lib/silo`.
     public init(
         stateDirectory: String? = nil,
         linkDirectory: String? = nil,
         overcommitRatio: Double = 4,
-        scheduler: OperationScheduler = .shared
+        scheduler: OperationScheduler = .shared,
+        lockWaitGivesUp: (@Sendable () -> Bool)? = nil
     ) {
         let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
         let state = Self.normalize(stateDirectory ?? environment ?? Self.defaultStateDirectory)
@@ -27,6 +32,7 @@ public struct StorageConfiguration: Sendable {
         self.linkDirectory = linkDirectory ?? (state == Self.defaultStateDirectory ? "/dev/silo" : state + "/dev")
         self.overcommitRatio = overcommitRatio
         self.scheduler = scheduler
+        self.lockWaitGivesUp = lockWaitGivesUp
     }
 
     var registryDirectory: String { stateDirectory + "/luns" }

@@ -122,17 +122,29 @@ struct Globals: Equatable {
     var stateDirectory: String?
 
     var provider: StorageProvider {
-        StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory))
+        StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory, lockWaitGivesUp: Self.interrupted))
     }
 
     /// For the calls that end in milliseconds, with nothing to show or cancel meanwhile (a create
     /// that writes no zeros, a delete): they run on this command's own thread, with no worker
     /// thread to start and hand over to.
     var quickProvider: StorageProvider {
-        StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory, scheduler: Self.onCaller))
+        StorageProvider(configuration: StorageConfiguration(stateDirectory: stateDirectory, scheduler: Self.onCaller,
+                                                            lockWaitGivesUp: Self.interrupted))
     }
 
     static let onCaller = OperationScheduler(runsOnCaller: true)
+
+    /// Whether a Ctrl-C came (and takes it): a call waiting for another silo's registry lock then
+    /// gives up, with nothing changed, and the command exits 130. SIGINT is blocked in every
+    /// thread (SiloCommand.main), so it is pending until taken here or by a wait's `Interrupts`.
+    static let interrupted: @Sendable () -> Bool = {
+        var interrupt = sigset_t()
+        sigemptyset(&interrupt)
+        sigaddset(&interrupt, SIGINT)
+        var noWait = timespec()
+        return sigtimedwait(&interrupt, nil, &noWait) == SIGINT
+    }
 }
 
 /// A command scripts run in loops, split in two: the ArgumentParser command, which reads its

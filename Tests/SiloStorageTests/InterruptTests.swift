@@ -66,6 +66,35 @@ struct InterruptTests {
     }
 }
 
+extension InterruptTests {
+    @Test("E3 Ctrl-C while a command waits for the registry lock another silo holds gives up at once: exit 130, nothing changed")
+    func ctrlCWhileWaitingForLock() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        let first = try storage.create("first")
+        let lockFile = storage.provider.configuration.lockFile
+        let lock = open(lockFile, O_RDWR | O_CLOEXEC)
+        try #require(lock >= 0)
+        defer { close(lock) }
+        #expect(flock(lock, LOCK_EX) == 0)
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "waiting", "--size", "8M"])
+        usleep(300_000)
+        #expect(!hasExited(child.pid), "the create waits for the lock")
+        child.kill(SIGINT)
+        let gaveUp = waitUntil { hasExited(child.pid) }
+        flock(lock, LOCK_UN)
+        let outcome = child.finish()
+        #expect(gaveUp, "Ctrl-C left the command waiting for the lock")
+        #expect(outcome.status == 130, "\(outcome.error)")
+        #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
+        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+        #expect(try storage.provider.luns().map(\.name) == ["first"])
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory) == [first.backingFile.split(separator: "/").last.map(String.init) ?? ""])
+        #expect(loopDevices(backedUnder: storage.path).count == 1)
+    }
+}
+
 /// Whether the child has exited, without reaping it (its `finish()` does).
 private func hasExited(_ pid: pid_t) -> Bool {
     var info = siginfo_t()

@@ -40,8 +40,26 @@ struct LunRegistry: Sendable {
             fd = try syscall("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
         }
         defer { close(fd) }  // closing releases the lock
-        try syscall("flock", path: path) { flock(fd, LOCK_EX) }
+        try acquire(fd, path: path)
         return try body()
+    }
+
+    /// Takes the lock: at once when it is free; else by blocking, or, with the configuration's
+    /// `lockWaitGivesUp`, in sleeps from 50 µs doubling to 2 ms, asking it whether to give up.
+    private func acquire(_ fd: Int32, path: String) throws(SiloError) {
+        guard let givesUp = configuration.lockWaitGivesUp else {
+            _ = try syscall("flock", path: path) { flock(fd, LOCK_EX) }
+            return
+        }
+        var pause: UInt32 = 50
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            guard errno == EWOULDBLOCK || errno == EINTR else { throw SiloError.system("flock", errno: errno, path: path) }
+            if givesUp() {
+                throw SiloError(.operationCancelled, "cancelled while waiting for \(path), which another process holds; nothing was changed")
+            }
+            usleep(pause)
+            pause = min(pause * 2, 2000)
+        }
     }
 
     func load(_ name: String) throws(SiloError) -> LunRecord? {
