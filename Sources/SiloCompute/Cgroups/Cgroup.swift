@@ -146,7 +146,8 @@ public final class Cgroup: Sendable {
         for component in parent.split(separator: "/") {
             if !controllers.isEmpty { try enable(controllers, in: current) }
             current += "/" + component
-            try makeDirectory(current)
+            guard mkdir(current, 0o755) != 0 else { continue }
+            guard errno == EEXIST else { throw SiloError.system("mkdir", errno: errno, path: current) }
             var info = stat()
             if stat(current, &info) == 0, (info.st_mode & S_IFMT) != S_IFDIR {
                 throw SiloError.invalidArgument(field: "cgroup parent", value: parent, reason: "\(current) is a cgroup's file, not a folder")
