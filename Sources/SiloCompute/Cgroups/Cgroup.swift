@@ -148,6 +148,8 @@ public final class Cgroup: Sendable {
             current += "/" + component
             guard mkdir(current, 0o755) != 0 else { continue }
             guard errno == EEXIST else { throw SiloError.system("mkdir", errno: errno, path: current) }
+            // `silo` is no cgroup file's name: the default parent needs no look.
+            if parent == CgroupLayout.defaultParent { continue }
             var info = stat()
             if stat(current, &info) == 0, (info.st_mode & S_IFMT) != S_IFDIR {
                 throw SiloError.invalidArgument(field: "cgroup parent", value: parent, reason: "\(current) is a cgroup's file, not a folder")
