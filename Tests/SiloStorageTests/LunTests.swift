@@ -946,4 +946,75 @@ struct LunTests {
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
+    @Test("S15 a LUN that a process of another pid namespace is creating is left alone: its pid means nothing here", arguments: [true, false])
+    func foreignOwner(foreign: Bool) throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
+        let registry = provider.registry
+        _ = try storage.create("mine")  // the registry and the pool are there
+        // A provisioning under way in another pid namespace (a container sharing the state
+        // directory): its pid is none of this namespace's. The control: the same owner of this
+        // namespace, which is dead here, and rolled back.
+        let ours = try #require(ProcessIdentity.pidNamespace)
+        let file = provider.configuration.poolDirectory + "/" + newIdentifier() + ".img"
+        let id = String(file.split(separator: "/").last!.dropLast(4))
+        let owner = LunRecord.Owner(pid: 4_000_000, startTime: 1, operation: "createLun", pidNamespace: foreign ? ours + 1 : ours)
+        let record = LunRecord(
+            id: id, name: "theirs", friendlyName: nil, size: 8 << 20, blockSize: 512, provisioning: .thin, readOnly: false,
+            directIO: true, unmasking: .nobody, backingFile: file, pool: "default", state: .creating, online: true, device: nil,
+            owner: owner, createdAt: nowSeconds()
+        )
+        try registry.locked { () throws(SiloError) in try registry.save(record) }
+        try BackingFile.create(file, size: 8 << 20)
+        let report = try provider.reenumerate().wait(timeout: .seconds(60))
+        if foreign {
+            #expect(try provider.luns().map(\.name).sorted() == ["mine", "theirs"], "left alone")
+            #expect(fileExists(file))
+            #expect(report.drift.contains { $0.hasPrefix("theirs: createLun by pid 4000000 of another pid namespace") }, "\(report.drift)")
+            let refused = #expect(throws: SiloError.self) { _ = try provider.deleteLun("theirs").wait(timeout: .seconds(30)) }
+            #expect(refused?.code == .anotherCallInProgress && refused?.message.contains("of another pid namespace") == true,
+                    "\(String(describing: refused))")
+            // Settled as that namespace would once the process is gone: here, by taking the owner away.
+            var given = record
+            given.owner = nil
+            try registry.locked { () throws(SiloError) in try registry.save(given) }
+            _ = try provider.reenumerate().wait(timeout: .seconds(60))
+        } else {
+            #expect(report.rolledBack == ["theirs"], "a dead owner of this namespace: rolled back")
+        }
+        #expect(try provider.luns().map(\.name) == ["mine"])
+        #expect(!fileExists(file))
+    }
+    @Test("S15 end to end: a create run by silo in its own pid namespace, stopped mid-zeroing, is left alone by this namespace's reenumerate", .requiresSiloBinary)
+    func foreignCreateEndToEnd() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        // unshare's child is pid 1 of a new pid namespace, with a /proc of its own: silo in it
+        // records that namespace with its owner.
+        let child = spawn("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", siloBinary, "--state-dir", state,
+                                               "lun", "create", "--name", "far", "--size", "1G", "--provisioning", "zeroed"])
+        // Stopped once zeroing is under way (the registry lock is let go by then).
+        var zeroing = false
+        for _ in 0..<2000 where !zeroing {
+            zeroing = ((try? storage.provider.luns().first?.allocatedBytes) ?? 0) ?? 0 >= 16 << 20
+            if !zeroing { usleep(5000) }
+        }
+        let children = readSmallFile("/proc/\(child.pid)/task/\(child.pid)/children") ?? ""
+        let silo = try #require(children.split(separator: " ").first.flatMap { pid_t($0) }, "unshare's child: \(children)")
+        kill(silo, SIGSTOP)
+        defer { kill(silo, SIGCONT) }  // should an expectation throw
+        let owner = try? storage.provider.registry.load("far")?.owner
+        let recorded = try #require(owner, "the create never recorded its owner")
+        #expect(recorded.pidNamespace != nil && recorded.pidNamespace != ProcessIdentity.pidNamespace)
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.rolledBack.isEmpty, "a live create of another namespace was rolled back: \(report)")
+        #expect(report.drift.contains { $0.hasPrefix("far: createLun by pid") && $0.contains("another pid namespace") }, "\(report.drift)")
+        #expect(zeroing, "the create never started zeroing")
+        kill(silo, SIGCONT)
+        let outcome = child.finish()
+        #expect(outcome.status == 0, "\(outcome.error)")
+        #expect(try storage.provider.lun(named: "far").status == .online)
+    }
 }

@@ -73,6 +73,7 @@ extension StorageProvider {
             for name in registry.markNames(mark) {
                 let owner = registry.mark(mark, name)
                 if let owner, ProcessIdentity.isAlive(owner) {
+                    if ProcessIdentity.isForeign(owner) { report.drift.append(Self.foreign(name, owner)) }
                     busy.insert(name)
                     continue
                 }
@@ -98,7 +99,10 @@ extension StorageProvider {
             let devices = tagged[record.id] ?? []
             // A live call (a mark beside the record, or a provisioning's owner in it): leave it.
             if busy.contains(record.name) { continue }
-            if let owner = record.owner, ProcessIdentity.isAlive(owner) { continue }
+            if let owner = record.owner, ProcessIdentity.isAlive(owner) {
+                if ProcessIdentity.isForeign(owner) { report.drift.append(Self.foreign(record.name, owner)) }
+                continue
+            }
             if record.state == .creating {
                 // Died while provisioning: undo everything the record names. A device that
                 // cannot be detached (something holds it) keeps its record, and says why: the
@@ -221,6 +225,13 @@ extension StorageProvider {
             }
         }
         return report
+    }
+
+    /// Said of a LUN a process of another pid namespace is changing: its pid cannot be looked up
+    /// here, so it is left alone, as a live call's would be.
+    static func foreign(_ name: String, _ owner: LunRecord.Owner) -> String {
+        "\(name): \(owner.operation) by pid \(owner.pid) of another pid namespace is changing it; left alone "
+            + "(reenumerate from that namespace settles it if that process died)"
     }
 }
 

@@ -204,7 +204,8 @@ public final class StorageProvider: Sendable {
         for owner in owners.compactMap({ $0 }) where ProcessIdentity.isAlive(owner) {
             throw SiloError(
                 .anotherCallInProgress,
-                "LUN '\(record.name)' is busy: \(owner.operation) is running (pid \(owner.pid)); try again when it completes",
+                "LUN '\(record.name)' is busy: \(owner.operation) is running (pid \(owner.pid)"
+                    + (ProcessIdentity.isForeign(owner) ? " of another pid namespace" : "") + "); try again when it completes",
                 field: "name", value: record.name
             )
         }

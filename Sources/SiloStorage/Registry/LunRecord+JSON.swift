@@ -34,7 +34,7 @@ extension LunRecord {
         device = try object.optional("device")
         owner = try object.object("owner").map { (owner) throws(SiloError) in
             Owner(pid: try owner.required("pid"), startTime: try owner.required("startTime"),
-                  operation: try owner.required("operation"))
+                  operation: try owner.required("operation"), pidNamespace: try owner.optional("pidNamespace"))
         }
         createdAt = try object.required("createdAt")
     }
@@ -60,6 +60,7 @@ extension LunRecord {
             writer.add("pid", owner.pid)
             writer.add("startTime", owner.startTime)
             writer.add("operation", owner.operation)
+            writer.add("pidNamespace", owner.pidNamespace)
             return writer
         })
         object.add("createdAt", createdAt)

@@ -13,6 +13,9 @@ struct LunRecord: Codable, Sendable, Equatable {
         /// Field 22 of /proc/<pid>/stat, so a recycled pid is not mistaken for the owner.
         var startTime: UInt64
         var operation: String
+        /// The inode of the owner's pid namespace (`/proc/self/ns/pid`): a pid means something
+        /// only in its own namespace. Nil in records written before Silo kept it.
+        var pidNamespace: UInt64? = nil
     }
 
     var id: String

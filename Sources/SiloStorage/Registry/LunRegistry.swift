@@ -171,7 +171,7 @@ struct LunRegistry: Sendable {
         unlink(path)  // a dead owner's (the caller checked that no live one holds it)
         let fd = try syscall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
         defer { close(fd) }
-        try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation)\n".utf8), path: path)
+        try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0)\n".utf8), path: path)
     }
 
     /// The process that placed `mark` on LUN `name`, if the mark is there (alive or not).
@@ -180,7 +180,9 @@ struct LunRegistry: Sendable {
         let fields = text.split(separator: " ")
         guard fields.count >= 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
         let operation = fields.count > 2 ? String(fields[2]) : (mark == .deleting ? "deleteLun" : "change")
-        return LunRecord.Owner(pid: pid, startTime: start, operation: operation)
+        // The fourth field, the pid namespace, from this version on (0: not known).
+        let namespace = fields.count > 3 ? UInt64(fields[3].filter { $0 != "\n" }).flatMap { $0 == 0 ? nil : $0 } : nil
+        return LunRecord.Owner(pid: pid, startTime: start, operation: operation, pidNamespace: namespace)
     }
 
     func removeMark(_ mark: Mark, _ name: String) {

@@ -4,13 +4,29 @@ import Glibc
 enum ProcessIdentity {
     static func current(operation: String) -> LunRecord.Owner {
         let pid = getpid()
-        return LunRecord.Owner(pid: pid, startTime: startTime(of: pid) ?? 0, operation: operation)
+        return LunRecord.Owner(pid: pid, startTime: startTime(of: pid) ?? 0, operation: operation, pidNamespace: pidNamespace)
     }
 
+    /// Whether the owner still runs. One in another pid namespace (a container sharing the state
+    /// directory, or the host seen from one) cannot be looked up by its pid here: it counts as
+    /// alive, so nothing it is doing is taken for a dead call's and rolled back under it.
     static func isAlive(_ owner: LunRecord.Owner) -> Bool {
+        if isForeign(owner) { return true }
         guard let start = startTime(of: owner.pid) else { return false }
         return start == owner.startTime
     }
+
+    /// Whether the owner's pid belongs to another pid namespace than this process's.
+    static func isForeign(_ owner: LunRecord.Owner) -> Bool {
+        guard let theirs = owner.pidNamespace, let ours = pidNamespace else { return false }
+        return theirs != ours
+    }
+
+    /// This process's pid namespace, by its inode (it never changes for a process).
+    static let pidNamespace: UInt64? = {
+        var info = stat()
+        return stat("/proc/self/ns/pid", &info) == 0 ? UInt64(info.st_ino) : nil
+    }()
 
     /// Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces).
     /// Read byte by byte: splitting the line into strings cost each create 0.2M instructions.
