@@ -781,6 +781,12 @@ struct LunTests {
         let deadLink = storage.provider.configuration.linkDirectory + "/.fine.\(dead)"
         #expect(writeFile(deadTemporary, "{") && writeFile(liveTemporary, "{"))
         #expect(symlink("/dev/loop0", deadLink) == 0)
+        // A fresh one stays: its pid may be another pid namespace's, its writer still at work.
+        let fresh = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(fileExists(deadTemporary) && resolveLink(deadLink) != nil && fresh.repaired.isEmpty, "\(fresh.repaired)")
+        // A minute old, it is a dead writer's.
+        var old = [timespec(tv_sec: time(nil) - 120, tv_nsec: 0), timespec(tv_sec: time(nil) - 120, tv_nsec: 0)]
+        for path in [deadTemporary, liveTemporary, deadLink] { #expect(utimensat(AT_FDCWD, path, &old, AT_SYMLINK_NOFOLLOW) == 0) }
         let cleaned = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(!fileExists(deadTemporary) && resolveLink(deadLink) == nil && fileExists(liveTemporary))
         #expect(cleaned.repaired.count == 2, "\(cleaned.repaired)")
@@ -946,46 +952,118 @@ struct LunTests {
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
-    @Test("S15 a LUN that a process of another pid namespace is creating is left alone: its pid means nothing here", arguments: [true, false])
-    func foreignOwner(foreign: Bool) throws {
+    @Test("S15 a LUN a process of another pid namespace is creating is left alone while that namespace lives, and settled once it is gone")
+    func foreignOwner() throws {
         let storage = TestStorage()
         defer { storage.finish() }
         let provider = storage.provider
         let registry = provider.registry
+        try #require(ProcessIdentity.pidNamespace == ProcessIdentity.initialPidNamespace, "needs the initial pid namespace")
         _ = try storage.create("mine")  // the registry and the pool are there
-        // A provisioning under way in another pid namespace (a container sharing the state
-        // directory): its pid is none of this namespace's. The control: the same owner of this
-        // namespace, which is dead here, and rolled back.
-        let ours = try #require(ProcessIdentity.pidNamespace)
-        let file = provider.configuration.poolDirectory + "/" + newIdentifier() + ".img"
-        let id = String(file.split(separator: "/").last!.dropLast(4))
-        let owner = LunRecord.Owner(pid: 4_000_000, startTime: 1, operation: "createLun", pidNamespace: foreign ? ours + 1 : ours)
-        let record = LunRecord(
-            id: id, name: "theirs", friendlyName: nil, size: 8 << 20, blockSize: 512, provisioning: .thin, readOnly: false,
-            directIO: true, unmasking: .nobody, backingFile: file, pool: "default", state: .creating, online: true, device: nil,
-            owner: owner, createdAt: nowSeconds()
-        )
-        try registry.locked { () throws(SiloError) in try registry.save(record) }
-        try BackingFile.create(file, size: 8 << 20)
-        let report = try provider.reenumerate().wait(timeout: .seconds(60))
-        if foreign {
-            #expect(try provider.luns().map(\.name).sorted() == ["mine", "theirs"], "left alone")
-            #expect(fileExists(file))
-            #expect(report.drift.contains { $0.hasPrefix("theirs: createLun by pid 4000000 of another pid namespace") }, "\(report.drift)")
-            let refused = #expect(throws: SiloError.self) { _ = try provider.deleteLun("theirs").wait(timeout: .seconds(30)) }
-            #expect(refused?.code == .anotherCallInProgress && refused?.message.contains("of another pid namespace") == true,
-                    "\(String(describing: refused))")
-            // Settled as that namespace would once the process is gone: here, by taking the owner away.
-            var given = record
-            given.owner = nil
-            try registry.locked { () throws(SiloError) in try registry.save(given) }
-            _ = try provider.reenumerate().wait(timeout: .seconds(60))
-        } else {
-            #expect(report.rolledBack == ["theirs"], "a dead owner of this namespace: rolled back")
+        // A live pid namespace of another process: unshare's child, pid 1 there.
+        let sleeper = spawn("/usr/bin/unshare", ["--pid", "--fork", "/bin/sleep", "60"])
+        var finished = false
+        defer { if !finished { kill(sleeper.pid, SIGKILL); _ = sleeper.finish() } }
+        var inside: pid_t?
+        for _ in 0..<400 where inside == nil {
+            inside = readSmallFile("/proc/\(sleeper.pid)/task/\(sleeper.pid)/children").flatMap { $0.split(separator: " ").first }.flatMap { pid_t($0) }
+            if inside == nil { usleep(5000) }
         }
+        let sleeping = try #require(inside, "unshare started no child")
+        defer { kill(sleeping, SIGKILL) }
+        var info = stat()
+        try #require(stat("/proc/\(sleeping)/ns/pid", &info) == 0)
+        let theirNamespace = UInt64(info.st_ino)
+        // Two provisionings under way: one of that namespace (its pid means nothing here), and
+        // the control, a dead process of this one.
+        func reserve(_ name: String, namespace: UInt64?) throws -> String {
+            let file = provider.configuration.poolDirectory + "/" + newIdentifier() + ".img"
+            let id = String(file.split(separator: "/").last!.dropLast(4))
+            let record = LunRecord(
+                id: id, name: name, friendlyName: nil, size: 8 << 20, blockSize: 512, provisioning: .thin, readOnly: false,
+                directIO: true, unmasking: .nobody, backingFile: file, pool: "default", state: .creating, online: true, device: nil,
+                owner: LunRecord.Owner(pid: 4_000_000, startTime: 1, operation: "createLun", pidNamespace: namespace), createdAt: nowSeconds()
+            )
+            try registry.locked { () throws(SiloError) in try registry.save(record) }
+            try BackingFile.create(file, size: 8 << 20)
+            return file
+        }
+        let theirs = try reserve("theirs", namespace: theirNamespace)
+        let gone = try reserve("gone", namespace: ProcessIdentity.pidNamespace)
+        let report = try provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.rolledBack == ["gone"], "\(report)")
+        #expect(!fileExists(gone))
+        #expect(try provider.luns().map(\.name).sorted() == ["mine", "theirs"], "left alone while its namespace lives")
+        #expect(fileExists(theirs))
+        #expect(report.drift.contains { $0.hasPrefix("theirs: createLun by pid 4000000 of another pid namespace") }, "\(report.drift)")
+        let refused = #expect(throws: SiloError.self) { _ = try provider.deleteLun("theirs").wait(timeout: .seconds(30)) }
+        #expect(refused?.code == .anotherCallInProgress && refused?.message.contains("of another pid namespace") == true,
+                "\(String(describing: refused))")
+        // The namespace ends with its last process (a container gone, a reboot): its call is dead.
+        kill(sleeping, SIGKILL)
+        _ = sleeper.finish()
+        finished = true
+        let settled = try provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(settled.rolledBack == ["theirs"], "\(settled)")
         #expect(try provider.luns().map(\.name) == ["mine"])
-        #expect(!fileExists(file))
+        #expect(!fileExists(theirs))
     }
+
+    @Test("S15 an owner that has exited but is not reaped yet (a zombie) is dead; alive before it exits")
+    func zombieOwner() throws {
+        var gate: [Int32] = [0, 0]
+        #expect(pipe(&gate) == 0)
+        let pid = fork()
+        if pid == 0 {  // only async-signal-safe calls here: close, read, _exit
+            close(gate[1])  // or its own write end would keep the read from ending
+            var byte: UInt8 = 0
+            _ = read(gate[0], &byte, 1)
+            _exit(0)
+        }
+        close(gate[0])
+        let start = try #require(ProcessIdentity.startTime(of: pid))
+        let owner = LunRecord.Owner(pid: pid, startTime: start, operation: "createLun", pidNamespace: ProcessIdentity.pidNamespace)
+        #expect(ProcessIdentity.isAlive(owner))
+        close(gate[1])  // it exits, and stays a zombie until waited for
+        var zombie = false
+        for _ in 0..<400 where !zombie {
+            zombie = readSmallFile("/proc/\(pid)/stat")?.contains(") Z ") == true
+            if !zombie { usleep(5000) }
+        }
+        #expect(zombie)
+        #expect(!ProcessIdentity.isAlive(owner))
+        if !zombie { kill(pid, SIGKILL) }  // never a wait that cannot end
+        waitpid(pid, nil, 0)
+    }
+
+    @Test("S15 silo run in a pid namespace of its own but the host's /proc (unshare --pid, no --mount-proc), killed mid-create, is rolled back by the host", .requiresSiloBinary)
+    func ownPidNamespaceHostProc() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        // getpid() is 1 there, but /proc is the host's: silo names itself as /proc shows it.
+        let child = spawn("/usr/bin/unshare", ["--pid", "--fork", siloBinary, "--state-dir", state,
+                                               "lun", "create", "--name", "near", "--size", "1G", "--provisioning", "zeroed"])
+        var zeroing = false
+        for _ in 0..<2000 where !zeroing {
+            zeroing = ((try? storage.provider.luns().first?.allocatedBytes) ?? 0) ?? 0 >= 16 << 20
+            if !zeroing { usleep(5000) }
+        }
+        let children = readSmallFile("/proc/\(child.pid)/task/\(child.pid)/children") ?? ""
+        let silo = children.split(separator: " ").first.flatMap { pid_t($0) }
+        let owner = try? storage.provider.registry.load("near")?.owner
+        // Killed: unshare, its parent, reaps it and exits (killed too, it would leave silo to an
+        // init that may be slow to reap it).
+        if let silo { kill(silo, SIGKILL) } else { kill(child.pid, SIGKILL) }
+        _ = child.finish()
+        #expect(zeroing, "the create never started zeroing")
+        #expect(owner?.pid == silo && owner?.pidNamespace == nil, "\(String(describing: owner)), silo \(String(describing: silo))")
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.rolledBack == ["near"], "\(report)")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+    }
+
     @Test("S15 end to end: a create run by silo in its own pid namespace, stopped mid-zeroing, is left alone by this namespace's reenumerate", .requiresSiloBinary)
     func foreignCreateEndToEnd() throws {
         let storage = TestStorage()
@@ -1004,7 +1082,15 @@ struct LunTests {
         let children = readSmallFile("/proc/\(child.pid)/task/\(child.pid)/children") ?? ""
         let silo = try #require(children.split(separator: " ").first.flatMap { pid_t($0) }, "unshare's child: \(children)")
         kill(silo, SIGSTOP)
-        defer { kill(silo, SIGCONT) }  // should an expectation throw
+        var finished = false
+        defer {
+            // Should a #require throw: silo (pid 1 of its namespace) and unshare go.
+            if !finished {
+                kill(silo, SIGKILL)
+                kill(child.pid, SIGKILL)
+                _ = child.finish()
+            }
+        }
         let owner = try? storage.provider.registry.load("far")?.owner
         let recorded = try #require(owner, "the create never recorded its owner")
         #expect(recorded.pidNamespace != nil && recorded.pidNamespace != ProcessIdentity.pidNamespace)
@@ -1014,6 +1100,7 @@ struct LunTests {
         #expect(zeroing, "the create never started zeroing")
         kill(silo, SIGCONT)
         let outcome = child.finish()
+        finished = true
         #expect(outcome.status == 0, "\(outcome.error)")
         #expect(try storage.provider.lun(named: "far").status == .online)
     }

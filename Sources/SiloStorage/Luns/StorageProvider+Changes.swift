@@ -29,7 +29,8 @@ extension StorageProvider {
                    callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
         try Names.validate(name, field: "name", what: "a LUN name")
         let owner = ProcessIdentity.current(operation: "deleteLun")
-        let record = try registry.locked(missing: .notFound("LUN", field: "name", value: name)) { () throws(SiloError) -> LunRecord in
+        let record = try registry.locked(missing: .notFound("LUN", field: "name", value: name), givingUp: true) {
+            () throws(SiloError) -> LunRecord in
             let record = try self.record(named: name)
             try Self.check(record, isLun: id)
             try checkChangeable(record)

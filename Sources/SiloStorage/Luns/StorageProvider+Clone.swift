@@ -36,7 +36,7 @@ extension StorageProvider {
             state: .creating, online: true, device: nil,
             owner: ProcessIdentity.current(operation: "cloneLun"), createdAt: nowSeconds()
         )
-        try registry.locked { () throws(SiloError) in
+        try registry.locked(givingUp: true) { () throws(SiloError) in
             if try registry.load(name) != nil {
                 throw SiloError(.invalidArgument, "a LUN named '\(name)' already exists", field: "name", value: name)
             }

@@ -27,7 +27,7 @@ extension StorageProvider {
         )
         // The record is the intent: if this process dies from here on, reenumerate finds a
         // `creating` record whose owner is gone and removes everything it names (S15).
-        try registry.locked { () throws(SiloError) in
+        try registry.locked(givingUp: true) { () throws(SiloError) in
             if try registry.load(spec.name) != nil {
                 throw SiloError(.invalidArgument, "a LUN named '\(spec.name)' already exists", field: "name", value: spec.name)
             }

@@ -210,7 +210,11 @@ extension StorageProvider {
             report.linksFixed.append(entry)
         }
         // What a killed process left half-written: a record's temporary copy
-        // (`.<name>.json.<pid>.tmp`) or a stable name's (`.<name>.<pid>`).
+        // (`.<name>.json.<pid>.tmp`) or a stable name's (`.<name>.<pid>`), a minute old at least:
+        // a writer is done with its copy in milliseconds, and one of another pid namespace (a
+        // container sharing the state directory) may have a pid that means nothing here.
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
         for (folder, pidField) in [(registry.directory, 2), (configuration.linkDirectory, 1)] {
             for entry in directoryEntries(folder, hidden: true) where entry.hasPrefix(".") {
                 var fields = entry.split(separator: ".")
@@ -218,7 +222,9 @@ extension StorageProvider {
                     guard entry.hasSuffix(".tmp") else { continue }
                     fields.removeLast()
                 }
+                var info = stat()
                 guard fields.count > pidField, let pid = Int32(fields[fields.count - 1]), pid > 0,
+                      lstat(folder + "/" + entry, &info) == 0, now.tv_sec - info.st_mtim.tv_sec >= 60,
                       kill(pid, 0) != 0, errno == ESRCH else { continue }
                 unlink(folder + "/" + entry)
                 report.repaired.append("\(folder)/\(entry): left by dead pid \(pid), removed")

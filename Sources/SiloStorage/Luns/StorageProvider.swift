@@ -173,7 +173,8 @@ public final class StorageProvider: Sendable {
     func beginChange(_ name: String, operation: String,
                      checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunRecord {
         try Names.validate(name, field: "name", what: "a LUN name")
-        return try registry.locked(missing: .notFound("LUN", field: "name", value: name)) { () throws(SiloError) -> LunRecord in
+        return try registry.locked(missing: .notFound("LUN", field: "name", value: name), givingUp: true) {
+            () throws(SiloError) -> LunRecord in
             guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
             try checkChangeable(record)
             // A change whose process died left its mark (or, from an older Silo, its owner in the
@@ -255,7 +256,10 @@ public final class StorageProvider: Sendable {
         }
         // This process's mark only: a second end of the same change (a failure path's) may come
         // after another process marked the LUN for a change of its own.
-        if registry.mark(.changing, name)?.pid == getpid() { registry.removeMark(.changing, name) }
+        if let mark = registry.mark(.changing, name), mark.pid == ProcessIdentity.procPID,
+           mark.pidNamespace == nil || mark.pidNamespace == ProcessIdentity.pidNamespace {
+            registry.removeMark(.changing, name)
+        }
     }
 
     // MARK: Stable names
@@ -269,7 +273,7 @@ public final class StorageProvider: Sendable {
             throw SiloError(.invalidArgument, "\(final) is there and is no link to a loop device; Silo leaves it alone",
                             field: "name", value: name)
         }
-        let temporary = directory + "/.\(name).\(getpid())"
+        let temporary = directory + "/.\(name).\(ProcessIdentity.procPID)"
         unlink(temporary)
         try syscall("symlink", path: temporary) { symlink(device.path, temporary) }
         do throws(SiloError) {

@@ -31,7 +31,10 @@ struct LunRegistry: Sendable {
     /// - Parameter missing: for a call that only changes what exists (a delete, an extend): the
     ///   error to throw, with nothing made, when the state directory has no registry yet, so a
     ///   mistyped `--state-dir` is not made into a new state directory before "no LUN" (E3).
-    func locked<T>(missing: SiloError? = nil, _ body: () throws(SiloError) -> T) throws(SiloError) -> T {
+    /// - Parameter givingUp: the wait may give up (``StorageConfiguration/lockWaitGivesUp``):
+    ///   only for a call's first lock, taken before it has done anything, so a call given up has
+    ///   changed nothing. Every later lock of a call waits as long as it takes.
+    func locked<T>(missing: SiloError? = nil, givingUp: Bool = false, _ body: () throws(SiloError) -> T) throws(SiloError) -> T {
         let path = configuration.lockFile
         var fd = open(path, O_RDWR | O_CLOEXEC)
         if fd < 0 {
@@ -40,14 +43,15 @@ struct LunRegistry: Sendable {
             fd = try syscall("open", path: path) { open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
         }
         defer { close(fd) }  // closing releases the lock
-        try acquire(fd, path: path)
+        try acquire(fd, path: path, givingUp: givingUp)
         return try body()
     }
 
     /// Takes the lock: at once when it is free; else by blocking, or, with the configuration's
-    /// `lockWaitGivesUp`, in sleeps from 50 µs doubling to 2 ms, asking it whether to give up.
-    private func acquire(_ fd: Int32, path: String) throws(SiloError) {
-        guard let givesUp = configuration.lockWaitGivesUp else {
+    /// `lockWaitGivesUp` (for a lock that may give up), in sleeps from 50 µs doubling to 1 ms,
+    /// asking it whether to give up.
+    private func acquire(_ fd: Int32, path: String, givingUp: Bool) throws(SiloError) {
+        guard givingUp, let givesUp = configuration.lockWaitGivesUp else {
             _ = try syscall("flock", path: path) { flock(fd, LOCK_EX) }
             return
         }
@@ -58,7 +62,7 @@ struct LunRegistry: Sendable {
                 throw SiloError(.operationCancelled, "cancelled while waiting for \(path), which another process holds; nothing was changed")
             }
             usleep(pause)
-            pause = min(pause * 2, 2000)
+            pause = min(pause * 2, 1000)
         }
     }
 
@@ -217,7 +221,7 @@ struct LunRegistry: Sendable {
 
     private func recordPath(_ name: String) -> String { directory + "/" + name + ".json" }
 
-    private func temporaryPath(_ name: String) -> String { directory + "/.\(name).json.\(getpid()).tmp" }
+    private func temporaryPath(_ name: String) -> String { directory + "/.\(name).json.\(ProcessIdentity.procPID).tmp" }
 
     private func decode(_ bytes: [UInt8], path: String) throws(SiloError) -> LunRecord {
         do {

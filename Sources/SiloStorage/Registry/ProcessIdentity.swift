@@ -2,33 +2,62 @@ import Glibc
 
 /// A process identity that survives pid reuse: the pid and its start time.
 enum ProcessIdentity {
+    /// This process, as the /proc it reads shows it: its pid there (`/proc/self`, which is
+    /// getpid() unless /proc is another pid namespace's, as under `unshare --pid` without a /proc
+    /// of its own), its start time, and that /proc's pid namespace. Anyone reading the same /proc
+    /// looks it up the same way.
     static func current(operation: String) -> LunRecord.Owner {
-        let pid = getpid()
-        return LunRecord.Owner(pid: pid, startTime: startTime(of: pid) ?? 0, operation: operation, pidNamespace: pidNamespace)
+        LunRecord.Owner(pid: procPID, startTime: startTime(of: procPID) ?? 0, operation: operation, pidNamespace: pidNamespace)
     }
 
-    /// Whether the owner still runs. One in another pid namespace (a container sharing the state
-    /// directory, or the host seen from one) cannot be looked up by its pid here: it counts as
-    /// alive, so nothing it is doing is taken for a dead call's and rolled back under it.
+    /// Whether the owner still runs. One of another pid namespace (a container sharing the state
+    /// directory, or the host seen from one) cannot be looked up by its pid here. From the
+    /// initial pid namespace, which sees every process, it runs while its namespace does (a
+    /// container gone, or a reboot, ends it); from any other it counts as alive, so nothing it
+    /// may be doing is rolled back under it.
     static func isAlive(_ owner: LunRecord.Owner) -> Bool {
-        if isForeign(owner) { return true }
+        if isForeign(owner) { return pidNamespace != initialPidNamespace || namespaceExists(owner.pidNamespace ?? 0) }
         guard let start = startTime(of: owner.pid) else { return false }
         return start == owner.startTime
     }
 
-    /// Whether the owner's pid belongs to another pid namespace than this process's.
+    /// Whether the owner's pid belongs to another pid namespace than this process's /proc.
     static func isForeign(_ owner: LunRecord.Owner) -> Bool {
         guard let theirs = owner.pidNamespace, let ours = pidNamespace else { return false }
         return theirs != ours
     }
 
-    /// This process's pid namespace, by its inode (it never changes for a process).
-    static let pidNamespace: UInt64? = {
-        var info = stat()
-        return stat("/proc/self/ns/pid", &info) == 0 ? UInt64(info.st_ino) : nil
+    /// The pid /proc gives this process (`/proc/self`).
+    static let procPID: Int32 = {
+        var buffer = [CChar](repeating: 0, count: 32)
+        let count = readlink("/proc/self", &buffer, buffer.count - 1)
+        guard count > 0 else { return getpid() }
+        return Int32(String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)) ?? getpid()
     }()
 
-    /// Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces).
+    /// The pid namespace of the /proc this process reads, by inode: its own when /proc gives it
+    /// its own pid. Nil when /proc is an ancestor namespace's (`unshare --pid` without a /proc of
+    /// its own), whose inode it cannot name: its pid is then the ancestor's, looked up as anyone's
+    /// of that /proc is.
+    static let pidNamespace: UInt64? = procPID == getpid() ? namespaceInode("/proc/self/ns/pid") : nil
+
+    /// The kernel's fixed inode of the initial pid namespace (PROC_PID_INIT_INO).
+    static let initialPidNamespace: UInt64 = 0xEFFF_FFFC
+
+    private static func namespaceInode(_ path: String) -> UInt64? {
+        var info = stat()
+        return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
+    }
+
+    /// Whether any process /proc shows is in the pid namespace with this inode.
+    static func namespaceExists(_ inode: UInt64) -> Bool {
+        directoryEntries("/proc").contains { entry in
+            entry.first?.isNumber == true && namespaceInode("/proc/" + entry + "/ns/pid") == inode
+        }
+    }
+
+    /// Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces);
+    /// nil for a process that has exited (a zombie) as for one that is gone.
     /// Read byte by byte: splitting the line into strings cost each create 0.2M instructions.
     static func startTime(of pid: Int32) -> UInt64? {
         guard let stat = readSmallFile("/proc/\(pid)/stat") else { return nil }
@@ -41,6 +70,8 @@ enum ProcessIdentity {
             if byte == UInt8(ascii: " ") {
                 if field == 22 { break }
                 field += 1
+            } else if field == 3, byte == UInt8(ascii: "Z") || byte == UInt8(ascii: "X") {
+                return nil  // exited, not yet reaped: as good as gone (a killed owner's parent may be slow to reap it)
             } else if field == 22 {
                 guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
                 let (shifted, overflow) = (value ?? 0).multipliedReportingOverflow(by: 10)
