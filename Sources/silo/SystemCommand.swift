@@ -226,6 +226,7 @@ func show(_ properties: ComputeSystemProperties, json: Bool) throws {
         ("cpu kernel", properties.statistics.map { seconds(hundredNanoseconds: $0.processorTimeKernel) }),
         ("uptime", properties.statistics.map { "\($0.uptimeSeconds) s" }),
         ("ignored fields", properties.ignoredFields.joined(separator: ", ")), ("cgroup layout", properties.cgroupLayout),
+        ("cgroup parent", properties.cgroupParent),
         ("luns", properties.attachments.map { "\($0.lun) \($0.devicePath)\($0.mountPath.map { " on " + $0 } ?? "")" }
             .joined(separator: "; ")),
     ]

@@ -53,6 +53,7 @@ struct CgroupParentTests {
         #expect(reopened.cgroup.pids == [initPID])
         let properties = try reopened.properties()
         #expect(properties.statistics != nil && properties.processList == [initPID])
+        #expect(properties.cgroupParent == parent, "properties say where its cgroups are")
         try reopened.terminate().wait(timeout: .seconds(30))
         for directory in directories { #expect(!fileExists(directory), "\(directory) outlived the system") }
         for directory in directories {

@@ -26,6 +26,8 @@ public struct ComputeSystemProperties: Sendable, Codable, Hashable {
     public var cgroupLayout: String
     /// LUNs attached now, with their device inside and mount path.
     public var attachments: [Attachment] = []
+    /// Where the system's cgroups are in each hierarchy (``CgroupLayout/parent``).
+    public var cgroupParent: String = CgroupLayout.defaultParent
 }
 
 /// Creates, finds and lists compute systems [HcsCreateComputeSystem, HcsOpenComputeSystem,
@@ -180,7 +182,8 @@ public final class ComputeService: Sendable {
                       processorTimeKernel: $0.cpuKernel100ns, uptimeSeconds: nowSeconds() - record.createdAt)
             },
             ignoredFields: document?.ignoredFields ?? [], cgroupLayout: configuration.layout.description,
-            attachments: live ? record.attachments ?? [] : []
+            attachments: live ? record.attachments ?? [] : [],
+            cgroupParent: record.cgroupParent ?? CgroupLayout.defaultParent
         )
     }
 }
