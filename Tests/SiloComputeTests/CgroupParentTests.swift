@@ -1,3 +1,4 @@
+import Dispatch
 import Glibc
 import SiloOperations
 import Testing
@@ -74,9 +75,11 @@ struct CgroupParentTests {
         // the parent is read from outside instead, while the run sleeps.
         var seen: [String] = []
         defer { for path in seen { rmdir(path) } }  // should a failed run leave its cgroup
-        let runner = try PlatformThreadBox.start {
+        let ran = DispatchSemaphore(value: 0)
+        try #require(PlatformThread.spawn {
             _ = try? SandboxRun.run(id: id, limits: CgroupLimits(pids: 16), arguments: ["/bin/sleep", "1"], configuration: configuration)
-        }
+            ran.signal()
+        })
         for _ in 0..<500 where seen.isEmpty {
             seen = roots.compactMap { root in
                 let path = root + "/" + parent + "/" + configuration.cgroupName(for: id)
@@ -84,7 +87,7 @@ struct CgroupParentTests {
             }
             if seen.isEmpty { usleep(2000) }
         }
-        runner.join()
+        ran.wait()
         #expect(!seen.isEmpty, "the run's cgroup was never under \(parent)")
         for path in seen { #expect(!fileExists(path), "\(path) outlived the run") }
         #expect(roots.contains { fileExists($0 + "/" + parent) }, "the chosen parent stays")
@@ -174,27 +177,4 @@ private func put(_ path: String, _ text: String, sourceLocation: SourceLocation 
     let fd = Glibc.open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o644)
     #expect(fd >= 0 && write(fd, text, text.utf8.count) == text.utf8.count, sourceLocation: sourceLocation)
     close(fd)
-}
-
-/// A thread that runs `body`, joined by `join()`.
-final class PlatformThreadBox: @unchecked Sendable {
-    private var thread = pthread_t()
-    private let body: () -> Void
-
-    private init(_ body: @escaping () -> Void) { self.body = body }
-
-    static func start(_ body: @escaping () -> Void) throws -> PlatformThreadBox {
-        let box = PlatformThreadBox(body)
-        let context = Unmanaged.passRetained(box).toOpaque()
-        let result = pthread_create(&box.thread, nil, { raw in
-            guard let raw else { return nil }
-            let box = Unmanaged<PlatformThreadBox>.fromOpaque(raw).takeRetainedValue()
-            box.body()
-            return nil
-        }, context)
-        try #require(result == 0)
-        return box
-    }
-
-    func join() { pthread_join(thread, nil) }
 }

@@ -102,3 +102,34 @@ func spawn(_ program: String, _ arguments: [String], environment: [String: Strin
 func silo(_ state: String, _ arguments: [String]) -> Outcome {
     execute(siloBinary, ["--state-dir", state] + arguments)
 }
+
+/// Whether the child has exited, without reaping it (its `finish()` does).
+func hasExited(_ pid: pid_t) -> Bool {
+    var info = siginfo_t()
+    return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info._sifields._sigchld.si_pid == pid
+}
+
+/// Polls `condition` every 10 ms for up to 20 s.
+func waitUntil(_ condition: () -> Bool) -> Bool {
+    for _ in 0..<2000 {
+        if condition() { return true }
+        usleep(10_000)
+    }
+    return false
+}
+
+/// Whether the first LUN of `storage` has 16 MiB allocated: a zeroed create is under way (and has
+/// let the registry lock go).
+func zeroingStarted(_ storage: TestStorage) -> Bool {
+    ((try? storage.provider.luns().first?.allocatedBytes) ?? 0) ?? 0 >= 16 << 20
+}
+
+/// The first child of `pid` (unshare's, for one started with --fork), once it has one (20 s at most).
+func firstChild(of pid: pid_t) -> pid_t? {
+    var child: pid_t?
+    _ = waitUntil {
+        child = readSmallFile("/proc/\(pid)/task/\(pid)/children").flatMap { $0.split(separator: " ").first }.flatMap { pid_t($0) }
+        return child != nil
+    }
+    return child
+}

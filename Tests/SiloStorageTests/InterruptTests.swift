@@ -15,7 +15,7 @@ struct InterruptTests {
         let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
                                        "--provisioning", "zeroed"])
         // Sent once zeroing is under way: the record is there, and the file has grown.
-        let zeroing = waitUntil { (try? storage.provider.luns().first?.allocatedBytes ?? 0) ?? 0 >= 16 << 20 }
+        let zeroing = waitUntil { zeroingStarted(storage) }
         child.kill(SIGINT)
         let outcome = child.finish()
         #expect(zeroing, "the create never started zeroing")
@@ -93,19 +93,4 @@ extension InterruptTests {
         #expect(directoryEntries(storage.provider.configuration.poolDirectory) == [first.backingFile.split(separator: "/").last.map(String.init) ?? ""])
         #expect(loopDevices(backedUnder: storage.path).count == 1)
     }
-}
-
-/// Whether the child has exited, without reaping it (its `finish()` does).
-private func hasExited(_ pid: pid_t) -> Bool {
-    var info = siginfo_t()
-    return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info._sifields._sigchld.si_pid == pid
-}
-
-/// Polls `condition` every 10 ms for up to 20 s.
-private func waitUntil(_ condition: () -> Bool) -> Bool {
-    for _ in 0..<2000 {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return false
 }

@@ -964,12 +964,7 @@ struct LunTests {
         let sleeper = spawn("/usr/bin/unshare", ["--pid", "--fork", "/bin/sleep", "60"])
         var finished = false
         defer { if !finished { kill(sleeper.pid, SIGKILL); _ = sleeper.finish() } }
-        var inside: pid_t?
-        for _ in 0..<400 where inside == nil {
-            inside = readSmallFile("/proc/\(sleeper.pid)/task/\(sleeper.pid)/children").flatMap { $0.split(separator: " ").first }.flatMap { pid_t($0) }
-            if inside == nil { usleep(5000) }
-        }
-        let sleeping = try #require(inside, "unshare started no child")
+        let sleeping = try #require(firstChild(of: sleeper.pid), "unshare started no child")
         defer { kill(sleeping, SIGKILL) }
         var info = stat()
         try #require(stat("/proc/\(sleeping)/ns/pid", &info) == 0)
@@ -1044,13 +1039,8 @@ struct LunTests {
         // getpid() is 1 there, but /proc is the host's: silo names itself as /proc shows it.
         let child = spawn("/usr/bin/unshare", ["--pid", "--fork", siloBinary, "--state-dir", state,
                                                "lun", "create", "--name", "near", "--size", "1G", "--provisioning", "zeroed"])
-        var zeroing = false
-        for _ in 0..<2000 where !zeroing {
-            zeroing = ((try? storage.provider.luns().first?.allocatedBytes) ?? 0) ?? 0 >= 16 << 20
-            if !zeroing { usleep(5000) }
-        }
-        let children = readSmallFile("/proc/\(child.pid)/task/\(child.pid)/children") ?? ""
-        let silo = children.split(separator: " ").first.flatMap { pid_t($0) }
+        let zeroing = waitUntil { zeroingStarted(storage) }
+        let silo = firstChild(of: child.pid)
         let owner = try? storage.provider.registry.load("near")?.owner
         // Killed: unshare, its parent, reaps it and exits (killed too, it would leave silo to an
         // init that may be slow to reap it).
@@ -1074,13 +1064,8 @@ struct LunTests {
         let child = spawn("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", siloBinary, "--state-dir", state,
                                                "lun", "create", "--name", "far", "--size", "1G", "--provisioning", "zeroed"])
         // Stopped once zeroing is under way (the registry lock is let go by then).
-        var zeroing = false
-        for _ in 0..<2000 where !zeroing {
-            zeroing = ((try? storage.provider.luns().first?.allocatedBytes) ?? 0) ?? 0 >= 16 << 20
-            if !zeroing { usleep(5000) }
-        }
-        let children = readSmallFile("/proc/\(child.pid)/task/\(child.pid)/children") ?? ""
-        let silo = try #require(children.split(separator: " ").first.flatMap { pid_t($0) }, "unshare's child: \(children)")
+        let zeroing = waitUntil { zeroingStarted(storage) }
+        let silo = try #require(firstChild(of: child.pid), "unshare started no child")
         kill(silo, SIGSTOP)
         var finished = false
         defer {
