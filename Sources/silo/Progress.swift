@@ -40,8 +40,17 @@ func waitInterruptibly<Output: Sendable>(_ operation: SiloOperation<Output>) thr
     return try operation.wait()
 }
 
-/// Ctrl-C during a wait. SIGINT is blocked in every thread (SiloCommand.main), so it waits, pending,
-/// for the waiting loop to take it here. The first cancels the operation (said only when the
+/// Takes a pending Ctrl-C, if one came: SIGINT is blocked in every thread (SiloCommand.main), so
+/// it waits, pending, for a wait to take it here.
+func takePendingInterrupt() -> Bool {
+    var interrupt = sigset_t()
+    sigemptyset(&interrupt)
+    sigaddset(&interrupt, SIGINT)
+    var noWait = timespec()
+    return sigtimedwait(&interrupt, nil, &noWait) == SIGINT
+}
+
+/// Ctrl-C during a wait, taken by the waiting loop. The first cancels the operation (said only when the
 /// operation takes it: one past its point of no return, or never cancellable, finishes). The
 /// second quits at once with 130, whatever the operation is doing: for an operation that cannot
 /// end soon (waiting for another process's lock, a rollback stuck on a busy device). What a quit
@@ -50,11 +59,7 @@ struct Interrupts {
     private var count = 0
 
     mutating func take<Output: Sendable>(_ operation: SiloOperation<Output>) {
-        var interrupt = sigset_t()
-        sigemptyset(&interrupt)
-        sigaddset(&interrupt, SIGINT)
-        var noWait = timespec()
-        guard sigtimedwait(&interrupt, nil, &noWait) == SIGINT else { return }
+        guard takePendingInterrupt() else { return }
         count += 1
         if count > 1 {
             printError("\rquit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")

@@ -136,15 +136,8 @@ struct Globals: Equatable {
     static let onCaller = OperationScheduler(runsOnCaller: true)
 
     /// Whether a Ctrl-C came (and takes it): a call waiting for another silo's registry lock then
-    /// gives up, with nothing changed, and the command exits 130. SIGINT is blocked in every
-    /// thread (SiloCommand.main), so it is pending until taken here or by a wait's `Interrupts`.
-    static let interrupted: @Sendable () -> Bool = {
-        var interrupt = sigset_t()
-        sigemptyset(&interrupt)
-        sigaddset(&interrupt, SIGINT)
-        var noWait = timespec()
-        return sigtimedwait(&interrupt, nil, &noWait) == SIGINT
-    }
+    /// gives up, with nothing changed, and the command exits 130.
+    static let interrupted: @Sendable () -> Bool = takePendingInterrupt
 }
 
 /// A command scripts run in loops, split in two: the ArgumentParser command, which reads its

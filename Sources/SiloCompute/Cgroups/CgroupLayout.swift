@@ -36,6 +36,7 @@ public struct CgroupLayout: Sendable, Hashable {
     /// default parent, whose folders are systems' cgroups (`silo/web` would nest new systems in
     /// system `web`'s, which its terminate kills and removes whole).
     public static func checkParent(_ parent: String) throws(SiloError) {
+        if parent == defaultParent { return }  // every system's, on every open: no split
         let components = parent.split(separator: "/", omittingEmptySubsequences: false)
         let bad = parent.isEmpty || parent.utf8.count > 1024 || parent.utf8.contains(UInt8(ascii: "\n"))
             || parent.utf8.contains(0) || components.contains { $0.isEmpty || $0 == "." || $0 == ".." }
