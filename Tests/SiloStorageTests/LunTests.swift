@@ -735,6 +735,35 @@ struct LunTests {
         #expect(BackingFile.size(lun.backingFile) == 17 << 20 && !fileExists(mark))
     }
 
+    @Test("S12 S15 a change's mark is in place before its first effect (a thin extend's growth of the file); a refused change leaves none")
+    func markBeforeEffect() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("early", size: 8 << 20)
+        let mark = storage.path + "/state/luns/.early.changing"
+        // What a thin extend does in its check: grows the file. Were the process killed there, a
+        // mark must already say so, or nothing would settle the growth.
+        var markedWhenChecked = false
+        _ = try storage.provider.beginChange("early", operation: "extendLun") { _ in markedWhenChecked = fileExists(mark) }
+        #expect(markedWhenChecked, "the mark was placed after the check")
+        try storage.provider.endChange("early")
+        #expect(!fileExists(mark))
+
+        // A check that refuses: no mark stays, the LUN is free for the next change.
+        let refused = #expect(throws: SiloError.self) {
+            _ = try storage.provider.beginChange("early", operation: "extendLun") { _ throws(SiloError) in
+                throw SiloError.invalidArgument(field: "by", value: "0", reason: "test refusal")
+            }
+        }
+        #expect(refused?.code == .invalidArgument)
+        #expect(!fileExists(mark), "a refused change left its mark")
+        #expect(try storage.provider.setMask("early", "*").unmaskingList == "*")
+
+        // The extend, whose check grows the file under that mark, still works as before.
+        let extended = try storage.provider.extendLun("early", by: 4 << 20).wait(timeout: .seconds(60))
+        #expect(extended.size == 12 << 20 && BackingFile.size(lun.backingFile) == 12 << 20)
+    }
+
     @Test("S13 S15 reenumerate leaves alone a LUN that a live call is changing: its device stays attached")
     func reenumerateSparesLiveChange() throws {
         let storage = TestStorage()

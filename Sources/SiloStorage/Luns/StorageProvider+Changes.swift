@@ -97,32 +97,24 @@ extension StorageProvider {
         // Worked out from the record under the lock that marks it: one read before could be
         // stale by a change that ended meanwhile (an extend "to" would then cut its growth off).
         var extended: UInt64 = 0
-        var reserved: LunRecord?
-        let record: LunRecord
-        do throws(SiloError) {
-            record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
-                try Self.check(current, isLun: id)
-                extended = try extendedSize(current, by: growth, to: target)
-                try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
-                                  value: "\(growth ?? target ?? 0)",
-                                  pool: (try? pool(named: current.pool)) ?? pool)
-                // A thin LUN's promise is its file's size, which the next check sums: grown here, under
-                // the lock, as a create makes its file, or two extends at once would both pass a check
-                // the two together fail (thick and zeroed growth is checked against free space, and
-                // its allocation fails when it is not there).
-                if current.provisioning == .thin {
-                    do throws(SiloError) {
-                        try BackingFile.resize(current.backingFile, to: extended)
-                        reserved = current
-                    } catch {
-                        throw BackingFile.spaceError(error, path: current.backingFile, size: extended)
-                    }
+        let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
+            try Self.check(current, isLun: id)
+            extended = try extendedSize(current, by: growth, to: target)
+            try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
+                              value: "\(growth ?? target ?? 0)",
+                              pool: (try? pool(named: current.pool)) ?? pool)
+            // A thin LUN's promise is its file's size, which the next check sums: grown here, under
+            // the lock, as a create makes its file, or two extends at once would both pass a check
+            // the two together fail (thick and zeroed growth is checked against free space, and
+            // its allocation fails when it is not there). The change's mark is in place already:
+            // killed from here on, the extend is settled by the file's size.
+            if current.provisioning == .thin {
+                do throws(SiloError) {
+                    try BackingFile.resize(current.backingFile, to: extended)
+                } catch {
+                    throw BackingFile.spaceError(error, path: current.backingFile, size: extended)
                 }
             }
-        } catch {
-            // The mark could not be placed after the reservation was made (a full disk).
-            if let reserved { try? BackingFile.resize(reserved.backingFile, to: reserved.size) }
-            throw error
         }
         let newSize = extended
         // Until the device has grown, a failure or cancel gives the reserved growth back (the

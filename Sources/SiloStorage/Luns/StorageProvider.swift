@@ -166,9 +166,11 @@ public final class StorageProvider: Sendable {
 
     /// Marks the LUN as being changed by this process (its change mark, beside the record: see
     /// `LunRegistry.Mark`), under the registry lock. `check` sees the record as it is under that
-    /// lock, before the mark: a change works out what it does from that record (a size), not from
-    /// one read earlier, which another change may have changed since. When `check` throws,
-    /// nothing is marked.
+    /// lock, after the mark: a change works out what it does from that record (a size), not from
+    /// one read earlier, which another change may have changed since, and what `check` does to
+    /// the LUN (a thin extend's growth of its file) is covered by the mark, so a process killed
+    /// right after leaves a mark that reenumerate settles by, never an unmarked change. When
+    /// `check` throws, the mark is taken away again and nothing is marked.
     /// - Throws: `anotherCallInProgress` while another call (in any process) changes it.
     func beginChange(_ name: String, operation: String,
                      checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunRecord {
@@ -190,8 +192,13 @@ public final class StorageProvider: Sendable {
                 registry.removeMark(.changing, name)
                 record = settled
             }
-            try check(record)
             try registry.placeMark(.changing, name, owner: ProcessIdentity.current(operation: operation))
+            do throws(SiloError) {
+                try check(record)
+            } catch {
+                registry.removeMark(.changing, name)
+                throw error
+            }
             return record
         }
     }
