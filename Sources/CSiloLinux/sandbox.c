@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -643,6 +644,19 @@ static void drop_capabilities(const struct silo_sandbox_config *c) {
     if (syscall(SYS_capset, &header, data) != 0) fail(c, STEP_CAPABILITIES);
 }
 
+/// The architecture the filter is written for: a system call made through another ABI (i386's
+/// int 0x80 on x86-64, AArch32 on aarch64) has other numbers, and is killed. Only little-endian
+/// architectures: the argument checks below read an argument's low 32 bits at its first byte.
+#if defined(__x86_64__)
+#define SILO_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__) && defined(__AARCH64EL__)
+#define SILO_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#elif defined(__riscv) && __riscv_xlen == 64
+#define SILO_AUDIT_ARCH AUDIT_ARCH_RISCV64
+#else
+#error "Silo's seccomp filter is written for x86-64, aarch64 and riscv64; review its table for this architecture"
+#endif
+
 /// The default deny-list: what a payload has no business doing even as root in its own
 /// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
 /// kernel interfaces are closed until reviewed.
@@ -662,14 +676,29 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_swapon, DENY_EPERM }, { __NR_swapoff, DENY_EPERM }, { __NR_settimeofday, DENY_EPERM },
     { __NR_clock_settime, DENY_EPERM }, { __NR_clock_adjtime, DENY_EPERM }, { __NR_adjtimex, DENY_EPERM },
     { __NR_acct, DENY_EPERM }, { __NR_quotactl, DENY_EPERM }, { __NR_userfaultfd, DENY_EPERM },
-    { __NR_mknod, DENY_EPERM }, { __NR_mknodat, DENY_EPERM },
+#ifdef __NR_mknod  // (the architectures with the generic table, aarch64 and riscv64, have mknodat only)
+    { __NR_mknod, DENY_EPERM },
+#endif
+    { __NR_mknodat, DENY_EPERM },
     // What container profiles deny too: the LDT (espfix bugs), NUMA memory policy and page moves,
     // host file system statistics (ustat, sysfs), uselib, quotactl by descriptor, and the
     // ptrace-like calls ptrace's refusal would otherwise leave (kcmp, pidfd_getfd, process_madvise).
-    { __NR_modify_ldt, DENY_EPERM }, { __NR_mbind, DENY_EPERM }, { __NR_set_mempolicy, DENY_EPERM },
+    // (x86-64's modify_ldt, ustat, sysfs and uselib have no number in the generic table.)
+#ifdef __NR_modify_ldt
+    { __NR_modify_ldt, DENY_EPERM },
+#endif
+#ifdef __NR_ustat
+    { __NR_ustat, DENY_EPERM },
+#endif
+#ifdef __NR_sysfs
+    { __NR_sysfs, DENY_EPERM },
+#endif
+#ifdef __NR_uselib
+    { __NR_uselib, DENY_EPERM },
+#endif
+    { __NR_mbind, DENY_EPERM }, { __NR_set_mempolicy, DENY_EPERM },
     { __NR_get_mempolicy, DENY_EPERM }, { __NR_migrate_pages, DENY_EPERM }, { __NR_move_pages, DENY_EPERM },
-    { __NR_set_mempolicy_home_node, DENY_EPERM }, { __NR_ustat, DENY_EPERM }, { __NR_sysfs, DENY_EPERM },
-    { __NR_uselib, DENY_EPERM }, { __NR_quotactl_fd, DENY_EPERM }, { __NR_kcmp, DENY_EPERM },
+    { __NR_set_mempolicy_home_node, DENY_EPERM }, { __NR_quotactl_fd, DENY_EPERM }, { __NR_kcmp, DENY_EPERM },
     { __NR_pidfd_getfd, DENY_EPERM }, { __NR_process_madvise, DENY_EPERM },
     // clone3 passes its flags in memory the filter cannot read: ENOSYS makes libc fall back to
     // clone, whose flags it can.
@@ -818,10 +847,11 @@ static void make_seccomp_program(void) {
     }
     seccomp_length = 0;
     emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
-    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0));
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SILO_AUDIT_ARCH, 1, 0));
     emit((struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
     emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
-    // x32 system calls (bit 30) and numbers beyond the known table: ENOSYS.
+    // Numbers beyond the known table (the same on every architecture from 424 on), and on
+    // x86-64 x32 system calls (bit 30): ENOSYS.
     emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 463, 0, 1));
     emit((struct sock_filter)DENY(ENOSYS));
     emit_tree(order, SECCOMP_RULES);
@@ -1055,6 +1085,16 @@ pid_t silo_sandbox_spawn(const struct silo_sandbox_config *config, int *pidfd) {
         pid = -1;
     }
 #else
+    // Without CLONE_VM the child runs on a copy of this memory as it is at the clone, so it would
+    // never see the fields the caller's other thread sets later (struct silo_sandbox_gate): wait
+    // for that thread first (poll leaves its byte in the pipe for the child). The overlap is lost.
+    if (config->gate) {
+        struct pollfd ready = { config->gate->pipe[0], POLLIN, 0 };
+        while (poll(&ready, 1, -1) < 0 && errno == EINTR) {}
+    }
+    // CLONE_VFORK: this thread waits until the child has exec'd or died, as on x86-64; the caller
+    // closes descriptors after the spawn that a child sharing its table (CLONE_FILES) still needs.
+    args.flags |= CLONE_VFORK;
     pid = syscall(SYS_clone3, &args, sizeof args);
     if (pid == 0) _exit(child(&copy));
 #endif

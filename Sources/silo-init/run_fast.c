@@ -228,4 +228,18 @@ __asm__(
     "    mov %r13, %rdx\n"
     "    jmp _start\n"
     ".size silo_init_entry, .-silo_init_entry\n");
+#elif defined(__aarch64__) || (defined(__riscv) && __riscv_xlen == 64)
+// Elsewhere run mode is main()'s, after the C library starts: the entry point release builds
+// link with (-e silo_init_entry) is glibc's _start itself, registers and stack untouched.
+__asm__(
+    ".text\n"
+    ".globl silo_init_entry\n"
+    ".type silo_init_entry, %function\n"
+    "silo_init_entry:\n"
+#if defined(__aarch64__)
+    "    b _start\n"
+#else
+    "    j _start\n"
+#endif
+    ".size silo_init_entry, .-silo_init_entry\n");
 #endif
