@@ -145,7 +145,10 @@ public final class Cgroup: Sendable {
         var current = root
         for component in parent.split(separator: "/") {
             if !controllers.isEmpty { try enable(controllers, in: current) }
-            current += "/" + component
+            // Two concrete appends: "/" + component, a Substring, is the generic append(contentsOf:)
+            // whose first use scans every conformance record (scripts/bench/startup).
+            current += "/"
+            current += String(component)
             guard mkdir(current, 0o755) != 0 else { continue }
             guard errno == EEXIST else { throw SiloError.system("mkdir", errno: errno, path: current) }
             // `silo` is no cgroup file's name: the default parent needs no look.
