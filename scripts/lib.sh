@@ -23,31 +23,40 @@ silo_find_swift() {
 # Usage: silo_cross_compile_c TRIPLE
 silo_cross_compile_c() {
     local triple="$1" clang out file
-    clang="$(dirname "$(command -v swift)")/clang"
-    [ -x "$clang" ] || clang=clang
+    # Beside the real swift, not a shim or link to it.
+    clang="$(dirname "$(readlink -f "$(command -v swift)")")/clang"
+    [ -x "$clang" ] || clang=$(command -v clang || true)
+    [ -n "$clang" ] || { echo "error: no clang beside swift or on PATH to compile the C files for $triple" >&2; return 1; }
     out=$(mktemp -d /tmp/silo-cross.XXXXXX)
+    # shellcheck disable=SC2064  # $out is expanded now, on purpose
+    trap "rm -rf '$out'; trap - RETURN" RETURN
     for file in Sources/*/*.c; do
         # The cross headers first; the host's last, for libudev.h and blkid.h (the same everywhere).
         "$clang" --target="$triple" --sysroot="/usr/$triple" -isystem "/usr/$triple/include" -idirafter /usr/include \
             $(for dir in Sources/*/include; do printf -- '-I %s ' "$dir"; done) -I Sources/silo-init \
             -O2 -Werror=implicit-function-declaration -c -o "$out/$(basename "$file").o" "$file" \
-            || { rm -rf "$out"; echo "error: $file does not compile for $triple" >&2; return 1; }
+            || { echo "error: $file does not compile for $triple" >&2; return 1; }
     done
     # silo-init's release builds link with -e silo_init_entry: without it the linker would start
     # init at the first byte of its text.
     if ! nm "$out/run_fast.c.o" | grep -q " T silo_init_entry$"; then
-        rm -rf "$out"; echo "error: silo-init defines no silo_init_entry for $triple" >&2; return 1
+        echo "error: silo-init defines no silo_init_entry for $triple" >&2; return 1
     fi
     echo "every C file compiles for $triple ($(ls "$out" | wc -l) objects), and init has its entry point"
-    rm -rf "$out"
+}
+
+# Prints which of the given Debian packages are not installed, one per line.
+silo_missing_packages() {
+    local package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || echo "$package"
+    done
 }
 
 # Installs whichever of the given Debian packages are missing (needs root, as the tests do).
 silo_install_packages() {
     local missing=()
-    for package in "$@"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-    done
+    mapfile -t missing < <(silo_missing_packages "$@")
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         echo "error: missing Debian packages ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2

@@ -6,7 +6,7 @@ import Testing
 /// every system call number, against the deny-list as this file states it. The sandbox tests
 /// check a few denials in the kernel; this checks that the program's search over the list (a
 /// binary search since it was made faster) gives each number its verdict, and nothing else.
-@Suite("The seccomp program")
+@Suite("The seccomp program", .x8664Numbers)
 struct SeccompProgramTests {
     static let auditArchX8664: UInt32 = 0xC000_003E
     static let retKillProcess: UInt32 = 0x8000_0000

@@ -175,7 +175,12 @@ struct LunRegistry: Sendable {
         unlink(path)  // a dead owner's (the caller checked that no live one holds it)
         let fd = try syscall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
         defer { close(fd) }
-        try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0)\n".utf8), path: path)
+        do throws(SiloError) {
+            try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0)\n".utf8), path: path)
+        } catch {
+            unlink(path)  // a part of a mark (a full disk) names no owner; none is left
+            throw error
+        }
     }
 
     /// The process that placed `mark` on LUN `name`, if the mark is there (alive or not).
