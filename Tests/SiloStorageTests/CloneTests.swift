@@ -63,6 +63,55 @@ struct CloneTests {
         }
     }
 
+    @Test("While a clone reads its source, the source is not deleted, taken offline, extended or shrunk; clones of one source run at once")
+    func sourceHeldWhileCopied() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("golden", size: 1 << 30, provisioning: .zeroed)
+        let first = try storage.provider.cloneLun("golden", as: "first")
+        for _ in 0..<120_000 where first.status.percentComplete < 5 && first.status.isPending { usleep(500) }  // a minute at most
+        // A second clone of the same source at the same time: allowed.
+        let second = try storage.provider.cloneLun("golden", as: "second")
+        let delete = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("golden") }
+        let offline = #expect(throws: SiloError.self) { _ = try storage.provider.setOnline("golden", false) }
+        let extend = #expect(throws: SiloError.self) { _ = try storage.provider.extendLun("golden", by: 1 << 20) }
+        let shrink = #expect(throws: SiloError.self) { _ = try storage.provider.shrinkLun("golden", by: 1 << 20, force: true) }
+        // Only meaningful while the first copy ran the whole time.
+        guard first.status.isPending else {
+            Issue.record("the clone finished before the checks: \(first.status)")
+            return
+        }
+        #expect(delete?.code == .deviceInUse && delete?.message.contains("read by clone 'first'") == true, "\(String(describing: delete))")
+        #expect(offline?.code == .deviceInUse, "\(String(describing: offline))")
+        #expect(extend?.code == .anotherCallInProgress && extend?.message.contains("clone '") == true, "\(String(describing: extend))")
+        #expect(shrink?.code == .anotherCallInProgress, "\(String(describing: shrink))")
+        let copies = [try first.wait(timeout: .seconds(120)), try second.wait(timeout: .seconds(120))]
+        #expect(copies.map(\.size) == [1 << 30, 1 << 30])
+        // The source's size and device are as they were, and it is free again once both copies are done.
+        let golden = try storage.provider.lun(named: "golden")
+        #expect(golden.size == 1 << 30 && golden.status == .online)
+        #expect(try storage.provider.extendLun("golden", by: 1 << 20).wait(timeout: .seconds(60)).size == (1 << 30) + (1 << 20))
+        try storage.provider.deleteLun("golden").wait(timeout: .seconds(60))
+        #expect(try storage.provider.luns().map(\.name).sorted() == ["first", "second"])
+    }
+
+    @Test("A clone whose source is being changed is refused; a refused clone holds nothing")
+    func cloneOfChangingSource() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("moving", size: 8 << 20)
+        // This process is in the middle of a change to it (an extend between its steps).
+        _ = try storage.provider.beginChange("moving", operation: "extendLun")
+        let refused = #expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("moving", as: "copy") }
+        #expect(refused?.code == .anotherCallInProgress && refused?.field == "source", "\(String(describing: refused))")
+        try storage.provider.endChange("moving")
+        #expect(storage.provider.leaseHolders("moving").isEmpty, "the refused clone's lease was let go")
+        #expect(try storage.provider.luns().map(\.name) == ["moving"])
+        _ = try storage.provider.cloneLun("moving", as: "copy").wait(timeout: .seconds(60))
+        #expect(storage.provider.leaseHolders("moving").isEmpty, "a finished clone's lease was let go")
+        try storage.provider.deleteLun("moving").wait(timeout: .seconds(60))
+    }
+
     @Test("On a file system with reflink (XFS), a clone shares extents: instant and no new space")
     func reflinkClone() throws {
         guard access("/sbin/mkfs.xfs", X_OK) == 0 else {

@@ -105,6 +105,30 @@ extension StorageProvider {
         }
     }
 
+    /// The lease holder a clone into LUN `name` is while it reads its source's file.
+    static func cloneHolder(_ name: String) -> String { "clone '\(name)'" }
+
+    /// Clones reading LUN `name` now (live holders of a ``cloneHolder(_:)`` lease on it), found
+    /// without the lease folder's lock, so a call holding the registry lock may ask (a delete
+    /// takes the two the other way round). A stale file is left for the next locked look.
+    func cloneReaders(_ name: String) -> [String] {
+        let prefix = name + "@" + String(Self.cloneHolder("").dropLast())  // "<name>@clone '"
+        return directoryEntries(leaseDirectory).filter { $0.hasPrefix(prefix) }.sorted().compactMap { entry in
+            let probe = Glibc.open(leaseDirectory + "/" + entry, O_RDONLY | O_CLOEXEC)
+            guard probe >= 0 else { return nil }
+            defer { Glibc.close(probe) }
+            return flock(probe, LOCK_EX | LOCK_NB) == 0 ? nil : String(entry.dropFirst(name.count + 1))
+        }
+    }
+
+    /// - Throws: `anotherCallInProgress` while a clone reads LUN `name`'s file: a change of its
+    ///   size under the copy would leave the clone with neither size. The caller has marked it.
+    func refuseWhileCloned(_ name: String, what: String) throws(SiloError) {
+        guard let reader = cloneReaders(name).first else { return }
+        throw SiloError(.anotherCallInProgress, "cannot \(what) LUN '\(name)' while \(reader) copies it; try again when that completes",
+                        field: "name", value: name)
+    }
+
     /// Holders of live leases on LUN `name`; stale lease files (their holders died) are removed.
     public func leaseHolders(_ name: String) -> [String] {
         withLeaseLock(directory: leaseDirectory) { liveHolders(name) }
@@ -130,7 +154,14 @@ extension StorageProvider {
     }
 
     private func use(of name: String, device: LoopDevice?, holders: [String]) -> String? {
-        if !holders.isEmpty { return "attached to \(holders.joined(separator: ", "))" }
+        if !holders.isEmpty {
+            let clone = String(Self.cloneHolder("").dropLast())  // "clone '"
+            let attached = holders.filter { !$0.hasPrefix(clone) }, clones = holders.filter { $0.hasPrefix(clone) }
+            var use: [String] = []
+            if !attached.isEmpty { use.append("attached to " + attached.joinedPlainly(", ")) }
+            if !clones.isEmpty { use.append("read by " + clones.joinedPlainly(", ")) }
+            return use.joinedPlainly("; ")
+        }
         return device.flatMap { InUse.check($0) }
     }
 

@@ -99,6 +99,7 @@ extension StorageProvider {
         var extended: UInt64 = 0
         let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
             try Self.check(current, isLun: id)
+            try refuseWhileCloned(name, what: "extend")
             extended = try extendedSize(current, by: growth, to: target)
             try checkCapacity(for: extended - current.size, provisioning: current.provisioning, field: growth == nil ? "to" : "by",
                               value: "\(growth ?? target ?? 0)",
@@ -192,6 +193,7 @@ extension StorageProvider {
         var shrunk: UInt64 = 0
         let record = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
             try Self.check(current, isLun: id)
+            try refuseWhileCloned(name, what: "shrink")
             let block = UInt64(current.blockSize)
             // Rounded only below the size (8 EiB at most): near UInt64.max the rounding overflowed.
             let removed = bytes >= current.size || bytes.isMultiple(of: block) ? bytes : (bytes / block + 1) * block

@@ -7,6 +7,13 @@ extension StorageProvider {
     /// with progress and cancel. The new LUN has the source's size, block size and provisioning,
     /// and an empty unmasking list. Copy from a source that is not being written, for a
     /// consistent copy: Silo does not freeze it.
+    ///
+    /// While the copy reads the source's file, the clone holds a lease on the source (as a
+    /// compute system it is attached to does): a delete or an offline of the source is refused
+    /// (`deviceInUse`, "read by clone 'NAME'"), and so is an extend or a shrink
+    /// (`anotherCallInProgress`), each of which would leave the copy with neither size. Clones
+    /// of one source at once share it. A clone is refused while a change or a delete of the
+    /// source runs.
     public func cloneLun(
         _ source: String,
         as name: String,
@@ -26,6 +33,22 @@ extension StorageProvider {
             throw SiloError(.invalidOperation, "LUN '\(source)' cannot be cloned: it is not ready or its file is missing",
                             field: "source", value: source)
         }
+        // The lease first, then the look for a live change: a change marks the LUN first, then
+        // looks for clones (refuseWhileCloned), so of two at once at least one sees the other.
+        let sourceLease: LunLease
+        do throws(SiloError) {
+            sourceLease = try lease(source, holder: Self.cloneHolder(name), id: original.id)
+            do throws(SiloError) {
+                try checkChangeable(original)
+            } catch {
+                sourceLease.release()
+                throw error
+            }
+        } catch {
+            var named = error
+            if named.field == "name" { named.field = "source" }
+            throw named
+        }
         let id = newIdentifier()
         let pool = (try? pool(named: original.pool)) ?? self.pool  // beside the source: reflink needs one file system
         let file = pool.directory + "/" + id + ".img"
@@ -36,6 +59,47 @@ extension StorageProvider {
             state: .creating, online: true, device: nil,
             owner: ProcessIdentity.current(operation: "cloneLun"), createdAt: nowSeconds()
         )
+        do throws(SiloError) {
+            try reserveClone(record, of: original, source: source, pool: pool)
+        } catch {
+            sourceLease.release()
+            throw error
+        }
+        var steps = [
+            OperationStep("copy", weight: 90, run: { step in
+                defer { sourceLease.release() }  // the source is read no more
+                try BackingFile.remove(file)  // the reservation: the copy makes the file itself
+                _ = try BackingFile.clone(original.backingFile, to: file,
+                                          progress: { step.reportProgress(completed: $0, of: $1) },
+                                          cancelled: { step.isCancelled })
+            }),
+        ]
+        // A sparse copy leaves holes where a thick source had unwritten space: a thick or zeroed
+        // clone is given all of its space, as its record says (fallocate keeps the data).
+        if original.provisioning != .thin {
+            steps.append(OperationStep("allocate", weight: 4, run: { _ in
+                // What the copy wrote holds its space already: only the holes need it free.
+                try BackingFile.allocate(file, from: 0, to: original.size, allocated: BackingFile.allocatedBytes(file))
+            }))
+        }
+        let chain = OperationChain<LunProperties>(steps + attachSteps(record), output: { [self] in try lun(named: name) },
+                                                  cleanup: { [self] in
+            sourceLease.release()  // a cancel before the copy began
+            try undoReservation(record, file: file)
+        })
+        do {
+            return try configuration.scheduler.run(.cloneLun, chain: chain, context: context, callback: callback)
+        } catch {
+            sourceLease.release()
+            try? BackingFile.remove(file)
+            try? registry.remove(name)
+            throw error
+        }
+    }
+
+    /// The clone's reservation, as a create's: its record and its file, under the registry lock.
+    private func reserveClone(_ record: LunRecord, of original: LunRecord, source: String, pool: Pool) throws(SiloError) {
+        let name = record.name, file = record.backingFile
         try registry.locked(givingUp: true) { () throws(SiloError) in
             if try registry.load(name) != nil {
                 throw SiloError(.invalidArgument, "a LUN named '\(name)' already exists", field: "name", value: name)
@@ -58,33 +122,6 @@ extension StorageProvider {
                 try? registry.removeHoldingLock(name, durable: false)
                 throw error
             }
-        }
-        var steps = [
-            OperationStep("copy", weight: 90, run: { step in
-                try BackingFile.remove(file)  // the reservation: the copy makes the file itself
-                _ = try BackingFile.clone(original.backingFile, to: file,
-                                          progress: { step.reportProgress(completed: $0, of: $1) },
-                                          cancelled: { step.isCancelled })
-            }),
-        ]
-        // A sparse copy leaves holes where a thick source had unwritten space: a thick or zeroed
-        // clone is given all of its space, as its record says (fallocate keeps the data).
-        if original.provisioning != .thin {
-            steps.append(OperationStep("allocate", weight: 4, run: { _ in
-                // What the copy wrote holds its space already: only the holes need it free.
-                try BackingFile.allocate(file, from: 0, to: original.size, allocated: BackingFile.allocatedBytes(file))
-            }))
-        }
-        let chain = OperationChain<LunProperties>(steps + attachSteps(record), output: { [self] in try lun(named: name) },
-                                                  cleanup: { [self] in
-            try undoReservation(record, file: file)
-        })
-        do {
-            return try configuration.scheduler.run(.cloneLun, chain: chain, context: context, callback: callback)
-        } catch {
-            try? BackingFile.remove(file)
-            try? registry.remove(name)
-            throw error
         }
     }
 }
