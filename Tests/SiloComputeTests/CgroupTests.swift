@@ -274,6 +274,31 @@ struct CgroupTests {
         #expect(cgroup.pids.isEmpty)
     }
 
+    @Test("C5 on a cgroup2-only host without cgroup.kill (Linux 5.8 to 5.13), killing freezes first, and leaves the cgroup thawed")
+    func killWithoutCgroupKill() throws {
+        try #require(layout.unified != nil, "needs a cgroup2 mount")
+        // This host's layout as a cgroup2-only one (no v1 freezer) whose kernel has no cgroup.kill.
+        var older = layout
+        older.usesCgroupKill = false
+        older.legacy["freezer"] = nil
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 64), layout: older)
+        defer { try? cgroup.killAll(); try? cgroup.destroy() }
+        #expect(cgroup.killMethod == .freezeFirst, "\(cgroup.killMethod)")
+        // The same host as it is: cgroup.kill.
+        let current = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 64), layout: layout)
+        defer { try? current.destroy() }
+        #expect(current.killMethod == (fileExists(try #require(current.directories["unified"]) + "/cgroup.kill") ? .cgroupKill : .freezeFirst))
+        // A fork loop, killed that way: every process gone, and the cgroup not left frozen.
+        let pid = try startInside(cgroup, "while true; do sleep 0.01 & done")
+        for _ in 0..<200 where cgroup.pids.count < 8 { usleep(5000) }
+        #expect(cgroup.pids.count >= 8, "the loop got going")
+        try cgroup.killAll()
+        #expect(reap(pid) == 128 + SIGKILL)
+        #expect(cgroup.pids.isEmpty)
+        #expect(!cgroup.isFrozen)
+        #expect(readText(try #require(cgroup.directories["unified"]) + "/cgroup.freeze") == "0")
+    }
+
     @Test("C10 processor time is counted from cgroup2's cpu.stat where no hierarchy has the cpu controller")
     func processorTimeWithoutCpuController() throws {
         try #require(layout.unified != nil, "needs a cgroup2 mount")

@@ -453,36 +453,45 @@ public final class Cgroup: Sendable {
         return events.utf8.split(separator: UInt8(ascii: "\n")).contains { $0.elementsEqual("frozen 1".utf8) }
     }
 
-    /// Kills every process and waits until none is left: `cgroup.kill` where the kernel has it,
-    /// otherwise freeze (so nothing forks meanwhile), SIGKILL each, thaw.
+    /// How ``killAll()`` kills.
+    enum KillMethod: Equatable {
+        /// cgroup2's `cgroup.kill` (Linux 5.14 on): the kernel kills every task, forks racing it included.
+        case cgroupKill
+        /// Freeze (v1's freezer, or cgroup2's `cgroup.freeze` from Linux 5.2), SIGKILL each task,
+        /// thaw: nothing forks between the listing and the signals.
+        case freezeFirst
+        /// No way to freeze (a v1 cgroup made enforcingOnly): SIGKILL what is listed until nothing is.
+        case signalsOnly
+    }
+
+    var killMethod: KillMethod {
+        if layout.usesCgroupKill, let unified = directories["unified"], fileExists(unified + "/cgroup.kill") { return .cgroupKill }
+        // cgroup2 without cgroup.kill (5.8 to 5.13) still freezes: a cgroup of a cgroup2-only
+        // host has no v1 freezer, and was signalled without freezing.
+        let freezable = usesLegacyFreezer ? directories["freezer"].map { fileExists($0) } : directories["unified"].map { fileExists($0 + "/cgroup.freeze") }
+        return freezable == true ? .freezeFirst : .signalsOnly
+    }
+
+    /// Kills every process and waits until none is left (see ``KillMethod``).
     public func killAll() throws(SiloError) {
-        if let unified = directories["unified"], fileExists(unified + "/cgroup.kill") {
-            try writeText(unified + "/cgroup.kill", "1")
+        switch killMethod {
+        case .cgroupKill:
+            try writeText(try path("unified") + "/cgroup.kill", "1")
             // Tasks held by v1's freezer take no signal until thawed (cgroup.kill only overrides
             // v2's own freeze): thaw so the SIGKILL lands.
             // FREEZING too: tasks caught already take no signal either.
             if usesLegacyFreezer, let freezer = directories["freezer"], readText(freezer + "/freezer.state") != "THAWED" { try thaw() }
-        } else if let freezer = directories["freezer"], fileExists(freezer) {
-            // Frozen, nothing forks while each task gets its SIGKILL; a freeze that cannot finish
-            // (a task in uninterruptible I/O) leaves the signals to the loop below.
+        case .freezeFirst:
+            // Frozen, nothing forks while each task gets its SIGKILL (a fatal signal reaches a
+            // task frozen by either freezer once thawed; cgroup2's lets it die at once); a freeze
+            // that cannot finish (a task in uninterruptible I/O) leaves the signals to the loop below.
             let frozen = (try? freeze()) != nil
             for pid in pids { kill(pid, SIGKILL) }
             if frozen { try thaw() }
-            for _ in 0..<100 {
-                let left = pids
-                if left.isEmpty { break }
-                for pid in left { kill(pid, SIGKILL) }
-                usleep(1000)
-            }
-        } else {
-            // No freezer (a cgroup made enforcingOnly): SIGKILL what is there until nothing is;
-            // the pids limit bounds what can fork meanwhile.
-            for _ in 0..<100 {
-                let left = pids
-                if left.isEmpty { break }
-                for pid in left { kill(pid, SIGKILL) }
-                usleep(1000)
-            }
+            signalUntilEmpty()
+        case .signalsOnly:
+            // The pids limit bounds what can fork meanwhile.
+            signalUntilEmpty()
         }
         for _ in 0..<5000 {
             if pids.isEmpty { return }
@@ -490,6 +499,16 @@ public final class Cgroup: Sendable {
         }
         throw SiloError(.operationTimeout, "processes of cgroup \(name) outlived SIGKILL for 5 seconds: \(pids)",
                         field: "cgroup", value: name)
+    }
+
+    /// SIGKILL what the cgroup lists, a millisecond apart, until it lists nothing (100 rounds at most).
+    private func signalUntilEmpty() {
+        for _ in 0..<100 {
+            let left = pids
+            if left.isEmpty { break }
+            for pid in left { kill(pid, SIGKILL) }
+            usleep(1000)
+        }
     }
 
     // MARK: Statistics and events

@@ -15,6 +15,9 @@ public struct CgroupLayout: Sendable, Hashable {
     public var legacy: [String: String]
     /// Freeze with v1's freezer.state even when cgroup2 can (for tests of the v1 path).
     public var preferLegacyFreezer: Bool
+    /// Kill with cgroup2's `cgroup.kill` where the kernel has it (5.14 on); false does as on the
+    /// kernels before it (for tests of that path).
+    public var usesCgroupKill = true
     /// Where systems' cgroups go in each hierarchy, relative to its root: `silo` by default, or a
     /// subtree the host delegated (`system.slice/ci.service/payloads`), made where missing. The
     /// default one is removed with its last system; a chosen one is never removed.
