@@ -82,7 +82,8 @@ extension StorageProvider {
                                 field: "lun", value: name)
             }
             if raw, writable {
-                if let mounted = holders.first(where: { !$0.hasSuffix(Self.rawLeaseSuffix) }) {
+                // (A clone reading the LUN is no mount: writes during a copy are the caller's to avoid.)
+                if let mounted = holders.first(where: { !$0.hasSuffix(Self.rawLeaseSuffix) && !Self.isCloneHolder($0) }) {
                     throw SiloError(.deviceInUse,
                                     "LUN '\(name)' is mounted in \(mounted): its raw device is not given for writing meanwhile "
                                         + "(attach it read-only, or detach it there first)",

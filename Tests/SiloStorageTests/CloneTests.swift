@@ -95,7 +95,7 @@ struct CloneTests {
         #expect(try storage.provider.luns().map(\.name).sorted() == ["first", "second"])
     }
 
-    @Test("A clone whose source is being changed is refused; a refused clone holds nothing")
+    @Test("A clone whose source is being changed is refused, and holds nothing; a dead change of it is settled before the copy")
     func cloneOfChangingSource() throws {
         let storage = TestStorage()
         defer { storage.finish() }
@@ -109,6 +109,21 @@ struct CloneTests {
         #expect(try storage.provider.luns().map(\.name) == ["moving"])
         _ = try storage.provider.cloneLun("moving", as: "copy").wait(timeout: .seconds(60))
         #expect(storage.provider.leaseHolders("moving").isEmpty, "a finished clone's lease was let go")
+
+        // An extend whose process died after it grew the file (its mark left): the clone settles
+        // it first, and copies the LUN at the size its file has, as its record then says.
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        waitpid(dead, nil, 0)
+        try storage.provider.registry.locked { () throws(SiloError) in
+            try storage.provider.registry.placeMark(.changing, "moving", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun"))
+        }
+        let file = try storage.provider.lun(named: "moving").backingFile
+        #expect(truncate(file, 12 << 20) == 0)
+        let settled = try storage.provider.cloneLun("moving", as: "settled").wait(timeout: .seconds(60))
+        #expect(settled.size == 12 << 20, "\(settled.size)")
+        #expect(try storage.provider.lun(named: "moving").size == 12 << 20)
+        #expect(!fileExists(storage.path + "/state/luns/.moving.changing"))
         try storage.provider.deleteLun("moving").wait(timeout: .seconds(60))
     }
 

@@ -108,17 +108,13 @@ extension StorageProvider {
     /// The lease holder a clone into LUN `name` is while it reads its source's file.
     static func cloneHolder(_ name: String) -> String { "clone '\(name)'" }
 
-    /// Clones reading LUN `name` now (live holders of a ``cloneHolder(_:)`` lease on it), found
-    /// without the lease folder's lock, so a call holding the registry lock may ask (a delete
-    /// takes the two the other way round). A stale file is left for the next locked look.
+    /// Whether a lease holder is a clone reading its source (``cloneHolder(_:)``).
+    public static func isCloneHolder(_ holder: String) -> Bool { holder.hasPrefix("clone '") }
+
+    /// Clones reading LUN `name` now (live holders of a ``cloneHolder(_:)`` lease on it). Asked
+    /// under the registry lock too: the lease lock is always taken after it (a delete's checks).
     func cloneReaders(_ name: String) -> [String] {
-        let prefix = name + "@" + String(Self.cloneHolder("").dropLast())  // "<name>@clone '"
-        return directoryEntries(leaseDirectory).filter { $0.hasPrefix(prefix) }.sorted().compactMap { entry in
-            let probe = Glibc.open(leaseDirectory + "/" + entry, O_RDONLY | O_CLOEXEC)
-            guard probe >= 0 else { return nil }
-            defer { Glibc.close(probe) }
-            return flock(probe, LOCK_EX | LOCK_NB) == 0 ? nil : String(entry.dropFirst(name.count + 1))
-        }
+        leaseHolders(name).filter(Self.isCloneHolder)
     }
 
     /// - Throws: `anotherCallInProgress` while a clone reads LUN `name`'s file: a change of its
@@ -155,8 +151,7 @@ extension StorageProvider {
 
     private func use(of name: String, device: LoopDevice?, holders: [String]) -> String? {
         if !holders.isEmpty {
-            let clone = String(Self.cloneHolder("").dropLast())  // "clone '"
-            let attached = holders.filter { !$0.hasPrefix(clone) }, clones = holders.filter { $0.hasPrefix(clone) }
+            let attached = holders.filter { !Self.isCloneHolder($0) }, clones = holders.filter(Self.isCloneHolder)
             var use: [String] = []
             if !attached.isEmpty { use.append("attached to " + attached.joinedPlainly(", ")) }
             if !clones.isEmpty { use.append("read by " + clones.joinedPlainly(", ")) }

@@ -177,21 +177,9 @@ public final class StorageProvider: Sendable {
         try Names.validate(name, field: "name", what: "a LUN name")
         return try registry.locked(missing: .notFound("LUN", field: "name", value: name), givingUp: true) {
             () throws(SiloError) -> LunRecord in
-            guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
-            try checkChangeable(record)
-            // A change whose process died left its mark (or, from an older Silo, its owner in the
-            // record): settle it first, as reenumerate would, or this change would work from a
-            // size the file no longer has (an extend's growth cut off by the next extend).
-            if record.owner != nil || registry.mark(.changing, name) != nil {
-                var settled = record
-                if let size = settledSize(record), size != record.size { settled.size = size }
-                // The device takes the file's size, whichever way the settling went.
-                try? attachedDevice(record)?.refreshCapacity()
-                settled.owner = nil
-                if settled != record { try registry.save(settled) }
-                registry.removeMark(.changing, name)
-                record = settled
-            }
+            guard let found = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
+            try checkChangeable(found)
+            let record = try settlingDeadChange(found)
             try registry.placeMark(.changing, name, owner: ProcessIdentity.current(operation: operation))
             do throws(SiloError) {
                 try check(record)
@@ -201,6 +189,23 @@ public final class StorageProvider: Sendable {
             }
             return record
         }
+    }
+
+    /// A change whose process died left its mark (or, from an older Silo, its owner in the
+    /// record): settled, as reenumerate would, before anything works from the LUN's size, or it
+    /// would work from a size the file no longer has (an extend's growth cut off by the next
+    /// extend, a clone's copy cut short). The caller holds the registry lock and has checked
+    /// that no live call changes the LUN. Returns the record as it is now.
+    func settlingDeadChange(_ record: LunRecord) throws(SiloError) -> LunRecord {
+        guard record.owner != nil || registry.mark(.changing, record.name) != nil else { return record }
+        var settled = record
+        if let size = settledSize(record), size != record.size { settled.size = size }
+        // The device takes the file's size, whichever way the settling went.
+        try? attachedDevice(record)?.refreshCapacity()
+        settled.owner = nil
+        if settled != record { try registry.save(settled) }
+        registry.removeMark(.changing, record.name)
+        return settled
     }
 
     /// - Throws: `anotherCallInProgress` while a live call (in any process) changes the LUN;
