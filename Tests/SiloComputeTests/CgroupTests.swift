@@ -89,6 +89,19 @@ struct CgroupTests {
         #expect(layout == quick)
     }
 
+    @Test("C13 mountinfo's escaped mount points (a space as \\040) are read back as the paths they are")
+    func mountinfoEscapes() {
+        let table = """
+            22 1 0:21 / /proc rw,nosuid - proc proc rw
+            30 25 0:26 / /srv/cg\\0402 rw,nosuid,nodev,noexec - cgroup2 cgroup2 rw
+            31 25 0:27 / /srv/cg\\040v1/mem\\134ory rw,nosuid - cgroup cgroup rw,memory
+            32 25 0:28 / /srv/pids rw,nosuid - cgroup cgroup rw,pids
+            """
+        let layout = CgroupLayout.fromMountinfo(Array(table.utf8))
+        #expect(layout.unified == "/srv/cg 2")
+        #expect(layout.legacy == ["memory": "/srv/cg v1/mem\\ory", "pids": "/srv/pids"])
+    }
+
     @Test("C13 a v1 hierarchy reached through a link (cpu -> cpu,cpuacct) is placed at the mount point, as mountinfo names it")
     func standardLayoutFollowsLinks() throws {
         let base = "/tmp/silo-layout-\(getpid())"

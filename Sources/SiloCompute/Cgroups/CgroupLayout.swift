@@ -100,12 +100,13 @@ public struct CgroupLayout: Sendable, Hashable {
 
     /// The layout mountinfo describes. mountinfo is read as bytes, and only its cgroup lines
     /// become strings: splitting every line as a String took 0.4 ms of each CLI call here.
-    static func fromMountinfo() -> CgroupLayout {
+    /// - Parameter mountinfo: the table's text (this process's /proc/self/mountinfo when nil).
+    static func fromMountinfo(_ mountinfo: [UInt8]? = nil) -> CgroupLayout {
         var unified: String?
         var legacy: [String: String] = [:]
         let space = UInt8(ascii: " ")
         let cgroupType = Array(" - cgroup".utf8)
-        for line in (readFileBytes("/proc/self/mountinfo") ?? []).split(separator: UInt8(ascii: "\n")) {
+        for line in (mountinfo ?? readFileBytes("/proc/self/mountinfo") ?? []).split(separator: UInt8(ascii: "\n")) {
             // id parent major:minor root mount-point options [optional...] - fstype source super-options
             // Only cgroup lines are split into fields (most lines are not, and splitting each was
             // most of this function's time).
@@ -117,10 +118,10 @@ public struct CgroupLayout: Sendable, Hashable {
             else { continue }
             let type = fields[dash + 1]
             if type.elementsEqual("cgroup2".utf8) {
-                let mountPoint = String(decoding: fields[4], as: UTF8.self)
+                let mountPoint = Paths.unescapedMountPath(String(decoding: fields[4], as: UTF8.self))
                 if unified == nil || mountPoint == "/sys/fs/cgroup" { unified = mountPoint }
             } else if type.elementsEqual("cgroup".utf8) {
-                let mountPoint = String(decoding: fields[4], as: UTF8.self)
+                let mountPoint = Paths.unescapedMountPath(String(decoding: fields[4], as: UTF8.self))
                 for option in fields[dash + 3].split(separator: UInt8(ascii: ",")) {
                     let name = String(decoding: option, as: UTF8.self)
                     if knownControllers.contains(name) { legacy[name] = mountPoint }

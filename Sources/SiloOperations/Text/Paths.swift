@@ -28,4 +28,23 @@ package enum Paths {
 
     /// The state directory used when none is given.
     package static let defaultStateDirectory = "/var/lib/silo"
+
+    /// A mount point as the kernel writes it in mountinfo, which escapes space, tab, newline and
+    /// backslash as `\040`, `\011`, `\012` and `\134`, read back.
+    package static func unescapedMountPath(_ path: String) -> String {
+        guard path.utf8.contains(UInt8(ascii: "\\")) else { return path }
+        var result = ""
+        var index = path.startIndex
+        while index < path.endIndex {
+            if path[index] == "\\", let end = path.index(index, offsetBy: 4, limitedBy: path.endIndex),
+               let code = UInt8(path[path.index(after: index)..<end], radix: 8) {
+                result.append(Character(UnicodeScalar(code)))
+                index = end
+            } else {
+                result.append(path[index])
+                index = path.index(after: index)
+            }
+        }
+        return result
+    }
 }

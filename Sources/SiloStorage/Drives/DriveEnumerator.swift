@@ -216,7 +216,7 @@ struct MountTable {
         var table = MountTable()
         InUse.forEachMount { device, mountPoint in
             table.byDevice[String(decoding: device, as: UTF8.self), default: []]
-                .append(InUse.unescapeMountPath(String(decoding: mountPoint, as: UTF8.self)))
+                .append(Paths.unescapedMountPath(String(decoding: mountPoint, as: UTF8.self)))
         }
         return table
     }

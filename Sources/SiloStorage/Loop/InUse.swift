@@ -1,4 +1,5 @@
 import Glibc
+import SiloOperations
 
 /// Whether a block device is in use, by every means Linux offers: an exclusive open (fails while
 /// mounted, held by device-mapper or md, or opened `O_EXCL` by anyone), holders, mount points,
@@ -31,7 +32,7 @@ enum InUse {
         let number = Array(deviceNumber.utf8)
         var points: [String] = []
         forEachMount { device, mountPoint in
-            if device.elementsEqual(number) { points.append(unescapeMountPath(String(decoding: mountPoint, as: UTF8.self))) }
+            if device.elementsEqual(number) { points.append(Paths.unescapedMountPath(String(decoding: mountPoint, as: UTF8.self))) }
         }
         return points
     }
@@ -63,23 +64,5 @@ enum InUse {
     static func isSwap(_ path: String) -> Bool {
         guard let text = readSmallFile("/proc/swaps") else { return false }
         return text.split(separator: "\n").dropFirst().contains { $0.split(separator: " ").first.map(String.init) == path }
-    }
-
-    /// mountinfo escapes space, tab, newline and backslash as \040 and friends.
-    static func unescapeMountPath(_ path: String) -> String {
-        guard path.utf8.contains(UInt8(ascii: "\\")) else { return path }
-        var result = ""
-        var index = path.startIndex
-        while index < path.endIndex {
-            if path[index] == "\\", let end = path.index(index, offsetBy: 4, limitedBy: path.endIndex),
-               let code = UInt8(path[path.index(after: index)..<end], radix: 8) {
-                result.append(Character(UnicodeScalar(code)))
-                index = end
-            } else {
-                result.append(path[index])
-                index = path.index(after: index)
-            }
-        }
-        return result
     }
 }
