@@ -89,12 +89,6 @@ silo_install_packages() {
 #   type and checks each generic requirement by scanning every protocol conformance in the binary
 #   (a first `[String: String]` costs a process 0.27M instructions); the accessors pass the witness
 #   tables the compiler already knows. lun create 3.79M -> 2.99M instructions, delete 2.81M -> 2.14M.
-# - static (-static-executable): no dynamic loader at all, so no libc and libm to map, relocate
-#   and bind lazily at every start: `lun list` 1.2 -> 1.0 ms, 175 -> 146 page faults. libblkid and
-#   libudev are still opened with dlopen when first used (glibc loads them, with a libc of their
-#   own, from a static program), and user names go through NSS: both need the glibc the binary was
-#   linked against, which holds for a binary built on the host that runs it, as these scripts do.
-#   The linker warns about exactly that (getpwnam_r and the like), on the build's standard output.
 # Where libstdc++.a is missing (no libstdc++-dev), the link goes without it.
 # Usage: silo_build_static PRODUCT...
 silo_build_static() {
@@ -110,7 +104,7 @@ silo_build_static() {
         ln -sfn "$archive" "$libs/libstdc++.a"
         flags+=(-Xswiftc -L -Xswiftc "$libs" -Xswiftc -Xclang-linker -Xswiftc -static-libgcc)
     fi
-    flags+=(-Xswiftc -Xclang-linker -Xswiftc -no-pie -Xlinker --no-export-dynamic -Xswiftc -static-executable)
+    flags+=(-Xswiftc -Xclang-linker -Xswiftc -no-pie -Xlinker --no-export-dynamic)
     flags+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
     local product
     for product in "$@"; do
