@@ -266,6 +266,18 @@ struct LunAttachTests {
         let fd = open(document, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         _ = text.withCString { write(fd, $0, strlen($0)) }
         close(fd)
+        // A system the document's LUN is not unmasked to: its start is refused by code and field,
+        // and it stays Created, with nothing attached.
+        let other = "other-\(getpid())"
+        defer { _ = silo(state, ["system", "terminate", other]) }
+        #expect(silo(state, ["system", "create", "--id", other, "--config", document]).status == 0)
+        let masked = silo(state, ["system", "start", other])
+        #expect(masked.status == 1 && masked.error.contains("[accessDenied]") && masked.error.contains("Devices.Scsi"), "C12 S11: \(masked.error)")
+        let otherState = silo(state, ["system", "properties", other, "--json"]).output
+        #expect(otherState.contains("\"Created\"") && !otherState.contains("/data"), "\(otherState)")
+        #expect(storage.provider.leaseHolders("data").isEmpty, "a refused start holds no lease")
+        _ = silo(state, ["system", "terminate", other])
+
         defer { _ = silo(state, ["system", "terminate", id]) }
         #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
         let started = silo(state, ["system", "start", id])
@@ -274,8 +286,16 @@ struct LunAttachTests {
         #expect(written.status == 0, "the document's LUN is mounted (without a node), the other is not there: \(written.error)")
 
         let refused = silo(state, ["lun", "delete", "data"])
-        #expect(refused.status == 1 && refused.error.contains("attached to compute system '\(id)'"), "S10: \(refused.error)")
+        #expect(refused.status == 1 && refused.error.contains("attached to compute system '\(id)'") && refused.error.contains("[deviceInUse]"),
+                "S10: \(refused.error)")
         #expect(silo(state, ["lun", "offline", "data"]).status == 1)
+
+        // A LUN unmasked to nobody cannot be attached to the running system either.
+        _ = try storage.create("hidden", size: 16 << 20)
+        let hidden = silo(state, ["system", "modify", id, "--attach", "hidden:/hidden"])
+        #expect(hidden.status == 1 && hidden.error.contains("[accessDenied]"), "C12 S11: \(hidden.error)")
+        #expect(!silo(state, ["system", "properties", id, "--json"]).output.contains("hidden"))
+        #expect(storage.provider.leaseHolders("hidden").isEmpty)
 
         let samePath = silo(state, ["system", "modify", id, "--attach", "extra:/data/"])
         #expect(samePath.status == 64 && samePath.error.contains("another LUN is mounted at /data"), "\(samePath.error)")
