@@ -942,6 +942,31 @@ struct LunTests {
         _ = try storage.provider.deleteLun("moved").wait(timeout: .seconds(30))
         #expect(loopDevices(backedUnder: storage.path).isEmpty, "the delete unbound the device it found")
     }
+    @Test("S13 a device of Silo's whose record is gone (a registry restored from an old backup) is reported as drift while held, and detached once free")
+    func orphanDevice() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("lost")
+        let device = try #require(lun.devicePath)
+        #expect(unlink(storage.path + "/state/luns/lost.json") == 0)
+        // Something has the device open exclusively (a mount would too): it cannot be unbound.
+        var holder = open(device, O_RDONLY | O_EXCL | O_CLOEXEC)
+        defer { if holder >= 0 { close(holder) } }
+        try #require(holder >= 0)
+        let held = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(held.orphanDevicesDetached.isEmpty, "\(held)")
+        #expect(held.drift.contains { $0.hasPrefix(device) && $0.contains("has no LUN but is in use") }, "\(held.drift)")
+        #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") != nil, "still bound")
+        #expect(fileExists(lun.backingFile), "the held device's file is kept")
+        close(holder)
+        holder = -1
+        let freed = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(freed.orphanDevicesDetached.contains { $0.hasPrefix(device) }, "\(freed)")
+        #expect(freed.drift.isEmpty, "\(freed.drift)")
+        #expect(!fileExists(lun.backingFile), "its file goes with it")
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+
     @Test("S7 S15 a create whose rollback finds its new device held keeps its record and file, and reenumerate finishes the rollback once the device is free", .requiresSiloBinary)
     func rollbackWithHeldDevice() throws {
         let storage = TestStorage()

@@ -164,14 +164,18 @@ extension StorageProvider {
         for name in deadChanges.keys { registry.removeMark(.changing, name) }
 
         // Silo devices of this pool that no record claims (a crash between attach and register
-        // whose record was already gone, or a registry restored from backup).
+        // whose record was already gone, or a registry restored from backup). One held open
+        // keeps its backing file: removed, the device would stay bound to a deleted file that
+        // nothing names, until the next reenumerate found it free.
+        var heldFiles = Set<FileIdentity>()
         for (id, devices) in ours where damaged.isEmpty && !poolListDamaged {
             for device in devices {
                 do throws(SiloError) {
                     try device.detach(expecting: LunRecord.tag(id: id))
                     report.orphanDevicesDetached.append("\(device.path) (silo:\(id))")
                 } catch {
-                    report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use: \(error.message)")
+                    if let binding = device.binding { heldFiles.insert(FileIdentity(device: binding.fileDevice, inode: binding.inode)) }
+                    report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use: \(error.message); its backing file is kept")
                 }
             }
         }
@@ -193,7 +197,8 @@ extension StorageProvider {
             }
             for entry in directoryEntries(pool.directory) where Self.isBackingFileName(entry) {
                 let path = pool.directory + "/" + entry
-                if !namedPaths.contains(path), let identity = FileIdentity(path: path), !named.contains(identity) {
+                if !namedPaths.contains(path), let identity = FileIdentity(path: path), !named.contains(identity),
+                   !heldFiles.contains(identity) {
                     try? BackingFile.remove(path)
                     report.orphanFilesRemoved.append(path)
                 }
@@ -245,6 +250,11 @@ extension StorageProvider {
 struct FileIdentity: Hashable {
     let device: UInt64
     let inode: UInt64
+
+    init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
 
     init?(path: String) {
         var info = stat()
