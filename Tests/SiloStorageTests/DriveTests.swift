@@ -230,6 +230,40 @@ struct DriveTests {
         }
     }
 
+    @Test("S1 a drive's partition table type is libblkid's, and its partitions are the kernel's, where and as sysfs has them")
+    func drivePartitions() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        // A loop device of someone else's (a drive) whose partitions the kernel is asked to scan.
+        let image = scratch.path + "/parted.img"
+        try makeSparseFile(image, size: 64 << 20)
+        let table = "label: dos\nstart=2048, size=40960, type=83\nstart=43008, size=20480, type=83\n"
+        #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", image], input: table) == 0)
+        let device = run("/sbin/losetup", ["-f", "--show", "-P", "--read-only", image]).output.trimmingSpaces
+        try #require(device.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let name = String(device.dropFirst(5))
+        let drive = try provider.drive(device)
+        #expect(drive.partitionTableType == "dos", "\(String(describing: drive.partitionTableType))")
+        // Partitions are block devices the kernel makes; a kernel built without partition table
+        // parsers (this VM's: no CONFIG_MSDOS_PARTITION, no CONFIG_EFI_PARTITION) makes none.
+        let kernelPartitions = directoryEntries("/sys/block/" + name).filter { fileExists("/sys/block/\(name)/\($0)/partition") }.sorted()
+        #expect(drive.partitions.map(\.name) == kernelPartitions, "\(drive.partitions)")
+        guard !kernelPartitions.isEmpty else {
+            try Test.cancel("this kernel parses no partition tables (no MSDOS or EFI partition support): it made no partitions to compare")
+        }
+        #expect(drive.partitions.map(\.name) == [name + "p1", name + "p2"])
+        #expect(drive.partitions.map(\.number) == [1, 2])
+        #expect(drive.partitions.map(\.start) == [2048 * 512, 43008 * 512])
+        #expect(drive.partitions.map(\.size) == [40960 * 512, 20480 * 512])
+        for partition in drive.partitions {
+            let sysfs = "/sys/block/\(name)/\(partition.name)"
+            #expect(readSmallFile(sysfs + "/start").flatMap { UInt64($0.trimmingSpaces) }.map { $0 * 512 } == partition.start, "\(partition)")
+            #expect(partition.devicePath == "/dev/" + partition.name)
+        }
+    }
+
     @Test("S1 an idle loop device is probed through its backing file; one holding changes the file lacks, through itself")
     func probesThroughBackingFile() throws {
         let scratch = Scratch()
