@@ -64,7 +64,7 @@ struct DriveTests {
         }
     }
 
-    @Test("S1 drives match the kernel's view: /sys/block and lsblk, with sizes and sector sizes")
+    @Test("S1 drives match the kernel's view: /sys/block and lsblk, with sizes and sector sizes; model, vendor, serial and WWN as sysfs has them")
     func matchesKernel() throws {
         let storage = TestStorage()
         defer { storage.finish() }
@@ -120,6 +120,13 @@ struct DriveTests {
             if let model = readSmallFile(block + "/device/model")?.trimmingSpaces, !model.isEmpty {
                 #expect(drive.model == model, "\(drive.name) model")
             }
+            // Vendor, serial and WWN where the kernel has them (without udevd, sysfs is all there is).
+            func kernel(_ files: String...) -> String? {
+                files.lazy.compactMap { readSmallFile(block + "/" + $0)?.trimmingSpaces }.first { !$0.isEmpty }
+            }
+            if let vendor = kernel("device/vendor") { #expect(drive.vendor == vendor, "\(drive.name) vendor") }
+            if let serial = kernel("serial", "device/serial") { #expect(drive.serial == serial, "\(drive.name) serial") }
+            if let wwn = kernel("wwid", "device/wwid") { #expect(drive.wwn == wwn, "\(drive.name) wwn") }
             #expect(Set(drive.holders) == Set(directoryEntries(block + "/holders")), "\(drive.name) holders")
         }
         // Ids are stable across enumerations.
