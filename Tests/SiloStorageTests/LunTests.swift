@@ -211,6 +211,43 @@ struct LunTests {
         #expect(children.output.trimmingSpaces.isEmpty, "mkfs outlived its cancel: \(children.output)")
     }
 
+    @Test("S7 a create cancelled while its mkfs runs (after the attach) rolls back completely: no device, file, record or stable name")
+    func cancelDuringFileSystem() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        try #require(LunFileSystem(.xfs).program != nil, "mkfs.xfs (xfsprogs) is not installed")
+        // A large thin LUN: mkfs.xfs writes its log and allocation groups for a while.
+        let operation = try storage.provider.createLun(LunSpec(name: "formatting", size: 64 << 30, fileSystem: LunFileSystem(.xfs)))
+        // mkfs is a child of one of this process's threads; it runs for some milliseconds only,
+        // so it is looked for without starting a process, and stopped once found: the cancel
+        // then surely comes while it runs.
+        var mkfs: pid_t?
+        for _ in 0..<200_000 where mkfs == nil && operation.status.isPending {
+            for task in directoryEntries("/proc/self/task") {
+                for child in (readSmallFile("/proc/self/task/\(task)/children") ?? "").split(separator: " ") {
+                    if let pid = pid_t(child), readSmallFile("/proc/\(pid)/comm")?.hasPrefix("mkfs") == true {
+                        kill(pid, SIGSTOP)
+                        mkfs = pid
+                    }
+                }
+            }
+        }
+        guard mkfs != nil, operation.status.isPending else {
+            Issue.record("mkfs was not seen running: \(operation.status)")
+            return
+        }
+        let device = loopDevices(backedUnder: storage.path).first
+        #expect(device != nil, "attached before mkfs")
+        try operation.cancel()
+        let failed = #expect(throws: SiloError.self) { _ = try operation.wait(timeout: .seconds(60)) }
+        #expect(failed?.code == .operationCancelled, "\(String(describing: failed))")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty, "the attach was rolled back")
+        #expect(!fileExists(storage.provider.configuration.linkDirectory + "/formatting"))
+        #expect(waitUntil { mkfs.map { kill($0, 0) != 0 } ?? true }, "mkfs is gone")
+    }
+
     @Test("S7 mkfs is started tied to its caller: it dies with the process (the thread) that waits for it")
     func mkfsDiesWithCaller() throws {
         var report: [Int32] = [-1, -1]
