@@ -979,6 +979,30 @@ struct LunTests {
         _ = try storage.provider.deleteLun("moved").wait(timeout: .seconds(30))
         #expect(loopDevices(backedUnder: storage.path).isEmpty, "the delete unbound the device it found")
     }
+    @Test("S13 reenumerate says what it corrects: a record naming a device that is not its LUN's, a second device bound to the LUN's file")
+    func reenumerateReportsCorrections() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("named")
+        let device = try #require(lun.devicePath)
+        let registry = storage.provider.registry
+        var record = try #require(try registry.load("named"))
+        let other = try #require(LoopDevice.all().last { $0.path != device }).number
+        record.device = other
+        try registry.locked { () throws(SiloError) in try registry.save(record) }
+        let moved = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(moved.repaired == ["named: its record named /dev/loop\(other); its device is \(device)"], "\(moved)")
+        #expect(try registry.load("named")?.device == Int(device.dropFirst(9)))
+        // The same file bound twice with the LUN's tag (an online killed before its record write,
+        // and the LUN's device made again): the one the record names stays.
+        let second = try LoopDevice.attach(backing: lun.backingFile, options: try #require(try registry.load("named")).loopOptions).device
+        let twice = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(twice.repaired == ["named: a second device bound to its file, \(second.path), detached"], "\(twice)")
+        #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device])
+        let quiet = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(quiet == ReenumerateReport(), "nothing left to say: \(quiet)")
+    }
+
     @Test("S13 a device of Silo's whose record is gone (a registry restored from an old backup) is reported as drift while held, and detached once free")
     func orphanDevice() throws {
         let storage = TestStorage()

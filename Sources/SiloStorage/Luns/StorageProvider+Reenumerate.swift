@@ -133,18 +133,35 @@ extension StorageProvider {
             }
             // The one the record names, if it is among them; others are duplicates.
             var device = devices.first { $0.number == record.device } ?? devices.first
-            for extra in devices where extra != device { try? extra.detach(expecting: record.tag) }
+            for extra in devices where extra != device {
+                do throws(SiloError) {
+                    try extra.detach(expecting: record.tag)
+                    report.repaired.append("\(record.name): a second device bound to its file, \(extra.path), detached")
+                } catch {
+                    report.drift.append("\(record.name): a second device bound to its file, \(extra.path), is in use: \(error.message)")
+                }
+            }
+            var attachedNow = false
             if !fileExists(record.backingFile) {
                 report.drift.append("\(record.name): backing file \(record.backingFile) is missing")
             } else if record.online, device == nil {
                 do throws(SiloError) {
                     device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
                     report.attached.append(record.name)
+                    attachedNow = true
                 } catch {
                     report.drift.append("\(record.name): cannot attach: \(error.message)")
                 }
             }
-            if record.device != device?.number { record.device = device?.number }
+            if record.device != device?.number {
+                // Not hidden: the record named a device that was not the LUN's (a call killed
+                // between its attach and its record write), or none while one was bound.
+                if !attachedNow {
+                    let named = record.device.map { "/dev/loop\($0)" } ?? "no device"
+                    report.repaired.append("\(record.name): its record named \(named); its device is \(device?.path ?? "none")")
+                }
+                record.device = device?.number
+            }
             let link = configuration.linkDirectory + "/" + record.name
             if let device {
                 if resolveLink(link) != device.path {
