@@ -52,7 +52,7 @@ struct CloneTests {
         defer { storage.finish() }
         _ = try storage.create("big", size: 1 << 30, provisioning: .zeroed)
         let operation = try storage.provider.cloneLun("big", as: "half")
-        for _ in 0..<120_000 where operation.status.percentComplete < 5 && operation.status.isPending { usleep(500) }  // a minute at most
+        waitForProgress(operation, percent: 5)
         try? operation.cancel()
         _ = try? operation.wait(timeout: .seconds(60))
         if operation.status.error?.code == .operationCancelled {
@@ -69,7 +69,7 @@ struct CloneTests {
         defer { storage.finish() }
         _ = try storage.create("golden", size: 1 << 30, provisioning: .zeroed)
         let first = try storage.provider.cloneLun("golden", as: "first")
-        for _ in 0..<120_000 where first.status.percentComplete < 5 && first.status.isPending { usleep(500) }  // a minute at most
+        waitForProgress(first, percent: 5)
         // A second clone of the same source at the same time: allowed.
         let second = try storage.provider.cloneLun("golden", as: "second")
         let delete = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("golden") }
@@ -159,4 +159,9 @@ struct CloneTests {
             #expect(try readBytes(try #require(clone.devicePath), offset: 4096, count: 3) == [7, 7, 7])
         }
     }
+}
+
+/// Polls until `operation` reports `percent` or more done, or ends: a minute at most.
+private func waitForProgress<Output>(_ operation: SiloOperation<Output>, percent: Int) {
+    for _ in 0..<120_000 where operation.status.percentComplete < percent && operation.status.isPending { usleep(500) }
 }
