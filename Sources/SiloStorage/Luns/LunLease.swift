@@ -109,7 +109,7 @@ extension StorageProvider {
     static func cloneHolder(_ name: String) -> String { "clone '\(name)'" }
 
     /// Whether a lease holder is a clone reading its source (``cloneHolder(_:)``).
-    public static func isCloneHolder(_ holder: String) -> Bool { holder.hasPrefix("clone '") }
+    public static func isCloneHolder(_ holder: String) -> Bool { holder.hasPrefix(cloneHolder("").dropLast()) }
 
     /// Clones reading LUN `name` now (live holders of a ``cloneHolder(_:)`` lease on it). Asked
     /// under the registry lock too: the lease lock is always taken after it (a delete's checks).

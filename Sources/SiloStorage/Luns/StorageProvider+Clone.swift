@@ -21,31 +21,20 @@ extension StorageProvider {
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
         try Names.validate(name, field: "name", what: "a LUN name")
-        let first: LunRecord
-        do throws(SiloError) {
-            first = try record(named: source)
-        } catch {
-            var named = error
-            if named.field == "name" { named.field = "source" }  // not the new LUN's name
-            throw named
-        }
-        guard first.state == .ready, fileExists(first.backingFile) else {
-            throw SiloError(.invalidOperation, "LUN '\(source)' cannot be cloned: it is not ready or its file is missing",
-                            field: "source", value: source)
-        }
         // The lease first, then the look for a live change: a change marks the LUN first, then
         // looks for clones (refuseWhileCloned), so of two at once at least one sees the other.
-        // The record is read again under the registry lock, once leased: a change that ended
-        // between the first read and the lease may have resized the file; a dead one is settled.
+        // The record is read under the registry lock once leased: a change that ended before
+        // the lease may have resized the file; a dead one is settled.
         let sourceLease: LunLease
         let original: LunRecord
         do throws(SiloError) {
-            sourceLease = try lease(source, holder: Self.cloneHolder(name), id: first.id)
+            let sourceID = try self.record(named: source).id
+            sourceLease = try lease(source, holder: Self.cloneHolder(name), id: sourceID)
             do throws(SiloError) {
                 original = try registry.locked(givingUp: true) { () throws(SiloError) -> LunRecord in
                     let current = try self.record(named: source)
                     try checkChangeable(current)
-                    guard current.id == first.id, current.state == .ready, fileExists(current.backingFile) else {
+                    guard current.id == sourceID, current.state == .ready, fileExists(current.backingFile) else {
                         throw SiloError(.invalidOperation, "LUN '\(source)' cannot be cloned: it is not ready or its file is missing",
                                         field: "source", value: source)
                     }
@@ -57,7 +46,7 @@ extension StorageProvider {
             }
         } catch {
             var named = error
-            if named.field == "name" { named.field = "source" }
+            if named.field == "name" { named.field = "source" }  // not the new LUN's name
             throw named
         }
         let id = newIdentifier()

@@ -7,7 +7,8 @@ public struct ReenumerateReport: Sendable, Hashable, Codable {
     public var attached: [String] = []
     /// Half-made LUNs of processes that died mid-call, removed with everything they made.
     public var rolledBack: [String] = []
-    /// Changes of processes that died mid-call, finished or undone (name: what was done).
+    /// Changes of processes that died mid-call, finished or undone, and records corrected to
+    /// what the kernel has (a device number, a second device bound to a LUN's file): name: what was done.
     public var repaired: [String] = []
     /// Silo-tagged loop devices of this pool with no LUN, detached.
     public var orphanDevicesDetached: [String] = []
@@ -123,7 +124,8 @@ extension StorageProvider {
                 report.rolledBack.append(record.name)
                 continue
             }
-            if let owner = record.owner ?? deadChanges[record.name] {
+            let deadOwner = record.owner ?? deadChanges[record.name]
+            if let owner = deadOwner {
                 // Died mid-change: the file's size tells how far it got.
                 if let size = settledSize(record), size != record.size { record.size = size }
                 // The device takes the file's size, whichever way the settling went.
@@ -132,8 +134,9 @@ extension StorageProvider {
                 report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
             }
             // The one the record names, if it is among them; others are duplicates.
-            var device = devices.first { $0.number == record.device } ?? devices.first
-            for extra in devices where extra != device {
+            let found = devices.first { $0.number == record.device } ?? devices.first
+            var device = found
+            for extra in devices where extra != found {
                 do throws(SiloError) {
                     try extra.detach(expecting: record.tag)
                     report.repaired.append("\(record.name): a second device bound to its file, \(extra.path), detached")
@@ -141,27 +144,24 @@ extension StorageProvider {
                     report.drift.append("\(record.name): a second device bound to its file, \(extra.path), is in use: \(error.message)")
                 }
             }
-            var attachedNow = false
             if !fileExists(record.backingFile) {
                 report.drift.append("\(record.name): backing file \(record.backingFile) is missing")
             } else if record.online, device == nil {
                 do throws(SiloError) {
                     device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
                     report.attached.append(record.name)
-                    attachedNow = true
                 } catch {
                     report.drift.append("\(record.name): cannot attach: \(error.message)")
                 }
             }
-            if record.device != device?.number {
-                // Not hidden: the record named a device that was not the LUN's (a call killed
-                // between its attach and its record write), or none while one was bound.
-                if !attachedNow {
-                    let named = record.device.map { "/dev/loop\($0)" } ?? "no device"
-                    report.repaired.append("\(record.name): its record named \(named); its device is \(device?.path ?? "none")")
-                }
-                record.device = device?.number
+            // Not hidden: a device found bound that the record did not name (a call killed between
+            // its attach and its record write), unless the dead call's settling above said so.
+            // Attached now, or none to be had, the report says so already.
+            if let found, record.device != found.number, deadOwner == nil {
+                let named = record.device.map { "/dev/loop\($0)" } ?? "no device"
+                report.repaired.append("\(record.name): its record named \(named), its device is \(found.path)")
             }
+            record.device = device?.number
             let link = configuration.linkDirectory + "/" + record.name
             if let device {
                 if resolveLink(link) != device.path {
@@ -187,12 +187,13 @@ extension StorageProvider {
         var heldFiles = Set<FileIdentity>()
         for (id, devices) in ours where damaged.isEmpty && !poolListDamaged {
             for device in devices {
+                let binding = device.binding  // read before the detach: its file is kept if it stays bound
                 do throws(SiloError) {
                     try device.detach(expecting: LunRecord.tag(id: id))
                     report.orphanDevicesDetached.append("\(device.path) (silo:\(id))")
                 } catch {
-                    if let binding = device.binding { heldFiles.insert(FileIdentity(device: binding.fileDevice, inode: binding.inode)) }
-                    report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use: \(error.message); its backing file is kept")
+                    if let binding { heldFiles.insert(FileIdentity(device: binding.fileDevice, inode: binding.inode)) }
+                    report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use (\(error.message)), its backing file is kept")
                 }
             }
         }
