@@ -122,6 +122,51 @@ struct SystemTests {
         #expect(compute.service.store.ids() == ["vm-\(getpid())"], "a refused create leaves nothing")
     }
 
+    @Test("C4 a start without Silo's init is refused at once, naming the path: the system stays Created, with no process, socket or root made")
+    func startWithoutInit() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "noinit-\(getpid())"
+        _ = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
+        let missing = compute.state + "/no-such-folder/silo-init"
+        let elsewhere = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: missing))
+        let system = try elsewhere.open(id)
+        defer { system.close() }
+        let error = #expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) }
+        #expect(error?.code == .objectNotFound)
+        #expect(error?.field == "init" && error?.value == missing)
+        #expect(try system.properties().state == .created)
+        #expect(access(compute.service.store.directory(id) + "/agent.sock", F_OK) != 0)
+        #expect(access(compute.service.store.root(id), F_OK) != 0)
+        #expect(system.cgroup.pids.isEmpty, "nothing started in its cgroup")
+    }
+
+    @Test("C4 a start whose init cannot run rolls back: still Created, no process, no socket, no root folder; a folder is no init")
+    func startWhoseInitFails() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "badinit-\(getpid())"
+        _ = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
+        let empty = compute.state + "/empty-init"  // executable, but no program: its exec fails (ENOEXEC)
+        let fd = open(empty, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
+        #expect(fd >= 0)
+        close(fd)
+        defer { unlink(empty) }
+        let elsewhere = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: empty))
+        let system = try elsewhere.open(id)
+        defer { system.close() }
+        #expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) }
+        #expect(try system.properties().state == .created)
+        #expect(system.cgroup.pids.isEmpty, "nothing left in its cgroup")
+        #expect(access(compute.service.store.directory(id) + "/agent.sock", F_OK) != 0)
+        #expect(access(compute.service.store.root(id), F_OK) != 0, "the root folder made for the start is gone")
+        let folder = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: compute.state))
+        let again = try folder.open(id)
+        defer { again.close() }
+        let error = #expect(throws: SiloError.self) { _ = try again.start().wait(timeout: .seconds(30)) }
+        #expect(error?.code == .objectNotFound && error?.field == "init", "a folder is not an init")
+    }
+
     @Test("C3 C5 two state directories may each have a system of the same id: each runs in a cgroup of its own, and one's stop leaves the other's")
     func sameIdInTwoStateDirectories() throws {
         let first = try RunningSystem("twin")

@@ -77,6 +77,15 @@ public struct ComputeConfiguration: Sendable {
         return String(decoding: text, as: UTF8.self)
     }
 
+    /// Refuses, before anything is made, when init is not an executable file at `initBinary`: the
+    /// sandbox's bind of it would fail later with only "No such file or directory".
+    func checkInit() throws(SiloError) {
+        var info = stat()
+        guard stat(initBinary, &info) == 0, info.st_mode & S_IFMT == S_IFREG, access(initBinary, X_OK) == 0 else {
+            throw SiloError(.objectNotFound, "Silo's init is not at \(initBinary); set SILO_INIT", field: "init", value: initBinary)
+        }
+    }
+
     /// `SILO_INIT`, else beside the running executable, else the install locations.
     static func findInit() -> String {
         if let path = getenv("SILO_INIT").map({ String(cString: $0) }), !path.isEmpty { return path }
@@ -107,10 +116,7 @@ public enum SandboxRun {
         configuration: ComputeConfiguration = ComputeConfiguration()
     ) throws(SiloError) -> Int32 {
         try validateID(id)
-        guard access(configuration.initBinary, X_OK) == 0 else {
-            throw SiloError(.objectNotFound, "Silo's init is not at \(configuration.initBinary); set SILO_INIT",
-                            field: "init", value: configuration.initBinary)
-        }
+        try configuration.checkInit()
         let systems = configuration.runtimeDirectory + "/systems"
         let reservation = systems + "/" + id
         var limits = limits

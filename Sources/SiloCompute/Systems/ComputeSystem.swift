@@ -127,10 +127,12 @@ public final class ComputeSystem: Sendable {
     /// - Parameter blockDevices: the LUNs the document attaches (`Devices.Scsi`), resolved by
     ///   storage (Silo's `start(storage:)` does it); each appears in /dev, mounted where asked,
     ///   and its lease is held by the system's agent while it runs (C12, S10).
-    /// - Throws: at once, `invalidState` unless Created; `invalidArgument` when the document
+    /// - Throws: at once, `objectNotFound` (field `init`) when Silo's init is not there;
+    ///   `invalidState` unless Created; `invalidArgument` when the document
     ///   attaches LUNs and `blockDevices` does not bring them.
     public func start(blockDevices: [BlockDevice] = [], context: (any Sendable)? = nil,
                       callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        try service.configuration.checkInit()
         let attached = try ComputeSystemDocument(json: store.load(id).document).scsiAttachments
         let missing = attached.map(\.lun).filter { name in !blockDevices.contains { $0.lun == name } }
         if let first = missing.first {
@@ -162,7 +164,11 @@ public final class ComputeSystem: Sendable {
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
             if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
-            if mkdir(store.root(id), 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: store.root(id)) }
+            let root = store.root(id)
+            if mkdir(root, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: root) }
+            // A start that fails leaves no empty root folder behind (a stop removes it too).
+            var started = false
+            defer { if !started { rmdir(root) } }
             // The agent's socket is made here, on the host, and inherited: inside, the agent
             // cannot reach this folder. The handles file lets it see when no handle is left.
             let listener = try AgentListener(directory: store.directory(id))
@@ -216,6 +222,7 @@ public final class ComputeSystem: Sendable {
             let rawLeases = blockDevices.filter { $0.mountPath == nil }.map { $0.lun ?? $0.devicePath }
             // Started: this process's child until someone here reaps it.
             startedInits.withLock { _ = $0.insert(process.pid) }
+            started = true
             return { record in
                 record.attachments = attachments
                 record.rawLeases = rawLeases.isEmpty ? nil : rawLeases
