@@ -78,6 +78,7 @@ static void load_blkid(void) {
         SLOT(blkid_api, partition_get_start, blkid_partition_get_start),
         SLOT(blkid_api, partition_get_size, blkid_partition_get_size),
         SLOT(blkid_api, partition_get_type_string, blkid_partition_get_type_string),
+        SLOT(blkid_api, partition_get_type, blkid_partition_get_type),
         SLOT(blkid_api, partition_get_uuid, blkid_partition_get_uuid),
         SLOT(blkid_api, partition_get_name, blkid_partition_get_name),
     };

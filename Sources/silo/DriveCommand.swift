@@ -29,8 +29,9 @@ struct DriveCommand: ParsableCommand {
                     rows.append([drive.name, human(drive.size), drive.busType, drive.partitionTableType ?? drive.filesystemType,
                                  drive.filesystemLabel, drive.mountPoints.joinedPlainly(","), drive.id])
                     for part in drive.partitions {
-                        rows.append(["└─" + part.name, human(part.size), "part", part.filesystemType, part.filesystemLabel,
-                                     part.mountPoints.joinedPlainly(","), nil])
+                        // A partition in the table that the kernel made no device for: "table", not "part".
+                        rows.append(["└─" + part.name, human(part.size), part.devicePath == nil ? "table" : "part", part.filesystemType,
+                                     part.filesystemLabel, part.mountPoints.joinedPlainly(","), nil])
                     }
                 }
                 printTable(["NAME", "SIZE", "BUS", "TYPE", "LABEL", "MOUNTPOINTS", "ID"], rows)
@@ -57,8 +58,22 @@ struct DriveCommand: ParsableCommand {
                 ("mount points", drive.mountPoints.joined(separator: ", ")),
                 ("holders", drive.holders.joined(separator: ", ")), ("pool", drive.pool),
                 ("LUN extents", drive.extents.map { "\($0.lun) \(human($0.allocatedBytes))" }.joined(separator: ", ")),
-            ]
+            ] + drive.partitions.map { part in ("partition \(part.number)", Self.describe(part)) }
             printTable(["PROPERTY", "VALUE"], facts.map { [$0.0, $0.1] })
+        }
+
+        /// "/dev/vda1, 512M at 1M, type 0x83, partuuid 5110cafe-01, ext4, label data", naming no
+        /// device for a partition the kernel made none for.
+        static func describe(_ part: DrivePartition) -> String {
+            var facts: [String] = [part.devicePath ?? "no device (the kernel made none)"]
+            facts.append(human(part.size) + " at " + human(part.start))
+            if let type = part.partitionType { facts.append("type " + type) }
+            if let name = part.partitionLabel { facts.append("name " + name) }
+            if let uuid = part.partitionUUID { facts.append("partuuid " + uuid) }
+            if let type = part.filesystemType { facts.append(type) }
+            if let label = part.filesystemLabel { facts.append("label " + label) }
+            if !part.mountPoints.isEmpty { facts.append("mounted at " + part.mountPoints.joined(separator: " ")) }
+            return facts.joined(separator: ", ")
         }
     }
 }

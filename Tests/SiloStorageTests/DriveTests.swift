@@ -237,38 +237,61 @@ struct DriveTests {
         }
     }
 
-    @Test("S1 a drive's partition table type is libblkid's, and its partitions are the kernel's, where and as sysfs has them")
-    func drivePartitions() throws {
+    @Test("S1 a drive's partitions: the kernel's devices where it made them, else the table's entries without a device; either way with libblkid's type, PARTUUID, name and file system",
+          arguments: ["dos", "gpt"])
+    func drivePartitions(label: String) throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
         // A loop device of someone else's (a drive) whose partitions the kernel is asked to scan.
         let image = scratch.path + "/parted.img"
         try makeSparseFile(image, size: 64 << 20)
-        let table = "label: dos\nstart=2048, size=40960, type=83\nstart=43008, size=20480, type=83\n"
+        let linux = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        let table = label == "dos"
+            ? "label: dos\nlabel-id: 0x5110cafe\nstart=2048, size=40960, type=83\nstart=43008, size=20480, type=83\n"
+            : "label: gpt\nstart=2048, size=40960, type=\(linux), name=silo-one, uuid=11111111-2222-4333-8444-555555555555\n"
+                + "start=43008, size=20480, type=\(linux), name=silo-two, uuid=66666666-7777-4888-8999-aaaaaaaaaaaa\n"
         #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", image], input: table) == 0)
+        // A file system in the second partition, written at its offset in the image.
+        #expect(run("/sbin/mke2fs", ["-q", "-F", "-t", "ext4", "-L", "silo-p2", "-E", "offset=\(43008 * 512)", image, "10M"]).status == 0)
         let device = run("/sbin/losetup", ["-f", "--show", "-P", "--read-only", image]).output.trimmingSpaces
         try #require(device.hasPrefix("/dev/loop"))
         defer { _ = run("/sbin/losetup", ["-d", device]) }
         let name = String(device.dropFirst(5))
         let drive = try provider.drive(device)
-        #expect(drive.partitionTableType == "dos", "\(String(describing: drive.partitionTableType))")
-        // Partitions are block devices the kernel makes; a kernel built without partition table
-        // parsers (this VM's: no CONFIG_MSDOS_PARTITION, no CONFIG_EFI_PARTITION) makes none.
-        let kernelPartitions = directoryEntries("/sys/block/" + name).filter { fileExists("/sys/block/\(name)/\($0)/partition") }.sorted()
-        #expect(drive.partitions.map(\.name) == kernelPartitions, "\(drive.partitions)")
-        guard !kernelPartitions.isEmpty else {
-            try Test.cancel("this kernel parses no partition tables (no MSDOS or EFI partition support): it made no partitions to compare")
-        }
-        #expect(drive.partitions.map(\.name) == [name + "p1", name + "p2"])
+        #expect(drive.partitionTableType == label, "\(String(describing: drive.partitionTableType))")
+        #expect(drive.partitions.map(\.name) == [name + "p1", name + "p2"], "\(drive.partitions)")
         #expect(drive.partitions.map(\.number) == [1, 2])
         #expect(drive.partitions.map(\.start) == [2048 * 512, 43008 * 512])
         #expect(drive.partitions.map(\.size) == [40960 * 512, 20480 * 512])
-        for partition in drive.partitions {
-            let sysfs = "/sys/block/\(name)/\(partition.name)"
-            #expect(readSmallFile(sysfs + "/start").flatMap { UInt64($0.trimmingSpaces) }.map { $0 * 512 } == partition.start, "\(partition)")
-            #expect(partition.devicePath == "/dev/" + partition.name)
+        if label == "dos" {
+            #expect(drive.partitions.map(\.partitionType) == ["0x83", "0x83"])
+            #expect(drive.partitions.map(\.partitionUUID) == ["5110cafe-01", "5110cafe-02"])
+            #expect(drive.partitions.map(\.partitionLabel) == [nil, nil])
+        } else {
+            #expect(drive.partitions.map(\.partitionType) == [linux.lowercased(), linux.lowercased()])
+            #expect(drive.partitions.map(\.partitionUUID) == ["11111111-2222-4333-8444-555555555555", "66666666-7777-4888-8999-aaaaaaaaaaaa"])
+            #expect(drive.partitions.map(\.partitionLabel) == ["silo-one", "silo-two"])
         }
+        #expect(drive.partitions.map(\.filesystemType) == [nil, "ext4"])
+        #expect(drive.partitions.map(\.filesystemLabel) == [nil, "silo-p2"])
+        // Devices are the kernel's to make: this VM's kernel, built without partition table parsers
+        // (no CONFIG_MSDOS_PARTITION, no CONFIG_EFI_PARTITION), makes none, and then none is named.
+        let kernelPartitions = directoryEntries("/sys/block/" + name).filter { fileExists("/sys/block/\(name)/\($0)/partition") }.sorted()
+        if kernelPartitions.isEmpty {
+            #expect(drive.partitions.allSatisfy { $0.devicePath == nil && $0.deviceNumber == nil && $0.mountPoints.isEmpty })
+        } else {
+            #expect(drive.partitions.map(\.name) == kernelPartitions)
+            for partition in drive.partitions {
+                let sysfs = "/sys/block/\(name)/\(partition.name)"
+                #expect(readSmallFile(sysfs + "/start").flatMap { UInt64($0.trimmingSpaces) }.map { $0 * 512 } == partition.start, "\(partition)")
+                #expect(partition.devicePath == "/dev/" + partition.name)
+                #expect(partition.deviceNumber == readSmallFile(sysfs + "/dev")?.trimmingSpaces)
+            }
+        }
+        // The listing says the same, and its JSON names no device for a partition without one.
+        let listed = try #require(try provider.drives().first { $0.name == name })
+        #expect(listed.partitions == drive.partitions)
     }
 
     @Test("S1 an idle loop device is probed through its backing file; one holding changes the file lacks, through itself")

@@ -132,9 +132,11 @@ struct RecordJSONTests {
             filesystemType: "ext4", filesystemUUID: "1234-ABCD", filesystemLabel: "data\tdisk",
             mountPoints: ["/", "/mnt/with space"], holders: ["dm-0"],
             partitions: [DrivePartition(name: "sda1", devicePath: "/dev/sda1", deviceNumber: "8:1", number: 1, start: 1_048_576,
-                                        size: 1 << 30, filesystemType: "vfat", filesystemUUID: "AB-CD", filesystemLabel: "EFI",
+                                        size: 1 << 30, partitionType: "c12a7328-f81f-11d2-ba4b-00a0c93ec93b",
+                                        partitionUUID: "11111111-2222-4333-8444-555555555555", partitionLabel: "EFI \"system\"",
+                                        filesystemType: "vfat", filesystemUUID: "AB-CD", filesystemLabel: "EFI",
                                         mountPoints: ["/boot/efi"]),
-                         DrivePartition(name: "sda2", devicePath: "/dev/sda2", deviceNumber: "8:2", number: 2, start: 0, size: 0,
+                         DrivePartition(name: "sda2", devicePath: nil, deviceNumber: nil, number: 2, start: 0, size: 0,
                                         filesystemType: nil, filesystemUUID: nil, filesystemLabel: nil, mountPoints: [])],
             backingFile: "/srv/images/disk.img", pool: "/var/lib/silo/pool", pools: ["default", "fast"],
             extents: [DriveExtent(lun: "db1", backingFile: "/var/lib/silo/pool/a.img", allocatedBytes: 4096)]

@@ -41,6 +41,7 @@ struct silo_blkid_api {
     blkid_loff_t (*_Nonnull partition_get_start)(blkid_partition _Nonnull partition);
     blkid_loff_t (*_Nonnull partition_get_size)(blkid_partition _Nonnull partition);
     const char *_Nullable (*_Nonnull partition_get_type_string)(blkid_partition _Nonnull partition);
+    int (*_Nonnull partition_get_type)(blkid_partition _Nonnull partition);
     const char *_Nullable (*_Nonnull partition_get_uuid)(blkid_partition _Nonnull partition);
     const char *_Nullable (*_Nonnull partition_get_name)(blkid_partition _Nonnull partition);
 };

@@ -61,6 +61,14 @@ public struct BlockProbe: Sendable, Hashable, Codable {
         return try probe(fd: fd, offset: 0, size: 0, path: path, sectorSize: sectorSize)
     }
 
+    /// Probes the `size` bytes at `offset` of the device at `path`: a partition the kernel made no
+    /// device for, read through its drive.
+    public static func probe(path: String, offset: UInt64, size: UInt64) throws(SiloError) -> BlockProbe {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
+        defer { close(fd) }
+        return try probe(fd: fd, offset: offset, size: size, path: path, sectorSize: nil)
+    }
+
     /// Probes `size` bytes (0: to the end) from `offset` of the open `fd`; `path` names the device in errors.
     private static func probe(fd: Int32, offset: UInt64, size: UInt64, path: String, sectorSize: UInt32?) throws(SiloError) -> BlockProbe {
         guard let blkid = silo_blkid()?.pointee else {
@@ -108,7 +116,9 @@ public struct BlockProbe: Sendable, Hashable, Codable {
                         number: Int(blkid.partition_get_partno(partition)),
                         start: UInt64(max(0, blkid.partition_get_start(partition))) * 512,
                         size: UInt64(max(0, blkid.partition_get_size(partition))) * 512,
-                        type: blkid.partition_get_type_string(partition).map { String(cString: $0) },
+                        // A GPT's type GUID, else a DOS table's type byte as libblkid writes it (0x83).
+                        type: blkid.partition_get_type_string(partition).map { String(cString: $0) }
+                            ?? Self.typeByte(blkid.partition_get_type(partition)),
                         uuid: blkid.partition_get_uuid(partition).map { String(cString: $0) },
                         name: blkid.partition_get_name(partition).map { String(cString: $0) }
                     ))
@@ -119,6 +129,10 @@ public struct BlockProbe: Sendable, Hashable, Codable {
             result.filesystemSize = SuperblockSize.read(fd: fd, base: off_t(offset), type: type)
         }
         return result
+    }
+
+    private static func typeByte(_ type: Int32) -> String? {
+        type > 0 ? "0x" + String(type, radix: 16) : nil
     }
 
     private static func value(_ blkid: silo_blkid_api, _ probe: blkid_probe, _ name: String) -> String? {

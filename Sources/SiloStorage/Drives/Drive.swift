@@ -37,14 +37,27 @@ public struct Drive: Sendable, Hashable, Codable {
     public var extents: [DriveExtent]
 }
 
+/// A partition of a drive: the kernel's partition device, or, where the kernel made none (a loop
+/// device bound without partition scanning, a kernel built without that table type's parser), the
+/// entry libblkid reads in the drive's partition table.
 public struct DrivePartition: Sendable, Hashable, Codable {
+    /// The kernel's name (`vda1`, `loop0p2`); for a table entry without a device, the name the
+    /// kernel gives such a partition.
     public var name: String
-    public var devicePath: String
-    public var deviceNumber: String
+    /// Nil where the kernel made no device for it.
+    public var devicePath: String?
+    /// `major:minor`; nil where the kernel made no device for it.
+    public var deviceNumber: String?
     public var number: Int
     /// Bytes from the start of the drive.
     public var start: UInt64
     public var size: UInt64
+    /// The table's type for it: `0x83` in a DOS table, a type GUID in a GPT (libblkid's).
+    public var partitionType: String?
+    /// The GPT's partition GUID, or a DOS table's `<disk id>-<number>` (PARTUUID).
+    public var partitionUUID: String?
+    /// The GPT's name for it (PARTLABEL).
+    public var partitionLabel: String?
     public var filesystemType: String?
     public var filesystemUUID: String?
     public var filesystemLabel: String?

@@ -108,11 +108,16 @@ struct DriveEnumerator {
         )
     }
 
+    /// The kernel's partition devices, with what the drive's table says of each; where the kernel
+    /// made none and libblkid reads a table, the table's entries, their file systems probed through
+    /// the drive (read-only, as every probe).
     private func partitions(of disk: Candidate, mounts: MountTable, probes: ProbeBatch) -> [DrivePartition] {
-        disk.partitions.compactMap { entry -> DrivePartition? in
+        let table = disk.size > 0 ? probes.result(disk.devicePath)?.partitions ?? [] : []
+        let kernel = disk.partitions.compactMap { entry -> DrivePartition? in
             let path = disk.sysfs + "/" + entry
             guard let number = readNumber(path + "/partition"), let deviceNumber = readSmallFile(path + "/dev") else { return nil }
             let probe = probes.result("/dev/" + entry)
+            let listed = table.first { $0.number == Int(number) }
             return DrivePartition(
                 name: entry,
                 devicePath: "/dev/" + entry,
@@ -120,12 +125,36 @@ struct DriveEnumerator {
                 number: Int(number),
                 start: (readNumber(path + "/start") ?? 0) * 512,
                 size: (readNumber(path + "/size") ?? 0) * 512,
+                partitionType: listed?.type,
+                partitionUUID: listed?.uuid,
+                partitionLabel: listed?.name,
                 filesystemType: probe?.filesystemType,
                 filesystemUUID: probe?.uuid,
                 filesystemLabel: probe?.label,
                 mountPoints: mounts.points(of: deviceNumber)
             )
-        }.sorted { $0.number < $1.number }
+        }
+        guard kernel.isEmpty else { return kernel.sorted { $0.number < $1.number } }
+        // The kernel's name for partition N: `p` between a name that ends in a digit and N.
+        let separator = disk.name.last.map { $0.isNumber } == true ? "p" : ""
+        return table.filter { $0.size > 0 }.sorted { $0.number < $1.number }.map { entry in
+            let probe = try? BlockProbe.probe(path: disk.devicePath, offset: entry.start, size: entry.size)
+            return DrivePartition(
+                name: disk.name + separator + String(entry.number),
+                devicePath: nil,
+                deviceNumber: nil,
+                number: entry.number,
+                start: entry.start,
+                size: entry.size,
+                partitionType: entry.type,
+                partitionUUID: entry.uuid,
+                partitionLabel: entry.name,
+                filesystemType: probe?.filesystemType,
+                filesystemUUID: probe?.uuid,
+                filesystemLabel: probe?.label,
+                mountPoints: []
+            )
+        }
     }
 
     private func attachExtents(_ drives: inout [Drive], luns: [LunRecord]) {
