@@ -19,7 +19,7 @@ struct LoopDeviceTests {
         )
         let device = attachment.device
         var detached = false
-        defer { if !detached { try? device.detach() } }
+        defer { if !detached { _ = try? device.detach() } }
         let status = try #require(device.status)
         #expect(status.backingFile == file)
         #expect(status.size == 64 << 20)
@@ -35,13 +35,16 @@ struct LoopDeviceTests {
         }
         // A detach that expects another owner's tag (the device was bound again by someone
         // else since it was looked up) leaves the device alone; so does an unbind.
-        try device.detach(expecting: "silo:someone-else")
-        try device.unbind(expecting: "silo:someone-else")
+        #expect(try device.detach(expecting: "silo:someone-else") == false)
+        #expect(try device.unbind(expecting: "silo:someone-else") == false)
         #expect(device.status != nil, "another tag's device stays bound")
-        try device.detach(expecting: "silo:test-attach")
+        #expect(try device.detach(expecting: "silo:test-attach"), "this call unbound it")
         detached = true
         #expect(device.status == nil, "detach must not be lazy")
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
+        // Unbound already (a reenumerate's report must not claim it): says so.
+        #expect(try device.unbind(expecting: "silo:test-attach") == false)
+        #expect(try device.detach() == false)
     }
 
     @Test("Detach refuses a device held open by another process instead of detaching lazily")
@@ -51,7 +54,7 @@ struct LoopDeviceTests {
         let file = scratch.path + "/b.img"
         try makeSparseFile(file, size: 8 << 20)
         let device = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-held")).device
-        defer { try? device.detach() }
+        defer { _ = try? device.detach() }
         let holder = open(device.path, O_RDONLY | O_CLOEXEC)
         try #require(holder >= 0)
         let error = #expect(throws: SiloError.self) { try device.detach() }
@@ -78,7 +81,7 @@ struct LoopDeviceTests {
                 errors.append("\(error)")
             }
         }
-        defer { for number in devices.values { try? LoopDevice(number: number).detach() } }
+        defer { for number in devices.values { _ = try? LoopDevice(number: number).detach() } }
         #expect(errors.values.isEmpty)
         #expect(Set(devices.values).count == count)
         for number in devices.values {

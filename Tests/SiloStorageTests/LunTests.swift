@@ -863,7 +863,7 @@ struct LunTests {
     func stateDirectoryThroughLink() throws {
         let scratch = Scratch()
         defer {
-            for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
+            for device in loopDevices(backedUnder: scratch.path) { _ = try? device.detach() }
             scratch.cleanup()
         }
         try #require(mkdir(scratch.path + "/real", 0o700) == 0 && symlink(scratch.path + "/real", scratch.path + "/link") == 0)

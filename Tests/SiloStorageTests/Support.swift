@@ -105,7 +105,7 @@ struct TestStorage {
         }
         let left = loopDevices(backedUnder: scratch.path)
         #expect(left.isEmpty, "loop devices left behind: \(left.map(\.path))", sourceLocation: sourceLocation)
-        for device in left { try? device.detach() }
+        for device in left { _ = try? device.detach() }
         scratch.cleanup()
     }
 
@@ -173,7 +173,7 @@ struct SerialStorage {
 
     func finish() {
         for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait(timeout: .seconds(60)) }
-        for device in loopDevices(backedUnder: scratch.path) { try? device.detach() }
+        for device in loopDevices(backedUnder: scratch.path) { _ = try? device.detach() }
         scratch.cleanup()
     }
 }

@@ -165,31 +165,35 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     /// - Parameter tag: the owner tag the device must still carry (a LUN's): a device that no
     ///   longer does was unbound and bound again by someone else since it was looked up, and is
     ///   left alone.
-    public func detach(expecting tag: String? = nil) throws(SiloError) {
-        if let tag, self.tag != tag { return }
+    /// - Returns: whether this call unbound it (false: it was unbound already, or is someone else's now).
+    @discardableResult
+    public func detach(expecting tag: String? = nil) throws(SiloError) -> Bool {
+        if let tag, self.tag != tag { return false }
         if let use = InUse.check(self) {
             throw SiloError(.deviceInUse, "\(path) is in use (\(use)); unmount or close it first",
                             field: "device", value: path)
         }
-        try unbind(expecting: tag)
+        return try unbind(expecting: tag)
     }
 
     /// `detach` without its in-use check, for a caller that made it (the lazy-detach guard stays).
     /// The tag is checked again under the device's lock, which Silo's attaches take too.
     /// The device is opened read-only: `LOOP_CLR_FD` needs no write access, and a device whose
     /// binding changed since the caller looked is never opened for writing.
-    func unbind(expecting tag: String? = nil) throws(SiloError) {
+    /// - Returns: whether this call unbound it (false: unbound already, or someone else's now).
+    @discardableResult
+    func unbind(expecting tag: String? = nil) throws(SiloError) -> Bool {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         flock(fd, LOCK_EX)
         var bound = loop_info64()
         if silo_loop_get_status64(fd, &bound) != 0 || tag.map({ cName(bound.lo_file_name) != $0 }) == true {
             close(fd)  // unbound, or someone else's now
-            return
+            return false
         }
         if silo_loop_clr_fd(fd) != 0 {
             let error = errno
             close(fd)
-            if error == ENXIO { return }  // not bound: nothing to do
+            if error == ENXIO { return false }  // not bound: nothing to do
             throw SiloError.system("LOOP_CLR_FD", errno: error, path: path,
                                    message: describe("LOOP_CLR_FD", path: path, errno: error))
         }
@@ -197,7 +201,7 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         // only open, that is this close. With another opener it would be a silent lazy detach
         // (losetup -d exits 0 and the device stays): undo the mark and refuse.
         close(fd)
-        if waitUntilUnbound() { return }
+        if waitUntilUnbound() { return true }
         // Under the device's lock, and only on the same binding: the other opener may have closed
         // after the wait, and an attach bound the number again, whose autoclear is its own.
         let again = open(path, O_RDONLY | O_CLOEXEC)
@@ -211,7 +215,7 @@ public struct LoopDevice: Sendable, Hashable, Codable {
                 _ = silo_loop_set_status64(again, &info)
             }
             close(again)
-            if !fileExists("\(sysfs)/loop/backing_file") { return }  // the other opener left meanwhile
+            if !fileExists("\(sysfs)/loop/backing_file") { return true }  // the other opener left meanwhile: our mark unbound it
         }
         throw SiloError(.deviceInUse, "\(path) is held open by another process; close it first",
                         field: "device", value: path)

@@ -316,7 +316,7 @@ extension StorageProvider {
         do throws(SiloError) {
             try link(record.name, to: device)
         } catch {
-            try? device.detach()
+            _ = try? device.detach()
             throw error
         }
         return device

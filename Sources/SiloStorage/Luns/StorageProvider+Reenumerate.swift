@@ -138,8 +138,10 @@ extension StorageProvider {
             var device = found
             for extra in devices where extra != found {
                 do throws(SiloError) {
-                    try extra.detach(expecting: record.tag)
-                    report.repaired.append("\(record.name): a second device bound to its file, \(extra.path), detached")
+                    // Unbound meanwhile (by another reenumerate, a delete): nothing was corrected here.
+                    if try extra.detach(expecting: record.tag) {
+                        report.repaired.append("\(record.name): a second device bound to its file, \(extra.path), detached")
+                    }
                 } catch {
                     report.drift.append("\(record.name): a second device bound to its file, \(extra.path), is in use: \(error.message)")
                 }
@@ -189,8 +191,9 @@ extension StorageProvider {
             for device in devices {
                 let binding = device.binding  // read before the detach: its file is kept if it stays bound
                 do throws(SiloError) {
-                    try device.detach(expecting: LunRecord.tag(id: id))
-                    report.orphanDevicesDetached.append("\(device.path) (silo:\(id))")
+                    if try device.detach(expecting: LunRecord.tag(id: id)) {
+                        report.orphanDevicesDetached.append("\(device.path) (silo:\(id))")
+                    }
                 } catch {
                     if let binding { heldFiles.insert(FileIdentity(device: binding.fileDevice, inode: binding.inode)) }
                     report.drift.append("\(device.path) (silo:\(id)) has no LUN but is in use (\(error.message)), its backing file is kept")
