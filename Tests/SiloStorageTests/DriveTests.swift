@@ -289,9 +289,21 @@ struct DriveTests {
                 #expect(partition.deviceNumber == readSmallFile(sysfs + "/dev")?.trimmingSpaces)
             }
         }
-        // The listing says the same, and its JSON names no device for a partition without one.
+        // The listing says the same; the CLI's JSON decodes to the same partitions (no devicePath
+        // key where the kernel made no device), and its table and facts say which kind each is.
         let listed = try #require(try provider.drives().first { $0.name == name })
         #expect(listed.partitions == drive.partitions)
+        guard access(siloBinary, X_OK) == 0 else { return }
+        let state = ["--state-dir", scratch.path + "/state"]
+        let shown = execute(siloBinary, state + ["drive", "show", device, "--json"])
+        #expect(shown.status == 0, "\(shown.error)")
+        #expect(try JSONDecoder().decode(Drive.self, from: Data(shown.output.utf8)).partitions == drive.partitions)
+        let rows = execute(siloBinary, state + ["drive", "list"]).output
+        let facts = execute(siloBinary, state + ["drive", "show", device]).output
+        let kind = kernelPartitions.isEmpty ? "table" : "part"
+        #expect(rows.split(separator: "\n").filter { $0.contains("─\(name)p") && $0.contains(" \(kind) ") }.count == 2, "\(rows)")
+        #expect(facts.contains("partition 2") && facts.contains("ext4, label silo-p2"), "\(facts)")
+        #expect(facts.contains("no device (the kernel made none)") == kernelPartitions.isEmpty, "\(facts)")
     }
 
     @Test("S1 an idle loop device is probed through its backing file; one holding changes the file lacks, through itself")
