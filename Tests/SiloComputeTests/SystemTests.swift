@@ -139,6 +139,11 @@ struct SystemTests {
         #expect(access(compute.service.store.directory(id) + "/agent.sock", F_OK) != 0)
         #expect(access(compute.service.store.root(id), F_OK) != 0)
         #expect(system.cgroup.pids.isEmpty, "nothing started in its cgroup")
+        // A system that runs is refused for its state, as ever, whatever this caller's init.
+        let running = try compute.service.open(id)
+        defer { running.close() }
+        _ = try running.start().wait(timeout: .seconds(30))
+        #expect((#expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) })?.code == .invalidState)
     }
 
     @Test("C4 a start whose init cannot run rolls back: still Created, no process, no socket, no root folder; a folder is no init")
@@ -149,7 +154,7 @@ struct SystemTests {
         _ = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
         let empty = compute.state + "/empty-init"  // executable, but no program: its exec fails (ENOEXEC)
         let fd = open(empty, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
-        #expect(fd >= 0)
+        try #require(fd >= 0)
         close(fd)
         defer { unlink(empty) }
         let elsewhere = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: empty))
@@ -165,6 +170,7 @@ struct SystemTests {
         defer { again.close() }
         let error = #expect(throws: SiloError.self) { _ = try again.start().wait(timeout: .seconds(30)) }
         #expect(error?.code == .objectNotFound && error?.field == "init", "a folder is not an init")
+        #expect(error?.message.contains("is not a file at \(compute.state)") == true, "\(String(describing: error?.message))")
     }
 
     @Test("C3 C5 two state directories may each have a system of the same id: each runs in a cgroup of its own, and one's stop leaves the other's")

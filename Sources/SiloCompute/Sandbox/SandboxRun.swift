@@ -81,8 +81,11 @@ public struct ComputeConfiguration: Sendable {
     /// sandbox's bind of it would fail later with only "No such file or directory".
     func checkInit() throws(SiloError) {
         var info = stat()
-        guard stat(initBinary, &info) == 0, info.st_mode & S_IFMT == S_IFREG, access(initBinary, X_OK) == 0 else {
-            throw SiloError(.objectNotFound, "Silo's init is not at \(initBinary); set SILO_INIT", field: "init", value: initBinary)
+        let problem = stat(initBinary, &info) != 0 ? "is not at"
+            : info.st_mode & S_IFMT != S_IFREG ? "is not a file at"
+            : access(initBinary, X_OK) != 0 ? "is not executable at" : nil
+        if let problem {
+            throw SiloError(.objectNotFound, "Silo's init \(problem) \(initBinary); set SILO_INIT", field: "init", value: initBinary)
         }
     }
 

@@ -132,8 +132,10 @@ public final class ComputeSystem: Sendable {
     ///   attaches LUNs and `blockDevices` does not bring them.
     public func start(blockDevices: [BlockDevice] = [], context: (any Sendable)? = nil,
                       callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        try service.configuration.checkInit()
-        let attached = try ComputeSystemDocument(json: store.load(id).document).scsiAttachments
+        let stored = try store.load(id)
+        // Only a start that could go on needs init: a system in another state is refused as such.
+        if stored.state == .created { try service.configuration.checkInit() }
+        let attached = try ComputeSystemDocument(json: stored.document).scsiAttachments
         let missing = attached.map(\.lun).filter { name in !blockDevices.contains { $0.lun == name } }
         if let first = missing.first {
             throw SiloError.invalidArgument(field: "Devices.Scsi", value: first,
@@ -157,22 +159,29 @@ public final class ComputeSystem: Sendable {
             unlink(directory + "/agent.sock")
             reapStartedInits()
             revokeGrants()
+            rmdir(directory + "/root")
         }) { [self] record in
             let configuration = service.configuration
+            // A start that fails takes back what it made: its grants, the root folder, the agent's
+            // socket (a stop removes them too).
+            var started = false
+            defer { if !started { revokeGrants() } }
             if !grants.isEmpty { try cgroup.setBlockDevices(grants) }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
             var spec = SandboxSpec(root: store.root(id), hostname: id, arguments: arguments, initBinary: configuration.initBinary)
             if let runtime = configuration.swiftRuntimeDirectory { spec.readOnlyBinds.append(runtime) }
             let root = store.root(id)
-            if mkdir(root, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: root) }
-            // A start that fails leaves no empty root folder behind (a stop removes it too).
-            var started = false
-            defer { if !started { rmdir(root) } }
+            let madeRoot = mkdir(root, 0o755) == 0
+            if !madeRoot, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: root) }
+            defer { if !started, madeRoot { rmdir(root) } }
             // The agent's socket is made here, on the host, and inherited: inside, the agent
             // cannot reach this folder. The handles file lets it see when no handle is left.
             let listener = try AgentListener(directory: store.directory(id))
-            defer { listener.close() }
+            defer {
+                if !started { listener.remove() }
+                listener.close()
+            }
             let handles = Glibc.open(store.directory(id) + "/handles", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
             guard handles >= 0 else { throw SiloError.system("open", errno: errno, path: store.directory(id) + "/handles") }
             defer { Glibc.close(handles) }
@@ -188,13 +197,7 @@ public final class ComputeSystem: Sendable {
             spec.standardOutput = null
             spec.standardError = null
             let process: SandboxProcess
-            do {
-                process = try Sandbox.spawn(spec, cgroup: cgroup)
-            } catch {
-                listener.remove()
-                revokeGrants()
-                throw error
-            }
+            process = try Sandbox.spawn(spec, cgroup: cgroup)
             Glibc.close(process.pidfd)
             // This handle now counts where the agent sees it, so even this process's death is seen (C6).
             let connection = try? agent()
@@ -214,8 +217,6 @@ public final class ComputeSystem: Sendable {
                 _ = kill(process.pid, SIGKILL)
                 var status: Int32 = 0
                 while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}
-                listener.remove()
-                revokeGrants()
                 throw error
             }
             let attachments = blockDevices.map(Attachment.init)
