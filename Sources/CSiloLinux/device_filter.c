@@ -70,3 +70,12 @@ int silo_device_filter_attach(int cgroup_fd, int program_fd) {
     attr.attach_type = BPF_CGROUP_DEVICE;
     return (int)syscall(SYS_bpf, BPF_PROG_ATTACH, &attr, sizeof attr);
 }
+
+int silo_device_filter_detach(int cgroup_fd) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.target_fd = (unsigned)cgroup_fd;
+    attr.attach_bpf_fd = (unsigned)-1;  // no program named: the one attached, in single-program mode
+    attr.attach_type = BPF_CGROUP_DEVICE;
+    return (int)syscall(SYS_bpf, BPF_PROG_DETACH, &attr, sizeof attr);
+}

@@ -228,6 +228,27 @@ struct CgroupTests {
         #expect(reap(try startInside(cgroup, block)) == 13)
     }
 
+    @Test("C12 C13 on a hybrid host v1's devices controller alone decides: no device program is loaded, and one a system kept from an older Silo goes at the next grant",
+          .enabled(if: CgroupLayout.detect().unified != nil && CgroupLayout.detect().legacy["devices"] != nil,
+                   "needs a hybrid host: a cgroup2 mount and a v1 devices hierarchy"))
+    func hybridDeviceGrants() throws {
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 16), layout: layout)
+        defer { try? cgroup.destroy() }
+        let unified = try #require(cgroup.directories["unified"])
+        // Exit 12: /dev/loop0 opens for reading; 13: it does not.
+        let block = "if (exec 4</dev/loop0) 2>/dev/null; then exit 12; else exit 13; fi"
+        #expect(reap(try startInside(cgroup, block)) == 13, "v1 denies what it does not grant")
+        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", writable: true)])
+        #expect(reap(try startInside(cgroup, block)) == 12, "granted by v1, and no program denies it")
+        // A program an older Silo attached (it loaded one here too), denying everything but the
+        // minimal /dev: the next grant takes it away.
+        let older = Cgroup(name: cgroup.name, layout: layout, directories: ["unified": unified])
+        try older.setBlockDevices([])
+        #expect(reap(try startInside(cgroup, block)) == 13, "the older program denies it")
+        try cgroup.setBlockDevices([DeviceGrant(number: "7:0", writable: true)])
+        #expect(reap(try startInside(cgroup, block)) == 12, "the older program is gone")
+    }
+
     /// Exit 14: /dev/loop0 opens for writing; 15: it does not.
     static let writeProbe = "if (exec 4<>/dev/loop0) 2>/dev/null; then exit 14; else exit 15; fi"
 

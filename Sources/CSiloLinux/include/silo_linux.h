@@ -64,6 +64,9 @@ struct silo_device_rule {
 int silo_device_filter_load(const struct silo_device_rule *rules, int count, char *log, unsigned log_size);
 /// Attaches it to a cgroup2 directory as its only device program, replacing one attached before.
 int silo_device_filter_attach(int cgroup_fd, int program_fd);
+/// Detaches the device program of the cgroup2 directory `cgroup_fd` (single-program mode, which
+/// detaches without naming the program); -1 with ENOENT when it has none.
+int silo_device_filter_detach(int cgroup_fd);
 
 extern const int silo_O_DIRECT;
 extern const int silo_O_TMPFILE;

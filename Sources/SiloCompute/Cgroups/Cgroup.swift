@@ -291,6 +291,15 @@ public final class Cgroup: Sendable {
                 if !grant.writable { try writeText(devices + "/devices.deny", "b \(grant.number) wm") }
                 try writeText(devices + "/devices.allow", grant.rule)
             }
+            // A system started by a Silo that still loaded a program here (before 5 December
+            // 2026) keeps it, and it would deny what devices.allow now grants: it goes.
+            if let unified = directories["unified"] {
+                let directory = Glibc.open(unified, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                if directory >= 0 {
+                    _ = silo_device_filter_detach(directory)
+                    Glibc.close(directory)
+                }
+            }
         }
         try attachDeviceProgram(blockDevices: grants)
     }
