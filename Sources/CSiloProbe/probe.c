@@ -81,6 +81,7 @@ static void load_blkid(void) {
         SLOT(blkid_api, partition_get_type, blkid_partition_get_type),
         SLOT(blkid_api, partition_get_uuid, blkid_partition_get_uuid),
         SLOT(blkid_api, partition_get_name, blkid_partition_get_name),
+        SLOT(blkid_api, partition_is_extended, blkid_partition_is_extended),
     };
     blkid_loaded = load("libblkid.so.1", symbols, sizeof symbols / sizeof symbols[0]);
 }

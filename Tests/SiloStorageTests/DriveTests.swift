@@ -293,7 +293,7 @@ struct DriveTests {
         // key where the kernel made no device), and its table and facts say which kind each is.
         let listed = try #require(try provider.drives().first { $0.name == name })
         #expect(listed.partitions == drive.partitions)
-        guard access(siloBinary, X_OK) == 0 else { return }
+        try #require(access(siloBinary, X_OK) == 0, "needs the silo executable built beside the tests (swift build --build-tests)")
         let state = ["--state-dir", scratch.path + "/state"]
         let shown = execute(siloBinary, state + ["drive", "show", device, "--json"])
         #expect(shown.status == 0, "\(shown.error)")
@@ -304,6 +304,29 @@ struct DriveTests {
         #expect(rows.split(separator: "\n").filter { $0.contains("─\(name)p") && $0.contains(" \(kind) ") }.count == 2, "\(rows)")
         #expect(facts.contains("partition 2") && facts.contains("ext4, label silo-p2"), "\(facts)")
         #expect(facts.contains("no device (the kernel made none)") == kernelPartitions.isEmpty, "\(facts)")
+    }
+
+    @Test("S1 a DOS table's extended partition is listed as the kernel lists it (1 KiB), its logical partitions after it, with their file systems")
+    func extendedPartitions() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        let image = scratch.path + "/extended.img"
+        try makeSparseFile(image, size: 64 << 20)
+        let table = "label: dos\nstart=2048, size=20480, type=83\nstart=22528, size=40960, type=5\nstart=24576, size=16384, type=83\n"
+        #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", image], input: table) == 0)
+        #expect(run("/sbin/mke2fs", ["-q", "-F", "-t", "ext4", "-L", "silo-p5", "-E", "offset=\(24576 * 512)", image, "8M"]).status == 0)
+        let device = run("/sbin/losetup", ["-f", "--show", "-P", "--read-only", image]).output.trimmingSpaces
+        try #require(device.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let drive = try provider.drive(device)
+        #expect(drive.partitions.map(\.number) == [1, 2, 5], "\(drive.partitions)")
+        let starts: [UInt64] = [2048 * 512, 22528 * 512, 24576 * 512]
+        let sizes: [UInt64] = [20480 * 512, 1024, 16384 * 512]
+        #expect(drive.partitions.map(\.start) == starts)
+        #expect(drive.partitions.map(\.size) == sizes, "the container as the kernel gives it")
+        #expect(drive.partitions.map(\.partitionType) == ["0x83", "0x5", "0x83"])
+        #expect(drive.partitions.map(\.filesystemLabel) == [nil, nil, "silo-p5"])
     }
 
     @Test("S1 an idle loop device is probed through its backing file; one holding changes the file lacks, through itself")

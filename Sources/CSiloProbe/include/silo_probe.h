@@ -44,6 +44,7 @@ struct silo_blkid_api {
     int (*_Nonnull partition_get_type)(blkid_partition _Nonnull partition);
     const char *_Nullable (*_Nonnull partition_get_uuid)(blkid_partition _Nonnull partition);
     const char *_Nullable (*_Nonnull partition_get_name)(blkid_partition _Nonnull partition);
+    int (*_Nonnull partition_is_extended)(blkid_partition _Nonnull partition);
 };
 
 /// libudev.so.1's functions, loaded on the first call (thread-safe); NULL when the library or one

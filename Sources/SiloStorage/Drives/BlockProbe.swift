@@ -25,6 +25,8 @@ public struct BlockProbe: Sendable, Hashable, Codable {
         public var type: String?
         public var uuid: String?
         public var name: String?
+        /// A DOS table's extended partition: the container of the logical ones, not one itself.
+        public var isExtended: Bool?
         public var end: UInt64 { start + size }
     }
 
@@ -120,7 +122,8 @@ public struct BlockProbe: Sendable, Hashable, Codable {
                         type: blkid.partition_get_type_string(partition).map { String(cString: $0) }
                             ?? Self.typeByte(blkid.partition_get_type(partition)),
                         uuid: blkid.partition_get_uuid(partition).map { String(cString: $0) },
-                        name: blkid.partition_get_name(partition).map { String(cString: $0) }
+                        name: blkid.partition_get_name(partition).map { String(cString: $0) },
+                        isExtended: blkid.partition_is_extended(partition) != 0 ? true : nil
                     ))
                 }
             }

@@ -108,22 +108,26 @@ struct DriveEnumerator {
         )
     }
 
-    /// The kernel's partition devices, with what the drive's table says of each; where the kernel
-    /// made none and libblkid reads a table, the table's entries, their file systems probed through
-    /// the drive (read-only, as every probe).
+    /// The kernel's partition devices, with what the drive's table says of each; and the table's
+    /// entries the kernel made no device for (all of them on a loop device bound without partition
+    /// scanning, or a kernel without that table's parser), their file systems probed through the
+    /// drive (read-only, as every probe). Device mapper and md volumes are never partitioned by
+    /// the kernel (kpartx maps their partitions as volumes of their own): theirs are not listed.
     private func partitions(of disk: Candidate, mounts: MountTable, probes: ProbeBatch) -> [DrivePartition] {
-        let table = disk.size > 0 ? probes.result(disk.devicePath)?.partitions ?? [] : []
+        let table = disk.size > 0 && disk.bus != "dm" && disk.bus != "md" ? probes.result(disk.devicePath)?.partitions ?? [] : []
         let kernel = disk.partitions.compactMap { entry -> DrivePartition? in
             let path = disk.sysfs + "/" + entry
             guard let number = readNumber(path + "/partition"), let deviceNumber = readSmallFile(path + "/dev") else { return nil }
             let probe = probes.result("/dev/" + entry)
-            let listed = table.first { $0.number == Int(number) }
+            let start = (readNumber(path + "/start") ?? 0) * 512
+            // The same entry: a table rewritten since the kernel read it may number others alike.
+            let listed = table.first { $0.number == Int(number) && $0.start == start }
             return DrivePartition(
                 name: entry,
                 devicePath: "/dev/" + entry,
                 deviceNumber: deviceNumber,
                 number: Int(number),
-                start: (readNumber(path + "/start") ?? 0) * 512,
+                start: start,
                 size: (readNumber(path + "/size") ?? 0) * 512,
                 partitionType: listed?.type,
                 partitionUUID: listed?.uuid,
@@ -134,18 +138,23 @@ struct DriveEnumerator {
                 mountPoints: mounts.points(of: deviceNumber)
             )
         }
-        guard kernel.isEmpty else { return kernel.sorted { $0.number < $1.number } }
         // The kernel's name for partition N: `p` between a name that ends in a digit and N.
         let separator = disk.name.last.map { $0.isNumber } == true ? "p" : ""
-        return table.filter { $0.size > 0 }.sorted { $0.number < $1.number }.map { entry in
-            let probe = try? BlockProbe.probe(path: disk.devicePath, offset: entry.start, size: entry.size)
+        let made = Set(kernel.map(\.number))
+        let unmade = table.filter { entry in
+            entry.size > 0 && entry.start < disk.size && !made.contains(entry.number)
+        }.map { entry in
+            // An extended partition holds the logical ones: its file system is theirs, and its
+            // size is given as the kernel gives it, the 1 KiB of its first table.
+            let extended = entry.isExtended == true
+            let probe = extended ? nil : try? BlockProbe.probe(path: disk.devicePath, offset: entry.start, size: entry.size)
             return DrivePartition(
                 name: disk.name + separator + String(entry.number),
                 devicePath: nil,
                 deviceNumber: nil,
                 number: entry.number,
                 start: entry.start,
-                size: entry.size,
+                size: extended ? min(entry.size, 1024) : entry.size,
                 partitionType: entry.type,
                 partitionUUID: entry.uuid,
                 partitionLabel: entry.name,
@@ -155,6 +164,7 @@ struct DriveEnumerator {
                 mountPoints: []
             )
         }
+        return (kernel + unmade).sorted { $0.number < $1.number }
     }
 
     private func attachExtents(_ drives: inout [Drive], luns: [LunRecord]) {
