@@ -205,18 +205,23 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         // Under the device's lock, and only on the same binding: the other opener may have closed
         // after the wait, and an attach bound the number again, whose autoclear is its own.
         let again = open(path, O_RDONLY | O_CLOEXEC)
-        if again >= 0 {
-            flock(again, LOCK_EX)
-            var info = loop_info64()
-            if silo_loop_get_status64(again, &info) == 0, cName(info.lo_file_name) == cName(bound.lo_file_name),
-               info.lo_device == bound.lo_device, info.lo_inode == bound.lo_inode,
-               bound.lo_flags & silo_LO_FLAGS_AUTOCLEAR == 0 {  // autoclear before: it stays
-                info.lo_flags &= ~silo_LO_FLAGS_AUTOCLEAR
-                _ = silo_loop_set_status64(again, &info)
-            }
+        guard again >= 0 else { return true }  // the node is gone: unbound first, by our mark
+        flock(again, LOCK_EX)
+        var info = loop_info64()
+        guard silo_loop_get_status64(again, &info) == 0, cName(info.lo_file_name) == cName(bound.lo_file_name),
+              info.lo_device == bound.lo_device, info.lo_inode == bound.lo_inode else {
+            // Unbound (the other opener left after the wait: our mark fired), or bound again to
+            // another file by an attach since: either way this call unbound ours.
             close(again)
-            if !fileExists("\(sysfs)/loop/backing_file") { return true }  // the other opener left meanwhile: our mark unbound it
+            return true
         }
+        if bound.lo_flags & silo_LO_FLAGS_AUTOCLEAR == 0 {  // autoclear before: it stays
+            info.lo_flags &= ~silo_LO_FLAGS_AUTOCLEAR
+            _ = silo_loop_set_status64(again, &info)
+        }
+        close(again)
+        // Unbound now, with our mark taken back: someone else's detach, not this call's.
+        if !fileExists("\(sysfs)/loop/backing_file") { return false }
         throw SiloError(.deviceInUse, "\(path) is held open by another process; close it first",
                         field: "device", value: path)
     }
