@@ -243,19 +243,13 @@ struct DriveTests {
         let scratch = Scratch()
         defer { scratch.cleanup() }
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
-        // A loop device of someone else's (a drive) whose partitions the kernel is asked to scan.
-        let image = scratch.path + "/parted.img"
-        try makeSparseFile(image, size: 64 << 20)
         let linux = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
         let table = label == "dos"
             ? "label: dos\nlabel-id: 0x5110cafe\nstart=2048, size=40960, type=83\nstart=43008, size=20480, type=83\n"
             : "label: gpt\nstart=2048, size=40960, type=\(linux), name=silo-one, uuid=11111111-2222-4333-8444-555555555555\n"
                 + "start=43008, size=20480, type=\(linux), name=silo-two, uuid=66666666-7777-4888-8999-aaaaaaaaaaaa\n"
-        #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", image], input: table) == 0)
-        // A file system in the second partition, written at its offset in the image.
-        #expect(run("/sbin/mke2fs", ["-q", "-F", "-t", "ext4", "-L", "silo-p2", "-E", "offset=\(43008 * 512)", image, "10M"]).status == 0)
-        let device = run("/sbin/losetup", ["-f", "--show", "-P", "--read-only", image]).output.trimmingSpaces
-        try #require(device.hasPrefix("/dev/loop"))
+        // A file system in the second partition.
+        let device = try partitionedDrive(scratch, table: table, ext4: "silo-p2", atSector: 43008, size: "10M")
         defer { _ = run("/sbin/losetup", ["-d", device]) }
         let name = String(device.dropFirst(5))
         let drive = try provider.drive(device)
@@ -306,18 +300,26 @@ struct DriveTests {
         #expect(facts.contains("no device (the kernel made none)") == kernelPartitions.isEmpty, "\(facts)")
     }
 
+    /// A loop device of someone else's (a drive), read-only, over a 64 MiB image holding `table`
+    /// (an sfdisk script) and an ext4 labelled `label`, `size` long, at 512-byte sector `sector`
+    /// (written at its offset in the image); the kernel is asked to scan its partitions.
+    private func partitionedDrive(_ scratch: Scratch, table: String, ext4 label: String, atSector sector: Int, size: String) throws -> String {
+        let image = scratch.path + "/\(label).img"
+        try makeSparseFile(image, size: 64 << 20)
+        #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", image], input: table) == 0)
+        #expect(run("/sbin/mke2fs", ["-q", "-F", "-t", "ext4", "-L", label, "-E", "offset=\(sector * 512)", image, size]).status == 0)
+        let device = run("/sbin/losetup", ["-f", "--show", "-P", "--read-only", image]).output.trimmingSpaces
+        try #require(device.hasPrefix("/dev/loop"))
+        return device
+    }
+
     @Test("S1 a DOS table's extended partition is listed as the kernel lists it (1 KiB), its logical partitions after it, with their file systems")
     func extendedPartitions() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
-        let image = scratch.path + "/extended.img"
-        try makeSparseFile(image, size: 64 << 20)
         let table = "label: dos\nstart=2048, size=20480, type=83\nstart=22528, size=40960, type=5\nstart=24576, size=16384, type=83\n"
-        #expect(spawnWithInput("/usr/sbin/sfdisk", ["--quiet", image], input: table) == 0)
-        #expect(run("/sbin/mke2fs", ["-q", "-F", "-t", "ext4", "-L", "silo-p5", "-E", "offset=\(24576 * 512)", image, "8M"]).status == 0)
-        let device = run("/sbin/losetup", ["-f", "--show", "-P", "--read-only", image]).output.trimmingSpaces
-        try #require(device.hasPrefix("/dev/loop"))
+        let device = try partitionedDrive(scratch, table: table, ext4: "silo-p5", atSector: 24576, size: "8M")
         defer { _ = run("/sbin/losetup", ["-d", device]) }
         let drive = try provider.drive(device)
         #expect(drive.partitions.map(\.number) == [1, 2, 5], "\(drive.partitions)")
