@@ -30,6 +30,22 @@ struct TestCompute {
         rmdir(state)
     }
 
+    /// A new system `id`, opened through a service of this runtime folder that looks for Silo's
+    /// init at `initBinary`.
+    func created(_ id: String, initBinary: String) throws -> ComputeSystem {
+        _ = try service.createComputeSystem(id: id, document: document()).wait(timeout: .seconds(30)).close()
+        return try ComputeService(configuration: ComputeConfiguration(stateDirectory: state, initBinary: initBinary)).open(id)
+    }
+
+    /// A start of `system` that failed left it as it was: Created, nothing in its cgroup, no agent
+    /// socket, no root folder.
+    func expectNotStarted(_ system: ComputeSystem, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        #expect(try system.properties().state == .created, sourceLocation: sourceLocation)
+        #expect(system.cgroup.pids.isEmpty, "nothing in its cgroup", sourceLocation: sourceLocation)
+        #expect(access(service.store.directory(system.id) + "/agent.sock", F_OK) != 0, sourceLocation: sourceLocation)
+        #expect(access(service.store.root(system.id), F_OK) != 0, "no root folder", sourceLocation: sourceLocation)
+    }
+
     func document(owner: String = "tests", terminateOnLastHandle: Bool = false, memoryMB: Int = 128) -> String {
         """
         {"SchemaVersion": {"Major": 2, "Minor": 1}, "Owner": "\(owner)",
@@ -126,21 +142,15 @@ struct SystemTests {
     func startWithoutInit() throws {
         let compute = TestCompute()
         defer { compute.finish() }
-        let id = "noinit-\(getpid())"
-        _ = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
         let missing = compute.state + "/no-such-folder/silo-init"
-        let elsewhere = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: missing))
-        let system = try elsewhere.open(id)
+        let system = try compute.created("noinit-\(getpid())", initBinary: missing)
         defer { system.close() }
         let error = #expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) }
         #expect(error?.code == .objectNotFound)
         #expect(error?.field == "init" && error?.value == missing)
-        #expect(try system.properties().state == .created)
-        #expect(access(compute.service.store.directory(id) + "/agent.sock", F_OK) != 0)
-        #expect(access(compute.service.store.root(id), F_OK) != 0)
-        #expect(system.cgroup.pids.isEmpty, "nothing started in its cgroup")
+        try compute.expectNotStarted(system)
         // A system that runs is refused for its state, as ever, whatever this caller's init.
-        let running = try compute.service.open(id)
+        let running = try compute.service.open(system.id)
         defer { running.close() }
         _ = try running.start().wait(timeout: .seconds(30))
         #expect((#expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) })?.code == .invalidState)
@@ -150,23 +160,17 @@ struct SystemTests {
     func startWhoseInitFails() throws {
         let compute = TestCompute()
         defer { compute.finish() }
-        let id = "badinit-\(getpid())"
-        _ = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
         let empty = compute.state + "/empty-init"  // executable, but no program: its exec fails (ENOEXEC)
         let fd = open(empty, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o755)
         try #require(fd >= 0)
         close(fd)
         defer { unlink(empty) }
-        let elsewhere = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: empty))
-        let system = try elsewhere.open(id)
+        let system = try compute.created("badinit-\(getpid())", initBinary: empty)
         defer { system.close() }
         #expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) }
-        #expect(try system.properties().state == .created)
-        #expect(system.cgroup.pids.isEmpty, "nothing left in its cgroup")
-        #expect(access(compute.service.store.directory(id) + "/agent.sock", F_OK) != 0)
-        #expect(access(compute.service.store.root(id), F_OK) != 0, "the root folder made for the start is gone")
+        try compute.expectNotStarted(system)
         let folder = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: compute.state))
-        let again = try folder.open(id)
+        let again = try folder.open(system.id)
         defer { again.close() }
         let error = #expect(throws: SiloError.self) { _ = try again.start().wait(timeout: .seconds(30)) }
         #expect(error?.code == .objectNotFound && error?.field == "init", "a folder is not an init")

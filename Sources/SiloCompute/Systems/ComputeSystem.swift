@@ -196,8 +196,7 @@ public final class ComputeSystem: Sendable {
             spec.standardInput = null
             spec.standardOutput = null
             spec.standardError = null
-            let process: SandboxProcess
-            process = try Sandbox.spawn(spec, cgroup: cgroup)
+            let process = try Sandbox.spawn(spec, cgroup: cgroup)
             Glibc.close(process.pidfd)
             // This handle now counts where the agent sees it, so even this process's death is seen (C6).
             let connection = try? agent()
