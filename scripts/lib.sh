@@ -109,11 +109,19 @@ silo_build_static() {
     fi
     flags+=(-Xswiftc -Xclang-linker -Xswiftc -no-pie -Xlinker --no-export-dynamic)
     flags+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
-    local product
+    local product log
+    log=$(mktemp)
     for product in "$@"; do
-        swift build -c release --static-swift-stdlib --disable-local-rpath --scratch-path .build-static "${flags[@]}" \
-            --product "$product" >/dev/null
+        # Quiet when it builds; the compiler's output, and a failure, when it does not.
+        if ! swift build -c release --static-swift-stdlib --disable-local-rpath --scratch-path .build-static "${flags[@]}" \
+            --product "$product" >"$log" 2>&1; then
+            cat "$log" >&2
+            rm -f "$log"
+            echo "error: the release build of $product failed" >&2
+            return 1
+        fi
     done
+    rm -f "$log"
 }
 
 # Side-by-side timings that a shared, noisy machine cannot tilt: hyperfine runs the commands in
