@@ -13,10 +13,11 @@ struct DurabilityTests {
     static let ext4Shutdown: UInt = 0x8004_587D
     static let noLogFlush: UInt32 = 2
 
-    /// Direct and buffered. The create's `sync` step makes the backing file durable; Linux 6.18's
-    /// `LOOP_CONFIGURE` syncs it too, so on this kernel the step is not what keeps it (on earlier
-    /// ones it is). What this catches here is the record: without its fsyncs, it is not on the
-    /// disk after the cut.
+    /// Direct and buffered. On Linux 6.16 and later (this machine's 6.18) `LOOP_CONFIGURE` fsyncs the
+    /// backing file, and for a direct-I/O device the create's `sync` step leaves it at that
+    /// (`configureSyncsBackingFile`): the file at its size after the cut is what shows the kernel
+    /// did. The step syncs a buffered device's file, and every file on earlier kernels. The record's
+    /// fsyncs are what keep the record.
     @Test("S13 a LUN create returned is on disk after a power cut: its record, and its backing file at its size",
           arguments: [true, false])
     func createSurvivesPowerCut(directIO: Bool) throws {

@@ -89,3 +89,19 @@ struct LoopDeviceTests {
         }
     }
 }
+
+@Suite("Kernel releases")
+struct KernelReleaseTests {
+    /// Whether a create fsyncs its backing file after binding turns on this: a release read too new
+    /// would leave a create's file not durable on a kernel that does not sync it at LOOP_CONFIGURE.
+    @Test("A kernel release is read by its first two numbers; one that cannot be read counts as old",
+          arguments: [
+              ("6.18.0-1-cloud-amd64", true), ("6.16", true), ("6.16-rc1", true), ("6.16.0", true),
+              ("7.0.0", true), ("10.2.1", true), ("6.15.9", false), ("6.9", false), ("5.19.17-arch1", false),
+              ("6", false), ("6-custom", false), ("", false), ("abc", false), (".6.16", false),
+              ("6..16", false), ("99999999999.1", false),
+          ] as [(String, Bool)])
+    func kernelRelease(release: String, isAtLeast616: Bool) {
+        #expect(LoopDevice.kernelRelease(release, isAtLeast: (6, 16)) == isAtLeast616, "\(release)")
+    }
+}

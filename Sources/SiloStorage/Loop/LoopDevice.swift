@@ -55,6 +55,41 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         }
     }
 
+    /// Whether `LOOP_CONFIGURE` makes the backing file durable itself, so that a create need not
+    /// fsync it again after binding. Linux 6.16 and later fsync the file in `loop_configure`,
+    /// whatever the flags ("loop: move vfs_fsync() out of loop_update_dio()", March 2025; some
+    /// earlier stable kernels have it too, and are not counted). Before, the fsync ran only when
+    /// direct I/O was switched on after binding, which a `LOOP_CONFIGURE` never does.
+    /// The kernel ignores that fsync's result; an fsync of Silo's after it would not see a write-back
+    /// error either, which is reported once to the files open when it happened.
+    public static let configureSyncsBackingFile: Bool = {
+        var names = utsname()
+        guard uname(&names) == 0 else { return false }
+        return kernelRelease(cName(names.release), isAtLeast: (6, 16))
+    }()
+
+    /// Whether a kernel release such as `6.18.0-1-cloud-amd64` is `minimum` or newer; false for
+    /// one it cannot read.
+    static func kernelRelease(_ release: String, isAtLeast minimum: (major: Int, minor: Int)) -> Bool {
+        var numbers: [Int] = []
+        var current: Int?
+        for byte in release.utf8 {
+            if byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") {
+                current = (current ?? 0) * 10 + Int(byte - UInt8(ascii: "0"))
+                if current! > 1_000_000 { return false }
+            } else {
+                guard let number = current else { break }
+                numbers.append(number)
+                current = nil
+                if byte != UInt8(ascii: "."), numbers.count < 2 { return false }
+                if numbers.count == 2 { break }
+            }
+        }
+        if let number = current, numbers.count < 2 { numbers.append(number) }
+        guard numbers.count == 2 else { return false }
+        return (numbers[0], numbers[1]) >= minimum
+    }
+
     /// What `attach` did: the device, and whether direct I/O took.
     public struct Attachment: Sendable, Hashable {
         public let device: LoopDevice

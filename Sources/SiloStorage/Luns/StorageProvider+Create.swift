@@ -134,9 +134,13 @@ extension StorageProvider {
                 unlinkName(record.name)
             }),
             OperationStep("sync", weight: 1, run: { _ in
-                // Linux 6.18's LOOP_CONFIGURE fsyncs the file already, and this one finds nothing
-                // to write (it still costs a device flush, 0.3 ms here); kernels before it do not
-                // (they set the direct-I/O state before the check that would fsync).
+                // Where LOOP_CONFIGURE fsynced the file (Linux 6.16 and later), another fsync finds
+                // nothing to write and still costs a device flush: cheap on this VM, whose host
+                // absorbs a flush with nothing new, up to milliseconds on an SSD without power-loss
+                // protection. Only for a direct-I/O device, where writing the page cache back before
+                // binding is what the kernel must do in any version; mkfs writes through the device
+                // after the bind, so a formatted LUN syncs again.
+                if format == nil, attachment.value?.directIO == true, LoopDevice.configureSyncsBackingFile { return }
                 try BackingFile.sync(record.backingFile)
             }),
             OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
