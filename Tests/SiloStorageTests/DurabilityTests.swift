@@ -13,11 +13,12 @@ struct DurabilityTests {
     static let ext4Shutdown: UInt = 0x8004_587D
     static let noLogFlush: UInt32 = 2
 
-    /// Direct and buffered. On Linux 6.16 and later (this machine's 6.18) `LOOP_CONFIGURE` fsyncs the
-    /// backing file, and for a direct-I/O device the create's `sync` step leaves it at that
-    /// (`configureSyncsBackingFile`): the file at its size after the cut is what shows the kernel
-    /// did. The step syncs a buffered device's file, and every file on earlier kernels. The record's
-    /// fsyncs are what keep the record.
+    /// Direct and buffered. On Linux 6.16 and later (this machine's 6.18, which `thisKernel` checks
+    /// is read so) `LOOP_CONFIGURE` fsyncs the backing file, and for a direct-I/O device on the
+    /// registry's file system the create's `sync` step leaves it at that
+    /// (`configureSyncsBackingFile`): the direct case's file at its size after the cut is what
+    /// shows the kernel did. The step syncs a buffered device's file, and every file on earlier
+    /// kernels. The record's fsyncs are what keep the record.
     @Test("S13 a LUN create returned is on disk after a power cut: its record, and its backing file at its size",
           arguments: [true, false])
     func createSurvivesPowerCut(directIO: Bool) throws {

@@ -99,9 +99,26 @@ struct KernelReleaseTests {
               ("6.18.0-1-cloud-amd64", true), ("6.16", true), ("6.16-rc1", true), ("6.16.0", true),
               ("7.0.0", true), ("10.2.1", true), ("6.15.9", false), ("6.9", false), ("5.19.17-arch1", false),
               ("6", false), ("6-custom", false), ("", false), ("abc", false), (".6.16", false),
-              ("6..16", false), ("99999999999.1", false),
+              ("6..16", false), ("99999999999.1", false), ("6.99999999999", false), ("6.16+", true),
+              ("6.15-rc7", false), ("6.100", true),
           ] as [(String, Bool)])
     func kernelRelease(release: String, isAtLeast616: Bool) {
         #expect(LoopDevice.kernelRelease(release, isAtLeast: (6, 16)) == isAtLeast616, "\(release)")
+    }
+
+    @Test("This machine's kernel is read as the release /proc says it is")
+    func thisKernel() throws {
+        let release = try #require(readSmallFile("/proc/sys/kernel/osrelease"))
+        let numbers = release.split(separator: ".", maxSplits: 2).prefix(2).map { Int($0.prefix { $0.isNumber }) }
+        let atLeast616 = numbers.count == 2 && numbers.allSatisfy { $0 != nil } && (numbers[0]!, numbers[1]!) >= (6, 16)
+        // A create leaves its backing file to LOOP_CONFIGURE's fsync exactly where this is true.
+        #expect(LoopDevice.configureSyncsBackingFile == atLeast616, "\(release)")
+    }
+
+    @Test("Two paths are on one file system when their device numbers agree; not when either is missing")
+    func fileSystems() {
+        #expect(sameFileSystem("/proc/self", "/proc/sys"))
+        #expect(!sameFileSystem("/proc/self", "/"))
+        #expect(!sameFileSystem("/", "/no/such/path"))
     }
 }

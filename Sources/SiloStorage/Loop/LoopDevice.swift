@@ -56,20 +56,24 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     }
 
     /// Whether `LOOP_CONFIGURE` makes the backing file durable itself, so that a create need not
-    /// fsync it again after binding. Linux 6.16 and later fsync the file in `loop_configure`,
-    /// whatever the flags ("loop: move vfs_fsync() out of loop_update_dio()", March 2025; some
-    /// earlier stable kernels have it too, and are not counted). Before, the fsync ran only when
-    /// direct I/O was switched on after binding, which a `LOOP_CONFIGURE` never does.
-    /// The kernel ignores that fsync's result; an fsync of Silo's after it would not see a write-back
-    /// error either, which is reported once to the files open when it happened.
-    public static let configureSyncsBackingFile: Bool = {
+    /// fsync it again after binding. `loop_configure` has called `vfs_fsync` on the file, whatever
+    /// the flags, since "loop: move vfs_fsync() out of loop_update_dio()" (March 2025, in 6.15 and
+    /// some stable kernels before it); counted from 6.16 here, to leave no doubt. Before it, a
+    /// `LOOP_CONFIGURE` that already asked for `LO_FLAGS_DIRECT_IO` did not fsync. The kernel keeps
+    /// that fsync to write the page cache back before direct I/O, not for durability: Silo relies
+    /// on a detail, which the power-cut test (S13) guards on the kernels it runs on.
+    /// The kernel ignores that fsync's result. A page's write-back error would not reach a later
+    /// fsync of Silo's either (it is reported once to the files open when it happened); a file
+    /// system that is shut down or failing would, so the create skips its own fsync only where the
+    /// record's fsync, on the same file system, would fail then.
+    static let configureSyncsBackingFile: Bool = {
         var names = utsname()
         guard uname(&names) == 0 else { return false }
         return kernelRelease(cName(names.release), isAtLeast: (6, 16))
     }()
 
-    /// Whether a kernel release such as `6.18.0-1-cloud-amd64` is `minimum` or newer; false for
-    /// one it cannot read.
+    /// Whether a kernel release such as `6.18.0-1-cloud-amd64` is `minimum` or newer, by its first
+    /// two numbers; false for one it cannot read.
     static func kernelRelease(_ release: String, isAtLeast minimum: (major: Int, minor: Int)) -> Bool {
         var numbers: [Int] = []
         var current: Int?

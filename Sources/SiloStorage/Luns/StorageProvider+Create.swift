@@ -133,14 +133,16 @@ extension StorageProvider {
             }, rollback: { [self] in
                 unlinkName(record.name)
             }),
-            OperationStep("sync", weight: 1, run: { _ in
-                // Where LOOP_CONFIGURE fsynced the file (Linux 6.16 and later), another fsync finds
-                // nothing to write and still costs a device flush: cheap on this VM, whose host
-                // absorbs a flush with nothing new, up to milliseconds on an SSD without power-loss
-                // protection. Only for a direct-I/O device, where writing the page cache back before
-                // binding is what the kernel must do in any version; mkfs writes through the device
-                // after the bind, so a formatted LUN syncs again.
-                if format == nil, attachment.value?.directIO == true, LoopDevice.configureSyncsBackingFile { return }
+            OperationStep("sync", weight: 1, run: { [self] _ in
+                // Where LOOP_CONFIGURE fsynced the file (LoopDevice.configureSyncsBackingFile),
+                // another fsync finds nothing to write and still costs a device flush (cheap on this
+                // project's VM, whose host absorbs a flush that carries nothing new; not measured on
+                // other disks). Only for a direct-I/O device, for which the kernel must write the
+                // page cache back before binding, and a pool on the registry's file system, whose
+                // failure the record's fsync then reports; mkfs writes through the device after the
+                // bind, so a formatted LUN syncs again.
+                if fileSystem == nil, attachment.value?.directIO == true, LoopDevice.configureSyncsBackingFile,
+                   sameFileSystem(record.backingFile, registry.directory) { return }
                 try BackingFile.sync(record.backingFile)
             }),
             OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
@@ -158,4 +160,10 @@ extension LunRecord {
     var loopOptions: LoopDevice.Options {
         LoopDevice.Options(logicalBlockSize: blockSize, readOnly: readOnly, directIO: directIO, tag: tag)
     }
+}
+
+/// Whether two paths are on one file system (one device number); false when either cannot be read.
+func sameFileSystem(_ first: String, _ second: String) -> Bool {
+    var one = stat(), two = stat()
+    return stat(first, &one) == 0 && stat(second, &two) == 0 && one.st_dev == two.st_dev
 }
