@@ -920,6 +920,42 @@ struct LunTests {
         #expect(strayReport.repaired.isEmpty, "the drift says it all, no correction was made: \(strayReport.repaired)")
     }
 
+    @Test("S13 a LUN's file bound by another tool is drift: reenumerate and online bind no second device over it, and leave that one alone")
+    func foreignDeviceOnLunFile() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("shared", size: 16 << 20)
+        let file = lun.backingFile
+        try writeBytes(try #require(lun.devicePath), offset: 8192, [7, 7, 7, 7])
+        // A "reboot", and someone binds the LUN's file by hand before reenumerate runs.
+        try LoopDevice(number: Int(try #require(lun.devicePath).dropFirst(9))!).detach()
+        let foreign = run("/sbin/losetup", ["-f", "--show", file]).output.trimmingSpaces
+        try #require(foreign.hasPrefix("/dev/loop"), "losetup: \(foreign)")
+        var foreignBound = true
+        defer { if foreignBound { _ = run("/sbin/losetup", ["-d", foreign]) } }
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.attached.isEmpty, "\(report)")
+        #expect(report.drift.contains { $0.contains("shared") && $0.contains(foreign) && $0.contains("not Silo's") }, "\(report.drift)")
+        #expect(LoopDevice.bound(toFile: file).map(\.device.path) == [foreign], "one device over the file: the other tool's")
+        #expect(readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == file, "the other tool's device is left alone")
+        #expect(resolveLink(storage.provider.configuration.linkDirectory + "/shared") == nil, "the stable name names no device")
+        // Online refuses as well, and binds nothing.
+        try storage.provider.setOnline("shared", false).wait()
+        do {
+            _ = try storage.provider.setOnline("shared", true).wait()
+            Issue.record("online bound a second device over a file bound by another tool")
+        } catch {
+            #expect(error.code == .deviceInUse && error.message.contains(foreign), "\(error)")
+        }
+        #expect(LoopDevice.bound(toFile: file).count == 1)
+        // With the other device gone, the LUN comes back, its data intact.
+        _ = run("/sbin/losetup", ["-d", foreign])
+        foreignBound = !waitUntil { readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == nil }
+        let online = try storage.provider.setOnline("shared", true).wait()
+        #expect(online.status == .online)
+        #expect(try readBytes(try #require(online.devicePath), offset: 8192, count: 4) == [7, 7, 7, 7])
+    }
+
     @Test("Offline detaches and keeps the data; online attaches again")
     func offlineOnline() throws {
         let storage = TestStorage()

@@ -346,6 +346,18 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         all().filter { readSmallFile($0.sysfs + "/loop/backing_file")?.contains(text) == true }
     }
 
+    /// The bound devices whose backing file is the file at `path` (same device and inode), with
+    /// their tags; empty when the file cannot be read. Opens each bound device once.
+    static func bound(toFile path: String) -> [(device: LoopDevice, tag: String)] {
+        var file = stat()
+        guard stat(path, &file) == 0 else { return [] }
+        return all().compactMap { device in
+            guard fileExists(device.sysfs + "/loop/backing_file"), let binding = device.binding,
+                  binding.fileDevice == UInt64(file.st_dev), binding.inode == UInt64(file.st_ino) else { return nil }
+            return (device, binding.tag)
+        }
+    }
+
     /// The device's `major:minor`.
     public var deviceNumber: String? { readSmallFile("\(sysfs)/dev") }
 }

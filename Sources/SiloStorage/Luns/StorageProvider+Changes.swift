@@ -312,6 +312,7 @@ extension StorageProvider {
     }
 
     func attach(_ record: LunRecord) throws(SiloError) -> LoopDevice {
+        try refuseForeignDevices(record)
         let device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
         do throws(SiloError) {
             try link(record.name, to: device)
@@ -320,6 +321,23 @@ extension StorageProvider {
             throw error
         }
         return device
+    }
+
+    /// A LUN's file bound to a loop device that is not the LUN's (`losetup` by hand, another
+    /// tool) is never bound to a second one: two devices over one file, one with direct I/O and one
+    /// through the page cache, would each miss the other's writes. The other device is not Silo's
+    /// to detach (S13).
+    func refuseForeignDevices(_ record: LunRecord) throws(SiloError) {
+        let foreign = Self.foreignDevices(of: record)
+        guard !foreign.isEmpty else { return }
+        throw SiloError(.deviceInUse, "the backing file of LUN '\(record.name)' is bound to \(foreign.map(\.path).joined(separator: ", ")), "
+                        + "which is not Silo's; a second device over one file would corrupt it: detach that one first (losetup -d)",
+                        field: "name", value: record.name)
+    }
+
+    /// The devices bound to a LUN's backing file that do not carry its tag.
+    static func foreignDevices(of record: LunRecord) -> [LoopDevice] {
+        LoopDevice.bound(toFile: record.backingFile).filter { $0.tag != record.tag }.map(\.device)
     }
 
     private func extendedSize(_ record: LunRecord, by growth: UInt64?, to target: UInt64?) throws(SiloError) -> UInt64 {

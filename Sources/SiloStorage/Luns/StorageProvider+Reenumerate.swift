@@ -56,8 +56,16 @@ extension StorageProvider {
         let poolFolders = Set(pools.compactMap { FileIdentity(path: $0.directory) })
         var ours: [String: [LoopDevice]] = [:]
         var tagged: [String: [LoopDevice]] = [:]
+        // Devices not Silo's, by the file they are bound to: never touched, but a LUN's file bound
+        // to one is drift (and gets no second device).
+        var untagged: [FileIdentity: [LoopDevice]] = [:]
         for device in LoopDevice.all() {
-            guard let status = device.status, let tag = device.tag, tag.hasPrefix("silo:") else { continue }
+            guard let status = device.status, let binding = device.binding else { continue }
+            let tag = binding.tag
+            guard tag.hasPrefix("silo:") else {
+                untagged[FileIdentity(device: binding.fileDevice, inode: binding.inode), default: []].append(device)
+                continue
+            }
             let id = String(tag.dropFirst(5))
             tagged[id, default: []].append(device)
             guard let slash = status.backingFile.lastIndex(of: "/"),
@@ -146,9 +154,14 @@ extension StorageProvider {
                     report.drift.append("\(record.name): a second device bound to its file, \(extra.path), is in use: \(error.message)")
                 }
             }
+            let foreign = FileIdentity(path: record.backingFile).flatMap { untagged[$0] } ?? []
+            if !foreign.isEmpty {
+                report.drift.append("\(record.name): its backing file is bound to \(foreign.map(\.path).joined(separator: ", ")), which is not Silo's; "
+                                    + (device == nil ? "no device of Silo's is bound beside it" : "two devices over one file may each miss the other's writes"))
+            }
             if !fileExists(record.backingFile) {
                 report.drift.append("\(record.name): backing file \(record.backingFile) is missing")
-            } else if record.online, device == nil {
+            } else if record.online, device == nil, foreign.isEmpty {
                 do throws(SiloError) {
                     device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
                     report.attached.append(record.name)
