@@ -226,6 +226,33 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
     }
 
+    @Test("C9 statistics: CPU time in 100 ns units, counted from the system's processes; uptime from the start, not the create")
+    func statisticsUnits() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "st-\(getpid())", document: compute.document())
+            .wait(timeout: .seconds(30))
+        defer { _ = try? system.terminate().wait(timeout: .seconds(30)); system.close() }
+        sleep(3)  // created three seconds before it starts
+        try system.start().wait(timeout: .seconds(30))
+        let started = ContinuousClock.now
+        // Half a second of CPU at least, inside: a busy loop.
+        let busy = try system.createProcess(ProcessParameters(
+            arguments: ["/bin/sh", "-c", "end=$(($(date +%s%N) + 500000000)); while [ $(date +%s%N) -lt $end ]; do :; done"]
+        )).wait(timeout: .seconds(30))
+        defer { busy.close() }
+        #expect(try busy.wait(timeout: .seconds(30)).exitCode == 0)
+        let statistics = try #require(try system.properties().statistics)
+        let elapsed = started.duration(to: .now)
+        let cpu = statistics.processorTimeUser + statistics.processorTimeKernel
+        // 0.5 s of wall time, mostly busy: at least 0.2 s of CPU (2,000,000 units); at most what two
+        // CPUs could have used since the start. Units a factor of ten off fall outside either way.
+        let limit = UInt64(elapsed.components.seconds) * 20_000_000 + UInt64(elapsed.components.attoseconds / 50_000_000_000) + 1
+        #expect(cpu >= 2_000_000 && cpu <= limit, "\(statistics), \(elapsed) since the start")
+        #expect(statistics.uptimeSeconds >= 0 && statistics.uptimeSeconds <= elapsed.components.seconds + 1,
+                "uptime counts from the start (\(elapsed) ago), not from the create three seconds before it: \(statistics)")
+    }
+
     @Test("C5 shutdown is graceful and the SystemExited event says so; a stopped system holds no process, cgroup or folder")
     func gracefulShutdown() throws {
         let compute = TestCompute()

@@ -9,7 +9,7 @@ public struct ComputeSystemProperties: Sendable, Codable, Hashable {
         /// 100-nanosecond units.
         public var processorTimeUser: UInt64
         public var processorTimeKernel: UInt64
-        /// Seconds since the system was created.
+        /// Seconds since the system started (its init did), as HCS's uptime counts.
         public var uptimeSeconds: Int64
     }
 
@@ -179,11 +179,22 @@ public final class ComputeService: Sendable {
             processList: live ? cgroup.pids : [],
             statistics: stats.map {
                 .init(memoryUsageBytes: $0.memoryUsage, processorTimeUser: $0.cpuUser100ns,
-                      processorTimeKernel: $0.cpuKernel100ns, uptimeSeconds: nowSeconds() - record.createdAt)
+                      processorTimeKernel: $0.cpuKernel100ns, uptimeSeconds: uptime(of: record))
             },
             ignoredFields: document?.ignoredFields ?? [], cgroupLayout: configuration.layout.description,
             attachments: live ? record.attachments ?? [] : [],
             cgroupParent: record.cgroupParent ?? CgroupLayout.defaultParent
         )
     }
+}
+
+/// Seconds since the system's init started: its start time in /proc (clock ticks since boot)
+/// against the boot clock; since the system's creation where its record has no start time.
+func uptime(of record: SystemRecord) -> Int64 {
+    var now = timespec()
+    let ticks = Int64(sysconf(Int32(_SC_CLK_TCK)))
+    guard let start = record.initStartTime, ticks > 0, clock_gettime(CLOCK_BOOTTIME, &now) == 0 else {
+        return nowSeconds() - record.createdAt
+    }
+    return max(0, Int64(now.tv_sec) - Int64(start) / ticks)
 }
