@@ -920,6 +920,36 @@ struct LunTests {
         #expect(strayReport.repaired.isEmpty, "the drift says it all, no correction was made: \(strayReport.repaired)")
     }
 
+    @Test("S13 after a reboot (devices and /dev/silo gone, the old number taken by another tool) reenumerate re-attaches each LUN as it was: its data, block size, record and stable name")
+    func rebootReattach() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("boot", size: 16 << 20, blockSize: 4096)
+        let old = try #require(lun.devicePath)
+        try writeBytes(old, offset: 4096 * 3, [9, 8, 7, 6])
+        // The reboot: the device goes, and the stable names' folder with it (it lives in /dev).
+        try LoopDevice(number: Int(old.dropFirst(9))!).detach()
+        let links = storage.provider.configuration.linkDirectory
+        _ = run("/bin/rm", ["-rf", links])
+        // Another tool's device takes the old number.
+        let foreignFile = storage.path + "/other.img"
+        try makeSparseFile(foreignFile, size: 4 << 20)
+        let foreign = run("/sbin/losetup", ["--show", old, foreignFile]).output.trimmingSpaces
+        try #require(foreign == old, "losetup took \(foreign), not \(old)")
+        defer { _ = run("/sbin/losetup", ["-d", foreign]) }
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.attached == ["boot"], "\(report)")
+        let after = try storage.provider.lun(named: "boot")
+        let device = try #require(after.devicePath)
+        #expect(device != old, "the other tool's device is not the LUN's")
+        #expect(resolveLink(links + "/boot") == device, "the stable name names the new device")
+        #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/queue/logical_block_size") == "4096")
+        #expect(try readBytes(device, offset: 4096 * 3, count: 4) == [9, 8, 7, 6])
+        #expect(readSmallFile("/sys/block/\(old.dropFirst(5))/loop/backing_file") == foreignFile, "left alone")
+        // Another provider (another process) sees the same.
+        #expect(try StorageProvider(configuration: storage.provider.configuration).lun(named: "boot").devicePath == device)
+    }
+
     @Test("S13 a LUN's file bound by another tool is drift: reenumerate and online bind no second device over it, and leave that one alone")
     func foreignDeviceOnLunFile() throws {
         let storage = TestStorage()
