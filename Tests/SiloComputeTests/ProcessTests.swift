@@ -109,6 +109,40 @@ struct ProcessTests {
         #expect(readAll(try #require(process.standardOutput)) == "HELLO SILO\n")
     }
 
+    /// The isolation suite runs through its own sandbox; this runs the checks that matter most in
+    /// a process made the way a system's processes are (the agent's spawn, its capabilities kept to
+    /// switch users, its descriptors), as root and as another user.
+    @Test("C11 a system's processes, root or not: no new privileges, seccomp, the system's hostname, only lo, its own pids, read-only root and /proc/sys, a private /tmp",
+          arguments: [nil, "65534:65534"] as [String?])
+    func isolationOfProcesses(user: String?) throws {
+        let box = try RunningSystem("iso")
+        defer { box.finish() }
+        let marker = "/tmp/silo-isolation-\(getpid())"
+        let made = Glibc.open(marker, O_CREAT | O_WRONLY | O_CLOEXEC, 0o644)
+        try #require(made >= 0)
+        close(made)
+        defer { unlink(marker) }
+        let script = """
+            grep -q '^NoNewPrivs:[[:space:]]*1$' /proc/self/status || exit 10
+            grep -q '^Seccomp:[[:space:]]*2$' /proc/self/status || exit 11
+            [ "$(cat /proc/sys/kernel/hostname)" = "$EXPECTED" ] || exit 12
+            [ "$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ')" = "lo" ] || exit 13
+            [ "$(ls /proc | grep -cE '^[0-9]+$')" -le 5 ] || exit 14
+            if touch /usr/silo-x 2>/dev/null; then exit 15; fi
+            if (echo x > /proc/sys/kernel/hostname) 2>/dev/null; then exit 16; fi
+            [ ! -e "$MARKER" ] || exit 17
+            echo inside > /tmp/silo-written || exit 18
+            """
+        let process = try box.system.createProcess(ProcessParameters(
+            arguments: ["/bin/sh", "-c", script], environment: ["EXPECTED": box.system.id, "MARKER": marker], user: user,
+            createStdErrPipe: true
+        )).wait(timeout: .seconds(30))
+        defer { process.close() }
+        let errors = readAll(try #require(process.standardError))
+        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0, "check failed (10 no_new_privs, 11 seccomp, 12 hostname, 13 interfaces, 14 pids, 15 /usr writable, 16 /proc/sys writable, 17 host /tmp seen, 18 /tmp not writable): \(errors)")
+        #expect(!fileExists("/tmp/silo-written"), "the system's /tmp is not the host's")
+    }
+
     @Test("C7 CommandLine, WorkingDirectory, Environment and User from a ProcessParameters document")
     func parametersDocument() throws {
         let box = try RunningSystem("pd")
