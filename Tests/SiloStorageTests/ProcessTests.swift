@@ -341,6 +341,46 @@ struct LunAttachTests {
         #expect(silo(state, ["lun", "delete", "data"]).status == 0, "the system is gone, and its lease with it")
         #expect(directoryEntries(state + "/leases").isEmpty)
     }
+
+    @Test("C5 a system whose init dies with a LUN mounted holds nothing once Stopped: no process, cgroup, lease or mount; the LUN can be deleted")
+    func unexpectedExitWithLun() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "die-\(getpid())"
+        let data = try #require(try storage.create("data", size: 64 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", data]).status == 0)
+        try storage.provider.setMask("data", id)
+        let document = storage.path + "/doc.json"
+        let text = #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"data","MountPath":"/data"}}}}}},"#
+            + #""ShouldTerminateOnLastHandleClosed":false}"#
+        let fd = open(document, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        let started = silo(state, ["system", "start", id])
+        try #require(started.status == 0, "\(started.error)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "echo kept > /data/note"]).status == 0)
+        #expect(!storage.provider.leaseHolders("data").isEmpty)
+        // Init dies behind Silo's back.
+        let record = readSmallFile(state + "/run/systems/\(id)/state.json") ?? ""
+        let pid = try #require(record.firstRange(of: #""initPID":"#).flatMap { Int32(record[$0.upperBound...].prefix { $0.isNumber }) })
+        let cgroups = directoryEntries("/sys/fs/cgroup").flatMap { hierarchy in
+            directoryEntries("/sys/fs/cgroup/\(hierarchy)/silo").filter { $0.hasPrefix(id + ".") }.map { "/sys/fs/cgroup/\(hierarchy)/silo/\($0)" }
+        }
+        #expect(!cgroups.isEmpty, "the system's cgroups are found where they are made")
+        kill(pid, SIGKILL)
+        let stopped = waitUntil { silo(state, ["system", "properties", id, "--json"]).output.contains(#""Stopped""#) }
+        #expect(stopped, "Stopped after its init died")
+        #expect(cgroups.allSatisfy { !fileExists($0) }, "no cgroup is left: \(cgroups.filter { fileExists($0) })")
+        #expect(storage.provider.leaseHolders("data").isEmpty, "no lease is left")
+        #expect(!(readSmallFile("/proc/self/mountinfo") ?? "").contains(data), "the LUN is mounted nowhere on the host")
+        let deleted = silo(state, ["lun", "delete", "data"])
+        #expect(deleted.status == 0, "the LUN is free: \(deleted.error)")
+        #expect(directoryEntries(state + "/leases").isEmpty)
+    }
 }
 
 @Suite("LUNs attached to running systems: paths the payload controls", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
