@@ -226,6 +226,43 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
     }
 
+    @Test("O8 O14 a create cancelled early ends cancelled with nothing left (no record, cgroup or reserved id), or as made when it came too late")
+    func cancelCreate() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        var cancelled = 0
+        for round in 0..<40 {
+            let id = "cc-\(getpid())-\(round)"
+            let operation = try compute.service.createComputeSystem(id: id, document: compute.document())
+            // From at once to well into the cgroup step: some cancels find a cgroup to take back.
+            usleep(UInt32(round % 10) * 60)
+            var tooLate = false
+            do throws(SiloError) { try operation.cancel() } catch {
+                #expect(error.code == .cancelTooLate, "\(error)")
+                tooLate = true
+            }
+            do throws(SiloError) {
+                let system = try operation.wait(timeout: .seconds(30))
+                system.close()
+                #expect(try compute.service.open(id).properties().state == .created)
+            } catch {
+                #expect(!tooLate && error.code == .operationCancelled, "\(error)")
+                cancelled += 1
+                #expect(compute.service.enumerate(id: id).isEmpty, "no record")
+                let left = directoryEntries("/sys/fs/cgroup").flatMap { hierarchy in
+                    directoryEntries("/sys/fs/cgroup/\(hierarchy)/silo").filter { $0.hasPrefix(id + ".") }
+                }
+                #expect(left.isEmpty, "no cgroup: \(left)")
+                // The id is free again.
+                let again = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30))
+                again.close()
+            }
+        }
+        // The operation runs on a worker: a cancel soon after the call comes before its end in
+        // most rounds (which the rounds above check); none at all would say it never did.
+        #expect(cancelled > 0, "no create was cancelled in 40 rounds")
+    }
+
     @Test("C9 statistics: CPU time in 100 ns units, counted from the system's processes; uptime from the start, not the create")
     func statisticsUnits() throws {
         let compute = TestCompute()
