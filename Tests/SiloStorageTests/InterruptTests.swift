@@ -94,3 +94,40 @@ extension InterruptTests {
         #expect(loopDevices(backedUnder: storage.path).count == 1)
     }
 }
+
+extension InterruptTests {
+    @Test("S15 silo killed while mkfs makes its LUN's file system: mkfs goes with it, and one reenumerate leaves no LUN, file, device or link")
+    func killedDuringMkfs() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "fs", "--size", "64G", "--filesystem", "xfs"])
+        var mkfs: pid_t?
+        for _ in 0..<20_000 where mkfs == nil && !hasExited(child.pid) {
+            // mkfs is the child of the thread that runs the create's operation, not of the main one.
+            let children = directoryEntries("/proc/\(child.pid)/task").map { readSmallFile("/proc/\(child.pid)/task/\($0)/children") ?? "" }
+            mkfs = children.flatMap { $0.split(separator: " ") }.compactMap { pid_t($0) }.first {
+                readSmallFile("/proc/\($0)/comm")?.hasPrefix("mkfs") == true
+            }
+            if mkfs == nil { usleep(200) }
+        }
+        // Held where it is, so that silo dies while it runs (a stopped process still dies of SIGKILL).
+        if let mkfs { kill(mkfs, SIGSTOP) }
+        child.kill(SIGKILL)
+        _ = child.finish()
+        let pid = try #require(mkfs, "mkfs never ran under silo (the create ended first)")
+        let gone = waitUntil {
+            let stat = readSmallFile("/proc/\(pid)/stat") ?? ""
+            return stat.isEmpty || stat.contains(") Z ")
+        }
+        if !gone { kill(pid, SIGKILL) }
+        #expect(gone, "mkfs outlived the silo that started it")
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.rolledBack == ["fs"], "\(report)")
+        #expect(report.drift.isEmpty, "\(report.drift)")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        #expect(!fileExists(storage.provider.configuration.linkDirectory + "/fs"))
+    }
+}
