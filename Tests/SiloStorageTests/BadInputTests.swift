@@ -107,6 +107,32 @@ struct BadInputTests {
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
     }
 
+    @Test("S7 a create whose final record cannot be written (its state directory's file system full) rolls back: no record, file, device or link")
+    func registerFails() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let small = scratch.path + "/small"
+        mkdir(small, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]).status == 0)
+        defer { _ = run("/bin/umount", [small]) }
+        let links = scratch.path + "/links"
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links))
+        let pool = scratch.path + "/pool"
+        mkdir(pool, 0o755)
+        _ = try provider.addPool("side", directory: pool)
+        // A zeroed create in a pool elsewhere: its zeroing leaves time to fill the state directory.
+        let operation = try provider.createLun(LunSpec(name: "late", size: 256 << 20, provisioning: .zeroed, pool: "side"))
+        #expect(waitUntil { directoryEntries(small + "/state/luns").contains("late.json") }, "the create reserved its name")
+        _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])  // to the last block
+        let failed = #expect(throws: SiloError.self) { _ = try operation.wait(timeout: .seconds(120)) }
+        unlink(small + "/filler")
+        #expect(failed?.errno == ENOSPC && failed?.message.contains("/state/luns/") == true, "the record's write failed: \(String(describing: failed))")
+        #expect(try provider.luns().isEmpty, "no record")
+        #expect(directoryEntries(pool).filter { $0.hasSuffix(".img") }.isEmpty, "no backing file")
+        #expect(loopDevices(backedUnder: pool).isEmpty, "no device")
+        #expect(directoryEntries(links).isEmpty, "no stable name")
+    }
+
     @Test("E3 a change to a LUN on a state directory that is not there (a mistyped --state-dir) says no such LUN and makes nothing")
     func missingStateDirectory() throws {
         let scratch = Scratch()
