@@ -978,6 +978,28 @@ struct LunTests {
             #expect(error.code == .deviceInUse && error.message.contains(foreign), "\(error)")
         }
         #expect(LoopDevice.bound(toFile: file).count == 1)
+        // Nor is its file removed or cut under that device: delete and shrink (forced too) refuse.
+        for (what, call) in [
+            ("delete", { () throws(SiloError) in try storage.provider.deleteLun("shared").wait() }),
+            ("shrink", { () throws(SiloError) in _ = try storage.provider.shrinkLun("shared", by: 1 << 20).wait() }),
+            ("forced shrink", { () throws(SiloError) in _ = try storage.provider.shrinkLun("shared", by: 1 << 20, force: true).wait() }),
+        ] as [(String, () throws(SiloError) -> Void)] {
+            do throws(SiloError) {
+                try call()
+                Issue.record("\(what) went ahead over a file another tool's device is bound to")
+            } catch {
+                #expect([.deviceInUse, .shrinkOverData].contains(error.code) && error.message.contains(foreign), "\(what): \(error)")
+            }
+        }
+        #expect(fileExists(file) && BackingFile.size(file) == 16 << 20, "the file is whole")
+        // A file with no record, bound by another tool: reenumerate keeps it and says so.
+        let record = storage.provider.configuration.registryDirectory + "/shared.json"
+        let saved = readSmallFile(record) ?? ""
+        unlink(record)
+        let orphaned = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(!orphaned.orphanFilesRemoved.contains(file) && fileExists(file), "\(orphaned)")
+        #expect(orphaned.drift.contains { $0.contains(file) && $0.contains(foreign) }, "\(orphaned.drift)")
+        try #require(writeFile(record, saved))
         // With the other device gone, the LUN comes back, its data intact.
         _ = run("/sbin/losetup", ["-d", foreign])
         foreignBound = !waitUntil { readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == nil }

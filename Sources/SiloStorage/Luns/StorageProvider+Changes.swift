@@ -48,6 +48,7 @@ extension StorageProvider {
                     // The mark and the stable name go under the same lock as the record: once
                     // it is let go, a create may take the name, and a delete of that LUN mark it.
                     try registry.locked { () throws(SiloError) in
+                        try refuseForeignUse(record)  // bound by another tool since the check
                         let device = attachedDevice(record, everywhere: true)
                         try unleased(name, device: device) { () throws(SiloError) in
                             if let device { try device.unbind(expecting: record.tag) }
@@ -77,6 +78,18 @@ extension StorageProvider {
             throw SiloError(.deviceInUse, "LUN '\(record.name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: record.name)
         }
+        try refuseForeignUse(record)
+    }
+
+    /// A LUN whose backing file another tool's loop device is bound to (a `losetup` by hand) is in
+    /// use by it: its file is not removed or cut under that device, whose reads and writes go to it.
+    /// - Throws: `code` (`deviceInUse` by default), naming the device.
+    func refuseForeignUse(_ record: LunRecord, code: SiloError.Code = .deviceInUse) throws(SiloError) {
+        let foreign = Self.foreignDevices(of: record)
+        guard !foreign.isEmpty else { return }
+        throw SiloError(code, "LUN '\(record.name)' is in use: its backing file is bound to \(foreign.map(\.path).joined(separator: ", ")), "
+                        + "which is not Silo's; detach that device first (losetup -d)",
+                        field: "name", value: record.name)
     }
 
     /// Grows a LUN online [IVdsLun::Extend]: the backing file grows (allocated or zeroed to match
@@ -208,13 +221,13 @@ extension StorageProvider {
             shrunk = current.size - removed
         }
         let newSize = shrunk
-        if !force {
-            do throws(SiloError) {
-                try guardData(record, newSize: newSize)
-            } catch {
-                try? endChange(name)
-                throw error
-            }
+        do throws(SiloError) {
+            // Not even forced: --force answers for Silo's own device, not for another tool's.
+            try refuseForeignUse(record, code: .shrinkOverData)
+            if !force { try guardData(record, newSize: newSize) }
+        } catch {
+            try? endChange(name)
+            throw error
         }
         let chain = OperationChain<LunProperties>([
             // Cutting the file loses what lies past the cut: there is no undoing it.

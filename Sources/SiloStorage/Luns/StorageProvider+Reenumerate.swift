@@ -231,10 +231,14 @@ extension StorageProvider {
             }
             for entry in directoryEntries(pool.directory) where Self.isBackingFileName(entry) {
                 let path = pool.directory + "/" + entry
-                if !namedPaths.contains(path), let identity = FileIdentity(path: path), !named.contains(identity),
-                   !heldFiles.contains(identity) {
-                    try? BackingFile.remove(path)
-                    report.orphanFilesRemoved.append(path)
+                if !namedPaths.contains(path), let identity = FileIdentity(path: path), !named.contains(identity) {
+                    // A file another tool's device is bound to is that device's: kept, and said.
+                    if let foreign = untagged[identity] {
+                        report.drift.append("\(path) has no LUN but is bound to \(foreign.map(\.path).joined(separator: ", ")), which is not Silo's; it is kept")
+                    } else if !heldFiles.contains(identity) {
+                        try? BackingFile.remove(path)
+                        report.orphanFilesRemoved.append(path)
+                    }
                 }
             }
         }
