@@ -155,6 +155,7 @@ extension ComputeSystem {
     public func modify(_ request: ModifyRequest, storage: StorageProvider, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         guard case .attach(let attachment) = request.change else { return try modify(request, context: context, callback: callback) }
+        try request.validate()
         if try properties().attachments.contains(where: { $0.location == "\(attachment.controller)/\(attachment.index)" }) {
             throw SiloError.invalidArgument(field: "ResourcePath", value: "\(attachment.controller)/\(attachment.index)",
                                             reason: "a LUN is attached there already")

@@ -245,3 +245,43 @@ struct RuntimeFolderTests {
         #expect(ComputeConfiguration(stateDirectory: "relative/s").runtimeDirectory == (cwd == "/" ? "" : cwd) + "/relative/s/run")
     }
 }
+
+@Suite("Parameters and changes made in Swift")
+struct ProgrammaticInputTests {
+    @Test("E1 ProcessParameters made in Swift are held to the document's rules: each bad one names its field",
+          arguments: [
+              (ProcessParameters(arguments: []), "CommandLine"),
+              (ProcessParameters(arguments: [""]), "CommandLine"),
+              (ProcessParameters(arguments: ["/bin/true"], workingDirectory: "tmp"), "WorkingDirectory"),
+              (ProcessParameters(arguments: ["/bin/true"], environment: ["": "x"]), "Environment"),
+              (ProcessParameters(arguments: ["/bin/true"], environment: ["A=B": "x"]), "Environment"),
+              (ProcessParameters(arguments: ["/bin/true"], emulateConsole: true, consoleSize: (70_000, 80)), "ConsoleSize"),
+              (ProcessParameters(arguments: ["/bin/true"], emulateConsole: true, consoleSize: (24, 0)), "ConsoleSize"),
+          ] as [(ProcessParameters, String)])
+    func badParameters(parameters: ProcessParameters, field: String) {
+        let error = #expect(throws: SiloError.self) { try parameters.validate() }
+        #expect(error?.code == .invalidArgument && error?.field == field, "\(String(describing: error))")
+    }
+
+    @Test("E1 good ProcessParameters pass")
+    func goodParameters() throws {
+        try ProcessParameters(arguments: ["/bin/true"], workingDirectory: "/tmp", environment: ["A": "b=c"],
+                              emulateConsole: true, consoleSize: (24, 80)).validate()
+    }
+
+    @Test("E1 a modify's change made in Swift is held to a request's bounds: out of them it names the field, in them it passes",
+          arguments: [
+              (ModifyRequest.Change.memory(megabytes: -1), "Settings"), (.memory(megabytes: 3), "Settings"),
+              (.memory(megabytes: Int.max), "Settings"), (.processorCount(0), "Settings"), (.processorCount(1025), "Settings"),
+              (.processorWeight(0), "Settings"), (.processorLimit(100_001), "Settings"), (.detach(controller: "0", index: 64), "ResourcePath"),
+              (.memory(megabytes: 4), nil), (.processorCount(2), nil), (.processorLimit(5000), nil), (.detach(controller: "0", index: 1), nil),
+          ] as [(ModifyRequest.Change, String?)])
+    func changes(change: ModifyRequest.Change, field: String?) throws {
+        if let field {
+            let error = #expect(throws: SiloError.self) { try ModifyRequest(change: change).validate() }
+            #expect(error?.code == .invalidArgument && error?.field == field, "\(String(describing: error))")
+        } else {
+            try ModifyRequest(change: change).validate()
+        }
+    }
+}

@@ -143,6 +143,24 @@ struct ProcessTests {
         #expect(!fileExists("/tmp/silo-written"), "the system's /tmp is not the host's")
     }
 
+    @Test("E1 createProcess and modify refuse bad input made in Swift at once, by field; the system runs on")
+    func badInputInSwift() throws {
+        let box = try RunningSystem("bad")
+        defer { box.finish() }
+        // A console size out of range trapped on the scheduler's thread: the whole process died.
+        let console = #expect(throws: SiloError.self) {
+            _ = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"], emulateConsole: true, consoleSize: (70_000, 80)))
+        }
+        #expect(console?.field == "ConsoleSize", "\(String(describing: console))")
+        let directory = #expect(throws: SiloError.self) {
+            _ = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"], workingDirectory: "relative"))
+        }
+        #expect(directory?.field == "WorkingDirectory", "\(String(describing: directory))")
+        let memory = #expect(throws: SiloError.self) { _ = try box.system.modify(ModifyRequest(change: .memory(megabytes: -1))) }
+        #expect(memory?.field == "Settings", "\(String(describing: memory))")
+        #expect(try box.system.properties().state == .running)
+    }
+
     @Test("C7 CommandLine, WorkingDirectory, Environment and User from a ProcessParameters document")
     func parametersDocument() throws {
         let box = try RunningSystem("pd")

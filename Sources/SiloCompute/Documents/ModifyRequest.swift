@@ -26,6 +26,31 @@ public struct ModifyRequest: Sendable, Hashable {
 
     public init(change: Change) { self.change = change }
 
+    /// The same bounds a JSON request is held to, for a change made in Swift: a value out of them
+    /// would trap or wrap where it is turned into bytes or CPUs.
+    /// - Throws: `invalidArgument` naming `Settings` (or `ResourcePath` for an index).
+    public func validate() throws(SiloError) {
+        func check(_ value: Int, _ range: ClosedRange<Int>, _ what: String) throws(SiloError) {
+            guard range.contains(value) else {
+                throw SiloError.invalidArgument(field: "Settings", value: "\(value)", reason: "\(what) is \(range.lowerBound)...\(range.upperBound)")
+            }
+        }
+        switch change {
+        case .attach(let attachment):
+            guard (0...63).contains(attachment.index) else {
+                throw SiloError.invalidArgument(field: "ResourcePath", value: "\(attachment.index)", reason: "an attachment index is 0...63")
+            }
+        case .detach(_, let index):
+            guard (0...63).contains(index) else {
+                throw SiloError.invalidArgument(field: "ResourcePath", value: "\(index)", reason: "an attachment index is 0...63")
+            }
+        case .memory(let megabytes): try check(megabytes, 4...(1 << 30), "SizeInMB")
+        case .processorCount(let count): try check(count, 1...1024, "Processor Count")
+        case .processorWeight(let weight): try check(weight, 1...10_000, "Processor Weight")
+        case .processorLimit(let limit): try check(limit, 1...100_000, "Processor Limit")
+        }
+    }
+
     public init(json text: String) throws(SiloError) {
         let root = try DocumentObject(try JSONReader.parse(text), path: "")
         _ = try root.check(applied: ["ResourcePath", "RequestType", "Settings"], ignored: ["GuestRequest"])

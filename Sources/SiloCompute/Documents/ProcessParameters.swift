@@ -33,6 +33,24 @@ public struct ProcessParameters: Sendable, Hashable {
         self.consoleSize = consoleSize
     }
 
+    /// The rules a ProcessParameters document is read by, for parameters made in Swift: what
+    /// would reach the agent as a bad message, silently change a variable, or trap on a console size.
+    /// - Throws: `invalidArgument` naming the document's field.
+    public func validate() throws(SiloError) {
+        guard let program = arguments.first, !program.isEmpty else {
+            throw SiloError.invalidArgument(field: "CommandLine", value: "", reason: "give a program to run")
+        }
+        if let workingDirectory, !workingDirectory.hasPrefix("/") {
+            throw SiloError.invalidArgument(field: "WorkingDirectory", value: workingDirectory, reason: "must be an absolute path")
+        }
+        for key in environment.keys where key.isEmpty || key.utf8.contains(UInt8(ascii: "=")) || key.utf8.contains(0) {
+            throw SiloError.invalidArgument(field: "Environment", value: key, reason: "a variable name is not empty and has no '=' or NUL")
+        }
+        if let size = consoleSize, !(1...10_000).contains(size.height) || !(1...10_000).contains(size.width) {
+            throw SiloError.invalidArgument(field: "ConsoleSize", value: "[\(size.height), \(size.width)]", reason: "each is 1...10000")
+        }
+    }
+
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.arguments == rhs.arguments && lhs.workingDirectory == rhs.workingDirectory && lhs.environment == rhs.environment
             && lhs.user == rhs.user && lhs.createStdInPipe == rhs.createStdInPipe

@@ -396,6 +396,7 @@ public final class ComputeSystem: Sendable {
     /// - Throws: at once, `invalidState` unless Running (or Paused); `objectNotFound` for an empty location.
     public func modify(_ request: ModifyRequest, context: (any Sendable)? = nil,
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        try request.validate()
         switch request.change {
         case .attach(let attachment):
             throw SiloError.invalidArgument(field: "Settings.Path", value: attachment.lun,
@@ -541,10 +542,8 @@ public final class ComputeSystem: Sendable {
             throw SiloError(.invalidState, "cannot create a process in compute system '\(id)': it is \(state.rawValue)",
                             field: "state", value: state.rawValue)
         }
+        try parameters.validate()
         let user = try ProcessUser(parameters.user)
-        guard !parameters.arguments.isEmpty, !parameters.arguments[0].isEmpty else {
-            throw SiloError.invalidArgument(field: "CommandLine", value: "", reason: "give a program to run")
-        }
         if let standardStreams, standardStreams.count != 3 || standardStreams.contains(where: { $0 >= 0 && fcntl($0, F_GETFD) < 0 }) {
             throw SiloError.invalidArgument(field: "standardStreams", value: "\(standardStreams)", reason: "three open descriptors (or -1)")
         }
