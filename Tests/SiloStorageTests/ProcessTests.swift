@@ -342,6 +342,56 @@ struct LunAttachTests {
         #expect(directoryEntries(state + "/leases").isEmpty)
     }
 
+    @Test("C12 S10 a detach the agent cannot be told of (its connections full) fails with the LUN still attached and leased; a retry finishes")
+    func detachWithoutAgent() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "ful-\(getpid())"
+        let data = try #require(try storage.create("data", size: 64 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", data]).status == 0)
+        try storage.provider.setMask("data", id)
+        let document = storage.path + "/doc.json"
+        try #require(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"data","MountPath":"/data"}}}}}},"#
+            + #""ShouldTerminateOnLastHandleClosed":false}"#))
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        try #require(silo(state, ["system", "start", id]).status == 0)
+        #expect(!storage.provider.leaseHolders("data").isEmpty)
+        // The agent serves 64 connections at most: these take them all.
+        let socketPath = state + "/run/systems/\(id)/agent.sock"
+        var held: [Int32] = []
+        defer { held.forEach { close($0) } }
+        for _ in 0..<64 {
+            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+                for (index, byte) in socketPath.utf8.enumerated() where index < buffer.count - 1 { buffer[index] = byte }
+            }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            try #require(fd >= 0 && connected == 0, "connection \(held.count + 1): errno \(errno)")
+            held.append(fd)
+        }
+        usleep(100_000)  // all accepted
+        let refused = silo(state, ["system", "modify", id, "--detach", "data"])
+        #expect(refused.status != 0, "the detach said it was done while the agent kept the lease: \(refused.output)")
+        #expect(silo(state, ["system", "properties", id, "--json"]).output.contains("/data"), "still listed")
+        #expect(!storage.provider.leaseHolders("data").isEmpty, "still leased")
+        #expect(silo(state, ["lun", "delete", "data"]).status != 0)
+        held.forEach { close($0) }
+        held = []
+        usleep(100_000)
+        let retried = silo(state, ["system", "modify", id, "--detach", "data"])
+        #expect(retried.status == 0, "\(retried.error)")
+        #expect(storage.provider.leaseHolders("data").isEmpty, "the lease is given back")
+        #expect(!silo(state, ["system", "properties", id, "--json"]).output.contains("/data"))
+        #expect(silo(state, ["lun", "delete", "data"]).status == 0)
+    }
+
     @Test("C5 a system whose init dies with a LUN mounted holds nothing once Stopped: no process, cgroup, lease or mount; the LUN can be deleted")
     func unexpectedExitWithLun() throws {
         let storage = TestStorage()

@@ -384,8 +384,17 @@ public final class ComputeSystem: Sendable {
             let remaining = try store.load(id).attachments?.filter { $0.lun != name }.compactMap(\.device.grant) ?? []
             try cgroup.setBlockDevices(remaining, removing: [device.deviceNumber])
             // A raw LUN's lease stays with the system until it stops (see DeviceGrant): only a
-            // mounted one's is given back, now that it is unmounted.
-            if device.mountPath != nil { try? agent().release(tag: device.leaseTag) }
+            // mounted one's is given back, now that it is unmounted. An agent that cannot be told
+            // (at its most connections, or this handle closed meanwhile) fails the detach, with the
+            // LUN still listed: a lease kept by the agent would keep storage from deleting the LUN
+            // with nothing attached to say why. A retry finishes (nothing mounted is no error).
+            if device.mountPath != nil {
+                do throws(SiloError) {
+                    try agent().release(tag: device.leaseTag)
+                } catch {
+                    if error.errno != ENOENT { throw error }  // not held: nothing to give back
+                }
+            }
             return { $0.attachments = ($0.attachments ?? []).filter { $0.lun != name } }
         }
     }
