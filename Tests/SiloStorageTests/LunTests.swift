@@ -279,6 +279,30 @@ struct LunTests {
         #expect(gone, "the started process outlived its starter")
     }
 
+    @Test("O8 S12 a delete or an offline cancelled while queued takes its mark back: the LUN is as it was and can be changed at once")
+    func cancelQueuedChanges() throws {
+        let storage = SerialStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
+        let device = try #require(try provider.createLun(LunSpec(name: "q", size: 8 << 20)).wait(timeout: .seconds(60)).devicePath)
+        let (delete, offline) = try storage.whileWorkerHeld { () throws -> (SiloOperation<Void>, SiloOperation<LunProperties>) in
+            let delete = try provider.deleteLun("q")
+            try delete.cancel()  // still queued: withdrawn, its mark taken back
+            let offline = try provider.setOnline("q", false)
+            try offline.cancel()
+            return (delete, offline)
+        }
+        #expect((#expect(throws: SiloError.self) { try delete.wait(timeout: .seconds(10)) })?.code == .operationCancelled)
+        #expect((#expect(throws: SiloError.self) { _ = try offline.wait(timeout: .seconds(10)) })?.code == .operationCancelled)
+        let lun = try provider.lun(named: "q")
+        #expect(lun.status == .online && lun.devicePath == device)
+        // A mark left behind would refuse these (anotherCallInProgress) for as long as this process lives.
+        #expect(try provider.extendLun("q", by: 1 << 20).wait(timeout: .seconds(60)).size == 9 << 20)
+        _ = try provider.lease("q", holder: "compute system 'after'").release()
+        try provider.deleteLun("q").wait(timeout: .seconds(60))
+        #expect(try provider.luns().isEmpty)
+    }
+
     @Test("S10 a lease taken after an offline's first check stops it before the unbind; a LUN being deleted is not leased")
     func leaseAfterFirstCheck() throws {
         let storage = SerialStorage()

@@ -138,15 +138,19 @@ public final class OperationScheduler: Sendable {
 
     /// Runs a blocking body on a worker thread; its return value completes the operation, its
     /// error fails it.
+    /// - Parameter withdrawn: undoes what the call did before the operation (a mark it placed)
+    ///   when the operation is cancelled while queued, and `body` never runs; as a chain's cleanup.
     public func run<Output: Sendable>(
         _ type: OperationType,
         context: (any Sendable)? = nil,
         callback: OperationCallback<Output>? = nil,
         events: EventChannel? = nil,
         cancellable: Bool = true,
+        withdrawn: (@Sendable () throws -> Void)? = nil,
         _ body: @escaping @Sendable (OperationDriver<Output>) throws -> Output
     ) throws(SiloError) -> SiloOperation<Output> {
-        try start(type, context: context, callback: callback, events: events, cancellable: cancellable) { driver in
+        try start(type, context: context, callback: callback, events: events, cancellable: cancellable,
+                  placement: .worker, withdrawn: withdrawn) { driver in
             do {
                 driver.succeed(try body(driver))
             } catch {

@@ -39,7 +39,8 @@ extension StorageProvider {
             return record
         }
         do {
-            return try configuration.scheduler.run(.deleteLun, context: context, callback: callback, cancellable: false) {
+            return try configuration.scheduler.run(.deleteLun, context: context, callback: callback, cancellable: false,
+                                                   withdrawn: { [registry] in registry.removeMark(.deleting, name) }) {
                 [self] _ in
                 do {
                     // The mark kept the record as it was read. The unbind refuses a device
@@ -430,7 +431,8 @@ extension StorageProvider {
         _ body: @escaping @Sendable (OperationDriver<Output>) throws -> Output
     ) throws(SiloError) -> SiloOperation<Output> {
         do {
-            return try configuration.scheduler.run(type, context: context, callback: callback, cancellable: cancellable) {
+            return try configuration.scheduler.run(type, context: context, callback: callback, cancellable: cancellable,
+                                                   withdrawn: { [self] in try? endChange(name) }) {
                 [self] driver in
                 do {
                     return try body(driver)
