@@ -66,7 +66,7 @@ struct SystemRecordJSONTests {
             rmdir(store.systems)
             rmdir(scratch)
         }
-        try store.reserve(full.id)
+        close(try store.reserve(full.id))
         try store.save(full)
         #expect(try store.load(full.id) == full)
         let path = store.directory(full.id) + "/state.json"

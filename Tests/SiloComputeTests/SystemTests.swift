@@ -226,6 +226,33 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
     }
 
+    @Test("C3 a system's folder left without a record (a create killed before its record, a removal raced) is removed by reenumerate and its id is free again; one being made is left alone")
+    func orphanFolder() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let store = compute.service.store
+        // Being made: the create holds its reservation's lock until the record is written.
+        let making = "mk-\(getpid())"
+        let hold = try store.reserve(making)
+        #expect(!compute.service.reenumerate().contains(making))
+        #expect(fileExists(store.directory(making)), "a create in progress keeps its folder")
+        // Its process died: the lock is free, the record never came.
+        close(hold)
+        #expect(compute.service.reenumerate().contains(making))
+        #expect(!fileExists(store.directory(making)))
+        let made = try compute.service.createComputeSystem(id: making, document: compute.document()).wait(timeout: .seconds(30))
+        made.close()
+        #expect(try compute.service.open(making).properties().state == .created)
+        // What a removal raced by an open leaves: the folder and a lock file, no record.
+        let raced = "rc-\(getpid())"
+        mkdir(store.directory(raced), 0o700)
+        close(Glibc.open(store.directory(raced) + "/lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600))
+        #expect((#expect(throws: SiloError.self) { _ = try compute.service.createComputeSystem(id: raced, document: compute.document()) })?.code == .systemAlreadyExists)
+        #expect(compute.service.reenumerate().contains(raced))
+        let again = try compute.service.createComputeSystem(id: raced, document: compute.document()).wait(timeout: .seconds(30))
+        again.close()
+    }
+
     @Test("O8 O14 a create cancelled early ends cancelled with nothing left (no record, cgroup or reserved id), or as made when it came too late")
     func cancelCreate() throws {
         let compute = TestCompute()

@@ -56,7 +56,14 @@ public final class ComputeService: Sendable {
         try SandboxRun.validateID(id)
         reapStartedInits()
         let document = try ComputeSystemDocument(json: text)
-        try store.reserve(id)
+        // Held until the record is written (or the create fails): see SystemStore.reserve.
+        let reservation = Mutex<Int32>(try store.reserve(id))
+        let letGo: @Sendable () -> Void = {
+            reservation.withLock { fd in
+                if fd >= 0 { Glibc.close(fd) }
+                fd = -1
+            }
+        }
         let record = SystemRecord(
             id: id, owner: document.owner, state: .created, document: text, initPID: nil, initStartTime: nil,
             exitType: nil, createdAt: nowSeconds(), shouldTerminateOnLastHandleClosed: document.shouldTerminateOnLastHandleClosed,
@@ -74,12 +81,15 @@ public final class ComputeService: Sendable {
                 OperationStep("record", pointOfNoReturn: true, run: { [self] _ in
                     try store.save(record)
                     recorded.store(true, ordering: .releasing)
+                    letGo()  // before the handle is opened, whose own calls take the lock
                 }),
             ], output: { [self] in try open(id) }, cleanup: { [store] in
                 if !recorded.load(ordering: .acquiring) { store.remove(id) }
+                letGo()
             }), context: context, callback: callback)
         } catch {
             store.remove(id)
+            letGo()
             throw error
         }
     }
@@ -116,6 +126,21 @@ public final class ComputeService: Sendable {
             let directory = store.directory(id)
             if let record = try? store.load(id) {
                 if refreshed(record).state != record.state { repaired.append(id) }
+                continue
+            }
+            var kind = stat()
+            if stat(directory, &kind) == 0, kind.st_mode & S_IFMT == S_IFDIR {
+                // A system's folder with no record: a create that died before writing it (its
+                // reservation's lock is free then), or a removal that an open raced. The lock is
+                // made if missing: a create that reserved the folder a moment ago then fails to
+                // write its record, cleanly, instead of finding its id taken forever.
+                let lock = Glibc.open(directory + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+                guard lock >= 0 else { continue }
+                defer { Glibc.close(lock) }
+                guard flock(lock, LOCK_EX | LOCK_NB) == 0, !fileExists(directory + "/state.json") else { continue }
+                try? configuration.cgroup(of: id, parent: nil).destroy()
+                store.remove(id)
+                repaired.append(id)
                 continue
             }
             // No record: a `run`'s reservation. Its runner holds the run lock while it lives.

@@ -61,7 +61,12 @@ struct SystemStore: Sendable {
     func root(_ id: String) -> String { directory(id) + "/root" }
 
     /// Makes the system's folder; an existing one means the id is taken (C3).
-    func reserve(_ id: String) throws(SiloError) {
+    /// Makes the system's folder, which reserves its id, and takes the system's lock in it, which
+    /// the caller holds until the record is written: a folder without a record whose lock is free
+    /// is a create that died (or a removal that raced an open), which ``ComputeService/reenumerate()``
+    /// removes. Returns the lock's descriptor, which the caller closes.
+    @discardableResult
+    func reserve(_ id: String) throws(SiloError) -> Int32 {
         var path = ""
         for component in systems.split(separator: "/") {
             path += "/" + String(component)
@@ -73,6 +78,14 @@ struct SystemStore: Sendable {
             }
             throw SiloError.system("mkdir", errno: errno, path: directory(id))
         }
+        let lock = open(directory(id) + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0, flock(lock, LOCK_EX) == 0 else {
+            let error = SiloError.system("open", errno: errno, path: directory(id) + "/lock")
+            if lock >= 0 { close(lock) }
+            remove(id)
+            throw error
+        }
+        return lock
     }
 
     func load(_ id: String) throws(SiloError) -> SystemRecord {
