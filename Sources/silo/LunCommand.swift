@@ -252,7 +252,8 @@ extension LunCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let operation = try cli(options: ["name": "--name", "source": "SOURCE"]) {
+            // A clone takes the source's size: room for it is the source's to answer for, not a --size's.
+            let operation = try cli(options: ["name": "--name", "source": "SOURCE", "size": "SOURCE"]) {
                 try global.provider.cloneLun(source, as: name)
             }
             let lun = try waitShowingProgress(operation)

@@ -107,6 +107,24 @@ struct BadInputTests {
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
     }
 
+    @Test("E1 a clone that finds no room names its SOURCE, not a --size clone does not have")
+    func cloneWithoutRoom() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let small = scratch.path + "/small"
+        mkdir(small, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=12m", "tmpfs", small]).status == 0)
+        defer { _ = run("/bin/umount", [small]) }
+        let state = scratch.path + "/state"
+        #expect(silo(state, ["pool", "add", "small", small]).status == 0)
+        #expect(silo(state, ["lun", "create", "--name", "big", "--size", "8M", "--provisioning", "thick", "--pool", "small"]).status == 0)
+        defer { _ = silo(state, ["lun", "delete", "big"]) }
+        let clone = silo(state, ["lun", "clone", "big", "--name", "copy"])
+        #expect(clone.status == 1, "\(clone.output)")
+        #expect(clone.error.contains("(SOURCE)") && !clone.error.contains("--size"), "\(clone.error)")
+        #expect(silo(state, ["lun", "show", "copy"]).status != 0, "no clone left")
+    }
+
     @Test("S7 a create whose final record cannot be written (its state directory's file system full) rolls back: no record, file, device or link")
     func registerFails() throws {
         let scratch = Scratch()
