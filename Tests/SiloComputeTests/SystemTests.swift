@@ -226,6 +226,31 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
     }
 
+    @Test("C6 a ShouldTerminateOnLastHandleClosed system whose last holder died while Created or Paused (no agent to see it) is ended by reenumerate; one still held is not")
+    func abandonedSystems() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let created = try compute.service.createComputeSystem(id: "ab1-\(getpid())", document: compute.document(terminateOnLastHandle: true))
+            .wait(timeout: .seconds(30))
+        let paused = try compute.service.createComputeSystem(id: "ab2-\(getpid())", document: compute.document(terminateOnLastHandle: true))
+            .wait(timeout: .seconds(30))
+        try paused.start().wait(timeout: .seconds(30))
+        try paused.pause().wait(timeout: .seconds(30))
+        let cgroup = paused.cgroup
+        #expect(compute.service.reenumerate().isEmpty, "both are held")
+        let peek = try compute.service.open(created.id)
+        #expect(try peek.properties().state == .created)
+        peek.close()  // not the last: the creator's handle holds it still
+        // Their holder dies: the kernel lets its locks go, and no close of Silo's runs.
+        for system in [created, paused] { Glibc.close(system.handleLock.exchange(-1, ordering: .relaxed)) }
+        let repaired = compute.service.reenumerate()
+        #expect(Set(repaired) == [created.id, paused.id], "\(repaired)")
+        #expect(compute.service.enumerate(id: created.id).isEmpty && compute.service.enumerate(id: paused.id).isEmpty, "ended and removed")
+        #expect(cgroup.pids.isEmpty && cgroup.directories.values.allSatisfy { !fileExists($0) }, "nothing of the paused one is left")
+        created.close()
+        paused.close()
+    }
+
     @Test("C3 a system's folder left without a record (a create killed before its record, a removal raced) is removed by reenumerate and its id is free again; one being made is left alone")
     func orphanFolder() throws {
         let compute = TestCompute()

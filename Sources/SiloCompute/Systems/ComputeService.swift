@@ -81,9 +81,13 @@ public final class ComputeService: Sendable {
                 OperationStep("record", pointOfNoReturn: true, run: { [self] _ in
                     try store.save(record)
                     recorded.store(true, ordering: .releasing)
-                    letGo()  // before the handle is opened, whose own calls take the lock
                 }),
-            ], output: { [self] in try open(id) }, cleanup: { [store] in
+            ], output: { [self] in
+                // Let go once the handle holds its share of the handles file: between the two, a
+                // reenumerate would take a ShouldTerminateOnLastHandleClosed system for abandoned.
+                defer { letGo() }
+                return try open(id)
+            }, cleanup: { [store] in
                 if !recorded.load(ordering: .acquiring) { store.remove(id) }
                 letGo()
             }), context: context, callback: callback)
@@ -125,7 +129,16 @@ public final class ComputeService: Sendable {
         for id in store.ids() {
             let directory = store.directory(id)
             if let record = try? store.load(id) {
-                if refreshed(record).state != record.state { repaired.append(id) }
+                if refreshed(record).state != record.state {
+                    repaired.append(id)
+                } else if record.shouldTerminateOnLastHandleClosed, record.state == .created || record.state == .paused,
+                          store.isAbandoned(id) {
+                    // The last handle's holder died where no agent could see it (a Created system has
+                    // none, a Paused one's is frozen): a handle opened and closed here is the last,
+                    // and its close ends the system (C6).
+                    (try? open(id))?.close()
+                    repaired.append(id)
+                }
                 continue
             }
             var kind = stat()

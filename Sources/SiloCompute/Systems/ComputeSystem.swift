@@ -14,7 +14,7 @@ public final class ComputeSystem: Sendable {
     let service: ComputeService
     /// This handle's shared flock on `<system>/handles`: the count of handles across processes
     /// is the count of shared locks (C6). -1 once closed.
-    private let handleLock: Atomic<Int32>
+    let handleLock: Atomic<Int32>
 
     private struct WeakProcess: Sendable {
         weak var process: ComputeProcess?

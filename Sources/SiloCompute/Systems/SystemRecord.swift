@@ -135,6 +135,21 @@ struct SystemStore: Sendable {
         return try body()
     }
 
+    /// Whether no handle holds the system (its handles file's lock is free, or was never taken) and
+    /// no call is under way on it (its lock is free): probed and let go at once.
+    func isAbandoned(_ id: String) -> Bool {
+        for name in ["handles", "lock"] {
+            let fd = open(directory(id) + "/" + name, O_RDONLY | O_CLOEXEC)
+            if fd < 0 {
+                if errno == ENOENT { continue }
+                return false
+            }
+            defer { close(fd) }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { return false }
+        }
+        return true
+    }
+
     func remove(_ id: String) {
         unlink(directory(id) + "/state.json")
         unlink(directory(id) + "/lock")
