@@ -127,7 +127,7 @@ struct CloneTests {
         try storage.provider.deleteLun("moving").wait(timeout: .seconds(60))
     }
 
-    @Test("On a file system with reflink (XFS), a clone shares extents: instant and no new space")
+    @Test("On a file system with reflink (XFS), a thin clone shares extents (no new space); a zeroed one takes all of its own")
     func reflinkClone() throws {
         guard access("/sbin/mkfs.xfs", X_OK) == 0 else {
             Issue.record("mkfs.xfs is missing: install xfsprogs")
@@ -147,16 +147,28 @@ struct CloneTests {
             defer {
                 for lun in (try? provider.luns()) ?? [] { _ = try? provider.deleteLun(lun.name).wait() }
             }
-            let source = try provider.createLun(LunSpec(name: "origin", size: 256 << 20, provisioning: .zeroed)).wait()
-            try writeBytes(try #require(source.devicePath), offset: 4096, [7, 7, 7])
-            var before = statvfs()
-            statvfs(mount, &before)
-            let clone = try provider.cloneLun("origin", as: "reflinked").wait()
-            var after = statvfs()
-            statvfs(mount, &after)
-            let used = (Int64(before.f_bfree) - Int64(after.f_bfree)) * Int64(after.f_frsize)
-            #expect(used < 16 << 20, "a reflink takes no space for data: \(used) bytes")
-            #expect(try readBytes(try #require(clone.devicePath), offset: 4096, count: 3) == [7, 7, 7])
+            func used(_ body: () throws -> LunProperties) rethrows -> (LunProperties, Int64) {
+                var before = statvfs()
+                statvfs(mount, &before)
+                let made = try body()
+                var after = statvfs()
+                statvfs(mount, &after)
+                return (made, (Int64(before.f_bfree) - Int64(after.f_bfree)) * Int64(after.f_frsize))
+            }
+            // A thin source with 64 MiB written: its clone shares them.
+            let thin = try provider.createLun(LunSpec(name: "thin", size: 256 << 20)).wait()
+            let thinDevice = try #require(thin.devicePath)
+            #expect(run("/bin/dd", ["if=/dev/urandom", "of=\(thinDevice)", "bs=1M", "count=64", "oflag=direct"]).status == 0)
+            try writeBytes(thinDevice, offset: 4096, [7, 7, 7])
+            let (shared, sharedSpace) = try used { try provider.cloneLun("thin", as: "shared").wait() }
+            #expect(sharedSpace < 16 << 20, "a reflink takes no space for data: \(sharedSpace) bytes")
+            #expect(try readBytes(try #require(shared.devicePath), offset: 4096, count: 3) == [7, 7, 7])
+            // A zeroed source: its clone is given its whole size, shared with nothing.
+            let zeroed = try provider.createLun(LunSpec(name: "origin", size: 256 << 20, provisioning: .zeroed)).wait()
+            try writeBytes(try #require(zeroed.devicePath), offset: 4096, [8, 8, 8])
+            let (own, ownSpace) = try used { try provider.cloneLun("origin", as: "own").wait() }
+            #expect(ownSpace >= 250 << 20, "a zeroed clone's space is its own: \(ownSpace) bytes taken")
+            #expect(try readBytes(try #require(own.devicePath), offset: 4096, count: 3) == [8, 8, 8])
         }
     }
 }

@@ -166,7 +166,7 @@ extension BackingFile {
     /// copying only the data segments, reporting bytes done and stopping promptly on cancel.
     /// `destination` must not exist; on failure it is removed.
     static func clone(
-        _ source: String, to destination: String,
+        _ source: String, to destination: String, reflink: Bool = true,
         progress: (UInt64, UInt64) -> Void, cancelled: () -> Bool
     ) throws(SiloError) -> CloneMethod {
         let input = try syscall("open", path: source) { open(source, O_RDONLY | O_CLOEXEC) }
@@ -176,7 +176,7 @@ extension BackingFile {
         }
         defer { close(output) }
         do throws(SiloError) {
-            if silo_ficlone(output, input) == 0 { return .reflink }
+            if reflink, silo_ficlone(output, input) == 0 { return .reflink }
             var info = stat()
             try syscall("fstat", path: source) { fstat(input, &info) }
             let size = UInt64(info.st_size)

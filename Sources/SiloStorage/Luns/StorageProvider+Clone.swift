@@ -69,7 +69,10 @@ extension StorageProvider {
             OperationStep("copy", weight: 90, run: { step in
                 defer { sourceLease.release() }  // the source is read no more
                 try BackingFile.remove(file)  // the reservation: the copy makes the file itself
-                _ = try BackingFile.clone(original.backingFile, to: file,
+                // A thick or zeroed LUN's space is its own: shared extents (a reflink) would need
+                // new blocks at the first write to either LUN, which a full file system would refuse
+                // as I/O errors inside them. Only a thin clone shares.
+                _ = try BackingFile.clone(original.backingFile, to: file, reflink: original.provisioning == .thin,
                                           progress: { step.reportProgress(completed: $0, of: $1) },
                                           cancelled: { step.isCancelled })
             }),
