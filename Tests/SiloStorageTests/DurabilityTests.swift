@@ -62,4 +62,36 @@ struct DurabilityTests {
         let backing = run("/sbin/debugfs", ["-R", "stat \(inside)", image])
         #expect(backing.output.contains("Size: \(8 << 20)"), "the backing file the record names survived, at its size: \(backing.output)")
     }
+
+    @Test("S9 a device that cannot be read is taken to be full to its end: a shrink's guard does not read a read error as nothing there")
+    func unreadableDeviceIsFull() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let disk = try #require(try storage.create("disk", size: 64 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", disk]).status == 0)
+        let mountPoint = storage.path + "/mnt"
+        mkdir(mountPoint, 0o755)
+        try #require(run("/bin/mount", [disk, mountPoint]).status == 0)
+        var device: String?
+        defer {
+            if let device { _ = run("/sbin/losetup", ["-d", device]) }
+            _ = run("/bin/umount", [mountPoint])
+        }
+        let image = mountPoint + "/image"
+        try makeSparseFile(image, size: 8 << 20)
+        device = run("/sbin/losetup", ["-f", "--show", image]).output.trimmingSpaces
+        let loop = try #require(device)
+        #expect(try BlockProbe.probe(path: loop).dataEnd(deviceSize: 8 << 20) == 0, "an empty device ends nowhere")
+        // The file system under the device goes away: every read of the device fails (EIO).
+        let root = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try #require(root >= 0)
+        var flags = Self.noLogFlush
+        let shutdown = ioctl(root, Self.ext4Shutdown, &flags)
+        close(root)
+        try #require(shutdown == 0, "EXT4_IOC_SHUTDOWN: errno \(errno)")
+        _ = run("/sbin/blockdev", ["--flushbufs", loop])
+        let unreadable = try BlockProbe.probe(path: loop)
+        #expect(unreadable.ambiguous, "\(unreadable)")
+        #expect(unreadable.dataEnd(deviceSize: 8 << 20) == 8 << 20, "a read error is no empty device")
+    }
 }

@@ -14,7 +14,8 @@ public struct BlockProbe: Sendable, Hashable, Codable {
     public var partitions: [Partition]
     /// Bytes the file system claims, where Silo can read it from the superblock (ext2/3/4, XFS, btrfs).
     public var filesystemSize: UInt64?
-    /// libblkid found more than one signature and named none (its safe probe's -2).
+    /// libblkid could not tell what is there: more than one signature and none named (its safe
+    /// probe's -2), or the device could not be read (-1). Either way a shrink keeps to its end.
     public var ambiguous = false
 
     public struct Partition: Sendable, Hashable, Codable {
@@ -92,9 +93,10 @@ public struct BlockProbe: Sendable, Hashable, Codable {
         }
 
         var result = BlockProbe(partitions: [])
-        // 1 means nothing found; -2 means ambiguous (two signatures): report nothing rather than guess.
+        // 1 means nothing found; -2 means ambiguous (two signatures), -1 a read error: report
+        // nothing rather than guess, and nothing found is not what either says.
         let found = blkid.do_safeprobe(probe)
-        result.ambiguous = found == -2
+        result.ambiguous = found < 0
         if found == 0 {
             result.filesystemType = value(blkid, probe, "TYPE")
             result.uuid = value(blkid, probe, "UUID")
