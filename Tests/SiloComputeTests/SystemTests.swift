@@ -226,6 +226,41 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
     }
 
+    @Test("C4 a pause or resume whose record cannot be written (the runtime folder full) fails with the system as it was: not left frozen, nor thawed")
+    func pauseUnsaved() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let runtime = compute.service.configuration.runtimeDirectory
+        mkdir(runtime, 0o755)
+        try #require(mount("tmpfs", runtime, "tmpfs", 0, "size=1m") == 0, "tmpfs: errno \(errno)")
+        let system = try compute.service.createComputeSystem(id: "pu-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
+        defer {
+            _ = try? system.terminate().wait(timeout: .seconds(30))
+            system.close()
+            compute.service.store.remove(system.id)
+            umount(runtime)
+        }
+        try system.start().wait(timeout: .seconds(30))
+        let filler = runtime + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        var block = [UInt8](repeating: 1, count: 4096)
+        while write(fd, &block, block.count) == block.count {}
+        close(fd)
+        #expect(throws: SiloError.self) { try system.pause().wait(timeout: .seconds(30)) }
+        #expect(!system.cgroup.isFrozen, "a pause the record does not show is undone")
+        #expect(try system.properties().state == .running)
+        unlink(filler)
+        try system.pause().wait(timeout: .seconds(30))
+        // And the other way: paused, with no room to say Running.
+        let again = open(filler, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        while write(again, &block, block.count) == block.count {}
+        close(again)
+        #expect(throws: SiloError.self) { try system.resume().wait(timeout: .seconds(30)) }
+        #expect(system.cgroup.isFrozen, "a resume the record does not show is undone")
+        #expect(try system.properties().state == .paused)
+        unlink(filler)
+    }
+
     @Test("C6 a ShouldTerminateOnLastHandleClosed system whose last holder died while Created or Paused (no agent to see it) is ended by reenumerate; one still held is not")
     func abandonedSystems() throws {
         let compute = TestCompute()

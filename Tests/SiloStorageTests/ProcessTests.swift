@@ -392,6 +392,40 @@ struct LunAttachTests {
         #expect(silo(state, ["lun", "delete", "data"]).status == 0)
     }
 
+    @Test("C12 an attach whose record cannot be written (the runtime folder full) is undone: not mounted inside, not leased, the LUN free")
+    func attachUnsaved() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "un-\(getpid())"
+        let extra = try #require(try storage.create("extra", size: 32 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", extra]).status == 0)
+        try storage.provider.setMask("extra", "*")
+        let document = storage.path + "/doc.json"
+        try #require(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"Container":{"Memory":{"SizeInMB":64}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        // The runtime folder (systems' records) on a small file system of its own; the registry elsewhere.
+        let runtime = state + "/run"
+        mkdir(runtime, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", runtime]).status == 0)
+        defer {
+            _ = silo(state, ["system", "terminate", id])
+            _ = run("/bin/umount", [runtime])
+        }
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        try #require(silo(state, ["system", "start", id]).status == 0)
+        _ = run("/bin/dd", ["if=/dev/zero", "of=\(runtime)/filler", "bs=4k"])
+        let refused = silo(state, ["system", "modify", id, "--attach", "extra:/extra"])
+        unlink(runtime + "/filler")
+        #expect(refused.status != 0, "\(refused.output)")
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! grep -q ' /extra ' /proc/mounts"]).status == 0,
+                "nothing of the LUN is left inside")
+        #expect(storage.provider.leaseHolders("extra").isEmpty, "no lease is left")
+        #expect(!silo(state, ["system", "properties", id, "--json"]).output.contains("/extra"))
+        let attached = silo(state, ["system", "modify", id, "--attach", "extra:/extra"])
+        #expect(attached.status == 0, "with room, it attaches: \(attached.error)")
+        #expect(silo(state, ["system", "modify", id, "--detach", "extra"]).status == 0)
+    }
+
     @Test("C5 a system whose init dies with a LUN mounted holds nothing once Stopped: no process, cgroup, lease or mount; the LUN can be deleted")
     func unexpectedExitWithLun() throws {
         let storage = TestStorage()

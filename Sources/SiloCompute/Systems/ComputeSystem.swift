@@ -235,7 +235,10 @@ public final class ComputeSystem: Sendable {
 
     /// Running -> Paused: freezes every process, those forked meanwhile too.
     public func pause(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        try change(.pause, from: [.running], context: context, callback: callback) { [self] _ in
+        // A record that cannot say Paused must not be left with a frozen system: every call would
+        // wait on its agent, and resume would be refused.
+        try change(.pause, from: [.running], context: context, callback: callback, unsaved: { [cgroup] in try? cgroup.thaw() }) {
+            [self] _ in
             try cgroup.freeze()
             return { $0.state = .paused }
         }
@@ -243,7 +246,8 @@ public final class ComputeSystem: Sendable {
 
     /// Paused -> Running.
     public func resume(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
-        try change(.resume, from: [.paused], context: context, callback: callback) { [self] _ in
+        try change(.resume, from: [.paused], context: context, callback: callback, unsaved: { [cgroup] in try? cgroup.freeze() }) {
+            [self] _ in
             try cgroup.thaw()
             return { $0.state = .running }
         }
@@ -299,8 +303,12 @@ public final class ComputeSystem: Sendable {
         let name = device.lun ?? device.devicePath
         try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: try store.load(id))
         let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
+        // What to undo when the LUN is in but the record cannot say so: set once it is in.
+        let undo = Mutex<(@Sendable () -> Void)?>(nil)
         return try change(.modify, from: [.running], context: context, callback: callback, finally: {
             if lease >= 0 { Glibc.close(lease) }
+        }, unsaved: {
+            undo.withLock { $0 }?()
         }) { [self] record in
             // Again under the lock: two attaches of one LUN at once both passed the first check.
             try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: record)
@@ -310,16 +318,20 @@ public final class ComputeSystem: Sendable {
             // The agent holds the lease before anything of the LUN's is inside: a process there
             // could open a raw node at once, and keep it past any rollback.
             if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
+            // The lease goes back only once nothing of the LUN's is left inside.
+            let takeBack: @Sendable () -> Void = { [self] in
+                let undone = (try? enter(record, device, attach: false)) != nil
+                if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
+                if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
+            }
             do {
                 if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
                 try enter(record, device, attach: true)
             } catch {
-                // The lease goes back only once nothing of the LUN's is left inside.
-                let undone = (try? enter(record, device, attach: false)) != nil
-                if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
-                if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
+                takeBack()
                 throw error
             }
+            undo.withLock { $0 = takeBack }
             let raw = device.mountPath == nil
             return {
                 $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
