@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Dispatch
 import Glibc
 import SiloOperations
 import Testing
@@ -149,6 +150,41 @@ struct BadInputTests {
         #expect(directoryEntries(pool).filter { $0.hasSuffix(".img") }.isEmpty, "no backing file")
         #expect(loopDevices(backedUnder: pool).isEmpty, "no device")
         #expect(directoryEntries(links).isEmpty, "no stable name")
+    }
+
+    @Test("S7 an online whose record cannot be written (the state directory's file system full) unbinds the device it bound: the LUN stays offline, with no device or name")
+    func onlineUnsaved() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let small = scratch.path + "/small"
+        mkdir(small, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]).status == 0)
+        defer { _ = run("/bin/umount", [small]) }
+        let links = scratch.path + "/links"
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links,
+                                                                           scheduler: scheduler))
+        let pool = scratch.path + "/pool"
+        mkdir(pool, 0o755)
+        _ = try provider.addPool("side", directory: pool)
+        let lun = try provider.createLun(LunSpec(name: "flip", size: 16 << 20, pool: "side")).wait(timeout: .seconds(60))
+        defer { _ = try? provider.deleteLun("flip").wait(timeout: .seconds(60)) }
+        _ = try provider.setOnline("flip", false).wait(timeout: .seconds(60))
+        // The online marks the LUN at once and runs on the worker, held here until the disk is full.
+        let gate = DispatchSemaphore(value: 0)
+        let blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        let online = try provider.setOnline("flip", true)
+        _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])
+        gate.signal()
+        _ = try? blocker.wait(timeout: .seconds(30))
+        let failed = #expect(throws: SiloError.self) { _ = try online.wait(timeout: .seconds(60)) }
+        unlink(small + "/filler")
+        #expect(failed?.errno == ENOSPC, "\(String(describing: failed))")
+        #expect(LoopDevice.bound(toFile: lun.backingFile).isEmpty, "no device over the file the record does not name")
+        #expect(directoryEntries(links).isEmpty, "no stable name")
+        let after = try provider.lun(named: "flip")
+        #expect(after.status == .offline && after.devicePath == nil, "\(after)")
+        #expect(try provider.setOnline("flip", true).wait(timeout: .seconds(60)).status == .online, "with room, it comes online")
     }
 
     @Test("E3 a change to a LUN on a state directory that is not there (a mistyped --state-dir) says no such LUN and makes nothing")

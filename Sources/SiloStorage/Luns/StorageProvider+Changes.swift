@@ -297,10 +297,20 @@ extension StorageProvider {
             if online {
                 // A device found where the record did not say gets its stable name put right.
                 if let device, device.number != record.device { try link(name, to: device) }
-                let number = try device?.number ?? attach(record).number
-                try endChange(name) {
-                    $0.online = true
-                    $0.device = number
+                let attached = device == nil ? try attach(record) : nil
+                do throws(SiloError) {
+                    try endChange(name) {
+                        $0.online = true
+                        $0.device = (device ?? attached)?.number
+                    }
+                } catch {
+                    // A record that cannot say online must not be left with a device it does not
+                    // name: the one this call bound goes, and its stable name with it.
+                    if let attached {
+                        _ = try? attached.detach(expecting: record.tag)
+                        unlinkName(name)
+                    }
+                    throw error
                 }
             } else {
                 try unleased(name, device: device) { () throws(SiloError) in
