@@ -97,6 +97,38 @@ struct SystemTests {
         #expect(stopped.withLock { $0.count } == 1, "one SystemExited: \(stopped.withLock { $0 })")
     }
 
+    @Test("C12 one device at one SCSI location: a second attach there is refused, naming ResourcePath, and changes nothing")
+    func oneDevicePerLocation() throws {
+        let box = try RunningSystem("loc")
+        defer { box.finish() }
+        var devices: [String] = []
+        func output(_ program: String, _ arguments: [String]) -> String {
+            let started = startProgram(program, arguments)
+            let text = readAll(started.output)
+            close(started.output)
+            _ = reap(started.pid)
+            return text.filter { !$0.isWhitespace }
+        }
+        defer { devices.forEach { _ = output("/sbin/losetup", ["-d", $0]) } }
+        for index in 0..<2 {
+            let file = box.compute.state + "/disk\(index)"
+            let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            ftruncate(fd, 4 << 20)
+            close(fd)
+            let device = output("/sbin/losetup", ["-f", "--show", file])
+            try #require(device.hasPrefix("/dev/loop"), "losetup: \(device)")
+            devices.append(device)
+        }
+        func blockDevice(_ path: String, _ lun: String) -> BlockDevice {
+            BlockDevice(devicePath: path, deviceNumber: readText("/sys/block/\(path.dropFirst(5))/dev") ?? "", lun: lun, location: "0/1")
+        }
+        try box.system.attach(blockDevice(devices[0], "first")).wait(timeout: .seconds(30))
+        let refused = #expect(throws: SiloError.self) { try box.system.attach(blockDevice(devices[1], "second")).wait(timeout: .seconds(30)) }
+        #expect(refused?.code == .invalidArgument && refused?.field == "ResourcePath", "\(String(describing: refused))")
+        #expect(try box.system.properties().attachments.map(\.lun) == ["first"])
+        try box.system.detach(lun: "first").wait(timeout: .seconds(30))
+    }
+
     @Test("C12 an attach refused at the call gives back the copy of the LUN's lease it made")
     func refusedAttachKeepsNoLease() throws {
         let box = try RunningSystem("lease-copy")

@@ -312,6 +312,10 @@ public final class ComputeSystem: Sendable {
         }) { [self] record in
             // Again under the lock: two attaches of one LUN at once both passed the first check.
             try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: record)
+            // One LUN at one SCSI location: checked here, where two Adds at once cannot both pass.
+            if let location = device.location, record.attachments?.contains(where: { $0.location == location }) == true {
+                throw SiloError.invalidArgument(field: "ResourcePath", value: location, reason: "a LUN is attached there already")
+            }
             let attached = record.attachments?.compactMap(\.device.grant) ?? []
             // Given raw before (and detached since): its lease must stay, whatever happens now.
             let heldBefore = device.mountPath == nil && record.rawLeases?.contains(name) == true
