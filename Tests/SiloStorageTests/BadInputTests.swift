@@ -112,9 +112,7 @@ struct BadInputTests {
     func cloneWithoutRoom() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
-        let small = scratch.path + "/small"
-        mkdir(small, 0o755)
-        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=12m", "tmpfs", small]).status == 0)
+        let small = try scratch.smallFileSystem(size: "12m")
         defer { _ = run("/bin/umount", [small]) }
         let state = scratch.path + "/state"
         #expect(silo(state, ["pool", "add", "small", small]).status == 0)
@@ -130,9 +128,7 @@ struct BadInputTests {
     func registerFails() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
-        let small = scratch.path + "/small"
-        mkdir(small, 0o755)
-        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]).status == 0)
+        let small = try scratch.smallFileSystem(size: "1m")
         defer { _ = run("/bin/umount", [small]) }
         let links = scratch.path + "/links"
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links))
@@ -156,9 +152,7 @@ struct BadInputTests {
     func onlineUnsaved() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
-        let small = scratch.path + "/small"
-        mkdir(small, 0o755)
-        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", small]).status == 0)
+        let small = try scratch.smallFileSystem(size: "1m")
         defer { _ = run("/bin/umount", [small]) }
         let links = scratch.path + "/links"
         let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
@@ -230,4 +224,14 @@ final class Counter: Sendable {
     private let value_ = Recorder<Int>()
     func increment() { value_.append(1) }
     var value: Int { value_.values.count }
+}
+
+extension Scratch {
+    /// A tmpfs of `size` mounted at `small` in the scratch folder, to fill; the caller unmounts it.
+    func smallFileSystem(size: String) throws -> String {
+        let small = path + "/small"
+        mkdir(small, 0o755)
+        try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", small]).status == 0)
+        return small
+    }
 }

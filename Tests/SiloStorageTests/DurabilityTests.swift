@@ -13,6 +13,17 @@ struct DurabilityTests {
     static let ext4Shutdown: UInt = 0x8004_587D
     static let noLogFlush: UInt32 = 2
 
+    /// Shuts the ext4 mounted at `mountPoint` down as a power cut would leave it: nothing more
+    /// reaches its disk, and every call on it fails (EIO) from now on.
+    static func shutDown(_ mountPoint: String) throws {
+        let root = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        try #require(root >= 0)
+        var flags = noLogFlush
+        let shutdown = ioctl(root, ext4Shutdown, &flags)
+        close(root)
+        try #require(shutdown == 0, "EXT4_IOC_SHUTDOWN: errno \(errno)")
+    }
+
     /// Direct and buffered. On Linux 6.16 and later (this machine's 6.18, which `thisKernel` checks
     /// is read so) `LOOP_CONFIGURE` fsyncs the backing file, and for a direct-I/O device on the
     /// registry's file system the create's `sync` step leaves it at that
@@ -47,12 +58,7 @@ struct DurabilityTests {
         // The power cut, right after the create returned: nothing more reaches the disk's file
         // (an unmount would still write the block device's dirty buffers, so the disk is read
         // from its backing file, as it is now).
-        let root = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        try #require(root >= 0)
-        var flags = Self.noLogFlush
-        let shutdown = ioctl(root, Self.ext4Shutdown, &flags)
-        close(root)
-        try #require(shutdown == 0, "EXT4_IOC_SHUTDOWN: errno \(errno)")
+        try Self.shutDown(mountPoint)
         let image = storage.path + "/after-power-cut.img"
         #expect(run("/bin/cp", ["--sparse=always", try storage.provider.lun(named: "disk").backingFile, image]).status == 0)
 
@@ -83,12 +89,7 @@ struct DurabilityTests {
         let loop = try #require(device)
         #expect(try BlockProbe.probe(path: loop).dataEnd(deviceSize: 8 << 20) == 0, "an empty device ends nowhere")
         // The file system under the device goes away: every read of the device fails (EIO).
-        let root = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        try #require(root >= 0)
-        var flags = Self.noLogFlush
-        let shutdown = ioctl(root, Self.ext4Shutdown, &flags)
-        close(root)
-        try #require(shutdown == 0, "EXT4_IOC_SHUTDOWN: errno \(errno)")
+        try Self.shutDown(mountPoint)
         _ = run("/sbin/blockdev", ["--flushbufs", loop])
         let unreadable = try BlockProbe.probe(path: loop)
         #expect(unreadable.ambiguous, "\(unreadable)")

@@ -348,13 +348,7 @@ struct LunAttachTests {
         defer { storage.finish() }
         let state = storage.provider.configuration.stateDirectory
         let id = "ful-\(getpid())"
-        let data = try #require(try storage.create("data", size: 64 << 20).devicePath)
-        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", data]).status == 0)
-        try storage.provider.setMask("data", id)
-        let document = storage.path + "/doc.json"
-        try #require(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
-            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"data","MountPath":"/data"}}}}}},"#
-            + #""ShouldTerminateOnLastHandleClosed":false}"#))
+        let (_, document) = try storage.lunWithDocument("data", for: id)
         defer { _ = silo(state, ["system", "terminate", id]) }
         #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
         try #require(silo(state, ["system", "start", id]).status == 0)
@@ -432,16 +426,7 @@ struct LunAttachTests {
         defer { storage.finish() }
         let state = storage.provider.configuration.stateDirectory
         let id = "die-\(getpid())"
-        let data = try #require(try storage.create("data", size: 64 << 20).devicePath)
-        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", data]).status == 0)
-        try storage.provider.setMask("data", id)
-        let document = storage.path + "/doc.json"
-        let text = #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
-            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"data","MountPath":"/data"}}}}}},"#
-            + #""ShouldTerminateOnLastHandleClosed":false}"#
-        let fd = open(document, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        _ = text.withCString { write(fd, $0, strlen($0)) }
-        close(fd)
+        let (data, document) = try storage.lunWithDocument("data", for: id)
         defer { _ = silo(state, ["system", "terminate", id]) }
         #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
         let started = silo(state, ["system", "start", id])
@@ -573,5 +558,20 @@ struct SystemCLITests {
         let ends = silo(state, ["system", "create", "--id", "ends", "--config", closing])
         #expect(ends.status == 64 && ends.error.contains("ShouldTerminateOnLastHandleClosed") && ends.error.contains("--config"), "\(ends.error)")
         #expect(!silo(state, ["system", "list"]).output.contains("ends"))
+    }
+}
+
+extension TestStorage {
+    /// LUN `lun` with an ext4 file system, unmasked to `id`, and a document that mounts it at
+    /// `/data` (`Devices.Scsi` 0/0); returns the LUN's device and the document's path.
+    func lunWithDocument(_ lun: String, for id: String) throws -> (device: String, document: String) {
+        let device = try #require(try create(lun, size: 64 << 20).devicePath)
+        #expect(run("/sbin/mkfs.ext4", ["-q", "-F", device]).status == 0)
+        try provider.setMask(lun, id)
+        let document = path + "/doc.json"
+        try #require(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":""# + lun + #"","MountPath":"/data"}}}}}},"#
+            + #""ShouldTerminateOnLastHandleClosed":false}"#))
+        return (device, document)
     }
 }
