@@ -142,7 +142,9 @@ public final class ComputeService: Sendable {
                 continue
             }
             var kind = stat()
-            if stat(directory, &kind) == 0, kind.st_mode & S_IFMT == S_IFDIR {
+            let lockPath = SandboxRun.runLock(systems: store.systems, id: id)
+            // A folder with a run lock beside it is a `run`'s (from older versions): the run's way, below.
+            if stat(directory, &kind) == 0, kind.st_mode & S_IFMT == S_IFDIR, access(lockPath, F_OK) != 0 {
                 // A system's folder with no record: a create that died before writing it (its
                 // reservation's lock is free then), or a removal that an open raced. The lock is
                 // made if missing: a create that reserved the folder a moment ago then fails to
@@ -157,7 +159,6 @@ public final class ComputeService: Sendable {
                 continue
             }
             // No record: a `run`'s reservation. Its runner holds the run lock while it lives.
-            let lockPath = SandboxRun.runLock(systems: store.systems, id: id)
             let lock = Glibc.open(lockPath, O_RDWR | O_CLOEXEC)
             guard lock >= 0 else { continue }  // being made or removed by its runner right now
             defer { Glibc.close(lock) }
