@@ -25,7 +25,13 @@ extension StorageProvider {
             if let problem = BlockDevice.mountPathProblem(mountPath) {
                 throw SiloError.invalidArgument(field: "lun", value: "\(name):\(mountPath)", reason: problem)
             }
-            filesystem = try BlockProbe.probe(path: devicePath).filesystemType
+            let probe = try BlockProbe.probe(path: devicePath)
+            filesystem = probe.filesystemType
+            if probe.ambiguous {
+                // Not "make one": what is there may be data that could not be read or told apart.
+                throw SiloError(.invalidOperation, "LUN '\(name)' could not be read as one file system (libblkid found more than one "
+                                + "signature, or could not read it); nothing is mounted", field: "lun", value: name)
+            }
             guard let type = filesystem else {
                 throw SiloError(.invalidOperation, "LUN '\(name)' has no file system to mount at \(mountPath); make one first (mkfs)",
                                 field: "lun", value: name)

@@ -146,6 +146,29 @@ extension CgroupParentTests {
         #expect(!fileExists(systems + "/" + id))
     }
 
+    @Test("C3 C13 a create killed before its record under a cgroup parent of its own: reenumerate removes its folder and the cgroup under that parent, whatever its own")
+    func killedCreateUnderParent() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let parent = "silo-test-create-\(getpid())"
+        defer { removeParent([parent]) }
+        let configuration = ComputeConfiguration(stateDirectory: compute.state, cgroupParent: parent)
+        let store = SystemStore(configuration: configuration)
+        let id = "died-\(getpid())"
+        // What a create killed after its cgroup step leaves: its folder, with its lock naming the parent.
+        close(try store.reserve(id, parent: configuration.recordedCgroupParent))
+        let cgroup = try Cgroup.create(name: configuration.cgroupName(for: id), limits: CgroupLimits(pids: 16), layout: configuration.layout)
+        defer { try? cgroup.destroy() }
+        let directories = cgroup.directories.values
+        #expect(!directories.isEmpty && directories.allSatisfy(fileExists))
+        var times = [timespec(tv_sec: time(nil) - 120, tv_nsec: 0), timespec(tv_sec: time(nil) - 120, tv_nsec: 0)]
+        utimensat(AT_FDCWD, store.directory(id), &times, 0)
+        let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, cgroupParent: "silo"))
+        #expect(service.reenumerate() == [id])
+        for directory in directories { #expect(!fileExists(directory), "\(directory) outlived reenumerate") }
+        #expect(!fileExists(store.directory(id)))
+    }
+
     @Test("C13 on cgroup2 each level of the parent gets the controllers it lacks, and a level that has them is not written")
     func enablingLevelByLevel() throws {
         // cgroupfs files are plain files here: what is written shows in them.

@@ -129,6 +129,33 @@ struct SystemTests {
         try box.system.detach(lun: "first").wait(timeout: .seconds(30))
     }
 
+    @Test("C12 O8 an attach cancelled while queued gives back the copy of the LUN's lease it made")
+    func queuedAttachKeepsNoLease() throws {
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let service = ComputeService(configuration: compute.service.configuration, scheduler: scheduler)
+        let system = try service.createComputeSystem(id: "qa-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        let file = compute.state + "/lease"
+        let lease = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        #expect(flock(lease, LOCK_SH) == 0)
+        let gate = DispatchSemaphore(value: 0)
+        let blocker = try scheduler.run(.modify) { _ in gate.wait() }
+        let device = BlockDevice(devicePath: "/dev/loop-nothing", deviceNumber: "7:250", lun: "nothing", leaseDescriptor: lease)
+        let attach = try system.attach(device)
+        try attach.cancel()  // still queued: withdrawn
+        gate.signal()
+        _ = try? blocker.wait(timeout: .seconds(30))
+        #expect((#expect(throws: SiloError.self) { try attach.wait(timeout: .seconds(10)) })?.code == .operationCancelled)
+        close(lease)
+        let probe = open(file, O_RDWR | O_CLOEXEC)
+        defer { close(probe) }
+        #expect(flock(probe, LOCK_EX | LOCK_NB) == 0, "a copy of the lease is still open in this process")
+        unlink(file)
+    }
+
     @Test("C12 an attach refused at the call gives back the copy of the LUN's lease it made")
     func refusedAttachKeepsNoLease() throws {
         let box = try RunningSystem("lease-copy")
@@ -318,28 +345,40 @@ struct SystemTests {
         paused.close()
     }
 
-    @Test("C3 a system's folder left without a record (a create killed before its record, a removal raced) is removed by reenumerate and its id is free again; one being made is left alone")
+    @Test("C3 a system's folder left without a record (a create killed before its record, a removal raced) is removed by reenumerate once a minute old, with its cgroup, and its id is free again; one being made is left alone")
     func orphanFolder() throws {
         let compute = TestCompute()
         defer { compute.finish() }
         let store = compute.service.store
-        // Being made: the create holds its reservation's lock until the record is written.
+        /// The folder's age, as a create's of two minutes ago would have it.
+        func age(_ id: String) {
+            var times = [timespec(tv_sec: time(nil) - 120, tv_nsec: 0), timespec(tv_sec: time(nil) - 120, tv_nsec: 0)]
+            utimensat(AT_FDCWD, store.directory(id), &times, 0)
+        }
+        // Being made: the create holds its reservation's lock until its handle is open.
         let making = "mk-\(getpid())"
         let hold = try store.reserve(making)
+        _ = try Cgroup.create(name: compute.service.configuration.cgroupName(for: making), limits: CgroupLimits(pids: 8),
+                              layout: compute.service.configuration.layout)  // its "cgroup" step done
+        age(making)
         #expect(!compute.service.reenumerate().contains(making))
         #expect(fileExists(store.directory(making)), "a create in progress keeps its folder")
-        // Its process died: the lock is free, the record never came.
+        // Its process died: the lock is free, the record never came. Young, it is left a while.
         close(hold)
+        utimensat(AT_FDCWD, store.directory(making), nil, 0)  // made just now
+        #expect(!compute.service.reenumerate().contains(making), "a minute's grace")
+        age(making)
         #expect(compute.service.reenumerate().contains(making))
         #expect(!fileExists(store.directory(making)))
         let made = try compute.service.createComputeSystem(id: making, document: compute.document()).wait(timeout: .seconds(30))
         made.close()
-        #expect(try compute.service.open(making).properties().state == .created)
+        #expect(try compute.service.open(making).properties().state == .created, "the id and its cgroup name are free again")
         // What a removal raced by an open leaves: the folder and a lock file, no record.
         let raced = "rc-\(getpid())"
         mkdir(store.directory(raced), 0o700)
         close(Glibc.open(store.directory(raced) + "/lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600))
         #expect((#expect(throws: SiloError.self) { _ = try compute.service.createComputeSystem(id: raced, document: compute.document()) })?.code == .systemAlreadyExists)
+        age(raced)
         #expect(compute.service.reenumerate().contains(raced))
         let again = try compute.service.createComputeSystem(id: raced, document: compute.document()).wait(timeout: .seconds(30))
         again.close()

@@ -57,7 +57,7 @@ public final class ComputeService: Sendable {
         reapStartedInits()
         let document = try ComputeSystemDocument(json: text)
         // Held until the record is written (or the create fails): see SystemStore.reserve.
-        let reservation = Mutex<Int32>(try store.reserve(id))
+        let reservation = Mutex<Int32>(try store.reserve(id, parent: configuration.recordedCgroupParent))
         let letGo: @Sendable () -> Void = {
             reservation.withLock { fd in
                 if fd >= 0 { Glibc.close(fd) }
@@ -88,11 +88,12 @@ public final class ComputeService: Sendable {
                 defer { letGo() }
                 return try open(id)
             }, cleanup: { [store] in
-                if !recorded.load(ordering: .acquiring) { store.remove(id) }
+                // Only a folder that is still this create's (its lock the one held).
+                if !recorded.load(ordering: .acquiring), reservation.withLock({ store.holds($0, id) }) { store.remove(id) }
                 letGo()
             }), context: context, callback: callback)
         } catch {
-            store.remove(id)
+            if reservation.withLock({ store.holds($0, id) }) { store.remove(id) }
             letGo()
             throw error
         }
@@ -146,14 +147,18 @@ public final class ComputeService: Sendable {
             // A folder with a run lock beside it is a `run`'s (from older versions): the run's way, below.
             if stat(directory, &kind) == 0, kind.st_mode & S_IFMT == S_IFDIR, access(lockPath, F_OK) != 0 {
                 // A system's folder with no record: a create that died before writing it (its
-                // reservation's lock is free then), or a removal that an open raced. The lock is
-                // made if missing: a create that reserved the folder a moment ago then fails to
-                // write its record, cleanly, instead of finding its id taken forever.
-                let lock = Glibc.open(directory + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-                guard lock >= 0 else { continue }
-                defer { Glibc.close(lock) }
-                guard flock(lock, LOCK_EX | LOCK_NB) == 0, !fileExists(directory + "/state.json") else { continue }
-                try? configuration.cgroup(of: id, parent: nil).destroy()
+                // lock is free then), or a removal that an open raced. Only one a minute old: a
+                // create is never that long between its folder and its lock.
+                guard Int64(time(nil)) - Int64(kind.st_mtim.tv_sec) >= 60 else { continue }
+                let lock = Glibc.open(directory + "/lock", O_RDWR | O_CLOEXEC)
+                defer { if lock >= 0 { Glibc.close(lock) } }
+                if lock >= 0, flock(lock, LOCK_EX | LOCK_NB) != 0 { continue }
+                guard !fileExists(directory + "/state.json") else { continue }
+                // Under the parent the create wrote in its lock (none: the default).
+                var named = [UInt8](repeating: 0, count: 1100)
+                let count = lock >= 0 ? pread(lock, &named, named.count, 0) : 0
+                let parent = count > 0 ? String(decoding: named[0..<count], as: UTF8.self) : nil
+                try? configuration.cgroup(of: id, parent: parent).destroy()
                 store.remove(id)
                 repaired.append(id)
                 continue

@@ -322,20 +322,22 @@ public final class ComputeSystem: Sendable {
             // The agent holds the lease before anything of the LUN's is inside: a process there
             // could open a raw node at once, and keep it past any rollback.
             if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
-            // The lease goes back only once nothing of the LUN's is left inside.
-            let takeBack: @Sendable () -> Void = { [self] in
+            // The lease goes back only once nothing of the LUN's is left inside. `opened`: the
+            // system may have opened the raw node meanwhile (a descriptor Linux does not revoke),
+            // and a raw LUN's lease then stays until the system stops, as after a detach.
+            let takeBack: @Sendable (_ opened: Bool) -> Void = { [self] opened in
                 let undone = (try? enter(record, device, attach: false)) != nil
                 if device.grant != nil { try? cgroup.setBlockDevices(attached, removing: [device.deviceNumber]) }
-                if lease >= 0, undone, !heldBefore { try? agent().release(tag: device.leaseTag) }
+                if lease >= 0, undone, !heldBefore, !(opened && device.mountPath == nil) { try? agent().release(tag: device.leaseTag) }
             }
             do {
                 if let grant = device.grant { try cgroup.setBlockDevices(attached + [grant]) }
                 try enter(record, device, attach: true)
             } catch {
-                takeBack()
+                takeBack(false)
                 throw error
             }
-            undo.withLock { $0 = takeBack }
+            undo.withLock { $0 = { takeBack(true) } }
             let raw = device.mountPath == nil
             return {
                 $0.attachments = ($0.attachments ?? []) + [Attachment(device)]
@@ -772,8 +774,10 @@ public final class ComputeSystem: Sendable {
         // Refused at once, the operation never runs to call it: called here then.
         do throws(SiloError) {
             try checkState(type, allowed, try store.load(id))
+            // Cancelled in the queue, the work never runs: what it would have let go, goes then
+            // (the copies of LUN leases a start or an attach made, which kept the LUNs leased).
             return try service.scheduler.run(type, context: context, callback: callback, events: throughChannel ? events : nil,
-                                              cancellable: false) {
+                                              cancellable: false, withdrawn: { finally() }) {
                 [self] _ in
                 defer { finally() }
                 try store.locked(id) { () throws(SiloError) in

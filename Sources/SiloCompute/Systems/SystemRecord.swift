@@ -60,13 +60,14 @@ struct SystemStore: Sendable {
     func directory(_ id: String) -> String { systems + "/" + id }
     func root(_ id: String) -> String { directory(id) + "/root" }
 
-    /// Makes the system's folder; an existing one means the id is taken (C3).
-    /// Makes the system's folder, which reserves its id, and takes the system's lock in it, which
-    /// the caller holds until the record is written: a folder without a record whose lock is free
-    /// is a create that died (or a removal that raced an open), which ``ComputeService/reenumerate()``
-    /// removes. Returns the lock's descriptor, which the caller closes.
+    /// Makes the system's folder, which reserves its id (an existing one means the id is taken,
+    /// C3), and takes the system's lock in it, which the caller holds until its handle is open: a
+    /// folder without a record whose lock is free is a create that died (or a removal that raced
+    /// an open), which ``ComputeService/reenumerate()`` removes. `parent`, the cgroup parent the
+    /// create uses where it is not the default, is written in the lock for that sweep.
+    /// Returns the lock's descriptor, which the caller closes.
     @discardableResult
-    func reserve(_ id: String) throws(SiloError) -> Int32 {
+    func reserve(_ id: String, parent: String? = nil) throws(SiloError) -> Int32 {
         var path = ""
         for component in systems.split(separator: "/") {
             path += "/" + String(component)
@@ -78,14 +79,30 @@ struct SystemStore: Sendable {
             }
             throw SiloError.system("mkdir", errno: errno, path: directory(id))
         }
-        let lock = open(directory(id) + "/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let lockPath = directory(id) + "/lock"
+        let lock = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lock >= 0, flock(lock, LOCK_EX) == 0 else {
-            let error = SiloError.system("open", errno: errno, path: directory(id) + "/lock")
+            let error = SiloError.system("open", errno: errno, path: lockPath)
             if lock >= 0 { close(lock) }
-            remove(id)
+            rmdir(directory(id))
             throw error
         }
+        // Still the folder's lock: a sweep that took it between the open and the flock removed
+        // the folder, and the id may be another create's by now. Nothing of it is this call's.
+        guard holds(lock, id) else {
+            close(lock)
+            throw SiloError(.systemAlreadyExists, "the folder of compute system '\(id)' was removed while it was made; try again",
+                            field: "id", value: id)
+        }
+        if let parent { _ = Array(parent.utf8).withUnsafeBytes { pwrite(lock, $0.baseAddress, $0.count, 0) } }
         return lock
+    }
+
+    /// Whether `lock` is the lock file in system `id`'s folder now (same file, still linked).
+    func holds(_ lock: Int32, _ id: String) -> Bool {
+        var held = stat(), named = stat()
+        return fstat(lock, &held) == 0 && stat(directory(id) + "/lock", &named) == 0
+            && held.st_dev == named.st_dev && held.st_ino == named.st_ino
     }
 
     func load(_ id: String) throws(SiloError) -> SystemRecord {
