@@ -348,11 +348,17 @@ public struct LoopDevice: Sendable, Hashable, Codable {
 
     /// The bound devices whose backing file is the file at `path` (same device and inode), with
     /// their tags; empty when the file cannot be read. Opens each bound device once.
+    /// Only devices whose backing file has the same name, as sysfs gives it, are opened: a LUN's
+    /// file name is its own (an id), and opening every bound device would wait on any of them a
+    /// configure or clear holds.
     static func bound(toFile path: String) -> [(device: LoopDevice, tag: String)] {
         var file = stat()
         guard stat(path, &file) == 0 else { return [] }
+        let name = path.split(separator: "/").last.map(String.init) ?? path
         return all().compactMap { device in
-            guard fileExists(device.sysfs + "/loop/backing_file"), let binding = device.binding,
+            guard let backing = readSmallFile(device.sysfs + "/loop/backing_file"),
+                  backing.split(separator: "/").last.map({ $0 == name || $0 == name + " (deleted)" }) == true,
+                  let binding = device.binding,
                   binding.fileDevice == UInt64(file.st_dev), binding.inode == UInt64(file.st_ino) else { return nil }
             return (device, binding.tag)
         }

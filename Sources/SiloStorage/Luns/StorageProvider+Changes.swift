@@ -49,7 +49,7 @@ extension StorageProvider {
                     // The mark and the stable name go under the same lock as the record: once
                     // it is let go, a create may take the name, and a delete of that LUN mark it.
                     try registry.locked { () throws(SiloError) in
-                        try refuseForeignUse(record)  // bound by another tool since the check
+                        try refuseForeignUse(record)  // here, where nothing of the LUN has gone yet
                         let device = attachedDevice(record, everywhere: true)
                         try unleased(name, device: device) { () throws(SiloError) in
                             if let device { try device.unbind(expecting: record.tag) }
@@ -79,7 +79,7 @@ extension StorageProvider {
             throw SiloError(.deviceInUse, "LUN '\(record.name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: record.name)
         }
-        try refuseForeignUse(record)
+        // Another tool's device over the file: the delete checks, once, right before it removes it.
     }
 
     /// A LUN whose backing file another tool's loop device is bound to (a `losetup` by hand) is in
@@ -307,7 +307,7 @@ extension StorageProvider {
                     // A record that cannot say online must not be left with a device it does not
                     // name: the one this call bound goes, and its stable name with it.
                     if let attached {
-                        _ = try? attached.detach(expecting: record.tag)
+                        _ = try? attached.unbind(expecting: record.tag)  // this call's: no in-use check to refuse it
                         unlinkName(name)
                     }
                     throw error
@@ -421,6 +421,12 @@ extension StorageProvider {
         let probe = try BlockProbe.probe(path: device?.path ?? record.backingFile, sectorSize: device == nil ? record.blockSize : nil)
         let end = probe.dataEnd(deviceSize: record.size)
         guard end <= newSize else {
+            if probe.ambiguous {
+                throw SiloError(.shrinkOverData,
+                                "LUN '\(record.name)' holds data Silo cannot tell the end of (libblkid found more than one signature, "
+                                    + "or could not read the device); shrink the data first or pass --force",
+                                field: "by", value: "\(record.size - newSize)")
+            }
             let what = probe.filesystemType.map { "a \($0) file system" } ?? "a \(probe.partitionTableType ?? "partition") table"
             throw SiloError(
                 .shrinkOverData,
