@@ -109,7 +109,10 @@ struct SystemTests {
             _ = reap(started.pid)
             return text.filter { !$0.isWhitespace }
         }
-        defer { devices.forEach { _ = output("/sbin/losetup", ["-d", $0]) } }
+        defer {
+            devices.forEach { _ = output("/sbin/losetup", ["-d", $0]) }
+            for index in 0..<2 { unlink(box.compute.state + "/disk\(index)") }
+        }
         for index in 0..<2 {
             let file = box.compute.state + "/disk\(index)"
             let fd = open(file, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
