@@ -374,11 +374,15 @@ struct LunAttachTests {
         let refused = silo(state, ["system", "modify", id, "--detach", "data"])
         #expect(refused.status != 0, "the detach said it was done while the agent kept the lease: \(refused.output)")
         #expect(silo(state, ["system", "properties", id, "--json"]).output.contains("/data"), "still listed")
+        // Refused before anything changed: the LUN is still mounted inside (checked below, once
+        // the 64 connections are let go and a process can be started).
         #expect(!storage.provider.leaseHolders("data").isEmpty, "still leased")
         #expect(silo(state, ["lun", "delete", "data"]).status != 0)
         held.forEach { close($0) }
         held = []
         usleep(100_000)
+        #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "grep -q ' /data ' /proc/mounts"]).status == 0,
+                "the refused detach unmounted nothing")
         let retried = silo(state, ["system", "modify", id, "--detach", "data"])
         #expect(retried.status == 0, "\(retried.error)")
         #expect(storage.provider.leaseHolders("data").isEmpty, "the lease is given back")

@@ -398,6 +398,10 @@ public final class ComputeSystem: Sendable {
                 throw SiloError(.objectNotFound, "LUN '\(name)' is not attached to compute system '\(id)'", field: "lun", value: name)
             }
             let device = attachment.device
+            // The agent must give a mounted LUN's lease back after the unmount: one it cannot be
+            // reached through (its connections full, this handle closed) fails the detach here,
+            // before anything of the LUN's has changed.
+            if device.mountPath != nil { _ = try agent().request(SILO_AGENT_LIST) }
             try enter(record, device, attach: false)
             let remaining = try store.load(id).attachments?.filter { $0.lun != name }.compactMap(\.device.grant) ?? []
             try cgroup.setBlockDevices(remaining, removing: [device.deviceNumber])
