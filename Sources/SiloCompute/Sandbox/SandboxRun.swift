@@ -212,6 +212,13 @@ public enum SandboxRun {
     /// `<systems>/.<id>.run`: held by a running `run` (hidden from `ids()` by its dot).
     static func runLock(systems: String, id: String) -> String { systems + "/." + id + ".run" }
 
+    /// The cgroup parent a run's lock or a create's names (nil: none, the default).
+    static func cgroupParent(writtenIn lock: Int32) -> String? {
+        var named = [UInt8](repeating: 0, count: 1100)
+        let count = lock >= 0 ? pread(lock, &named, named.count, 0) : 0
+        return count > 0 ? String(decoding: named[0..<count], as: UTF8.self) : nil
+    }
+
     /// System ids: 1 to 64 of letters, digits, '.', '_', '-', starting with a letter or digit.
     public static func validateID(_ id: String) throws(SiloError) {
         guard !id.isEmpty, id.utf8.count <= 64, let first = id.unicodeScalars.first,

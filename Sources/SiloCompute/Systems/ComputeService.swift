@@ -155,10 +155,7 @@ public final class ComputeService: Sendable {
                 if lock >= 0, flock(lock, LOCK_EX | LOCK_NB) != 0 { continue }
                 guard !fileExists(directory + "/state.json") else { continue }
                 // Under the parent the create wrote in its lock (none: the default).
-                var named = [UInt8](repeating: 0, count: 1100)
-                let count = lock >= 0 ? pread(lock, &named, named.count, 0) : 0
-                let parent = count > 0 ? String(decoding: named[0..<count], as: UTF8.self) : nil
-                try? configuration.cgroup(of: id, parent: parent).destroy()
+                try? configuration.cgroup(of: id, parent: SandboxRun.cgroupParent(writtenIn: lock)).destroy()
                 store.remove(id)
                 repaired.append(id)
                 continue
@@ -169,10 +166,7 @@ public final class ComputeService: Sendable {
             defer { Glibc.close(lock) }
             guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
             // Under the parent the run wrote in its lock (none: the default), not this call's.
-            var named = [UInt8](repeating: 0, count: 1100)
-            let count = pread(lock, &named, named.count, 0)
-            let parent = count > 0 ? String(decoding: named[0..<count], as: UTF8.self) : nil
-            let cgroup = configuration.cgroup(of: id, parent: parent)
+            let cgroup = configuration.cgroup(of: id, parent: SandboxRun.cgroupParent(writtenIn: lock))
             guard (try? cgroup.destroy()) != nil else { continue }
             if unlink(directory) != 0 { rmdir(directory) }  // a run's file (a folder, from older versions)
             unlink(lockPath)

@@ -341,63 +341,45 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     }
 
     /// The bound devices whose backing file's path, as sysfs gives it, contains `text` (a LUN's
-    /// id, which names its file): a look that opens no device.
+    /// id, which names its file): a look that opens no device. Each device's `backing_file` is read
+    /// relative to one open `/sys/block` into one buffer (an idle node answers ENOENT at once): a
+    /// thousand LUNs and as many idle nodes cost 7 ms with a path and an allocation for each.
     static func bound(naming text: String) -> [LoopDevice] {
-        all().filter { readSmallFile($0.sysfs + "/loop/backing_file")?.contains(text) == true }
-    }
-
-    /// The bound devices whose backing file is the file at `path` (same device and inode), with
-    /// their tags; empty when the file cannot be read. Opens each bound device once.
-    /// Only devices whose backing file has the same name, as sysfs gives it, are opened: a LUN's
-    /// file name is its own (an id), and opening every bound device would wait on any of them a
-    /// configure or clear holds. The sysfs walk reads each device's `backing_file` relative to
-    /// one open `/sys/block` into one buffer (an idle node answers ENOENT at once): a thousand LUNs
-    /// and as many idle nodes cost a delete 7 ms with a path and an allocation for each.
-    static func bound(toFile path: String) -> [(device: LoopDevice, tag: String)] {
-        var file = stat()
-        guard stat(path, &file) == 0 else { return [] }
-        let suffix = Array(("/" + (path.split(separator: "/").last.map(String.init) ?? path)).utf8)
+        let needle = Array(text.utf8)
         let block = open("/sys/block", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard block >= 0, let directory = fdopendir(dup(block)) else {
-            if block >= 0 { close(block) }
-            return []
-        }
-        defer {
-            closedir(directory)
-            close(block)
-        }
+        guard block >= 0 else { return [] }
+        defer { close(block) }
+        guard let directory = fdopendir(dup(block)) else { return [] }
+        defer { closedir(directory) }
         var matches: [LoopDevice] = []
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer in
             while let entry = readdir(directory) {
-                let number: Int? = withUnsafePointer(to: entry.pointee.d_name) {
-                    $0.withMemoryRebound(to: UInt8.self, capacity: 256) { name -> Int? in
-                        guard name[0] == UInt8(ascii: "l"), name[1] == UInt8(ascii: "o"), name[2] == UInt8(ascii: "o"),
-                              name[3] == UInt8(ascii: "p"), name[4] != 0 else { return nil }
-                        var value = 0
-                        var index = 4
-                        while name[index] != 0 {
-                            guard name[index] >= UInt8(ascii: "0"), name[index] <= UInt8(ascii: "9"), value < 1 << 30 else { return nil }
-                            value = value * 10 + Int(name[index] - UInt8(ascii: "0"))
-                            index += 1
-                        }
-                        return value
-                    }
+                let name = withUnsafePointer(to: entry.pointee.d_name) {
+                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
                 }
-                guard let number else { continue }
-                let fd = openat(block, "loop\(number)/loop/backing_file", O_RDONLY | O_CLOEXEC)
+                guard name.hasPrefix("loop"), let number = Int(name.dropFirst(4)) else { continue }
+                let fd = openat(block, name + "/loop/backing_file", O_RDONLY | O_CLOEXEC)
                 guard fd >= 0 else { continue }  // not bound
                 let count = read(fd, buffer.baseAddress, buffer.count)
                 close(fd)
-                guard count > suffix.count else { continue }
-                var end = count
-                while end > 0, buffer[end - 1] == UInt8(ascii: "\n") { end -= 1 }
-                let tail = UnsafeBufferPointer(rebasing: buffer[(end - min(end, suffix.count))..<end])
-                if tail.elementsEqual(suffix) { matches.append(LoopDevice(number: number)) }
+                guard count >= needle.count, !needle.isEmpty else { continue }
+                let found = (0...(count - needle.count)).contains { start in
+                    (0..<needle.count).allSatisfy { buffer[start + $0] == needle[$0] }
+                }
+                if found { matches.append(LoopDevice(number: number)) }
             }
         }
-        return matches.compactMap { device in
-            guard let binding = device.binding, binding.fileDevice == UInt64(file.st_dev), binding.inode == UInt64(file.st_ino)
-            else { return nil }
+        return matches.sorted { $0.number < $1.number }
+    }
+
+    /// The bound devices whose backing file is the file at `path` (same device and inode), with
+    /// their tags; empty when the file cannot be read. Only those whose path names the same file
+    /// (a LUN's file name is its id) are opened: opening every bound device would wait on any
+    /// of them that a configure or clear holds.
+    static func bound(toFile path: String) -> [(device: LoopDevice, tag: String)] {
+        guard let file = FileIdentity(path: path) else { return [] }
+        return bound(naming: String(path.split(separator: "/").last ?? Substring(path))).compactMap { device in
+            guard let binding = device.binding, binding.fileDevice == file.device, binding.inode == file.inode else { return nil }
             return (device, binding.tag)
         }
     }

@@ -79,11 +79,11 @@ extension StorageProvider {
             throw SiloError(.deviceInUse, "LUN '\(record.name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: record.name)
         }
-        // Another tool's device over the file: the delete checks, once, right before it removes it.
     }
 
     /// A LUN whose backing file another tool's loop device is bound to (a `losetup` by hand) is in
-    /// use by it: its file is not removed or cut under that device, whose reads and writes go to it.
+    /// use by it: its file is not bound again, removed or cut under that device, whose reads and
+    /// writes go to it, and the device is not Silo's to detach (S13).
     /// - Throws: `code` (`deviceInUse` by default), naming the device.
     func refuseForeignUse(_ record: LunRecord, code: SiloError.Code = .deviceInUse) throws(SiloError) {
         let foreign = Self.foreignDevices(of: record)
@@ -336,7 +336,9 @@ extension StorageProvider {
     }
 
     func attach(_ record: LunRecord) throws(SiloError) -> LoopDevice {
-        try refuseForeignDevices(record)
+        // Two devices over one file, one with direct I/O and one through the page cache, would
+        // each miss the other's writes.
+        try refuseForeignUse(record)
         let device = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
         do throws(SiloError) {
             try link(record.name, to: device)
@@ -345,18 +347,6 @@ extension StorageProvider {
             throw error
         }
         return device
-    }
-
-    /// A LUN's file bound to a loop device that is not the LUN's (`losetup` by hand, another
-    /// tool) is never bound to a second one: two devices over one file, one with direct I/O and one
-    /// through the page cache, would each miss the other's writes. The other device is not Silo's
-    /// to detach (S13).
-    func refuseForeignDevices(_ record: LunRecord) throws(SiloError) {
-        let foreign = Self.foreignDevices(of: record)
-        guard !foreign.isEmpty else { return }
-        throw SiloError(.deviceInUse, "the backing file of LUN '\(record.name)' is bound to \(foreign.map(\.path).joined(separator: ", ")), "
-                        + "which is not Silo's; a second device over one file would corrupt it: detach that one first (losetup -d)",
-                        field: "name", value: record.name)
     }
 
     /// The devices bound to a LUN's backing file that do not carry its tag.
