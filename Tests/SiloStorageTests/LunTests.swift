@@ -1,6 +1,7 @@
 import CSiloLinux
 import Dispatch
 import Glibc
+import Synchronization
 import SiloOperations
 import Testing
 
@@ -480,6 +481,53 @@ struct LunTests {
         let second = try storage.create("fits", size: 64 << 20)
         #expect(run("/sbin/mkfs.ext4", ["-q", "-F", try #require(second.devicePath), "16M"]).status == 0)
         #expect(try storage.provider.shrinkLun("fits", by: 32 << 20).wait().size == 32 << 20)
+    }
+
+    @Test("S9 a write past the new end while a shrink runs cannot grow the file back: the device is cut before its file")
+    func shrinkUnderWrites() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let device = try #require(try storage.create("written", size: 64 << 20).devicePath)
+        // A writer that keeps writing the last block before the size the main thread names: in
+        // the LUN until its shrink, past its new end after.
+        let target = Atomic<Int64>(-1)
+        let stop = Atomic<Bool>(false)
+        let done = DispatchSemaphore(value: 0)
+        let fd = open(device, O_RDWR | silo_O_DIRECT | O_CLOEXEC)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        DispatchQueue.global().async {
+            let block = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+            block.initializeMemory(as: UInt8.self, repeating: 0x5a, count: 4096)
+            while !stop.load(ordering: .relaxed) {
+                let offset = target.load(ordering: .relaxed)
+                if offset >= 0 { _ = pwrite(fd, block, 4096, off_t(offset)) }
+            }
+            block.deallocate()
+            done.signal()
+        }
+        var size: UInt64 = 64 << 20
+        var failures: [String] = []
+        for _ in 0..<24 {
+            target.store(Int64(size) - 4096, ordering: .relaxed)
+            usleep(200)
+            do {
+                size = try storage.provider.shrinkLun("written", by: 1 << 20).wait(timeout: .seconds(30)).size
+            } catch {
+                failures.append("\(error)")
+                break
+            }
+        }
+        stop.store(true, ordering: .relaxed)
+        done.wait()
+        #expect(failures.isEmpty, "a shrink failed under writes: \(failures)")
+        let lun = try storage.provider.lun(named: "written")
+        #expect(lun.size == 40 << 20 && size == 40 << 20, "record \(lun.size), last shrink \(size)")
+        #expect(BackingFile.size(lun.backingFile) == 40 << 20, "the file grew back")
+        #expect(readNumber("/sys/block/\(device.dropFirst(5))/size").map { $0 * 512 } == 40 << 20)
+        // The cap is gone with the shrink: an extend still grows the device.
+        #expect(try storage.provider.extendLun("written", by: 1 << 20).wait(timeout: .seconds(30)).size == 41 << 20)
+        #expect(readNumber("/sys/block/\(device.dropFirst(5))/size").map { $0 * 512 } == 41 << 20)
     }
 
     @Test("S9 the shrink guard reads an offline LUN at its own sector size, keeps a GPT's backup header, and refuses a LUN in use or an amount past the size")

@@ -281,6 +281,25 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
     }
 
+    /// Caps the device at `bytes` (`lo_sizelimit`; 0 takes the cap away, and the device is its
+    /// file's size again). The kernel drains the device's I/O and drops its page cache on the way:
+    /// a write past a new cap fails instead of reaching the file. How a shrink cuts the device
+    /// before its file, so no write can grow the file back meanwhile.
+    /// - Parameter tag: the owner tag the device must carry, checked under the device's lock: a
+    ///   device bound again by someone else since the caller looked is left alone.
+    /// - Throws: `objectDeleted` naming the device when it no longer carries `tag`.
+    func limitSize(to bytes: UInt64, expecting tag: String) throws(SiloError) {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        flock(fd, LOCK_EX)
+        var info = loop_info64()
+        guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
+            throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
+        }
+        info.lo_sizelimit = bytes
+        try syscall("LOOP_SET_STATUS64", path: path) { silo_loop_set_status64(fd, &info) }
+    }
+
     /// The file the device is bound to, from sysfs (one file of the six `status` reads). Nil
     /// when the device is not bound.
     public var backingFile: String? { readSmallFile("\(sysfs)/loop/backing_file") }

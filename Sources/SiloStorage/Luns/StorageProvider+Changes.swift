@@ -233,16 +233,16 @@ extension StorageProvider {
         let chain = OperationChain<LunProperties>([
             // Cutting the file loses what lies past the cut: there is no undoing it.
             OperationStep("cut backing file", weight: 2, pointOfNoReturn: true, run: { [self] _ in
-                guard !force else { return try BackingFile.resize(record.backingFile, to: newSize) }
+                let device = attachedDevice(record, everywhere: true)
+                guard !force else { return try cut(record, to: newSize, device: device) }
                 // Checked again where a lease cannot be taken meanwhile: a system may have been
                 // given the LUN (and mounted it) since the call's check.
-                let device = attachedDevice(record, everywhere: true)
                 try unleased(name, device: device) { () throws(SiloError) in
                     if let device, let use = InUse.check(device) {
                         throw SiloError(.shrinkOverData, "LUN '\(name)' is in use (\(use)); release it or pass --force",
                                         field: "name", value: name)
                     }
-                    try BackingFile.resize(record.backingFile, to: newSize)
+                    try cut(record, to: newSize, device: device)
                 }
             }),
             OperationStep("resize device", weight: 1, run: { [self] _ in
@@ -384,6 +384,30 @@ extension StorageProvider {
     }
 
     /// Confirms the LUN's device took its new capacity.
+    /// Cuts a LUN's file to `size`, its device first: capped at the new end before the file is
+    /// cut, and uncapped after. A write past the new end while the file was cut and before the
+    /// device learned it went into the file past its end and grew it back, and the shrink failed
+    /// after its point of no return (a writer of the last blocks did it in every run of the test).
+    /// The cap alone is not enough: a write checked against the old size just before it may still
+    /// be on its way through the kernel's queue, and land after the cut. Each cap drains that
+    /// queue (the kernel freezes it), so the file is cut, the queue drained, and the file cut again
+    /// while a straggler grew it.
+    private func cut(_ record: LunRecord, to size: UInt64, device: LoopDevice?) throws(SiloError) {
+        guard let device else { return try BackingFile.resize(record.backingFile, to: size) }
+        try device.limitSize(to: size, expecting: record.tag)
+        do throws(SiloError) {
+            for _ in 0..<10 {
+                try BackingFile.resize(record.backingFile, to: size)
+                try device.limitSize(to: size, expecting: record.tag)
+                if BackingFile.size(record.backingFile) == size { break }
+            }
+        } catch {
+            try? device.limitSize(to: 0, expecting: record.tag)  // the device is its file's size again
+            throw error
+        }
+        try device.limitSize(to: 0, expecting: record.tag)
+    }
+
     private func checkDeviceSize(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
         guard let device = attachedDevice(record, everywhere: true) else { return }
         let now = device.status?.size ?? 0
