@@ -104,6 +104,7 @@ struct CgroupTests {
 
     @Test("C13 a v1 hierarchy reached through a link (cpu -> cpu,cpuacct) is placed at the mount point, as mountinfo names it")
     func standardLayoutFollowsLinks() throws {
+        if CgroupLayout.detect().legacy["cpu"] == nil { try Test.cancel("no v1 cpu hierarchy on this host to mount again") }
         let base = "/tmp/silo-layout-\(getpid())"
         mkdir(base, 0o755)
         defer { rmdir(base) }
@@ -168,7 +169,9 @@ struct CgroupTests {
         case .v1?:
             #expect(readText(try cgroup.path("cpu") + "/cpu.cfs_quota_us") == "200000")
             #expect(readText(try cgroup.path("cpu") + "/cpu.shares") == "2048")
-        case .v2?: #expect(readText(try cgroup.path("unified") + "/cpu.max") == "200000 100000")
+        case .v2?:
+            #expect(readText(try cgroup.path("unified") + "/cpu.max") == "200000 100000")
+            #expect(readText(try cgroup.path("unified") + "/cpu.weight") == "200")
         case nil: break
         }
         #expect(readText((cgroup.directory("pids") ?? "") + "/pids.max") == "64")
@@ -193,6 +196,44 @@ struct CgroupTests {
         let status = reap(pid)
         #expect(status == 128 + SIGKILL, "dd exited \(status)")
         #expect(cgroup.oomKills >= 1)
+    }
+
+    @Test("C13 a cgroup2 controller the kernel will not enable is named, with why: not delegated to the level, or the level holds processes",
+          .enabled(if: CgroupLayout.detect().unified.map { !(readText($0 + "/cgroup.controllers") ?? "").isEmpty } ?? false,
+                   "no controller on this host's cgroup2 mount"))
+    func controllerRefusals() throws {
+        let unified = try #require(layout.unified)
+        let available = (readText(unified + "/cgroup.controllers") ?? "").split(separator: " ").map(String.init)
+        let given = (readText(unified + "/cgroup.subtree_control") ?? "").split(separator: " ").map(String.init)
+        let level = unified + "/" + makeName()
+        try #require(mkdir(level, 0o755) == 0)
+        defer { rmdir(level) }
+        // Not delegated: a controller of the host's that the level's parent does not pass down.
+        if let missing = available.first(where: { !given.contains($0) }) {
+            let error = #expect(throws: SiloError.self) { try Cgroup.enable([missing], in: level) }
+            #expect(error?.code == .systemNotConfiguredForOperation && error?.value == level
+                    && error?.message.contains("the \(missing) controller is not delegated to \(level)") == true, "\(String(describing: error))")
+        }
+        // A level that holds a process of its own gives its children no controller.
+        let controller = try #require(given.first ?? available.first)
+        let added = !given.contains(controller)
+        if added { try writeText(unified + "/cgroup.subtree_control", "+" + controller) }
+        defer { if added { try? writeText(unified + "/cgroup.subtree_control", "-" + controller) } }
+        var pid: pid_t = 0
+        let words = ["/bin/sleep", "30"]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        try #require(posix_spawn(&pid, "/bin/sleep", nil, nil, argv, environ) == 0)
+        defer {
+            kill(pid, SIGKILL)
+            waitpid(pid, nil, 0)
+        }
+        try writeText(level + "/cgroup.procs", "\(pid)")
+        let error = #expect(throws: SiloError.self) { try Cgroup.enable([controller], in: level) }
+        #expect(error?.code == .systemNotConfiguredForOperation && error?.field == "cgroup parent"
+                && error?.message.contains("cannot enable the \(controller) cgroup controller: \(level) holds processes of its own") == true,
+                "\(String(describing: error))")
+        #expect(readText(level + "/cgroup.subtree_control") == "", "nothing was enabled")
     }
 
     @Test("C13 cgroup2's device program allows the minimal /dev and the system's LUNs and denies the rest",
@@ -289,7 +330,7 @@ struct CgroupTests {
     func freezeThawKill(legacyFreezer: Bool) throws {
         var layout = self.layout
         layout.preferLegacyFreezer = legacyFreezer
-        if legacyFreezer, layout.legacy["freezer"] == nil { return }  // no v1 freezer here
+        if legacyFreezer, layout.legacy["freezer"] == nil { try Test.cancel("no v1 freezer on this host: the v1 path cannot run") }
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 64), layout: layout)
         defer { try? cgroup.destroy() }
         let pid = try startInside(cgroup, "while true; do sleep 0.01 & wait; done")

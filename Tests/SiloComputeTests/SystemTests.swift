@@ -410,8 +410,9 @@ struct SystemTests {
                 #expect(!tooLate && error.code == .operationCancelled, "\(error)")
                 cancelled += 1
                 #expect(compute.service.enumerate(id: id).isEmpty, "no record")
-                let left = directoryEntries("/sys/fs/cgroup").flatMap { hierarchy in
-                    directoryEntries("/sys/fs/cgroup/\(hierarchy)/silo").filter { $0.hasPrefix(id + ".") }
+                let layout = CgroupLayout.detect()
+                let left = ([layout.unified].compactMap { $0 } + layout.legacy.values).flatMap { root in
+                    directoryEntries(root + "/silo").filter { $0.hasPrefix(id + ".") }
                 }
                 #expect(left.isEmpty, "no cgroup: \(left)")
                 // The id is free again.

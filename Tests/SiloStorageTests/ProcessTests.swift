@@ -449,9 +449,7 @@ struct LunAttachTests {
         // Init dies behind Silo's back.
         let record = readSmallFile(state + "/run/systems/\(id)/state.json") ?? ""
         let pid = try #require(record.firstRange(of: #""initPID":"#).flatMap { Int32(record[$0.upperBound...].prefix { $0.isNumber }) })
-        let cgroups = directoryEntries("/sys/fs/cgroup").flatMap { hierarchy in
-            directoryEntries("/sys/fs/cgroup/\(hierarchy)/silo").filter { $0.hasPrefix(id + ".") }.map { "/sys/fs/cgroup/\(hierarchy)/silo/\($0)" }
-        }
+        let cgroups = systemCgroups(id)
         #expect(!cgroups.isEmpty, "the system's cgroups are found where they are made")
         kill(pid, SIGKILL)
         let stopped = waitUntil { silo(state, ["system", "properties", id, "--json"]).output.contains(#""Stopped""#) }

@@ -187,6 +187,14 @@ struct RawLunTests {
     }
 }
 
+/// The cgroup folders of system `id` (`<id>.<hash>` outside /run/silo) in every hierarchy: each v1
+/// one's `silo/`, and on a pure cgroup v2 host /sys/fs/cgroup's own.
+func systemCgroups(_ id: String) -> [String] {
+    (["/sys/fs/cgroup"] + directoryEntries("/sys/fs/cgroup").map { "/sys/fs/cgroup/" + $0 }).flatMap { root in
+        directoryEntries(root + "/silo").filter { $0.hasPrefix(id + ".") }.map { root + "/silo/" + $0 }
+    }
+}
+
 /// The number after the highest loop node the host has now.
 func nextLoopNumber() -> Int {
     (directoryEntries("/sys/block").compactMap { $0.hasPrefix("loop") ? Int($0.dropFirst(4)) : nil }.max() ?? -1) + 1

@@ -100,7 +100,7 @@ public final class Cgroup: Sendable {
         // system's of the same name, EEXIST) is not this call's to remove.
         var made: [String] = []
         do throws(SiloError) {
-            let wanted = ["memory", "cpu", "pids"].filter { layout.unifiedControllers.contains($0) }
+            let wanted = unifiedControllers(for: limits, enforcingOnly: enforcingOnly, layout: layout)
             for path in Set(directories.values) {
                 // Another process removes the shared default parent `silo` when its last system
                 // goes: if that happens between the parent's mkdir and this one, make it again.
@@ -110,7 +110,9 @@ public final class Cgroup: Sendable {
                         try makeParent(layout.parent, under: roots[path] ?? "",
                                        enabling: path == directories["unified"] ? wanted : [])
                     } catch {
-                        guard error.errno == ENOENT, attempts < 20 else { throw error }
+                        // Only a level that vanished under a mkdir or an open is the race; a
+                        // controller the kernel refuses to enable is not, and names itself.
+                        guard error.errno == ENOENT, error.syscall == "mkdir" || error.syscall == "open", attempts < 20 else { throw error }
                         attempts += 1
                         continue
                     }
@@ -137,6 +139,17 @@ public final class Cgroup: Sendable {
         return cgroup
     }
 
+    /// The cgroup2 controllers a cgroup with `limits` needs enabled above it: those that enforce a
+    /// limit, and memory for a system's statistics (`memory.current`; cpu.stat is there without
+    /// the cpu controller). Fewer is better: each is one more thing a delegated subtree must allow.
+    static func unifiedControllers(for limits: CgroupLimits, enforcingOnly: Bool, layout: CgroupLayout) -> [String] {
+        var wanted: [String] = []
+        if limits.memory != nil || !enforcingOnly { wanted.append("memory") }
+        if limits.cpus != nil || limits.cpuWeight != nil { wanted.append("cpu") }
+        if limits.pids != nil { wanted.append("pids") }
+        return wanted.filter { layout.unifiedControllers.contains($0) }
+    }
+
     /// Makes `parent` (one level or more) under a hierarchy's `root`, enabling `controllers` (on
     /// cgroup2; none on v1) in the subtree_control of the root and of each level made or found.
     /// A level that is there must be a folder: a parent naming one of a cgroup's files
@@ -161,18 +174,38 @@ public final class Cgroup: Sendable {
         if !controllers.isEmpty { try enable(controllers, in: current) }
     }
 
-    /// Writes the controllers `directory`'s subtree_control lacks, if any. Built by hand: the
-    /// generic joined(separator:) costs a fresh process 0.2M instructions of runtime lookups on
-    /// its first use.
-    private static func enable(_ controllers: [String], in directory: String) throws(SiloError) {
+    /// Writes the controllers `directory`'s subtree_control lacks, one write each, so a refusal
+    /// names its controller. The kernel's two refusals get messages that say what to do:
+    /// - EBUSY: the level holds processes of its own, and cgroup2 gives controllers only to the
+    ///   children of a level without them ("no internal processes"). A container's cgroup
+    ///   namespace root, or a delegated unit whose own processes sit in its top cgroup, does this.
+    /// - ENOENT: the controller is not in the level's `cgroup.controllers` (not delegated to it).
+    static func enable(_ controllers: [String], in directory: String) throws(SiloError) {
         let path = directory + "/cgroup.subtree_control"
         guard let enabled = readText(path) else { throw SiloError.system("open", errno: errno, path: path) }
         let present = enabled.split(separator: " ")
-        var missing = ""
-        for controller in controllers where !present.contains(where: { $0 == controller }) {
-            missing += (missing.isEmpty ? "+" : " +") + controller
+        let missing = controllers.filter { controller in !present.contains(where: { $0 == controller }) }
+        if missing.isEmpty { return }
+        let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+        defer { Glibc.close(fd) }
+        for controller in missing {
+            let value = "+" + controller
+            if value.withCString({ write(fd, $0, strlen($0)) }) >= 0 { continue }
+            let error = errno
+            let reason: String
+            switch error {
+            case EBUSY:
+                reason = "\(directory) holds processes of its own, and cgroup v2 enables controllers only below a cgroup "
+                    + "without them; set SILO_CGROUP_PARENT to a subtree delegated to Silo whose processes sit in a leaf"
+            case ENOENT:
+                reason = "the \(controller) controller is not delegated to \(directory) (it is not in its cgroup.controllers)"
+            default:
+                reason = "writing '\(value)' to \(path) failed: \(String(cString: strerror(error))) (errno \(error))"
+            }
+            throw SiloError(.systemNotConfiguredForOperation, "cannot enable the \(controller) cgroup controller: \(reason)",
+                            field: "cgroup parent", value: directory, syscall: "write", errno: error)
         }
-        if !missing.isEmpty { try writeText(path, missing) }
     }
 
     init(name: String, layout: CgroupLayout, directories: [String: String]) {
@@ -222,6 +255,12 @@ public final class Cgroup: Sendable {
     /// Changes the memory, CPU and pids limits of a live cgroup (the fields that are set); the
     /// devices stay as they are [HcsModifyComputeSystem Update].
     public func update(_ limits: CgroupLimits) throws(SiloError) {
+        // A limit the system did not have at its create may need a controller its parent was
+        // not given then (cgroup2 enables them per level): enabled on the way down, as create does.
+        if let unified = layout.unified, directories["unified"] != nil {
+            let wanted = Self.unifiedControllers(for: limits, enforcingOnly: true, layout: layout)
+            if !wanted.isEmpty { try Self.makeParent(layout.parent, under: unified, enabling: wanted) }
+        }
         try applyResources(limits)
     }
 
@@ -455,6 +494,16 @@ public final class Cgroup: Sendable {
         return directories["unified"].map(reportsFrozen) ?? false
     }
 
+    /// Whether a freeze was asked for, finished or not: v1's freezer.state FREEZING or FROZEN,
+    /// cgroup2's `cgroup.freeze` 1 (its `frozen 1` in cgroup.events comes only once every task
+    /// stopped). What to thaw before a signal must reach the processes, or before removal.
+    var freezeRequested: Bool {
+        if usesLegacyFreezer, let freezer = directories["freezer"] {
+            return readText(freezer + "/freezer.state").map { $0 != "THAWED" } ?? false
+        }
+        return directories["unified"].map { readText($0 + "/cgroup.freeze") == "1" } ?? false
+    }
+
     /// Whether cgroup.events has the line `frozen 1`. Compared as bytes: a first
     /// `String.contains(String)` costs a process 0.28M instructions (its searcher's skip table is
     /// a dictionary whose type the runtime looks up), a fifth of a terminate's work.
@@ -577,7 +626,7 @@ public final class Cgroup: Sendable {
     /// Kills what is left and removes every directory: nothing remains after a system stops (C5).
     public func destroy() throws(SiloError) {
         if !pids.isEmpty { try killAll() }
-        if isFrozen { try? thaw() }
+        if freezeRequested { try? thaw() }
         let left = removeDirectories()
         guard left.isEmpty else {
             throw SiloError(.deviceInUse, "cgroup directories remain: \(left.joined(separator: ", "))",

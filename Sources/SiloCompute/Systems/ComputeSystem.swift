@@ -734,7 +734,7 @@ public final class ComputeSystem: Sendable {
             let cgroup = self.cgroup
             var exit = SystemExitType.forced
             if graceful, let pid = record.initPID, processStartTime(pid) == record.initStartTime {
-                if cgroup.isFrozen { try cgroup.thaw() }
+                if cgroup.freezeRequested { try cgroup.thaw() }
                 kill(pid, SIGTERM)
                 let deadline = ContinuousClock.now + Self.shutdownGrace
                 while !cgroup.pids.isEmpty, ContinuousClock.now < deadline { usleep(2000) }
