@@ -4,11 +4,15 @@ import Silo
 /// Runs a program with the terminal attached and extra environment; returns its exit code
 /// (128 + signal if a signal ended it).
 func runForeground(_ program: String, _ arguments: [String], environment: [String: String]) throws -> Int32 {
+    // An inherited entry of a name given here goes: with two, getenv in C (and Go's copy) takes
+    // the first, the inherited one, and a command told SILO_LUN_DEVICE would write elsewhere.
     var entries: [String] = []
     var index = 0
     while let entry = environ[index] {
-        entries.append(String(cString: entry))
+        let text = String(cString: entry)
         index += 1
+        if let equals = text.firstIndex(of: "="), environment[String(text[..<equals])] != nil { continue }
+        entries.append(text)
     }
     entries += environment.map { "\($0.key)=\($0.value)" }
     let argv = arguments.map { strdup($0) } + [nil]

@@ -163,6 +163,15 @@ struct TemporaryLunProcessTests {
         #expect(result.output.trimmingSpaces == "32768")
     }
 
+    @Test("silo lun temporary gives its command one SILO_LUN_DEVICE, its own, whatever silo inherited")
+    func oneDeviceVariable() throws {
+        // env prints the environment it was given, duplicates included (a shell would rebuild it).
+        let result = execute("/bin/sh", ["-c", "SILO_LUN_DEVICE=/dev/sda exec \(siloBinary) lun temporary --size 16M -- /usr/bin/env"])
+        #expect(result.status == 0)
+        let entries = result.output.split(separator: "\n").filter { $0.hasPrefix("SILO_LUN_DEVICE=") }
+        #expect(entries.count == 1 && entries.first?.hasPrefix("SILO_LUN_DEVICE=/dev/loop") == true, "\(entries)")
+    }
+
     @Test("A temporary LUN is gone even when its process is killed with SIGKILL")
     func goneAfterKill() throws {
         let scratch = Scratch()
