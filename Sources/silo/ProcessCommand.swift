@@ -173,7 +173,8 @@ struct ProcessCommand: ParsableCommand {
             try act(global, id) { system in
                 let process = try system.openProcess(pid)
                 defer { process.close() }
-                let code = try waitForwardingSignals(process)
+                // Only waits: Ctrl-C, or a `timeout`'s SIGTERM, stops the waiting, not the process.
+                let code = try waitForwardingSignals(process, forward: false)
                 if json { try printJSON(process.status) }
                 throw ExitCode(code)
             }
@@ -191,7 +192,9 @@ func blockForwardedSignals() {
 
 /// Waits for `process` to exit, passing SIGINT, SIGTERM and SIGHUP sent to this command on to it;
 /// returns its exit code.
-func waitForwardingSignals(_ process: ComputeProcess) throws -> Int32 {
+/// - Parameter forward: false for a command that only watches: such a signal ends the waiting,
+///   with 128 + its number as a shell reports it, and the process runs on untouched.
+func waitForwardingSignals(_ process: ComputeProcess, forward: Bool = true) throws -> Int32 {
     var forwarded = sigset_t()
     sigemptyset(&forwarded)
     for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&forwarded, signal) }
@@ -200,7 +203,9 @@ func waitForwardingSignals(_ process: ComputeProcess) throws -> Int32 {
     while true {
         if let code = try? process.wait(timeout: .milliseconds(50)).exitCode { return code }
         let signal = sigtimedwait(&forwarded, nil, &tick)
-        if signal > 0 { _ = try? process.signal(signal).wait(timeout: .seconds(5)) }
+        guard signal > 0 else { continue }
+        if !forward { return 128 + signal }
+        _ = try? process.signal(signal).wait(timeout: .seconds(5))
     }
 }
 

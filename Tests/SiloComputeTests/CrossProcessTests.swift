@@ -82,6 +82,20 @@ struct CrossProcessTests {
         close(listed.output)
         #expect(reap(listed.pid) == 0)
         #expect(list.contains(#""ProcessId" : \#(sleeper.pid)"#) && list.contains("sleep 100"), "\(list)")
+        // A waiter stopped by a signal (Ctrl-C, a `timeout`'s TERM) stops waiting; the process runs on.
+        let watcher = startSilo(box.compute.state, ["process", "wait", id, "\(sleeper.pid)"])
+        let waiting = (0..<2000).contains { _ in
+            let status = readText("/proc/\(watcher.pid)/status") ?? ""
+            let blocked = status.split(separator: "\n").first { $0.hasPrefix("SigBlk:") }.flatMap { UInt64($0.dropFirst(7).trimmingPrefix { $0 == "\t" }, radix: 16) } ?? 0
+            if blocked & (1 << (UInt64(SIGTERM) - 1)) != 0 { return true }
+            usleep(5000)
+            return false
+        }
+        #expect(waiting, "the waiter took SIGTERM for its own")
+        kill(watcher.pid, SIGTERM)
+        close(watcher.output)
+        #expect(reap(watcher.pid) == 128 + SIGTERM)
+        #expect(throws: SiloError.self, "the process runs on") { _ = try sleeper.wait(timeout: .milliseconds(300)) }
         let waiter = startSilo(box.compute.state, ["process", "wait", id, "\(sleeper.pid)"])
         let signal = startSilo(box.compute.state, ["process", "signal", id, "\(sleeper.pid)", "--signal", "USR1"])
         close(signal.output)
