@@ -19,6 +19,8 @@ struct CLIFailure: Error, CustomStringConvertible {
 
     var exitCode: ExitCode {
         switch error.code {
+        // A process's command that could not be run, as a shell says it: 127 not found, 126 not runnable.
+        case _ where error.field == "process" && error.syscall == "exec": ExitCode(error.errno == ENOENT ? 127 : 126)
         case .invalidArgument, .invalidShrinkSize: ExitCode(64)
         case .invalidJSON where fromDocument: ExitCode(64)
         case .operationCancelled: ExitCode(130)

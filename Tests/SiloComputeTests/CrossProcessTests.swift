@@ -74,6 +74,11 @@ struct CrossProcessTests {
         #expect(readAll(attached.output) == "from-\(id)\n")
         close(attached.output)
         #expect(reap(attached.pid) == 7, "the CLI exits with the process's code")
+        for (command, code) in [("/nonexistent", Int32(127)), ("/usr", 126)] {
+            let failed = startSilo(box.compute.state, ["process", "create", id, "--", command])
+            close(failed.output)
+            #expect(reap(failed.pid) == code, "\(command): as a shell says it")
+        }
 
         let sleeper = try box.run("exec sleep 100", stdout: false)
         defer { sleeper.close() }
