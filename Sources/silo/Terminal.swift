@@ -57,7 +57,10 @@ func relayTerminal(_ process: ComputeProcess) throws -> Int32 {
         }
         if process.status.exited, fds[0].revents & Int16(POLLIN) == 0 { break }
     }
-    return try process.wait(timeout: .seconds(10)).exitCode ?? 0
+    // The process may run on with its side of the terminal closed (it handed its stdio elsewhere):
+    // this terminal is the person's again, and its signals reach the process as without --tty.
+    if raw { tcsetattr(0, TCSANOW, &saved) }
+    return try waitForwardingSignals(process)
 }
 
 /// This terminal's size, for a console of the same.

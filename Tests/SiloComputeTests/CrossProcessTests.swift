@@ -123,6 +123,13 @@ struct CrossProcessTests {
         close(run.output)
         #expect(reap(run.pid) == 4, "\(output)")
         #expect(output.contains("33 111") && output.contains("interactive"), "\(output)")
+        // A process that closes its terminal and runs on is waited for, however long it runs.
+        let away = "\(siloExecutable) --state-dir \(box.compute.state) process create \(box.system.id) --tty -- "
+            + "/bin/sh -c 'exec </dev/null >/dev/null 2>&1; sleep 11; exit 5'"
+        let detached = startProgram("/usr/bin/script", ["-qec", away, "/dev/null"])
+        let said = readAll(detached.output)
+        close(detached.output)
+        #expect(reap(detached.pid) == 5, "\(said)")
         let refused = startSilo(box.compute.state, ["process", "create", box.system.id, "--tty", "--", "/bin/true"])
         close(refused.output)
         #expect(reap(refused.pid) == 64, "no terminal here: a usage error")
