@@ -151,8 +151,8 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     /// producer has rolled back what it did, and every waiter wakes then. A queued operation is
     /// completed within this call, after its chain's cleanup (run on this thread). On a completed
     /// operation this does nothing.
-    /// - Throws: `cancelTooLate` when the operation passed its point of no return or cannot be
-    ///   cancelled; nothing changes then.
+    /// - Throws: `cancelTooLate` when the running operation passed its point of no return or
+    ///   cannot be cancelled; nothing changes then. A queued one is always withdrawn: none of it ran.
     public func cancel() throws(SiloError) {
         let action: CancelAction = try state.withLock { (state) throws(SiloError) -> CancelAction in
             switch state.phase {

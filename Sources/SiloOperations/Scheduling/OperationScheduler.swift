@@ -137,7 +137,9 @@ public final class OperationScheduler: Sendable {
     }
 
     /// Runs a blocking body on a worker thread; its return value completes the operation, its
-    /// error fails it.
+    /// error fails it. A `cancellable` body polls `driver.isCancelled` (or calls
+    /// `checkCancellation()`) and undoes its work: a cancel it never looks at changes nothing, and
+    /// the operation completes with the body's output.
     /// - Parameter withdrawn: undoes what the call did before the operation (a mark it placed)
     ///   when the operation is cancelled while queued, and `body` never runs; as a chain's cleanup.
     public func run<Output: Sendable>(
