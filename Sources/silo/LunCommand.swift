@@ -74,7 +74,7 @@ struct LunCommand: ParsableCommand {
                 // milliseconds.
                 let provider = spec.provisioning == .thin && spec.fileSystem == nil ? global.quickProvider : global.provider
                 let operation = try cli(options: ["name": "--name"], typed: ["size": size]) { try provider.createLun(spec) }
-                let lun = try waitShowingProgress(operation)
+                let lun = try waitShowingProgress(operation, options: ["name": "--name"], typed: ["size": size])
                 if json { return print(lun.json) }
                 printLuns([lun])
             }

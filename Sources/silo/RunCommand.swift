@@ -42,7 +42,7 @@ struct RunCommand: HotCommand {
 
         func run() throws {
             let arguments = command
-            let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids"],
+            let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids", "command": "COMMAND"],
                                  document: "--config") { () throws -> CgroupLimits in
                 guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
                 // The kernel's own bounds for pids.max; 0 would leave init unable to start its command.
