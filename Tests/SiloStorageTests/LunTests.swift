@@ -747,6 +747,36 @@ struct LunTests {
         #expect(readNumber("/sys/block/\(settled.devicePath?.dropFirst(5) ?? "")/size").map { $0 * 512 } == 16 << 20)
     }
 
+    @Test("S9 S15 a size cap a shrink left on its device (killed between cap and uncap) goes at the settling, and at the next extend")
+    func leftoverCapRemoved() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("capped", size: 16 << 20)
+        let path = try #require(lun.devicePath)
+        let device = try #require(LoopDevice(path: path))
+        let record = try #require(try storage.provider.registry.load("capped"))
+        func deviceSize() -> UInt64? { readNumber("/sys/block/\(path.dropFirst(5))/size").map { $0 * 512 } }
+        // As a shrink by 8 MiB killed after it capped the device, before it cut the file.
+        try device.limitSize(to: 8 << 20, expecting: record.tag)
+        try #require(deviceSize() == 8 << 20)
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        try #require(dead > 0)
+        waitpid(dead, nil, 0)
+        let registry = storage.provider.registry
+        try registry.locked { () throws(SiloError) in
+            try registry.placeMark(.changing, "capped", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "shrinkLun"))
+        }
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired.contains { $0.hasPrefix("capped:") }, "\(report.repaired)")
+        #expect(try storage.provider.lun(named: "capped").size == 16 << 20)
+        #expect(deviceSize() == 16 << 20, "the cap outlived the settling")
+        // A cap with no mark left (the settling came before this fix): the next extend takes it away.
+        try device.limitSize(to: 16 << 20, expecting: record.tag)
+        #expect(try storage.provider.extendLun("capped", by: 4 << 20).wait(timeout: .seconds(30)).size == 20 << 20)
+        #expect(deviceSize() == 20 << 20, "the cap held the device back")
+    }
+
     @Test("S12 ending a change takes away this process's change mark only, never one another process placed since")
     func endChangeKeepsOthersMark() throws {
         let storage = TestStorage()

@@ -275,10 +275,38 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     }
 
     /// Re-reads the backing file's size (`LOOP_SET_CAPACITY`): how a LUN grows or shrinks online.
-    public func refreshCapacity() throws(SiloError) {
+    /// - Parameter tag: the owner tag the device must carry, checked under the device's lock (a
+    ///   device bound again by someone else since the caller looked is left alone, and the call
+    ///   throws `objectDeleted`). With it, a size cap a shrink left on the device (killed between
+    ///   capping it and taking the cap away) goes too: the device is its file's size.
+    public func refreshCapacity(expecting tag: String? = nil) throws(SiloError) {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
+        if let tag {
+            flock(fd, LOCK_EX)
+            var info = loop_info64()
+            guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
+                throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
+            }
+            if info.lo_sizelimit != 0 {
+                info.lo_sizelimit = 0
+                return try setStatus(fd, &info)
+            }
+        }
         try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
+    }
+
+    /// `LOOP_SET_STATUS64`, again while the kernel says EAGAIN (kernels that refused while the
+    /// device's page cache was dirtied again under its flush; util-linux retries the same way).
+    private func setStatus(_ fd: Int32, _ info: inout loop_info64) throws(SiloError) {
+        for _ in 0..<50 {
+            if silo_loop_set_status64(fd, &info) == 0 { return }
+            if errno != EAGAIN && errno != EINTR { break }
+            usleep(2000)
+        }
+        let error = errno
+        throw SiloError.system("LOOP_SET_STATUS64", errno: error, path: path,
+                               message: describe("LOOP_SET_STATUS64", path: path, errno: error))
     }
 
     /// Caps the device at `bytes` (`lo_sizelimit`; 0 takes the cap away, and the device is its
@@ -297,7 +325,7 @@ public struct LoopDevice: Sendable, Hashable, Codable {
             throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
         }
         info.lo_sizelimit = bytes
-        try syscall("LOOP_SET_STATUS64", path: path) { silo_loop_set_status64(fd, &info) }
+        try setStatus(fd, &info)
     }
 
     /// The file the device is bound to, from sysfs (one file of the six `status` reads). Nil

@@ -163,7 +163,7 @@ extension StorageProvider {
             // would roll the file back under a device that already grew.
             OperationStep("resize device", weight: 1, pointOfNoReturn: true, run: { [self] _ in
                 resized.set(true)
-                try attachedDevice(record, everywhere: true)?.refreshCapacity()
+                try attachedDevice(record, everywhere: true)?.refreshCapacity(expecting: record.tag)
             }),
             OperationStep("check device", weight: 0, run: { [self] _ in
                 try checkDeviceSize(record, expecting: newSize)
@@ -246,7 +246,7 @@ extension StorageProvider {
                 }
             }),
             OperationStep("resize device", weight: 1, run: { [self] _ in
-                try attachedDevice(record, everywhere: true)?.refreshCapacity()
+                try attachedDevice(record, everywhere: true)?.refreshCapacity(expecting: record.tag)
                 try checkDeviceSize(record, expecting: newSize)
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
@@ -405,6 +405,8 @@ extension StorageProvider {
             try? device.limitSize(to: 0, expecting: record.tag)  // the device is its file's size again
             throw error
         }
+        // A cap left behind (this process killed before here, or this call failing) is taken away
+        // by the next refresh of the device: an extend's, or the settling of this change.
         try device.limitSize(to: 0, expecting: record.tag)
     }
 

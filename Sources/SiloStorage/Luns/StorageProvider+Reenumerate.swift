@@ -137,7 +137,7 @@ extension StorageProvider {
                 // Died mid-change: the file's size tells how far it got.
                 if let size = settledSize(record), size != record.size { record.size = size }
                 // The device takes the file's size, whichever way the settling went.
-                if let device = devices.first { try? device.refreshCapacity() }
+                if let device = devices.first { try? device.refreshCapacity(expecting: record.tag) }
                 record.owner = nil
                 report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
             }

@@ -201,7 +201,7 @@ public final class StorageProvider: Sendable {
         var settled = record
         if let size = settledSize(record), size != record.size { settled.size = size }
         // The device takes the file's size, whichever way the settling went.
-        try? attachedDevice(record)?.refreshCapacity()
+        try? attachedDevice(record)?.refreshCapacity(expecting: record.tag)
         settled.owner = nil
         if settled != record { try registry.save(settled) }
         registry.removeMark(.changing, record.name)
