@@ -198,6 +198,23 @@ struct CgroupTests {
         #expect(cgroup.oomKills >= 1)
     }
 
+    @Test("C4 a cgroup is empty only when its cgroup.procs reads empty or the cgroup is gone; a read that fails tells nothing")
+    func emptinessNeedsARead() throws {
+        var template = Array("/tmp/silo-procs-XXXXXX".utf8CString)
+        let folder = try #require(template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) })
+        defer { _ = Glibc.system("rm -rf '\(folder)'") }
+        let cgroup = Cgroup(name: "probe", layout: layout, directories: ["devices": folder])
+        #expect(cgroup.hasNoProcesses, "no cgroup.procs: the cgroup is gone")
+        try #require(mkdir(folder + "/cgroup.procs", 0o755) == 0)
+        #expect(!cgroup.hasNoProcesses, "a read that fails (EISDIR here, EMFILE in a daemon out of descriptors) says nothing")
+        rmdir(folder + "/cgroup.procs")
+        close(open(folder + "/cgroup.procs", O_CREAT | O_WRONLY | O_CLOEXEC, 0o644))
+        #expect(cgroup.hasNoProcesses)
+        try writeText(folder + "/cgroup.procs", "4242\n")
+        #expect(!cgroup.hasNoProcesses)
+        #expect(!Cgroup(name: "nowhere", layout: layout, directories: [:]).hasNoProcesses, "no folder at all: nothing to tell")
+    }
+
     @Test("C13 a cgroup2 controller the kernel will not enable is named, with why: not delegated to the level, or the level holds processes",
           .enabled(if: CgroupLayout.detect().unified.map { !(readText($0 + "/cgroup.controllers") ?? "").isEmpty } ?? false,
                    "no controller on this host's cgroup2 mount"))

@@ -438,12 +438,32 @@ public final class Cgroup: Sendable {
         return fd >= 0 ? fd : nil
     }
 
-    /// The processes in the cgroup.
+    /// The processes in the cgroup (none when they cannot be read: see ``hasNoProcesses``).
     public var pids: [pid_t] {
-        // devices: every system's on v1 (a `run`'s has no freezer).
-        let path = directories["unified"] ?? directories["devices"] ?? directories["freezer"] ?? directories["pids"]
-            ?? directories.values.first ?? ""
-        return (readText(path + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
+        (readText(processesFile) ?? "").split(separator: "\n").compactMap { pid_t($0) }
+    }
+
+    /// Whether the cgroup holds no process: its cgroup.procs reads empty, or the cgroup is gone.
+    /// False when that cannot be told (the file could not be opened or read for another reason:
+    /// no descriptor left, say): a live system must never be taken for a stopped one, recorded
+    /// so and its cgroup destroyed with it.
+    public var hasNoProcesses: Bool {
+        guard !directories.isEmpty else { return false }
+        let fd = Glibc.open(processesFile, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return errno == ENOENT }
+        defer { Glibc.close(fd) }
+        var byte: UInt8 = 0
+        while true {
+            let count = read(fd, &byte, 1)
+            if count < 0, errno == EINTR { continue }
+            return count == 0
+        }
+    }
+
+    /// cgroup.procs of the hierarchy every system has: devices on v1 (a `run`'s has no freezer).
+    private var processesFile: String {
+        (directories["unified"] ?? directories["devices"] ?? directories["freezer"] ?? directories["pids"]
+            ?? directories.values.first ?? "") + "/cgroup.procs"
     }
 
     // MARK: Freeze, thaw, kill

@@ -181,7 +181,7 @@ public final class ComputeService: Sendable {
     /// ended, which this must not overwrite.
     func refreshed(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused,
-              configuration.cgroup(of: record.id, parent: record.cgroupParent).pids.isEmpty else { return record }
+              configuration.cgroup(of: record.id, parent: record.cgroupParent).hasNoProcesses else { return record }
         var result = record
         try? store.locked(record.id) { () throws(SiloError) in
             result = refreshedHoldingLock(try store.load(record.id))
@@ -193,7 +193,7 @@ public final class ComputeService: Sendable {
     func refreshedHoldingLock(_ record: SystemRecord) -> SystemRecord {
         guard record.state == .running || record.state == .paused else { return record }
         let cgroup = configuration.cgroup(of: record.id, parent: record.cgroupParent)
-        guard cgroup.pids.isEmpty else { return record }
+        guard cgroup.hasNoProcesses else { return record }
         var stopped = record
         stopped.state = .stopped
         // The agent ends the system when the last handle's holder died, and says so in the

@@ -737,8 +737,8 @@ public final class ComputeSystem: Sendable {
                 if cgroup.freezeRequested { try cgroup.thaw() }
                 kill(pid, SIGTERM)
                 let deadline = ContinuousClock.now + Self.shutdownGrace
-                while !cgroup.pids.isEmpty, ContinuousClock.now < deadline { usleep(2000) }
-                if cgroup.pids.isEmpty { exit = .graceful }
+                while !cgroup.hasNoProcesses, ContinuousClock.now < deadline { usleep(2000) }
+                if cgroup.hasNoProcesses { exit = .graceful }
             }
             try cgroup.destroy()
             // Reap it if it is this process's child (and forget it: its pid may name another later).
