@@ -733,14 +733,21 @@ public final class ComputeSystem: Sendable {
             exitReported.store(true, ordering: .sequentiallyConsistent)  // this handle reports it below
             let cgroup = self.cgroup
             var exit = SystemExitType.forced
-            if graceful, let pid = record.initPID, processStartTime(pid) == record.initStartTime {
-                if cgroup.freezeRequested { try cgroup.thaw() }
-                kill(pid, SIGTERM)
-                let deadline = ContinuousClock.now + Self.shutdownGrace
-                while !cgroup.hasNoProcesses, ContinuousClock.now < deadline { usleep(2000) }
-                if cgroup.hasNoProcesses { exit = .graceful }
+            do throws(SiloError) {
+                if graceful, let pid = record.initPID, processStartTime(pid) == record.initStartTime {
+                    if cgroup.freezeRequested { try cgroup.thaw() }
+                    kill(pid, SIGTERM)
+                    let deadline = ContinuousClock.now + Self.shutdownGrace
+                    while !cgroup.hasNoProcesses, ContinuousClock.now < deadline { usleep(2000) }
+                    if cgroup.hasNoProcesses { exit = .graceful }
+                }
+                try cgroup.destroy()
+            } catch {
+                // Not stopped after all (a task stuck in uninterruptible I/O kept the cgroup):
+                // the exit is still to be reported, by this handle when it sees it, or another.
+                exitReported.store(false, ordering: .sequentiallyConsistent)
+                throw error
             }
-            try cgroup.destroy()
             // Reap it if it is this process's child (and forget it: its pid may name another later).
             if let pid = record.initPID {
                 startedInits.withLock { pids in
