@@ -733,6 +733,15 @@ static struct sock_filter seccomp_filter[512];  // 239 used now; the kernel take
 static unsigned short seccomp_length;
 static pthread_once_t seccomp_once = PTHREAD_ONCE_INIT;
 
+static int seccomp_jump_too_far;
+
+/// A jump over `length` instructions, checked to fit the 8 bits BPF gives it: one that does not
+/// would land elsewhere, so the program is dropped (and install fails) instead.
+static unsigned char jump(unsigned length) {
+    if (length > 255) seccomp_jump_too_far = 1;
+    return (unsigned char)length;
+}
+
 static void emit(struct sock_filter instruction) {
     if (seccomp_length < sizeof seccomp_filter / sizeof seccomp_filter[0]) seccomp_filter[seccomp_length] = instruction;
     seccomp_length++;
@@ -823,7 +832,7 @@ static void emit_tree(const unsigned char *order, unsigned count) {
     if (count <= 3) {
         for (unsigned i = 0; i < count; i++) {
             enum seccomp_rule rule = seccomp_rules[order[i]].rule;
-            emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, seccomp_rules[order[i]].nr, 0, rule_length(rule)));
+            emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, seccomp_rules[order[i]].nr, 0, jump(rule_length(rule))));
             emit_rule(rule);
         }
         emit((struct sock_filter)ALLOW);
@@ -831,7 +840,7 @@ static void emit_tree(const unsigned char *order, unsigned count) {
     }
     unsigned half = count / 2;
     // Numbers from the right half's first on: over the left half.
-    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, seccomp_rules[order[half]].nr, tree_length(order, half), 0));
+    emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, seccomp_rules[order[half]].nr, jump(tree_length(order, half)), 0));
     emit_tree(order, half);
     emit_tree(order + half, count - half);
 }
@@ -855,8 +864,9 @@ static void make_seccomp_program(void) {
     emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 463, 0, 1));
     emit((struct sock_filter)DENY(ENOSYS));
     emit_tree(order, SECCOMP_RULES);
-    // Too long for the table (it is not): no program, and install_seccomp fails rather than allow.
-    if (seccomp_length > sizeof seccomp_filter / sizeof seccomp_filter[0]) seccomp_length = 0;
+    // Too long for the table, or a jump too far for its 8 bits (neither is so): no program, and
+    // install_seccomp fails rather than allow.
+    if (seccomp_length > sizeof seccomp_filter / sizeof seccomp_filter[0] || seccomp_jump_too_far) seccomp_length = 0;
 }
 
 /// The program's instructions and length, made on first use. For the caller, before the clone.
@@ -989,6 +999,11 @@ per_system:
     // without keys (ENOSYS) have nothing to share.
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 && errno != ENOSYS) fail(c, STEP_KEYRING);
     setup_stdio(c);
+    // No supplementary group of the caller's (a host group's files in the read-only binds stay
+    // out of reach). The raw system call: glibc's would signal the caller's other threads to
+    // change theirs too. EPERM only in a user namespace whose gid map denies it, where no host
+    // group is there to keep.
+    if (syscall(SYS_setgroups, 0, NULL) != 0 && errno != EPERM) fail(c, STEP_CAPABILITIES);
     drop_capabilities(c);
     // No core dumps, for good (a hard limit of 0 that no process inside can raise): the host's
     // core_pattern helper (systemd-coredump, apport) would otherwise run as host root on a core

@@ -55,6 +55,8 @@ static int terminate_on_last_handle;
 static int shutting_down;
 static int last_handle_checks;  ///< retries left: a dead client's lock may drop just after its socket
 static long long next_idle_check;  ///< when to try the handles lock next while no connection is live (ms, monotonic; 0: not due)
+static int reserve_fd = -1;  ///< a descriptor kept to take (and refuse) a connection when none is left
+static long long next_retry;  ///< when the next of last_handle_checks is due (ms, monotonic; 0: 20 ms from now)
 
 static long long monotonic_ms(void) {
     struct timespec now;
@@ -209,6 +211,7 @@ static void close_connection(int slot) {
         if (processes[i].owner == slot) processes[i].owner = -1;
     }
     last_handle_checks = 10;
+    next_retry = 0;
     check_last_handle();
 }
 
@@ -514,8 +517,12 @@ static void serve(int slot) {
         } else if (pid <= 0 || !(process = find_process(pid))) {
             reply_error(slot, header.id, ESRCH, SILO_STEP_NONE);
         } else {
+            // An exit kept for this connection goes with the reply (send_packet flushes those):
+            // sent again after it, the client would hold a second one for a pid that may be reused.
+            int kept = (process->unsent & (1ull << slot)) != 0;
             send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
-            if (process->running) process->watchers |= 1ull << slot; else send_exit(slot, process);
+            if (process->running) process->watchers |= 1ull << slot;
+            else if (!kept) send_exit(slot, process);
         }
     } else if (header.type == SILO_AGENT_LIST) {
         list(slot, header.id);
@@ -562,6 +569,7 @@ int silo_agent_main(int terminate_flag) {
         return 127;
     }
     if (handles_fd >= 0) fcntl(handles_fd, F_SETFD, FD_CLOEXEC);
+    reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
     for (int i = 0; i < 2 + MAX_CONNECTIONS; i++) polls[i].events = POLLIN;
     for (int i = 0; i < MAX_HELD; i++) held[i].fd = -1;
     for (int i = 0; i < MAX_CONNECTIONS; i++) polls[2 + i].fd = -1;
@@ -572,10 +580,21 @@ int silo_agent_main(int terminate_flag) {
         // lock is tried once a second as well.
         // A deadline, not a timeout restarted by every wake-up: orphans exiting more often than
         // once a second (each a SIGCHLD) would otherwise keep the check from ever running.
+        // The retries after a connection closed keep a deadline too: a payload waking pid 1 more
+        // often than every 20 ms (signals it sends to 1, orphans) would otherwise hold them off.
+        if (last_handle_checks > 0) {
+            long long now = monotonic_ms();
+            if (next_retry == 0) next_retry = now + 20;
+            if (now >= next_retry) {
+                next_retry = now + 20;
+                check_last_handle();
+            }
+        }
         int idle_check = terminate_on_last_handle && handles_fd >= 0 && live_connections() == 0;
         int timeout = -1;
         if (last_handle_checks > 0) {
-            timeout = 20;
+            long long now = monotonic_ms();
+            timeout = (int)(next_retry - now > 0 ? next_retry - now : 0);
         } else if (idle_check) {
             long long now = monotonic_ms();
             if (next_idle_check == 0) next_idle_check = now + 1000;
@@ -589,7 +608,7 @@ int silo_agent_main(int terminate_flag) {
         }
         int ready = poll(polls, 2 + MAX_CONNECTIONS, timeout);
         if (ready < 0 && errno != EINTR) return 127;
-        if (ready <= 0) { check_last_handle(); continue; }
+        if (ready <= 0) continue;  // a deadline came: checked at the top
         if (polls[0].revents & POLLIN) {
             struct signalfd_siginfo info;
             while (read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info) {
@@ -613,6 +632,14 @@ int silo_agent_main(int terminate_flag) {
         }
         if (polls[1].revents & POLLIN) {
             int fd = accept4(3, NULL, NULL, SOCK_CLOEXEC);
+            if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
+                // No descriptor left for it: taken with the one kept for this, and refused, or
+                // the listener stays readable and pid 1 spins on it.
+                close(reserve_fd);
+                int refused = accept4(3, NULL, NULL, SOCK_CLOEXEC);
+                if (refused >= 0) close(refused);
+                reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
+            }
             int slot = -1;
             for (int i = 0; fd >= 0 && i < MAX_CONNECTIONS && slot < 0; i++) {
                 if (polls[2 + i].fd < 0) slot = i;

@@ -88,6 +88,20 @@ struct IsolationTests {
         #expect(highest < 20, "host processes are invisible: \(result.output)")
     }
 
+    @Test("C11 the payload has no supplementary group of its caller's")
+    func noSupplementaryGroups() throws {
+        // The test process's groups for the while (tests run one at a time: --no-parallel).
+        var previous = [gid_t](repeating: 0, count: 256)
+        let count = getgroups(Int32(previous.count), &previous)
+        try #require(count >= 0)
+        var groups: [gid_t] = [4242]
+        try #require(setgroups(1, &groups) == 0)
+        defer { setgroups(Int(count), &previous) }
+        let result = try runSandboxed(underInit: true, "") { $0.arguments = ["/.silo/init", "--", "/bin/grep", "^Groups", "/proc/self/status"] }
+        #expect(result.status == 0)
+        #expect(result.output.hasPrefix("Groups:") && !result.output.contains("4242"), "\(result.output)")
+    }
+
     @Test("C11 the payload starts with no signal blocked, whatever its caller blocks (silo blocks SIGINT)")
     func signalMask() throws {
         var blocked = sigset_t(), previous = sigset_t()
