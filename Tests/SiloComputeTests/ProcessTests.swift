@@ -293,6 +293,30 @@ struct ProcessTests {
         #expect(listed.first { $0.processId == 1 }?.commandLine.hasPrefix("/.silo/init --agent") == true, "\(listed)")
     }
 
+    @Test("C8 a running process is not reported dead when its exit cannot reach the handle: a closed system handle says so, a dropped connection is made again")
+    func exitNotMadeUp() throws {
+        let box = try RunningSystem("nmu")
+        defer { box.finish() }
+        let sleeper = try box.run("exec sleep 100", stdout: false)
+        defer { sleeper.close() }
+        // A second handle closed while one of its processes' handles is kept.
+        let other = try box.compute.service.open(box.system.id)
+        let watched = try other.openProcess(sleeper.pid)
+        defer { watched.close() }
+        other.close()
+        let closed = #expect(throws: SiloError.self) { _ = try watched.wait(timeout: .seconds(2)) }
+        #expect(closed?.code == .connectionClosed && closed?.message.contains("handle is closed") == true, "\(String(describing: closed))")
+        #expect(!watched.status.exited, "no exit was made up: \(watched.status)")
+        // The connection ends under a live agent: the wait makes a new one, and asks for the exit again.
+        try #require(box.system.connection != nil)
+        box.system.connection?.close()
+        let timedOut = #expect(throws: SiloError.self) { _ = try sleeper.wait(timeout: .milliseconds(300)) }
+        #expect(timedOut?.code == .operationTimeout, "still running: \(String(describing: timedOut))")
+        #expect(!sleeper.status.exited)
+        _ = try box.run("kill -USR1 \(sleeper.pid)", stdout: false).wait(timeout: .seconds(10))
+        #expect(try sleeper.wait(timeout: .seconds(10)).signal == SIGUSR1, "the real exit, through the new connection")
+    }
+
     @Test("C10 a process over the memory limit is OOM-killed inside; its exit says so; the system runs on")
     func outOfMemory() throws {
         let box = try RunningSystem("oom", memoryMB: 32)

@@ -122,6 +122,16 @@ final class AgentConnection: Sendable {
         if sent < 0 {
             let error = sendError
             state.withLock { _ = $0.pending.removeValue(forKey: id) }
+            // The agent hung up: the connection is over for every waiter (and the next request
+            // makes a new one), not kept to fail each request until a read happens to see it.
+            if error == EPIPE || error == ECONNRESET || error == ENOTCONN {
+                let reads = state.withLock { state -> Bool in
+                    guard state.reading == .idle else { return false }  // a reader sees the end
+                    state.reading = .caller
+                    return true
+                }
+                if reads { end() }
+            }
             throw SiloError(.connectionClosed, "the agent of compute system '\(system)' is gone: \(String(cString: strerror(error)))",
                             field: "id", value: system, syscall: "sendmsg", errno: error)
         }

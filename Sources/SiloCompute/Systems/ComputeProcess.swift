@@ -103,7 +103,9 @@ public final class ComputeProcess: Sendable {
     }
 
     /// Blocks until the process exits, or `timeout` passes (`operationTimeout`).
-    /// - Throws: `connectionClosed` when the system stopped before an exit was seen.
+    /// - Throws: `connectionClosed` when the exit can no longer reach this handle while the
+    ///   system runs on: its system's handle was closed, or the agent ended the connection. (A
+    ///   system that stopped ends its processes: they are reported killed, SIGKILL.)
     @discardableResult
     public func wait(timeout: Duration? = nil) throws(SiloError) -> ProcessStatus {
         let semaphore = DispatchSemaphore(value: 0)
@@ -116,6 +118,16 @@ public final class ComputeProcess: Sendable {
         if system.agentIsGone {
             // The agent went with the system: no exit will be reported any more.
             exited(waitStatus: Int32(SIGKILL), fromAgent: false)
+        } else if system.isClosedHandle {
+            // The process may well run on: its exit will not reach this handle. Said, not made up.
+            state.withLock { state in state.waiters.removeAll { $0 === semaphore } }
+            if state.withLock({ $0.status.exited }) { return state.withLock { $0.status } }
+            throw SiloError(.connectionClosed, "process \(pid) in compute system '\(system.id)': its system's handle is closed; "
+                                + "open the system again to wait for it", field: "id", value: system.id)
+        } else if system.connectionEnded {
+            // The agent dropped this handle's connection and lives on: a new one, which asks for
+            // this process's exit again (or, failing, the wait below says the connection ended).
+            _ = try? system.agent()
         }
         // With nobody reading the system's connection, this thread reads it until the exit comes.
         // A century at most: later instants overflow the clock's arithmetic.
@@ -126,6 +138,12 @@ public final class ComputeProcess: Sendable {
             exited = connection.wait(until: { [self] in state.withLock { $0.status.exited } }, signalled: semaphore, deadline: deadline)
             if !exited, system.agentIsGone { self.exited(waitStatus: Int32(SIGKILL), fromAgent: false) }
             exited = state.withLock { $0.status.exited }
+            if !exited, connection.isClosed {
+                state.withLock { state in state.waiters.removeAll { $0 === semaphore } }
+                throw SiloError(.connectionClosed,
+                                "process \(pid) in compute system '\(system.id)': the agent ended this handle's connection; "
+                                    + "open the system again to wait for it", field: "id", value: system.id)
+            }
         } else {
             let remaining = deadline - .now
             let nanoseconds = max(remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000, 0)

@@ -666,16 +666,27 @@ public final class ComputeSystem: Sendable {
 
     /// This handle's live connection to the agent, made on first use.
     func agent() throws(SiloError) -> AgentConnection {
-        try agentState.withLock { (agent) throws(SiloError) -> AgentConnection in
+        let (connection, watched) = try agentState.withLock { (agent) throws(SiloError) -> (AgentConnection, [Int32]) in
             if agent.closed { throw SiloError(.invalidOperation, "the handle on compute system '\(id)' is closed", field: "id", value: id) }
-            if let connection = agent.connection, !connection.isClosed { return connection }
+            if let connection = agent.connection, !connection.isClosed { return (connection, []) }
+            let ended = agent.connection != nil
             let connection = try AgentConnection(system: id, directory: store.directory(id))
             connection.setExitHandler { [weak self] pid, status in self?.processExited(pid, status: status) }
             connection.setDisconnectHandler { [weak self] in self?.agentDisconnected() }
             agent.connection = connection
             if agent.wantsEvents { connection.startReader() }
-            return connection
+            // A connection after one that ended (the agent dropped it, alive): the exits of this
+            // handle's processes would still go to the old one. Asked for again, below.
+            let watched = ended ? agent.processes.compactMap { pid, handles in
+                handles.contains { $0.process.map { !$0.hasExited } ?? false } ? pid : nil
+            } : []
+            return (connection, watched)
         }
+        for pid in watched {
+            var body = pid
+            _ = try? connection.request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+        }
+        return connection
     }
 
     /// Whether this handle is connected to the system's agent, and the connection has not ended.
@@ -684,8 +695,21 @@ public final class ComputeSystem: Sendable {
     /// Exits kept for a handle not made yet (the tests' view of the bookkeeping).
     var unclaimedExitCount: Int { agentState.withLock { $0.unclaimedExits.count } }
 
-    /// Whether this handle's agent connection ended (the system stopped).
-    var agentIsGone: Bool { agentState.withLock { $0.connection?.isClosed ?? false } }
+    /// Whether the system's agent is gone for good: this handle's connection ended, and the
+    /// system's init is no longer the process that started it. A connection the agent dropped
+    /// for this client alone (a reply it could not deliver, its connections all taken), or one
+    /// this handle closed, ends with the agent alive: no process of it is known to have exited.
+    var agentIsGone: Bool {
+        guard connectionEnded else { return false }
+        guard let record = try? store.load(id), let pid = record.initPID, let started = record.initStartTime else { return true }
+        return !processIsLive(pid, startedAt: started)
+    }
+
+    /// Whether this handle's agent connection ended (whatever the agent's fate).
+    var connectionEnded: Bool { agentState.withLock { $0.connection?.isClosed ?? false } }
+
+    /// Whether ``close()`` was called.
+    var isClosedHandle: Bool { agentState.withLock { $0.closed } }
 
     private func register(_ process: ComputeProcess) {
         let unclaimed = agentState.withLock { agent -> Int32? in

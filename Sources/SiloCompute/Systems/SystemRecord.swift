@@ -196,6 +196,17 @@ func processStartTime(_ pid: Int32) -> UInt64? {
     return UInt64(fields[19])
 }
 
+/// Whether `pid` is still the process that started at `startTime` and is not on its way out: a
+/// process in its exit (the kernel's PF_EXITING, in /proc's flags) has closed its sockets before
+/// it becomes a zombie, tearing down its namespaces meanwhile.
+func processIsLive(_ pid: Int32, startedAt startTime: UInt64) -> Bool {
+    guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 19, fields[0] != "Z", fields[0] != "X", UInt64(fields[19]) == startTime,
+          let flags = UInt64(fields[6]) else { return false }
+    return flags & 0x4 == 0  // PF_EXITING
+}
+
 /// Inits this process started: each is this process's child until reaped. A system stopped by
 /// another process, or one that ended by itself, would stay a zombie here for as long as this
 /// process lives; every entry to the service reaps those that are gone.
