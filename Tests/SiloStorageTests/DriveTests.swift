@@ -492,6 +492,19 @@ struct DriveTests {
         let poolDrive = try #require(drives.first { $0.pool != nil })
         #expect(poolDrive.extents.contains { $0.lun == "not-a-drive" && $0.backingFile == lun.backingFile })
     }
+
+    @Test("S2 a LUN's device is no drive where it cannot be opened to read its owner tag (no /dev node): its record tells", .requiresSiloBinary)
+    func lunsAreNotDrivesWithoutNodes() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("no-node", size: 8 << 20)
+        let name = try #require(lun.devicePath).dropFirst(5)
+        // A /dev of its own, empty: no loop node to open.
+        let listed = run("/usr/bin/unshare", ["-m", "/bin/sh", "-c",
+                                              "mount -t tmpfs none /dev && \(siloBinary) --state-dir \(storage.path)/state drive list --json"])
+        #expect(listed.status == 0 && listed.output.contains("\"devicePath\""), "\(listed.output)")
+        #expect(!listed.output.contains("\"/dev/\(name)\""), "the LUN's \(name) listed as a drive: \(listed.output)")
+    }
 }
 
 /// Runs a program with `input` on its standard input; returns its exit status.

@@ -21,7 +21,12 @@ struct DriveEnumerator {
         let udev = try Udev.open()
         defer { udev?.close() }
         let mounts = MountTable.read()
-        let found = directoryEntries("/sys/block").compactMap(candidate)
+        // A LUN's device is no drive (S2): told by its owner tag, or, where the device cannot be
+        // opened to read that (a caller without root, a static /dev), by the record naming it
+        // and its backing file.
+        let lunDevices = Dictionary(luns.compactMap { record in record.device.map { ("loop\($0)", record.backingFile) } },
+                                    uniquingKeysWith: { first, _ in first })
+        let found = directoryEntries("/sys/block").compactMap { name in candidate(name, lunDevices: lunDevices) }
         let probes = ProbeBatch(paths: found.flatMap { disk in
             (disk.size > 0 ? [disk.devicePath] : []) + disk.partitions.map { "/dev/" + $0 }
         }, backings: Dictionary(found.compactMap { disk in disk.loopBacking.map { (disk.devicePath, $0) } },
@@ -46,7 +51,7 @@ struct DriveEnumerator {
         var devicePath: String { "/dev/" + name }
     }
 
-    private func candidate(_ name: String) -> Candidate? {
+    private func candidate(_ name: String, lunDevices: [String: String]) -> Candidate? {
         let sysfs = "/sys/block/" + name
         let bus = busType(name)
         var backing: String?
@@ -60,6 +65,8 @@ struct DriveEnumerator {
                 var info = loop_info64()
                 if silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name).hasPrefix("silo:") { return nil }
                 loopBacking = LoopBacking(status: info, file: file)
+            } else if lunDevices[name] == file {
+                return nil
             }
             backing = file
         }
@@ -111,10 +118,11 @@ struct DriveEnumerator {
     /// The kernel's partition devices, with what the drive's table says of each; and the table's
     /// entries the kernel made no device for (all of them on a loop device bound without partition
     /// scanning, or a kernel without that table's parser), their file systems probed through the
-    /// drive (read-only, as every probe). Device mapper and md volumes are never partitioned by
-    /// the kernel (kpartx maps their partitions as volumes of their own): theirs are not listed.
+    /// drive (read-only, as every probe). Device mapper volumes are never partitioned by the
+    /// kernel (kpartx maps their partitions as volumes of their own): theirs are not listed. md
+    /// arrays are (md0p1), and theirs are.
     private func partitions(of disk: Candidate, mounts: MountTable, probes: ProbeBatch) -> [DrivePartition] {
-        let table = disk.size > 0 && disk.bus != "dm" && disk.bus != "md" ? probes.result(disk.devicePath)?.partitions ?? [] : []
+        let table = disk.size > 0 && disk.bus != "dm" ? probes.result(disk.devicePath)?.partitions ?? [] : []
         let kernel = disk.partitions.compactMap { entry -> DrivePartition? in
             let path = disk.sysfs + "/" + entry
             guard let number = readNumber(path + "/partition"), let deviceNumber = readSmallFile(path + "/dev") else { return nil }
