@@ -747,6 +747,35 @@ struct LunTests {
         #expect(readNumber("/sys/block/\(settled.devicePath?.dropFirst(5) ?? "")/size").map { $0 * 512 } == 16 << 20)
     }
 
+    @Test("E3 an extend or shrink by nothing, or an extend given both by and to, changes nothing: not even a dead change is settled first")
+    func badAmountsSettleNothing() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("pending", size: 8 << 20)
+        // As an extend killed after it grew the file: the next change would settle it.
+        #expect(truncate(lun.backingFile, 16 << 20) == 0)
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        try #require(dead > 0)
+        waitpid(dead, nil, 0)
+        let registry = storage.provider.registry
+        try registry.locked { () throws(SiloError) in
+            try registry.placeMark(.changing, "pending", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun"))
+        }
+        let calls: [(String, () throws -> Void)] = [
+            ("extend by 0", { _ = try storage.provider.extendLun("pending", by: 0) }),
+            ("extend by and to", { _ = try storage.provider.extendLun("pending", by: 1 << 20, to: 32 << 20) }),
+            ("extend by neither", { _ = try storage.provider.extendLun("pending") }),
+            ("shrink by 0", { _ = try storage.provider.shrinkLun("pending", by: 0) }),
+        ]
+        for (what, call) in calls {
+            let error = #expect(throws: SiloError.self, "\(what)") { try call() }
+            #expect(error?.code == .invalidArgument || error?.code == .invalidShrinkSize, "\(what): \(String(describing: error))")
+            #expect(registry.mark(.changing, "pending") != nil, "\(what) settled the dead change")
+            #expect(try registry.load("pending")?.size == 8 << 20, "\(what) changed the record")
+        }
+    }
+
     @Test("S9 S15 a size cap a shrink left on its device (killed between cap and uncap) goes at the settling, and at the next extend")
     func leftoverCapRemoved() throws {
         let storage = TestStorage()

@@ -110,6 +110,9 @@ extension StorageProvider {
                    callback: OperationCallback<LunProperties>?) throws(SiloError) -> SiloOperation<LunProperties> {
         // Worked out from the record under the lock that marks it: one read before could be
         // stale by a change that ended meanwhile (an extend "to" would then cut its growth off).
+        // What the arguments alone tell is refused before the lock, where settling a dead change
+        // would already change the host for a call that cannot run (E3).
+        try Self.checkGrowth(by: growth, to: target)
         var extended: UInt64 = 0
         let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
             try Self.check(current, isLun: id)
@@ -203,7 +206,11 @@ extension StorageProvider {
 
     func shrinkLun(_ name: String, by bytes: UInt64, force: Bool, id: String?, context: (any Sendable)?,
                    callback: OperationCallback<LunProperties>?) throws(SiloError) -> SiloOperation<LunProperties> {
-        // From the record under the lock that marks it (see extendLun).
+        // From the record under the lock that marks it (see extendLun); nothing at all before it.
+        if bytes == 0 {
+            throw SiloError(.invalidShrinkSize, "cannot shrink LUN '\(name)' by 0 B: the amount must be more than zero",
+                            field: "by", value: "0")
+        }
         var shrunk: UInt64 = 0
         let record = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
             try Self.check(current, isLun: id)
@@ -354,12 +361,20 @@ extension StorageProvider {
         LoopDevice.bound(toFile: record.backingFile).filter { $0.tag != record.tag }.map(\.device)
     }
 
+    /// Exactly one of `by` and `to`, and a growth of more than nothing.
+    private static func checkGrowth(by growth: UInt64?, to target: UInt64?) throws(SiloError) {
+        if growth == 0 { throw SiloError.invalidArgument(field: "by", value: "0", reason: "must be greater than zero") }
+        if (growth == nil) == (target == nil) {
+            throw SiloError.invalidArgument(field: "by", value: "\(growth.map(String.init) ?? "")", reason: "give exactly one of 'by' and 'to'")
+        }
+    }
+
     private func extendedSize(_ record: LunRecord, by growth: UInt64?, to target: UInt64?) throws(SiloError) -> UInt64 {
         let block = UInt64(record.blockSize)
         func rounded(_ value: UInt64) -> UInt64 { value.isMultiple(of: block) ? value : (value / block + 1) * block }
+        try Self.checkGrowth(by: growth, to: target)
         switch (growth, target) {
         case (let growth?, nil):
-            guard growth > 0 else { throw SiloError.invalidArgument(field: "by", value: "0", reason: "must be greater than zero") }
             let (sum, overflow) = record.size.addingReportingOverflow(growth)
             guard !overflow, sum <= ByteCount.maximum - block else {
                 throw SiloError.invalidArgument(field: "by", value: "\(growth)", reason: "the LUN would exceed 8 EiB")
