@@ -97,13 +97,18 @@ public struct LunFileSystem: Sendable, Hashable {
         guard let program else {
             throw SiloError(.notSupported, "mkfs.\(kind.rawValue) is not installed", field: "file system", value: kind.rawValue)
         }
-        let fd = try syscall("open", path: device.path) { open(device.path, O_RDWR | O_CLOEXEC) }
-        defer { close(fd) }
+        // Read-only until the tag says the device is the LUN's: a device that is not was never
+        // opened for writing (its close would make udev probe it again). Opened, it stays bound;
+        // the writable descriptor is the same device, opened again through this one.
+        let checked = try syscall("open", path: device.path) { open(device.path, O_RDONLY | O_CLOEXEC) }
+        defer { close(checked) }
         var info = loop_info64()
-        guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
+        guard silo_loop_get_status64(checked, &info) == 0, cName(info.lo_file_name) == tag else {
             throw SiloError(.deviceInUse, "\(device.path) is no longer this LUN's device; no file system was made on it",
                             field: "device", value: device.path)
         }
+        let fd = try syscall("open", path: device.path) { open("/proc/self/fd/\(checked)", O_RDWR | O_CLOEXEC) }
+        defer { close(fd) }
         var output: [Int32] = [-1, -1]
         guard silo_pipe2(&output, O_CLOEXEC) == 0 else { throw SiloError.system("pipe2", errno: errno) }
         var readEnd = output[0]

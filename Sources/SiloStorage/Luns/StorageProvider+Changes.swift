@@ -350,7 +350,7 @@ extension StorageProvider {
         do throws(SiloError) {
             try link(record.name, to: device)
         } catch {
-            _ = try? device.detach()
+            _ = try? device.detach(expecting: record.tag)
             throw error
         }
         return device
