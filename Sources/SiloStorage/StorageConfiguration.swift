@@ -10,6 +10,15 @@ public struct StorageConfiguration: Sendable {
     /// Where the stable names `<name> -> /dev/loopN` live: `/dev/silo` for the default state
     /// directory, `<state>/dev` for any other, so that two state directories never collide.
     public var linkDirectory: String
+    /// For another state directory's `<state>/dev`: the folder in /dev it links to, where the
+    /// names are, `/dev/silo-<hash of the state directory>`. /dev is a devtmpfs: the names go
+    /// with a reboot, as the devices they name do, instead of naming on the disk, after it,
+    /// whatever device takes a number next. Nil for the default and a chosen folder. Worked out
+    /// when a name is made, not at every start.
+    var linkTarget: String? {
+        linkDirectory == stateDirectory + "/dev" && stateDirectory != Self.defaultStateDirectory
+            ? "/dev/silo-" + Self.hash(stateDirectory) : nil
+    }
     /// Thin LUNs may promise this many times the pool's capacity.
     public var overcommitRatio: Double
     public var scheduler: OperationScheduler
@@ -38,6 +47,14 @@ public struct StorageConfiguration: Sendable {
     var registryDirectory: String { stateDirectory + "/luns" }
     var poolDirectory: String { stateDirectory + "/pool" }
     var lockFile: String { stateDirectory + "/lock" }
+
+    /// FNV-1a of the path, 16 hex digits: the same folder for the same state directory.
+    static func hash(_ path: String) -> String {
+        var value: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in path.utf8 { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
 
     /// See `Paths.normalized`: compute reads the same directory the same way.
     static func normalize(_ path: String) -> String { Paths.normalized(path) }

@@ -45,11 +45,13 @@ struct DurabilityTests {
         // Whatever fails below: the inner LUN's device goes, then the mount (finish() then
         // deletes the disk).
         var device: String?
+        let inner = StorageProvider(configuration: StorageConfiguration(stateDirectory: mountPoint + "/state"))
         defer {
             if let device { _ = run("/sbin/losetup", ["-d", device]) }
             _ = run("/bin/umount", [mountPoint])
+            // Its stable name, in /dev (the power cut left no Silo to remove it).
+            if let names = inner.configuration.linkTarget { _ = run("/bin/rm", ["-rf", names]) }
         }
-        let inner = StorageProvider(configuration: StorageConfiguration(stateDirectory: mountPoint + "/state"))
         let made = try inner.createLun(LunSpec(name: "inner", size: 8 << 20, directIO: directIO)).wait(timeout: .seconds(60))
         let file = made.backingFile
         device = made.devicePath

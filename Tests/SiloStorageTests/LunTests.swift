@@ -350,6 +350,29 @@ struct LunTests {
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
     }
 
+    @Test("S13 another state directory's stable names live in /dev, gone with a reboot as their devices are: <state>/dev links there; the folder goes with the last name; an older folder of names is moved")
+    func namesInDev() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let configuration = storage.provider.configuration
+        let target = try #require(configuration.linkTarget)
+        let links = storage.path + "/state/dev"
+        // As an older Silo left it: a folder on the disk, with a name in it.
+        #expect(mkdir(storage.path + "/state", 0o700) == 0 || errno == EEXIST)
+        #expect(mkdir(links, 0o755) == 0 && symlink("/dev/loop999", links + "/old") == 0)
+        let lun = try storage.create("named", size: 8 << 20)
+        #expect(resolveLink(links) == target, "\(links) links to \(target)")
+        #expect(resolveLink(links + "/named") == lun.devicePath && resolveLink(target + "/named") == lun.devicePath)
+        #expect(resolveLink(links + "/old") == "/dev/loop999", "the older folder's name was moved")
+        #expect(silo_fs_type(target) == 0x0102_1994, "a devtmpfs (tmpfs) folder: gone at a reboot")
+        try storage.provider.deleteLun("named").wait(timeout: .seconds(30))
+        #expect(fileExists(target), "a name is left (old): the folder stays")
+        unlink(target + "/old")
+        _ = try storage.create("again", size: 8 << 20)
+        try storage.provider.deleteLun("again").wait(timeout: .seconds(30))
+        #expect(!fileExists(target), "the last name took its folder in /dev with it")
+    }
+
     @Test("S13 a shared link folder: a file with a LUN's name is never replaced, other files never swept, a link elsewhere never removed")
     func sharedLinkFolder() throws {
         let scratch = Scratch()

@@ -106,6 +106,10 @@ struct TestStorage {
         let left = loopDevices(backedUnder: scratch.path)
         #expect(left.isEmpty, "loop devices left behind: \(left.map(\.path))", sourceLocation: sourceLocation)
         for device in left { _ = try? device.detach() }
+        if let names = provider.configuration.linkTarget {
+            #expect(!fileExists(names), "stable names left in \(names): \(directoryEntries(names))", sourceLocation: sourceLocation)
+            _ = run("/bin/rm", ["-rf", names])
+        }
         scratch.cleanup()
     }
 

@@ -278,28 +278,70 @@ public final class StorageProvider: Sendable {
 
     func link(_ name: String, to device: LoopDevice) throws(SiloError) {
         let directory = configuration.linkDirectory
-        if mkdir(directory, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: directory) }
         let final = directory + "/" + name
-        var info = stat()
-        if lstat(final, &info) == 0, !Self.isStableName(final) {
-            throw SiloError(.invalidArgument, "\(final) is there and is no link to a loop device; Silo leaves it alone",
-                            field: "name", value: name)
-        }
-        let temporary = directory + "/.\(name).\(ProcessIdentity.procPID)"
-        unlink(temporary)
-        try syscall("symlink", path: temporary) { symlink(device.path, temporary) }
-        do throws(SiloError) {
-            try syscall("rename", path: final) { rename(temporary, final) }
-        } catch {
+        var attempts = 0
+        while true {
+            try makeLinkDirectory()
+            var info = stat()
+            if lstat(final, &info) == 0, !Self.isStableName(final) {
+                throw SiloError(.invalidArgument, "\(final) is there and is no link to a loop device; Silo leaves it alone",
+                                field: "name", value: name)
+            }
+            let temporary = directory + "/.\(name).\(ProcessIdentity.procPID)"
             unlink(temporary)
-            throw error
+            if symlink(device.path, temporary) != 0 {
+                // The /dev folder went with another process's last name meanwhile: made again.
+                if errno == ENOENT, configuration.linkTarget != nil, attempts < 20 {
+                    attempts += 1
+                    continue
+                }
+                throw SiloError.system("symlink", errno: errno, path: temporary)
+            }
+            do throws(SiloError) {
+                try syscall("rename", path: final) { rename(temporary, final) }
+            } catch {
+                unlink(temporary)
+                throw error
+            }
+            return
         }
     }
 
-    /// Removes a stable name; whatever else has that name (a file, a link elsewhere) stays.
+    /// The folder of the stable names, made where missing. Another state directory's `<state>/dev`
+    /// is a link to its folder in /dev (``StorageConfiguration/linkTarget``); one made as a
+    /// folder by an older Silo has its names moved there, and becomes the link.
+    private func makeLinkDirectory() throws(SiloError) {
+        guard let target = configuration.linkTarget else {
+            let directory = configuration.linkDirectory
+            if mkdir(directory, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: directory) }
+            return
+        }
+        if mkdir(target, 0o755) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: target) }
+        let directory = configuration.linkDirectory
+        var info = stat()
+        if lstat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR {
+            let entries = directoryEntries(directory, hidden: true)
+            guard entries.allSatisfy({ Self.isStableName(directory + "/" + $0) }) else {
+                rmdir(target)  // something else is in it: it stays the folder, as a user made it
+                return
+            }
+            for entry in entries {
+                if let device = resolveLink(directory + "/" + entry) { _ = symlink(device, target + "/" + entry) }
+                unlink(directory + "/" + entry)
+            }
+            guard rmdir(directory) == 0 else { return }
+        } else if lstat(directory, &info) == 0 {
+            return  // the link (or whatever a user put there: not replaced)
+        }
+        if symlink(target, directory) != 0, errno != EEXIST { throw SiloError.system("symlink", errno: errno, path: directory) }
+    }
+
+    /// Removes a stable name; whatever else has that name (a file, a link elsewhere) stays. The
+    /// last name of another state directory takes its folder in /dev with it.
     func unlinkName(_ name: String) {
         let path = configuration.linkDirectory + "/" + name
         if Self.isStableName(path) { unlink(path) }
+        if let target = configuration.linkTarget { rmdir(target) }  // only when empty
     }
 
     /// Whether `path` is what `link` makes: a symbolic link to `/dev/loop<N>`. The link folder may
