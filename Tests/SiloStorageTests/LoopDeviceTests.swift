@@ -47,6 +47,31 @@ struct LoopDeviceTests {
         #expect(try device.detach() == false)
     }
 
+    @Test("The bound devices are read from /proc/partitions: the same as sysfs's bound nodes, the idle ones left out; found by their file's name")
+    func boundDevices() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/bound-by-name.img"
+        try makeSparseFile(file, size: 8 << 20)
+        let device = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-bound")).device
+        defer { _ = try? device.detach() }
+        // An idle node beside it (one more than the host has).
+        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
+        try #require(control >= 0)
+        defer { close(control) }
+        let idle = ioctl(control, 0x4C82)  // LOOP_CTL_GET_FREE
+        try #require(idle >= 0)
+        let bySysfs = directoryEntries("/sys/block").compactMap { name -> Int? in
+            guard name.hasPrefix("loop"), let number = Int(name.dropFirst(4)),
+                  fileExists("/sys/block/\(name)/loop/backing_file"), (readNumber("/sys/block/\(name)/size") ?? 0) > 0 else { return nil }
+            return number
+        }
+        #expect(Set(LoopDevice.boundNumbers()) == Set(bySysfs))
+        #expect(LoopDevice.boundNumbers().contains(device.number) && !LoopDevice.boundNumbers().contains(Int(idle)))
+        #expect(LoopDevice.bound(naming: "bound-by-name.img") == [device])
+        #expect(LoopDevice.bound(toFile: file).map(\.device) == [device])
+    }
+
     @Test("Detach refuses a device held open by another process instead of detaching lazily")
     func detachRefusesHeldDevice() throws {
         let scratch = Scratch()

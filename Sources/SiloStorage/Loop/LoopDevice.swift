@@ -391,21 +391,49 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     /// id, which names its file): a look that opens no device. Each device's `backing_file` is read
     /// relative to one open `/sys/block` into one buffer (an idle node answers ENOENT at once): a
     /// thousand LUNs and as many idle nodes cost 7 ms with a path and an allocation for each.
+    /// The numbers of the loop devices with a size: those bound, from one read of
+    /// /proc/partitions, which lists no disk of size 0 (an idle loop node). A walk of /sys/block
+    /// tried each node's backing_file: with 600 idle nodes on a host, every `lun delete` took 1.5 ms
+    /// more. (A device bound to an empty file, or past its end, has no size and is not listed:
+    /// no LUN's is so.)
+    static func boundNumbers() -> [Int] {
+        guard let table = readFile("/proc/partitions") else { return [] }
+        var numbers: [Int] = []
+        var lineStart = 0
+        while lineStart < table.count {
+            var lineEnd = lineStart
+            while lineEnd < table.count, table[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+            // The last field: the name, as "loop12" (a partition, "loop12p1", is no device of its own).
+            var nameStart = lineEnd
+            while nameStart > lineStart, table[nameStart - 1] != UInt8(ascii: " ") { nameStart -= 1 }
+            if lineEnd - nameStart > 4, table[nameStart] == UInt8(ascii: "l"), table[nameStart + 1] == UInt8(ascii: "o"),
+               table[nameStart + 2] == UInt8(ascii: "o"), table[nameStart + 3] == UInt8(ascii: "p") {
+                var number = 0
+                var digits = true
+                for index in (nameStart + 4)..<lineEnd {
+                    let byte = table[index]
+                    guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9"), number < 1 << 40 else {
+                        digits = false
+                        break
+                    }
+                    number = number * 10 + Int(byte - UInt8(ascii: "0"))
+                }
+                if digits { numbers.append(number) }
+            }
+            lineStart = lineEnd + 1
+        }
+        return numbers
+    }
+
     static func bound(naming text: String) -> [LoopDevice] {
         let needle = Array(text.utf8)
         let block = open("/sys/block", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard block >= 0 else { return [] }
         defer { close(block) }
-        guard let directory = fdopendir(dup(block)) else { return [] }
-        defer { closedir(directory) }
         var matches: [LoopDevice] = []
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer in
-            while let entry = readdir(directory) {
-                let name = withUnsafePointer(to: entry.pointee.d_name) {
-                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-                }
-                guard name.hasPrefix("loop"), let number = Int(name.dropFirst(4)) else { continue }
-                let fd = openat(block, name + "/loop/backing_file", O_RDONLY | O_CLOEXEC)
+            for number in boundNumbers() {
+                let fd = openat(block, "loop\(number)/loop/backing_file", O_RDONLY | O_CLOEXEC)
                 guard fd >= 0 else { continue }  // not bound
                 let count = read(fd, buffer.baseAddress, buffer.count)
                 close(fd)
