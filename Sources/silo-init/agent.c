@@ -254,9 +254,25 @@ static __attribute__((noreturn)) void child_fail(int error_pipe, int step) {
 /// execvp, with the PATH of the process's own environment (glibc's default, /bin:/usr/bin, when
 /// it has none) and without writing `environ`: the child shares the agent's memory until it
 /// execs. Returns only when nothing could be run, with errno set as execvp sets it.
+static void exec_or_shell(const char *path, char *const argv[], char *const envp[]) {
+    execve(path, argv, envp);
+    if (errno != ENOEXEC) return;
+    // A script without #!: /bin/sh FILE ARGS..., as execvp and `silo run` do. On the child's
+    // 64 KiB stack, so for 1,024 arguments at most.
+    size_t count = 0;
+    while (argv[count]) count++;
+    if (count > 1024) return;
+    const char *script[count + 2];
+    script[0] = "/bin/sh";
+    script[1] = path;
+    for (size_t i = 1; i <= count; i++) script[i + 1] = argv[i];
+    execve("/bin/sh", (char *const *)script, envp);
+    errno = ENOEXEC;
+}
+
 static void exec_searching(const char *file, char *const argv[], char *const envp[]) {
     if (strchr(file, '/')) {
-        execve(file, argv, envp);
+        exec_or_shell(file, argv, envp);
         return;
     }
     const char *path = "/bin:/usr/bin";
@@ -279,10 +295,11 @@ static void exec_searching(const char *file, char *const argv[], char *const env
             at += folder;
             candidate[at++] = '/';
             memcpy(candidate + at, file, length + 1);
-            execve(candidate, argv, envp);
+            exec_or_shell(candidate, argv, envp);
             if (errno == EACCES) {
                 denied = 1;
-            } else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ELOOP && errno != ENAMETOOLONG) {
+            } else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ELOOP && errno != ENAMETOOLONG
+                       && errno != ENODEV && errno != ETIMEDOUT) {
                 return;
             }
         }

@@ -620,7 +620,8 @@ struct ProcessTests {
     func commandLookup() throws {
         let box = try RunningSystem("pl")
         defer { box.finish() }
-        let setup = try box.run("printf '#!/bin/sh\\nexit 9\\n' > /tmp/mine && chmod +x /tmp/mine && printf 'x' > /tmp/plain", stdout: false)
+        let setup = try box.run("printf '#!/bin/sh\\nexit 9\\n' > /tmp/mine && chmod +x /tmp/mine && printf 'x' > /tmp/plain"
+                                + " && printf 'exit 8\\n' > /tmp/bare && chmod +x /tmp/bare", stdout: false)
         defer { setup.close() }
         #expect(try setup.wait(timeout: .seconds(10)).exitCode == 0)
 
@@ -629,6 +630,11 @@ struct ProcessTests {
             .wait(timeout: .seconds(30))
         defer { found.close() }
         #expect(try found.wait(timeout: .seconds(10)).exitCode == 9)
+        // A script without #! runs under /bin/sh, as execvp and silo run have it.
+        let bare = try box.system.createProcess(ProcessParameters(arguments: ["bare"], environment: ["PATH": "/tmp"]))
+            .wait(timeout: .seconds(30))
+        defer { bare.close() }
+        #expect(try bare.wait(timeout: .seconds(10)).exitCode == 8)
 
         for (command, path, expected) in [("mine", "/nowhere", ENOENT), ("plain", "/tmp", EACCES), ("/tmp/plain", "/bin", EACCES)] {
             let refusal = #expect(throws: SiloError.self) {
