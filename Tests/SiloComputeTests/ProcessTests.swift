@@ -426,6 +426,29 @@ struct ProcessTests {
         #expect(try reopened.wait(timeout: .seconds(10)).exitCode == 0, "a late watcher gets the newest exits")
     }
 
+    @Test("C4 a pause waits for a process start or signal under way (their gate), and one that cannot wait changes nothing; a start waits for a pause the same way")
+    func pauseWaitsForRequests() throws {
+        let box = try RunningSystem("pg")
+        defer { box.finish() }
+        // As a start in another process, between its check that the system runs and its reply.
+        let held = try box.system.openRequestGate(exclusive: false)
+        let refused = #expect(throws: SiloError.self) { try box.system.pause().wait(timeout: .seconds(30)) }
+        #expect(refused?.code == .operationTimeout && refused?.message.contains("it was not paused") == true, "\(String(describing: refused))")
+        #expect(try box.system.properties().state == .running && !box.system.cgroup.freezeRequested, "nothing frozen")
+        close(held)
+        // As a pause in another process, between its freeze and its record: a start sends nothing.
+        let pausing = try box.system.openRequestGate(exclusive: true)
+        let waited = #expect(throws: SiloError.self) { _ = try box.run("true") }
+        #expect(waited?.code == .operationTimeout && waited?.message.contains("nothing was sent") == true, "\(String(describing: waited))")
+        close(pausing)
+        try box.system.pause().wait(timeout: .seconds(10))
+        #expect((#expect(throws: SiloError.self) { _ = try box.run("true") })?.code == .invalidState)
+        try box.system.resume().wait(timeout: .seconds(10))
+        let after = try box.run("exit 4", stdout: false)
+        defer { after.close() }
+        #expect(try after.wait(timeout: .seconds(10)).exitCode == 4)
+    }
+
     @Test("C4 C5 pause freezes processes and refuses new ones and requests its frozen agent cannot answer; shutdown sends SIGTERM to them first")
     func pauseAndShutdown() throws {
         let box = try RunningSystem("ps")

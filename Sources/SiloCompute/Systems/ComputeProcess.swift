@@ -175,6 +175,9 @@ public final class ComputeProcess: Sendable {
                 [self] _ in
                 var body = silo_agent_signal(pid: pid, signal: signal)
                 do {
+                    let gate = try system.openRequestGate(exclusive: false)
+                    defer { Glibc.close(gate) }
+                    try system.checkAgentAwake("signal a process")  // a pause that came since the call's check
                     _ = try system.agent().request(SILO_AGENT_SIGNAL, payload: withUnsafeBytes(of: &body) { Array($0) })
                 } catch {
                     if kills { killedHere.store(false, ordering: .relaxed) }

@@ -235,13 +235,41 @@ public final class ComputeSystem: Sendable {
 
     /// Running -> Paused: freezes every process, those forked meanwhile too.
     public func pause(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
+        // The request gate, held from before the freeze until the record says Paused (`finally`).
+        let gate = Mutex<Int32>(-1)
         // A record that cannot say Paused must not be left with a frozen system: every call would
         // wait on its agent, and resume would be refused.
-        try change(.pause, from: [.running], context: context, callback: callback, unsaved: { [cgroup] in try? cgroup.thaw() }) {
-            [self] _ in
+        return try change(.pause, from: [.running], context: context, callback: callback,
+                          finally: { gate.withLock { fd in if fd >= 0 { Glibc.close(fd) }; fd = -1 } },
+                          unsaved: { [cgroup] in try? cgroup.thaw() }) { [self] _ in
+            let fd = try openRequestGate(exclusive: true)
+            gate.withLock { $0 = fd }
             try cgroup.freeze()
             return { $0.state = .paused }
         }
+    }
+
+    /// The gate of requests that change what runs inside (a process start, a signal): each holds
+    /// it shared, from its check that the system runs until the agent's reply; a pause holds it
+    /// exclusively from before its freeze until its record says Paused. Without it, a request
+    /// checked against a Running record and sent as the freeze came waited in the frozen agent's
+    /// socket, timed out for its caller, and was carried out at the resume: a process nobody
+    /// owned, a signal its sender was told had failed.
+    /// - Throws: `operationTimeout` when the gate cannot be had within 5 seconds (nothing changed).
+    func openRequestGate(exclusive: Bool) throws(SiloError) -> Int32 {
+        let path = store.directory(id) + "/requests"
+        let fd = Glibc.open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+        for _ in 0..<5000 {
+            if flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0 { return fd }
+            guard errno == EWOULDBLOCK || errno == EINTR else { break }
+            usleep(1000)
+        }
+        Glibc.close(fd)
+        throw SiloError(.operationTimeout, exclusive
+                            ? "compute system '\(id)' is starting or signalling a process; it was not paused, try again"
+                            : "compute system '\(id)' is being paused; nothing was sent to it, try again",
+                        field: "id", value: id)
     }
 
     /// Paused -> Running.
@@ -645,6 +673,9 @@ public final class ComputeSystem: Sendable {
                                             reason: "the command and environment exceed \(SILO_AGENT_MAX_PAYLOAD) bytes")
         }
         let oomKills = cgroup.oomKills
+        let gate = try openRequestGate(exclusive: false)
+        defer { Glibc.close(gate) }
+        try checkAgentAwake("create a process")  // a pause that came since the call's check
         let reply = try connection.request(SILO_AGENT_SPAWN, payload: payload, descriptors: stdio.descriptors)
         sent = true
         var pid: Int32 = 0

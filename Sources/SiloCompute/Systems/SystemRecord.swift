@@ -171,6 +171,7 @@ struct SystemStore: Sendable {
         unlink(directory(id) + "/state.json")
         unlink(directory(id) + "/lock")
         unlink(directory(id) + "/handles")
+        unlink(directory(id) + "/requests")
         unlink(directory(id) + "/agent.sock")
         rmdir(root(id))
         rmdir(directory(id))
