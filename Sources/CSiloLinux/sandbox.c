@@ -1000,10 +1000,10 @@ per_system:
     if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, 0) < 0 && errno != ENOSYS) fail(c, STEP_KEYRING);
     setup_stdio(c);
     // No supplementary group of the caller's (a host group's files in the read-only binds stay
-    // out of reach). The raw system call: glibc's would signal the caller's other threads to
-    // change theirs too. EPERM only in a user namespace whose gid map denies it, where no host
-    // group is there to keep.
-    if (syscall(SYS_setgroups, 0, NULL) != 0 && errno != EPERM) fail(c, STEP_CAPABILITIES);
+    // out of reach). The raw system calls: glibc's would signal the caller's other threads to
+    // change theirs too. Where the kernel refuses (a user namespace whose setgroups is denied),
+    // only a caller that has none goes on: a group kept is access kept.
+    if (syscall(SYS_setgroups, 0, NULL) != 0 && syscall(SYS_getgroups, 0, NULL) != 0) fail(c, STEP_CAPABILITIES);
     drop_capabilities(c);
     // No core dumps, for good (a hard limit of 0 that no process inside can raise): the host's
     // core_pattern helper (systemd-coredump, apport) would otherwise run as host root on a core

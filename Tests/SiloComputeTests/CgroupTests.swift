@@ -234,7 +234,9 @@ struct CgroupTests {
         // A level that holds a process of its own gives its children no controller.
         let controller = try #require(given.first ?? available.first)
         let added = !given.contains(controller)
-        if added { try writeText(unified + "/cgroup.subtree_control", "+" + controller) }
+        if added, (try? writeText(unified + "/cgroup.subtree_control", "+" + controller)) == nil {
+            try Test.cancel("the cgroup2 root here gives no controller to its children (a container's, holding processes)")
+        }
         defer { if added { try? writeText(unified + "/cgroup.subtree_control", "-" + controller) } }
         var pid: pid_t = 0
         let words = ["/bin/sleep", "30"]

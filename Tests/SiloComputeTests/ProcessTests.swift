@@ -313,8 +313,22 @@ struct ProcessTests {
         let timedOut = #expect(throws: SiloError.self) { _ = try sleeper.wait(timeout: .milliseconds(300)) }
         #expect(timedOut?.code == .operationTimeout, "still running: \(String(describing: timedOut))")
         #expect(!sleeper.status.exited)
+        // And while a wait is under way: it goes on over a new connection.
+        let outcome = Mutex<Result<ProcessStatus, SiloError>?>(nil)
+        let finished = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            let result: Result<ProcessStatus, SiloError>
+            do throws(SiloError) { result = .success(try sleeper.wait(timeout: .seconds(30))) } catch { result = .failure(error) }
+            outcome.withLock { $0 = result }
+            finished.signal()
+        }
+        usleep(200_000)
+        box.system.connection?.close()
+        #expect(finished.wait(timeout: .now() + .milliseconds(300)) == .timedOut, "the wait ended with its connection: \(String(describing: outcome.withLock { $0 }))")
         _ = try box.run("kill -USR1 \(sleeper.pid)", stdout: false).wait(timeout: .seconds(10))
-        #expect(try sleeper.wait(timeout: .seconds(10)).signal == SIGUSR1, "the real exit, through the new connection")
+        #expect(finished.wait(timeout: .now() + .seconds(20)) == .success)
+        let status = try outcome.withLock { $0 }?.get()
+        #expect(status?.signal == SIGUSR1, "the real exit, through the new connection: \(String(describing: status))")
     }
 
     @Test("C10 a process over the memory limit is OOM-killed inside; its exit says so; the system runs on")

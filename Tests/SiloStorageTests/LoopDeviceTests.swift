@@ -55,19 +55,18 @@ struct LoopDeviceTests {
         try makeSparseFile(file, size: 8 << 20)
         let device = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-bound")).device
         defer { _ = try? device.detach() }
-        // An idle node beside it (one more than the host has).
+        // An idle node beside it, removed again if this test made it.
         let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
         try #require(control >= 0)
         defer { close(control) }
+        let before = Set(LoopDevice.all().map(\.number))
         let idle = ioctl(control, 0x4C82)  // LOOP_CTL_GET_FREE
         try #require(idle >= 0)
-        let bySysfs = directoryEntries("/sys/block").compactMap { name -> Int? in
-            guard name.hasPrefix("loop"), let number = Int(name.dropFirst(4)),
-                  fileExists("/sys/block/\(name)/loop/backing_file"), (readNumber("/sys/block/\(name)/size") ?? 0) > 0 else { return nil }
-            return number
-        }
-        #expect(Set(LoopDevice.boundNumbers()) == Set(bySysfs))
-        #expect(LoopDevice.boundNumbers().contains(device.number) && !LoopDevice.boundNumbers().contains(Int(idle)))
+        let made = !before.contains(Int(idle))
+        defer { if made { _ = ioctl(control, 0x4C81, idle) } }  // LOOP_CTL_REMOVE: an idle node of this test's
+        let bound = try #require(LoopDevice.boundNumbers())
+        #expect(bound.contains(device.number) && fileExists("/sys/block/\(device.path.dropFirst(5))/loop/backing_file"))
+        #expect(!bound.contains(Int(idle)) && !fileExists("/sys/block/loop\(idle)/loop/backing_file"), "an idle node is not listed")
         #expect(LoopDevice.bound(naming: "bound-by-name.img") == [device])
         #expect(LoopDevice.bound(toFile: file).map(\.device) == [device])
     }

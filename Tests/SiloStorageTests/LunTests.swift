@@ -754,14 +754,7 @@ struct LunTests {
         let lun = try storage.create("thick", size: 8 << 20, provisioning: .thick)
         // As an extend killed after it grew the file and before it allocated the growth.
         #expect(truncate(lun.backingFile, 16 << 20) == 0)
-        let dead = fork()
-        if dead == 0 { _exit(0) }
-        try #require(dead > 0)
-        waitpid(dead, nil, 0)
-        let registry = storage.provider.registry
-        try registry.locked { () throws(SiloError) in
-            try registry.placeMark(.changing, "thick", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun"))
-        }
+        try storage.placeDeadMark("thick", operation: "extendLun")
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.repaired.contains { $0.hasPrefix("thick:") }, "\(report.repaired)")
         let settled = try storage.provider.lun(named: "thick")
@@ -777,14 +770,8 @@ struct LunTests {
         let lun = try storage.create("pending", size: 8 << 20)
         // As an extend killed after it grew the file: the next change would settle it.
         #expect(truncate(lun.backingFile, 16 << 20) == 0)
-        let dead = fork()
-        if dead == 0 { _exit(0) }
-        try #require(dead > 0)
-        waitpid(dead, nil, 0)
+        try storage.placeDeadMark("pending", operation: "extendLun")
         let registry = storage.provider.registry
-        try registry.locked { () throws(SiloError) in
-            try registry.placeMark(.changing, "pending", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "extendLun"))
-        }
         let calls: [(String, () throws -> Void)] = [
             ("extend by 0", { _ = try storage.provider.extendLun("pending", by: 0) }),
             ("extend by and to", { _ = try storage.provider.extendLun("pending", by: 1 << 20, to: 32 << 20) }),
@@ -811,14 +798,7 @@ struct LunTests {
         // As a shrink by 8 MiB killed after it capped the device, before it cut the file.
         try device.limitSize(to: 8 << 20, expecting: record.tag)
         try #require(deviceSize() == 8 << 20)
-        let dead = fork()
-        if dead == 0 { _exit(0) }
-        try #require(dead > 0)
-        waitpid(dead, nil, 0)
-        let registry = storage.provider.registry
-        try registry.locked { () throws(SiloError) in
-            try registry.placeMark(.changing, "capped", owner: LunRecord.Owner(pid: dead, startTime: 1, operation: "shrinkLun"))
-        }
+        try storage.placeDeadMark("capped", operation: "shrinkLun")
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.repaired.contains { $0.hasPrefix("capped:") }, "\(report.repaired)")
         #expect(try storage.provider.lun(named: "capped").size == 16 << 20)

@@ -113,6 +113,19 @@ struct TestStorage {
         scratch.cleanup()
     }
 
+    /// Marks LUN `name` as changed by `operation` of a process that is dead (it exited and was
+    /// reaped): as a change killed midway leaves it, for the next change or reenumerate to settle.
+    func placeDeadMark(_ name: String, operation: String) throws {
+        let dead = fork()
+        if dead == 0 { _exit(0) }
+        try #require(dead > 0)
+        waitpid(dead, nil, 0)
+        let registry = provider.registry
+        try registry.locked { () throws(SiloError) in
+            try registry.placeMark(.changing, name, owner: LunRecord.Owner(pid: dead, startTime: 1, operation: operation))
+        }
+    }
+
     func create(
         _ name: String, size: UInt64 = 32 << 20, provisioning: Provisioning = .thin, blockSize: UInt32 = 512
     ) throws -> LunProperties {

@@ -140,12 +140,14 @@ public final class Cgroup: Sendable {
     }
 
     /// The cgroup2 controllers a cgroup with `limits` needs enabled above it: those that enforce a
-    /// limit, and memory for a system's statistics (`memory.current`; cpu.stat is there without
-    /// the cpu controller). Fewer is better: each is one more thing a delegated subtree must allow.
+    /// limit; and for a compute system, memory (its statistics' `memory.current`) and cpu (a
+    /// weight of its own, so that systems share the CPU fairly, whatever number of tasks each
+    /// runs). A `run`'s (`enforcingOnly`) gets only what it limits: each controller is one more
+    /// thing a delegated subtree must allow.
     static func unifiedControllers(for limits: CgroupLimits, enforcingOnly: Bool, layout: CgroupLayout) -> [String] {
         var wanted: [String] = []
         if limits.memory != nil || !enforcingOnly { wanted.append("memory") }
-        if limits.cpus != nil || limits.cpuWeight != nil { wanted.append("cpu") }
+        if limits.cpus != nil || limits.cpuWeight != nil || !enforcingOnly { wanted.append("cpu") }
         if limits.pids != nil { wanted.append("pids") }
         return wanted.filter { layout.unifiedControllers.contains($0) }
     }

@@ -92,6 +92,11 @@ public final class ComputeProcess: Sendable {
 
     deinit { closeDescriptors() }
 
+    /// Wakes the threads asleep in ``wait(timeout:)`` to look again (an exit the agent no longer keeps).
+    func wakeWaiters() {
+        state.withLock { $0.waiters }.forEach { $0.signal() }
+    }
+
     /// Whether the exit was seen, without taking in what arrived (for the system's bookkeeping).
     var hasExited: Bool { state.withLock { $0.status.exited } }
 
@@ -115,40 +120,46 @@ public final class ComputeProcess: Sendable {
             return nil
         }
         if let done { return done }
-        if system.agentIsGone {
-            // The agent went with the system: no exit will be reported any more.
-            exited(waitStatus: Int32(SIGKILL), fromAgent: false)
-        } else if system.isClosedHandle {
-            // The process may well run on: its exit will not reach this handle. Said, not made up.
+        // Its exit cannot reach this handle while the process may well run on: said, not made up.
+        func lost(_ reason: String) throws(SiloError) -> ProcessStatus {
             state.withLock { state in state.waiters.removeAll { $0 === semaphore } }
             if state.withLock({ $0.status.exited }) { return state.withLock { $0.status } }
-            throw SiloError(.connectionClosed, "process \(pid) in compute system '\(system.id)': its system's handle is closed; "
+            throw SiloError(.connectionClosed, "process \(pid) in compute system '\(system.id)': \(reason); "
                                 + "open the system again to wait for it", field: "id", value: system.id)
-        } else if system.connectionEnded {
-            // The agent dropped this handle's connection and lives on: a new one, which asks for
-            // this process's exit again (or, failing, the wait below says the connection ended).
-            _ = try? system.agent()
         }
         // With nobody reading the system's connection, this thread reads it until the exit comes.
         // A century at most: later instants overflow the clock's arithmetic.
         let century = Duration.seconds(86_400 * 365 * 100)
         let deadline = ContinuousClock.now + min(timeout ?? century, century)
         var exited = false
-        if let connection = system.connection {
-            exited = connection.wait(until: { [self] in state.withLock { $0.status.exited } }, signalled: semaphore, deadline: deadline)
-            if !exited, system.agentIsGone { self.exited(waitStatus: Int32(SIGKILL), fromAgent: false) }
-            exited = state.withLock { $0.status.exited }
-            if !exited, connection.isClosed {
-                state.withLock { state in state.waiters.removeAll { $0 === semaphore } }
-                throw SiloError(.connectionClosed,
-                                "process \(pid) in compute system '\(system.id)': the agent ended this handle's connection; "
-                                    + "open the system again to wait for it", field: "id", value: system.id)
+        var reconnects = 0
+        while true {
+            if system.agentIsGone {
+                // The agent went with the system: no exit will be reported any more.
+                self.exited(waitStatus: Int32(SIGKILL), fromAgent: false)
+                break
             }
-        } else {
-            let remaining = deadline - .now
-            let nanoseconds = max(remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000, 0)
-            exited = semaphore.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success
+            if system.isClosedHandle { return try lost("its system's handle is closed") }
+            if system.hasLostExit(of: pid) { return try lost("the agent no longer keeps its exit") }
+            if system.connectionEnded {
+                // The agent dropped this handle's connection and lives on: a new one, which asks
+                // for this process's exit again.
+                guard reconnects < 3, (try? system.agent()) != nil else { return try lost("the agent ended this handle's connection") }
+                reconnects += 1
+                continue
+            }
+            guard let connection = system.connection else {
+                let remaining = deadline - .now
+                let nanoseconds = max(remaining.components.seconds * 1_000_000_000 + remaining.components.attoseconds / 1_000_000_000, 0)
+                exited = semaphore.wait(timeout: .now() + .nanoseconds(Int(nanoseconds))) == .success
+                break
+            }
+            exited = connection.wait(until: { [self] in state.withLock { $0.status.exited } || system.hasLostExit(of: pid) },
+                                     signalled: semaphore, deadline: deadline)
+            if system.hasLostExit(of: pid) { continue }
+            if exited || !connection.isClosed || ContinuousClock.now >= deadline { break }
         }
+        exited = state.withLock { $0.status.exited }
         if !exited {
             state.withLock { state in state.waiters.removeAll { $0 === semaphore } }
             throw SiloError(.operationTimeout, "process \(pid) in compute system '\(system.id)' is still running after \(timeout ?? .zero)",

@@ -31,6 +31,8 @@ public final class ComputeSystem: Sendable {
         /// Running processes whose last handle here was closed: their exit is dropped when it
         /// comes, not kept as unclaimed for a later process that the same pid might name.
         var forgotten: Set<Int32> = []
+        /// Processes whose exit the agent no longer keeps, found when watched again on a new connection.
+        var lostExits: Set<Int32> = []
         var closed = false
         /// An event handler is set on this handle or on one of its processes: the connection keeps
         /// a reader thread, so that events come with nobody waiting for them.
@@ -256,10 +258,11 @@ public final class ComputeSystem: Sendable {
     /// socket, timed out for its caller, and was carried out at the resume: a process nobody
     /// owned, a signal its sender was told had failed.
     /// - Throws: `operationTimeout` when the gate cannot be had within 5 seconds (nothing changed).
+    /// The lock is on the system's folder itself: no file to make that a start racing a removal
+    /// could make again after the removal's unlink, and keep the folder.
     func openRequestGate(exclusive: Bool) throws(SiloError) -> Int32 {
-        let path = store.directory(id) + "/requests"
-        let fd = Glibc.open(path, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
+        let fd = Glibc.open(store.directory(id), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SiloError(.systemNotFound, "no compute system with id '\(id)'", field: "id", value: id) }
         for _ in 0..<5000 {
             if flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0 { return fd }
             guard errno == EWOULDBLOCK || errno == EINTR else { break }
@@ -715,10 +718,25 @@ public final class ComputeSystem: Sendable {
         }
         for pid in watched {
             var body = pid
-            _ = try? connection.request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+            do throws(SiloError) {
+                _ = try connection.request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+            } catch where error.code == .processAlreadyStopped {
+                // Exited, and its exit no longer kept (the agent's table reuses the oldest): its
+                // waiters are told, not left to wait for an exit that will not come.
+                agentState.withLock { _ = $0.lostExits.insert(pid) }
+                processes(withPID: pid).forEach { $0.wakeWaiters() }
+            } catch {}
         }
         return connection
     }
+
+    private func processes(withPID pid: Int32) -> [ComputeProcess] {
+        agentState.withLock { $0.processes[pid]?.compactMap(\.process) ?? [] }
+    }
+
+    /// Whether the agent answered that it no longer keeps the exit of `pid`, a process this handle
+    /// watched (after a connection it dropped).
+    func hasLostExit(of pid: Int32) -> Bool { agentState.withLock { $0.lostExits.contains(pid) } }
 
     /// Whether this handle is connected to the system's agent, and the connection has not ended.
     var hasLiveAgent: Bool { agentState.withLock { $0.connection.map { !$0.isClosed } ?? false } }

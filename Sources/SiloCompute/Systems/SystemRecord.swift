@@ -171,7 +171,6 @@ struct SystemStore: Sendable {
         unlink(directory(id) + "/state.json")
         unlink(directory(id) + "/lock")
         unlink(directory(id) + "/handles")
-        unlink(directory(id) + "/requests")
         unlink(directory(id) + "/agent.sock")
         rmdir(root(id))
         rmdir(directory(id))
@@ -191,21 +190,25 @@ struct SystemStore: Sendable {
 
 /// Nil for a process that is gone, or a zombie (dead, not yet reaped: not a live init).
 func processStartTime(_ pid: Int32) -> UInt64? {
-    guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-    let fields = stat[stat.index(after: close)...].split(separator: " ")
-    guard fields.count > 19, fields[0] != "Z", fields[0] != "X" else { return nil }
-    return UInt64(fields[19])
+    processStat(pid)?.startTime
 }
 
 /// Whether `pid` is still the process that started at `startTime` and is not on its way out: a
 /// process in its exit (the kernel's PF_EXITING, in /proc's flags) has closed its sockets before
 /// it becomes a zombie, tearing down its namespaces meanwhile.
 func processIsLive(_ pid: Int32, startedAt startTime: UInt64) -> Bool {
-    guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+    guard let stat = processStat(pid) else { return false }
+    return stat.startTime == startTime && stat.flags & 0x4 == 0  // PF_EXITING
+}
+
+/// A live process's flags and start time from /proc/<pid>/stat; nil when it is gone or a zombie.
+private func processStat(_ pid: Int32) -> (flags: UInt64, startTime: UInt64)? {
+    guard let stat = readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
     let fields = stat[stat.index(after: close)...].split(separator: " ")
-    guard fields.count > 19, fields[0] != "Z", fields[0] != "X", UInt64(fields[19]) == startTime,
-          let flags = UInt64(fields[6]) else { return false }
-    return flags & 0x4 == 0  // PF_EXITING
+    guard fields.count > 19, fields[0] != "Z", fields[0] != "X", let flags = UInt64(fields[6]), let start = UInt64(fields[19]) else {
+        return nil
+    }
+    return (flags, start)
 }
 
 /// Inits this process started: each is this process's child until reaped. A system stopped by

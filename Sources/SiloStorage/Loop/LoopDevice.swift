@@ -256,7 +256,7 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         }
         if bound.lo_flags & silo_LO_FLAGS_AUTOCLEAR == 0 {  // autoclear before: it stays
             info.lo_flags &= ~silo_LO_FLAGS_AUTOCLEAR
-            _ = silo_loop_set_status64(again, &info)
+            try? setStatus(again, &info)
         }
         close(again)
         // Unbound now, with our mark taken back: someone else's detach, not this call's.
@@ -280,20 +280,45 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     ///   throws `objectDeleted`). With it, a size cap a shrink left on the device (killed between
     ///   capping it and taking the cap away) goes too: the device is its file's size.
     public func refreshCapacity(expecting tag: String? = nil) throws(SiloError) {
-        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
-        defer { close(fd) }
-        if let tag {
-            flock(fd, LOCK_EX)
-            var info = loop_info64()
-            guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
-                throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
-            }
+        guard let tag else {
+            let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+            defer { close(fd) }
+            _ = try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
+            return
+        }
+        try withOwned(tag) { (fd, info) throws(SiloError) in
             if info.lo_sizelimit != 0 {
                 info.lo_sizelimit = 0
                 return try setStatus(fd, &info)
             }
+            try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
         }
-        try syscall("LOOP_SET_CAPACITY", path: path) { silo_loop_set_capacity(fd) }
+    }
+
+    /// Runs `body` with the device open (read-only: no ioctl here needs more) and locked, its
+    /// status read, once the status says the device carries `tag`.
+    /// - Throws: `objectDeleted` when it does not (bound again by someone else since the caller
+    ///   looked, or unbound); `deviceInUse` when another program holds the device's lock for 5 s
+    ///   (`udevadm lock`, a partitioning tool): every LUN call waited behind it before.
+    private func withOwned(_ tag: String, _ body: (Int32, inout loop_info64) throws(SiloError) -> Void) throws(SiloError) {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        try lockWithin5Seconds(fd)
+        var info = loop_info64()
+        guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
+            throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
+        }
+        try body(fd, &info)
+    }
+
+    private func lockWithin5Seconds(_ fd: Int32) throws(SiloError) {
+        for _ in 0..<5000 {
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return }
+            guard errno == EWOULDBLOCK || errno == EINTR else { return }  // no lock to be had: as before, unlocked
+            usleep(1000)
+        }
+        throw SiloError(.deviceInUse, "\(path) is locked by another program (its flock held for 5 s); try again",
+                        field: "device", value: path)
     }
 
     /// `LOOP_SET_STATUS64`, again while the kernel says EAGAIN (kernels that refused while the
@@ -317,15 +342,10 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     ///   device bound again by someone else since the caller looked is left alone.
     /// - Throws: `objectDeleted` naming the device when it no longer carries `tag`.
     func limitSize(to bytes: UInt64, expecting tag: String) throws(SiloError) {
-        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
-        defer { close(fd) }
-        flock(fd, LOCK_EX)
-        var info = loop_info64()
-        guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
-            throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
+        try withOwned(tag) { (fd, info) throws(SiloError) in
+            info.lo_sizelimit = bytes
+            try setStatus(fd, &info)
         }
-        info.lo_sizelimit = bytes
-        try setStatus(fd, &info)
     }
 
     /// The file the device is bound to, from sysfs (one file of the six `status` reads). Nil
@@ -387,17 +407,13 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         }.sorted { $0.number < $1.number }
     }
 
-    /// The bound devices whose backing file's path, as sysfs gives it, contains `text` (a LUN's
-    /// id, which names its file): a look that opens no device. Each device's `backing_file` is read
-    /// relative to one open `/sys/block` into one buffer (an idle node answers ENOENT at once): a
-    /// thousand LUNs and as many idle nodes cost 7 ms with a path and an allocation for each.
     /// The numbers of the loop devices with a size: those bound, from one read of
     /// /proc/partitions, which lists no disk of size 0 (an idle loop node). A walk of /sys/block
     /// tried each node's backing_file: with 600 idle nodes on a host, every `lun delete` took 1.5 ms
     /// more. (A device bound to an empty file, or past its end, has no size and is not listed:
-    /// no LUN's is so.)
-    static func boundNumbers() -> [Int] {
-        guard let table = readFile("/proc/partitions") else { return [] }
+    /// no LUN's is so.) Nil when the table cannot be read: the caller walks every node then.
+    static func boundNumbers() -> [Int]? {
+        guard let table = readFile("/proc/partitions") else { return nil }
         var numbers: [Int] = []
         var lineStart = 0
         while lineStart < table.count {
@@ -425,6 +441,11 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         return numbers
     }
 
+    /// The bound devices whose backing file's path, as sysfs gives it, contains `text` (a LUN's
+    /// id, which names its file): a look that opens no device. Each bound device's `backing_file`
+    /// is read relative to one open `/sys/block` into one buffer: a thousand LUNs cost 7 ms with a
+    /// path and an allocation for each. Every loop node is tried where /proc/partitions cannot be
+    /// read (no descriptor left, say): a look that fails must not find nothing.
     static func bound(naming text: String) -> [LoopDevice] {
         let needle = Array(text.utf8)
         let block = open("/sys/block", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -432,7 +453,7 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         defer { close(block) }
         var matches: [LoopDevice] = []
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer in
-            for number in boundNumbers() {
+            for number in boundNumbers() ?? all().map(\.number) {
                 let fd = openat(block, "loop\(number)/loop/backing_file", O_RDONLY | O_CLOEXEC)
                 guard fd >= 0 else { continue }  // not bound
                 let count = read(fd, buffer.baseAddress, buffer.count)

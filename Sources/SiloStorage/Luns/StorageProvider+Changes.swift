@@ -398,7 +398,6 @@ extension StorageProvider {
         }
     }
 
-    /// Confirms the LUN's device took its new capacity.
     /// Cuts a LUN's file to `size`, its device first: capped at the new end before the file is
     /// cut, and uncapped after. A write past the new end while the file was cut and before the
     /// device learned it went into the file past its end and grew it back, and the shrink failed
@@ -425,6 +424,7 @@ extension StorageProvider {
         try device.limitSize(to: 0, expecting: record.tag)
     }
 
+    /// Confirms the LUN's device took its new capacity.
     private func checkDeviceSize(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
         guard let device = attachedDevice(record, everywhere: true) else { return }
         let now = device.status?.size ?? 0
