@@ -116,20 +116,20 @@ struct CrossProcessTests {
         let box = try RunningSystem("tt")
         defer { box.finish() }
         // script(1) gives the CLI a terminal of its own, as a person's shell would.
-        let command = "stty rows 33 cols 111; \(siloExecutable) --state-dir \(box.compute.state) process create \(box.system.id) --tty -- "
-            + "/bin/sh -c 'stty size; test -t 0 && test -t 1 && echo interactive; exit 4'"
-        let run = startProgram("/usr/bin/script", ["-qec", command, "/dev/null"])
-        let output = readAll(run.output)
-        close(run.output)
-        #expect(reap(run.pid) == 4, "\(output)")
-        #expect(output.contains("33 111") && output.contains("interactive"), "\(output)")
+        func onTerminal(_ script: String, before: String = "") -> (status: Int32, output: String) {
+            let command = before + "\(siloExecutable) --state-dir \(box.compute.state) process create \(box.system.id) --tty -- "
+                + "/bin/sh -c '\(script)'"
+            let run = startProgram("/usr/bin/script", ["-qec", command, "/dev/null"])
+            let output = readAll(run.output)
+            close(run.output)
+            return (reap(run.pid), output)
+        }
+        let sized = onTerminal("stty size; test -t 0 && test -t 1 && echo interactive; exit 4", before: "stty rows 33 cols 111; ")
+        #expect(sized.status == 4, "\(sized.output)")
+        #expect(sized.output.contains("33 111") && sized.output.contains("interactive"), "\(sized.output)")
         // A process that closes its terminal and runs on is waited for, however long it runs.
-        let away = "\(siloExecutable) --state-dir \(box.compute.state) process create \(box.system.id) --tty -- "
-            + "/bin/sh -c 'exec </dev/null >/dev/null 2>&1; sleep 11; exit 5'"
-        let detached = startProgram("/usr/bin/script", ["-qec", away, "/dev/null"])
-        let said = readAll(detached.output)
-        close(detached.output)
-        #expect(reap(detached.pid) == 5, "\(said)")
+        let away = onTerminal("exec </dev/null >/dev/null 2>&1; sleep 11; exit 5")
+        #expect(away.status == 5, "\(away.output)")
         let refused = startSilo(box.compute.state, ["process", "create", box.system.id, "--tty", "--", "/bin/true"])
         close(refused.output)
         #expect(reap(refused.pid) == 64, "no terminal here: a usage error")

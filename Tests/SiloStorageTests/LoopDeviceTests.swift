@@ -47,7 +47,7 @@ struct LoopDeviceTests {
         #expect(try device.detach() == false)
     }
 
-    @Test("The bound devices are read from /proc/partitions: the same as sysfs's bound nodes, the idle ones left out; found by their file's name")
+    @Test("The bound devices are read from /proc/partitions: a bound device is listed, an idle node is not; a device is found by its file's name")
     func boundDevices() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
