@@ -17,7 +17,7 @@ public struct StorageConfiguration: Sendable {
     /// when a name is made, not at every start.
     var linkTarget: String? {
         linkDirectory == stateDirectory + "/dev" && stateDirectory != Self.defaultStateDirectory
-            ? "/dev/silo-" + Self.hash(stateDirectory) : nil
+            ? "/dev/silo-" + Paths.shortHash(stateDirectory) : nil
     }
     /// Thin LUNs may promise this many times the pool's capacity.
     public var overcommitRatio: Double
@@ -47,14 +47,6 @@ public struct StorageConfiguration: Sendable {
     var registryDirectory: String { stateDirectory + "/luns" }
     var poolDirectory: String { stateDirectory + "/pool" }
     var lockFile: String { stateDirectory + "/lock" }
-
-    /// FNV-1a of the path, 16 hex digits: the same folder for the same state directory.
-    static func hash(_ path: String) -> String {
-        var value: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in path.utf8 { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        let digits = String(value, radix: 16)
-        return String(repeating: "0", count: 16 - digits.count) + digits
-    }
 
     /// See `Paths.normalized`: compute reads the same directory the same way.
     static func normalize(_ path: String) -> String { Paths.normalized(path) }

@@ -69,12 +69,7 @@ public struct ComputeConfiguration: Sendable {
     /// directories may each have a system `web`, and neither may take or remove the other's.
     public func cgroupName(for id: String) -> String {
         guard runtimeDirectory != "/run/silo" else { return id }
-        var hash: UInt32 = 2_166_136_261  // FNV-1a
-        for byte in runtimeDirectory.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
-        let digits = Array("0123456789abcdef".utf8)
-        var text = Array(id.utf8) + [UInt8(ascii: ".")]
-        for shift in stride(from: 28, through: 0, by: -4) { text.append(digits[Int((hash >> UInt32(shift)) & 0xf)]) }
-        return String(decoding: text, as: UTF8.self)
+        return id + "." + Paths.shortHash(runtimeDirectory)
     }
 
     /// Refuses, before anything is made, when init is not an executable file at `initBinary`: the

@@ -257,17 +257,13 @@ public final class ComputeSystem: Sendable {
     /// checked against a Running record and sent as the freeze came waited in the frozen agent's
     /// socket, timed out for its caller, and was carried out at the resume: a process nobody
     /// owned, a signal its sender was told had failed.
-    /// - Throws: `operationTimeout` when the gate cannot be had within 5 seconds (nothing changed).
     /// The lock is on the system's folder itself: no file to make that a start racing a removal
     /// could make again after the removal's unlink, and keep the folder.
+    /// - Throws: `operationTimeout` when the gate cannot be had within 5 seconds (nothing changed).
     func openRequestGate(exclusive: Bool) throws(SiloError) -> Int32 {
         let fd = Glibc.open(store.directory(id), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw SiloError(.systemNotFound, "no compute system with id '\(id)'", field: "id", value: id) }
-        for _ in 0..<5000 {
-            if flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0 { return fd }
-            guard errno == EWOULDBLOCK || errno == EINTR else { break }
-            usleep(1000)
-        }
+        if lockFile(fd, exclusive ? LOCK_EX : LOCK_SH, waitingAtMost: 5000) == 0 { return fd }
         Glibc.close(fd)
         throw SiloError(.operationTimeout, exclusive
                             ? "compute system '\(id)' is starting or signalling a process; it was not paused, try again"

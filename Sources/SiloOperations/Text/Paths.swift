@@ -26,6 +26,17 @@ package enum Paths {
         return full.hasPrefix("/") ? "/" + joined : (joined.isEmpty ? "." : joined)
     }
 
+    /// FNV-1a of `text`, as 8 hex digits: a short name, the same in every process, for what a
+    /// path owns outside it (a runtime folder's cgroups, a state directory's names in /dev).
+    package static func shortHash(_ text: String) -> String {
+        var hash: UInt32 = 2_166_136_261
+        for byte in text.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        let digits = Array("0123456789abcdef".utf8)
+        var result: [UInt8] = []
+        for shift in stride(from: 28, through: 0, by: -4) { result.append(digits[Int((hash >> UInt32(shift)) & 0xf)]) }
+        return String(decoding: result, as: UTF8.self)
+    }
+
     /// The state directory used when none is given.
     package static let defaultStateDirectory = "/var/lib/silo"
 

@@ -303,22 +303,16 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     private func withOwned(_ tag: String, _ body: (Int32, inout loop_info64) throws(SiloError) -> Void) throws(SiloError) {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
-        try lockWithin5Seconds(fd)
+        // A device whose lock cannot be had at all (no flock here) is used unlocked, as before.
+        if lockFile(fd, LOCK_EX, waitingAtMost: 5000) == EWOULDBLOCK {
+            throw SiloError(.deviceInUse, "\(path) is locked by another program (its flock held for 5 s); try again",
+                            field: "device", value: path)
+        }
         var info = loop_info64()
         guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
             throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
         }
         try body(fd, &info)
-    }
-
-    private func lockWithin5Seconds(_ fd: Int32) throws(SiloError) {
-        for _ in 0..<5000 {
-            if flock(fd, LOCK_EX | LOCK_NB) == 0 { return }
-            guard errno == EWOULDBLOCK || errno == EINTR else { return }  // no lock to be had: as before, unlocked
-            usleep(1000)
-        }
-        throw SiloError(.deviceInUse, "\(path) is locked by another program (its flock held for 5 s); try again",
-                        field: "device", value: path)
     }
 
     /// `LOOP_SET_STATUS64`, again while the kernel says EAGAIN (kernels that refused while the

@@ -252,8 +252,8 @@ extension StorageProvider {
                     try cut(record, to: newSize, device: device)
                 }
             }),
-            OperationStep("resize device", weight: 1, run: { [self] _ in
-                try attachedDevice(record, everywhere: true)?.refreshCapacity(expecting: record.tag)
+            // The cut left the device at its file's size (its cap taken away): only checked.
+            OperationStep("check device", weight: 1, run: { [self] _ in
                 try checkDeviceSize(record, expecting: newSize)
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
@@ -372,7 +372,6 @@ extension StorageProvider {
     private func extendedSize(_ record: LunRecord, by growth: UInt64?, to target: UInt64?) throws(SiloError) -> UInt64 {
         let block = UInt64(record.blockSize)
         func rounded(_ value: UInt64) -> UInt64 { value.isMultiple(of: block) ? value : (value / block + 1) * block }
-        try Self.checkGrowth(by: growth, to: target)
         switch (growth, target) {
         case (let growth?, nil):
             let (sum, overflow) = record.size.addingReportingOverflow(growth)
