@@ -89,6 +89,26 @@ struct LoopDeviceTests {
         #expect(device.status == nil)
     }
 
+    @Test("Detach and refresh give up on a device whose lock another program keeps (5 s) with deviceInUse, and change nothing")
+    func lockedDevice() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/l.img"
+        try makeSparseFile(file, size: 8 << 20)
+        let device = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-locked")).device
+        defer { _ = try? device.detach() }
+        let holder = open(device.path, O_RDONLY | O_CLOEXEC)
+        try #require(holder >= 0)
+        try #require(flock(holder, LOCK_EX) == 0)
+        let unbind = #expect(throws: SiloError.self) { try device.unbind(expecting: "silo:test-locked") }
+        let refresh = #expect(throws: SiloError.self) { try device.refreshCapacity(expecting: "silo:test-locked") }
+        close(holder)
+        #expect(unbind?.code == .deviceInUse && unbind?.message.contains("locked by another program") == true, "\(String(describing: unbind))")
+        #expect(refresh?.code == .deviceInUse, "\(String(describing: refresh))")
+        #expect(device.status?.autoclear == false, "still bound, not marked to go")
+        #expect(try device.detach(expecting: "silo:test-locked"), "free again: this call unbound it")
+    }
+
     @Test("Parallel attaches from many threads never share a device")
     func parallelAttach() throws {
         let scratch = Scratch()

@@ -350,6 +350,30 @@ struct LunTests {
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)
     }
 
+    @Test("S7 a register that failed after its record's rename (the folder's fsync) is undone by the cleanup: no ready record with no device, no file")
+    func registerFailedAfterRename() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
+        _ = try storage.create("torn")
+        let record = try #require(try provider.registry.load("torn"))
+        // What the chain's rollbacks leave when "register" throws after the rename: the device
+        // unbound, the name unlinked, the record ready.
+        let device = try #require(LoopDevice.bound(naming: record.id).first)
+        try device.detach(expecting: record.tag)
+        provider.unlinkName("torn")
+        // Another LUN's record under the name is never touched.
+        var other = record
+        other.id = "00000000-0000-0000-0000-000000000000"
+        provider.reopenRegistration(other)
+        #expect(try provider.registry.load("torn")?.state == .ready, "another provisioning's record stays")
+        provider.reopenRegistration(record)
+        #expect(try provider.registry.load("torn")?.state == .creating)
+        try provider.undoReservation(record, file: record.backingFile)
+        #expect(try provider.registry.load("torn") == nil, "no record")
+        #expect(!fileExists(record.backingFile), "no backing file")
+    }
+
     @Test("S13 another state directory's stable names live in /dev, gone with a reboot as their devices are: <state>/dev links there; the folder goes with the last name; an older folder of names is moved")
     func namesInDev() throws {
         let storage = TestStorage()

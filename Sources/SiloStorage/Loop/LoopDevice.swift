@@ -223,7 +223,12 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     @discardableResult
     func unbind(expecting tag: String? = nil) throws(SiloError) -> Bool {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
-        flock(fd, LOCK_EX)
+        do throws(SiloError) {
+            try lock(fd)
+        } catch {
+            close(fd)
+            throw error
+        }
         var bound = loop_info64()
         if silo_loop_get_status64(fd, &bound) != 0 || tag.map({ cName(bound.lo_file_name) != $0 }) == true {
             close(fd)  // unbound, or someone else's now
@@ -245,7 +250,9 @@ public struct LoopDevice: Sendable, Hashable, Codable {
         // after the wait, and an attach bound the number again, whose autoclear is its own.
         let again = open(path, O_RDONLY | O_CLOEXEC)
         guard again >= 0 else { return true }  // the node is gone: unbound first, by our mark
-        flock(again, LOCK_EX)
+        // Our mark must be taken back even if another program keeps the lock: after 5 s, unlocked
+        // (the binding is compared below, so an attach's new binding is still never touched).
+        _ = lockFile(again, LOCK_EX, waitingAtMost: 5000)
         var info = loop_info64()
         guard silo_loop_get_status64(again, &info) == 0, cName(info.lo_file_name) == cName(bound.lo_file_name),
               info.lo_device == bound.lo_device, info.lo_inode == bound.lo_inode else {
@@ -303,16 +310,23 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     private func withOwned(_ tag: String, _ body: (Int32, inout loop_info64) throws(SiloError) -> Void) throws(SiloError) {
         let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
-        // A device whose lock cannot be had at all (no flock here) is used unlocked, as before.
-        if lockFile(fd, LOCK_EX, waitingAtMost: 5000) == EWOULDBLOCK {
-            throw SiloError(.deviceInUse, "\(path) is locked by another program (its flock held for 5 s); try again",
-                            field: "device", value: path)
-        }
+        try lock(fd)
         var info = loop_info64()
         guard silo_loop_get_status64(fd, &info) == 0, cName(info.lo_file_name) == tag else {
             throw SiloError(.objectDeleted, "\(path) is no longer bound to this LUN", field: "device", value: path)
         }
         try body(fd, &info)
+    }
+
+    /// Takes the device's lock on `fd`, waiting 5 s at most.
+    /// - Throws: `deviceInUse` when another program holds it all that time (`udevadm lock`, a
+    ///   partitioning tool): a call waiting behind it would hang with nothing to say. A device
+    ///   whose lock cannot be had at all (no flock here) is used unlocked.
+    private func lock(_ fd: Int32) throws(SiloError) {
+        if lockFile(fd, LOCK_EX, waitingAtMost: 5000) == EWOULDBLOCK {
+            throw SiloError(.deviceInUse, "\(path) is locked by another program (its flock held for 5 s); try again",
+                            field: "device", value: path)
+        }
     }
 
     /// `LOOP_SET_STATUS64`, again while the kernel says EAGAIN (kernels that refused while the

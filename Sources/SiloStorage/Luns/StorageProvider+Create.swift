@@ -146,12 +146,31 @@ extension StorageProvider {
                 try BackingFile.sync(record.backingFile)
             }),
             OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
-                try endChange(record.name) { stored in
-                    stored.state = .ready
-                    stored.device = attachment.value?.device.number
+                do throws(SiloError) {
+                    try endChange(record.name) { stored in
+                        stored.state = .ready
+                        stored.device = attachment.value?.device.number
+                    }
+                } catch {
+                    reopenRegistration(record)
+                    throw error
                 }
             }),
         ]
+    }
+
+    /// Puts a provisioning's record back to `creating` when its "register" failed after the
+    /// record's rename took (the folder's fsync failed): the step failed, so the chain rolls the
+    /// device and the name back, and a record left `ready` would name a LUN with no device that
+    /// the cleanup (which removes only a reservation still `creating`) keeps. Back to `creating`,
+    /// the cleanup removes it with its file, as for any failure before the commit.
+    func reopenRegistration(_ record: LunRecord) {
+        try? registry.locked { () throws(SiloError) in
+            guard var stored = try registry.load(record.name), stored.id == record.id, stored.state == .ready else { return }
+            stored.state = .creating
+            stored.device = nil
+            try registry.save(stored, durable: false)
+        }
     }
 
 }
