@@ -159,7 +159,7 @@ struct AgentProtocolTests {
 
 @Suite("The agent under bad input", .tags(.root), .requiresCgroups, .serialized)
 struct AgentFuzzTests {
-    @Test("C6 2,000 damaged packets and abrupt hang-ups: the agent answers or hangs up, keeps running and leaks no descriptor")
+    @Test("C11 the agent under 2,000 damaged packets and abrupt hang-ups: the agent answers or hangs up, keeps running and leaks no descriptor")
     func liveAgent() throws {
         let box = try RunningSystem("fz")
         defer { box.finish() }
@@ -198,7 +198,7 @@ struct AgentFuzzTests {
 }
 
 extension AgentFuzzTests {
-    @Test("C6 empty packets that carry descriptors: the agent hangs up and keeps none of them")
+    @Test("C11 the agent under empty packets that carry descriptors: the agent hangs up and keeps none of them")
     func emptyPacketsWithDescriptors() throws {
         let box = try RunningSystem("ep")
         defer { box.finish() }

@@ -27,14 +27,12 @@ struct CgroupParentTests {
         let top = "silo-test-\(getpid())"
         let parent = top + "/payloads"
         defer { removeParent([top, parent]) }
+        defer { compute.finish() }  // even if the create throws
         let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, cgroupParent: parent))
         let id = "parented-\(getpid())"
         let name = service.configuration.cgroupName(for: id)
         let system = try service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30))
-        defer {
-            system.close()
-            compute.finish()
-        }
+        defer { system.close() }
         try system.start().wait(timeout: .seconds(30))
         let directories = system.cgroup.directories.values
         #expect(!directories.isEmpty)

@@ -333,6 +333,8 @@ struct CgroupTests {
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 16), layout: layout)
         defer { try? cgroup.destroy() }
         let pid = try startInside(cgroup, "for i in $(seq 1 100); do sleep 30 & done 2>/dev/null; wait")
+        var reaped = false
+        defer { if !reaped { try? cgroup.killAll(); _ = reap(pid) } }  // a failed check leaves no process
         var peak = 0
         for _ in 0..<200 {
             peak = max(peak, cgroup.pids.count)
@@ -342,6 +344,7 @@ struct CgroupTests {
         #expect(peak >= 8, "the bomb got going: \(peak)")
         try cgroup.killAll()
         _ = reap(pid)
+        reaped = true
         #expect(cgroup.pids.isEmpty)
     }
 
@@ -353,6 +356,8 @@ struct CgroupTests {
         let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(pids: 64), layout: layout)
         defer { try? cgroup.destroy() }
         let pid = try startInside(cgroup, "while true; do sleep 0.01 & wait; done")
+        var reaped = false
+        defer { if !reaped { try? cgroup.thaw(); try? cgroup.killAll(); _ = reap(pid) } }  // a failed check leaves no process
         usleep(50_000)
         try cgroup.freeze()
         #expect(cgroup.isFrozen)
@@ -365,6 +370,7 @@ struct CgroupTests {
         try cgroup.freeze()
         try cgroup.killAll()
         #expect(reap(pid) == 128 + SIGKILL)
+        reaped = true
         #expect(cgroup.pids.isEmpty)
     }
 

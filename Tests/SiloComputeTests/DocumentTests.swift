@@ -228,7 +228,7 @@ struct DocumentFuzzTests {
             }
             _ = try? ProcessParameters(json: text)
         }
-        #expect(accepted + refused == 20_000)
+        #expect(accepted > 0, "some mutations still parse: the fuzzer reaches past the decoder's first checks")
         #expect(refused > 10_000, "most mutations break a document")
     }
 }

@@ -424,12 +424,16 @@ struct SandboxCgroupTests {
         defer { try? cgroup.destroy() }
         let process = try Sandbox.spawn(SandboxSpec(root: root, hostname: "born", arguments: ["/bin/sleep", "5"]), cgroup: cgroup)
         defer { close(process.pidfd) }
+        var reaped = false
+        defer { if !reaped { try? cgroup.killAll(); _ = reap(process.pid) } }  // a failed check leaves no process
+        #expect(!cgroup.directories.isEmpty, "the cgroup has a directory to check")
         for (key, directory) in cgroup.directories {
             let members = (readText(directory + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { pid_t($0) }
             #expect(members.contains(process.pid), "\(key): \(directory)")
         }
         try cgroup.killAll()
         #expect(reap(process.pid) == 128 + SIGKILL)
+        reaped = true
     }
 }
 

@@ -279,6 +279,8 @@ struct SystemTests {
         try system.resume().wait(timeout: .seconds(30))
         #expect(try system.properties().state == .running)
         try system.pause().wait(timeout: .seconds(30))
+        #expect((#expect(throws: SiloError.self) { _ = try system.pause() })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
         try system.terminate().wait(timeout: .seconds(30))  // terminate works while paused
         let stopped = try system.properties()
         #expect(stopped.state == .stopped)
@@ -286,6 +288,8 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.terminate() })?.code == .systemAlreadyStopped)
         #expect((#expect(throws: SiloError.self) { _ = try system.shutdown() })?.code == .systemAlreadyStopped)
         #expect((#expect(throws: SiloError.self) { _ = try system.start() })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try system.pause() })?.code == .invalidState)
+        #expect((#expect(throws: SiloError.self) { _ = try system.resume() })?.code == .invalidState)
     }
 
     @Test("C4 a pause or resume whose record cannot be written (the runtime folder full) fails with the system as it was: not left frozen, nor thawed")
@@ -295,12 +299,12 @@ struct SystemTests {
         let runtime = compute.service.configuration.runtimeDirectory
         mkdir(runtime, 0o755)
         try #require(mount("tmpfs", runtime, "tmpfs", 0, "size=1m") == 0, "tmpfs: errno \(errno)")
+        defer { umount2(runtime, MNT_DETACH) }  // registered first, so it runs last, even if the create throws
         let system = try compute.service.createComputeSystem(id: "pu-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
         defer {
             _ = try? system.terminate().wait(timeout: .seconds(30))
             system.close()
             compute.service.store.remove(system.id)
-            umount(runtime)
         }
         try system.start().wait(timeout: .seconds(30))
         let filler = runtime + "/filler"
@@ -497,7 +501,10 @@ struct SystemTests {
         #expect(compute.service.enumerate().count == 2)
         #expect(compute.service.enumerate(owner: "alice").map(\.id) == ["en-a-\(getpid())"])
         #expect(compute.service.enumerate(state: .running).map(\.id) == ["en-b-\(getpid())"])
+        #expect(compute.service.enumerate(id: "en-a-\(getpid())").map(\.id) == ["en-a-\(getpid())"])
         #expect(compute.service.enumerate(id: "en-a-\(getpid())").first?.state == .created)
+        #expect(compute.service.enumerate(id: "en-b-\(getpid())").map(\.id) == ["en-b-\(getpid())"])
+        #expect(compute.service.enumerate(id: "en-none-\(getpid())").isEmpty)
     }
 
     @Test("O16 O17 O18 on a real system: completions routed to the handler; own callbacks refused; nothing after close")
@@ -525,12 +532,12 @@ struct SystemTests {
         process.close()
         usleep(50_000)
         #expect(!heard.withLock { $0 }.contains(.processExited), "the system's handler heard a process exit: \(heard.withLock { $0 })")
+        let before = heard.withLock { $0 }
         system.close()
         // Closing was the last handle and the document does not terminate on it: still running.
         let other = try compute.service.open("ev-\(getpid())")
         defer { other.close() }
         #expect(try other.properties().state == .running)
-        let before = heard.withLock { $0 }
         try other.terminate().wait(timeout: .seconds(30))
         usleep(100_000)
         #expect(completed.withLock { $0 } == [.start, .createProcess], "nothing reaches a closed handle")

@@ -84,11 +84,12 @@ struct CallbackTests {
         let release = Signal()
         let holder = try blockedOperation(on: tight, output: 0, release: release)
         let ran = Counter()
-        #expect(throws: SiloError.self) {
+        let refused = #expect(throws: SiloError.self) {
             _ = try tight.start(.start, callback: .long { (_: SiloOperation<Int>) in ran.increment() }) {
                 $0.succeed(1)
             }
         }
+        #expect(refused?.code == .tooManyOperations, "\(String(describing: refused))")
         release.fire()
         _ = try holder.wait()
         usleepMilliseconds(50)

@@ -104,10 +104,11 @@ struct ErrorTests {
         try channel.setHandler(options: .operationCallbacks) { _ in }
         let workRan = Counter()
         let callbackRan = Counter()
-        #expect(throws: SiloError.self) {
+        let both = #expect(throws: SiloError.self) {
             _ = try scheduler.start(.start, callback: .short { (_: SiloOperation<Int>) in callbackRan.increment() },
                                     events: channel) { _ in workRan.increment() }
         }
+        #expect(both?.code == .operationSystemCallbackAlreadySet, "\(String(describing: both))")
         // Full scheduler: the refused call must not leave a queued entry or a slot taken.
         let release = Signal()
         let running = try blockedOperation(on: scheduler, output: 1, release: release)

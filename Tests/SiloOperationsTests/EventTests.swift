@@ -116,16 +116,20 @@ struct EventTests {
         let calls = Counter()
         let afterClose = Atomic<Bool>(false)
         let lateCall = Atomic<Bool>(false)
+        let handlerReturned = Atomic<Bool>(false)
         try channel.setHandler(model: .long) { _ in
             if afterClose.load(ordering: .acquiring) { lateCall.store(true, ordering: .relaxed) }
             calls.increment()
             inHandler.fire()
             _ = handlerMayReturn.wait()
+            handlerReturned.store(true, ordering: .releasing)
         }
         for _ in 0..<5 { channel.post(SiloEvent(type: .processExited)) }
         #expect(inHandler.wait())
         DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(30)) { handlerMayReturn.fire() }
         channel.close()
+        let returned = handlerReturned.load(ordering: .acquiring)
+        #expect(returned, "close returned while the handler still ran")
         afterClose.store(true, ordering: .releasing)
         usleepMilliseconds(50)
         #expect(calls.value == 1)

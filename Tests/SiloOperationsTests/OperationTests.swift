@@ -210,13 +210,20 @@ struct OperationTests {
 
         let woken = Recorder<SiloError.Code?>()
         let allWoken = DispatchGroup()
+        let allWaiting = DispatchGroup()
         for _ in 0..<8 {
             allWoken.enter()
+            allWaiting.enter()
             DispatchQueue.global().async {
+                allWaiting.leave()
                 do throws(SiloError) { try operation.wait() } catch { woken.append(error.code) }
                 allWoken.leave()
             }
         }
+        // Every waiter is at its wait (parked there by now), not one that reads a result it finds.
+        #expect(allWaiting.wait(timeout: .now() + 10) == .success)
+        usleepMilliseconds(20)
+        #expect(operation.status.error == nil, "still running: the waiters are parked")
         try operation.cancel()
         #expect(allWoken.wait(timeout: .now() + 10) == .success)
         #expect(woken.values == Array(repeating: .operationCancelled, count: 8))

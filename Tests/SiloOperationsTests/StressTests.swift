@@ -81,7 +81,10 @@ struct StressTests {
             let operation: SiloOperation<Int>? = try? scheduler.start(.start) { driver in
                 driver.succeed(index)
             }
-            guard let operation else { return }
+            guard let operation else {
+                Issue.record("start refused at \(index)")
+                return
+            }
             var seen: Int?
             while seen == nil {
                 do throws(SiloError) {

@@ -334,7 +334,10 @@ struct LunTests {
     @Test("S7 a failing step rolls back the steps before it")
     func failedProvisioning() throws {
         let scratch = Scratch()
-        defer { scratch.cleanup() }
+        defer {
+            for device in loopDevices(backedUnder: scratch.path) { _ = try? device.detach() }  // a failed rollback's
+            scratch.cleanup()
+        }
         // The stable-name folder is a file, so the "link" step fails after attach.
         let links = scratch.path + "/links"
         try makeSparseFile(links, size: 0)
