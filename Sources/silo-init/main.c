@@ -58,8 +58,9 @@ int main(int argc, char **argv) {
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
         execvp(argv[first], argv + first);
-        fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(errno));
-        _exit(127);
+        int error = errno;
+        fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(error));
+        _exit(error == ENOENT ? 127 : 126);  // as a shell says it: not found, or found and not runnable
     }
 
     int exit_code = 0;

@@ -160,7 +160,7 @@ FAST static int start_payload(void *argument) {
     say(": ");
     say_error(-error);
     say("\n");
-    return 127;
+    return error == -2 ? 127 : 126;  // as a shell says it: not found, or found and not runnable
 }
 
 static char payload_stack[64 * 1024] __attribute__((aligned(16)));

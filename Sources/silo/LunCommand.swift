@@ -143,7 +143,7 @@ struct LunCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func validate() throws {
-            if (by == nil) == (to == nil) { throw ValidationError("give exactly one of --by SIZE and --to SIZE") }
+            if (by == nil) == (to == nil) { throw ValidationError("give exactly one of --by SIZE and --to SIZE [invalidArgument]") }
         }
 
         func run() throws {
@@ -303,8 +303,10 @@ extension LunCommand {
             }
             let bytes = try cli { try ByteCount.parse(size) }
             guard let block = UInt32(blockSize) else {
-                printError("Error: invalid block size '\(blockSize)': use 512 or 4096 (--block-size)")
-                throw ExitCode(64)
+                let failure = CLIFailure(error: .invalidArgument(field: "block size", value: blockSize, reason: "use 512 or 4096"),
+                                         option: "--block-size")
+                printError("Error: \(failure)")
+                throw failure.exitCode
             }
             let status = try cli(options: ["directory": "--directory"]) {
                 try withTemporaryLun(size: bytes, logicalBlockSize: block, directory: directory) { lun in

@@ -42,19 +42,22 @@ struct RunCommand: HotCommand {
 
         func run() throws {
             let arguments = command
-            let limits = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids", "command": "COMMAND"],
-                                 document: "--config") { () throws -> CgroupLimits in
+            let settings = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids", "command": "COMMAND"],
+                                 document: "--config") { () throws -> (CgroupLimits, [ComputeSystemDocument.ScsiAttachment]) in
                 guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
                 // The kernel's own bounds for pids.max; 0 would leave init unable to start its command.
                 guard (1...4_194_304).contains(pids) else {
                     throw SiloError.invalidArgument(field: "pids", value: "\(pids)", reason: "a number of processes from 1 to 4194304")
                 }
                 var limits = CgroupLimits(pids: pids)
+                var attachments: [ComputeSystemDocument.ScsiAttachment] = []
                 if let config {
                     guard let text = readWholeFile(config) else {
                         throw SiloError.invalidArgument(field: "document", value: config, reason: "cannot read the file")
                     }
-                    limits = CgroupLimits(try ComputeSystemDocument(json: text), pids: pids)
+                    let document = try ComputeSystemDocument(json: text)
+                    limits = CgroupLimits(document, pids: pids)
+                    attachments = document.scsiAttachments
                 }
                 if let memory {
                     // At least 4 MiB, as a document's SizeInMB: a sandbox's init needs that much.
@@ -70,8 +73,9 @@ struct RunCommand: HotCommand {
                     }
                     limits.cpus = value
                 }
-                return limits
+                return (limits, attachments)
             }
+            let (limits, attachments) = settings
             let configuration = ComputeConfiguration(stateDirectory: global.stateDirectory)
             let system = id ?? "run-\(getpid())"
             // Before any LUN is looked up and leased for it: a bad id would make "not unmasked to
@@ -82,18 +86,32 @@ struct RunCommand: HotCommand {
                 return true
             }
             // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
+            // The --lun options, then the document's `Devices.Scsi` attachments, as a system's start takes them.
             let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
                 let places = try lun.map { (item) throws(SiloError) in try lunPlace(item, option: "lun") }
+                    .map { (lun: $0.lun, mountPath: $0.mountPath, readOnly: false, location: String?.none, written: $0.lun) }
+                    + attachments.map { (lun: $0.lun, mountPath: $0.mountPath, readOnly: $0.readOnly,
+                                         location: "\($0.controller)/\($0.index)", written: $0.lun) }
                 // Compared as Silo keeps mount paths (`/a/` is `/a`); each is checked as written below.
                 let kept = places.map { (lun: $0.lun, mountPath: $0.mountPath.map(BlockDevice.canonicalMountPath)) }
                 for index in kept.indices {
                     if let (reason, _) = BlockDevice.conflict(at: index, in: kept) {
-                        throw SiloError.invalidArgument(field: "lun", value: lun[index], reason: reason)
+                        throw SiloError.invalidArgument(field: "lun", value: index < lun.count ? lun[index] : places[index].written, reason: reason)
                     }
                 }
-                return try places.map { (place) throws(SiloError) -> (BlockDevice, LunLease) in
-                    try global.provider.leasedBlockDevice(forLun: place.lun, system: system, mountPath: place.mountPath)
+                var leases: [(BlockDevice, LunLease)] = []
+                do throws(SiloError) {
+                    for place in places {
+                        var (device, lease) = try global.provider.leasedBlockDevice(forLun: place.lun, system: system, mountPath: place.mountPath,
+                                                                                    readOnly: place.readOnly)
+                        device.location = place.location
+                        leases.append((device, lease))
+                    }
+                } catch {
+                    leases.forEach { $0.1.release() }
+                    throw error
                 }
+                return leases
             }
             defer { leased.forEach { $0.1.release() } }
             let devices = leased.map(\.0)

@@ -33,7 +33,8 @@ func runForeground(_ program: String, _ arguments: [String], environment: [Strin
     let result = posix_spawnp(&pid, program, nil, &attributes, argv, envp)
     guard result == 0 else {
         // As a shell says it: 127 for a program not found, 126 for one found but not runnable.
-        let error = SiloError(.objectNotFound, "cannot run '\(program)': \(String(cString: strerror(result)))",
+        let code: SiloError.Code = result == ENOENT ? .objectNotFound : result == EACCES || result == EPERM ? .accessDenied : .systemCallFailed
+        let error = SiloError(code, "cannot run '\(program)': \(String(cString: strerror(result)))",
                               field: "command", value: program)
         printError("Error: \(CLIFailure(error: error, option: "COMMAND"))")
         return result == ENOENT ? 127 : 126

@@ -131,9 +131,9 @@ struct SystemCommand: ParsableCommand {
 
         func validate() throws {
             if [attach, detach, config].compactMap({ $0 }).count != 1 {
-                throw ValidationError("give exactly one of --attach NAME[:/PATH], --detach NAME and --config REQUEST.json")
+                throw ValidationError("give exactly one of --attach NAME[:/PATH], --detach NAME and --config REQUEST.json [invalidArgument]")
             }
-            if readOnly, attach == nil { throw ValidationError("--read-only goes with --attach only") }
+            if readOnly, attach == nil { throw ValidationError("--read-only goes with --attach only [invalidArgument]") }
         }
 
         func run() throws {

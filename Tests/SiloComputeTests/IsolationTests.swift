@@ -367,8 +367,10 @@ struct SandboxRunTests {
             """], configuration: configuration) == 0)
         #expect(try SandboxRun.run(id: "run-c", limits: CgroupLimits(), arguments: ["/bin/sh", "-c", "kill -9 $$"], configuration: configuration) == 137)
         #expect(try SandboxRun.run(id: "run-d", limits: CgroupLimits(), arguments: ["/no/such/program"], configuration: configuration) == 127)
+        #expect(try SandboxRun.run(id: "run-e", limits: CgroupLimits(), arguments: ["/usr"], configuration: configuration) == 126,
+                "found but not runnable: as a shell says it")
         #expect(directoryEntries(configuration.runtimeDirectory + "/systems").isEmpty)
-        for id in ["run-a", "run-b", "run-c", "run-d"] {
+        for id in ["run-a", "run-b", "run-c", "run-d", "run-e"] {
             #expect(Cgroup.open(name: configuration.cgroupName(for: id)).directories.values.allSatisfy { !fileExists($0) })
         }
     }

@@ -299,7 +299,7 @@ struct SystemTests {
         let runtime = compute.service.configuration.runtimeDirectory
         mkdir(runtime, 0o755)
         try #require(mount("tmpfs", runtime, "tmpfs", 0, "size=1m") == 0, "tmpfs: errno \(errno)")
-        defer { umount2(runtime, MNT_DETACH) }  // registered first, so it runs last, even if the create throws
+        defer { umount2(runtime, Int32(MNT_DETACH)) }  // registered first, so it runs last, even if the create throws
         let system = try compute.service.createComputeSystem(id: "pu-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
         defer {
             _ = try? system.terminate().wait(timeout: .seconds(30))

@@ -119,8 +119,10 @@ struct OperationTests {
         #expect(progress.stage == "zero")
         #expect((progress.unitsPerSecond ?? 0) > 0)
         #expect((progress.estimatedTimeRemaining ?? .zero) > .zero)
+        #expect(operation.progress?.completedUnits == 1 << 28, "the operation's own accessor says the same")
         release.fire()
         try operation.wait()
+        #expect(operation.progress == nil, "no progress once complete")
     }
 
     @Test("O5 wait blocks until completion and returns the output or throws the error")

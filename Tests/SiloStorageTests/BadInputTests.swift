@@ -212,6 +212,12 @@ struct BadInputTests {
     func unusableStateDirectories() throws {
         let empty = execute(siloBinary, ["--state-dir", "", "lun", "create", "--name", "x", "--size", "1M"])
         #expect(empty.status == 64 && empty.error.contains("state-dir"), "\(empty.status): \(empty.error)")
+        #expect(empty.error.split(separator: "\n").first?.hasSuffix("[invalidArgument]") == true, "the stable code ends the line: \(empty.error)")
+        // Compute refuses it too: its runtime folder would be the host's /run itself.
+        let hadSystems = access("/run/systems", F_OK) == 0
+        let run = execute(siloBinary, ["--state-dir", "/", "run", "--", "/bin/true"])
+        #expect(run.status == 64 && run.error.contains("(--state-dir) [invalidArgument]"), "\(run.status): \(run.error)")
+        #expect(hadSystems || access("/run/systems", F_OK) != 0, "nothing made in /run")
         let root = StorageProvider(configuration: StorageConfiguration(stateDirectory: "/"))
         let error = #expect(throws: SiloError.self) { _ = try root.createLun(LunSpec(name: "null", size: 1 << 20)) }
         #expect(error?.code == .invalidArgument && error?.field == "state directory", "\(String(describing: error))")

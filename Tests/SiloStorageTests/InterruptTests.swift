@@ -77,18 +77,23 @@ extension InterruptTests {
         let lock = open(lockFile, O_RDWR | O_CLOEXEC)
         try #require(lock >= 0)
         defer { close(lock) }
-        #expect(flock(lock, LOCK_EX) == 0)
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "waiting", "--size", "8M"])
-        usleep(300_000)
-        #expect(!hasExited(child.pid), "the create waits for the lock")
-        child.kill(SIGINT)
-        let gaveUp = waitUntil { hasExited(child.pid) }
-        flock(lock, LOCK_UN)
-        let outcome = child.finish()
-        #expect(gaveUp, "Ctrl-C left the command waiting for the lock")
-        #expect(outcome.status == 130, "\(outcome.error)")
-        #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
-        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+        let side = storage.path + "/side"
+        mkdir(side, 0o755)
+        for command in [["lun", "create", "--name", "waiting", "--size", "8M"], ["pool", "add", "side", side]] {
+            #expect(flock(lock, LOCK_EX) == 0)
+            let child = spawn(siloBinary, ["--state-dir", state] + command)
+            usleep(300_000)
+            #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
+            child.kill(SIGINT)
+            let gaveUp = waitUntil { hasExited(child.pid) }
+            flock(lock, LOCK_UN)
+            let outcome = child.finish()
+            #expect(gaveUp, "Ctrl-C left \(command[0]) \(command[1]) waiting for the lock")
+            #expect(outcome.status == 130, "\(outcome.error)")
+            #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
+            #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+        }
+        #expect(try storage.provider.pools().map(\.name) == ["default"], "no pool added")
         #expect(try storage.provider.luns().map(\.name) == ["first"])
         #expect(directoryEntries(storage.provider.configuration.poolDirectory) == [first.backingFile.split(separator: "/").last.map(String.init) ?? ""])
         #expect(loopDevices(backedUnder: storage.path).count == 1)

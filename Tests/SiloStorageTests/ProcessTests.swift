@@ -251,6 +251,15 @@ struct LunInSystemTests {
         #expect(twice.status == 64 && twice.error.contains("--lun") && twice.error.contains("attached twice"), "\(twice.error)")
         let onePath = silo(state, ["run", "--lun", "a:/m", "--lun", "b:/m/", "--", "/bin/true"])
         #expect(onePath.status == 64 && onePath.error.contains("another LUN is mounted at /m"), "\(onePath.error)")
+        // A --config document's own attachments (Devices.Scsi) are attached too, read-only as it says.
+        let document = storage.path + "/run.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"Devices":{"Scsi":{"0":{"Attachments":"#
+            + #"{"0":{"Type":"VirtualDisk","Path":"shared","MountPath":"/doc","ReadOnly":true}}}}}}}"#))
+        let fromDocument = silo(state, ["run", "--config", document, "--", "/bin/sh", "-c", "cat /doc/note && ! touch /doc/other 2>/dev/null"])
+        #expect(fromDocument.status == 0 && fromDocument.output == "from-inside\n", "\(fromDocument.status): \(fromDocument.error)")
+        let clash = silo(state, ["run", "--config", document, "--lun", "shared", "--", "/bin/true"])
+        #expect(clash.status == 64 && clash.error.contains("attached twice"), "\(clash.error)")
+        #expect(storage.provider.leaseHolders("shared").isEmpty, "no lease outlives the runs")
     }
 }
 

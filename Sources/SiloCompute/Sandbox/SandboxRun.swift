@@ -15,6 +15,17 @@ public struct ComputeConfiguration: Sendable {
         set { chosenInit = newValue }
     }
     private var chosenInit: String?
+    /// The state directory given, when it is one no system may use: the root folder, whose
+    /// runtime folder would be the host's `/run` itself (as storage refuses it).
+    private var refusedStateDirectory: String?
+
+    /// Refuses a configuration whose state directory is the root folder; called before a call
+    /// makes anything.
+    func checkStateDirectory() throws(SiloError) {
+        guard let refused = refusedStateDirectory else { return }
+        throw SiloError.invalidArgument(field: "state directory", value: refused,
+                                        reason: "the root folder cannot be a state directory; give a folder of its own, such as /var/lib/silo")
+    }
     /// Where this process found init, when first asked.
     private static let foundInit = findInit()
     /// The Swift runtime's folder when this process links it dynamically; bound read-only into
@@ -36,6 +47,7 @@ public struct ComputeConfiguration: Sendable {
         // Read as storage reads it: absolute, and the default state directory's systems in /run/silo.
         let state = (stateDirectory ?? environment).map(Paths.normalized)
         self.runtimeDirectory = runtimeDirectory ?? state.flatMap { $0 == Paths.defaultStateDirectory ? nil : $0 + "/run" } ?? "/run/silo"
+        self.refusedStateDirectory = runtimeDirectory == nil && state == "/" ? "/" : nil
         self.chosenInit = initBinary
         self.layout = layout
         let parentFromEnvironment = getenv("SILO_CGROUP_PARENT").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
@@ -114,6 +126,7 @@ public enum SandboxRun {
         configuration: ComputeConfiguration = ComputeConfiguration()
     ) throws(SiloError) -> Int32 {
         try validateID(id)
+        try configuration.checkStateDirectory()
         try configuration.checkInit()
         let systems = configuration.runtimeDirectory + "/systems"
         let reservation = systems + "/" + id

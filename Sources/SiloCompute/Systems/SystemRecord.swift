@@ -68,6 +68,7 @@ struct SystemStore: Sendable {
     /// Returns the lock's descriptor, which the caller closes.
     @discardableResult
     func reserve(_ id: String, parent: String? = nil) throws(SiloError) -> Int32 {
+        try configuration.checkStateDirectory()
         var path = ""
         for component in systems.split(separator: "/") {
             path += "/" + String(component)

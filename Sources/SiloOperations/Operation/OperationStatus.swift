@@ -30,6 +30,13 @@ public enum OperationStatus: Sendable, Equatable {
         if case .failed(let error) = self { return error }
         return nil
     }
+
+    /// The progress of a running operation: percent, and for byte-counting steps the bytes done,
+    /// the total, the rate, the time left and the stage; nil when it is not running.
+    public var progress: OperationProgress? {
+        if case .running(let progress) = self { return progress }
+        return nil
+    }
 }
 
 /// Progress a person can use: percent, and where the producer counts units (bytes), how many are

@@ -67,6 +67,9 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         }
     }
 
+    /// The progress while it runs (``OperationStatus/progress``); nil when queued or complete. Never blocks.
+    public var progress: OperationProgress? { status.progress }
+
     /// The final result, or nil while the operation is pending. Never blocks.
     public var result: Result<Output, SiloError>? {
         state.withLock { $0.result }.map(Self.typed)

@@ -147,7 +147,7 @@ extension StorageProvider {
             throw SiloError.invalidArgument(field: "directory", value: directory, reason: "an absolute path without '.' or '..'")
         }
         try registry.prepare()
-        try registry.locked { () throws(SiloError) in
+        try registry.locked(givingUp: true) { () throws(SiloError) in
             let existing = [pool] + (try addedPools())
             if existing.contains(where: { $0.name == name }) {
                 throw SiloError.invalidArgument(field: "pool", value: name, reason: "a pool with that name exists")
@@ -206,7 +206,7 @@ extension StorageProvider {
             throw SiloError.invalidArgument(field: "pool", value: name, reason: "the default pool cannot be removed")
         }
         try registry.prepare()
-        try registry.locked { () throws(SiloError) in
+        try registry.locked(givingUp: true) { () throws(SiloError) in
             let added = try addedPools()
             guard added.contains(where: { $0.name == name }) else {
                 throw noSuchPool(name)
