@@ -60,7 +60,12 @@ int main(int argc, char **argv) {
         execvp(argv[first], argv + first);
         int error = errno;
         fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(error));
-        _exit(error == ENOENT ? 127 : 126);  // as a shell says it: not found, or found and not runnable
+        // As a shell says it: not found (127), or found and not runnable (126). A PATH search's
+        // last errno may be a folder's ENOTDIR or ENODEV: nothing was found there either.
+        int searched = strchr(argv[first], '/') == NULL;
+        int skipped = error == ENOENT || error == ENOTDIR || error == ESTALE || error == ENODEV || error == ETIMEDOUT;
+        int found = searched ? !skipped : error != ENOENT;
+        _exit(found ? 126 : 127);
     }
 
     int exit_code = 0;

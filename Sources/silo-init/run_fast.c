@@ -143,7 +143,7 @@ FAST static long exec_search(const char *file, char *const *argv, char *const *e
         if (!*end) break;
         p = end;
     }
-    return denied ? -13 : result;
+    return denied ? -13 : -2;  // nothing found that could be run: not found (127), as a shell says it
 }
 
 struct payload { char *const *argv; char *const *envp; };

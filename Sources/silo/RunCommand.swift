@@ -14,7 +14,7 @@ struct RunCommand: HotCommand {
     )
     @OptionGroup var global: GlobalOptions
     @Option(help: "The system's id and hostname (default: run-<pid>).") var id: String?
-    @Option(help: "A ComputeSystem JSON document (schema 2.x) for its limits.") var config: String?
+    @Option(help: "A ComputeSystem JSON document (schema 2.x): its limits, and the LUNs its Devices.Scsi attaches.") var config: String?
     @Option(parsing: .unconditional, help: "Memory limit, such as 512M.") var memory: String?
     @Option(parsing: .unconditional, help: "CPU limit in CPUs, such as 2 or 0.5.") var cpus: String?
     @Option(help: "Process limit (default 1024).") var pids = 1024
@@ -83,35 +83,50 @@ struct RunCommand: HotCommand {
             // (Untyped, returning a value: a typed-throws Void closure here crashes Swift 6.3's compiler.)
             _ = try cli(options: ["id": "--id"]) { () throws -> Bool in
                 try SandboxRun.validateID(system)
+                try configuration.checkStateDirectory()  // before the LUNs are looked up
                 return true
             }
             // Leased for as long as this command runs: storage refuses to delete them meanwhile (S10).
-            // The --lun options, then the document's `Devices.Scsi` attachments, as a system's start takes them.
-            let leased = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
-                let places = try lun.map { (item) throws(SiloError) in try lunPlace(item, option: "lun") }
-                    .map { (lun: $0.lun, mountPath: $0.mountPath, readOnly: false, location: String?.none, written: $0.lun) }
-                    + attachments.map { (lun: $0.lun, mountPath: $0.mountPath, readOnly: $0.readOnly,
-                                         location: "\($0.controller)/\($0.index)", written: $0.lun) }
+            // The --lun options, then the document's `Devices.Scsi` attachments, as a system's start
+            // takes them; an error names the one it is about.
+            typealias Place = (lun: String, mountPath: String?, readOnly: Bool, location: String?)
+            let provider = global.provider
+            func lease(_ places: [Place]) throws(SiloError) -> [(BlockDevice, LunLease)] {
+                var leases: [(BlockDevice, LunLease)] = []
+                var complete = false
+                defer { if !complete { leases.forEach { $0.1.release() } } }  // a failed lookup gives back those taken
+                for place in places {
+                    var (device, taken) = try provider.leasedBlockDevice(forLun: place.lun, system: system, mountPath: place.mountPath,
+                                                                         readOnly: place.readOnly)
+                    device.location = place.location
+                    leases.append((device, taken))
+                }
+                complete = true
+                return leases
+            }
+            let fromDocument: [Place] = attachments.map {
+                (lun: $0.lun, mountPath: $0.mountPath, readOnly: $0.readOnly, location: "\($0.controller)/\($0.index)")
+            }
+            let fromOptions = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
+                let places: [Place] = try lun.map { (item) throws(SiloError) -> Place in
+                    let place = try lunPlace(item, option: "lun")
+                    return (lun: place.lun, mountPath: place.mountPath, readOnly: false, location: nil)
+                }
                 // Compared as Silo keeps mount paths (`/a/` is `/a`); each is checked as written below.
-                let kept = places.map { (lun: $0.lun, mountPath: $0.mountPath.map(BlockDevice.canonicalMountPath)) }
+                let kept = (places + fromDocument).map { (lun: $0.lun, mountPath: $0.mountPath.map(BlockDevice.canonicalMountPath)) }
                 for index in kept.indices {
                     if let (reason, _) = BlockDevice.conflict(at: index, in: kept) {
-                        throw SiloError.invalidArgument(field: "lun", value: index < lun.count ? lun[index] : places[index].written, reason: reason)
+                        throw SiloError.invalidArgument(field: "lun", value: index < lun.count ? lun[index] : kept[index].lun, reason: reason)
                     }
                 }
-                var leases: [(BlockDevice, LunLease)] = []
-                do throws(SiloError) {
-                    for place in places {
-                        var (device, lease) = try global.provider.leasedBlockDevice(forLun: place.lun, system: system, mountPath: place.mountPath,
-                                                                                    readOnly: place.readOnly)
-                        device.location = place.location
-                        leases.append((device, lease))
-                    }
-                } catch {
-                    leases.forEach { $0.1.release() }
-                    throw error
-                }
-                return leases
+                return try lease(places)
+            }
+            let leased: [(BlockDevice, LunLease)]
+            do {
+                leased = try fromOptions + cli(options: ["lun": "Devices.Scsi"]) { () throws(SiloError) in try lease(fromDocument) }
+            } catch {
+                fromOptions.forEach { $0.1.release() }
+                throw error
             }
             defer { leased.forEach { $0.1.release() } }
             let devices = leased.map(\.0)

@@ -9,9 +9,9 @@ struct SiloCommand: ParsableCommand {
         abstract: "Provision block storage and process sandboxes on real Linux kernel parts.",
         discussion: """
             Exit codes: 0 success; 1 the operation failed; 64 bad usage or a bad value (the message \
-            names the option); 130 cancelled with Ctrl-C and rolled back (or, after a second Ctrl-C, quit: reenumerate tidies);             lun temporary, run and process create exit with their command's code (127 not found, 126 not runnable).
+            names the option); 130 cancelled with Ctrl-C and rolled back (or, after a second Ctrl-C, quit: reenumerate tidies); lun temporary, run and process create exit with their command's code (127 not found, 126 not runnable).
             State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default. Systems' \
-            cgroups go under silo/ in each hierarchy, or under SILO_CGROUP_PARENT (a delegated subtree).             Silo's init is SILO_INIT, else silo-init beside silo, else in /usr/local/libexec/silo or /usr/libexec/silo.
+            cgroups go under silo/ in each hierarchy, or under SILO_CGROUP_PARENT (a delegated subtree). Silo's init is SILO_INIT, else silo-init beside silo, else in /usr/local/libexec/silo or /usr/libexec/silo.
             """,
         version: siloVersion,
         subcommands: [DriveCommand.self, LunCommand.self, PoolCommand.self, StorageCommand.self, SystemCommand.self, ProcessCommand.self, RunCommand.self]

@@ -215,7 +215,7 @@ struct BadInputTests {
         #expect(empty.error.split(separator: "\n").first?.hasSuffix("[invalidArgument]") == true, "the stable code ends the line: \(empty.error)")
         // Compute refuses it too: its runtime folder would be the host's /run itself.
         let hadSystems = access("/run/systems", F_OK) == 0
-        let run = execute(siloBinary, ["--state-dir", "/", "run", "--", "/bin/true"])
+        let run = execute(siloBinary, ["--state-dir", "/", "run", "--lun", "nowhere", "--", "/bin/true"])
         #expect(run.status == 64 && run.error.contains("(--state-dir) [invalidArgument]"), "\(run.status): \(run.error)")
         #expect(hadSystems || access("/run/systems", F_OK) != 0, "nothing made in /run")
         let root = StorageProvider(configuration: StorageConfiguration(stateDirectory: "/"))

@@ -359,7 +359,8 @@ struct LunTests {
         defer { storage.finish() }
         let provider = storage.provider
         _ = try storage.create("torn")
-        let record = try #require(try provider.registry.load("torn"))
+        var record = try #require(try provider.registry.load("torn"))
+        record.owner = ProcessIdentity.current(operation: "createLun")  // the chain's record names its provisioning
         // What the chain's rollbacks leave when "register" throws after the rename: the device
         // unbound, the name unlinked, the record ready.
         let device = try #require(LoopDevice.bound(naming: record.id).first)
@@ -368,10 +369,12 @@ struct LunTests {
         // Another LUN's record under the name is never touched.
         var other = record
         other.id = "00000000-0000-0000-0000-000000000000"
-        provider.reopenRegistration(other)
+        #expect(provider.reopenRegistration(other) == nil)
         #expect(try provider.registry.load("torn")?.state == .ready, "another provisioning's record stays")
-        provider.reopenRegistration(record)
-        #expect(try provider.registry.load("torn")?.state == .creating)
+        #expect(provider.reopenRegistration(record) == nil)
+        let reopened = try provider.registry.load("torn")
+        #expect(reopened?.state == .creating && reopened?.device == nil)
+        #expect(reopened?.owner != nil && reopened?.owner == record.owner, "the provisioning owns it again: a reenumerate leaves it to the rollback")
         try provider.undoReservation(record, file: record.backingFile)
         #expect(try provider.registry.load("torn") == nil, "no record")
         #expect(!fileExists(record.backingFile), "no backing file")

@@ -259,6 +259,11 @@ struct LunInSystemTests {
         #expect(fromDocument.status == 0 && fromDocument.output == "from-inside\n", "\(fromDocument.status): \(fromDocument.error)")
         let clash = silo(state, ["run", "--config", document, "--lun", "shared", "--", "/bin/true"])
         #expect(clash.status == 64 && clash.error.contains("attached twice"), "\(clash.error)")
+        let missing = storage.path + "/missing.json"
+        #expect(writeFile(missing, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"Devices":{"Scsi":{"0":{"Attachments":"#
+            + #"{"0":{"Type":"VirtualDisk","Path":"nowhere"}}}}}}}"#))
+        let unknown = silo(state, ["run", "--config", missing, "--lun", "shared", "--", "/bin/true"])
+        #expect(unknown.status == 1 && unknown.error.contains("(Devices.Scsi) [objectNotFound]"), "the document's LUN is named as the document's: \(unknown.error)")
         #expect(storage.provider.leaseHolders("shared").isEmpty, "no lease outlives the runs")
     }
 }

@@ -15,16 +15,15 @@ public struct ComputeConfiguration: Sendable {
         set { chosenInit = newValue }
     }
     private var chosenInit: String?
-    /// The state directory given, when it is one no system may use: the root folder, whose
-    /// runtime folder would be the host's `/run` itself (as storage refuses it).
-    private var refusedStateDirectory: String?
-
-    /// Refuses a configuration whose state directory is the root folder; called before a call
-    /// makes anything.
-    func checkStateDirectory() throws(SiloError) {
-        guard let refused = refusedStateDirectory else { return }
-        throw SiloError.invalidArgument(field: "state directory", value: refused,
-                                        reason: "the root folder cannot be a state directory; give a folder of its own, such as /var/lib/silo")
+    /// Refuses a configuration whose runtime folder is the host's `/run` itself, as the root folder
+    /// as state directory gives (storage refuses that state directory too): its systems would be
+    /// made, and swept by reenumerate, in `/run/systems`. Called before a call makes anything.
+    public func checkStateDirectory() throws(SiloError) {
+        // Plain comparisons: this runs in every `silo run` (a normalization walked generic code).
+        guard runtimeDirectory == "//run" || runtimeDirectory == "/run" || runtimeDirectory == "/run/" else { return }
+        throw SiloError.invalidArgument(field: "state directory", value: "/",
+                                        reason: "the root folder cannot be a state directory (its systems' runtime folder would be the host's /run); "
+                                            + "give a folder of its own, such as /var/lib/silo")
     }
     /// Where this process found init, when first asked.
     private static let foundInit = findInit()
@@ -47,7 +46,6 @@ public struct ComputeConfiguration: Sendable {
         // Read as storage reads it: absolute, and the default state directory's systems in /run/silo.
         let state = (stateDirectory ?? environment).map(Paths.normalized)
         self.runtimeDirectory = runtimeDirectory ?? state.flatMap { $0 == Paths.defaultStateDirectory ? nil : $0 + "/run" } ?? "/run/silo"
-        self.refusedStateDirectory = runtimeDirectory == nil && state == "/" ? "/" : nil
         self.chosenInit = initBinary
         self.layout = layout
         let parentFromEnvironment = getenv("SILO_CGROUP_PARENT").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }

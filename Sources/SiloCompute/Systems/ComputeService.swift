@@ -126,6 +126,8 @@ public final class ComputeService: Sendable {
     /// - Returns: the ids it repaired.
     @discardableResult
     public func reenumerate() -> [String] {
+        // Never a sweep of the host's /run/systems (the root folder as state directory).
+        guard (try? configuration.checkStateDirectory()) != nil else { return [] }
         var repaired: [String] = []
         for id in store.ids() {
             let directory = store.directory(id)

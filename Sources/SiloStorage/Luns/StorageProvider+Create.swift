@@ -152,8 +152,9 @@ extension StorageProvider {
                         stored.device = attachment.value?.device.number
                     }
                 } catch {
-                    reopenRegistration(record)
-                    throw error
+                    guard let failed = reopenRegistration(record) else { throw error }
+                    throw error.adding(.init(message: "the record could not be put back to creating (\(failed.message)): "
+                                             + "`silo storage reenumerate` finds it ready with no device", source: "rollback"))
                 }
             }),
         ]
@@ -163,13 +164,25 @@ extension StorageProvider {
     /// record's rename took (the folder's fsync failed): the step failed, so the chain rolls the
     /// device and the name back, and a record left `ready` would name a LUN with no device that
     /// the cleanup (which removes only a reservation still `creating`) keeps. Back to `creating`,
-    /// the cleanup removes it with its file, as for any failure before the commit.
-    func reopenRegistration(_ record: LunRecord) {
-        try? registry.locked { () throws(SiloError) in
-            guard var stored = try registry.load(record.name), stored.id == record.id, stored.state == .ready else { return }
-            stored.state = .creating
-            stored.device = nil
-            try registry.save(stored, durable: false)
+    /// the cleanup removes it with its file, as for any failure before the commit. Its owner is
+    /// the provisioning again, so a reenumerate meanwhile leaves it to this rollback. A LUN that
+    /// another call took up in the moment it was ready (marked for a change or a delete, or
+    /// leased) is left to that call.
+    /// - Returns: the error that kept the record from being put back, if any.
+    func reopenRegistration(_ record: LunRecord) -> SiloError? {
+        do throws(SiloError) {
+            try registry.locked { () throws(SiloError) in
+                guard var stored = try registry.load(record.name), stored.id == record.id, stored.state == .ready,
+                      registry.mark(.changing, record.name) == nil, registry.mark(.deleting, record.name) == nil,
+                      leaseHolders(record.name).isEmpty else { return }
+                stored.state = .creating
+                stored.device = nil
+                stored.owner = record.owner
+                try registry.save(stored, durable: false)
+            }
+            return nil
+        } catch {
+            return error
         }
     }
 
