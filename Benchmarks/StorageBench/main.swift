@@ -2,6 +2,7 @@
 // Run through scripts/bench/storage. Prints medians and the ratio.
 import CSiloLinux
 import Glibc
+import SiloOperations
 import SiloStorage
 
 func now() -> UInt64 {
@@ -102,7 +103,9 @@ func format2(_ value: Double) -> String { String((value * 100).rounded() / 100) 
 /// One of the 16: waits on fd 3 until the parent closes the other end, then creates and reports
 /// "<microseconds>" or "FAIL <message>" on stdout.
 func childCreate(state: String, name: String) {
-    let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: state))
+    let onCaller = getenv("SILO_BENCH_ON_CALLER") != nil
+    let provider = StorageProvider(configuration: StorageConfiguration(
+        stateDirectory: state, scheduler: onCaller ? OperationScheduler(runsOnCaller: true) : .shared))
     var byte: UInt8 = 0
     _ = read(3, &byte, 1)
     let start = now()
@@ -196,6 +199,16 @@ func parallelCreates(state: String) {
           + "p50 \(format2(p50)) ms, p99 \(format2(p99)) ms, failures reaching the caller: \(failures.count) of 48 "
           + "(goal p99 < 10 ms: \(p99 < 10 && failures.isEmpty ? "met" : "NOT met"))")
     failures.prefix(3).forEach { print("  \($0)") }
+    // The same with each create on its caller's thread (OperationScheduler(runsOnCaller:), as the
+    // CLI runs a create): no worker thread to start in each fresh process.
+    setenv("SILO_BENCH_ON_CALLER", "1", 1)
+    let (callerTimes, callerFailures) = parallelRounds(mode: "child", target: state) { round in
+        for index in 0..<16 { _ = try? provider.deleteLun("par\(round)-\(index)").wait() }
+    }
+    unsetenv("SILO_BENCH_ON_CALLER")
+    let (c50, c99) = percentiles(callerTimes)
+    print("the same, each create on its caller's thread: p50 \(format2(c50)) ms, p99 \(format2(c99)) ms, "
+          + "failures reaching the caller: \(callerFailures.count) of 48")
     // The floor, on the registry's own file system: what 16 durable records cost with nothing else.
     let floor = state + "/floor"
     mkdir(floor, 0o700)

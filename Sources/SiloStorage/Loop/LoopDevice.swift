@@ -125,6 +125,10 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     static func attach(backingDescriptor backingFD: Int32, name backing: String, options: Options) throws(SiloError) -> Attachment {
         let direct = options.directIO && fcntl(backingFD, F_GETFL) & silo_O_DIRECT != 0
 
+        // LOOP_CONFIGURE fsyncs the backing file while this process holds loop-control's lock,
+        // which every attach waits for: synced here first, outside the lock, that fsync finds
+        // nothing to write (0.03 ms instead of 0.1-0.4 for a new file here).
+        if configureSyncsBackingFile { _ = fsync(backingFD) }
         let control = try syscall("open", path: "/dev/loop-control") { open("/dev/loop-control", O_RDWR | O_CLOEXEC) }
         defer { close(control) }
         // Serialise allocation with every other process that follows the same protocol
