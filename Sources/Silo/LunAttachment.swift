@@ -137,7 +137,7 @@ extension ComputeSystem {
         let devices = try document.scsiAttachments.map { (attachment) throws(SiloError) -> BlockDevice in
             var (device, lease) = try storage.leasedBlockDevice(forLun: attachment.lun, system: id, mountPath: attachment.mountPath,
                                                                 readOnly: attachment.readOnly)
-            device.location = "\(attachment.controller)/\(attachment.index)"
+            device.location = attachment.location
             leases.append(lease)
             return device
         }
@@ -162,12 +162,12 @@ extension ComputeSystem {
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         guard case .attach(let attachment) = request.change else { return try modify(request, context: context, callback: callback) }
         try request.validate()
-        if try properties().attachments.contains(where: { $0.location == "\(attachment.controller)/\(attachment.index)" }) {
-            throw SiloError.invalidArgument(field: "ResourcePath", value: "\(attachment.controller)/\(attachment.index)",
+        if try properties().attachments.contains(where: { $0.location == attachment.location }) {
+            throw SiloError.invalidArgument(field: "ResourcePath", value: attachment.location,
                                             reason: "a LUN is attached there already")
         }
         return try attachLun(attachment.lun, mountPath: attachment.mountPath, readOnly: attachment.readOnly,
-                             location: "\(attachment.controller)/\(attachment.index)", storage: storage,
+                             location: attachment.location, storage: storage,
                              context: context, callback: callback)
     }
 }

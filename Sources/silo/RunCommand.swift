@@ -104,9 +104,7 @@ struct RunCommand: HotCommand {
                 complete = true
                 return leases
             }
-            let fromDocument: [Place] = attachments.map {
-                (lun: $0.lun, mountPath: $0.mountPath, readOnly: $0.readOnly, location: "\($0.controller)/\($0.index)")
-            }
+            let fromDocument: [Place] = attachments.map { (lun: $0.lun, mountPath: $0.mountPath, readOnly: $0.readOnly, location: $0.location) }
             let fromOptions = try cli(options: ["lun": "--lun"]) { () throws(SiloError) -> [(BlockDevice, LunLease)] in
                 let places: [Place] = try lun.map { (item) throws(SiloError) -> Place in
                     let place = try lunPlace(item, option: "lun")

@@ -369,8 +369,10 @@ struct SandboxRunTests {
         #expect(try SandboxRun.run(id: "run-d", limits: CgroupLimits(), arguments: ["/no/such/program"], configuration: configuration) == 127)
         #expect(try SandboxRun.run(id: "run-e", limits: CgroupLimits(), arguments: ["/usr"], configuration: configuration) == 126,
                 "found but not runnable: as a shell says it")
+        #expect(try SandboxRun.run(id: "run-f", limits: CgroupLimits(), arguments: ["no-such-command-\(getpid())"], configuration: configuration) == 127,
+                "a PATH search that finds nothing: not found, whatever the last folder said")
         #expect(directoryEntries(configuration.runtimeDirectory + "/systems").isEmpty)
-        for id in ["run-a", "run-b", "run-c", "run-d", "run-e"] {
+        for id in ["run-a", "run-b", "run-c", "run-d", "run-e", "run-f"] {
             #expect(Cgroup.open(name: configuration.cgroupName(for: id)).directories.values.allSatisfy { !fileExists($0) })
         }
     }

@@ -49,6 +49,9 @@ public struct ComputeSystemDocument: Sendable, Hashable {
         /// Where to mount its file system inside the system (Silo's extension field `MountPath`).
         public var mountPath: String?
 
+        /// Where it sits on the virtual SCSI bus, as a block device's `location`: `controller/index`.
+        public var location: String { "\(controller)/\(index)" }
+
         public init(controller: String, index: Int, lun: String, readOnly: Bool, mountPath: String?) {
             self.controller = controller
             self.index = index
