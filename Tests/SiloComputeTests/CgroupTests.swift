@@ -177,6 +177,34 @@ struct CgroupTests {
         #expect(readText((cgroup.directory("pids") ?? "") + "/pids.max") == "64")
     }
 
+    @Test("C10 a limit in two files (v1 memory and memsw) whose second write is refused puts the first back")
+    func pairedWriteRollsBack() throws {
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(memory: 64 << 20), layout: layout)
+        defer { try? cgroup.destroy() }
+        let directory = try #require(layout.place("memory") == .v1 ? cgroup.directory("memory") : cgroup.directory("unified"))
+        let limit = directory + (layout.place("memory") == .v1 ? "/memory.limit_in_bytes" : "/memory.max")
+        #expect(throws: SiloError.self) { try Cgroup.writeBoth("\(32 << 20)", to: limit, then: directory + "/no-such-file") }
+        #expect(readText(limit) == "\(64 << 20)")
+        try Cgroup.writeBoth("\(48 << 20)", to: limit, then: limit)
+        #expect(readText(limit) == "\(48 << 20)")
+    }
+
+    @Test("C1 C10 a document's Processor.Weight 0 (HCS's unset value) gives the default CPU share, not the smallest")
+    func weightZeroIsTheDefault() throws {
+        let document = try ComputeSystemDocument(json: """
+            {"SchemaVersion": {"Major": 2, "Minor": 1}, "VirtualMachine": {"ComputeTopology":
+              {"Processor": {"Count": 1, "Weight": 0}}}}
+            """)
+        #expect(document.processorWeight == nil)
+        let cgroup = try Cgroup.create(name: makeName(), limits: CgroupLimits(document), layout: layout)
+        defer { try? cgroup.destroy() }
+        switch layout.place("cpu") {
+        case .v1?: #expect(readText(try cgroup.path("cpu") + "/cpu.shares") == "1024")
+        case .v2?: #expect(readText(try cgroup.path("unified") + "/cpu.weight") == "100")
+        case nil: Issue.record("no cpu controller")
+        }
+    }
+
     @Test("C3 a create refused because the cgroup exists removes nothing of the one that is there")
     func existingCgroupLeftAlone() throws {
         let name = makeName()

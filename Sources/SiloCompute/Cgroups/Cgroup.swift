@@ -278,15 +278,12 @@ public final class Cgroup: Sendable {
                 // memsw is memory plus swap: equal means no swap (absent without swap accounting).
                 // The kernel keeps memsw at or above the limit at every write: a limit that grows
                 // raises memsw first (the other order failed with EINVAL), one that shrinks lowers it after.
+                // A second write refused (EBUSY: the usage did not fit under the new figure) puts
+                // the first back, so a failed modify leaves both as they were.
                 if access(memsw, F_OK) == 0 {
                     let current = readText(limit).flatMap { UInt64($0) } ?? 0
-                    if bytes > current {
-                        try writeText(memsw, "\(bytes)")
-                        try writeText(limit, "\(bytes)")
-                    } else {
-                        try writeText(limit, "\(bytes)")
-                        try writeText(memsw, "\(bytes)")
-                    }
+                    let (first, second) = bytes > current ? (memsw, limit) : (limit, memsw)
+                    try Self.writeBoth("\(bytes)", to: first, then: second)
                 } else {
                     try writeText(limit, "\(bytes)")
                 }
@@ -318,6 +315,19 @@ public final class Cgroup: Sendable {
         if let pids = limits.pids {
             guard let path = directory("pids") else { throw unavailable("pids") }
             try writeText(path + "/pids.max", "\(pids)")
+        }
+    }
+
+    /// Writes `text` to `first`, then to `second`; when `second` refuses it, `first` gets back what
+    /// it held, so a failed change leaves both files as they were.
+    static func writeBoth(_ text: String, to first: String, then second: String) throws(SiloError) {
+        let before = readText(first)
+        try writeText(first, text)
+        do throws(SiloError) {
+            try writeText(second, text)
+        } catch {
+            if let before { try? writeText(first, before) }
+            throw error
         }
     }
 

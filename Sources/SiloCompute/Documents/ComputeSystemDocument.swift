@@ -16,7 +16,8 @@ public struct ComputeSystemDocument: Sendable, Hashable {
     public var memoryLimit: UInt64?
     /// CPUs the system may use; nil means all.
     public var processorCount: Int?
-    /// 1...10000, as HCS `Processor.Weight` (100 = the default share).
+    /// 1...10000, as HCS `Processor.Weight` (100 = the default share); nil for the default,
+    /// which a document's `Weight: 0` also means (HCS's unset value, as hcsshim leaves it out).
     public var processorWeight: Int?
     /// 1...100000, as HCS `Processor.Limit`: the share of `processorCount` CPUs, in hundredths of a percent.
     public var processorLimit: Int?
@@ -168,7 +169,8 @@ public struct ComputeSystemDocument: Sendable, Hashable {
                               "EnablePerfmonPebs", "EnablePerfmonIpt", "SyncDisabled"]
                 )
                 count = try processor.integer("Count", in: 1...4096).map(Int.init)
-                weight = try processor.integer("Weight", in: 0...10_000).map(Int.init)
+                // 0 is HCS's unset value: the default share, not the smallest one.
+                weight = try processor.integer("Weight", in: 0...10_000).flatMap { $0 == 0 ? nil : Int($0) }
                 // HCS's container form calls the cap Maximum; the VM form Limit. Same unit.
                 let cap = try processor.integer("Limit", in: 1...100_000)
                 let maximum = try processor.integer("Maximum", in: 1...100_000)
