@@ -7,6 +7,7 @@
 // exclusively, and gets it only when no handle is left in any process.
 #define _GNU_SOURCE
 #include "agent.h"
+#include "exec_search.h"
 
 #include "silo_agent.h"
 
@@ -251,62 +252,11 @@ static __attribute__((noreturn)) void child_fail(int error_pipe, int step) {
     _exit(127);
 }
 
-/// execvp, with the PATH of the process's own environment (glibc's default, /bin:/usr/bin, when
-/// it has none) and without writing `environ`: the child shares the agent's memory until it
-/// execs. Returns only when nothing could be run, with errno set as execvp sets it.
-static void exec_or_shell(const char *path, char *const argv[], char *const envp[]) {
+/// The exec of a process's lookup (exec_search.h, execvp's, with the PATH of the process's own
+/// environment and without writing `environ`: the child shares the agent's memory until it execs).
+static long exec_libc(const char *path, char *const *argv, char *const *envp) {
     execve(path, argv, envp);
-    if (errno != ENOEXEC) return;
-    // A script without #!: /bin/sh FILE ARGS..., as execvp and `silo run` do. On the child's
-    // 64 KiB stack, so for 1,024 arguments at most.
-    size_t count = 0;
-    while (argv[count]) count++;
-    if (count > 1024) return;
-    const char *script[count + 2];
-    script[0] = "/bin/sh";
-    script[1] = path;
-    for (size_t i = 1; i <= count; i++) script[i + 1] = argv[i];
-    execve("/bin/sh", (char *const *)script, envp);
-    errno = ENOEXEC;
-}
-
-static void exec_searching(const char *file, char *const argv[], char *const envp[]) {
-    if (strchr(file, '/')) {
-        exec_or_shell(file, argv, envp);
-        return;
-    }
-    const char *path = "/bin:/usr/bin";
-    for (char *const *entry = envp; *entry; entry++) {
-        if (strncmp(*entry, "PATH=", 5) == 0) {
-            path = *entry + 5;
-            break;
-        }
-    }
-    char candidate[4096];
-    size_t length = strlen(file);
-    int denied = 0;
-    for (const char *start = path;;) {
-        const char *colon = strchr(start, ':');
-        size_t folder = colon ? (size_t)(colon - start) : strlen(start);
-        if (folder + length + 3 <= sizeof candidate) {
-            size_t at = 0;
-            if (folder == 0) candidate[at++] = '.';  // an empty entry is the working directory
-            memcpy(candidate + at, start, folder);
-            at += folder;
-            candidate[at++] = '/';
-            memcpy(candidate + at, file, length + 1);
-            exec_or_shell(candidate, argv, envp);
-            if (errno == EACCES) {
-                denied = 1;
-            } else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ELOOP && errno != ENAMETOOLONG
-                       && errno != ENODEV && errno != ETIMEDOUT) {
-                return;
-            }
-        }
-        if (!colon) break;
-        start = colon + 1;
-    }
-    errno = denied ? EACCES : ENOENT;
+    return -errno;
 }
 
 /// In the child: becomes the requested process. Never returns. It runs in the agent's memory
@@ -347,7 +297,7 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
         }
     }
     if (clear_capabilities() != 0) child_fail(error_pipe, SILO_STEP_CAPABILITIES);
-    exec_searching(argv[0], (char *const *)argv, (char *const *)envp);
+    errno = (int)-silo_exec_search(exec_libc, argv[0], (char *const *)argv, (char *const *)envp);
     child_fail(error_pipe, SILO_STEP_EXEC);
 }
 

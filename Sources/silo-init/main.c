@@ -16,7 +16,15 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "exec_search.h"
 #include "run_fast.h"
+
+#if !defined(__x86_64__)
+static long exec_libc(const char *path, char *const *argv, char *const *envp) {
+    execve(path, argv, envp);
+    return -errno;
+}
+#endif
 
 int main(int argc, char **argv) {
     // Both modes end by signalling every process they can see (kill(-1, ...)): inside a system's
@@ -57,15 +65,9 @@ int main(int argc, char **argv) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
-        execvp(argv[first], argv + first);
-        int error = errno;
+        int error = (int)-silo_exec_search(exec_libc, argv[first], argv + first, environ);
         fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(error));
-        // As a shell says it: not found (127), or found and not runnable (126). A PATH search's
-        // last errno may be a folder's ENOTDIR or ENODEV: nothing was found there either.
-        int searched = strchr(argv[first], '/') == NULL;
-        int skipped = error == ENOENT || error == ENOTDIR || error == ESTALE || error == ENODEV || error == ETIMEDOUT;
-        int found = searched ? !skipped : error != ENOENT;
-        _exit(found ? 126 : 127);
+        _exit(error == ENOENT ? 127 : 126);  // as a shell says it: not found, or found and not runnable
     }
 
     int exit_code = 0;

@@ -22,6 +22,8 @@
 #include "run_fast.h"
 
 #define FAST __attribute__((no_stack_protector, no_builtin))
+#define SILO_EXEC_ATTRIBUTES FAST
+#include "exec_search.h"
 
 FAST static long sys(long n, long a, long b, long c, long d) {
     long ret;
@@ -95,55 +97,9 @@ FAST static void say_error(long error) {
     say(number);
 }
 
-/// execve, and /bin/sh FILE ARGS... when the kernel does not know the format (as execvp does).
-FAST static long exec_one(const char *path, char *const *argv, char *const *envp) {
-    long error = sys(SYS_execve, (long)path, (long)argv, (long)envp, 0);
-    if (error != -8) return error;  // ENOEXEC: a script without #!
-    size_t count = 0;
-    while (argv[count]) count++;
-    if (count > 4096) return error;
-    const char *script[count + 2];
-    script[0] = "/bin/sh";
-    script[1] = path;
-    for (size_t i = 1; i <= count; i++) script[i + 1] = argv[i];
-    sys(SYS_execve, (long)"/bin/sh", (long)script, (long)envp, 0);
-    return error;
-}
-
-/// execvp: a name without '/' is looked up in PATH (glibc's default, /bin:/usr/bin, without one).
-/// Returns the error of the attempt that decides, as execvp's errno would be.
-FAST static long exec_search(const char *file, char *const *argv, char *const *envp) {
-    if (!*file) return -2;
-    for (const char *c = file; *c; c++) {
-        if (*c == '/') return exec_one(file, argv, envp);
-    }
-    const char *path = "/bin:/usr/bin";
-    for (char *const *e = envp; e && *e; e++) {
-        const char *v = *e;
-        if (v[0] == 'P' && v[1] == 'A' && v[2] == 'T' && v[3] == 'H' && v[4] == '=') { path = v + 5; break; }
-    }
-    size_t name = length(file);
-    long result = -2;
-    int denied = 0;
-    char buffer[4096];
-    for (const char *p = path;; p++) {
-        const char *end = p;
-        while (*end && *end != ':') end++;
-        size_t dir = (size_t)(end - p);
-        if (dir + 1 + name + 1 <= sizeof buffer) {
-            size_t at = 0;
-            for (size_t i = 0; i < dir; i++) buffer[at++] = p[i];
-            if (dir) buffer[at++] = '/';
-            for (size_t i = 0; i <= name; i++) buffer[at++] = file[i];
-            result = exec_one(buffer, argv, envp);
-            if (result == -13) denied = 1;
-            // As execvp: go on past what is not there; stop at any other failure.
-            else if (result != -2 && result != -20 && result != -116 && result != -19 && result != -110) return result;
-        }
-        if (!*end) break;
-        p = end;
-    }
-    return denied ? -13 : -2;  // nothing found that could be run: not found (127), as a shell says it
+/// The exec the lookup (exec_search.h) makes: the raw system call.
+FAST static long exec_raw(const char *path, char *const *argv, char *const *envp) {
+    return sys(SYS_execve, (long)path, (long)argv, (long)envp, 0);
 }
 
 struct payload { char *const *argv; char *const *envp; };
@@ -154,7 +110,7 @@ FAST static int start_payload(void *argument) {
     unsigned long none = 0;
     sys(SYS_rt_sigprocmask, SIG_SETMASK, (long)&none, 0, sizeof none);
     sys(SYS_setsid, 0, 0, 0, 0);
-    long error = exec_search(payload->argv[0], payload->argv, payload->envp);
+    long error = silo_exec_search(exec_raw, payload->argv[0], payload->argv, payload->envp);
     say("silo-init: cannot run ");
     say(payload->argv[0]);
     say(": ");

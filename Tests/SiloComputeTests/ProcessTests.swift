@@ -684,4 +684,37 @@ struct ProcessTests {
         defer { after.close() }
         #expect(try after.wait(timeout: .seconds(10)).exitCode == 0)
     }
+
+    @Test("C7 a process's start (the agent) and a run (init's run mode) look a command up alike, as execvp: past what is not there or not runnable, stopped by any other failure")
+    func oneLookup() throws {
+        let box = try RunningSystem("ol")
+        defer { box.finish() }
+        let long = "/" + String(repeating: "a", count: 300)  // a name the kernel refuses: ENAMETOOLONG
+        // (command, PATH, the exit a shell gives: 0 ran, 126 found and not runnable, 127 not found)
+        let cases: [(String, String, Int32)] = [
+            ("true", "/nowhere:/usr/bin", 0),       // ENOENT: on to the next folder
+            ("true", "/etc/passwd:/usr/bin", 0),    // ENOTDIR: on
+            ("bin", "/usr:/nowhere", 126),          // EACCES (a folder) remembered, then ENOENT
+            ("true", "/nowhere", 127),
+            ("true", long + ":/usr/bin", 126),      // any other failure ends the search, as execvp's
+        ]
+        for (command, path, expected) in cases {
+            let run = try runSandboxed(underInit: true, "") {
+                $0.arguments = ["/.silo/init", "--", command]
+                $0.environment = ["PATH=" + path]
+            }
+            #expect(run.status == expected, "run mode: \(command) in \(path): \(run.output)")
+            let started: Int32
+            do {
+                let process = try box.system.createProcess(ProcessParameters(arguments: [command], environment: ["PATH": path]))
+                    .wait(timeout: .seconds(30))
+                defer { process.close() }
+                started = try process.wait(timeout: .seconds(10)).exitCode ?? -1
+            } catch {
+                #expect(error.syscall == "exec", "\(command) in \(path): \(error)")
+                started = error.errno == ENOENT ? 127 : 126
+            }
+            #expect(started == expected, "the agent: \(command) in \(path)")
+        }
+    }
 }
