@@ -455,6 +455,20 @@ struct ProcessTests {
         let waited = #expect(throws: SiloError.self) { _ = try box.run("true") }
         #expect(waited?.code == .operationTimeout && waited?.message.contains("nothing was sent") == true, "\(String(describing: waited))")
         close(pausing)
+
+        // A pause waiting on a start under way holds nothing else up: a modify made meanwhile
+        // (it takes the system's lock) ends first, and the pause once the start is through.
+        let starting = try box.system.openRequestGate(exclusive: false)
+        let pause = try box.system.pause()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while pause.status == .queued, ContinuousClock.now < deadline { usleep(1000) }
+        try box.system.modify(ModifyRequest(change: .memory(megabytes: 96))).wait(timeout: .seconds(3))
+        #expect(pause.status.isPending, "the pause still waits for the start")
+        close(starting)
+        try pause.wait(timeout: .seconds(10))
+        #expect(try box.system.properties().state == .paused)
+        try box.system.resume().wait(timeout: .seconds(10))
+
         try box.system.pause().wait(timeout: .seconds(10))
         #expect((#expect(throws: SiloError.self) { _ = try box.run("true") })?.code == .invalidState)
         try box.system.resume().wait(timeout: .seconds(10))

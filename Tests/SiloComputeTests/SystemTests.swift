@@ -55,8 +55,69 @@ struct TestCompute {
     }
 }
 
+/// Polls `condition` until it holds or `seconds` pass; whether it held.
+func eventually(seconds: Double = 10, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if try condition() { return true }
+        usleep(2000)
+    }
+    return try condition()
+}
+
+/// Shared flocks held on `path`, as /proc/locks lists them ("1: FLOCK  ADVISORY  READ 1234
+/// fd:00:5678 0 EOF"; a waiter's line has "->" in second place and is not counted).
+func sharedFlocks(on path: String) -> Int {
+    var info = stat()
+    guard stat(path, &info) == 0, let locks = readText("/proc/locks") else { return 0 }
+    return locks.split(separator: "\n").filter { line in
+        let fields = line.split(separator: " ")
+        return fields.count >= 6 && fields[1] == "FLOCK" && fields[3] == "READ" && fields[5].split(separator: ":").last == "\(info.st_ino)"
+    }.count
+}
+
 @Suite("Compute systems", .tags(.root), .requiresCgroups, .serialized)
 struct SystemTests {
+    @Test("C5 a terminate that fails (its cgroup kept) leaves the exit to be reported: the handle hears SystemExited once, when it reads its agent's end")
+    func failedStopStillReports() throws {
+        let box = try RunningSystem("fs")
+        defer { box.finish() }
+        let blocker = try #require(Set(box.system.cgroup.directories.values).sorted().first) + "/blocker"
+        defer { rmdir(blocker) }
+        try #require(mkdir(blocker, 0o755) == 0, "a child cgroup keeps the system's from being removed: errno \(errno)")
+        let failed = #expect(throws: SiloError.self) { try box.system.terminate().wait(timeout: .seconds(30)) }
+        #expect(failed?.code == .deviceInUse, "\(String(describing: failed))")
+        #expect(rmdir(blocker) == 0)
+        // No handler, no waiter: nothing has read this handle's connection; its end is unseen.
+        try #require(!box.system.connectionEnded)
+        let heard = Mutex<[String]>([])
+        try box.system.events.setHandler { event in  // starts the reader: it sees the end now
+            if event.type == .systemExited { heard.withLock { $0.append(event.data ?? "") } }
+        }
+        #expect(eventually { !heard.withLock { $0.isEmpty } }, "the handle whose terminate failed never heard the exit")
+        #expect(box.compute.service.enumerate(id: box.system.id).first?.state == .stopped)
+        #expect(heard.withLock { $0.count } == 1)
+    }
+
+    @Test("C5 a terminate that fails while a reader watches the connection: the handle still hears SystemExited once the system has ended")
+    func failedStopWithReaderStillReports() throws {
+        let box = try RunningSystem("fr")
+        defer { box.finish() }
+        let heard = Mutex<[String]>([])
+        try box.system.events.setHandler { event in
+            if event.type == .systemExited { heard.withLock { $0.append(event.data ?? "") } }
+        }
+        let blocker = try #require(Set(box.system.cgroup.directories.values).sorted().first) + "/blocker"
+        defer { rmdir(blocker) }
+        try #require(mkdir(blocker, 0o755) == 0)
+        #expect(throws: SiloError.self) { try box.system.terminate().wait(timeout: .seconds(30)) }
+        #expect(rmdir(blocker) == 0)
+        #expect(eventually { box.system.connectionEnded }, "the reader saw init go")
+        // The reader saw init's end while the stop still held the system's lock: it must ask
+        // whether this handle reported after that lock, when the failed stop has taken its claim back.
+        #expect(eventually(seconds: 5) { !heard.withLock { $0.isEmpty } }, "the handle never heard SystemExited")
+    }
+
     @Test("C4 two starts at once start one init, and the other is refused; two terminates at once stop it once")
     func concurrentTransitions() throws {
         let compute = TestCompute()

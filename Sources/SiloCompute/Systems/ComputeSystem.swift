@@ -238,14 +238,18 @@ public final class ComputeSystem: Sendable {
     /// Running -> Paused: freezes every process, those forked meanwhile too.
     public func pause(context: (any Sendable)? = nil, callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         // The request gate, held from before the freeze until the record says Paused (`finally`).
+        // Taken before the system's lock: while the pause waits (5 s at most) for the process
+        // starts and signals already on their way, a terminate or a modify is not held up.
         let gate = Mutex<Int32>(-1)
         // A record that cannot say Paused must not be left with a frozen system: every call would
         // wait on its agent, and resume would be refused.
         return try change(.pause, from: [.running], context: context, callback: callback,
+                          before: { [self] () throws(SiloError) in
+                              let fd = try openRequestGate(exclusive: true)
+                              gate.withLock { $0 = fd }
+                          },
                           finally: { gate.withLock { fd in if fd >= 0 { Glibc.close(fd) }; fd = -1 } },
                           unsaved: { [cgroup] in try? cgroup.thaw() }) { [self] _ in
-            let fd = try openRequestGate(exclusive: true)
-            gate.withLock { $0 = fd }
             try cgroup.freeze()
             return { $0.state = .paused }
         }
@@ -503,9 +507,13 @@ public final class ComputeSystem: Sendable {
     /// last handle's holder dying, its init killed). Every handle hears SystemExited with how it
     /// ended (C5); the one that stopped it reports that itself.
     private func agentDisconnected() {
-        guard !events.isClosed, !exitReported.load(ordering: .sequentiallyConsistent) else { return }
+        guard !events.isClosed else { return }
         // A stop by another process holds the system's lock until its record says Stopped.
         guard var record = try? store.locked(id, { () throws(SiloError) in try store.load(id) }) else { return }
+        // Asked only now: a stop of this handle's sets it, and takes it back if it fails, under
+        // that lock. Read before it, a stop that failed after init died (its cgroup kept) left
+        // this handle without SystemExited: the end of its connection was already taken.
+        guard !exitReported.load(ordering: .sequentiallyConsistent) else { return }
         var final = service.refreshed(record)
         // Init's death ends the pid namespace; its last processes may take a moment to go.
         for _ in 0..<100 where final.state != .stopped {
@@ -847,6 +855,7 @@ public final class ComputeSystem: Sendable {
         context: (any Sendable)?,
         callback: OperationCallback<Void>?,
         throughChannel: Bool = true,
+        before: @escaping @Sendable () throws(SiloError) -> Void = {},
         finally: @escaping @Sendable () -> Void = {},
         unsaved: @escaping @Sendable () -> Void = {},
         _ work: @escaping @Sendable (SystemRecord) throws -> (inout SystemRecord) -> Void
@@ -860,6 +869,7 @@ public final class ComputeSystem: Sendable {
                                               cancellable: false, withdrawn: { finally() }) {
                 [self] _ in
                 defer { finally() }
+                try before()  // what may wait, before the system's lock: other changes go on meanwhile
                 try store.locked(id) { () throws(SiloError) in
                     let current = service.refreshedHoldingLock(try store.load(id))
                     try checkState(type, allowed, current)
