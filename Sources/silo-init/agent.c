@@ -477,12 +477,26 @@ static void serve(int slot) {
             else send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
         }
     } else if (header.type == SILO_AGENT_WATCH) {
-        int32_t pid;
+        // Either form: {pid} (the first) or {pid, flags}.
+        struct silo_agent_watch watch = { 0, 0 };
         struct process *process = NULL;
-        if ((error = silo_agent_decode_fixed(payload, header.length, &pid, sizeof pid))) {
+        if (header.length == sizeof watch.pid) error = silo_agent_decode_fixed(payload, header.length, &watch.pid, sizeof watch.pid);
+        else if (!(error = silo_agent_decode_fixed(payload, header.length, &watch, sizeof watch)) && (watch.flags & ~SILO_WATCH_ALL_FLAGS)) error = EINVAL;
+        if (error) {
             reply_error(slot, header.id, error, SILO_STEP_NONE);
-        } else if (pid <= 0 || !(process = find_process(pid))) {
+        } else if (watch.pid <= 0 || !(process = find_process(watch.pid))) {
             reply_error(slot, header.id, ESRCH, SILO_STEP_NONE);
+        } else if (watch.flags & SILO_WATCH_EXIT_IN_REPLY) {
+            // The exit, if it came, is in the reply and nowhere after it: one this connection was
+            // sent already and has not read yet, the client sees twice and keeps the first.
+            if (process->running) {
+                send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
+                process->watchers |= 1ull << slot;
+            } else {
+                process->unsent &= ~(1ull << slot);  // in the reply instead
+                struct silo_agent_exited body = { process->pid, process->status };
+                send_packet(slot, SILO_AGENT_OK, header.id, &body, sizeof body, 0);
+            }
         } else {
             // An exit kept for this connection goes with the reply (send_packet flushes those):
             // sent again after it, the client would hold a second one for a pid that may be reused.

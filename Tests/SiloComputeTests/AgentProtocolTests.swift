@@ -264,3 +264,87 @@ func listLinks(_ path: String) throws -> [String] {
     }
     return links.sorted()
 }
+
+/// A connection to system `id`'s agent, as a handle makes one; -1 when connect fails.
+func connectToAgent(_ compute: TestCompute, _ id: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    let connected = withSocketAddress(compute.service.store.directory(id) + "/agent.sock") { connect(fd, $0, $1) }
+    if connected != 0 {
+        close(fd)
+        return -1
+    }
+    return fd
+}
+
+/// The next packet on `fd` within `milliseconds`: its type, id and payload; nil for none, an end
+/// of file or a header that does not check.
+func receivePacket(_ fd: Int32, waitingAtMost milliseconds: Int32 = 5000) -> (type: UInt16, id: UInt32, payload: [UInt8])? {
+    var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    guard poll(&poller, 1, milliseconds) > 0 else { return nil }
+    var bytes = [UInt8](repeating: 0, count: 1024)
+    let size = recv(fd, &bytes, bytes.count, 0)
+    guard size > 0 else { return nil }
+    var header = silo_agent_header()
+    guard bytes.withUnsafeBytes({ silo_agent_check_header($0.baseAddress, size, &header) }) == 0 else { return nil }
+    return (header.type, header.id, Array(bytes[MemoryLayout<silo_agent_header>.size..<size]))
+}
+
+extension AgentFuzzTests {
+    @Test("C8 WATCH's two forms: {pid} answers OK and sends the exit after it; {pid, EXIT_IN_REPLY} puts an exit that came in the reply and sends nothing after it; unknown flags are refused")
+    func watchForms() throws {
+        let box = try RunningSystem("wf")
+        defer { box.finish() }
+        let quick = try box.run("exit 3", stdout: false)
+        defer { quick.close() }
+        #expect(try quick.wait(timeout: .seconds(10)).exitCode == 3)
+        let fd = connectToAgent(box.compute, box.system.id)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        func send(_ type: silo_agent_type, id: UInt32, _ payload: [UInt8]) {
+            let bytes = packet(type: UInt16(type.rawValue), id: id, payload: payload)
+            #expect(Glibc.send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count)
+        }
+        func exited(_ payload: [UInt8]) -> silo_agent_exited? {
+            var body = silo_agent_exited()
+            let decoded = payload.withUnsafeBytes { silo_agent_decode_fixed($0.baseAddress, $0.count, &body, MemoryLayout<silo_agent_exited>.size) }
+            return decoded == 0 ? body : nil
+        }
+        var pid = quick.pid
+        // The first form: OK, then the exit as an event.
+        send(SILO_AGENT_WATCH, id: 1, withUnsafeBytes(of: &pid) { Array($0) })
+        let reply = try #require(receivePacket(fd))
+        #expect(reply.type == UInt16(SILO_AGENT_OK.rawValue) && reply.id == 1 && reply.payload.isEmpty)
+        let event = try #require(receivePacket(fd))
+        #expect(event.type == UInt16(SILO_AGENT_EXITED.rawValue) && event.id == 0)
+        #expect(exited(event.payload).map { $0.pid == pid && $0.status == 3 << 8 } == true)
+        // The other form: the exit in the reply, and the next packet is the next request's reply.
+        var watch = silo_agent_watch(pid: pid, flags: UInt32(SILO_WATCH_EXIT_IN_REPLY.rawValue))
+        send(SILO_AGENT_WATCH, id: 2, withUnsafeBytes(of: &watch) { Array($0) })
+        let inReply = try #require(receivePacket(fd))
+        #expect(inReply.type == UInt16(SILO_AGENT_OK.rawValue) && inReply.id == 2)
+        #expect(exited(inReply.payload).map { $0.pid == pid && $0.status == 3 << 8 } == true)
+        send(SILO_AGENT_HELLO, id: 3, [])
+        let next = try #require(receivePacket(fd))
+        #expect(next.type == UInt16(SILO_AGENT_OK.rawValue) && next.id == 3, "no EXITED after the reply: \(next)")
+        // A running process: OK with nothing in it; its exit comes as an event at its end.
+        let slow = try box.run("read x; exit 4", stdout: false, stdin: true)
+        defer { slow.close() }
+        watch.pid = slow.pid
+        send(SILO_AGENT_WATCH, id: 4, withUnsafeBytes(of: &watch) { Array($0) })
+        let running = try #require(receivePacket(fd))
+        #expect(running.type == UInt16(SILO_AGENT_OK.rawValue) && running.id == 4 && running.payload.isEmpty)
+        slow.closeStandardInput()
+        let later = try #require(receivePacket(fd))
+        #expect(later.type == UInt16(SILO_AGENT_EXITED.rawValue) && exited(later.payload).map { $0.pid == slow.pid && $0.status == 4 << 8 } == true)
+        // Flags it does not know: refused, the connection kept.
+        watch.flags = 1 << 7
+        send(SILO_AGENT_WATCH, id: 5, withUnsafeBytes(of: &watch) { Array($0) })
+        let refused = try #require(receivePacket(fd))
+        var error = silo_agent_error()
+        let decoded = refused.payload.withUnsafeBytes { silo_agent_decode_fixed($0.baseAddress, $0.count, &error, MemoryLayout<silo_agent_error>.size) }
+        #expect(refused.type == UInt16(SILO_AGENT_ERROR.rawValue) && decoded == 0 && error.error == EINVAL)
+        send(SILO_AGENT_HELLO, id: 6, [])
+        #expect(receivePacket(fd)?.id == 6, "the connection is kept")
+    }
+}

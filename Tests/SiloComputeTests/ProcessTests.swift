@@ -731,4 +731,59 @@ struct ProcessTests {
             #expect(started == expected, "the agent: \(command) in \(path)")
         }
     }
+
+    @Test("C8 a pid watched by its spawning connection, twice on one connection and by two connections: every handle gets the exit, no connection keeps a second one")
+    func watchedTwice() throws {
+        let box = try RunningSystem("wt")
+        defer { box.finish() }
+        let first = try box.compute.service.open(box.system.id)
+        defer { first.close() }
+        let second = try box.compute.service.open(box.system.id)
+        defer { second.close() }
+        let slow = try box.run("read x; exit 5", stdout: false, stdin: true)
+        defer { slow.close() }
+        let own = try box.system.openProcess(slow.pid)  // a WATCH from the spawning connection
+        defer { own.close() }
+        let twiceA = try first.openProcess(slow.pid)    // one connection, WATCH twice
+        defer { twiceA.close() }
+        let twiceB = try first.openProcess(slow.pid)
+        defer { twiceB.close() }
+        let other = try second.openProcess(slow.pid)    // a second connection
+        defer { other.close() }
+        slow.closeStandardInput()
+        for process in [slow, own, twiceA, twiceB, other] {
+            #expect(try process.wait(timeout: .seconds(10)).exitCode == 5)
+        }
+        // A round trip on each connection reads whatever the agent sent before its reply: a second
+        // EXITED would find no handle left and be kept as unclaimed.
+        for (name, handle) in [("spawning", box.system), ("watching twice", first), ("watching", second)] {
+            _ = try handle.processes()
+            #expect(handle.unclaimedExitCount == 0, "a second EXITED for \(slow.pid) on the \(name) connection")
+        }
+    }
+
+    @Test("C8 a process opened again while its exit waits unread on this handle's connection gets that exit once; none is kept for a later process of its pid")
+    func watchAfterUnreadExit() throws {
+        let box = try RunningSystem("wu")
+        defer { box.finish() }
+        let lister = try box.compute.service.open(box.system.id)
+        defer { lister.close() }
+        let quick = try box.run("exit 3", stdout: false)
+        defer { quick.close() }
+        // Reaped: its EXITED was sent to box.system's connection, which nobody reads.
+        #expect(eventually { !((try? lister.processes()) ?? []).contains { $0.processId == quick.pid } })
+        try #require(!quick.hasExited, "nothing has read this handle's connection yet")
+        let again = try box.system.openProcess(quick.pid)
+        defer { again.close() }
+        #expect(try again.wait(timeout: .seconds(5)).exitCode == 3)
+        #expect(try quick.wait(timeout: .seconds(5)).exitCode == 3)
+        _ = try box.system.processes()  // reads whatever followed the WATCH's reply
+        #expect(box.system.unclaimedExitCount == 0, "the exit came twice: the second is kept for a later process of pid \(quick.pid)")
+        // Opened again with its exit read long ago: it comes in the reply.
+        let third = try box.system.openProcess(quick.pid)
+        defer { third.close() }
+        #expect(third.hasExited && third.status.exitCode == 3)
+        _ = try box.system.processes()
+        #expect(box.system.unclaimedExitCount == 0)
+    }
 }

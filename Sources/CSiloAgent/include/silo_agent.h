@@ -9,7 +9,13 @@
 //   HELLO                 -> OK {silo_agent_hello_reply}
 //   SPAWN {silo_agent_spawn, strings: cwd, argv[argc], envp[envc]} + fds -> OK {int32 pid} | ERROR
 //   SIGNAL {silo_agent_signal}                         -> OK | ERROR (ESRCH: no such process)
-//   WATCH {int32 pid}     -> OK, then the EXITED event (at once if it exited already) | ERROR
+//   WATCH {silo_agent_watch} with SILO_WATCH_EXIT_IN_REPLY
+//                         -> OK {} while it runs (EXITED comes at its exit) | OK {silo_agent_exited}
+//                            once it has exited (no EXITED follows) | ERROR (ESRCH)
+//   WATCH {int32 pid}     -> OK, then the EXITED event (at once if it exited already) | ERROR: the
+//                            first form of WATCH, still served. An exit sent before, and still
+//                            unread, came twice this way. An agent older than the other form
+//                            refuses it (EBADMSG, the connection kept): clients fall back to this one.
 //   LIST                  -> OK {uint32 count, then count x (int32 pid, NUL-terminated command)}
 //   HOLD {tag} + 1 fd     -> OK: the agent keeps the descriptor open until RELEASE or its end (a
 //                            LUN's lease: storage sees the LUN in use while the system runs)
@@ -81,6 +87,17 @@ struct silo_agent_spawn {
 struct silo_agent_signal {
     int32_t pid;  ///< a process inside the system, never 1 (the agent) nor a group
     int32_t signal;
+};
+
+/// WATCH flags.
+enum silo_agent_watch_flags {
+    SILO_WATCH_EXIT_IN_REPLY = 1 << 0,  ///< the reply carries an exit that came already; none is sent after it
+    SILO_WATCH_ALL_FLAGS = (1 << 1) - 1,
+};
+
+struct silo_agent_watch {
+    int32_t pid;
+    uint32_t flags;  ///< enum silo_agent_watch_flags
 };
 
 struct silo_agent_exited {

@@ -627,8 +627,8 @@ public final class ComputeSystem: Sendable {
                                      isConsole: false, oomKillsAtStart: cgroup.oomKills)
         register(process)
         do {
-            var body = pid
-            _ = try agent().request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+            let connection = try agent()
+            if let status = try watch(pid, on: connection) { watchedExit(pid, status: status) }
         } catch {
             forget(process)
             if error.code == .processAlreadyStopped {
@@ -721,9 +721,8 @@ public final class ComputeSystem: Sendable {
             return (connection, watched)
         }
         for pid in watched {
-            var body = pid
             do throws(SiloError) {
-                _ = try connection.request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+                if let status = try watch(pid, on: connection) { watchedExit(pid, status: status) }
             } catch where error.code == .processAlreadyStopped {
                 // Exited, and its exit no longer kept (the agent's table reuses the oldest): its
                 // waiters are told, not left to wait for an exit that will not come.
@@ -732,6 +731,36 @@ public final class ComputeSystem: Sendable {
             } catch {}
         }
         return connection
+    }
+
+    /// Asks the agent for `pid`'s exit on `connection`: the status when it has exited (in the
+    /// reply, and nowhere after it), nil while it runs (its EXITED comes at its exit). An agent
+    /// older than that form of WATCH refuses it (EBADMSG): its first form then, whose exit comes
+    /// as an event after the reply.
+    private func watch(_ pid: Int32, on connection: AgentConnection) throws(SiloError) -> Int32? {
+        var body = silo_agent_watch(pid: pid, flags: UInt32(SILO_WATCH_EXIT_IN_REPLY.rawValue))
+        let reply: [UInt8]
+        do throws(SiloError) {
+            reply = try connection.request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &body) { Array($0) })
+        } catch where error.errno == EBADMSG {
+            var first = pid
+            _ = try connection.request(SILO_AGENT_WATCH, payload: withUnsafeBytes(of: &first) { Array($0) })
+            return nil
+        }
+        if reply.isEmpty { return nil }
+        var exited = silo_agent_exited()
+        guard reply.withUnsafeBytes({ silo_agent_decode_fixed($0.baseAddress, $0.count, &exited, MemoryLayout<silo_agent_exited>.size) }) == 0,
+              exited.pid == pid
+        else { throw SiloError(.protocolError, "a damaged reply to a watch of process \(pid) in '\(id)'") }
+        return exited.status
+    }
+
+    /// An exit a WATCH's reply carried: to this handle's processes of that pid that are still
+    /// registered. Never kept as unclaimed: where none is left, an EXITED read before the reply
+    /// (sent earlier, unread until then) gave them this same exit.
+    private func watchedExit(_ pid: Int32, status: Int32) {
+        let handles = agentState.withLock { $0.processes.removeValue(forKey: pid)?.compactMap(\.process) ?? [] }
+        handles.forEach { $0.exited(waitStatus: status, fromAgent: true) }
     }
 
     private func processes(withPID pid: Int32) -> [ComputeProcess] {
