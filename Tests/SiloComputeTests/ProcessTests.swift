@@ -786,4 +786,25 @@ struct ProcessTests {
         _ = try box.system.processes()
         #expect(box.system.unclaimedExitCount == 0)
     }
+
+    @Test("C8 a WATCH of an exited process whose exit is kept for this connection (its buffer was full) gets that exit once")
+    func watchOfKeptExit() throws {
+        let box = try RunningSystem("wk", memoryMB: 512)
+        defer { box.finish() }
+        let lister = try box.compute.service.open(box.system.id)  // another connection: it reads nothing of box.system's
+        defer { lister.close() }
+        // More exits than the connection's buffer holds (about 280), while nobody reads it.
+        let processes = try (0..<500).map { _ in try box.run("exec sleep 1", stdout: false) }
+        defer { processes.forEach { $0.close() } }
+        let pids = Set(processes.map(\.pid))
+        #expect(eventually(seconds: 30) { !((try? lister.processes()) ?? []).contains { pids.contains($0.processId) } },
+                "all reaped: their exits sent or kept")
+        let last = try #require(processes.last)  // among the last to exit: its exit is kept, not sent
+        let again = try box.system.openProcess(last.pid)  // the reply flushes the other kept exits first
+        defer { again.close() }
+        #expect(try again.wait(timeout: .seconds(10)).exitCode == 0)
+        _ = try box.system.processes()
+        #expect(box.system.unclaimedExitCount == 0, "an exit came twice")
+        #expect(processes.allSatisfy { (try? $0.wait(timeout: .seconds(10)).exitCode) == 0 })
+    }
 }
