@@ -884,7 +884,8 @@ static void install_seccomp(const struct silo_sandbox_config *c) {
 
 static void setup_stdio(struct silo_sandbox_config *c) {
     // Every source first goes above any target (0 .. 2 + inherited), so no dup2 overwrites a
-    // source still to be placed, nor the error pipe.
+    // source still to be placed, nor the error pipe. Just above: a fixed floor such as 64 is
+    // past the descriptor limit of a caller that runs with a low one (EINVAL).
     int sources[3 + 16];
     int count = 3 + (c->inherit_count > 16 ? 16 : c->inherit_count);
     for (int target = 0; target < count; target++) {
@@ -893,10 +894,10 @@ static void setup_stdio(struct silo_sandbox_config *c) {
             sources[target] = -1;
             continue;
         }
-        sources[target] = fcntl(fd, F_DUPFD_CLOEXEC, 64);
+        sources[target] = fcntl(fd, F_DUPFD_CLOEXEC, count);
         if (sources[target] < 0) fail(c, STEP_STDIO);
     }
-    int moved = fcntl(c->error_fd, F_DUPFD_CLOEXEC, 64);
+    int moved = fcntl(c->error_fd, F_DUPFD_CLOEXEC, count);
     if (moved < 0) fail(c, STEP_STDIO);
     c->error_fd = moved;
     for (int target = 0; target < count; target++) {

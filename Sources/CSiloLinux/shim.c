@@ -109,7 +109,7 @@ pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], 
     int moved[16];
     for (int i = 0; i < count; i++) {
         int source = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR | O_CLOEXEC);
-        moved[i] = source >= 0 ? fcntl(source, F_DUPFD_CLOEXEC, 64) : -1;
+        moved[i] = source >= 0 ? fcntl(source, F_DUPFD_CLOEXEC, count) : -1;  // above every target, and no higher
         if (moved[i] < 0) _exit(127);
     }
     for (int i = 0; i < count; i++) {

@@ -268,13 +268,14 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (setsid() < 0) child_fail(error_pipe, SILO_STEP_SESSION);
-    // Every source goes high first, so that no dup2 onto 0..2 overwrites a later source.
+    // Every source goes above 2 first, so that no dup2 onto 0..2 overwrites a later source (not
+    // higher: past a low descriptor limit, EINVAL).
     int sources[3];
     for (int i = 0; i < 3; i++) {
         int fd = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (fd < 0 || (sources[i] = fcntl(fd, F_DUPFD_CLOEXEC, 64)) < 0) child_fail(error_pipe, SILO_STEP_STDIO);
+        if (fd < 0 || (sources[i] = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) child_fail(error_pipe, SILO_STEP_STDIO);
     }
-    int error_fd = fcntl(error_pipe, F_DUPFD_CLOEXEC, 64);
+    int error_fd = fcntl(error_pipe, F_DUPFD_CLOEXEC, 3);
     if (error_fd < 0) child_fail(error_pipe, SILO_STEP_STDIO);
     error_pipe = error_fd;
     for (int i = 0; i < 3; i++) {
@@ -324,6 +325,10 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
     int error = silo_agent_decode_spawn(payload, length, &request, argv, envp, SILO_AGENT_MAX_STRINGS + 1);
     if (error == 0 && (int)request.descriptors != fd_count) error = EBADF;
     if (error) return reply_error(slot, id, error, SILO_STEP_NONE);
+    // The agent's own saved id (its processes would be its owner again), and no id at all.
+    if ((request.fixed.flags & SILO_SPAWN_USER) && request.fixed.uid >= SILO_AGENT_SAVED_UID) {
+        return reply_error(slot, id, EPERM, SILO_STEP_USER);
+    }
     if (shutting_down) return reply_error(slot, id, ESHUTDOWN, SILO_STEP_NONE);
     struct process *process = new_process();
     if (!process) return reply_error(slot, id, EAGAIN, SILO_STEP_FORK);
@@ -537,6 +542,11 @@ static void reap(void) {
 
 int silo_agent_main(int terminate_flag) {
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    // Not the owner of the processes it starts, for the checks that ask for the same user ids
+    // (prlimit, as a ptrace): their exec makes their own saved id theirs again.
+    if (setresuid((uid_t)-1, (uid_t)-1, SILO_AGENT_SAVED_UID) != 0) {
+        fprintf(stderr, "silo-init: the agent cannot set its saved user id: %s\n", strerror(errno));
+    }
     read_bounding_set();
     terminate_on_last_handle = terminate_flag;
     handles_fd = fcntl(4, F_GETFD) >= 0 ? 4 : -1;
@@ -587,9 +597,26 @@ int silo_agent_main(int terminate_flag) {
         } else {
             next_idle_check = 0;
         }
-        int ready = poll(polls, 2 + MAX_CONNECTIONS, timeout);
-        if (ready < 0 && errno != EINTR) return 127;
-        if (ready <= 0) continue;  // a deadline came: checked at the top
+        // Only up to the last connection in use: poll refuses (EINVAL) more entries than the
+        // descriptor limit, which the host's root may lower under a running agent.
+        nfds_t watched = 2;
+        for (int i = 0; i < MAX_CONNECTIONS; i++) {
+            if (polls[2 + i].fd >= 0) watched = (nfds_t)(2 + i + 1);
+        }
+        int ready = poll(polls, watched, timeout);
+        if (ready < 0 && errno == EINVAL) {
+            // Still more than the limit: the soft limit back up to the hard one; failing that,
+            // a short pause and again, never an exit (pid 1 leaving ends the system).
+            struct rlimit limit;
+            if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+                limit.rlim_cur = limit.rlim_max;
+                setrlimit(RLIMIT_NOFILE, &limit);
+            } else {
+                usleep(10000);
+            }
+            continue;
+        }
+        if (ready <= 0) continue;  // a deadline came (checked at the top), or EINTR
         if (polls[0].revents & POLLIN) {
             struct signalfd_siginfo info;
             while (read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info) {
@@ -612,11 +639,15 @@ int silo_agent_main(int terminate_flag) {
             }
         }
         if (polls[1].revents & POLLIN) {
+            // The descriptor kept for refusing, taken again if a table full to the host's limit
+            // (ENFILE) kept it from being reopened last time.
+            if (reserve_fd < 0) reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
             int fd = accept4(3, NULL, NULL, SOCK_CLOEXEC);
             if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
                 // No descriptor left for it: taken with the one kept for this, and refused, or
                 // the listener stays readable and pid 1 spins on it.
                 close(reserve_fd);
+                reserve_fd = -1;  // its number may be the connection's next: never closed twice
                 int refused = accept4(3, NULL, NULL, SOCK_CLOEXEC);
                 if (refused >= 0) close(refused);
                 reserve_fd = open("/", O_RDONLY | O_CLOEXEC);

@@ -348,3 +348,122 @@ extension AgentFuzzTests {
         #expect(receivePacket(fd)?.id == 6, "the connection is kept")
     }
 }
+
+enum HelloOutcome: Equatable { case served(connections: UInt32), hungUp, silent, garbled }
+
+/// Sends HELLO on `fd`; what came back within `milliseconds`.
+func hello(_ fd: Int32, waitingAtMost milliseconds: Int32) -> HelloOutcome {
+    let request = packet(type: UInt16(SILO_AGENT_HELLO.rawValue), id: 7, payload: [])
+    if send(fd, request, request.count, Int32(MSG_NOSIGNAL)) < 0 { return .hungUp }  // EPIPE
+    var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+    guard poll(&poller, 1, milliseconds) > 0 else { return .silent }
+    var reply = [UInt8](repeating: 0, count: 256)
+    let size = recv(fd, &reply, reply.count, Int32(MSG_DONTWAIT))
+    guard size > 0 else { return .hungUp }  // 0: end of file; -1: ECONNRESET
+    var header = silo_agent_header()
+    var body = silo_agent_hello_reply()
+    let headerSize = MemoryLayout<silo_agent_header>.size
+    guard reply.withUnsafeBytes({ silo_agent_check_header($0.baseAddress, size, &header) }) == 0,
+          header.type == UInt16(SILO_AGENT_OK.rawValue),
+          Array(reply[headerSize..<size]).withUnsafeBytes({
+              silo_agent_decode_fixed($0.baseAddress, $0.count, &body, MemoryLayout<silo_agent_hello_reply>.size) }) == 0
+    else { return .garbled }
+    return .served(connections: body.connections)
+}
+
+/// Soft and hard RLIMIT_NOFILE of `pid` ("Max open files  1024  524288  files" in /proc/<pid>/limits).
+func openFileLimit(_ pid: Int32) -> (soft: String, hard: String)? {
+    guard let line = (readText("/proc/\(pid)/limits") ?? "").split(separator: "\n").first(where: { $0.hasPrefix("Max open files") })
+    else { return nil }
+    let fields = line.split(separator: " ")
+    return fields.count >= 5 ? (String(fields[3]), String(fields[4])) : nil
+}
+
+extension AgentFuzzTests {
+    @Test("C11 an agent started with a low descriptor limit (32, below the 66 entries it once polled) serves; out of descriptors it takes a connection with the one it keeps for this and hangs it up, each time; it serves again once one is free",
+          .requiresSiloExecutable, .enabled(if: access("/usr/bin/prlimit", X_OK) == 0 && access("/usr/bin/perl", X_OK) == 0,
+                                            "needs prlimit(1) and perl to start silo with a low descriptor limit and none of the test's descriptors"))
+    func outOfDescriptors() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "mf-\(getpid())"
+        try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
+        // Started by a silo whose limit init inherits: prlimit(1) runs it with 32.
+        // Without the test process's descriptors, which would be passed on and fill 32.
+        let start = startProgram("/usr/bin/perl", ["-e", "use POSIX; POSIX::dup2(1, 2); POSIX::close($_) for 3..4095; exec @ARGV or exit 127",
+                                                   "/usr/bin/prlimit", "--nofile=32:4096", siloExecutable, "--state-dir", compute.state, "system", "start", id])
+        let startOutput = readAll(start.output)
+        close(start.output)
+        try #require(reap(start.pid) == 0, "silo system start under a limit of 32: \(startOutput)")
+        let system = try compute.service.open(id)
+        defer { system.close() }
+        let initPID = try #require(try compute.service.store.load(id).initPID)
+        #expect(openFileLimit(initPID)?.soft == "32")
+        _ = try system.processes()  // served: this handle's connection is accepted and counted
+        let baseline = try FileManagerless.count("/proc/\(initPID)/fd")
+        var clients: [Int32] = []
+        defer { clients.forEach { close($0) } }
+        var refusal: HelloOutcome?
+        var served: UInt32 = 0
+        for _ in 0..<70 where refusal == nil {
+            let fd = connectToAgent(compute, id)
+            try #require(fd >= 0, "connect: errno \(errno)")
+            switch hello(fd, waitingAtMost: 3000) {
+            case .served(let connections):
+                clients.append(fd)
+                served = connections
+            case let outcome:
+                refusal = outcome
+                close(fd)
+            }
+        }
+        // Without the descriptor kept for this the connection stays queued (accept4 fails on, the
+        // listener stays readable, pid 1 spins) and the client hears nothing: .silent.
+        #expect(refusal == .hungUp, "the client past pid 1's last descriptor: \(String(describing: refusal))")
+        #expect(served > 10 && served < 64, "refused by the descriptor limit, not the most connections the agent serves: \(served)")
+        // Again: the kept descriptor was taken back.
+        let again = connectToAgent(compute, id)
+        defer { close(again) }
+        #expect(hello(again, waitingAtMost: 3000) == .hungUp, "the second client past the limit")
+        let firstClient = try #require(clients.first)
+        if case .served = hello(firstClient, waitingAtMost: 3000) {} else { Issue.record("a served client is no longer answered") }
+        // Once a descriptor is free (a client gone, seen by the agent), a newcomer is served.
+        close(clients.removeLast())
+        #expect(eventually(seconds: 10) {
+            let fd = connectToAgent(compute, id)
+            guard fd >= 0 else { return false }
+            if case .served = hello(fd, waitingAtMost: 1000) {
+                clients.append(fd)
+                return true
+            }
+            close(fd)
+            return false
+        }, "a descriptor came free: the next client is served")
+        clients.forEach { close($0) }
+        clients = []
+        let check = try system.createProcess(ProcessParameters(arguments: ["/bin/echo", "still-serving"], createStdOutPipe: true))
+            .wait(timeout: .seconds(30))
+        defer { check.close() }
+        #expect(readAll(try #require(check.standardOutput)) == "still-serving\n")
+        #expect(eventually { (try? FileManagerless.count("/proc/\(initPID)/fd")) == baseline },
+                "nothing leaked: \(String(describing: try? listLinks("/proc/\(initPID)/fd")))")
+    }
+
+    @Test("C11 a process inside cannot set its agent's resource limits (prlimit on pid 1: a descriptor limit below its poll, or a CPU limit, ended the system)")
+    func limitsOfInit() throws {
+        let box = try RunningSystem("rl")
+        defer { box.finish() }
+        let initPID = try #require(try box.compute.service.store.load(box.system.id).initPID)
+        let before = try #require(openFileLimit(initPID))
+        let process = try box.run("prlimit --pid 1 --nofile=10:10 2>&1; echo rc=$?; prlimit --pid 1 --cpu=1:1 2>&1; echo rc=$?", stdout: true)
+        defer { process.close() }
+        let output = readAll(try #require(process.standardOutput))
+        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0)
+        #expect(output.contains("Operation not permitted") && !output.contains("rc=0"), "\(output)")
+        #expect(openFileLimit(initPID)?.soft == before.soft && openFileLimit(initPID)?.hard == before.hard)
+        let after = try box.run("exit 6", stdout: false)
+        defer { after.close() }
+        #expect(try after.wait(timeout: .seconds(10)).exitCode == 6, "the agent serves on")
+        #expect(try box.system.properties().state == .running)
+    }
+}

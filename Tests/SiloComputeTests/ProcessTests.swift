@@ -186,6 +186,13 @@ struct ProcessTests {
         #expect((#expect(throws: SiloError.self) {
             _ = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"], user: "no-such-user-here"))
         })?.field == "User")
+        // The agent's saved id, which would make the process its owner again, and no id at all.
+        for user in ["4294967294", "4294967295:0"] {
+            let refused = #expect(throws: SiloError.self) {
+                _ = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"], user: user))
+            }
+            #expect(refused?.field == "User" && refused?.value == user && refused?.code == .invalidArgument, "\(String(describing: refused))")
+        }
     }
 
     @Test("C7 C11 EmulateConsole: a terminal of ConsoleSize that controls the process, resizing it; TIOCSTI refused on it")

@@ -35,6 +35,11 @@
 #define SILO_AGENT_MAX_PAYLOAD 65536
 #define SILO_AGENT_MAX_STRINGS 4096
 #define SILO_AGENT_MAX_TAG 255
+/// The agent's saved user id (its real and effective ones stay 0): with it, a process inside
+/// running as root no longer counts as the agent's owner, so without capabilities it cannot set
+/// the agent's resource limits (prlimit: a descriptor or CPU limit that ended the system). No
+/// process of a system may run as it (nor as 4294967295, which is no user id).
+#define SILO_AGENT_SAVED_UID 4294967294u
 /// Descriptors the agent holds at once (HOLD), each under its tag: LUN leases.
 #define SILO_AGENT_MAX_HELD 64
 

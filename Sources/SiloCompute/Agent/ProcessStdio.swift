@@ -118,6 +118,10 @@ struct ProcessUser: Sendable {
             uid = entry.pointee.pw_uid
             gid = entry.pointee.pw_gid
         }
+        guard uid < SILO_AGENT_SAVED_UID else {
+            throw SiloError.invalidArgument(field: "User", value: user,
+                                            reason: "uid \(uid) is kept for Silo's init (4294967294) or is no uid (4294967295)")
+        }
         switches = uid != 0 || gid != 0
     }
 }
