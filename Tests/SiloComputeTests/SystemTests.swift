@@ -65,6 +65,12 @@ func eventually(seconds: Double = 10, _ condition: () throws -> Bool) rethrows -
     return try condition()
 }
 
+/// How many times `pid` gave up the CPU of its own accord (each followed by a wake-up).
+func voluntarySwitches(_ pid: Int32) -> Int {
+    let line = (readText("/proc/\(pid)/status") ?? "").split(separator: "\n").first { $0.hasPrefix("voluntary_ctxt_switches:") }
+    return line.flatMap { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).last }.flatMap { Int($0) } ?? 0
+}
+
 /// Shared flocks held on `path`, as /proc/locks lists them ("1: FLOCK  ADVISORY  READ 1234
 /// fd:00:5678 0 EOF"; a waiter's line has "->" in second place and is not counted).
 func sharedFlocks(on path: String) -> Int {
@@ -618,21 +624,66 @@ struct SystemTests {
         #expect(try second.properties().state == .running, "one handle is still open")
         let cgroup = second.cgroup
         // Another process holding a handle (a shared lock on the handles file, as a handle is)
-        // keeps the system alive when this process closes its last one.
+        // keeps the system alive when this process closes its last one. One process, the lock's
+        // only holder (flock(1) would pass the locked descriptor on to its command), until killed.
         let handles = compute.service.store.directory(id) + "/handles"
+        let locksBefore = sharedFlocks(on: handles)
         var otherPID: pid_t = 0
-        let words = ["/usr/bin/flock", "-s", handles, "/bin/sleep", "0.4"]
+        let words = ["/bin/sh", "-c", "exec 9<\(handles) && /usr/bin/flock -s 9 && exec /bin/sleep 100"]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
-        #expect(posix_spawn(&otherPID, "/usr/bin/flock", nil, nil, argv, environ) == 0)
-        usleep(100_000)
+        try #require(posix_spawn(&otherPID, "/bin/sh", nil, nil, argv, environ) == 0 && otherPID > 0)
+        var reaped = false
+        defer { if !reaped { kill(otherPID, SIGKILL); _ = reap(otherPID) } }
+        try #require(eventually { sharedFlocks(on: handles) > locksBefore }, "the other process holds its shared lock")
         second.close()
         #expect(try compute.service.open(id).properties().state == .running, "the other process still holds a handle")
+        kill(otherPID, SIGKILL)
         _ = reap(otherPID)
+        reaped = true
         let third = try compute.service.open(id)
         third.close()
         #expect(cgroup.directories.values.allSatisfy { !fileExists($0) })
         #expect(compute.service.store.ids().isEmpty)
+    }
+
+    @Test("C6 the agent's checks after the last connection closed run on deadlines: a payload waking pid 1 every few milliseconds does not hold the end off")
+    func lastHandleUnderWakeUps() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "lhw-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document(terminateOnLastHandle: true))
+            .wait(timeout: .seconds(30))
+        var systemClosed = false
+        defer { if !systemClosed { system.close() } }
+        try system.start().wait(timeout: .seconds(30))
+        let initPID = try #require(try compute.service.store.load(id).initPID)
+        let handles = compute.service.store.directory(id) + "/handles"
+        // Wakes pid 1 every few milliseconds: a signal (pid 1 blocks them all, so even one sent
+        // from inside is queued on its signalfd) and an orphan's exit (its SIGCHLD goes to pid 1).
+        let waker = try system.createProcess(ProcessParameters(arguments: ["/bin/sh", "-c",
+            "while :; do kill -USR1 1; (/bin/sleep 0.004 &); /bin/sleep 0.004; done"])).wait(timeout: .seconds(30))
+        defer { waker.close() }
+        let switches = voluntarySwitches(initPID)
+        try #require(eventually(seconds: 2) { voluntarySwitches(initPID) - switches >= 20 }, "pid 1 is woken often")
+        // A holder of the handles lock with no connection: this test's own shared lock. With it,
+        // close() cannot take the lock exclusively and end the system itself: the agent must.
+        let lock = open(handles, O_RDONLY | O_CLOEXEC)
+        try #require(lock >= 0 && flock(lock, LOCK_SH) == 0)
+        var lockHeld = true
+        defer { if lockHeld { close(lock) } }
+        let descriptors = try FileManagerless.count("/proc/\(initPID)/fd")
+        system.close()  // the last connection: the agent's first try fails (our lock); its checks go on
+        systemClosed = true
+        try #require(eventually(seconds: 5) { ((try? FileManagerless.count("/proc/\(initPID)/fd")) ?? 0) < descriptors },
+                     "the agent closed the connection")
+        #expect(compute.service.enumerate(id: id).first?.state == .running, "a handle (this test's lock) is left")
+        close(lock)
+        lockHeld = false
+        // A check restarted by every wake-up would never come: the system would live on.
+        #expect(eventually(seconds: 5) { (readText(handles) ?? "").hasPrefix("terminated: last handle closed") },
+                "the agent never ended the system: the wake-ups held its checks off")
+        #expect(eventually(seconds: 5) { processStartTime(initPID) == nil }, "init is gone")
     }
 
     @Test("C6 a handle that never reached the agent (its process opened the system before it started) still counts: when that process dies, the last-handle rule ends the system")
@@ -646,6 +697,7 @@ struct SystemTests {
         // One process, the lock's only holder (flock(1) would pass the locked descriptor on to
         // its command).
         let handles = compute.service.store.directory(id) + "/handles"
+        let locksBefore = sharedFlocks(on: handles)
         var otherPID: pid_t = 0
         let words = ["/bin/sh", "-c", "exec 9<\(handles) && /usr/bin/flock -s 9 && exec /bin/sleep 100"]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
@@ -653,7 +705,7 @@ struct SystemTests {
         try #require(posix_spawn(&otherPID, "/bin/sh", nil, nil, argv, environ) == 0 && otherPID > 0)
         var reaped = false
         defer { if !reaped { kill(otherPID, SIGKILL); _ = reap(otherPID) } }
-        usleep(100_000)
+        try #require(eventually { sharedFlocks(on: handles) > locksBefore }, "the other process holds its shared lock")
         try system.start().wait(timeout: .seconds(30))
         let cgroup = system.cgroup
         system.close()
