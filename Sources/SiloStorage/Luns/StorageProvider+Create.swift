@@ -115,7 +115,9 @@ extension StorageProvider {
     func attachSteps(_ record: LunRecord, fileSystem: LunFileSystem? = nil) -> [OperationStep] {
         let attachment = StepValue<LoopDevice.Attachment>()
         let attach = OperationStep("attach", weight: 2, run: { _ in
-            attachment.set(try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions))
+            var options = record.loopOptions
+            options.syncFirst = true  // a file this call made
+            attachment.set(try LoopDevice.attach(backing: record.backingFile, options: options))
         }, rollback: {
             try attachment.value?.device.detach(expecting: record.tag)
         })

@@ -66,7 +66,7 @@ extension TemporaryLun {
         }
         defer { close(fd) }
         try syscall("ftruncate", path: directory) { ftruncate(fd, off_t(spec.roundedSize)) }
-        let options = LoopDevice.Options(logicalBlockSize: logicalBlockSize, autoclear: true, tag: "silo-temporary")
+        let options = LoopDevice.Options(logicalBlockSize: logicalBlockSize, autoclear: true, tag: "silo-temporary", syncFirst: true)
         let attachment = try LoopDevice.attach(backingDescriptor: fd, name: directory + "/(unnamed)", options: options)
         guard let holder = attachment.holder else {
             preconditionFailure("an autoclear attach returns its open descriptor")
