@@ -216,12 +216,12 @@ static void close_connection(int slot) {
     check_last_handle();
 }
 
-/// The agent may keep CAP_SETUID/SETGID (to start processes as another user) and CAP_SETPCAP (to
-/// drop those from the bounding set here); a process keeps none. The bounding set goes first,
+/// The agent may keep CAP_SETUID/SETGID (to start processes as another user), CAP_KILL (to signal
+/// them) and CAP_SETPCAP (to drop those from the bounding set here); a process keeps none. The bounding set goes first,
 /// while CAP_SETPCAP is still there: a switch to another user clears the permitted set.
 ///
 /// Only what the agent's own bounding set holds (read once at its start: a bounding set only
-/// shrinks): three capabilities where the sandbox left it those, instead of one call for each of
+/// shrinks): four capabilities where the sandbox left it those, instead of one call for each of
 /// the kernel's 41 in every process it starts.
 static unsigned long long agent_bounding_set;
 
@@ -605,17 +605,25 @@ int silo_agent_main(int terminate_flag) {
         }
         int ready = poll(polls, watched, timeout);
         if (ready < 0 && errno == EINVAL) {
-            // Still more than the limit: the soft limit back up to the hard one; failing that,
-            // a short pause and again, never an exit (pid 1 leaving ends the system).
+            // Still more than the limit: the soft limit back up to the hard one; where the hard
+            // one is lower too, the connections past it are hung up (their clients connect again,
+            // lower), so that pid 1 goes on reaping and serving. Never an exit: pid 1 leaving
+            // ends the system.
             struct rlimit limit;
-            if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+            if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+                usleep(10000);
+            } else if (limit.rlim_cur < limit.rlim_max) {
                 limit.rlim_cur = limit.rlim_max;
                 setrlimit(RLIMIT_NOFILE, &limit);
             } else {
-                usleep(10000);
+                for (int i = MAX_CONNECTIONS - 1; i >= 0 && (rlim_t)(2 + i + 1) > limit.rlim_cur; i--) {
+                    if (polls[2 + i].fd >= 0) close_connection(i);
+                }
+                if (limit.rlim_cur < 2) usleep(10000);  // not even the signals and the listener
             }
             continue;
         }
+        if (ready < 0 && errno != EINTR) usleep(10000);  // ENOMEM: again, without spinning
         if (ready <= 0) continue;  // a deadline came (checked at the top), or EINTR
         if (polls[0].revents & POLLIN) {
             struct signalfd_siginfo info;
@@ -664,6 +672,7 @@ int silo_agent_main(int terminate_flag) {
                 struct timeval limit = { 2, 0 };
                 setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
                 polls[2 + slot].fd = fd;
+                polls[2 + slot].revents = 0;  // a slot past the last poll's entries kept an older result
             }
         }
         for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {

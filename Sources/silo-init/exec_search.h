@@ -27,8 +27,8 @@
 typedef long (*silo_exec_call)(const char *path, char *const *argv, char *const *envp);
 
 /// The most arguments a script without #! is run with (its /bin/sh argument list is on the
-/// caller's stack: 8 KiB at this count, for the agent's 64 KiB child stacks).
-#define SILO_EXEC_SCRIPT_ARGUMENTS 1024
+/// caller's stack: 32 KiB at this count, on the 64 KiB stacks of the agent's and run mode's children).
+#define SILO_EXEC_SCRIPT_ARGUMENTS 4096
 
 /// execve, and /bin/sh FILE ARGS... when the kernel does not know the format. Returns -errno.
 SILO_EXEC_ATTRIBUTES __attribute__((unused)) static long silo_exec_one(silo_exec_call exec, const char *path, char *const *argv, char *const *envp) {

@@ -91,6 +91,9 @@ struct DocumentTests {
         #expect(try ModifyRequest(json: #"{"ResourcePath": "Container/Processor/Count", "Settings": 2}"#).change == .processorCount(2))
         #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Processor/Weight", "RequestType": "Update", "Settings": 300}"#).change
                 == .processorWeight(300))
+        // 0 is HCS's unset value: the default share, as in a document.
+        #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Processor/Weight", "RequestType": "Update", "Settings": 0}"#).change
+                == .processorWeight(100))
         #expect(try ModifyRequest(json: #"{"ResourcePath": "VirtualMachine/ComputeTopology/Processor/Limit", "RequestType": "Update", "Settings": 25000}"#).change
                 == .processorLimit(25000))
         for limit in ["0", "100001", "-1", "\"half\""] {

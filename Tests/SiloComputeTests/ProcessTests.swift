@@ -794,7 +794,7 @@ struct ProcessTests {
         #expect(box.system.unclaimedExitCount == 0)
     }
 
-    @Test("C8 a WATCH of an exited process whose exit is kept for this connection (its buffer was full) gets that exit once")
+    @Test("C8 500 exits while nobody reads the connection (more than its buffer holds, so the agent keeps some), then a reopen of the last: every exit comes once")
     func watchOfKeptExit() throws {
         let box = try RunningSystem("wk", memoryMB: 512)
         defer { box.finish() }
@@ -813,5 +813,26 @@ struct ProcessTests {
         _ = try box.system.processes()
         #expect(box.system.unclaimedExitCount == 0, "an exit came twice")
         #expect(processes.allSatisfy { (try? $0.wait(timeout: .seconds(10)).exitCode) == 0 })
+    }
+
+    @Test("C7 C8 a process started as another user can be signalled, and a shutdown's SIGTERM reaches it (the agent keeps CAP_KILL)")
+    func signalAnotherUser() throws {
+        let box = try RunningSystem("su")
+        defer { box.finish() }
+        let other = try box.system.createProcess(ProcessParameters(arguments: ["/usr/bin/sleep", "600"], user: "65534:65534"))
+            .wait(timeout: .seconds(30))
+        defer { other.close() }
+        try other.signal(SIGTERM).wait(timeout: .seconds(10))
+        let status = try other.wait(timeout: .seconds(10))
+        #expect(status.signal == SIGTERM, "\(status)")
+        // A shutdown's SIGTERM: a nobody process that says it got it, and exits 0.
+        let trapping = try box.system.createProcess(ProcessParameters(
+            arguments: ["/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"], user: "65534:65534",
+            createStdOutPipe: true)).wait(timeout: .seconds(30))
+        defer { trapping.close() }
+        #expect(readUntil(try #require(trapping.standardOutput)) { $0.contains("ready") }.contains("ready"))
+        try box.system.shutdown().wait(timeout: .seconds(30))
+        #expect(try trapping.wait(timeout: .seconds(10)).exitCode == 0, "the shutdown's SIGTERM reached it, not the SIGKILL after")
+        #expect(box.compute.service.enumerate(id: box.system.id).first?.exitType == .graceful)
     }
 }

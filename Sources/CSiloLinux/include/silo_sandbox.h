@@ -57,7 +57,7 @@ struct silo_sandbox_config {
     int inherit_count;
     /// Capabilities (bit n = capability n) the program keeps, in its bounding, permitted and
     /// effective sets; 0 drops every one. Silo's agent keeps SETUID, SETGID and SETPCAP to start
-    /// processes as other users, and drops them in each process it starts.
+    /// processes as other users, and KILL to signal them; it drops them in each process it starts.
     unsigned long long keep_capabilities;
     /// Non-NULL: another thread of the caller works while the child builds its mounts (see
     /// struct silo_sandbox_gate), and the child waits for it before it joins the cgroups.

@@ -326,7 +326,14 @@ public final class Cgroup: Sendable {
         do throws(SiloError) {
             try writeText(second, text)
         } catch {
-            if let before { try? writeText(first, before) }
+            guard let before else {
+                throw error.adding(.init(message: "\(first) could not be read before, so it keeps \(text)", source: "rollback"))
+            }
+            do throws(SiloError) {
+                try writeText(first, before)
+            } catch let undo {
+                throw error.adding(.init(message: "\(first) could not be put back to \(before): \(undo.message)", source: "rollback"))
+            }
             throw error
         }
     }

@@ -89,13 +89,14 @@ public struct ModifyRequest: Sendable, Hashable {
              (2, "Processor", "Update"):
             let key = parts.last ?? ""
             guard key == "Count" || key == "Weight" || key == "Limit" else { throw Self.unknownPath(path) }
-            let range: ClosedRange<Int64> = key == "Count" ? 1...1024 : key == "Weight" ? 1...10_000 : 1...100_000
+            // Weight 0 is HCS's unset value, as in a document: the default share, 100.
+            let range: ClosedRange<Int64> = key == "Count" ? 1...1024 : key == "Weight" ? 0...10_000 : 1...100_000
             guard let value = try root.integer("Settings", in: range) else {
                 throw SiloError(.invalidJSON, "Settings is the new Processor \(key)", field: "Settings", value: "")
             }
             switch key {
             case "Count": change = .processorCount(Int(value))
-            case "Weight": change = .processorWeight(Int(value))
+            case "Weight": change = .processorWeight(value == 0 ? 100 : Int(value))
             default: change = .processorLimit(Int(value))
             }
         default:

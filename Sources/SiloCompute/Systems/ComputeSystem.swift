@@ -1,5 +1,6 @@
 import CSiloAgent
 import CSiloLinux
+import Dispatch
 import Glibc
 import SiloOperations
 import Synchronization
@@ -189,8 +190,10 @@ public final class ComputeSystem: Sendable {
             defer { Glibc.close(handles) }
             spec.inheritedDescriptors = [listener.fd, handles]
             spec.blockDevices = blockDevices
-            // To start processes as other users; each process it starts drops them.
-            spec.keptCapabilities = [6, 7, 8]  // CAP_SETGID, CAP_SETUID, CAP_SETPCAP
+            // To start processes as other users, and to signal them (a kill of another user's
+            // process needs CAP_KILL: a process started with User could be neither signalled nor
+            // sent the shutdown's SIGTERM); each process it starts drops them.
+            spec.keptCapabilities = [5, 6, 7, 8]  // CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP
             // The system outlives the call: its init must not hold the caller's stdio (a pipe
             // would never see EOF). Processes get their own stdio when they are created.
             let null = Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)
@@ -507,13 +510,11 @@ public final class ComputeSystem: Sendable {
     /// last handle's holder dying, its init killed). Every handle hears SystemExited with how it
     /// ended (C5); the one that stopped it reports that itself.
     private func agentDisconnected() {
-        guard !events.isClosed else { return }
+        // A stop of this handle's that fails takes the claim back, and calls this again if the
+        // connection's end came meanwhile (it was taken then, and would not come again).
+        guard !events.isClosed, !exitReported.load(ordering: .sequentiallyConsistent) else { return }
         // A stop by another process holds the system's lock until its record says Stopped.
         guard var record = try? store.locked(id, { () throws(SiloError) in try store.load(id) }) else { return }
-        // Asked only now: a stop of this handle's sets it, and takes it back if it fails, under
-        // that lock. Read before it, a stop that failed after init died (its cgroup kept) left
-        // this handle without SystemExited: the end of its connection was already taken.
-        guard !exitReported.load(ordering: .sequentiallyConsistent) else { return }
         var final = service.refreshed(record)
         // Init's death ends the pid namespace; its last processes may take a moment to go.
         for _ in 0..<100 where final.state != .stopped {
@@ -851,7 +852,10 @@ public final class ComputeSystem: Sendable {
             } catch {
                 // Not stopped after all (a task stuck in uninterruptible I/O kept the cgroup):
                 // the exit is still to be reported, by this handle when it sees it, or another.
+                // Its connection may have ended already (init killed), seen while this claim
+                // stood: looked at again once this stop lets the system's lock go.
                 exitReported.store(false, ordering: .sequentiallyConsistent)
+                if connectionEnded { DispatchQueue.global().async { [weak self] in self?.agentDisconnected() } }
                 throw error
             }
             // Reap it if it is this process's child (and forget it: its pid may name another later).
