@@ -450,6 +450,15 @@ static void serve(int slot) {
     memset(&header, 0, sizeof header);
     int error = (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? EMSGSIZE : silo_agent_check_header(packet, (size_t)size, &header);
     const unsigned char *payload = packet + sizeof header;
+    // The packet whole, and fewer descriptors than there is room for: the kernel could not give
+    // the agent the ones sent (its table is full), not a client that sent too many. Refused with
+    // EMFILE, and the connection kept: a shortage for the while, no fault of the client.
+    if (error == EMSGSIZE && !(message.msg_flags & MSG_TRUNC) && fd_count < MAX_FDS
+        && silo_agent_check_header(packet, (size_t)size, &header) == 0) {
+        for (int i = 0; i < fd_count; i++) close(fds[i]);
+        reply_error(slot, header.id, EMFILE, SILO_STEP_NONE);
+        return;
+    }
     if (error) {
         // A peer that does not speak this protocol, or a damaged packet: say so and hang up.
         reply_error(slot, header.id, error, SILO_STEP_NONE);

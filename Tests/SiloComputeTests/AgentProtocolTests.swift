@@ -427,6 +427,13 @@ extension AgentFuzzTests {
         #expect(hello(again, waitingAtMost: 3000) == .hungUp, "the second client past the limit")
         let firstClient = try #require(clients.first)
         if case .served = hello(firstClient, waitingAtMost: 3000) {} else { Issue.record("a served client is no longer answered") }
+        // A served handle's request that brings a descriptor the agent has no room for: refused
+        // (EMFILE), the connection kept; it was hung up on as a client that sent too many.
+        let short = #expect(throws: SiloError.self) {
+            _ = try system.createProcess(ProcessParameters(arguments: ["/bin/true"], createStdOutPipe: true)).wait(timeout: .seconds(30))
+        }
+        #expect(short?.errno == EMFILE, "\(String(describing: short))")
+        #expect(!system.connectionEnded, "the handle's connection is kept")
         // Once a descriptor is free (a client gone, seen by the agent), a newcomer is served.
         close(clients.removeLast())
         #expect(eventually(seconds: 10) {

@@ -422,6 +422,9 @@ final class AgentConnection: Sendable {
             return SiloError(.invalidState, "compute system '\(system)' is shutting down", field: "state", value: "stopping")
         case EAGAIN:
             return SiloError(.operationDenied, "compute system '\(system)' runs as many processes as its agent tracks", errno: body.error)
+        case EMFILE, ENFILE:
+            return SiloError(.systemCallFailed, "the agent of compute system '\(system)' has no descriptor left for the request's: \(message); try again",
+                             errno: body.error)
         case EPERM, EACCES:
             return SiloError(.accessDenied, "the agent of compute system '\(system)' was refused: \(message) (errno \(body.error))",
                              errno: body.error)
