@@ -421,23 +421,35 @@ static void release(int slot, uint32_t id, const char *tag) {
     reply_error(slot, id, ENOENT, SILO_STEP_NONE);
 }
 
+/// The connection slots a poll of the signals, the listener and every slot below can take: poll
+/// refuses (EINVAL) more entries than the descriptor limit. MAX_CONNECTIONS unless the limit was
+/// lowered under the agent.
+static int connection_slots(void) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= 2 + MAX_CONNECTIONS) {
+        return MAX_CONNECTIONS;
+    }
+    return limit.rlim_cur > 2 ? (int)limit.rlim_cur - 2 : 0;
+}
+
 static void serve(int slot) {
     int fd = polls[2 + slot].fd;
-    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * MAX_FDS)]; } control;
+    // Room for one descriptor more than a request carries: one too many is seen, not cut off.
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * (MAX_FDS + 1))]; } control;
     struct iovec part = { packet, sizeof packet };
     struct msghdr message = { .msg_iov = &part, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
     ssize_t size;
     do { size = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); } while (size < 0 && errno == EINTR);
     if (size < 0 && errno == EAGAIN) return;
     if (size < 0) return close_connection(slot);
-    int fds[MAX_FDS], fd_count = 0;
+    int fds[MAX_FDS], fd_count = 0, too_many = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
         for (size_t i = 0; i < n; i++) {
             int received;
             memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
-            if (fd_count < MAX_FDS) fds[fd_count++] = received; else close(received);
+            if (fd_count < MAX_FDS) fds[fd_count++] = received; else { close(received); too_many = 1; }
         }
     }
     if (size == 0) {
@@ -448,12 +460,14 @@ static void serve(int slot) {
     }
     struct silo_agent_header header;
     memset(&header, 0, sizeof header);
-    int error = (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? EMSGSIZE : silo_agent_check_header(packet, (size_t)size, &header);
+    int error = (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || too_many ? EMSGSIZE
+        : silo_agent_check_header(packet, (size_t)size, &header);
     const unsigned char *payload = packet + sizeof header;
-    // The packet whole, and fewer descriptors than there is room for: the kernel could not give
-    // the agent the ones sent (its table is full), not a client that sent too many. Refused with
-    // EMFILE, and the connection kept: a shortage for the while, no fault of the client.
-    if (error == EMSGSIZE && !(message.msg_flags & MSG_TRUNC) && fd_count < MAX_FDS
+    // The packet whole, and fewer descriptors than a request carries: the kernel could not give
+    // the agent the ones sent (its table is full), not a client that sent too many (one more than
+    // MAX_FDS fits the control buffer and is seen as too_many). Refused with EMFILE, and the
+    // connection kept: a shortage for the while, no fault of the client.
+    if (error == EMSGSIZE && (message.msg_flags & MSG_CTRUNC) && !(message.msg_flags & MSG_TRUNC) && !too_many && fd_count < MAX_FDS
         && silo_agent_check_header(packet, (size_t)size, &header) == 0) {
         for (int i = 0; i < fd_count; i++) close(fds[i]);
         reply_error(slot, header.id, EMFILE, SILO_STEP_NONE);
@@ -614,21 +628,25 @@ int silo_agent_main(int terminate_flag) {
         }
         int ready = poll(polls, watched, timeout);
         if (ready < 0 && errno == EINVAL) {
-            // Still more than the limit: the soft limit back up to the hard one; where the hard
-            // one is lower too, the connections past it are hung up (their clients connect again,
-            // lower), so that pid 1 goes on reaping and serving. Never an exit: pid 1 leaving
-            // ends the system.
+            // Still more than the limit: the soft limit back up to the hard one; where that is
+            // refused or the hard one is lower too, the connections past it are hung up (new ones
+            // are taken only in slots that fit, see connection_slots), so that pid 1 goes on
+            // reaping and serving. Never an exit: pid 1 leaving ends the system.
             struct rlimit limit;
-            if (getrlimit(RLIMIT_NOFILE, &limit) != 0) {
-                usleep(10000);
-            } else if (limit.rlim_cur < limit.rlim_max) {
+            int raised = 0;
+            if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
                 limit.rlim_cur = limit.rlim_max;
-                setrlimit(RLIMIT_NOFILE, &limit);
-            } else {
-                for (int i = MAX_CONNECTIONS - 1; i >= 0 && (rlim_t)(2 + i + 1) > limit.rlim_cur; i--) {
+                raised = setrlimit(RLIMIT_NOFILE, &limit) == 0;
+            }
+            if (!raised) {
+                int fit = connection_slots();
+                for (int i = MAX_CONNECTIONS - 1; i >= fit; i--) {
                     if (polls[2 + i].fd >= 0) close_connection(i);
                 }
-                if (limit.rlim_cur < 2) usleep(10000);  // not even the signals and the listener
+                if (fit <= 0) {  // not even the signals and the listener: reap by polling
+                    reap();
+                    usleep(10000);
+                }
             }
             continue;
         }
@@ -670,7 +688,8 @@ int silo_agent_main(int terminate_flag) {
                 reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
             }
             int slot = -1;
-            for (int i = 0; fd >= 0 && i < MAX_CONNECTIONS && slot < 0; i++) {
+            int fit = fd >= 0 ? connection_slots() : 0;
+            for (int i = 0; fd >= 0 && i < fit && slot < 0; i++) {
                 if (polls[2 + i].fd < 0) slot = i;
             }
             if (fd >= 0 && slot < 0) close(fd);  // more handles than the agent serves: refused

@@ -475,3 +475,57 @@ extension AgentFuzzTests {
         #expect(try box.system.properties().state == .running)
     }
 }
+
+extension AgentFuzzTests {
+    @Test("C11 a request with more descriptors than any request carries (4) is refused and hung up on, and none of them is kept; 3 on a request that takes none are refused, the connection kept")
+    func tooManyDescriptors() throws {
+        let box = try RunningSystem("td")
+        defer { box.finish() }
+        let initPID = try #require(box.system.properties().processList.first)
+        _ = try box.system.processes()
+        let descriptorsBefore = try FileManagerless.count("/proc/\(initPID)/fd")
+        var ends: [Int32] = [0, 0]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        func sendHello(_ fd: Int32, with descriptors: [Int32]) -> Int {
+            var bytes = packet(type: UInt16(SILO_AGENT_HELLO.rawValue), id: 9, payload: [])
+            var control = [UInt8](repeating: 0, count: silo_cmsg_space(descriptors.count * MemoryLayout<Int32>.size))
+            return bytes.withUnsafeMutableBytes { data in
+                control.withUnsafeMutableBytes { controlBytes in
+                    var part = iovec(iov_base: data.baseAddress, iov_len: data.count)
+                    return withUnsafeMutablePointer(to: &part) { partPointer in
+                        var message = msghdr()
+                        message.msg_iov = partPointer
+                        message.msg_iovlen = 1
+                        message.msg_control = controlBytes.baseAddress
+                        message.msg_controllen = controlBytes.count
+                        silo_cmsg_put_fds(&message, descriptors, Int32(descriptors.count))
+                        return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+                    }
+                }
+            }
+        }
+        // Three on a HELLO: refused (EBADF), served on.
+        var kept = connectToAgent(box.compute, box.system.id)
+        try #require(kept >= 0)
+        defer { if kept >= 0 { close(kept) } }
+        #expect(sendHello(kept, with: [ends[0], ends[1], ends[0]]) > 0)
+        let refused = try #require(receivePacket(kept))
+        #expect(refused.type == UInt16(SILO_AGENT_ERROR.rawValue) && refused.id == 9)
+        if case .served = hello(kept, waitingAtMost: 3000) {} else { Issue.record("the connection was not kept") }
+        // Four: hung up on (an error said first, then the end).
+        let hungUp = connectToAgent(box.compute, box.system.id)
+        try #require(hungUp >= 0)
+        defer { close(hungUp) }
+        #expect(sendHello(hungUp, with: [ends[0], ends[1], ends[0], ends[1]]) > 0)
+        let error = try #require(receivePacket(hungUp))
+        #expect(error.type == UInt16(SILO_AGENT_ERROR.rawValue))
+        var byte: UInt8 = 0
+        var poller = pollfd(fd: hungUp, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&poller, 1, 5000) == 1 && recv(hungUp, &byte, 1, 0) == 0, "hung up on")
+        close(kept)
+        kept = -1
+        #expect(eventually { (try? FileManagerless.count("/proc/\(initPID)/fd")) == descriptorsBefore },
+                "no descriptor kept: \(String(describing: try? listLinks("/proc/\(initPID)/fd")))")
+    }
+}

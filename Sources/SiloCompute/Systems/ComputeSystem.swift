@@ -46,6 +46,9 @@ public final class ComputeSystem: Sendable {
     /// Set once this handle has reported (or is about to report) the system's exit: SystemExited
     /// goes out once per handle, whoever stopped the system.
     private let exitReported = Atomic<Bool>(false)
+    /// Set by an ``agentDisconnected()`` that may return at the claim above: a failed stop that
+    /// takes the claim back takes this too, and calls it again; only one of them goes on.
+    private let disconnectDeferred = Atomic<Bool>(false)
 
     /// `record` is the system's record as `open` just read it (read once, not twice).
     init(id: String, service: ComputeService, record: SystemRecord) {
@@ -510,9 +513,13 @@ public final class ComputeSystem: Sendable {
     /// last handle's holder dying, its init killed). Every handle hears SystemExited with how it
     /// ended (C5); the one that stopped it reports that itself.
     private func agentDisconnected() {
-        // A stop of this handle's that fails takes the claim back, and calls this again if the
-        // connection's end came meanwhile (it was taken then, and would not come again).
-        guard !events.isClosed, !exitReported.load(ordering: .sequentiallyConsistent) else { return }
+        // A stop of this handle's that fails takes the claim back, and calls this again if it
+        // returned here meanwhile (the connection's end was taken then, and would not come again):
+        // the mark first, then the claim; whichever of the two takes the mark back goes on.
+        guard !events.isClosed else { return }
+        disconnectDeferred.store(true, ordering: .sequentiallyConsistent)
+        guard !exitReported.load(ordering: .sequentiallyConsistent),
+              disconnectDeferred.exchange(false, ordering: .sequentiallyConsistent) else { return }
         // A stop by another process holds the system's lock until its record says Stopped.
         guard var record = try? store.locked(id, { () throws(SiloError) in try store.load(id) }) else { return }
         var final = service.refreshed(record)
@@ -853,9 +860,12 @@ public final class ComputeSystem: Sendable {
                 // Not stopped after all (a task stuck in uninterruptible I/O kept the cgroup):
                 // the exit is still to be reported, by this handle when it sees it, or another.
                 // Its connection may have ended already (init killed), seen while this claim
-                // stood: looked at again once this stop lets the system's lock go.
+                // stood: looked at again once this stop lets the system's lock go. A re-call
+                // finds the mark set and goes on only if it takes the mark back itself.
                 exitReported.store(false, ordering: .sequentiallyConsistent)
-                if connectionEnded { DispatchQueue.global().async { [weak self] in self?.agentDisconnected() } }
+                if disconnectDeferred.exchange(false, ordering: .sequentiallyConsistent) {
+                    DispatchQueue.global().async { [weak self] in self?.agentDisconnected() }
+                }
                 throw error
             }
             // Reap it if it is this process's child (and forget it: its pid may name another later).
