@@ -217,8 +217,9 @@ static void close_connection(int slot) {
 }
 
 /// The agent may keep CAP_SETUID/SETGID (to start processes as another user), CAP_KILL (to signal
-/// them) and CAP_SETPCAP (to drop those from the bounding set here); a process keeps none. The bounding set goes first,
-/// while CAP_SETPCAP is still there: a switch to another user clears the permitted set.
+/// them) and CAP_SETPCAP (to drop those from the bounding set here); a process keeps none. The
+/// bounding set goes first, while CAP_SETPCAP is still there: a switch to another user clears the
+/// permitted set.
 ///
 /// Only what the agent's own bounding set holds (read once at its start: a bounding set only
 /// shrinks): four capabilities where the sandbox left it those, instead of one call for each of
@@ -432,6 +433,16 @@ static int connection_slots(void) {
     return limit.rlim_cur > 2 ? (int)limit.rlim_cur - 2 : 0;
 }
 
+/// A WATCH in either form: {pid} (the first) or {pid, flags}. Returns 0 or an errno.
+static int decode_watch(const void *payload, size_t length, struct silo_agent_watch *watch) {
+    watch->pid = 0;
+    watch->flags = 0;
+    if (length == sizeof watch->pid) return silo_agent_decode_fixed(payload, length, &watch->pid, sizeof watch->pid);
+    int error = silo_agent_decode_fixed(payload, length, watch, sizeof *watch);
+    if (error == 0 && (watch->flags & ~(uint32_t)SILO_WATCH_ALL_FLAGS)) error = EINVAL;
+    return error;
+}
+
 static void serve(int slot) {
     int fd = polls[2 + slot].fd;
     // Room for one descriptor more than a request carries: one too many is seen, not cut off.
@@ -505,12 +516,9 @@ static void serve(int slot) {
             else send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
         }
     } else if (header.type == SILO_AGENT_WATCH) {
-        // Either form: {pid} (the first) or {pid, flags}.
-        struct silo_agent_watch watch = { 0, 0 };
+        struct silo_agent_watch watch;
         struct process *process = NULL;
-        if (header.length == sizeof watch.pid) error = silo_agent_decode_fixed(payload, header.length, &watch.pid, sizeof watch.pid);
-        else if (!(error = silo_agent_decode_fixed(payload, header.length, &watch, sizeof watch)) && (watch.flags & ~SILO_WATCH_ALL_FLAGS)) error = EINVAL;
-        if (error) {
+        if ((error = decode_watch(payload, header.length, &watch))) {
             reply_error(slot, header.id, error, SILO_STEP_NONE);
         } else if (watch.pid <= 0 || !(process = find_process(watch.pid))) {
             reply_error(slot, header.id, ESRCH, SILO_STEP_NONE);

@@ -104,6 +104,7 @@ struct silo_agent_watch {
     int32_t pid;
     uint32_t flags;  ///< enum silo_agent_watch_flags
 };
+_Static_assert(sizeof(struct silo_agent_watch) == 8, "WATCH's second form is 8 bytes on the wire");
 
 struct silo_agent_exited {
     int32_t pid;

@@ -423,7 +423,7 @@ final class AgentConnection: Sendable {
         case EAGAIN:
             return SiloError(.operationDenied, "compute system '\(system)' runs as many processes as its agent tracks", errno: body.error)
         case EMFILE, ENFILE:
-            return SiloError(.systemCallFailed, "the agent of compute system '\(system)' has no descriptor left for the request's: \(message); try again",
+            return SiloError(.systemCallFailed, "the agent of compute system '\(system)' had no room for the request's descriptors: \(message); try again",
                              errno: body.error)
         case EPERM, EACCES:
             return SiloError(.accessDenied, "the agent of compute system '\(system)' was refused: \(message) (errno \(body.error))",
