@@ -107,7 +107,7 @@ struct TestStorage {
         #expect(left.isEmpty, "loop devices left behind: \(left.map(\.path))", sourceLocation: sourceLocation)
         for device in left { _ = try? device.detach() }
         if let names = provider.configuration.linkTarget {
-            #expect(!fileExists(names), "stable names left in \(names): \(directoryEntries(names))", sourceLocation: sourceLocation)
+            #expect(!fileExists(names), "stable names left in \(names): \(directoryEntries(names, hidden: true))", sourceLocation: sourceLocation)
             _ = run("/bin/rm", ["-rf", names])
         }
         scratch.cleanup()

@@ -283,9 +283,22 @@ public final class StorageProvider: Sendable {
         while true {
             try makeLinkDirectory()
             var info = stat()
-            if lstat(final, &info) == 0, !Self.isStableName(final) {
+            let exists = lstat(final, &info) == 0
+            if exists, !Self.isStableName(final) {
                 throw SiloError(.invalidArgument, "\(final) is there and is no link to a loop device; Silo leaves it alone",
                                 field: "name", value: name)
+            }
+            // A new name in one step: a process killed here leaves the name (which its rollback
+            // removes) or nothing. Through a temporary link and a rename, it left the temporary
+            // link, which a sweep takes only when a minute old, and the /dev folder with it.
+            if !exists {
+                if symlink(device.path, final) == 0 { return }
+                if errno == ENOENT, configuration.linkTarget != nil, attempts < 20 {  // the folder went meanwhile
+                    attempts += 1
+                    continue
+                }
+                if errno != EEXIST { throw SiloError.system("symlink", errno: errno, path: final) }
+                // Made meanwhile by another call: replaced below, as a stale name is.
             }
             let temporary = directory + "/.\(name).\(ProcessIdentity.procPID)"
             unlink(temporary)
