@@ -253,13 +253,6 @@ static __attribute__((noreturn)) void child_fail(int error_pipe, int step) {
     _exit(127);
 }
 
-/// The exec of a process's lookup (exec_search.h, execvp's, with the PATH of the process's own
-/// environment and without writing `environ`: the child shares the agent's memory until it execs).
-static long exec_libc(const char *path, char *const *argv, char *const *envp) {
-    execve(path, argv, envp);
-    return -errno;
-}
-
 /// In the child: becomes the requested process. Never returns. It runs in the agent's memory
 /// (CLONE_VM) until it execs, while the agent waits: it writes nothing but its own stack and
 /// errno (the agent's, which it does not read after a clone that worked).
@@ -299,7 +292,9 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
         }
     }
     if (clear_capabilities() != 0) child_fail(error_pipe, SILO_STEP_CAPABILITIES);
-    errno = (int)-silo_exec_search(exec_libc, argv[0], (char *const *)argv, (char *const *)envp);
+    // execvp's lookup, with the PATH of the process's own environment and without writing
+    // `environ`: the child shares the agent's memory until it execs.
+    errno = (int)-silo_exec_search(silo_exec_libc, argv[0], (char *const *)argv, (char *const *)envp);
     child_fail(error_pipe, SILO_STEP_EXEC);
 }
 

@@ -12,7 +12,8 @@
 // file the kernel cannot run (ENOEXEC: a script without #!) is run by /bin/sh, as execvp does.
 //
 // Define SILO_EXEC_ATTRIBUTES before including it to give the functions attributes of their own
-// (run mode's: no stack protector, no builtins).
+// (run mode's: no stack protector, no builtins), and SILO_EXEC_WITHOUT_LIBC to leave out
+// silo_exec_libc, the exec for code that runs with the C library.
 #ifndef SILO_INIT_EXEC_SEARCH_H
 #define SILO_INIT_EXEC_SEARCH_H
 
@@ -86,5 +87,15 @@ SILO_EXEC_ATTRIBUTES __attribute__((unused)) static long silo_exec_search(silo_e
     }
     return denied ? -EACCES : -ENOENT;
 }
+
+#ifndef SILO_EXEC_WITHOUT_LIBC
+#include <unistd.h>
+
+/// The exec of code that runs with the C library: execve, its errno as -errno.
+__attribute__((unused)) static long silo_exec_libc(const char *path, char *const *argv, char *const *envp) {
+    execve(path, argv, envp);
+    return -errno;
+}
+#endif
 
 #endif

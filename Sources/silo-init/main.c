@@ -19,13 +19,6 @@
 #include "exec_search.h"
 #include "run_fast.h"
 
-#if !defined(__x86_64__)
-static long exec_libc(const char *path, char *const *argv, char *const *envp) {
-    execve(path, argv, envp);
-    return -errno;
-}
-#endif
-
 int main(int argc, char **argv) {
     // Both modes end by signalling every process they can see (kill(-1, ...)): inside a system's
     // pid namespace that is the system; started by hand on the host, as root, it would be every
@@ -65,7 +58,7 @@ int main(int argc, char **argv) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setsid();
-        int error = (int)-silo_exec_search(exec_libc, argv[first], argv + first, environ);
+        int error = (int)-silo_exec_search(silo_exec_libc, argv[first], argv + first, environ);
         fprintf(stderr, "silo-init: cannot run %s: %s\n", argv[first], strerror(error));
         _exit(error == ENOENT ? 127 : 126);  // as a shell says it: not found, or found and not runnable
     }

@@ -23,6 +23,7 @@
 
 #define FAST __attribute__((no_stack_protector, no_builtin))
 #define SILO_EXEC_ATTRIBUTES FAST
+#define SILO_EXEC_WITHOUT_LIBC
 #include "exec_search.h"
 
 FAST static long sys(long n, long a, long b, long c, long d) {
