@@ -288,28 +288,26 @@ public final class StorageProvider: Sendable {
                 throw SiloError(.invalidArgument, "\(final) is there and is no link to a loop device; Silo leaves it alone",
                                 field: "name", value: name)
             }
-            // A new name in one step: a process killed here leaves the name (which its rollback
-            // removes) or nothing. Through a temporary link and a rename, it left the temporary
-            // link, which a sweep takes only when a minute old, and the /dev folder with it.
-            if !exists {
-                if symlink(device.path, final) == 0 { return }
-                if errno == ENOENT, configuration.linkTarget != nil, attempts < 20 {  // the folder went meanwhile
-                    attempts += 1
-                    continue
-                }
-                if errno != EEXIST { throw SiloError.system("symlink", errno: errno, path: final) }
-                // Made meanwhile by another call: replaced below, as a stale name is.
-            }
+            // A new name is made in one step: a process killed here leaves the name (which its
+            // rollback removes) or nothing. Through a temporary link and a rename, as a stale name
+            // is replaced, it left the temporary link, which a sweep takes only when a minute old,
+            // and the /dev folder with it.
             let temporary = directory + "/.\(name).\(ProcessIdentity.procPID)"
-            unlink(temporary)
-            if symlink(device.path, temporary) != 0 {
+            let made = exists ? temporary : final
+            if exists { unlink(temporary) }
+            if symlink(device.path, made) != 0 {
+                let error = errno
                 // The /dev folder went with another process's last name meanwhile: made again.
-                if errno == ENOENT, configuration.linkTarget != nil, attempts < 20 {
+                let folderWent = error == ENOENT && configuration.linkTarget != nil
+                // A new name another call made meanwhile: replaced, as a stale one is.
+                let madeMeanwhile = error == EEXIST && !exists
+                if folderWent || madeMeanwhile, attempts < 20 {
                     attempts += 1
                     continue
                 }
-                throw SiloError.system("symlink", errno: errno, path: temporary)
+                throw SiloError.system("symlink", errno: error, path: made)
             }
+            if !exists { return }
             do throws(SiloError) {
                 try syscall("rename", path: final) { rename(temporary, final) }
             } catch {
