@@ -170,9 +170,8 @@ struct AgentFuzzTests {
         let seed = packet(type: UInt16(SILO_AGENT_SPAWN.rawValue),
                           payload: encodeSpawn(flags: 0, cwd: "/", arguments: ["/bin/true"], environment: []))
         for round in 0..<2_000 {
-            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            let connected = withSocketAddress(box.compute.service.store.directory(box.system.id) + "/agent.sock") { connect(fd, $0, $1) }
-            #expect(connected == 0)
+            let fd = connectToAgent(box.compute, box.system.id)
+            #expect(fd >= 0)
             var bytes = seed
             for _ in 0..<Int.random(in: 1...3, using: &generator) where !bytes.isEmpty {
                 bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
@@ -209,19 +208,10 @@ extension AgentFuzzTests {
         #expect(pipe(&ends) == 0)
         defer { close(ends[0]); close(ends[1]) }
         for _ in 0..<100 {
-            let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = connectToAgent(box.compute, box.system.id)
+            try #require(fd >= 0)
             defer { close(fd) }
-            let connected = withSocketAddress(box.compute.service.store.directory(box.system.id) + "/agent.sock") { connect(fd, $0, $1) }
-            #expect(connected == 0)
-            var control = [UInt8](repeating: 0, count: silo_cmsg_space(2 * MemoryLayout<Int32>.size))
-            let sent = control.withUnsafeMutableBytes { controlBytes in
-                var message = msghdr()
-                message.msg_control = controlBytes.baseAddress
-                message.msg_controllen = controlBytes.count
-                silo_cmsg_put_fds(&message, ends, 2)
-                return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
-            }
-            #expect(sent == 0)
+            #expect(sendPacket(fd, [], descriptors: ends) == 0)
             // The agent hangs up: end of file, with nothing said.
             var byte: UInt8 = 0
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -275,6 +265,26 @@ func connectToAgent(_ compute: TestCompute, _ id: String) -> Int32 {
         return -1
     }
     return fd
+}
+
+/// Sends `bytes` on `fd` as one packet with `descriptors` attached (SCM_RIGHTS); what sendmsg returned.
+func sendPacket(_ fd: Int32, _ bytes: [UInt8], descriptors: [Int32]) -> Int {
+    var data = bytes
+    var control = [UInt8](repeating: 0, count: silo_cmsg_space(descriptors.count * MemoryLayout<Int32>.size))
+    return data.withUnsafeMutableBytes { dataBytes in
+        control.withUnsafeMutableBytes { controlBytes in
+            var part = iovec(iov_base: dataBytes.baseAddress, iov_len: dataBytes.count)
+            return withUnsafeMutablePointer(to: &part) { partPointer in
+                var message = msghdr()
+                message.msg_iov = partPointer
+                message.msg_iovlen = 1
+                message.msg_control = controlBytes.baseAddress
+                message.msg_controllen = controlBytes.count
+                silo_cmsg_put_fds(&message, descriptors, Int32(descriptors.count))
+                return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            }
+        }
+    }
 }
 
 /// The next packet on `fd` within `milliseconds`: its type, id and payload; nil for none, an end
@@ -488,22 +498,7 @@ extension AgentFuzzTests {
         #expect(pipe(&ends) == 0)
         defer { close(ends[0]); close(ends[1]) }
         func sendHello(_ fd: Int32, with descriptors: [Int32]) -> Int {
-            var bytes = packet(type: UInt16(SILO_AGENT_HELLO.rawValue), id: 9, payload: [])
-            var control = [UInt8](repeating: 0, count: silo_cmsg_space(descriptors.count * MemoryLayout<Int32>.size))
-            return bytes.withUnsafeMutableBytes { data in
-                control.withUnsafeMutableBytes { controlBytes in
-                    var part = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                    return withUnsafeMutablePointer(to: &part) { partPointer in
-                        var message = msghdr()
-                        message.msg_iov = partPointer
-                        message.msg_iovlen = 1
-                        message.msg_control = controlBytes.baseAddress
-                        message.msg_controllen = controlBytes.count
-                        silo_cmsg_put_fds(&message, descriptors, Int32(descriptors.count))
-                        return sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
-                    }
-                }
-            }
+            sendPacket(fd, packet(type: UInt16(SILO_AGENT_HELLO.rawValue), id: 9, payload: []), descriptors: descriptors)
         }
         // Three on a HELLO: refused (EBADF), served on.
         var kept = connectToAgent(box.compute, box.system.id)
