@@ -1291,16 +1291,31 @@ struct LunTests {
         // attach is rolled back while this test holds the device open.
         #expect(mkdir(state, 0o755) == 0 && mkdir(state + "/dev", 0o755) == 0)
         #expect(writeFile(state + "/dev/held", "not a link\n"))
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "held", "--size", "256M",
-                                       "--filesystem", "ext4"])
         var holder: Int32 = -1
         defer { if holder >= 0 { close(holder) } }  // before finish(): a held device cannot be unbound
-        for _ in 0..<20_000 where holder < 0 {
-            if let device = loopDevices(backedUnder: storage.path).first { holder = open(device.path, O_RDONLY | O_CLOEXEC) }
-            if holder < 0 { usleep(500) }
+        // The hold must come between the attach and the rollback (the time mkfs takes): one that
+        // came after the rollback unbound the device (seen still bound, opened once unbound: a
+        // loaded machine) proves nothing, and the create, rolled back whole, is made again.
+        var outcome = Outcome(status: -1, output: "", error: "")
+        for _ in 0..<10 {
+            let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "held", "--size", "256M",
+                                           "--filesystem", "ext4"])
+            for _ in 0..<20_000 where holder < 0 {
+                if let device = loopDevices(backedUnder: storage.path).first {
+                    holder = open(device.path, O_RDONLY | O_CLOEXEC)
+                    // Bound still, now that it is held: it stays bound until this close.
+                    if holder >= 0, !fileExists("/sys/block/\(device.path.dropFirst(5))/loop/backing_file") {
+                        close(holder)
+                        holder = -1
+                        break
+                    }
+                }
+                if holder < 0 { usleep(500) }
+            }
+            outcome = child.finish()
+            if holder >= 0 { break }
         }
-        let outcome = child.finish()
-        try #require(holder >= 0, "the create's device never appeared: \(outcome.error)")
+        try #require(holder >= 0, "the create's device was never held before its rollback: \(outcome.error)")
         #expect(outcome.status == 64, "\(outcome.error)")
         #expect(outcome.error.contains("is there and is no link to a loop device"), "\(outcome.error)")
         #expect(outcome.error.contains("rollback: rollback of step 'attach' failed"), "\(outcome.error)")
