@@ -401,26 +401,33 @@ extension StorageProvider {
     /// cut, and uncapped after. A write past the new end while the file was cut and before the
     /// device learned it went into the file past its end and grew it back, and the shrink failed
     /// after its point of no return (a writer of the last blocks did it in every run of the test).
-    /// The cap alone is not enough: a write checked against the old size just before it may still
-    /// be on its way through the kernel's queue, and land after the cut. Each cap drains that
-    /// queue (the kernel freezes it), so the file is cut, the queue drained, and the file cut again
-    /// while a straggler grew it.
+    /// The cap alone is not enough: a write checked against the old size just before the cap may
+    /// still be on its way to the device's queue (waiting while the kernel freezes it), and land
+    /// after the cut. Each setting of the cap or its removal drains that queue, so the file is
+    /// cut and the queue drained until the file keeps its size, and checked again once the cap is
+    /// gone: the removal sizes the device by its file, and a straggler that landed just then made
+    /// the device its old size again (Linux 6.1, a writer of the last block under emulation, 1
+    /// shrink in 24). Then it all starts again.
     private func cut(_ record: LunRecord, to size: UInt64, device: LoopDevice?) throws(SiloError) {
         guard let device else { return try BackingFile.resize(record.backingFile, to: size) }
-        try device.limitSize(to: size, expecting: record.tag)
         do throws(SiloError) {
             for _ in 0..<10 {
-                try BackingFile.resize(record.backingFile, to: size)
                 try device.limitSize(to: size, expecting: record.tag)
-                if BackingFile.size(record.backingFile) == size { break }
+                try BackingFile.resize(record.backingFile, to: size)
+                try device.limitSize(to: size, expecting: record.tag)  // what got in before the cap lands
+                guard BackingFile.size(record.backingFile) == size else { continue }
+                // A cap left behind (this process killed before here, or a call failing) is taken
+                // away by the next refresh of the device: an extend's, or the settling of this change.
+                try device.limitSize(to: 0, expecting: record.tag)
+                try device.limitSize(to: 0, expecting: record.tag)  // and what got in since
+                if BackingFile.size(record.backingFile) == size, device.status?.size == size { return }
             }
         } catch {
             try? device.limitSize(to: 0, expecting: record.tag)  // the device is its file's size again
             throw error
         }
-        // A cap left behind (this process killed before here, or this call failing) is taken away
-        // by the next refresh of the device: an extend's, or the settling of this change.
-        try device.limitSize(to: 0, expecting: record.tag)
+        throw SiloError(.unexpected, "writes past the new end of \(device.path) grew \(record.backingFile) back ten times as it was cut to \(size) bytes",
+                        field: "device", value: device.path)
     }
 
     /// Confirms the LUN's device took its new capacity.
