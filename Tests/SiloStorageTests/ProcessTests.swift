@@ -68,12 +68,21 @@ struct ProcessTests {
         defer { storage.finish() }
         let state = storage.provider.configuration.stateDirectory
         var generator = SystemRandomNumberGenerator()
+        // The kills land anywhere in the time a create takes here, 40 ms at least: a slow machine
+        // (the cgroup2 guest's emulation) took longer than that to start silo, and every kill
+        // landed before the work.
+        let began = ContinuousClock.now
+        let probe = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "probe", "--size", "24M", "--provisioning", "zeroed"])
+        try #require(probe.finish().status == 0)
+        let took = (ContinuousClock.now - began).components
+        try #require(spawn(siloBinary, ["--state-dir", state, "lun", "delete", "probe"]).finish().status == 0)
+        let window = max(40_000, min(Int64(took.seconds) * 1_000_000 + took.attoseconds / 1_000_000_000_000, 2_000_000))
         for round in 0..<50 {
             let child = spawn(siloBinary, [
                 "--state-dir", state, "lun", "create", "--name", "crash\(round)", "--size", "24M",
                 "--provisioning", round.isMultiple(of: 2) ? "zeroed" : "thin",
             ])
-            usleep(UInt32.random(in: 0...40_000, using: &generator))
+            usleep(UInt32(Int64.random(in: 0...window, using: &generator)))
             child.kill(SIGKILL)
             _ = child.finish()
         }
