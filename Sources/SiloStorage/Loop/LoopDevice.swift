@@ -373,12 +373,15 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     /// Whether the bound device does direct I/O, from sysfs.
     var directIO: Bool? { readSmallFile("\(sysfs)/loop/dio").map { $0 == "1" } }
 
+    /// The device's size in bytes, from sysfs (one file of the six `status` reads); 0 unbound.
+    var size: UInt64? { readNumber("\(sysfs)/size").map { $0 * 512 } }
+
     /// The kernel's view, from sysfs. Nil when the device is not bound.
     public var status: Status? {
         guard let backing = backingFile else { return nil }
         return Status(
             backingFile: backing,
-            size: (readNumber("\(sysfs)/size") ?? 0) * 512,
+            size: size ?? 0,
             autoclear: readSmallFile("\(sysfs)/loop/autoclear") == "1",
             directIO: directIO ?? false,
             readOnly: readSmallFile("\(sysfs)/ro") == "1",

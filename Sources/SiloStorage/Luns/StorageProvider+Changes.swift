@@ -252,10 +252,6 @@ extension StorageProvider {
                     try cut(record, to: newSize, device: device)
                 }
             }),
-            // The cut left the device at its file's size (its cap taken away): only checked.
-            OperationStep("check device", weight: 1, run: { [self] _ in
-                try checkDeviceSize(record, expecting: newSize)
-            }),
             OperationStep("register", weight: 1, run: { [self] _ in
                 try endChange(name) { $0.size = newSize }
             }),
@@ -420,20 +416,22 @@ extension StorageProvider {
                 // away by the next refresh of the device: an extend's, or the settling of this change.
                 try device.limitSize(to: 0, expecting: record.tag)
                 try device.limitSize(to: 0, expecting: record.tag)  // and what got in since
-                if BackingFile.size(record.backingFile) == size, device.status?.size == size { return }
+                // The device is checked here, once: the cut leaves it at its file's size.
+                if BackingFile.size(record.backingFile) == size, device.size == size { return }
             }
         } catch {
             try? device.limitSize(to: 0, expecting: record.tag)  // the device is its file's size again
             throw error
         }
-        throw SiloError(.unexpected, "writes past the new end of \(device.path) grew \(record.backingFile) back ten times as it was cut to \(size) bytes",
+        throw SiloError(.unexpected, "\(device.path) and \(record.backingFile) did not keep the size they were cut to, \(size) bytes, "
+                        + "in ten tries (writes past the new end?): the device reports \(device.size ?? 0), the file \(BackingFile.size(record.backingFile) ?? 0)",
                         field: "device", value: device.path)
     }
 
     /// Confirms the LUN's device took its new capacity.
     private func checkDeviceSize(_ record: LunRecord, expecting size: UInt64) throws(SiloError) {
         guard let device = attachedDevice(record, everywhere: true) else { return }
-        let now = device.status?.size ?? 0
+        let now = device.size ?? 0
         guard now == size else {
             throw SiloError(.unexpected, "\(device.path) reports \(now) bytes after resizing to \(size)",
                             field: "device", value: device.path)
