@@ -163,9 +163,7 @@ struct AgentFuzzTests {
     func liveAgent() throws {
         let box = try RunningSystem("fz")
         defer { box.finish() }
-        let initPID = try #require(box.system.properties().processList.first)
-        _ = try box.system.processes()  // a round trip: the agent has accepted this handle's connection
-        let descriptorsBefore = try FileManagerless.count("/proc/\(initPID)/fd")
+        let (initPID, descriptorsBefore) = try settledAgent(box)
         var generator = SystemRandomNumberGenerator()
         let seed = packet(type: UInt16(SILO_AGENT_SPAWN.rawValue),
                           payload: encodeSpawn(flags: 0, cwd: "/", arguments: ["/bin/true"], environment: []))
@@ -201,9 +199,7 @@ extension AgentFuzzTests {
     func emptyPacketsWithDescriptors() throws {
         let box = try RunningSystem("ep")
         defer { box.finish() }
-        let initPID = try #require(box.system.properties().processList.first)
-        _ = try box.system.processes()  // the handle's own connection is accepted and counted
-        let descriptorsBefore = try FileManagerless.count("/proc/\(initPID)/fd")
+        let (initPID, descriptorsBefore) = try settledAgent(box)
         var ends: [Int32] = [0, 0]
         #expect(pipe(&ends) == 0)
         defer { close(ends[0]); close(ends[1]) }
@@ -253,6 +249,14 @@ func listLinks(_ path: String) throws -> [String] {
         links.append(name + "->" + (count > 0 ? String(cString: target) : "?"))
     }
     return links.sorted()
+}
+
+/// The agent (init) of `box`'s system, and how many descriptors it holds once it has accepted the
+/// box's own connection (a round trip first): what a test that must leak none compares with.
+func settledAgent(_ box: RunningSystem) throws -> (pid: Int32, descriptors: Int) {
+    let pid = try #require(box.system.properties().processList.first)
+    _ = try box.system.processes()
+    return (pid, try FileManagerless.count("/proc/\(pid)/fd"))
 }
 
 /// A connection to system `id`'s agent, as a handle makes one; -1 when connect fails.
@@ -491,9 +495,7 @@ extension AgentFuzzTests {
     func tooManyDescriptors() throws {
         let box = try RunningSystem("td")
         defer { box.finish() }
-        let initPID = try #require(box.system.properties().processList.first)
-        _ = try box.system.processes()
-        let descriptorsBefore = try FileManagerless.count("/proc/\(initPID)/fd")
+        let (initPID, descriptorsBefore) = try settledAgent(box)
         var ends: [Int32] = [0, 0]
         #expect(pipe(&ends) == 0)
         defer { close(ends[0]); close(ends[1]) }
