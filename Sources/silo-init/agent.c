@@ -473,7 +473,7 @@ static void serve(int slot) {
     // the agent the ones sent (its table is full), not a client that sent too many (one more than
     // MAX_FDS fits the control buffer and is seen as too_many). Refused with EMFILE, and the
     // connection kept: a shortage for the while, no fault of the client.
-    if (error == EMSGSIZE && (message.msg_flags & MSG_CTRUNC) && !(message.msg_flags & MSG_TRUNC) && !too_many && fd_count < MAX_FDS
+    if ((message.msg_flags & MSG_CTRUNC) && !(message.msg_flags & MSG_TRUNC) && !too_many && fd_count < MAX_FDS
         && silo_agent_check_header(packet, (size_t)size, &header) == 0) {
         for (int i = 0; i < fd_count; i++) close(fds[i]);
         reply_error(slot, header.id, EMFILE, SILO_STEP_NONE);
