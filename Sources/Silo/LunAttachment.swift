@@ -113,10 +113,13 @@ extension StorageProvider {
     }
 
     static func checkUnmasked(_ lun: LunProperties, to system: String) throws(SiloError) {
-        guard try UnmaskingList.parse(lun.unmaskingList).contains(system: system) else {
+        let list = try UnmaskingList.parse(lun.unmaskingList)
+        guard list.contains(system: system) else {
+            // `lun mask` replaces the list: the command given keeps the systems already on it.
+            let kept = if case .systems(let ids) = list { ids + [system] } else { [system] }
             throw SiloError(.accessDenied,
                             "LUN '\(lun.name)' is not unmasked to compute system '\(system)' (its list: '\(lun.unmaskingList)'); "
-                                + "add it with 'silo lun mask \(lun.name) \(system)' or '*'",
+                                + "add it with 'silo lun mask \(lun.name) \(kept.joinedPlainly(","))' or '*'",
                             field: "lun", value: lun.name)
         }
     }

@@ -192,6 +192,8 @@ func blockForwardedSignals() {
 
 /// Waits for `process` to exit, passing SIGINT, SIGTERM and SIGHUP sent to this command on to it;
 /// returns its exit code.
+/// - Throws: what the wait throws but its timeout: `connectionClosed` when the process's exit can no
+///   longer reach this handle (the agent forgot it), which no further wait would change.
 /// - Parameter forward: false for a command that only watches: such a signal ends the waiting,
 ///   with 128 + its number as a shell reports it, and the process runs on untouched.
 func waitForwardingSignals(_ process: ComputeProcess, forward: Bool = true) throws -> Int32 {
@@ -201,7 +203,11 @@ func waitForwardingSignals(_ process: ComputeProcess, forward: Bool = true) thro
     blockForwardedSignals()
     var tick = timespec(tv_sec: 0, tv_nsec: 0)
     while true {
-        if let code = try? process.wait(timeout: .milliseconds(50)).exitCode { return code }
+        do throws(SiloError) {
+            if let code = try process.wait(timeout: .milliseconds(50)).exitCode { return code }
+        } catch {
+            if error.code != .operationTimeout { throw error }
+        }
         let signal = sigtimedwait(&forwarded, nil, &tick)
         guard signal > 0 else { continue }
         if !forward { return 128 + signal }
