@@ -130,3 +130,13 @@ pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], 
     execve(path, argv, envp);
     _exit(127);
 }
+
+int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults) {
+    sigset_t none, every;
+    sigemptyset(&none);
+    sigfillset(&every);
+    int result = posix_spawnattr_setsigmask(attributes, &none);
+    if (result == 0 && defaults) result = posix_spawnattr_setsigdefault(attributes, &every);
+    short flags = POSIX_SPAWN_SETSIGMASK | (defaults ? POSIX_SPAWN_SETSIGDEF : 0);
+    return result != 0 ? result : posix_spawnattr_setflags(attributes, flags);
+}

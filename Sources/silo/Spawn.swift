@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import Silo
 
@@ -25,10 +26,7 @@ func runForeground(_ program: String, _ arguments: [String], environment: [Strin
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
-    var empty = sigset_t()
-    sigemptyset(&empty)
-    posix_spawnattr_setsigmask(&attributes, &empty)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+    silo_spawnattr_reset_signals(&attributes, 0)
     var pid: pid_t = 0
     let result = posix_spawnp(&pid, program, nil, &attributes, argv, envp)
     guard result == 0 else {

@@ -1,3 +1,4 @@
+import CSiloLinux
 import Glibc
 import SiloOperations
 import Testing
@@ -17,6 +18,20 @@ extension Trait where Self == ConditionTrait {
     }
 }
 
+/// posix_spawn, with the child starting as a shell would start it: no signal blocked, every signal's
+/// default action. A test runs on a thread that blocks nearly every signal, and a child inherits
+/// that mask (a shell whose SIGCHLD stays blocked never returns from `wait`; a CLI would not see a
+/// SIGTERM a user's shell delivers).
+func spawnCleanly(_ pid: inout pid_t, _ path: String, _ actions: UnsafePointer<posix_spawn_file_actions_t>?,
+                  _ argv: [UnsafeMutablePointer<CChar>?], _ envp: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    let reset = silo_spawnattr_reset_signals(&attributes, 1)
+    guard reset == 0 else { return reset }
+    return posix_spawn(&pid, path, actions, &attributes, argv, envp)
+}
+
 /// Starts `/bin/sh -c script` already inside `cgroup` (the child waits on a pipe until added).
 func startInside(_ cgroup: Cgroup, _ script: String) throws -> pid_t {
     var gate: [Int32] = [0, 0]
@@ -30,7 +45,7 @@ func startInside(_ cgroup: Cgroup, _ script: String) throws -> pid_t {
     let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, "/bin/sh", &actions, nil, argv, environ)
+    let result = spawnCleanly(&pid, "/bin/sh", &actions, argv, environ)
     posix_spawn_file_actions_destroy(&actions)
     close(gate[0])
     guard result == 0 else {
@@ -250,15 +265,19 @@ struct CgroupTests {
         let unified = try #require(layout.unified)
         let available = (readText(unified + "/cgroup.controllers") ?? "").split(separator: " ").map(String.init)
         let given = (readText(unified + "/cgroup.subtree_control") ?? "").split(separator: " ").map(String.init)
+        let missing = try #require(available.first)
         let level = unified + "/" + makeName()
         try #require(mkdir(level, 0o755) == 0)
         defer { rmdir(level) }
-        // Not delegated: a controller of the host's that the level's parent does not pass down.
-        if let missing = available.first(where: { !given.contains($0) }) {
-            let error = #expect(throws: SiloError.self) { try Cgroup.enable([missing], in: level) }
-            #expect(error?.code == .systemNotConfiguredForOperation && error?.value == level
-                    && error?.message.contains("the \(missing) controller is not delegated to \(level)") == true, "\(String(describing: error))")
-        }
+        // Not delegated: a controller of the host's that the child's parent (the new level, which
+        // enables nothing) does not pass down.
+        let child = level + "/child"
+        try #require(mkdir(child, 0o755) == 0)
+        let undelegated = #expect(throws: SiloError.self) { try Cgroup.enable([missing], in: child) }
+        rmdir(child)
+        #expect(undelegated?.code == .systemNotConfiguredForOperation && undelegated?.value == child
+                && undelegated?.message.contains("the \(missing) controller is not delegated to \(child)") == true,
+                "\(String(describing: undelegated))")
         // A level that holds a process of its own gives its children no domain controller. The
         // threaded ones (cpu, cpuset, pids, perf_event) are exempt from that rule where the level
         // could be a thread root, so the kernel enables them there (a cgroup2-only host's root
@@ -392,15 +411,15 @@ struct CgroupTests {
         let pid = try startInside(cgroup, "while true; do sleep 0.01 & wait; done")
         var reaped = false
         defer { if !reaped { try? cgroup.thaw(); try? cgroup.killAll(); _ = reap(pid) } }  // a failed check leaves no process
-        usleep(50_000)
         try cgroup.freeze()
         #expect(cgroup.isFrozen)
         let frozen = cgroup.pids
+        #expect(frozen.contains(pid), "\(frozen)")
         usleep(50_000)
         #expect(cgroup.pids == frozen, "nothing forks while frozen")
         try cgroup.thaw()
         #expect(!cgroup.isFrozen)
-        usleep(50_000)
+        #expect(eventually { cgroup.pids != frozen }, "thawed, the loop forks again")
         try cgroup.freeze()
         try cgroup.killAll()
         #expect(reap(pid) == 128 + SIGKILL)

@@ -36,7 +36,7 @@ func startProgram(_ program: String, _ arguments: [String]) -> (pid: pid_t, outp
     let argv = ([program] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, program, &actions, nil, argv, environ)
+    let result = spawnCleanly(&pid, program, &actions, argv, environ)
     close(output[1])
     precondition(result == 0, "cannot start \(program): \(result)")
     return (pid, output[0])
@@ -100,7 +100,8 @@ struct CrossProcessTests {
         kill(watcher.pid, SIGTERM)
         close(watcher.output)
         #expect(reap(watcher.pid) == 128 + SIGTERM)
-        #expect(throws: SiloError.self, "the process runs on") { _ = try sleeper.wait(timeout: .milliseconds(300)) }
+        let runsOn = #expect(throws: SiloError.self, "the process runs on") { _ = try sleeper.wait(timeout: .milliseconds(300)) }
+        #expect(runsOn?.code == .operationTimeout, "the process runs on: \(String(describing: runsOn))")
         let waiter = startSilo(box.compute.state, ["process", "wait", id, "\(sleeper.pid)"])
         let signal = startSilo(box.compute.state, ["process", "signal", id, "\(sleeper.pid)", "--signal", "USR1"])
         close(signal.output)

@@ -91,7 +91,7 @@ func spawn(_ program: String, _ arguments: [String], environment: [String: Strin
         envp.forEach { free($0) }
     }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, program, &actions, nil, argv, envp)
+    let result = spawnCleanly(&pid, program, &actions, argv, envp)
     posix_spawn_file_actions_destroy(&actions)
     close(out[1])
     close(err[1])

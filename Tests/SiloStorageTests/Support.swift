@@ -1,3 +1,4 @@
+import CSiloLinux
 import Dispatch
 import Glibc
 import Synchronization
@@ -36,6 +37,20 @@ struct Scratch {
     }
 }
 
+/// posix_spawn, with the child starting as a shell would start it: no signal blocked, every signal's
+/// default action. A test runs on a thread that blocks nearly every signal, and a child inherits
+/// that mask (a shell whose SIGCHLD stays blocked never returns from `wait`; a CLI would not see a
+/// SIGTERM a user's shell delivers).
+func spawnCleanly(_ pid: inout pid_t, _ path: String, _ actions: UnsafePointer<posix_spawn_file_actions_t>?,
+                  _ argv: [UnsafeMutablePointer<CChar>?], _ envp: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    let reset = silo_spawnattr_reset_signals(&attributes, 1)
+    guard reset == 0 else { return reset }
+    return posix_spawn(&pid, path, actions, &attributes, argv, envp)
+}
+
 /// Runs a program and returns its exit status and standard output.
 @discardableResult
 func run(_ program: String, _ arguments: [String]) -> (status: Int32, output: String) {
@@ -48,7 +63,7 @@ func run(_ program: String, _ arguments: [String]) -> (status: Int32, output: St
     let argv = ([program] + arguments).map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, program, &actions, nil, argv, environ)
+    let spawned = spawnCleanly(&pid, program, &actions, argv, environ)
     posix_spawn_file_actions_destroy(&actions)
     close(pipeFDs[1])
     var output = [UInt8]()

@@ -4,6 +4,7 @@
 #define SILO_LINUX_H
 
 #include <stdint.h>
+#include <spawn.h>
 #include <sys/types.h>
 #include <linux/loop.h>
 #include "silo_sandbox.h"
@@ -29,6 +30,11 @@ int silo_pipe2(int fds[2], int flags);
 /// started it ends (so when its process dies, however), with fds[i] as its descriptor i (-1: /dev/null) and no other open;
 /// default signal handling and mask. The child exits 127 when a step before exec fails.
 pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], const int *fds, int count);
+/// Sets `attributes` (initialized) so that posix_spawn's child starts with no signal blocked and,
+/// when `defaults` is not 0, every signal's default action: a thread's mask (a Dispatch or Swift
+/// concurrency thread blocks nearly every signal) and its process's ignored signals are inherited
+/// otherwise. Returns posix_spawnattr's error, or 0.
+int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults);
 /// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
 long silo_fs_type(const char *path);
 /// cachestat(2) (Linux 6.5) of `length` bytes from `offset` of `fd`'s page cache (0: to the end):
