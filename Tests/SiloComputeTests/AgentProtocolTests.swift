@@ -237,6 +237,13 @@ enum FileManagerless {
     }
 }
 
+/// Where the symbolic link at `path` points; nil if it is not one (or is gone).
+func readLink(_ path: String) -> String? {
+    var target = [CChar](repeating: 0, count: 512)
+    let count = readlink(path, &target, 511)
+    return count > 0 ? String(cString: target) : nil
+}
+
 func listLinks(_ path: String) throws -> [String] {
     guard let directory = opendir(path) else { throw SiloError.system("opendir", errno: errno, path: path) }
     defer { closedir(directory) }

@@ -98,6 +98,9 @@ struct CgroupParentTests {
         let compute = TestCompute()
         defer { compute.finish() }
         let service = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, cgroupParent: parent))
+        // What every hierarchy holds, at its root and in Silo's folder: nothing is added.
+        func entries() -> [String] { roots.flatMap { root in (directoryEntries(root) + directoryEntries(root + "/silo").map { "silo/" + $0 }).map { root + "/" + $0 } }.sorted() }
+        let before = entries()
         let error = #expect(throws: SiloError.self) {
             _ = try service.createComputeSystem(id: "bad-parent", document: compute.document()).wait(timeout: .seconds(30))
         }
@@ -105,11 +108,13 @@ struct CgroupParentTests {
         #expect(error?.field == "cgroup parent" && error?.value == parent, "\(String(describing: error))")
         #expect(service.store.ids().isEmpty, "no system is left")
         for root in roots { #expect(!fileExists(root + "/escape") && !fileExists(root + "/absolute")) }
+        #expect(entries() == before, "nothing made in a hierarchy")
         let run = #expect(throws: SiloError.self) {
             _ = try SandboxRun.run(id: "bad-parent-run", limits: CgroupLimits(pids: 16), arguments: ["/bin/true"],
                                    configuration: service.configuration)
         }
         #expect(run?.field == "cgroup parent")
+        #expect(entries() == before, "nothing made in a hierarchy by the run")
     }
 }
 

@@ -132,6 +132,7 @@ struct ProcessTests {
             if (echo x > /proc/sys/kernel/hostname) 2>/dev/null; then exit 16; fi
             [ ! -e "$MARKER" ] || exit 17
             echo inside > /tmp/silo-written || exit 18
+            awk '$5 == "/usr" || $5 == "/proc/sys" { seen++; if ($6 !~ /^ro(,|$)/) bad = 1 } END { exit (bad || seen < 2) }' /proc/self/mountinfo || exit 19
             """
         let process = try box.system.createProcess(ProcessParameters(
             arguments: ["/bin/sh", "-c", script], environment: ["EXPECTED": box.system.id, "MARKER": marker], user: user,
@@ -139,7 +140,7 @@ struct ProcessTests {
         )).wait(timeout: .seconds(30))
         defer { process.close() }
         let errors = readAll(try #require(process.standardError))
-        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0, "check failed (10 no_new_privs, 11 seccomp, 12 hostname, 13 interfaces, 14 pids, 15 /usr writable, 16 /proc/sys writable, 17 host /tmp seen, 18 /tmp not writable): \(errors)")
+        #expect(try process.wait(timeout: .seconds(10)).exitCode == 0, "check failed (10 no_new_privs, 11 seccomp, 12 hostname, 13 interfaces, 14 pids, 15 /usr writable, 16 /proc/sys writable, 17 host /tmp seen, 18 /tmp not writable, 19 /usr or /proc/sys not mounted read-only): \(errors)")
         #expect(!fileExists("/tmp/silo-written"), "the system's /tmp is not the host's")
     }
 
@@ -417,15 +418,23 @@ struct ProcessTests {
         #expect(readUntil(try #require(stubborn.standardOutput)) { $0.contains("ready") }.contains("ready"))
         let cgroup = box.system.cgroup
         let root = box.compute.service.store.root(box.system.id)
+        // The system's mounts live in its own mount namespace: none is left if no process is in it.
+        let initPID = try #require(box.system.properties().processList.first)
+        let namespace = try #require(readLink("/proc/\(initPID)/ns/mnt"))
+        #expect(namespace != readLink("/proc/self/ns/mnt"))
         try box.system.shutdown().wait(timeout: .seconds(60))
         #expect(try box.system.properties().exitType == .forced, "SIGTERM was ignored: the stop is forced")
         let status = try stubborn.wait(timeout: .seconds(10))
         #expect(status.signal == SIGKILL, "\(status)")
         #expect(cgroup.directories.values.allSatisfy { !fileExists($0) }, "no cgroup is left")
-        #expect(!(readText("/proc/self/mountinfo") ?? "").contains(" \(root) "), "no mount is left")
+        let inside = directoryEntries("/proc").filter { Int($0) != nil && readLink("/proc/\($0)/ns/mnt") == namespace }
+        #expect(inside.isEmpty, "processes left in the system's mount namespace: \(inside)")
+        #expect(!(readText("/proc/self/mountinfo") ?? "").contains(" \(root) "), "no mount of the root is left on the host")
+        #expect(!fileExists(root), "the root's folder is gone")
     }
 
-    @Test("C8 the agent forgets the oldest exit first when its table of 1,024 processes is full, not the first slot's")
+    @Test("C8 the agent forgets the oldest exit first when its table of 1,024 processes is full, not the first slot's; the CLI cannot wait for a forgotten one",
+          .requiresSiloExecutable)
     func agentEvictsOldestExit() throws {
         let box = try RunningSystem("evict")
         defer { box.finish() }
@@ -433,9 +442,11 @@ struct ProcessTests {
         let late = try box.system.createProcess(ProcessParameters(arguments: ["/bin/cat"], createStdInPipe: true))
             .wait(timeout: .seconds(30))
         defer { late.close() }
+        var oldest: Int32?
         for _ in 0..<1023 {
             let quick = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
             _ = try quick.wait(timeout: .seconds(30))
+            oldest = oldest ?? quick.pid
             quick.close()
         }
         late.closeStandardInput()
@@ -447,6 +458,14 @@ struct ProcessTests {
         let reopened = try box.system.openProcess(late.pid)
         defer { reopened.close() }
         #expect(try reopened.wait(timeout: .seconds(10)).exitCode == 0, "a late watcher gets the newest exits")
+        // The forgotten exit cannot be waited for: the CLI says so and exits 1.
+        let forgotten = try #require(oldest)
+        let waiter = startProgram("/bin/sh", ["-c", "exec \"$0\" --state-dir \"$1\" process wait \"$2\" \"$3\" 2>&1",
+                                              siloExecutable, box.compute.state, box.system.id, "\(forgotten)"])
+        let said = readAll(waiter.output)
+        close(waiter.output)
+        #expect(reap(waiter.pid) == 1, "\(said)")
+        #expect(said.contains("has no process \(forgotten) that Silo started [processInfoNotAvailable]"), "\(said)")
     }
 
     @Test("C4 a pause waits for a process start or signal under way (their gate), and one that cannot wait changes nothing; a start waits for a pause the same way")

@@ -296,7 +296,8 @@ struct SystemTests {
         defer { unlink(empty) }
         let system = try compute.created("badinit-\(getpid())", initBinary: empty)
         defer { system.close() }
-        #expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) }
+        let failed = #expect(throws: SiloError.self) { _ = try system.start().wait(timeout: .seconds(30)) }
+        #expect(failed?.errno == ENOEXEC, "the start got as far as init's exec: \(String(describing: failed))")
         try compute.expectNotStarted(system)
         let folder = ComputeService(configuration: ComputeConfiguration(stateDirectory: compute.state, initBinary: compute.state))
         let again = try folder.open(system.id)
@@ -379,7 +380,8 @@ struct SystemTests {
         var block = [UInt8](repeating: 1, count: 4096)
         while write(fd, &block, block.count) == block.count {}
         close(fd)
-        #expect(throws: SiloError.self) { try system.pause().wait(timeout: .seconds(30)) }
+        let unpaused = #expect(throws: SiloError.self) { try system.pause().wait(timeout: .seconds(30)) }
+        #expect(unpaused?.errno == ENOSPC && unpaused?.message.contains(runtime) == true, "refused by the record's write: \(String(describing: unpaused))")
         #expect(!system.cgroup.isFrozen, "a pause the record does not show is undone")
         #expect(try system.properties().state == .running)
         unlink(filler)
@@ -388,7 +390,8 @@ struct SystemTests {
         let again = open(filler, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
         while write(again, &block, block.count) == block.count {}
         close(again)
-        #expect(throws: SiloError.self) { try system.resume().wait(timeout: .seconds(30)) }
+        let unresumed = #expect(throws: SiloError.self) { try system.resume().wait(timeout: .seconds(30)) }
+        #expect(unresumed?.errno == ENOSPC && unresumed?.message.contains(runtime) == true, "refused by the record's write: \(String(describing: unresumed))")
         #expect(system.cgroup.isFrozen, "a resume the record does not show is undone")
         #expect(try system.properties().state == .paused)
         unlink(filler)
@@ -463,11 +466,14 @@ struct SystemTests {
         let compute = TestCompute()
         defer { compute.finish() }
         var cancelled = 0
+        var cancelledWithCgroup = 0
         for round in 0..<40 {
             let id = "cc-\(getpid())-\(round)"
             let operation = try compute.service.createComputeSystem(id: id, document: compute.document())
             // From at once to well into the cgroup step: some cancels find a cgroup to take back.
             usleep(UInt32(round % 10) * 60)
+            let cgroupMade = Cgroup.open(name: compute.service.configuration.cgroupName(for: id), layout: compute.service.configuration.layout)
+                .directories.values.contains(where: fileExists)
             var tooLate = false
             do throws(SiloError) { try operation.cancel() } catch {
                 #expect(error.code == .cancelTooLate, "\(error)")
@@ -480,6 +486,7 @@ struct SystemTests {
             } catch {
                 #expect(!tooLate && error.code == .operationCancelled, "\(error)")
                 cancelled += 1
+                if cgroupMade { cancelledWithCgroup += 1 }
                 #expect(compute.service.enumerate(id: id).isEmpty, "no record")
                 let layout = CgroupLayout.detect()
                 let left = ([layout.unified].compactMap { $0 } + layout.legacy.values).flatMap { root in
@@ -494,6 +501,7 @@ struct SystemTests {
         // The operation runs on a worker: a cancel soon after the call comes before its end in
         // most rounds (which the rounds above check); none at all would say it never did.
         #expect(cancelled > 0, "no create was cancelled in 40 rounds")
+        #expect(cancelledWithCgroup > 0, "no cancel came after the cgroup was made: its rollback was never run")
     }
 
     @Test("C9 statistics: CPU time in 100 ns units, counted from the system's processes; uptime from the start, not the create")

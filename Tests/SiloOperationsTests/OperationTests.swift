@@ -63,10 +63,15 @@ struct OperationTests {
         let operation = try blockedOperation(on: scheduler, output: 1, release: release, started: started)
         #expect(started.wait())
         let waiterDone = Signal()
+        let waiting = Signal()
         DispatchQueue.global().async {
+            waiting.fire()
             _ = try? operation.wait()
             waiterDone.fire()
         }
+        // The waiter is at its wait (parked there by now) before status is read beside it.
+        #expect(waiting.wait())
+        usleepMilliseconds(20)
         for _ in 0..<1000 { #expect(operation.status.isPending) }
         release.fire()
         #expect(waiterDone.wait())

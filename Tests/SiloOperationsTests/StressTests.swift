@@ -101,14 +101,31 @@ struct StressTests {
     @Test("Stress: concurrent awaits and task cancellation")
     func concurrentAwaits() async throws {
         let scheduler = OperationScheduler(limits: .init(maxRunning: 32, maxQueued: 10_000))
-        try await withThrowingTaskGroup(of: Int.self) { group in
-            for index in 0..<1000 {
-                let operation: SiloOperation<Int> = try scheduler.start(.getProperties) { $0.succeed(index) }
-                group.addTask { try await operation.value }
+        // Every tenth operation ends only when cancelled, and its awaiting task is cancelled: the
+        // task's cancellation must reach the operation, or that await never ends.
+        var tasks: [(index: Int, task: Task<Int, any Error>)] = []
+        for index in 0..<1000 {
+            let operation: SiloOperation<Int> = try scheduler.start(.getProperties) { driver in
+                if index % 10 == 0 {
+                    driver.onCancel { driver.fail(driver.cancellationError) }
+                } else {
+                    driver.succeed(index)
+                }
             }
-            var sum = 0
-            for try await value in group { sum += value }
-            #expect(sum == (0..<1000).reduce(0, +))
+            tasks.append((index, Task { try await operation.value }))
         }
+        for (index, task) in tasks where index % 10 == 0 { task.cancel() }
+        var sum = 0
+        var cancelled = 0
+        for (index, task) in tasks {
+            do {
+                sum += try await task.value
+            } catch {
+                #expect(index % 10 == 0 && (error as? SiloError)?.code == .operationCancelled, "\(index): \(error)")
+                cancelled += 1
+            }
+        }
+        #expect(sum == (0..<1000).filter { $0 % 10 != 0 }.reduce(0, +))
+        #expect(cancelled == 100)
     }
 }

@@ -23,7 +23,8 @@ struct CloneTests {
         try writeBytes(copy, offset: 0, [42])
         #expect(try readBytes(device, offset: 0, count: 1) == [1])
         #expect(clone.unmaskingList == "")
-        #expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("origin", as: "copy") }
+        let taken = #expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("origin", as: "copy") }
+        #expect(taken?.code == .invalidArgument && taken?.field == "name" && taken?.value == "copy", "\(String(describing: taken))")
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("nothing", as: "x") })?.code == .objectNotFound)
     }
 

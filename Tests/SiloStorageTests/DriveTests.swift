@@ -160,31 +160,40 @@ struct DriveTests {
         let foreign = try foreignLoop(scratch, label: "silo-watched")
         defer { _ = run("/sbin/losetup", ["-d", foreign]) }
         let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
-        // The host's own drives and this test's device: no other test writes to those.
-        let watched = try provider.drives().filter { $0.busType != "loop" || $0.devicePath == foreign }.map(\.devicePath)
-        try #require(watched.contains(foreign))
+        // The host's own drives and this test's device: no other test writes to those. An idle loop
+        // device is probed through its backing file, so that file is watched too.
+        let drives = try provider.drives().filter { $0.busType != "loop" || $0.devicePath == foreign }
+        try #require(drives.contains { $0.devicePath == foreign })
+        let watched = drives.map(\.devicePath) + [scratch.path + "/foreign.img"]
         let notify = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
         try #require(notify >= 0)
         defer { close(notify) }
-        for path in watched { #expect(inotify_add_watch(notify, path, UInt32(IN_OPEN | IN_CLOSE_WRITE | IN_MODIFY)) >= 0, "\(path)") }
+        var watches: [Int32: String] = [:]
+        for path in watched {
+            let watch = inotify_add_watch(notify, path, UInt32(IN_OPEN | IN_CLOSE_WRITE | IN_MODIFY))
+            #expect(watch >= 0, "\(path)")
+            watches[watch] = path
+        }
         _ = try provider.drives()
-        for path in watched { _ = try provider.drive(path) }
+        for drive in drives { _ = try provider.drive(drive.devicePath) }
         var buffer = [UInt8](repeating: 0, count: 65536)
-        var opened = 0
-        var written: [UInt32] = []
+        var openedForeign = 0
+        var written: [String] = []
         while true {
             let count = buffer.withUnsafeMutableBytes { read(notify, $0.baseAddress, $0.count) }
             guard count > 0 else { break }
             var offset = 0
             while offset + 16 <= count {
+                let watch = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: Int32.self) }
                 let mask = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self) }
                 let length = buffer.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self) }
-                if mask & UInt32(IN_OPEN) != 0 { opened += 1 }
-                if mask & UInt32(IN_CLOSE_WRITE | IN_MODIFY) != 0 { written.append(mask) }
+                let path = watches[watch] ?? "watch \(watch)"
+                if mask & UInt32(IN_OPEN) != 0, path == foreign || path.hasSuffix("/foreign.img") { openedForeign += 1 }
+                if mask & UInt32(IN_CLOSE_WRITE | IN_MODIFY) != 0 { written.append(path) }
                 offset += 16 + Int(length)
             }
         }
-        #expect(opened > 0, "the listing opened no drive: the watch would prove nothing")
+        #expect(openedForeign > 0, "the listing opened neither this test's device nor its file: the watch would prove nothing")
         #expect(written.isEmpty, "a drive was opened for writing: \(written)")
     }
 

@@ -115,21 +115,24 @@ struct LoopDeviceTests {
         defer { scratch.cleanup() }
         let count = 12
         for index in 0..<count { try makeSparseFile("\(scratch.path)/\(index).img", size: 1 << 20) }
-        let devices = Recorder<Int>()
+        let devices = Recorder<(index: Int, number: Int)>()
         let errors = Recorder<String>()
         DispatchQueue.concurrentPerform(iterations: count) { index in
             do {
                 let attachment = try LoopDevice.attach(backing: "\(scratch.path)/\(index).img", options: .init(tag: "silo:p\(index)"))
-                devices.append(attachment.device.number)
+                devices.append((index, attachment.device.number))
             } catch {
                 errors.append("\(error)")
             }
         }
-        defer { for number in devices.values { _ = try? LoopDevice(number: number).detach() } }
+        defer { for device in devices.values { _ = try? LoopDevice(number: device.number).detach() } }
         #expect(errors.values.isEmpty)
-        #expect(Set(devices.values).count == count)
-        for number in devices.values {
-            #expect(LoopDevice(number: number).status?.backingFile.hasPrefix(scratch.path) == true)
+        #expect(Set(devices.values.map(\.number)).count == count)
+        // Each device is bound to the file its caller asked for, with that caller's tag.
+        for device in devices.values {
+            let loop = LoopDevice(number: device.number)
+            #expect(loop.status?.backingFile == "\(scratch.path)/\(device.index).img" && loop.tag == "silo:p\(device.index)",
+                    "loop\(device.number) for \(device.index): \(String(describing: loop.status)), tag \(String(describing: loop.tag))")
         }
     }
 }

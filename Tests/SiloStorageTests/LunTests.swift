@@ -140,13 +140,12 @@ struct LunTests {
         #expect(mkdir(mount, 0o755) == 0)
         #expect(run("/bin/mount", [device, mount]).status == 0, "the file system mounts")
         #expect(run("/bin/umount", [mount]).status == 0)
-        if LunFileSystem(.xfs).program != nil {
-            // xfs on 4096-byte sectors: mkfs learns the sector size from the device, not a file.
-            let xfs = try storage.provider.createLun(LunSpec(name: "xfs", size: 320 << 20, logicalBlockSize: 4096,
-                                                               fileSystem: LunFileSystem(.xfs))).wait(timeout: .seconds(120))
-            let xfsProbe = run("/sbin/blkid", ["-p", "-o", "export", try #require(xfs.devicePath)]).output
-            #expect(xfsProbe.contains("TYPE=xfs") && xfsProbe.contains("BLOCK_SIZE=4096"), "\(xfsProbe)")
-        }
+        // xfs on 4096-byte sectors: mkfs learns the sector size from the device, not a file.
+        try #require(LunFileSystem(.xfs).program != nil, "mkfs.xfs (xfsprogs) is not installed")
+        let xfs = try storage.provider.createLun(LunSpec(name: "xfs", size: 320 << 20, logicalBlockSize: 4096,
+                                                           fileSystem: LunFileSystem(.xfs))).wait(timeout: .seconds(120))
+        let xfsProbe = run("/sbin/blkid", ["-p", "-o", "export", try #require(xfs.devicePath)]).output
+        #expect(xfsProbe.contains("TYPE=xfs") && xfsProbe.contains("BLOCK_SIZE=4096"), "\(xfsProbe)")
     }
 
     @Test("S7 a file system mkfs refuses rolls the create back; bad file system input changes nothing")
@@ -544,6 +543,7 @@ struct LunTests {
         // A writer that keeps writing the last block before the size the main thread names: in
         // the LUN until its shrink, past its new end after.
         let target = Atomic<Int64>(-1)
+        let written = Atomic<Int>(0)
         let stop = Atomic<Bool>(false)
         let done = DispatchSemaphore(value: 0)
         let fd = open(device, O_RDWR | silo_O_DIRECT | O_CLOEXEC)
@@ -554,16 +554,21 @@ struct LunTests {
             block.initializeMemory(as: UInt8.self, repeating: 0x5a, count: 4096)
             while !stop.load(ordering: .relaxed) {
                 let offset = target.load(ordering: .relaxed)
-                if offset >= 0 { _ = pwrite(fd, block, 4096, off_t(offset)) }
+                if offset >= 0, pwrite(fd, block, 4096, off_t(offset)) == 4096 { written.add(1, ordering: .relaxed) }
             }
             block.deallocate()
             done.signal()
         }
         var size: UInt64 = 64 << 20
         var failures: [String] = []
+        var idleRounds = 0
         for _ in 0..<24 {
             target.store(Int64(size) - 4096, ordering: .relaxed)
-            usleep(200)
+            // The writer writes inside the LUN before each shrink (else the race is never run).
+            let before = written.load(ordering: .relaxed)
+            var waited = 0
+            while written.load(ordering: .relaxed) == before, waited < 2000 { usleep(100); waited += 1 }
+            if written.load(ordering: .relaxed) == before { idleRounds += 1 }
             do {
                 size = try storage.provider.shrinkLun("written", by: 1 << 20).wait(timeout: .seconds(30)).size
             } catch {
@@ -574,6 +579,7 @@ struct LunTests {
         stop.store(true, ordering: .relaxed)
         done.wait()
         #expect(failures.isEmpty, "a shrink failed under writes: \(failures)")
+        #expect(idleRounds == 0, "\(idleRounds) shrinks ran with no write landing before them")
         let lun = try storage.provider.lun(named: "written")
         #expect(lun.size == 40 << 20 && size == 40 << 20, "record \(lun.size), last shrink \(size)")
         #expect(BackingFile.size(lun.backingFile) == 40 << 20, "the file grew back")
@@ -713,7 +719,8 @@ struct LunTests {
         #expect(try storage.provider.setMask("masked", "web;db").unmaskingList == "web;db")
         #expect(try storage.provider.setMask("masked", "api").unmaskingList == "api")
         #expect(try storage.provider.lun(named: "masked").unmaskingList == "api")
-        #expect(throws: SiloError.self) { try storage.provider.setMask("masked", "*;x") }
+        let badMask = #expect(throws: SiloError.self) { try storage.provider.setMask("masked", "*;x") }
+        #expect(badMask?.code == .invalidArgument && badMask?.field == "unmasking list" && badMask?.value == "*;x", "\(String(describing: badMask))")
         #expect(try storage.provider.lun(named: "masked").unmaskingList == "api", "a refused mask changes nothing")
     }
 
@@ -802,15 +809,15 @@ struct LunTests {
         #expect(truncate(lun.backingFile, 16 << 20) == 0)
         try storage.placeDeadMark("pending", operation: "extendLun")
         let registry = storage.provider.registry
-        let calls: [(String, () throws -> Void)] = [
-            ("extend by 0", { _ = try storage.provider.extendLun("pending", by: 0) }),
-            ("extend by and to", { _ = try storage.provider.extendLun("pending", by: 1 << 20, to: 32 << 20) }),
-            ("extend by neither", { _ = try storage.provider.extendLun("pending") }),
-            ("shrink by 0", { _ = try storage.provider.shrinkLun("pending", by: 0) }),
+        let calls: [(String, SiloError.Code, () throws -> Void)] = [
+            ("extend by 0", .invalidArgument, { _ = try storage.provider.extendLun("pending", by: 0) }),
+            ("extend by and to", .invalidArgument, { _ = try storage.provider.extendLun("pending", by: 1 << 20, to: 32 << 20) }),
+            ("extend by neither", .invalidArgument, { _ = try storage.provider.extendLun("pending") }),
+            ("shrink by 0", .invalidShrinkSize, { _ = try storage.provider.shrinkLun("pending", by: 0) }),
         ]
-        for (what, call) in calls {
+        for (what, code, call) in calls {
             let error = #expect(throws: SiloError.self, "\(what)") { try call() }
-            #expect(error?.code == .invalidArgument || error?.code == .invalidShrinkSize, "\(what): \(String(describing: error))")
+            #expect(error?.code == code, "\(what): \(String(describing: error))")
             #expect(registry.mark(.changing, "pending") != nil, "\(what) settled the dead change")
             #expect(try registry.load("pending")?.size == 8 << 20, "\(what) changed the record")
         }
@@ -1430,7 +1437,8 @@ struct LunTests {
         if let silo { kill(silo, SIGKILL) } else { kill(child.pid, SIGKILL) }
         _ = child.finish()
         #expect(zeroing, "the create never started zeroing")
-        #expect(owner?.pid == silo && owner?.pidNamespace == nil, "\(String(describing: owner)), silo \(String(describing: silo))")
+        #expect(silo != nil, "unshare started no child")
+        #expect(owner != nil && owner?.pid == silo && owner?.pidNamespace == nil, "\(String(describing: owner)), silo \(String(describing: silo))")
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.rolledBack == ["near"], "\(report)")
         #expect(try storage.provider.luns().isEmpty)

@@ -140,12 +140,17 @@ struct PoolTests {
 
         // A refused add removes the folders it made.
         let deep = storage.path + "/new/deeper"
-        // (The pool list cannot be written: a folder stands in its place.)
-        unlink(storage.provider.poolsFile)
-        #expect(mkdir(storage.provider.poolsFile, 0o755) == 0)
-        #expect(throws: SiloError.self) { _ = try storage.provider.addPool("deep", directory: deep) }
+        // (The new pool list cannot be written, after the folders are made: a folder stands where
+        // its temporary file goes. The list itself stays readable, so the add gets that far.)
+        let temporary = storage.provider.poolsFile + ".\(getpid()).tmp"
+        #expect(mkdir(temporary, 0o755) == 0)
+        let unsaved = #expect(throws: SiloError.self) { _ = try storage.provider.addPool("deep", directory: deep) }
+        #expect(unsaved?.syscall == "open" && unsaved?.errno == EISDIR && unsaved?.message.contains(temporary) == true,
+                "the add failed writing the list, after it made the folders: \(String(describing: unsaved))")
         #expect(access(storage.path + "/new", F_OK) != 0, "the folders the refused add made are gone")
-        #expect(rmdir(storage.provider.poolsFile) == 0)
+        #expect(access(deep + "/" + StorageProvider.poolMarker, F_OK) != 0)
+        #expect(rmdir(temporary) == 0)
+        #expect(try storage.provider.pools().map(\.name) == ["default"])
     }
 
     @Test("S5 E1 pools refuse bad input: names, relative or overlapping folders, unknown pools and drives, drives without a pool")
@@ -168,13 +173,18 @@ struct PoolTests {
             let error = #expect(throws: SiloError.self) { try call() }
             #expect(error?.field == field, "\(String(describing: error?.message))")
         }
-        // A real drive without a pool: the error says which drives have one.
-        if let other = try storage.provider.drives().first(where: { $0.pools.isEmpty }) {
-            let error = #expect(throws: SiloError.self) {
-                _ = try storage.provider.createLun(LunSpec(name: "x", size: 1 << 20, drives: [other.id]))
-            }
-            #expect(error?.field == "drive" && error?.message.contains("drives with pools") == true, "\(String(describing: error?.message))")
+        // A real drive without a pool (a loop device of the test's own): the error says which
+        // drives have one.
+        try makeSparseFile(storage.path + "/poolless.img", size: 8 << 20)
+        let poolless = run("/sbin/losetup", ["-f", "--show", "--read-only", storage.path + "/poolless.img"]).output.trimmingSpaces
+        try #require(poolless.hasPrefix("/dev/loop"))
+        defer { _ = run("/sbin/losetup", ["-d", poolless]) }
+        let other = try #require(try storage.provider.drives().first { $0.devicePath == poolless })
+        #expect(other.pools.isEmpty)
+        let error = #expect(throws: SiloError.self) {
+            _ = try storage.provider.createLun(LunSpec(name: "x", size: 1 << 20, drives: [other.id]))
         }
+        #expect(error?.field == "drive" && error?.message.contains("drives with pools") == true, "\(String(describing: error?.message))")
         #expect(try storage.provider.pools().map(\.name) == ["default"])
         #expect(try storage.provider.luns().isEmpty)
         #expect(access(storage.path + "/p", F_OK) != 0, "nothing made")
