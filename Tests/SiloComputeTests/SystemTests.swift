@@ -397,6 +397,51 @@ struct SystemTests {
         unlink(filler)
     }
 
+    @Test("C4 what a start killed before its record said Running left (its init in the cgroup, a LUN's grant, the agent's socket, the root folder) is cleared by reenumerate, or by the next start, which runs one init")
+    func deadStart() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        for clearedBy in ["reenumerate", "start"] {
+            let id = "ds-\(clearedBy)-\(getpid())"
+            let system = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30))
+            defer { system.close() }
+            // What the dead start left, as it left it.
+            let leftover = try startInside(system.cgroup, "exec /bin/sleep 600")
+            var reaped = false
+            defer { if !reaped { kill(leftover, SIGKILL); _ = reap(leftover) } }
+            try system.cgroup.setBlockDevices([DeviceGrant(number: "7:250", writable: true)])
+            let devices = system.cgroup.directories["devices"]
+            if let devices { #expect((readText(devices + "/devices.list") ?? "").contains("b 7:250 rw")) }
+            let socket = compute.service.store.directory(id) + "/agent.sock"
+            let root = compute.service.store.root(id)
+            #expect(mkdir(root, 0o755) == 0)
+            let file = open(socket, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+            #expect(file >= 0)
+            close(file)
+            if clearedBy == "reenumerate" {
+                #expect(compute.service.reenumerate() == [id])
+            } else {
+                try system.start().wait(timeout: .seconds(30))
+                let after = try system.properties()
+                #expect(after.state == .running, "\(after)")
+                #expect(system.cgroup.pids.count == 1 && !system.cgroup.pids.contains(leftover), "one init, the new one: \(system.cgroup.pids)")
+            }
+            #expect(reap(leftover) == 128 + SIGKILL, "the dead start's init is killed")
+            reaped = true
+            if let devices { #expect(!(readText(devices + "/devices.list") ?? "").contains("b 7:250"), "its grant is taken back") }
+            if clearedBy == "reenumerate" {
+                #expect(try system.properties().state == .created)
+                #expect(system.cgroup.pids.isEmpty && access(socket, F_OK) != 0 && access(root, F_OK) != 0)
+                #expect(compute.service.reenumerate().isEmpty, "nothing more to repair")
+                // Its cgroup takes a new init (killed without cgroup.kill: after one, this kernel
+                // kills whatever is cloned into the cgroup at birth).
+                try system.start().wait(timeout: .seconds(30))
+                #expect(try system.properties().state == .running)
+            }
+            try system.terminate().wait(timeout: .seconds(30))
+        }
+    }
+
     @Test("C6 a ShouldTerminateOnLastHandleClosed system whose last holder died while Created or Paused (no agent to see it) is ended by reenumerate; one still held is not")
     func abandonedSystems() throws {
         let compute = TestCompute()

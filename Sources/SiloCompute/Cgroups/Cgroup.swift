@@ -362,6 +362,19 @@ public final class Cgroup: Sendable {
         try attachDeviceProgram(blockDevices: grants)
     }
 
+    /// Takes back every block device the cgroup grants, whoever granted it (a start that died
+    /// before its record said so): on v1, each `b` rule in devices.list is denied; on cgroup2 the
+    /// program allows the minimal /dev alone.
+    public func revokeBlockDevices() throws(SiloError) {
+        if let devices = directories["devices"] {
+            for rule in (readText(devices + "/devices.list") ?? "").split(separator: "\n") where rule.hasPrefix("b ") {
+                let number = rule.split(separator: " ").dropFirst().first.map(String.init) ?? ""
+                try writeText(devices + "/devices.deny", "b \(number) rwm")
+            }
+        }
+        try attachDeviceProgram(blockDevices: [])
+    }
+
     /// cgroup2 controls devices with a BPF program on the cgroup's directory: allow the minimal
     /// /dev and `blockDevices`, deny the rest. Where v1's devices controller governs (hybrid hosts
     /// such as this project's), it already holds the same rules and the kernel asks it too, so no
@@ -566,13 +579,25 @@ public final class Cgroup: Sendable {
         if layout.usesCgroupKill, let unified = directories["unified"], fileExists(unified + "/cgroup.kill") { return .cgroupKill }
         // cgroup2 without cgroup.kill (5.8 to 5.13) still freezes: a cgroup of a cgroup2-only
         // host has no v1 freezer, and was signalled without freezing.
+        return withoutCgroupKill
+    }
+
+    /// How to kill without `cgroup.kill`: freezing first where the cgroup can be frozen.
+    private var withoutCgroupKill: KillMethod {
         let freezable = usesLegacyFreezer ? directories["freezer"].map { fileExists($0) } : directories["unified"].map { fileExists($0 + "/cgroup.freeze") }
         return freezable == true ? .freezeFirst : .signalsOnly
     }
 
     /// Kills every process and waits until none is left (see ``KillMethod``).
-    public func killAll() throws(SiloError) {
-        switch killMethod {
+    /// - Parameter keepingCgroup: the cgroup is used again (a system that stays Created): never
+    ///   with `cgroup.kill`. After one, Linux 6.18 kills every process later cloned into the
+    ///   cgroup (`CLONE_INTO_CGROUP`) at birth: the cgroup's kill count no longer matches the
+    ///   one the clone read (measured here: a child cloned into an empty cgroup killed once got
+    ///   SIGKILL before its first instruction), so the next start's init would die unseen.
+    public func killAll(keepingCgroup: Bool = false) throws(SiloError) {
+        var method = killMethod
+        if keepingCgroup, method == .cgroupKill { method = withoutCgroupKill }
+        switch method {
         case .cgroupKill:
             try writeText(try path("unified") + "/cgroup.kill", "1")
             // Tasks held by v1's freezer take no signal until thawed (cgroup.kill only overrides

@@ -134,6 +134,13 @@ public final class ComputeService: Sendable {
             if let record = try? store.load(id) {
                 if refreshed(record).state != record.state {
                     repaired.append(id)
+                } else if record.state == .created, !configuration.cgroup(of: id, parent: record.cgroupParent).hasNoProcesses,
+                          store.lockedIfFree(id, { () -> Void in
+                              // Read again under the lock: a start may have finished in between.
+                              guard let current = try? store.load(id), current.state == .created else { return }
+                              try? clearDeadStart(of: id, cgroup: configuration.cgroup(of: id, parent: current.cgroupParent))
+                          }) {
+                    repaired.append(id)
                 } else if record.shouldTerminateOnLastHandleClosed, record.state == .created || record.state == .paused,
                           store.isAbandoned(id) {
                     // The last handle's holder died where no agent could see it (a Created system has
@@ -175,6 +182,16 @@ public final class ComputeService: Sendable {
             repaired.append(id)
         }
         return repaired
+    }
+
+    /// What a start killed before its record said Running left in a Created system (its caller
+    /// holds the system's lock): its init and everything in the cgroup, the block devices it
+    /// granted, its agent's socket and root folder. The init's death gives its LUNs' leases back.
+    func clearDeadStart(of id: String, cgroup: Cgroup) throws(SiloError) {
+        try cgroup.killAll(keepingCgroup: true)
+        try cgroup.revokeBlockDevices()
+        unlink(store.directory(id) + "/agent.sock")
+        rmdir(store.root(id))
     }
 
     /// A running system whose processes are all gone stopped unexpectedly: say so (C4).

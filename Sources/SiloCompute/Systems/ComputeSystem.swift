@@ -161,7 +161,7 @@ public final class ComputeSystem: Sendable {
         }, unsaved: {
             // Started, but the record cannot say so: what it started goes (the next start would
             // start another init beside one no record names), and its grants.
-            try? cgroup.killAll()
+            try? cgroup.killAll(keepingCgroup: true)
             unlink(directory + "/agent.sock")
             reapStartedInits()
             revokeGrants()
@@ -172,6 +172,9 @@ public final class ComputeSystem: Sendable {
             // socket (a stop removes them too).
             var started = false
             defer { if !started { revokeGrants() } }
+            // A start killed before its record said Running left its init here, with the LUNs it
+            // held and their grants: it goes, or this start would run a second init beside it.
+            if !cgroup.hasNoProcesses { try service.clearDeadStart(of: record.id, cgroup: cgroup) }
             if !grants.isEmpty { try cgroup.setBlockDevices(grants) }
             var arguments = ["/.silo/init", "--agent"]
             if record.shouldTerminateOnLastHandleClosed { arguments.append("--terminate-on-last-handle") }
@@ -220,7 +223,7 @@ public final class ComputeSystem: Sendable {
                 }
             } catch {
                 // Not started after all: its init goes (its pid namespace with it), still Created.
-                try? cgroup.killAll()
+                try? cgroup.killAll(keepingCgroup: true)
                 _ = kill(process.pid, SIGKILL)
                 var status: Int32 = 0
                 while waitpid(process.pid, &status, 0) < 0, errno == EINTR {}

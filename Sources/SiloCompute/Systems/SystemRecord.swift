@@ -153,6 +153,17 @@ struct SystemStore: Sendable {
         return try body()
     }
 
+    /// Runs `body` under the system's lock if no call holds it now; false (and `body` not run) if
+    /// one does, or the system has no folder.
+    func lockedIfFree(_ id: String, _ body: () -> Void) -> Bool {
+        let fd = open(directory(id) + "/lock", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { return false }
+        body()
+        return true
+    }
+
     /// Whether no handle holds the system (its handles file's lock is free, or was never taken) and
     /// no call is under way on it (its lock is free): probed and let go at once.
     func isAbandoned(_ id: String) -> Bool {
