@@ -102,10 +102,10 @@ struct CloneTests {
         defer { storage.finish() }
         _ = try storage.create("moving", size: 8 << 20)
         // This process is in the middle of a change to it (an extend between its steps).
-        _ = try storage.provider.beginChange("moving", operation: "extendLun")
+        let change = try storage.provider.beginChange("moving", operation: "extendLun")
         let refused = #expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("moving", as: "copy") }
         #expect(refused?.code == .anotherCallInProgress && refused?.field == "source", "\(String(describing: refused))")
-        try storage.provider.endChange("moving")
+        try storage.provider.endChange("moving", mark: change.mark)
         #expect(storage.provider.leaseHolders("moving").isEmpty, "the refused clone's lease was let go")
         #expect(try storage.provider.luns().map(\.name) == ["moving"])
         _ = try storage.provider.cloneLun("moving", as: "copy").wait(timeout: .seconds(60))

@@ -800,6 +800,37 @@ struct LunTests {
         #expect(readNumber("/sys/block/\(settled.devicePath?.dropFirst(5) ?? "")/size").map { $0 * 512 } == 16 << 20)
     }
 
+    @Test("S15 a thick extend killed past its point of no return (file allocated, device grown) keeps its growth and what was written there, even when the pool has no room for the growth again")
+    func deadThickExtendPastPointOfNoReturn() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let small = try storage.scratch.smallFileSystem(size: "24m")
+        defer { _ = run("/bin/umount", [small]) }
+        _ = try storage.provider.addPool("small", directory: small)
+        let lun = try storage.provider.createLun(LunSpec(name: "grown", size: 8 << 20, provisioning: .thick, pool: "small"))
+            .wait(timeout: .seconds(60))
+        let device = try #require(lun.devicePath)
+        // As an extend killed after it allocated the growth and resized the device: data written
+        // past the old end since.
+        try BackingFile.allocate(lun.backingFile, from: 8 << 20, to: 16 << 20)
+        try LoopDevice(number: try #require(Int(device.dropFirst("/dev/loop".count)))).refreshCapacity()
+        let pattern = (0..<4096).map { UInt8(truncatingIfNeeded: $0 * 13) }
+        try writeBytes(device, offset: 12 << 20, pattern)
+        try storage.placeDeadMark("grown", operation: "extendLun")
+        // The pool now has less free than the growth: allocating it again would not fit.
+        let filler = small + "/filler"
+        _ = run("/bin/dd", ["if=/dev/zero", "of=\(filler)", "bs=1M", "count=6"])
+        defer { unlink(filler) }
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired.contains { $0.hasPrefix("grown:") }, "\(report.repaired)")
+        let settled = try storage.provider.lun(named: "grown")
+        #expect(settled.size == 16 << 20 && BackingFile.size(lun.backingFile) == 16 << 20, "\(settled.size)")
+        #expect(try readBytes(device, offset: 12 << 20, count: 4096) == pattern, "what was written past the old end is kept")
+        unlink(filler)
+        try storage.provider.deleteLun("grown").wait(timeout: .seconds(60))
+        try storage.provider.removePool("small")
+    }
+
     @Test("E3 an extend or shrink by nothing, or an extend given both by and to, changes nothing: not even a dead change is settled first")
     func badAmountsSettleNothing() throws {
         let storage = TestStorage()
@@ -846,7 +877,7 @@ struct LunTests {
         #expect(deviceSize() == 20 << 20, "the cap held the device back")
     }
 
-    @Test("S12 ending a change takes away this process's change mark only, never one another process placed since")
+    @Test("S12 ending a change takes away its own change mark only, never one another call placed since: of another process, or of this one (a provisioning's end)")
     func endChangeKeepsOthersMark() throws {
         let storage = TestStorage()
         defer { storage.finish() }
@@ -859,10 +890,20 @@ struct LunTests {
         let owner = LunRecord.Owner(pid: other, startTime: try #require(ProcessIdentity.startTime(of: other)), operation: "extendLun")
         try registry.locked { () throws(SiloError) in try registry.placeMark(.changing, "shared", owner: owner) }
         // A late second end of a change of this process's (a failure path's).
-        try storage.provider.endChange("shared")
+        try storage.provider.endChange("shared", mark: 1)
         #expect(registry.mark(.changing, "shared")?.pid == other, "another process's mark was taken away")
         #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("shared", "*") })?.code == .anotherCallInProgress)
         registry.removeMark(.changing, "shared")
+        // Another thread's change of this process: a provisioning's end (which placed no mark) and
+        // a late end of an earlier change leave it; its own end takes it away.
+        let change = try storage.provider.beginChange("shared", operation: "extendLun")
+        try storage.provider.endChange("shared", mark: nil)
+        try storage.provider.endChange("shared", mark: change.mark &+ 1)
+        #expect(registry.mark(.changing, "shared")?.change == change.mark, "this process's other call's mark was taken away")
+        #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("shared", "*") })?.code == .anotherCallInProgress)
+        try storage.provider.endChange("shared", mark: change.mark)
+        #expect(registry.mark(.changing, "shared") == nil)
+        #expect(try storage.provider.setMask("shared", "*").unmaskingList == "*")
     }
 
     @Test("S12 a live delete's mark holds even while a dead change's mark is still in the record")
@@ -907,13 +948,13 @@ struct LunTests {
         let mark = storage.path + "/state/luns/.grown.changing"
         var before = stat()
         try #require(stat(record, &before) == 0)
-        _ = try storage.provider.beginChange("grown", operation: "extendLun")
+        let change = try storage.provider.beginChange("grown", operation: "extendLun")
         var during = stat()
         try #require(stat(record, &during) == 0)
         #expect(during.st_ino == before.st_ino, "the record itself is not rewritten by the mark")
         #expect(fileExists(mark))
         #expect((#expect(throws: SiloError.self) { try storage.provider.setMask("grown", "*") })?.code == .anotherCallInProgress)
-        try storage.provider.endChange("grown")
+        try storage.provider.endChange("grown", mark: change.mark)
         var after = stat()
         try #require(stat(record, &after) == 0)
         #expect(!fileExists(mark) && after.st_ino == before.st_ino, "a change that changed nothing writes nothing")
@@ -952,9 +993,9 @@ struct LunTests {
         // What a thin extend does in its check: grows the file. Were the process killed there, a
         // mark must already say so, or nothing would settle the growth.
         var markedWhenChecked = false
-        _ = try storage.provider.beginChange("early", operation: "extendLun") { _ in markedWhenChecked = fileExists(mark) }
+        let change = try storage.provider.beginChange("early", operation: "extendLun") { _ in markedWhenChecked = fileExists(mark) }
         #expect(markedWhenChecked, "the mark was placed after the check")
-        try storage.provider.endChange("early")
+        try storage.provider.endChange("early", mark: change.mark)
         #expect(!fileExists(mark))
 
         // A check that refuses: no mark stays, the LUN is free for the next change.
@@ -979,11 +1020,11 @@ struct LunTests {
         let lun = try storage.create("changing", size: 8 << 20)
         let device = try #require(lun.devicePath)
         // This process is in the middle of a change to it (an extend between its steps, say).
-        _ = try storage.provider.beginChange("changing", operation: "extendLun")
+        let change = try storage.provider.beginChange("changing", operation: "extendLun")
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.orphanDevicesDetached.isEmpty, "\(report.orphanDevicesDetached)")
         #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") == lun.backingFile, "still attached")
-        try storage.provider.endChange("changing")
+        try storage.provider.endChange("changing", mark: change.mark)
         #expect(try storage.provider.lun(named: "changing").status == .online)
     }
 

@@ -114,7 +114,7 @@ extension StorageProvider {
         // would already change the host for a call that cannot run (E3).
         try Self.checkGrowth(by: growth, to: target)
         var extended: UInt64 = 0
-        let record = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
+        let (record, mark) = try beginChange(name, operation: "extendLun") { (current) throws(SiloError) in
             try Self.check(current, isLun: id)
             try refuseWhileCloned(name, what: "extend")
             extended = try extendedSize(current, by: growth, to: target)
@@ -172,18 +172,18 @@ extension StorageProvider {
                 try checkDeviceSize(record, expecting: newSize)
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
-                try endChange(name) { $0.size = newSize }
+                try endChange(name, mark: mark) { $0.size = newSize }
             }),
         ], output: { [self] in try lun(named: name) }, cleanup: { [self] in
             giveBack()
-            try endChange(name, sizedByFile: record)
+            try endChange(name, mark: mark, sizedByFile: record)
         })
         do throws(SiloError) {
             return try configuration.scheduler.run(.extendLun, chain: chain, context: context, callback: callback)
         } catch {
             // Refused at once: the growth goes back before the mark, which keeps other changes off.
             giveBack()
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw error
         }
     }
@@ -212,7 +212,7 @@ extension StorageProvider {
                             field: "by", value: "0")
         }
         var shrunk: UInt64 = 0
-        let record = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
+        let (record, mark) = try beginChange(name, operation: "shrinkLun") { (current) throws(SiloError) in
             try Self.check(current, isLun: id)
             try refuseWhileCloned(name, what: "shrink")
             let block = UInt64(current.blockSize)
@@ -234,7 +234,7 @@ extension StorageProvider {
             try refuseForeignUse(record, code: .shrinkOverData)
             if !force { try guardData(record, newSize: newSize) }
         } catch {
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw error
         }
         let chain = OperationChain<LunProperties>([
@@ -253,10 +253,10 @@ extension StorageProvider {
                 }
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
-                try endChange(name) { $0.size = newSize }
+                try endChange(name, mark: mark) { $0.size = newSize }
             }),
-        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name, sizedByFile: record) })
-        return try runChange(name, .shrinkLun, chain: chain, context: context, callback: callback)
+        ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name, mark: mark, sizedByFile: record) })
+        return try runChange(name, mark: mark, .shrinkLun, chain: chain, context: context, callback: callback)
     }
 
     /// Replaces the unmasking list [IVdsLun::SetMask]: `*` every compute system, `""` none, or
@@ -264,13 +264,13 @@ extension StorageProvider {
     @discardableResult
     public func setMask(_ name: String, _ list: String) throws(SiloError) -> LunProperties {
         let unmasking = try UnmaskingList.parse(list)
-        _ = try beginChange(name, operation: "setMask")
+        let mark = try beginChange(name, operation: "setMask").mark
         do throws(SiloError) {
-            try endChange(name) { $0.unmasking = unmasking }
+            try endChange(name, mark: mark) { $0.unmasking = unmasking }
         } catch {
             // The change failed to land (a full disk): the mark must not outlive the call, or the
             // LUN stays busy for as long as this process lives.
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw error
         }
         return try lun(named: name)
@@ -284,25 +284,25 @@ extension StorageProvider {
         context: (any Sendable)? = nil,
         callback: OperationCallback<LunProperties>? = nil
     ) throws(SiloError) -> SiloOperation<LunProperties> {
-        let record = try beginChange(name, operation: online ? "online" : "offline")
+        let (record, mark) = try beginChange(name, operation: online ? "online" : "offline")
         let device = attachedDevice(record, everywhere: true)
         if !online, let use = use(of: name, device: device) {
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",
                             field: "name", value: name)
         }
         if online, !fileExists(record.backingFile) {
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw SiloError(.objectDeleted, "the backing file of LUN '\(name)' is gone: \(record.backingFile)",
                             field: "name", value: name)
         }
-        return try startChange(name, .recoverLun, context: context, callback: callback, cancellable: false) { [self] _ in
+        return try startChange(name, mark: mark, .recoverLun, context: context, callback: callback, cancellable: false) { [self] _ in
             if online {
                 // A device found where the record did not say gets its stable name put right.
                 if let device, device.number != record.device { try link(name, to: device) }
                 let attached = device == nil ? try attach(record) : nil
                 do throws(SiloError) {
-                    try endChange(name) {
+                    try endChange(name, mark: mark) {
                         $0.online = true
                         $0.device = (device ?? attached)?.number
                     }
@@ -320,7 +320,7 @@ extension StorageProvider {
                     if let device { try device.detach(expecting: record.tag) }
                 }
                 unlinkName(name)
-                try endChange(name) {
+                try endChange(name, mark: mark) {
                     $0.online = false
                     $0.device = nil
                 }
@@ -475,6 +475,7 @@ extension StorageProvider {
     /// Runs a change as an operation; the owner mark is cleared whatever happens.
     private func startChange<Output: Sendable>(
         _ name: String,
+        mark: UInt64,
         _ type: OperationType,
         context: (any Sendable)?,
         callback: OperationCallback<Output>?,
@@ -483,23 +484,24 @@ extension StorageProvider {
     ) throws(SiloError) -> SiloOperation<Output> {
         do {
             return try configuration.scheduler.run(type, context: context, callback: callback, cancellable: cancellable,
-                                                   withdrawn: { [self] in try? endChange(name) }) {
+                                                   withdrawn: { [self] in try? endChange(name, mark: mark) }) {
                 [self] driver in
                 do {
                     return try body(driver)
                 } catch {
-                    try? endChange(name)
+                    try? endChange(name, mark: mark)
                     throw error
                 }
             }
         } catch {
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw error
         }
     }
 
     private func runChange(
         _ name: String,
+        mark: UInt64,
         _ type: OperationType,
         chain: OperationChain<LunProperties>,
         context: (any Sendable)?,
@@ -508,7 +510,7 @@ extension StorageProvider {
         do {
             return try configuration.scheduler.run(type, chain: chain, context: context, callback: callback)
         } catch {
-            try? endChange(name)
+            try? endChange(name, mark: mark)
             throw error
         }
     }

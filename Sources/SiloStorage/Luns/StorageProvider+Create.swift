@@ -149,7 +149,7 @@ extension StorageProvider {
             }),
             OperationStep("register", weight: 1, pointOfNoReturn: true, run: { [self] _ in
                 do throws(SiloError) {
-                    try endChange(record.name) { stored in
+                    try endChange(record.name, mark: nil) { stored in
                         stored.state = .ready
                         stored.device = attachment.value?.device.number
                     }

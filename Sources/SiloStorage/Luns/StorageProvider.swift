@@ -171,23 +171,27 @@ public final class StorageProvider: Sendable {
     /// the LUN (a thin extend's growth of its file) is covered by the mark, so a process killed
     /// right after leaves a mark that reenumerate settles by, never an unmarked change. When
     /// `check` throws, the mark is taken away again and nothing is marked.
+    /// Returns the record and the mark's token, which ends the change (``endChange(_:mark:_:)``).
     /// - Throws: `anotherCallInProgress` while another call (in any process) changes it.
     func beginChange(_ name: String, operation: String,
-                     checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> LunRecord {
+                     checking check: (LunRecord) throws(SiloError) -> Void = { _ in }) throws(SiloError) -> (record: LunRecord, mark: UInt64) {
         try Names.validate(name, field: "name", what: "a LUN name")
         return try registry.locked(missing: .notFound("LUN", field: "name", value: name), givingUp: true) {
-            () throws(SiloError) -> LunRecord in
+            () throws(SiloError) -> (record: LunRecord, mark: UInt64) in
             guard let found = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
             try checkChangeable(found)
             let record = try settlingDeadChange(found)
-            try registry.placeMark(.changing, name, owner: ProcessIdentity.current(operation: operation))
+            var owner = ProcessIdentity.current(operation: operation)
+            let mark = UInt64.random(in: 1...UInt64.max)
+            owner.change = mark
+            try registry.placeMark(.changing, name, owner: owner)
             do throws(SiloError) {
                 try check(record)
             } catch {
                 registry.removeMark(.changing, name)
                 throw error
             }
-            return record
+            return (record, mark)
         }
     }
 
@@ -234,26 +238,35 @@ public final class StorageProvider: Sendable {
     /// Ends a resize that failed or was cancelled: the record takes the size of the backing file,
     /// which is the old size when the resize was rolled back and the new one when it failed past
     /// its point of no return (a shrink's cut, an extend's device resize).
-    func endChange(_ name: String, sizedByFile record: LunRecord) throws(SiloError) {
+    func endChange(_ name: String, mark: UInt64?, sizedByFile record: LunRecord) throws(SiloError) {
         let size = BackingFile.size(record.backingFile)
-        try endChange(name) { stored in
+        try endChange(name, mark: mark) { stored in
             if let size { stored.size = size }
         }
     }
 
     /// The size a dead change leaves its LUN at: its backing file's. A thick or zeroed LUN's
     /// growth is allocated then (an extend killed before or while allocating left it sparse, where
-    /// its record promises space); with no room for it, the growth is cut off again.
+    /// its record promises space); with no room for it, the growth is cut off again, unless the
+    /// device has it already (the extend was past its point of no return: data may be there).
     func settledSize(_ record: LunRecord) -> UInt64? {
         guard let size = BackingFile.size(record.backingFile) else { return nil }
         guard record.provisioning != .thin, size > record.size else { return size }
-        if (try? BackingFile.allocate(record.backingFile, from: record.size, to: size)) != nil { return size }
+        // What the file holds past the old size needs no new room (an extend killed after it
+        // allocated): only the rest must be free.
+        let held = BackingFile.allocatedBytes(record.backingFile)
+        if (try? BackingFile.allocate(record.backingFile, from: record.size, to: size, allocated: held - min(held, record.size))) != nil {
+            return size
+        }
+        if let device = attachedDevice(record), let deviceSize = device.size, deviceSize >= size { return size }
         return (try? BackingFile.resize(record.backingFile, to: record.size)) != nil ? record.size : size
     }
 
     /// Ends a change (or a provisioning): applies `update`, clears the record's owner, writes the
-    /// record durably if that changed it, then takes the change mark away.
-    func endChange(_ name: String, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
+    /// record durably if that changed it, then takes the change's mark away.
+    /// - Parameter mark: the token ``beginChange(_:operation:checking:)`` gave; nil for a
+    ///   provisioning, which placed no mark.
+    func endChange(_ name: String, mark: UInt64?, _ update: (inout LunRecord) -> Void = { _ in }) throws(SiloError) {
         // The mark keeps other writers off the record, so it is read without the lock.
         if let marked = try registry.load(name) {
             var changed = marked
@@ -266,10 +279,10 @@ public final class StorageProvider: Sendable {
                 }
             }
         }
-        // This process's mark only: a second end of the same change (a failure path's) may come
-        // after another process marked the LUN for a change of its own.
-        if let mark = registry.mark(.changing, name), mark.pid == ProcessIdentity.procPID,
-           mark.pidNamespace == nil || mark.pidNamespace == ProcessIdentity.pidNamespace {
+        // This call's mark only: a second end of the same change (a failure path's), or a
+        // provisioning's end, may come after another call, of this process or another, marked the
+        // LUN for a change of its own.
+        if let mark, registry.mark(.changing, name)?.change == mark {
             registry.removeMark(.changing, name)
         }
     }

@@ -16,6 +16,9 @@ struct LunRecord: Codable, Sendable, Equatable {
         /// The inode of the owner's pid namespace (`/proc/self/ns/pid`): a pid means something
         /// only in its own namespace. Nil in records written before Silo kept it.
         var pidNamespace: UInt64? = nil
+        /// In a change mark only: the call's own token, so that ending a change takes away its
+        /// own mark and never another call's, of this process or another (not kept in records).
+        var change: UInt64? = nil
     }
 
     var id: String

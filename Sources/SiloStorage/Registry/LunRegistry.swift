@@ -176,7 +176,8 @@ struct LunRegistry: Sendable {
         let fd = try syscall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
         defer { close(fd) }
         do throws(SiloError) {
-            try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0)\n".utf8), path: path)
+            try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0) \(owner.change ?? 0)\n".utf8),
+                         path: path)
         } catch {
             unlink(path)  // a part of a mark (a full disk) names no owner; none is left
             throw error
@@ -189,9 +190,12 @@ struct LunRegistry: Sendable {
         let fields = text.split(separator: " ")
         guard fields.count >= 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
         let operation = fields.count > 2 ? String(fields[2]) : (mark == .deleting ? "deleteLun" : "change")
-        // The fourth field, the pid namespace, from this version on (0: not known).
-        let namespace = fields.count > 3 ? UInt64(fields[3].filter { $0 != "\n" }).flatMap { $0 == 0 ? nil : $0 } : nil
-        return LunRecord.Owner(pid: pid, startTime: start, operation: operation, pidNamespace: namespace)
+        // The fourth field, the pid namespace, and the fifth, the change's token, from the versions
+        // that wrote them on (0: not known).
+        func number(_ index: Int) -> UInt64? {
+            fields.count > index ? UInt64(fields[index].filter { $0 != "\n" }).flatMap { $0 == 0 ? nil : $0 } : nil
+        }
+        return LunRecord.Owner(pid: pid, startTime: start, operation: operation, pidNamespace: number(3), change: number(4))
     }
 
     func removeMark(_ mark: Mark, _ name: String) {
