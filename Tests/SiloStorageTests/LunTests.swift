@@ -805,7 +805,11 @@ struct LunTests {
         let storage = TestStorage()
         defer { storage.finish() }
         let small = try storage.scratch.smallFileSystem(size: "24m")
-        defer { _ = run("/bin/umount", [small]) }
+        defer {
+            // Its LUN first, even when a check failed: a device on the file system keeps it mounted.
+            _ = try? storage.provider.deleteLun("grown", force: true).wait(timeout: .seconds(60))
+            _ = run("/bin/umount", [small])
+        }
         _ = try storage.provider.addPool("small", directory: small)
         let lun = try storage.provider.createLun(LunSpec(name: "grown", size: 8 << 20, provisioning: .thick, pool: "small"))
             .wait(timeout: .seconds(60))
@@ -829,6 +833,33 @@ struct LunTests {
         unlink(filler)
         try storage.provider.deleteLun("grown").wait(timeout: .seconds(60))
         try storage.provider.removePool("small")
+    }
+
+    @Test("S13 S15 an offline LUN with a device bound: an `online` killed after its attach is finished; any other such device is detached")
+    func offlineWithDevice() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("back", size: 8 << 20)
+        _ = try storage.provider.setOnline("back", false).wait(timeout: .seconds(30))
+        let record = try #require(try storage.provider.registry.load("back"))
+        #expect(!record.online && record.device == nil)
+        // As an online killed after its attach, before its record said so.
+        let attached = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
+        try storage.placeDeadMark("back", operation: "online")
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.repaired.count == 1 && report.repaired.first?.hasPrefix("back: online of dead pid") == true, "\(report.repaired)")
+        let online = try storage.provider.lun(named: "back")
+        #expect(online.status == .online && online.devicePath == attached.path, "\(online)")
+        #expect(try #require(try storage.provider.registry.load("back")).online)
+        // Offline again; a device bound to it with no call behind it (an attach whose stable name
+        // failed) goes.
+        _ = try storage.provider.setOnline("back", false).wait(timeout: .seconds(30))
+        let stray = try LoopDevice.attach(backing: record.backingFile, options: record.loopOptions).device
+        let swept = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(swept.repaired == ["back: offline, its device \(stray.path) detached"], "\(swept.repaired)")
+        #expect(stray.status == nil, "detached")
+        let offline = try storage.provider.lun(named: "back")
+        #expect(offline.status == .offline && offline.devicePath == nil, "\(offline)")
     }
 
     @Test("E3 an extend or shrink by nothing, or an extend given both by and to, changes nothing: not even a dead change is settled first")
@@ -1057,18 +1088,22 @@ struct LunTests {
         let deadTemporary = registryFolder + "/.fine.json.\(dead).tmp"
         let liveTemporary = registryFolder + "/.fine.json.\(getpid()).tmp"
         let deadLink = storage.provider.configuration.linkDirectory + "/.fine.\(dead)"
-        #expect(writeFile(deadTemporary, "{") && writeFile(liveTemporary, "{"))
+        // A user's hidden file of that shape in the link folder is none of Silo's.
+        let usersFile = storage.provider.configuration.linkDirectory + "/.history.\(dead)"
+        #expect(writeFile(deadTemporary, "{") && writeFile(liveTemporary, "{") && writeFile(usersFile, "mine"))
         #expect(symlink("/dev/loop0", deadLink) == 0)
         // A fresh one stays: its pid may be another pid namespace's, its writer still at work.
         let fresh = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(fileExists(deadTemporary) && resolveLink(deadLink) != nil && fresh.repaired.isEmpty, "\(fresh.repaired)")
         // A minute old, it is a dead writer's.
         var old = [timespec(tv_sec: time(nil) - 120, tv_nsec: 0), timespec(tv_sec: time(nil) - 120, tv_nsec: 0)]
-        for path in [deadTemporary, liveTemporary, deadLink] { #expect(utimensat(AT_FDCWD, path, &old, AT_SYMLINK_NOFOLLOW) == 0) }
+        for path in [deadTemporary, liveTemporary, deadLink, usersFile] { #expect(utimensat(AT_FDCWD, path, &old, AT_SYMLINK_NOFOLLOW) == 0) }
         let cleaned = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(!fileExists(deadTemporary) && resolveLink(deadLink) == nil && fileExists(liveTemporary))
+        #expect(readSmallFile(usersFile) == "mine", "a user's file stays")
         #expect(cleaned.repaired.count == 2, "\(cleaned.repaired)")
         unlink(liveTemporary)
+        unlink(usersFile)
     }
 
     @Test("S13 a state directory reached through a link: its LUNs show their devices, and reenumerate attaches no second one")

@@ -214,11 +214,18 @@ struct PoolTests {
         #expect(!again.drift.contains { $0.contains("is a pool of") } && again.orphanFilesRemoved.isEmpty, "\(again)")
 
         // A list that names the first's pool anyway (written by hand, or before pools were marked):
-        // the second's reenumerate reports it and removes none of its files.
+        // the second's reenumerate reports it and removes none of its files, nor detaches their
+        // devices; and puts no LUN of its own there.
         #expect(writeFile(second.path + "/state/pools.json", #"[{"directory":"\#(shared)","name":"shared"}]"#))
         let report = try second.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.orphanFilesRemoved.isEmpty && fileExists(lun.backingFile) && fileExists(home.backingFile), "\(report)")
+        #expect(report.orphanDevicesDetached.isEmpty, "\(report.orphanDevicesDetached)")
+        #expect(try first.provider.lun(named: "theirs").devicePath == lun.devicePath, "the first's LUN keeps its device")
         #expect(report.drift.contains { $0.contains(shared) && $0.contains(first.path + "/state") }, "\(report.drift)")
+        let placed = #expect(throws: SiloError.self) { _ = try second.provider.createLun(LunSpec(name: "intruder", size: 1 << 20, pool: "shared")) }
+        #expect(placed?.code == .invalidOperation && placed?.field == "pool" && placed?.message.contains(first.path + "/state") == true,
+                "\(String(describing: placed))")
+        #expect(directoryEntries(shared).filter(StorageProvider.isBackingFileName).count == 1, "no file of the second's in it")
         #expect(writeFile(second.path + "/state/pools.json", "[]"))
 
         // Its own pool by another path (a link to it) is that pool already.

@@ -114,13 +114,16 @@ struct TestStorage {
     var path: String { scratch.path }
 
     func finish(sourceLocation: SourceLocation = #_sourceLocation) {
-        _ = run("/bin/sh", ["-c", "grep ' \(scratch.path)' /proc/self/mounts | cut -d' ' -f2 | xargs -r -n1 umount"])
+        let unmount = "grep ' \(scratch.path)' /proc/self/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount 2>/dev/null"
+        _ = run("/bin/sh", ["-c", unmount])
         for lun in (try? provider.luns()) ?? [] {
             _ = try? provider.deleteLun(lun.name, force: true).wait(timeout: .seconds(60))
         }
         let left = loopDevices(backedUnder: scratch.path)
         #expect(left.isEmpty, "loop devices left behind: \(left.map(\.path))", sourceLocation: sourceLocation)
         for device in left { _ = try? device.detach() }
+        // A file system a LUN's file was on stayed mounted while the LUN was there.
+        _ = run("/bin/sh", ["-c", unmount])
         if let names = provider.configuration.linkTarget {
             #expect(!fileExists(names), "stable names left in \(names): \(directoryEntries(names, hidden: true))", sourceLocation: sourceLocation)
             _ = run("/bin/rm", ["-rf", names])

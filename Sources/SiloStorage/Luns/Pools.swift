@@ -228,9 +228,24 @@ extension StorageProvider {
         try writeJSONAtomically(PoolRecord.json(records), to: poolsFile, temporary: poolsFile + ".\(getpid()).tmp", durable: true)
     }
 
+    /// Refuses a new backing file in `pool` when its marker names another state directory (its
+    /// marker removed and the folder added there since): that one's reenumerate would sweep it.
+    func checkOwned(_ pool: Pool) throws(SiloError) {
+        guard let owner = Self.poolOwner(of: pool.directory), !isThisStateDirectory(owner) else { return }
+        throw SiloError(.invalidOperation, "pool '\(pool.name)' at \(pool.directory) is a pool of the state directory \(owner) now; "
+                            + "a LUN made there would be that one's to sweep", field: "pool", value: pool.name)
+    }
+
     /// Where a new LUN goes (S5): the pool named, else the first given drive's pool, else the default.
-    /// - Throws: `objectNotFound` for an unknown drive or pool; `invalidArgument` for a drive without a pool.
+    /// - Throws: `objectNotFound` for an unknown drive or pool; `invalidArgument` for a drive without a pool;
+    ///   `invalidOperation` for a pool another state directory's marker names.
     func placement(pool name: String?, drives: [String]) throws(SiloError) -> Pool {
+        let chosen = try placementCandidate(pool: name, drives: drives)
+        try checkOwned(chosen)
+        return chosen
+    }
+
+    private func placementCandidate(pool name: String?, drives: [String]) throws(SiloError) -> Pool {
         if let name {
             let chosen = try pool(named: name)
             if !drives.isEmpty {

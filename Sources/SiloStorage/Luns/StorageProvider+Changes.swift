@@ -346,7 +346,14 @@ extension StorageProvider {
         do throws(SiloError) {
             try link(record.name, to: device)
         } catch {
-            _ = try? device.detach(expecting: record.tag)
+            // This call's device, just bound: no in-use check refuses its unbinding (reenumerate
+            // detaches it, the record saying offline, if even that fails).
+            do throws(SiloError) {
+                _ = try device.unbind(expecting: record.tag)
+            } catch let unbound {
+                throw error.adding(.init(message: "its device \(device.path) could not be unbound (\(unbound.message)); "
+                                         + "`silo storage reenumerate` detaches it", source: "rollback"))
+            }
             throw error
         }
         return device

@@ -60,6 +60,7 @@ extension StorageProvider {
             owner: ProcessIdentity.current(operation: "cloneLun"), createdAt: nowSeconds()
         )
         do throws(SiloError) {
+            try checkOwned(pool)
             try reserveClone(record, of: original, source: source, pool: pool)
         } catch {
             sourceLease.release()

@@ -51,9 +51,12 @@ extension StorageProvider {
         }
         // Silo-tagged devices by LUN id: a record's are found by its tag alone (the id is the
         // LUN's own), wherever its file is. Those bound to files of these pools are the ones an
-        // orphan sweep may detach. The pools are told by identity: the kernel names a backing
-        // file by its resolved path, which need not be the one the state directory was given as.
-        let poolFolders = Set(pools.compactMap { FileIdentity(path: $0.directory) })
+        // orphan sweep may detach: only in pools of this state directory (one whose marker names
+        // another holds that one's LUNs, as the file sweep below says). The pools are told by
+        // identity: the kernel names a backing file by its resolved path, which need not be the
+        // one the state directory was given as.
+        let poolFolders = Set(pools.filter { pool in Self.poolOwner(of: pool.directory).map(isThisStateDirectory) ?? true }
+            .compactMap { FileIdentity(path: $0.directory) })
         var ours: [String: [LoopDevice]] = [:]
         var tagged: [String: [LoopDevice]] = [:]
         // Devices not Silo's, by the file they are bound to: never touched, but a LUN's file bound
@@ -105,7 +108,7 @@ extension StorageProvider {
             // The LUN's devices are its own, whatever happens below: a live call's too, which
             // the sweep of devices no record claims would otherwise detach under it.
             ours.removeValue(forKey: record.id)
-            let devices = tagged[record.id] ?? []
+            var devices = tagged[record.id] ?? []
             // A live call (a mark beside the record, or a provisioning's owner in it): leave it.
             if busy.contains(record.name) { continue }
             if let owner = record.owner, ProcessIdentity.isAlive(owner) {
@@ -140,6 +143,26 @@ extension StorageProvider {
                 if let device = devices.first { try? device.refreshCapacity(expecting: record.tag) }
                 record.owner = nil
                 report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
+            }
+            // Offline by its record, with a device: an `online` that died after its attach is
+            // finished (the LUN is online); any other device (an attach whose stable name failed)
+            // goes, as the record says.
+            if !record.online, !devices.isEmpty {
+                if deadOwner?.operation == "online" {
+                    record.online = true
+                } else {
+                    devices = devices.filter { device in
+                        do throws(SiloError) {
+                            if try device.detach(expecting: record.tag) {
+                                report.repaired.append("\(record.name): offline, its device \(device.path) detached")
+                            }
+                            return false
+                        } catch {
+                            report.drift.append("\(record.name): offline, but \(device.path) is bound to its file and in use: \(error.message)")
+                            return true
+                        }
+                    }
+                }
             }
             // The one the record names, if it is among them; others are duplicates.
             let found = devices.first { $0.number == record.device } ?? devices.first
@@ -264,6 +287,8 @@ extension StorageProvider {
                 if folder == registry.directory {
                     guard entry.hasSuffix(".tmp") else { continue }
                     fields.removeLast()
+                } else if !Self.isStableName(folder + "/" + entry) {
+                    continue  // the link folder may be a user's: only a link to a loop device is Silo's
                 }
                 var info = stat()
                 guard fields.count > pidField, let pid = Int32(fields[fields.count - 1]), pid > 0,
