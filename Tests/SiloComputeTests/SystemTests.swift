@@ -442,6 +442,37 @@ struct SystemTests {
         }
     }
 
+    @Test("C3 C13 what killed writers leave keeps no id taken: a record's temporary copy goes with its system, and reenumerate removes a run's lock a minute old with no run behind it")
+    func killedWritersLeftovers() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let id = "kw-\(getpid())"
+        let system = try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30))
+        let temporary = compute.service.store.directory(id) + "/state.json.999999.tmp"
+        let file = open(temporary, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+        #expect(file >= 0)
+        close(file)
+        try system.terminate().wait(timeout: .seconds(30))
+        system.close()
+        #expect(access(compute.service.store.directory(id), F_OK) != 0, "the folder went, its temporary copy with it")
+        try compute.service.createComputeSystem(id: id, document: compute.document()).wait(timeout: .seconds(30)).close()
+        // A run's lock whose runner died before its reservation: swept once a minute old; a fresh
+        // one (a runner between the two) stays.
+        let systems = compute.service.store.systems
+        let stale = SandboxRun.runLock(systems: systems, id: "stale-run")
+        let fresh = SandboxRun.runLock(systems: systems, id: "fresh-run")
+        for path in [stale, fresh] {
+            let lock = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+            #expect(lock >= 0)
+            close(lock)
+        }
+        var old = [timespec(tv_sec: time(nil) - 120, tv_nsec: 0), timespec(tv_sec: time(nil) - 120, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, stale, &old, 0) == 0)
+        #expect(compute.service.reenumerate() == ["stale-run"])
+        #expect(access(stale, F_OK) != 0 && access(fresh, F_OK) == 0)
+        unlink(fresh)
+    }
+
     @Test("C6 a ShouldTerminateOnLastHandleClosed system whose last holder died while Created or Paused (no agent to see it) is ended by reenumerate; one still held is not")
     func abandonedSystems() throws {
         let compute = TestCompute()

@@ -134,6 +134,9 @@ public final class Cgroup: Sendable {
         } catch {
             Cgroup(name: name, layout: layout, directories: Dictionary(uniqueKeysWithValues: made.enumerated().map { ("\($0.offset)", $0.element) }))
                 .removeDirectories()
+            // The shared default parent a hierarchy made for this call, whose own directory then
+            // failed, goes too (kept while another system is in it).
+            for path in Set(directories.values) where !made.contains(path) { cgroup.removeDefaultParent(of: path) }
             throw error
         }
         return cgroup

@@ -177,7 +177,11 @@ public enum SandboxRun {
         if !madeLock { _ = ftruncate(lock, 0) }
         if layout.parent != CgroupLayout.defaultParent {
             let text = Array(layout.parent.utf8)
-            guard pwrite(lock, text, text.count, 0) == text.count else { throw SiloError.system("write", errno: errno, path: lockPath) }
+            guard pwrite(lock, text, text.count, 0) == text.count else {
+                let error = SiloError.system("write", errno: errno, path: lockPath)
+                if madeLock { unlink(lockPath) }
+                throw error
+            }
         }
         // An empty file by the system's name reserves its id: a system's folder (ComputeService's
         // mkdir) and this file exclude each other, and `ids()` lists both. A file, not a folder:

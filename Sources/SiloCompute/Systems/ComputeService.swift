@@ -181,6 +181,23 @@ public final class ComputeService: Sendable {
             unlink(lockPath)
             repaired.append(id)
         }
+        // A run's lock with no reservation beside it, a minute old (a runner takes its lock at
+        // once, and makes its reservation next): its runner died between the two.
+        let ids = Set(store.ids())
+        for name in SystemStore.entries(store.systems) where name.hasPrefix(".") && name.hasSuffix(".run") {
+            let id = String(name.dropFirst().dropLast(4))
+            let path = SandboxRun.runLock(systems: store.systems, id: id)
+            var info = stat()
+            guard !id.isEmpty, !ids.contains(id), stat(path, &info) == 0, Int64(time(nil)) - Int64(info.st_mtim.tv_sec) >= 60 else { continue }
+            let lock = Glibc.open(path, O_RDWR | O_CLOEXEC)
+            guard lock >= 0 else { continue }
+            defer { Glibc.close(lock) }
+            guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { continue }
+            // Under the parent it names (none: the default), the cgroup it may have made.
+            try? configuration.cgroup(of: id, parent: SandboxRun.cgroupParent(writtenIn: lock)).destroy()
+            unlink(path)
+            repaired.append(id)
+        }
         return repaired
     }
 

@@ -147,8 +147,9 @@ public final class ComputeSystem: Sendable {
             throw SiloError.invalidArgument(field: "Devices.Scsi", value: first,
                                             reason: "the document attaches LUN '\(first)': start the system through Silo's start(storage:) (or `silo system start`), which resolves it")
         }
-        // The caller may release its leases once this returns: the operation holds copies.
-        let leases = blockDevices.map { device in device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1 }
+        // The caller may release its leases once this returns: the operation holds copies (a copy
+        // that cannot be made is an error: without it storage would let the LUN go under the system).
+        let leases = try Self.copyLeases(blockDevices.map(\.leaseDescriptor))
         let cgroup = self.cgroup
         let grants = blockDevices.compactMap(\.grant)
         // A start that fails takes its grants back (the cgroup stays for the next start).
@@ -342,7 +343,7 @@ public final class ComputeSystem: Sendable {
                        callback: OperationCallback<Void>? = nil) throws(SiloError) -> SiloOperation<Void> {
         let name = device.lun ?? device.devicePath
         try checkAttachable(lun: name, devicePath: device.devicePath, mountPath: device.mountPath, in: try store.load(id))
-        let lease = device.leaseDescriptor.map { fcntl($0, F_DUPFD_CLOEXEC, 0) } ?? -1
+        let lease = try Self.copyLeases([device.leaseDescriptor])[0]
         // What to undo when the LUN is in but the record cannot say so: set once it is in.
         let undo = Mutex<(@Sendable () -> Void)?>(nil)
         return try change(.modify, from: [.running], context: context, callback: callback, finally: {
@@ -361,7 +362,16 @@ public final class ComputeSystem: Sendable {
             let heldBefore = device.mountPath == nil && record.rawLeases?.contains(name) == true
             // The agent holds the lease before anything of the LUN's is inside: a process there
             // could open a raw node at once, and keep it past any rollback.
-            if lease >= 0 { try holdLease(of: device, descriptor: lease, through: agent()) }
+            if lease >= 0 {
+                do throws(SiloError) {
+                    try holdLease(of: device, descriptor: lease, through: agent())
+                } catch {
+                    // The agent may have taken it and its answer got lost: it goes again, unless
+                    // the agent held this LUN's lease before (a raw LUN's stays until the stop).
+                    if error.code != .invalidOperation, !heldBefore { try? agent().release(tag: device.leaseTag) }
+                    throw error
+                }
+            }
             // The lease goes back only once nothing of the LUN's is left inside. `opened`: the
             // system may have opened the raw node meanwhile (a descriptor Linux does not revoke),
             // and a raw LUN's lease then stays until the system stops, as after a detach.
@@ -408,6 +418,26 @@ public final class ComputeSystem: Sendable {
     }
 
     /// Has the agent hold `device`'s lease (`descriptor`); past the agent's most, says so.
+    /// Copies of the callers' lease descriptors (-1 where there is none), for the operation to hold.
+    /// - Throws: when one cannot be copied (no descriptor left), with the copies made closed.
+    static func copyLeases(_ descriptors: [Int32?]) throws(SiloError) -> [Int32] {
+        var copies: [Int32] = []
+        for descriptor in descriptors {
+            guard let descriptor else {
+                copies.append(-1)
+                continue
+            }
+            let copy = fcntl(descriptor, F_DUPFD_CLOEXEC, 0)
+            guard copy >= 0 else {
+                let error = SiloError.system("fcntl", errno: errno, message: "cannot copy a LUN's lease descriptor: \(String(cString: strerror(errno)))")
+                copies.filter { $0 >= 0 }.forEach { _ = Glibc.close($0) }
+                throw error
+            }
+            copies.append(copy)
+        }
+        return copies
+    }
+
     private func holdLease(of device: BlockDevice, descriptor: Int32, through connection: AgentConnection) throws(SiloError) {
         do throws(SiloError) {
             try connection.hold(tag: device.leaseTag, descriptor: descriptor)
@@ -695,8 +725,9 @@ public final class ComputeSystem: Sendable {
         defer { Glibc.close(gate) }
         try checkAgentAwake("create a process")  // a pause that came since the call's check
         let reply = try connection.request(SILO_AGENT_SPAWN, payload: payload, descriptors: stdio.descriptors)
-        sent = true
+        // A reply with no pid leaves no process to own this side's pipe ends: they close (above).
         guard reply.count == 4 else { throw SiloError(.protocolError, "a damaged reply to a process start from '\(id)'") }
+        sent = true
         // Not DataProtocol's copyBytes: FoundationEssentials' generic path cost a process 73k
         // instructions of first-use metadata work, a sixth of `silo process create`'s own.
         let pid = reply.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }

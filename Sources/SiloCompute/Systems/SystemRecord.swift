@@ -184,19 +184,28 @@ struct SystemStore: Sendable {
         unlink(directory(id) + "/lock")
         unlink(directory(id) + "/handles")
         unlink(directory(id) + "/agent.sock")
+        // A record's temporary copy a killed writer left would keep the folder, and the id, taken.
+        for name in Self.entries(directory(id)) where name.hasPrefix("state.json.") && name.hasSuffix(".tmp") {
+            unlink(directory(id) + "/" + name)
+        }
         rmdir(root(id))
         rmdir(directory(id))
     }
 
     func ids() -> [String] {
-        guard let handle = opendir(systems) else { return [] }
+        Self.entries(systems).filter { !$0.hasPrefix(".") }.sorted()
+    }
+
+    /// The names in folder `path` but `.` and `..`; none when it cannot be read.
+    static func entries(_ path: String) -> [String] {
+        guard let handle = opendir(path) else { return [] }
         defer { closedir(handle) }
         var names: [String] = []
         while let entry = readdir(handle) {
             let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
-            if !name.hasPrefix(".") { names.append(name) }
+            if name != ".", name != ".." { names.append(name) }
         }
-        return names.sorted()
+        return names
     }
 }
 
