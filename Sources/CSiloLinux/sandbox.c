@@ -36,7 +36,7 @@ enum step {
     STEP_ENTER = 100, STEP_DEVICE_NODE, STEP_UNMOUNT, STEP_KEEP_READ_ONLY,
     STEP_CGROUP_JOIN = 1, STEP_CGROUP_NS, STEP_PRIVATE, STEP_ROOT_TMPFS, STEP_BIND, STEP_PROC, STEP_MASK, STEP_DEV,
     STEP_TMP, STEP_MOUNT_LUN, STEP_PIVOT, STEP_READ_ONLY_ROOT, STEP_HOSTNAME, STEP_LOOPBACK, STEP_STDIO, STEP_CAPABILITIES,
-    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING, STEP_GATE, STEP_NET_ENTER, STEP_CORE_LIMIT,
+    STEP_NO_NEW_PRIVS, STEP_SECCOMP, STEP_EXEC, STEP_KEYRING, STEP_GATE, STEP_NET_ENTER, STEP_CORE_LIMIT, STEP_SESSION,
 };
 
 const char *silo_sandbox_step_name(int step) {
@@ -64,6 +64,7 @@ const char *silo_sandbox_step_name(int step) {
     case STEP_GATE: return "get its cgroup and network namespace";
     case STEP_NET_ENTER: return "enter its network namespace";
     case STEP_CORE_LIMIT: return "turn core dumps off";
+    case STEP_SESSION: return "start a session of its own";
     case STEP_ENTER: return "enter the system's mount namespace";
     case STEP_DEVICE_NODE: return "make or remove the device node";
     case STEP_UNMOUNT: return "unmount the LUN's file system (busy?)";
@@ -660,7 +661,7 @@ static void drop_capabilities(const struct silo_sandbox_config *c) {
 /// The default deny-list: what a payload has no business doing even as root in its own
 /// namespaces. Everything else is allowed; syscall numbers past the table get ENOSYS, so new
 /// kernel interfaces are closed until reviewed.
-enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_DENIED, SOCKET_FAMILY };
+enum seccomp_rule { DENY_EPERM, DENY_ENOSYS, CLONE_FLAGS, IOCTL_DENIED, SOCKET_FAMILY, DEVICE_NODE_1, DEVICE_NODE_2, FCNTL_LEASE, PERSONALITY };
 static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_mount, DENY_EPERM }, { __NR_umount2, DENY_EPERM }, { __NR_pivot_root, DENY_EPERM },
     { __NR_unshare, DENY_EPERM }, { __NR_setns, DENY_EPERM }, { __NR_move_mount, DENY_EPERM },
@@ -676,10 +677,36 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_swapon, DENY_EPERM }, { __NR_swapoff, DENY_EPERM }, { __NR_settimeofday, DENY_EPERM },
     { __NR_clock_settime, DENY_EPERM }, { __NR_clock_adjtime, DENY_EPERM }, { __NR_adjtimex, DENY_EPERM },
     { __NR_acct, DENY_EPERM }, { __NR_quotactl, DENY_EPERM }, { __NR_userfaultfd, DENY_EPERM },
+    // Device nodes (character and block: their mode in mknod's second argument, mknodat's third);
+    // FIFOs and sockets, which mkfifo and servers make without privilege, are allowed.
 #ifdef __NR_mknod  // (the architectures with the generic table, aarch64 and riscv64, have mknodat only)
-    { __NR_mknod, DENY_EPERM },
+    { __NR_mknod, DEVICE_NODE_1 },
 #endif
-    { __NR_mknodat, DENY_EPERM },
+    { __NR_mknodat, DEVICE_NODE_2 },
+    // A read lease (F_SETLEASE) on a file it owns: the payload is the host's root, so it owns the
+    // host files bound read-only, and a lease stalls a host writer of one for the lease-break time.
+    { __NR_fcntl, FCNTL_LEASE },
+    // personality: only the values container profiles allow (the query, Linux, 32-bit, uname26),
+    // not READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE and the rest.
+    { __NR_personality, PERSONALITY },
+    // Calls a capability guards today (none is held): closed whatever capabilities a caller keeps.
+    { __NR_chroot, DENY_EPERM }, { __NR_vhangup, DENY_EPERM },
+#ifdef __NR_iopl
+    { __NR_iopl, DENY_EPERM },
+#endif
+#ifdef __NR_ioperm
+    { __NR_ioperm, DENY_EPERM },
+#endif
+#ifdef __NR_lookup_dcookie
+    { __NR_lookup_dcookie, DENY_EPERM },
+#endif
+    // File handles of the host's files (useless while open_by_handle_at is denied, and Docker
+    // refuses them without CAP_SYS_ADMIN), and fanotify's kernel surface beyond inotify's.
+    { __NR_name_to_handle_at, DENY_EPERM }, { __NR_fanotify_init, DENY_EPERM },
+    // Secret memory leaves the kernel's direct map (fragmenting it host-wide) and stops hibernation.
+#ifdef __NR_memfd_secret
+    { __NR_memfd_secret, DENY_ENOSYS },
+#endif
     // What container profiles deny too: the LDT (espfix bugs), NUMA memory policy and page moves,
     // host file system statistics (ustat, sysfs), uselib, quotactl by descriptor, and the
     // ptrace-like calls ptrace's refusal would otherwise leave (kcmp, pidfd_getfd, process_madvise).
@@ -729,7 +756,7 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
 #define DENY(error) BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((error) & SECCOMP_RET_DATA))
 
 /// The program, made once by the caller (seccomp_program) before any child reads it.
-static struct sock_filter seccomp_filter[512];  // 239 used now; the kernel takes up to 4096
+static struct sock_filter seccomp_filter[512];  // 285 used now; the kernel takes up to 4096
 static unsigned short seccomp_length;
 static pthread_once_t seccomp_once = PTHREAD_ONCE_INIT;
 
@@ -806,11 +833,45 @@ static void emit_rule(enum seccomp_rule rule) {
         emit((struct sock_filter)DENY(EPROTONOSUPPORT));                                   // 19
         emit((struct sock_filter)ALLOW);                                                   // 20
         break;
+    case DEVICE_NODE_1:
+    case DEVICE_NODE_2:
+        // The mode's file type (S_IFMT) in the low 32 bits of the argument.
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                          rule == DEVICE_NODE_1 ? offsetof(struct seccomp_data, args[1]) : offsetof(struct seccomp_data, args[2])));
+        emit((struct sock_filter)BPF_STMT(BPF_ALU | BPF_AND | BPF_K, S_IFMT));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, S_IFCHR, 1, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, S_IFBLK, 0, 1));
+        emit((struct sock_filter)DENY(EPERM));
+        emit((struct sock_filter)ALLOW);
+        break;
+    case FCNTL_LEASE:
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, F_SETLEASE, 0, 1));
+        emit((struct sock_filter)DENY(EPERM));
+        emit((struct sock_filter)ALLOW);
+        break;
+    case PERSONALITY:
+        emit((struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0 /* PER_LINUX */, 5, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 8 /* PER_LINUX32 */, 4, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x20000 /* UNAME26 */, 3, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x20008 /* PER_LINUX32 | UNAME26 */, 2, 0));
+        emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xffffffff /* the query */, 1, 0));
+        emit((struct sock_filter)DENY(EPERM));
+        emit((struct sock_filter)ALLOW);
+        break;
     }
 }
 
 static unsigned rule_length(enum seccomp_rule rule) {
-    return rule == IOCTL_DENIED ? 12 : rule == SOCKET_FAMILY ? 21 : rule == CLONE_FLAGS ? 4 : 1;
+    switch (rule) {
+    case IOCTL_DENIED: return 12;
+    case SOCKET_FAMILY: return 21;
+    case DEVICE_NODE_1: case DEVICE_NODE_2: return 6;
+    case CLONE_FLAGS: case FCNTL_LEASE: return 4;
+    case PERSONALITY: return 8;
+    default: return 1;
+    }
 }
 
 /// Instructions emit_tree(order, count) emits.
@@ -1023,6 +1084,10 @@ per_system:
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        // A payload run as pid 1 itself (no init) leaves the caller's controlling terminal: on a
+        // virtual console that terminal's keyboard and console requests need no privilege but
+        // being its process. (Silo's init does the same for every process it starts.)
+        if (setsid() < 0) fail(c, STEP_SESSION);
     }
     execve(c->argv[0], c->argv, c->envp);
     fail(c, STEP_EXEC);

@@ -138,6 +138,7 @@ struct IsolationTests {
             unshare -U true 2>&1 | sed 's/^/refused unshare-user: /'
             unshare -m true 2>&1 | sed 's/^/refused unshare-mount: /'
             mknod /tmp/sda b 8 0 2>&1 | sed 's/^/refused mknod: /'
+            mkfifo /tmp/fifo && [ -p /tmp/fifo ] && echo fifo-made
             (echo other > /proc/sys/kernel/hostname) 2>&1 | sed 's/^/refused sysctl: /'
             echo "core $(ulimit -c) $(ulimit -Hc)"
             for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/kallsyms /proc/kcore /proc/kpageflags /proc/kpagecount /proc/slabinfo; do
@@ -154,6 +155,7 @@ struct IsolationTests {
         #expect(result.output.contains("NoNewPrivs:\t1"))
         #expect(result.output.contains("Seccomp:\t2"))
         #expect(result.output.contains("core 0 0\n"), "no core dumps, and no way to turn them on: \(result.output)")
+        #expect(result.output.contains("fifo-made\n"), "a FIFO needs no privilege: \(result.output)")
         // Each refused by the kernel, as its own error says (not missing, nor failing otherwise).
         for (call, error) in [("mount", "/tmp: permission denied"), ("unshare-user", "unshare failed: Operation not permitted"),
                               ("unshare-mount", "unshare failed: Operation not permitted"),

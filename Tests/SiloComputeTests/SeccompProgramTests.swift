@@ -22,13 +22,14 @@ struct SeccompProgramTests {
         "request_key": 249, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
         "open_by_handle_at": 304, "reboot": 169, "swapon": 167, "swapoff": 168, "settimeofday": 164,
         "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "acct": 163, "quotactl": 179,
-        "userfaultfd": 323, "mknod": 133, "mknodat": 259,
+        "userfaultfd": 323, "chroot": 161, "vhangup": 153, "iopl": 172, "ioperm": 173, "lookup_dcookie": 212,
+        "name_to_handle_at": 303, "fanotify_init": 300,
         "modify_ldt": 154, "mbind": 237, "set_mempolicy": 238, "get_mempolicy": 239, "migrate_pages": 256,
         "move_pages": 279, "set_mempolicy_home_node": 450, "ustat": 136, "sysfs": 139, "uselib": 134,
         "quotactl_fd": 443, "kcmp": 312, "pidfd_getfd": 438, "process_madvise": 440,
     ]
-    /// Refused with ENOSYS: clone3 (its flags are out of the filter's reach) and io_uring.
-    static let unimplemented: Set<UInt32> = [435, 425, 426, 427]
+    /// Refused with ENOSYS: clone3 (its flags are out of the filter's reach), io_uring, memfd_secret.
+    static let unimplemented: Set<UInt32> = [435, 425, 426, 427, 447]
     static let clone: UInt32 = 56, clone3: UInt32 = 435, ioctl: UInt32 = 16, socket: UInt32 = 41, socketpair: UInt32 = 53
     static let namespaceFlags: UInt64 = 0x1000_0000 | 0x0002_0000 | 0x2000_0000 | 0x4000_0000 | 0x0400_0000 | 0x0800_0000 | 0x0200_0000
     static let tiocsti: UInt64 = 0x5412
@@ -154,6 +155,29 @@ struct SeccompProgramTests {
             for type: UInt64 in [0x8_0001, 0x802, 3] {
                 #expect(try verdict(nr: call, args: [2, type, 0]) == Self.retAllow, "\(call): type \(type)")
             }
+        }
+    }
+
+    @Test("C11 mknod and mknodat refuse device nodes and allow FIFOs, sockets and files; fcntl refuses F_SETLEASE; personality allows only the container profiles' values")
+    func nodesLeasesPersonality() throws {
+        let mknod: UInt32 = 133, mknodat: UInt32 = 259, fcntl: UInt32 = 72, personality: UInt32 = 135
+        for (type, allowed): (UInt64, Bool) in [(UInt64(S_IFCHR), false), (UInt64(S_IFBLK), false), (UInt64(S_IFIFO), true),
+                                                 (UInt64(S_IFSOCK), true), (UInt64(S_IFREG), true), (0, true),
+                                                 (0x1_0000_0000 | UInt64(S_IFCHR), false)] {
+            let expected = allowed ? Self.retAllow : Self.retErrno(EPERM)
+            #expect(try verdict(nr: mknod, args: [0, type | 0o600, 0]) == expected, "mknod \(type)")
+            #expect(try verdict(nr: mknodat, args: [UInt64(bitPattern: Int64(AT_FDCWD)), 0, type | 0o600, 0]) == expected, "mknodat \(type)")
+        }
+        #expect(try verdict(nr: fcntl, args: [3, 1024]) == Self.retErrno(EPERM))  // F_SETLEASE
+        #expect(try verdict(nr: fcntl, args: [3, 0x1_0000_0400]) == Self.retErrno(EPERM))
+        for command: UInt64 in [0, 1, 2, 3, 4, 1025, 1030, 1031] {  // F_DUPFD ... F_SETFL, F_GETLEASE, F_DUPFD_CLOEXEC, F_SETPIPE_SZ
+            #expect(try verdict(nr: fcntl, args: [3, command]) == Self.retAllow, "fcntl \(command)")
+        }
+        for persona: UInt64 in [0, 8, 0x20000, 0x20008, 0xffff_ffff] {
+            #expect(try verdict(nr: personality, args: [persona]) == Self.retAllow, "personality \(persona)")
+        }
+        for persona: UInt64 in [0x0040000, 0x0400000, 0x0200000, 1] {  // ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC, ADDR_COMPAT_LAYOUT, PER_SVR4
+            #expect(try verdict(nr: personality, args: [persona]) == Self.retErrno(EPERM), "personality \(persona)")
         }
     }
 
