@@ -73,6 +73,23 @@ struct ChainTests {
         #expect(error?.events.map(\.message) == ["rollback of step 'attach' failed: loop7 busy"])
     }
 
+    @Test("O8 O9 a cancel once every step is done is too late: refused, and the operation succeeds (not accepted and then lost)")
+    func cancelAfterLastStep() throws {
+        let inOutput = Signal()
+        let proceed = Signal()
+        let chain = OperationChain<Int>([OperationStep("only", run: { _ in })], output: {
+            inOutput.fire()
+            _ = proceed.wait()
+            return 7
+        })
+        let operation = try scheduler.run(.start, chain: chain)
+        #expect(inOutput.wait())
+        let refused = #expect(throws: SiloError.self) { try operation.cancel() }
+        #expect(refused?.code == .cancelTooLate, "\(String(describing: refused))")
+        proceed.fire()
+        #expect(try operation.wait(timeout: .seconds(10)) == 7)
+    }
+
     @Test("O14 steps may finish at once or later, from another thread")
     func stepsFinishLater() throws {
         let log = Recorder<String>()
@@ -118,6 +135,19 @@ struct ChainTests {
         let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
         #expect(error?.code == .operationCancelled)
         #expect(log.values == ["made", "unmade"])
+    }
+
+    @Test("O14 a pending step dropped without finishing fails its operation with operationAbandoned, even with a cancel handler that takes the step")
+    func abandonedPendingStep() throws {
+        let chain = OperationChain<Void>([
+            OperationStep("forgotten", start: { step in
+                step.onCancel { (step: StepContext) in step.fail(SiloError(.operationCancelled, "stopped waiting")) }
+                return .pending
+            }),
+        ])
+        let operation = try scheduler.run(.start, chain: chain)
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .operationAbandoned, "\(String(describing: error))")
     }
 
     @Test("O8 O14 a cancel accepted during the last step rolls back even when that step ignores it")

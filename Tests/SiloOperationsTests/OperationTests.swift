@@ -343,6 +343,15 @@ struct OperationTests {
         #expect(error?.code == .operationAbandoned)
     }
 
+    @Test("Producer: a driver dropped without completing is caught even when it registered a cancel handler that takes the driver")
+    func abandonedDriverWithCancelHandler() throws {
+        let operation: SiloOperation<Int> = try scheduler.start(.modify) { driver in
+            driver.onCancel { (driver: OperationDriver<Int>) in driver.fail(driver.cancellationError) }
+        }
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .operationAbandoned)
+    }
+
     @Test("Producer: the first completion wins; later ones change nothing")
     func completeOnce() throws {
         let results = Recorder<Bool>()

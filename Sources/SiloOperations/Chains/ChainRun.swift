@@ -85,7 +85,9 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     private func finishChain() {
         // A cancel accepted while the last step ran (one that is not a point of no return, which
         // refuses a late cancel) still rolls everything back (O8), even if that step ignored it.
-        if driver.isCancelled { return abort(driver.cancellationError) }
+        // Checked and closed in one step: a cancel from here on is too late (O9), not accepted
+        // and then lost to the success below.
+        do throws(SiloError) { try driver.enterPointOfNoReturn() } catch { return abort(error) }
         do {
             driver.succeed(try chain.output())
         } catch {

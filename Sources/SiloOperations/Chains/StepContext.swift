@@ -40,9 +40,19 @@ public final class StepContext: Sendable {
     }
 
     /// Runs `handler` if the operation is cancelled while this step runs (at once if it already was).
+    /// A handler that captures this context keeps it alive until the operation completes: take it
+    /// from the form that passes it to the handler instead, so that a step dropped without finishing still
+    /// fails its operation with `operationAbandoned`.
     public func onCancel(_ handler: @escaping @Sendable () -> Void) {
-        run.onCancel { [self] in
-            if state.withLock({ if case .done = $0 { return false } else { return true } }) { handler() }
+        onCancel { (_: StepContext) in handler() }
+    }
+
+    /// Runs `handler` with this context if the operation is cancelled while this step runs (at
+    /// once if it already was), holding no reference to the context meanwhile.
+    public func onCancel(_ handler: @escaping @Sendable (StepContext) -> Void) {
+        run.onCancel { [weak self] in
+            guard let self else { return }
+            if state.withLock({ if case .done = $0 { return false } else { return true } }) { handler(self) }
         }
     }
 

@@ -59,8 +59,21 @@ public final class OperationDriver<Output: Sendable>: Sendable {
 
     /// Runs `handler` when a cancel is accepted (at once if one already was), on the thread that
     /// called `cancel()`. Use it to interrupt a blocking wait; it must not block itself.
+    ///
+    /// The operation keeps `handler` until it completes: a handler that captures this driver keeps
+    /// it alive, so a producer that then drops the driver without completing is never caught
+    /// (`operationAbandoned`). Use the form that passes the driver to the handler instead.
     public func onCancel(_ handler: @escaping @Sendable () -> Void) {
         operation.addCancelHandler(handler)
+    }
+
+    /// Runs `handler` with this driver when a cancel is accepted (at once if one already was), as
+    /// the form without it does, but holds no reference to the driver meanwhile: a producer that
+    /// drops the driver without completing still fails its operation with `operationAbandoned`.
+    public func onCancel(_ handler: @escaping @Sendable (OperationDriver<Output>) -> Void) {
+        operation.addCancelHandler { [weak self] in
+            if let self { handler(self) }
+        }
     }
 
     /// Completes with the output. Returns false if the operation had completed already.

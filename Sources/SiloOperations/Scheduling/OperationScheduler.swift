@@ -48,6 +48,9 @@ public final class OperationScheduler: Sendable {
 
     private struct Queued {
         let id: OperationID
+        /// Moves the operation to running; false if it was cancelled while queued.
+        let admit: @Sendable () -> Bool
+        /// Starts its work (once admitted).
         let launch: @Sendable () -> Void
     }
 
@@ -183,16 +186,8 @@ public final class OperationScheduler: Sendable {
         _ operation: SiloOperation<Output>,
         _ work: @escaping @Sendable (OperationDriver<Output>) -> Void
     ) -> Queued {
-        Queued(id: operation.id) { [self] in
-            if operation.admit() {
-                // From the queue, always on a worker: the releasing thread may be anyone's.
-                self.workerPool.submit { work(OperationDriver(operation)) }
-            } else {
-                // Cancelled while queued, in the instant it was dequeued: it gives the slot back.
-                operation.completeWithdrawn()
-                self.release()
-            }
-        }
+        // From the queue, always on a worker: the releasing thread may be anyone's.
+        Queued(id: operation.id, admit: { operation.admit() }, launch: { [self] in self.workerPool.submit { work(OperationDriver(operation)) } })
     }
 
     /// Removes a queued operation; false if it already left the queue.
@@ -240,14 +235,18 @@ public final class OperationScheduler: Sendable {
     /// change, so no operation waits while a slot is free.
     private func admitQueued() {
         while queuedCount.load(ordering: .sequentiallyConsistent) > 0, acquireSlot() {
+            // Admitted under the queue's lock: one cancelled while queued stays in the queue for its
+            // cancel(), which withdraws it and completes it on the cancelling thread (after its
+            // cleanup, before that call returns), never on this one.
             let next: Queued? = queue.withLock { queue in
-                let next = queue.popFirst()
+                let next = if let first = queue.first, first.admit() { queue.popFirst() } else { queue.removeFirst { $0.admit() } }
                 queuedCount.store(queue.count, ordering: .sequentiallyConsistent)
                 return next
             }
             guard let next else {
+                // Nothing that can start (the queue is empty, or all of it is being withdrawn).
                 running.subtract(1, ordering: .sequentiallyConsistent)
-                continue
+                return
             }
             next.launch()
         }

@@ -4,6 +4,7 @@ struct FIFO<Element> {
     private var head = 0
 
     var count: Int { storage.count - head }
+    var first: Element? { head < storage.count ? storage[head] : nil }
     var isEmpty: Bool { count == 0 }
 
     mutating func append(_ element: Element) {
