@@ -13,6 +13,7 @@
 #include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
+#include <stdio.h>
 #include <string.h>
 #include <termios.h>
 
@@ -139,4 +140,9 @@ int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults) {
     if (result == 0 && defaults) result = posix_spawnattr_setsigdefault(attributes, &every);
     short flags = POSIX_SPAWN_SETSIGMASK | (defaults ? POSIX_SPAWN_SETSIGDEF : 0);
     return result != 0 ? result : posix_spawnattr_setflags(attributes, flags);
+}
+
+int silo_flush_standard_output(void) {
+    if (fflush(stdout) != 0) return errno ? errno : EIO;
+    return ferror(stdout) ? -1 : 0;
 }

@@ -234,10 +234,13 @@ static void read_bounding_set(void) {
     }
 }
 
-static void drop_bounding_set(void) {
+/// 0, or -1 when a capability the agent holds could not be dropped: a process of uid 0 would
+/// get it back at exec.
+static int drop_bounding_set(void) {
     for (int cap = 0; cap < 64; cap++) {
-        if (agent_bounding_set & (1ULL << cap)) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+        if ((agent_bounding_set & (1ULL << cap)) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL) return -1;
     }
+    return 0;
 }
 
 static int clear_capabilities(void) {
@@ -285,7 +288,7 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
     }
     if ((request->fixed.flags & SILO_SPAWN_CONSOLE) && ioctl(0, TIOCSCTTY, 0) != 0) child_fail(error_pipe, SILO_STEP_TERMINAL);
     if (chdir(request->cwd) != 0) child_fail(error_pipe, SILO_STEP_DIRECTORY);
-    drop_bounding_set();
+    if (drop_bounding_set() != 0) child_fail(error_pipe, SILO_STEP_CAPABILITIES);
     if (request->fixed.flags & SILO_SPAWN_USER) {
         if (setgroups(0, NULL) != 0 || setgid(request->fixed.gid) != 0 || setuid(request->fixed.uid) != 0) {
             child_fail(error_pipe, SILO_STEP_USER);
@@ -521,8 +524,11 @@ static void serve(int slot) {
             // The exit, if it came, is in the reply and nowhere after it: one this connection was
             // sent already and has not read yet, the client sees twice and keeps the first.
             if (process->running) {
-                send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
+                // Watched before the reply: a reply that fails closes the connection, which
+                // clears this slot's bits (set after, it would outlive the connection and reach
+                // the next one in the slot).
                 process->watchers |= 1ull << slot;
+                send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
             } else {
                 process->unsent &= ~(1ull << slot);  // in the reply instead
                 struct silo_agent_exited body = { process->pid, process->status };
@@ -532,9 +538,9 @@ static void serve(int slot) {
             // An exit kept for this connection goes with the reply (send_packet flushes those):
             // sent again after it, the client would hold a second one for a pid that may be reused.
             int kept = (process->unsent & (1ull << slot)) != 0;
+            if (process->running) process->watchers |= 1ull << slot;  // before the reply (above)
             send_packet(slot, SILO_AGENT_OK, header.id, NULL, 0, 0);
-            if (process->running) process->watchers |= 1ull << slot;
-            else if (!kept) send_exit(slot, process);
+            if (!process->running && !kept) send_exit(slot, process);
         }
     } else if (header.type == SILO_AGENT_LIST) {
         list(slot, header.id);

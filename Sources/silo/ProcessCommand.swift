@@ -52,6 +52,11 @@ struct ProcessCommand: ParsableCommand {
 
             func run() throws {
                 let arguments = command
+                // Blocked before the process exists, and before the console's size is read: a
+                // SIGTERM or SIGHUP (or a window change) that comes while it starts waits for the
+                // relay to pass it on, rather than ending this command (and leaving a terminal raw)
+                // with the process running on, or being lost.
+                if !detach { blockForwardedSignals() }
                 let parameters = try cli(options: ["document": "--config", "environment": "--env", "command": "CMD", "tty": "--tty",
                                                    "cwd": "--cwd", "json": "--json"].merging(user == nil ? [:] : ["User": "--user"]) { $1 },
                                          document: "--config") { () throws(SiloError) -> ProcessParameters in
@@ -83,6 +88,11 @@ struct ProcessCommand: ParsableCommand {
                     }
                     if tty {
                         guard isatty(0) == 1 else { throw SiloError.invalidArgument(field: "tty", value: "stdin", reason: "stdin is not a terminal") }
+                        // A background job (`&`) would be stopped by its terminal at the first
+                        // change of its settings, and could then be ended only by SIGKILL.
+                        guard tcgetpgrp(0) == getpgrp() else {
+                            throw SiloError.invalidArgument(field: "tty", value: "--tty", reason: "this command is not the terminal's foreground job")
+                        }
                         guard !detach else { throw SiloError.invalidArgument(field: "tty", value: "--detach", reason: "a detached process has no terminal to relay") }
                         parameters.emulateConsole = true
                         parameters.consoleSize = terminalSize()
@@ -90,10 +100,6 @@ struct ProcessCommand: ParsableCommand {
                     }
                     return parameters
                 }
-                // Blocked before the process exists: a SIGTERM or SIGHUP (or a window change) that
-                // comes while it starts waits for the relay to pass it on, rather than ending this
-                // command (and leaving a terminal raw) with the process running on.
-                if !detach { blockForwardedSignals() }
                 // A user given here is --user's; one from a document is the document's.
                 try act(global, id, onCaller: true, options: ["User": user == nil ? "--config" : "--user"]) { system in
                     if detach {
@@ -107,7 +113,12 @@ struct ProcessCommand: ParsableCommand {
                         defer { process.close() }
                         throw ExitCode(try relayTerminal(process))
                     }
-                    let process = try system.createProcess(parameters, standardStreams: [0, 1, 2]).wait()
+                    // In a background job, the terminal is the foreground's to read: the process, in
+                    // a session of its own, would not be stopped as a shell's own job is (SIGTTIN),
+                    // and would take its keys. It reads nothing then, as a shell without job
+                    // control gives `&` /dev/null.
+                    let background = isatty(0) == 1 && tcgetpgrp(0) != getpgrp()
+                    let process = try system.createProcess(parameters, standardStreams: [background ? -1 : 0, 1, 2]).wait()
                     defer { process.close() }
                     throw ExitCode(try waitForwardingSignals(process))
                 }

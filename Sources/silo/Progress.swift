@@ -61,14 +61,16 @@ struct Interrupts {
     mutating func take<Output: Sendable>(_ operation: SiloOperation<Output>) {
         guard takePendingInterrupt() else { return }
         count += 1
+        // Over a progress bar, the line is cleared first; in a log, no bare carriage return.
+        let start = isatty(2) == 1 ? "\r\u{1B}[K" : ""
         if count > 1 {
-            printError("\rquit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
+            printError(start + "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
             _exit(130)  // at once: no atexit handler runs under a worker mid-step
         }
         if (try? operation.cancel()) != nil {
-            printError("\rcancelling: rolling back... (Ctrl-C again to quit now)")
+            printError(start + "cancelling: rolling back... (Ctrl-C again to quit now)")
         } else {
-            printError("\rfinishing: too far along to cancel (Ctrl-C again to quit now)")
+            printError(start + "finishing: too far along to cancel (Ctrl-C again to quit now)")
         }
     }
 }
@@ -81,7 +83,7 @@ private func bar(_ progress: OperationProgress) -> String {
     if let done = progress.completedUnits, let total = progress.totalUnits {
         text += "  \(human(done))/\(human(total))"
     }
-    if let rate = progress.unitsPerSecond { text += "  \(human(UInt64(rate)))/s" }
+    if let rate = progress.unitsPerSecond, rate.isFinite, rate >= 0 { text += "  \(human(rate < 1.8e19 ? UInt64(rate) : .max))/s" }
     if let left = progress.estimatedTimeRemaining { text += "  \(left.components.seconds)s left" }
     if let stage = progress.stage { text += "  \(stage)" }
     return text

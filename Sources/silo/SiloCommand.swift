@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSiloLinux
 import Glibc
 import Silo
 
@@ -27,6 +28,10 @@ struct SiloCommand: ParsableCommand {
         // A SIGCHLD ignored by whoever started silo would reap its children before it could wait
         // for them (and read their exit codes): silo takes its children's exits itself.
         signal(SIGCHLD, SIG_DFL)
+        // A reader that quits (`silo lun list | head -1`, a pager closed on a --tty relay) must not
+        // kill silo mid-operation, leaving a create half made or a terminal raw: a write fails
+        // with EPIPE instead. Sandboxes and the programs silo runs get SIGPIPE's default back.
+        signal(SIGPIPE, SIG_IGN)
         assert(everyCommandNamed(SiloCommand.self), "a command without configuration.commandName")
         // What ParsableCommand.main(_:) does, with three shortcuts that change no output.
         do {
@@ -37,12 +42,31 @@ struct SiloCommand: ParsableCommand {
                 var command = try parsed(placingGlobalOptions(arguments))
                 try command.run()
             }
+            flushStandardOutput()
         } catch let code as ExitCode {
+            flushStandardOutput()
             // exit(withError:) prints nothing for an ExitCode, but renders the root's usage first.
             Glibc.exit(code.rawValue)
         } catch {
+            flushStandardOutput()
             exit(withError: error)
         }
+    }
+
+    /// Standard output written, or the command fails: JSON cut short by a full disk must not exit
+    /// 0. A reader that quit (a pipe's EPIPE) ends silo as SIGPIPE would have, as other tools end.
+    static func flushStandardOutput() {
+        let error = silo_flush_standard_output()
+        guard error != 0 else { return }
+        // An earlier write failed (its error is gone): a pipe whose reader quit polls as POLLERR.
+        var output = pollfd(fd: 1, events: 0, revents: 0)
+        let readerGone = error < 0 && poll(&output, 1, 0) == 1 && output.revents & Int16(POLLERR) != 0
+        if error == EPIPE || readerGone {
+            signal(SIGPIPE, SIG_DFL)
+            raise(SIGPIPE)
+        }
+        printError("Error: cannot write standard output" + (error > 0 ? ": \(String(cString: strerror(error)))" : "") + " [systemCallFailed]")
+        Glibc.exit(1)
     }
 
     /// Parses the leaf command the arguments name on its own, without the tree above it: the

@@ -27,6 +27,12 @@ func runForeground(_ program: String, _ arguments: [String], environment: [Strin
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
     silo_spawnattr_reset_signals(&attributes, 0)
+    // silo ignores SIGPIPE for itself; the command gets the default (what its caller ignored stays).
+    var pipe = sigset_t()
+    sigemptyset(&pipe)
+    sigaddset(&pipe, SIGPIPE)
+    posix_spawnattr_setsigdefault(&attributes, &pipe)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     var pid: pid_t = 0
     let result = posix_spawnp(&pid, program, nil, &attributes, argv, envp)
     guard result == 0 else {

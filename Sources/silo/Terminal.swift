@@ -24,18 +24,30 @@ func relayTerminal(_ process: ComputeProcess) throws -> Int32 {
     var tick = timespec(tv_sec: 0, tv_nsec: 0)
     var buffer = [UInt8](repeating: 0, count: 16384)
     var inputOpen = true
+    // Standard output gone (a pipe whose reader quit, EPIPE: SIGPIPE is ignored): the console is
+    // still read, so the process never blocks writing to it, and what it writes is dropped.
+    var outputOpen = true
+    /// Copies what the console holds to standard output; false once the console is closed.
+    func copyOut() -> Bool {
+        let count = read(console, &buffer, buffer.count)
+        if count <= 0 { return false }  // EIO: the process's side of the terminal closed
+        var offset = 0
+        while outputOpen, offset < count {
+            let written = buffer.withUnsafeBytes { write(1, $0.baseAddress! + offset, count - offset) }
+            if written < 0, errno == EINTR { continue }
+            if written <= 0 {
+                outputOpen = false
+                break
+            }
+            offset += written
+        }
+        return true
+    }
     while true {
         var fds = [pollfd(fd: console, events: Int16(POLLIN), revents: 0), pollfd(fd: inputOpen ? 0 : -1, events: Int16(POLLIN), revents: 0)]
         _ = poll(&fds, 2, 50)
         if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
-            let count = read(console, &buffer, buffer.count)
-            if count <= 0 { break }  // EIO: the process's side of the terminal closed
-            var offset = 0
-            while offset < count {
-                let written = write(1, Array(buffer[offset..<count]), count - offset)
-                if written <= 0 { break }
-                offset += written
-            }
+            if !copyOut() { break }
         }
         if inputOpen, fds[1].revents & Int16(POLLIN | POLLHUP) != 0 {
             let count = read(0, &buffer, buffer.count)
@@ -55,7 +67,12 @@ func relayTerminal(_ process: ComputeProcess) throws -> Int32 {
         } else if signal > 0 {
             _ = try? process.signal(signal).wait(timeout: .seconds(5))
         }
-        if process.status.exited, fds[0].revents & Int16(POLLIN) == 0 { break }
+        if process.status.exited {
+            // What it wrote last, after the poll above, is shown before the relay ends.
+            var pending = [pollfd(fd: console, events: Int16(POLLIN), revents: 0)]
+            while poll(&pending, 1, 0) > 0, pending[0].revents & Int16(POLLIN) != 0, copyOut() {}
+            break
+        }
     }
     // The process may run on with its side of the terminal closed (it handed its stdio elsewhere):
     // this terminal is the person's again, and its signals reach the process as without --tty.

@@ -486,7 +486,9 @@ struct CgroupTests {
         _ = reap(pid)
         let stats = cgroup.statistics
         #expect(stats.cpuUser100ns + stats.cpuKernel100ns > 0)
-        #expect(peak >= 8 << 20, "memory usage counts what its processes use: \(peak)")
+        // Most of the 8 MiB (a shell alone uses well under 1 MiB; Linux 6.1's cgroup2 counted 7.7 MiB
+        // of the string at its sampled peak).
+        #expect(peak >= 6 << 20, "memory usage counts what its processes use: \(peak)")
         #expect(stats.processes == 0)
         try cgroup.destroy()
         destroyed = true

@@ -130,7 +130,7 @@ struct IsolationTests {
         #expect(result.output.contains("data\n1\n"))
     }
 
-    @Test("C11 no capabilities, no_new_privs, no core dumps, and mount, unshare, mknod and /proc/sys writes refused; masked /proc paths read empty")
+    @Test("C11 no capabilities, no_new_privs, no core dumps, and mount, unshare, device mknod, /proc/sys and init's OOM score writes refused; masked /proc paths read empty")
     func privileges() throws {
         let result = try runSandboxed("""
             grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
@@ -140,6 +140,9 @@ struct IsolationTests {
             mknod /tmp/sda b 8 0 2>&1 | sed 's/^/refused mknod: /'
             mkfifo /tmp/fifo && [ -p /tmp/fifo ] && echo fifo-made
             (echo other > /proc/sys/kernel/hostname) 2>&1 | sed 's/^/refused sysctl: /'
+            for f in /proc/1/oom_score_adj /proc/1/oom_adj /proc/1/task/1/oom_score_adj /proc/1/task/1/oom_adj; do
+                (echo 15 > $f) 2>&1 | sed "s|^|refused oom $f: |"
+            done
             echo "core $(ulimit -c) $(ulimit -Hc)"
             for p in /proc/keys /proc/timer_list /proc/sched_debug /proc/kallsyms /proc/kcore /proc/kpageflags /proc/kpagecount /proc/slabinfo; do
                 [ -e "$p" ] && echo "masked $p $(wc -c < $p)"
@@ -159,7 +162,10 @@ struct IsolationTests {
         // Each refused by the kernel, as its own error says (not missing, nor failing otherwise).
         for (call, error) in [("mount", "/tmp: permission denied"), ("unshare-user", "unshare failed: Operation not permitted"),
                               ("unshare-mount", "unshare failed: Operation not permitted"),
-                              ("mknod", "/tmp/sda: Operation not permitted"), ("sysctl", "Read-only file system")] {
+                              ("mknod", "/tmp/sda: Operation not permitted"), ("sysctl", "Read-only file system"),
+                              ("oom /proc/1/oom_score_adj", "Read-only file system"), ("oom /proc/1/oom_adj", "Read-only file system"),
+                              ("oom /proc/1/task/1/oom_score_adj", "Read-only file system"),
+                              ("oom /proc/1/task/1/oom_adj", "Read-only file system")] {
             let line = result.output.split(separator: "\n").first { $0.hasPrefix("refused \(call): ") }
             #expect(line?.contains(error) == true, "\(call): \(result.output)")
         }
@@ -397,6 +403,28 @@ struct SandboxRunTests {
                                       configuration: configuration)
         #expect(code == 137)
         #expect((oomKills() ?? 0) > before, "the kill was the OOM killer's")
+    }
+
+    @Test("C3 C13 a run whose runner was killed (a `timeout`'s SIGTERM) leaves its id free for the next run of it: its reservation and cgroup go first")
+    func idOfKilledRun() throws {
+        let (configuration, cleanup) = configuration()
+        defer { cleanup() }
+        let id = "killed-\(getpid())"
+        let systems = configuration.runtimeDirectory + "/systems"
+        mkdir(configuration.runtimeDirectory, 0o755)
+        mkdir(systems, 0o755)
+        // What the killed runner left: its lock (free now), its reservation, its cgroup.
+        for path in [SandboxRun.runLock(systems: systems, id: id), systems + "/" + id] {
+            let file = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0o600)
+            #expect(file >= 0)
+            close(file)
+        }
+        let left = try Cgroup.create(name: configuration.cgroupName(for: id), limits: CgroupLimits(pids: 16), layout: configuration.layout,
+                                     enforcingOnly: true)
+        defer { try? left.destroy() }
+        #expect(try SandboxRun.run(id: id, limits: CgroupLimits(pids: 16), arguments: ["/bin/true"], configuration: configuration) == 0)
+        #expect(directoryEntries(systems).isEmpty, "\(directoryEntries(systems))")
+        #expect(left.directories.values.allSatisfy { !fileExists($0) }, "its cgroup is gone with the run")
     }
 
     @Test("C3 two systems cannot share an id; bad ids are refused")

@@ -27,6 +27,29 @@ struct InterruptTests {
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
 
+    @Test("A reader that quits does not kill silo mid-operation: a zeroed create whose progress goes to a closed pipe finishes; JSON to a full disk exits 1")
+    func closedOutput() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        // Its progress lines on a pipe whose reader is gone at once (SIGPIPE killed silo there, with
+        // the LUN half made); bash reports silo's own exit status.
+        let piped = run("/bin/bash", ["-c", "\"$0\" --state-dir \"$1\" lun create --name piped --size 1G --provisioning zeroed 2>&1 >/dev/null | true; "
+                                          + "echo ${PIPESTATUS[0]}", siloBinary, state])
+        #expect(piped.output == "0\n", "silo's exit status: \(piped.output)")
+        let lun = try storage.provider.lun(named: "piped")
+        #expect(lun.status == .online && lun.allocatedBytes >= 1 << 30, "\(lun)")
+        // What it prints cannot be written: an error, exit 1 (a truncated JSON exited 0).
+        let full = run("/bin/bash", ["-c", "\"$0\" --state-dir \"$1\" lun list --json > /dev/full 2>&1; echo $?", siloBinary, state])
+        #expect(full.output == "1\n", "\(full.output)")
+        let said = run("/bin/bash", ["-c", "\"$0\" --state-dir \"$1\" lun list --json 2>&1 >/dev/full", siloBinary, state])
+        #expect(said.output.contains("Error: cannot write standard output: No space left on device"), "\(said.output)")
+        // A reader that quits early ends silo as it ends other tools (SIGPIPE), not with an error.
+        for index in 0..<40 { _ = try storage.provider.createLun(LunSpec(name: "n\(index)", size: 1 << 20)).wait(timeout: .seconds(30)) }
+        let head = run("/bin/bash", ["-c", "\"$0\" --state-dir \"$1\" lun list --json 2>&1 | head -c 1 >/dev/null; echo ${PIPESTATUS[0]}", siloBinary, state])
+        #expect(head.output == "0\n" || head.output == "141\n", "\(head.output)")
+    }
+
     @Test("A second Ctrl-C quits at once (130) an operation that cannot end (its attach waits for a lock); reenumerate tidies what it left")
     func secondCtrlCQuits() throws {
         let storage = TestStorage()

@@ -35,6 +35,9 @@ pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], 
 /// concurrency thread blocks nearly every signal) and its process's ignored signals are inherited
 /// otherwise. Returns posix_spawnattr's error, or 0.
 int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults);
+/// Flushes the C library's standard output: 0 when everything was written; the flush's errno when
+/// it failed; -1 when an earlier write had failed (its errno gone).
+int silo_flush_standard_output(void);
 /// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
 long silo_fs_type(const char *path);
 /// cachestat(2) (Linux 6.5) of `length` bytes from `offset` of `fd`'s page cache (0: to the end):

@@ -70,7 +70,11 @@ public struct SandboxSpec: Sendable {
         // The kernel's slab caches (root reads it without a capability): a map for heap grooming.
         "/proc/slabinfo",
     ]
-    static let readOnlyPaths = ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs"]
+    /// Read-only: the kernel's settings, and init's (pid 1's) OOM score, which a root process inside
+    /// could otherwise raise (its files are the namespace root's: init is not dumpable) and then
+    /// go over the memory limit, for the OOM killer to end the system by its init.
+    static let readOnlyPaths = ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs",
+                                "/proc/1/oom_score_adj", "/proc/1/oom_adj", "/proc/1/task/1/oom_score_adj", "/proc/1/task/1/oom_adj"]
 }
 
 /// A block device given to a compute system: a LUN's loop device, passed as plain values.

@@ -171,6 +171,15 @@ public enum SandboxRun {
         guard flock(lock, LOCK_EX | LOCK_NB) == 0 else {
             throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
         }
+        // A lock that was there, and is free: its runner died (a `timeout` or a SIGTERM killed
+        // silo run). What it left goes first, as reenumerate would take it: its cgroup, under the
+        // parent its lock names, and its reservation (a file: a system's folder is no run's), or
+        // this run's id would stay taken until a reenumerate.
+        if !madeLock {
+            try? configuration.cgroup(of: id, parent: Self.cgroupParent(writtenIn: lock)).destroy()
+            var info = stat()
+            if lstat(reservation, &info) == 0, info.st_mode & S_IFMT == S_IFREG { unlink(reservation) }
+        }
         // The lock file names the run's cgroup parent when it is not the default, for a
         // reenumerate after a killed runner (which may be given another parent). One left by a
         // dead runner is emptied first; a new one with the default parent costs nothing more.
