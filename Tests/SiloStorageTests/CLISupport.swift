@@ -109,6 +109,18 @@ func hasExited(_ pid: pid_t) -> Bool {
     return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info._sifields._sigchld.si_pid == pid
 }
 
+/// Whether `pid` blocks `signal` (the SigBlk mask its /proc status shows for its main thread).
+/// silo blocks SIGINT first thing in `main`, so a Ctrl-C sent after this waits for the command to
+/// take it; one sent before ends a silo still starting up (on a slow guest that takes longer than
+/// any fixed sleep) as SIGINT's default does, saying nothing.
+func blocks(_ pid: pid_t, _ signal: Int32) -> Bool {
+    guard let status = readFile("/proc/\(pid)/status"),
+          let line = String(decoding: status, as: UTF8.self).split(separator: "\n").first(where: { $0.hasPrefix("SigBlk:") }),
+          let mask = UInt64(line.dropFirst("SigBlk:".count).filter { !$0.isWhitespace }, radix: 16)
+    else { return false }
+    return mask & (1 << UInt64(signal - 1)) != 0
+}
+
 /// Polls `condition` every 10 ms for up to 20 s.
 func waitUntil(_ condition: () -> Bool) -> Bool {
     for _ in 0..<2000 {

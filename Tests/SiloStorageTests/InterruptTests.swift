@@ -105,7 +105,8 @@ extension InterruptTests {
         for command in [["lun", "create", "--name", "waiting", "--size", "8M"], ["pool", "add", "side", side]] {
             #expect(flock(lock, LOCK_EX) == 0)
             let child = spawn(siloBinary, ["--state-dir", state] + command)
-            usleep(300_000)
+            #expect(waitUntil { blocks(child.pid, SIGINT) || hasExited(child.pid) }, "silo never blocked SIGINT")
+            usleep(300_000)  // into the lock's wait
             #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
             child.kill(SIGINT)
             let gaveUp = waitUntil { hasExited(child.pid) }
