@@ -142,6 +142,46 @@ int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults) {
     return result != 0 ? result : posix_spawnattr_setflags(attributes, flags);
 }
 
+static volatile sig_atomic_t stop_mode;
+static int stop_kept;  // lock-free atomics: taken and cleared in one step
+
+static void on_stop_signal(int sig) {
+    if (stop_mode == 1) {
+        __atomic_store_n(&stop_kept, sig, __ATOMIC_SEQ_CST);
+        return;
+    }
+    if (stop_mode == 2) {
+        static const char quit[] = "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left\n";
+        (void)!write(2, quit, sizeof quit - 1);
+        _exit(128 + sig);
+    }
+    // The default action, as if no handler had been there: blocked while this runs, the signal
+    // raised here is delivered on return.
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+int silo_stop_signals_install(void) {
+    int stops[] = { SIGTERM, SIGHUP };
+    for (unsigned i = 0; i < sizeof stops / sizeof stops[0]; i++) {
+        struct sigaction old;
+        if (sigaction(stops[i], NULL, &old) != 0) return errno;
+        if (old.sa_handler == SIG_IGN) continue;
+        struct sigaction action = { 0 };
+        action.sa_handler = on_stop_signal;
+        action.sa_flags = SA_RESTART;
+        sigemptyset(&action.sa_mask);
+        if (sigaction(stops[i], &action, NULL) != 0) return errno;
+    }
+    return 0;
+}
+
+void silo_stop_signals_mode(int mode) { stop_mode = mode; }
+
+int silo_stop_signal_take(void) {
+    return __atomic_exchange_n(&stop_kept, 0, __ATOMIC_SEQ_CST);
+}
+
 int silo_flush_standard_output(void) {
     if (fflush(stdout) != 0) return errno ? errno : EIO;
     return ferror(stdout) ? -1 : 0;

@@ -1,5 +1,7 @@
+import CSiloLinux
 import Glibc
 import Silo
+import Synchronization
 
 /// Waits for an operation, showing its progress on standard error: a bar on a terminal, a plain
 /// percent line otherwise. Ctrl-C cancels it; the wait then ends with the rollback done.
@@ -10,6 +12,7 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
     let terminal = isatty(2) == 1
     var lastShown = -1
     var interrupts = Interrupts()
+    defer { interrupts.end() }
     // Quick operations show nothing: progress appears once one has run for half a second.
     let showFrom = ContinuousClock.now + .milliseconds(500)
     while operation.status.isPending {
@@ -33,6 +36,7 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
 /// Ctrl-C read as `waitShowingProgress` reads it; its failure is thrown as the operation's error.
 func waitInterruptibly<Output: Sendable>(_ operation: SiloOperation<Output>) throws(SiloError) -> Output {
     var interrupts = Interrupts()
+    defer { interrupts.end() }
     while operation.status.isPending {
         _ = try? operation.wait(timeout: .milliseconds(100))
         interrupts.take(operation)
@@ -50,30 +54,51 @@ func takePendingInterrupt() -> Bool {
     return sigtimedwait(&interrupt, nil, &noWait) == SIGINT
 }
 
-/// Ctrl-C during a wait, taken by the waiting loop. The first cancels the operation (said only when the
-/// operation takes it: one past its point of no return, or never cancellable, finishes). The
-/// second quits at once with 130, whatever the operation is doing: for an operation that cannot
-/// end soon (waiting for another process's lock, a rollback stuck on a busy device). What a quit
-/// leaves half done, reenumerate tidies, as after any killed run.
+/// Ctrl-C during a wait, taken by the waiting loop, and SIGTERM and SIGHUP taken as Ctrl-C is
+/// (kept for the loop by silo_stop_signals_install's handler while it waits). The first cancels
+/// the operation (said only when the operation takes it: one past its point of no return, or never
+/// cancellable, finishes); the command then exits 130, or 128 + the number of the SIGTERM or
+/// SIGHUP that cancelled it. The second quits at once, whatever the operation is doing: for an
+/// operation that cannot end soon (waiting for another process's lock, a rollback stuck on a busy
+/// device). What a quit leaves half done, reenumerate tidies, as after any killed run. Outside
+/// such a wait, SIGTERM and SIGHUP end silo as their default actions do.
 struct Interrupts {
     private var count = 0
 
+    init() { silo_stop_signals_mode(1) }
+
+    /// The wait is over: a SIGTERM or SIGHUP from now on ends silo at once.
+    func end() {
+        silo_stop_signals_mode(0)
+        _ = silo_stop_signal_take()
+    }
+
     mutating func take<Output: Sendable>(_ operation: SiloOperation<Output>) {
-        guard takePendingInterrupt() else { return }
+        let signal = takePendingInterrupt() ? SIGINT : silo_stop_signal_take()
+        guard signal != 0 else { return }
         count += 1
         // Over a progress bar, the line is cleared first; in a log, no bare carriage return.
         let start = isatty(2) == 1 ? "\r\u{1B}[K" : ""
         if count > 1 {
             printError(start + "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
-            _exit(130)  // at once: no atexit handler runs under a worker mid-step
+            _exit(128 + signal)  // at once: no atexit handler runs under a worker mid-step
         }
+        // From now on a SIGTERM or SIGHUP quits from its handler, even while this thread is busy.
+        silo_stop_signals_mode(2)
+        let again = signal == SIGINT ? "Ctrl-C again to quit now" : "again, or Ctrl-C, to quit now"
+        let name = signal == SIGTERM ? "SIGTERM: " : signal == SIGHUP ? "SIGHUP: " : ""
         if (try? operation.cancel()) != nil {
-            printError(start + "cancelling: rolling back... (Ctrl-C again to quit now)")
+            cancellingSignal.store(signal, ordering: .relaxed)
+            printError(start + name + "cancelling: rolling back... (\(again))")
         } else {
-            printError(start + "finishing: too far along to cancel (Ctrl-C again to quit now)")
+            printError(start + name + "finishing: too far along to cancel (\(again))")
         }
     }
 }
+
+/// The signal whose cancel ended the command's operation: its exit code is 128 + this (130 for
+/// Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); 0 when none.
+let cancellingSignal = Atomic<Int32>(0)
 
 private func bar(_ progress: OperationProgress) -> String {
     let width = 30

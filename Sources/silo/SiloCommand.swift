@@ -10,7 +10,7 @@ struct SiloCommand: ParsableCommand {
         abstract: "Provision block storage and process sandboxes on real Linux kernel parts.",
         discussion: """
             Exit codes: 0 success; 1 the operation failed; 64 bad usage or a bad value (the message \
-            names the option); 130 cancelled with Ctrl-C and rolled back (or, after a second Ctrl-C, quit: reenumerate tidies); lun temporary, run and process create exit with their command's code (127 not found, 126 not runnable).
+            names the option); 130 cancelled with Ctrl-C and rolled back (or, after a second Ctrl-C, quit: reenumerate tidies), 143 or 129 by SIGTERM or SIGHUP; lun temporary, run and process create exit with their command's code (127 not found, 126 not runnable).
             State lives in --state-dir (or SILO_STATE_DIR), /var/lib/silo by default. Systems' \
             cgroups go under silo/ in each hierarchy, or under SILO_CGROUP_PARENT (a delegated subtree). Silo's init is SILO_INIT, else silo-init beside silo, else in /usr/local/libexec/silo or /usr/libexec/silo.
             """,
@@ -32,6 +32,9 @@ struct SiloCommand: ParsableCommand {
         // kill silo mid-operation, leaving a create half made or a terminal raw: a write fails
         // with EPIPE instead. Sandboxes and the programs silo runs get SIGPIPE's default back.
         signal(SIGPIPE, SIG_IGN)
+        // SIGTERM and SIGHUP cancel and roll back an operation a command waits for, as Ctrl-C
+        // does; elsewhere they end silo as before (Interrupts, in Progress.swift).
+        _ = silo_stop_signals_install()
         assert(everyCommandNamed(SiloCommand.self), "a command without configuration.commandName")
         // What ParsableCommand.main(_:) does, with three shortcuts that change no output.
         do {

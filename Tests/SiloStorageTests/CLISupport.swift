@@ -18,9 +18,13 @@ extension Trait where Self == ConditionTrait {
 }
 
 struct Outcome {
+    /// The exit code, or 128 + the signal that killed it, as a shell reports it.
     let status: Int32
     let output: String
     let error: String
+    /// The signal that killed it (0 when it exited): what tells a silo that exited 143 from one
+    /// SIGTERM's default action ended.
+    var killedBy: Int32 = 0
 }
 
 /// Runs a program with stdout and stderr captured separately, optionally in the background.
@@ -42,14 +46,35 @@ final class Child {
 
     func kill(_ signal: Int32) { _ = Glibc.kill(pid, signal) }
 
+    /// What the child has written to standard error so far (finish() returns it with the rest).
+    private var errorSoFar: [UInt8] = []
+
+    /// Reads the child's standard error until it holds `text` (true), the child closes it, or 60 s
+    /// pass: to act once the child has said it reached a point, not after a guessed time.
+    func waitForError(containing text: String) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(60)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while ContinuousClock.now < deadline {
+            if String(decoding: errorSoFar, as: UTF8.self).contains(text) { return true }
+            var ready = pollfd(fd: errFD, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 100) >= 0 || errno == EINTR else { return false }
+            guard ready.revents != 0 else { continue }
+            let count = read(errFD, &buffer, buffer.count)
+            if count < 0, errno == EINTR { continue }
+            if count <= 0 { return false }
+            errorSoFar.append(contentsOf: buffer[0..<count])
+        }
+        return false
+    }
+
     func finish() -> Outcome {
         // Drain both pipes (small outputs; read stderr after stdout closes).
         let output = drain(outFD)
-        let error = drain(errFD)
+        let error = String(decoding: errorSoFar, as: UTF8.self) + drain(errFD)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
         let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Outcome(status: code, output: output, error: error)
+        return Outcome(status: code, output: output, error: error, killedBy: (status & 0x7f) == 0 ? 0 : status & 0x7f)
     }
 
     private func drain(_ fd: Int32) -> String {
@@ -121,9 +146,24 @@ func blocks(_ pid: pid_t, _ signal: Int32) -> Bool {
     return mask & (1 << UInt64(signal - 1)) != 0
 }
 
-/// Polls `condition` every 10 ms for up to 20 s.
+/// Whether `pid` is blocked waiting for a flock another holds (a "->" line of /proc/locks).
+func waitsForFlock(_ pid: pid_t) -> Bool {
+    guard let locks = readFile("/proc/locks") else { return false }
+    return String(decoding: locks, as: UTF8.self).split(separator: "\n").contains { line in
+        let fields = line.split(separator: " ")
+        return fields.count > 5 && fields[1] == "->" && fields[2] == "FLOCK" && fields[5] == "\(pid)"
+    }
+}
+
+/// Whether `pid` has `path` open: a silo waiting for the registry lock has the lock file open
+/// from just before its wait until it has the lock.
+func hasOpen(_ pid: pid_t, _ path: String) -> Bool {
+    directoryEntries("/proc/\(pid)/fd").contains { resolveLink("/proc/\(pid)/fd/\($0)") == path }
+}
+
+/// Polls `condition` every 10 ms for up to 60 s.
 func waitUntil(_ condition: () -> Bool) -> Bool {
-    for _ in 0..<2000 {
+    for _ in 0..<6000 {
         if condition() { return true }
         usleep(10_000)
     }
@@ -133,7 +173,7 @@ func waitUntil(_ condition: () -> Bool) -> Bool {
 /// Whether the first LUN of `storage` has 16 MiB allocated: a zeroed create is under way (and has
 /// let the registry lock go).
 func zeroingStarted(_ storage: TestStorage) -> Bool {
-    ((try? storage.provider.luns().first?.allocatedBytes) ?? 0) ?? 0 >= 16 << 20
+    (try? storage.provider.luns().first?.allocatedBytes ?? 0) ?? 0 >= 16 << 20
 }
 
 /// The first child of `pid` (unshare's, for one started with --fork), once it has one (20 s at most).

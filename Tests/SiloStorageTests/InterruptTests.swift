@@ -27,6 +27,25 @@ struct InterruptTests {
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
 
+    @Test("S7 SIGTERM or SIGHUP during a zeroed create cancels it as Ctrl-C does: exit 128 + its number, rolled back", arguments: [SIGTERM, SIGHUP])
+    func stopSignalCancelsCreate(signal: Int32) throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
+                                       "--provisioning", "zeroed"])
+        let zeroing = waitUntil { zeroingStarted(storage) }
+        child.kill(signal)
+        let outcome = child.finish()
+        #expect(zeroing, "the create never started zeroing")
+        #expect(outcome.killedBy == 0 && outcome.status == 128 + signal, "killed by \(outcome.killedBy): \(outcome.error)")
+        #expect(outcome.error.contains("\(signal == SIGTERM ? "SIGTERM" : "SIGHUP"): cancelling: rolling back"), "\(outcome.error)")
+        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+
     @Test("A reader that quits does not kill silo mid-operation: a zeroed create whose progress goes to a closed pipe finishes; JSON to a full disk exits 1")
     func closedOutput() throws {
         let storage = TestStorage()
@@ -65,8 +84,10 @@ struct InterruptTests {
         let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "stuck", "--size", "8M",
                                        "--provisioning", "thick"])
         let reserved = waitUntil { (try? storage.provider.luns().isEmpty == false) ?? false }
-        usleep(300_000)  // into the attach step's wait
+        let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }  // the attach step's wait
         child.kill(SIGINT)
+        // The second is sent once the first has been taken: two pending Ctrl-Cs are one.
+        let said = child.waitForError(containing: "cancelling: rolling back")
         usleep(300_000)
         #expect(!hasExited(child.pid), "one Ctrl-C must not quit a cancel still under way")
         child.kill(SIGINT)
@@ -75,7 +96,8 @@ struct InterruptTests {
         flock(control, LOCK_UN)
         held = false
         let outcome = child.finish()
-        #expect(quit, "a second Ctrl-C left the command waiting")
+        #expect(attaching, "the create never waited for /dev/loop-control's lock")
+        #expect(said && quit, "a second Ctrl-C left the command waiting")
         #expect(reserved, "the create never reserved its LUN")
         #expect(outcome.status == 130, "\(outcome.error)")
         #expect(outcome.error.contains("cancelling: rolling back... (Ctrl-C again to quit now)"), "\(outcome.error)")
@@ -86,6 +108,70 @@ struct InterruptTests {
         #expect(try storage.provider.luns().isEmpty)
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+}
+
+extension InterruptTests {
+    @Test("A SIGTERM once a cancel is under way quits at once (143), even while the command's thread is busy; reenumerate tidies what it left")
+    func secondStopSignalQuits() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        // As in secondCtrlCQuits: the held lock stops the create's attach, and its rollback with it.
+        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
+        try #require(control >= 0)
+        var held = true
+        defer { if held { flock(control, LOCK_UN) }; close(control) }
+        #expect(flock(control, LOCK_EX) == 0)
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "stuck", "--size", "8M",
+                                       "--provisioning", "thick"])
+        let reserved = waitUntil { (try? storage.provider.luns().isEmpty == false) ?? false }
+        let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }  // the attach step's wait
+        child.kill(SIGTERM)
+        // The second is sent once the first has been taken: two before that are one.
+        let said = child.waitForError(containing: "SIGTERM: cancelling")
+        usleep(300_000)
+        #expect(!hasExited(child.pid), "one SIGTERM must not quit a cancel still under way")
+        child.kill(SIGTERM)
+        let quit = waitUntil { hasExited(child.pid) }
+        flock(control, LOCK_UN)
+        held = false
+        let outcome = child.finish()
+        #expect(attaching, "the create never waited for /dev/loop-control's lock")
+        #expect(said && quit, "a second SIGTERM left the command waiting")
+        #expect(reserved, "the create never reserved its LUN")
+        #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy): \(outcome.error)")
+        #expect(outcome.error.contains("SIGTERM: cancelling: rolling back... (again, or Ctrl-C, to quit now)"), "\(outcome.error)")
+        #expect(outcome.error.contains("quit before the operation ended"), "\(outcome.error)")
+        #expect(try storage.provider.luns().map(\.name) == ["stuck"])
+        _ = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+
+    @Test("Outside a wait for an operation, a SIGTERM ends silo as its default action does: one waiting for the registry lock dies of it, nothing changed")
+    func stopSignalOutsideAWait() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        _ = try storage.create("first")
+        let lock = open(storage.provider.configuration.lockFile, O_RDWR | O_CLOEXEC)
+        try #require(lock >= 0)
+        defer { close(lock) }
+        #expect(flock(lock, LOCK_EX) == 0)
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "waiting", "--size", "8M"])
+        #expect(waitUntil { hasOpen(child.pid, storage.provider.configuration.lockFile) || hasExited(child.pid) }, "lun create never opened the lock")
+        usleep(50_000)  // from its open into its wait: a SIGTERM before it ends silo the same way
+        #expect(!hasExited(child.pid), "lun create waits for the lock")
+        child.kill(SIGTERM)
+        let ended = waitUntil { hasExited(child.pid) }
+        flock(lock, LOCK_UN)
+        let outcome = child.finish()
+        #expect(ended, "SIGTERM left lun create waiting for the lock")
+        #expect(outcome.killedBy == SIGTERM, "exit \(outcome.status): \(outcome.error)")
+        #expect(try storage.provider.luns().map(\.name) == ["first"])
+        #expect(loopDevices(backedUnder: storage.path).count == 1)
     }
 }
 
@@ -105,8 +191,9 @@ extension InterruptTests {
         for command in [["lun", "create", "--name", "waiting", "--size", "8M"], ["pool", "add", "side", side]] {
             #expect(flock(lock, LOCK_EX) == 0)
             let child = spawn(siloBinary, ["--state-dir", state] + command)
-            #expect(waitUntil { blocks(child.pid, SIGINT) || hasExited(child.pid) }, "silo never blocked SIGINT")
-            usleep(300_000)  // into the lock's wait
+            // Once silo blocks SIGINT and has the lock file open, it is in (or just before) its
+            // wait, where a Ctrl-C is taken: one that comes sooner is taken there too.
+            #expect(waitUntil { (blocks(child.pid, SIGINT) && hasOpen(child.pid, lockFile)) || hasExited(child.pid) }, "silo never opened the lock with SIGINT blocked")
             #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
             child.kill(SIGINT)
             let gaveUp = waitUntil { hasExited(child.pid) }

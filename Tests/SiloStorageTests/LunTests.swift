@@ -269,11 +269,9 @@ struct LunTests {
         #expect(read(report[0], &pid, 4) == 4 && pid > 0)
         close(report[0])
         waitpid(starter, nil, 0)
-        var gone = false
-        for _ in 0..<200 where !gone {
+        let gone = eventually {
             let state = readSmallFile("/proc/\(pid)/stat") ?? ""
-            gone = state.isEmpty || state.contains(") Z ")
-            if !gone { usleep(10_000) }
+            return state.isEmpty || state.contains(") Z ")
         }
         if !gone { kill(pid, SIGKILL) }
         #expect(gone, "the started process outlived its starter")
@@ -566,8 +564,9 @@ struct LunTests {
             target.store(Int64(size) - 4096, ordering: .relaxed)
             // The writer writes inside the LUN before each shrink (else the race is never run).
             let before = written.load(ordering: .relaxed)
-            var waited = 0
-            while written.load(ordering: .relaxed) == before, waited < 2000 { usleep(100); waited += 1 }
+            // Up to 30 s: under software emulation a write can take far longer than here.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while written.load(ordering: .relaxed) == before, ContinuousClock.now < deadline { usleep(100) }
             if written.load(ordering: .relaxed) == before { idleRounds += 1 }
             do {
                 size = try storage.provider.shrinkLun("written", by: 1 << 20).wait(timeout: .seconds(30)).size
@@ -1149,7 +1148,7 @@ struct LunTests {
         // Drift is reported, not hidden.
         _ = try storage.create("lost", size: 4 << 20)
         let lost = try storage.provider.lun(named: "lost")
-        try storage.provider.setOnline("lost", false).wait()
+        _ = try storage.provider.setOnline("lost", false).wait()
         unlink(lost.backingFile)
         let drift = try other.reenumerate().wait()
         #expect(drift.drift.contains { $0.contains("lost") && $0.contains("missing") })
@@ -1217,7 +1216,7 @@ struct LunTests {
         #expect(readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == file, "the other tool's device is left alone")
         #expect(resolveLink(storage.provider.configuration.linkDirectory + "/shared") == nil, "the stable name names no device")
         // Online refuses as well, and binds nothing.
-        try storage.provider.setOnline("shared", false).wait()
+        _ = try storage.provider.setOnline("shared", false).wait()
         do {
             _ = try storage.provider.setOnline("shared", true).wait()
             Issue.record("online bound a second device over a file bound by another tool")
@@ -1278,12 +1277,7 @@ struct LunTests {
             #expect(directoryEntries(scratch.path).isEmpty, "the backing file is unlinked once attached")
             return lun.devicePath
         }
-        var gone = false
-        for _ in 0..<200 where !gone {
-            gone = readSmallFile("/sys/block/\(path.dropFirst(5))/loop/backing_file")?.hasPrefix(scratch.path) != true
-            if !gone { usleep(5000) }
-        }
-        #expect(gone)
+        #expect(eventually { readSmallFile("/sys/block/\(path.dropFirst(5))/loop/backing_file")?.hasPrefix(scratch.path) != true })
     }
     @Test("S13 a LUN bound where its record does not say (a run killed before its record write) is found there: shown online, never bound twice, unbound by delete")
     func staleDeviceNumber() throws {

@@ -38,6 +38,17 @@ int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults);
 /// Flushes the C library's standard output: 0 when everything was written; the flush's errno when
 /// it failed; -1 when an earlier write had failed (its errno gone).
 int silo_flush_standard_output(void);
+/// SIGTERM and SIGHUP for the `silo` command (unless they came ignored, as under nohup): a handler
+/// that ends the process as their default action does, except while a command waits for a
+/// cancellable operation (`silo_stop_signals_mode(1)`): then it keeps the signal for the wait to
+/// take (`silo_stop_signal_take`), which cancels the operation as a Ctrl-C does; once a cancel is
+/// under way (mode 2) the next one quits at once, as a second Ctrl-C does: a line on standard
+/// error, exit 128 + its number. Returns 0, or sigaction's errno.
+int silo_stop_signals_install(void);
+/// 0: a stop signal ends the process (its default action); 1: kept for the wait; 2: quits at once.
+void silo_stop_signals_mode(int mode);
+/// The stop signal kept since the last call (SIGTERM or SIGHUP), or 0.
+int silo_stop_signal_take(void);
 /// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
 long silo_fs_type(const char *path);
 /// cachestat(2) (Linux 6.5) of `length` bytes from `offset` of `fd`'s page cache (0: to the end):
