@@ -78,7 +78,10 @@ struct CgroupParentTests {
             _ = try? SandboxRun.run(id: id, limits: CgroupLimits(pids: 16), arguments: ["/bin/sleep", "1"], configuration: configuration)
             ran.signal()
         })
-        for _ in 0..<500 where seen.isEmpty {
+        // Polled for up to 60 s: under software emulation the run takes seconds to get this far,
+        // and its cgroup then stays for the second its sleep lasts.
+        let deadline = ContinuousClock.now + .seconds(60)
+        while seen.isEmpty, ContinuousClock.now < deadline {
             seen = roots.compactMap { root in
                 let path = root + "/" + parent + "/" + configuration.cgroupName(for: id)
                 return fileExists(path) ? path : nil

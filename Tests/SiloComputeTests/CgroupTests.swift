@@ -66,16 +66,20 @@ func startInside(_ cgroup: Cgroup, _ script: String) throws -> pid_t {
     return pid
 }
 
-/// Waits for `pid` for at most 20 seconds; a process that outlives that is killed and reported.
-func reap(_ pid: pid_t, sourceLocation: SourceLocation = #_sourceLocation) -> Int32 {
+/// Waits for `pid` for at most `seconds`; a process that outlives that is killed and reported.
+/// The default is generous because CI also runs these under software emulation; a process that
+/// exits returns at once, so the bound only costs time when something is already wrong.
+func reap(_ pid: pid_t, seconds: Double = 120, sourceLocation: SourceLocation = #_sourceLocation) -> Int32 {
     var status: Int32 = 0
-    for _ in 0..<4000 {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while true {
         if waitpid(pid, &status, WNOHANG) == pid {
             return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         }
+        if ContinuousClock.now >= deadline { break }
         usleep(5000)
     }
-    Issue.record("process \(pid) did not exit within 20 s", sourceLocation: sourceLocation)
+    Issue.record("process \(pid) did not exit within \(seconds) s", sourceLocation: sourceLocation)
     kill(pid, SIGKILL)
     return -1
 }
@@ -388,11 +392,14 @@ struct CgroupTests {
         let pid = try startInside(cgroup, "for i in $(seq 1 100); do sleep 30 & done 2>/dev/null; wait")
         var reaped = false
         defer { if !reaped { try? cgroup.killAll(); _ = reap(pid) } }  // a failed check leaves no process
+        // Sampled for a second at least, and on until the bomb fills the limit (slow under software
+        // emulation), for 30 s at most.
         var peak = 0
-        for _ in 0..<200 {
+        let sampling = ContinuousClock.now
+        repeat {
             peak = max(peak, cgroup.pids.count)
             usleep(5000)
-        }
+        } while sampling.duration(to: .now) < .seconds(1) || (peak < 16 && sampling.duration(to: .now) < .seconds(30))
         #expect(peak <= 16)
         #expect(peak >= 8, "the bomb got going: \(peak)")
         try cgroup.killAll()
@@ -444,9 +451,10 @@ struct CgroupTests {
         defer { try? current.destroy() }
         #expect(current.killMethod == (fileExists(try #require(current.directories["unified"]) + "/cgroup.kill") ? .cgroupKill : .freezeFirst))
         // A fork loop, killed that way: every process gone, and the cgroup not left frozen.
-        let pid = try startInside(cgroup, "while true; do sleep 0.01 & done")
-        for _ in 0..<200 where cgroup.pids.count < 8 { usleep(5000) }
-        #expect(cgroup.pids.count >= 8, "the loop got going")
+        // Children that live a second: under software emulation a fork takes long enough that
+        // shorter ones could be gone before eight are alive at once.
+        let pid = try startInside(cgroup, "while true; do sleep 1 & done")
+        #expect(eventually(seconds: 30) { cgroup.pids.count >= 8 }, "the loop got going")
         try cgroup.killAll()
         #expect(reap(pid) == 128 + SIGKILL)
         #expect(cgroup.pids.isEmpty)
@@ -479,7 +487,9 @@ struct CgroupTests {
         // It keeps 8 MiB of its own in memory while it counts.
         let pid = try startInside(cgroup, "x=$(head -c 8388608 /dev/zero | tr \\\\0 a); i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo ${#x} >/dev/null")
         var peak: UInt64 = 0
-        for _ in 0..<400 where !processState(pid).contains("Z") && processState(pid) != "gone" {  // until it has exited
+        // Until it has exited: under software emulation the count takes far longer than here.
+        let deadline = ContinuousClock.now + .seconds(120)
+        while ContinuousClock.now < deadline, !processState(pid).contains("Z") && processState(pid) != "gone" {
             peak = max(peak, cgroup.statistics.memoryUsage)
             usleep(5_000)
         }

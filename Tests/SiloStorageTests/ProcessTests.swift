@@ -198,20 +198,16 @@ struct TemporaryLunProcessTests {
         }
         // Wait for the device to appear, then kill silo (the sleeping command lives on).
         var device: LoopDevice?
-        for _ in 0..<400 where device == nil {
+        _ = eventually {
             device = loopDevices(backedUnder: scratch.path).first
-            if device == nil { usleep(5000) }
+            return device != nil
         }
         let found = try #require(device, "the temporary LUN never appeared")
         child.kill(SIGKILL)
         _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])  // the orphaned command
         _ = child.finish()
         killed = true
-        var gone = false
-        for _ in 0..<400 where !gone {
-            gone = found.status?.backingFile.hasPrefix(scratch.path) != true
-            if !gone { usleep(5000) }
-        }
+        let gone = eventually { found.status?.backingFile.hasPrefix(scratch.path) != true }
         #expect(gone, "\(found.path) outlived the killed process")
         #expect(directoryEntries(scratch.path).isEmpty, "the backing file was unlinked at attach")
     }

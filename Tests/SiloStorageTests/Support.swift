@@ -80,6 +80,18 @@ func run(_ program: String, _ arguments: [String]) -> (status: Int32, output: St
     return ((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f), String(decoding: output, as: UTF8.self))
 }
 
+/// Polls `condition` every 5 ms until it holds or `seconds` pass; whether it held. The default is
+/// generous because CI also runs these under software emulation: it only costs time when the
+/// condition never holds.
+func eventually(seconds: Double = 60, _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        usleep(5000)
+    }
+    return condition()
+}
+
 /// Loop devices whose backing file lies under `directory`: what a test must leave none of.
 func loopDevices(backedUnder directory: String) -> [LoopDevice] {
     LoopDevice.all().filter { $0.status?.backingFile.hasPrefix(directory) ?? false }
