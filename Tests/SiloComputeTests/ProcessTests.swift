@@ -243,7 +243,7 @@ struct ProcessTests {
         }
         #expect(readUntil(try #require(process.standardOutput)) { $0.contains("ready") }.contains("ready"))
         try process.signal(SIGUSR1).wait(timeout: .seconds(10))
-        #expect(exited.wait(timeout: .now() + 10) == .success)
+        #expect(exited.wait(timeout: .now() + 60) == .success)
         #expect(events.withLock { $0 } == [#"processExited {"ProcessId":\#(process.pid),"Exited":true,"ExitCode":42}"#])
         #expect((#expect(throws: SiloError.self) { _ = try process.terminate() })?.code == .processAlreadyStopped)
         #expect((#expect(throws: SiloError.self) { _ = try process.signal(0) })?.field == "signal")
@@ -269,7 +269,7 @@ struct ProcessTests {
             got.signal()
         }
         _ = try process.signal(SIGUSR1)
-        #expect(got.wait(timeout: .now() + 10) == .success)
+        #expect(got.wait(timeout: .now() + 60) == .success)
         #expect(completed.withLock { $0 } == ["operationCompleted signalProcess"])
         #expect((#expect(throws: SiloError.self) { _ = try process.signal(SIGUSR1, callback: .short { _ in }) })?.code
                 == .operationSystemCallbackAlreadySet)
@@ -353,7 +353,7 @@ struct ProcessTests {
         try process.events.setHandler { event in if event.type == .outOfMemory { oom.signal() } }
         let status = try process.wait(timeout: .seconds(30))
         #expect(status.exitCode == 137 && status.outOfMemory == true, "\(status)")
-        #expect(oom.wait(timeout: .now() + 30) == .success, "the outOfMemory event came")
+        #expect(oom.wait(timeout: .now() + 60) == .success, "the outOfMemory event came")
         try bystander.terminate().wait(timeout: .seconds(10))
         let terminated = try bystander.wait(timeout: .seconds(10))
         #expect(terminated.signal == SIGKILL && terminated.outOfMemory == nil, "a terminate is no OOM kill: \(terminated)")

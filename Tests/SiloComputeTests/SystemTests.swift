@@ -645,7 +645,7 @@ struct SystemTests {
         #expect(statistics.processorTimeUser + statistics.processorTimeKernel < 100_000_000, "a second is 10,000,000 units: \(statistics)")
         #expect(statistics.uptimeSeconds >= 0 && statistics.uptimeSeconds < 60, "\(statistics)")
         try system.shutdown().wait(timeout: .seconds(30))
-        #expect(exited.wait(timeout: .now() + 10) == .success)
+        #expect(exited.wait(timeout: .now() + 60) == .success)
         #expect(exits.withLock { $0 } == [#"{"ExitType":"Graceful"}"#])
         let stopped = try system.properties()
         #expect(stopped.state == .stopped && stopped.exitType == .graceful)
@@ -689,7 +689,7 @@ struct SystemTests {
             }
         }
         _ = try system.start()
-        #expect(got.wait(timeout: .now() + 30) == .success)
+        #expect(got.wait(timeout: .now() + 60) == .success)
         #expect(completed.withLock { $0 } == [.start])
         #expect((#expect(throws: SiloError.self) { _ = try system.pause(callback: .short { _ in }) })?.code == .operationSystemCallbackAlreadySet)
         // C8: a process's exit goes to the process's handlers, not the system's.
@@ -831,7 +831,7 @@ struct SystemTests {
         try system.start().wait(timeout: .seconds(30))
         usleep(200_000)
         try system.terminate().wait(timeout: .seconds(30))
-        #expect(exited.wait(timeout: .now() + 10) == .success, "the early handle heard nothing")
+        #expect(exited.wait(timeout: .now() + 60) == .success, "the early handle heard nothing")
     }
 
     @Test("C5 an init this process started and something else ended is reaped at the next call: it stays no zombie, and is never taken for a live init")
@@ -935,7 +935,7 @@ struct SystemTests {
             }
         }
         try other.terminate().wait(timeout: .seconds(30))
-        #expect(done.wait(timeout: .now() + 10) == .success && done.wait(timeout: .now() + 10) == .success)
+        #expect(done.wait(timeout: .now() + 60) == .success && done.wait(timeout: .now() + 60) == .success)
         usleep(100_000)
         #expect(heard.withLock { $0.sorted() } == [#"mine {"ExitType":"Forced"}"#, #"other {"ExitType":"Forced"}"#])
     }
