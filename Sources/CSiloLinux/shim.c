@@ -142,26 +142,61 @@ int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults) {
     return result != 0 ? result : posix_spawnattr_setflags(attributes, flags);
 }
 
-static volatile sig_atomic_t stop_mode;
-static int stop_kept;  // lock-free atomics: taken and cleared in one step
+// The stop signals' state; lock-free atomics, read and changed in one step from any thread.
+static int stop_mode;      // 0 default action, 1 kept for the wait, 2 quit at once
+static int stop_kept;      // the first SIGTERM or SIGHUP kept while the mode was 1
+static pid_t stop_owner;   // the process that installed the handler (a fork without exec is not it)
+static int stop_terminal;  // standard error was a terminal: the quit line clears a progress bar
 
-static void on_stop_signal(int sig) {
-    if (stop_mode == 1) {
-        __atomic_store_n(&stop_kept, sig, __ATOMIC_SEQ_CST);
-        return;
-    }
-    if (stop_mode == 2) {
-        static const char quit[] = "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left\n";
-        (void)!write(2, quit, sizeof quit - 1);
-        _exit(128 + sig);
-    }
-    // The default action, as if no handler had been there: blocked while this runs, the signal
-    // raised here is delivered on return.
+// The default action, as if no handler had been there: blocked while the handler runs, the signal
+// raised here is delivered when it returns.
+static void stop_by_default(int sig) {
     signal(sig, SIG_DFL);
     raise(sig);
 }
 
+static void on_stop_signal(int sig) {
+    int saved = errno;
+    // A child forked without exec (a spawn before its reset, an attach helper) is not the command:
+    // the signal does what it would have done there.
+    if (getpid() != stop_owner) {
+        stop_by_default(sig);
+        errno = saved;
+        return;
+    }
+    int mode = __atomic_load_n(&stop_mode, __ATOMIC_SEQ_CST);
+    if (mode == 1) {
+        // A SIGTERM counts over a SIGHUP: a service manager may send both at once, and the kernel
+        // delivers the lower number, SIGHUP, first. Otherwise the first is kept.
+        int kept = __atomic_load_n(&stop_kept, __ATOMIC_SEQ_CST);
+        while ((kept == 0 || (kept == SIGHUP && sig == SIGTERM))
+               && !__atomic_compare_exchange_n(&stop_kept, &kept, sig, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+        if (__atomic_load_n(&stop_mode, __ATOMIC_SEQ_CST) == 1 || __atomic_exchange_n(&stop_kept, 0, __ATOMIC_SEQ_CST) == 0) {
+            errno = saved;
+            return;
+        }
+        // The wait ended while this ran, and did not take it: acted on as the mode now says.
+        mode = __atomic_load_n(&stop_mode, __ATOMIC_SEQ_CST);
+    }
+    if (mode == 2) {
+        // A cancel is under way. A second SIGTERM quits; a SIGHUP does not (a hang-up is often
+        // sent twice, or right behind a SIGTERM), so the rollback is not cut short by it.
+        if (sig == SIGHUP) {
+            errno = saved;
+            return;
+        }
+        static const char quit[] = "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left\n";
+        if (stop_terminal) (void)!write(2, "\r\033[K", 4);
+        (void)!write(2, quit, sizeof quit - 1);
+        _exit(128 + sig);
+    }
+    stop_by_default(sig);
+    errno = saved;
+}
+
 int silo_stop_signals_install(void) {
+    stop_owner = getpid();
+    stop_terminal = isatty(2);
     int stops[] = { SIGTERM, SIGHUP };
     for (unsigned i = 0; i < sizeof stops / sizeof stops[0]; i++) {
         struct sigaction old;
@@ -176,7 +211,7 @@ int silo_stop_signals_install(void) {
     return 0;
 }
 
-void silo_stop_signals_mode(int mode) { stop_mode = mode; }
+void silo_stop_signals_mode(int mode) { __atomic_store_n(&stop_mode, mode, __ATOMIC_SEQ_CST); }
 
 int silo_stop_signal_take(void) {
     return __atomic_exchange_n(&stop_kept, 0, __ATOMIC_SEQ_CST);

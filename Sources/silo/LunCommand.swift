@@ -73,8 +73,8 @@ struct LunCommand: ParsableCommand {
                 // file system: its progress is shown and Ctrl-C cancels it. A thin one is made in
                 // milliseconds.
                 let provider = spec.provisioning == .thin && spec.fileSystem == nil ? global.quickProvider : global.provider
-                let operation = try cli(options: ["name": "--name"], typed: ["size": size]) { try provider.createLun(spec) }
-                let lun = try waitShowingProgress(operation, options: ["name": "--name"], typed: ["size": size])
+                let lun = try waitShowingProgress(try cli(options: ["name": "--name"], typed: ["size": size]) { try provider.createLun(spec) },
+                                                  options: ["name": "--name"], typed: ["size": size])
                 if json { return print(lun.json) }
                 printLuns([lun])
             }
@@ -148,15 +148,17 @@ struct LunCommand: ParsableCommand {
 
         func run() throws {
             let typed = ["by": by ?? "", "to": to ?? ""]
-            let operation = try cli(typed: typed) { () throws(SiloError) -> SiloOperation<LunProperties> in
-                try global.provider.extendLun(
-                    name, by: try by.map { s throws(SiloError) in try ByteCount.parse(s, field: "by") },
-                    to: try to.map { s throws(SiloError) in try ByteCount.parse(s, field: "to") }
-                )
-            }
             // The growth's allocation (thick, zeroed) names its bytes `size`: here, what was typed.
             let option = by != nil ? "by" : "to"
-            let lun = try waitShowingProgress(operation, options: ["size": "--" + option], typed: ["size": typed[option] ?? ""])
+            let lun = try waitShowingProgress(
+                try cli(typed: typed) { () throws(SiloError) -> SiloOperation<LunProperties> in
+                    try global.provider.extendLun(
+                        name, by: try by.map { s throws(SiloError) in try ByteCount.parse(s, field: "by") },
+                        to: try to.map { s throws(SiloError) in try ByteCount.parse(s, field: "to") }
+                    )
+                },
+                options: ["size": "--" + option], typed: ["size": typed[option] ?? ""]
+            )
             if json { return print(lun.json) }
             printLuns([lun])
         }
@@ -171,10 +173,9 @@ struct LunCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let operation = try cli(typed: ["by": by]) { () throws(SiloError) -> SiloOperation<LunProperties> in
+            let lun = try waitShowingProgress(try cli(typed: ["by": by]) { () throws(SiloError) -> SiloOperation<LunProperties> in
                 try global.provider.shrinkLun(name, by: try ByteCount.parse(by, field: "by"), force: force)
-            }
-            let lun = try waitShowingProgress(operation)
+            })
             if json { return print(lun.json) }
             printLuns([lun])
         }
@@ -197,8 +198,7 @@ struct LunCommand: ParsableCommand {
             var force = false
 
             func run() throws {
-                let operation = try cli { try global.quickProvider.deleteLun(name, force: force) }
-                try waitShowingProgress(operation, quiet: true)
+                try waitShowingProgress(try cli { try global.quickProvider.deleteLun(name, force: force) }, quiet: true)
             }
         }
     }
@@ -223,8 +223,7 @@ struct LunCommand: ParsableCommand {
         @Argument(help: "The LUN's name.") var name: String
 
         func run() throws {
-            let operation = try cli { try global.provider.setOnline(name, true) }
-            printLuns([try waitShowingProgress(operation, quiet: true)])
+            printLuns([try waitShowingProgress(try cli { try global.provider.setOnline(name, true) }, quiet: true)])
         }
     }
 
@@ -234,8 +233,7 @@ struct LunCommand: ParsableCommand {
         @Argument(help: "The LUN's name.") var name: String
 
         func run() throws {
-            let operation = try cli { try global.provider.setOnline(name, false) }
-            printLuns([try waitShowingProgress(operation, quiet: true)])
+            printLuns([try waitShowingProgress(try cli { try global.provider.setOnline(name, false) }, quiet: true)])
         }
     }
 }
@@ -253,10 +251,9 @@ extension LunCommand {
 
         func run() throws {
             // A clone takes the source's size: room for it is the source's to answer for, not a --size's.
-            let operation = try cli(options: ["name": "--name", "source": "SOURCE", "size": "SOURCE"]) {
+            let lun = try waitShowingProgress(try cli(options: ["name": "--name", "source": "SOURCE", "size": "SOURCE"]) {
                 try global.provider.cloneLun(source, as: name)
-            }
-            let lun = try waitShowingProgress(operation)
+            })
             if json { return print(lun.json) }
             printLuns([lun])
         }

@@ -3,16 +3,19 @@ import Glibc
 import Silo
 import Synchronization
 
-/// Waits for an operation, showing its progress on standard error: a bar on a terminal, a plain
-/// percent line otherwise. Ctrl-C cancels it; the wait then ends with the rollback done.
-/// `options` and `typed`: as `cli`'s, for the operation's own failure (an extend's allocation
-/// that runs out of space names `--by`, not the library's `size`).
-func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, quiet: Bool = false,
+/// Starts an operation and waits for it, showing its progress on standard error: a bar on a
+/// terminal, a plain percent line otherwise. Ctrl-C cancels it; the wait then ends with the
+/// rollback done. A SIGTERM or SIGHUP from the start on (a quick operation is done on this thread
+/// by `start`) is kept for the wait, never ending silo halfway. `options` and `typed`: as `cli`'s,
+/// for the operation's own failure (an extend's allocation that runs out of space names `--by`,
+/// not the library's `size`).
+func waitShowingProgress<Output: Sendable>(_ start: @autoclosure () throws -> SiloOperation<Output>, quiet: Bool = false,
                                            options: [String: String] = [:], typed: [String: String] = [:]) throws -> Output {
     let terminal = isatty(2) == 1
     var lastShown = -1
     var interrupts = Interrupts()
     defer { interrupts.end() }
+    let operation = try start()
     // Quick operations show nothing: progress appears once one has run for half a second.
     let showFrom = ContinuousClock.now + .milliseconds(500)
     while operation.status.isPending {
@@ -32,11 +35,13 @@ func waitShowingProgress<Output: Sendable>(_ operation: SiloOperation<Output>, q
     return try cli(options: options, typed: typed) { try operation.wait() }
 }
 
-/// Waits for an operation that shows no progress (a system's start, pause, shutdown...), with
-/// Ctrl-C read as `waitShowingProgress` reads it; its failure is thrown as the operation's error.
-func waitInterruptibly<Output: Sendable>(_ operation: SiloOperation<Output>) throws(SiloError) -> Output {
+/// Starts and waits for an operation that shows no progress (a system's start, pause,
+/// shutdown...), with signals read as `waitShowingProgress` reads them; its failure is thrown as
+/// the operation's error.
+func waitInterruptibly<Output: Sendable>(_ start: @autoclosure () throws(SiloError) -> SiloOperation<Output>) throws(SiloError) -> Output {
     var interrupts = Interrupts()
     defer { interrupts.end() }
+    let operation = try start()
     while operation.status.isPending {
         _ = try? operation.wait(timeout: .milliseconds(100))
         interrupts.take(operation)
@@ -60,17 +65,21 @@ func takePendingInterrupt() -> Bool {
 /// cancellable, finishes); the command then exits 130, or 128 + the number of the SIGTERM or
 /// SIGHUP that cancelled it. The second quits at once, whatever the operation is doing: for an
 /// operation that cannot end soon (waiting for another process's lock, a rollback stuck on a busy
-/// device). What a quit leaves half done, reenumerate tidies, as after any killed run. Outside
-/// such a wait, SIGTERM and SIGHUP end silo as their default actions do.
+/// device); a SIGHUP then is ignored, since hang-ups come in pairs and right behind a SIGTERM.
+/// What a quit leaves half done, reenumerate tidies, as after any killed run. Outside such a wait,
+/// SIGTERM and SIGHUP end silo as their default actions do.
 struct Interrupts {
     private var count = 0
 
     init() { silo_stop_signals_mode(1) }
 
-    /// The wait is over: a SIGTERM or SIGHUP from now on ends silo at once.
+    /// The wait is over: a SIGTERM or SIGHUP from now on ends silo as its default action does,
+    /// and so does one that came as the operation ended, not taken by the loop (the operation is
+    /// whole: done, failed and rolled back, or cancelled).
     func end() {
         silo_stop_signals_mode(0)
-        _ = silo_stop_signal_take()
+        let kept = silo_stop_signal_take()
+        if kept != 0 { raise(kept) }
     }
 
     mutating func take<Output: Sendable>(_ operation: SiloOperation<Output>) {

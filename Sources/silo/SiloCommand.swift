@@ -162,9 +162,15 @@ struct Globals: Equatable {
 
     static let onCaller = OperationScheduler(runsOnCaller: true)
 
-    /// Whether a Ctrl-C came (and takes it): a call waiting for another silo's registry lock then
-    /// gives up, with nothing changed, and the command exits 130.
-    static let interrupted: @Sendable () -> Bool = takePendingInterrupt
+    /// Whether a Ctrl-C came, or a SIGTERM or SIGHUP kept for an operation's wait (and takes it): a
+    /// call waiting for another silo's registry lock then gives up, with nothing changed, and the
+    /// command exits 130 (143, 129).
+    static let interrupted: @Sendable () -> Bool = {
+        if takePendingInterrupt() { return true }
+        let stop = silo_stop_signal_take()
+        if stop != 0 { cancellingSignal.store(stop, ordering: .relaxed) }
+        return stop != 0
+    }
 }
 
 /// A command scripts run in loops, split in two: the ArgumentParser command, which reads its

@@ -15,8 +15,7 @@ struct StorageCommand: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let operation = try cli { try global.provider.reenumerate() }
-            let report = try waitShowingProgress(operation)
+            let report = try waitShowingProgress(try cli { try global.provider.reenumerate() })
             if json { return try printJSON(report) }
             let lines: [(String, [String])] = [
                 ("attached", report.attached), ("rolled back", report.rolledBack), ("repaired", report.repaired),

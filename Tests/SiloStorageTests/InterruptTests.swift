@@ -46,6 +46,48 @@ struct InterruptTests {
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
 
+    @Test("A SIGHUP right behind a SIGTERM (a service manager's stop) neither replaces it nor cuts its rollback short: exit 143, rolled back")
+    func stopSignalsTogether() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
+                                       "--provisioning", "zeroed"])
+        let zeroing = waitUntil { zeroingStarted(storage) }
+        // As systemd stops a unit with SendSIGHUP: SIGTERM, SIGHUP, SIGCONT. Stopped meanwhile,
+        // silo gets both at once, and the kernel hands it the SIGHUP first.
+        child.kill(SIGSTOP)
+        let stopped = waitUntil { readSmallFile("/proc/\(child.pid)/stat")?.contains(") T ") ?? false }
+        child.kill(SIGTERM)
+        child.kill(SIGHUP)
+        child.kill(SIGCONT)
+        let outcome = child.finish()
+        #expect(zeroing, "the create never started zeroing")
+        #expect(stopped, "SIGSTOP never stopped silo")
+        #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+        #expect(outcome.error.contains("SIGTERM: cancelling: rolling back"), "\(outcome.error)")
+        #expect(!outcome.error.contains("quit before"), "\(outcome.error)")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+    }
+
+    @Test("A SIGHUP that nohup set to be ignored stays ignored: a zeroed create under nohup finishes")
+    func ignoredHangUp() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        let child = spawn("/usr/bin/nohup", [siloBinary, "--state-dir", state, "lun", "create", "--name", "kept", "--size", "1G",
+                                             "--provisioning", "zeroed"])
+        let zeroing = waitUntil { zeroingStarted(storage) }
+        let running = !hasExited(child.pid)
+        child.kill(SIGHUP)
+        let outcome = child.finish()
+        #expect(zeroing && running, "the create was not zeroing when the SIGHUP came")
+        #expect(outcome.killedBy == 0 && outcome.status == 0, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+        #expect(try storage.provider.lun(named: "kept").size == 1 << 30)
+    }
+
     @Test("A reader that quits does not kill silo mid-operation: a zeroed create whose progress goes to a closed pipe finishes; JSON to a full disk exits 1")
     func closedOutput() throws {
         let storage = TestStorage()
@@ -150,26 +192,39 @@ extension InterruptTests {
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
     }
 
-    @Test("Outside a wait for an operation, a SIGTERM ends silo as its default action does: one waiting for the registry lock dies of it, nothing changed")
-    func stopSignalOutsideAWait() throws {
+    @Test("A SIGTERM while an operation's command waits for the registry lock gives up as Ctrl-C does (143); outside such a command it ends silo as its default action does; nothing changed either way")
+    func stopSignalWhileWaitingForLock() throws {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
         _ = try storage.create("first")
-        let lock = open(storage.provider.configuration.lockFile, O_RDWR | O_CLOEXEC)
+        let lockFile = storage.provider.configuration.lockFile
+        let lock = open(lockFile, O_RDWR | O_CLOEXEC)
         try #require(lock >= 0)
         defer { close(lock) }
-        #expect(flock(lock, LOCK_EX) == 0)
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "waiting", "--size", "8M"])
-        #expect(waitUntil { hasOpen(child.pid, storage.provider.configuration.lockFile) || hasExited(child.pid) }, "lun create never opened the lock")
-        usleep(50_000)  // from its open into its wait: a SIGTERM before it ends silo the same way
-        #expect(!hasExited(child.pid), "lun create waits for the lock")
-        child.kill(SIGTERM)
-        let ended = waitUntil { hasExited(child.pid) }
-        flock(lock, LOCK_UN)
-        let outcome = child.finish()
-        #expect(ended, "SIGTERM left lun create waiting for the lock")
-        #expect(outcome.killedBy == SIGTERM, "exit \(outcome.status): \(outcome.error)")
+        let side = storage.path + "/side"
+        mkdir(side, 0o755)
+        // lun create waits for its operation (the lock's wait included); pool add is a quick
+        // change with no operation to wait for.
+        for (command, cancels) in [(["lun", "create", "--name", "waiting", "--size", "8M"], true), (["pool", "add", "side", side], false)] {
+            #expect(flock(lock, LOCK_EX) == 0)
+            let child = spawn(siloBinary, ["--state-dir", state] + command)
+            #expect(waitUntil { hasOpen(child.pid, lockFile) || hasExited(child.pid) }, "\(command[0]) \(command[1]) never opened the lock")
+            usleep(50_000)  // from its open into its wait: a SIGTERM just before it is taken the same way
+            #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
+            child.kill(SIGTERM)
+            let ended = waitUntil { hasExited(child.pid) }
+            flock(lock, LOCK_UN)
+            let outcome = child.finish()
+            #expect(ended, "SIGTERM left \(command[0]) \(command[1]) waiting for the lock")
+            if cancels {
+                #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+                #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
+            } else {
+                #expect(outcome.killedBy == SIGTERM, "exit \(outcome.status): \(outcome.error)")
+            }
+        }
+        #expect(try storage.provider.pools().map(\.name) == ["default"], "no pool added")
         #expect(try storage.provider.luns().map(\.name) == ["first"])
         #expect(loopDevices(backedUnder: storage.path).count == 1)
     }

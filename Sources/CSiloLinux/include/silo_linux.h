@@ -42,12 +42,13 @@ int silo_flush_standard_output(void);
 /// that ends the process as their default action does, except while a command waits for a
 /// cancellable operation (`silo_stop_signals_mode(1)`): then it keeps the signal for the wait to
 /// take (`silo_stop_signal_take`), which cancels the operation as a Ctrl-C does; once a cancel is
-/// under way (mode 2) the next one quits at once, as a second Ctrl-C does: a line on standard
-/// error, exit 128 + its number. Returns 0, or sigaction's errno.
+/// under way (mode 2) a SIGTERM quits at once, as a second Ctrl-C does: a line on standard
+/// error, exit 128 + its number (a SIGHUP then is ignored). In a child forked without exec, the
+/// default action. Returns 0, or sigaction's errno.
 int silo_stop_signals_install(void);
 /// 0: a stop signal ends the process (its default action); 1: kept for the wait; 2: quits at once.
 void silo_stop_signals_mode(int mode);
-/// The stop signal kept since the last call (SIGTERM or SIGHUP), or 0.
+/// The stop signal kept since the last call (SIGTERM over SIGHUP, else the first), or 0.
 int silo_stop_signal_take(void);
 /// statfs(path)'s f_type (the file system's magic number), or -1 with errno set.
 long silo_fs_type(const char *path);
