@@ -7,8 +7,11 @@ import Testing
 /// Ctrl-C at the `silo` command line: SIGINT sent to the command as the terminal sends it.
 @Suite("CLI Ctrl-C", .tags(.root), .requiresLoopDevices, .requiresSiloBinary, .serialized)
 struct InterruptTests {
-    @Test("S7 Ctrl-C during a zeroed create cancels it: exit 130, rolled back (no record, file or device)")
-    func ctrlCCancelsCreate() throws {
+    /// The last: a SIGHUP right behind a SIGTERM (a service manager's stop) neither replaces it nor
+    /// cuts its rollback short.
+    @Test("S7 Ctrl-C, SIGTERM or SIGHUP during a zeroed create cancels it: exit 128 + its number (130, 143, 129), rolled back (no record, file or device); with SIGTERM and SIGHUP at once, SIGTERM's",
+          arguments: [[SIGINT], [SIGTERM], [SIGHUP], [SIGTERM, SIGHUP]])
+    func signalCancelsCreate(signals: [Int32]) throws {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
@@ -16,57 +19,23 @@ struct InterruptTests {
                                        "--provisioning", "zeroed"])
         // Sent once zeroing is under way: the record is there, and the file has grown.
         let zeroing = waitUntil { zeroingStarted(storage) }
-        child.kill(SIGINT)
+        // Two are sent as systemd stops a unit with SendSIGHUP (SIGTERM, SIGHUP, SIGCONT), to a
+        // stopped silo: it gets both at once, and the kernel hands it the SIGHUP first.
+        var stopped = true
+        if signals.count > 1 {
+            child.kill(SIGSTOP)
+            stopped = waitUntil { readSmallFile("/proc/\(child.pid)/stat")?.contains(") T ") ?? false }
+        }
+        for signal in signals { child.kill(signal) }
+        if signals.count > 1 { child.kill(SIGCONT) }
         let outcome = child.finish()
-        #expect(zeroing, "the create never started zeroing")
-        #expect(outcome.status == 130, "\(outcome.error)")
-        #expect(outcome.error.contains("cancelling: rolling back"), "\(outcome.error)")
-        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
-    }
-
-    @Test("S7 SIGTERM or SIGHUP during a zeroed create cancels it as Ctrl-C does: exit 128 + its number, rolled back", arguments: [SIGTERM, SIGHUP])
-    func stopSignalCancelsCreate(signal: Int32) throws {
-        let storage = TestStorage()
-        defer { storage.finish() }
-        let state = storage.path + "/state"
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
-                                       "--provisioning", "zeroed"])
-        let zeroing = waitUntil { zeroingStarted(storage) }
-        child.kill(signal)
-        let outcome = child.finish()
-        #expect(zeroing, "the create never started zeroing")
-        #expect(outcome.killedBy == 0 && outcome.status == 128 + signal, "killed by \(outcome.killedBy): \(outcome.error)")
-        #expect(outcome.error.contains("\(signal == SIGTERM ? "SIGTERM" : "SIGHUP"): cancelling: rolling back"), "\(outcome.error)")
-        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
-    }
-
-    @Test("A SIGHUP right behind a SIGTERM (a service manager's stop) neither replaces it nor cuts its rollback short: exit 143, rolled back")
-    func stopSignalsTogether() throws {
-        let storage = TestStorage()
-        defer { storage.finish() }
-        let state = storage.path + "/state"
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
-                                       "--provisioning", "zeroed"])
-        let zeroing = waitUntil { zeroingStarted(storage) }
-        // As systemd stops a unit with SendSIGHUP: SIGTERM, SIGHUP, SIGCONT. Stopped meanwhile,
-        // silo gets both at once, and the kernel hands it the SIGHUP first.
-        child.kill(SIGSTOP)
-        let stopped = waitUntil { readSmallFile("/proc/\(child.pid)/stat")?.contains(") T ") ?? false }
-        child.kill(SIGTERM)
-        child.kill(SIGHUP)
-        child.kill(SIGCONT)
-        let outcome = child.finish()
+        let signal = signals.contains(SIGTERM) ? SIGTERM : signals[0]
         #expect(zeroing, "the create never started zeroing")
         #expect(stopped, "SIGSTOP never stopped silo")
-        #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
-        #expect(outcome.error.contains("SIGTERM: cancelling: rolling back"), "\(outcome.error)")
+        #expect(outcome.killedBy == 0 && outcome.status == 128 + signal, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+        #expect(outcome.error.contains(signalPrefix(signal) + "cancelling: rolling back"), "\(outcome.error)")
         #expect(!outcome.error.contains("quit before"), "\(outcome.error)")
+        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
         #expect(try storage.provider.luns().isEmpty)
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
@@ -111,8 +80,9 @@ struct InterruptTests {
         #expect(head.output == "0\n" || head.output == "141\n", "\(head.output)")
     }
 
-    @Test("A second Ctrl-C quits at once (130) an operation that cannot end (its attach waits for a lock); reenumerate tidies what it left")
-    func secondCtrlCQuits() throws {
+    @Test("A second Ctrl-C or SIGTERM quits at once (130, 143) an operation that cannot end (its attach waits for a lock), and a SIGHUP meanwhile does not; reenumerate tidies what it left",
+          arguments: [SIGINT, SIGTERM])
+    func secondSignalQuits(signal: Int32) throws {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
@@ -127,22 +97,24 @@ struct InterruptTests {
                                        "--provisioning", "thick"])
         let reserved = waitUntil { (try? storage.provider.luns().isEmpty == false) ?? false }
         let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }  // the attach step's wait
-        child.kill(SIGINT)
-        // The second is sent once the first has been taken: two pending Ctrl-Cs are one.
-        let said = child.waitForError(containing: "cancelling: rolling back")
+        child.kill(signal)
+        // The second is sent once the first has been taken: two pending are one.
+        let said = child.waitForError(containing: signalPrefix(signal) + "cancelling: rolling back")
+        child.kill(SIGHUP)  // a hang-up once a cancel is under way does not cut it short
         usleep(300_000)
-        #expect(!hasExited(child.pid), "one Ctrl-C must not quit a cancel still under way")
-        child.kill(SIGINT)
+        #expect(!hasExited(child.pid), "one signal, or a SIGHUP after it, must not quit a cancel still under way")
+        child.kill(signal)
         // The lock is still held: only the quit can end the command now.
         let quit = waitUntil { hasExited(child.pid) }
         flock(control, LOCK_UN)
         held = false
         let outcome = child.finish()
         #expect(attaching, "the create never waited for /dev/loop-control's lock")
-        #expect(said && quit, "a second Ctrl-C left the command waiting")
+        #expect(said && quit, "a second signal left the command waiting")
         #expect(reserved, "the create never reserved its LUN")
-        #expect(outcome.status == 130, "\(outcome.error)")
-        #expect(outcome.error.contains("cancelling: rolling back... (Ctrl-C again to quit now)"), "\(outcome.error)")
+        #expect(outcome.killedBy == 0 && outcome.status == 128 + signal, "killed by \(outcome.killedBy): \(outcome.error)")
+        let again = signal == SIGINT ? "Ctrl-C again to quit now" : "again, or Ctrl-C, to quit now"
+        #expect(outcome.error.contains(signalPrefix(signal) + "cancelling: rolling back... (\(again))"), "\(outcome.error)")
         #expect(outcome.error.contains("quit before the operation ended"), "\(outcome.error)")
         // Quit like a killed run: its record is there, and reenumerate removes it with its file.
         #expect(try storage.provider.luns().map(\.name) == ["stuck"])
@@ -153,86 +125,17 @@ struct InterruptTests {
     }
 }
 
-extension InterruptTests {
-    @Test("A SIGTERM once a cancel is under way quits at once (143), even while the command's thread is busy; reenumerate tidies what it left")
-    func secondStopSignalQuits() throws {
-        let storage = TestStorage()
-        defer { storage.finish() }
-        let state = storage.path + "/state"
-        // As in secondCtrlCQuits: the held lock stops the create's attach, and its rollback with it.
-        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
-        try #require(control >= 0)
-        var held = true
-        defer { if held { flock(control, LOCK_UN) }; close(control) }
-        #expect(flock(control, LOCK_EX) == 0)
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "stuck", "--size", "8M",
-                                       "--provisioning", "thick"])
-        let reserved = waitUntil { (try? storage.provider.luns().isEmpty == false) ?? false }
-        let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }  // the attach step's wait
-        child.kill(SIGTERM)
-        // The second is sent once the first has been taken: two before that are one.
-        let said = child.waitForError(containing: "SIGTERM: cancelling")
-        usleep(300_000)
-        #expect(!hasExited(child.pid), "one SIGTERM must not quit a cancel still under way")
-        child.kill(SIGTERM)
-        let quit = waitUntil { hasExited(child.pid) }
-        flock(control, LOCK_UN)
-        held = false
-        let outcome = child.finish()
-        #expect(attaching, "the create never waited for /dev/loop-control's lock")
-        #expect(said && quit, "a second SIGTERM left the command waiting")
-        #expect(reserved, "the create never reserved its LUN")
-        #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy): \(outcome.error)")
-        #expect(outcome.error.contains("SIGTERM: cancelling: rolling back... (again, or Ctrl-C, to quit now)"), "\(outcome.error)")
-        #expect(outcome.error.contains("quit before the operation ended"), "\(outcome.error)")
-        #expect(try storage.provider.luns().map(\.name) == ["stuck"])
-        _ = try storage.provider.reenumerate().wait(timeout: .seconds(60))
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
-    }
-
-    @Test("A SIGTERM while an operation's command waits for the registry lock gives up as Ctrl-C does (143); outside such a command it ends silo as its default action does; nothing changed either way")
-    func stopSignalWhileWaitingForLock() throws {
-        let storage = TestStorage()
-        defer { storage.finish() }
-        let state = storage.path + "/state"
-        _ = try storage.create("first")
-        let lockFile = storage.provider.configuration.lockFile
-        let lock = open(lockFile, O_RDWR | O_CLOEXEC)
-        try #require(lock >= 0)
-        defer { close(lock) }
-        let side = storage.path + "/side"
-        mkdir(side, 0o755)
-        // lun create waits for its operation (the lock's wait included); pool add is a quick
-        // change with no operation to wait for.
-        for (command, cancels) in [(["lun", "create", "--name", "waiting", "--size", "8M"], true), (["pool", "add", "side", side], false)] {
-            #expect(flock(lock, LOCK_EX) == 0)
-            let child = spawn(siloBinary, ["--state-dir", state] + command)
-            #expect(waitUntil { hasOpen(child.pid, lockFile) || hasExited(child.pid) }, "\(command[0]) \(command[1]) never opened the lock")
-            usleep(50_000)  // from its open into its wait: a SIGTERM just before it is taken the same way
-            #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
-            child.kill(SIGTERM)
-            let ended = waitUntil { hasExited(child.pid) }
-            flock(lock, LOCK_UN)
-            let outcome = child.finish()
-            #expect(ended, "SIGTERM left \(command[0]) \(command[1]) waiting for the lock")
-            if cancels {
-                #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
-                #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
-            } else {
-                #expect(outcome.killedBy == SIGTERM, "exit \(outcome.status): \(outcome.error)")
-            }
-        }
-        #expect(try storage.provider.pools().map(\.name) == ["default"], "no pool added")
-        #expect(try storage.provider.luns().map(\.name) == ["first"])
-        #expect(loopDevices(backedUnder: storage.path).count == 1)
-    }
+/// What silo's cancel message starts with for `signal`: nothing for Ctrl-C, else its name.
+private func signalPrefix(_ signal: Int32) -> String {
+    signal == SIGTERM ? "SIGTERM: " : signal == SIGHUP ? "SIGHUP: " : ""
 }
 
 extension InterruptTests {
-    @Test("E3 Ctrl-C while a command waits for the registry lock another silo holds gives up at once: exit 130, nothing changed")
-    func ctrlCWhileWaitingForLock() throws {
+    /// SIGTERM is kept, like Ctrl-C, only by a command that starts an operation: pool add, a quick
+    /// change with no operation to wait for, dies of it as of its default action.
+    @Test("E3 Ctrl-C while a command waits for the registry lock another silo holds gives up at once (130), and so does a SIGTERM while an operation's command waits (143); nothing changed",
+          arguments: [SIGINT, SIGTERM])
+    func signalWhileWaitingForLock(signal: Int32) throws {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
@@ -243,21 +146,25 @@ extension InterruptTests {
         defer { close(lock) }
         let side = storage.path + "/side"
         mkdir(side, 0o755)
-        for command in [["lun", "create", "--name", "waiting", "--size", "8M"], ["pool", "add", "side", side]] {
+        for (command, operation) in [(["lun", "create", "--name", "waiting", "--size", "8M"], true), (["pool", "add", "side", side], false)] {
             #expect(flock(lock, LOCK_EX) == 0)
             let child = spawn(siloBinary, ["--state-dir", state] + command)
             // Once silo blocks SIGINT and has the lock file open, it is in (or just before) its
-            // wait, where a Ctrl-C is taken: one that comes sooner is taken there too.
+            // wait, where the signal is taken: one that comes sooner is taken there too.
             #expect(waitUntil { (blocks(child.pid, SIGINT) && hasOpen(child.pid, lockFile)) || hasExited(child.pid) }, "silo never opened the lock with SIGINT blocked")
             #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
-            child.kill(SIGINT)
-            let gaveUp = waitUntil { hasExited(child.pid) }
+            child.kill(signal)
+            let ended = waitUntil { hasExited(child.pid) }
             flock(lock, LOCK_UN)
             let outcome = child.finish()
-            #expect(gaveUp, "Ctrl-C left \(command[0]) \(command[1]) waiting for the lock")
-            #expect(outcome.status == 130, "\(outcome.error)")
-            #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
-            #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+            #expect(ended, "signal \(signal) left \(command[0]) \(command[1]) waiting for the lock")
+            if signal == SIGTERM && !operation {
+                #expect(outcome.killedBy == SIGTERM, "exit \(outcome.status): \(outcome.error)")
+            } else {
+                #expect(outcome.killedBy == 0 && outcome.status == 128 + signal, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+                #expect(outcome.error.contains("cancelled while waiting for \(lockFile)"), "\(outcome.error)")
+                #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+            }
         }
         #expect(try storage.provider.pools().map(\.name) == ["default"], "no pool added")
         #expect(try storage.provider.luns().map(\.name) == ["first"])
