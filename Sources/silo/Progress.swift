@@ -32,7 +32,10 @@ func waitShowingProgress<Output: Sendable>(_ start: @autoclosure () throws -> Si
         interrupts.take(operation)
     }
     if terminal, lastShown >= 0, !quiet { writeStandardError("\r\u{1B}[K") }
-    return try cli(options: options, typed: typed) { try operation.wait() }
+    return try cli(options: options, typed: typed) {
+        try interrupts.stopped(operation)
+        return try operation.wait()
+    }
 }
 
 /// Starts and waits for an operation that shows no progress (a system's start, pause,
@@ -46,6 +49,7 @@ func waitInterruptibly<Output: Sendable>(_ start: @autoclosure () throws(SiloErr
         _ = try? operation.wait(timeout: .milliseconds(100))
         interrupts.take(operation)
     }
+    try interrupts.stopped(operation)
     return try operation.wait()
 }
 
@@ -70,6 +74,8 @@ func takePendingInterrupt() -> Bool {
 /// SIGTERM and SIGHUP end silo as their default actions do.
 struct Interrupts {
     private var count = 0
+    /// The SIGTERM or SIGHUP the loop took, if it took one.
+    private var stop: Int32 = 0
 
     init() { silo_stop_signals_mode(1) }
 
@@ -92,6 +98,7 @@ struct Interrupts {
             printError(start + "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
             _exit(128 + signal)  // at once: no atexit handler runs under a worker mid-step
         }
+        if signal != SIGINT { stop = signal }
         // From now on a SIGTERM or SIGHUP quits from its handler, even while this thread is busy.
         silo_stop_signals_mode(2)
         let again = signal == SIGINT ? "Ctrl-C again to quit now" : "again, or Ctrl-C, to quit now"
@@ -99,9 +106,22 @@ struct Interrupts {
         if (try? operation.cancel()) != nil {
             cancellingSignal.store(signal, ordering: .relaxed)
             printError(start + name + "cancelling: rolling back... (\(again))")
-        } else {
+        } else if operation.status.isPending {
             printError(start + name + "finishing: too far along to cancel (\(again))")
         }
+    }
+
+    /// A SIGTERM or SIGHUP that came as the operation failed of something else is what ended it:
+    /// a service manager's stop also reaches the programs an operation runs (systemd signals the
+    /// whole cgroup, mkfs included), which then fail the step before the loop takes the signal.
+    /// The operation has rolled back as a cancel does, so the command ends as a cancel by that
+    /// signal does (128 + its number), with the step's failure in the message.
+    mutating func stopped<Output: Sendable>(_ operation: SiloOperation<Output>) throws(SiloError) {
+        guard case .failed(let error) = operation.status, error.code != .operationCancelled else { return }
+        if stop == 0 { stop = silo_stop_signal_take() }
+        guard stop != 0 else { return }
+        cancellingSignal.store(stop, ordering: .relaxed)
+        throw SiloError(.operationCancelled, "\(stop == SIGTERM ? "SIGTERM" : "SIGHUP") came as the operation failed, and it was rolled back: \(error.message)")
     }
 }
 

@@ -180,15 +180,7 @@ extension InterruptTests {
         defer { storage.finish() }
         let state = storage.path + "/state"
         let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "fs", "--size", "64G", "--filesystem", "xfs"])
-        var mkfs: pid_t?
-        for _ in 0..<20_000 where mkfs == nil && !hasExited(child.pid) {
-            // mkfs is the child of the thread that runs the create's operation, not of the main one.
-            let children = directoryEntries("/proc/\(child.pid)/task").map { readSmallFile("/proc/\(child.pid)/task/\($0)/children") ?? "" }
-            mkfs = children.flatMap { $0.split(separator: " ") }.compactMap { pid_t($0) }.first {
-                readSmallFile("/proc/\($0)/comm")?.hasPrefix("mkfs") == true
-            }
-            if mkfs == nil { usleep(200) }
-        }
+        let mkfs = mkfsRunning(under: child)
         // Held where it is, so that silo dies while it runs (a stopped process still dies of SIGKILL).
         if let mkfs { kill(mkfs, SIGSTOP) }
         child.kill(SIGKILL)
@@ -208,4 +200,42 @@ extension InterruptTests {
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
         #expect(!fileExists(storage.provider.configuration.linkDirectory + "/fs"))
     }
+}
+
+extension InterruptTests {
+    @Test("A service manager's SIGTERM that reaches mkfs too (systemd signals the whole cgroup) ends the create as a cancel: exit 143, rolled back, mkfs's failure named")
+    func stopReachesMkfs() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "fs", "--size", "64G", "--filesystem", "xfs"])
+        let mkfs = mkfsRunning(under: child)
+        // mkfs first: its failure usually reaches the operation before the wait takes silo's own.
+        if let mkfs { kill(mkfs, SIGTERM) }
+        child.kill(SIGTERM)
+        let outcome = child.finish()
+        try #require(mkfs != nil, "mkfs never ran under silo (the create ended first)")
+        #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+        #expect(outcome.error.contains("SIGTERM"), "\(outcome.error)")
+        #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
+        #expect(try storage.provider.luns().isEmpty)
+        #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.isEmpty)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        #expect(!fileExists(storage.provider.configuration.linkDirectory + "/fs"))
+    }
+}
+
+/// The mkfs that `child`'s create runs, once it runs (nil if the create ended first). mkfs is the
+/// child of the thread that runs the create's operation, not of the main one.
+private func mkfsRunning(under child: Child) -> pid_t? {
+    var mkfs: pid_t?
+    let deadline = ContinuousClock.now + .seconds(60)
+    while mkfs == nil && !hasExited(child.pid) && ContinuousClock.now < deadline {
+        let children = directoryEntries("/proc/\(child.pid)/task").map { readSmallFile("/proc/\(child.pid)/task/\($0)/children") ?? "" }
+        mkfs = children.flatMap { $0.split(separator: " ") }.compactMap { pid_t($0) }.first {
+            readSmallFile("/proc/\($0)/comm")?.hasPrefix("mkfs") == true
+        }
+        if mkfs == nil { usleep(200) }
+    }
+    return mkfs
 }
