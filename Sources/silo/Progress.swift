@@ -65,63 +65,90 @@ func takePendingInterrupt() -> Bool {
 
 /// Ctrl-C during a wait, taken by the waiting loop, and SIGTERM and SIGHUP taken as Ctrl-C is
 /// (kept for the loop by silo_stop_signals_install's handler while it waits). The first cancels
-/// the operation (said only when the operation takes it: one past its point of no return, or never
-/// cancellable, finishes); the command then exits 130, or 128 + the number of the SIGTERM or
-/// SIGHUP that cancelled it. The second quits at once, whatever the operation is doing: for an
-/// operation that cannot end soon (waiting for another process's lock, a rollback stuck on a busy
-/// device); a SIGHUP then is ignored, since hang-ups come in pairs and right behind a SIGTERM.
-/// What a quit leaves half done, reenumerate tidies, as after any killed run. Outside such a wait,
-/// SIGTERM and SIGHUP end silo as their default actions do.
+/// the operation (said only when the operation takes it); the command then exits 130, or 128 + the
+/// number of the SIGTERM or SIGHUP that cancelled it. An operation past its point of no return, or
+/// never cancellable, finishes instead, and then a SIGTERM or SIGHUP ends silo. The second quits at
+/// once, whatever the operation is doing: for an operation that cannot end soon (waiting for
+/// another process's lock, a rollback stuck on a busy device); a SIGHUP then is ignored, since
+/// hang-ups come in pairs and right behind a SIGTERM. What a quit leaves half done, reenumerate
+/// tidies, as after any killed run. Outside such a wait, SIGTERM and SIGHUP end silo as their
+/// default actions do.
 struct Interrupts {
     private var count = 0
-    /// The SIGTERM or SIGHUP the loop took, if it took one.
+    /// The SIGTERM or SIGHUP whose cancel the operation took.
     private var stop: Int32 = 0
+    /// The SIGTERM or SIGHUP the operation could not take (it finishes): it ends silo once the
+    /// operation has.
+    private var unheeded: Int32 = 0
 
     init() { silo_stop_signals_mode(1) }
 
     /// The wait is over: a SIGTERM or SIGHUP from now on ends silo as its default action does,
-    /// and so does one that came as the operation ended, not taken by the loop (the operation is
-    /// whole: done, failed and rolled back, or cancelled).
+    /// and so does one the operation finished despite, or that came as it ended, not taken by the
+    /// loop (the operation is whole: done, failed and rolled back, or cancelled).
     func end() {
         silo_stop_signals_mode(0)
         let kept = silo_stop_signal_take()
-        if kept != 0 { raise(kept) }
+        if kept != 0 || unheeded != 0 { raise(kept != 0 ? kept : unheeded) }
     }
 
     mutating func take<Output: Sendable>(_ operation: SiloOperation<Output>) {
+        // An operation that has ended takes no cancel: what came meanwhile is for `stopped` and
+        // `end` (a Ctrl-C then is too late, and is dropped).
+        guard operation.status.isPending else { return }
         let signal = takePendingInterrupt() ? SIGINT : silo_stop_signal_take()
         guard signal != 0 else { return }
         count += 1
-        // Over a progress bar, the line is cleared first; in a log, no bare carriage return.
-        let start = isatty(2) == 1 ? "\r\u{1B}[K" : ""
-        if count > 1 {
-            printError(start + "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
-            _exit(128 + signal)  // at once: no atexit handler runs under a worker mid-step
-        }
-        if signal != SIGINT { stop = signal }
+        if count > 1 { quit(signal) }
         // From now on a SIGTERM or SIGHUP quits from its handler, even while this thread is busy.
+        // One kept between the take above and this change: a SIGTERM is the second signal, and a
+        // SIGHUP is dropped, as the handler now drops it.
         silo_stop_signals_mode(2)
+        if silo_stop_signal_take() == SIGTERM { quit(SIGTERM) }
         let again = signal == SIGINT ? "Ctrl-C again to quit now" : "again, or Ctrl-C, to quit now"
         let name = signal == SIGTERM ? "SIGTERM: " : signal == SIGHUP ? "SIGHUP: " : ""
-        if (try? operation.cancel()) != nil {
+        if cancels(operation) {
+            if signal != SIGINT { stop = signal }
             cancellingSignal.store(signal, ordering: .relaxed)
-            printError(start + name + "cancelling: rolling back... (\(again))")
-        } else if operation.status.isPending {
-            printError(start + name + "finishing: too far along to cancel (\(again))")
+            printError(clearLine + name + "cancelling: rolling back... (\(again))")
+        } else {
+            if signal != SIGINT { unheeded = signal }
+            if operation.status.isPending { printError(clearLine + name + "finishing: too far along to cancel (\(again))") }
         }
+    }
+
+    /// Whether the operation takes a cancel: one that ended meanwhile (cancel does nothing then)
+    /// takes none, unless it ended cancelled.
+    private func cancels<Output: Sendable>(_ operation: SiloOperation<Output>) -> Bool {
+        guard (try? operation.cancel()) != nil else { return false }
+        switch operation.status {
+        case .succeeded: return false
+        case .failed(let error): return error.code == .operationCancelled
+        case .queued, .running: return true
+        }
+    }
+
+    /// Over a progress bar, the line is cleared first; in a log, no bare carriage return.
+    private var clearLine: String { isatty(2) == 1 ? "\r\u{1B}[K" : "" }
+
+    private func quit(_ signal: Int32) -> Never {
+        printError(clearLine + "quit before the operation ended: `silo storage reenumerate` and `silo system reenumerate` tidy what it left")
+        _exit(128 + signal)  // at once: no atexit handler runs under a worker mid-step
     }
 
     /// A SIGTERM or SIGHUP that came as the operation failed of something else is what ended it:
     /// a service manager's stop also reaches the programs an operation runs (systemd signals the
     /// whole cgroup, mkfs included), which then fail the step before the loop takes the signal.
-    /// The operation has rolled back as a cancel does, so the command ends as a cancel by that
-    /// signal does (128 + its number), with the step's failure in the message.
+    /// The command ends as a cancel by that signal does (128 + its number), with the step's
+    /// failure in the message (a failed operation has rolled back what it could).
     mutating func stopped<Output: Sendable>(_ operation: SiloOperation<Output>) throws(SiloError) {
         guard case .failed(let error) = operation.status, error.code != .operationCancelled else { return }
-        if stop == 0 { stop = silo_stop_signal_take() }
-        guard stop != 0 else { return }
-        cancellingSignal.store(stop, ordering: .relaxed)
-        throw SiloError(.operationCancelled, "\(stop == SIGTERM ? "SIGTERM" : "SIGHUP") came as the operation failed, and it was rolled back: \(error.message)")
+        var signal = stop != 0 ? stop : unheeded
+        if signal == 0 { signal = silo_stop_signal_take() }
+        guard signal != 0 else { return }
+        unheeded = 0  // ended here, with its message, not by `end`
+        cancellingSignal.store(signal, ordering: .relaxed)
+        throw SiloError(.operationCancelled, "\(signal == SIGTERM ? "SIGTERM" : "SIGHUP") came as the operation failed: \(error.message)")
     }
 }
 

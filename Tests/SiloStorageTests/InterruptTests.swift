@@ -146,7 +146,8 @@ extension InterruptTests {
         defer { close(lock) }
         let side = storage.path + "/side"
         mkdir(side, 0o755)
-        for (command, operation) in [(["lun", "create", "--name", "waiting", "--size", "8M"], true), (["pool", "add", "side", side], false)] {
+        let commands = [(["lun", "create", "--name", "waiting", "--size", "8M"], true), (["storage", "reenumerate"], true), (["pool", "add", "side", side], false)]
+        for (command, operation) in commands {
             #expect(flock(lock, LOCK_EX) == 0)
             let child = spawn(siloBinary, ["--state-dir", state] + command)
             // Once silo blocks SIGINT and has the lock file open, it is in (or just before) its
@@ -238,4 +239,36 @@ private func mkfsRunning(under child: Child) -> pid_t? {
         if mkfs == nil { usleep(200) }
     }
     return mkfs
+}
+
+extension InterruptTests {
+    @Test("A SIGTERM during an operation that cannot be cancelled (reenumerate re-attaching a LUN) lets it finish, then ends silo: the LUN is attached, and silo dies of the SIGTERM")
+    func stopDuringUncancellable() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.path + "/state"
+        _ = try storage.create("back")
+        // Its device gone behind Silo's back: reenumerate attaches it again, and waits for
+        // /dev/loop-control's lock, held here, to do so.
+        for device in loopDevices(backedUnder: storage.path) { _ = try device.detach() }
+        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
+        try #require(control >= 0)
+        var held = true
+        defer { if held { flock(control, LOCK_UN) }; close(control) }
+        #expect(flock(control, LOCK_EX) == 0)
+        let child = spawn(siloBinary, ["--state-dir", state, "storage", "reenumerate"])
+        let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }
+        child.kill(SIGTERM)
+        let said = child.waitForError(containing: "SIGTERM: finishing: too far along to cancel")
+        #expect(!hasExited(child.pid), "reenumerate ended before it finished")
+        flock(control, LOCK_UN)
+        held = false
+        let outcome = child.finish()
+        #expect(attaching, "reenumerate never waited for /dev/loop-control's lock")
+        #expect(said, "\(outcome.error)")
+        #expect(outcome.killedBy == SIGTERM, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
+        #expect(try storage.provider.lun(named: "back").status == .online)
+        #expect(loopDevices(backedUnder: storage.path).count == 1)
+    }
 }

@@ -32,7 +32,8 @@ extension StorageProvider {
         try registry.prepare()
         return try configuration.scheduler.run(.reenumerate, context: context, callback: callback, cancellable: false) {
             [self] _ in
-            try registry.locked { () throws(SiloError) -> ReenumerateReport in try reconcile() }
+            // Its wait for the lock, before anything changes, may give up as others' do (a Ctrl-C).
+            try registry.locked(givingUp: true) { () throws(SiloError) -> ReenumerateReport in try reconcile() }
         }
     }
 
