@@ -195,6 +195,7 @@ static void on_stop_signal(int sig) {
 }
 
 int silo_stop_signals_install(void) {
+    if (stop_owner == getpid()) return 0;  // installed already
     stop_owner = getpid();
     stop_terminal = isatty(2);
     int stops[] = { SIGTERM, SIGHUP };

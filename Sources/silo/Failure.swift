@@ -23,7 +23,7 @@ struct CLIFailure: Error, CustomStringConvertible {
         case _ where error.field == "process" && error.syscall == "exec": ExitCode(error.errno == ENOENT ? 127 : 126)
         case .invalidArgument, .invalidShrinkSize: ExitCode(64)
         case .invalidJSON where fromDocument: ExitCode(64)
-        case .operationCancelled: ExitCode(128 + (cancellingSignal.load(ordering: .relaxed) == 0 ? SIGINT : cancellingSignal.load(ordering: .relaxed)))
+        case .operationCancelled: ExitCode(128 + cancellingSignal.load(ordering: .relaxed))
         default: .failure
         }
     }

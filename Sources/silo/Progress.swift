@@ -81,7 +81,13 @@ struct Interrupts {
     /// operation has.
     private var unheeded: Int32 = 0
 
-    init() { silo_stop_signals_mode(1) }
+    /// From here on, SIGTERM and SIGHUP are kept for the wait. Their handler is installed by the
+    /// first wait, not at start-up: a command that never waits (a query, `run`) keeps their
+    /// default actions without it, and starts without its syscalls.
+    init() {
+        _ = silo_stop_signals_install()
+        silo_stop_signals_mode(1)
+    }
 
     /// The wait is over: a SIGTERM or SIGHUP from now on ends silo as its default action does,
     /// and so does one the operation finished despite, or that came as it ended, not taken by the
@@ -153,8 +159,8 @@ struct Interrupts {
 }
 
 /// The signal whose cancel ended the command's operation: its exit code is 128 + this (130 for
-/// Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); 0 when none.
-let cancellingSignal = Atomic<Int32>(0)
+/// Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A cancel no signal asked for is Ctrl-C's.
+let cancellingSignal = Atomic<Int32>(SIGINT)
 
 private func bar(_ progress: OperationProgress) -> String {
     let width = 30

@@ -32,9 +32,6 @@ struct SiloCommand: ParsableCommand {
         // kill silo mid-operation, leaving a create half made or a terminal raw: a write fails
         // with EPIPE instead. Sandboxes and the programs silo runs get SIGPIPE's default back.
         signal(SIGPIPE, SIG_IGN)
-        // SIGTERM and SIGHUP cancel and roll back an operation a command waits for, as Ctrl-C
-        // does; elsewhere they end silo as before (Interrupts, in Progress.swift).
-        _ = silo_stop_signals_install()
         assert(everyCommandNamed(SiloCommand.self), "a command without configuration.commandName")
         // What ParsableCommand.main(_:) does, with three shortcuts that change no output.
         do {

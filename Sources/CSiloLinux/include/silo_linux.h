@@ -44,7 +44,7 @@ int silo_flush_standard_output(void);
 /// take (`silo_stop_signal_take`), which cancels the operation as a Ctrl-C does; once a cancel is
 /// under way (mode 2) a SIGTERM quits at once, as a second Ctrl-C does: a line on standard
 /// error, exit 128 + its number (a SIGHUP then is ignored). In a child forked without exec, the
-/// default action. Returns 0, or sigaction's errno.
+/// default action. A second call does nothing. Returns 0, or sigaction's errno.
 int silo_stop_signals_install(void);
 /// 0: a stop signal ends the process (its default action); 1: kept for the wait; 2: quits at once.
 void silo_stop_signals_mode(int mode);
