@@ -147,7 +147,7 @@ struct BadInputTests {
         _ = try provider.addPool("side", directory: pool)
         // A zeroed create in a pool elsewhere: its zeroing leaves time to fill the state directory.
         let operation = try provider.createLun(LunSpec(name: "late", size: 256 << 20, provisioning: .zeroed, pool: "side"))
-        #expect(waitUntil { directoryEntries(small + "/state/luns").contains("late.json") }, "the create reserved its name")
+        #expect(eventually { directoryEntries(small + "/state/luns").contains("late.json") }, "the create reserved its name")
         _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])  // to the last block
         let failed = #expect(throws: SiloError.self) { _ = try operation.wait(timeout: .seconds(120)) }
         unlink(small + "/filler")

@@ -161,15 +161,6 @@ func hasOpen(_ pid: pid_t, _ path: String) -> Bool {
     directoryEntries("/proc/\(pid)/fd").contains { resolveLink("/proc/\(pid)/fd/\($0)") == path }
 }
 
-/// Polls `condition` every 10 ms for up to 60 s.
-func waitUntil(_ condition: () -> Bool) -> Bool {
-    for _ in 0..<6000 {
-        if condition() { return true }
-        usleep(10_000)
-    }
-    return false
-}
-
 /// Whether the first LUN of `storage` has 16 MiB allocated: a zeroed create is under way (and has
 /// let the registry lock go).
 func zeroingStarted(_ storage: TestStorage) -> Bool {
@@ -179,7 +170,7 @@ func zeroingStarted(_ storage: TestStorage) -> Bool {
 /// The first child of `pid` (unshare's, for one started with --fork), once it has one (20 s at most).
 func firstChild(of pid: pid_t) -> pid_t? {
     var child: pid_t?
-    _ = waitUntil {
+    _ = eventually {
         child = readSmallFile("/proc/\(pid)/task/\(pid)/children").flatMap { $0.split(separator: " ").first }.flatMap { pid_t($0) }
         return child != nil
     }

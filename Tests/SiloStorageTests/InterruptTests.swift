@@ -18,13 +18,13 @@ struct InterruptTests {
         let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "slow", "--size", "1G",
                                        "--provisioning", "zeroed"])
         // Sent once zeroing is under way: the record is there, and the file has grown.
-        let zeroing = waitUntil { zeroingStarted(storage) }
+        let zeroing = eventually { zeroingStarted(storage) }
         // Two are sent as systemd stops a unit with SendSIGHUP (SIGTERM, SIGHUP, SIGCONT), to a
         // stopped silo: it gets both at once, and the kernel hands it the SIGHUP first.
         var stopped = true
         if signals.count > 1 {
             child.kill(SIGSTOP)
-            stopped = waitUntil { readSmallFile("/proc/\(child.pid)/stat")?.contains(") T ") ?? false }
+            stopped = eventually { readSmallFile("/proc/\(child.pid)/stat")?.contains(") T ") ?? false }
         }
         for signal in signals { child.kill(signal) }
         if signals.count > 1 { child.kill(SIGCONT) }
@@ -36,9 +36,7 @@ struct InterruptTests {
         #expect(outcome.error.contains(signalPrefix(signal) + "cancelling: rolling back"), "\(outcome.error)")
         #expect(!outcome.error.contains("quit before"), "\(outcome.error)")
         #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        try expectNothingLeft(storage)
     }
 
     @Test("A SIGHUP that nohup set to be ignored stays ignored: a zeroed create under nohup finishes")
@@ -48,7 +46,7 @@ struct InterruptTests {
         let state = storage.path + "/state"
         let child = spawn("/usr/bin/nohup", [siloBinary, "--state-dir", state, "lun", "create", "--name", "kept", "--size", "1G",
                                              "--provisioning", "zeroed"])
-        let zeroing = waitUntil { zeroingStarted(storage) }
+        let zeroing = eventually { zeroingStarted(storage) }
         let running = !hasExited(child.pid)
         child.kill(SIGHUP)
         let outcome = child.finish()
@@ -88,15 +86,12 @@ struct InterruptTests {
         let state = storage.path + "/state"
         // Holding /dev/loop-control's lock, as another attaching process would, stops the create's
         // attach step in its worker thread, where a cancel cannot reach it.
-        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
-        try #require(control >= 0)
-        var held = true
-        defer { if held { flock(control, LOCK_UN) }; close(control) }
-        #expect(flock(control, LOCK_EX) == 0)
+        let control = try HeldLock("/dev/loop-control")
+        defer { control.release() }
         let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "stuck", "--size", "8M",
                                        "--provisioning", "thick"])
-        let reserved = waitUntil { (try? storage.provider.luns().isEmpty == false) ?? false }
-        let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }  // the attach step's wait
+        let reserved = eventually { (try? storage.provider.luns().isEmpty == false) ?? false }
+        let attaching = eventually { waitsForFlock(child.pid) || hasExited(child.pid) }  // the attach step's wait
         child.kill(signal)
         // The second is sent once the first has been taken: two pending are one.
         let said = child.waitForError(containing: signalPrefix(signal) + "cancelling: rolling back")
@@ -105,9 +100,8 @@ struct InterruptTests {
         #expect(!hasExited(child.pid), "one signal, or a SIGHUP after it, must not quit a cancel still under way")
         child.kill(signal)
         // The lock is still held: only the quit can end the command now.
-        let quit = waitUntil { hasExited(child.pid) }
-        flock(control, LOCK_UN)
-        held = false
+        let quit = eventually { hasExited(child.pid) }
+        control.release()
         let outcome = child.finish()
         #expect(attaching, "the create never waited for /dev/loop-control's lock")
         #expect(said && quit, "a second signal left the command waiting")
@@ -119,9 +113,7 @@ struct InterruptTests {
         // Quit like a killed run: its record is there, and reenumerate removes it with its file.
         #expect(try storage.provider.luns().map(\.name) == ["stuck"])
         _ = try storage.provider.reenumerate().wait(timeout: .seconds(60))
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
+        try expectNothingLeft(storage)
     }
 }
 
@@ -152,10 +144,10 @@ extension InterruptTests {
             let child = spawn(siloBinary, ["--state-dir", state] + command)
             // Once silo blocks SIGINT and has the lock file open, it is in (or just before) its
             // wait, where the signal is taken: one that comes sooner is taken there too.
-            #expect(waitUntil { (blocks(child.pid, SIGINT) && hasOpen(child.pid, lockFile)) || hasExited(child.pid) }, "silo never opened the lock with SIGINT blocked")
+            #expect(eventually { (blocks(child.pid, SIGINT) && hasOpen(child.pid, lockFile)) || hasExited(child.pid) }, "silo never opened the lock with SIGINT blocked")
             #expect(!hasExited(child.pid), "\(command[0]) \(command[1]) waits for the lock")
             child.kill(signal)
-            let ended = waitUntil { hasExited(child.pid) }
+            let ended = eventually { hasExited(child.pid) }
             flock(lock, LOCK_UN)
             let outcome = child.finish()
             #expect(ended, "signal \(signal) left \(command[0]) \(command[1]) waiting for the lock")
@@ -180,14 +172,13 @@ extension InterruptTests {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "fs", "--size", "64G", "--filesystem", "xfs"])
-        let mkfs = mkfsRunning(under: child)
+        let (child, mkfs) = startFileSystemCreate(state)
         // Held where it is, so that silo dies while it runs (a stopped process still dies of SIGKILL).
         if let mkfs { kill(mkfs, SIGSTOP) }
         child.kill(SIGKILL)
         _ = child.finish()
         let pid = try #require(mkfs, "mkfs never ran under silo (the create ended first)")
-        let gone = waitUntil {
+        let gone = eventually {
             let stat = readSmallFile("/proc/\(pid)/stat") ?? ""
             return stat.isEmpty || stat.contains(") Z ")
         }
@@ -196,10 +187,7 @@ extension InterruptTests {
         let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
         #expect(report.rolledBack == ["fs"], "\(report)")
         #expect(report.drift.isEmpty, "\(report.drift)")
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
-        #expect(!fileExists(storage.provider.configuration.linkDirectory + "/fs"))
+        try expectNothingLeft(storage)
     }
 }
 
@@ -209,8 +197,7 @@ extension InterruptTests {
         let storage = TestStorage()
         defer { storage.finish() }
         let state = storage.path + "/state"
-        let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "fs", "--size", "64G", "--filesystem", "xfs"])
-        let mkfs = mkfsRunning(under: child)
+        let (child, mkfs) = startFileSystemCreate(state)
         // mkfs first: its failure usually reaches the operation before the wait takes silo's own.
         if let mkfs { kill(mkfs, SIGTERM) }
         child.kill(SIGTERM)
@@ -219,16 +206,15 @@ extension InterruptTests {
         #expect(outcome.killedBy == 0 && outcome.status == 143, "killed by \(outcome.killedBy), exit \(outcome.status): \(outcome.error)")
         #expect(outcome.error.contains("SIGTERM"), "\(outcome.error)")
         #expect(outcome.error.contains("[operationCancelled]"), "\(outcome.error)")
-        #expect(try storage.provider.luns().isEmpty)
-        #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.isEmpty)
-        #expect(loopDevices(backedUnder: storage.path).isEmpty)
-        #expect(!fileExists(storage.provider.configuration.linkDirectory + "/fs"))
+        try expectNothingLeft(storage)
     }
 }
 
-/// The mkfs that `child`'s create runs, once it runs (nil if the create ended first). mkfs is the
-/// child of the thread that runs the create's operation, not of the main one.
-private func mkfsRunning(under child: Child) -> pid_t? {
+/// Starts `silo lun create fs` with an XFS file system large enough for mkfs to take a while, and
+/// finds that mkfs once it runs (nil if the create ended first). mkfs is the child of the thread
+/// that runs the create's operation, not of the main one.
+private func startFileSystemCreate(_ state: String) -> (Child, pid_t?) {
+    let child = spawn(siloBinary, ["--state-dir", state, "lun", "create", "--name", "fs", "--size", "64G", "--filesystem", "xfs"])
     var mkfs: pid_t?
     let deadline = ContinuousClock.now + .seconds(60)
     while mkfs == nil && !hasExited(child.pid) && ContinuousClock.now < deadline {
@@ -238,7 +224,34 @@ private func mkfsRunning(under child: Child) -> pid_t? {
         }
         if mkfs == nil { usleep(200) }
     }
-    return mkfs
+    return (child, mkfs)
+}
+
+/// What a rolled-back create, or a reenumerate after a killed one, must leave: no LUN, backing
+/// file, loop device or stable name.
+private func expectNothingLeft(_ storage: TestStorage, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let configuration = storage.provider.configuration
+    #expect(try storage.provider.luns().isEmpty, sourceLocation: sourceLocation)
+    #expect(directoryEntries(configuration.poolDirectory).isEmpty, sourceLocation: sourceLocation)
+    #expect(loopDevices(backedUnder: storage.path).isEmpty, sourceLocation: sourceLocation)
+    #expect(directoryEntries(configuration.linkDirectory).isEmpty, sourceLocation: sourceLocation)
+}
+
+/// An exclusive flock held on `path` until released, as another process's would be.
+private final class HeldLock {
+    private let fd: Int32
+    private var held = true
+
+    init(_ path: String) throws {
+        fd = open(path, O_RDWR | O_CLOEXEC)
+        try #require(fd >= 0)
+        #expect(flock(fd, LOCK_EX) == 0)
+    }
+
+    func release() {
+        if held { flock(fd, LOCK_UN); close(fd) }
+        held = false
+    }
 }
 
 extension InterruptTests {
@@ -252,18 +265,14 @@ extension InterruptTests {
         // /dev/loop-control's lock, held here, to do so.
         for device in loopDevices(backedUnder: storage.path) { _ = try device.detach() }
         #expect(loopDevices(backedUnder: storage.path).isEmpty)
-        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
-        try #require(control >= 0)
-        var held = true
-        defer { if held { flock(control, LOCK_UN) }; close(control) }
-        #expect(flock(control, LOCK_EX) == 0)
+        let control = try HeldLock("/dev/loop-control")
+        defer { control.release() }
         let child = spawn(siloBinary, ["--state-dir", state, "storage", "reenumerate"])
-        let attaching = waitUntil { waitsForFlock(child.pid) || hasExited(child.pid) }
+        let attaching = eventually { waitsForFlock(child.pid) || hasExited(child.pid) }
         child.kill(SIGTERM)
         let said = child.waitForError(containing: "SIGTERM: finishing: too far along to cancel")
         #expect(!hasExited(child.pid), "reenumerate ended before it finished")
-        flock(control, LOCK_UN)
-        held = false
+        control.release()
         let outcome = child.finish()
         #expect(attaching, "reenumerate never waited for /dev/loop-control's lock")
         #expect(said, "\(outcome.error)")

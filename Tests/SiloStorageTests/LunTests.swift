@@ -245,7 +245,7 @@ struct LunTests {
         #expect(directoryEntries(storage.provider.configuration.poolDirectory).filter { $0.hasSuffix(".img") }.isEmpty)
         #expect(loopDevices(backedUnder: storage.path).isEmpty, "the attach was rolled back")
         #expect(!fileExists(storage.provider.configuration.linkDirectory + "/formatting"))
-        #expect(waitUntil { mkfs.map { kill($0, 0) != 0 } ?? true }, "mkfs is gone")
+        #expect(eventually { mkfs.map { kill($0, 0) != 0 } ?? true }, "mkfs is gone")
     }
 
     @Test("S7 mkfs is started tied to its caller: it dies with the process (the thread) that waits for it")
@@ -1248,7 +1248,7 @@ struct LunTests {
         try #require(writeFile(record, saved))
         // With the other device gone, the LUN comes back, its data intact.
         _ = run("/sbin/losetup", ["-d", foreign])
-        foreignBound = !waitUntil { readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == nil }
+        foreignBound = !eventually { readSmallFile("/sys/block/\(foreign.dropFirst(5))/loop/backing_file") == nil }
         let online = try storage.provider.setOnline("shared", true).wait()
         #expect(online.status == .online)
         #expect(try readBytes(try #require(online.devicePath), offset: 8192, count: 4) == [7, 7, 7, 7])
@@ -1499,7 +1499,7 @@ struct LunTests {
         // getpid() is 1 there, but /proc is the host's: silo names itself as /proc shows it.
         let child = spawn("/usr/bin/unshare", ["--pid", "--fork", siloBinary, "--state-dir", state,
                                                "lun", "create", "--name", "near", "--size", "1G", "--provisioning", "zeroed"])
-        let zeroing = waitUntil { zeroingStarted(storage) }
+        let zeroing = eventually { zeroingStarted(storage) }
         let silo = firstChild(of: child.pid)
         let owner = try? storage.provider.registry.load("near")?.owner
         // Killed: unshare, its parent, reaps it and exits (killed too, it would leave silo to an
@@ -1525,7 +1525,7 @@ struct LunTests {
         let child = spawn("/usr/bin/unshare", ["--pid", "--fork", "--mount-proc", siloBinary, "--state-dir", state,
                                                "lun", "create", "--name", "far", "--size", "1G", "--provisioning", "zeroed"])
         // Stopped once zeroing is under way (the registry lock is let go by then).
-        let zeroing = waitUntil { zeroingStarted(storage) }
+        let zeroing = eventually { zeroingStarted(storage) }
         let silo = try #require(firstChild(of: child.pid), "unshare started no child")
         kill(silo, SIGSTOP)
         var finished = false

@@ -491,7 +491,7 @@ struct LunAttachTests {
         let cgroups = systemCgroups(id)
         #expect(!cgroups.isEmpty, "the system's cgroups are found where they are made")
         kill(pid, SIGKILL)
-        let stopped = waitUntil { silo(state, ["system", "properties", id, "--json"]).output.contains(#""Stopped""#) }
+        let stopped = eventually { silo(state, ["system", "properties", id, "--json"]).output.contains(#""Stopped""#) }
         #expect(stopped, "Stopped after its init died")
         #expect(cgroups.allSatisfy { !fileExists($0) }, "no cgroup is left: \(cgroups.filter { fileExists($0) })")
         #expect(storage.provider.leaseHolders("data").isEmpty, "no lease is left")
