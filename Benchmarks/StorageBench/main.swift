@@ -14,8 +14,8 @@ func now() -> UInt64 {
 /// Writes a child's figure. `print` of a bare number casts it to find how to write it, and a first cast
 /// walks every protocol conformance in the binary (0.2 ms of CPU here): while the first children to
 /// finish did that, 16 on 2 cores, the others' creates waited for the CPU.
-func emit(_ microseconds: UInt64) {
-    let line = Array((String(microseconds) + "\n").utf8)
+func emit(_ microseconds: UInt64, cpu: UInt64? = nil) {
+    let line = Array((String(microseconds) + (cpu.map { " " + String($0) } ?? "") + "\n").utf8)
     _ = write(1, line, line.count)
 }
 
@@ -100,18 +100,28 @@ print("attach (library) vs bare LOOP_CONFIGURE, median of \(rounds): silo \(Stri
 func format3(_ value: Double) -> String { String((value * 1000).rounded() / 1000) }
 func format2(_ value: Double) -> String { String((value * 100).rounded() / 100) }
 
+/// The CPU time this process has used, user and system, in microseconds (the scheduler's own
+/// count of time run, not ticks sampled).
+func cpuMicroseconds() -> UInt64 {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func micros(_ time: timeval) -> UInt64 { UInt64(time.tv_sec) * 1_000_000 + UInt64(time.tv_usec) }
+    return micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
 /// One of the 16: waits on fd 3 until the parent closes the other end, then creates and reports
-/// "<microseconds>" or "FAIL <message>" on stdout.
+/// "<microseconds> <CPU microseconds>" or "FAIL <message>" on stdout.
 func childCreate(state: String, name: String) {
     let onCaller = getenv("SILO_BENCH_ON_CALLER") != nil
     let provider = StorageProvider(configuration: StorageConfiguration(
         stateDirectory: state, scheduler: onCaller ? OperationScheduler(runsOnCaller: true) : .shared))
     var byte: UInt8 = 0
     _ = read(3, &byte, 1)
+    let cpu = cpuMicroseconds()
     let start = now()
     do {
         _ = try provider.createLun(LunSpec(name: name, size: 16 << 20)).wait()
-        emit((now() - start) / 1000)
+        emit((now() - start) / 1000, cpu: cpuMicroseconds() - cpu)
     } catch {
         print("FAIL \(error)")
     }
@@ -135,10 +145,13 @@ func childFloor(directory: String, name: String) {
 }
 
 /// 16 children started together (`mode` "child" or "child-floor"), three rounds: their own times
-/// in microseconds, and what failed.
-func parallelRounds(mode: String, target: String, afterRound: (Int) -> Void) -> (times: [UInt64], failures: [String]) {
+/// in microseconds, the CPU time each round's creates used in all (when the children report it),
+/// and what failed.
+func parallelRounds(mode: String, target: String, afterRound: (Int) -> Void)
+    -> (times: [UInt64], roundCPU: [UInt64], failures: [String]) {
     let count = 16
     var times: [UInt64] = []
+    var roundCPU: [UInt64] = []
     var failures: [String] = []
     for round in 0..<3 {
         var barrier: [Int32] = [0, 0]
@@ -163,6 +176,7 @@ func parallelRounds(mode: String, target: String, afterRound: (Int) -> Void) -> 
         close(barrier[0])
         usleep(200_000)  // every child started and waiting on the barrier
         close(barrier[1])
+        var cpu: UInt64 = 0
         for child in children {
             var text: [UInt8] = []
             var buffer = [UInt8](repeating: 0, count: 512)
@@ -175,11 +189,18 @@ func parallelRounds(mode: String, target: String, afterRound: (Int) -> Void) -> 
             var status: Int32 = 0
             waitpid(child.pid, &status, 0)
             let line = String(decoding: text, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "FAIL no output"
-            if let micros = UInt64(line) { times.append(micros) } else { failures.append(line) }
+            let fields = line.split(separator: " ")
+            if let first = fields.first, let micros = UInt64(first), fields.count <= 2 {
+                times.append(micros)
+                if fields.count == 2, let used = UInt64(fields[1]) { cpu += used }
+            } else {
+                failures.append(line)
+            }
         }
+        roundCPU.append(cpu)
         afterRound(round)
     }
-    return (times, failures)
+    return (times, roundCPU, failures)
 }
 
 func percentiles(_ times: [UInt64]) -> (p50: Double, p99: Double) {
@@ -191,7 +212,7 @@ func percentiles(_ times: [UInt64]) -> (p50: Double, p99: Double) {
 
 func parallelCreates(state: String) {
     let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: state))
-    let (times, failures) = parallelRounds(mode: "child", target: state) { round in
+    let (times, roundCPU, failures) = parallelRounds(mode: "child", target: state) { round in
         for index in 0..<16 { _ = try? provider.deleteLun("par\(round)-\(index)").wait() }
     }
     let (p50, p99) = percentiles(times)
@@ -199,10 +220,16 @@ func parallelCreates(state: String) {
           + "p50 \(format2(p50)) ms, p99 \(format2(p99)) ms, failures reaching the caller: \(failures.count) of 48 "
           + "(goal p99 < 10 ms: \(p99 < 10 && failures.isEmpty ? "met" : "NOT met"))")
     failures.prefix(3).forEach { print("  \($0)") }
+    // What the 16 creates cost the processors: the last of them cannot end before the cores have
+    // run all of that, whatever the locks and the disk do.
+    let cores = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    let cpu = Double(roundCPU.sorted()[roundCPU.count / 2]) / 1000
+    print("  CPU time the 16 creates of a round used in all (median round): \(format2(cpu)) ms, "
+          + "\(format2(cpu / 16)) ms each; on \(cores) cores the last cannot end before \(format2(cpu / Double(cores))) ms")
     // The same with each create on its caller's thread (OperationScheduler(runsOnCaller:), as the
     // CLI runs a create): no worker thread to start in each fresh process.
     setenv("SILO_BENCH_ON_CALLER", "1", 1)
-    let (callerTimes, callerFailures) = parallelRounds(mode: "child", target: state) { round in
+    let (callerTimes, _, callerFailures) = parallelRounds(mode: "child", target: state) { round in
         for index in 0..<16 { _ = try? provider.deleteLun("par\(round)-\(index)").wait() }
     }
     unsetenv("SILO_BENCH_ON_CALLER")
@@ -212,7 +239,7 @@ func parallelCreates(state: String) {
     // The floor, on the registry's own file system: what 16 durable records cost with nothing else.
     let floor = state + "/floor"
     mkdir(floor, 0o700)
-    let (floorTimes, floorFailures) = parallelRounds(mode: "child-floor", target: floor) { round in
+    let (floorTimes, _, floorFailures) = parallelRounds(mode: "child-floor", target: floor) { round in
         for index in 0..<16 { unlink(floor + "/par\(round)-\(index).json") }
     }
     rmdir(floor)
