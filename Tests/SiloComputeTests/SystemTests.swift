@@ -915,6 +915,48 @@ struct SystemTests {
         #expect(nothing?.code == .objectNotFound && nothing?.field == "ResourcePath")
     }
 
+    @Test("C12 a memory limit under what the system uses and cannot give back is refused, naming Settings: nothing killed, the limit kept")
+    func memoryLimitUnderUsage() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "mu-\(getpid())", document: compute.document(memoryMB: 128)).wait()
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        // 48 MiB in the system's /tmp: a tmpfs, charged to its cgroup, which nothing can reclaim without swap.
+        let filler = try system.createProcess(ProcessParameters(
+            arguments: ["/bin/sh", "-c", "head -c 50331648 /dev/zero > /tmp/fill && echo ready && exec sleep 600"],
+            createStdOutPipe: true)).wait(timeout: .seconds(30))
+        defer { filler.close() }
+        #expect(readUntil(try #require(filler.standardOutput)) { $0.contains("ready") }.contains("ready"))
+        let kills = system.cgroup.oomKills
+        let refused = #expect(throws: SiloError.self) {
+            try system.modify(ModifyRequest(change: .memory(megabytes: 16))).wait(timeout: .seconds(60))
+        }
+        #expect(refused?.code == .invalidArgument && refused?.field == "Settings" && refused?.value == "16", "\(String(describing: refused))")
+        #expect(refused?.message.contains("16 MiB") == true, "\(String(describing: refused?.message))")
+        #expect(system.cgroup.oomKills == kills, "a refused limit kills nothing (cgroup2 would have OOM-killed until it fit)")
+        #expect((#expect(throws: SiloError.self) { try filler.wait(timeout: .milliseconds(200)) })?.code == .operationTimeout,
+                "the process holding the memory still runs")
+        #expect(try system.properties().memoryLimitBytes == 128 << 20)
+        switch system.cgroup.layout.place("memory") {
+        case .v1?:
+            let memory = try system.cgroup.path("memory")
+            #expect(readText(memory + "/memory.limit_in_bytes") == "\(128 << 20)")
+            if let memsw = readText(memory + "/memory.memsw.limit_in_bytes") { #expect(memsw == "\(128 << 20)", "put back") }
+        case .v2?:
+            let unified = try system.cgroup.path("unified")
+            #expect(readText(unified + "/memory.max") == "\(128 << 20)")
+            #expect(readText(unified + "/memory.high") == "max", "the reclaim's memory.high put back")
+        case nil: Issue.record("no memory controller")
+        }
+        // A limit the usage fits under still lands, and memory.high is back to what it was.
+        try system.modify(ModifyRequest(change: .memory(megabytes: 96))).wait(timeout: .seconds(60))
+        #expect(try system.properties().memoryLimitBytes == 96 << 20)
+        if system.cgroup.layout.place("memory") == .v2 {
+            #expect(readText(try system.cgroup.path("unified") + "/memory.high") == "max")
+        }
+    }
+
     @Test("C5 every handle hears SystemExited once, with how the system ended, whoever stopped it")
     func exitReachesEveryHandle() throws {
         let compute = TestCompute()

@@ -273,8 +273,11 @@ public final class Cgroup: Sendable {
         if let bytes = limits.memory {
             switch layout.place("memory") {
             case .v2?:
-                try writeText(try path("unified") + "/memory.max", "\(bytes)")
-                try? writeText(try path("unified") + "/memory.swap.max", "0")
+                let path = try path("unified")
+                let high = try Self.reclaim(path, under: bytes)
+                defer { if let high { try? writeText(path + "/memory.high", high) } }
+                try writeText(path + "/memory.max", "\(bytes)")
+                try? writeText(path + "/memory.swap.max", "0")
             case .v1?:
                 let path = try path("memory")
                 let limit = path + "/memory.limit_in_bytes", memsw = path + "/memory.memsw.limit_in_bytes"
@@ -283,12 +286,19 @@ public final class Cgroup: Sendable {
                 // raises memsw first (the other order failed with EINVAL), one that shrinks lowers it after.
                 // A second write refused (EBUSY: the usage did not fit under the new figure) puts
                 // the first back, so a failed modify leaves both as they were.
-                if access(memsw, F_OK) == 0 {
-                    let current = readText(limit).flatMap { UInt64($0) } ?? 0
-                    let (first, second) = bytes > current ? (memsw, limit) : (limit, memsw)
-                    try Self.writeBoth("\(bytes)", to: first, then: second)
-                } else {
-                    try writeText(limit, "\(bytes)")
+                // The kernel reclaims what it can first, and refuses with EBUSY what still does not fit.
+                do throws(SiloError) {
+                    if access(memsw, F_OK) == 0 {
+                        let current = readText(limit).flatMap { UInt64($0) } ?? 0
+                        let (first, second) = bytes > current ? (memsw, limit) : (limit, memsw)
+                        try Self.writeBoth("\(bytes)", to: first, then: second)
+                    } else {
+                        try writeText(limit, "\(bytes)")
+                    }
+                } catch where error.errno == EBUSY {
+                    var refused = Self.memoryInUse(readText(path + "/memory.usage_in_bytes").flatMap { UInt64($0) }, limit: bytes)
+                    refused.events += error.events
+                    throw refused
                 }
             case nil:
                 throw unavailable("memory")
@@ -319,6 +329,41 @@ public final class Cgroup: Sendable {
             guard let path = directory("pids") else { throw unavailable("pids") }
             try writeText(path + "/pids.max", "\(pids)")
         }
+    }
+
+    /// Makes room for a memory limit of `bytes` on cgroup2 before it is set. There the kernel takes
+    /// a `memory.max` under what the cgroup uses, then reclaims and, what it cannot reclaim (tmpfs
+    /// files and anonymous memory without swap), frees by OOM-killing the system's processes one
+    /// after another: a modify would end the payload, even a paused one, and report success. v1
+    /// refuses it (EBUSY). So a lower limit is tried as `memory.high` first, which reclaims and
+    /// throttles but never kills; if the usage still does not fit, `memory.high` goes back and the
+    /// change is refused as v1 refuses it. Returns the `memory.high` to put back once `memory.max`
+    /// is written (nil when nothing was changed): it holds the usage down until then.
+    static func reclaim(_ directory: String, under bytes: UInt64) throws(SiloError) -> String? {
+        guard let usage = readText(directory + "/memory.current").flatMap({ UInt64($0) }), usage > bytes,
+              let high = readText(directory + "/memory.high")
+        else { return nil }
+        try writeText(directory + "/memory.high", "\(bytes)")
+        let after = readText(directory + "/memory.current").flatMap { UInt64($0) } ?? usage
+        guard after <= bytes else {
+            var error = memoryInUse(after, limit: bytes)
+            do throws(SiloError) {
+                try writeText(directory + "/memory.high", high)
+            } catch let undo {
+                error = error.adding(.init(message: "memory.high could not be put back to \(high): \(undo.message)", source: "rollback"))
+            }
+            throw error
+        }
+        return high
+    }
+
+    /// A memory limit refused because the system uses more than it even after reclaim.
+    static func memoryInUse(_ usage: UInt64?, limit: UInt64) -> SiloError {
+        let uses = usage.map { "uses \($0 >> 20) MiB" } ?? "uses more"
+        return SiloError(.invalidArgument,
+                         "the compute system \(uses) that cannot be reclaimed, more than a memory limit of \(limit >> 20) MiB; "
+                         + "the limit stays as it was (free memory inside the system first)",
+                         field: "memory", value: "\(limit >> 20)")
     }
 
     /// Writes `text` to `first`, then to `second`; when `second` refuses it, `first` gets back what

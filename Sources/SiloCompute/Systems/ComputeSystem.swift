@@ -511,7 +511,11 @@ public final class ComputeSystem: Sendable {
             return try detach(lun: attachment.lun, context: context, callback: callback)
         case .memory(let megabytes):
             return try change(.modify, from: [.running, .paused], context: context, callback: callback) { [self] _ in
-                try cgroup.update(CgroupLimits(memory: UInt64(megabytes) << 20, pids: nil))
+                do throws(SiloError) {
+                    try cgroup.update(CgroupLimits(memory: UInt64(megabytes) << 20, pids: nil))
+                } catch {
+                    throw Self.namingSettings(error, megabytes: megabytes)
+                }
                 return { $0.memoryLimit = UInt64(megabytes) << 20 }
             }
         case .processorCount(let count):
@@ -531,6 +535,15 @@ public final class ComputeSystem: Sendable {
                 return { _ in }
             }
         }
+    }
+
+    /// A memory limit the system's usage does not fit under, named as the request's `Settings`.
+    private static func namingSettings(_ error: SiloError, megabytes: Int) -> SiloError {
+        guard error.field == "memory", error.code == .invalidArgument else { return error }
+        var named = error
+        named.field = "Settings"
+        named.value = String(megabytes)
+        return named
     }
 
     /// The CPUs a system gets with `count` or `limit` changed: the rest from the last modify, else
