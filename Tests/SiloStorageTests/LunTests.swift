@@ -775,9 +775,15 @@ struct LunTests {
         let device = try #require(lun.devicePath)
         let held = open(device, O_RDONLY | O_CLOEXEC)
         try #require(held >= 0)
+        let name = storage.provider.configuration.linkDirectory + "/gone"
         let refused = #expect(throws: SiloError.self) { try storage.provider.deleteLun("gone").wait(timeout: .seconds(30)) }
-        close(held)
         #expect(refused?.code == .deviceInUse && !fileExists(mark), "\(String(describing: refused))")
+        // The stable name went before the unbind (a freed number is the next attach's, anyone's)
+        // and came back with the device that stayed; so with an offline the same open refuses.
+        #expect(resolveLink(name) == device, "the stable name leads to the device again")
+        let offline = #expect(throws: SiloError.self) { _ = try storage.provider.setOnline("gone", false).wait(timeout: .seconds(30)) }
+        close(held)
+        #expect(offline?.code == .deviceInUse && resolveLink(name) == device, "\(String(describing: offline))")
         #expect(try storage.provider.setMask("gone", "web").unmaskingList == "web", "the LUN is no longer marked")
         try storage.provider.deleteLun("gone").wait(timeout: .seconds(30))
         #expect(!fileExists(mark) && (try? storage.provider.lun(named: "gone")) == nil)

@@ -52,7 +52,9 @@ extension StorageProvider {
                         try refuseForeignUse(record)  // here, where nothing of the LUN has gone yet
                         let device = attachedDevice(record, everywhere: true)
                         try unleased(name, device: device) { () throws(SiloError) in
-                            if let device { try device.unbind(expecting: record.tag) }
+                            if let device {
+                                try releasing(name, device) { () throws(SiloError) in try device.unbind(expecting: record.tag) }
+                            }
                             try registry.removeHoldingLock(name, durable: false)
                         }
                         registry.removeMark(.deleting, name)
@@ -317,7 +319,9 @@ extension StorageProvider {
                 }
             } else {
                 try unleased(name, device: device) { () throws(SiloError) in
-                    if let device { try device.detach(expecting: record.tag) }
+                    if let device {
+                        try releasing(name, device) { () throws(SiloError) in try device.detach(expecting: record.tag) }
+                    }
                 }
                 unlinkName(name)
                 try endChange(name, mark: mark) {

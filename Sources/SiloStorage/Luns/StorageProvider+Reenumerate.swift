@@ -120,6 +120,9 @@ extension StorageProvider {
                 // Died while provisioning: undo everything the record names. A device that
                 // cannot be detached (something holds it) keeps its record, and says why: the
                 // next reenumerate finishes the rollback.
+                // The stable name first, as a delete's (`releasing`): the freed numbers go to the
+                // next attach of anyone.
+                unlinkName(record.name)
                 var held: [String] = []
                 for device in devices {
                     do throws(SiloError) { try device.detach(expecting: record.tag) } catch { held.append("\(device.path): \(error.message)") }

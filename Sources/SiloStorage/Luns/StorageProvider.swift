@@ -360,6 +360,21 @@ public final class StorageProvider: Sendable {
         if symlink(target, directory) != 0, errno != EEXIST { throw SiloError.system("symlink", errno: errno, path: directory) }
     }
 
+    /// Runs `release` (an unbind or a detach of `device`) with the LUN's stable name taken away
+    /// first: the kernel gives a freed device's number to the next attach of any process (a Silo
+    /// create, losetup, systemd), so a name still there at that moment, or left by a process killed
+    /// then, would lead to another's device. A name that was there comes back when the device stays.
+    func releasing(_ name: String, _ device: LoopDevice, _ release: () throws(SiloError) -> Void) throws(SiloError) {
+        let linked = Self.isStableName(configuration.linkDirectory + "/" + name)
+        unlinkName(name)
+        do throws(SiloError) {
+            try release()
+        } catch {
+            if linked { try? link(name, to: device) }
+            throw error
+        }
+    }
+
     /// Removes a stable name; whatever else has that name (a file, a link elsewhere) stays. The
     /// last name of another state directory takes its folder in /dev with it.
     func unlinkName(_ name: String) {
