@@ -1049,6 +1049,30 @@ struct LunTests {
         #expect(extended.size == 12 << 20 && BackingFile.size(lun.backingFile) == 12 << 20)
     }
 
+    @Test("S13 S15 reenumerate that cannot read the registry changes nothing: no LUN's device or file is swept as an orphan")
+    func reenumerateUnreadRegistry() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("kept", size: 16 << 20)
+        let device = try #require(lun.devicePath)
+        let configuration = storage.provider.configuration
+        // Without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root lists a folder it may write to
+        // and search but not read no more than anyone: the listing fails (EACCES), as one would
+        // under EMFILE, ENOMEM or EIO. An unread listing taken for an empty one made every LUN's
+        // device and file an orphan: detached and deleted.
+        try #require(chmod(configuration.registryDirectory, 0o300) == 0)
+        let blind = execute("/usr/bin/setpriv", ["--bounding-set=-dac_override,-dac_read_search", siloBinary,
+                                                 "--state-dir", configuration.stateDirectory, "storage", "reenumerate"])
+        chmod(configuration.registryDirectory, 0o700)
+        #expect(blind.status == 1 && blind.error.contains(configuration.registryDirectory), "\(blind)")
+        #expect(fileExists(lun.backingFile), "the LUN's file is no orphan")
+        #expect(LoopDevice(number: Int(device.dropFirst(9))!).status?.backingFile == lun.backingFile, "its device stays bound")
+        #expect(try storage.provider.lun(named: "kept").status == .online)
+        // With the registry readable again, reenumerate finds nothing to do.
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report == ReenumerateReport(), "\(report)")
+    }
+
     @Test("S13 S15 reenumerate leaves alone a LUN that a live call is changing: its device stays attached")
     func reenumerateSparesLiveChange() throws {
         let storage = TestStorage()

@@ -422,7 +422,12 @@ public struct LoopDevice: Sendable, Hashable, Codable {
 
     /// Every loop device the kernel has, bound or not.
     public static func all() -> [LoopDevice] {
-        directoryEntries("/sys/block").compactMap { name in
+        (try? listed()) ?? []
+    }
+
+    /// Every loop device the kernel has; a /sys/block that cannot be read throws.
+    static func listed() throws(SiloError) -> [LoopDevice] {
+        try listedEntries("/sys/block").compactMap { name in
             guard name.hasPrefix("loop"), let number = Int(name.dropFirst(4)) else { return nil }
             return LoopDevice(number: number)
         }.sorted { $0.number < $1.number }

@@ -63,8 +63,19 @@ extension StorageProvider {
         // Devices not Silo's, by the file they are bound to: never touched, but a LUN's file bound
         // to one is drift (and gets no second device).
         var untagged: [FileIdentity: [LoopDevice]] = [:]
-        for device in LoopDevice.all() {
-            guard let status = device.status, let binding = device.binding else { continue }
+        for device in try LoopDevice.listed() {
+            guard let status = device.status, let binding = device.binding else {
+                // Unbound (or unbound since, by another tool). A bound device Silo could not read
+                // would look like no LUN's, and its LUN would get a second device over its file.
+                var info = stat()
+                if stat(device.sysfs + "/loop/backing_file", &info) == 0 || errno != ENOENT {
+                    throw SiloError(.systemCallFailed,
+                                    "\(device.path) is bound but its binding could not be read (errno \(errno)); reenumerate changed "
+                                    + "nothing, since a LUN whose device it cannot see would get a second one", field: "device",
+                                    value: device.path)
+                }
+                continue
+            }
             let tag = binding.tag
             guard tag.hasPrefix("silo:") else {
                 untagged[FileIdentity(device: binding.fileDevice, inode: binding.inode), default: []].append(device)
@@ -83,7 +94,7 @@ extension StorageProvider {
         var busy = Set<String>()
         var deadChanges: [String: LunRecord.Owner] = [:]
         for mark in LunRegistry.Mark.allCases {
-            for name in registry.markNames(mark) {
+            for name in try registry.markNames(mark) {
                 let owner = registry.mark(mark, name)
                 if let owner, ProcessIdentity.isAlive(owner) {
                     if ProcessIdentity.isForeign(owner) { report.drift.append(Self.foreign(name, owner)) }
@@ -102,7 +113,7 @@ extension StorageProvider {
         // data it renames) is reported, not fatal; but its LUN's file and devices cannot be told
         // from orphans, so nothing is swept as an orphan until it is repaired or removed.
         var damaged: [SiloError] = []
-        var records = registry.loadAll(damaged: &damaged)
+        var records = try registry.loadAll(damaged: &damaged)
         report.drift += damaged.map { "\($0.message); no orphan device or file is removed while it is there" }
         for index in records.indices.reversed() {
             var record = records[index]

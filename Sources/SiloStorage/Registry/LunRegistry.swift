@@ -75,19 +75,20 @@ struct LunRegistry: Sendable {
     /// Every record; a damaged one throws (naming its file).
     func loadAll() throws(SiloError) -> [LunRecord] {
         var damaged: [SiloError] = []
-        let records = loadAll(damaged: &damaged)
+        let records = try loadAll(damaged: &damaged)
         if let first = damaged.first { throw first }
         return records
     }
 
-    /// Every record that decodes; what each damaged one's decoding said goes to `damaged`
-    /// (reenumerate reports them rather than stop at the first).
-    func loadAll(damaged: inout [SiloError]) -> [LunRecord] {
+    /// Every record that decodes; what each damaged or unreadable one said goes to `damaged`
+    /// (reenumerate reports them rather than stop at the first, and sweeps no orphan while there
+    /// are any). A folder that cannot be listed throws: its records are not known to be none.
+    func loadAll(damaged: inout [SiloError]) throws(SiloError) -> [LunRecord] {
         var records: [LunRecord] = []
-        for entry in directoryEntries(directory) where entry.hasSuffix(".json") {
+        for entry in try listedEntries(directory) where entry.hasSuffix(".json") {
             let path = directory + "/" + entry
-            guard let bytes = readFile(path) else { continue }
             do throws(SiloError) {
+                guard let bytes = try readExistingFile(path) else { continue }
                 records.append(try decode(bytes, path: path))
             } catch {
                 damaged.append(error)
@@ -203,9 +204,11 @@ struct LunRegistry: Sendable {
     }
 
     /// Names with `mark`: for reenumerate to settle the marks of dead processes.
-    func markNames(_ mark: Mark) -> [String] {
+    /// The names marked `mark`; a folder that cannot be listed throws (a live call's mark missed
+    /// would leave its LUN to be settled under it).
+    func markNames(_ mark: Mark) throws(SiloError) -> [String] {
         let suffix = "." + mark.rawValue
-        return directoryEntries(directory, hidden: true).compactMap { entry in
+        return try listedEntries(directory, hidden: true).compactMap { entry in
             guard entry.hasPrefix("."), entry.hasSuffix(suffix) else { return nil }
             return String(entry.dropFirst().dropLast(suffix.count))
         }
@@ -311,16 +314,27 @@ func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(SiloError) {
     }
 }
 
+/// The whole file; nil when it is not there or cannot be read.
 func readFile(_ path: String) -> [UInt8]? {
+    (try? readExistingFile(path)) ?? nil
+}
+
+/// The whole file; nil when it is not there, and a throw when it cannot be opened or read
+/// (EMFILE, ENOMEM, EIO): a record that failed to read is no missing record.
+func readExistingFile(_ path: String) throws(SiloError) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
+    guard fd >= 0 else {
+        if errno == ENOENT { return nil }
+        throw SiloError.system("open", errno: errno, path: path)
+    }
     defer { close(fd) }
     var bytes: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 16384)
     while true {
         let count = read(fd, &buffer, buffer.count)
         if count < 0, errno == EINTR { continue }
-        if count <= 0 { break }
+        if count < 0 { throw SiloError.system("read", errno: errno, path: path) }
+        if count == 0 { break }
         bytes.append(contentsOf: buffer[0..<count])
     }
     return bytes

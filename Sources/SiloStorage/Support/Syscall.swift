@@ -47,10 +47,25 @@ func readNumber(_ path: String) -> UInt64? {
 /// The names in a directory, sorted; empty when it cannot be read. Hidden ones (Silo's lock,
 /// temporary and mark files) only when asked for; never `.` and `..`.
 func directoryEntries(_ path: String, hidden: Bool = false) -> [String] {
-    guard let directory = opendir(path) else { return [] }
+    (try? listedEntries(path, hidden: hidden)) ?? []
+}
+
+/// The names in a directory, as `directoryEntries` gives them; empty when it is not there, and a
+/// throw when it cannot be read (EMFILE, ENOMEM, EIO): for a caller that removes what it does not
+/// find listed, a failed read is no empty folder.
+func listedEntries(_ path: String, hidden: Bool = false) throws(SiloError) -> [String] {
+    guard let directory = opendir(path) else {
+        if errno == ENOENT { return [] }
+        throw SiloError.system("opendir", errno: errno, path: path)
+    }
     defer { closedir(directory) }
     var names: [String] = []
-    while let entry = readdir(directory) {
+    while true {
+        errno = 0
+        guard let entry = readdir(directory) else {
+            if errno != 0 { throw SiloError.system("readdir", errno: errno, path: path) }
+            break
+        }
         let name = withUnsafePointer(to: entry.pointee.d_name) {
             $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
         }
