@@ -191,6 +191,39 @@ struct BadInputTests {
         #expect(try provider.setOnline("flip", true).wait(timeout: .seconds(60)).status == .online, "with room, it comes online")
     }
 
+    @Test("S15 an extend whose record cannot be written (the state directory's file system full) leaves no busy mark: the next change settles the LUN by its file")
+    func extendUnsaved() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let small = try scratch.smallFileSystem(size: "1m")
+        defer { _ = run("/bin/umount", [small]) }
+        let links = scratch.path + "/links"
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links,
+                                                                           scheduler: scheduler))
+        let pool = scratch.path + "/pool"
+        mkdir(pool, 0o755)
+        _ = try provider.addPool("side", directory: pool)
+        let lun = try provider.createLun(LunSpec(name: "grow", size: 16 << 20, pool: "side")).wait(timeout: .seconds(60))
+        defer { _ = try? provider.deleteLun("grow").wait(timeout: .seconds(60)) }
+        // The extend marks the LUN at once and runs on the worker, held here until the disk is full:
+        // its record write fails past its point of no return, and so does its cleanup's.
+        let gate = DispatchSemaphore(value: 0)
+        let blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        let extend = try provider.extendLun("grow", by: 16 << 20)
+        _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])
+        gate.signal()
+        _ = try? blocker.wait(timeout: .seconds(30))
+        let failed = #expect(throws: SiloError.self) { _ = try extend.wait(timeout: .seconds(60)) }
+        unlink(small + "/filler")
+        #expect(failed?.errno == ENOSPC, "\(String(describing: failed))")
+        #expect(BackingFile.size(lun.backingFile) == 32 << 20, "the file and device grew before the record write")
+        // With room again, the next change is not refused as busy: it settles the record by the file.
+        #expect(try provider.setMask("grow", "web").unmaskingList == "web")
+        #expect(try provider.lun(named: "grow").size == 32 << 20, "settled by the file's size")
+        #expect(try provider.extendLun("grow", by: 16 << 20).wait(timeout: .seconds(60)).size == 48 << 20)
+    }
+
     @Test("E3 a change to a LUN on a state directory that is not there (a mistyped --state-dir) says no such LUN and makes nothing")
     func missingStateDirectory() throws {
         let scratch = Scratch()

@@ -238,10 +238,19 @@ public final class StorageProvider: Sendable {
     /// Ends a resize that failed or was cancelled: the record takes the size of the backing file,
     /// which is the old size when the resize was rolled back and the new one when it failed past
     /// its point of no return (a shrink's cut, an extend's device resize).
+    /// The last word of an extend or a shrink: when even this record write fails (a full file
+    /// system), the change's mark is left to read as a dead process's (`abandonMark`), so the next
+    /// change settles the LUN by its file, instead of every change being refused as busy for the
+    /// life of this process.
     func endChange(_ name: String, mark: UInt64?, sizedByFile record: LunRecord) throws(SiloError) {
         let size = BackingFile.size(record.backingFile)
-        try endChange(name, mark: mark) { stored in
-            if let size { stored.size = size }
+        do throws(SiloError) {
+            try endChange(name, mark: mark) { stored in
+                if let size { stored.size = size }
+            }
+        } catch {
+            if let mark { registry.abandonMark(.changing, name, change: mark) }
+            throw error
         }
     }
 

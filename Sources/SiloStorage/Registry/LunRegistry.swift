@@ -199,6 +199,23 @@ struct LunRegistry: Sendable {
         return LunRecord.Owner(pid: pid, startTime: start, operation: operation, pidNamespace: number(3), change: number(4))
     }
 
+    /// Makes change `change`'s mark on `name` read as a dead process's, in place: its pid
+    /// overwritten with 0 and spaces, which needs no new block on a full file system. For a change
+    /// whose last record write failed: left as it was, the mark of a live process would keep every
+    /// later change of the LUN off for that process's life; a dead one's is settled by the next
+    /// change or reenumerate, by the LUN's file, as after a change that was killed.
+    func abandonMark(_ mark: Mark, _ name: String, change: UInt64) {
+        let path = markPath(mark, name)
+        guard self.mark(mark, name)?.change == change, let text = readSmallFile(path),
+              let width = text.firstIndex(of: " ").map({ text.distance(from: text.startIndex, to: $0) }), width > 0
+        else { return }
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        let dead = Array(("0" + String(repeating: " ", count: width - 1)).utf8)
+        _ = pwrite(fd, dead, dead.count, 0)
+    }
+
     func removeMark(_ mark: Mark, _ name: String) {
         unlink(markPath(mark, name))
     }
