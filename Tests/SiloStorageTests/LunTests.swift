@@ -315,6 +315,10 @@ struct LunTests {
         #expect(refused?.code == .deviceInUse && refused?.message.contains("compute system 'late'") == true, "\(String(describing: refused))")
         #expect(try provider.lun(named: "shared").devicePath == device, "the leased LUN kept its device")
         #expect(loopDevices(backedUnder: storage.path).map(\.path) == [device])
+        // A forced shrink answers for a mount or data the caller knows of, not for a system's lease.
+        let forced = #expect(throws: SiloError.self) { _ = try provider.shrinkLun("shared", by: 4 << 20, force: true).wait(timeout: .seconds(30)) }
+        #expect(forced?.code == .deviceInUse && forced?.message.contains("compute system 'late'") == true, "\(String(describing: forced))")
+        #expect(try provider.lun(named: "shared").size == 8 << 20 && BackingFile.size(try provider.lun(named: "shared").backingFile) == 8 << 20)
         lease.release()
 
         let delete = try storage.whileWorkerHeld { () throws -> SiloOperation<Void> in

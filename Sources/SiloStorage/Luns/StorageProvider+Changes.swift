@@ -243,11 +243,12 @@ extension StorageProvider {
             // Cutting the file loses what lies past the cut: there is no undoing it.
             OperationStep("cut backing file", weight: 2, pointOfNoReturn: true, run: { [self] _ in
                 let device = attachedDevice(record, everywhere: true)
-                guard !force else { return try cut(record, to: newSize, device: device) }
                 // Checked again where a lease cannot be taken meanwhile: a system may have been
-                // given the LUN (and mounted it) since the call's check.
+                // given the LUN (and mounted it) since the call's check. Forced too: --force
+                // answers for a mount or data the caller knows of, not for a running system that
+                // Silo itself gave the LUN to.
                 try unleased(name, device: device) { () throws(SiloError) in
-                    if let device, let use = InUse.check(device) {
+                    if !force, let device, let use = InUse.check(device) {
                         throw SiloError(.shrinkOverData, "LUN '\(name)' is in use (\(use)); release it or pass --force",
                                         field: "name", value: name)
                     }
