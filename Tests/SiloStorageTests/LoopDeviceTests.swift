@@ -109,6 +109,28 @@ struct LoopDeviceTests {
         #expect(try device.detach(expecting: "silo:test-locked"), "free again: this call unbound it")
     }
 
+    @Test("An attach gives up on a free device whose lock another program keeps (5 s) with deviceInUse, binding nothing (it waited for ever, holding loop-control's lock)")
+    func lockedFreeDevice() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let file = scratch.path + "/f.img"
+        try makeSparseFile(file, size: 8 << 20)
+        // The device the next attach gets (the tests run one at a time), locked as `udevadm lock` would.
+        let control = open("/dev/loop-control", O_RDWR | O_CLOEXEC)
+        try #require(control >= 0)
+        defer { close(control) }
+        let number = silo_loop_ctl_get_free(control)
+        try #require(number >= 0)
+        let holder = open("/dev/loop\(number)", O_RDONLY | O_CLOEXEC)
+        try #require(holder >= 0)
+        try #require(flock(holder, LOCK_EX) == 0)
+        let refused = #expect(throws: SiloError.self) { _ = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-free")) }
+        close(holder)
+        #expect(refused?.code == .deviceInUse && refused?.message.contains("locked by another program") == true, "\(String(describing: refused))")
+        #expect(LoopDevice.bound(toFile: file).isEmpty, "nothing bound")
+        #expect(flock(control, LOCK_EX | LOCK_NB) == 0, "loop-control's lock let go")
+    }
+
     @Test("Parallel attaches from many threads never share a device")
     func parallelAttach() throws {
         let scratch = Scratch()

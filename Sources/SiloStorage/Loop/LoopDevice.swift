@@ -153,7 +153,9 @@ public struct LoopDevice: Sendable, Hashable, Codable {
             // An autoclear device detaches at its last close: keep this descriptor for the caller.
             var keepOpen = false
             defer { if !keepOpen { close(deviceFD) } }
-            try syscall("flock", path: device.path) { flock(deviceFD, LOCK_EX) }
+            // Waited for 5 s at most: a program keeping a free device's lock (`udevadm lock`)
+            // would otherwise stop this attach, and with loop-control's lock held, every other.
+            try device.lock(deviceFD)
             var config = loop_config()
             config.fd = UInt32(backingFD)
             config.block_size = options.logicalBlockSize
