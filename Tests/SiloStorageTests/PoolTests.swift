@@ -1,5 +1,7 @@
+import Dispatch
 import Glibc
 import SiloOperations
+import Synchronization
 import Testing
 
 @testable import SiloStorage
@@ -108,6 +110,41 @@ struct PoolTests {
         #expect(try storage.provider.pools().map(\.name) == ["default"])
         #expect(try storage.provider.drives().first { $0.id == driveID }?.pools.isEmpty == true)
         #expect(loopDevices(backedUnder: drive.mountPoint).isEmpty)
+    }
+
+    @Test("S5 a pool removed while a create that chose it waits for the registry lock: the create is refused, and no LUN sits in an unlisted folder")
+    func poolRemovedUnderCreate() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let folder = storage.path + "/side"
+        mkdir(folder, 0o700)
+        _ = try storage.provider.addPool("side", directory: folder)
+        let configuration = storage.provider.configuration
+        // The registry lock, held here, as a removePool holds it; the create picks the pool, then waits.
+        let lock = open(configuration.lockFile, O_RDWR | O_CLOEXEC)
+        try #require(lock >= 0 && flock(lock, LOCK_EX) == 0)
+        let refused = Mutex<SiloError?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let provider = storage.provider
+        DispatchQueue.global().async {
+            do throws(SiloError) {
+                _ = try provider.createLun(LunSpec(name: "late", size: 8 << 20, pool: "side")).wait(timeout: .seconds(60))
+            } catch {
+                refused.withLock { $0 = error }
+            }
+            done.signal()
+        }
+        #expect(eventually { waitsForFlock(getpid()) }, "the create waits for the lock, its pool chosen")
+        // What removePool does under the lock: the list without the pool. The create's capacity
+        // check, under the lock, looks the pool up again by name.
+        try #require(unlink(configuration.stateDirectory + "/pools.json") == 0)
+        flock(lock, LOCK_UN)
+        close(lock)
+        #expect(done.wait(timeout: .now() + 60) == .success)
+        let error = refused.withLock { $0 }
+        #expect(error?.code == .objectNotFound && error?.field == "pool", "\(String(describing: error))")
+        #expect(directoryEntries(folder).filter { $0.hasSuffix(".img") }.isEmpty, "no LUN file in the unlisted folder")
+        #expect((try? storage.provider.lun(named: "late")) == nil)
     }
 
     @Test("S5 S13 a pool added on a folder with a user's files: they are never counted as promised, never swept as orphans; a folder with files named like a LUN's is refused")
