@@ -224,8 +224,9 @@ func parallelCreates(state: String) {
     // run all of that, whatever the locks and the disk do.
     let cores = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     let cpu = Double(roundCPU.sorted()[roundCPU.count / 2]) / 1000
+    let each = Double(roundCPU.reduce(0, +)) / 1000 / Double(max(1, times.count))
     print("  CPU time the 16 creates of a round used in all (median round): \(format2(cpu)) ms, "
-          + "\(format2(cpu / 16)) ms each; on \(cores) cores the last cannot end before \(format2(cpu / Double(cores))) ms")
+          + "\(format2(each)) ms each; on \(cores) cores the last cannot end before \(format2(cpu / Double(cores))) ms")
     // The same with each create on its caller's thread (OperationScheduler(runsOnCaller:), as the
     // CLI runs a create): no worker thread to start in each fresh process.
     setenv("SILO_BENCH_ON_CALLER", "1", 1)

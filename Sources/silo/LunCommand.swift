@@ -169,7 +169,8 @@ struct LunCommand: ParsableCommand {
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
         @Option(parsing: .unconditional, help: "Bytes to remove, such as 1G.") var by: String
-        @Flag(help: "Shrink even over a mounted file system or data past the new end (never a LUN a compute system holds).") var force = false
+        @Flag(help: "Shrink even over a mounted file system or data past the new end (not a LUN a system holds).")
+        var force = false
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {

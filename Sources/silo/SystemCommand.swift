@@ -146,8 +146,8 @@ struct SystemCommand: ParsableCommand {
             }
             try act(global, id) { system in
                 if let request {
-                    let fields = ["lun": "--config", "ResourcePath": "--config", "Settings": "--config", "Settings.Path": "--config",
-                                  "mountPath": "--config"]
+                    let fields = ["lun": "--config", "ResourcePath": "--config", "Settings": "--config",
+                                  "Settings.Path": "--config", "mountPath": "--config"]
                     try cli(options: fields) { try waitInterruptibly(system.modify(request, storage: global.provider)) }
                 } else if let attach {
                     try cli(options: ["lun": "--attach", "mountPath": "--attach"]) {

@@ -915,7 +915,7 @@ struct SystemTests {
         #expect(nothing?.code == .objectNotFound && nothing?.field == "ResourcePath")
     }
 
-    @Test("C12 a memory limit under what the system uses and cannot give back is refused, naming Settings: nothing killed, the limit kept")
+    @Test("C10 a memory limit under what the system uses and cannot give back is refused, naming Settings: nothing killed, the limit kept")
     func memoryLimitUnderUsage() throws {
         let compute = TestCompute()
         defer { compute.finish() }
@@ -949,11 +949,44 @@ struct SystemTests {
             #expect(readText(unified + "/memory.high") == "max", "the reclaim's memory.high put back")
         case nil: Issue.record("no memory controller")
         }
-        // A limit the usage fits under still lands, and memory.high is back to what it was.
+        // A limit the usage fits under still lands.
         try system.modify(ModifyRequest(change: .memory(megabytes: 96))).wait(timeout: .seconds(60))
         #expect(try system.properties().memoryLimitBytes == 96 << 20)
-        if system.cgroup.layout.place("memory") == .v2 {
-            #expect(readText(try system.cgroup.path("unified") + "/memory.high") == "max")
+    }
+
+    @Test("C10 a memory limit under what the system uses is reached by reclaiming its page cache: it lands, nothing killed, memory.high as it was")
+    func memoryLimitReclaimed() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "mr-\(getpid())", document: compute.document(memoryMB: 256)).wait()
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        // Page cache charged to the system: files its process reads first, after the host's
+        // clean cache is dropped (a page is charged to the cgroup that brings it in).
+        let drop = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC)
+        try #require(drop >= 0 && write(drop, "1", 1) == 1)
+        close(drop)
+        let reader = try system.createProcess(ProcessParameters(
+            arguments: ["/bin/sh", "-c", "find /usr/lib /usr/share -type f -size +256k 2>/dev/null | xargs cat 2>/dev/null | head -c 134217728 >/dev/null; "
+                        + "echo read && exec sleep 600"],
+            createStdOutPipe: true)).wait(timeout: .seconds(30))
+        defer { reader.close() }
+        #expect(readUntil(try #require(reader.standardOutput)) { $0.contains("read") }.contains("read"))
+        let usage = try #require(try system.properties().statistics).memoryUsageBytes
+        try #require(usage > 96 << 20, "the reads left only \(usage >> 20) MiB charged to the system")
+        let kills = system.cgroup.oomKills
+        try system.modify(ModifyRequest(change: .memory(megabytes: 64))).wait(timeout: .seconds(60))
+        #expect(try system.properties().memoryLimitBytes == 64 << 20)
+        #expect(system.cgroup.oomKills == kills, "reclaimed, not killed")
+        #expect((#expect(throws: SiloError.self) { try reader.wait(timeout: .milliseconds(200)) })?.code == .operationTimeout,
+                "the reader still runs")
+        switch system.cgroup.layout.place("memory") {
+        case .v1?: #expect(readText(try system.cgroup.path("memory") + "/memory.limit_in_bytes") == "\(64 << 20)")
+        case .v2?:
+            let unified = try system.cgroup.path("unified")
+            #expect(readText(unified + "/memory.max") == "\(64 << 20)")
+            #expect(readText(unified + "/memory.high") == "max", "the reclaim's memory.high put back")
+        case nil: Issue.record("no memory controller")
         }
     }
 

@@ -210,6 +210,7 @@ struct BadInputTests {
         // its record write fails past its point of no return, and so does its cleanup's.
         let gate = DispatchSemaphore(value: 0)
         let blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
+        defer { gate.signal() }  // a failed expectation below must not leave the only worker held
         let extend = try provider.extendLun("grow", by: 16 << 20)
         _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])
         gate.signal()

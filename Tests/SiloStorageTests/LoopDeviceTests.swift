@@ -124,7 +124,10 @@ struct LoopDeviceTests {
         let holder = open("/dev/loop\(number)", O_RDONLY | O_CLOEXEC)
         try #require(holder >= 0)
         try #require(flock(holder, LOCK_EX) == 0)
-        let refused = #expect(throws: SiloError.self) { _ = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-free")) }
+        let refused = #expect(throws: SiloError.self) {
+            let attached = try LoopDevice.attach(backing: file, options: .init(tag: "silo:test-free"))
+            _ = try? attached.device.detach()  // bound after all: not left behind
+        }
         close(holder)
         #expect(refused?.code == .deviceInUse && refused?.message.contains("locked by another program") == true, "\(String(describing: refused))")
         #expect(LoopDevice.bound(toFile: file).isEmpty, "nothing bound")

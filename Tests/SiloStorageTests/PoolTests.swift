@@ -123,6 +123,8 @@ struct PoolTests {
         // The registry lock, held here, as a removePool holds it; the create picks the pool, then waits.
         let lock = open(configuration.lockFile, O_RDWR | O_CLOEXEC)
         try #require(lock >= 0 && flock(lock, LOCK_EX) == 0)
+        var held = true
+        defer { if held { close(lock) } }  // a failed requirement must not leave the create waiting
         let refused = Mutex<SiloError?>(nil)
         let done = DispatchSemaphore(value: 0)
         let provider = storage.provider
@@ -138,8 +140,8 @@ struct PoolTests {
         // What removePool does under the lock: the list without the pool. The create's capacity
         // check, under the lock, looks the pool up again by name.
         try #require(unlink(configuration.stateDirectory + "/pools.json") == 0)
-        flock(lock, LOCK_UN)
         close(lock)
+        held = false
         #expect(done.wait(timeout: .now() + 60) == .success)
         let error = refused.withLock { $0 }
         #expect(error?.code == .objectNotFound && error?.field == "pool", "\(String(describing: error))")

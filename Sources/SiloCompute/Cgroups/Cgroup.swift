@@ -275,8 +275,13 @@ public final class Cgroup: Sendable {
             case .v2?:
                 let path = try path("unified")
                 let high = try Self.reclaim(path, under: bytes)
-                defer { if let high { try? writeText(path + "/memory.high", high) } }
-                try writeText(path + "/memory.max", "\(bytes)")
+                do throws(SiloError) {
+                    try writeText(path + "/memory.max", "\(bytes)")
+                } catch {
+                    throw Self.puttingBack(high, in: path, after: error)
+                }
+                // Set to the limit, memory.high would throttle the system near it from now on.
+                if let high { try? writeText(path + "/memory.high", high) }
                 try? writeText(path + "/memory.swap.max", "0")
             case .v1?:
                 let path = try path("memory")
@@ -296,7 +301,8 @@ public final class Cgroup: Sendable {
                         try writeText(limit, "\(bytes)")
                     }
                 } catch where error.errno == EBUSY {
-                    var refused = Self.memoryInUse(readText(path + "/memory.usage_in_bytes").flatMap { UInt64($0) }, limit: bytes)
+                    let usage = readText(path + "/memory.usage_in_bytes").flatMap { UInt64($0) }
+                    var refused = Self.memoryInUse(usage, limit: bytes, kept: error.events.isEmpty)
                     refused.events += error.events
                     throw refused
                 }
@@ -340,29 +346,48 @@ public final class Cgroup: Sendable {
     /// change is refused as v1 refuses it. Returns the `memory.high` to put back once `memory.max`
     /// is written (nil when nothing was changed): it holds the usage down until then.
     static func reclaim(_ directory: String, under bytes: UInt64) throws(SiloError) -> String? {
-        guard let usage = readText(directory + "/memory.current").flatMap({ UInt64($0) }), usage > bytes,
-              let high = readText(directory + "/memory.high")
-        else { return nil }
+        // Unread, the usage could be anything: the limit is not written blind.
+        func read(_ file: String) throws(SiloError) -> String {
+            guard let text = readText(directory + "/" + file) else {
+                throw SiloError(.systemCallFailed,
+                                "\(directory)/\(file) could not be read, so a memory limit of \(bytes >> 20) MiB "
+                                    + "cannot be checked against the usage; the limit stays as it was",
+                                field: "memory", value: "\(bytes >> 20)")
+            }
+            return text
+        }
+        let usage = UInt64(try read("memory.current")) ?? 0
+        guard usage > bytes else { return nil }
+        let high = try read("memory.high")
         try writeText(directory + "/memory.high", "\(bytes)")
         let after = readText(directory + "/memory.current").flatMap { UInt64($0) } ?? usage
         guard after <= bytes else {
-            var error = memoryInUse(after, limit: bytes)
-            do throws(SiloError) {
-                try writeText(directory + "/memory.high", high)
-            } catch let undo {
-                error = error.adding(.init(message: "memory.high could not be put back to \(high): \(undo.message)", source: "rollback"))
-            }
-            throw error
+            throw puttingBack(high, in: directory, after: memoryInUse(after, limit: bytes, kept: true))
         }
         return high
     }
 
-    /// A memory limit refused because the system uses more than it even after reclaim.
-    static func memoryInUse(_ usage: UInt64?, limit: UInt64) -> SiloError {
+    /// `error`, after `memory.high` got back `high` (nil: it was not changed); a failure to put
+    /// it back is added to the error as a rollback event (the limit, memory.max, stays as it was).
+    static func puttingBack(_ high: String?, in directory: String, after error: SiloError) -> SiloError {
+        guard let high else { return error }
+        do throws(SiloError) {
+            try writeText(directory + "/memory.high", high)
+            return error
+        } catch let undo {
+            return error.adding(.init(message: "memory.high could not be put back to \(high): \(undo.message)",
+                                      source: "rollback"))
+        }
+    }
+
+    /// A memory limit refused because the system uses more than it even after reclaim; `kept`:
+    /// the limits are as they were (a rollback that failed says otherwise in its event).
+    static func memoryInUse(_ usage: UInt64?, limit: UInt64, kept: Bool) -> SiloError {
         let uses = usage.map { "uses \($0 >> 20) MiB" } ?? "uses more"
         return SiloError(.invalidArgument,
-                         "the compute system \(uses) that cannot be reclaimed, more than a memory limit of \(limit >> 20) MiB; "
-                         + "the limit stays as it was (free memory inside the system first)",
+                         "the compute system \(uses) that cannot be reclaimed, "
+                         + "more than a memory limit of \(limit >> 20) MiB"
+                         + (kept ? "; the limit stays as it was" : "") + " (free memory inside the system first)",
                          field: "memory", value: "\(limit >> 20)")
     }
 

@@ -405,11 +405,20 @@ public struct LoopDevice: Sendable, Hashable, Codable {
     /// when the device is not bound. The inode is what names the file: sysfs's path is the one the
     /// kernel resolved, which need not be the path it was bound by (a link on the way).
     var binding: (tag: String, fileDevice: UInt64, inode: UInt64)? {
+        (try? readBinding()) ?? nil
+    }
+
+    /// `binding`, telling an unbound device (nil: the kernel's ENXIO) from one that could not be
+    /// read (a throw: no device node, EMFILE...).
+    func readBinding() throws(SiloError) -> (tag: String, fileDevice: UInt64, inode: UInt64)? {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else { throw SiloError.system("open", errno: errno, path: path) }
         defer { close(fd) }
         var info = loop_info64()
-        guard silo_loop_get_status64(fd, &info) == 0 else { return nil }
+        guard silo_loop_get_status64(fd, &info) == 0 else {
+            if errno == ENXIO { return nil }
+            throw SiloError.system("LOOP_GET_STATUS64", errno: errno, path: path)
+        }
         return (cName(info.lo_file_name), info.lo_device, info.lo_inode)
     }
 

@@ -130,9 +130,16 @@ extension StorageProvider {
         withLeaseLock(directory: leaseDirectory) { liveHolders(name) }
     }
 
-    /// What `leaseHolders` finds; the caller holds the lease lock.
+    /// What `leaseHolders` finds; the caller holds the lease lock. A lease folder that cannot be
+    /// listed is one holder that cannot be named, so every check that asks refuses.
     private func liveHolders(_ name: String) -> [String] {
-        directoryEntries(leaseDirectory).filter { $0.hasPrefix(name + "@") }.sorted().compactMap { entry in
+        let entries: [String]
+        do throws(SiloError) {
+            entries = try listedEntries(leaseDirectory)
+        } catch {
+            return ["a holder that cannot be told (\(error.message))"]
+        }
+        return entries.filter { $0.hasPrefix(name + "@") }.sorted().compactMap { entry in
             removeIfUnheld(leaseDirectory + "/" + entry) ? nil : String(entry.dropFirst(name.count + 1))
         }
     }
@@ -142,6 +149,13 @@ extension StorageProvider {
     public func deviceUse(ofLun name: String) throws(SiloError) -> String? {
         guard let path = try lun(named: name).devicePath, let device = LoopDevice(path: path) else { return nil }
         return InUse.check(device)
+    }
+
+    /// - Throws: `deviceInUse` while a compute system or a clone holds LUN `name` (a lease).
+    func refuseLeased(_ name: String) throws(SiloError) {
+        let holders = leaseHolders(name)
+        guard !holders.isEmpty, let use = use(of: name, device: nil, holders: holders) else { return }
+        throw SiloError(.deviceInUse, "LUN '\(name)' is in use (\(use)); release it first", field: "name", value: name)
     }
 
     /// Why LUN `name` (attached as `device`) may not be deleted or taken offline, or nil.

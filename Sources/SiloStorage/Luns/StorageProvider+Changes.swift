@@ -53,7 +53,9 @@ extension StorageProvider {
                         let device = attachedDevice(record, everywhere: true)
                         try unleased(name, device: device) { () throws(SiloError) in
                             if let device {
-                                try releasing(name, device) { () throws(SiloError) in try device.unbind(expecting: record.tag) }
+                                try releasing(name, device) { () throws(SiloError) in
+                                    try device.unbind(expecting: record.tag)
+                                }
                             }
                             try registry.removeHoldingLock(name, durable: false)
                         }
@@ -232,8 +234,10 @@ extension StorageProvider {
         }
         let newSize = shrunk
         do throws(SiloError) {
-            // Not even forced: --force answers for Silo's own device, not for another tool's.
+            // Not even forced: --force answers for Silo's own device, not for another tool's,
+            // nor for a compute system that Silo gave the LUN to (a lease).
             try refuseForeignUse(record, code: .shrinkOverData)
+            try refuseLeased(name)
             if !force { try guardData(record, newSize: newSize) }
         } catch {
             try? endChange(name, mark: mark)
@@ -313,8 +317,8 @@ extension StorageProvider {
                     // A record that cannot say online must not be left with a device it does not
                     // name: the one this call bound goes, and its stable name with it.
                     if let attached {
+                        unlinkName(name)  // first, as a delete's (`releasing`)
                         _ = try? attached.unbind(expecting: record.tag)  // this call's: no in-use check to refuse it
-                        unlinkName(name)
                     }
                     throw error
                 }

@@ -64,17 +64,23 @@ extension StorageProvider {
         // to one is drift (and gets no second device).
         var untagged: [FileIdentity: [LoopDevice]] = [:]
         for device in try LoopDevice.listed() {
-            guard let status = device.status, let binding = device.binding else {
-                // Unbound (or unbound since, by another tool). A bound device Silo could not read
-                // would look like no LUN's, and its LUN would get a second device over its file.
-                var info = stat()
-                if stat(device.sysfs + "/loop/backing_file", &info) == 0 || errno != ENOENT {
-                    throw SiloError(.systemCallFailed,
-                                    "\(device.path) is bound but its binding could not be read (errno \(errno)); reenumerate changed "
-                                    + "nothing, since a LUN whose device it cannot see would get a second one", field: "device",
-                                    value: device.path)
+            // The kernel's word first: an unbound device is passed over. One that cannot be read
+            // stops the reconcile before it changes anything: a LUN whose device it cannot see
+            // would get a second one over its file.
+            let status: LoopDevice.Status, binding: (tag: String, fileDevice: UInt64, inode: UInt64)
+            do throws(SiloError) {
+                guard let bound = try device.readBinding() else { continue }
+                guard let read = device.status else {
+                    if try device.readBinding() == nil { continue }  // unbound since, by another tool
+                    throw SiloError(.systemCallFailed, "\(device.sysfs)/loop/backing_file could not be read",
+                                    field: "device", value: device.path)
                 }
-                continue
+                (status, binding) = (read, bound)
+            } catch {
+                var stopped = error
+                stopped.message = "reenumerate changed nothing: \(device.path) could not be read (\(error.message)); "
+                    + "a LUN whose device it cannot see would get a second one"
+                throw stopped
             }
             let tag = binding.tag
             guard tag.hasPrefix("silo:") else {
@@ -88,13 +94,20 @@ extension StorageProvider {
             ours[id, default: []].append(device)
         }
 
+        // Every listing before the first change: one that cannot be read stops the reconcile with
+        // nothing changed.
+        let marked = try LunRegistry.Mark.allCases.map { (mark) throws(SiloError) in
+            (mark, try registry.markNames(mark))
+        }
+        var damaged: [SiloError] = []
+        var records = try registry.loadAll(damaged: &damaged)
         // Marks of calls in progress. A live one's LUN is left alone. A dead delete's mark goes:
         // the delete did not finish (or finished all but this), and the LUN is settled below like
         // any other. A dead change's mark goes once its record is settled below.
         var busy = Set<String>()
         var deadChanges: [String: LunRecord.Owner] = [:]
-        for mark in LunRegistry.Mark.allCases {
-            for name in try registry.markNames(mark) {
+        for (mark, names) in marked {
+            for name in names {
                 let owner = registry.mark(mark, name)
                 if let owner, ProcessIdentity.isAlive(owner) {
                     if ProcessIdentity.isForeign(owner) { report.drift.append(Self.foreign(name, owner)) }
@@ -112,8 +125,6 @@ extension StorageProvider {
         // A damaged record (a power loss on a file system that does not order a rename after the
         // data it renames) is reported, not fatal; but its LUN's file and devices cannot be told
         // from orphans, so nothing is swept as an orphan until it is repaired or removed.
-        var damaged: [SiloError] = []
-        var records = try registry.loadAll(damaged: &damaged)
         report.drift += damaged.map { "\($0.message); no orphan device or file is removed while it is there" }
         for index in records.indices.reversed() {
             var record = records[index]
@@ -143,7 +154,6 @@ extension StorageProvider {
                                         + held.joined(separator: "; "))
                     continue
                 }
-                unlinkName(record.name)
                 try? BackingFile.remove(record.backingFile)
                 try registry.removeHoldingLock(record.name)
                 records.remove(at: index)
@@ -157,7 +167,8 @@ extension StorageProvider {
                 // The device takes the file's size, whichever way the settling went.
                 if let device = devices.first { try? device.refreshCapacity(expecting: record.tag) }
                 record.owner = nil
-                report.repaired.append("\(record.name): \(owner.operation) of dead pid \(owner.pid) settled")
+                let whose = owner.pid > 0 ? "of dead pid \(owner.pid)" : "that could not record its end"
+                report.repaired.append("\(record.name): \(owner.operation) \(whose) settled")
             }
             // Offline by its record, with a device: an `online` that died after its attach is
             // finished (the LUN is online); any other device (an attach whose stable name failed)
@@ -168,7 +179,8 @@ extension StorageProvider {
                 } else {
                     devices = devices.filter { device in
                         do throws(SiloError) {
-                            if try device.detach(expecting: record.tag) {
+                            // Its stable name (a killed online's) goes first, as a delete's.
+                            if try releasingDetach(record, device) {
                                 report.repaired.append("\(record.name): offline, its device \(device.path) detached")
                             }
                             return false

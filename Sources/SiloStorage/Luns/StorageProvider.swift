@@ -238,7 +238,8 @@ public final class StorageProvider: Sendable {
     /// Ends a resize that failed or was cancelled: the record takes the size of the backing file,
     /// which is the old size when the resize was rolled back and the new one when it failed past
     /// its point of no return (a shrink's cut, an extend's device resize).
-    /// The last word of an extend or a shrink: when even this record write fails (a full file
+    ///
+    /// It is the last word of an extend or a shrink: when even this record write fails (a full file
     /// system), the change's mark is left to read as a dead process's (`abandonMark`), so the next
     /// change settles the LUN by its file, instead of every change being refused as busy for the
     /// life of this process.
@@ -382,6 +383,15 @@ public final class StorageProvider: Sendable {
             if linked { try? link(name, to: device) }
             throw error
         }
+    }
+
+    /// `releasing` for a detach whose answer the caller needs (whether this call unbound it).
+    func releasingDetach(_ record: LunRecord, _ device: LoopDevice) throws(SiloError) -> Bool {
+        var unbound = false
+        try releasing(record.name, device) { () throws(SiloError) in
+            unbound = try device.detach(expecting: record.tag)
+        }
+        return unbound
     }
 
     /// Removes a stable name; whatever else has that name (a file, a link elsewhere) stays. The

@@ -68,7 +68,7 @@ struct LunRegistry: Sendable {
 
     func load(_ name: String) throws(SiloError) -> LunRecord? {
         let path = recordPath(name)
-        guard let bytes = readFile(path) else { return nil }
+        guard let bytes = try readExistingFile(path) else { return nil }
         return try decode(bytes, path: path)
     }
 
@@ -200,19 +200,24 @@ struct LunRegistry: Sendable {
     }
 
     /// Makes change `change`'s mark on `name` read as a dead process's, in place: its pid
-    /// overwritten with 0 and spaces, which needs no new block on a full file system. For a change
-    /// whose last record write failed: left as it was, the mark of a live process would keep every
-    /// later change of the LUN off for that process's life; a dead one's is settled by the next
-    /// change or reenumerate, by the LUN's file, as after a change that was killed.
+    /// overwritten with 0 and spaces, through the descriptor its token was read from, so that no
+    /// mark placed since is touched; on a file system that overwrites in place, no new block is
+    /// needed, as on a full one. For a change whose last record write failed: left as it was, the
+    /// mark of a live process would keep every later change of the LUN off for that process's life;
+    /// a dead one's is settled by the next change or reenumerate, by the LUN's file, as after a
+    /// change that was killed.
     func abandonMark(_ mark: Mark, _ name: String, change: UInt64) {
-        let path = markPath(mark, name)
-        guard self.mark(mark, name)?.change == change, let text = readSmallFile(path),
-              let width = text.firstIndex(of: " ").map({ text.distance(from: text.startIndex, to: $0) }), width > 0
-        else { return }
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        let fd = open(markPath(mark, name), O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { return }
         defer { close(fd) }
-        let dead = Array(("0" + String(repeating: " ", count: width - 1)).utf8)
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return }
+        let fields = buffer[0..<count].split(separator: UInt8(ascii: " "))
+        guard fields.count >= 5, let width = fields.first?.count, width > 0,
+              UInt64(String(decoding: fields[4].filter { $0 != UInt8(ascii: "\n") }, as: UTF8.self)) == change
+        else { return }
+        let dead = [UInt8(ascii: "0")] + [UInt8](repeating: UInt8(ascii: " "), count: width - 1)
         _ = pwrite(fd, dead, dead.count, 0)
     }
 
@@ -220,9 +225,9 @@ struct LunRegistry: Sendable {
         unlink(markPath(mark, name))
     }
 
-    /// Names with `mark`: for reenumerate to settle the marks of dead processes.
-    /// The names marked `mark`; a folder that cannot be listed throws (a live call's mark missed
-    /// would leave its LUN to be settled under it).
+    /// The names marked `mark`, for reenumerate to settle the marks of dead processes; a folder
+    /// that cannot be listed throws (a live call's mark missed would leave its LUN to be settled
+    /// under it).
     func markNames(_ mark: Mark) throws(SiloError) -> [String] {
         let suffix = "." + mark.rawValue
         return try listedEntries(directory, hidden: true).compactMap { entry in

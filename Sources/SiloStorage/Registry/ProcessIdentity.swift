@@ -16,6 +16,8 @@ enum ProcessIdentity {
     /// container gone, or a reboot, ends it); from any other it counts as alive, so nothing it
     /// may be doing is rolled back under it.
     static func isAlive(_ owner: LunRecord.Owner) -> Bool {
+        // Pid 0: a mark its own change gave up (`LunRegistry.abandonMark`), in any namespace.
+        if owner.pid <= 0 { return false }
         if isForeign(owner) { return pidNamespace != initialPidNamespace || namespaceExists(owner.pidNamespace ?? 0) }
         guard let start = startTime(of: owner.pid) else { return false }
         return start == owner.startTime
