@@ -160,32 +160,16 @@ struct BadInputTests {
 
     @Test("S7 an online whose record cannot be written (the state directory's file system full) unbinds the device it bound: the LUN stays offline, with no device or name")
     func onlineUnsaved() throws {
-        let scratch = Scratch()
-        defer { scratch.cleanup() }
-        let small = try scratch.smallFileSystem(size: "1m")
-        defer { _ = run("/bin/umount", [small]) }
-        let links = scratch.path + "/links"
-        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
-        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links,
-                                                                           scheduler: scheduler))
-        let pool = scratch.path + "/pool"
-        mkdir(pool, 0o755)
-        _ = try provider.addPool("side", directory: pool)
+        let state = try FillableStateDirectory()
+        defer { state.finish() }
+        let provider = state.provider
         let lun = try provider.createLun(LunSpec(name: "flip", size: 16 << 20, pool: "side")).wait(timeout: .seconds(60))
         defer { _ = try? provider.deleteLun("flip").wait(timeout: .seconds(60)) }
         _ = try provider.setOnline("flip", false).wait(timeout: .seconds(60))
-        // The online marks the LUN at once and runs on the worker, held here until the disk is full.
-        let gate = DispatchSemaphore(value: 0)
-        let blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
-        let online = try provider.setOnline("flip", true)
-        _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])
-        gate.signal()
-        _ = try? blocker.wait(timeout: .seconds(30))
-        let failed = #expect(throws: SiloError.self) { _ = try online.wait(timeout: .seconds(60)) }
-        unlink(small + "/filler")
+        let failed = state.failingWhenFull { try provider.setOnline("flip", true) }
         #expect(failed?.errno == ENOSPC, "\(String(describing: failed))")
         #expect(LoopDevice.bound(toFile: lun.backingFile).isEmpty, "no device over the file the record does not name")
-        #expect(directoryEntries(links).isEmpty, "no stable name")
+        #expect(directoryEntries(state.links).isEmpty, "no stable name")
         let after = try provider.lun(named: "flip")
         #expect(after.status == .offline && after.devicePath == nil, "\(after)")
         #expect(try provider.setOnline("flip", true).wait(timeout: .seconds(60)).status == .online, "with room, it comes online")
@@ -193,30 +177,13 @@ struct BadInputTests {
 
     @Test("S15 an extend whose record cannot be written (the state directory's file system full) leaves no busy mark: the next change settles the LUN by its file")
     func extendUnsaved() throws {
-        let scratch = Scratch()
-        defer { scratch.cleanup() }
-        let small = try scratch.smallFileSystem(size: "1m")
-        defer { _ = run("/bin/umount", [small]) }
-        let links = scratch.path + "/links"
-        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
-        let provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links,
-                                                                           scheduler: scheduler))
-        let pool = scratch.path + "/pool"
-        mkdir(pool, 0o755)
-        _ = try provider.addPool("side", directory: pool)
+        let state = try FillableStateDirectory()
+        defer { state.finish() }
+        let provider = state.provider
         let lun = try provider.createLun(LunSpec(name: "grow", size: 16 << 20, pool: "side")).wait(timeout: .seconds(60))
         defer { _ = try? provider.deleteLun("grow").wait(timeout: .seconds(60)) }
-        // The extend marks the LUN at once and runs on the worker, held here until the disk is full:
-        // its record write fails past its point of no return, and so does its cleanup's.
-        let gate = DispatchSemaphore(value: 0)
-        let blocker = try scheduler.run(.recoverLun) { _ in gate.wait() }
-        defer { gate.signal() }  // a failed expectation below must not leave the only worker held
-        let extend = try provider.extendLun("grow", by: 16 << 20)
-        _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])
-        gate.signal()
-        _ = try? blocker.wait(timeout: .seconds(30))
-        let failed = #expect(throws: SiloError.self) { _ = try extend.wait(timeout: .seconds(60)) }
-        unlink(small + "/filler")
+        // Its record write fails past its point of no return, and so does its cleanup's.
+        let failed = state.failingWhenFull { try provider.extendLun("grow", by: 16 << 20) }
         #expect(failed?.errno == ENOSPC, "\(String(describing: failed))")
         #expect(BackingFile.size(lun.backingFile) == 32 << 20, "the file and device grew before the record write")
         // With room again, the next change is not refused as busy: it settles the record by the file.
@@ -285,5 +252,57 @@ extension Scratch {
         mkdir(small, 0o755)
         try #require(run("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", small]).status == 0)
         return small
+    }
+}
+
+/// A state directory on a 1 MiB file system of its own, a pool "side" elsewhere, and one worker:
+/// for the calls whose record write a test makes fail by filling that file system.
+struct FillableStateDirectory {
+    let scratch = Scratch()
+    let small: String
+    let links: String
+    let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+    let provider: StorageProvider
+
+    init() throws {
+        small = try scratch.smallFileSystem(size: "1m")
+        links = scratch.path + "/links"
+        provider = StorageProvider(configuration: StorageConfiguration(stateDirectory: small + "/state", linkDirectory: links,
+                                                                       scheduler: scheduler))
+        let pool = scratch.path + "/pool"
+        mkdir(pool, 0o755)
+        do {
+            _ = try provider.addPool("side", directory: pool)
+        } catch {
+            finish()
+            throw error
+        }
+    }
+
+    /// What the operation `call` starts fails with, when its work (queued while the only worker
+    /// is held; the call marks its LUN at once) runs with the state directory's file system full.
+    func failingWhenFull<T>(_ call: () throws -> SiloOperation<T>, sourceLocation: SourceLocation = #_sourceLocation) -> SiloError? {
+        let gate = DispatchSemaphore(value: 0)
+        guard let blocker = try? scheduler.run(.recoverLun, { _ in gate.wait() }) else { return nil }
+        defer {
+            gate.signal()
+            _ = try? blocker.wait(timeout: .seconds(30))
+            unlink(small + "/filler")
+        }
+        do {
+            let operation = try call()
+            _ = run("/bin/dd", ["if=/dev/zero", "of=\(small)/filler", "bs=4k"])  // to the last block
+            gate.signal()
+            _ = try operation.wait(timeout: .seconds(60))
+            Issue.record("the operation succeeded with its state directory full", sourceLocation: sourceLocation)
+            return nil
+        } catch {
+            return SiloError(error)
+        }
+    }
+
+    func finish() {
+        _ = run("/bin/umount", [small])
+        scratch.cleanup()
     }
 }
