@@ -961,25 +961,23 @@ struct SystemTests {
         let system = try compute.service.createComputeSystem(id: "mr-\(getpid())", document: compute.document(memoryMB: 256)).wait()
         defer { system.close() }
         try system.start().wait(timeout: .seconds(30))
-        // Page cache charged to the system: files its process reads first, after the host's
-        // clean cache is dropped (a page is charged to the cgroup that brings it in).
-        let drop = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC)
-        try #require(drop >= 0 && write(drop, "1", 1) == 1)
-        close(drop)
-        let reader = try system.createProcess(ProcessParameters(
-            arguments: ["/bin/sh", "-c", "find /usr/lib /usr/share -type f -size +256k 2>/dev/null | xargs cat 2>/dev/null | head -c 134217728 >/dev/null; "
-                        + "echo read && exec sleep 600"],
-            createStdOutPipe: true)).wait(timeout: .seconds(30))
-        defer { reader.close() }
-        #expect(readUntil(try #require(reader.standardOutput)) { $0.contains("read") }.contains("read"))
+        // Page cache charged to the system: a file a process in its cgroup writes and syncs (a
+        // page is charged to the cgroup that brings it in; synced, it is clean and can be dropped).
+        let file = compute.state + "/cache.img"
+        defer { unlink(file) }
+        let writer = try startInside(system.cgroup, "dd if=/dev/zero of=\(file) bs=1M count=96 conv=fsync 2>/dev/null")
+        #expect(reap(writer) == 0)
+        // And a process of its own that must live through the change.
+        let sleeper = try system.createProcess(ProcessParameters(arguments: ["/bin/sleep", "600"])).wait(timeout: .seconds(30))
+        defer { sleeper.close() }
         let usage = try #require(try system.properties().statistics).memoryUsageBytes
-        try #require(usage > 96 << 20, "the reads left only \(usage >> 20) MiB charged to the system")
+        try #require(usage > 96 << 20, "the write left only \(usage >> 20) MiB charged to the system")
         let kills = system.cgroup.oomKills
         try system.modify(ModifyRequest(change: .memory(megabytes: 64))).wait(timeout: .seconds(60))
         #expect(try system.properties().memoryLimitBytes == 64 << 20)
         #expect(system.cgroup.oomKills == kills, "reclaimed, not killed")
-        #expect((#expect(throws: SiloError.self) { try reader.wait(timeout: .milliseconds(200)) })?.code == .operationTimeout,
-                "the reader still runs")
+        #expect((#expect(throws: SiloError.self) { try sleeper.wait(timeout: .milliseconds(200)) })?.code == .operationTimeout,
+                "the system's process still runs")
         switch system.cgroup.layout.place("memory") {
         case .v1?: #expect(readText(try system.cgroup.path("memory") + "/memory.limit_in_bytes") == "\(64 << 20)")
         case .v2?:
