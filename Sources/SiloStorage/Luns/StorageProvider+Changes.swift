@@ -464,7 +464,8 @@ extension StorageProvider {
         }
         // A file system smaller than the LUN, mounted in a system's own mount namespace, or a
         // mapping over it with no signature of its own: nothing on the device says where it ends.
-        if let use = use(of: record.name, device: device) {
+        // (A system's lease was refused before, forced or not: `refuseLeased`.)
+        if let use = device.flatMap({ InUse.check($0) }) {
             throw SiloError(.shrinkOverData, "LUN '\(record.name)' is in use (\(use)); release it or pass --force",
                             field: "name", value: record.name)
         }

@@ -180,7 +180,10 @@ extension StorageProvider {
                     devices = devices.filter { device in
                         do throws(SiloError) {
                             // Its stable name (a killed online's) goes first, as a delete's.
-                            if try releasingDetach(record, device) {
+                            let unbound = try releasing(record.name, device) { () throws(SiloError) in
+                                try device.detach(expecting: record.tag)
+                            }
+                            if unbound {
                                 report.repaired.append("\(record.name): offline, its device \(device.path) detached")
                             }
                             return false

@@ -374,24 +374,16 @@ public final class StorageProvider: Sendable {
     /// first: the kernel gives a freed device's number to the next attach of any process (a Silo
     /// create, losetup, systemd), so a name still there at that moment, or left by a process killed
     /// then, would lead to another's device. A name that was there comes back when the device stays.
-    func releasing(_ name: String, _ device: LoopDevice, _ release: () throws(SiloError) -> Void) throws(SiloError) {
+    func releasing<T>(_ name: String, _ device: LoopDevice,
+                      _ release: () throws(SiloError) -> T) throws(SiloError) -> T {
         let linked = Self.isStableName(configuration.linkDirectory + "/" + name)
         unlinkName(name)
         do throws(SiloError) {
-            try release()
+            return try release()
         } catch {
             if linked { try? link(name, to: device) }
             throw error
         }
-    }
-
-    /// `releasing` for a detach whose answer the caller needs (whether this call unbound it).
-    func releasingDetach(_ record: LunRecord, _ device: LoopDevice) throws(SiloError) -> Bool {
-        var unbound = false
-        try releasing(record.name, device) { () throws(SiloError) in
-            unbound = try device.detach(expecting: record.tag)
-        }
-        return unbound
     }
 
     /// Removes a stable name; whatever else has that name (a file, a link elsewhere) stays. The

@@ -187,12 +187,15 @@ struct LunRegistry: Sendable {
 
     /// The process that placed `mark` on LUN `name`, if the mark is there (alive or not).
     func mark(_ mark: Mark, _ name: String) -> LunRecord.Owner? {
-        guard let text = readSmallFile(markPath(mark, name)) else { return nil }
+        readSmallFile(markPath(mark, name)).flatMap { Self.owner(ofMark: mark, text: $0) }
+    }
+
+    /// A mark's text read: "pid start operation pid-namespace change", the last two from the
+    /// versions that wrote them on (0: not known).
+    private static func owner(ofMark mark: Mark, text: String) -> LunRecord.Owner? {
         let fields = text.split(separator: " ")
         guard fields.count >= 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
         let operation = fields.count > 2 ? String(fields[2]) : (mark == .deleting ? "deleteLun" : "change")
-        // The fourth field, the pid namespace, and the fifth, the change's token, from the versions
-        // that wrote them on (0: not known).
         func number(_ index: Int) -> UInt64? {
             fields.count > index ? UInt64(fields[index].filter { $0 != "\n" }).flatMap { $0 == 0 ? nil : $0 } : nil
         }
@@ -213,10 +216,9 @@ struct LunRegistry: Sendable {
         var buffer = [UInt8](repeating: 0, count: 256)
         let count = read(fd, &buffer, buffer.count)
         guard count > 0 else { return }
-        let fields = buffer[0..<count].split(separator: UInt8(ascii: " "))
-        guard fields.count >= 5, let width = fields.first?.count, width > 0,
-              UInt64(String(decoding: fields[4].filter { $0 != UInt8(ascii: "\n") }, as: UTF8.self)) == change
-        else { return }
+        let text = String(decoding: buffer[0..<count], as: UTF8.self)
+        let width = text.prefix { $0 != " " }.utf8.count
+        guard Self.owner(ofMark: mark, text: text)?.change == change, width > 0 else { return }
         let dead = [UInt8(ascii: "0")] + [UInt8](repeating: UInt8(ascii: " "), count: width - 1)
         _ = pwrite(fd, dead, dead.count, 0)
     }
