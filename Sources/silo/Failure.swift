@@ -21,7 +21,8 @@ struct CLIFailure: Error, CustomStringConvertible {
         switch error.code {
         // A process's command that could not be run, as a shell says it: 127 not found, 126 not runnable.
         case _ where error.field == "process" && error.syscall == "exec": ExitCode(error.errno == ENOENT ? 127 : 126)
-        case .invalidArgument, .invalidShrinkSize: ExitCode(64)
+        // A name already taken is bad input, a LUN's (invalidArgument) and a system's alike.
+        case .invalidArgument, .invalidShrinkSize, .systemAlreadyExists: ExitCode(64)
         case .invalidJSON where fromDocument: ExitCode(64)
         case .operationCancelled: ExitCode(128 + cancellingSignal.load(ordering: .relaxed))
         default: .failure
@@ -34,7 +35,7 @@ let optionNames: [String: String] = [
     "size": "--size", "name": "NAME", "by": "--by", "to": "--to", "block size": "--block-size",
     "unmasking list": "--mask", "drive": "--drive", "provisioning": "--provisioning", "type": "--type",
     "state directory": "--state-dir", "friendly name": "--friendly-name", "pool": "--pool",
-    "file system": "--filesystem", "label": "--label", "cwd": "--cwd", "cgroup parent": "SILO_CGROUP_PARENT",
+    "file system": "--filesystem", "label": "--label", "cwd": "--cwd", "cgroup parent": "SILO_CGROUP_PARENT", "pid": "PID",
 ]
 
 /// Runs a library call; a SiloError becomes a message naming the option, and the exit code.

@@ -222,9 +222,12 @@ struct LunCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "online", abstract: "Attach a LUN that is offline or was detached.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            printLuns([try waitShowingProgress(try cli { try global.provider.setOnline(name, true) }, quiet: true)])
+            let lun = try waitShowingProgress(try cli { try global.provider.setOnline(name, true) }, quiet: true)
+            if json { return print(lun.json) }
+            printLuns([lun])
         }
     }
 
@@ -232,9 +235,12 @@ struct LunCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "offline", abstract: "Detach a LUN's loop device, keeping its data.")
         @OptionGroup var global: GlobalOptions
         @Argument(help: "The LUN's name.") var name: String
+        @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            printLuns([try waitShowingProgress(try cli { try global.provider.setOnline(name, false) }, quiet: true)])
+            let lun = try waitShowingProgress(try cli { try global.provider.setOnline(name, false) }, quiet: true)
+            if json { return print(lun.json) }
+            printLuns([lun])
         }
     }
 }

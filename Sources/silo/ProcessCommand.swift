@@ -71,6 +71,9 @@ struct ProcessCommand: ParsableCommand {
                         guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
                         parameters = ProcessParameters(arguments: arguments)
                     }
+                    if !arguments.isEmpty, arguments[0].isEmpty {
+                        throw SiloError.missingArgument(field: "command", reason: "the program to run is an empty word")
+                    }
                     if let cwd {
                         guard cwd.hasPrefix("/") else { throw SiloError.invalidArgument(field: "cwd", value: cwd, reason: "an absolute path") }
                         parameters.workingDirectory = cwd

@@ -42,9 +42,12 @@ struct RunCommand: HotCommand {
 
         func run() throws {
             let arguments = command
-            let settings = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids", "command": "COMMAND"],
+            let settings = try cli(options: ["memory": "--memory", "cpus": "--cpus", "document": "--config", "pids": "--pids", "command": "CMD"],
                                  document: "--config") { () throws -> (CgroupLimits, [ComputeSystemDocument.ScsiAttachment]) in
                 guard !arguments.isEmpty else { throw SiloError.missingArgument(field: "command", reason: "give a command after --") }
+                guard !arguments[0].isEmpty else {
+                    throw SiloError.missingArgument(field: "command", reason: "the program to run is an empty word")
+                }
                 // The kernel's own bounds for pids.max; 0 would leave init unable to start its command.
                 guard (1...4_194_304).contains(pids) else {
                     throw SiloError.invalidArgument(field: "pids", value: "\(pids)", reason: "a number of processes from 1 to 4194304")

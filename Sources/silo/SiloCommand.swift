@@ -93,27 +93,30 @@ struct SiloCommand: ParsableCommand {
     }
 
     /// ArgumentParser reads a subcommand's options only after its name, while scripts write
-    /// `silo --state-dir D lun list`: move the global options written before the subcommand path
-    /// to just after it (never past a `--`).
+    /// `silo --state-dir D lun list` (or `silo lun --state-dir D list`): move the global options
+    /// written before or within the subcommand path to just after it (never past a `--`).
     static func placingGlobalOptions(_ arguments: [String]) -> [String] {
         var globals: [String] = []
+        var command: any ParsableCommand.Type = SiloCommand.self
+        var path: [String] = []
         var rest = arguments[...]
-        while let first = rest.first, first.hasPrefix("--state-dir") {
-            rest = rest.dropFirst()
-            globals.append(first)
-            if first == "--state-dir", let value = rest.first {
-                globals.append(value)
+        while let first = rest.first {
+            if first == "--state-dir" || first.hasPrefix("--state-dir=") {
                 rest = rest.dropFirst()
+                globals.append(first)
+                if first == "--state-dir", let value = rest.first {
+                    globals.append(value)
+                    rest = rest.dropFirst()
+                }
+            } else if let sub = subcommand(of: command, named: first) {
+                path.append(first)
+                command = sub
+                rest = rest.dropFirst()
+            } else {
+                break
             }
         }
         guard !globals.isEmpty else { return arguments }
-        var command: any ParsableCommand.Type = SiloCommand.self
-        var path: [String] = []
-        while let name = rest.first, let sub = subcommand(of: command, named: name) {
-            path.append(name)
-            command = sub
-            rest = rest.dropFirst()
-        }
         return path + globals + Array(rest)
     }
 }

@@ -144,14 +144,17 @@ struct SystemCommand: ParsableCommand {
                 }
                 return try ModifyRequest(json: text)
             }
+            // --attach's value is read before the system is opened: a bad one changes nothing.
+            let place = try attach.map { attach in
+                try cli(options: ["lun": "--attach", "mountPath": "--attach"]) { try lunPlace(attach, option: "lun") }
+            }
             try act(global, id) { system in
                 if let request {
                     let fields = ["lun": "--config", "ResourcePath": "--config", "Settings": "--config",
                                   "Settings.Path": "--config", "mountPath": "--config"]
                     try cli(options: fields) { try waitInterruptibly(system.modify(request, storage: global.provider)) }
-                } else if let attach {
+                } else if let place {
                     try cli(options: ["lun": "--attach", "mountPath": "--attach"]) {
-                        let place = try lunPlace(attach, option: "lun")
                         try waitInterruptibly(system.attachLun(place.lun, mountPath: place.mountPath, readOnly: readOnly, storage: global.provider))
                     }
                 } else if let detach {

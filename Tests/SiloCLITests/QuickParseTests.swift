@@ -81,4 +81,19 @@ private func split(_ line: String) -> [String] { line.split(separator: " ").map(
             #expect(command is any HotCommand.Type, "\(shape.path) runs an invocation of its own")
         }
     }
+
+    @Test("--state-dir may stand within the subcommand path too, as before it or after it",
+          arguments: ["lun --state-dir /tmp/s list --json", "lun --state-dir=/tmp/s show a", "process --state-dir /tmp/s create web -- true"])
+    func globalWithinPath(_ line: String) throws {
+        let words = split(line)
+        let within = try #require(try parsedByArgumentParser(words) as? any HotCommand)
+        let moved = words.filter { !$0.hasPrefix("--state-dir") && $0 != "/tmp/s" } + ["--state-dir", "/tmp/s"]
+        let after = try #require(try parsedByArgumentParser(moved.firstIndex(of: "--").map { index in
+            Array(moved[..<index]) + ["--state-dir", "/tmp/s"] + Array(moved[index..<(moved.count - 2)])
+        } ?? moved) as? any HotCommand)
+        #expect(after.runs(within.invocation), "within: \(within.invocation), after: \(after.invocation)")
+        #expect("\(within.invocation)".contains("/tmp/s"))
+        // A group that is no hot command parses the same way.
+        #expect(throws: Never.self) { try parsedByArgumentParser(split("system --state-dir /tmp/s list --json")) }
+    }
 }

@@ -11,6 +11,8 @@ struct BadInputCase: Decodable, CustomTestStringConvertible, Sendable {
     let option: String
     let value: String
     let exit: Int32
+    /// A part of the message the error must contain, where the case gives one.
+    let says: String?
     var testDescription: String { args.joined(separator: " ") }
 }
 
@@ -49,7 +51,9 @@ struct BadInputTests {
             "'" + input.value.prefix(60)
         }
         #expect(result.error.contains(named), "names the value (\(named)): \(result.error)")
+        if let says = input.says { #expect(result.error.contains(says), "says '\(says)': \(result.error)") }
         #expect(result.output.isEmpty)
+        #expect(!fileExists(state), "made the state directory: \(directoryEntries(state))")
         #expect(directoryEntries(state + "/luns").isEmpty)
         #expect(directoryEntries(state + "/pool").isEmpty)
         #expect(loopDevices(backedUnder: scratch.path).isEmpty)

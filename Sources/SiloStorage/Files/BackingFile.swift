@@ -132,23 +132,31 @@ struct Pool: Sendable {
     var name: String = "default"
     let directory: String
 
-    /// Bytes of the file system holding the pool: total and available to Silo.
+    /// Bytes of the file system holding the pool, or that will hold it (see ``existingFolder``):
+    /// total and available to Silo.
     func capacity() throws(SiloError) -> (total: UInt64, free: UInt64) {
         var info = statvfs()
-        try syscall("statvfs", path: directory) { statvfs(directory, &info) }
+        let path = existingFolder
+        try syscall("statvfs", path: path) { statvfs(path, &info) }
         return (UInt64(info.f_blocks) * UInt64(info.f_frsize), UInt64(info.f_bavail) * UInt64(info.f_frsize))
     }
 
-    /// `major:minor` of the device holding the pool, or that will hold it: before the pool folder
-    /// exists, its nearest existing parent tells.
-    var deviceNumber: String? {
+    /// The pool's folder, or before it exists (a new state directory's default pool) its nearest
+    /// existing parent, whose file system the folder will be made on: measured without making it.
+    var existingFolder: String {
         var path = directory
         var info = stat()
         while stat(path, &info) != 0 {
-            guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { path = "/"; break }
+            guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
             path = String(path[..<slash])
         }
-        if stat(path, &info) != 0 { return nil }
+        return path
+    }
+
+    /// `major:minor` of the device holding the pool, or that will hold it.
+    var deviceNumber: String? {
+        var info = stat()
+        if stat(existingFolder, &info) != 0 { return nil }
         return "\(silo_major(UInt64(info.st_dev))):\(silo_minor(UInt64(info.st_dev)))"
     }
 }

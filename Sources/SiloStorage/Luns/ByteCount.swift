@@ -6,7 +6,8 @@ public enum ByteCount {
     public static func parse(_ text: String, field: String = "size") throws(SiloError) -> UInt64 {
         let trimmed = text.trimmingSpaces
         guard !trimmed.isEmpty else { throw SiloError.missingArgument(field: field, reason: "give a size such as 512M or 10G") }
-        let number = trimmed.prefix { $0.isNumber || $0 == "." }
+        // ASCII digits only: `Character.isNumber` also takes other scripts' digits, `½` and `²`.
+        let number = trimmed.prefix { ("0"..."9").contains($0) || $0 == "." }
         let unit = trimmed.dropFirst(number.count).lowercased()
         guard !number.isEmpty, number.filter({ $0 == "." }).count <= 1, number.first != ".", number.last != "." else {
             throw SiloError.invalidArgument(field: field, value: text, reason: "not a size; write it like 4096, 512M, 10G or 1GiB")
@@ -25,6 +26,8 @@ public enum ByteCount {
             guard !overflow, bytes <= maximum else { throw tooLarge(text, field) }
             return bytes
         }
+        // Digits alone that UInt64 cannot hold: too large, not a fraction.
+        if !number.contains(".") { throw tooLarge(text, field) }
         // A fraction of a byte count is a unit forgotten (`--size 0.5`, meant as 0.5G), not 1 byte.
         guard multiplier > 1 else {
             throw SiloError.invalidArgument(field: field, value: text, reason: "a number of bytes is whole; give a unit for a fraction, such as 0.5G")

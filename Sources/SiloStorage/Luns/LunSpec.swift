@@ -72,6 +72,9 @@ public struct LunSpec: Sendable, Hashable {
         if let friendlyName, friendlyName.utf8.count > 256 {
             throw SiloError.invalidArgument(field: "friendly name", value: String(friendlyName.prefix(40)) + "...", reason: "at most 256 bytes")
         }
+        if drives.contains(where: { $0.isEmpty }) {
+            throw SiloError.missingArgument(field: "drive", reason: "give a drive's id, name or path ('silo drive list' shows them)")
+        }
         try fileSystem?.validate(readOnly: readOnly)
     }
 }

@@ -109,19 +109,20 @@ enum Names {
     /// LUN names and system ids: 1 to 64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
     static func validate(_ name: String, field: String, what: String = "a name") throws(SiloError) {
         if name.isEmpty { throw SiloError.missingArgument(field: field, reason: "\(what) cannot be empty") }
-        guard name.utf8.count <= 64 else {
-            throw SiloError.invalidArgument(
-                field: field, value: name.count > 80 ? String(name.prefix(77)) + "..." : name,
-                reason: "\(what) has at most 64 characters (this one has \(name.count))"
-            )
-        }
+        // The characters first: the limit counts bytes, which are characters once they are all ASCII.
         let allowed = name.unicodeScalars.allSatisfy { scalar in
             scalar.isASCII && (scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || "._-".unicodeScalars.contains(scalar))
         }
+        let shown = name.count > 80 ? String(name.prefix(77)) + "..." : name
         guard allowed, let first = name.unicodeScalars.first, first != ".", first != "-", first != "_" else {
             throw SiloError.invalidArgument(
-                field: field, value: name,
+                field: field, value: shown,
                 reason: "\(what) uses letters, digits, '.', '_' and '-', and starts with a letter or digit"
+            )
+        }
+        guard name.utf8.count <= 64 else {
+            throw SiloError.invalidArgument(
+                field: field, value: shown, reason: "\(what) has at most 64 characters (this one has \(name.utf8.count))"
             )
         }
     }

@@ -25,6 +25,11 @@ extension StorageProvider {
             state: .creating, online: true, device: nil,
             owner: ProcessIdentity.current(operation: "createLun"), createdAt: nowSeconds()
         )
+        // On a new state directory the lock below makes its folders: a size that cannot fit is
+        // refused before, so a refused create leaves no state directory behind (E3).
+        if !fileExists(configuration.lockFile) {
+            try checkCapacity(for: size, provisioning: spec.provisioning, field: "size", pool: pool)
+        }
         // The record is the intent: if this process dies from here on, reenumerate finds a
         // `creating` record whose owner is gone and removes everything it names (S15).
         try registry.locked(givingUp: true) { () throws(SiloError) in

@@ -107,8 +107,7 @@ public final class StorageProvider: Sendable {
     /// The largest LUN `createLun` would accept now in pool `poolName` (the default pool if nil)
     /// [IVdsSubSystem::QueryMaxLunCreateSize].
     public func maximumLunSize(provisioning: Provisioning = .thin, pool poolName: String? = nil) throws(SiloError) -> UInt64 {
-        // The default pool's folder is measured: made first on a new state directory.
-        if !fileExists(configuration.poolDirectory) { try registry.prepare() }
+        // A query makes nothing: a new state directory's default pool is measured where it will be.
         let pool = try poolName.map { (name) throws(SiloError) -> Pool in try self.pool(named: name) } ?? self.pool
         let capacity = try pool.capacity()
         switch provisioning {
@@ -155,7 +154,7 @@ public final class StorageProvider: Sendable {
                 : "\(provisioning.rawValue) LUNs need the space free now"
             throw SiloError(
                 .notEnoughSpace,
-                "not enough space in pool '\(pool.name)' (\(pool.directory)) for \(ByteCount.format(bytes)): at most "
+                "not enough space in pool '\(pool.name)' (\(pool.directory)) for '\(ByteCount.format(bytes))': at most "
                     + "\(ByteCount.format(maximum)) is available (\(rule))",
                 field: field, value: value ?? "\(bytes)"
             )
