@@ -232,7 +232,6 @@ static void build_dev(const struct silo_sandbox_config *c) {
     if (symlink("pts/ptmx", target) != 0) fail(c, STEP_DEV);
     join(target, sizeof target, NEW_ROOT, "/dev/shm");
     if (make_dirs(target) != 0) fail(c, STEP_DEV);
-    mount_dev_instances(c);
     static const char *const links[][2] = {
         { "/proc/self/fd", "/dev/fd" }, { "/proc/self/fd/0", "/dev/stdin" },
         { "/proc/self/fd/1", "/dev/stdout" }, { "/proc/self/fd/2", "/dev/stderr" },
@@ -242,14 +241,20 @@ static void build_dev(const struct silo_sandbox_config *c) {
         if (symlink(links[i][0], target) != 0) fail(c, STEP_DEV);
     }
     if (mount(NULL, dev, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC, "mode=755,size=64k") != 0) fail(c, STEP_DEV);
-    // No setuid, no exec on the device binds (devpts and shm have both already): one call for all.
-    struct silo_mount_attr attr = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
-    if (syscall(SYS_mount_setattr, AT_FDCWD, dev, SILO_AT_RECURSIVE, &attr, sizeof attr) == 0) return;
-    if (errno != ENOSYS) fail(c, STEP_DEV);
-    for (const char *const *node = c->devices; node && *node; node++) {
-        join(target, sizeof target, NEW_ROOT, *node);
-        if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL) != 0) fail(c, STEP_DEV);
+    // The device binds: no setuid, no exec, and read-only, one call for all, before devpts and
+    // shm are mounted (they stay writable). Read-only keeps the host's device inodes as they
+    // are: the payload, uid 0 and so their owner, needs no capability to chmod, chown back,
+    // touch or set an ACL on /dev/null or a raw LUN's node, and that would change the host's
+    // own node (writes through a device node are not writes to the mount, and still work).
+    struct silo_mount_attr attr = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
+    if (syscall(SYS_mount_setattr, AT_FDCWD, dev, SILO_AT_RECURSIVE, &attr, sizeof attr) != 0) {
+        if (errno != ENOSYS) fail(c, STEP_DEV);
+        for (const char *const *node = c->devices; node && *node; node++) {
+            join(target, sizeof target, NEW_ROOT, *node);
+            if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL) != 0) fail(c, STEP_DEV);
+        }
     }
+    mount_dev_instances(c);
 }
 
 // MARK: A shared read-only root
@@ -419,7 +424,8 @@ static int template_build(const char *const *binds, const char *const *devices, 
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
         if (symlinkat(links[i][0], dev, links[i][1]) != 0) goto failed;
     }
-    struct silo_mount_attr devices_attr = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, MS_PRIVATE, 0 };
+    // Read-only binds too: see build_dev (the host's device inodes stay as they are).
+    struct silo_mount_attr devices_attr = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, MS_PRIVATE, 0 };
     struct silo_mount_attr read_only = { SILO_MOUNT_ATTR_RDONLY, 0, 0, 0 };
     if (syscall(SYS_mount_setattr, dev, "", AT_EMPTY_PATH | SILO_AT_RECURSIVE, &devices_attr, sizeof devices_attr) != 0
         || syscall(SYS_mount_setattr, dev, "", AT_EMPTY_PATH, &read_only, sizeof read_only) != 0
@@ -677,6 +683,11 @@ static const struct { unsigned nr; enum seccomp_rule rule; } seccomp_rules[] = {
     { __NR_swapon, DENY_EPERM }, { __NR_swapoff, DENY_EPERM }, { __NR_settimeofday, DENY_EPERM },
     { __NR_clock_settime, DENY_EPERM }, { __NR_clock_adjtime, DENY_EPERM }, { __NR_adjtimex, DENY_EPERM },
     { __NR_acct, DENY_EPERM }, { __NR_quotactl, DENY_EPERM }, { __NR_userfaultfd, DENY_EPERM },
+#ifdef __NR__sysctl
+    // The binary sysctl interface (gone in Linux 5.5; x86-64's 156): it reached /proc/sys through
+    // the kernel's own proc mount, past the read-only bind of /proc/sys.
+    { __NR__sysctl, DENY_EPERM },
+#endif
     // Device nodes (character and block: their mode in mknod's second argument, mknodat's third);
     // FIFOs and sockets, which mkfifo and servers make without privilege, are allowed.
 #ifdef __NR_mknod  // (the architectures with the generic table, aarch64 and riscv64, have mknodat only)
@@ -1045,6 +1056,9 @@ per_system:
     if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m") != 0) fail(c, STEP_TMP);
     for (size_t i = 0; c->mount_targets && c->mount_targets[i]; i++) {
         join(target, sizeof target, NEW_ROOT, c->mount_targets[i]);
+        // Made again: a folder under /tmp was made on the root tmpfs, which the private /tmp now
+        // covers (elsewhere every part exists, and mkdir says EEXIST before a read-only EROFS).
+        if (make_dirs(target) != 0) fail(c, STEP_MOUNT_LUN);
         if (syscall(SYS_move_mount, c->mount_fds[i], "", AT_FDCWD, target, SILO_MOVE_MOUNT_F_EMPTY_PATH) != 0) fail(c, STEP_MOUNT_LUN);
     }
     // pivot_root(".", "."), in NEW_ROOT: the old root is stacked under the new one; detach it.
@@ -1308,8 +1322,9 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
     if (attach && !a->mount_target) {
         node = (int)syscall(SYS_open_tree, AT_FDCWD, a->device_path, SILO_OPEN_TREE_CLONE | SILO_OPEN_TREE_CLOEXEC);
         if (node < 0) fail(NULL, STEP_DEVICE_NODE);
-        // As the start's binds of /dev: nosuid, noexec (the host's /dev mount may be neither).
-        struct silo_mount_attr flags = { SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
+        // As the start's binds of /dev: read-only (the host's node keeps its owner, mode and
+        // times), nosuid, noexec (the host's /dev mount may be neither).
+        struct silo_mount_attr flags = { SILO_MOUNT_ATTR_RDONLY | SILO_MOUNT_ATTR_NOSUID | SILO_MOUNT_ATTR_NOEXEC, 0, 0, 0 };
         if (syscall(SYS_mount_setattr, node, "", AT_EMPTY_PATH, &flags, sizeof flags) != 0) {
             if (errno != ENOSYS) fail(NULL, STEP_DEVICE_NODE);
             node_remount = 1;  // before Linux 5.12: a bind remount once it is in place
@@ -1359,7 +1374,7 @@ static int attach_child(int init_pidfd, pid_t init_pid, const struct silo_attach
             close(placeholder);
             made = (int)syscall(SYS_move_mount, node, "", AT_FDCWD, a->device_path, SILO_MOVE_MOUNT_F_EMPTY_PATH);
             int placed = made == 0;
-            if (placed && node_remount) made = mount(NULL, a->device_path, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NOEXEC, NULL);
+            if (placed && node_remount) made = mount(NULL, a->device_path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC, NULL);
             made_error = errno;
             if (made != 0) {
                 if (placed) (void)umount2(a->device_path, MNT_DETACH | SILO_UMOUNT_NOFOLLOW);

@@ -205,6 +205,7 @@ struct IsolationTests {
               try("sctp", 41, 2, 1, 132);
               try("uevents", 41, 16, 2, 15);
               try("modify_ldt", 154, 0, 0, 0);
+              try("sysctl", 156, 0);
               my $image = "\\0" x 64; my $now = pack("qq", time(), 0);
               try("init_module", 175, $image, 64, "");
               try("finit_module", 313, 0, "", 0);
@@ -226,6 +227,8 @@ struct IsolationTests {
         #expect(result.output.contains("rds=\(EAFNOSUPPORT)\n"), "\(result.output)")
         #expect(result.output.contains("sctp=\(EPROTONOSUPPORT)\n") && result.output.contains("uevents=\(EPROTONOSUPPORT)\n"), "\(result.output)")
         #expect(result.output.contains("modify_ldt=\(EPERM)\n"), "\(result.output)")
+        // The binary sysctl call: ENOSYS in kernels since 5.5 without the filter, EPERM with it.
+        #expect(result.output.contains("sysctl=\(EPERM)\n"), "\(result.output)")
         // Module loading and clock changes, tried for real inside (not only in the BPF interpreter).
         for name in ["init_module", "finit_module", "delete_module", "settimeofday", "clock_settime"] {
             #expect(result.output.contains("\(name)=\(EPERM)\n"), "\(name): \(result.output)")
@@ -307,6 +310,30 @@ struct IsolationTests {
         // Its own pty instance, which can take no more than 256 of the host's pool.
         let pts = try runSandboxed("grep ' /dev/pts ' /proc/mounts")
         #expect(pts.output.contains("max=256"), "\(pts.output)")
+    }
+
+    @Test("C11 the device binds are read-only: the payload (uid 0, their owner) cannot chmod or touch the host's nodes, and writes through them work", arguments: [false, true])
+    func deviceInodesUnchanged(underInit: Bool) throws {
+        var before = stat()
+        try #require(stat("/dev/full", &before) == 0)
+        let result = try runSandboxed(underInit: underInit, """
+            for node in /dev/null /dev/full /dev/zero /dev/tty; do
+                # What the node has already (its mode, its own time): were they taken, the host would be none the worse.
+                chmod $(stat -c %a $node) $node 2>&1 | sed "s|^|refused chmod $node: |"
+                touch -c -m -r $node $node 2>&1 | sed "s|^|refused touch $node: |"
+            done
+            echo through > /dev/null && echo null-written
+            """)
+        #expect(result.status == 0)
+        for node in ["/dev/null", "/dev/full", "/dev/zero", "/dev/tty"] {
+            for call in ["chmod", "touch"] {
+                let line = result.output.split(separator: "\n").first { $0.hasPrefix("refused \(call) \(node): ") }
+                #expect(line?.contains("Read-only file system") == true, "\(call) \(node): \(result.output)")
+            }
+        }
+        #expect(result.output.contains("null-written\n"), "\(result.output)")
+        var after = stat()
+        #expect(stat("/dev/full", &after) == 0 && after.st_mode == before.st_mode && after.st_mtim.tv_sec == before.st_mtim.tv_sec)
     }
 
     @Test("A failing setup step is reported with its name and errno, and nothing is left")

@@ -236,6 +236,10 @@ struct LunInSystemTests {
         #expect(run("/bin/mount", ["-o", "ro", device, mountPoint]).status == 0)
         #expect(readSmallFile(mountPoint + "/note") == "from-inside")
         #expect(run("/bin/umount", [mountPoint]).status == 0)
+        // Under /tmp, the system's private tmpfs: the folder is made on that, not on the root
+        // below it (where the mount found no folder, and the start failed).
+        let underTmp = silo(state, ["run", "--id", "box-\(getpid())", "--lun", "shared:/tmp/data/in", "--", "/bin/cat", "/tmp/data/in/note"])
+        #expect(underTmp.status == 0 && underTmp.output == "from-inside\n", "\(underTmp.status): \(underTmp.error)")
 
         let refused = silo(state, ["run", "--id", "other-\(getpid())", "--lun", "shared:/data", "--", "/bin/true"])
         #expect(refused.status == 1)

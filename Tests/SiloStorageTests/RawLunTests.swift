@@ -67,7 +67,7 @@ struct RawLunTests {
         #expect(silo(state, ["lun", "delete", "raw"]).status == 0)
     }
 
-    @Test("C12 a raw LUN of the document detaches while a process inside holds it open, and attaches again, its node bound nosuid and noexec")
+    @Test("C12 a raw LUN of the document detaches while a process inside holds it open, and attaches again, its node bound read-only, nosuid and noexec: written through, the host's node unchanged")
     func startTimeRawDetach() throws {
         let storage = TestStorage()
         defer { storage.finish() }
@@ -82,6 +82,25 @@ struct RawLunTests {
         let started = silo(state, ["system", "start", id])
         #expect(started.status == 0, "\(started.error)")
         defer { _ = silo(state, ["system", "terminate", id]) }
+        // The payload is uid 0, the owner of the host's node: only a read-only bind keeps it from
+        // changing the host's node (its mode, times), while writes through it still reach the LUN.
+        // The tries set what is there already (the mode it has, its own time): were they taken,
+        // as they were before the fix, the host would be none the worse.
+        var before = stat()
+        try #require(stat(device, &before) == 0)
+        let script = "{ grep ' \(device) ' /proc/self/mountinfo; chmod $(stat -c %a \(device)) \(device); touch -c -m -r \(device) \(device); "
+            + "printf data | dd of=\(device) conv=notrunc status=none && echo written; } 2>&1"
+        func checkNode(_ when: String) {
+            let tried = silo(state, ["process", "create", id, "--", "/bin/sh", "-c", script])
+            let mountLine = tried.output.split(separator: "\n").first { $0.contains(" \(device) ") } ?? ""
+            #expect(mountLine.contains(" ro,") && mountLine.contains("nosuid") && mountLine.contains("noexec"), "\(when): \(tried.output)")
+            #expect(tried.output.components(separatedBy: "Read-only file system").count == 3, "\(when): chmod and touch refused: \(tried.output)")
+            #expect(tried.output.hasSuffix("written\n"), "\(when): \(tried.output)")
+            var after = stat()
+            #expect(stat(device, &after) == 0 && after.st_mode == before.st_mode && after.st_mtim.tv_sec == before.st_mtim.tv_sec,
+                    "\(when): the host's node is as it was")
+        }
+        checkNode("bound at start")
         let holder = silo(state, ["process", "create", id, "--detach", "--", "/bin/sh", "-c", "exec 3<>\(device); exec sleep 100"])
         #expect(holder.status == 0, "\(holder.error)")
         usleep(100_000)
@@ -90,8 +109,7 @@ struct RawLunTests {
         #expect(silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "! test -e \(device)"]).status == 0)
         let again = silo(state, ["system", "modify", id, "--attach", "disk"])
         #expect(again.status == 0, "\(again.error)")
-        let flags = silo(state, ["process", "create", id, "--", "/bin/sh", "-c", "grep ' \(device) ' /proc/self/mountinfo"])
-        #expect(flags.status == 0 && flags.output.contains("nosuid") && flags.output.contains("noexec"), "\(flags.output)")
+        checkNode("bound by an attach")
         #expect(silo(state, ["system", "terminate", id]).status == 0)
     }
 
