@@ -123,6 +123,29 @@ struct CallbackTests {
         #expect(eventually { weakOperation == nil }, "the operation must be freed once its callback has run")
     }
 
+    @Test("O12 a callback that holds its own operation (to close it when called) does not keep it alive once it has run")
+    func callbackHoldingItsOperation() throws {
+        weak var weakOperation: SiloOperation<Int>?
+        let called = Signal()
+        do {
+            let holder = Locked<SiloOperation<Int>?>(nil)
+            let release = Signal()
+            let operation: SiloOperation<Int> = try scheduler.start(.createLun, callback: .short { _ in
+                // The usual shape: the callback reaches its operation through what it captured.
+                _ = holder.value?.resultDocument
+                called.fire()
+            }) { driver in
+                _ = release.wait()
+                driver.succeed(1)
+            }
+            holder.with { $0 = operation }  // operation -> callback -> holder -> operation
+            weakOperation = operation
+            release.fire()
+        }
+        #expect(called.wait())
+        #expect(eventually { weakOperation == nil }, "freed once its callback has run: the callback goes with its call")
+    }
+
     @Test("O13 short callbacks run in order on Silo's one completion thread")
     func shortCallbacksOnCompletionThread() throws {
         let threads = Recorder<UInt>()
@@ -138,6 +161,7 @@ struct CallbackTests {
         }
         #expect(all.wait(timeout: .now() + 10) == .success)
         #expect(Set(threads.values).count == 1)
+        #expect(threads.values.first != currentThread, "on the completion thread, not the caller's")
         #expect(order.values == Array(0..<200))
     }
 

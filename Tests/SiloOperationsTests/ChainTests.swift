@@ -137,17 +137,53 @@ struct ChainTests {
         #expect(log.values == ["made", "unmade"])
     }
 
-    @Test("O14 a pending step dropped without finishing fails its operation with operationAbandoned, even with a cancel handler that takes the step")
+    @Test("O14 a pending step dropped without finishing fails its operation with operationAbandoned, even with a cancel handler that takes the step; the completed steps are rolled back and the cleanup runs")
     func abandonedPendingStep() throws {
+        let log = Recorder<String>()
         let chain = OperationChain<Void>([
+            OperationStep("made", run: { _ in log.append("made") }, rollback: { log.append("unmade") }),
             OperationStep("forgotten", start: { step in
                 step.onCancel { (step: StepContext) in step.fail(SiloError(.operationCancelled, "stopped waiting")) }
                 return .pending
             }),
-        ])
+        ], output: {}, cleanup: { log.append("cleaned") })
         let operation = try scheduler.run(.start, chain: chain)
         let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
         #expect(error?.code == .operationAbandoned, "\(String(describing: error))")
+        #expect(log.values == ["made", "unmade", "cleaned"])
+    }
+
+    @Test("O8 a cancel accepted while a plain run's body works, after its last look, ends the operation cancelled: not accepted and then lost to the body's output")
+    func runCancelAfterLastLook() throws {
+        let inBody = Signal()
+        let proceed = Signal()
+        let operation: SiloOperation<String> = try scheduler.run(.createLun) { _ in
+            inBody.fire()
+            _ = proceed.wait()  // the body's last look at the cancel was before this
+            return "done"
+        }
+        #expect(inBody.wait())
+        try operation.cancel()  // accepted: the body has not passed a point of no return
+        proceed.fire()
+        let error = #expect(throws: SiloError.self) { try operation.wait(timeout: .seconds(10)) }
+        #expect(error?.code == .operationCancelled, "\(String(describing: error))")
+    }
+
+    @Test("O8 O9 a plain run's body that enters its point of no return keeps its output; a cancel after that is refused as too late")
+    func runPointOfNoReturn() throws {
+        let committed = Signal()
+        let proceed = Signal()
+        let operation: SiloOperation<String> = try scheduler.run(.createLun) { driver in
+            try driver.enterPointOfNoReturn()
+            committed.fire()
+            _ = proceed.wait()
+            return "kept"
+        }
+        #expect(committed.wait())
+        let refused = #expect(throws: SiloError.self) { try operation.cancel() }
+        #expect(refused?.code == .cancelTooLate)
+        proceed.fire()
+        #expect(try operation.wait(timeout: .seconds(10)) == "kept")
     }
 
     @Test("O8 O14 a cancel accepted during the last step rolls back even when that step ignores it")

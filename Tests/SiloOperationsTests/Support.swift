@@ -24,6 +24,14 @@ final class Recorder<Value: Sendable>: Sendable {
     var count: Int { storage.withLock { $0.count } }
 }
 
+/// One value, read and changed under a lock from any thread.
+final class Locked<Value: Sendable>: Sendable {
+    private let storage: SiloMutex<Value>
+    init(_ value: Value) { storage = SiloMutex(value) }
+    func with<Result: Sendable>(_ body: @Sendable (inout Value) -> Result) -> Result { storage.withLock { body(&$0) } }
+    var value: Value { storage.withLock { $0 } }
+}
+
 final class Counter: Sendable {
     private let storage = Atomic<Int>(0)
     @discardableResult

@@ -16,10 +16,27 @@ final class ChainRun<Output: Sendable>: ChainProgress {
         self.driver = driver
         self.chain = chain
         self.scheduler = scheduler
+        // Weights saturate: a sum past Int.max would trap on a worker thread.
         var sums = [0]
-        for step in chain.steps { sums.append(sums[sums.count - 1] + step.weight) }
+        for step in chain.steps {
+            let (sum, overflow) = sums[sums.count - 1].addingReportingOverflow(max(step.weight, 0))
+            sums.append(overflow ? Int.max : sum)
+        }
         self.doneWeight = sums
         self.totalWeight = max(sums[sums.count - 1], 1)
+    }
+
+    /// A chain dropped before it completed (a `.pending` step whose context nobody finishes)
+    /// still rolls back its completed steps and runs its cleanup, then fails its operation with
+    /// `operationAbandoned` (O14): the driver's own check would fail it with nothing undone.
+    deinit {
+        guard driver.operation.isPending else { return }
+        abort(SiloError(
+            .operationAbandoned,
+            "operation \(driver.operation.id) (\(driver.operation.type)) was dropped by a step that never finished",
+            field: "operation",
+            value: "\(driver.operation.id)"
+        ))
     }
 
     var isCancelled: Bool { driver.isCancelled }
@@ -66,7 +83,7 @@ final class ChainRun<Output: Sendable>: ChainProgress {
 
     func stepProgress(index: Int, fraction: Double, completed: UInt64?, total: UInt64?) {
         let clamped = fraction.isNaN ? 0 : min(max(fraction, 0), 1)
-        let weighted = Double(doneWeight[index]) + Double(chain.steps[index].weight) * clamped
+        let weighted = Double(doneWeight[index]) + Double(doneWeight[index + 1] - doneWeight[index]) * clamped
         let percent = Int((weighted / Double(totalWeight) * 100).rounded(.down))
         driver.operation.reportProgress(
             percent: percent, completed: completed, total: total, stage: chain.steps[index].name

@@ -18,7 +18,10 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     /// Whether `cancel()` may stop this operation before its point of no return.
     public let isCancellable: Bool
 
-    let callback: OperationCallback<Output>?
+    /// The caller's callback until it is dispatched: a callback that holds its own operation (to
+    /// close it when called, O12) would otherwise keep both alive for good.
+    private let callback: SiloMutex<OperationCallback<Output>?>
+    private let hasCallback: Bool
     let channel: EventChannel?
     let scheduler: OperationScheduler?
     private let state: SiloMutex<OperationState>
@@ -47,7 +50,8 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
         self.type = type
         self.context = context
         self.isCancellable = cancellable
-        self.callback = callback
+        self.callback = SiloMutex(callback)
+        self.hasCallback = callback != nil
         self.channel = channel
         self.scheduler = scheduler
         self.state = SiloMutex(OperationState(phase: .running))
@@ -142,7 +146,10 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
                     if completed { continuation.resume() }
                 }
             } onCancel: {
-                try? self.cancel()
+                // On a Silo thread, not the canceller's: a queued operation's cancel runs its
+                // cleanup (file locks, a registry write), and this handler may run on a thread of
+                // the cooperative pool or under the task's own lock.
+                CallbackThreads.run(.long) { try? self.cancel() }
             }
             return try completedOutput()
         }
@@ -280,7 +287,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     func publish() {
         // Publishing only orders notifications after the call returns: with nothing to notify,
         // there is nothing to order (and one lock fewer on the hot path).
-        guard callback != nil || channel != nil else { return }
+        guard hasCallback || channel != nil else { return }
         let completed = state.withLock { state in
             state.published = true
             return state.isCompleted
@@ -363,6 +370,7 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
             if wasRunning { scheduler?.releaseSlot() }
             state.phase = final
             state.cancelHandlers = []
+            withdrawnCleanup.withLock { $0 = nil }
             let waiters = state.waiters
             state.waiters = []
             return (waiters, state.published, wasRunning)
@@ -376,8 +384,12 @@ public final class SiloOperation<Output: Sendable>: AnySiloOperation {
     }
 
     private func notifyCompletion() {
-        if let callback {
-            CallbackThreads.run(callback.model) { callback.body(self) }
+        if hasCallback {
+            let taken = callback.withLock { callback in
+                defer { callback = nil }
+                return callback
+            }
+            if let taken { CallbackThreads.run(taken.model) { taken.body(self) } }
         } else if let channel, channel.routesOperationCompletions {
             channel.post(SiloEvent(type: .operationCompleted, operation: self))
         }

@@ -64,7 +64,13 @@ public final class OperationScheduler: Sendable {
         precondition(limits.maxRunning > 0 && limits.maxQueued >= 0, "limits must allow one running operation")
         self.limits = limits
         self.runsOnCaller = runsOnCaller
-        self.workerPool = ThreadPool(name: "silo-worker", maxThreads: limits.maxRunning)
+        // Twice the slots: a slot is given back when its operation completes, which may be before
+        // its work returns (an operation failed by its cancel handler while its body still blocks,
+        // a producer that completes and then tidies up); an operation admitted into that slot
+        // must not wait for a thread, least of all one whose body waits for it. Threads are made
+        // only when needed.
+        let (threads, overflow) = limits.maxRunning.multipliedReportingOverflow(by: 2)
+        self.workerPool = ThreadPool(name: "silo-worker", maxThreads: overflow ? Int.max : threads)
     }
 
     /// Operations admitted now and operations waiting, for statistics and tests.
@@ -118,7 +124,10 @@ public final class OperationScheduler: Sendable {
         if queuedCount.load(ordering: .sequentiallyConsistent) == 0, acquireSlot() {
             launch(operation, placement: placement, work)
         } else {
-            try queue.withLock { (queue) throws(SiloError) in
+            let admittedNow = try queue.withLock { (queue) throws(SiloError) -> Bool in
+                // A slot freed since the check, with nobody queued before this one: it starts now,
+                // not refused as too many (a full queue of 0) nor queued behind nobody.
+                if queue.isEmpty, acquireSlot() { return true }
                 guard queue.count < limits.maxQueued else {
                     throw SiloError(
                         .tooManyOperations,
@@ -131,9 +140,14 @@ public final class OperationScheduler: Sendable {
                 operation.markQueued()
                 queue.append(queuedEntry(operation, work))
                 queuedCount.store(queue.count, ordering: .sequentiallyConsistent)
+                return false
             }
-            // A slot may have freed between the check above and the append.
-            admitQueued()
+            if admittedNow {
+                launch(operation, placement: placement, work)
+            } else {
+                // A slot may have freed between the check above and the append.
+                admitQueued()
+            }
         }
         operation.publish()
         return operation
@@ -141,8 +155,10 @@ public final class OperationScheduler: Sendable {
 
     /// Runs a blocking body on a worker thread; its return value completes the operation, its
     /// error fails it. A `cancellable` body polls `driver.isCancelled` (or calls
-    /// `checkCancellation()`) and undoes its work: a cancel it never looks at changes nothing, and
-    /// the operation completes with the body's output.
+    /// `checkCancellation()`) and undoes its work, and calls `driver.enterPointOfNoReturn()`
+    /// before a change it cannot undo (a cancel after that is refused as too late). A cancel
+    /// accepted after the body's last look still ends the operation cancelled (O8): a body keeps
+    /// nothing it cannot undo past its last look, unless it entered the point of no return.
     /// - Parameter withdrawn: undoes what the call did before the operation (a mark it placed)
     ///   when the operation is cancelled while queued, and `body` never runs; as a chain's cleanup.
     public func run<Output: Sendable>(
@@ -157,7 +173,11 @@ public final class OperationScheduler: Sendable {
         try start(type, context: context, callback: callback, events: events, cancellable: cancellable,
                   placement: .worker, withdrawn: withdrawn) { driver in
             do {
-                driver.succeed(try body(driver))
+                let output = try body(driver)
+                // A cancel accepted after the body's last look ends the operation cancelled (O8),
+                // not accepted and then lost to the success; one from here on is too late (O9).
+                try driver.enterPointOfNoReturn()
+                driver.succeed(output)
             } catch {
                 let error = SiloError(error)
                 driver.fail(driver.isCancelled && error.code != .operationCancelled
@@ -241,13 +261,14 @@ public final class OperationScheduler: Sendable {
             let next: Queued? = queue.withLock { queue in
                 let next = if let first = queue.first, first.admit() { queue.popFirst() } else { queue.removeFirst { $0.admit() } }
                 queuedCount.store(queue.count, ordering: .sequentiallyConsistent)
+                // Nothing that can start (the queue is empty, or all of it is being withdrawn):
+                // the slot goes back under the queue's lock, so an append after this finds it
+                // free; given back after the unlock, an append in between would find no slot,
+                // and its operation would wait beside a free one with nobody to admit it.
+                if next == nil { running.subtract(1, ordering: .sequentiallyConsistent) }
                 return next
             }
-            guard let next else {
-                // Nothing that can start (the queue is empty, or all of it is being withdrawn).
-                running.subtract(1, ordering: .sequentiallyConsistent)
-                return
-            }
+            guard let next else { return }
             next.launch()
         }
     }
