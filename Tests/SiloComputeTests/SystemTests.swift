@@ -364,6 +364,37 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.resume() })?.code == .invalidState)
     }
 
+    @Test("C4 a paused system can be opened and closed any number of times (its frozen agent takes no connection) and is then resumed and terminated", .timeLimit(.minutes(2)))
+    func pausedOpenedOften() throws {
+        let compute = TestCompute()
+        defer { compute.finish() }
+        let system = try compute.service.createComputeSystem(id: "po-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
+        defer { system.close() }
+        try system.start().wait(timeout: .seconds(30))
+        try system.pause().wait(timeout: .seconds(30))
+        // Each open queues a connection the frozen agent does not take (its queue holds 64): on a
+        // thread, so that an open that blocks fails the test instead of hanging it.
+        let opened = DispatchSemaphore(value: 0)
+        let service = compute.service
+        let id = system.id
+        let opens = Atomic<Int>(0)
+        try #require(PlatformThread.spawn {
+            for _ in 0..<80 {
+                guard let handle = try? service.open(id) else { break }
+                handle.close()
+                opens.add(1, ordering: .relaxed)
+            }
+            opened.signal()
+        })
+        #expect(opened.wait(timeout: .now() + 60) == .success, "an open of the paused system blocked after \(opens.load(ordering: .relaxed))")
+        #expect(opens.load(ordering: .relaxed) == 80)
+        try system.resume().wait(timeout: .seconds(30))
+        let check = try system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        #expect(try check.wait(timeout: .seconds(10)).exitCode == 0)
+        check.close()
+        try system.terminate().wait(timeout: .seconds(30))
+    }
+
     @Test("C4 a pause or resume whose record cannot be written (the runtime folder full) fails with the system as it was: not left frozen, nor thawed")
     func pauseUnsaved() throws {
         let compute = TestCompute()

@@ -70,15 +70,21 @@ final class AgentConnection: Sendable {
         let folder = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard folder >= 0 else { throw SiloError(.systemNotFound, "no compute system with id '\(system)'", field: "id", value: system) }
         defer { Glibc.close(folder) }
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        // Non-blocking for the connect: a connection waits in the agent's queue until the agent
+        // takes it, and a paused (frozen) agent takes none, so past its 64 (closed ones count
+        // until it is thawed) a blocking connect would wait for good, a resume's or terminate's
+        // open included. A full queue is EAGAIN at once instead.
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SiloError.system("socket", errno: errno) }
         let connected = withSocketAddress("/proc/self/fd/\(folder)/agent.sock") { address, length in
             Glibc.connect(fd, address, length)
         }
-        guard connected == 0 else {
+        guard connected == 0, fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0 else {
             let error = errno
             Glibc.close(fd)
-            throw SiloError(.connectFailed, "cannot reach the agent of compute system '\(system)': \(String(cString: strerror(error)))",
+            let reason = error == EAGAIN ? "it takes no more connections now (its queue is full: a paused system takes none until resumed)"
+                : String(cString: strerror(error))
+            throw SiloError(.connectFailed, "cannot reach the agent of compute system '\(system)': \(reason)",
                             field: "id", value: system, syscall: "connect", errno: error)
         }
         socket = fd
