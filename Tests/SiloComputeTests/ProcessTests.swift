@@ -255,6 +255,33 @@ struct ProcessTests {
         #expect(status.exitCode == 137 && status.signal == SIGKILL && status.outOfMemory == nil)
     }
 
+    @Test("C8 a process ended by its system's end is reported: ProcessExited (killed) to its handler, its status exited, a terminate of it refused as stopped", arguments: [false, true])
+    func endedWithSystem(byOtherHandle: Bool) throws {
+        let box = try RunningSystem(byOtherHandle ? "ewo" : "ews")
+        defer { box.finish() }
+        let heard = Mutex<[String]>([])
+        let exited = DispatchSemaphore(value: 0)
+        let sleeper = try box.run("exec sleep 100", stdout: false)
+        defer { sleeper.close() }
+        // Nobody waits on it: only the handler and the status may tell.
+        try sleeper.events.setHandler { event in
+            heard.withLock { $0.append("\(event.type.rawValue) \(event.data ?? "")") }
+            if event.type == .processExited { exited.signal() }
+        }
+        if byOtherHandle {
+            let other = try box.compute.service.open(box.system.id)
+            defer { other.close() }
+            try other.terminate().wait(timeout: .seconds(30))
+        } else {
+            try box.system.terminate().wait(timeout: .seconds(30))
+        }
+        #expect(exited.wait(timeout: .now() + 60) == .success, "heard: \(heard.withLock { $0 })")
+        #expect(heard.withLock { $0 } == [#"processExited {"ProcessId":\#(sleeper.pid),"Exited":true,"ExitCode":137,"Signal":9}"#])
+        let status = sleeper.status
+        #expect(status.exited && status.signal == SIGKILL, "\(status)")
+        #expect((#expect(throws: SiloError.self) { _ = try sleeper.terminate() })?.code == .processAlreadyStopped)
+    }
+
     @Test("O16 O17 O18 on a process: its operations' completions reach its handler; own callbacks refused; nothing after close")
     func processEvents() throws {
         let box = try RunningSystem("pe")
@@ -466,7 +493,7 @@ struct ProcessTests {
         let said = readAll(waiter.output)
         close(waiter.output)
         #expect(reap(waiter.pid) == 1, "\(said)")
-        #expect(said.contains("has no process \(forgotten) that Silo started [processInfoNotAvailable]"), "\(said)")
+        #expect(said.contains("has no process \(forgotten) that Silo started (PID) [processInfoNotAvailable]"), "\(said)")
     }
 
     @Test("C4 a pause waits for a process start or signal under way (their gate), and one that cannot wait changes nothing; a start waits for a pause the same way")

@@ -23,7 +23,7 @@ struct SeccompProgramTests {
         "open_by_handle_at": 304, "reboot": 169, "swapon": 167, "swapoff": 168, "settimeofday": 164,
         "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "acct": 163, "quotactl": 179,
         "userfaultfd": 323, "chroot": 161, "vhangup": 153, "iopl": 172, "ioperm": 173, "lookup_dcookie": 212,
-        "name_to_handle_at": 303, "fanotify_init": 300,
+        "name_to_handle_at": 303, "fanotify_init": 300, "_sysctl": 156,
         "modify_ldt": 154, "mbind": 237, "set_mempolicy": 238, "get_mempolicy": 239, "migrate_pages": 256,
         "move_pages": 279, "set_mempolicy_home_node": 450, "ustat": 136, "sysfs": 139, "uselib": 134,
         "quotactl_fd": 443, "kcmp": 312, "pidfd_getfd": 438, "process_madvise": 440,

@@ -103,7 +103,12 @@ public final class ComputeProcess: Sendable {
     /// Running, or how it ended. Takes in what the agent sent meanwhile when nobody reads its
     /// connection (see ``AgentConnection``), so that polling this sees the exit.
     public var status: ProcessStatus {
-        if !state.withLock({ $0.status.exited }) { system.connection?.takeArrived() }
+        if !state.withLock({ $0.status.exited }) {
+            system.connection?.takeArrived()
+            // The agent went with its system (terminated, its init killed): the system's end
+            // ended this process, and no exit of it will come.
+            if !state.withLock({ $0.status.exited }), system.agentIsGone { exited(waitStatus: Int32(SIGKILL), fromAgent: false, announce: true) }
+        }
         return state.withLock { $0.status }
     }
 
@@ -136,7 +141,7 @@ public final class ComputeProcess: Sendable {
         while true {
             if system.agentIsGone {
                 // The agent went with the system: no exit will be reported any more.
-                self.exited(waitStatus: Int32(SIGKILL), fromAgent: false)
+                self.exited(waitStatus: Int32(SIGKILL), fromAgent: false, announce: true)
                 break
             }
             if system.isClosedHandle { return try lost("its system's handle is closed") }
@@ -244,7 +249,9 @@ public final class ComputeProcess: Sendable {
 
     // MARK: From the system
 
-    func exited(waitStatus: Int32, fromAgent: Bool) {
+    /// - Parameter announce: post ProcessExited (and OutOfMemory); by default for an exit the
+    ///   agent reported. A process ended by its system's end is announced too, killed (SIGKILL).
+    func exited(waitStatus: Int32, fromAgent: Bool, announce: Bool? = nil) {
         let killed = waitStatus & 0x7f == SIGKILL
         let outOfMemory = fromAgent && killed && !killedHere.load(ordering: .relaxed) && system.cgroup.oomKills > oomKillsAtStart
         let result: (ProcessStatus, [DispatchSemaphore])? = state.withLock { state in
@@ -254,7 +261,7 @@ public final class ComputeProcess: Sendable {
             return (state.status, state.waiters)
         }
         guard let (status, waiters) = result else { return }
-        if fromAgent {
+        if announce ?? fromAgent {
             events.post(SiloEvent(type: .processExited, data: status.document))
             if outOfMemory { events.post(SiloEvent(type: .outOfMemory, data: status.document)) }
         }

@@ -580,6 +580,7 @@ public final class ComputeSystem: Sendable {
             events.post(SiloEvent(type: .serviceDisconnect, data: #"{"Reason":"the agent closed this handle's connection"}"#))
             return
         }
+        processesEndedWithSystem()
         guard !exitReported.exchange(true, ordering: .sequentiallyConsistent) else { return }
         let exitType = final.exitType ?? .unexpected
         events.post(SiloEvent(type: .systemExited, data: #"{"ExitType":"\#(exitType.rawValue)"}"#))
@@ -843,6 +844,19 @@ public final class ComputeSystem: Sendable {
         return !processIsLive(pid, startedAt: started)
     }
 
+    /// The system stopped: this handle's processes that no exit was heard of ended with it. What
+    /// the agent sent before it went is taken in first (an exit just before the stop is its own);
+    /// the rest are reported killed (SIGKILL), each with its ProcessExited (C8), before the
+    /// system's SystemExited. A handle's process never hears of its end otherwise: the agent that
+    /// would report it died with the system.
+    func processesEndedWithSystem() {
+        connection?.takeArrived()
+        let running = agentState.withLock { agent in agent.processes.values.flatMap { $0.compactMap(\.process) } }
+        for process in running where !process.hasExited {
+            process.exited(waitStatus: Int32(SIGKILL), fromAgent: false, announce: true)
+        }
+    }
+
     /// Whether this handle's agent connection ended (whatever the agent's fate).
     var connectionEnded: Bool { agentState.withLock { $0.connection?.isClosed ?? false } }
 
@@ -924,6 +938,7 @@ public final class ComputeSystem: Sendable {
             }
             rmdir(store.root(id))
             unlink(store.directory(id) + "/agent.sock")
+            processesEndedWithSystem()
             let exitType = record.state == .created ? SystemExitType.graceful : exit
             if notify { events.post(SiloEvent(type: .systemExited, data: #"{"ExitType":"\#(exitType.rawValue)"}"#)) }
             return { stopped in
