@@ -256,9 +256,8 @@ static __attribute__((noreturn)) void child_fail(int error_pipe, int step) {
     _exit(127);
 }
 
-/// In the child: becomes the requested process. Never returns. It runs in the agent's memory
-/// (CLONE_VM) until it execs, while the agent waits: it writes nothing but its own stack and
-/// errno (the agent's, which it does not read after a clone that worked).
+/// In the child: becomes the requested process. Never returns. It runs in a copy of the agent's
+/// memory (see spawn: not a vfork).
 static __attribute__((noreturn)) void become(const struct silo_agent_spawn_request *request, const char **argv,
                                              const char **envp, const int *fds, int error_pipe) {
     sigset_t none;
@@ -314,9 +313,48 @@ static int become_entry(void *raw) {
     become(arguments->request, arguments->argv, arguments->envp, arguments->fds, arguments->error_pipe[1]);
 }
 
-/// The child's stack while it shares the agent's memory (the agent waits meanwhile: one child at
-/// a time uses it).
+/// The child's stack (in its own copy of this memory).
 static char child_stack[64 * 1024] __attribute__((aligned(16)));
+
+/// Whether `pid` is stopped (a 'T' or 't' state in /proc/<pid>/stat, after its name's last ')').
+static int process_stopped(pid_t pid) {
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    text[n] = 0;
+    char *end = strrchr(text, ')');
+    return end && end[1] == ' ' && (end[2] == 'T' || end[2] == 't');
+}
+
+/// How long a child may take to exec before it is killed: its steps are a handful of system calls
+/// and a PATH search, so only a file system that hangs, or a stopped child, comes near it.
+#define EXEC_DEADLINE_TICKS 200  /* of 100 ms: 20 s, inside the 30 s a client waits for a reply */
+
+/// Waits for the child's exec (the end of its error pipe, which the exec closes) or its failure
+/// report: the bytes read, 0 at the exec; -2 when it did not exec in time, and was killed. A
+/// payload process may stop the child (it is uid 0, as the child is until it execs: a `kill(-1,
+/// SIGSTOP)` in a loop reaches it), and the agent, pid 1, would wait for it serving nothing, its
+/// handles, shutdown and last-handle check included. A child found stopped is continued.
+static ssize_t wait_for_exec(pid_t pid, int pipe_fd, struct silo_agent_error *failure) {
+    struct pollfd watch = { .fd = pipe_fd, .events = POLLIN };
+    for (int tick = 0; tick < EXEC_DEADLINE_TICKS; tick++) {
+        int ready = poll(&watch, 1, 100);
+        if (ready > 0) {
+            ssize_t got;
+            do { got = read(pipe_fd, failure, sizeof *failure); } while (got < 0 && errno == EINTR);
+            return got;
+        }
+        if (ready < 0 && errno != EINTR) break;
+        if (ready == 0 && process_stopped(pid)) kill(pid, SIGCONT);
+    }
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    return -2;
+}
 
 static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t length, int *fds, int fd_count) {
     static const char *argv[SILO_AGENT_MAX_STRINGS + 1], *envp[SILO_AGENT_MAX_STRINGS + 1];
@@ -338,10 +376,12 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
     struct become_arguments arguments = { &request, argv, envp, stdio, { -1, -1 } };
     int *error_pipe = arguments.error_pipe;
     if (pipe2(error_pipe, O_CLOEXEC) != 0) return reply_error(slot, id, errno, SILO_STEP_FORK);
-    // CLONE_VM | CLONE_VFORK, as posix_spawn does: the child runs in this memory until it execs
-    // (or fails), and this call returns then. fork() copied the agent's page tables and made both
-    // sides fault their pages back in afterwards: 0.13 ms of each process start here.
-    pid_t pid = clone(become_entry, child_stack + sizeof child_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, &arguments);
+    // A copy of this memory (as fork), not a vfork (CLONE_VM | CLONE_VFORK, as posix_spawn does):
+    // a vfork's parent waits in the kernel until the child execs, and a payload can stop the child
+    // before that (see wait_for_exec). Nor CLONE_VM alone: the child would share this memory
+    // while the agent goes on, and a payload's write to the child's oom_score_adj would reach
+    // the agent's too (the kernel gives it to every process of a shared memory).
+    pid_t pid = clone(become_entry, child_stack + sizeof child_stack, SIGCHLD, &arguments);
     int fork_error = errno;
     close(error_pipe[1]);
     if (pid < 0) {
@@ -349,9 +389,9 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
         return reply_error(slot, id, fork_error, SILO_STEP_FORK);
     }
     struct silo_agent_error failure;
-    ssize_t got;
-    do { got = read(error_pipe[0], &failure, sizeof failure); } while (got < 0 && errno == EINTR);
+    ssize_t got = wait_for_exec(pid, error_pipe[0], &failure);
     close(error_pipe[0]);
+    if (got == -2) return reply_error(slot, id, ETIMEDOUT, SILO_STEP_EXEC);
     if (got == (ssize_t)sizeof failure) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
         return reply_error(slot, id, failure.error, failure.step);

@@ -255,6 +255,26 @@ struct ProcessTests {
         #expect(status.exitCode == 137 && status.signal == SIGKILL && status.outOfMemory == nil)
     }
 
+    @Test("C7 a payload that stops every process it can (kill -STOP -1 in a loop) does not hang its agent: each process start comes back, and the agent answers on", .timeLimit(.minutes(5)))
+    func stoppedChildrenDoNotHangTheAgent() throws {
+        let box = try RunningSystem("stopper")
+        defer { box.finish() }
+        // A process being started is uid 0 until its exec, so the loop stops it there too (what
+        // it stops after the exec is the payload's own business: nothing here waits for that).
+        let stopper = try box.run("while :; do kill -STOP -1 2>/dev/null; done", stdout: false)
+        defer { stopper.close() }
+        for _ in 0..<5 {
+            // Started (continued by the agent when found stopped) or refused in time: either way
+            // an answer. A vfork'ing agent waited in the kernel for the stopped child for good.
+            guard let process = try? box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(60))
+            else { break }
+            process.close()
+        }
+        let listed = try box.system.processes()
+        #expect(listed.contains { $0.processId == stopper.pid }, "the agent still answers: \(listed)")
+        try box.system.terminate().wait(timeout: .seconds(30))
+    }
+
     @Test("C8 a process ended by its system's end is reported: ProcessExited (killed) to its handler, its status exited, a terminate of it refused as stopped", arguments: [false, true])
     func endedWithSystem(byOtherHandle: Bool) throws {
         let box = try RunningSystem(byOtherHandle ? "ewo" : "ews")
