@@ -56,6 +56,8 @@ public final class ComputeService: Sendable {
         try SandboxRun.validateID(id)
         reapStartedInits()
         let document = try ComputeSystemDocument(json: text)
+        // An id a system ended with its last handle still names is free (that system is gone).
+        if let earlier = try? store.load(id), earlier.state == .stopped { removeIfEndedWithLastHandle(earlier) }
         // Held until the record is written (or the create fails): see SystemStore.reserve.
         let reservation = Mutex<Int32>(try store.reserve(id, parent: configuration.recordedCgroupParent))
         let letGo: @Sendable () -> Void = {
@@ -103,7 +105,29 @@ public final class ComputeService: Sendable {
     public func open(_ id: String) throws(SiloError) -> ComputeSystem {
         reapStartedInits()
         try SandboxRun.validateID(id)
-        return ComputeSystem(id: id, service: self, record: try store.load(id))
+        let record = try store.load(id)
+        if record.state == .stopped, removeIfEndedWithLastHandle(record) {
+            throw SiloError(.systemNotFound, "no compute system with id '\(id)' (it ended with its last handle)", field: "id", value: id)
+        }
+        return ComputeSystem(id: id, service: self, record: record)
+    }
+
+    /// A system its agent ended because its last handle's holder died (C6) is gone, as HCS
+    /// releases it; but no handle is left to remove it, as the last close of a stopped system
+    /// does. Whoever sees it stopped so (a list, an open, a create of its id, reenumerate) removes
+    /// it, while no handle holds it (the close's own test: the handles file's lock, exclusively).
+    /// - Returns: whether it was removed.
+    @discardableResult
+    func removeIfEndedWithLastHandle(_ record: SystemRecord) -> Bool {
+        guard record.state == .stopped, record.shouldTerminateOnLastHandleClosed else { return false }
+        let handles = store.directory(record.id) + "/handles"
+        guard (readText(handles) ?? "").hasPrefix("terminated: last handle closed") else { return false }
+        let probe = Glibc.open(handles, O_RDONLY | O_CLOEXEC)
+        guard probe >= 0 else { return false }
+        defer { Glibc.close(probe) }
+        guard flock(probe, LOCK_EX | LOCK_NB) == 0, (try? store.load(record.id))?.state == .stopped else { return false }
+        store.remove(record.id)
+        return true
     }
 
     /// Systems matching the query; nil fields match everything (C9).
@@ -111,7 +135,9 @@ public final class ComputeService: Sendable {
         reapStartedInits()
         return store.ids().compactMap { name in
             guard let record = try? store.load(name) else { return nil }
-            let properties = self.properties(of: refreshed(record))
+            let current = refreshed(record)
+            if removeIfEndedWithLastHandle(current) { return nil }  // gone with its last handle
+            let properties = self.properties(of: current)
             if let id, properties.id != id { return nil }
             if let owner, properties.owner != owner { return nil }
             if let state, properties.state != state { return nil }
@@ -132,7 +158,8 @@ public final class ComputeService: Sendable {
         for id in store.ids() {
             let directory = store.directory(id)
             if let record = try? store.load(id) {
-                if refreshed(record).state != record.state {
+                let current = refreshed(record)
+                if removeIfEndedWithLastHandle(current) || current.state != record.state {
                     repaired.append(id)
                 } else if record.state == .created, !configuration.cgroup(of: id, parent: record.cgroupParent).hasNoProcesses,
                           store.lockedIfFree(id, { () -> Void in
