@@ -113,6 +113,36 @@ struct RawLunTests {
         #expect(silo(state, ["system", "terminate", id]).status == 0)
     }
 
+    @Test("C12 S11 a mask that leaves out a system the LUN is attached to is refused, naming it, and changes nothing; one that keeps it, or one after the detach, lands")
+    func maskKeepsAttachedSystems() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let state = storage.provider.configuration.stateDirectory
+        let id = "maskheld-\(getpid())"
+        _ = try storage.create("disk", size: 16 << 20)
+        try storage.provider.setMask("disk", id)
+        let document = storage.path + "/doc.json"
+        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"disk"}}}}}},"ShouldTerminateOnLastHandleClosed":false}"#))
+        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+        let started = silo(state, ["system", "start", id])
+        #expect(started.status == 0, "\(started.error)")
+        defer { _ = silo(state, ["system", "terminate", id]) }
+        for list in ["other", "", "other,more"] {
+            let refused = silo(state, ["lun", "mask", "disk", list])
+            #expect(refused.status == 1 && refused.error.contains("attached to compute system '\(id)'")
+                        && refused.error.contains("[deviceInUse]") && refused.error.contains("(SYSTEMS)"), "'\(list)': \(refused.error)")
+            #expect(try storage.provider.lun(named: "disk").unmaskingList == id, "unchanged")
+        }
+        #expect(silo(state, ["lun", "mask", "disk", "\(id),other"]).status == 0, "keeps the system")
+        #expect(silo(state, ["lun", "mask", "disk", "*"]).status == 0)
+        #expect(silo(state, ["system", "modify", id, "--detach", "disk"]).status == 0)
+        // A raw LUN's lease stays with its system until it stops (a process may hold the node).
+        #expect(silo(state, ["system", "terminate", id]).status == 0)
+        #expect(silo(state, ["lun", "mask", "disk", ""]).status == 0, "nothing holds it now")
+        #expect(try storage.provider.lun(named: "disk").unmaskingList == "")
+    }
+
     @Test("C12 silo run with a LUN whose file system does not mount fails at once, naming the LUN, and leaves nothing")
     func unmountableLun() throws {
         let storage = TestStorage()

@@ -130,6 +130,21 @@ extension StorageProvider {
         withLeaseLock(directory: leaseDirectory) { liveHolders(name) }
     }
 
+    /// ``leaseHolders(_:)`` for a caller that holds the lease lock.
+    func leaseHolders(_ name: String, holding: Bool) -> [String] {
+        holding ? liveHolders(name) : leaseHolders(name)
+    }
+
+    /// The compute system a lease holder names ("compute system 'web'", with " (raw)" for a raw
+    /// device), or nil for another holder (a clone).
+    static func system(ofHolder holder: String) -> String? {
+        let prefix = "compute system '"
+        guard holder.hasPrefix(prefix) else { return nil }
+        let rest = holder.dropFirst(prefix.count)
+        guard let end = rest.firstIndex(of: "'") else { return nil }
+        return String(rest[..<end])
+    }
+
     /// What `leaseHolders` finds; the caller holds the lease lock. A lease folder that cannot be
     /// listed is one holder that cannot be named, so every check that asks refuses.
     private func liveHolders(_ name: String) -> [String] {

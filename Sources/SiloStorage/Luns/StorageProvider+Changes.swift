@@ -273,7 +273,28 @@ extension StorageProvider {
         let unmasking = try UnmaskingList.parse(list)
         let mark = try beginChange(name, operation: "setMask").mark
         do throws(SiloError) {
-            try endChange(name, mark: mark) { $0.unmasking = unmasking }
+            // A system the LUN is attached to keeps it only while the list names it: one the new
+            // list leaves out is refused here, not left holding a LUN it may no longer see (S11).
+            // Checked and written under the lease lock (after the registry's, the order a delete
+            // takes them in): an attach leases first and reads the list again under its lease, so
+            // it either is seen here or sees the new list.
+            if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
+            try registry.locked { () throws(SiloError) in
+                try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) in
+                    let leftOut = leaseHolders(name, holding: true).compactMap(Self.system(ofHolder:)).filter { !unmasking.contains(system: $0) }
+                    if let system = leftOut.first {
+                        throw SiloError(.deviceInUse,
+                                        "LUN '\(name)' is attached to compute system '\(system)', which the list '\(list)' leaves out; "
+                                            + "detach it there first ('silo system modify \(system) --detach \(name)'), or keep it on the list",
+                                        field: "unmasking list", value: list)
+                    }
+                    guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
+                    guard record.unmasking != unmasking else { return }
+                    record.unmasking = unmasking
+                    try registry.save(record)
+                }
+            }
+            try endChange(name, mark: mark)
         } catch {
             // The change failed to land (a full disk): the mark must not outlive the call, or the
             // LUN stays busy for as long as this process lives.
