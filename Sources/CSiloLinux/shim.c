@@ -4,10 +4,13 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -130,6 +133,51 @@ pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], 
     sigprocmask(SIG_SETMASK, &none, NULL);
     execve(path, argv, envp);
     _exit(127);
+}
+
+pid_t silo_spawn_scoped(const char *file, char *const argv[], char *const envp[], int keep, int private_mounts) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return -1;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int error = errno;
+        close(report[0]);
+        close(report[1]);
+        errno = error;
+        return -1;
+    }
+    if (pid == 0) {
+        // The child: async-signal-safe calls only (the parent may have other threads).
+        close(report[0]);
+        int error = 0;
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) error = errno;
+        else if (getppid() != parent) error = ESRCH;  // the caller died before the line above
+        // Slave, not private: the host's later mounts still show inside; none made inside shows out.
+        else if (private_mounts && (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0)) error = errno;
+        else if (keep >= 0 && fcntl(keep, F_SETFD, 0) != 0) error = errno;
+        if (error == 0) {
+            signal(SIGPIPE, SIG_DFL);
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            execvpe(file, argv, envp);
+            error = errno;
+        }
+        (void)!write(report[1], &error, sizeof error);
+        _exit(127);
+    }
+    close(report[1]);
+    int error = 0;
+    ssize_t got;
+    do { got = read(report[0], &error, sizeof error); } while (got < 0 && errno == EINTR);
+    close(report[0]);
+    if (got == (ssize_t)sizeof error) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        errno = error;
+        return -1;
+    }
+    return pid;
 }
 
 int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults) {

@@ -314,7 +314,7 @@ extension LunCommand {
             }
             let status = try cli(options: ["directory": "--directory"]) {
                 try withTemporaryLun(size: bytes, logicalBlockSize: block, directory: directory) { lun in
-                    try runForeground(program, arguments, environment: ["SILO_LUN_DEVICE": lun.devicePath])
+                    try runForeground(program, arguments, environment: ["SILO_LUN_DEVICE": lun.devicePath], keep: lun.descriptor)
                 }
             }
             throw ExitCode(status)

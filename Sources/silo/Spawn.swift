@@ -3,8 +3,11 @@ import Glibc
 import Silo
 
 /// Runs a program with the terminal attached and extra environment; returns its exit code
-/// (128 + signal if a signal ended it).
-func runForeground(_ program: String, _ arguments: [String], environment: [String: String]) throws -> Int32 {
+/// (128 + signal if a signal ended it). The program is tied to silo (SIGKILLed if silo dies), runs
+/// in a mount namespace of its own (what it mounts goes with it, and never shows on the host), and
+/// keeps `keep` open (the descriptor that holds a temporary LUN's device bound: while any process
+/// it starts still runs, the device stays theirs, whatever happens to silo).
+func runForeground(_ program: String, _ arguments: [String], environment: [String: String], keep: Int32) throws -> Int32 {
     // An inherited entry of a name given here goes: with two, getenv in C (and Go's copy) takes
     // the first, the inherited one, and a command told SILO_LUN_DEVICE would write elsewhere.
     var entries: [String] = []
@@ -22,20 +25,11 @@ func runForeground(_ program: String, _ arguments: [String], environment: [Strin
         argv.forEach { free($0) }
         envp.forEach { free($0) }
     }
-    // The child gets the default signal mask back: silo blocks SIGINT for its own use.
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    silo_spawnattr_reset_signals(&attributes, 0)
-    // silo ignores SIGPIPE for itself; the command gets the default (what its caller ignored stays).
-    var pipe = sigset_t()
-    sigemptyset(&pipe)
-    sigaddset(&pipe, SIGPIPE)
-    posix_spawnattr_setsigdefault(&attributes, &pipe)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var pid: pid_t = 0
-    let result = posix_spawnp(&pid, program, nil, &attributes, argv, envp)
-    guard result == 0 else {
+    // No signal blocked (silo blocks SIGINT for its own use), SIGPIPE at its default (silo ignores
+    // it for itself); what silo's caller ignored stays ignored.
+    let pid = silo_spawn_scoped(program, argv, envp, keep, 1)
+    guard pid > 0 else {
+        let result = errno
         // As a shell says it: 127 for a program not found, 126 for one found but not runnable.
         let code: SiloError.Code = result == ENOENT ? .objectNotFound : result == EACCES || result == EPERM ? .accessDenied : .systemCallFailed
         let error = SiloError(code, "cannot run '\(program)': \(String(cString: strerror(result)))",

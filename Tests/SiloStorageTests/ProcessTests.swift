@@ -181,18 +181,18 @@ struct TemporaryLunProcessTests {
         #expect(entries.count == 1 && entries.first?.hasPrefix("SILO_LUN_DEVICE=/dev/loop") == true, "\(entries)")
     }
 
-    @Test("A temporary LUN is gone even when its process is killed with SIGKILL")
+    @Test("A temporary LUN is gone even when its process is killed with SIGKILL; its command goes with silo")
     func goneAfterKill() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
         let child = spawn(siloBinary, ["lun", "temporary", "--size", "16M", "--directory", scratch.path, "--",
-                                       "/bin/sh", "-c", "echo $SILO_LUN_DEVICE; exec sleep 31.4159"])
+                                       "/bin/sh", "-c", "echo $SILO_LUN_DEVICE; exec sleep 314.159"])
         // Both go, also when the device never appears (the #require below throws).
         var killed = false
         defer {
             if !killed {
                 child.kill(SIGKILL)
-                _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])
+                _ = run("/usr/bin/pkill", ["-f", "sleep 314.159"])
                 _ = child.finish()
             }
         }
@@ -204,12 +204,45 @@ struct TemporaryLunProcessTests {
         }
         let found = try #require(device, "the temporary LUN never appeared")
         child.kill(SIGKILL)
-        _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])  // the orphaned command
         _ = child.finish()
         killed = true
+        // The command is tied to silo: it goes too (an orphan would write on, to a device number
+        // the next attach may be given, were it not holding the device itself).
+        #expect(eventually { run("/usr/bin/pgrep", ["-f", "sleep 314.159"]).status == 1 }, "the command outlived silo")
+        _ = run("/usr/bin/pkill", ["-f", "sleep 314.159"])
         let gone = eventually { found.status?.backingFile.hasPrefix(scratch.path) != true }
         #expect(gone, "\(found.path) outlived the killed process")
         #expect(directoryEntries(scratch.path).isEmpty, "the backing file was unlinked at attach")
+    }
+
+    @Test("silo lun temporary: its command holds the device; what it mounts stays in its own mount namespace, and goes with it when silo is killed")
+    func mountedTemporaryGoes() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let target = scratch.path + "/mnt"
+        mkdir(target, 0o755)
+        let script = "ls -l /proc/$$/fd | grep -q -- \"-> $SILO_LUN_DEVICE\\$\" && echo held >&2; "
+            + "mkfs.ext4 -q \"$SILO_LUN_DEVICE\" && mount \"$SILO_LUN_DEVICE\" \(target) && touch \(target)/made && "
+            + "grep -q ' \(target) ' /proc/self/mountinfo && echo mounted >&2; exec sleep 31.4159"
+        let child = spawn(siloBinary, ["lun", "temporary", "--size", "32M", "--directory", scratch.path, "--", "/bin/sh", "-c", script],
+                          environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"])
+        var killed = false
+        defer {
+            if !killed { child.kill(SIGKILL); _ = child.finish() }
+            _ = run("/usr/bin/pkill", ["-f", "sleep 31.4159"])
+            umount2(target, Int32(MNT_DETACH))
+        }
+        #expect(child.waitForError(containing: "mounted"), "the command mounted the device")
+        #expect(child.waitForError(containing: "held"), "the command holds the device open")
+        let found = try #require(loopDevices(backedUnder: scratch.path).first, "the temporary LUN")
+        #expect(run("/bin/grep", ["-q", " \(target) ", "/proc/self/mountinfo"]).status == 1, "the mount does not show on the host")
+        #expect(!fileExists(target + "/made"))
+        child.kill(SIGKILL)  // silo: its command goes with it, and the namespace with the command
+        _ = child.finish()
+        killed = true
+        #expect(eventually { run("/usr/bin/pgrep", ["-f", "sleep 31.4159"]).status == 1 }, "the command outlived silo")
+        let gone = eventually(seconds: 30) { found.status?.backingFile.hasPrefix(scratch.path) != true }
+        #expect(gone, "\(found.path) outlived the killed command and its mount")
     }
 }
 

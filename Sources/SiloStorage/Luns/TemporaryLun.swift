@@ -14,6 +14,10 @@ public struct TemporaryLun: Sendable {
     let device: LoopDevice
     /// The open descriptor that keeps the autoclear device bound.
     let holder: Int32
+
+    /// The descriptor that keeps the device bound (close-on-exec): a child given it keeps the
+    /// device as long as it, or anything it starts, holds it open.
+    public var descriptor: Int32 { holder }
 }
 
 /// Runs `body` with a fresh LUN of `size` bytes, gone when `body` returns or throws.
