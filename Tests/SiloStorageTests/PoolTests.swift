@@ -112,6 +112,29 @@ struct PoolTests {
         #expect(loopDevices(backedUnder: drive.mountPoint).isEmpty)
     }
 
+    @Test("S5 a pool whose file system is not mounted (its folder without its marker) takes no LUN: nothing lands on the file system under it")
+    func poolNotMounted() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let mountPoint = storage.path + "/big"
+        mkdir(mountPoint, 0o755)
+        try #require(mount("tmpfs", mountPoint, "tmpfs", 0, "size=64m") == 0, "tmpfs: errno \(errno)")
+        var mounted = true
+        defer { if mounted { umount2(mountPoint, Int32(MNT_DETACH)) } }
+        _ = try storage.provider.addPool("big", directory: mountPoint + "/pool")
+        _ = try storage.create("source", size: 1 << 20)
+        // The mount gone (a reboot where it failed): the folder under it is the parent's own.
+        #expect(umount2(mountPoint, 0) == 0)
+        mounted = false
+        mkdir(mountPoint + "/pool", 0o755)
+        defer { rmdir(mountPoint + "/pool") }
+        let refused = #expect(throws: SiloError.self) { _ = try storage.provider.createLun(LunSpec(name: "lost", size: 1 << 20, pool: "big")) }
+        #expect(refused?.code == .invalidOperation && refused?.field == "pool" && refused?.message.contains("mounted") == true,
+                "\(String(describing: refused))")
+        #expect(directoryEntries(mountPoint + "/pool").isEmpty, "nothing made under the mount point")
+        #expect(try storage.provider.luns().map(\.name) == ["source"])
+    }
+
     @Test("S5 a pool removed while a create that chose it waits for the registry lock: the create is refused, and no LUN sits in an unlisted folder")
     func poolRemovedUnderCreate() throws {
         let storage = TestStorage()

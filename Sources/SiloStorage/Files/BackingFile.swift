@@ -143,7 +143,9 @@ struct Pool: Sendable {
 
     /// The pool's folder, or before it exists (a new state directory's default pool) its nearest
     /// existing parent, whose file system the folder will be made on: measured without making it.
+    /// An added pool's folder is only ever itself: one missing is not measured as its parent's.
     var existingFolder: String {
+        guard name == "default" else { return directory }
         var path = directory
         var info = stat()
         while stat(path, &info) != 0 {

@@ -230,8 +230,19 @@ extension StorageProvider {
 
     /// Refuses a new backing file in `pool` when its marker names another state directory (its
     /// marker removed and the folder added there since): that one's reenumerate would sweep it.
+    ///
+    /// An added pool's folder without its marker is refused too: the folder is a mount point
+    /// whose file system is not mounted (a reboot where the mount failed or came late), and a
+    /// LUN made there would land on the file system under it, the root's, measured as that one
+    /// and hidden once the mount comes back. (Only the default pool is made on demand.)
     func checkOwned(_ pool: Pool) throws(SiloError) {
-        guard let owner = Self.poolOwner(of: pool.directory), !isThisStateDirectory(owner) else { return }
+        guard let owner = Self.poolOwner(of: pool.directory) else {
+            guard pool.directory != configuration.poolDirectory else { return }
+            throw SiloError(.invalidOperation, "pool '\(pool.name)' at \(pool.directory) has lost its marker (\(Self.poolMarker)): "
+                                + "is the file system it is on mounted? A LUN made there would land on the one under it",
+                            field: "pool", value: pool.name)
+        }
+        guard !isThisStateDirectory(owner) else { return }
         throw SiloError(.invalidOperation, "pool '\(pool.name)' at \(pool.directory) is a pool of the state directory \(owner) now; "
                             + "a LUN made there would be that one's to sweep", field: "pool", value: pool.name)
     }
