@@ -28,6 +28,22 @@ struct CloneTests {
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.cloneLun("nothing", as: "x") })?.code == .objectNotFound)
     }
 
+    @Test("A clone holds what was written through the source's device moments ago and still sits in its page cache (the device held open)")
+    func cloneSeesCachedWrites() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let source = try storage.create("cached", size: 16 << 20)
+        let device = try #require(source.devicePath)
+        // Held open, as a mount or a system would: the last close would flush the cache itself.
+        let fd = open(device, O_RDWR | O_CLOEXEC)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let pattern = [UInt8](repeating: 0xA5, count: 4096)
+        #expect(pwrite(fd, pattern, pattern.count, 1 << 20) == pattern.count)  // buffered: no fsync
+        let clone = try storage.provider.cloneLun("cached", as: "cached-copy").wait(timeout: .seconds(120))
+        #expect(try readBytes(clone.backingFile, offset: 1 << 20, count: 4096) == pattern, "the clone's file has the write")
+    }
+
     @Test("S5 a clone keeps its source's provisioning: a thick clone is given all its space, a thin one counts against the overcommit ratio")
     func cloneProvisioning() throws {
         let storage = TestStorage(overcommit: 1)

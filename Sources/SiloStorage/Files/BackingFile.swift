@@ -191,7 +191,7 @@ extension BackingFile {
             try syscall("fstat", path: source) { fstat(input, &info) }
             let size = UInt64(info.st_size)
             try syscall("ftruncate", path: destination) { ftruncate(output, off_t(size)) }
-            let segments = dataSegments(input, size: size)
+            let segments = try dataSegments(input, size: size, path: source)
             let total = segments.reduce(UInt64(0)) { $0 + ($1.upperBound - $1.lowerBound) }
             var done: UInt64 = 0
             var buffer = [UInt8](repeating: 0, count: 4 << 20)
@@ -203,7 +203,12 @@ extension BackingFile {
                     let got = try syscall("pread", path: source) {
                         buffer.withUnsafeMutableBytes { pread(input, $0.baseAddress, count, off_t(offset)) }
                     }
-                    guard got > 0 else { break }
+                    // The source is leased (no shrink meanwhile): an end inside a data segment is
+                    // an error, never a copy with zeros where the data was.
+                    guard got > 0 else {
+                        throw SiloError(.systemCallFailed, "pread of \(source) ended at \(offset), inside its data that goes on to \(segment.upperBound)",
+                                        field: "source", value: source)
+                    }
                     // All of it: a short write (a file system nearly full) would leave zeros in
                     // the copy where the source has data.
                     var written = 0
@@ -225,16 +230,24 @@ extension BackingFile {
         }
     }
 
-    /// The ranges of `fd` that hold data, by SEEK_DATA and SEEK_HOLE [man 2 lseek].
-    /// A file system without them reports the whole file as data.
-    static func dataSegments(_ fd: Int32, size: UInt64) -> [Range<UInt64>] {
+    /// The ranges of `fd` that hold data, by SEEK_DATA and SEEK_HOLE [man 2 lseek]. A file
+    /// system without them (EINVAL, EOPNOTSUPP) has the whole file as data; any other failure
+    /// (EIO reading the extents) throws: taken for "no more data", it made a copy with zeros.
+    static func dataSegments(_ fd: Int32, size: UInt64, path: String) throws(SiloError) -> [Range<UInt64>] {
         var segments: [Range<UInt64>] = []
         var position: off_t = 0
         while UInt64(position) < size {
             let data = lseek(fd, position, silo_SEEK_DATA)
-            if data < 0 { break }  // ENXIO: no data past here
+            if data < 0 {
+                if errno == ENXIO { break }  // no data past here
+                if errno == EINVAL || errno == EOPNOTSUPP { return segments + [UInt64(position)..<size] }
+                throw SiloError.system("lseek(SEEK_DATA)", errno: errno, path: path)
+            }
             var hole = lseek(fd, data, silo_SEEK_HOLE)
-            if hole < 0 { hole = off_t(size) }
+            if hole < 0 {
+                guard errno == EINVAL || errno == EOPNOTSUPP || errno == ENXIO else { throw SiloError.system("lseek(SEEK_HOLE)", errno: errno, path: path) }
+                hole = off_t(size)
+            }
             segments.append(UInt64(data)..<UInt64(hole))
             position = hole
         }

@@ -10,6 +10,15 @@ import SiloOperations
 /// device it binds with `silo:<lun-id>` in the kernel's `lo_crypt_name`, so that reconciliation can
 /// tell Silo's devices from anyone else's without the registry.
 public struct LoopDevice: Sendable, Hashable, Codable {
+    /// Writes what sits dirty in this device's page cache (written through the device, not yet
+    /// passed on) to its backing file: an fsync through a read-only open, which writes nothing
+    /// itself.
+    func flush() throws(SiloError) {
+        let fd = try syscall("open", path: path) { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
+        defer { close(fd) }
+        try syscall("fsync", path: path) { fsync(fd) }
+    }
+
     /// N in `/dev/loopN`.
     public let number: Int
 

@@ -50,7 +50,16 @@ extension StorageProvider {
             throw named
         }
         let id = newIdentifier()
-        let pool = (try? pool(named: original.pool)) ?? self.pool  // beside the source: reflink needs one file system
+        // Beside the source (reflink needs one file system), in the pool its record names: a pool
+        // list that cannot be read refuses, rather than the clone landing in the default pool
+        // while its record names the source's.
+        let pool: Pool
+        do throws(SiloError) {
+            pool = try self.pool(named: original.pool)
+        } catch {
+            sourceLease.release()
+            throw error
+        }
         let file = pool.directory + "/" + id + ".img"
         let record = LunRecord(
             id: id, name: name, friendlyName: original.friendlyName, size: original.size,
@@ -70,6 +79,10 @@ extension StorageProvider {
             OperationStep("copy", weight: 90, run: { step in
                 defer { sourceLease.release() }  // the source is read no more
                 try BackingFile.remove(file)  // the reservation: the copy makes the file itself
+                // What was written through the source's device and still sits in the device's own
+                // page cache reaches its file first (a write of moments ago, a holder that keeps
+                // the device open: the cache is flushed by an fsync or the last close only).
+                if let device = self.attachedDevice(original) { try device.flush() }
                 // A thick or zeroed LUN's space is its own: shared extents (a reflink) would need
                 // new blocks at the first write to either LUN, which a full file system would refuse
                 // as I/O errors inside them. Only a thin clone shares.
