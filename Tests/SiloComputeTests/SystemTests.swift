@@ -364,6 +364,27 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.resume() })?.code == .invalidState)
     }
 
+    @Test("C3 a run of a running system's id, beside the lock a killed run of that id left, is refused and the system runs on")
+    func runBesideDeadRunLock() throws {
+        let box = try RunningSystem("rl")
+        defer { box.finish() }
+        let service = box.compute.service
+        // A `silo run --id rl-...` killed between its lock and its reservation left this behind.
+        let lockPath = SandboxRun.runLock(systems: service.store.systems, id: box.system.id)
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        try #require(fd >= 0)
+        close(fd)
+        defer { unlink(lockPath) }
+        let refused = #expect(throws: SiloError.self) {
+            _ = try SandboxRun.run(id: box.system.id, limits: CgroupLimits(), arguments: ["/bin/true"], configuration: service.configuration)
+        }
+        #expect(refused?.code == .systemAlreadyExists, "\(String(describing: refused))")
+        #expect(try box.system.properties().state == .running)
+        let check = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        #expect(try check.wait(timeout: .seconds(10)).exitCode == 0, "the system's cgroup and init are untouched")
+        check.close()
+    }
+
     @Test("C4 a paused system can be opened and closed any number of times (its frozen agent takes no connection) and is then resumed and terminated", .timeLimit(.minutes(2)))
     func pausedOpenedOften() throws {
         let compute = TestCompute()

@@ -176,8 +176,14 @@ public enum SandboxRun {
         // parent its lock names, and its reservation (a file: a system's folder is no run's), or
         // this run's id would stay taken until a reenumerate.
         if !madeLock {
-            try? configuration.cgroup(of: id, parent: Self.cgroupParent(writtenIn: lock)).destroy()
+            // Not when the id is a compute system's now (its folder): the cgroup of that name is
+            // the system's, and its destroy would kill it. The dead run's lock stays for
+            // reenumerate, which leaves such an id alone too.
             var info = stat()
+            if lstat(reservation, &info) == 0, info.st_mode & S_IFMT == S_IFDIR {
+                throw SiloError(.systemAlreadyExists, "a compute system with id '\(id)' already exists", field: "id", value: id)
+            }
+            try? configuration.cgroup(of: id, parent: Self.cgroupParent(writtenIn: lock)).destroy()
             if lstat(reservation, &info) == 0, info.st_mode & S_IFMT == S_IFREG { unlink(reservation) }
         }
         // The lock file names the run's cgroup parent when it is not the default, for a
@@ -247,5 +253,18 @@ public enum SandboxRun {
             throw SiloError.invalidArgument(field: "id", value: id,
                                             reason: "a system id has 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         }
+        // The system's cgroup is named by its id, beside the interface files of its parent: an id
+        // that is one of those names (`tasks`, `memory.max`, `cgroup.procs`) could never be made.
+        let prefix = id.split(separator: ".", maxSplits: 1).first.map(String.init) ?? id
+        if ["tasks", "notify_on_release", "release_agent"].contains(id)
+            || (id.contains(".") && Self.cgroupFilePrefixes.contains(prefix)) {
+            throw SiloError.invalidArgument(field: "id", value: id, reason: "a cgroup's own file is named so; choose another id")
+        }
     }
+
+    /// The first parts of the names of cgroup interface files, v1's and v2's (`memory.max`).
+    static let cgroupFilePrefixes: Set<String> = [
+        "cgroup", "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio", "io", "hugetlb",
+        "net_cls", "net_prio", "perf_event", "rdma", "misc", "memsw",
+    ]
 }
