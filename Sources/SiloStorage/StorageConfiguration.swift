@@ -26,6 +26,11 @@ public struct StorageConfiguration: Sendable {
     /// holds: true gives the call up, as `operationCancelled`, with nothing done. Nil waits for
     /// the lock however long it takes. The `silo` CLI answers with a pending Ctrl-C.
     public var lockWaitGivesUp: (@Sendable () -> Bool)?
+    /// How long drive enumeration waits for the libblkid probes of the host's devices: a device
+    /// whose reads never return (a suspended device-mapper table, a network disk whose server is
+    /// gone, a loop device over a hung file system) is listed without what a probe finds, rather
+    /// than holding up every `drive list`, `pool add` and `lun create --drive`.
+    public var probeTimeout: Duration
 
     /// - Parameter stateDirectory: nil means `SILO_STATE_DIR`, or `/var/lib/silo`.
     public init(
@@ -33,7 +38,8 @@ public struct StorageConfiguration: Sendable {
         linkDirectory: String? = nil,
         overcommitRatio: Double = 4,
         scheduler: OperationScheduler = .shared,
-        lockWaitGivesUp: (@Sendable () -> Bool)? = nil
+        lockWaitGivesUp: (@Sendable () -> Bool)? = nil,
+        probeTimeout: Duration = .seconds(10)
     ) {
         let environment = getenv("SILO_STATE_DIR").map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 }
         let state = Self.normalize(stateDirectory ?? environment ?? Self.defaultStateDirectory)
@@ -42,6 +48,7 @@ public struct StorageConfiguration: Sendable {
         self.overcommitRatio = overcommitRatio
         self.scheduler = scheduler
         self.lockWaitGivesUp = lockWaitGivesUp
+        self.probeTimeout = probeTimeout
     }
 
     var registryDirectory: String { stateDirectory + "/luns" }

@@ -6,6 +6,8 @@ import SiloOperations
 /// Lists the host's block devices from sysfs, with libudev's database where udevd keeps one, and
 /// a libblkid probe of each device opened read-only (S1).
 struct DriveEnumerator {
+    /// How long the probes may take in all (see ``StorageConfiguration/probeTimeout``).
+    var probeTimeout: Duration = .seconds(10)
     /// Every drive, sorted by kernel name. Silo's own LUN devices are left out: they are LUNs (S2).
     ///
     /// Whole disks are the entries of /sys/block. libudev's enumerator would resolve every sysfs
@@ -27,10 +29,13 @@ struct DriveEnumerator {
         let lunDevices = Dictionary(luns.compactMap { record in record.device.map { ("loop\($0)", record.backingFile) } },
                                     uniquingKeysWith: { first, _ in first })
         let found = directoryEntries("/sys/block").compactMap { name in candidate(name, lunDevices: lunDevices) }
-        let probes = ProbeBatch(paths: found.flatMap { disk in
+        // Not probed (listed all the same): a suspended device-mapper table, whose reads wait for
+        // its resume, and a removable disk that takes no partitions (a floppy drive: each read
+        // waits for the drive to give up), which /proc/partitions and so blkid leave out too.
+        let probes = ProbeBatch(paths: found.filter { !$0.readsMayWait }.flatMap { disk in
             (disk.size > 0 ? [disk.devicePath] : []) + disk.partitions.map { "/dev/" + $0 }
         }, backings: Dictionary(found.compactMap { disk in disk.loopBacking.map { (disk.devicePath, $0) } },
-                                uniquingKeysWith: { first, _ in first }))
+                                uniquingKeysWith: { first, _ in first }), timeout: probeTimeout)
         var drives = found.map { describe($0, udev: udev, mounts: mounts, probes: probes) }
         attachExtents(&drives, luns: luns)
         return drives
@@ -49,6 +54,11 @@ struct DriveEnumerator {
         /// Kernel names of its partitions.
         let partitions: [String]
         var devicePath: String { "/dev/" + name }
+        /// A device whose reads may wait for good, left unprobed.
+        var readsMayWait: Bool {
+            readSmallFile(sysfs + "/dm/suspended") == "1"
+                || (readSmallFile(sysfs + "/removable") == "1" && readSmallFile(sysfs + "/ext_range") == "1")
+        }
     }
 
     private func candidate(_ name: String, lunDevices: [String: String]) -> Candidate? {

@@ -3,10 +3,11 @@ import Dispatch
 import SiloOperations
 import Synchronization
 
-/// libblkid probes of several devices: all but one start on threads of their own (up to three)
-/// when the batch is made; the first `result` probes what is left on the maker's thread, then
-/// waits for the others. Each probe mostly waits for its device's contents to be read, so the
-/// waits overlap. One device costs no thread (a thread's creation took 0.1-0.25 ms here).
+/// libblkid probes of several devices, on threads of their own (up to four), started when the
+/// batch is made. Each probe mostly waits for its device's contents to be read, so the waits
+/// overlap. `result` waits for them at most until the batch's deadline: a device whose reads never
+/// return (a suspended device-mapper table, a network disk whose server went) leaves its thread
+/// blocked, and its probe's result missing, instead of holding up the caller for good.
 final class ProbeBatch: Sendable {
     private let paths: [String]
     /// Loop devices' backing files, by device path: read instead of the device where they can be.
@@ -18,16 +19,19 @@ final class ProbeBatch: Sendable {
     private let threads = Atomic<Int>(0)
     /// Whether the threads were waited for.
     private let collected = Mutex(false)
+    private let deadline: DispatchTime
 
-    init(paths: [String], backings: [String: LoopBacking] = [:]) {
+    init(paths: [String], backings: [String: LoopBacking] = [:], timeout: Duration = .seconds(10)) {
         self.paths = paths
         self.backings = backings
         self.results = Mutex([:])
+        let (seconds, attoseconds) = timeout.components
+        self.deadline = .now() + .nanoseconds(Int(min(seconds, 86_400) * 1_000_000_000 + attoseconds / 1_000_000_000))
         guard !paths.isEmpty else { return }
         // Loaded here, once, not by the first probes at the same time.
         _ = silo_blkid()
         var started = 0
-        for _ in 0..<min(paths.count - 1, 3) {
+        for _ in 0..<min(paths.count, 4) {
             guard PlatformThread.spawn({ [self] in
                 work()
                 finished.signal()
@@ -48,13 +52,16 @@ final class ProbeBatch: Sendable {
         }
     }
 
-    /// What the probe of `path` found; nil when it found nothing or could not read the device.
+    /// What the probe of `path` found; nil when it found nothing, could not read the device, or
+    /// had not finished by the deadline.
     func result(_ path: String) -> BlockProbe? {
         guard !paths.isEmpty else { return nil }
         collected.withLock { collected in
             guard !collected else { return }
-            work()
-            for _ in 0..<threads.load(ordering: .acquiring) { finished.wait() }
+            // No thread could start (none left to the process): what is left is probed here,
+            // without a deadline.
+            if threads.load(ordering: .acquiring) == 0 { work() }
+            for _ in 0..<threads.load(ordering: .acquiring) where finished.wait(timeout: deadline) == .timedOut { break }
             collected = true
         }
         return results.withLock { $0[path] }

@@ -126,7 +126,7 @@ extension StorageProvider {
     public func pools() throws(SiloError) -> [PoolProperties] {
         try registry.prepare()
         let records = try registry.loadAll()
-        let drives = (try? DriveEnumerator().drives()) ?? []
+        let drives = (try? DriveEnumerator(probeTimeout: configuration.probeTimeout).drives()) ?? []
         return allPools().map { pool in
             let capacity = (try? pool.capacity()) ?? (total: 0, free: 0)
             let mine = records.filter { $0.pool == pool.name }
@@ -260,7 +260,7 @@ extension StorageProvider {
         if let name {
             let chosen = try pool(named: name)
             if !drives.isEmpty {
-                let known = try DriveEnumerator().drives()
+                let known = try DriveEnumerator(probeTimeout: configuration.probeTimeout).drives()
                 let ids = try resolve(drives, in: known)
                 guard let drive = driveID(of: chosen, in: known), ids.contains(drive) else {
                     throw SiloError.invalidArgument(field: "drive", value: drives.joined(separator: ","),
@@ -270,7 +270,7 @@ extension StorageProvider {
             return chosen
         }
         guard !drives.isEmpty else { return pool }
-        let known = try DriveEnumerator().drives()
+        let known = try DriveEnumerator(probeTimeout: configuration.probeTimeout).drives()
         let ids = try resolve(drives, in: known)
         let pools = allPools()
         for id in ids {

@@ -558,7 +558,7 @@ extension StorageProvider {
     /// The host's drives [IVdsProvider's drives], with the pool and the LUN extents on each.
     public func drives() throws(SiloError) -> [Drive] {
         let records = (try? registry.loadAll()) ?? []
-        var drives = try DriveEnumerator().drives(luns: records)
+        var drives = try DriveEnumerator(probeTimeout: configuration.probeTimeout).drives(luns: records)
         for pool in allPools().reversed() {
             guard let id = driveID(of: pool, in: drives), let index = drives.firstIndex(where: { $0.id == id }) else { continue }
             drives[index].pool = pool.directory  // the first pool on the drive
