@@ -449,7 +449,7 @@ struct DriveTests {
         #expect(probe.partitions.map(\.start) == [1 << 20] && probe.partitions.map(\.size) == [8 << 20], "\(probe.partitions)")
     }
 
-    @Test("S9 a superblock whose block count overflows reads as an unknown size, not a crash")
+    @Test("S9 a superblock whose block count overflows, or whose size is none or past belief, reads as an unknown size, not a crash nor a size of 0")
     func superblockOverflow() throws {
         let scratch = Scratch()
         defer { scratch.cleanup() }
@@ -467,6 +467,13 @@ struct DriveTests {
         try writeBytes(file, offset: 1024 + 4, [0xe8, 0x03, 0, 0])
         try writeBytes(file, offset: 1024 + 0x150, [0, 0, 0, 0])
         #expect(SuperblockSize.read(fd: fd, type: "ext4") == 1000 * 4096)
+        // A block size past 64 KiB, and a count of none: damage, so unknown, never a size of 0
+        // (which the shrink guard would take as a file system ending at the start).
+        try writeBytes(file, offset: 1024 + 24, [64, 0, 0, 0])
+        #expect(SuperblockSize.read(fd: fd, type: "ext4") == nil)
+        try writeBytes(file, offset: 1024 + 24, [2, 0, 0, 0])
+        try writeBytes(file, offset: 1024 + 4, [0, 0, 0, 0])
+        #expect(SuperblockSize.read(fd: fd, type: "ext4") == nil)
     }
 
     @Test("S1 mount points whose paths hold a space, a tab and a backslash are reported as they are")

@@ -159,23 +159,32 @@ enum SuperblockSize {
             // s_feature_incompat @96 (64BIT = 0x80), s_blocks_count_hi @0x150.
             guard let sb = bytes(fd, offset: 1024, count: 0x154) else { return nil }
             let low = UInt64(le32(sb, 4))
+            // Block sizes are 1 KiB to 64 KiB: a larger shift is damage (and shifts to 0 here,
+            // which read as a file system of no size, one a shrink could cut under).
+            guard le32(sb, 24) <= 6 else { return nil }
             let blockSize = UInt64(1024) << UInt64(le32(sb, 24))
             let high = le32(sb, 96) & 0x80 != 0 ? UInt64(le32(sb, 0x150)) : 0
             // A damaged superblock's count must not trap the listing: an overflow reads as unknown.
             let (bytes, overflow) = ((high << 32) | low).multipliedReportingOverflow(by: blockSize)
-            return overflow ? nil : bytes
+            return overflow ? nil : plausible(bytes, past: 2048)
         case "xfs":
             // xfs_sb at 0, big-endian: sb_blocksize @4 (32), sb_dblocks @8 (64).
             guard let sb = bytes(fd, offset: 0, count: 16) else { return nil }
             let (bytes, overflow) = be64(sb, 8).multipliedReportingOverflow(by: UInt64(be32(sb, 4)))
-            return overflow ? nil : bytes
+            return overflow ? nil : plausible(bytes, past: 512)
         case "btrfs":
             // btrfs_super_block at 64 KiB: total_bytes @0x70 (64, little-endian).
             guard let sb = bytes(fd, offset: 0x10000 + 0x70, count: 8) else { return nil }
-            return le64(sb, 0)
+            return plausible(le64(sb, 0), past: 0x11000)
         default:
             return nil
         }
+    }
+
+    /// A size that ends before the superblock it was read from is damage: unknown (nil), which
+    /// the shrink guard takes as the whole device, never as a file system that ends early.
+    private static func plausible(_ size: UInt64, past superblockEnd: UInt64) -> UInt64? {
+        size >= superblockEnd ? size : nil
     }
 
     private static func bytes(_ fd: Int32, offset: off_t, count: Int) -> [UInt8]? {

@@ -61,6 +61,16 @@ public struct LunFileSystem: Sendable, Hashable {
                 throw SiloError.invalidArgument(field: "label", value: label,
                                                 reason: "a label on \(kind.rawValue) has 1 to \(kind.labelLimit) bytes and no control characters")
             }
+            // C1 controls, which the check above lets through as Unicode.
+            guard !label.unicodeScalars.contains(where: { (0x80...0x9f).contains($0.value) }) else {
+                throw SiloError.invalidArgument(field: "label", value: label, reason: "a label has no control characters")
+            }
+            // mkfs.fat refuses these (a DOS name's), and a character outside ASCII in the C locale
+            // it runs in: found here, not after the LUN is made and zeroed.
+            if kind == .vfat, let bad = label.unicodeScalars.first(where: { !$0.isASCII || "*?.,;:/\\|+=<>[]\"".unicodeScalars.contains($0) }) {
+                throw SiloError.invalidArgument(field: "label", value: label,
+                                                reason: "a vfat label takes ASCII letters, digits, spaces and DOS name characters, not '\(Character(bad))'")
+            }
         }
         guard !readOnly else {
             throw SiloError.invalidArgument(field: "file system", value: kind.rawValue,
