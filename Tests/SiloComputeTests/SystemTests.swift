@@ -364,6 +364,20 @@ struct SystemTests {
         #expect((#expect(throws: SiloError.self) { _ = try system.resume() })?.code == .invalidState)
     }
 
+    @Test("C4 C13 a system left frozen while its record says Running (a pause killed between its freeze and its record) is thawed by reenumerate, and answers again")
+    func reenumerateThawsFrozenRunning() throws {
+        let box = try RunningSystem("fr")
+        defer { box.finish() }
+        try box.system.cgroup.freeze()  // what the killed pause did before it could save Paused
+        #expect(try box.system.properties().state == .running)
+        #expect(box.compute.service.reenumerate() == [box.system.id])
+        #expect(!box.system.cgroup.freezeRequested && !box.system.cgroup.isFrozen)
+        let check = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+        #expect(try check.wait(timeout: .seconds(10)).exitCode == 0)
+        check.close()
+        #expect(box.compute.service.reenumerate().isEmpty, "a second pass finds nothing")
+    }
+
     @Test("C3 a run of a running system's id, beside the lock a killed run of that id left, is refused and the system runs on")
     func runBesideDeadRunLock() throws {
         let box = try RunningSystem("rl")

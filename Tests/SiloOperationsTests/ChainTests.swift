@@ -33,6 +33,31 @@ struct ChainTests {
         #expect(operation.status.percentComplete == 100)
     }
 
+    @Test("O4 O14 a report from a step that is done (a thread it left behind) changes nothing: the stage and units stay the running step's")
+    func lateReportIgnored() throws {
+        let earlier = Locked<StepContext?>(nil)
+        let inStep = Signal()
+        let proceed = Signal()
+        let chain = OperationChain<String>([
+            OperationStep("allocate", weight: 1, run: { step in earlier.with { $0 = step } }),
+            OperationStep("zero", weight: 1, run: { step in
+                step.reportProgress(completed: 8, of: 10)
+                inStep.fire()
+                _ = proceed.wait()
+            }),
+        ], output: { "made" })
+        let operation = try scheduler.run(.createLun, chain: chain)
+        #expect(inStep.wait())
+        earlier.value?.reportProgress(completed: 1, of: 100)
+        guard case .running(let progress) = operation.status else {
+            Issue.record("expected running")
+            return
+        }
+        #expect(progress.stage == "zero" && progress.completedUnits == 8 && progress.totalUnits == 10, "\(progress)")
+        proceed.fire()
+        #expect(try operation.wait() == "made")
+    }
+
     @Test("O14 a chain stops at the first failure and rolls back completed steps in reverse")
     func stopsAndRollsBack() throws {
         let log = Recorder<String>()

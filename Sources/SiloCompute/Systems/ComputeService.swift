@@ -146,7 +146,8 @@ public final class ComputeService: Sendable {
     }
 
     /// Reconciles this runtime folder with the kernel: a system whose init died is recorded as
-    /// Stopped (UnexpectedExit, or Forced after its last handle's holder died), and what a `run`
+    /// Stopped (UnexpectedExit, or Forced after its last handle's holder died), one left frozen
+    /// while its record says Running (a pause killed midway) is thawed, and what a `run`
     /// killed mid-way left (its reservation file, its cgroup and anything still in it) is removed. Runs
     /// still going, and systems of other runtime folders, are left alone.
     /// - Returns: the ids it repaired.
@@ -167,6 +168,17 @@ public final class ComputeService: Sendable {
                               guard let current = try? store.load(id), current.state == .created else { return }
                               try? clearDeadStart(of: id, cgroup: configuration.cgroup(of: id, parent: current.cgroupParent))
                           }) {
+                    repaired.append(id)
+                } else if record.state == .running, configuration.cgroup(of: id, parent: record.cgroupParent).freezeRequested,
+                          store.lockedIfFree(id, { () -> Void in
+                              // Read again under the lock: a pause may have saved Paused in between.
+                              guard let current = try? store.load(id), current.state == .running else { return }
+                              try? configuration.cgroup(of: id, parent: current.cgroupParent).thaw()
+                          }) {
+                    // Frozen while its record says Running, and no call under way: a pause, or a
+                    // stop's freeze-kill-thaw, died between its freeze and its record (or its thaw).
+                    // Left so, every request to its agent waited out its timeout, a resume was
+                    // refused (not Paused), and its last handle's end went unseen.
                     repaired.append(id)
                 } else if record.shouldTerminateOnLastHandleClosed, record.state == .created || record.state == .paused,
                           store.isAbandoned(id) {

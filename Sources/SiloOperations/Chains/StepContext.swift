@@ -30,11 +30,17 @@ public final class StepContext: Sendable {
 
     /// Reports how far this step is, 0...1; the operation's percent combines it with the weights.
     public func reportProgress(fraction: Double) {
+        guard !isDone else { return }
         run.stepProgress(index: index, fraction: fraction, completed: nil, total: nil)
     }
 
+    /// A step done reports no more: a late report (from a thread it started) would set the
+    /// operation's stage, units and rate back to this step's while a later one runs.
+    private var isDone: Bool { state.withLock { if case .done = $0 { true } else { false } } }
+
     /// Reports units (bytes) done in this step; percent, rate and time left follow.
     public func reportProgress(completed: UInt64, of total: UInt64) {
+        guard !isDone else { return }
         let fraction = total == 0 ? 0 : Double(completed) / Double(total)
         run.stepProgress(index: index, fraction: fraction, completed: completed, total: total)
     }
