@@ -299,6 +299,10 @@ public final class Cgroup: Sendable {
                         try Self.writeBoth("\(bytes)", to: first, then: second)
                     } else {
                         try writeText(limit, "\(bytes)")
+                        // No swap accounting (a kernel without swapaccount=1): at the limit the
+                        // kernel would swap the system's memory out rather than kill, and the limit
+                        // would hold nothing. No swapping for this cgroup keeps it a limit.
+                        try? writeText(path + "/memory.swappiness", "0")
                     }
                 } catch where error.errno == EBUSY {
                     let usage = readText(path + "/memory.usage_in_bytes").flatMap { UInt64($0) }
