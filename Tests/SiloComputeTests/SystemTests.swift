@@ -883,8 +883,9 @@ struct SystemTests {
         #expect(eventually(seconds: 60) { cgroup.pids.isEmpty }, "the system outlived the death of its last handle's process")
     }
 
-    @Test("C8 a handle opened before its system started hears its exit once another handle starts and terminates it")
-    func handleOpenedBeforeStart() throws {
+    @Test("C8 a handle opened before its system started hears its exit, once, when another handle starts and terminates it: later, at once (between two of its looks), or with no start at all",
+          arguments: ["later", "at once", "unstarted"])
+    func handleOpenedBeforeStart(_ when: String) throws {
         let compute = TestCompute()
         defer { compute.finish() }
         let id = "early-\(getpid())"
@@ -893,11 +894,21 @@ struct SystemTests {
         let early = try compute.service.open(id)
         defer { early.close() }
         let exited = DispatchSemaphore(value: 0)
-        try early.events.setHandler { event in if event.type == .systemExited { exited.signal() } }
-        try system.start().wait(timeout: .seconds(30))
-        usleep(200_000)
+        let heard = Atomic<Int>(0)
+        try early.events.setHandler { event in
+            if event.type == .systemExited {
+                heard.add(1, ordering: .relaxed)
+                exited.signal()
+            }
+        }
+        if when != "unstarted" {
+            try system.start().wait(timeout: .seconds(30))
+            if when == "later" { usleep(200_000) }
+        }
         try system.terminate().wait(timeout: .seconds(30))
         #expect(exited.wait(timeout: .now() + 60) == .success, "the early handle heard nothing")
+        usleep(200_000)
+        #expect(heard.load(ordering: .relaxed) == 1, "once")
     }
 
     @Test("C5 an init this process started and something else ended is reaped at the next call: it stays no zombie, and is never taken for a live init")

@@ -89,11 +89,19 @@ public final class ComputeSystem: Sendable {
         }
         let started = PlatformThread.spawn { [weak self] in
             while let system = self {
-                let state = (try? system.store.load(system.id))?.state
+                let record = try? system.store.load(system.id)
                 let closed = system.agentState.withLock { $0.closed }
-                if closed || state == nil || state == .stopped { break }
-                if state == .running || state == .paused {
-                    _ = try? system.agent()  // starts its reader: events are wanted
+                if closed || record == nil { break }
+                if record?.state == .stopped {
+                    // Started and stopped between two looks (or stopped before its start was
+                    // seen): this handle hears SystemExited all the same, once.
+                    system.reportStoppedUnseen(record)
+                    break
+                }
+                if record?.state == .running || record?.state == .paused {
+                    // Starts its reader: events are wanted. A system that stopped meanwhile has
+                    // no agent to connect to: its end is reported instead.
+                    if (try? system.agent()) == nil { system.reportStoppedUnseen(try? system.store.load(system.id)) }
                     break
                 }
                 usleep(20_000)
@@ -101,6 +109,16 @@ public final class ComputeSystem: Sendable {
             self?.agentState.withLock { $0.waitsForStart = false }
         }
         if !started { agentState.withLock { $0.waitsForStart = false } }
+    }
+
+    /// SystemExited for a stop this handle had no connection to hear (see ``deliverEvents()``):
+    /// its processes' ends first, then the system's, through the same once-only claim.
+    private func reportStoppedUnseen(_ record: SystemRecord?) {
+        guard let record, record.state == .stopped, !events.isClosed else { return }
+        processesEndedWithSystem()
+        guard !exitReported.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        let exitType = record.exitType ?? .unexpected
+        events.post(SiloEvent(type: .systemExited, data: #"{"ExitType":"\#(exitType.rawValue)"}"#))
     }
 
     /// This handle's connection to the agent, if it has one.
