@@ -153,9 +153,12 @@ pid_t silo_spawn_scoped(const char *file, char *const argv[], char *const envp[]
         int error = 0;
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) error = errno;
         else if (getppid() != parent) error = ESRCH;  // the caller died before the line above
-        // Slave, not private: the host's later mounts still show inside; none made inside shows out.
-        else if (private_mounts && (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) != 0)) error = errno;
-        else if (keep >= 0 && fcntl(keep, F_SETFD, 0) != 0) error = errno;
+        // Slave, not private: the host's later mounts still show inside; none made inside shows
+        // out. Where no mount namespace can be made (a container's seccomp) or its mounts cannot
+        // be made slaves (a chroot whose / is no mount), the command's mounts are the host's, as
+        // any command's are: it runs all the same.
+        else if (private_mounts && unshare(CLONE_NEWNS) == 0) (void)mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL);
+        if (error == 0 && keep >= 0 && fcntl(keep, F_SETFD, 0) != 0) error = errno;
         if (error == 0) {
             signal(SIGPIPE, SIG_DFL);
             sigset_t none;

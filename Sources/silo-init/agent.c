@@ -295,7 +295,7 @@ static __attribute__((noreturn)) void become(const struct silo_agent_spawn_reque
     }
     if (clear_capabilities() != 0) child_fail(error_pipe, SILO_STEP_CAPABILITIES);
     // execvp's lookup, with the PATH of the process's own environment and without writing
-    // `environ`: the child shares the agent's memory until it execs.
+    // `environ` (the agent's copy's: nothing of it is the process's).
     errno = (int)-silo_exec_search(silo_exec_libc, argv[0], (char *const *)argv, (char *const *)envp);
     child_fail(error_pipe, SILO_STEP_EXEC);
 }
@@ -393,6 +393,9 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
     close(error_pipe[0]);
     if (got == -2) return reply_error(slot, id, ETIMEDOUT, SILO_STEP_EXEC);
     if (got == (ssize_t)sizeof failure) {
+        // Killed, not waited for: it exits anyway, and a payload may have stopped it between its
+        // report and its exit (a stopped process is never reaped by a plain waitpid).
+        kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
         return reply_error(slot, id, failure.error, failure.step);
     }

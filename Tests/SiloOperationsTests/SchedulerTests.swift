@@ -65,6 +65,8 @@ struct SchedulerTests {
                 drivers.with { $0.append(driver) }
             })
         }
+        // The first three admitted before any completes (slow thread starts under emulation).
+        #expect(eventually { open.load(ordering: .sequentiallyConsistent) == 3 })
         let completed = Atomic<Int>(0)
         DispatchQueue.concurrentPerform(iterations: 4) { _ in
             let deadline = ContinuousClock.now + .seconds(60)

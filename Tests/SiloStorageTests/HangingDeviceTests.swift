@@ -66,9 +66,12 @@ final class HangingFileSystem: @unchecked Sendable {
         let opcode = u32(4), unique = u64(8), node = u64(16)
         switch opcode {
         case 2, 42, 36: return  // FORGET, BATCH_FORGET, INTERRUPT: no reply
-        case 26:  // INIT: 7.x, as the kernel asks; nothing more than the basics
+        case 26:  // INIT: 7.x, as the kernel asks; reads asynchronous (FUSE_ASYNC_READ): a reader
+            // then waits on the page killably, so that this process, killed while a probe waits
+            // on this server, can still exit (a synchronous read's wait is not killable once this
+            // server took the request, and the server is this process)
             var body = Bytes()
-            body.u32(7); body.u32(min(u32(44), 38)); body.u32(0); body.u32(0)
+            body.u32(7); body.u32(min(u32(44), 38)); body.u32(0); body.u32(1)
             body.u16(16); body.u16(12); body.u32(4096); body.u32(1); body.u16(0); body.u16(0); body.u32(0)
             body.zeros(64 - body.count)
             reply(unique, error: 0, body.bytes)
@@ -84,9 +87,10 @@ final class HangingFileSystem: @unchecked Sendable {
             body.u64(60); body.u32(0); body.u32(0)
             body.append(attributes(of: node))
             reply(unique, error: 0, body.bytes)
-        case 14, 27:  // OPEN, OPENDIR
+        case 14, 27:  // OPEN, OPENDIR: with FOPEN_NOFLUSH, whose close asks this server nothing
+            // (a close at this process's exit would wait for this server's answer for good)
             var body = Bytes()
-            body.u64(1); body.u32(0); body.u32(0)
+            body.u64(1); body.u32(1 << 5); body.u32(0)
             reply(unique, error: 0, body.bytes)
         case 15:  // READ: never answered
             if reads.add(1, ordering: .relaxed).oldValue == 0 { readAsked.signal() }
@@ -174,5 +178,8 @@ struct HangingDeviceTests {
         #expect(found != nil, "the device is listed: \(drives.withLock { $0 }?.map(\.devicePath) ?? [])")
         #expect(found?.size == 16 << 20 && found?.filesystemType == nil, "without what its probe would find")
         #expect(elapsed >= .seconds(2), "the probe had its time: \(elapsed)")
+        // A second listing meanwhile starts no second probe of the device still being read.
+        let again = try provider.drives()
+        #expect(again.contains { $0.devicePath == device && $0.filesystemType == nil })
     }
 }

@@ -133,6 +133,12 @@ struct PoolTests {
                 "\(String(describing: refused))")
         #expect(directoryEntries(mountPoint + "/pool").isEmpty, "nothing made under the mount point")
         #expect(try storage.provider.luns().map(\.name) == ["source"])
+        // Nor does reenumerate mark the folder as the pool (after which creates would land there).
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.drift.contains { $0.contains("pool 'big'") && $0.contains("mounted") }, "\(report.drift)")
+        #expect(directoryEntries(mountPoint + "/pool").isEmpty, "no marker written under the mount point")
+        #expect((#expect(throws: SiloError.self) { _ = try storage.provider.createLun(LunSpec(name: "lost", size: 1 << 20, pool: "big")) })?.code
+                == .invalidOperation)
     }
 
     @Test("S5 a pool removed while a create that chose it waits for the registry lock: the create is refused, and no LUN sits in an unlisted folder")

@@ -37,7 +37,7 @@ pid_t silo_spawn_tied(const char *path, char *const argv[], char *const envp[], 
 int silo_spawnattr_reset_signals(posix_spawnattr_t *attributes, int defaults);
 /// Runs `file` (looked up in PATH, as execvp does) as a child tied to this process: SIGKILLed
 /// when this process dies; in a mount namespace of its own, whose mounts never reach the host's
-/// and go with its last process, when `private_mounts`; with descriptor `keep` (or -1) open
+/// and go with its last process, when `private_mounts` (where one can be made); with descriptor `keep` (or -1) open
 /// across the exec; with no signal blocked and SIGPIPE at its default. Same process group (a
 /// terminal's job control still reaches it). Returns its pid, or -1 with errno set (the exec's).
 pid_t silo_spawn_scoped(const char *file, char *const argv[], char *const envp[], int keep, int private_mounts);

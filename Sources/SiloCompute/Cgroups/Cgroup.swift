@@ -125,6 +125,14 @@ public final class Cgroup: Sendable {
                         continue
                     }
                     if errno == EEXIST {
+                        // A file, not a cgroup: the id is the name of one of the parent's own
+                        // interface files (`tasks`, `cgroup.procs`, `memory.max`), which no
+                        // cgroup can take.
+                        var info = stat()
+                        if lstat(path, &info) == 0, info.st_mode & S_IFMT != S_IFDIR {
+                            throw SiloError.invalidArgument(field: "id", value: String(name.split(separator: "/").last ?? ""),
+                                                            reason: "a file of the cgroup parent is named so (\(path)); choose another id")
+                        }
                         throw SiloError(.systemAlreadyExists, "cgroup \(path) already exists", field: "id", value: name)
                     }
                     throw SiloError.system("mkdir", errno: errno, path: path)

@@ -253,18 +253,5 @@ public enum SandboxRun {
             throw SiloError.invalidArgument(field: "id", value: id,
                                             reason: "a system id has 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         }
-        // The system's cgroup is named by its id, beside the interface files of its parent: an id
-        // that is one of those names (`tasks`, `memory.max`, `cgroup.procs`) could never be made.
-        let prefix = id.split(separator: ".", maxSplits: 1).first.map(String.init) ?? id
-        if ["tasks", "notify_on_release", "release_agent"].contains(id)
-            || (id.contains(".") && Self.cgroupFilePrefixes.contains(prefix)) {
-            throw SiloError.invalidArgument(field: "id", value: id, reason: "a cgroup's own file is named so; choose another id")
-        }
     }
-
-    /// The first parts of the names of cgroup interface files, v1's and v2's (`memory.max`).
-    static let cgroupFilePrefixes: Set<String> = [
-        "cgroup", "memory", "cpu", "cpuacct", "cpuset", "pids", "freezer", "devices", "blkio", "io", "hugetlb",
-        "net_cls", "net_prio", "perf_event", "rdma", "misc", "memsw",
-    ]
 }

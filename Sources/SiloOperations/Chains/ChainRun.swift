@@ -29,14 +29,17 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     /// A chain dropped before it completed (a `.pending` step whose context nobody finishes)
     /// still rolls back its completed steps and runs its cleanup, then fails its operation with
     /// `operationAbandoned` (O14): the driver's own check would fail it with nothing undone.
+    /// On a worker thread: the thread that dropped the chain may hold a lock its rollbacks take.
     deinit {
         guard driver.operation.isPending else { return }
-        abort(SiloError(
+        let error = SiloError(
             .operationAbandoned,
             "operation \(driver.operation.id) (\(driver.operation.type)) was dropped by a step that never finished",
             field: "operation",
             value: "\(driver.operation.id)"
-        ))
+        )
+        let (driver, chain, done) = (self.driver, self.chain, completed.withLock { $0 })
+        scheduler.continueChain { Self.rollBack(driver: driver, chain: chain, done: done, error: error) }
     }
 
     var isCancelled: Bool { driver.isCancelled }
@@ -118,13 +121,17 @@ final class ChainRun<Output: Sendable>: ChainProgress {
     /// what came before a commit under what the commit made, such as a file cut back under a
     /// device already grown, would leave neither state).
     private func abort(_ error: SiloError) {
-        var failure = error
-        if driver.isCancelled, error.code != .operationCancelled {
-            failure = driver.cancellationError.adding(.init(message: error.message, source: "step"))
-        }
         let done = completed.withLock { steps in
             defer { steps = [] }
             return steps
+        }
+        Self.rollBack(driver: driver, chain: chain, done: done, error: error)
+    }
+
+    private static func rollBack(driver: OperationDriver<Output>, chain: OperationChain<Output>, done: [OperationStep], error: SiloError) {
+        var failure = error
+        if driver.isCancelled, error.code != .operationCancelled {
+            failure = driver.cancellationError.adding(.init(message: error.message, source: "step"))
         }
         let committed = done.lastIndex { $0.isPointOfNoReturn }.map { $0 + 1 } ?? 0
         for step in done[committed...].reversed() {

@@ -41,13 +41,20 @@ final class ProbeBatch: Sendable {
         threads.store(started, ordering: .releasing)
     }
 
+    /// Devices whose probe, of any batch in this process, has not returned: a later batch leaves
+    /// them out rather than leave another thread (and descriptor) blocked on each, at every listing.
+    private static let inFlight = Mutex<Set<String>>([])
+
     /// Probes paths until none is left.
     private func work() {
         while true {
             let index = next.add(1, ordering: .relaxed).oldValue
             guard index < paths.count else { break }
-            if let probe = try? BlockProbe.probe(path: paths[index], backing: backings[paths[index]]) {
-                results.withLock { $0[paths[index]] = probe }
+            let path = paths[index]
+            guard Self.inFlight.withLock({ $0.insert(path).inserted }) else { continue }
+            defer { _ = Self.inFlight.withLock { $0.remove(path) } }
+            if let probe = try? BlockProbe.probe(path: path, backing: backings[path]) {
+                results.withLock { $0[path] = probe }
             }
         }
     }

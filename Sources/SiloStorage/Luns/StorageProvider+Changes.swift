@@ -281,11 +281,16 @@ extension StorageProvider {
             if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
             try registry.locked { () throws(SiloError) in
                 try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) in
-                    let leftOut = leaseHolders(name, holding: true).compactMap(Self.system(ofHolder:)).filter { !unmasking.contains(system: $0) }
-                    if let system = leftOut.first {
+                    let holders = leaseHolders(name, holding: true)
+                    if let holder = holders.first(where: { Self.system(ofHolder: $0).map { !unmasking.contains(system: $0) } ?? false }),
+                       let system = Self.system(ofHolder: holder) {
+                        // A raw LUN's lease stays with its system until it stops (a process inside
+                        // may hold the node): a detach does not end it.
+                        let release = holder.hasSuffix(" (raw)") ? "stop that system first (a raw LUN stays leased to it until it stops)"
+                            : "detach it there first ('silo system modify \(system) --detach \(name)')"
                         throw SiloError(.deviceInUse,
                                         "LUN '\(name)' is attached to compute system '\(system)', which the list '\(list)' leaves out; "
-                                            + "detach it there first ('silo system modify \(system) --detach \(name)'), or keep it on the list",
+                                            + release + ", or keep it on the list",
                                         field: "unmasking list", value: list)
                     }
                     guard var record = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }

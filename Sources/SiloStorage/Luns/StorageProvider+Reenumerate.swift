@@ -279,8 +279,17 @@ extension StorageProvider {
                     report.drift.append("pool '\(pool.name)' at \(pool.directory) is a pool of the state directory \(owner); its files are left alone")
                     continue
                 }
-            } else {
+            } else if pool.directory == configuration.poolDirectory
+                        || records.contains(where: { $0.pool == pool.name && fileExists($0.backingFile) }) {
                 try? claimPool(pool.directory)  // made before pools were marked
+            } else {
+                // No marker and none of its LUNs' files: its file system is not mounted (a mount
+                // that failed at boot). Marked here, the folder under the mount point would take
+                // new LUNs on the file system below, which a missing marker refuses; nor is
+                // anything in it swept.
+                report.drift.append("pool '\(pool.name)' at \(pool.directory) has no marker and none of its LUNs' files: "
+                                    + "is its file system mounted? It is left alone")
+                continue
             }
             for entry in directoryEntries(pool.directory) where Self.isBackingFileName(entry) {
                 let path = pool.directory + "/" + entry
