@@ -74,13 +74,7 @@ struct RawLunTests {
         let state = storage.provider.configuration.stateDirectory
         let id = "rawdoc-\(getpid())"
         let device = try #require(try storage.create("disk", size: 16 << 20).devicePath)
-        try storage.provider.setMask("disk", id)
-        let document = storage.path + "/doc.json"
-        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
-            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"disk"}}}}}},"ShouldTerminateOnLastHandleClosed":false}"#))
-        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
-        let started = silo(state, ["system", "start", id])
-        #expect(started.status == 0, "\(started.error)")
+        try startWithRawDisk(storage, id)
         defer { _ = silo(state, ["system", "terminate", id]) }
         // The payload is uid 0, the owner of the host's node: only a read-only bind keeps it from
         // changing the host's node (its mode, times), while writes through it still reach the LUN.
@@ -120,13 +114,7 @@ struct RawLunTests {
         let state = storage.provider.configuration.stateDirectory
         let id = "maskheld-\(getpid())"
         _ = try storage.create("disk", size: 16 << 20)
-        try storage.provider.setMask("disk", id)
-        let document = storage.path + "/doc.json"
-        #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
-            + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"disk"}}}}}},"ShouldTerminateOnLastHandleClosed":false}"#))
-        #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
-        let started = silo(state, ["system", "start", id])
-        #expect(started.status == 0, "\(started.error)")
+        try startWithRawDisk(storage, id)
         defer { _ = silo(state, ["system", "terminate", id]) }
         for list in ["other", "", "other,more"] {
             let refused = silo(state, ["lun", "mask", "disk", list])
@@ -266,4 +254,17 @@ func removeIdleLoopNodes(from first: Int) {
     for number in first..<(first + 4096) where access("/sys/block/loop\(number)", F_OK) == 0 {
         _ = silo_loop_ctl_remove(control, Int32(number))
     }
+}
+
+/// Unmasks LUN "disk" to system `id`, then creates and starts `id` (through the CLI) from a
+/// document that attaches "disk" raw.
+private func startWithRawDisk(_ storage: TestStorage, _ id: String) throws {
+    let state = storage.provider.configuration.stateDirectory
+    try storage.provider.setMask("disk", id)
+    let document = storage.path + "/doc.json"
+    #expect(writeFile(document, #"{"SchemaVersion":{"Major":2,"Minor":1},"VirtualMachine":{"ComputeTopology":{"Memory":{"SizeInMB":64}},"#
+        + #""Devices":{"Scsi":{"0":{"Attachments":{"0":{"Type":"VirtualDisk","Path":"disk"}}}}}},"ShouldTerminateOnLastHandleClosed":false}"#))
+    #expect(silo(state, ["system", "create", "--id", id, "--config", document]).status == 0)
+    let started = silo(state, ["system", "start", id])
+    #expect(started.status == 0, "\(started.error)")
 }
