@@ -99,10 +99,10 @@ public final class ComputeSystem: Sendable {
                     break
                 }
                 if record?.state == .running || record?.state == .paused {
-                    // Starts its reader: events are wanted. A system that stopped meanwhile has
-                    // no agent to connect to: its end is reported instead.
-                    if (try? system.agent()) == nil { system.reportStoppedUnseen(try? system.store.load(system.id)) }
-                    break
+                    // Starts its reader: events are wanted. No agent to reach: the system is
+                    // stopping (its socket goes before its record says Stopped), or stopped; looked
+                    // at again, and its end reported once its record says so.
+                    if (try? system.agent()) != nil { break }
                 }
                 usleep(20_000)
             }
