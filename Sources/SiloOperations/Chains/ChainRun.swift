@@ -19,7 +19,7 @@ final class ChainRun<Output: Sendable>: ChainProgress {
         // Weights saturate: a sum past Int.max would trap on a worker thread.
         var sums = [0]
         for step in chain.steps {
-            let (sum, overflow) = sums[sums.count - 1].addingReportingOverflow(max(step.weight, 0))
+            let (sum, overflow) = sums[sums.count - 1].addingReportingOverflow(step.weight)
             sums.append(overflow ? Int.max : sum)
         }
         self.doneWeight = sums

@@ -65,6 +65,13 @@ private func removeIfUnheld(_ path: String) -> Bool {
 extension StorageProvider {
     var leaseDirectory: String { configuration.stateDirectory + "/leases" }
 
+    /// Runs `body` under the lease lock, the lease folder made first so that there is a lock to
+    /// hold even before the first lease.
+    func underLeaseLock<T>(_ body: () throws(SiloError) -> T) throws(SiloError) -> T {
+        if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
+        return try withLeaseLock(directory: leaseDirectory, body)
+    }
+
     /// Takes a lease on LUN `name` for `holder` (such as "compute system 'web'"), once `check` has
     /// seen the live holders and thrown nothing: both under the lease lock, so two leases
     /// taken at once cannot each pass a check the other would fail.
@@ -85,8 +92,7 @@ extension StorageProvider {
         guard !holder.isEmpty, !holder.contains("/"), holder.utf8.count <= 128 else {
             throw SiloError.invalidArgument(field: "holder", value: holder, reason: "1 to 128 characters, without '/'")
         }
-        if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
-        return try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) -> LunLease in
+        return try underLeaseLock { () throws(SiloError) -> LunLease in
             let record = try record(named: name)
             if let id, record.id != id { throw SiloError.notFound("LUN", field: "name", value: name) }
             if let deleting = registry.mark(.deleting, name), ProcessIdentity.isAlive(deleting) {
@@ -130,11 +136,6 @@ extension StorageProvider {
         withLeaseLock(directory: leaseDirectory) { liveHolders(name) }
     }
 
-    /// ``leaseHolders(_:)`` for a caller that holds the lease lock.
-    func leaseHolders(_ name: String, holding: Bool) -> [String] {
-        holding ? liveHolders(name) : leaseHolders(name)
-    }
-
     /// The compute system a lease holder names ("compute system 'web'", with " (raw)" for a raw
     /// device), or nil for another holder (a clone).
     static func system(ofHolder holder: String) -> String? {
@@ -147,7 +148,7 @@ extension StorageProvider {
 
     /// What `leaseHolders` finds; the caller holds the lease lock. A lease folder that cannot be
     /// listed is one holder that cannot be named, so every check that asks refuses.
-    private func liveHolders(_ name: String) -> [String] {
+    func liveHolders(_ name: String) -> [String] {
         let entries: [String]
         do throws(SiloError) {
             entries = try listedEntries(leaseDirectory)
@@ -195,9 +196,7 @@ extension StorageProvider {
     /// it and then finds the LUN without its device, or gone.
     /// - Throws: `deviceInUse` naming the holder; what `body` throws.
     func unleased<T>(_ name: String, device: LoopDevice?, _ body: () throws(SiloError) -> T) throws(SiloError) -> T {
-        // The folder, so that there is a lock to hold even before the first lease.
-        if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
-        return try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) -> T in
+        return try underLeaseLock { () throws(SiloError) -> T in
             let holders = liveHolders(name)
             if !holders.isEmpty, let use = use(of: name, device: device, holders: holders) {
                 throw SiloError(.deviceInUse, "LUN '\(name)' is in use as \(device?.path ?? "a file") (\(use)); release it first",

@@ -278,10 +278,9 @@ extension StorageProvider {
             // Checked and written under the lease lock (after the registry's, the order a delete
             // takes them in): an attach leases first and reads the list again under its lease, so
             // it either is seen here or sees the new list.
-            if mkdir(leaseDirectory, 0o700) != 0, errno != EEXIST { throw SiloError.system("mkdir", errno: errno, path: leaseDirectory) }
             try registry.locked { () throws(SiloError) in
-                try withLeaseLock(directory: leaseDirectory) { () throws(SiloError) in
-                    let holders = leaseHolders(name, holding: true)
+                try underLeaseLock { () throws(SiloError) in
+                    let holders = liveHolders(name)
                     if let holder = holders.first(where: { Self.system(ofHolder: $0).map { !unmasking.contains(system: $0) } ?? false }),
                        let system = Self.system(ofHolder: holder) {
                         // A raw LUN's lease stays with its system until it stops (a process inside
