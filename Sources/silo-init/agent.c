@@ -706,7 +706,10 @@ int silo_agent_main(int terminate_flag) {
         if (ready <= 0) continue;  // a deadline came (checked at the top), or EINTR
         if (polls[0].revents & POLLIN) {
             struct signalfd_siginfo info;
-            while (read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info) {
+            // At most 64 at a time: every signal is blocked, so signals sent to pid 1 from inside
+            // queue instead of being dropped, and a payload sending them as fast as they are read
+            // would keep an unbounded loop here, and pid 1 from serving, for good.
+            for (int drained = 0; drained < 64 && read(polls[0].fd, &info, sizeof info) == (ssize_t)sizeof info; drained++) {
                 if (info.ssi_signo == SIGCHLD) {
                     reap();
                 } else if ((info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT) && info.ssi_pid == 0 && info.ssi_code == SI_USER) {
@@ -717,6 +720,9 @@ int silo_agent_main(int terminate_flag) {
                     // when none is left, and the host kills what stays past its grace period.
                     shutting_down = 1;
                     kill(-1, SIGTERM);
+                    // A stopped process keeps the SIGTERM pending until it runs again: continued,
+                    // so that it can end and the shutdown stays graceful (as shells and systemd do).
+                    kill(-1, SIGCONT);
                 }
             }
             siginfo_t child;

@@ -197,7 +197,7 @@ struct ProcessTests {
         }
     }
 
-    @Test("C7 C11 EmulateConsole: a terminal of ConsoleSize that controls the process, resizing it; TIOCSTI refused on it")
+    @Test("C7 EmulateConsole: a terminal of ConsoleSize that controls the process, resizing it; a piped process has no console to resize")
     func console() throws {
         let box = try RunningSystem("tty")
         defer { box.finish() }
@@ -215,18 +215,21 @@ struct ProcessTests {
         let second = readUntil(console) { $0.contains("40 120") }
         #expect(second.contains("40 120"), "\(second)")
         #expect(try process.wait(timeout: .seconds(10)).exitCode == 0)
-        // On a real terminal that the process controls, TIOCSTI (faking input) is refused by the filter.
-        if access("/usr/bin/perl", X_OK) == 0 {
-            let script = #"my $c = "x"; printf "tiocsti=%d\n", syscall("# + "\(ioctlNumber)" + #", 0, 0x5412, $c) < 0 ? $!+0 : 0; my $w = "\0" x 8; printf "tiocgwinsz=%d\n", syscall("# + "\(ioctlNumber)" + #", 0, 0x5413, $w) < 0 ? $!+0 : 0"#
-            let injector = try box.system.createProcess(ProcessParameters(arguments: ["/usr/bin/perl", "-e", script], emulateConsole: true))
-                .wait(timeout: .seconds(30))
-            defer { injector.close() }
-            let said = readUntil(try #require(injector.standardOutput)) { $0.contains("tiocgwinsz=") }
-            #expect(said.contains("tiocsti=\(EPERM)") && said.contains("tiocgwinsz=0"), "TIOCSTI refused, other ioctls work: \(said)")
-        }
         let piped = try box.run("true")
         defer { piped.close() }
         #expect((#expect(throws: SiloError.self) { try piped.resizeConsole(height: 10, width: 10) })?.code == .invalidOperation)
+    }
+
+    @Test("C7 C11 on a console that controls the process, TIOCSTI (faking input) is refused by the filter; other terminal ioctls work", .requiresPerl)
+    func consoleRefusesTiocsti() throws {
+        let box = try RunningSystem("sti")
+        defer { box.finish() }
+        let script = #"my $c = "x"; printf "tiocsti=%d\n", syscall("# + "\(ioctlNumber)" + #", 0, 0x5412, $c) < 0 ? $!+0 : 0; my $w = "\0" x 8; printf "tiocgwinsz=%d\n", syscall("# + "\(ioctlNumber)" + #", 0, 0x5413, $w) < 0 ? $!+0 : 0"#
+        let injector = try box.system.createProcess(ProcessParameters(arguments: ["/usr/bin/perl", "-e", script], emulateConsole: true))
+            .wait(timeout: .seconds(30))
+        defer { injector.close() }
+        let said = readUntil(try #require(injector.standardOutput)) { $0.contains("tiocgwinsz=") }
+        #expect(said.contains("tiocsti=\(EPERM)") && said.contains("tiocgwinsz=0"), "TIOCSTI refused, other ioctls work: \(said)")
     }
 
     @Test("C8 ProcessExited events carry ProcessStatus; signal and terminate work; an exited process cannot be terminated")
@@ -263,15 +266,67 @@ struct ProcessTests {
         // it stops after the exec is the payload's own business: nothing here waits for that).
         let stopper = try box.run("while :; do kill -STOP -1 2>/dev/null; done", stdout: false)
         defer { stopper.close() }
+        var answers: [String] = []
         for _ in 0..<5 {
             // Started (continued by the agent when found stopped) or refused in time: either way
-            // an answer. A vfork'ing agent waited in the kernel for the stopped child for good.
-            guard let process = try? box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(60))
-            else { break }
-            process.close()
+            // an answer. A vfork'ing agent waited in the kernel for the stopped child for good,
+            // and the wait below ran out.
+            do {
+                let process = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(60))
+                process.close()
+                answers.append("started")
+            } catch {
+                #expect(error.code != .operationTimeout, "a process start got no answer: \(error)")
+                answers.append("refused: \(error)")
+                if error.code == .operationTimeout { break }
+            }
         }
+        #expect(answers.count == 5, "\(answers)")
         let listed = try box.system.processes()
         #expect(listed.contains { $0.processId == stopper.pid }, "the agent still answers: \(listed)")
+        try box.system.terminate().wait(timeout: .seconds(30))
+    }
+
+    @Test("C5 a shutdown stays graceful with a stopped process inside: the process is continued, so that its SIGTERM ends it", .timeLimit(.minutes(2)))
+    func shutdownContinuesStopped() throws {
+        let box = try RunningSystem("stopsd")
+        defer { box.finish() }
+        let sleeper = try box.run("exec sleep 100", stdout: false)
+        defer { sleeper.close() }
+        // Its pid in the host's /proc, once the shell has exec'd sleep (so that the stop below
+        // stops sleep, not a shell about to become it).
+        var hostPid: pid_t?
+        #expect(eventually(seconds: 30) {
+            hostPid = box.system.cgroup.pids.first { readText("/proc/\($0)/comm") == "sleep" }
+            return hostPid != nil
+        })
+        let stopped = try #require(hostPid)
+        try sleeper.signal(SIGSTOP).wait(timeout: .seconds(10))
+        #expect(eventually(seconds: 10) { (readText("/proc/\(stopped)/stat") ?? "").contains(") T ") }, "the process stopped")
+        let started = ContinuousClock.now
+        try box.system.shutdown().wait(timeout: .seconds(30))
+        let properties = try box.system.properties()
+        #expect(properties.state == .stopped && properties.exitType == .graceful,
+                "\(properties.exitType.map { "\($0)" } ?? "none") after \(ContinuousClock.now - started): the stopped process held the shutdown to its grace period")
+    }
+
+    @Test("C7 a payload flooding init with queued signals does not keep the agent from serving", .requiresPerl, .timeLimit(.minutes(3)))
+    func signalFloodDoesNotStallTheAgent() throws {
+        let box = try RunningSystem("flood")
+        defer { box.finish() }
+        // Real-time signals queue (standard ones do not), and init has every signal blocked.
+        var flooders: [ComputeProcess] = []
+        defer { flooders.forEach { $0.close() } }
+        for _ in 0..<4 {
+            flooders.append(try box.system.createProcess(ProcessParameters(arguments: ["/usr/bin/perl", "-e", "kill 34, 1 while 1"])).wait(timeout: .seconds(30)))
+        }
+        usleep(500_000)
+        for _ in 0..<3 {
+            let process = try box.system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
+            #expect(try process.wait(timeout: .seconds(30)).exitCode == 0)
+            process.close()
+        }
+        #expect(try box.system.processes().count >= 5, "the agent lists its processes")
         try box.system.terminate().wait(timeout: .seconds(30))
     }
 
