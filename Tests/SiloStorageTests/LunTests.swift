@@ -361,7 +361,7 @@ struct LunTests {
         let provider = storage.provider
         _ = try storage.create("torn")
         var record = try #require(try provider.registry.load("torn"))
-        record.owner = ProcessIdentity.current(operation: "createLun")  // the chain's record names its provisioning
+        record.owner = try ProcessIdentity.current(operation: "createLun")  // the chain's record names its provisioning
         // What the chain's rollbacks leave when "register" throws after the rename: the device
         // unbound, the name unlinked, the record ready.
         let device = try #require(LoopDevice.bound(naming: record.id).first)

@@ -25,7 +25,7 @@ struct RegistryTests {
         #expect(directoryEntries(registry.directory).allSatisfy { $0.hasSuffix(".json") && !$0.hasPrefix(".") })
     }
 
-    let mark = ProcessIdentity.current(operation: "test")
+    let mark = try! ProcessIdentity.current(operation: "test")
 
     @Test("S12 the change applies to the record as marked, and clears the mark")
     func replaces() throws {
@@ -124,6 +124,36 @@ struct IdentityTests {
         #expect(ProcessIdentity.startTime(of: pid) == reference(pid))
         #expect(ProcessIdentity.startTime(of: pid) != nil)
         #expect(ProcessIdentity.startTime(of: 0) == nil)
+    }
+
+    @Test("S15 an owner whose /proc entry cannot be read (no descriptor left) counts as alive, and a call that cannot read its own start time is refused, not written as an owner that looks dead")
+    func unreadableProcCountsAlive() throws {
+        var pid: pid_t = 0
+        var argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sleep"), strdup("100"), nil]
+        defer { argv.forEach { free($0) } }
+        try #require(posix_spawn(&pid, "/bin/sleep", nil, nil, &argv, environ) == 0 && pid > 0)
+        defer {
+            kill(pid, SIGKILL)
+            waitpid(pid, nil, 0)
+        }
+        let owner = LunRecord.Owner(pid: pid, startTime: try #require(ProcessIdentity.startTime(of: pid)), operation: "createLun")
+        #expect(ProcessIdentity.isAlive(owner))
+        // No descriptor left for a moment: every open fails with EMFILE.
+        var limit = rlimit()
+        try #require(getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0)
+        var none = limit
+        none.rlim_cur = 3
+        try #require(setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &none) == 0)
+        let alive = ProcessIdentity.isAlive(owner)
+        let lookup = ProcessIdentity.lookUp(pid)
+        let own = Result { () throws(SiloError) in try ProcessIdentity.current(operation: "createLun") }
+        setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        #expect(lookup == .unknown)
+        #expect(alive, "a live owner taken for dead because /proc could not be opened")
+        if case .success(let written) = own { Issue.record("an owner written without its start time: \(written)") }
+        // Gone is told apart: a pid that is not there.
+        #expect(ProcessIdentity.lookUp(0) == .gone)
+        #expect(!ProcessIdentity.isAlive(LunRecord.Owner(pid: pid, startTime: owner.startTime + 1, operation: "createLun")))
     }
 }
 

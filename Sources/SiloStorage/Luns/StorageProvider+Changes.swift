@@ -28,7 +28,7 @@ extension StorageProvider {
     func deleteLun(_ name: String, force: Bool, id: String?, context: (any Sendable)?,
                    callback: OperationCallback<Void>?) throws(SiloError) -> SiloOperation<Void> {
         try Names.validate(name, field: "name", what: "a LUN name")
-        let owner = ProcessIdentity.current(operation: "deleteLun")
+        let owner = try ProcessIdentity.current(operation: "deleteLun")
         let record = try registry.locked(missing: .notFound("LUN", field: "name", value: name), givingUp: true) {
             () throws(SiloError) -> LunRecord in
             let record = try self.record(named: name)

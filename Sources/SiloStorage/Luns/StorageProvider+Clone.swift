@@ -66,7 +66,7 @@ extension StorageProvider {
             blockSize: original.blockSize, provisioning: original.provisioning, readOnly: original.readOnly,
             directIO: original.directIO, unmasking: .nobody, backingFile: file, pool: original.pool,
             state: .creating, online: true, device: nil,
-            owner: ProcessIdentity.current(operation: "cloneLun"), createdAt: nowSeconds()
+            owner: try ProcessIdentity.current(operation: "cloneLun"), createdAt: nowSeconds()
         )
         do throws(SiloError) {
             try checkOwned(pool)

@@ -23,7 +23,7 @@ extension StorageProvider {
             blockSize: spec.logicalBlockSize, provisioning: spec.provisioning, readOnly: spec.readOnly,
             directIO: spec.directIO, unmasking: spec.unmasking, backingFile: file, pool: pool.name,
             state: .creating, online: true, device: nil,
-            owner: ProcessIdentity.current(operation: "createLun"), createdAt: nowSeconds()
+            owner: try ProcessIdentity.current(operation: "createLun"), createdAt: nowSeconds()
         )
         // On a new state directory the lock below makes its folders: a size that cannot fit is
         // refused before, so a refused create leaves no state directory behind (E3).

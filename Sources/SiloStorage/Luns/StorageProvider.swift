@@ -180,7 +180,7 @@ public final class StorageProvider: Sendable {
             guard let found = try registry.load(name) else { throw SiloError.notFound("LUN", field: "name", value: name) }
             try checkChangeable(found)
             let record = try settlingDeadChange(found)
-            var owner = ProcessIdentity.current(operation: operation)
+            var owner = try ProcessIdentity.current(operation: operation)
             let mark = UInt64.random(in: 1...UInt64.max)
             owner.change = mark
             try registry.placeMark(.changing, name, owner: owner)

@@ -1,4 +1,5 @@
 import Glibc
+import SiloOperations
 
 /// A process identity that survives pid reuse: the pid and its start time.
 enum ProcessIdentity {
@@ -6,8 +7,16 @@ enum ProcessIdentity {
     /// getpid() unless /proc is another pid namespace's, as under `unshare --pid` without a /proc
     /// of its own), its start time, and that /proc's pid namespace. Anyone reading the same /proc
     /// looks it up the same way.
-    static func current(operation: String) -> LunRecord.Owner {
-        LunRecord.Owner(pid: procPID, startTime: startTime(of: procPID) ?? 0, operation: operation, pidNamespace: pidNamespace)
+    ///
+    /// Throws when this process cannot read its own start time (no descriptor left, a /proc it may
+    /// not read): an owner written without it would look dead to everyone, who would roll back the
+    /// call it marks while it runs.
+    static func current(operation: String) throws(SiloError) -> LunRecord.Owner {
+        guard case .running(let start) = lookUp(procPID) else {
+            throw SiloError(.systemNotConfiguredForOperation,
+                            "cannot read this process's start time from /proc/\(procPID)/stat (\(String(cString: strerror(errno)))), which marks the \(operation) as its own")
+        }
+        return LunRecord.Owner(pid: procPID, startTime: start, operation: operation, pidNamespace: pidNamespace)
     }
 
     /// Whether the owner still runs. One of another pid namespace (a container sharing the state
@@ -19,8 +28,13 @@ enum ProcessIdentity {
         // Pid 0: a mark its own change gave up (`LunRegistry.abandonMark`), in any namespace.
         if owner.pid <= 0 { return false }
         if isForeign(owner) { return pidNamespace != initialPidNamespace || namespaceExists(owner.pidNamespace ?? 0) }
-        guard let start = startTime(of: owner.pid) else { return false }
-        return start == owner.startTime
+        switch lookUp(owner.pid) {
+        case .running(let start): return start == owner.startTime
+        case .gone: return false
+        // A read that failed for another reason (no descriptor left, a /proc this process may not
+        // read) tells nothing: counted alive, so nothing the owner may be doing is undone.
+        case .unknown: return true
+        }
     }
 
     /// Whether the owner's pid belongs to another pid namespace than this process's /proc.
@@ -58,13 +72,37 @@ enum ProcessIdentity {
         }
     }
 
-    /// Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces);
-    /// nil for a process that has exited (a zombie) as for one that is gone.
-    /// Read byte by byte: splitting the line into strings cost each create 0.2M instructions.
-    static func startTime(of pid: Int32) -> UInt64? {
-        guard let stat = readSmallFile("/proc/\(pid)/stat") else { return nil }
-        let bytes = Array(stat.utf8)
-        guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return nil }
+    /// What /proc says of a pid: running since a start time, gone, or nothing it could read.
+    enum Lookup: Equatable {
+        case running(UInt64)
+        case gone
+        case unknown
+    }
+
+    /// Field 22 of /proc/<pid>/stat (after the parenthesised command name, which may hold spaces),
+    /// the process's start time; gone for a process that has exited (a zombie) as for one that is
+    /// not there (ENOENT, ESRCH); unknown when the file cannot be opened or read for any other
+    /// reason, or does not read as a stat line.
+    static func lookUp(_ pid: Int32) -> Lookup {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return errno == ENOENT || errno == ESRCH ? .gone : .unknown }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        var count = 0
+        while count < buffer.count {
+            let got = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + count, $0.count - count) }
+            if got < 0, errno == EINTR { continue }
+            if got < 0 { return errno == ESRCH ? .gone : .unknown }
+            if got == 0 { break }
+            count += got
+        }
+        return parse(buffer[0..<count])
+    }
+
+    /// A stat line's start time; gone for a process that has exited; unknown for what is no stat
+    /// line. Read byte by byte: splitting the line into strings cost each create 0.2M instructions.
+    static func parse(_ bytes: ArraySlice<UInt8>) -> Lookup {
+        guard let close = bytes.lastIndex(of: UInt8(ascii: ")")) else { return .unknown }
         // ") S ..." : the space after the parenthesis starts field 3.
         var field = 2
         var value: UInt64?
@@ -73,14 +111,20 @@ enum ProcessIdentity {
                 if field == 22 { break }
                 field += 1
             } else if field == 3, byte == UInt8(ascii: "Z") || byte == UInt8(ascii: "X") {
-                return nil  // exited, not yet reaped: as good as gone (a killed owner's parent may be slow to reap it)
+                return .gone  // exited, not yet reaped: as good as gone (a killed owner's parent may be slow to reap it)
             } else if field == 22 {
-                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
+                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return .unknown }
                 let (shifted, overflow) = (value ?? 0).multipliedReportingOverflow(by: 10)
-                guard !overflow else { return nil }
+                guard !overflow else { return .unknown }
                 value = shifted + UInt64(byte - UInt8(ascii: "0"))
             }
         }
-        return field == 22 ? value : nil
+        return field == 22 ? value.map(Lookup.running) ?? .unknown : .unknown
+    }
+
+    /// The start time of a running process, nil for any other answer.
+    static func startTime(of pid: Int32) -> UInt64? {
+        if case .running(let start) = lookUp(pid) { return start }
+        return nil
     }
 }
