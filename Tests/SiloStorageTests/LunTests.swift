@@ -871,6 +871,35 @@ struct LunTests {
         #expect(offline.status == .offline && offline.devicePath == nil, "\(offline)")
     }
 
+    @Test("S13 S15 an `offline` killed after its detach, before its record said so, is finished by reenumerate: the LUN stays offline, not attached again; `online` puts a missing stable name back")
+    func deadOfflineFinished() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let lun = try storage.create("away", size: 8 << 20)
+        let record = try #require(try storage.provider.registry.load("away"))
+        let device = try #require(storage.provider.attachedDevice(record, everywhere: true))
+        // As an offline killed between its detach and its record write.
+        try storage.placeDeadMark("away", operation: "offline")
+        #expect(try device.detach(expecting: record.tag))
+        let report = try storage.provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.attached.isEmpty, "attached again: \(report)")
+        #expect(report.repaired.contains { $0.hasPrefix("away: offline of dead pid") }, "\(report.repaired)")
+        let after = try storage.provider.lun(named: "away")
+        #expect(after.status == .offline && after.devicePath == nil, "\(after)")
+        #expect(try #require(try storage.provider.registry.load("away")).online == false)
+        #expect(loopDevices(backedUnder: storage.path).isEmpty, "no device over its file")
+        #expect(!fileExists(try #require(lun.link)), "no stable name")
+        // And online again on request.
+        let back = try storage.provider.setOnline("away", true).wait(timeout: .seconds(30))
+        #expect(back.status == .online && back.devicePath != nil)
+        // An online of an online LUN whose stable name is gone (an offline killed between its
+        // unlink and its detach, or a hand) puts the name back.
+        let link = try #require(back.link)
+        #expect(unlink(link) == 0)
+        let again = try storage.provider.setOnline("away", true).wait(timeout: .seconds(30))
+        #expect(again.devicePath == back.devicePath && resolveLink(link) == back.devicePath, "the stable name is back")
+    }
+
     @Test("E3 an extend or shrink by nothing, or an extend given both by and to, changes nothing: not even a dead change is settled first")
     func badAmountsSettleNothing() throws {
         let storage = TestStorage()

@@ -150,8 +150,13 @@ extension StorageProvider {
                 try BackingFile.resize(record.backingFile, to: newSize)
                 do throws(SiloError) {
                     switch record.provisioning {
-                    case .thin: break
-                    case .thick: try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
+                    // Durable before the record says the new size, which is fsync'd: else a power
+                    // loss could leave a record of 15G over a file of 10G, a thick LUN without the
+                    // space it reserved (zeroing syncs its data and the file's size with it).
+                    case .thin: try BackingFile.sync(record.backingFile)
+                    case .thick:
+                        try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
+                        try BackingFile.sync(record.backingFile)
                     case .zeroed:
                         try BackingFile.allocate(record.backingFile, from: record.size, to: newSize)
                         try BackingFile.zero(record.backingFile, from: record.size, to: newSize,
@@ -260,6 +265,8 @@ extension StorageProvider {
                 }
             }),
             OperationStep("register", weight: 1, run: { [self] _ in
+                // The cut durable before the record that says it (see extend).
+                try BackingFile.sync(record.backingFile)
                 try endChange(name, mark: mark) { $0.size = newSize }
             }),
         ], output: { [self] in try lun(named: name) }, cleanup: { [self] in try endChange(name, mark: mark, sizedByFile: record) })
@@ -330,8 +337,12 @@ extension StorageProvider {
         }
         return try startChange(name, mark: mark, .recoverLun, context: context, callback: callback, cancellable: false) { [self] _ in
             if online {
-                // A device found where the record did not say gets its stable name put right.
-                if let device, device.number != record.device { try link(name, to: device) }
+                // A device found gets its stable name put right where it does not name it (the
+                // record named another number, or the name was removed: an offline killed
+                // between its unlink and its detach, or a hand).
+                if let device, device.number != record.device || resolveLink(configuration.linkDirectory + "/" + name) != device.path {
+                    try link(name, to: device)
+                }
                 let attached = device == nil ? try attach(record) : nil
                 do throws(SiloError) {
                     try endChange(name, mark: mark) {

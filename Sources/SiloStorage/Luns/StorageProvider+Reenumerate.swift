@@ -170,6 +170,12 @@ extension StorageProvider {
                 let whose = owner.pid > 0 ? "of dead pid \(owner.pid)" : "that could not record its end"
                 report.repaired.append("\(record.name): \(owner.operation) \(whose) settled")
             }
+            // Online by its record, with no device, and an `offline` that died: it died after its
+            // detach (before it, the device would be here), so the offline is finished, not undone
+            // by an attach below under someone working on the file as the offline allowed.
+            if record.online, devices.isEmpty, deadOwner?.operation == "offline" {
+                record.online = false
+            }
             // Offline by its record, with a device: an `online` that died after its attach is
             // finished (the LUN is online); any other device (an attach whose stable name failed)
             // goes, as the record says.
