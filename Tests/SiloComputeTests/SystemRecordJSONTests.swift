@@ -39,7 +39,7 @@ struct SystemRecordJSONTests {
         return [full, bare, noAttachments]
     }
 
-    @Test("C4 a record writes as JSONEncoder wrote it and reads back equal")
+    @Test("Records: a record writes as JSONEncoder wrote it and reads back equal")
     func roundTrip() throws {
         for record in records() {
             #expect(record.json == (try encoded(record)))
@@ -47,7 +47,7 @@ struct SystemRecordJSONTests {
         }
     }
 
-    @Test("C4 a record JSONEncoder wrote reads equal, and JSONDecoder reads what is written")
+    @Test("Records: a record JSONEncoder wrote reads equal, and JSONDecoder reads what is written")
     func bothWays() throws {
         for record in records() {
             #expect(try SystemRecord(json: try encoded(record)) == record)
@@ -55,7 +55,7 @@ struct SystemRecordJSONTests {
         }
     }
 
-    @Test("C4 a record saved and loaded through the store is the same; a damaged one is invalidJSON naming the system")
+    @Test("Records: a record saved and loaded through the store is the same; a damaged one is invalidJSON naming the system")
     func store() throws {
         var template = Array("/tmp/silo-record-XXXXXX".utf8CString)
         let scratch = try #require(template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }

@@ -428,6 +428,8 @@ struct SystemTests {
         #expect(try check.wait(timeout: .seconds(10)).exitCode == 0)
         check.close()
         try system.terminate().wait(timeout: .seconds(30))
+        #expect(try system.properties().state == .stopped)
+        #expect(system.cgroup.pids.isEmpty, "nothing left in its cgroup: \(system.cgroup.pids)")
     }
 
     @Test("C4 a pause or resume whose record cannot be written (the runtime folder full) fails with the system as it was: not left frozen, nor thawed")

@@ -72,7 +72,16 @@ struct OperationTests {
         // The waiter is at its wait (parked there by now) before status is read beside it.
         #expect(waiting.wait())
         usleepMilliseconds(20)
-        for _ in 0..<1000 { #expect(operation.status.isPending) }
+        // Read on a thread of its own, so that a status that waited for the producer fails this
+        // test (the reads never end before the release below) instead of hanging it.
+        let read = Signal()
+        let pending = Locked(0)
+        DispatchQueue.global().async {
+            for _ in 0..<1000 where operation.status.isPending { pending.with { $0 += 1 } }
+            read.fire()
+        }
+        #expect(read.wait(), "status waited for the producer")
+        #expect(pending.value == 1000)
         release.fire()
         #expect(waiterDone.wait())
     }

@@ -178,8 +178,14 @@ struct HangingDeviceTests {
         #expect(found != nil, "the device is listed: \(drives.withLock { $0 }?.map(\.devicePath) ?? [])")
         #expect(found?.size == 16 << 20 && found?.filesystemType == nil, "without what its probe would find")
         #expect(elapsed >= .seconds(2), "the probe had its time: \(elapsed)")
-        // A second listing meanwhile starts no second probe of the device still being read.
+        // The listing ended once the probe timeout passed, not when some later bound gave up.
+        #expect(elapsed < .seconds(12), "the listing waited past the probe timeout: \(elapsed)")
+        // A second listing meanwhile starts no second probe of the device still being read: one
+        // would wait the probe timeout out again.
+        let secondStart = ContinuousClock.now
         let again = try provider.drives()
+        let second = ContinuousClock.now - secondStart
         #expect(again.contains { $0.devicePath == device && $0.filesystemType == nil })
+        #expect(second < .seconds(1), "the second listing waited for a second probe of the device: \(second)")
     }
 }

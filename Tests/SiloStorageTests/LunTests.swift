@@ -100,6 +100,54 @@ struct LunTests {
         }
     }
 
+    @Test("S6 a LUN given the loop device a deleted LUN had reads zeros at both ends, not the old LUN's data (buffered and direct I/O)",
+          arguments: [true, false])
+    func reusedDeviceReadsZeros(directIO: Bool) throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let size: UInt64 = 8 << 20
+        let pattern = [UInt8](repeating: 0xA5, count: 1 << 20)
+        let old = try storage.provider.createLun(LunSpec(name: "old", size: size, directIO: directIO)).wait(timeout: .seconds(60))
+        let device = try #require(old.devicePath)
+        // Written through the device's page cache (a buffered open of the node), then read back,
+        // so the old data sits in the device's cache as well as in its file.
+        try writeBytes(device, offset: 0, pattern)
+        try writeBytes(device, offset: size - (1 << 20), pattern)
+        #expect(try readBytes(device, offset: 0, count: 1 << 20) == pattern)
+        try storage.provider.deleteLun("old").wait(timeout: .seconds(60))
+        // The lowest free node is the one just given back (nothing else attaches here meanwhile).
+        let new = try storage.provider.createLun(LunSpec(name: "new", size: size, directIO: directIO)).wait(timeout: .seconds(60))
+        try #require(new.devicePath == device, "the new LUN got \(new.devicePath ?? "no device"), not \(device): nothing to check")
+        #expect(try readBytes(device, offset: 0, count: 1 << 20).allSatisfy { $0 == 0 }, "the first MiB is the old LUN's")
+        #expect(try readBytes(device, offset: size - (1 << 20), count: 1 << 20).allSatisfy { $0 == 0 }, "the last MiB is the old LUN's")
+    }
+
+    @Test("O2 every storage call's operation has its own id, the type of the call and the caller's context")
+    func operationTypes() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
+        var seen: [(type: OperationType, id: OperationID, context: String?)] = []
+        func record<Output>(_ operation: SiloOperation<Output>) throws -> Output {
+            seen.append((operation.type, operation.id, operation.context as? String))
+            return try operation.wait(timeout: .seconds(60))
+        }
+        _ = try record(provider.createLun(LunSpec(name: "typed", size: 8 << 20), context: "createLun"))
+        _ = try record(provider.extendLun("typed", by: 1 << 20, context: "extendLun"))
+        _ = try record(provider.shrinkLun("typed", by: 1 << 20, context: "shrinkLun"))
+        _ = try record(provider.setOnline("typed", false, context: "recoverLun"))
+        _ = try record(provider.setOnline("typed", true, context: "recoverLun"))
+        _ = try record(provider.cloneLun("typed", as: "typed-copy", context: "cloneLun"))
+        _ = try record(provider.reenumerate(context: "reenumerate"))
+        _ = try record(provider.deleteLun("typed-copy", context: "deleteLun"))
+        _ = try record(provider.deleteLun("typed", context: "deleteLun"))
+        let expected: [OperationType] = [.createLun, .extendLun, .shrinkLun, .recoverLun, .recoverLun, .cloneLun,
+                                         .reenumerate, .deleteLun, .deleteLun]
+        #expect(seen.map(\.type) == expected)
+        #expect(seen.map(\.context) == expected.map(\.rawValue), "each operation keeps the context it was given")
+        #expect(Set(seen.map(\.id)).count == seen.count, "ids are unique: \(seen.map(\.id))")
+    }
+
     @Test("S7 cancelling provisioning part-way leaves no file, device or record")
     func cancelProvisioning() throws {
         let storage = TestStorage()
@@ -670,13 +718,15 @@ struct LunTests {
         #expect((#expect(throws: SiloError.self) { _ = try first.delete() })?.code == .objectDeleted)
     }
 
-    @Test("S10 delete refuses a mounted or exclusively held LUN; afterwards the handle throws objectDeleted")
+    @Test("S10 delete refuses a mounted or exclusively held LUN; afterwards the handle throws objectDeleted and no listing (LUNs, drives' extents) has it")
     func deleteRules() throws {
         let storage = TestStorage()
         defer { storage.finish() }
         let lun = try storage.create("gone", size: 32 << 20)
         let device = try #require(lun.devicePath)
         let handle = try storage.provider.open("gone")
+        func extents() throws -> [DriveExtent] { try storage.provider.drives().flatMap(\.extents).filter { $0.lun == "gone" } }
+        #expect(try extents().map(\.backingFile) == [lun.backingFile], "its pool's drive lists the LUN's file")
         let holder = open(device, O_RDONLY | O_EXCL | O_CLOEXEC)
         try #require(holder >= 0)
         let held = #expect(throws: SiloError.self) { _ = try storage.provider.deleteLun("gone") }
@@ -695,6 +745,7 @@ struct LunTests {
         #expect((#expect(throws: SiloError.self) { _ = try handle.properties() })?.code == .objectDeleted)
         #expect((#expect(throws: SiloError.self) { _ = try storage.provider.lun(named: "gone") })?.code == .objectNotFound)
         #expect(try storage.provider.luns().isEmpty)
+        #expect(try extents().isEmpty, "no drive lists the deleted LUN's file")
         #expect(!fileExists(lun.backingFile))
         #expect(LoopDevice(number: Int(device.dropFirst(9))!).status?.backingFile != lun.backingFile)
         // A new LUN of the same name is another object: the old handle stays deleted.

@@ -31,26 +31,26 @@ struct RecordJSONTests {
         return String(decoding: try encoder.encode(value), as: UTF8.self)
     }
 
-    @Test("S12 a record writes as JSONEncoder wrote it and reads back equal", arguments: [true, false])
+    @Test("S13 a record writes as JSONEncoder wrote it and reads back equal", arguments: [true, false])
     func roundTrip(everyField: Bool) throws {
         let record = everyField ? full : bare
         #expect(record.json == (try encoded(record)))
         #expect(try LunRecord(json: record.json) == record)
     }
 
-    @Test("S12 a record JSONEncoder wrote reads equal", arguments: [true, false])
+    @Test("S13 a record JSONEncoder wrote reads equal", arguments: [true, false])
     func readsOldRecords(everyField: Bool) throws {
         let record = everyField ? full : bare
         #expect(try LunRecord(json: try encoded(record)) == record)
     }
 
-    @Test("S12 JSONDecoder reads a record as written, awkward strings and all")
+    @Test("S13 JSONDecoder reads a record as written, awkward strings and all")
     func decoderReadsRecords() throws {
         #expect(try JSONDecoder().decode(LunRecord.self, from: Data(full.json.utf8)) == full)
         #expect(full.json.contains("\"backingFile\" : \"/var/lib/silo/pool/6f1c2a9e.img\""))
     }
 
-    @Test("S12 unmasking every system, and fields a later Silo may add, read as before")
+    @Test("S13 unmasking every system, and fields a later Silo may add, read as before")
     func everyoneAndUnknownFields() throws {
         var record = bare
         record.unmasking = .everyone
@@ -78,7 +78,7 @@ struct RecordJSONTests {
         ("an array", { _ in "[]" }, "record"),
     ]
 
-    @Test("S12 a damaged record is invalidJSON naming the file and what is wrong", arguments: 0..<damages.count)
+    @Test("S13 a damaged record is invalidJSON naming the file and what is wrong", arguments: 0..<damages.count)
     func damaged(index: Int) throws {
         let (name, damage, names) = Self.damages[index]
         let scratch = Scratch()
@@ -103,7 +103,7 @@ struct RecordJSONTests {
         }
     }
 
-    @Test("S5 the pool list writes as JSONEncoder wrote it and reads back equal", arguments: [0, 1, 3])
+    @Test("S13 the pool list writes as JSONEncoder wrote it and reads back equal", arguments: [0, 1, 3])
     func poolList(count: Int) throws {
         let records = (0..<count).map { PoolRecord(name: "p\($0)", directory: "/mnt/disk \($0)/\"pool\"") }
         #expect(PoolRecord.json(records) == (try encoded(records)))
@@ -111,7 +111,7 @@ struct RecordJSONTests {
         #expect(try PoolRecord.list(json: PoolRecord.json(records)) == records)
     }
 
-    @Test("S5 a damaged pool list is invalidJSON naming the item and field")
+    @Test("S13 a damaged pool list is invalidJSON naming the item and field")
     func damagedPoolList() throws {
         let cases = [("[{\"name\" : \"p\"}]", "[0].directory"),
                      ("[{\"name\" : \"p\", \"directory\" : 1}]", "[0].directory"),
@@ -123,7 +123,7 @@ struct RecordJSONTests {
         }
     }
 
-    @Test("S1 drive list --json writes drives as JSONEncoder writes them: every field, none, empty and awkward lists", arguments: [0, 1, 2])
+    @Test("CLI drive list --json writes drives as JSONEncoder writes them: every field, none, empty and awkward lists", arguments: [0, 1, 2])
     func drives(count: Int) throws {
         let full = Drive(
             id: "wwn-0x5000 \"x\"", name: "sda", devicePath: "/dev/sda", deviceNumber: "8:0", size: UInt64.max,
@@ -152,7 +152,7 @@ struct RecordJSONTests {
         for drive in drives { #expect(drive.json == (try encoded(drive))) }
     }
 
-    @Test("S6 lun create|show|list --json write LUNs as JSONEncoder writes them: every field, none, empty and awkward lists", arguments: [0, 1, 2])
+    @Test("CLI lun create|show|list --json write LUNs as JSONEncoder writes them: every field, none, empty and awkward lists", arguments: [0, 1, 2])
     func luns(count: Int) throws {
         let full = LunProperties(
             id: "6f1c2a9e \"x\"", name: "db1", friendlyName: Self.awkward, type: "simple", size: UInt64.max,
