@@ -332,7 +332,20 @@ static int process_stopped(pid_t pid) {
 
 /// How long a child may take to exec before it is killed: its steps are a handful of system calls
 /// and a PATH search, so only a file system that hangs, or a stopped child, comes near it.
-#define EXEC_DEADLINE_TICKS 200  /* of 100 ms: 20 s, inside the 30 s a client waits for a reply */
+#define EXEC_DEADLINE_MS 20000  /* inside the 30 s a client waits for a reply */
+
+/// How long after it was sent a request that starts, signals or holds is still carried out. The
+/// agent serves one request at a time and a start may take up to its exec deadline, so a request
+/// can wait behind others past the 30 s its client waits for the reply; the client has then given
+/// up (closed the process's pipes, let a pause through), and the request is refused with ETIMEDOUT
+/// instead of carried out behind its back. A start's exec deadline is cut to what is left of it.
+#define REQUEST_DEADLINE_MS 25000
+
+/// How long the request being served waited between its send and its read, in milliseconds (0
+/// when the kernel gave no time: a packet sent before its connection was accepted).
+static long long request_waited_ms;
+
+static void accept_connection(void);
 
 /// Waits for the child's exec (the end of its error pipe, which the exec closes) or its failure
 /// report: the bytes read, 0 at the exec; -2 when it did not exec in time, and was killed. A
@@ -340,16 +353,21 @@ static int process_stopped(pid_t pid) {
 /// SIGSTOP)` in a loop reaches it), and the agent, pid 1, would wait for it serving nothing, its
 /// handles, shutdown and last-handle check included. A child found stopped is continued.
 static ssize_t wait_for_exec(pid_t pid, int pipe_fd, struct silo_agent_error *failure) {
-    struct pollfd watch = { .fd = pipe_fd, .events = POLLIN };
-    for (int tick = 0; tick < EXEC_DEADLINE_TICKS; tick++) {
-        int ready = poll(&watch, 1, 100);
-        if (ready > 0) {
+    // New connections are taken meanwhile (not served): their requests then carry the time they
+    // were sent, which one queued before its connection was taken would not.
+    struct pollfd watch[2] = { { .fd = pipe_fd, .events = POLLIN }, { .fd = 3, .events = POLLIN } };
+    long long left = REQUEST_DEADLINE_MS - request_waited_ms;
+    long long deadline = monotonic_ms() + (left < EXEC_DEADLINE_MS ? left : EXEC_DEADLINE_MS);
+    for (long long now = monotonic_ms(); now < deadline; now = monotonic_ms()) {
+        int ready = poll(watch, 2, deadline - now < 100 ? (int)(deadline - now) : 100);
+        if (ready > 0 && (watch[0].revents & (POLLIN | POLLHUP | POLLERR))) {
             ssize_t got;
             do { got = read(pipe_fd, failure, sizeof *failure); } while (got < 0 && errno == EINTR);
             return got;
         }
+        if (ready > 0 && (watch[1].revents & POLLIN)) accept_connection();
         if (ready < 0 && errno != EINTR) break;
-        if (ready == 0 && process_stopped(pid)) kill(pid, SIGCONT);
+        if (process_stopped(pid)) kill(pid, SIGCONT);
     }
     kill(pid, SIGKILL);
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
@@ -484,10 +502,46 @@ static int decode_watch(const void *payload, size_t length, struct silo_agent_wa
     return error;
 }
 
+/// Takes a connection waiting on the listener into a free slot, or refuses it.
+static void accept_connection(void) {
+    // The descriptor kept for refusing, taken again if a table full to the host's limit
+    // (ENFILE) kept it from being reopened last time.
+    if (reserve_fd < 0) reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
+    int fd = accept4(3, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
+        // No descriptor left for it: taken with the one kept for this, and refused, or
+        // the listener stays readable and pid 1 spins on it.
+        close(reserve_fd);
+        reserve_fd = -1;  // its number may be the connection's next: never closed twice
+        int refused = accept4(3, NULL, NULL, SOCK_CLOEXEC);
+        if (refused >= 0) close(refused);
+        reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
+    }
+    int slot = -1;
+    int fit = fd >= 0 ? connection_slots() : 0;
+    for (int i = 0; fd >= 0 && i < fit && slot < 0; i++) {
+        if (polls[2 + i].fd < 0) slot = i;
+    }
+    if (fd >= 0 && slot < 0) close(fd);  // more handles than the agent serves: refused
+    if (slot >= 0) {
+        // A reply waits for room in the client's buffer at most this long: a client that
+        // stopped reading (stopped, stuck) loses its connection, and pid 1 goes on reaping
+        // and serving the others.
+        struct timeval limit = { 2, 0 };
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+        // Each request comes with the time it was sent (queued to this socket), which tells how
+        // long it waited behind others (see REQUEST_DEADLINE_MS).
+        int on = 1;
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
+        polls[2 + slot].fd = fd;
+        polls[2 + slot].revents = 0;  // a slot past the last poll's entries kept an older result
+    }
+}
+
 static void serve(int slot) {
     int fd = polls[2 + slot].fd;
     // Room for one descriptor more than a request carries: one too many is seen, not cut off.
-    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * (MAX_FDS + 1))]; } control;
+    union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * (MAX_FDS + 1)) + CMSG_SPACE(sizeof(struct timespec))]; } control;
     struct iovec part = { packet, sizeof packet };
     struct msghdr message = { .msg_iov = &part, .msg_iovlen = 1, .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
     ssize_t size;
@@ -495,7 +549,16 @@ static void serve(int slot) {
     if (size < 0 && errno == EAGAIN) return;
     if (size < 0) return close_connection(slot);
     int fds[MAX_FDS], fd_count = 0, too_many = 0;
+    request_waited_ms = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS && c->cmsg_len == CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec sent, now;
+            memcpy(&sent, CMSG_DATA(c), sizeof sent);
+            clock_gettime(CLOCK_REALTIME, &now);
+            long long waited = (now.tv_sec - sent.tv_sec) * 1000LL + (now.tv_nsec - sent.tv_nsec) / 1000000;
+            request_waited_ms = waited > 0 ? waited : 0;  // the clock set back meanwhile: fresh
+            continue;
+        }
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
         for (size_t i = 0; i < n; i++) {
@@ -529,6 +592,11 @@ static void serve(int slot) {
         // A peer that does not speak this protocol, or a damaged packet: say so and hang up.
         reply_error(slot, header.id, error, SILO_STEP_NONE);
         close_connection(slot);
+    } else if (request_waited_ms >= REQUEST_DEADLINE_MS
+               && (header.type == SILO_AGENT_SPAWN || header.type == SILO_AGENT_SIGNAL || header.type == SILO_AGENT_HOLD)) {
+        // Its client has given up on it (see REQUEST_DEADLINE_MS): not carried out (its
+        // descriptors are closed below).
+        reply_error(slot, header.id, ETIMEDOUT, SILO_STEP_NONE);
     } else if (header.type == SILO_AGENT_SPAWN) {
         spawn(slot, header.id, payload, header.length, fds, fd_count);
     } else if (header.type == SILO_AGENT_HOLD) {
@@ -731,36 +799,7 @@ int silo_agent_main(int terminate_flag) {
                 return 0;
             }
         }
-        if (polls[1].revents & POLLIN) {
-            // The descriptor kept for refusing, taken again if a table full to the host's limit
-            // (ENFILE) kept it from being reopened last time.
-            if (reserve_fd < 0) reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
-            int fd = accept4(3, NULL, NULL, SOCK_CLOEXEC);
-            if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
-                // No descriptor left for it: taken with the one kept for this, and refused, or
-                // the listener stays readable and pid 1 spins on it.
-                close(reserve_fd);
-                reserve_fd = -1;  // its number may be the connection's next: never closed twice
-                int refused = accept4(3, NULL, NULL, SOCK_CLOEXEC);
-                if (refused >= 0) close(refused);
-                reserve_fd = open("/", O_RDONLY | O_CLOEXEC);
-            }
-            int slot = -1;
-            int fit = fd >= 0 ? connection_slots() : 0;
-            for (int i = 0; fd >= 0 && i < fit && slot < 0; i++) {
-                if (polls[2 + i].fd < 0) slot = i;
-            }
-            if (fd >= 0 && slot < 0) close(fd);  // more handles than the agent serves: refused
-            if (slot >= 0) {
-                // A reply waits for room in the client's buffer at most this long: a client that
-                // stopped reading (stopped, stuck) loses its connection, and pid 1 goes on reaping
-                // and serving the others.
-                struct timeval limit = { 2, 0 };
-                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
-                polls[2 + slot].fd = fd;
-                polls[2 + slot].revents = 0;  // a slot past the last poll's entries kept an older result
-            }
-        }
+        if (polls[1].revents & POLLIN) accept_connection();
         for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
             short events = polls[2 + slot].revents;
             if (polls[2 + slot].fd < 0 || !events) continue;

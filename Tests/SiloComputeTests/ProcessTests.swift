@@ -330,6 +330,40 @@ struct ProcessTests {
         try box.system.terminate().wait(timeout: .seconds(30))
     }
 
+    @Test("C7 two process starts that each wait out the agent's exec deadline (a payload stops every process it can) both get the agent's answer before their callers give up: the one served second is cut to what is left of its time, not carried out after its caller stopped waiting", .timeLimit(.minutes(3)))
+    func queuedStartsAnsweredInTime() throws {
+        let box = try RunningSystem("queued")
+        defer { box.finish() }
+        let stopper = try box.run("while :; do kill -STOP -1 2>/dev/null; done", stdout: false)
+        defer { stopper.close() }
+        let other = try box.compute.service.open(box.system.id)
+        defer { other.close() }
+        // From two handles at once: the agent serves one start at a time, each up to its exec
+        // deadline (20 s), and a caller waits 30 s for its answer.
+        let answers = Mutex<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        for system in [box.system, other] {
+            try #require(PlatformThread.spawn {
+                let answer: String
+                do throws(SiloError) {
+                    let process = try system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(60))
+                    process.close()
+                    answer = "started"
+                } catch {
+                    // The agent's own refusals carry its errno; a caller that gave up has none.
+                    answer = error.errno == nil ? "no answer: \(error)" : "refused: \(error.message)"
+                }
+                answers.withLock { $0.append(answer) }
+                done.signal()
+            })
+        }
+        for _ in 0..<2 { #expect(done.wait(timeout: .now() + 90) == .success) }
+        let heard = answers.withLock { $0 }
+        #expect(heard.count == 2 && heard.allSatisfy { !$0.hasPrefix("no answer") }, "\(heard)")
+        #expect(try box.system.processes().contains { $0.processId == stopper.pid }, "the agent still answers")
+        try box.system.terminate().wait(timeout: .seconds(30))
+    }
+
     @Test("C8 a process ended by its system's end is reported: ProcessExited (killed) to its handler, its status exited, a terminate of it refused as stopped", arguments: [false, true])
     func endedWithSystem(byOtherHandle: Bool) throws {
         let box = try RunningSystem(byOtherHandle ? "ewo" : "ews")

@@ -21,6 +21,9 @@
 //                            LUN's lease: storage sees the LUN in use while the system runs)
 //   RELEASE {tag}         -> OK | ERROR (ENOENT)
 // Events: EXITED {silo_agent_exited}, to the spawning connection and to every watcher.
+// The agent serves one request at a time. It reads the time each request was sent (SO_TIMESTAMPNS):
+// a SPAWN, SIGNAL or HOLD it reads more than 25 s after is refused with ETIMEDOUT and not carried
+// out (clients wait 30 s for a reply), and a SPAWN's exec deadline (20 s) is cut to what is left.
 //
 // Both sides decode with the functions below, which check every length and count and never
 // read past the packet; anything malformed is refused whole.

@@ -426,6 +426,11 @@ final class AgentConnection: Sendable {
             return SiloError(.processAlreadyStopped, "the process is not running in compute system '\(system)'", errno: body.error)
         case ESHUTDOWN:
             return SiloError(.invalidState, "compute system '\(system)' is shutting down", field: "state", value: "stopping")
+        case ETIMEDOUT:
+            // The agent took the request up too late (it serves one at a time, and others before
+            // it took long): the caller may have given up on it, so it was not carried out.
+            return SiloError(.operationTimeout, "the agent of compute system '\(system)' was busy with other requests for too long; "
+                             + "this one was not carried out: try again", errno: body.error)
         case EAGAIN:
             return SiloError(.operationDenied, "compute system '\(system)' runs as many processes as its agent tracks", errno: body.error)
         case EMFILE, ENFILE:
