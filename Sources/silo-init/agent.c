@@ -155,7 +155,14 @@ static void send_exit(int slot, struct process *process) {
 static void flush_exits(int slot, int wait) {
     uint64_t bit = 1ull << slot;
     polls[2 + slot].events &= ~POLLOUT;  // no reply in between goes through here again
+    // Each send waits at most its socket's send timeout; all of them together at most 2 s too: a
+    // client reading one packet just inside each timeout would hold pid 1 for up to 1,024 of them.
+    long long deadline = wait ? monotonic_ms() + 2000 : 0;
     for (;;) {
+        if (wait && monotonic_ms() > deadline) {
+            close_connection(slot);
+            return;
+        }
         struct process *oldest = NULL;
         for (int i = 0; i < MAX_PROCESSES; i++) {
             if ((processes[i].unsent & bit) && (!oldest || processes[i].exited_at < oldest->exited_at)) oldest = &processes[i];
@@ -369,8 +376,9 @@ static ssize_t wait_for_exec(pid_t pid, int pipe_fd, struct silo_agent_error *fa
         if (ready < 0 && errno != EINTR) break;
         if (process_stopped(pid)) kill(pid, SIGCONT);
     }
+    // Reaped by reap() at its SIGCHLD, as an orphan is: a child in an uninterruptible sleep (an
+    // exec reading a binary on a hung device) dies only when that ends, and pid 1 must not wait.
     kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
     return -2;
 }
 
@@ -412,9 +420,9 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
     if (got == -2) return reply_error(slot, id, ETIMEDOUT, SILO_STEP_EXEC);
     if (got == (ssize_t)sizeof failure) {
         // Killed, not waited for: it exits anyway, and a payload may have stopped it between its
-        // report and its exit (a stopped process is never reaped by a plain waitpid).
+        // report and its exit (a stopped process is never reaped by a plain waitpid). reap()
+        // takes it at its SIGCHLD (see wait_for_exec).
         kill(pid, SIGKILL);
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
         return reply_error(slot, id, failure.error, failure.step);
     }
     memset(process, 0, sizeof *process);

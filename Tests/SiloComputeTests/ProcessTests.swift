@@ -868,6 +868,10 @@ struct ProcessTests {
         let after = try box.run("exit 0", stdout: false)
         defer { after.close() }
         #expect(try after.wait(timeout: .seconds(10)).exitCode == 0)
+        // And the children that failed were reaped (at their SIGCHLD, not waited for): no zombie.
+        #expect(eventually(seconds: 10) {
+            box.system.cgroup.pids.allSatisfy { !(readText("/proc/\($0)/stat") ?? "").contains(") Z ") }
+        }, "a failed start's child is left a zombie: \(box.system.cgroup.pids.map { readText("/proc/\($0)/stat") ?? "" })")
     }
 
     @Test("C7 a process's start (the agent) and a run (init's run mode) look a command up alike, as execvp: past what is not there or not runnable, stopped by any other failure")
