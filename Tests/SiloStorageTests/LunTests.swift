@@ -951,6 +951,30 @@ struct LunTests {
         #expect(again.devicePath == back.devicePath && resolveLink(link) == back.devicePath, "the stable name is back")
     }
 
+    @Test("S13 a copy of a state directory (a backup restored beside it) names the original's LUN files: its reenumerate touches none of them nor their devices, and says so")
+    func copiedStateDirectoryLeavesOriginalAlone() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        _ = try storage.create("twin", size: 8 << 20)
+        // Copied while offline; online again in the original since.
+        _ = try storage.provider.setOnline("twin", false).wait(timeout: .seconds(30))
+        let copyState = storage.path + "/copy"
+        #expect(run("/bin/cp", ["-a", storage.provider.configuration.stateDirectory, copyState]).status == 0)
+        let original = try storage.provider.setOnline("twin", true).wait(timeout: .seconds(30))
+        let device = try #require(original.devicePath)
+        let copy = StorageProvider(configuration: StorageConfiguration(stateDirectory: copyState))
+        defer { if let names = copy.configuration.linkTarget { _ = run("/bin/rm", ["-rf", names]) } }
+        // Its records name the original's files, in the original's pool: not the copy's to touch.
+        let report = try copy.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.drift.contains { $0.hasPrefix("twin: its file \(original.backingFile) is in no pool of this state directory") }, "\(report)")
+        #expect(report.attached.isEmpty && report.linksFixed.isEmpty && report.rolledBack.isEmpty, "\(report)")
+        // The original is as it was: its device bound to its file, its stable name on it.
+        let after = try storage.provider.lun(named: "twin")
+        #expect(after.status == .online && after.devicePath == device)
+        #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") == original.backingFile)
+        #expect(original.link.map(resolveLink) == device)
+    }
+
     @Test("E3 an extend or shrink by nothing, or an extend given both by and to, changes nothing: not even a dead change is settled first")
     func badAmountsSettleNothing() throws {
         let storage = TestStorage()

@@ -59,7 +59,7 @@ extension StorageProvider {
         let poolFolders = Set(pools.filter { pool in Self.poolOwner(of: pool.directory).map(isThisStateDirectory) ?? true }
             .compactMap { FileIdentity(path: $0.directory) })
         var ours: [String: [LoopDevice]] = [:]
-        var tagged: [String: [LoopDevice]] = [:]
+        var tagged: [String: [(device: LoopDevice, file: FileIdentity)]] = [:]
         // Devices not Silo's, by the file they are bound to: never touched, but a LUN's file bound
         // to one is drift (and gets no second device).
         var untagged: [FileIdentity: [LoopDevice]] = [:]
@@ -88,7 +88,7 @@ extension StorageProvider {
                 continue
             }
             let id = String(tag.dropFirst(5))
-            tagged[id, default: []].append(device)
+            tagged[id, default: []].append((device, FileIdentity(device: binding.fileDevice, inode: binding.inode)))
             guard let slash = status.backingFile.lastIndex(of: "/"),
                   let folder = FileIdentity(path: String(status.backingFile[..<slash])), poolFolders.contains(folder) else { continue }
             ours[id, default: []].append(device)
@@ -131,7 +131,29 @@ extension StorageProvider {
             // The LUN's devices are its own, whatever happens below: a live call's too, which
             // the sweep of devices no record claims would otherwise detach under it.
             ours.removeValue(forKey: record.id)
-            var devices = tagged[record.id] ?? []
+            // A record whose file is in no pool of this state directory is another's (a copy of
+            // a state directory, a backup restored beside it, names the original's files, which
+            // the original's LUNs and devices still use): reported, and nothing of it touched.
+            let folder = record.backingFile.lastIndex(of: "/").map { String(record.backingFile[..<$0]) } ?? record.backingFile
+            if !poolListDamaged, let identity = FileIdentity(path: folder), !poolFolders.contains(identity) {
+                report.drift.append("\(record.name): its file \(record.backingFile) is in no pool of this state directory "
+                                    + "(a copy of another's?); left alone")
+                continue
+            }
+            // A device carrying its id is its own only when bound to its file (when the file is
+            // there to tell): a copy of this state directory (a backup restored beside it) has the
+            // same ids, and its devices are not this one's to detach, link or call online.
+            let file = FileIdentity(path: record.backingFile)
+            let fileMissing = file == nil && errno == ENOENT
+            var devices: [LoopDevice] = []
+            for (device, bound) in tagged[record.id] ?? [] {
+                if fileMissing || bound == file {
+                    devices.append(device)
+                } else {
+                    report.drift.append("\(record.name): \(device.path) carries its id but is bound to another file "
+                                        + "(a copy of this state directory's?); left alone")
+                }
+            }
             // A live call (a mark beside the record, or a provisioning's owner in it): leave it.
             if busy.contains(record.name) { continue }
             if let owner = record.owner, ProcessIdentity.isAlive(owner) {
