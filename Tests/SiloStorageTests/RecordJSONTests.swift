@@ -15,7 +15,8 @@ struct RecordJSONTests {
         id: "6f1c2a9e-0b7d-4c55-9a43-2d3f5e6a7b8c", name: "db1", friendlyName: awkward, size: UInt64.max,
         blockSize: 4096, provisioning: .zeroed, readOnly: true, directIO: false, unmasking: .systems(["web-1", "db.2"]),
         backingFile: "/var/lib/silo/pool/6f1c2a9e.img", pool: "fast", state: .creating, online: false, device: 17,
-        owner: LunRecord.Owner(pid: Int32.max, startTime: 123_456_789_012, operation: "create", pidNamespace: 4_026_531_836), createdAt: Int64.min
+        owner: LunRecord.Owner(pid: Int32.max, startTime: 123_456_789_012, operation: "create", pidNamespace: 4_026_531_836,
+                               boot: "3f2b1c9e-5d4a-4e8f-9a7b-6c5d4e3f2a1b"), createdAt: Int64.min
     )
 
     let bare = LunRecord(

@@ -126,6 +126,28 @@ struct IdentityTests {
         #expect(ProcessIdentity.startTime(of: 0) == nil)
     }
 
+    @Test("S15 an owner written in another boot is dead even when a live process has its pid and start time now; its boot id goes into records and marks")
+    func ownerOfAnotherBoot() throws {
+        let own = try ProcessIdentity.current(operation: "createLun")
+        let boot = try #require(ProcessIdentity.bootID, "no /proc/sys/kernel/random/boot_id here")
+        #expect(own.boot == boot && boot.count == 36, "\(own)")
+        #expect(ProcessIdentity.isAlive(own))
+        var before = own
+        before.boot = "00000000-0000-4000-8000-000000000000"
+        #expect(!ProcessIdentity.isAlive(before), "an owner of another boot taken for this process")
+        var unknown = own
+        unknown.boot = nil  // written by a Silo that did not keep it: the pid and start time decide
+        #expect(ProcessIdentity.isAlive(unknown))
+        // Kept through a record's JSON and a mark's text.
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let registry = LunRegistry(configuration: StorageConfiguration(stateDirectory: scratch.path + "/state"))
+        try registry.prepare()
+        try registry.locked { () throws(SiloError) in try registry.placeMark(.changing, "m", owner: before) }
+        #expect(registry.mark(.changing, "m")?.boot == before.boot)
+        #expect(registry.mark(.changing, "m").map(ProcessIdentity.isAlive) == false)
+    }
+
     @Test("S15 an owner whose /proc entry cannot be read (no descriptor left) counts as alive, and a call that cannot read its own start time is refused, not written as an owner that looks dead")
     func unreadableProcCountsAlive() throws {
         var pid: pid_t = 0

@@ -34,7 +34,8 @@ extension LunRecord {
         device = try object.optional("device")
         owner = try object.object("owner").map { (owner) throws(SiloError) in
             Owner(pid: try owner.required("pid"), startTime: try owner.required("startTime"),
-                  operation: try owner.required("operation"), pidNamespace: try owner.optional("pidNamespace"))
+                  operation: try owner.required("operation"), pidNamespace: try owner.optional("pidNamespace"),
+                  boot: try owner.optional("boot"))
         }
         createdAt = try object.required("createdAt")
     }
@@ -61,6 +62,7 @@ extension LunRecord {
             writer.add("startTime", owner.startTime)
             writer.add("operation", owner.operation)
             writer.add("pidNamespace", owner.pidNamespace)
+            writer.add("boot", owner.boot)
             return writer
         })
         object.add("createdAt", createdAt)

@@ -19,6 +19,10 @@ struct LunRecord: Codable, Sendable, Equatable {
         /// In a change mark only: the call's own token, so that ending a change takes away its
         /// own mark and never another call's, of this process or another (not kept in records).
         var change: UInt64? = nil
+        /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) when the owner wrote it: after
+        /// a reboot, a pid, its start time and a pid namespace's inode can all be had again by
+        /// another process. Nil in records and marks written before Silo kept it.
+        var boot: String? = nil
     }
 
     var id: String

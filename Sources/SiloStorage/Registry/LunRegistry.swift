@@ -177,7 +177,7 @@ struct LunRegistry: Sendable {
         let fd = try syscall("open", path: path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
         defer { close(fd) }
         do throws(SiloError) {
-            try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0) \(owner.change ?? 0)\n".utf8),
+            try writeAll(fd, Array("\(owner.pid) \(owner.startTime) \(owner.operation) \(owner.pidNamespace ?? 0) \(owner.change ?? 0) \(owner.boot ?? "-")\n".utf8),
                          path: path)
         } catch {
             unlink(path)  // a part of a mark (a full disk) names no owner; none is left
@@ -190,8 +190,8 @@ struct LunRegistry: Sendable {
         readSmallFile(markPath(mark, name)).flatMap { Self.owner(ofMark: mark, text: $0) }
     }
 
-    /// A mark's text read: "pid start operation pid-namespace change", the last two from the
-    /// versions that wrote them on (0: not known).
+    /// A mark's text read: "pid start operation pid-namespace change boot", the last three from
+    /// the versions that wrote them on (0 or "-": not known).
     private static func owner(ofMark mark: Mark, text: String) -> LunRecord.Owner? {
         let fields = text.split(separator: " ")
         guard fields.count >= 2, let pid = Int32(fields[0]), let start = UInt64(fields[1]) else { return nil }
@@ -199,7 +199,9 @@ struct LunRegistry: Sendable {
         func number(_ index: Int) -> UInt64? {
             fields.count > index ? UInt64(fields[index].filter { $0 != "\n" }).flatMap { $0 == 0 ? nil : $0 } : nil
         }
-        return LunRecord.Owner(pid: pid, startTime: start, operation: operation, pidNamespace: number(3), change: number(4))
+        let boot = fields.count > 5 ? String(fields[5].filter { $0 != "\n" }) : "-"
+        return LunRecord.Owner(pid: pid, startTime: start, operation: operation, pidNamespace: number(3), change: number(4),
+                               boot: boot == "-" || boot.isEmpty ? nil : boot)
     }
 
     /// Makes change `change`'s mark on `name` read as a dead process's, in place: its pid

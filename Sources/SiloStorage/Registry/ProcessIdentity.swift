@@ -16,8 +16,11 @@ enum ProcessIdentity {
             throw SiloError(.systemNotConfiguredForOperation,
                             "cannot read this process's start time from /proc/\(procPID)/stat (\(String(cString: strerror(errno)))), which marks the \(operation) as its own")
         }
-        return LunRecord.Owner(pid: procPID, startTime: start, operation: operation, pidNamespace: pidNamespace)
+        return LunRecord.Owner(pid: procPID, startTime: start, operation: operation, pidNamespace: pidNamespace, boot: bootID)
     }
+
+    /// This boot of the kernel: a UUID made at each boot. Nil where it cannot be read.
+    static let bootID: String? = readSmallFile("/proc/sys/kernel/random/boot_id").flatMap { $0.isEmpty ? nil : $0 }
 
     /// Whether the owner still runs. One of another pid namespace (a container sharing the state
     /// directory, or the host seen from one) cannot be looked up by its pid here. From the
@@ -27,6 +30,9 @@ enum ProcessIdentity {
     static func isAlive(_ owner: LunRecord.Owner) -> Bool {
         // Pid 0: a mark its own change gave up (`LunRegistry.abandonMark`), in any namespace.
         if owner.pid <= 0 { return false }
+        // Written before this boot: whatever process has its pid, start time or namespace now is
+        // another.
+        if let boot = owner.boot, let current = bootID, boot != current { return false }
         if isForeign(owner) { return pidNamespace != initialPidNamespace || namespaceExists(owner.pidNamespace ?? 0) }
         switch lookUp(owner.pid) {
         case .running(let start): return start == owner.startTime
