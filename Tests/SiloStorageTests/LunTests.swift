@@ -1602,6 +1602,35 @@ struct LunTests {
         #expect(!fileExists(theirs))
     }
 
+    @Test("S13 S15 a dead create whose file another tool's loop device holds is rolled back but for that file, which is kept and reported")
+    func deadCreateUnderForeignDevice() throws {
+        let storage = TestStorage()
+        defer { storage.finish() }
+        let provider = storage.provider
+        _ = try storage.create("mine")  // the registry and the pool are there
+        let file = provider.configuration.poolDirectory + "/" + newIdentifier() + ".img"
+        let id = String(file.split(separator: "/").last!.dropLast(4))
+        let record = LunRecord(
+            id: id, name: "half", friendlyName: nil, size: 8 << 20, blockSize: 512, provisioning: .thin, readOnly: false,
+            directIO: true, unmasking: .nobody, backingFile: file, pool: "default", state: .creating, online: true, device: nil,
+            owner: LunRecord.Owner(pid: 4_000_000, startTime: 1, operation: "createLun", pidNamespace: ProcessIdentity.pidNamespace),
+            createdAt: nowSeconds()
+        )
+        try provider.registry.locked { () throws(SiloError) in try provider.registry.save(record) }
+        try BackingFile.create(file, size: 8 << 20)
+        // Someone's losetup of the half-made file.
+        let attached = run("/sbin/losetup", ["--find", "--show", file])
+        let device = attached.output.trimmingSpaces
+        try #require(attached.status == 0 && device.hasPrefix("/dev/loop"), "losetup: \(attached.output)")
+        defer { _ = run("/sbin/losetup", ["-d", device]) }
+        let report = try provider.reenumerate().wait(timeout: .seconds(60))
+        #expect(report.rolledBack == ["half"], "\(report)")
+        #expect(fileExists(file), "the file was removed under \(device)")
+        #expect(report.drift.contains { $0.hasPrefix("half: half-created, rolled back but for its file") && $0.contains(device) }, "\(report.drift)")
+        #expect(try provider.luns().map(\.name) == ["mine"])
+        #expect(readSmallFile("/sys/block/\(device.dropFirst(5))/loop/backing_file") == file, "the device is left alone")
+    }
+
     @Test("S15 an owner that has exited but is not reaped yet (a zombie) is dead; alive before it exits")
     func zombieOwner() throws {
         var gate: [Int32] = [0, 0]

@@ -176,7 +176,14 @@ extension StorageProvider {
                                         + held.joined(separator: "; "))
                     continue
                 }
-                try? BackingFile.remove(record.backingFile)
+                // Not under another tool's device (a losetup by hand of the half-made file): the
+                // record goes, the file stays, and that is said, as the orphan sweep says it.
+                if let bound = file.flatMap({ untagged[$0] }), !bound.isEmpty {
+                    report.drift.append("\(record.name): half-created, rolled back but for its file \(record.backingFile), "
+                                        + "which \(bound.map(\.path).joined(separator: ", ")) (not Silo's) is bound to; kept")
+                } else {
+                    try? BackingFile.remove(record.backingFile)
+                }
                 try registry.removeHoldingLock(record.name)
                 records.remove(at: index)
                 report.rolledBack.append(record.name)
