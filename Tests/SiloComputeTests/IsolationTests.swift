@@ -338,6 +338,11 @@ struct IsolationTests {
 
     @Test("A failing setup step is reported with its name and errno, and nothing is left")
     func setupFailure() throws {
+        func children() -> Set<String> {
+            Set(directoryEntries("/proc/self/task").flatMap { (readText("/proc/self/task/\($0)/children") ?? "").split(separator: " ").map(String.init) })
+        }
+        let mountsBefore = readText("/proc/self/mountinfo") ?? ""
+        let childrenBefore = children()
         let error = #expect(throws: SiloError.self) {
             _ = try Sandbox.spawn(SandboxSpec(root: "/nonexistent/silo-root", hostname: "x", arguments: ["/bin/true"]), cgroup: nil)
         }
@@ -346,10 +351,13 @@ struct IsolationTests {
         let exec = #expect(throws: SiloError.self) {
             var template = Array("/tmp/silo-root-XXXXXX".utf8CString)
             let root = template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) } ?? "/tmp"
-            defer { rmdir(root) }
+            defer { #expect(rmdir(root) == 0, "the root folder is left empty: \(directoryEntries(root))") }
             _ = try Sandbox.spawn(SandboxSpec(root: root, hostname: "x", arguments: ["/no/such/program"]), cgroup: nil)
         }
         #expect(exec?.value == "exec")
+        // Nothing is left: no mount on the host, no child of this process (each reaped).
+        #expect(readText("/proc/self/mountinfo") == mountsBefore, "a mount was left on the host")
+        #expect(eventually(seconds: 10) { children().subtracting(childrenBefore).isEmpty }, "children left: \(children().subtracting(childrenBefore))")
     }
 
     @Test("C12 an attach that would enter the host's own mount namespace (a pid that names another process) is refused; the host's /dev is untouched")

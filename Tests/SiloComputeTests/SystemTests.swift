@@ -11,10 +11,10 @@ struct TestCompute {
     let state: String
     let service: ComputeService
 
-    init() {
+    init(scheduler: OperationScheduler = .shared) {
         var template = Array("/tmp/silo-sys-XXXXXX".utf8CString)
         state = template.withUnsafeMutableBufferPointer { $0.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) } ?? "/tmp/silo-sys"
-        service = ComputeService(configuration: ComputeConfiguration(stateDirectory: state))
+        service = ComputeService(configuration: ComputeConfiguration(stateDirectory: state), scheduler: scheduler)
     }
 
     func finish(sourceLocation: SourceLocation = #_sourceLocation) {
@@ -127,23 +127,28 @@ struct SystemTests {
 
     @Test("C4 two starts at once start one init, and the other is refused; two terminates at once stop it once")
     func concurrentTransitions() throws {
-        let compute = TestCompute()
+        // One worker, held while both starts are called: both pass the check at the call (neither
+        // has run), and the state is checked again under the system's lock when each runs.
+        let scheduler = OperationScheduler(limits: .init(maxRunning: 1))
+        let compute = TestCompute(scheduler: scheduler)
         defer { compute.finish() }
         let system = try compute.service.createComputeSystem(id: "twice-\(getpid())", document: compute.document()).wait(timeout: .seconds(30))
         defer { system.close() }
-        // Both calls pass the check at the call (the first has not started yet); the state is
-        // checked again under the system's lock.
-        let first = try system.start()
-        var outcomes: [SiloError.Code?] = []
+        let gate = DispatchSemaphore(value: 0)
+        let blocker = try scheduler.run(.start) { _ in gate.wait() }
+        let first: SiloOperation<Void>, second: SiloOperation<Void>
         do {
-            let second = try system.start()
-            do { try second.wait(timeout: .seconds(30)); outcomes.append(nil) } catch { outcomes.append(error.code) }
-        } catch {
-            outcomes.append(error.code)
+            defer { gate.signal() }
+            first = try system.start()
+            second = try system.start()  // not refused at the call: the first has not run yet
         }
-        do { try first.wait(timeout: .seconds(30)); outcomes.append(nil) } catch { outcomes.append(error.code) }
+        _ = try? blocker.wait(timeout: .seconds(30))
+        var outcomes: [SiloError.Code?] = []
+        for operation in [first, second] {
+            do { try operation.wait(timeout: .seconds(30)); outcomes.append(nil) } catch { outcomes.append(error.code) }
+        }
         #expect(outcomes.filter { $0 == nil }.count == 1, "exactly one start started it: \(outcomes)")
-        #expect(outcomes.contains(.invalidState), "\(outcomes)")
+        #expect(outcomes.contains(.invalidState), "the other was refused by its operation: \(outcomes)")
         #expect(system.cgroup.pids.count == 1, "one init: \(system.cgroup.pids)")
         let check = try system.createProcess(ProcessParameters(arguments: ["/bin/true"])).wait(timeout: .seconds(30))
         #expect(try check.wait(timeout: .seconds(10)).exitCode == 0, "the agent the record names answers")
