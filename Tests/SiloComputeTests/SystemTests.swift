@@ -486,9 +486,13 @@ struct SystemTests {
             let leftover = try startInside(system.cgroup, "exec /bin/sleep 600")
             var reaped = false
             defer { if !reaped { kill(leftover, SIGKILL); _ = reap(leftover) } }
-            try system.cgroup.setBlockDevices([DeviceGrant(number: "7:250", writable: true)])
+            try system.cgroup.setBlockDevices([DeviceGrant(number: "7:0", writable: true)])
             let devices = system.cgroup.directories["devices"]
-            if let devices { #expect((readText(devices + "/devices.list") ?? "").contains("b 7:250 rw")) }
+            if let devices { #expect((readText(devices + "/devices.list") ?? "").contains("b 7:0 rw")) }
+            // Asked of the kernel in both layouts (v1's list, cgroup2's device program): a process
+            // in the cgroup opens /dev/loop0 (exit 12) or is refused (13).
+            let probe = "if (exec 4</dev/loop0) 2>/dev/null; then exit 12; else exit 13; fi"
+            #expect(reap(try startInside(system.cgroup, probe)) == 12, "the grant lets /dev/loop0 open")
             let socket = compute.service.store.directory(id) + "/agent.sock"
             let root = compute.service.store.root(id)
             #expect(mkdir(root, 0o755) == 0)
@@ -505,7 +509,10 @@ struct SystemTests {
             }
             #expect(reap(leftover) == 128 + SIGKILL, "the dead start's init is killed")
             reaped = true
-            if let devices { #expect(!(readText(devices + "/devices.list") ?? "").contains("b 7:250"), "its grant is taken back") }
+            if let devices { #expect(!(readText(devices + "/devices.list") ?? "").contains("b 7:0"), "its grant is taken back") }
+            if clearedBy == "start" {
+                #expect(reap(try startInside(system.cgroup, probe)) == 13, "the new start's device policy has no grant of the dead one's")
+            }
             if clearedBy == "reenumerate" {
                 #expect(try system.properties().state == .created)
                 #expect(system.cgroup.pids.isEmpty && access(socket, F_OK) != 0 && access(root, F_OK) != 0)
