@@ -112,22 +112,39 @@ static void close_connection(int slot);
 /// reads only while it waits for something), this returns 1 and the caller keeps the event for
 /// when the socket takes more (POLLOUT), rather than stall the agent behind that client or drop
 /// its connection. A failure otherwise closes the connection. 0 when sent.
-static void flush_exits(int slot, int wait);
+static int flush_exits(int slot, long long deadline);
+static void set_send_timeout(int fd, long long ms);
+/// How long a reply (the exits kept for its connection, then the reply itself) may wait for room
+/// in its client's buffer, in all: a client that stopped reading (stopped, stuck) loses its
+/// connection, and pid 1 goes on reaping and serving the others.
+#define REPLY_WAIT_MS 2000
 
 static int send_packet(int slot, uint16_t type, uint32_t id, const void *payload, uint32_t length, int event) {
     int fd = polls[2 + slot].fd;
     if (fd < 0) return 0;
     // A reply goes after the exits kept for this connection: its client reads now (it waits for
     // the reply), and the order it learns things in stays the order they happened in.
+    int timeout_changed = 0;
     if (!event && (polls[2 + slot].events & POLLOUT)) {
-        flush_exits(slot, 1);
+        long long deadline = monotonic_ms() + REPLY_WAIT_MS;
+        timeout_changed = flush_exits(slot, deadline);
         if (polls[2 + slot].fd < 0) return 0;
+        if (timeout_changed) {
+            // The reply itself gets what is left of the same 2 s.
+            long long left = deadline - monotonic_ms();
+            if (left <= 0) {
+                close_connection(slot);
+                return 0;
+            }
+            set_send_timeout(fd, left);
+        }
     }
     struct silo_agent_header header = { SILO_AGENT_MAGIC, SILO_AGENT_VERSION, type, id, length };
     struct iovec parts[2] = { { &header, sizeof header }, { (void *)payload, length } };
     struct msghdr message = { .msg_iov = parts, .msg_iovlen = length ? 2 : 1 };
     ssize_t sent;
     do { sent = sendmsg(fd, &message, MSG_NOSIGNAL | (event ? MSG_DONTWAIT : 0)); } while (sent < 0 && errno == EINTR);
+    if (timeout_changed && polls[2 + slot].fd >= 0) set_send_timeout(fd, REPLY_WAIT_MS);
     if (sent < 0 && event && (errno == EAGAIN || errno == EWOULDBLOCK)) return 1;
     if (sent < 0) close_connection(slot);
     return 0;
@@ -149,42 +166,53 @@ static void send_exit(int slot, struct process *process) {
     polls[2 + slot].events |= POLLOUT;
 }
 
+/// Sends a connection's socket a send timeout of `ms` milliseconds.
+static void set_send_timeout(int fd, long long ms) {
+    struct timeval limit = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+}
+
 /// Sends connection `slot` the exits kept for it, oldest first: until its buffer is full again,
-/// or, with `wait`, waiting for room (a client that waits for a reply reads; at shutdown a send
-/// timeout bounds the wait).
-static void flush_exits(int slot, int wait) {
+/// or, with a `deadline` (monotonic ms; 0: none), waiting for room until then in all (a client
+/// that waits for a reply reads; one that reads a packet just inside each send's own timeout would
+/// otherwise hold pid 1 for up to 1,024 of them); past it the connection is hung up. Returns 1
+/// when it left the socket's send timeout at what was left of the deadline.
+static int flush_exits(int slot, long long deadline) {
     uint64_t bit = 1ull << slot;
     polls[2 + slot].events &= ~POLLOUT;  // no reply in between goes through here again
-    // Each send waits at most its socket's send timeout; all of them together at most 2 s too: a
-    // client reading one packet just inside each timeout would hold pid 1 for up to 1,024 of them.
-    long long deadline = wait ? monotonic_ms() + 2000 : 0;
+    int timeout_changed = 0;
     for (;;) {
-        if (wait && monotonic_ms() > deadline) {
-            close_connection(slot);
-            return;
-        }
         struct process *oldest = NULL;
         for (int i = 0; i < MAX_PROCESSES; i++) {
             if ((processes[i].unsent & bit) && (!oldest || processes[i].exited_at < oldest->exited_at)) oldest = &processes[i];
         }
-        if (!oldest) return;
-        struct silo_agent_exited body = { oldest->pid, oldest->status };
-        if (send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, !wait) != 0) {
-            polls[2 + slot].events |= POLLOUT;
-            return;
+        if (!oldest) break;
+        if (deadline) {
+            // Each send waits at most what is left.
+            long long left = deadline - monotonic_ms();
+            if (left <= 0) {
+                close_connection(slot);
+                return 0;
+            }
+            set_send_timeout(polls[2 + slot].fd, left);
+            timeout_changed = 1;
         }
-        if (polls[2 + slot].fd < 0) return;  // the send failed and closed it
+        struct silo_agent_exited body = { oldest->pid, oldest->status };
+        if (send_packet(slot, SILO_AGENT_EXITED, 0, &body, sizeof body, !deadline) != 0) {
+            polls[2 + slot].events |= POLLOUT;
+            break;
+        }
+        if (polls[2 + slot].fd < 0) return 0;  // the send failed and closed it
         oldest->unsent &= ~bit;
     }
+    return timeout_changed;
 }
 
 /// Before the agent ends: the exits still kept go out, each connection given half a second.
 static void flush_all_exits(void) {
     for (int slot = 0; slot < MAX_CONNECTIONS; slot++) {
         if (polls[2 + slot].fd < 0 || !(polls[2 + slot].events & POLLOUT)) continue;
-        struct timeval limit = { 0, 500000 };
-        setsockopt(polls[2 + slot].fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
-        flush_exits(slot, 1);
+        flush_exits(slot, monotonic_ms() + 500);
     }
 }
 
@@ -348,9 +376,14 @@ static int process_stopped(pid_t pid) {
 /// instead of carried out behind its back. A start's exec deadline is cut to what is left of it.
 #define REQUEST_DEADLINE_MS 25000
 
-/// How long the request being served waited between its send and its read, in milliseconds (0
-/// when the kernel gave no time: a packet sent before its connection was accepted).
+/// How long the request being served waited between its send and its read, in milliseconds.
 static long long request_waited_ms;
+/// When each connection was taken (monotonic ms), and how many bytes of packets were queued on it
+/// then. A packet sent before its connection was taken (and its send time asked for) carries the
+/// time it is read instead, and waited at least since the connection was taken; no packet waited
+/// longer than its connection has been there (a wall clock set forward meanwhile).
+static long long accepted_at[MAX_CONNECTIONS];
+static long long queued_at_accept[MAX_CONNECTIONS];
 
 static void accept_connection(void);
 
@@ -393,6 +426,9 @@ static void spawn(int slot, uint32_t id, const unsigned char *payload, uint32_t 
         return reply_error(slot, id, EPERM, SILO_STEP_USER);
     }
     if (shutting_down) return reply_error(slot, id, ESHUTDOWN, SILO_STEP_NONE);
+    // Too little of its time left for an exec to be likely: refused as late, not started and
+    // killed at once (which would read as a failed exec).
+    if (REQUEST_DEADLINE_MS - request_waited_ms < 1000) return reply_error(slot, id, ETIMEDOUT, SILO_STEP_NONE);
     struct process *process = new_process();
     if (!process) return reply_error(slot, id, EAGAIN, SILO_STEP_FORK);
     int stdio[3] = { -1, -1, -1 }, next = 0;
@@ -532,15 +568,13 @@ static void accept_connection(void) {
     }
     if (fd >= 0 && slot < 0) close(fd);  // more handles than the agent serves: refused
     if (slot >= 0) {
-        // A reply waits for room in the client's buffer at most this long: a client that
-        // stopped reading (stopped, stuck) loses its connection, and pid 1 goes on reaping
-        // and serving the others.
-        struct timeval limit = { 2, 0 };
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+        set_send_timeout(fd, REPLY_WAIT_MS);  // see REPLY_WAIT_MS
         // Each request comes with the time it was sent (queued to this socket), which tells how
         // long it waited behind others (see REQUEST_DEADLINE_MS).
-        int on = 1;
+        int on = 1, queued = 0;
         setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
+        accepted_at[slot] = monotonic_ms();
+        queued_at_accept[slot] = ioctl(fd, FIONREAD, &queued) == 0 && queued > 0 ? queued : 0;
         polls[2 + slot].fd = fd;
         polls[2 + slot].revents = 0;  // a slot past the last poll's entries kept an older result
     }
@@ -557,14 +591,18 @@ static void serve(int slot) {
     if (size < 0 && errno == EAGAIN) return;
     if (size < 0) return close_connection(slot);
     int fds[MAX_FDS], fd_count = 0, too_many = 0;
+    // From its send time, at most as long as the connection has been taken; at least that long
+    // for a packet that was queued before (its time is its read's).
+    long long connected = monotonic_ms() - accepted_at[slot];
     request_waited_ms = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS && c->cmsg_len == CMSG_LEN(sizeof(struct timespec))) {
             struct timespec sent, now;
             memcpy(&sent, CMSG_DATA(c), sizeof sent);
             clock_gettime(CLOCK_REALTIME, &now);
-            long long waited = (now.tv_sec - sent.tv_sec) * 1000LL + (now.tv_nsec - sent.tv_nsec) / 1000000;
-            request_waited_ms = waited > 0 ? waited : 0;  // the clock set back meanwhile: fresh
+            long long waited = (long long)(now.tv_sec - sent.tv_sec) * 1000LL + (now.tv_nsec - sent.tv_nsec) / 1000000;
+            if (waited < 0) waited = 0;  // the wall clock set back meanwhile: fresh
+            request_waited_ms = waited < connected ? waited : connected;
             continue;
         }
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -574,6 +612,10 @@ static void serve(int slot) {
             memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
             if (fd_count < MAX_FDS) fds[fd_count++] = received; else { close(received); too_many = 1; }
         }
+    }
+    if (queued_at_accept[slot] > 0) {
+        if (request_waited_ms < connected) request_waited_ms = connected;
+        queued_at_accept[slot] -= size > 0 ? size : queued_at_accept[slot];
     }
     if (size == 0) {
         // The end of the connection, or an empty packet: either way descriptors that came with
