@@ -966,7 +966,7 @@ struct LunTests {
         defer { if let names = copy.configuration.linkTarget { _ = run("/bin/rm", ["-rf", names]) } }
         // Its records name the original's files, in the original's pool: not the copy's to touch.
         let report = try copy.reenumerate().wait(timeout: .seconds(60))
-        #expect(report.drift.contains { $0.hasPrefix("twin: its file \(original.backingFile) is in no pool of this state directory") }, "\(report)")
+        #expect(report.drift.contains { $0.hasPrefix("twin: its file \(original.backingFile) is in a pool of the state directory \(storage.provider.configuration.stateDirectory)") }, "\(report)")
         #expect(report.attached.isEmpty && report.linksFixed.isEmpty && report.rolledBack.isEmpty, "\(report)")
         // The original is as it was: its device bound to its file, its stable name on it.
         let after = try storage.provider.lun(named: "twin")

@@ -104,7 +104,9 @@ extension StorageProvider {
     /// The added pools by name, as stored. A damaged list throws, so that no change writes a list
     /// of one pool over it.
     func addedPools() throws(SiloError) -> [Pool] {
-        guard let bytes = readFile(poolsFile) else { return [] }
+        // Not there: no pool added. One that cannot be read is no empty list (a pool add would
+        // write a list without the others; reenumerate would take their LUNs for no pool's).
+        guard let bytes = try readExistingFile(poolsFile) else { return [] }
         let records: [PoolRecord]
         do {
             records = try PoolRecord.list(json: String(decoding: bytes, as: UTF8.self))

@@ -340,8 +340,10 @@ extension StorageProvider {
                 // A device found gets its stable name put right where it does not name it (the
                 // record named another number, or the name was removed: an offline killed
                 // between its unlink and its detach, or a hand).
-                if let device, device.number != record.device || resolveLink(configuration.linkDirectory + "/" + name) != device.path {
+                if let device, device.number != record.device {
                     try link(name, to: device)
+                } else if let device, resolveLink(configuration.linkDirectory + "/" + name) != device.path {
+                    try? link(name, to: device)  // a repair: where something else stands, the online still holds
                 }
                 let attached = device == nil ? try attach(record) : nil
                 do throws(SiloError) {

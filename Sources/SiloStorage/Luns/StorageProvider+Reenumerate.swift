@@ -131,13 +131,15 @@ extension StorageProvider {
             // The LUN's devices are its own, whatever happens below: a live call's too, which
             // the sweep of devices no record claims would otherwise detach under it.
             ours.removeValue(forKey: record.id)
-            // A record whose file is in no pool of this state directory is another's (a copy of
-            // a state directory, a backup restored beside it, names the original's files, which
-            // the original's LUNs and devices still use): reported, and nothing of it touched.
+            // A record whose file is in a pool folder another state directory's marker names is
+            // that one's (a copy of a state directory, a backup restored beside it, names the
+            // original's files, which the original's LUNs and devices still use): reported, and
+            // nothing of it touched, its dead change's mark included.
             let folder = record.backingFile.lastIndex(of: "/").map { String(record.backingFile[..<$0]) } ?? record.backingFile
-            if !poolListDamaged, let identity = FileIdentity(path: folder), !poolFolders.contains(identity) {
-                report.drift.append("\(record.name): its file \(record.backingFile) is in no pool of this state directory "
-                                    + "(a copy of another's?); left alone")
+            if let owner = Self.poolOwner(of: folder), !isThisStateDirectory(owner) {
+                report.drift.append("\(record.name): its file \(record.backingFile) is in a pool of the state directory \(owner) "
+                                    + "(a copy of it?); left alone")
+                deadChanges.removeValue(forKey: record.name)
                 continue
             }
             // A device carrying its id is its own only when bound to its file (when the file is

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import SiloOperations
 
 /// A process identity that survives pid reuse: the pid and its start time.
@@ -19,8 +20,15 @@ enum ProcessIdentity {
         return LunRecord.Owner(pid: procPID, startTime: start, operation: operation, pidNamespace: pidNamespace, boot: bootID)
     }
 
-    /// This boot of the kernel: a UUID made at each boot. Nil where it cannot be read.
-    static let bootID: String? = readSmallFile("/proc/sys/kernel/random/boot_id").flatMap { $0.isEmpty ? nil : $0 }
+    /// This boot of the kernel: a UUID made at each boot. Nil where it cannot be read; a read that
+    /// failed (no descriptor left) is tried again next time, not kept for the process's life.
+    static var bootID: String? {
+        if let known = knownBootID.withLock({ $0 }) { return known }
+        let read = readSmallFile("/proc/sys/kernel/random/boot_id").flatMap { $0.count == 36 ? $0 : nil }
+        if let read { knownBootID.withLock { $0 = read } }
+        return read
+    }
+    private static let knownBootID = Mutex<String?>(nil)
 
     /// Whether the owner still runs. One of another pid namespace (a container sharing the state
     /// directory, or the host seen from one) cannot be looked up by its pid here. From the
