@@ -208,6 +208,36 @@ struct CgroupTests {
         #expect(readText(limit) == "\(48 << 20)")
     }
 
+    @Test("C10 on v1, a CPU limit over what an ancestor cgroup allows is refused naming the ancestor and its limit, and nothing is left",
+          .enabled(if: CgroupLayout.detect().place("cpu") == .v1, "the cpu controller is not on a v1 hierarchy here (v2 takes such a limit, and the ancestor's holds)"))
+    func cpuQuotaOverAncestor() throws {
+        let root = try #require(layout.legacy["cpu"])
+        // A parent allowed half a processor.
+        let parentName = makeName()
+        let parent = root + "/" + parentName
+        try #require(mkdir(parent, 0o755) == 0)
+        // The parent is made in every hierarchy by the create, and never removed by Silo.
+        let hierarchies = Array(Set(layout.legacy.values)) + (layout.unified.map { [$0] } ?? [])
+        defer { for hierarchy in hierarchies { rmdir(hierarchy + "/" + parentName) } }
+        try writeText(parent + "/cpu.cfs_quota_us", "50000")
+        try #require(readText(parent + "/cpu.cfs_quota_us") == "50000")
+        var under = layout
+        under.parent = parentName
+        let name = makeName()
+        let refused = #expect(throws: SiloError.self) {
+            _ = try Cgroup.create(name: name, limits: CgroupLimits(cpus: 2), layout: under)
+        }
+        #expect(refused?.code == .invalidArgument && refused?.field == "cpus" && refused?.value == "2.0", "\(String(describing: refused))")
+        #expect(refused?.message.contains(parent) == true && refused?.message.contains("0.5 processors") == true, "\(String(describing: refused))")
+        for hierarchy in hierarchies {
+            #expect(access(hierarchy + "/" + parentName + "/" + name, F_OK) != 0, "the refused cgroup is left in \(hierarchy)")
+        }
+        // Within it, taken.
+        let fits = try Cgroup.create(name: name, limits: CgroupLimits(cpus: 0.25), layout: under)
+        #expect(readText(parent + "/" + name + "/cpu.cfs_quota_us") == "25000")
+        try fits.destroy()
+    }
+
     @Test("C1 C10 a document's Processor.Weight 0 (HCS's unset value) gives the default CPU share, not the smallest")
     func weightZeroIsTheDefault() throws {
         let document = try ComputeSystemDocument(json: """

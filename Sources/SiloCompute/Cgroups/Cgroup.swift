@@ -333,9 +333,19 @@ public final class Cgroup: Sendable {
                 if let weight = limits.cpuWeight { try writeText(path + "/cpu.weight", "\(min(max(weight, 1), 10_000))") }
             case .v1?:
                 let path = try path("cpu")
-                if let quota {
+                if let quota, let cpus = limits.cpus {
+                    let oldPeriod = readText(path + "/cpu.cfs_period_us")
                     try writeText(path + "/cpu.cfs_period_us", "\(period)")
-                    try writeText(path + "/cpu.cfs_quota_us", "\(quota)")
+                    do throws(SiloError) {
+                        try writeText(path + "/cpu.cfs_quota_us", "\(quota)")
+                    } catch {
+                        // A failed change leaves both as they were.
+                        if let oldPeriod, oldPeriod != "\(period)" { try? writeText(path + "/cpu.cfs_period_us", oldPeriod) }
+                        // v1 refuses a quota over what an ancestor allows (v2 takes it and the
+                        // ancestor's holds): said with the ancestor and its limit.
+                        guard error.errno == EINVAL else { throw error }
+                        throw Self.quotaOverAncestor(path, root: layout.legacy["cpu"] ?? "", cpus: cpus) ?? error
+                    }
                 }
                 // v1 shares: 1024 is the default, as 100 is HCS's.
                 if let weight = limits.cpuWeight { try writeText(path + "/cpu.shares", "\(max(2, weight * 1024 / 100))") }
@@ -390,6 +400,27 @@ public final class Cgroup: Sendable {
             return error.adding(.init(message: "memory.high could not be put back to \(high): \(undo.message)",
                                       source: "rollback"))
         }
+    }
+
+    /// The refusal of a v1 CPU limit of `cpus` processors in the cgroup at `path` that an ancestor
+    /// below `root` (the hierarchy's mount) limits to fewer; nil when no ancestor does.
+    static func quotaOverAncestor(_ path: String, root: String, cpus: Double) -> SiloError? {
+        var folder = path
+        var tightest: (folder: String, cpus: Double)?
+        while let slash = folder.lastIndex(of: "/"), folder.count > root.count {
+            folder = String(folder[..<slash])
+            guard folder.count >= root.count, let quota = readText(folder + "/cpu.cfs_quota_us").flatMap({ Int($0) }), quota > 0,
+                  let period = readText(folder + "/cpu.cfs_period_us").flatMap({ Int($0) }), period > 0 else { continue }
+            let allowed = Double(quota) / Double(period)
+            if tightest.map({ allowed < $0.cpus }) ?? true { tightest = (folder, allowed) }
+        }
+        guard let tightest, tightest.cpus < cpus else { return nil }
+        let shown = { (value: Double) in "\((value * 100).rounded() / 100)" }
+        return SiloError(.invalidArgument,
+                         "a CPU limit of \(shown(cpus)) processors is more than the cgroup \(tightest.folder) allows "
+                         + "(\(shown(tightest.cpus)) processors: its cpu.cfs_quota_us over cpu.cfs_period_us); "
+                         + "ask for \(shown(tightest.cpus)) or fewer, or raise that limit",
+                         field: "cpus", value: shown(cpus))
     }
 
     /// A memory limit refused because the system uses more than it even after reclaim; `kept`:
