@@ -3,7 +3,7 @@ import Silo
 
 struct StorageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "storage", abstract: "The storage subsystem as a whole.", subcommands: [Reenumerate.self]
+        commandName: "storage", abstract: "The storage subsystem as a whole.", subcommands: [Reenumerate.self, Orphans.self]
     )
 
     struct Reenumerate: ParsableCommand {
@@ -26,6 +26,31 @@ struct StorageCommand: ParsableCommand {
             let done = lines.filter { !$0.1.isEmpty }
             if done.isEmpty { print("in step: nothing to repair") }
             for (label, items) in done { print("\(label): \(items.joined(separator: "; "))") }
+        }
+    }
+
+    struct Orphans: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "orphans",
+            abstract: "Silo's loop devices on the whole host that no state directory claims (its state directory or pool removed while they were attached), and stable names of no device.",
+            discussion: "A device is claimed when the state directory its pool's marker names, --state-dir, or the default one has a LUN with its id. With --detach, orphans nothing holds are detached (a device whose backing file was deleted holds the only copy of its data: gone once detached) and stale names removed."
+        )
+        @OptionGroup var global: GlobalOptions
+        @Flag(help: "Detach the orphans nothing holds, and remove the stale names.") var detach = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let report = try cli { try global.provider.orphans(detach: detach) }
+            if json { return try printJSON(report) }
+            if report.devices.isEmpty && report.staleNames.isEmpty && report.undetermined.isEmpty {
+                return print("no orphans")
+            }
+            for device in report.devices {
+                let outcome = detach ? (device.detached ? "detached" : "kept: \(device.kept ?? "")") : "orphan"
+                print("\(device.devicePath)  silo:\(device.lunID)  \(device.backingFile)  \(outcome): \(device.reason)")
+            }
+            for name in report.staleNames { print("\(name)  \(detach ? "removed" : "stale"): names no device of Silo's") }
+            for item in report.undetermined { print("left alone: \(item)") }
         }
     }
 }
