@@ -126,6 +126,8 @@ extension StorageProvider {
         // data it renames) is reported, not fatal; but its LUN's file and devices cannot be told
         // from orphans, so nothing is swept as an orphan until it is repaired or removed.
         report.drift += damaged.map { "\($0.message); no orphan device or file is removed while it is there" }
+        // Each pool folder's marker, read once for all its records.
+        var folderOwners: [String: String?] = [:]
         for index in records.indices.reversed() {
             var record = records[index]
             // The LUN's devices are its own, whatever happens below: a live call's too, which
@@ -136,7 +138,8 @@ extension StorageProvider {
             // original's files, which the original's LUNs and devices still use): reported, and
             // nothing of it touched, its dead change's mark included.
             let folder = record.backingFile.lastIndex(of: "/").map { String(record.backingFile[..<$0]) } ?? record.backingFile
-            if let owner = Self.poolOwner(of: folder), !isThisStateDirectory(owner) {
+            let owner = folderOwners[folder] ?? { let read = Self.poolOwner(of: folder); folderOwners[folder] = .some(read); return read }()
+            if let owner, !isThisStateDirectory(owner) {
                 report.drift.append("\(record.name): its file \(record.backingFile) is in a pool of the state directory \(owner) "
                                     + "(a copy of it?); left alone")
                 deadChanges.removeValue(forKey: record.name)
@@ -244,7 +247,7 @@ extension StorageProvider {
                     report.drift.append("\(record.name): a second device bound to its file, \(extra.path), is in use: \(error.message)")
                 }
             }
-            let foreign = FileIdentity(path: record.backingFile).flatMap { untagged[$0] } ?? []
+            let foreign = file.flatMap { untagged[$0] } ?? []
             if !foreign.isEmpty {
                 report.drift.append("\(record.name): its backing file is bound to \(foreign.map(\.path).joined(separator: ", ")), which is not Silo's; "
                                     + (device == nil ? "no device of Silo's is bound beside it" : "two devices over one file may each miss the other's writes"))
